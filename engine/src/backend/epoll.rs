@@ -1,0 +1,510 @@
+//! The epoll backend: readiness turned into completions.
+//!
+//! Each fd has at most one *read-side* op (accept, recv, recvmsg, read,
+//! poll_in) and one *write-side* op (send, connect). The fd is in the epoll
+//! set, level-triggered, exactly while it has an op. When epoll reports it
+//! ready, this backend performs the syscall and reports the result as a
+//! completion. Sends and connects are tried at once (the common case
+//! succeeds without touching epoll); their results wait in `ready` until the
+//! next `poll`, so no completion is ever delivered from inside a submit call.
+
+use super::{
+    write_recvmsg_header, Backend, BufPool, Completion, Driver, OpKind, PoolConfig, Token, MAX_ACCEPTS_PER_WAKEUP,
+    MAX_IOV, MAX_READS_PER_WAKEUP, RECVMSG_CONTROL_LEN, RECVMSG_HEADER_LEN,
+};
+use crate::error::{Error, Result};
+use crate::sys::{self, epoll, socket};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+
+/// Events fetched per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 1024;
+
+#[derive(Copy, Clone)]
+enum ReadOp {
+    Accept { token: Token },
+    Recv { token: Token },
+    RecvMsg { token: Token },
+    Read { token: Token, ptr: *mut u8, len: usize },
+    PollIn { token: Token },
+}
+
+impl ReadOp {
+    fn token(&self) -> Token {
+        match *self {
+            ReadOp::Accept { token }
+            | ReadOp::Recv { token }
+            | ReadOp::RecvMsg { token }
+            | ReadOp::Read { token, .. }
+            | ReadOp::PollIn { token } => token,
+        }
+    }
+}
+
+#[derive(Copy, Clone)]
+enum WriteOp {
+    Send { token: Token },
+    Connect { token: Token },
+}
+
+impl WriteOp {
+    fn token(&self) -> Token {
+        match *self {
+            WriteOp::Send { token } | WriteOp::Connect { token } => token,
+        }
+    }
+}
+
+/// A send waiting for `EPOLLOUT`: copies of the iovecs and fds.
+struct PendingSend {
+    iov: [libc::iovec; MAX_IOV],
+    iovcnt: usize,
+    fds: [RawFd; socket::MAX_FDS_PER_MSG],
+    nfds: usize,
+}
+
+struct Reg {
+    /// Bumped when the fd is deregistered; carried in the epoll data so an
+    /// event for an earlier registration of the same fd number is ignored.
+    generation: u32,
+    /// Events currently in the epoll set (0: not in the set).
+    registered: u32,
+    exclusive: bool,
+    read: Option<ReadOp>,
+    write: Option<WriteOp>,
+    send: PendingSend,
+}
+
+impl Reg {
+    fn new() -> Reg {
+        Reg {
+            generation: 0,
+            registered: 0,
+            exclusive: false,
+            read: None,
+            write: None,
+            send: PendingSend {
+                iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV],
+                iovcnt: 0,
+                fds: [-1; socket::MAX_FDS_PER_MSG],
+                nfds: 0,
+            },
+        }
+    }
+
+    fn wanted(&self) -> u32 {
+        let mut ev = 0;
+        if self.read.is_some() {
+            ev |= epoll::IN;
+        }
+        if self.write.is_some() {
+            ev |= epoll::OUT;
+        }
+        ev
+    }
+}
+
+pub(crate) struct Epoll {
+    epfd: OwnedFd,
+    pool: Rc<BufPool>,
+    free_bufs: Vec<u16>,
+    /// Registrations indexed by fd number; grows to the highest fd seen.
+    regs: Vec<Reg>,
+    /// Completions produced outside `poll` (immediate sends, cancels).
+    ready: Vec<Completion>,
+    events: Vec<epoll::Event>,
+}
+
+// SAFETY-relevant note: `ReadOp::Read` holds a raw pointer lent by the loop
+// (contract rule 3); Epoll is never shared across threads (no Send/Sync).
+
+impl Epoll {
+    pub fn new(cfg: PoolConfig) -> Result<Epoll> {
+        let pool = Rc::new(BufPool::new(cfg)?);
+        let free_bufs = (0..cfg.count).rev().collect();
+        Ok(Epoll {
+            epfd: epoll::create()?,
+            pool,
+            free_bufs,
+            regs: Vec::with_capacity(1024),
+            ready: Vec::with_capacity(256),
+            events: vec![epoll::EMPTY; EVENTS_PER_WAIT],
+        })
+    }
+
+    fn reg(&mut self, fd: RawFd) -> &mut Reg {
+        let i = fd as usize;
+        if i >= self.regs.len() {
+            let new_len = (i + 1).next_power_of_two().max(64);
+            self.regs.resize_with(new_len, Reg::new);
+        }
+        &mut self.regs[i]
+    }
+
+    /// Brings the epoll set in line with the fd's ops.
+    fn update(&mut self, fd: RawFd) -> Result<()> {
+        let epfd = self.epfd.as_raw_fd();
+        let reg = self.reg(fd);
+        let want = reg.wanted();
+        if want == reg.registered {
+            return Ok(());
+        }
+        let data = fd as u32 as u64 | ((reg.generation as u64) << 32);
+        let res = if reg.registered == 0 {
+            let extra = if reg.exclusive { epoll::EXCLUSIVE } else { 0 };
+            epoll::ctl(epfd, epoll::ADD, fd, want | extra, data)
+        } else if want == 0 || reg.exclusive {
+            // EPOLLEXCLUSIVE registrations cannot be modified, only re-added.
+            let r = epoll::ctl(epfd, epoll::DEL, fd, 0, 0);
+            if r.is_ok() && want != 0 {
+                epoll::ctl(epfd, epoll::ADD, fd, want | epoll::EXCLUSIVE, data)
+            } else {
+                r
+            }
+        } else {
+            epoll::ctl(epfd, epoll::MOD, fd, want, data)
+        };
+        let reg = self.reg(fd);
+        match res {
+            Ok(()) => {
+                reg.registered = want;
+                Ok(())
+            }
+            Err(e) => {
+                if want == 0 || e.errno() == Some(libc::ENOENT) {
+                    reg.registered = 0;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn arm_read(&mut self, fd: RawFd, op: ReadOp) -> Result<()> {
+        let reg = self.reg(fd);
+        if reg.read.is_some() {
+            return Err(Error::from_errno(libc::EBUSY));
+        }
+        reg.read = Some(op);
+        if let Err(e) = self.update(fd) {
+            self.reg(fd).read = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn arm_write(&mut self, fd: RawFd, op: WriteOp) -> Result<()> {
+        let reg = self.reg(fd);
+        if reg.write.is_some() {
+            return Err(Error::from_errno(libc::EBUSY));
+        }
+        reg.write = Some(op);
+        if let Err(e) = self.update(fd) {
+            self.reg(fd).write = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn push(out: &mut Vec<Completion>, token: Token, res: i32, buf: Option<u16>, more: bool) {
+        out.push(Completion { token, res, buf, more });
+    }
+
+    /// Handles readability for `fd`; returns whether the read op ended.
+    fn on_readable(&mut self, fd: RawFd, op: ReadOp, out: &mut Vec<Completion>) -> bool {
+        match op {
+            ReadOp::Accept { token } => {
+                for _ in 0..MAX_ACCEPTS_PER_WAKEUP {
+                    match socket::accept(fd) {
+                        Ok(new) => {
+                            use std::os::fd::IntoRawFd;
+                            Self::push(out, token, new.into_raw_fd(), None, true);
+                        }
+                        Err(e) if e.is_would_block() => return false,
+                        // The peer gave up before we accepted: not the listener's problem.
+                        Err(e) if matches!(e.errno(), Some(libc::ECONNABORTED | libc::EPROTO | libc::EINTR)) => {}
+                        Err(e) => {
+                            Self::push(out, token, -e.code(), None, false);
+                            return true;
+                        }
+                    }
+                }
+                false
+            }
+            ReadOp::Recv { token } | ReadOp::RecvMsg { token } => {
+                let is_msg = matches!(op, ReadOp::RecvMsg { .. });
+                for _ in 0..MAX_READS_PER_WAKEUP {
+                    // With no free buffer, leave the data in the socket: the
+                    // loop recycles buffers after this iteration's callbacks
+                    // and level-triggered epoll reports the fd again.
+                    let Some(id) = self.free_bufs.pop() else { return false };
+                    // SAFETY: `id` came off the free list, so nobody else holds it.
+                    let buf = unsafe { self.pool.slice_mut(id) };
+                    let size = buf.len();
+                    let res = if is_msg {
+                        Self::recvmsg_record(fd, buf)
+                    } else {
+                        socket::recv(fd, buf).map(|n| (n, n))
+                    };
+                    match res {
+                        Ok((0, _)) => {
+                            self.free_bufs.push(id);
+                            Self::push(out, token, 0, None, false);
+                            return true;
+                        }
+                        Ok((used, payload)) => {
+                            Self::push(out, token, used as i32, Some(id), true);
+                            let room = if is_msg { size - RECVMSG_HEADER_LEN - RECVMSG_CONTROL_LEN } else { size };
+                            if payload < room {
+                                return false; // short read: the socket is drained
+                            }
+                        }
+                        Err(e) => {
+                            self.free_bufs.push(id);
+                            if e.is_would_block() || e.errno() == Some(libc::EINTR) {
+                                return false;
+                            }
+                            Self::push(out, token, -e.code(), None, false);
+                            return true;
+                        }
+                    }
+                }
+                false
+            }
+            ReadOp::Read { token, ptr, len } => {
+                // SAFETY: the loop lent `ptr..ptr+len` until this op completes (rule 3).
+                let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+                match sys::read(fd, buf) {
+                    Err(e) if e.is_would_block() || e.errno() == Some(libc::EINTR) => false,
+                    Ok(n) => {
+                        Self::push(out, token, n as i32, None, false);
+                        true
+                    }
+                    Err(e) => {
+                        Self::push(out, token, -e.code(), None, false);
+                        true
+                    }
+                }
+            }
+            ReadOp::PollIn { token } => {
+                Self::push(out, token, epoll::IN as i32, None, false);
+                true
+            }
+        }
+    }
+
+    /// recvmsg into `buf` in the contract's record layout. Returns (bytes of
+    /// the record used, payload bytes); (0, 0) at end of stream.
+    fn recvmsg_record(fd: RawFd, buf: &mut [u8]) -> Result<(usize, usize)> {
+        let (head, rest) = buf.split_at_mut(RECVMSG_HEADER_LEN);
+        let (control, payload) = rest.split_at_mut(RECVMSG_CONTROL_LEN);
+        let (n, flags, controllen) = socket::recvmsg(fd, payload, control)?;
+        if n == 0 && controllen == 0 {
+            return Ok((0, 0));
+        }
+        write_recvmsg_header(head, controllen, n, flags);
+        Ok((RECVMSG_HEADER_LEN + RECVMSG_CONTROL_LEN + n, n))
+    }
+
+    /// Handles writability for `fd`; returns whether the write op ended.
+    fn on_writable(&mut self, fd: RawFd, op: WriteOp, out: &mut Vec<Completion>) -> bool {
+        match op {
+            WriteOp::Send { token } => {
+                let reg = self.reg(fd);
+                let s = &reg.send;
+                // SAFETY: the iovecs point at memory the loop keeps valid until
+                // this op completes (rule 3).
+                match unsafe { socket::sendmsg(fd, &s.iov[..s.iovcnt], &s.fds[..s.nfds]) } {
+                    Err(e) if e.is_would_block() || e.errno() == Some(libc::EINTR) => false,
+                    Ok(n) => {
+                        Self::push(out, token, n as i32, None, false);
+                        true
+                    }
+                    Err(e) => {
+                        Self::push(out, token, -e.code(), None, false);
+                        true
+                    }
+                }
+            }
+            WriteOp::Connect { token } => {
+                let res = match socket::take_error(fd) {
+                    Ok(0) => 0,
+                    Ok(err) => -err,
+                    Err(e) => -e.code(),
+                };
+                Self::push(out, token, res, None, false);
+                true
+            }
+        }
+    }
+}
+
+impl Driver for Epoll {
+    fn kind(&self) -> Backend {
+        Backend::Epoll
+    }
+
+    fn accept(&mut self, fd: RawFd, token: Token, exclusive: bool) -> Result<()> {
+        debug_assert_eq!(token.kind(), Some(OpKind::Accept));
+        let reg = self.reg(fd);
+        if reg.registered == 0 {
+            reg.exclusive = exclusive;
+        }
+        self.arm_read(fd, ReadOp::Accept { token })
+    }
+
+    fn recv(&mut self, fd: RawFd, token: Token) -> Result<()> {
+        self.arm_read(fd, ReadOp::Recv { token })
+    }
+
+    fn recvmsg(&mut self, fd: RawFd, token: Token) -> Result<()> {
+        if self.pool.size() <= RECVMSG_HEADER_LEN + RECVMSG_CONTROL_LEN {
+            return Err(Error::EINVAL);
+        }
+        self.arm_read(fd, ReadOp::RecvMsg { token })
+    }
+
+    unsafe fn send(&mut self, fd: RawFd, token: Token, iov: &[libc::iovec], fds: &[RawFd]) -> Result<()> {
+        if iov.len() > MAX_IOV || fds.len() > socket::MAX_FDS_PER_MSG {
+            return Err(Error::EINVAL);
+        }
+        if self.reg(fd).write.is_some() {
+            return Err(Error::from_errno(libc::EBUSY));
+        }
+        // SAFETY: the caller keeps the iovec memory valid for this call.
+        match unsafe { socket::sendmsg(fd, iov, fds) } {
+            Ok(n) => {
+                self.ready.push(Completion { token, res: n as i32, buf: None, more: false });
+                Ok(())
+            }
+            Err(e) if e.is_would_block() => {
+                let reg = self.reg(fd);
+                reg.send.iov[..iov.len()].copy_from_slice(iov);
+                reg.send.iovcnt = iov.len();
+                reg.send.fds[..fds.len()].copy_from_slice(fds);
+                reg.send.nfds = fds.len();
+                self.arm_write(fd, WriteOp::Send { token })
+            }
+            Err(e) => {
+                self.ready.push(Completion { token, res: -e.code(), buf: None, more: false });
+                Ok(())
+            }
+        }
+    }
+
+    fn connect(&mut self, fd: RawFd, token: Token, addr: &socket::SockAddr) -> Result<()> {
+        match socket::connect(fd, addr) {
+            Ok(()) => {
+                self.ready.push(Completion { token, res: 0, buf: None, more: false });
+                Ok(())
+            }
+            Err(e) if e.errno() == Some(libc::EINPROGRESS) => self.arm_write(fd, WriteOp::Connect { token }),
+            Err(e) => {
+                self.ready.push(Completion { token, res: -e.code(), buf: None, more: false });
+                Ok(())
+            }
+        }
+    }
+
+    unsafe fn read(&mut self, fd: RawFd, token: Token, ptr: *mut u8, len: usize) -> Result<()> {
+        self.arm_read(fd, ReadOp::Read { token, ptr, len })
+    }
+
+    fn poll_in(&mut self, fd: RawFd, token: Token) -> Result<()> {
+        self.arm_read(fd, ReadOp::PollIn { token })
+    }
+
+    fn cancel(&mut self, fd: RawFd, token: Token) {
+        let reg = self.reg(fd);
+        let mut hit = false;
+        if reg.read.is_some_and(|op| op.token() == token) {
+            reg.read = None;
+            hit = true;
+        }
+        if reg.write.is_some_and(|op| op.token() == token) {
+            reg.write = None;
+            hit = true;
+        }
+        if hit {
+            self.ready.push(Completion { token, res: -libc::ECANCELED, buf: None, more: false });
+            // Removing interest cannot fail in a way that matters: the ops are gone.
+            let _ = self.update(fd);
+        }
+    }
+
+    fn deregister(&mut self, fd: RawFd) {
+        let epfd = self.epfd.as_raw_fd();
+        let reg = self.reg(fd);
+        debug_assert!(reg.read.is_none() && reg.write.is_none(), "deregister with ops in flight");
+        reg.read = None;
+        reg.write = None;
+        reg.exclusive = false;
+        reg.generation = reg.generation.wrapping_add(1);
+        if reg.registered != 0 {
+            reg.registered = 0;
+            let _ = epoll::ctl(epfd, epoll::DEL, fd, 0, 0);
+        }
+    }
+
+    fn poll(&mut self, timeout_ms: i64, out: &mut Vec<Completion>) -> Result<()> {
+        let room = out.capacity() - out.len();
+        let take = self.ready.len().min(room);
+        out.extend(self.ready.drain(..take));
+        let timeout = if !self.ready.is_empty() || take > 0 {
+            0
+        } else if timeout_ms < 0 {
+            -1
+        } else {
+            timeout_ms.min(i32::MAX as i64) as i32
+        };
+        // Leave room for one fd's worth of completions per event handled.
+        let per_fd = MAX_READS_PER_WAKEUP.max(MAX_ACCEPTS_PER_WAKEUP) + 2;
+        let room = out.capacity() - out.len();
+        if room < per_fd {
+            return Ok(());
+        }
+        let max_events = (room / per_fd).clamp(1, EVENTS_PER_WAIT);
+        let n = epoll::wait(self.epfd.as_raw_fd(), &mut self.events[..max_events], timeout)?;
+        for i in 0..n {
+            let ev = self.events[i];
+            let fd = ev.u64 as u32 as RawFd;
+            let generation = (ev.u64 >> 32) as u32;
+            let reg = self.reg(fd);
+            if reg.generation != generation {
+                continue;
+            }
+            let flags = ev.events;
+            if flags & (epoll::IN | epoll::ERR | epoll::HUP) != 0 {
+                if let Some(op) = self.reg(fd).read {
+                    if self.on_readable(fd, op, out) {
+                        self.reg(fd).read = None;
+                    }
+                }
+            }
+            if flags & (epoll::OUT | epoll::ERR | epoll::HUP) != 0 {
+                if let Some(op) = self.reg(fd).write {
+                    if self.on_writable(fd, op, out) {
+                        self.reg(fd).write = None;
+                    }
+                }
+            }
+            if let Err(e) = self.update(fd) {
+                // The fd went away under us (closed elsewhere): end its ops.
+                let reg = self.reg(fd);
+                let ops = [reg.read.take().map(|o| o.token()), reg.write.take().map(|o| o.token())];
+                for token in ops.into_iter().flatten() {
+                    Self::push(out, token, -e.code(), None, false);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pool(&self) -> &Rc<BufPool> {
+        &self.pool
+    }
+
+    fn recycle(&mut self, id: u16) {
+        debug_assert!(id < self.pool.count());
+        self.free_bufs.push(id);
+    }
+}

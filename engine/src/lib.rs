@@ -1,0 +1,15 @@
+//! uvring: a libuv-style event loop for Linux with epoll and io_uring backends.
+//!
+//! Layers, bottom up: `sys` (the only code that calls libc), `backend` (the
+//! completion-shaped contract and its epoll and io_uring drivers), and the
+//! loop with its handles (streams, timers, async, signals), which never see
+//! a platform detail.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod backend;
+mod error;
+pub mod sys;
+
+pub use backend::{Backend, PoolConfig};
+pub use error::{Error, Result};

@@ -1,0 +1,328 @@
+//! Socket syscalls: creation, addresses, options, and the send/recv family
+//! including `SCM_RIGHTS` file-descriptor passing.
+
+use super::{owned, syscall};
+use crate::error::{Error, Result};
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{OwnedFd, RawFd};
+use std::path::Path;
+
+/// Most fds one message may carry (Linux's `SCM_MAX_FD` is 253).
+pub const MAX_FDS_PER_MSG: usize = 64;
+
+/// Bytes of control-message space for `MAX_FDS_PER_MSG` fds (`CMSG_SPACE`).
+pub const CONTROL_LEN: usize = cmsg_space(MAX_FDS_PER_MSG * mem::size_of::<RawFd>());
+
+/// `CMSG_SPACE(len)` computed in const context.
+pub const fn cmsg_space(len: usize) -> usize {
+    let align = mem::size_of::<usize>();
+    let hdr = (mem::size_of::<libc::cmsghdr>() + align - 1) & !(align - 1);
+    hdr + ((len + align - 1) & !(align - 1))
+}
+
+/// A socket address in kernel form, `Copy` so backends can keep a stable copy
+/// for the duration of an asynchronous `connect`.
+#[derive(Copy, Clone)]
+pub struct SockAddr {
+    pub storage: libc::sockaddr_storage,
+    pub len: libc::socklen_t,
+}
+
+impl SockAddr {
+    pub fn empty() -> SockAddr {
+        // SAFETY: sockaddr_storage is plain data; all-zero is a valid (AF_UNSPEC) value.
+        SockAddr { storage: unsafe { mem::zeroed() }, len: mem::size_of::<libc::sockaddr_storage>() as _ }
+    }
+
+    pub fn from_std(addr: &SocketAddr) -> SockAddr {
+        let mut out = SockAddr::empty();
+        match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as _,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe { std::ptr::write((&mut out.storage as *mut libc::sockaddr_storage).cast(), sin) };
+                out.len = mem::size_of::<libc::sockaddr_in>() as _;
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as _,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                    sin6_scope_id: a.scope_id(),
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                unsafe { std::ptr::write((&mut out.storage as *mut libc::sockaddr_storage).cast(), sin6) };
+                out.len = mem::size_of::<libc::sockaddr_in6>() as _;
+            }
+        }
+        out
+    }
+
+    /// A Unix-domain address; `ENAMETOOLONG` if the path does not fit.
+    pub fn unix(path: &Path) -> Result<SockAddr> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        let mut out = SockAddr::empty();
+        // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_un.
+        let sun = unsafe { &mut *(&mut out.storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
+        if bytes.len() >= sun.sun_path.len() {
+            return Err(Error::from_errno(libc::ENAMETOOLONG));
+        }
+        sun.sun_family = libc::AF_UNIX as _;
+        for (dst, src) in sun.sun_path.iter_mut().zip(bytes) {
+            *dst = *src as libc::c_char;
+        }
+        out.len = (mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as _;
+        Ok(out)
+    }
+
+    pub fn family(&self) -> i32 {
+        self.storage.ss_family as i32
+    }
+
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
+    }
+
+    /// The std form of an IPv4/IPv6 address; `None` for other families.
+    pub fn to_std(&self) -> Option<SocketAddr> {
+        match self.family() {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let sin = unsafe { &*(&self.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+                Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let sin6 = unsafe { &*(&self.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    ip,
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A new non-blocking, close-on-exec stream socket.
+pub fn stream_socket(family: i32) -> Result<OwnedFd> {
+    let fd = syscall!(socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0))?;
+    // SAFETY: socket returned a fresh fd that nobody else owns.
+    Ok(unsafe { owned(fd) })
+}
+
+/// A connected pair of non-blocking, close-on-exec Unix stream sockets.
+pub fn socketpair(nonblocking: bool) -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    let nb = if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: `fds` has room for the two fds socketpair writes.
+    syscall!(socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | nb, 0, fds.as_mut_ptr()))?;
+    // SAFETY: socketpair returned two fresh fds that nobody else owns.
+    Ok(unsafe { (owned(fds[0]), owned(fds[1])) })
+}
+
+pub fn bind(fd: RawFd, addr: &SockAddr) -> Result<()> {
+    syscall!(bind(fd, addr.as_ptr(), addr.len))?;
+    Ok(())
+}
+
+pub fn listen(fd: RawFd, backlog: i32) -> Result<()> {
+    syscall!(listen(fd, backlog))?;
+    Ok(())
+}
+
+/// Accepts one connection as a non-blocking, close-on-exec fd.
+pub fn accept(fd: RawFd) -> Result<OwnedFd> {
+    let new = syscall!(accept4(
+        fd,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+    ))?;
+    // SAFETY: accept4 returned a fresh fd that nobody else owns.
+    Ok(unsafe { owned(new) })
+}
+
+/// Starts a non-blocking connect; `EINPROGRESS` comes back as an error for
+/// the caller to wait on.
+pub fn connect(fd: RawFd, addr: &SockAddr) -> Result<()> {
+    syscall!(connect(fd, addr.as_ptr(), addr.len))?;
+    Ok(())
+}
+
+fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> Result<()> {
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        (&value as *const i32).cast(),
+        mem::size_of::<i32>() as libc::socklen_t
+    ))?;
+    Ok(())
+}
+
+fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = mem::size_of::<i32>() as libc::socklen_t;
+    syscall!(getsockopt(fd, level, name, (&mut value as *mut i32).cast(), &mut len))?;
+    Ok(value)
+}
+
+/// The pending socket error (`SO_ERROR`), used to finish a non-blocking connect.
+pub fn take_error(fd: RawFd) -> Result<i32> {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)
+}
+
+pub fn set_reuseaddr(fd: RawFd) -> Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+}
+
+pub fn set_reuseport(fd: RawFd) -> Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
+}
+
+pub fn set_ipv6only(fd: RawFd, on: bool) -> Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, on as i32)
+}
+
+pub fn set_nodelay(fd: RawFd, on: bool) -> Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, on as i32)
+}
+
+pub fn nodelay(fd: RawFd) -> Result<bool> {
+    Ok(getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY)? != 0)
+}
+
+/// Enables keep-alive with the given idle delay in seconds, or disables it.
+pub fn set_keepalive(fd: RawFd, delay_secs: Option<u32>) -> Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, delay_secs.is_some() as i32)?;
+    if let Some(d) = delay_secs {
+        setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, d.max(1) as i32)?;
+    }
+    Ok(())
+}
+
+pub fn keepalive(fd: RawFd) -> Result<bool> {
+    Ok(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE)? != 0)
+}
+
+/// The socket type (`SOCK_STREAM`, ...) and whether it is listening.
+pub fn socket_kind(fd: RawFd) -> Result<(i32, bool)> {
+    let ty = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
+    let listening = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0;
+    Ok((ty, listening))
+}
+
+pub fn sockname(fd: RawFd) -> Result<SockAddr> {
+    let mut addr = SockAddr::empty();
+    // SAFETY: `addr.storage` has room for `addr.len` bytes.
+    syscall!(getsockname(fd, (&mut addr.storage as *mut libc::sockaddr_storage).cast(), &mut addr.len))?;
+    Ok(addr)
+}
+
+pub fn peername(fd: RawFd) -> Result<SockAddr> {
+    let mut addr = SockAddr::empty();
+    // SAFETY: `addr.storage` has room for `addr.len` bytes.
+    syscall!(getpeername(fd, (&mut addr.storage as *mut libc::sockaddr_storage).cast(), &mut addr.len))?;
+    Ok(addr)
+}
+
+pub fn shutdown_write(fd: RawFd) -> Result<()> {
+    syscall!(shutdown(fd, libc::SHUT_WR))?;
+    Ok(())
+}
+
+/// `recv` without flags. Returns 0 at end of stream.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = syscall!(recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))?;
+    Ok(n as usize)
+}
+
+/// Sends the iovecs (and, if any, `fds` as one `SCM_RIGHTS` message) with
+/// `MSG_NOSIGNAL`, so a closed peer gives `EPIPE`, never `SIGPIPE`.
+///
+/// # Safety
+/// Every iovec must describe memory valid for reads for the call's duration.
+pub unsafe fn sendmsg(fd: RawFd, iov: &[libc::iovec], fds: &[RawFd]) -> Result<usize> {
+    let mut control = [0u64; CONTROL_LEN / 8 + 1];
+    // SAFETY: msghdr is plain data; zero is a valid starting value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len();
+    if !fds.is_empty() {
+        let n = fds.len().min(MAX_FDS_PER_MSG);
+        // SAFETY: `control` has room for CMSG_SPACE(n fds) bytes and is u64-aligned.
+        unsafe { fill_rights(control.as_mut_ptr().cast(), &fds[..n]) };
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = cmsg_space(n * mem::size_of::<RawFd>());
+    }
+    let n = syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL))?;
+    Ok(n as usize)
+}
+
+/// Writes one `SCM_RIGHTS` control message carrying `fds` at `control`.
+///
+/// # Safety
+/// `control` must be valid for writes of `cmsg_space(fds.len() * 4)` bytes
+/// and aligned for `cmsghdr`.
+pub unsafe fn fill_rights(control: *mut u8, fds: &[RawFd]) {
+    let data_len = mem::size_of_val(fds);
+    // SAFETY: per the function contract, `control` holds a whole cmsghdr + data.
+    unsafe {
+        let cmsg = control.cast::<libc::cmsghdr>();
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data_len as u32) as usize;
+        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), data_len);
+    }
+}
+
+/// Calls `f` for each fd carried by `SCM_RIGHTS` messages in `control`.
+/// Never reads past `control`; a malformed header ends the walk.
+pub fn for_each_rights_fd(control: &[u8], mut f: impl FnMut(RawFd)) {
+    let hdr_len = cmsg_space(0);
+    let mut off = 0usize;
+    while off + mem::size_of::<libc::cmsghdr>() <= control.len() {
+        // SAFETY: the bounds check above keeps the unaligned read inside `control`.
+        let hdr: libc::cmsghdr = unsafe { std::ptr::read_unaligned(control.as_ptr().add(off).cast()) };
+        let len = hdr.cmsg_len;
+        if len < hdr_len || off + len > control.len() {
+            break;
+        }
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            let data = &control[off + hdr_len..off + len];
+            for chunk in data.chunks_exact(mem::size_of::<RawFd>()) {
+                f(RawFd::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]));
+            }
+        }
+        off += cmsg_space(len - hdr_len);
+    }
+}
+
+/// `recvmsg` into `data` with `control` for fds (`MSG_CMSG_CLOEXEC`).
+/// Returns (bytes, msg_flags, control bytes used).
+pub fn recvmsg(fd: RawFd, data: &mut [u8], control: &mut [u8]) -> Result<(usize, i32, usize)> {
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+    // SAFETY: msghdr is plain data; zero is a valid starting value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    // SAFETY: `msg` points at `iov` (valid for `data`) and at `control`, both live.
+    let n = syscall!(recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC))?;
+    Ok((n as usize, msg.msg_flags, msg.msg_controllen))
+}
