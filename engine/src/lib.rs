@@ -9,7 +9,18 @@
 
 pub mod backend;
 mod error;
+mod event_loop;
+#[macro_use]
+mod handle;
+mod misc;
+mod process;
+mod stream;
 pub mod sys;
+mod timer;
 
 pub use backend::{Backend, PoolConfig};
 pub use error::{Error, Result};
+pub use event_loop::{Loop, LoopOptions, RunMode};
+pub use handle::*;
+pub use misc::{AsyncSender, HookKind};
+pub use stream::{ListenHook, StreamType, TCP_IPV6ONLY, TCP_REUSEPORT};

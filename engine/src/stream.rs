@@ -1,0 +1,1180 @@
+//! Streams (`uv_stream_t`): TCP sockets and Unix-domain pipes, listeners and
+//! connections.
+//!
+//! Writes are copied into a per-stream outgoing buffer so callers need not
+//! keep their bytes alive. Two buffers alternate: `inflight` is lent to the
+//! kernel by the one send in flight and is never touched until its completion
+//! arrives; new writes append to `queued`. When `inflight` is fully sent the
+//! two swap. Both keep their capacity (and are recycled across connections),
+//! so steady-state writing allocates nothing.
+//!
+//! Reads arrive in pool buffers. A read that arrives while the stream is not
+//! reading (after `read_stop`, before its cancellation lands) is stashed with
+//! its buffer and delivered in order on the next `read_start`: nothing is lost.
+
+use crate::backend::{Completion, Driver, OpKind, RECVMSG_CONTROL_LEN};
+use crate::error::{Error, Result};
+use crate::event_loop::{Kind, Loop, Pending, F_CLOSING};
+use crate::handle::*;
+use crate::sys::{self, socket};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+
+/// `tcp_bind` flag: IPv6 only (no dual-stack).
+pub const TCP_IPV6ONLY: u32 = 1;
+/// `tcp_bind` flag: `SO_REUSEPORT`, for several sockets on one port.
+pub const TCP_REUSEPORT: u32 = 2;
+
+/// Accepted connections a listener queues before it stops accepting until
+/// the user calls `accept` (back-pressure against a listener that does not).
+const MAX_ACCEPT_QUEUE: usize = 128;
+/// Back-off before accepting again after `EMFILE`/`ENFILE` (no spinning).
+const ACCEPT_BACKOFF_MS: u64 = 100;
+
+/// The kind of stream.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum StreamType {
+    Tcp,
+    /// A Unix-domain stream socket.
+    Pipe,
+    /// A Unix-domain stream socket that carries handles (fds) with its bytes.
+    IpcPipe,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub(crate) enum OpState {
+    Idle,
+    Armed,
+    /// Cancelled; its final completion has not arrived yet.
+    Ending,
+}
+
+pub(crate) struct WriteReq {
+    /// Stream offset (in bytes ever queued) at which this write is complete.
+    pub end: u64,
+    pub cb: Option<OnWrite>,
+    /// Fd to attach with this write's first byte (IPC), -1 for none.
+    pub send_fd: RawFd,
+    /// Stream offset of this write's first byte.
+    pub start: u64,
+}
+
+/// A read result held back until the stream reads again.
+#[derive(Copy, Clone)]
+pub(crate) struct Stashed {
+    pub res: i32,
+    pub buf: Option<u16>,
+    pub kind: OpKind,
+}
+
+/// The growable parts of a stream, recycled across connections.
+pub(crate) struct StreamParts {
+    pub queued: Vec<u8>,
+    pub inflight: Vec<u8>,
+    pub writes: VecDeque<WriteReq>,
+    pub stash: VecDeque<Stashed>,
+    pub accept_queue: VecDeque<RawFd>,
+    /// Handles received over an IPC pipe, not yet accepted.
+    pub pending_handles: VecDeque<RawFd>,
+}
+
+impl StreamParts {
+    fn new() -> StreamParts {
+        StreamParts {
+            queued: Vec::new(),
+            inflight: Vec::new(),
+            writes: VecDeque::new(),
+            stash: VecDeque::new(),
+            accept_queue: VecDeque::new(),
+            pending_handles: VecDeque::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.queued.clear();
+        self.inflight.clear();
+        self.writes.clear();
+        self.stash.clear();
+        self.accept_queue.clear();
+        self.pending_handles.clear();
+    }
+}
+
+#[derive(Copy, Clone, PartialEq, Eq)]
+pub(crate) enum ShutdownState {
+    None,
+    /// Waiting for the write queue to drain.
+    Requested,
+    /// The socket is shut; the callback runs in the pending phase.
+    Done,
+}
+
+pub(crate) struct StreamState {
+    pub fd: RawFd,
+    pub ty: StreamType,
+    pub family: i32,
+    pub listening: bool,
+    pub connected: bool,
+    pub eof: bool,
+    pub reading: bool,
+    pub on_read: Option<OnRead>,
+    pub recv_op: OpState,
+    pub rearm_recv: bool,
+    pub on_connection: Option<OnConnection>,
+    pub accept_op: OpState,
+    pub exclusive: bool,
+    pub on_connect: Option<OnConnect>,
+    pub send_inflight: bool,
+    /// Bytes of `inflight` already sent.
+    pub inflight_off: usize,
+    /// Bytes in the send currently in flight.
+    pub inflight_len: usize,
+    pub queued_total: u64,
+    pub written_total: u64,
+    pub write_error: Option<Error>,
+    pub shutdown: ShutdownState,
+    /// The shutdown request's callback; `Some` while the request is in flight.
+    pub shutdown_req: Option<Option<OnShutdown>>,
+    /// Address recorded by `tcp_bind` (for a listen hook that binds elsewhere).
+    pub bind_addr: Option<(SocketAddr, u32)>,
+    /// Fds attached to the send in flight (IPC), closed after they are sent.
+    pub inflight_fds: usize,
+    pub parts: StreamParts,
+}
+
+impl StreamState {
+    pub(crate) fn into_parts(mut self) -> StreamParts {
+        self.parts.clear();
+        std::mem::replace(&mut self.parts, StreamParts::new())
+    }
+
+    /// Closes every fd the stream owns (used when the loop is dropped).
+    pub(crate) fn drop_fds(&mut self) {
+        if self.fd >= 0 {
+            sys::close(self.fd);
+            self.fd = -1;
+        }
+        for fd in self.parts.accept_queue.drain(..).chain(self.parts.pending_handles.drain(..)) {
+            sys::close(fd);
+        }
+        for w in self.parts.writes.drain(..) {
+            if w.send_fd >= 0 {
+                sys::close(w.send_fd);
+            }
+        }
+    }
+}
+
+/// Lets another layer take over `listen` for TCP streams: the cluster layer
+/// installs one in worker processes so that `listen` asks the primary,
+/// exactly as Node's `net.Server#listen` does inside a cluster worker.
+pub trait ListenHook {
+    /// Called by [`Loop::listen`] for a TCP stream bound with `tcp_bind`.
+    /// Return `None` to listen locally as usual; `Some(result)` if the hook
+    /// took over (it then delivers connections with
+    /// [`Loop::listen_inject`] or adopts a listening fd with
+    /// [`Loop::listen_adopt`], and reports late errors with
+    /// [`Loop::listen_fail`]).
+    fn listen(&mut self, lp: &mut Loop, server: Stream, addr: SocketAddr, flags: u32, backlog: i32)
+        -> Option<Result<()>>;
+
+    /// Called when a stream the hook took over is closed.
+    fn closed(&mut self, lp: &mut Loop, server: Stream);
+}
+
+impl Loop {
+    pub(crate) fn stream_state(&mut self, s: Stream) -> Result<&mut StreamState> {
+        match &mut self.open_slot_mut(s.0)?.kind {
+            Kind::Stream(st) => Ok(st),
+            _ => Err(Error::WRONG_TYPE),
+        }
+    }
+
+    fn stream_ref(&self, s: Stream) -> Result<&StreamState> {
+        let slot = self.slot(s.0)?;
+        if slot.flags & F_CLOSING != 0 {
+            return Err(Error::STALE_HANDLE);
+        }
+        match &slot.kind {
+            Kind::Stream(st) => Ok(st),
+            _ => Err(Error::WRONG_TYPE),
+        }
+    }
+
+    pub(crate) fn new_stream(&mut self, ty: StreamType, fd: RawFd, family: i32) -> Result<Stream> {
+        let parts = self.parts_spare.pop().unwrap_or_else(StreamParts::new);
+        let st = StreamState {
+            fd,
+            ty,
+            family,
+            listening: false,
+            connected: fd >= 0,
+            eof: false,
+            reading: false,
+            on_read: None,
+            recv_op: OpState::Idle,
+            rearm_recv: false,
+            on_connection: None,
+            accept_op: OpState::Idle,
+            exclusive: false,
+            on_connect: None,
+            send_inflight: false,
+            inflight_off: 0,
+            inflight_len: 0,
+            queued_total: 0,
+            written_total: 0,
+            write_error: None,
+            shutdown: ShutdownState::None,
+            shutdown_req: None,
+            bind_addr: None,
+            inflight_fds: 0,
+            parts,
+        };
+        match self.insert(Kind::Stream(st)) {
+            Ok(h) => Ok(Stream(h)),
+            Err(e) => {
+                if fd >= 0 {
+                    sys::close(fd);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The stream's type.
+    pub fn stream_type(&self, s: Stream) -> Result<StreamType> {
+        Ok(self.stream_ref(s)?.ty)
+    }
+
+    /// The stream's fd (-1 before bind/connect), for diagnostics and tests.
+    pub fn fileno(&self, s: Stream) -> Result<RawFd> {
+        Ok(self.stream_ref(s)?.fd)
+    }
+
+    // ---- TCP ------------------------------------------------------------
+
+    /// A TCP handle without a socket yet (`uv_tcp_init`); the socket is made
+    /// by `tcp_bind` or `tcp_connect` for the address family they need.
+    pub fn tcp_init(&mut self) -> Result<Stream> {
+        self.new_stream(StreamType::Tcp, -1, libc::AF_UNSPEC)
+    }
+
+    fn tcp_ensure_socket(&mut self, s: Stream, family: i32) -> Result<RawFd> {
+        let st = self.stream_state(s)?;
+        if st.fd >= 0 {
+            return Ok(st.fd);
+        }
+        let fd = socket::stream_socket(family)?.into_raw_fd();
+        let st = self.stream_state(s)?;
+        st.fd = fd;
+        st.family = family;
+        Ok(fd)
+    }
+
+    /// Binds to `addr` (flags: [`TCP_IPV6ONLY`], [`TCP_REUSEPORT`]).
+    /// `SO_REUSEADDR` is always set, as libuv does. Inside a cluster worker
+    /// (a listen hook is installed) the address is only recorded: the
+    /// primary binds at `listen`.
+    pub fn tcp_bind(&mut self, s: Stream, addr: SocketAddr, flags: u32) -> Result<()> {
+        let st = self.stream_state(s)?;
+        if st.ty != StreamType::Tcp {
+            return Err(Error::WRONG_TYPE);
+        }
+        st.bind_addr = Some((addr, flags));
+        if self.listen_hook.is_some() && flags & TCP_REUSEPORT == 0 {
+            return Ok(());
+        }
+        let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let fd = self.tcp_ensure_socket(s, family)?;
+        socket::set_reuseaddr(fd)?;
+        if flags & TCP_REUSEPORT != 0 {
+            socket::set_reuseport(fd)?;
+        }
+        if addr.is_ipv6() {
+            socket::set_ipv6only(fd, flags & TCP_IPV6ONLY != 0)?;
+        }
+        socket::bind(fd, &socket::SockAddr::from_std(&addr))
+    }
+
+    /// Wraps an existing socket fd (listening or connected) as a TCP stream.
+    pub fn tcp_open(&mut self, fd: OwnedFd) -> Result<Stream> {
+        self.open_socket(fd, StreamType::Tcp)
+    }
+
+    pub(crate) fn open_socket(&mut self, fd: OwnedFd, ty: StreamType) -> Result<Stream> {
+        use std::os::fd::AsRawFd;
+        let raw = fd.as_raw_fd();
+        sys::set_nonblocking(raw, true)?;
+        sys::set_cloexec(raw, true)?;
+        let family = socket::sockname(raw).map(|a| a.family()).unwrap_or(libc::AF_UNSPEC);
+        let connected = socket::peername(raw).is_ok();
+        let s = self.new_stream(ty, fd.into_raw_fd(), family)?;
+        if let Ok(st) = self.stream_state(s) {
+            st.connected = connected;
+        }
+        Ok(s)
+    }
+
+    /// Adopts a `std` listener.
+    pub fn tcp_from_std_listener(&mut self, l: std::net::TcpListener) -> Result<Stream> {
+        self.tcp_open(l.into())
+    }
+
+    /// Adopts a `std` stream.
+    pub fn tcp_from_std_stream(&mut self, s: std::net::TcpStream) -> Result<Stream> {
+        self.tcp_open(s.into())
+    }
+
+    pub fn tcp_nodelay(&mut self, s: Stream, on: bool) -> Result<()> {
+        let fd = self.live_fd(s)?;
+        socket::set_nodelay(fd, on)
+    }
+
+    /// Enables TCP keep-alive after `delay_secs` idle seconds, or disables it.
+    pub fn tcp_keepalive(&mut self, s: Stream, delay_secs: Option<u32>) -> Result<()> {
+        let fd = self.live_fd(s)?;
+        socket::set_keepalive(fd, delay_secs)
+    }
+
+    pub fn tcp_getsockname(&self, s: Stream) -> Result<SocketAddr> {
+        let fd = self.stream_ref(s)?.fd;
+        if fd < 0 {
+            return Err(Error::EBADF);
+        }
+        socket::sockname(fd)?.to_std().ok_or(Error::EINVAL)
+    }
+
+    pub fn tcp_getpeername(&self, s: Stream) -> Result<SocketAddr> {
+        let fd = self.stream_ref(s)?.fd;
+        if fd < 0 {
+            return Err(Error::ENOTCONN);
+        }
+        socket::peername(fd)?.to_std().ok_or(Error::EINVAL)
+    }
+
+    fn live_fd(&mut self, s: Stream) -> Result<RawFd> {
+        let fd = self.stream_state(s)?.fd;
+        if fd < 0 {
+            return Err(Error::EBADF);
+        }
+        Ok(fd)
+    }
+
+    /// Connects (`uv_tcp_connect`); `cb` gets the result.
+    pub fn tcp_connect(&mut self, s: Stream, addr: SocketAddr, cb: &OnConnect) -> Result<()> {
+        let st = self.stream_state(s)?;
+        if st.on_connect.is_some() || st.listening {
+            return Err(Error::INVALID_STATE);
+        }
+        let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let fd = self.tcp_ensure_socket(s, family)?;
+        self.connect_raw(s, fd, &socket::SockAddr::from_std(&addr), cb)
+    }
+
+    pub(crate) fn connect_raw(&mut self, s: Stream, fd: RawFd, addr: &socket::SockAddr, cb: &OnConnect) -> Result<()> {
+        self.driver.connect(fd, Loop::token(s.0, OpKind::Connect), addr)?;
+        self.slot_mut(s.0)?.inflight += 1;
+        self.stream_state(s)?.on_connect = Some(cb.clone());
+        self.active_reqs += 1;
+        Ok(())
+    }
+
+    pub(crate) fn on_connect(&mut self, s: Stream, res: i32) {
+        let Ok(st) = self.stream_state(s) else { return };
+        let cb = st.on_connect.take();
+        if res == 0 {
+            st.connected = true;
+        }
+        self.active_reqs -= 1;
+        let status = if res == 0 { Ok(()) } else { Err(Error::from_neg(res)) };
+        if let Some(cb) = cb {
+            invoke!(&cb, self, s, status);
+        }
+    }
+
+    // ---- listening ------------------------------------------------------
+
+    /// Starts listening; `cb` runs once per incoming connection, which the
+    /// callback takes with [`accept`](Self::accept). Errors that happen later
+    /// (accept failures, a cluster primary's bind error) reach `cb` as `Err`.
+    pub fn listen(&mut self, s: Stream, backlog: i32, cb: &OnConnection) -> Result<()> {
+        let st = self.stream_state(s)?;
+        if st.listening {
+            return Err(Error::INVALID_STATE);
+        }
+        st.on_connection = Some(cb.clone());
+        if st.ty == StreamType::Tcp {
+            if let (Some((addr, flags)), true) = (st.bind_addr, self.listen_hook.is_some()) {
+                let mut hook = self.listen_hook.take();
+                let res = hook.as_mut().and_then(|h| h.listen(self, s, addr, flags, backlog));
+                if self.listen_hook.is_none() {
+                    self.listen_hook = hook;
+                }
+                if let Some(res) = res {
+                    if res.is_ok() {
+                        if let Ok(st) = self.stream_state(s) {
+                            st.listening = true;
+                        }
+                        self.set_active(s.0, true);
+                    } else if let Ok(st) = self.stream_state(s) {
+                        st.on_connection = None;
+                    }
+                    return res;
+                }
+            }
+        }
+        let st = self.stream_state(s)?;
+        let fd = st.fd;
+        if fd < 0 {
+            st.on_connection = None;
+            return Err(Error::EINVAL);
+        }
+        if let Err(e) = socket::listen(fd, backlog) {
+            self.stream_state(s)?.on_connection = None;
+            return Err(e);
+        }
+        self.stream_state(s)?.listening = true;
+        self.set_active(s.0, true);
+        self.accept_arm(s);
+        Ok(())
+    }
+
+    /// For a listen hook: take a listening fd (for example one received from
+    /// a cluster primary) as this stream's socket and accept on it.
+    /// `exclusive` avoids a thundering herd among processes sharing it.
+    pub fn listen_adopt(&mut self, s: Stream, fd: OwnedFd, exclusive: bool) -> Result<()> {
+        let st = self.stream_state(s)?;
+        if st.fd >= 0 {
+            return Err(Error::INVALID_STATE);
+        }
+        sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&fd), true)?;
+        let st = self.stream_state(s)?;
+        st.fd = fd.into_raw_fd();
+        st.exclusive = exclusive;
+        st.listening = true;
+        self.set_active(s.0, true);
+        self.accept_arm(s);
+        Ok(())
+    }
+
+    /// For a listen hook: deliver a connection accepted elsewhere (a cluster
+    /// primary's round-robin hand-off). The stream's `on_connection` runs as
+    /// for a local accept. Fails (giving the fd back) if the stream is not
+    /// listening.
+    pub fn listen_inject(&mut self, s: Stream, fd: OwnedFd) -> std::result::Result<(), (Error, OwnedFd)> {
+        let st = match self.stream_state(s) {
+            Ok(st) if st.listening => st,
+            Ok(_) => return Err((Error::INVALID_STATE, fd)),
+            Err(e) => return Err((e, fd)),
+        };
+        st.parts.accept_queue.push_back(fd.into_raw_fd());
+        let cb = st.on_connection.clone();
+        if let Some(cb) = cb {
+            invoke!(&cb, self, s, Ok(()));
+        }
+        Ok(())
+    }
+
+    /// For a listen hook: report a late listen error (e.g. `EADDRINUSE` from
+    /// the primary) to the stream's `on_connection` and stop listening.
+    pub fn listen_fail(&mut self, s: Stream, err: Error) {
+        let Ok(st) = self.stream_state(s) else { return };
+        st.listening = false;
+        let cb = st.on_connection.clone();
+        self.set_active(s.0, false);
+        if let Some(cb) = cb {
+            invoke!(&cb, self, s, Err(err));
+        }
+    }
+
+    /// The address a stream was bound to with `tcp_bind`, and the flags.
+    pub fn tcp_bind_addr(&self, s: Stream) -> Result<Option<(SocketAddr, u32)>> {
+        Ok(self.stream_ref(s)?.bind_addr)
+    }
+
+    /// Installs the listen hook (see [`ListenHook`]).
+    pub fn set_listen_hook(&mut self, hook: Option<Box<dyn ListenHook>>) {
+        self.listen_hook = hook;
+    }
+
+    /// Connections accepted and waiting for `accept`.
+    pub fn accept_queue_len(&self, s: Stream) -> Result<usize> {
+        Ok(self.stream_ref(s)?.parts.accept_queue.len())
+    }
+
+    pub(crate) fn accept_arm(&mut self, s: Stream) {
+        let Ok(st) = self.stream_state(s) else { return };
+        if !st.listening || st.accept_op != OpState::Idle || st.fd < 0 {
+            return;
+        }
+        if st.parts.accept_queue.len() >= MAX_ACCEPT_QUEUE {
+            return;
+        }
+        let (fd, exclusive) = (st.fd, st.exclusive);
+        match self.driver.accept(fd, Loop::token(s.0, OpKind::Accept), exclusive) {
+            Ok(()) => {
+                if let Ok(st) = self.stream_state(s) {
+                    st.accept_op = OpState::Armed;
+                }
+                if let Ok(slot) = self.slot_mut(s.0) {
+                    slot.inflight += 1;
+                }
+            }
+            Err(_) => self.accept_backoff(s),
+        }
+    }
+
+    fn accept_backoff(&mut self, s: Stream) {
+        if !self.accept_retry.iter().any(|(_, x)| *x == s) {
+            self.accept_retry.push((self.now_ms + ACCEPT_BACKOFF_MS, s));
+        }
+    }
+
+    pub(crate) fn accept_resume(&mut self, s: Stream) {
+        self.accept_arm(s);
+    }
+
+    pub(crate) fn on_accept(&mut self, s: Stream, c: Completion) {
+        let Ok(st) = self.stream_state(s) else {
+            self.release(c);
+            return;
+        };
+        if !c.more {
+            st.accept_op = OpState::Idle;
+        }
+        let listening = st.listening;
+        let cb = st.on_connection.clone();
+        if c.res >= 0 {
+            if !listening {
+                sys::close(c.res);
+                return;
+            }
+            st.parts.accept_queue.push_back(c.res);
+            if let Some(cb) = cb {
+                invoke!(&cb, self, s, Ok(()));
+            }
+        } else if c.res != -libc::ECANCELED {
+            // EMFILE, ENFILE, ENOBUFS, ...: back off instead of spinning, and
+            // tell the user once per episode; the listener stays alive.
+            self.accept_backoff(s);
+            if let Some(cb) = cb {
+                invoke!(&cb, self, s, Err(Error::from_neg(c.res)));
+            }
+            return;
+        }
+        if !c.more {
+            self.accept_arm(s);
+        }
+    }
+
+    /// Takes one pending connection (`uv_accept`) as a new stream handle.
+    /// `EAGAIN` if none is waiting.
+    pub fn accept(&mut self, server: Stream) -> Result<Stream> {
+        let st = self.stream_state(server)?;
+        if !st.listening {
+            return Err(Error::EINVAL);
+        }
+        let was_full = st.parts.accept_queue.len() >= MAX_ACCEPT_QUEUE;
+        let fd = st.parts.accept_queue.pop_front().ok_or(Error::EAGAIN)?;
+        let (ty, family) = (st.ty, st.family);
+        let s = self.new_stream(ty, fd, family);
+        if was_full {
+            self.accept_arm(server);
+        }
+        s
+    }
+
+    // ---- reading --------------------------------------------------------
+
+    /// Starts reading (`uv_read_start`): `cb` gets each chunk as a slice
+    /// valid for the call, `Err(Error::EOF)` at end of stream, or an error.
+    pub fn read_start(&mut self, s: Stream, cb: &OnRead) -> Result<()> {
+        let st = self.stream_state(s)?;
+        if st.listening {
+            return Err(Error::EINVAL);
+        }
+        if st.fd < 0 {
+            return Err(Error::ENOTCONN);
+        }
+        st.on_read = Some(cb.clone());
+        st.reading = true;
+        let stashed = !st.parts.stash.is_empty();
+        self.set_active(s.0, true);
+        if stashed {
+            self.push_pending(Pending::Stash(s));
+        }
+        self.recv_arm(s);
+        Ok(())
+    }
+
+    /// Stops reading (`uv_read_stop`). Data that is already on its way is
+    /// kept for the next `read_start`.
+    pub fn read_stop(&mut self, s: Stream) -> Result<()> {
+        let st = self.stream_state(s)?;
+        st.reading = false;
+        st.rearm_recv = false;
+        let active = st.listening;
+        if st.recv_op == OpState::Armed {
+            st.recv_op = OpState::Ending;
+            let kind = if st.ty == StreamType::IpcPipe { OpKind::RecvMsg } else { OpKind::Recv };
+            let fd = st.fd;
+            self.driver.cancel(fd, Loop::token(s.0, kind));
+        }
+        self.set_active(s.0, active || self.stream_busy(s));
+        Ok(())
+    }
+
+    /// Whether the stream is reading.
+    pub fn is_reading(&self, s: Stream) -> bool {
+        self.stream_ref(s).is_ok_and(|st| st.reading)
+    }
+
+    fn stream_busy(&self, s: Stream) -> bool {
+        self.stream_ref(s).is_ok_and(|st| st.reading || st.listening)
+    }
+
+    pub(crate) fn recv_arm(&mut self, s: Stream) {
+        let Ok(st) = self.stream_state(s) else { return };
+        if !st.reading || st.eof || st.fd < 0 {
+            return;
+        }
+        match st.recv_op {
+            OpState::Armed => return,
+            OpState::Ending => {
+                st.rearm_recv = true;
+                return;
+            }
+            OpState::Idle => {}
+        }
+        let fd = st.fd;
+        let ipc = st.ty == StreamType::IpcPipe;
+        let res = if ipc {
+            self.driver.recvmsg(fd, Loop::token(s.0, OpKind::RecvMsg))
+        } else {
+            self.driver.recv(fd, Loop::token(s.0, OpKind::Recv))
+        };
+        match res {
+            Ok(()) => {
+                if let Ok(st) = self.stream_state(s) {
+                    st.recv_op = OpState::Armed;
+                }
+                if let Ok(slot) = self.slot_mut(s.0) {
+                    slot.inflight += 1;
+                }
+            }
+            Err(e) => {
+                let kind = if ipc { OpKind::RecvMsg } else { OpKind::Recv };
+                if let Ok(st) = self.stream_state(s) {
+                    st.parts.stash.push_back(Stashed { res: -e.code(), buf: None, kind });
+                }
+                self.push_pending(Pending::Stash(s));
+            }
+        }
+    }
+
+    pub(crate) fn on_recv(&mut self, s: Stream, c: Completion) {
+        let kind = c.token.kind().unwrap_or(OpKind::Recv);
+        let Ok(st) = self.stream_state(s) else {
+            self.release(c);
+            return;
+        };
+        let was_ending = st.recv_op == OpState::Ending;
+        if !c.more {
+            st.recv_op = OpState::Idle;
+        }
+        let event = match c.res {
+            n if n > 0 => true,
+            0 => true,
+            e if e == -libc::ECANCELED && was_ending => false,
+            e if e == -libc::ENOBUFS => false,
+            _ => true,
+        };
+        if event {
+            let item = Stashed { res: c.res, buf: c.buf, kind };
+            if st.reading && st.parts.stash.is_empty() {
+                self.deliver_read(s, item);
+            } else {
+                st.parts.stash.push_back(item);
+                if st.reading {
+                    self.push_pending(Pending::Stash(s));
+                }
+            }
+        } else if let Some(id) = c.buf {
+            self.driver.recycle(id);
+        }
+        if !c.more {
+            let rearm = match self.stream_state(s) {
+                Ok(st) => {
+                    let again = st.reading || (was_ending && st.rearm_recv);
+                    st.rearm_recv = false;
+                    again && st.write_error.is_none()
+                }
+                Err(_) => false,
+            };
+            if rearm {
+                self.recv_arm(s);
+            }
+        }
+    }
+
+    pub(crate) fn deliver_stash(&mut self, s: Stream) {
+        loop {
+            let Ok(st) = self.stream_state(s) else { return };
+            if !st.reading {
+                return;
+            }
+            let Some(item) = st.parts.stash.pop_front() else { return };
+            self.deliver_read(s, item);
+        }
+    }
+
+    /// Runs the read callback for one result, then recycles its buffer.
+    fn deliver_read(&mut self, s: Stream, item: Stashed) {
+        let Ok(st) = self.stream_state(s) else {
+            if let Some(id) = item.buf {
+                self.driver.recycle(id);
+            }
+            return;
+        };
+        let cb = st.on_read.clone();
+        if item.res <= 0 {
+            // End of stream or an error: libuv stops reading after either.
+            st.reading = false;
+            if item.res == 0 {
+                st.eof = true;
+            }
+            let active = st.listening;
+            self.set_active(s.0, active);
+            let status = if item.res == 0 { Error::EOF } else { Error::from_neg(item.res) };
+            if let Some(cb) = cb {
+                invoke!(&cb, self, s, Err(status));
+            }
+            return;
+        }
+        let Some(id) = item.buf else { return };
+        let pool = self.pool.clone();
+        // SAFETY: buffer `id` was lent to the loop by this completion and is
+        // recycled only below, after the callback; `pool` (an Rc clone) keeps
+        // the memory alive even if the callback replaces the loop.
+        let data = unsafe { pool.slice(id, item.res as usize) };
+        if item.kind == OpKind::RecvMsg {
+            self.deliver_ipc_record(s, data, cb);
+        } else if let Some(cb) = cb {
+            invoke!(&cb, self, s, Ok(data));
+        }
+        self.driver.recycle(id);
+    }
+
+    /// An IPC pipe's recvmsg record: queue its fds as pending handles, then
+    /// hand the payload to the read callback. A truncated control message is
+    /// reported (and the fds that did arrive are closed), never ignored.
+    fn deliver_ipc_record(&mut self, s: Stream, data: &[u8], cb: Option<OnRead>) {
+        let Some(rec) = crate::backend::parse_recvmsg(data) else {
+            if let Some(cb) = cb {
+                invoke!(&cb, self, s, Err(Error::EINVAL));
+            }
+            return;
+        };
+        let truncated = rec.flags & libc::MSG_CTRUNC != 0;
+        let control = &rec.control[..rec.control.len().min(RECVMSG_CONTROL_LEN)];
+        if let Ok(st) = self.stream_state(s) {
+            socket::for_each_rights_fd(control, |fd| {
+                if truncated {
+                    sys::close(fd);
+                } else {
+                    st.parts.pending_handles.push_back(fd);
+                }
+            });
+        }
+        if truncated {
+            if let Some(cb) = &cb {
+                invoke!(cb, self, s, Err(Error::CONTROL_TRUNCATED));
+            }
+        }
+        if !rec.payload.is_empty() && self.is_reading(s) {
+            if let Some(cb) = &cb {
+                invoke!(cb, self, s, Ok(rec.payload));
+            }
+        }
+    }
+
+    // ---- writing --------------------------------------------------------
+
+    /// Queues `data` for writing (`uv_write`); the bytes are copied, so the
+    /// caller's buffer is free at once. `cb` runs when all of them are sent,
+    /// or with `ECANCELED` if the stream is closed first.
+    pub fn write(&mut self, s: Stream, data: &[u8], cb: Option<&OnWrite>) -> Result<()> {
+        self.write_with_fd(s, data, -1, cb)
+    }
+
+    pub(crate) fn write_with_fd(&mut self, s: Stream, data: &[u8], send_fd: RawFd, cb: Option<&OnWrite>) -> Result<()> {
+        let st = self.stream_state(s)?;
+        if st.fd < 0 || st.listening {
+            return Err(Error::EBADF);
+        }
+        if st.shutdown != ShutdownState::None {
+            return Err(Error::EPIPE);
+        }
+        if let Some(e) = st.write_error {
+            return Err(e);
+        }
+        let start = st.queued_total;
+        st.parts.queued.extend_from_slice(data);
+        st.queued_total += data.len() as u64;
+        let end = st.queued_total;
+        st.parts.writes.push_back(WriteReq { end, cb: cb.cloned(), send_fd, start });
+        self.active_reqs += 1;
+        self.flush(s);
+        Ok(())
+    }
+
+    /// Bytes queued and not yet sent (`uv_stream_get_write_queue_size`):
+    /// the figure to watch for back-pressure.
+    pub fn write_queue_size(&self, s: Stream) -> Result<usize> {
+        let st = self.stream_ref(s)?;
+        Ok((st.queued_total - st.written_total) as usize)
+    }
+
+    /// Writes what the socket takes now, without queueing (`uv_try_write`).
+    /// `EAGAIN` if nothing could be written or writes are already queued.
+    pub fn try_write(&mut self, s: Stream, data: &[u8]) -> Result<usize> {
+        let st = self.stream_state(s)?;
+        if st.fd < 0 || st.listening {
+            return Err(Error::EBADF);
+        }
+        if !st.parts.writes.is_empty() || st.send_inflight {
+            return Err(Error::EAGAIN);
+        }
+        if st.shutdown != ShutdownState::None {
+            return Err(Error::EPIPE);
+        }
+        let iov = [libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() }];
+        // SAFETY: `iov` describes `data`, which lives for the whole call.
+        unsafe { socket::sendmsg(st.fd, &iov, &[]) }
+    }
+
+    /// Sends what is queued if no send is in flight.
+    pub(crate) fn flush(&mut self, s: Stream) {
+        let Ok(st) = self.stream_state(s) else { return };
+        if st.send_inflight || st.fd < 0 {
+            return;
+        }
+        if st.inflight_off >= st.parts.inflight.len() {
+            st.parts.inflight.clear();
+            st.inflight_off = 0;
+            self.fill_inflight(s);
+        }
+        let Ok(st) = self.stream_state(s) else { return };
+        let remaining = st.parts.inflight.len() - st.inflight_off;
+        if remaining == 0 {
+            let done = st.parts.writes.front().is_some_and(|w| w.end <= st.written_total);
+            if done || st.shutdown == ShutdownState::Requested {
+                self.push_pending(Pending::Writes(s));
+            }
+            return;
+        }
+        let fd = st.fd;
+        // SAFETY (for the pointer handed to the backend): `inflight` is not
+        // touched until this send's completion; only `queued` grows meanwhile.
+        let ptr = unsafe { st.parts.inflight.as_ptr().add(st.inflight_off) };
+        let iov = [libc::iovec { iov_base: ptr as *mut _, iov_len: remaining }];
+        let mut fds = [-1; 1];
+        let nfds = self.inflight_fd(s, &mut fds);
+        // SAFETY: see above: the memory stays valid and unmodified until the
+        // completion, which `send_inflight` guards.
+        let res = unsafe { self.driver.send(fd, Loop::token(s.0, OpKind::Send), &iov, &fds[..nfds]) };
+        match res {
+            Ok(()) => {
+                if let Ok(st) = self.stream_state(s) {
+                    st.send_inflight = true;
+                    st.inflight_len = remaining;
+                    st.inflight_fds = nfds;
+                }
+                if let Ok(slot) = self.slot_mut(s.0) {
+                    slot.inflight += 1;
+                }
+            }
+            Err(e) => self.fail_writes(s, e),
+        }
+    }
+
+    /// Moves queued bytes into the in-flight buffer: all of them, or for an
+    /// IPC pipe with handles attached, up to the next write that carries a
+    /// handle (each handle must go with its own write's first byte).
+    fn fill_inflight(&mut self, s: Stream) {
+        let Ok(st) = self.stream_state(s) else { return };
+        let parts = &mut st.parts;
+        // The first write not fully moved to `inflight` starts at the stream
+        // offset `moved` = written_total (inflight is empty here).
+        let moved = st.written_total;
+        let mut cut = parts.queued.len();
+        for w in parts.writes.iter() {
+            if w.send_fd >= 0 && w.start > moved {
+                cut = (w.start - moved) as usize;
+                break;
+            }
+        }
+        if cut == parts.queued.len() {
+            std::mem::swap(&mut parts.inflight, &mut parts.queued);
+        } else {
+            parts.inflight.extend_from_slice(&parts.queued[..cut]);
+            parts.queued.drain(..cut);
+        }
+    }
+
+    /// The fd to attach to the send about to start: the first unsent write's
+    /// handle, if that write starts exactly at the send's first byte.
+    fn inflight_fd(&mut self, s: Stream, out: &mut [RawFd; 1]) -> usize {
+        let Ok(st) = self.stream_state(s) else { return 0 };
+        let offset = st.written_total;
+        for w in st.parts.writes.iter() {
+            if w.end <= offset && w.start < offset {
+                continue;
+            }
+            if w.send_fd >= 0 && w.start == offset {
+                out[0] = w.send_fd;
+                return 1;
+            }
+            if w.start >= offset {
+                break;
+            }
+        }
+        0
+    }
+
+    pub(crate) fn on_send(&mut self, s: Stream, res: i32) {
+        let Ok(st) = self.stream_state(s) else { return };
+        st.send_inflight = false;
+        if res < 0 {
+            self.fail_writes(s, Error::from_neg(res));
+            return;
+        }
+        let n = res as usize;
+        if n > 0 && st.inflight_fds > 0 {
+            // The fds went with the first byte: the handle is sent; never
+            // send it again on a retry of the remainder.
+            let offset = st.written_total;
+            for w in st.parts.writes.iter_mut() {
+                if w.send_fd >= 0 && w.start == offset {
+                    sys::close(w.send_fd);
+                    w.send_fd = -1;
+                    break;
+                }
+            }
+            st.inflight_fds = 0;
+        }
+        st.inflight_off += n;
+        st.written_total += n as u64;
+        self.complete_writes(s);
+    }
+
+    /// Runs the callbacks of writes whose bytes are all sent, then sends
+    /// more or starts a due shutdown.
+    pub(crate) fn complete_writes(&mut self, s: Stream) {
+        loop {
+            let Ok(st) = self.stream_state(s) else { return };
+            let Some(w) = st.parts.writes.front() else { break };
+            // A zero-length write that carries a handle completes only once
+            // the handle went out.
+            if w.end > st.written_total || (w.send_fd >= 0) {
+                break;
+            }
+            let w = st.parts.writes.pop_front().expect("front exists");
+            self.active_reqs -= 1;
+            if let Some(cb) = w.cb {
+                invoke!(&cb, self, s, Ok(()));
+            }
+        }
+        self.flush(s);
+        self.maybe_shutdown(s);
+    }
+
+    /// A send failed: every queued write fails with the error, and later
+    /// writes get it at once.
+    fn fail_writes(&mut self, s: Stream, e: Error) {
+        let Ok(st) = self.stream_state(s) else { return };
+        st.write_error = Some(e);
+        st.parts.queued.clear();
+        st.parts.inflight.clear();
+        st.inflight_off = 0;
+        st.written_total = st.queued_total;
+        loop {
+            let Ok(st) = self.stream_state(s) else { return };
+            let Some(w) = st.parts.writes.pop_front() else { break };
+            if w.send_fd >= 0 {
+                sys::close(w.send_fd);
+            }
+            self.active_reqs -= 1;
+            if let Some(cb) = w.cb {
+                invoke!(&cb, self, s, Err(e));
+            }
+        }
+        self.maybe_shutdown(s);
+    }
+
+    // ---- shutdown -------------------------------------------------------
+
+    /// Shuts down the write side once queued writes are sent
+    /// (`uv_shutdown`). A second shutdown fails with `ENOTCONN`.
+    pub fn shutdown(&mut self, s: Stream, cb: Option<&OnShutdown>) -> Result<()> {
+        let st = self.stream_state(s)?;
+        if st.fd < 0 || st.listening || st.shutdown != ShutdownState::None {
+            return Err(Error::ENOTCONN);
+        }
+        st.shutdown = ShutdownState::Requested;
+        st.shutdown_req = Some(cb.cloned());
+        self.active_reqs += 1;
+        self.maybe_shutdown(s);
+        Ok(())
+    }
+
+    fn maybe_shutdown(&mut self, s: Stream) {
+        let Ok(st) = self.stream_state(s) else { return };
+        if st.shutdown != ShutdownState::Requested {
+            return;
+        }
+        if st.send_inflight || st.written_total < st.queued_total || !st.parts.writes.is_empty() {
+            return;
+        }
+        let code = match st.write_error {
+            Some(e) => e.code(),
+            None => match socket::shutdown_write(st.fd) {
+                Ok(()) => 0,
+                Err(e) => e.code(),
+            },
+        };
+        st.shutdown = ShutdownState::Done;
+        self.push_pending(Pending::ShutdownDone(s, code));
+    }
+
+    pub(crate) fn shutdown_done(&mut self, s: Stream, code: i32) {
+        let Ok(st) = self.stream_state(s) else { return };
+        let Some(cb) = st.shutdown_req.take() else { return };
+        self.active_reqs -= 1;
+        let status = if code == 0 { Ok(()) } else { Err(Error::from_errno(code)) };
+        if let Some(cb) = cb {
+            invoke!(&cb, self, s, status);
+        }
+    }
+
+    // ---- close ----------------------------------------------------------
+
+    /// First half of closing a stream: stop every operation. The slot stays
+    /// until the backend has returned everything it held.
+    pub(crate) fn stream_close(&mut self, s: Stream) {
+        self.accept_retry.retain(|(_, x)| *x != s);
+        let (hooked, fd) = {
+            let Ok(slot) = self.slot_mut(s.0) else { return };
+            let Kind::Stream(st) = &mut slot.kind else { return };
+            let fd = st.fd;
+            let mut cancels: [Option<OpKind>; 4] = [None; 4];
+            if st.recv_op == OpState::Armed {
+                st.recv_op = OpState::Ending;
+                cancels[0] = Some(if st.ty == StreamType::IpcPipe { OpKind::RecvMsg } else { OpKind::Recv });
+            }
+            if st.accept_op == OpState::Armed {
+                st.accept_op = OpState::Ending;
+                cancels[1] = Some(OpKind::Accept);
+            }
+            if st.send_inflight {
+                cancels[2] = Some(OpKind::Send);
+            }
+            if st.on_connect.is_some() {
+                cancels[3] = Some(OpKind::Connect);
+            }
+            for fd in st.parts.accept_queue.drain(..).chain(st.parts.pending_handles.drain(..)) {
+                sys::close(fd);
+            }
+            let hooked = st.listening && st.bind_addr.is_some();
+            st.reading = false;
+            st.listening = false;
+            for k in cancels.into_iter().flatten() {
+                if fd >= 0 {
+                    self.driver.cancel(fd, Loop::token(s.0, k));
+                }
+            }
+            (hooked, fd)
+        };
+        let _ = fd;
+        // Stashed reads hold receive buffers: give them back now.
+        while let Ok(st) = self.slot_mut(s.0).map(|slot| match &mut slot.kind {
+            Kind::Stream(st) => st.parts.stash.pop_front(),
+            _ => None,
+        }) {
+            let Some(item) = st else { break };
+            if let Some(id) = item.buf {
+                self.driver.recycle(id);
+            }
+        }
+        if hooked && self.listen_hook.is_some() {
+            let mut hook = self.listen_hook.take();
+            if let Some(h) = hook.as_mut() {
+                h.closed(self, s);
+            }
+            if self.listen_hook.is_none() {
+                self.listen_hook = hook;
+            }
+        }
+    }
+
+    /// A send completed after close began: count what went out so those
+    /// writes report success rather than cancellation.
+    pub(crate) fn stream_send_done_closing(&mut self, s: Stream, res: i32) {
+        if let Ok(slot) = self.slot_mut(s.0) {
+            if let Kind::Stream(st) = &mut slot.kind {
+                st.send_inflight = false;
+                if res > 0 {
+                    st.written_total += res as u64;
+                }
+            }
+        }
+    }
+
+    /// Second half of closing: nothing is in flight any more. Close the fd
+    /// and run the callbacks of writes, connect and shutdown that were
+    /// pending (written ones succeed; the rest get `ECANCELED`).
+    pub(crate) fn stream_finish_close(&mut self, s: Stream) {
+        let fd = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
+            Ok(Kind::Stream(st)) => std::mem::replace(&mut st.fd, -1),
+            _ => return,
+        };
+        if fd >= 0 {
+            self.driver.deregister(fd);
+            sys::close(fd);
+        }
+        loop {
+            let (w, written) = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
+                Ok(Kind::Stream(st)) => (st.parts.writes.pop_front(), st.written_total),
+                _ => return,
+            };
+            let Some(w) = w else { break };
+            if w.send_fd >= 0 {
+                sys::close(w.send_fd);
+            }
+            self.active_reqs -= 1;
+            let status = if w.end <= written && w.send_fd < 0 { Ok(()) } else { Err(Error::ECANCELED) };
+            if let Some(cb) = w.cb {
+                invoke!(&cb, self, s, status);
+            }
+        }
+        let connect = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
+            Ok(Kind::Stream(st)) => st.on_connect.take(),
+            _ => None,
+        };
+        if let Some(cb) = connect {
+            self.active_reqs -= 1;
+            invoke!(&cb, self, s, Err(Error::ECANCELED));
+        }
+        let shutdown = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
+            Ok(Kind::Stream(st)) => st.shutdown_req.take(),
+            _ => None,
+        };
+        if let Some(cb) = shutdown {
+            self.active_reqs -= 1;
+            if let Some(cb) = cb {
+                invoke!(&cb, self, s, Err(Error::ECANCELED));
+            }
+        }
+    }
+}
