@@ -1,17 +1,500 @@
-//! The io_uring backend (being built; see the backend contract in `super`).
+//! The io_uring backend: the loop's operations become SQEs, CQEs become
+//! [`Completion`]s (see the contract in `super`).
+//!
+//! - Accept, recv and recvmsg are multishot. Receives take buffers from one
+//!   provided-buffer ring (group [`BGID`]) built over the [`BufPool`]; recv
+//!   and recvmsg share it, so `recycle` has one place to return a buffer to.
+//! - When the kernel ends a multishot op without an error (it does so, e.g.,
+//!   when the CQ overflows) the op is re-armed at the next `poll` and the
+//!   completion is reported with `more == true`. When it ends with `ENOBUFS`
+//!   (every buffer lent to the loop) nothing is reported: the op waits until
+//!   the loop recycles a buffer, then is re-armed, so the stream continues in
+//!   order and the loop never sees the starvation.
+//! - Send is `SEND` for one iovec without fds, else `SENDMSG` with its
+//!   header, iovec copy and `SCM_RIGHTS` message in a reusable slot; connect
+//!   keeps its address in a slot. Nothing allocates per op after warm-up.
+//! - Every loop SQE carries the loop's token as `user_data`; backend-internal
+//!   SQEs (cancels) carry [`INTERNAL`] (kind byte 0), whose CQEs are dropped.
+//! - `poll` submits and waits in one `io_uring_enter` (`EXT_ARG` timeout),
+//!   always with `GETEVENTS` so deferred task work runs and overflowed CQEs
+//!   are flushed; CQEs beyond the caller's room stay in the CQ.
 
-use super::{Backend, BufPool, Completion, Driver, PoolConfig, Token, Unavailable};
+mod bufring;
+mod ops;
+mod setup;
+#[cfg(test)]
+mod tests;
+
+use super::{
+    Backend, BufPool, Completion, Driver, OpKind, PoolConfig, Token, Unavailable, MAX_IOV,
+    RECVMSG_CONTROL_LEN, RECVMSG_HEADER_LEN,
+};
 use crate::error::{Error, Result};
+use crate::sys::socket::{self, SockAddr};
+use bufring::BufRing;
+use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
+use ops::{MultiOp, MultiState, Op, OpTable, SlotPool};
+use std::collections::VecDeque;
+use std::mem::ManuallyDrop;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
+/// Buffer group of the provided-buffer ring (recv and recvmsg).
+const BGID: u16 = 0;
+/// `user_data` of backend-internal SQEs (cancels): kind byte 0, never a token.
+const INTERNAL: u64 = 0;
+/// CQEs copied out of the ring per batch.
+const REAP_BATCH: usize = 256;
+
 pub(crate) struct Uring {
+    /// Dropped by hand, first (see `Drop`): the kernel may use the buffer
+    /// ring, the pool and the slots until the ring is gone. Boxed to keep
+    /// `Uring` (and so the loop's driver enum) small.
+    ring: ManuallyDrop<Box<IoUring>>,
+    bufs: BufRing,
     pool: Rc<BufPool>,
+    /// The recvmsg multishot template (`msg_namelen = 0`,
+    /// `msg_controllen = RECVMSG_CONTROL_LEN`), read by the kernel when each
+    /// recvmsg SQE is prepared; boxed so its address is stable.
+    recvmsg_hdr: Box<libc::msghdr>,
+    ops: OpTable,
+    slots: SlotPool,
+    /// Tokens of persistent ops waiting to be (re)submitted ([`MultiState`]).
+    waiting: Vec<u64>,
+    /// SQEs that found the SQ full even after a submit; pushed first at the
+    /// next opportunity, in order.
+    backlog: VecDeque<squeue::Entry>,
+    /// Completions made by the backend itself (cancel of a waiting op, the
+    /// final completion after a cancelled op's last data), reported first.
+    deferred: VecDeque<Completion>,
+    /// CQEs copied out of the CQ, awaiting translation.
+    batch: Vec<(u64, i32, u32)>,
+    /// Loop SQEs pushed whose last CQE (no `F_MORE`) has not been seen.
+    inflight: usize,
+    features: Box<str>,
+    /// The process that set the ring up. The ring's memory is `dontfork`, so
+    /// a forked child must not touch it (not even in `Drop`).
+    pid: u32,
 }
 
 impl Uring {
-    pub fn new(_pool: PoolConfig) -> std::result::Result<Uring, Unavailable> {
-        Err(Unavailable { error: Error::BACKEND_UNAVAILABLE, reason: "io_uring backend not built yet".into() })
+    pub fn new(cfg: PoolConfig) -> std::result::Result<Uring, Unavailable> {
+        let (ring, flags) = setup::build_ring()?;
+        setup::probe(&ring)?;
+        let pool = Rc::new(BufPool::new(cfg).map_err(|error| Unavailable {
+            error,
+            reason: format!(
+                "receive buffer pool: {error} ({} x {} bytes)",
+                cfg.count, cfg.size
+            ),
+        })?);
+        let mut bufs = BufRing::new(cfg.count).map_err(|error| Unavailable {
+            error,
+            reason: format!("provided-buffer ring of {} entries: {error}", cfg.count),
+        })?;
+        for id in 0..cfg.count {
+            bufs.add(&pool, id);
+        }
+        bufs.publish();
+        // SAFETY: the ring memory (`bufs`) and every buffer it names (`pool`)
+        // live in the `Uring` we return, whose `Drop` destroys the io_uring
+        // instance before either is freed. On the error path below the ring
+        // is dropped first too.
+        if let Err(e) = unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(bufs.addr(), cfg.count, BGID, 0)
+        } {
+            drop(ring);
+            return Err(setup::bufring_reason(&e));
+        }
+        // SAFETY: msghdr is plain data; all-zero is a valid value.
+        let mut hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        hdr.msg_namelen = 0;
+        hdr.msg_controllen = RECVMSG_CONTROL_LEN as _;
+        let features = setup::describe(&ring, flags, cfg.count, cfg.size as usize);
+        Ok(Uring {
+            ring: ManuallyDrop::new(Box::new(ring)),
+            bufs,
+            pool,
+            recvmsg_hdr: hdr,
+            ops: OpTable::with_capacity_and_hasher(1024, Default::default()),
+            slots: SlotPool::with_capacity(64),
+            waiting: Vec::with_capacity(256),
+            backlog: VecDeque::with_capacity(256),
+            deferred: VecDeque::with_capacity(256),
+            batch: Vec::with_capacity(REAP_BATCH),
+            inflight: 0,
+            features: features.into_boxed_str(),
+            pid: std::process::id(),
+        })
+    }
+
+    /// How the ring was set up ("io_uring sq=1024 cq=4096 single_issuer+...").
+    #[allow(dead_code)]
+    pub(crate) fn features(&self) -> &str {
+        &self.features
+    }
+
+    /// Queues an SQE: into the SQ, else (SQ full) after submitting what is
+    /// there, else into the backlog, so no submission is ever lost.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must stay valid until the op's last CQE:
+    /// the caller either owns that memory for the ring's lifetime (pool,
+    /// buffer ring, recvmsg template), holds it in a slot freed only at the
+    /// final CQE, or has the loop's promise (contract rule 3).
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() {
+            // SAFETY: forwarded from this function's contract.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            // The SQ is full: hand it to the kernel and try once more. Errors
+            // (EBUSY under CQ back-pressure) leave the SQEs queued; poll retries.
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    /// Queues an SQE for a loop op (counted in `inflight`).
+    ///
+    /// # Safety
+    /// As for [`Uring::push`].
+    unsafe fn push_op(&mut self, entry: squeue::Entry) {
+        self.inflight += 1;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.push(entry) }
+    }
+
+    /// Moves backlogged SQEs into the SQ while it has room.
+    fn flush_backlog(&mut self) {
+        while let Some(entry) = self.backlog.front() {
+            // SAFETY: backlogged entries were checked by `push`'s callers.
+            if unsafe { self.ring.submission().push(entry) }.is_err() {
+                return;
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    /// The SQE (re)arming persistent op `op` tagged `user_data`.
+    fn multishot_entry(&self, op: &MultiOp, user_data: u64) -> squeue::Entry {
+        let fd = Fd(op.fd);
+        match op.kind {
+            OpKind::Accept => opcode::AcceptMulti::new(fd)
+                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                .build(),
+            OpKind::Recv => opcode::RecvMulti::new(fd, BGID).build(),
+            _ => opcode::RecvMsgMulti::new(fd, &*self.recvmsg_hdr, BGID)
+                .flags(libc::MSG_CMSG_CLOEXEC as u32)
+                .build(),
+        }
+        .user_data(user_data)
+    }
+
+    /// Starts a persistent op.
+    fn start_multishot(&mut self, fd: RawFd, token: Token, kind: OpKind) -> Result<()> {
+        let op = MultiOp {
+            fd,
+            kind,
+            state: MultiState::InKernel,
+            cancelled: false,
+        };
+        if self.ops.insert(token.0, Op::Multi(op)).is_some() {
+            debug_assert!(false, "{token:?} armed twice");
+        }
+        let entry = self.multishot_entry(&op, token.0);
+        // SAFETY: multishot SQEs point only at the recvmsg template and the
+        // buffer ring (via the group id), both owned for the ring's lifetime.
+        unsafe { self.push_op(entry) };
+        Ok(())
+    }
+
+    /// Re-submits waiting persistent ops: re-arms always, starved ones once
+    /// the ring has a buffer again.
+    fn resubmit_waiting(&mut self) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let ud = self.waiting[i];
+            let op = match self.ops.get_mut(&ud) {
+                Some(Op::Multi(op)) if op.state != MultiState::InKernel => op,
+                _ => {
+                    self.waiting.swap_remove(i);
+                    continue;
+                }
+            };
+            if op.state == MultiState::Starved && self.bufs.available() == 0 {
+                i += 1;
+                continue;
+            }
+            op.state = MultiState::InKernel;
+            let op = *op;
+            self.waiting.swap_remove(i);
+            let entry = self.multishot_entry(&op, ud);
+            // SAFETY: as in `start_multishot`.
+            unsafe { self.push_op(entry) };
+        }
+    }
+
+    /// Reports `c` now if `out` has room, else at the next `poll`.
+    fn emit(&mut self, out: &mut Vec<Completion>, c: Completion) {
+        if out.len() < out.capacity() {
+            out.push(c);
+        } else {
+            self.deferred.push_back(c);
+        }
+    }
+
+    /// `io_uring_enter`: submits the SQ, runs deferred work, flushes
+    /// overflowed CQEs and, if `wait`, waits up to `timeout_ms` (-1: no
+    /// limit) for one CQE.
+    fn enter(&mut self, wait: bool, timeout_ms: i64) -> Result<()> {
+        let to_submit = self.ring.submission().len() as u32;
+        let ts;
+        let mut args = SubmitArgs::new();
+        if wait && timeout_ms >= 0 {
+            ts = Timespec::from(std::time::Duration::from_millis(timeout_ms as u64));
+            args = args.timespec(&ts);
+        }
+        let flags = (EnterFlags::GETEVENTS | EnterFlags::EXT_ARG).bits();
+        // SAFETY: `args` is an `io_uring_getevents_arg` (SubmitArgs is a
+        // transparent wrapper) that, with the timespec it points at, lives
+        // across the call; EXT_ARG tells the kernel to read it as such.
+        let res = unsafe {
+            self.ring
+                .submitter()
+                .enter(to_submit, wait as u32, flags, Some(&args))
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ETIME | libc::EINTR) => Ok(()),
+                // CQ back-pressure (EBUSY) or no memory for requests (EAGAIN):
+                // nothing was submitted. Reaping makes room; the SQEs stay
+                // queued for the next poll.
+                Some(libc::EBUSY | libc::EAGAIN) => {
+                    self.flush_overflow();
+                    Ok(())
+                }
+                _ => Err(Error::from(e)),
+            },
+        }
+    }
+
+    /// Asks the kernel to move overflowed CQEs into the CQ (and run deferred
+    /// task work) without submitting or waiting.
+    fn flush_overflow(&mut self) {
+        let args = SubmitArgs::new();
+        let flags = (EnterFlags::GETEVENTS | EnterFlags::EXT_ARG).bits();
+        // SAFETY: as in `enter`; no timespec, no submissions, no wait.
+        let _ = unsafe { self.ring.submitter().enter(0, 0, flags, Some(&args)) };
+    }
+
+    /// Translates CQEs into `out` until it is full or the CQ (including the
+    /// kernel's overflow list) is empty.
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        loop {
+            while out.len() < out.capacity() {
+                let room = (out.capacity() - out.len()).min(REAP_BATCH);
+                self.batch.clear();
+                {
+                    let cq = self.ring.completion();
+                    for cqe in cq.take(room) {
+                        self.batch
+                            .push((cqe.user_data(), cqe.result(), cqe.flags()));
+                    }
+                }
+                if self.batch.is_empty() {
+                    break;
+                }
+                for i in 0..self.batch.len() {
+                    let (ud, res, flags) = self.batch[i];
+                    self.complete(ud, res, flags, out);
+                }
+            }
+            if out.len() >= out.capacity() || !self.ring.submission().cq_overflow() {
+                return;
+            }
+            // The kernel holds CQEs that did not fit the CQ; bring them in.
+            self.flush_overflow();
+            if self.ring.completion().is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Translates one CQE.
+    fn complete(&mut self, ud: u64, res: i32, flags: u32, out: &mut Vec<Completion>) {
+        let token = Token(ud);
+        let Some(kind) = token.kind() else { return }; // internal SQE
+        let more = cqueue::more(flags);
+        if !more {
+            self.inflight = self.inflight.saturating_sub(1);
+        }
+        let buf = cqueue::buffer_select(flags);
+        if let Some(id) = buf {
+            self.bufs.mark_lent(id);
+        }
+        match kind {
+            OpKind::Accept | OpKind::Recv | OpKind::RecvMsg => {
+                self.complete_multishot(token, kind, res, buf, more, out)
+            }
+            OpKind::Send | OpKind::Connect => {
+                if self.slots.in_use() > 0 {
+                    if let Some(Op::Slot(i)) = self.ops.get(&ud).copied() {
+                        self.ops.remove(&ud);
+                        self.slots.give(i);
+                    }
+                }
+                self.emit(
+                    out,
+                    Completion {
+                        token,
+                        res,
+                        buf: None,
+                        more: false,
+                    },
+                );
+            }
+            OpKind::Read | OpKind::PollIn => self.emit(
+                out,
+                Completion {
+                    token,
+                    res,
+                    buf: None,
+                    more: false,
+                },
+            ),
+        }
+    }
+
+    fn complete_multishot(
+        &mut self,
+        token: Token,
+        kind: OpKind,
+        mut res: i32,
+        mut buf: Option<u16>,
+        more: bool,
+        out: &mut Vec<Completion>,
+    ) {
+        if let Some(id) = buf {
+            // A recvmsg record with neither payload nor control is the end of
+            // the stream: report it as recv does (res 0, no buffer).
+            let eof_record = kind == OpKind::RecvMsg && self.recvmsg_is_eof(id, res);
+            if res <= 0 || eof_record {
+                self.recycle(id);
+                buf = None;
+                res = res.min(0);
+            }
+        }
+        let data = if kind == OpKind::Accept {
+            res >= 0
+        } else {
+            res > 0
+        };
+        if more {
+            self.emit(
+                out,
+                Completion {
+                    token,
+                    res,
+                    buf,
+                    more: true,
+                },
+            );
+            return;
+        }
+        // The kernel ended the op.
+        let op = match self.ops.get_mut(&token.0) {
+            Some(Op::Multi(op)) => op,
+            _ => {
+                self.emit(
+                    out,
+                    Completion {
+                        token,
+                        res,
+                        buf,
+                        more: false,
+                    },
+                );
+                return;
+            }
+        };
+        if data && !op.cancelled {
+            op.state = MultiState::Rearm;
+            self.waiting.push(token.0);
+            self.emit(
+                out,
+                Completion {
+                    token,
+                    res,
+                    buf,
+                    more: true,
+                },
+            );
+        } else if data {
+            self.ops.remove(&token.0);
+            self.emit(
+                out,
+                Completion {
+                    token,
+                    res,
+                    buf,
+                    more: true,
+                },
+            );
+            self.emit(
+                out,
+                Completion {
+                    token,
+                    res: -libc::ECANCELED,
+                    buf: None,
+                    more: false,
+                },
+            );
+        } else if res == -libc::ENOBUFS && !op.cancelled && kind != OpKind::Accept {
+            op.state = MultiState::Starved;
+            self.waiting.push(token.0);
+        } else {
+            if res == -libc::ENOBUFS {
+                res = -libc::ECANCELED;
+            }
+            self.ops.remove(&token.0);
+            self.emit(
+                out,
+                Completion {
+                    token,
+                    res,
+                    buf,
+                    more: false,
+                },
+            );
+        }
+    }
+
+    /// Whether buffer `id` holds a recvmsg record of `res` bytes with no
+    /// payload and no control data.
+    fn recvmsg_is_eof(&self, id: u16, res: i32) -> bool {
+        if res < RECVMSG_HEADER_LEN as i32 {
+            return false;
+        }
+        // SAFETY: the CQE just lent buffer `id` to us and the kernel no longer
+        // writes it; we read its 16-byte header only.
+        let head = unsafe { self.pool.slice(id, RECVMSG_HEADER_LEN) };
+        let word = |i: usize| {
+            u32::from_ne_bytes([
+                head[i * 4],
+                head[i * 4 + 1],
+                head[i * 4 + 2],
+                head[i * 4 + 3],
+            ])
+        };
+        word(1) == 0 && word(2) == 0
     }
 }
 
@@ -19,34 +502,228 @@ impl Driver for Uring {
     fn kind(&self) -> Backend {
         Backend::IoUring
     }
-    fn accept(&mut self, _fd: RawFd, _token: Token, _exclusive: bool) -> Result<()> {
-        Err(Error::ENOSYS)
+
+    fn accept(&mut self, fd: RawFd, token: Token, _exclusive: bool) -> Result<()> {
+        // io_uring's accept wakes one waiter per connection already.
+        self.start_multishot(fd, token, OpKind::Accept)
     }
-    fn recv(&mut self, _fd: RawFd, _token: Token) -> Result<()> {
-        Err(Error::ENOSYS)
+
+    fn recv(&mut self, fd: RawFd, token: Token) -> Result<()> {
+        self.start_multishot(fd, token, OpKind::Recv)
     }
-    fn recvmsg(&mut self, _fd: RawFd, _token: Token) -> Result<()> {
-        Err(Error::ENOSYS)
+
+    fn recvmsg(&mut self, fd: RawFd, token: Token) -> Result<()> {
+        if self.pool.size() <= RECVMSG_HEADER_LEN + RECVMSG_CONTROL_LEN {
+            return Err(Error::EINVAL);
+        }
+        self.start_multishot(fd, token, OpKind::RecvMsg)
     }
-    unsafe fn send(&mut self, _fd: RawFd, _token: Token, _iov: &[libc::iovec], _fds: &[RawFd]) -> Result<()> {
-        Err(Error::ENOSYS)
+
+    unsafe fn send(
+        &mut self,
+        fd: RawFd,
+        token: Token,
+        iov: &[libc::iovec],
+        fds: &[RawFd],
+    ) -> Result<()> {
+        if iov.len() > MAX_IOV || fds.len() > socket::MAX_FDS_PER_MSG {
+            return Err(Error::EINVAL);
+        }
+        if iov.len() == 1 && fds.is_empty() {
+            let len = u32::try_from(iov[0].iov_len).unwrap_or(u32::MAX);
+            let entry = opcode::Send::new(Fd(fd), iov[0].iov_base as *const u8, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(token.0);
+            // SAFETY: the data is the caller's, valid until the completion
+            // (this function's contract); nothing else is pointed at.
+            unsafe { self.push_op(entry) };
+            return Ok(());
+        }
+        let i = self.slots.take();
+        let slot = self.slots.get(i);
+        slot.iov[..iov.len()].copy_from_slice(iov);
+        slot.msg.msg_name = std::ptr::null_mut();
+        slot.msg.msg_namelen = 0;
+        slot.msg.msg_iov = slot.iov.as_mut_ptr();
+        slot.msg.msg_iovlen = iov.len() as _;
+        slot.msg.msg_flags = 0;
+        if fds.is_empty() {
+            slot.msg.msg_control = std::ptr::null_mut();
+            slot.msg.msg_controllen = 0;
+        } else {
+            // SAFETY: `control` holds CONTROL_LEN >= cmsg_space(64 fds) bytes,
+            // is u64-aligned (enough for cmsghdr), and fds.len() <= 64.
+            unsafe { socket::fill_rights(slot.control.as_mut_ptr().cast(), fds) };
+            slot.msg.msg_control = slot.control.as_mut_ptr().cast();
+            slot.msg.msg_controllen = socket::cmsg_space(std::mem::size_of_val(fds)) as _;
+        }
+        let entry = opcode::SendMsg::new(Fd(fd), &slot.msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(token.0);
+        self.ops.insert(token.0, Op::Slot(i));
+        // SAFETY: the header, iovec copy and control message live in boxed
+        // slot `i`, freed only at this op's CQE; the data is the caller's,
+        // valid until then (this function's contract).
+        unsafe { self.push_op(entry) };
+        Ok(())
     }
-    fn connect(&mut self, _fd: RawFd, _token: Token, _addr: &crate::sys::socket::SockAddr) -> Result<()> {
-        Err(Error::ENOSYS)
+
+    fn connect(&mut self, fd: RawFd, token: Token, addr: &SockAddr) -> Result<()> {
+        let i = self.slots.take();
+        let slot = self.slots.get(i);
+        slot.addr = *addr;
+        let entry = opcode::Connect::new(Fd(fd), slot.addr.as_ptr(), slot.addr.len)
+            .build()
+            .user_data(token.0);
+        self.ops.insert(token.0, Op::Slot(i));
+        // SAFETY: the address lives in boxed slot `i`, freed only at this
+        // op's CQE.
+        unsafe { self.push_op(entry) };
+        Ok(())
     }
-    unsafe fn read(&mut self, _fd: RawFd, _token: Token, _ptr: *mut u8, _len: usize) -> Result<()> {
-        Err(Error::ENOSYS)
+
+    unsafe fn read(&mut self, fd: RawFd, token: Token, ptr: *mut u8, len: usize) -> Result<()> {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        // Offset -1: the file position for seekable files; ignored for
+        // streams (eventfd, pipes).
+        let entry = opcode::Read::new(Fd(fd), ptr, len)
+            .offset(u64::MAX)
+            .build()
+            .user_data(token.0);
+        // SAFETY: `ptr..ptr+len` stays valid until the completion (this
+        // function's contract).
+        unsafe { self.push_op(entry) };
+        Ok(())
     }
-    fn poll_in(&mut self, _fd: RawFd, _token: Token) -> Result<()> {
-        Err(Error::ENOSYS)
+
+    fn poll_in(&mut self, fd: RawFd, token: Token) -> Result<()> {
+        let entry = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(token.0);
+        // SAFETY: POLL_ADD points at no memory.
+        unsafe { self.push_op(entry) };
+        Ok(())
     }
-    fn cancel(&mut self, _fd: RawFd, _token: Token) {}
-    fn deregister(&mut self, _fd: RawFd) {}
-    fn poll(&mut self, _timeout_ms: i64, _out: &mut Vec<Completion>) -> Result<()> {
-        Err(Error::ENOSYS)
+
+    fn cancel(&mut self, _fd: RawFd, token: Token) {
+        if let Some(Op::Multi(op)) = self.ops.get_mut(&token.0) {
+            if op.cancelled {
+                return;
+            }
+            op.cancelled = true;
+            if op.state != MultiState::InKernel {
+                // Not in the kernel (waiting for a re-arm or a buffer): end it
+                // here; its final completion goes out at the next poll.
+                self.ops.remove(&token.0);
+                if let Some(pos) = self.waiting.iter().position(|&t| t == token.0) {
+                    self.waiting.swap_remove(pos);
+                }
+                self.deferred.push_back(Completion {
+                    token,
+                    res: -libc::ECANCELED,
+                    buf: None,
+                    more: false,
+                });
+                return;
+            }
+        }
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(token.0).all())
+            .build()
+            .user_data(INTERNAL);
+        // SAFETY: ASYNC_CANCEL points at no memory.
+        unsafe { self.push(entry) };
     }
+
+    fn deregister(&mut self, _fd: RawFd) {
+        // Nothing is registered per fd: ops name the fd in each SQE.
+    }
+
+    fn poll(&mut self, timeout_ms: i64, out: &mut Vec<Completion>) -> Result<()> {
+        let start = out.len();
+        while out.len() < out.capacity() {
+            match self.deferred.pop_front() {
+                Some(c) => out.push(c),
+                None => break,
+            }
+        }
+        if !self.waiting.is_empty() {
+            self.resubmit_waiting();
+        }
+        self.flush_backlog();
+        let room = out.capacity() - out.len();
+        let cq_len = self.ring.completion().len();
+        let wait = timeout_ms != 0
+            && out.len() == start
+            && room > 0
+            && cq_len == 0
+            && self.deferred.is_empty();
+        let to_submit = !self.ring.submission().is_empty();
+        if wait || to_submit || cq_len < room {
+            self.enter(wait, timeout_ms)?;
+        }
+        self.flush_backlog();
+        if self.deferred.is_empty() {
+            self.reap(out);
+        }
+        Ok(())
+    }
+
     fn pool(&self) -> &Rc<BufPool> {
         &self.pool
     }
-    fn recycle(&mut self, _id: u16) {}
+
+    fn recycle(&mut self, id: u16) {
+        let ok = self.bufs.give_back(&self.pool, id);
+        debug_assert!(ok, "buffer {id} recycled but not lent");
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            // A forked child: the ring's pages are not mapped here (dontfork)
+            // and the ring belongs to the parent. Leak our handle on it.
+            return;
+        }
+        // SQEs still in the backlog never reached the kernel.
+        for e in self.backlog.drain(..) {
+            if Token(e.get_user_data()).kind().is_some() {
+                self.inflight = self.inflight.saturating_sub(1);
+            }
+        }
+        // Cancel everything, then wait (bounded) for every op to end, so no
+        // request still points into the pool, a slot or the loop's memory
+        // when they are freed. Accepted fds still in the CQ are closed.
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::any())
+            .build()
+            .user_data(INTERNAL);
+        // SAFETY: ASYNC_CANCEL points at no memory.
+        unsafe { self.push(entry) };
+        self.flush_backlog();
+        for _ in 0..100 {
+            let _ = self.enter(self.inflight > 0, 10);
+            let mut cq = self.ring.completion();
+            for cqe in &mut cq {
+                let token = Token(cqe.user_data());
+                let Some(kind) = token.kind() else { continue };
+                if !cqueue::more(cqe.flags()) {
+                    self.inflight = self.inflight.saturating_sub(1);
+                }
+                if kind == OpKind::Accept && cqe.result() >= 0 {
+                    crate::sys::close(cqe.result());
+                }
+            }
+            drop(cq);
+            if self.inflight == 0 {
+                break;
+            }
+        }
+        let _ = self.ring.submitter().unregister_buf_ring(BGID);
+        // SAFETY: dropped exactly once, here; nothing uses `ring` afterwards.
+        // Fields (buffer ring, pool, slots, recvmsg template) are dropped
+        // after this body returns, once the kernel has let go of them.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
+    }
 }

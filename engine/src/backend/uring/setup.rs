@@ -1,0 +1,278 @@
+//! Ring setup: the flags ladder, the opcode probe and the kernel-version gate.
+//! Everything here runs once per loop; it may allocate.
+
+use super::super::Unavailable;
+use crate::error::Error;
+use io_uring::{opcode, IoUring, Probe};
+use std::fmt::Write as _;
+
+/// Submission-queue entries; the completion queue gets [`CQ_ENTRIES`].
+pub(super) const SQ_ENTRIES: u32 = 1024;
+/// Completion-queue entries (4x the SQ: multishot ops post many CQEs per SQE).
+pub(super) const CQ_ENTRIES: u32 = 4 * SQ_ENTRIES;
+
+/// Oldest kernel we run on: multishot recv and recvmsg arrived in 6.0
+/// (multishot accept, provided-buffer rings and `AsyncCancel` by user data
+/// with `ALL` in 5.19; `EXT_ARG` waits in 5.11).
+pub(super) const MIN_KERNEL: (u32, u32) = (6, 0);
+
+/// Optional setup flags, best first. Each rung is tried in turn while the
+/// kernel answers `EINVAL` (a flag it does not know).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) struct SetupFlags {
+    pub coop_taskrun: bool,
+    pub single_issuer: bool,
+    pub defer_taskrun: bool,
+    pub submit_all: bool,
+}
+
+const LADDER: [SetupFlags; 6] = [
+    SetupFlags {
+        coop_taskrun: true,
+        single_issuer: true,
+        defer_taskrun: true,
+        submit_all: true,
+    },
+    SetupFlags {
+        coop_taskrun: false,
+        single_issuer: true,
+        defer_taskrun: true,
+        submit_all: true,
+    },
+    SetupFlags {
+        coop_taskrun: true,
+        single_issuer: true,
+        defer_taskrun: false,
+        submit_all: true,
+    },
+    SetupFlags {
+        coop_taskrun: true,
+        single_issuer: false,
+        defer_taskrun: false,
+        submit_all: true,
+    },
+    SetupFlags {
+        coop_taskrun: false,
+        single_issuer: false,
+        defer_taskrun: false,
+        submit_all: true,
+    },
+    SetupFlags {
+        coop_taskrun: false,
+        single_issuer: false,
+        defer_taskrun: false,
+        submit_all: false,
+    },
+];
+
+impl SetupFlags {
+    pub fn describe(&self, out: &mut String) {
+        let names = [
+            (self.single_issuer, "single_issuer"),
+            (self.defer_taskrun, "defer_taskrun"),
+            (self.coop_taskrun, "coop_taskrun"),
+            (self.submit_all, "submit_all"),
+        ];
+        let mut first = true;
+        for (on, name) in names {
+            if on {
+                if !first {
+                    out.push('+');
+                }
+                out.push_str(name);
+                first = false;
+            }
+        }
+        if first {
+            out.push_str("no optional flags");
+        }
+    }
+}
+
+fn unavailable(errno: i32, reason: String) -> Unavailable {
+    let error = if errno > 0 {
+        Error::from_errno(errno)
+    } else {
+        Error::BACKEND_UNAVAILABLE
+    };
+    Unavailable { error, reason }
+}
+
+fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOMEM => "ENOMEM",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::EFAULT => "EFAULT",
+        libc::EACCES => "EACCES",
+        _ => "error",
+    }
+}
+
+/// A sentence for a failed `io_uring_setup`.
+fn setup_reason(errno: i32) -> String {
+    let why = match errno {
+        libc::EPERM => "kernel.io_uring_disabled or a seccomp filter forbids it",
+        libc::ENOSYS => "the kernel was built without io_uring, or a seccomp filter hides it",
+        libc::ENOMEM => "not enough locked memory (RLIMIT_MEMLOCK) or kernel memory for the rings",
+        libc::EMFILE | libc::ENFILE => "no file descriptor left for the ring",
+        _ => "the kernel refused the ring",
+    };
+    format!("io_uring_setup: {} ({why})", errno_name(errno))
+}
+
+/// Kernel release as (major, minor), from `/proc/sys/kernel/osrelease` (the
+/// same string `uname -r` prints); `None` if it cannot be read.
+pub(super) fn kernel_version() -> Option<(u32, u32)> {
+    parse_release(
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()?
+            .trim(),
+    )
+}
+
+/// Parses "6.18.44-foo" into (6, 18).
+pub(super) fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Builds the ring with the best flags this kernel accepts.
+pub(super) fn build_ring() -> Result<(IoUring, SetupFlags), Unavailable> {
+    match kernel_version() {
+        Some(v) if v < MIN_KERNEL => {
+            return Err(unavailable(
+                libc::ENOSYS,
+                format!(
+                "io_uring backend needs Linux {}.{} (multishot recv/recvmsg); this kernel is {}.{}",
+                MIN_KERNEL.0, MIN_KERNEL.1, v.0, v.1
+            ),
+            ))
+        }
+        _ => {}
+    }
+    let mut last = libc::EINVAL;
+    for flags in LADDER {
+        let mut b = IoUring::builder();
+        b.dontfork().setup_cqsize(CQ_ENTRIES).setup_clamp();
+        if flags.coop_taskrun {
+            b.setup_coop_taskrun();
+        }
+        if flags.single_issuer {
+            b.setup_single_issuer();
+        }
+        if flags.defer_taskrun {
+            b.setup_defer_taskrun();
+        }
+        if flags.submit_all {
+            b.setup_submit_all();
+        }
+        match b.build(SQ_ENTRIES) {
+            Ok(ring) => return Ok((ring, flags)),
+            Err(e) => {
+                last = e.raw_os_error().unwrap_or(libc::EIO);
+                if last != libc::EINVAL {
+                    break;
+                }
+            }
+        }
+    }
+    Err(unavailable(last, setup_reason(last)))
+}
+
+/// Checks that the kernel supports every operation and feature we use.
+pub(super) fn probe(ring: &IoUring) -> Result<(), Unavailable> {
+    let mut probe = Probe::new();
+    if let Err(e) = ring.submitter().register_probe(&mut probe) {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        return Err(unavailable(
+            errno,
+            format!("io_uring probe failed: {} ({e})", errno_name(errno)),
+        ));
+    }
+    let needed: [(u8, &str); 9] = [
+        (opcode::Accept::CODE, "ACCEPT"),
+        (opcode::Recv::CODE, "RECV"),
+        (opcode::RecvMsg::CODE, "RECVMSG"),
+        (opcode::Send::CODE, "SEND"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+        (opcode::Connect::CODE, "CONNECT"),
+        (opcode::Read::CODE, "READ"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    ];
+    let mut missing = String::new();
+    for (code, name) in needed {
+        if !probe.is_supported(code) {
+            if !missing.is_empty() {
+                missing.push_str(", ");
+            }
+            missing.push_str(name);
+        }
+    }
+    if !missing.is_empty() {
+        return Err(unavailable(
+            libc::ENOSYS,
+            format!("io_uring lacks needed operations: {missing}"),
+        ));
+    }
+    let params = ring.params();
+    if !params.is_feature_ext_arg() {
+        return Err(unavailable(
+            libc::ENOSYS,
+            "io_uring lacks IORING_FEAT_EXT_ARG (timed waits)".into(),
+        ));
+    }
+    if !params.is_feature_nodrop() {
+        return Err(unavailable(
+            libc::ENOSYS,
+            "io_uring lacks IORING_FEAT_NODROP (completions could be lost)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A one-line description of the ring as set up, for diagnostics.
+pub(super) fn describe(
+    ring: &IoUring,
+    flags: SetupFlags,
+    pool_count: u16,
+    pool_size: usize,
+) -> String {
+    let mut s = String::with_capacity(160);
+    let p = ring.params();
+    let _ = write!(s, "io_uring sq={} cq={} ", p.sq_entries(), p.cq_entries());
+    flags.describe(&mut s);
+    let _ = write!(s, "; bufring {pool_count}x{pool_size}B");
+    s
+}
+
+/// Why buffer-ring registration failed.
+pub(super) fn bufring_reason(e: &std::io::Error) -> Unavailable {
+    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+    unavailable(
+        errno,
+        format!(
+            "io_uring provided-buffer ring registration failed: {} ({e}); needs Linux 5.19",
+            errno_name(errno)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_release_forms() {
+        assert_eq!(parse_release("6.18.44-fc-v595"), Some((6, 18)));
+        assert_eq!(parse_release("5.15.0"), Some((5, 15)));
+        assert_eq!(parse_release("6.1"), Some((6, 1)));
+        assert_eq!(parse_release("garbage"), None);
+    }
+}
