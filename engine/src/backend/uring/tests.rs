@@ -587,3 +587,165 @@ fn dropping_the_driver_with_ops_in_flight_is_clean() {
     drop(u);
     assert!(t0.elapsed() < Duration::from_secs(2));
 }
+
+/// Counts heap allocations made by the current thread while `COUNTING` is
+/// set; otherwise a plain pass-through to the system allocator. (The only
+/// `#[global_allocator]` of the engine's unit-test binary; other modules
+/// may use `count_allocs` too.)
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static COUNTING: Cell<bool> = const { Cell::new(false) };
+        static COUNT: Cell<usize> = const { Cell::new(0) };
+    }
+
+    struct Counting;
+
+    fn note() {
+        if COUNTING.try_with(Cell::get).unwrap_or(false) {
+            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+        }
+    }
+
+    // SAFETY: every call is forwarded unchanged to `System`, which upholds
+    // the GlobalAlloc contract; counting touches only const-initialised
+    // thread-locals without destructors, which never allocate.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note();
+            // SAFETY: forwarded from the caller.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note();
+            // SAFETY: forwarded from the caller.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note();
+            // SAFETY: forwarded from the caller.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: forwarded from the caller.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Runs `f` and returns how many allocations this thread made inside it.
+    pub(crate) fn count_allocs<R>(f: impl FnOnce() -> R) -> (usize, R) {
+        COUNT.with(|c| c.set(0));
+        COUNTING.with(|c| c.set(true));
+        let r = f();
+        COUNTING.with(|c| c.set(false));
+        (COUNT.with(Cell::get), r)
+    }
+}
+
+#[test]
+fn hot_paths_do_not_allocate_after_warm_up() {
+    let mut u = driver_or_skip!();
+    let (a, b) = pair();
+    let (c, d) = pair();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let laddr = socket::SockAddr::from_std(&listener.local_addr().unwrap());
+    let ev = sys::eventfd().unwrap();
+    let null = sys::open_dev_null().unwrap();
+    let payload = [7u8; 512];
+    let mut out: Vec<Completion> = Vec::with_capacity(256);
+    let mut evbuf = Box::new(0u64);
+    let rt = token(30, OpKind::Recv);
+    let mt = token(31, OpKind::RecvMsg);
+    let at = token(32, OpKind::Accept);
+    u.recv(b.as_raw_fd(), rt).unwrap();
+    u.recvmsg(d.as_raw_fd(), mt).unwrap();
+    u.accept(listener.as_raw_fd(), at, false).unwrap();
+
+    // One round of every hot operation; returns when all have completed.
+    let mut round = |u: &mut Uring, out: &mut Vec<Completion>, evbuf: &mut u64| {
+        let iov1 = [libc::iovec {
+            iov_base: payload.as_ptr() as *mut _,
+            iov_len: payload.len(),
+        }];
+        let iov2 = [iov1[0], iov1[0]];
+        let fds = [null.as_raw_fd()];
+        // SAFETY: `payload` outlives every send (all awaited in this round).
+        unsafe {
+            u.send(a.as_raw_fd(), token(40, OpKind::Send), &iov1, &[])
+                .unwrap();
+            u.send(c.as_raw_fd(), token(41, OpKind::Send), &iov2, &fds)
+                .unwrap();
+            u.read(
+                ev.as_raw_fd(),
+                token(42, OpKind::Read),
+                (evbuf as *mut u64).cast(),
+                8,
+            )
+            .unwrap();
+        }
+        sys::eventfd_signal(ev.as_raw_fd());
+        let s = socket::stream_socket(libc::AF_INET).unwrap();
+        u.connect(s.as_raw_fd(), token(43, OpKind::Connect), &laddr)
+            .unwrap();
+        // Cancel and re-arm the stream recv, as stop/start reading does.
+        u.cancel(b.as_raw_fd(), rt);
+        let (mut recv_bytes, mut msg_bytes, mut oneshots, mut accepted, mut cancelled) =
+            (0, 0, 0, 0, false);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while recv_bytes < 512 || msg_bytes < 1024 || oneshots < 4 || accepted < 1 || !cancelled {
+            assert!(Instant::now() < deadline, "round stalled");
+            out.clear();
+            u.poll(100, out).unwrap();
+            for c in out.iter() {
+                match c.token.kind() {
+                    Some(OpKind::Recv) => {
+                        if !c.more {
+                            assert_eq!(c.res, -libc::ECANCELED);
+                            cancelled = true;
+                            u.recv(b.as_raw_fd(), rt).unwrap();
+                        } else {
+                            recv_bytes += c.res as usize;
+                        }
+                    }
+                    Some(OpKind::RecvMsg) => {
+                        // SAFETY: lent until recycle below.
+                        let buf = unsafe { u.pool().slice(c.buf.unwrap(), c.res as usize) };
+                        let rec = parse_recvmsg(buf).unwrap();
+                        msg_bytes += rec.payload.len();
+                        socket::for_each_rights_fd(rec.control, sys::close);
+                    }
+                    Some(OpKind::Accept) => {
+                        sys::close(c.res);
+                        accepted += 1;
+                    }
+                    _ => {
+                        assert!(c.res >= 0, "{c:?}");
+                        oneshots += 1;
+                    }
+                }
+                if let Some(id) = c.buf {
+                    u.recycle(id);
+                }
+            }
+        }
+        drop(s);
+    };
+    for _ in 0..3 {
+        round(&mut u, &mut out, &mut evbuf);
+    }
+    let (allocs, ()) = alloc_count::count_allocs(|| {
+        for _ in 0..20 {
+            round(&mut u, &mut out, &mut evbuf);
+        }
+    });
+    assert_eq!(
+        allocs, 0,
+        "the driver's hot paths allocated {allocs} times after warm-up"
+    );
+}
