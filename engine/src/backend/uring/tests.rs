@@ -668,7 +668,7 @@ fn hot_paths_do_not_allocate_after_warm_up() {
     u.accept(listener.as_raw_fd(), at, false).unwrap();
 
     // One round of every hot operation; returns when all have completed.
-    let mut round = |u: &mut Uring, out: &mut Vec<Completion>, evbuf: &mut u64| {
+    let round = |u: &mut Uring, out: &mut Vec<Completion>, evbuf: &mut u64| {
         let iov1 = [libc::iovec {
             iov_base: payload.as_ptr() as *mut _,
             iov_len: payload.len(),
