@@ -266,7 +266,12 @@ impl Loop {
         {
             return 0;
         }
-        // Closing handles wait for the backend's final completions; block for them.
+        // A closing handle with nothing in the kernel finishes in this
+        // iteration's closing phase: don't block before it. Ones still waiting
+        // for the backend's final completions do block, for those completions.
+        if self.closing.iter().any(|h| self.slot(*h).is_ok_and(|s| s.inflight == 0)) {
+            return 0;
+        }
         let mut deadline = self.timers.next_due();
         for &(d, _) in &self.accept_retry {
             deadline = Some(deadline.map_or(d, |t: u64| t.min(d)));

@@ -1,1 +1,166 @@
-//! Shared helpers for acceptance tests.
+//! Shared harness for uvring's acceptance tests.
+//!
+//! Every engine scenario runs on both backends: [`both_backends!`] turns one
+//! body into an `epoll` and an `io_uring` test. Where io_uring cannot be set
+//! up, the io_uring case prints a visible `SKIP` line and passes, unless
+//! `UVRING_REQUIRE_IO_URING=1`, which makes that skip a failure (CI sets it).
+//!
+//! Each test runs under [`TestGuard`]: tests in one binary are serialised (so
+//! `/proc/self/fd` counts are exact), and the guard checks at the end that the
+//! loop has no live handles and the fd count is back where it started.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use uvring::{Backend, Loop, LoopOptions};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Number of open fds in this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+/// Number of open fds in process `pid`.
+pub fn fd_count_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Serialises tests within a binary and checks fds on drop.
+pub struct TestGuard {
+    fds_at_start: usize,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl TestGuard {
+    pub fn new() -> TestGuard {
+        let lock = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        TestGuard { fds_at_start: fd_count(), _lock: lock }
+    }
+
+    /// Asserts the fd count is back to where it started (fds close
+    /// asynchronously in the kernel only for io_uring's deferred close; give
+    /// them a moment).
+    pub fn check_fds(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let now = fd_count();
+            if now == self.fds_at_start {
+                return;
+            }
+            if Instant::now() > deadline {
+                let list: Vec<String> = std::fs::read_dir("/proc/self/fd")
+                    .map(|d| {
+                        d.filter_map(|e| e.ok())
+                            .map(|e| {
+                                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                                format!("{} -> {}", e.file_name().to_string_lossy(), target.display())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                panic!("fd leak: {} fds at start, {} at end:\n{}", self.fds_at_start, now, list.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Default for TestGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether io_uring must be tested (`UVRING_REQUIRE_IO_URING=1`).
+pub fn io_uring_required() -> bool {
+    std::env::var("UVRING_REQUIRE_IO_URING").is_ok_and(|v| v == "1")
+}
+
+/// Makes a loop on `backend`, or `None` (after printing a visible SKIP) when
+/// io_uring is unavailable and not required.
+pub fn make_loop(backend: Backend, opts: LoopOptions) -> Option<Loop> {
+    match Loop::with_options(LoopOptions { backend, ..opts }) {
+        Ok(lp) => {
+            assert_eq!(lp.backend(), backend, "asked for {backend}, got {}", lp.backend());
+            Some(lp)
+        }
+        Err(e) if backend == Backend::IoUring => {
+            let why = Loop::with_backend(Backend::Auto)
+                .ok()
+                .and_then(|l| l.fallback_reason().map(str::to_owned))
+                .unwrap_or_else(|| e.to_string());
+            if io_uring_required() {
+                panic!("io_uring required (UVRING_REQUIRE_IO_URING=1) but unavailable: {why}");
+            }
+            eprintln!("SKIP (io_uring unavailable: {why})");
+            None
+        }
+        Err(e) => panic!("cannot create a {backend} loop: {e}"),
+    }
+}
+
+/// Runs `body` on a fresh loop of `backend` under a [`TestGuard`], then checks
+/// that no handle is left and no fd leaked.
+pub fn run_on(backend: Backend, body: impl FnOnce(&mut Loop)) {
+    run_on_with(backend, LoopOptions::default(), body)
+}
+
+/// [`run_on`] with loop options (pool sizes, ...).
+pub fn run_on_with(backend: Backend, opts: LoopOptions, body: impl FnOnce(&mut Loop)) {
+    let guard = TestGuard::new();
+    {
+        let Some(mut lp) = make_loop(backend, opts) else { return };
+        body(&mut lp);
+        assert_eq!(lp.handle_count(), 0, "handles left open at the end of the test");
+    }
+    guard.check_fds();
+}
+
+/// Runs the loop until `done()` or `timeout`; panics on timeout. Use it to
+/// bound every test's time.
+pub fn run_until(lp: &mut Loop, timeout: Duration, mut done: impl FnMut(&mut Loop) -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done(lp) {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?}");
+        lp.run(uvring::RunMode::Once).expect("loop run");
+    }
+}
+
+/// Defines each body as two tests, `<name>::epoll` and `<name>::io_uring`.
+///
+/// ```ignore
+/// both_backends! {
+///     fn timer_fires(lp) { /* uses lp: &mut Loop */ }
+/// }
+/// ```
+#[macro_export]
+macro_rules! both_backends {
+    ($($(#[$meta:meta])* fn $name:ident($lp:ident) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                fn body($lp: &mut uvring::Loop) $body
+                #[test]
+                fn epoll() {
+                    $crate::run_on(uvring::Backend::Epoll, body)
+                }
+                #[test]
+                fn io_uring() {
+                    $crate::run_on(uvring::Backend::IoUring, body)
+                }
+            }
+        )*
+    };
+}
+
+/// Runs `f` with a timeout on a helper thread (for blocking std clients);
+/// returns its result or panics on timeout.
+pub fn with_timeout<T: Send + 'static>(timeout: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(timeout).expect("helper thread timed out")
+}
