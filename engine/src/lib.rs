@@ -7,6 +7,10 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod backend;
 mod error;
 mod event_loop;
