@@ -484,6 +484,9 @@ impl Loop {
         if matches!(self.slot(h).map(|s| &s.kind), Ok(Kind::Stream(_))) {
             self.stream_finish_close(Stream(h));
         }
+        if matches!(self.slot(h).map(|s| &s.kind), Ok(Kind::Process(_))) {
+            self.process_finish_close(h);
+        }
         let Ok(s) = self.slot_mut(h) else { return };
         let cb = s.close_cb.take();
         let slot = self.slots.remove(h.index as usize);

@@ -17,6 +17,7 @@ mod event_loop;
 #[macro_use]
 mod handle;
 mod misc;
+mod pipe;
 mod process;
 mod stream;
 pub mod sys;
@@ -27,4 +28,6 @@ pub use error::{Error, Result};
 pub use event_loop::{Loop, LoopOptions, RunMode};
 pub use handle::*;
 pub use misc::{AsyncSender, HookKind};
+pub use pipe::FdBatch;
+pub use process::{ProcessOptions, Stdio};
 pub use stream::{ListenHook, StreamType, TCP_IPV6ONLY, TCP_REUSEPORT};

@@ -54,8 +54,9 @@ pub(crate) struct WriteReq {
     /// Stream offset (in bytes ever queued) at which this write is complete.
     pub end: u64,
     pub cb: Option<OnWrite>,
-    /// Fd to attach with this write's first byte (IPC), -1 for none.
-    pub send_fd: RawFd,
+    /// Fds to attach to this write's first byte (IPC): the next `nfds`
+    /// entries of `StreamParts::send_fds` (0 once they are sent).
+    pub nfds: u8,
     /// Stream offset of this write's first byte.
     pub start: u64,
 }
@@ -77,6 +78,8 @@ pub(crate) struct StreamParts {
     pub accept_queue: VecDeque<RawFd>,
     /// Handles received over an IPC pipe, not yet accepted.
     pub pending_handles: VecDeque<RawFd>,
+    /// Fds owned by queued writes (IPC), in write order; closed once sent.
+    pub send_fds: VecDeque<RawFd>,
 }
 
 impl StreamParts {
@@ -88,6 +91,7 @@ impl StreamParts {
             stash: VecDeque::new(),
             accept_queue: VecDeque::new(),
             pending_handles: VecDeque::new(),
+            send_fds: VecDeque::new(),
         }
     }
 
@@ -98,6 +102,7 @@ impl StreamParts {
         self.stash.clear();
         self.accept_queue.clear();
         self.pending_handles.clear();
+        self.send_fds.clear();
     }
 }
 
@@ -158,11 +163,10 @@ impl StreamState {
         for fd in self.parts.accept_queue.drain(..).chain(self.parts.pending_handles.drain(..)) {
             sys::close(fd);
         }
-        for w in self.parts.writes.drain(..) {
-            if w.send_fd >= 0 {
-                sys::close(w.send_fd);
-            }
+        for fd in self.parts.send_fds.drain(..) {
+            sys::close(fd);
         }
+        self.parts.writes.clear();
     }
 }
 
@@ -191,7 +195,7 @@ impl Loop {
         }
     }
 
-    fn stream_ref(&self, s: Stream) -> Result<&StreamState> {
+    pub(crate) fn stream_ref(&self, s: Stream) -> Result<&StreamState> {
         let slot = self.slot(s.0)?;
         if slot.flags & F_CLOSING != 0 {
             return Err(Error::STALE_HANDLE);
@@ -585,6 +589,22 @@ impl Loop {
         s
     }
 
+    /// Takes one pending connection as a raw fd, without making a handle
+    /// (a cluster primary hands it to a worker). `EAGAIN` if none is waiting.
+    pub fn accept_fd(&mut self, server: Stream) -> Result<OwnedFd> {
+        let st = self.stream_state(server)?;
+        if !st.listening {
+            return Err(Error::EINVAL);
+        }
+        let was_full = st.parts.accept_queue.len() >= MAX_ACCEPT_QUEUE;
+        let fd = st.parts.accept_queue.pop_front().ok_or(Error::EAGAIN)?;
+        if was_full {
+            self.accept_arm(server);
+        }
+        // SAFETY: the fd came from the accept queue, which owned it alone.
+        Ok(unsafe { sys::owned(fd) })
+    }
+
     // ---- reading --------------------------------------------------------
 
     /// Starts reading (`uv_read_start`): `cb` gets each chunk as a slice
@@ -805,13 +825,22 @@ impl Loop {
     /// caller's buffer is free at once. `cb` runs when all of them are sent,
     /// or with `ECANCELED` if the stream is closed first.
     pub fn write(&mut self, s: Stream, data: &[u8], cb: Option<&OnWrite>) -> Result<()> {
-        self.write_with_fd(s, data, -1, cb)
+        self.write_with_fds(s, data, &[], cb)
     }
 
-    pub(crate) fn write_with_fd(&mut self, s: Stream, data: &[u8], send_fd: RawFd, cb: Option<&OnWrite>) -> Result<()> {
+    /// Queues a write that carries `fds` with its first byte (IPC). On `Ok`
+    /// the loop owns the fds (closed once sent, or when the write fails or
+    /// the stream closes); on `Err` the caller still does.
+    pub(crate) fn write_with_fds(&mut self, s: Stream, data: &[u8], fds: &[RawFd], cb: Option<&OnWrite>) -> Result<()> {
         let st = self.stream_state(s)?;
         if st.fd < 0 || st.listening {
             return Err(Error::EBADF);
+        }
+        if !fds.is_empty()
+            && (st.ty != StreamType::IpcPipe || data.is_empty() || fds.len() > socket::MAX_FDS_PER_MSG)
+        {
+            // Fds travel only on IPC pipes, with a byte to carry them.
+            return Err(Error::EINVAL);
         }
         if st.shutdown != ShutdownState::None {
             return Err(Error::EPIPE);
@@ -823,7 +852,8 @@ impl Loop {
         st.parts.queued.extend_from_slice(data);
         st.queued_total += data.len() as u64;
         let end = st.queued_total;
-        st.parts.writes.push_back(WriteReq { end, cb: cb.cloned(), send_fd, start });
+        st.parts.send_fds.extend(fds.iter().copied());
+        st.parts.writes.push_back(WriteReq { end, cb: cb.cloned(), nfds: fds.len() as u8, start });
         self.active_reqs += 1;
         self.flush(s);
         Ok(())
@@ -879,8 +909,8 @@ impl Loop {
         // touched until this send's completion; only `queued` grows meanwhile.
         let ptr = unsafe { st.parts.inflight.as_ptr().add(st.inflight_off) };
         let iov = [libc::iovec { iov_base: ptr as *mut _, iov_len: remaining }];
-        let mut fds = [-1; 1];
-        let nfds = self.inflight_fd(s, &mut fds);
+        let mut fds = [-1; socket::MAX_FDS_PER_MSG];
+        let nfds = self.inflight_fds(s, &mut fds);
         // SAFETY: see above: the memory stays valid and unmodified until the
         // completion, which `send_inflight` guards.
         let res = unsafe { self.driver.send(fd, Loop::token(s.0, OpKind::Send), &iov, &fds[..nfds]) };
@@ -910,7 +940,7 @@ impl Loop {
         let moved = st.written_total;
         let mut cut = parts.queued.len();
         for w in parts.writes.iter() {
-            if w.send_fd >= 0 && w.start > moved {
+            if w.nfds > 0 && w.start > moved {
                 cut = (w.start - moved) as usize;
                 break;
             }
@@ -923,18 +953,22 @@ impl Loop {
         }
     }
 
-    /// The fd to attach to the send about to start: the first unsent write's
-    /// handle, if that write starts exactly at the send's first byte.
-    fn inflight_fd(&mut self, s: Stream, out: &mut [RawFd; 1]) -> usize {
+    /// The fds to attach to the send about to start: the first unsent
+    /// write's handles, if that write starts exactly at the send's first
+    /// byte. Sends go in write order, so they are the front of `send_fds`.
+    fn inflight_fds(&mut self, s: Stream, out: &mut [RawFd; socket::MAX_FDS_PER_MSG]) -> usize {
         let Ok(st) = self.stream_state(s) else { return 0 };
         let offset = st.written_total;
         for w in st.parts.writes.iter() {
             if w.end <= offset && w.start < offset {
                 continue;
             }
-            if w.send_fd >= 0 && w.start == offset {
-                out[0] = w.send_fd;
-                return 1;
+            if w.nfds > 0 && w.start == offset {
+                let n = (w.nfds as usize).min(out.len());
+                for (dst, src) in out.iter_mut().zip(st.parts.send_fds.iter()).take(n) {
+                    *dst = *src;
+                }
+                return n;
             }
             if w.start >= offset {
                 break;
@@ -956,9 +990,13 @@ impl Loop {
             // send it again on a retry of the remainder.
             let offset = st.written_total;
             for w in st.parts.writes.iter_mut() {
-                if w.send_fd >= 0 && w.start == offset {
-                    sys::close(w.send_fd);
-                    w.send_fd = -1;
+                if w.nfds > 0 && w.start == offset {
+                    for _ in 0..w.nfds {
+                        if let Some(fd) = st.parts.send_fds.pop_front() {
+                            sys::close(fd);
+                        }
+                    }
+                    w.nfds = 0;
                     break;
                 }
             }
@@ -977,7 +1015,7 @@ impl Loop {
             let Some(w) = st.parts.writes.front() else { break };
             // A zero-length write that carries a handle completes only once
             // the handle went out.
-            if w.end > st.written_total || (w.send_fd >= 0) {
+            if w.end > st.written_total || w.nfds > 0 {
                 break;
             }
             let w = st.parts.writes.pop_front().expect("front exists");
@@ -1002,8 +1040,10 @@ impl Loop {
         loop {
             let Ok(st) = self.stream_state(s) else { return };
             let Some(w) = st.parts.writes.pop_front() else { break };
-            if w.send_fd >= 0 {
-                sys::close(w.send_fd);
+            for _ in 0..w.nfds {
+                if let Some(fd) = st.parts.send_fds.pop_front() {
+                    sys::close(fd);
+                }
             }
             self.active_reqs -= 1;
             if let Some(cb) = w.cb {
@@ -1125,6 +1165,20 @@ impl Loop {
             if let Kind::Stream(st) = &mut slot.kind {
                 st.send_inflight = false;
                 if res > 0 {
+                    if st.inflight_fds > 0 {
+                        // The handles went out with these bytes: that write
+                        // no longer owns them.
+                        let offset = st.written_total;
+                        if let Some(w) = st.parts.writes.iter_mut().find(|w| w.nfds > 0 && w.start == offset) {
+                            for _ in 0..w.nfds {
+                                if let Some(fd) = st.parts.send_fds.pop_front() {
+                                    sys::close(fd);
+                                }
+                            }
+                            w.nfds = 0;
+                        }
+                        st.inflight_fds = 0;
+                    }
                     st.written_total += res as u64;
                 }
             }
@@ -1145,15 +1199,20 @@ impl Loop {
         }
         loop {
             let (w, written) = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
-                Ok(Kind::Stream(st)) => (st.parts.writes.pop_front(), st.written_total),
+                Ok(Kind::Stream(st)) => {
+                    let w = st.parts.writes.pop_front();
+                    for _ in 0..w.as_ref().map_or(0, |w| w.nfds) {
+                        if let Some(fd) = st.parts.send_fds.pop_front() {
+                            sys::close(fd);
+                        }
+                    }
+                    (w, st.written_total)
+                }
                 _ => return,
             };
             let Some(w) = w else { break };
-            if w.send_fd >= 0 {
-                sys::close(w.send_fd);
-            }
             self.active_reqs -= 1;
-            let status = if w.end <= written && w.send_fd < 0 { Ok(()) } else { Err(Error::ECANCELED) };
+            let status = if w.end <= written && w.nfds == 0 { Ok(()) } else { Err(Error::ECANCELED) };
             if let Some(cb) = w.cb {
                 invoke!(&cb, self, s, status);
             }
