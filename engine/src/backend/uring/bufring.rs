@@ -51,13 +51,7 @@ impl BufRing {
         // SAFETY: `layout` has a non-zero size (at least one page).
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let base = NonNull::new(raw.cast::<RingEntry>()).ok_or(Error::from_errno(libc::ENOMEM))?;
-        Ok(BufRing {
-            base,
-            mask: entries - 1,
-            tail: 0,
-            lent: vec![0; (entries as usize).div_ceil(64)],
-            lent_count: 0,
-        })
+        Ok(BufRing { base, mask: entries - 1, tail: 0, lent: vec![0; (entries as usize).div_ceil(64)], lent_count: 0 })
     }
 
     /// Page-aligned memory for `entries` ring entries.

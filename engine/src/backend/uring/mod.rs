@@ -26,8 +26,8 @@ mod setup;
 mod tests;
 
 use super::{
-    Backend, BufPool, Completion, Driver, OpKind, PoolConfig, Token, Unavailable, MAX_IOV,
-    RECVMSG_CONTROL_LEN, RECVMSG_HEADER_LEN,
+    Backend, BufPool, Completion, Driver, OpKind, PoolConfig, Token, Unavailable, MAX_IOV, RECVMSG_CONTROL_LEN,
+    RECVMSG_HEADER_LEN,
 };
 use crate::error::{Error, Result};
 use crate::sys::socket::{self, SockAddr};
@@ -84,10 +84,7 @@ impl Uring {
         setup::probe(&ring)?;
         let pool = Rc::new(BufPool::new(cfg).map_err(|error| Unavailable {
             error,
-            reason: format!(
-                "receive buffer pool: {error} ({} x {} bytes)",
-                cfg.count, cfg.size
-            ),
+            reason: format!("receive buffer pool: {error} ({} x {} bytes)", cfg.count, cfg.size),
         })?);
         let mut bufs = BufRing::new(cfg.count).map_err(|error| Unavailable {
             error,
@@ -101,10 +98,7 @@ impl Uring {
         // live in the `Uring` we return, whose `Drop` destroys the io_uring
         // instance before either is freed. On the error path below the ring
         // is dropped first too.
-        if let Err(e) = unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(bufs.addr(), cfg.count, BGID, 0)
-        } {
+        if let Err(e) = unsafe { ring.submitter().register_buf_ring_with_flags(bufs.addr(), cfg.count, BGID, 0) } {
             drop(ring);
             return Err(setup::bufring_reason(&e));
         }
@@ -186,25 +180,16 @@ impl Uring {
     fn multishot_entry(&self, op: &MultiOp, user_data: u64) -> squeue::Entry {
         let fd = Fd(op.fd);
         match op.kind {
-            OpKind::Accept => opcode::AcceptMulti::new(fd)
-                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-                .build(),
+            OpKind::Accept => opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK).build(),
             OpKind::Recv => opcode::RecvMulti::new(fd, BGID).build(),
-            _ => opcode::RecvMsgMulti::new(fd, &*self.recvmsg_hdr, BGID)
-                .flags(libc::MSG_CMSG_CLOEXEC as u32)
-                .build(),
+            _ => opcode::RecvMsgMulti::new(fd, &*self.recvmsg_hdr, BGID).flags(libc::MSG_CMSG_CLOEXEC as u32).build(),
         }
         .user_data(user_data)
     }
 
     /// Starts a persistent op.
     fn start_multishot(&mut self, fd: RawFd, token: Token, kind: OpKind) -> Result<()> {
-        let op = MultiOp {
-            fd,
-            kind,
-            state: MultiState::InKernel,
-            cancelled: false,
-        };
+        let op = MultiOp { fd, kind, state: MultiState::InKernel, cancelled: false };
         if self.ops.insert(token.0, Op::Multi(op)).is_some() {
             debug_assert!(false, "{token:?} armed twice");
         }
@@ -265,11 +250,7 @@ impl Uring {
         // SAFETY: `args` is an `io_uring_getevents_arg` (SubmitArgs is a
         // transparent wrapper) that, with the timespec it points at, lives
         // across the call; EXT_ARG tells the kernel to read it as such.
-        let res = unsafe {
-            self.ring
-                .submitter()
-                .enter(to_submit, wait as u32, flags, Some(&args))
-        };
+        let res = unsafe { self.ring.submitter().enter(to_submit, wait as u32, flags, Some(&args)) };
         match res {
             Ok(_) => Ok(()),
             Err(e) => match e.raw_os_error() {
@@ -305,8 +286,7 @@ impl Uring {
                 {
                     let cq = self.ring.completion();
                     for cqe in cq.take(room) {
-                        self.batch
-                            .push((cqe.user_data(), cqe.result(), cqe.flags()));
+                        self.batch.push((cqe.user_data(), cqe.result(), cqe.flags()));
                     }
                 }
                 if self.batch.is_empty() {
@@ -351,25 +331,9 @@ impl Uring {
                         self.slots.give(i);
                     }
                 }
-                self.emit(
-                    out,
-                    Completion {
-                        token,
-                        res,
-                        buf: None,
-                        more: false,
-                    },
-                );
+                self.emit(out, Completion { token, res, buf: None, more: false });
             }
-            OpKind::Read | OpKind::PollIn => self.emit(
-                out,
-                Completion {
-                    token,
-                    res,
-                    buf: None,
-                    more: false,
-                },
-            ),
+            OpKind::Read | OpKind::PollIn => self.emit(out, Completion { token, res, buf: None, more: false }),
         }
     }
 
@@ -392,71 +356,27 @@ impl Uring {
                 res = res.min(0);
             }
         }
-        let data = if kind == OpKind::Accept {
-            res >= 0
-        } else {
-            res > 0
-        };
+        let data = if kind == OpKind::Accept { res >= 0 } else { res > 0 };
         if more {
-            self.emit(
-                out,
-                Completion {
-                    token,
-                    res,
-                    buf,
-                    more: true,
-                },
-            );
+            self.emit(out, Completion { token, res, buf, more: true });
             return;
         }
         // The kernel ended the op.
         let op = match self.ops.get_mut(&token.0) {
             Some(Op::Multi(op)) => op,
             _ => {
-                self.emit(
-                    out,
-                    Completion {
-                        token,
-                        res,
-                        buf,
-                        more: false,
-                    },
-                );
+                self.emit(out, Completion { token, res, buf, more: false });
                 return;
             }
         };
         if data && !op.cancelled {
             op.state = MultiState::Rearm;
             self.waiting.push(token.0);
-            self.emit(
-                out,
-                Completion {
-                    token,
-                    res,
-                    buf,
-                    more: true,
-                },
-            );
+            self.emit(out, Completion { token, res, buf, more: true });
         } else if data {
             self.ops.remove(&token.0);
-            self.emit(
-                out,
-                Completion {
-                    token,
-                    res,
-                    buf,
-                    more: true,
-                },
-            );
-            self.emit(
-                out,
-                Completion {
-                    token,
-                    res: -libc::ECANCELED,
-                    buf: None,
-                    more: false,
-                },
-            );
+            self.emit(out, Completion { token, res, buf, more: true });
+            self.emit(out, Completion { token, res: -libc::ECANCELED, buf: None, more: false });
         } else if res == -libc::ENOBUFS && !op.cancelled && kind != OpKind::Accept {
             op.state = MultiState::Starved;
             self.waiting.push(token.0);
@@ -465,15 +385,7 @@ impl Uring {
                 res = -libc::ECANCELED;
             }
             self.ops.remove(&token.0);
-            self.emit(
-                out,
-                Completion {
-                    token,
-                    res,
-                    buf,
-                    more: false,
-                },
-            );
+            self.emit(out, Completion { token, res, buf, more: false });
         }
     }
 
@@ -486,14 +398,7 @@ impl Uring {
         // SAFETY: the CQE just lent buffer `id` to us and the kernel no longer
         // writes it; we read its 16-byte header only.
         let head = unsafe { self.pool.slice(id, RECVMSG_HEADER_LEN) };
-        let word = |i: usize| {
-            u32::from_ne_bytes([
-                head[i * 4],
-                head[i * 4 + 1],
-                head[i * 4 + 2],
-                head[i * 4 + 3],
-            ])
-        };
+        let word = |i: usize| u32::from_ne_bytes([head[i * 4], head[i * 4 + 1], head[i * 4 + 2], head[i * 4 + 3]]);
         word(1) == 0 && word(2) == 0
     }
 }
@@ -519,13 +424,7 @@ impl Driver for Uring {
         self.start_multishot(fd, token, OpKind::RecvMsg)
     }
 
-    unsafe fn send(
-        &mut self,
-        fd: RawFd,
-        token: Token,
-        iov: &[libc::iovec],
-        fds: &[RawFd],
-    ) -> Result<()> {
+    unsafe fn send(&mut self, fd: RawFd, token: Token, iov: &[libc::iovec], fds: &[RawFd]) -> Result<()> {
         if iov.len() > MAX_IOV || fds.len() > socket::MAX_FDS_PER_MSG {
             return Err(Error::EINVAL);
         }
@@ -558,10 +457,7 @@ impl Driver for Uring {
             slot.msg.msg_control = slot.control.as_mut_ptr().cast();
             slot.msg.msg_controllen = socket::cmsg_space(std::mem::size_of_val(fds)) as _;
         }
-        let entry = opcode::SendMsg::new(Fd(fd), &slot.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(token.0);
+        let entry = opcode::SendMsg::new(Fd(fd), &slot.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(token.0);
         self.ops.insert(token.0, Op::Slot(i));
         // SAFETY: the header, iovec copy and control message live in boxed
         // slot `i`, freed only at this op's CQE; the data is the caller's,
@@ -574,9 +470,7 @@ impl Driver for Uring {
         let i = self.slots.take();
         let slot = self.slots.get(i);
         slot.addr = *addr;
-        let entry = opcode::Connect::new(Fd(fd), slot.addr.as_ptr(), slot.addr.len)
-            .build()
-            .user_data(token.0);
+        let entry = opcode::Connect::new(Fd(fd), slot.addr.as_ptr(), slot.addr.len).build().user_data(token.0);
         self.ops.insert(token.0, Op::Slot(i));
         // SAFETY: the address lives in boxed slot `i`, freed only at this
         // op's CQE.
@@ -588,10 +482,7 @@ impl Driver for Uring {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
         // Offset -1: the file position for seekable files; ignored for
         // streams (eventfd, pipes).
-        let entry = opcode::Read::new(Fd(fd), ptr, len)
-            .offset(u64::MAX)
-            .build()
-            .user_data(token.0);
+        let entry = opcode::Read::new(Fd(fd), ptr, len).offset(u64::MAX).build().user_data(token.0);
         // SAFETY: `ptr..ptr+len` stays valid until the completion (this
         // function's contract).
         unsafe { self.push_op(entry) };
@@ -599,9 +490,7 @@ impl Driver for Uring {
     }
 
     fn poll_in(&mut self, fd: RawFd, token: Token) -> Result<()> {
-        let entry = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
-            .build()
-            .user_data(token.0);
+        let entry = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32).build().user_data(token.0);
         // SAFETY: POLL_ADD points at no memory.
         unsafe { self.push_op(entry) };
         Ok(())
@@ -620,18 +509,11 @@ impl Driver for Uring {
                 if let Some(pos) = self.waiting.iter().position(|&t| t == token.0) {
                     self.waiting.swap_remove(pos);
                 }
-                self.deferred.push_back(Completion {
-                    token,
-                    res: -libc::ECANCELED,
-                    buf: None,
-                    more: false,
-                });
+                self.deferred.push_back(Completion { token, res: -libc::ECANCELED, buf: None, more: false });
                 return;
             }
         }
-        let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(token.0).all())
-            .build()
-            .user_data(INTERNAL);
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(token.0).all()).build().user_data(INTERNAL);
         // SAFETY: ASYNC_CANCEL points at no memory.
         unsafe { self.push(entry) };
     }
@@ -654,11 +536,7 @@ impl Driver for Uring {
         self.flush_backlog();
         let room = out.capacity() - out.len();
         let cq_len = self.ring.completion().len();
-        let wait = timeout_ms != 0
-            && out.len() == start
-            && room > 0
-            && cq_len == 0
-            && self.deferred.is_empty();
+        let wait = timeout_ms != 0 && out.len() == start && room > 0 && cq_len == 0 && self.deferred.is_empty();
         let to_submit = !self.ring.submission().is_empty();
         if wait || to_submit || cq_len < room {
             self.enter(wait, timeout_ms)?;
@@ -696,9 +574,7 @@ impl Drop for Uring {
         // Cancel everything, then wait (bounded) for every op to end, so no
         // request still points into the pool, a slot or the loop's memory
         // when they are freed. Accepted fds still in the CQ are closed.
-        let entry = opcode::AsyncCancel2::new(CancelBuilder::any())
-            .build()
-            .user_data(INTERNAL);
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::any()).build().user_data(INTERNAL);
         // SAFETY: ASYNC_CANCEL points at no memory.
         unsafe { self.push(entry) };
         self.flush_backlog();

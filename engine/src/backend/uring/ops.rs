@@ -83,10 +83,7 @@ impl OpSlot {
         OpSlot {
             // SAFETY: msghdr is plain data; all-zero is a valid value.
             msg: unsafe { std::mem::zeroed() },
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_IOV],
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV],
             control: [0; CONTROL_LEN / 8 + 1],
             addr: SockAddr::empty(),
         }
@@ -105,10 +102,7 @@ pub(super) struct SlotPool {
 
 impl SlotPool {
     pub fn with_capacity(n: usize) -> SlotPool {
-        let mut pool = SlotPool {
-            slots: Vec::with_capacity(n),
-            free: Vec::with_capacity(n),
-        };
+        let mut pool = SlotPool { slots: Vec::with_capacity(n), free: Vec::with_capacity(n) };
         for i in 0..n {
             pool.slots.push(Box::new(OpSlot::new()));
             pool.free.push((n - 1 - i) as u32);

@@ -27,42 +27,12 @@ pub(super) struct SetupFlags {
 }
 
 const LADDER: [SetupFlags; 6] = [
-    SetupFlags {
-        coop_taskrun: true,
-        single_issuer: true,
-        defer_taskrun: true,
-        submit_all: true,
-    },
-    SetupFlags {
-        coop_taskrun: false,
-        single_issuer: true,
-        defer_taskrun: true,
-        submit_all: true,
-    },
-    SetupFlags {
-        coop_taskrun: true,
-        single_issuer: true,
-        defer_taskrun: false,
-        submit_all: true,
-    },
-    SetupFlags {
-        coop_taskrun: true,
-        single_issuer: false,
-        defer_taskrun: false,
-        submit_all: true,
-    },
-    SetupFlags {
-        coop_taskrun: false,
-        single_issuer: false,
-        defer_taskrun: false,
-        submit_all: true,
-    },
-    SetupFlags {
-        coop_taskrun: false,
-        single_issuer: false,
-        defer_taskrun: false,
-        submit_all: false,
-    },
+    SetupFlags { coop_taskrun: true, single_issuer: true, defer_taskrun: true, submit_all: true },
+    SetupFlags { coop_taskrun: false, single_issuer: true, defer_taskrun: true, submit_all: true },
+    SetupFlags { coop_taskrun: true, single_issuer: true, defer_taskrun: false, submit_all: true },
+    SetupFlags { coop_taskrun: true, single_issuer: false, defer_taskrun: false, submit_all: true },
+    SetupFlags { coop_taskrun: false, single_issuer: false, defer_taskrun: false, submit_all: true },
+    SetupFlags { coop_taskrun: false, single_issuer: false, defer_taskrun: false, submit_all: false },
 ];
 
 impl SetupFlags {
@@ -90,11 +60,7 @@ impl SetupFlags {
 }
 
 fn unavailable(errno: i32, reason: String) -> Unavailable {
-    let error = if errno > 0 {
-        Error::from_errno(errno)
-    } else {
-        Error::BACKEND_UNAVAILABLE
-    };
+    let error = if errno > 0 { Error::from_errno(errno) } else { Error::BACKEND_UNAVAILABLE };
     Unavailable { error, reason }
 }
 
@@ -127,11 +93,7 @@ fn setup_reason(errno: i32) -> String {
 /// Kernel release as (major, minor), from `/proc/sys/kernel/osrelease` (the
 /// same string `uname -r` prints); `None` if it cannot be read.
 pub(super) fn kernel_version() -> Option<(u32, u32)> {
-    parse_release(
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .ok()?
-            .trim(),
-    )
+    parse_release(std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?.trim())
 }
 
 /// Parses "6.18.44-foo" into (6, 18).
@@ -149,9 +111,9 @@ pub(super) fn build_ring() -> Result<(IoUring, SetupFlags), Unavailable> {
             return Err(unavailable(
                 libc::ENOSYS,
                 format!(
-                "io_uring backend needs Linux {}.{} (multishot recv/recvmsg); this kernel is {}.{}",
-                MIN_KERNEL.0, MIN_KERNEL.1, v.0, v.1
-            ),
+                    "io_uring backend needs Linux {}.{} (multishot recv/recvmsg); this kernel is {}.{}",
+                    MIN_KERNEL.0, MIN_KERNEL.1, v.0, v.1
+                ),
             ))
         }
         _ => {}
@@ -190,10 +152,7 @@ pub(super) fn probe(ring: &IoUring) -> Result<(), Unavailable> {
     let mut probe = Probe::new();
     if let Err(e) = ring.submitter().register_probe(&mut probe) {
         let errno = e.raw_os_error().unwrap_or(libc::EIO);
-        return Err(unavailable(
-            errno,
-            format!("io_uring probe failed: {} ({e})", errno_name(errno)),
-        ));
+        return Err(unavailable(errno, format!("io_uring probe failed: {} ({e})", errno_name(errno))));
     }
     let needed: [(u8, &str); 9] = [
         (opcode::Accept::CODE, "ACCEPT"),
@@ -216,34 +175,20 @@ pub(super) fn probe(ring: &IoUring) -> Result<(), Unavailable> {
         }
     }
     if !missing.is_empty() {
-        return Err(unavailable(
-            libc::ENOSYS,
-            format!("io_uring lacks needed operations: {missing}"),
-        ));
+        return Err(unavailable(libc::ENOSYS, format!("io_uring lacks needed operations: {missing}")));
     }
     let params = ring.params();
     if !params.is_feature_ext_arg() {
-        return Err(unavailable(
-            libc::ENOSYS,
-            "io_uring lacks IORING_FEAT_EXT_ARG (timed waits)".into(),
-        ));
+        return Err(unavailable(libc::ENOSYS, "io_uring lacks IORING_FEAT_EXT_ARG (timed waits)".into()));
     }
     if !params.is_feature_nodrop() {
-        return Err(unavailable(
-            libc::ENOSYS,
-            "io_uring lacks IORING_FEAT_NODROP (completions could be lost)".into(),
-        ));
+        return Err(unavailable(libc::ENOSYS, "io_uring lacks IORING_FEAT_NODROP (completions could be lost)".into()));
     }
     Ok(())
 }
 
 /// A one-line description of the ring as set up, for diagnostics.
-pub(super) fn describe(
-    ring: &IoUring,
-    flags: SetupFlags,
-    pool_count: u16,
-    pool_size: usize,
-) -> String {
+pub(super) fn describe(ring: &IoUring, flags: SetupFlags, pool_count: u16, pool_size: usize) -> String {
     let mut s = String::with_capacity(160);
     let p = ring.params();
     let _ = write!(s, "io_uring sq={} cq={} ", p.sq_entries(), p.cq_entries());
@@ -257,10 +202,7 @@ pub(super) fn bufring_reason(e: &std::io::Error) -> Unavailable {
     let errno = e.raw_os_error().unwrap_or(libc::EIO);
     unavailable(
         errno,
-        format!(
-            "io_uring provided-buffer ring registration failed: {} ({e}); needs Linux 5.19",
-            errno_name(errno)
-        ),
+        format!("io_uring provided-buffer ring registration failed: {} ({e}); needs Linux 5.19", errno_name(errno)),
     )
 }
 

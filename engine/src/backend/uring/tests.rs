@@ -5,9 +5,7 @@
 //! `SKIP: io_uring unavailable: <reason>` and passes, unless
 //! `UVRING_REQUIRE_IO_URING=1`, in which case it fails.
 
-use super::super::{
-    parse_recvmsg, Completion, Driver, OpKind, PoolConfig, Token, RECVMSG_CONTROL_LEN,
-};
+use super::super::{parse_recvmsg, Completion, Driver, OpKind, PoolConfig, Token, RECVMSG_CONTROL_LEN};
 use super::Uring;
 use crate::sys::{self, socket};
 use std::io::Write;
@@ -45,18 +43,11 @@ fn token(index: usize, kind: OpKind) -> Token {
 }
 
 /// Polls until `done(all completions so far)` or five seconds pass.
-fn poll_until(
-    u: &mut Uring,
-    all: &mut Vec<Completion>,
-    mut done: impl FnMut(&[Completion]) -> bool,
-) {
+fn poll_until(u: &mut Uring, all: &mut Vec<Completion>, mut done: impl FnMut(&[Completion]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut out = Vec::with_capacity(64);
     while !done(all) {
-        assert!(
-            Instant::now() < deadline,
-            "timed out; completions so far: {all:?}"
-        );
+        assert!(Instant::now() < deadline, "timed out; completions so far: {all:?}");
         out.clear();
         u.poll(100, &mut out).expect("poll");
         all.extend_from_slice(&out);
@@ -72,9 +63,7 @@ thread_local! {
 /// Polls until `n` completions for `t` arrived; returns them in order.
 fn wait_for(u: &mut Uring, t: Token, n: usize) -> Vec<Completion> {
     let mut all = STASH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    poll_until(u, &mut all, |c| {
-        c.iter().filter(|c| c.token == t).count() >= n
-    });
+    poll_until(u, &mut all, |c| c.iter().filter(|c| c.token == t).count() >= n);
     let (mine, others): (Vec<_>, Vec<_>) = all.into_iter().partition(|c| c.token == t);
     STASH.with(|s| *s.borrow_mut() = others);
     mine
@@ -132,11 +121,7 @@ fn recv_multishot_continues_across_messages_then_eof() {
     assert_eq!(String::from_utf8(got).unwrap(), expected);
     drop(b);
     let cs = wait_for(&mut u, t, 1);
-    assert_eq!(
-        (cs[0].res, cs[0].buf, cs[0].more),
-        (0, None, false),
-        "EOF is final"
-    );
+    assert_eq!((cs[0].res, cs[0].buf, cs[0].more), (0, None, false), "EOF is final");
 }
 
 #[test]
@@ -160,10 +145,7 @@ fn enobufs_rearms_and_the_stream_arrives_in_order() {
         held.extend(out);
     }
     assert!(held.len() <= 2, "only two buffers exist: {held:?}");
-    assert!(
-        held.iter().all(|c| c.more && c.res > 0),
-        "starvation must not surface: {held:?}"
-    );
+    assert!(held.iter().all(|c| c.more && c.res > 0), "starvation must not surface: {held:?}");
 
     let mut got = Vec::new();
     for c in held {
@@ -171,12 +153,7 @@ fn enobufs_rearms_and_the_stream_arrives_in_order() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while got.len() < data.len() {
-        assert!(
-            Instant::now() < deadline,
-            "stalled at {} of {} bytes",
-            got.len(),
-            data.len()
-        );
+        assert!(Instant::now() < deadline, "stalled at {} of {} bytes", got.len(), data.len());
         let mut out = Vec::with_capacity(16);
         u.poll(100, &mut out).unwrap();
         for c in &out {
@@ -206,10 +183,7 @@ fn cancel_of_a_starved_recv_still_completes() {
     assert!(out.is_empty(), "{out:?}");
     u.cancel(a.as_raw_fd(), t);
     let cs = wait_for(&mut u, t, 1);
-    assert_eq!(
-        (cs[0].res, cs[0].buf, cs[0].more),
-        (-libc::ECANCELED, None, false)
-    );
+    assert_eq!((cs[0].res, cs[0].buf, cs[0].more), (-libc::ECANCELED, None, false));
     for c in held {
         u.recycle(c.buf.unwrap());
     }
@@ -247,11 +221,7 @@ fn accept_multishot_takes_several_connections() {
     let cs = wait_for(&mut u, t, 5);
     for c in &cs {
         assert!(c.res >= 0 && c.more && c.buf.is_none(), "{c:?}");
-        assert_eq!(
-            fd_flags(c.res),
-            (true, true),
-            "accepted fds are CLOEXEC and non-blocking"
-        );
+        assert_eq!(fd_flags(c.res), (true, true), "accepted fds are CLOEXEC and non-blocking");
         // SAFETY: the completion hands us the new fd (rule 4).
         drop(unsafe { OwnedFd::from_raw_fd(c.res) });
     }
@@ -274,14 +244,8 @@ fn send_with_fds_and_recvmsg_receives_them_cloexec() {
     let head = b"hello ".to_vec();
     let tail = b"fds".to_vec();
     let iov = [
-        libc::iovec {
-            iov_base: head.as_ptr() as *mut _,
-            iov_len: head.len(),
-        },
-        libc::iovec {
-            iov_base: tail.as_ptr() as *mut _,
-            iov_len: tail.len(),
-        },
+        libc::iovec { iov_base: head.as_ptr() as *mut _, iov_len: head.len() },
+        libc::iovec { iov_base: tail.as_ptr() as *mut _, iov_len: tail.len() },
     ];
     let st = token(6, OpKind::Send);
     // SAFETY: `head` and `tail` outlive the send's completion (awaited below).
@@ -311,11 +275,7 @@ fn send_with_fds_and_recvmsg_receives_them_cloexec() {
 
     drop(a);
     let end = wait_for(&mut u, rt, 1);
-    assert_eq!(
-        (end[0].res, end[0].buf, end[0].more),
-        (0, None, false),
-        "recvmsg EOF is res 0, final"
-    );
+    assert_eq!((end[0].res, end[0].buf, end[0].more), (0, None, false), "recvmsg EOF is res 0, final");
 }
 
 #[test]
@@ -323,10 +283,7 @@ fn send_one_iovec_reaches_the_peer() {
     let mut u = driver_or_skip!();
     let (a, b) = pair();
     let msg = b"plain send".to_vec();
-    let iov = [libc::iovec {
-        iov_base: msg.as_ptr() as *mut _,
-        iov_len: msg.len(),
-    }];
+    let iov = [libc::iovec { iov_base: msg.as_ptr() as *mut _, iov_len: msg.len() }];
     let t = token(7, OpKind::Send);
     // SAFETY: `msg` outlives the completion (awaited below).
     unsafe { u.send(a.as_raw_fd(), t, &iov, &[]).unwrap() };
@@ -343,10 +300,7 @@ fn send_to_a_closed_peer_is_epipe_not_sigpipe() {
     let (a, b) = pair();
     drop(b);
     let msg = b"x".to_vec();
-    let iov = [libc::iovec {
-        iov_base: msg.as_ptr() as *mut _,
-        iov_len: 1,
-    }];
+    let iov = [libc::iovec { iov_base: msg.as_ptr() as *mut _, iov_len: 1 }];
     let t = token(8, OpKind::Send);
     // SAFETY: `msg` outlives the completion (awaited below).
     unsafe { u.send(a.as_raw_fd(), t, &iov, &[]).unwrap() };
@@ -368,10 +322,7 @@ fn too_many_fds_set_msg_ctrunc() {
     assert!(space > RECVMSG_CONTROL_LEN);
     let mut control = vec![0u64; space / 8 + 1];
     let byte = [42u8];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_ptr() as *mut _,
-        iov_len: 1,
-    };
+    let mut iov = libc::iovec { iov_base: byte.as_ptr() as *mut _, iov_len: 1 };
     // SAFETY: msghdr is plain data; all-zero is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -392,11 +343,7 @@ fn too_many_fds_set_msg_ctrunc() {
         let buf = unsafe { u.pool().slice(id, cs[0].res as usize) };
         let rec = parse_recvmsg(buf).unwrap();
         assert_eq!(rec.payload, &[42]);
-        assert_ne!(
-            rec.flags & libc::MSG_CTRUNC,
-            0,
-            "truncation must be visible"
-        );
+        assert_ne!(rec.flags & libc::MSG_CTRUNC, 0, "truncation must be visible");
         socket::for_each_rights_fd(rec.control, |fd| received.push(fd));
     }
     u.recycle(id);
@@ -419,8 +366,7 @@ fn connect_to_a_closed_port_is_refused() {
     let s = socket::stream_socket(libc::AF_INET).unwrap();
     let t = token(10, OpKind::Connect);
     // A stack address: the driver must copy it.
-    u.connect(s.as_raw_fd(), t, &socket::SockAddr::from_std(&port))
-        .unwrap();
+    u.connect(s.as_raw_fd(), t, &socket::SockAddr::from_std(&port)).unwrap();
     let cs = wait_for(&mut u, t, 1);
     assert_eq!((cs[0].res, cs[0].more), (-libc::ECONNREFUSED, false));
 }
@@ -431,12 +377,7 @@ fn connect_then_send_and_recv_over_tcp() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let s = socket::stream_socket(libc::AF_INET).unwrap();
     let t = token(11, OpKind::Connect);
-    u.connect(
-        s.as_raw_fd(),
-        t,
-        &socket::SockAddr::from_std(&listener.local_addr().unwrap()),
-    )
-    .unwrap();
+    u.connect(s.as_raw_fd(), t, &socket::SockAddr::from_std(&listener.local_addr().unwrap())).unwrap();
     let cs = wait_for(&mut u, t, 1);
     assert_eq!(cs[0].res, 0);
     let (mut peer, _) = listener.accept().unwrap();
@@ -459,10 +400,7 @@ fn read_on_an_eventfd() {
     let mut value = Box::new(0u64);
     let t = token(12, OpKind::Read);
     // SAFETY: `value` is boxed and outlives the completion (awaited below).
-    unsafe {
-        u.read(ev.as_raw_fd(), t, (&mut *value as *mut u64).cast(), 8)
-            .unwrap()
-    };
+    unsafe { u.read(ev.as_raw_fd(), t, (&mut *value as *mut u64).cast(), 8).unwrap() };
     let mut out = Vec::with_capacity(4);
     u.poll(0, &mut out).unwrap();
     assert!(out.is_empty(), "nothing signalled yet");
@@ -481,11 +419,7 @@ fn poll_in_reports_readable() {
     u.poll_in(r.as_raw_fd(), t).unwrap();
     sys::write(w.as_raw_fd(), b"!").unwrap();
     let cs = wait_for(&mut u, t, 1);
-    assert!(
-        cs[0].res & libc::POLLIN as i32 != 0 && !cs[0].more,
-        "{:?}",
-        cs[0]
-    );
+    assert!(cs[0].res & libc::POLLIN as i32 != 0 && !cs[0].more, "{:?}", cs[0]);
 }
 
 #[test]
@@ -496,10 +430,7 @@ fn poll_with_nothing_to_do_returns_after_the_timeout() {
     u.poll(50, &mut out).unwrap();
     let waited = t0.elapsed();
     assert!(out.is_empty());
-    assert!(
-        waited >= Duration::from_millis(30),
-        "returned early: {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(30), "returned early: {waited:?}");
     assert!(waited < Duration::from_secs(5));
     let t0 = Instant::now();
     u.poll(0, &mut out).unwrap();
@@ -541,20 +472,56 @@ fn no_completion_is_lost_past_sq_and_cq_capacity() {
 }
 
 #[test]
+fn multishot_ended_by_cq_overflow_is_rearmed_transparently() {
+    // Fill the CQ with poll completions the loop does not reap; a recv that
+    // completes meanwhile cannot post with F_MORE, so the kernel ends the
+    // multishot. The driver must re-arm it and report `more == true`.
+    let mut u = driver_or_skip!();
+    let (a, b) = pair();
+    let rt = token(50, OpKind::Recv);
+    u.recv(a.as_raw_fd(), rt).unwrap();
+    let (r, w) = sys::pipe().unwrap();
+    sys::write(w.as_raw_fd(), b"!").unwrap();
+    const FILL: usize = 4200;
+    for i in 0..FILL {
+        u.poll_in(r.as_raw_fd(), token(1000 + i, OpKind::PollIn)).unwrap();
+    }
+    let mut none: Vec<Completion> = Vec::new();
+    u.poll(0, &mut none).unwrap();
+    sys::write(b.as_raw_fd(), b"first").unwrap();
+    u.poll(0, &mut none).unwrap();
+    assert!(none.is_empty());
+
+    let mut got = Vec::new();
+    let mut polls = 0;
+    let mut all = Vec::new();
+    poll_until(&mut u, &mut all, |c| {
+        polls = c.iter().filter(|c| c.token.kind() == Some(OpKind::PollIn)).count();
+        polls == FILL && c.iter().any(|c| c.token == rt)
+    });
+    for c in all.iter().filter(|c| c.token == rt) {
+        assert!(c.more, "{c:?}");
+        take_bytes(&mut u, c, &mut got);
+    }
+    assert_eq!(got, b"first");
+    // The stream goes on.
+    sys::write(b.as_raw_fd(), b"second").unwrap();
+    let cs = wait_for(&mut u, rt, 1);
+    assert!(cs[0].more);
+    got.clear();
+    take_bytes(&mut u, &cs[0], &mut got);
+    assert_eq!(got, b"second");
+}
+
+#[test]
 fn out_capacity_bounds_each_poll() {
     let mut u = driver_or_skip!();
     let (a, b) = pair();
     let msg = b"0123456789".to_vec();
-    let iov = [libc::iovec {
-        iov_base: msg.as_ptr() as *mut _,
-        iov_len: msg.len(),
-    }];
+    let iov = [libc::iovec { iov_base: msg.as_ptr() as *mut _, iov_len: msg.len() }];
     for i in 0..10 {
         // SAFETY: `msg` outlives every completion (all awaited below).
-        unsafe {
-            u.send(a.as_raw_fd(), token(100 + i, OpKind::Send), &iov, &[])
-                .unwrap()
-        };
+        unsafe { u.send(a.as_raw_fd(), token(100 + i, OpKind::Send), &iov, &[]).unwrap() };
     }
     let mut out = Vec::with_capacity(3);
     let mut total = 0;
@@ -577,10 +544,8 @@ fn dropping_the_driver_with_ops_in_flight_is_clean() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     u.recv(a.as_raw_fd(), token(20, OpKind::Recv)).unwrap();
-    u.recvmsg(a.as_raw_fd(), token(20, OpKind::RecvMsg))
-        .unwrap();
-    u.accept(listener.as_raw_fd(), token(21, OpKind::Accept), false)
-        .unwrap();
+    u.recvmsg(a.as_raw_fd(), token(20, OpKind::RecvMsg)).unwrap();
+    u.accept(listener.as_raw_fd(), token(21, OpKind::Accept), false).unwrap();
     let mut out = Vec::with_capacity(8);
     u.poll(0, &mut out).unwrap();
     let t0 = Instant::now();
@@ -669,34 +634,21 @@ fn hot_paths_do_not_allocate_after_warm_up() {
 
     // One round of every hot operation; returns when all have completed.
     let round = |u: &mut Uring, out: &mut Vec<Completion>, evbuf: &mut u64| {
-        let iov1 = [libc::iovec {
-            iov_base: payload.as_ptr() as *mut _,
-            iov_len: payload.len(),
-        }];
+        let iov1 = [libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() }];
         let iov2 = [iov1[0], iov1[0]];
         let fds = [null.as_raw_fd()];
         // SAFETY: `payload` outlives every send (all awaited in this round).
         unsafe {
-            u.send(a.as_raw_fd(), token(40, OpKind::Send), &iov1, &[])
-                .unwrap();
-            u.send(c.as_raw_fd(), token(41, OpKind::Send), &iov2, &fds)
-                .unwrap();
-            u.read(
-                ev.as_raw_fd(),
-                token(42, OpKind::Read),
-                (evbuf as *mut u64).cast(),
-                8,
-            )
-            .unwrap();
+            u.send(a.as_raw_fd(), token(40, OpKind::Send), &iov1, &[]).unwrap();
+            u.send(c.as_raw_fd(), token(41, OpKind::Send), &iov2, &fds).unwrap();
+            u.read(ev.as_raw_fd(), token(42, OpKind::Read), (evbuf as *mut u64).cast(), 8).unwrap();
         }
         sys::eventfd_signal(ev.as_raw_fd());
         let s = socket::stream_socket(libc::AF_INET).unwrap();
-        u.connect(s.as_raw_fd(), token(43, OpKind::Connect), &laddr)
-            .unwrap();
+        u.connect(s.as_raw_fd(), token(43, OpKind::Connect), &laddr).unwrap();
         // Cancel and re-arm the stream recv, as stop/start reading does.
         u.cancel(b.as_raw_fd(), rt);
-        let (mut recv_bytes, mut msg_bytes, mut oneshots, mut accepted, mut cancelled) =
-            (0, 0, 0, 0, false);
+        let (mut recv_bytes, mut msg_bytes, mut oneshots, mut accepted, mut cancelled) = (0, 0, 0, 0, false);
         let deadline = Instant::now() + Duration::from_secs(5);
         while recv_bytes < 512 || msg_bytes < 1024 || oneshots < 4 || accepted < 1 || !cancelled {
             assert!(Instant::now() < deadline, "round stalled");
@@ -744,8 +696,5 @@ fn hot_paths_do_not_allocate_after_warm_up() {
             round(&mut u, &mut out, &mut evbuf);
         }
     });
-    assert_eq!(
-        allocs, 0,
-        "the driver's hot paths allocated {allocs} times after warm-up"
-    );
+    assert_eq!(allocs, 0, "the driver's hot paths allocated {allocs} times after warm-up");
 }
