@@ -9,6 +9,8 @@
 //! `/proc/self/fd` counts are exact), and the guard checks at the end that the
 //! loop has no live handles and the fd count is back where it started.
 
+pub mod child;
+
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use uvring::{Backend, Loop, LoopOptions};

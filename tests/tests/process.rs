@@ -1,0 +1,242 @@
+//! Process spawn (libuv's test-spawn.c, test-stdio-over-pipes.c and the
+//! process cases of test-ref.c): exit code and signal, stdio over pipes, a
+//! listener passed as fd 3, cwd and env, exec errors, and how process
+//! handles ref the loop.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+use uvring::*;
+use uvring_tests::child::{record_exit, spawn_child, ChildGuard};
+use uvring_tests::{both_backends, run_until, with_timeout};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn child_exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_uvring-test-child"))
+}
+
+/// Reads `s` to end of file; the bytes and an EOF flag.
+fn collect(lp: &mut Loop, s: Stream) -> (Rc<RefCell<Vec<u8>>>, Rc<Cell<bool>>) {
+    let buf = Rc::new(RefCell::new(Vec::new()));
+    let eof = Rc::new(Cell::new(false));
+    let (b, e) = (buf.clone(), eof.clone());
+    lp.read_start(
+        s,
+        &OnRead::new(move |lp, s, res| match res {
+            Ok(data) => b.borrow_mut().extend_from_slice(data),
+            Err(err) => {
+                assert_eq!(err, Error::EOF);
+                e.set(true);
+                lp.close(s, None).unwrap();
+            }
+        }),
+    )
+    .unwrap();
+    (buf, eof)
+}
+
+both_backends! {
+    fn spawn_exit_code(lp) {
+        let (p, _guard, exit) = spawn_child(lp, child_exe(), &["exit", "42"], &[]);
+        assert!(lp.process_pid(p).unwrap() > 0);
+        run_until(lp, LIMIT, |_| exit.get().is_some());
+        assert_eq!(exit.get(), Some((42, 0)));
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn spawn_exit_by_signal(lp) {
+        let (p, _guard, exit) = spawn_child(lp, child_exe(), &["sleep"], &[]);
+        lp.process_kill(p, libc::SIGTERM).unwrap();
+        run_until(lp, LIMIT, |_| exit.get().is_some());
+        assert_eq!(exit.get(), Some((0, libc::SIGTERM)));
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn spawn_kill_after_exit_is_esrch(lp) {
+        let seen = Rc::new(Cell::new(None));
+        let s = seen.clone();
+        let on_exit = OnExit::new(move |lp, p, status, _| {
+            s.set(Some((status, lp.process_kill(p, libc::SIGTERM))));
+            lp.close(p, None).unwrap();
+        });
+        let args = [OsStr::new("exit"), OsStr::new("0")];
+        let opts = ProcessOptions { args: &args, ..ProcessOptions::new(child_exe()) };
+        let p = lp.spawn(&opts, &on_exit).unwrap();
+        let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
+        lp.run(RunMode::Default).unwrap();
+        assert_eq!(seen.get(), Some((0, Err(Error::ESRCH))));
+    }
+
+    fn spawn_fails_with_enoent(lp) {
+        let (_, on_exit) = record_exit();
+        let opts = ProcessOptions::new(Path::new("/nonexistent/uvring-no-such-program"));
+        assert_eq!(lp.spawn(&opts, &on_exit).unwrap_err(), Error::ENOENT);
+        let opts = ProcessOptions::new(Path::new("uvring-no-such-program-in-path"));
+        assert_eq!(lp.spawn(&opts, &on_exit).unwrap_err(), Error::ENOENT);
+        assert_eq!(lp.handle_count(), 0);
+    }
+
+    fn spawn_searches_path(lp) {
+        let args = [OsStr::new("-c"), OsStr::new("exit 7")];
+        let (exit, on_exit) = record_exit();
+        let p = lp.spawn(&ProcessOptions { args: &args, ..ProcessOptions::new(Path::new("sh")) }, &on_exit).unwrap();
+        let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
+        run_until(lp, LIMIT, |_| exit.get().is_some());
+        assert_eq!(exit.get(), Some((7, 0)));
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn spawn_with_cwd_and_env(lp) {
+        let out = lp.pipe_init(false).unwrap();
+        let args = [OsStr::new("env"), OsStr::new("UVRING_TEST_VAR")];
+        let env = [(OsStr::new("UVRING_TEST_VAR"), OsStr::new("forty two"))];
+        let stdio = [Stdio::Ignore, Stdio::Pipe(out), Stdio::Inherit];
+        let dir = std::env::temp_dir().canonicalize().unwrap();
+        let opts = ProcessOptions {
+            args: &args,
+            env: Some(&env),
+            cwd: Some(&dir),
+            stdio: &stdio,
+            ..ProcessOptions::new(child_exe())
+        };
+        let (exit, on_exit) = record_exit();
+        let p = lp.spawn(&opts, &on_exit).unwrap();
+        let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
+        let (buf, eof) = collect(lp, out);
+        run_until(lp, LIMIT, |_| eof.get() && exit.get().is_some());
+        assert_eq!(exit.get(), Some((0, 0)));
+        assert_eq!(String::from_utf8_lossy(&buf.borrow()), format!("{}\nforty two\n", dir.display()));
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn stdio_over_pipes(lp) {
+        let stdin = lp.pipe_init(false).unwrap();
+        let stdout = lp.pipe_init(false).unwrap();
+        let stdio = [Stdio::Pipe(stdin), Stdio::Pipe(stdout), Stdio::Inherit];
+        let (_p, _guard, exit) = spawn_child(lp, child_exe(), &["stdio"], &stdio);
+        let (buf, eof) = collect(lp, stdout);
+        let echoed = b"it travels through a socketpair\n";
+        lp.write(stdin, echoed, None).unwrap();
+        lp.shutdown(stdin, Some(&OnShutdown::new(|lp, s, res| {
+            res.unwrap();
+            lp.close(s, None).unwrap();
+        }))).unwrap();
+        run_until(lp, LIMIT, |_| eof.get() && exit.get().is_some());
+        assert_eq!(exit.get(), Some((0, 0)));
+        let mut want = b"hello world\n".to_vec();
+        want.extend_from_slice(echoed);
+        assert_eq!(*buf.borrow(), want);
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn spawn_tcp_server(lp) {
+        // A bound (not yet listening) socket goes to the child as fd 3; the
+        // child listens and serves on it.
+        let server = lp.tcp_init().unwrap();
+        lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let addr = lp.tcp_getsockname(server).unwrap();
+        let stdio = [Stdio::Ignore, Stdio::Inherit, Stdio::Inherit, Stdio::Fd(lp.fileno(server).unwrap())];
+        let (_p, _guard, exit) = spawn_child(lp, child_exe(), &["tcp_server_fd3"], &stdio);
+        lp.close(server, None).unwrap();
+        let client = std::thread::spawn(move || {
+            // The child may not be listening yet: retry refused connects.
+            let mut s = (0..200)
+                .find_map(|_| {
+                    std::net::TcpStream::connect(addr).ok().or_else(|| {
+                        std::thread::sleep(Duration::from_millis(20));
+                        None
+                    })
+                })
+                .expect("connect to the child's server");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"ping over fd 3").unwrap();
+            let mut buf = [0u8; 14];
+            s.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"ping over fd 3");
+        });
+        run_until(lp, LIMIT, |_| exit.get().is_some());
+        assert_eq!(exit.get(), Some((0, 0)));
+        client.join().unwrap();
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn process_ref(lp) {
+        // An unref'd process does not keep the loop running; kill and close
+        // it afterwards (libuv's test-ref.c process_ref).
+        let (p, guard, exit) = spawn_child(lp, child_exe(), &["sleep"], &[]);
+        lp.unref_handle(p).unwrap();
+        assert!(!lp.run(RunMode::Default).unwrap());
+        assert_eq!(exit.get(), None);
+        assert_eq!(lp.process_kill(p, 0), Ok(()), "the child still runs");
+        lp.process_kill(p, libc::SIGTERM).unwrap();
+        lp.close(p, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+        drop(guard);
+    }
+
+    fn spawn_auto_unref(lp) {
+        // After the child exits, its handle no longer keeps the loop alive
+        // although it is not closed.
+        let args = [OsStr::new("exit"), OsStr::new("0")];
+        let opts = ProcessOptions { args: &args, ..ProcessOptions::new(child_exe()) };
+        let p = lp.spawn(&opts, &OnExit::new(|_, _, _, _| {})).unwrap();
+        let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
+        assert!(lp.is_active(p));
+        lp.run(RunMode::Default).unwrap();
+        assert!(!lp.is_closing(p));
+        assert!(!lp.is_active(p));
+        assert!(lp.process_exited(p).unwrap());
+        lp.close(p, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+        assert!(!lp.is_live(p));
+    }
+
+    fn closing_a_process_does_not_kill_it(lp) {
+        let (p, guard, exit) = spawn_child(lp, child_exe(), &["sleep"], &[]);
+        let pid = lp.process_pid(p).unwrap();
+        lp.close(p, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+        assert_eq!(exit.get(), None);
+        // SAFETY: signal 0 only checks that our (unreaped) child exists.
+        assert_eq!(unsafe { libc::kill(pid, 0) }, 0, "the child was killed by close");
+        drop(guard);
+    }
+
+    fn spawn_inherits_env_by_default(lp) {
+        // With env None the parent's environment passes unchanged.
+        let out = lp.pipe_init(false).unwrap();
+        let args = [OsStr::new("env"), OsStr::new("PATH")];
+        let stdio = [Stdio::Ignore, Stdio::Pipe(out), Stdio::Inherit];
+        let opts = ProcessOptions { args: &args, stdio: &stdio, ..ProcessOptions::new(child_exe()) };
+        let (exit, on_exit) = record_exit();
+        let p = lp.spawn(&opts, &on_exit).unwrap();
+        let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
+        let (buf, eof) = collect(lp, out);
+        run_until(lp, LIMIT, |_| eof.get() && exit.get().is_some());
+        let text = String::from_utf8_lossy(&buf.borrow()).into_owned();
+        assert_eq!(text.lines().nth(1).unwrap_or(""), std::env::var("PATH").unwrap_or_default());
+        lp.run(RunMode::Default).unwrap();
+    }
+}
+
+#[test]
+fn spawned_child_uses_the_test_backend() {
+    // The helper reads UVRING_BACKEND; make sure an invalid value is refused
+    // (the child would panic, exit 101), so the env really reaches it.
+    let guard = uvring_tests::TestGuard::new();
+    let code = with_timeout(Duration::from_secs(20), || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_uvring-test-child"))
+            .arg("idle")
+            .env("UVRING_BACKEND", "no-such-backend")
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .code()
+    });
+    assert_eq!(code, Some(101));
+    guard.check_fds();
+}
