@@ -291,10 +291,7 @@ impl FrameKind {
         const ANY: usize = u32::MAX as usize;
         match self {
             FrameKind::Online | FrameKind::Disconnect | FrameKind::ExitedAfterDisconnect => (0, 0),
-            FrameKind::QueryServer => (
-                query_server::ADDRESS + 1,
-                query_server::ADDRESS + UNIX_PATH_MAX,
-            ),
+            FrameKind::QueryServer => (query_server::ADDRESS + 1, query_server::ADDRESS + UNIX_PATH_MAX),
             FrameKind::QueryServerReply => (query_server_reply::LEN, query_server_reply::LEN),
             FrameKind::NewConnection => (new_connection::LEN, new_connection::LEN),
             FrameKind::Ack => (ack::LEN, ack::LEN),
@@ -349,12 +346,8 @@ impl<'a> ListenAddress<'a> {
     /// offending field.
     fn from_wire(family: u8, bytes: &'a [u8]) -> Result<Self, &'static str> {
         let address = match family {
-            FAMILY_IPV4 => {
-                ListenAddress::V4(<[u8; 4]>::try_from(bytes).map_err(|_| "address")?.into())
-            }
-            FAMILY_IPV6 => {
-                ListenAddress::V6(<[u8; 16]>::try_from(bytes).map_err(|_| "address")?.into())
-            }
+            FAMILY_IPV4 => ListenAddress::V4(<[u8; 4]>::try_from(bytes).map_err(|_| "address")?.into()),
+            FAMILY_IPV6 => ListenAddress::V6(<[u8; 16]>::try_from(bytes).map_err(|_| "address")?.into()),
             FAMILY_UNIX => ListenAddress::Unix(bytes),
             _ => return Err("family"),
         };
@@ -397,8 +390,7 @@ impl SocketType {
     pub const fn fits(self, address: &ListenAddress<'_>) -> bool {
         matches!(
             (self, address),
-            (SocketType::Tcp, ListenAddress::V4(_) | ListenAddress::V6(_))
-                | (SocketType::Pipe, ListenAddress::Unix(_))
+            (SocketType::Tcp, ListenAddress::V4(_) | ListenAddress::V6(_)) | (SocketType::Pipe, ListenAddress::Unix(_))
         )
     }
 }
@@ -531,11 +523,7 @@ pub enum DecodeError {
     /// The header's `nfds` is not allowed for this frame.
     BadFdCount { kind: FrameKind, nfds: u8 },
     /// A complete frame announces more fds than have been received.
-    MissingFds {
-        kind: FrameKind,
-        nfds: u8,
-        queued: usize,
-    },
+    MissingFds { kind: FrameKind, nfds: u8, queued: usize },
     /// More fds were received than frames can have claimed.
     FdQueueOverflow { capacity: usize },
     /// The stream ended with fds that no frame claimed.
@@ -568,10 +556,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "{kind:?} frame cannot carry {nfds} fds")
             }
             DecodeError::MissingFds { kind, nfds, queued } => {
-                write!(
-                    f,
-                    "{kind:?} frame carries {nfds} fds but only {queued} arrived"
-                )
+                write!(f, "{kind:?} frame carries {nfds} fds but only {queued} arrived")
             }
             DecodeError::FdQueueOverflow { capacity } => {
                 write!(f, "more than {capacity} fds received ahead of their frames")
@@ -691,10 +676,7 @@ impl<T: AsRef<[u8]>> FramePacket<T> {
         let bytes = self.buffer.as_ref();
         let mut raw = [0u8; 4];
         for (i, b) in raw.iter_mut().enumerate() {
-            *b = bytes
-                .get(field::PAYLOAD_LEN.start + i)
-                .copied()
-                .unwrap_or(0);
+            *b = bytes.get(field::PAYLOAD_LEN.start + i).copied().unwrap_or(0);
         }
         u32::from_le_bytes(raw)
     }
@@ -714,42 +696,25 @@ impl<T: AsRef<[u8]>> FramePacket<T> {
             return Err(DecodeError::Truncated { buffered: len });
         }
         if self.version() != VERSION {
-            return Err(DecodeError::BadVersion {
-                version: self.version(),
-            });
+            return Err(DecodeError::BadVersion { version: self.version() });
         }
-        let kind = FrameKind::from_u8(self.kind())
-            .ok_or(DecodeError::UnknownKind { kind: self.kind() })?;
+        let kind = FrameKind::from_u8(self.kind()).ok_or(DecodeError::UnknownKind { kind: self.kind() })?;
         if self.reserved() != 0 {
-            return Err(DecodeError::ReservedNotZero {
-                value: self.reserved(),
-            });
+            return Err(DecodeError::ReservedNotZero { value: self.reserved() });
         }
         if self.total_len() > max_frame_len {
-            return Err(DecodeError::FrameTooLong {
-                len: self.total_len(),
-                max: max_frame_len,
-            });
+            return Err(DecodeError::FrameTooLong { len: self.total_len(), max: max_frame_len });
         }
         let payload_len = self.total_len() - HEADER_LEN;
         let (min, max) = kind.payload_len_bounds();
         if payload_len < min {
-            return Err(DecodeError::PayloadTooShort {
-                kind,
-                len: payload_len,
-            });
+            return Err(DecodeError::PayloadTooShort { kind, len: payload_len });
         }
         if payload_len > max {
-            return Err(DecodeError::PayloadTooLong {
-                kind,
-                len: payload_len,
-            });
+            return Err(DecodeError::PayloadTooLong { kind, len: payload_len });
         }
         if usize::from(self.nfds()) > kind.max_fds() {
-            return Err(DecodeError::BadFdCount {
-                kind,
-                nfds: self.nfds(),
-            });
+            return Err(DecodeError::BadFdCount { kind, nfds: self.nfds() });
         }
         Ok(kind)
     }
@@ -788,11 +753,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> FramePacket<T> {
     }
 
     pub fn set_payload_len(&mut self, value: u32) {
-        put_if_fits(
-            self.buffer.as_mut(),
-            field::PAYLOAD_LEN.start,
-            &value.to_le_bytes(),
-        );
+        put_if_fits(self.buffer.as_mut(), field::PAYLOAD_LEN.start, &value.to_le_bytes());
     }
 
     /// The payload bytes the buffer holds, for writing.
@@ -813,10 +774,7 @@ fn put(out: &mut [u8], at: usize, bytes: &[u8]) {
 
 /// Copies `bytes` to `out[at..]` if they fit; says whether they did.
 fn put_if_fits(out: &mut [u8], at: usize, bytes: &[u8]) -> bool {
-    match at
-        .checked_add(bytes.len())
-        .and_then(|end| out.get_mut(at..end))
-    {
+    match at.checked_add(bytes.len()).and_then(|end| out.get_mut(at..end)) {
         Some(dst) => {
             dst.copy_from_slice(bytes);
             true
@@ -835,18 +793,12 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn too_short(&self) -> DecodeError {
-        DecodeError::PayloadTooShort {
-            kind: self.kind,
-            len: self.bytes.len(),
-        }
+        DecodeError::PayloadTooShort { kind: self.kind, len: self.bytes.len() }
     }
 
     fn array<const N: usize>(&self, f: Range<usize>) -> Result<[u8; N], DecodeError> {
         debug_assert_eq!(f.len(), N);
-        self.bytes
-            .get(f)
-            .and_then(|s| <[u8; N]>::try_from(s).ok())
-            .ok_or_else(|| self.too_short())
+        self.bytes.get(f).and_then(|s| <[u8; N]>::try_from(s).ok()).ok_or_else(|| self.too_short())
     }
 
     fn u8(&self, at: usize) -> Result<u8, DecodeError> {
@@ -874,10 +826,7 @@ impl<'a> Fields<'a> {
     }
 
     fn invalid(&self, field: &'static str) -> DecodeError {
-        DecodeError::Invalid(InvalidFrame {
-            kind: self.kind,
-            field,
-        })
+        DecodeError::Invalid(InvalidFrame { kind: self.kind, field })
     }
 }
 
@@ -896,36 +845,20 @@ pub enum Frame<'a> {
     /// Worker to primary: please listen on `key` for me.
     QueryServer { seq: u32, key: ListenKey<'a> },
     /// Primary to worker: answer to the `QueryServer` with the same `seq`.
-    /// `errno` is 0 on success; `port` is the real port (port 0 resolved).
+    /// `errno` is 0 on success, else the positive OS error of the bind or
+    /// listen (`io::Error::raw_os_error`, e.g. `EADDRINUSE`); `port` is the
+    /// real port (port 0 resolved).
     /// With `listener_fd` (the `shared` policy) the frame carries the
     /// listening socket.
-    QueryServerReply {
-        seq: u32,
-        errno: i32,
-        port: u16,
-        listener_id: u32,
-        listener_fd: bool,
-    },
+    QueryServerReply { seq: u32, errno: i32, port: u16, listener_id: u32, listener_fd: bool },
     /// Primary to worker: `count` accepted connections (one fd each) for
     /// `listener_id`, numbered `first_conn_seq ..`.
-    NewConnection {
-        listener_id: u32,
-        first_conn_seq: u64,
-        count: u8,
-    },
+    NewConnection { listener_id: u32, first_conn_seq: u64, count: u8 },
     /// Worker to primary: connections `conn_seq .. conn_seq + count` were
     /// accepted (or refused, and should go to another worker).
-    Ack {
-        conn_seq: u64,
-        count: u32,
-        accepted: bool,
-    },
+    Ack { conn_seq: u64, count: u32, accepted: bool },
     /// Worker to primary: the listen completed on `address`:`port`.
-    Listening {
-        listener_id: u32,
-        address: ListenAddress<'a>,
-        port: u16,
-    },
+    Listening { listener_id: u32, address: ListenAddress<'a>, port: u16 },
     /// Worker to primary: the worker closed its server on `listener_id`.
     Close { listener_id: u32 },
     /// Either way: begin a graceful disconnect.
@@ -939,19 +872,11 @@ pub enum Frame<'a> {
     /// Worker to primary: read `key` from the shared store.
     StoreGet { req_id: u32, key: &'a [u8] },
     /// Worker to primary: write `key` = `value` in the shared store.
-    StoreSet {
-        req_id: u32,
-        key: &'a [u8],
-        value: &'a [u8],
-    },
+    StoreSet { req_id: u32, key: &'a [u8], value: &'a [u8] },
     /// Worker to primary: remove `key` from the shared store.
     StoreDelete { req_id: u32, key: &'a [u8] },
     /// Primary to worker: answer to the store request `req_id`.
-    StoreReply {
-        req_id: u32,
-        status: StoreStatus,
-        value: &'a [u8],
-    },
+    StoreReply { req_id: u32, status: StoreStatus, value: &'a [u8] },
 }
 
 impl<'a> Frame<'a> {
@@ -979,9 +904,7 @@ impl<'a> Frame<'a> {
     /// How many fds travel with this frame.
     pub const fn nfds(&self) -> u8 {
         match *self {
-            Frame::QueryServerReply {
-                listener_fd: true, ..
-            } => 1,
+            Frame::QueryServerReply { listener_fd: true, .. } => 1,
             Frame::NewConnection { count, .. } => count,
             Frame::Message { nfds, .. } => nfds,
             _ => 0,
@@ -1001,12 +924,8 @@ impl<'a> Frame<'a> {
             Frame::Close { .. } => close::LEN,
             Frame::Load { .. } => load::LEN,
             Frame::Message { bytes, .. } => bytes.len(),
-            Frame::StoreGet { key, .. } | Frame::StoreDelete { key, .. } => {
-                store_key::KEY.saturating_add(key.len())
-            }
-            Frame::StoreSet { key, value, .. } => store_set::KEY
-                .saturating_add(key.len())
-                .saturating_add(value.len()),
+            Frame::StoreGet { key, .. } | Frame::StoreDelete { key, .. } => store_key::KEY.saturating_add(key.len()),
+            Frame::StoreSet { key, value, .. } => store_set::KEY.saturating_add(key.len()).saturating_add(value.len()),
             Frame::StoreReply { value, .. } => store_reply::VALUE.saturating_add(value.len()),
         }
     }
@@ -1022,58 +941,38 @@ impl<'a> Frame<'a> {
         let field = match *self {
             Frame::QueryServer { key, .. } if !key.address.is_valid() => "address",
             Frame::QueryServer { key, .. } if !key.socket_type.fits(&key.address) => "socket_type",
-            Frame::QueryServerReply {
-                errno,
-                listener_fd: true,
-                ..
-            } if errno != 0 => "listener_fd",
-            Frame::NewConnection { count, .. }
-                if count == 0 || usize::from(count) > MAX_FDS_PER_FRAME =>
+            Frame::QueryServerReply { errno, listener_fd: true, .. } if errno != 0 => "listener_fd",
+            Frame::NewConnection { count, .. } if count == 0 || usize::from(count) > MAX_FDS_PER_FRAME => "count",
+            Frame::NewConnection { first_conn_seq, count, .. }
+                if first_conn_seq.checked_add(u64::from(count) - 1).is_none() =>
             {
-                "count"
+                "first_conn_seq"
             }
-            Frame::NewConnection {
-                first_conn_seq,
-                count,
-                ..
-            } if first_conn_seq.checked_add(u64::from(count) - 1).is_none() => "first_conn_seq",
             Frame::Ack { count: 0, .. } => "count",
-            Frame::Ack {
-                conn_seq, count, ..
-            } if conn_seq.checked_add(u64::from(count) - 1).is_none() => "conn_seq",
+            Frame::Ack { conn_seq, count, .. } if conn_seq.checked_add(u64::from(count) - 1).is_none() => "conn_seq",
             Frame::Listening { address, .. } if !address.is_valid() => "address",
             Frame::Message { nfds, .. } if usize::from(nfds) > MAX_FDS_PER_FRAME => "nfds",
             _ => return Ok(()),
         };
-        Err(InvalidFrame {
-            kind: self.kind(),
-            field,
-        })
+        Err(InvalidFrame { kind: self.kind(), field })
     }
 
     /// Parses the complete frame in `packet` (whose length is checked here).
     /// The decoder's maximum frame length is not applied; fds are not looked
     /// at beyond the header's count.
-    pub fn parse<T: AsRef<[u8]> + ?Sized>(
-        packet: &FramePacket<&'a T>,
-    ) -> Result<Frame<'a>, DecodeError> {
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &FramePacket<&'a T>) -> Result<Frame<'a>, DecodeError> {
         let kind = packet.check_header(MAX_FRAME_LEN_LIMIT)?;
         packet.check_len()?;
         let nfds = packet.nfds();
-        let p = Fields {
-            kind,
-            bytes: packet.payload(),
-        };
+        let p = Fields { kind, bytes: packet.payload() };
         let frame = match kind {
             FrameKind::Online => Frame::Online,
             FrameKind::QueryServer => {
                 use field::query_server::*;
-                let address = ListenAddress::from_wire(p.u8(FAMILY)?, p.tail(ADDRESS)?)
-                    .map_err(|field| p.invalid(field))?;
-                let socket_type = SocketType::from_u8(p.u8(SOCKET_TYPE)?)
-                    .ok_or_else(|| p.invalid("socket_type"))?;
-                let flags =
-                    ListenFlags::from_bits(p.u32(FLAGS)?).ok_or_else(|| p.invalid("flags"))?;
+                let address =
+                    ListenAddress::from_wire(p.u8(FAMILY)?, p.tail(ADDRESS)?).map_err(|field| p.invalid(field))?;
+                let socket_type = SocketType::from_u8(p.u8(SOCKET_TYPE)?).ok_or_else(|| p.invalid("socket_type"))?;
+                let flags = ListenFlags::from_bits(p.u32(FLAGS)?).ok_or_else(|| p.invalid("flags"))?;
                 let key = ListenKey {
                     address,
                     port: p.u16(PORT)?,
@@ -1082,10 +981,7 @@ impl<'a> Frame<'a> {
                     flags,
                     index: p.u32(INDEX)?,
                 };
-                Frame::QueryServer {
-                    seq: p.u32(SEQ)?,
-                    key,
-                }
+                Frame::QueryServer { seq: p.u32(SEQ)?, key }
             }
             FrameKind::QueryServerReply => {
                 use field::query_server_reply::*;
@@ -1103,11 +999,7 @@ impl<'a> Frame<'a> {
                 if count != nfds {
                     return Err(DecodeError::BadFdCount { kind, nfds });
                 }
-                Frame::NewConnection {
-                    listener_id: p.u32(LISTENER_ID)?,
-                    first_conn_seq: p.u64(FIRST_CONN_SEQ)?,
-                    count,
-                }
+                Frame::NewConnection { listener_id: p.u32(LISTENER_ID)?, first_conn_seq: p.u64(FIRST_CONN_SEQ)?, count }
             }
             FrameKind::Ack => {
                 use field::ack::*;
@@ -1116,64 +1008,36 @@ impl<'a> Frame<'a> {
                     1 => true,
                     _ => return Err(p.invalid("accepted")),
                 };
-                Frame::Ack {
-                    conn_seq: p.u64(CONN_SEQ)?,
-                    count: p.u32(COUNT)?,
-                    accepted,
-                }
+                Frame::Ack { conn_seq: p.u64(CONN_SEQ)?, count: p.u32(COUNT)?, accepted }
             }
             FrameKind::Listening => {
                 use field::listening::*;
-                let address = ListenAddress::from_wire(p.u8(FAMILY)?, p.tail(ADDRESS)?)
-                    .map_err(|field| p.invalid(field))?;
-                Frame::Listening {
-                    listener_id: p.u32(LISTENER_ID)?,
-                    address,
-                    port: p.u16(PORT)?,
-                }
+                let address =
+                    ListenAddress::from_wire(p.u8(FAMILY)?, p.tail(ADDRESS)?).map_err(|field| p.invalid(field))?;
+                Frame::Listening { listener_id: p.u32(LISTENER_ID)?, address, port: p.u16(PORT)? }
             }
-            FrameKind::Close => Frame::Close {
-                listener_id: p.u32(field::close::LISTENER_ID)?,
-            },
+            FrameKind::Close => Frame::Close { listener_id: p.u32(field::close::LISTENER_ID)? },
             FrameKind::Disconnect => Frame::Disconnect,
             FrameKind::ExitedAfterDisconnect => Frame::ExitedAfterDisconnect,
-            FrameKind::Load => Frame::Load {
-                open_connections: p.u32(field::load::OPEN_CONNECTIONS)?,
-            },
-            FrameKind::Message => Frame::Message {
-                bytes: p.bytes,
-                nfds,
-            },
-            FrameKind::StoreGet => Frame::StoreGet {
-                req_id: p.u32(field::store_key::REQ_ID)?,
-                key: p.tail(field::store_key::KEY)?,
-            },
+            FrameKind::Load => Frame::Load { open_connections: p.u32(field::load::OPEN_CONNECTIONS)? },
+            FrameKind::Message => Frame::Message { bytes: p.bytes, nfds },
+            FrameKind::StoreGet => {
+                Frame::StoreGet { req_id: p.u32(field::store_key::REQ_ID)?, key: p.tail(field::store_key::KEY)? }
+            }
             FrameKind::StoreSet => {
                 use field::store_set::*;
                 let key_len = usize::try_from(p.u32(KEY_LEN)?).map_err(|_| p.too_short())?;
                 let rest = p.tail(KEY)?;
-                let (key, value) = rest
-                    .split_at_checked(key_len)
-                    .ok_or_else(|| p.too_short())?;
-                Frame::StoreSet {
-                    req_id: p.u32(REQ_ID)?,
-                    key,
-                    value,
-                }
+                let (key, value) = rest.split_at_checked(key_len).ok_or_else(|| p.too_short())?;
+                Frame::StoreSet { req_id: p.u32(REQ_ID)?, key, value }
             }
-            FrameKind::StoreDelete => Frame::StoreDelete {
-                req_id: p.u32(field::store_key::REQ_ID)?,
-                key: p.tail(field::store_key::KEY)?,
-            },
+            FrameKind::StoreDelete => {
+                Frame::StoreDelete { req_id: p.u32(field::store_key::REQ_ID)?, key: p.tail(field::store_key::KEY)? }
+            }
             FrameKind::StoreReply => {
                 use field::store_reply::*;
-                let status =
-                    StoreStatus::from_u8(p.u8(STATUS)?).ok_or_else(|| p.invalid("status"))?;
-                Frame::StoreReply {
-                    req_id: p.u32(REQ_ID)?,
-                    status,
-                    value: p.tail(VALUE)?,
-                }
+                let status = StoreStatus::from_u8(p.u8(STATUS)?).ok_or_else(|| p.invalid("status"))?;
+                Frame::StoreReply { req_id: p.u32(REQ_ID)?, status, value: p.tail(VALUE)? }
             }
         };
         frame.validate()?;
@@ -1186,13 +1050,8 @@ impl<'a> Frame<'a> {
         let packet = FramePacket::new_unchecked(bytes);
         packet.check_header(MAX_FRAME_LEN_LIMIT)?;
         let total = packet.total_len();
-        let frame_bytes = bytes.get(..total).ok_or(DecodeError::Truncated {
-            buffered: bytes.len(),
-        })?;
-        Ok((
-            Frame::parse(&FramePacket::new_unchecked(frame_bytes))?,
-            total,
-        ))
+        let frame_bytes = bytes.get(..total).ok_or(DecodeError::Truncated { buffered: bytes.len() })?;
+        Ok((Frame::parse(&FramePacket::new_unchecked(frame_bytes))?, total))
     }
 
     /// Writes the frame to the front of `out` and returns the bytes written
@@ -1200,20 +1059,12 @@ impl<'a> Frame<'a> {
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, EmitError> {
         self.validate()?;
         let payload_len = self.payload_len();
-        let wire_len =
-            u32::try_from(payload_len).map_err(|_| EmitError::TooLarge { payload_len })?;
+        let wire_len = u32::try_from(payload_len).map_err(|_| EmitError::TooLarge { payload_len })?;
         let total = HEADER_LEN.saturating_add(payload_len);
         let available = out.len();
-        let out = out.get_mut(..total).ok_or(EmitError::BufferTooSmall {
-            needed: total,
-            available,
-        })?;
+        let out = out.get_mut(..total).ok_or(EmitError::BufferTooSmall { needed: total, available })?;
         let (header, p) =
-            out.split_at_mut_checked(HEADER_LEN)
-                .ok_or(EmitError::BufferTooSmall {
-                    needed: total,
-                    available,
-                })?;
+            out.split_at_mut_checked(HEADER_LEN).ok_or(EmitError::BufferTooSmall { needed: total, available })?;
         let mut packet = FramePacket::new_unchecked(header);
         packet.set_version(VERSION);
         packet.set_kind(self.kind().as_u8());
@@ -1233,44 +1084,26 @@ impl<'a> Frame<'a> {
                 put(p, SOCKET_TYPE, &[key.socket_type as u8]);
                 key.address.write(p, ADDRESS);
             }
-            Frame::QueryServerReply {
-                seq,
-                errno,
-                port,
-                listener_id,
-                ..
-            } => {
+            Frame::QueryServerReply { seq, errno, port, listener_id, .. } => {
                 use field::query_server_reply::*;
                 put(p, SEQ.start, &seq.to_le_bytes());
                 put(p, ERRNO.start, &errno.to_le_bytes());
                 put(p, LISTENER_ID.start, &listener_id.to_le_bytes());
                 put(p, PORT.start, &port.to_le_bytes());
             }
-            Frame::NewConnection {
-                listener_id,
-                first_conn_seq,
-                count,
-            } => {
+            Frame::NewConnection { listener_id, first_conn_seq, count } => {
                 use field::new_connection::*;
                 put(p, LISTENER_ID.start, &listener_id.to_le_bytes());
                 put(p, FIRST_CONN_SEQ.start, &first_conn_seq.to_le_bytes());
                 put(p, COUNT, &[count]);
             }
-            Frame::Ack {
-                conn_seq,
-                count,
-                accepted,
-            } => {
+            Frame::Ack { conn_seq, count, accepted } => {
                 use field::ack::*;
                 put(p, CONN_SEQ.start, &conn_seq.to_le_bytes());
                 put(p, COUNT.start, &count.to_le_bytes());
                 put(p, ACCEPTED, &[u8::from(accepted)]);
             }
-            Frame::Listening {
-                listener_id,
-                address,
-                port,
-            } => {
+            Frame::Listening { listener_id, address, port } => {
                 use field::listening::*;
                 put(p, LISTENER_ID.start, &listener_id.to_le_bytes());
                 put(p, PORT.start, &port.to_le_bytes());
@@ -1278,18 +1111,10 @@ impl<'a> Frame<'a> {
                 address.write(p, ADDRESS);
             }
             Frame::Close { listener_id } => {
-                put(
-                    p,
-                    field::close::LISTENER_ID.start,
-                    &listener_id.to_le_bytes(),
-                );
+                put(p, field::close::LISTENER_ID.start, &listener_id.to_le_bytes());
             }
             Frame::Load { open_connections } => {
-                put(
-                    p,
-                    field::load::OPEN_CONNECTIONS.start,
-                    &open_connections.to_le_bytes(),
-                );
+                put(p, field::load::OPEN_CONNECTIONS.start, &open_connections.to_le_bytes());
             }
             Frame::Message { bytes, .. } => put(p, 0, bytes),
             Frame::StoreGet { req_id, key } | Frame::StoreDelete { req_id, key } => {
@@ -1305,11 +1130,7 @@ impl<'a> Frame<'a> {
                 put(p, KEY, key);
                 put(p, KEY + key.len(), value);
             }
-            Frame::StoreReply {
-                req_id,
-                status,
-                value,
-            } => {
+            Frame::StoreReply { req_id, status, value } => {
                 use field::store_reply::*;
                 put(p, REQ_ID.start, &req_id.to_le_bytes());
                 put(p, STATUS, &[status as u8]);
@@ -1333,10 +1154,7 @@ impl<'a> Frame<'a> {
         out.resize(start.saturating_add(self.buffer_len()), 0);
         let result = match out.get_mut(start..) {
             Some(tail) => self.emit(tail),
-            None => Err(EmitError::BufferTooSmall {
-                needed: self.buffer_len(),
-                available: 0,
-            }),
+            None => Err(EmitError::BufferTooSmall { needed: self.buffer_len(), available: 0 }),
         };
         if result.is_err() {
             out.truncate(start);
@@ -1360,10 +1178,7 @@ pub struct FrameFds {
 impl FrameFds {
     /// An empty set.
     pub const fn new() -> FrameFds {
-        FrameFds {
-            slots: [const { None }; MAX_FDS_PER_FRAME],
-            len: 0,
-        }
+        FrameFds { slots: [const { None }; MAX_FDS_PER_FRAME], len: 0 }
     }
 
     /// Appends an fd; gives it back if the set is full.
@@ -1441,21 +1256,14 @@ struct FdQueue {
 
 impl FdQueue {
     const fn new() -> FdQueue {
-        FdQueue {
-            slots: [const { None }; FD_QUEUE_CAPACITY],
-            head: 0,
-            len: 0,
-        }
+        FdQueue { slots: [const { None }; FD_QUEUE_CAPACITY], head: 0, len: 0 }
     }
 
     fn push(&mut self, fd: OwnedFd) -> Result<(), OwnedFd> {
         if self.len >= FD_QUEUE_CAPACITY {
             return Err(fd);
         }
-        match self
-            .slots
-            .get_mut((self.head + self.len) % FD_QUEUE_CAPACITY)
-        {
+        match self.slots.get_mut((self.head + self.len) % FD_QUEUE_CAPACITY) {
             Some(slot) => {
                 *slot = Some(fd);
                 self.len += 1;
@@ -1548,13 +1356,7 @@ impl FrameDecoder {
     /// `max_frame_len` bytes, once.
     pub fn with_max_frame_len(max_frame_len: usize) -> FrameDecoder {
         let cap = max_frame_len.clamp(HEADER_LEN, MAX_FRAME_LEN_LIMIT);
-        FrameDecoder {
-            buf: vec![0; cap].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            fds: FdQueue::new(),
-            error: None,
-        }
+        FrameDecoder { buf: vec![0; cap].into_boxed_slice(), start: 0, end: 0, fds: FdQueue::new(), error: None }
     }
 
     /// The longest frame accepted, header included.
@@ -1625,9 +1427,7 @@ impl FrameDecoder {
                 Err(poison(
                     &mut self.error,
                     &mut self.fds,
-                    DecodeError::FdQueueOverflow {
-                        capacity: FD_QUEUE_CAPACITY,
-                    },
+                    DecodeError::FdQueueOverflow { capacity: FD_QUEUE_CAPACITY },
                 ))
             }
         }
@@ -1660,11 +1460,7 @@ impl FrameDecoder {
         };
         let nfds = frame.nfds();
         if self.fds.len < usize::from(nfds) {
-            let e = DecodeError::MissingFds {
-                kind,
-                nfds,
-                queued: self.fds.len,
-            };
+            let e = DecodeError::MissingFds { kind, nfds, queued: self.fds.len };
             return Err(poison(&mut self.error, &mut self.fds, e));
         }
         let mut fds = FrameFds::new();
@@ -1688,9 +1484,7 @@ impl FrameDecoder {
         let e = if buffered > 0 {
             DecodeError::Truncated { buffered }
         } else if self.fds.len > 0 {
-            DecodeError::UnclaimedFds {
-                count: self.fds.len,
-            }
+            DecodeError::UnclaimedFds { count: self.fds.len }
         } else {
             return Ok(());
         };
@@ -1718,9 +1512,7 @@ impl FrameDecoder {
         let cap = self.buf.len();
         let buffered = self.end - self.start;
         let frame_len = match self.buf.get(self.start..self.end) {
-            Some(bytes) if bytes.len() >= HEADER_LEN => {
-                FramePacket::new_unchecked(bytes).total_len().min(cap)
-            }
+            Some(bytes) if bytes.len() >= HEADER_LEN => FramePacket::new_unchecked(bytes).total_len().min(cap),
             _ => HEADER_LEN,
         };
         let spare = cap - self.end;
@@ -1795,10 +1587,7 @@ mod tests {
     }
 
     fn ino(fd: &OwnedFd) -> u64 {
-        File::from(fd.try_clone().unwrap())
-            .metadata()
-            .unwrap()
-            .ino()
+        File::from(fd.try_clone().unwrap()).metadata().unwrap().ino()
     }
 
     /// A fresh fd (one end of a socket pair, unique inode) and its probe.
@@ -1816,10 +1605,7 @@ mod tests {
         std::fs::read_dir("/proc/self/fd")
             .unwrap()
             .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .filter(|target| {
-                inos.iter()
-                    .any(|i| target.to_str() == Some(format!("socket:[{i}]").as_str()))
-            })
+            .filter(|target| inos.iter().any(|i| target.to_str() == Some(format!("socket:[{i}]").as_str())))
             .count()
     }
 
@@ -1953,10 +1739,7 @@ mod tests {
     #[test]
     fn golden_covers_every_kind() {
         for kind in FrameKind::ALL {
-            assert!(
-                GOLDEN.iter().any(|(f, _)| f.kind() == kind),
-                "{kind:?} has no golden bytes"
-            );
+            assert!(GOLDEN.iter().any(|(f, _)| f.kind() == kind), "{kind:?} has no golden bytes");
             assert_eq!(FrameKind::from_u8(kind.as_u8()), Some(kind));
         }
     }
@@ -1967,38 +1750,19 @@ mod tests {
         for len in 0..HEADER_LEN {
             let bytes = &[1u8, 1, 0, 0, 0, 0, 0][..len.min(7)];
             let packet = FramePacket::new_unchecked(bytes);
-            assert_eq!(
-                packet.check_len(),
-                Err(DecodeError::Truncated {
-                    buffered: bytes.len()
-                })
-            );
-            let _ = (
-                packet.version(),
-                packet.kind(),
-                packet.nfds(),
-                packet.payload_len(),
-            );
+            assert_eq!(packet.check_len(), Err(DecodeError::Truncated { buffered: bytes.len() }));
+            let _ = (packet.version(), packet.kind(), packet.nfds(), packet.payload_len());
             assert_eq!(packet.payload(), b"");
             assert!(Frame::parse(&packet).is_err());
         }
         // The header announces more payload than the buffer holds.
         let bytes = [1u8, 0x07, 0, 0, 4, 0, 0, 0, 42, 0];
-        assert_eq!(
-            FramePacket::new_checked(&bytes[..]),
-            Err(DecodeError::Truncated { buffered: 10 })
-        );
+        assert_eq!(FramePacket::new_checked(&bytes[..]), Err(DecodeError::Truncated { buffered: 10 }));
         assert_eq!(FramePacket::new_unchecked(&bytes[..]).payload(), &[42, 0]);
-        assert_eq!(
-            Frame::parse_prefix(&bytes),
-            Err(DecodeError::Truncated { buffered: 10 })
-        );
+        assert_eq!(Frame::parse_prefix(&bytes), Err(DecodeError::Truncated { buffered: 10 }));
         // A u32::MAX payload length announces a frame no buffer holds.
         let bytes = [1u8, 0x0b, 0, 0, 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(
-            FramePacket::new_unchecked(&bytes[..]).total_len(),
-            HEADER_LEN + u32::MAX as usize
-        );
+        assert_eq!(FramePacket::new_unchecked(&bytes[..]).total_len(), HEADER_LEN + u32::MAX as usize);
         assert!(FramePacket::new_checked(&bytes[..]).is_err());
         // Fixed-size payloads one byte off either way.
         for (kind, len) in [
@@ -2016,10 +1780,7 @@ mod tests {
             bytes.resize(HEADER_LEN + len, 0);
             let err = Frame::parse_prefix(&bytes).unwrap_err();
             assert!(
-                matches!(
-                    err,
-                    DecodeError::PayloadTooShort { .. } | DecodeError::PayloadTooLong { .. }
-                ),
+                matches!(err, DecodeError::PayloadTooShort { .. } | DecodeError::PayloadTooLong { .. }),
                 "{kind:?} with {len} bytes: {err:?}"
             );
         }
@@ -2057,9 +1818,7 @@ mod tests {
     fn random_address<'p>(rng: &mut Rng, pool: &'p [u8]) -> ListenAddress<'p> {
         match rng.below(3) {
             0 => ListenAddress::V4(Ipv4Addr::from(rng.u32())),
-            1 => ListenAddress::V6(Ipv6Addr::from(
-                u128::from(rng.next()) << 64 | u128::from(rng.next()),
-            )),
+            1 => ListenAddress::V6(Ipv6Addr::from(u128::from(rng.next()) << 64 | u128::from(rng.next()))),
             _ => {
                 let len = 1 + rng.below(UNIX_PATH_MAX);
                 let start = rng.below(pool.len() - len + 1);
@@ -2106,41 +1865,22 @@ mod tests {
                 first_conn_seq: rng.next() >> 1,
                 count: 1 + rng.below(usize::from(max_fds)) as u8,
             },
-            4 => Frame::Ack {
-                conn_seq: rng.next() >> 1,
-                count: 1 + (rng.u32() >> 1),
-                accepted: rng.below(2) == 0,
-            },
-            5 => Frame::Listening {
-                listener_id: rng.u32(),
-                address: random_address(rng, pool),
-                port: rng.u16(),
-            },
-            6 => Frame::Close {
-                listener_id: rng.u32(),
-            },
+            4 => Frame::Ack { conn_seq: rng.next() >> 1, count: 1 + (rng.u32() >> 1), accepted: rng.below(2) == 0 },
+            5 => Frame::Listening { listener_id: rng.u32(), address: random_address(rng, pool), port: rng.u16() },
+            6 => Frame::Close { listener_id: rng.u32() },
             7 => Frame::Disconnect,
             8 => Frame::ExitedAfterDisconnect,
-            9 => Frame::Load {
-                open_connections: rng.u32(),
-            },
-            10 => Frame::Message {
-                bytes: slice(rng, pool, max_bytes),
-                nfds: rng.below(usize::from(max_fds) + 1) as u8,
-            },
-            11 => Frame::StoreGet {
-                req_id: rng.u32(),
-                key: slice(rng, pool, max_bytes),
-            },
+            9 => Frame::Load { open_connections: rng.u32() },
+            10 => {
+                Frame::Message { bytes: slice(rng, pool, max_bytes), nfds: rng.below(usize::from(max_fds) + 1) as u8 }
+            }
+            11 => Frame::StoreGet { req_id: rng.u32(), key: slice(rng, pool, max_bytes) },
             12 => Frame::StoreSet {
                 req_id: rng.u32(),
                 key: slice(rng, pool, max_bytes / 2),
                 value: slice(rng, pool, max_bytes / 2),
             },
-            13 => Frame::StoreDelete {
-                req_id: rng.u32(),
-                key: slice(rng, pool, max_bytes),
-            },
+            13 => Frame::StoreDelete { req_id: rng.u32(), key: slice(rng, pool, max_bytes) },
             _ => Frame::StoreReply {
                 req_id: rng.u32(),
                 status: StoreStatus::from_u8(1 + rng.below(4) as u8).unwrap(),
@@ -2223,20 +1963,13 @@ mod tests {
                     assert_eq!(inos.len(), usize::from(decoded.frame.nfds()));
                     out.push((emit_vec(&decoded.frame), inos));
                 }
-                assert!(
-                    n > 0 || pos == end,
-                    "decoder took no bytes and yielded no frame"
-                );
+                assert!(n > 0 || pos == end, "decoder took no bytes and yielded no frame");
             }
         }
         dec.finish().unwrap();
         assert_eq!(out.len(), stream.frames.len());
         for (i, ((bytes, inos), &(start, stop, _))) in out.iter().zip(&stream.frames).enumerate() {
-            assert_eq!(
-                &bytes[..],
-                &stream.bytes[start..stop],
-                "frame {i} re-encodes differently"
-            );
+            assert_eq!(&bytes[..], &stream.bytes[start..stop], "frame {i} re-encodes differently");
             assert_eq!(inos, &sent_fds[i], "frame {i} got the wrong fds");
         }
         out
@@ -2264,20 +1997,10 @@ mod tests {
             assert_eq!(decoded.frame, *frame);
             assert_eq!(decoded.fds.len(), probes.len());
             for (i, probe) in probes.iter().enumerate() {
-                assert_eq!(
-                    ino(&decoded
-                        .fds
-                        .get(i)
-                        .map(|fd| fd.try_clone_to_owned().unwrap())
-                        .unwrap()),
-                    probe.ino
-                );
+                assert_eq!(ino(&decoded.fds.get(i).map(|fd| fd.try_clone_to_owned().unwrap()).unwrap()), probe.ino);
             }
             drop(decoded);
-            assert!(
-                probes.iter().all(Probe::is_closed),
-                "untaken fds must close with Decoded"
-            );
+            assert!(probes.iter().all(Probe::is_closed), "untaken fds must close with Decoded");
             assert!(dec.next_frame().unwrap().is_none());
         }
         dec.finish().unwrap();
@@ -2302,10 +2025,7 @@ mod tests {
         let stream = make_stream(7, 600, &pool);
         let whole = decode_stream(&stream, &mut FrameDecoder::new(), || usize::MAX);
         let bytewise = decode_stream(&stream, &mut FrameDecoder::new(), || 1);
-        assert_eq!(
-            whole.iter().map(|f| &f.0).collect::<Vec<_>>(),
-            bytewise.iter().map(|f| &f.0).collect::<Vec<_>>()
-        );
+        assert_eq!(whole.iter().map(|f| &f.0).collect::<Vec<_>>(), bytewise.iter().map(|f| &f.0).collect::<Vec<_>>());
         for seed in 1..=8u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let max = 1 + rng.below(if seed % 2 == 0 { 64 } else { 3000 });
@@ -2328,13 +2048,7 @@ mod tests {
 
     #[test]
     fn read_into_buffer_mut_and_commit() {
-        let frames = [
-            Frame::Online,
-            Frame::Load {
-                open_connections: 3,
-            },
-            Frame::Disconnect,
-        ];
+        let frames = [Frame::Online, Frame::Load { open_connections: 3 }, Frame::Disconnect];
         let mut bytes = Vec::new();
         for f in &frames {
             f.emit_to_vec(&mut bytes).unwrap();
@@ -2353,10 +2067,7 @@ mod tests {
                 got.push(d.frame.kind());
             }
         }
-        assert_eq!(
-            got,
-            [FrameKind::Online, FrameKind::Load, FrameKind::Disconnect]
-        );
+        assert_eq!(got, [FrameKind::Online, FrameKind::Load, FrameKind::Disconnect]);
         dec.commit(1000); // clamped: nothing was read, nothing is committed
         assert_eq!(dec.buffered_len(), 1000.min(dec.buffered_len()));
     }
@@ -2365,10 +2076,7 @@ mod tests {
     fn large_message_round_trips() {
         let pool = pool();
         let big: Vec<u8> = pool.iter().cycle().take(800_004).copied().collect();
-        let frame = Frame::Message {
-            bytes: &big,
-            nfds: 0,
-        };
+        let frame = Frame::Message { bytes: &big, nfds: 0 };
         let mut wire = Vec::new();
         assert_eq!(frame.emit_to_vec(&mut wire), Ok(800_004 + HEADER_LEN));
         let mut dec = FrameDecoder::new();
@@ -2388,27 +2096,15 @@ mod tests {
     fn max_frame_len_is_enforced_exactly() {
         let payload = [7u8; 57];
         let mut dec = FrameDecoder::with_max_frame_len(64);
-        let fits = Frame::Message {
-            bytes: &payload[..56],
-            nfds: 0,
-        };
+        let fits = Frame::Message { bytes: &payload[..56], nfds: 0 };
         assert_eq!(dec.feed(&emit_vec(&fits)), 64);
         assert_eq!(dec.next_frame().unwrap().unwrap().frame, fits);
         // One byte over: refused as soon as the header is in.
-        let over = emit_vec(&Frame::Message {
-            bytes: &payload,
-            nfds: 0,
-        });
+        let over = emit_vec(&Frame::Message { bytes: &payload, nfds: 0 });
         dec.feed(&over[..HEADER_LEN]);
-        assert_eq!(
-            dec.next_frame().unwrap_err(),
-            DecodeError::FrameTooLong { len: 65, max: 64 }
-        );
+        assert_eq!(dec.next_frame().unwrap_err(), DecodeError::FrameTooLong { len: 65, max: 64 });
         // Clamping of silly maxima.
-        assert_eq!(
-            FrameDecoder::with_max_frame_len(0).max_frame_len(),
-            HEADER_LEN
-        );
+        assert_eq!(FrameDecoder::with_max_frame_len(0).max_frame_len(), HEADER_LEN);
         assert_eq!(FrameDecoder::new().max_frame_len(), DEFAULT_MAX_FRAME_LEN);
     }
 
@@ -2418,20 +2114,8 @@ mod tests {
     fn emit_refuses_a_short_buffer() {
         let frame = Frame::Close { listener_id: 1 };
         let mut buf = [0u8; 11];
-        assert_eq!(
-            frame.emit(&mut buf),
-            Err(EmitError::BufferTooSmall {
-                needed: 12,
-                available: 11
-            })
-        );
-        assert_eq!(
-            frame.emit(&mut []),
-            Err(EmitError::BufferTooSmall {
-                needed: 12,
-                available: 0
-            })
-        );
+        assert_eq!(frame.emit(&mut buf), Err(EmitError::BufferTooSmall { needed: 12, available: 11 }));
+        assert_eq!(frame.emit(&mut []), Err(EmitError::BufferTooSmall { needed: 12, available: 0 }));
     }
 
     #[test]
@@ -2440,24 +2124,14 @@ mod tests {
         let ptr = out.as_ptr();
         out.push(0xee);
         assert_eq!(Frame::Online.emit_to_vec(&mut out), Ok(8));
-        assert_eq!(
-            Frame::Load {
-                open_connections: 1
-            }
-            .emit_to_vec(&mut out),
-            Ok(12)
-        );
+        assert_eq!(Frame::Load { open_connections: 1 }.emit_to_vec(&mut out), Ok(12));
         assert_eq!(out.len(), 21);
         assert_eq!(out[0], 0xee);
         out.clear();
         Frame::Disconnect.emit_to_vec(&mut out).unwrap();
         assert_eq!((out.as_ptr(), out.capacity()), (ptr, 256));
         // A refused frame leaves the Vec as it was.
-        let bad = Frame::Ack {
-            conn_seq: 0,
-            count: 0,
-            accepted: true,
-        };
+        let bad = Frame::Ack { conn_seq: 0, count: 0, accepted: true };
         assert!(bad.emit_to_vec(&mut out).is_err());
         assert_eq!(out.len(), 8);
     }
@@ -2467,10 +2141,7 @@ mod tests {
         let invalid = |frame: Frame<'_>, field| {
             assert_eq!(
                 frame.emit(&mut [0u8; 256]),
-                Err(EmitError::Invalid(InvalidFrame {
-                    kind: frame.kind(),
-                    field
-                })),
+                Err(EmitError::Invalid(InvalidFrame { kind: frame.kind(), field })),
                 "{frame:?}"
             );
         };
@@ -2485,124 +2156,37 @@ mod tests {
         invalid(Frame::QueryServer { seq: 0, key }, "address");
         let long_path = [b'x'; UNIX_PATH_MAX + 1];
         invalid(
-            Frame::QueryServer {
-                seq: 0,
-                key: ListenKey {
-                    address: ListenAddress::Unix(&long_path),
-                    ..key
-                },
-            },
+            Frame::QueryServer { seq: 0, key: ListenKey { address: ListenAddress::Unix(&long_path), ..key } },
             "address",
         );
         invalid(
-            Frame::QueryServer {
-                seq: 0,
-                key: ListenKey {
-                    address: ListenAddress::V4(Ipv4Addr::LOCALHOST),
-                    ..key
-                },
-            },
+            Frame::QueryServer { seq: 0, key: ListenKey { address: ListenAddress::V4(Ipv4Addr::LOCALHOST), ..key } },
             "socket_type",
         );
         invalid(
             Frame::QueryServer {
                 seq: 0,
-                key: ListenKey {
-                    address: ListenAddress::Unix(b"/s"),
-                    socket_type: SocketType::Tcp,
-                    ..key
-                },
+                key: ListenKey { address: ListenAddress::Unix(b"/s"), socket_type: SocketType::Tcp, ..key },
             },
             "socket_type",
         );
         invalid(
-            Frame::QueryServerReply {
-                seq: 0,
-                errno: 13,
-                port: 0,
-                listener_id: 0,
-                listener_fd: true,
-            },
+            Frame::QueryServerReply { seq: 0, errno: 13, port: 0, listener_id: 0, listener_fd: true },
             "listener_fd",
         );
-        invalid(
-            Frame::NewConnection {
-                listener_id: 0,
-                first_conn_seq: 0,
-                count: 0,
-            },
-            "count",
-        );
-        invalid(
-            Frame::NewConnection {
-                listener_id: 0,
-                first_conn_seq: 0,
-                count: 17,
-            },
-            "count",
-        );
-        invalid(
-            Frame::NewConnection {
-                listener_id: 0,
-                first_conn_seq: u64::MAX,
-                count: 2,
-            },
-            "first_conn_seq",
-        );
-        invalid(
-            Frame::Ack {
-                conn_seq: 0,
-                count: 0,
-                accepted: false,
-            },
-            "count",
-        );
-        invalid(
-            Frame::Ack {
-                conn_seq: u64::MAX - 1,
-                count: 3,
-                accepted: false,
-            },
-            "conn_seq",
-        );
-        invalid(
-            Frame::Listening {
-                listener_id: 0,
-                address: ListenAddress::Unix(b""),
-                port: 0,
-            },
-            "address",
-        );
-        invalid(
-            Frame::Message {
-                bytes: b"",
-                nfds: 17,
-            },
-            "nfds",
-        );
+        invalid(Frame::NewConnection { listener_id: 0, first_conn_seq: 0, count: 0 }, "count");
+        invalid(Frame::NewConnection { listener_id: 0, first_conn_seq: 0, count: 17 }, "count");
+        invalid(Frame::NewConnection { listener_id: 0, first_conn_seq: u64::MAX, count: 2 }, "first_conn_seq");
+        invalid(Frame::Ack { conn_seq: 0, count: 0, accepted: false }, "count");
+        invalid(Frame::Ack { conn_seq: u64::MAX - 1, count: 3, accepted: false }, "conn_seq");
+        invalid(Frame::Listening { listener_id: 0, address: ListenAddress::Unix(b""), port: 0 }, "address");
+        invalid(Frame::Message { bytes: b"", nfds: 17 }, "nfds");
         // The edges that are still fine.
         let ok = |frame: Frame<'_>| assert!(frame.emit(&mut [0u8; 256]).is_ok(), "{frame:?}");
-        ok(Frame::NewConnection {
-            listener_id: 0,
-            first_conn_seq: u64::MAX,
-            count: 1,
-        });
-        ok(Frame::Ack {
-            conn_seq: u64::MAX - 2,
-            count: 3,
-            accepted: false,
-        });
-        ok(Frame::QueryServer {
-            seq: 0,
-            key: ListenKey {
-                address: ListenAddress::Unix(&long_path[1..]),
-                ..key
-            },
-        });
-        ok(Frame::Message {
-            bytes: b"",
-            nfds: 16,
-        });
+        ok(Frame::NewConnection { listener_id: 0, first_conn_seq: u64::MAX, count: 1 });
+        ok(Frame::Ack { conn_seq: u64::MAX - 2, count: 3, accepted: false });
+        ok(Frame::QueryServer { seq: 0, key: ListenKey { address: ListenAddress::Unix(&long_path[1..]), ..key } });
+        ok(Frame::Message { bytes: b"", nfds: 16 });
     }
 
     // -- every DecodeError variant ---------------------------------------------
@@ -2611,47 +2195,26 @@ mod tests {
     fn error_truncated() {
         let bytes = emit_vec(&Frame::Close { listener_id: 1 });
         for cut in 1..bytes.len() {
-            assert_eq!(
-                decode_err(&bytes[..cut], 0),
-                DecodeError::Truncated { buffered: cut }
-            );
+            assert_eq!(decode_err(&bytes[..cut], 0), DecodeError::Truncated { buffered: cut });
         }
     }
 
     #[test]
     fn error_bad_version() {
-        assert_eq!(
-            decode_err(&[0, 1, 0, 0, 0, 0, 0, 0], 0),
-            DecodeError::BadVersion { version: 0 }
-        );
-        assert_eq!(
-            decode_err(&[2, 1, 0, 0, 0, 0, 0, 0], 0),
-            DecodeError::BadVersion { version: 2 }
-        );
+        assert_eq!(decode_err(&[0, 1, 0, 0, 0, 0, 0, 0], 0), DecodeError::BadVersion { version: 0 });
+        assert_eq!(decode_err(&[2, 1, 0, 0, 0, 0, 0, 0], 0), DecodeError::BadVersion { version: 2 });
     }
 
     #[test]
     fn error_unknown_kind() {
-        assert_eq!(
-            decode_err(&[1, 0, 0, 0, 0, 0, 0, 0], 0),
-            DecodeError::UnknownKind { kind: 0 }
-        );
-        assert_eq!(
-            decode_err(&[1, 0x10, 0, 0, 0, 0, 0, 0], 0),
-            DecodeError::UnknownKind { kind: 0x10 }
-        );
-        assert_eq!(
-            decode_err(&[1, 0xff, 0, 0, 0, 0, 0, 0], 0),
-            DecodeError::UnknownKind { kind: 0xff }
-        );
+        assert_eq!(decode_err(&[1, 0, 0, 0, 0, 0, 0, 0], 0), DecodeError::UnknownKind { kind: 0 });
+        assert_eq!(decode_err(&[1, 0x10, 0, 0, 0, 0, 0, 0], 0), DecodeError::UnknownKind { kind: 0x10 });
+        assert_eq!(decode_err(&[1, 0xff, 0, 0, 0, 0, 0, 0], 0), DecodeError::UnknownKind { kind: 0xff });
     }
 
     #[test]
     fn error_reserved_not_zero() {
-        assert_eq!(
-            decode_err(&[1, 1, 0, 0x80, 0, 0, 0, 0], 0),
-            DecodeError::ReservedNotZero { value: 0x80 }
-        );
+        assert_eq!(decode_err(&[1, 1, 0, 0x80, 0, 0, 0, 0], 0), DecodeError::ReservedNotZero { value: 0x80 });
     }
 
     #[test]
@@ -2659,10 +2222,7 @@ mod tests {
         let header = [1u8, 0x0b, 0, 0, 0xff, 0xff, 0xff, 0xff];
         assert_eq!(
             decode_err(&header, 0),
-            DecodeError::FrameTooLong {
-                len: HEADER_LEN + u32::MAX as usize,
-                max: DEFAULT_MAX_FRAME_LEN
-            }
+            DecodeError::FrameTooLong { len: HEADER_LEN + u32::MAX as usize, max: DEFAULT_MAX_FRAME_LEN }
         );
     }
 
@@ -2675,20 +2235,11 @@ mod tests {
         );
         // A StoreSet whose key_len runs past the payload.
         let bytes = [1, 0x0d, 0, 0, 9, 0, 0, 0, 6, 0, 0, 0, 2, 0, 0, 0, b'k'];
-        assert_eq!(
-            decode_err(&bytes, 0),
-            DecodeError::PayloadTooShort {
-                kind: FrameKind::StoreSet,
-                len: 9
-            }
-        );
+        assert_eq!(decode_err(&bytes, 0), DecodeError::PayloadTooShort { kind: FrameKind::StoreSet, len: 9 });
         // Refused from the header alone, before the payload arrives.
         assert_eq!(
             decode_err(&[1, 0x02, 0, 0, 20, 0, 0, 0], 0),
-            DecodeError::PayloadTooShort {
-                kind: FrameKind::QueryServer,
-                len: 20
-            }
+            DecodeError::PayloadTooShort { kind: FrameKind::QueryServer, len: 20 }
         );
     }
 
@@ -2697,87 +2248,37 @@ mod tests {
         // A 1 MiB "Online" is refused at its header, not buffered.
         assert_eq!(
             decode_err(&[1, 0x01, 0, 0, 0, 0, 0x10, 0], 0),
-            DecodeError::PayloadTooLong {
-                kind: FrameKind::Online,
-                len: 1 << 20
-            }
+            DecodeError::PayloadTooLong { kind: FrameKind::Online, len: 1 << 20 }
         );
-        let mut bytes = emit_vec(&Frame::Load {
-            open_connections: 1,
-        });
+        let mut bytes = emit_vec(&Frame::Load { open_connections: 1 });
         bytes[4] = 5;
         bytes.push(0);
-        assert_eq!(
-            decode_err(&bytes, 0),
-            DecodeError::PayloadTooLong {
-                kind: FrameKind::Load,
-                len: 5
-            }
-        );
+        assert_eq!(decode_err(&bytes, 0), DecodeError::PayloadTooLong { kind: FrameKind::Load, len: 5 });
     }
 
     #[test]
     fn error_bad_fd_count() {
         let mut online = emit_vec(&Frame::Online);
         online[field::NFDS] = 1;
-        assert_eq!(
-            decode_err(&online, 1),
-            DecodeError::BadFdCount {
-                kind: FrameKind::Online,
-                nfds: 1
-            }
-        );
-        let mut message = emit_vec(&Frame::Message {
-            bytes: b"x",
-            nfds: 0,
-        });
+        assert_eq!(decode_err(&online, 1), DecodeError::BadFdCount { kind: FrameKind::Online, nfds: 1 });
+        let mut message = emit_vec(&Frame::Message { bytes: b"x", nfds: 0 });
         message[field::NFDS] = 17;
-        assert_eq!(
-            decode_err(&message, 17),
-            DecodeError::BadFdCount {
-                kind: FrameKind::Message,
-                nfds: 17
-            }
-        );
+        assert_eq!(decode_err(&message, 17), DecodeError::BadFdCount { kind: FrameKind::Message, nfds: 17 });
         let mut reply = emit_vec(&GOLDEN[3].0);
         reply[field::NFDS] = 2;
-        assert_eq!(
-            decode_err(&reply, 2),
-            DecodeError::BadFdCount {
-                kind: FrameKind::QueryServerReply,
-                nfds: 2
-            }
-        );
+        assert_eq!(decode_err(&reply, 2), DecodeError::BadFdCount { kind: FrameKind::QueryServerReply, nfds: 2 });
         // NewConnection's count must equal the header's nfds.
-        let mut conn = emit_vec(&Frame::NewConnection {
-            listener_id: 1,
-            first_conn_seq: 0,
-            count: 2,
-        });
+        let mut conn = emit_vec(&Frame::NewConnection { listener_id: 1, first_conn_seq: 0, count: 2 });
         conn[field::NFDS] = 3;
-        assert_eq!(
-            decode_err(&conn, 3),
-            DecodeError::BadFdCount {
-                kind: FrameKind::NewConnection,
-                nfds: 3
-            }
-        );
+        assert_eq!(decode_err(&conn, 3), DecodeError::BadFdCount { kind: FrameKind::NewConnection, nfds: 3 });
     }
 
     #[test]
     fn error_missing_fds() {
-        let bytes = emit_vec(&Frame::NewConnection {
-            listener_id: 1,
-            first_conn_seq: 0,
-            count: 3,
-        });
+        let bytes = emit_vec(&Frame::NewConnection { listener_id: 1, first_conn_seq: 0, count: 3 });
         assert_eq!(
             decode_err(&bytes, 2),
-            DecodeError::MissingFds {
-                kind: FrameKind::NewConnection,
-                nfds: 3,
-                queued: 2
-            }
+            DecodeError::MissingFds { kind: FrameKind::NewConnection, nfds: 3, queued: 2 }
         );
     }
 
@@ -2792,15 +2293,10 @@ mod tests {
         }
         assert!(probes.iter().all(|p| !p.is_closed()));
         let (fd, extra) = tracked_fd();
-        let overflow = DecodeError::FdQueueOverflow {
-            capacity: FD_QUEUE_CAPACITY,
-        };
+        let overflow = DecodeError::FdQueueOverflow { capacity: FD_QUEUE_CAPACITY };
         assert_eq!(dec.push_fd(fd), Err(overflow));
         assert!(extra.is_closed(), "the fd that did not fit must be closed");
-        assert!(
-            probes.iter().all(Probe::is_closed),
-            "poisoning closes every queued fd"
-        );
+        assert!(probes.iter().all(Probe::is_closed), "poisoning closes every queued fd");
         assert_eq!(dec.queued_fds(), 0);
         assert_eq!(dec.next_frame().unwrap_err(), overflow);
     }
@@ -2808,10 +2304,7 @@ mod tests {
     #[test]
     fn error_unclaimed_fds() {
         let bytes = emit_vec(&Frame::Online);
-        assert_eq!(
-            decode_err(&bytes, 2),
-            DecodeError::UnclaimedFds { count: 2 }
-        );
+        assert_eq!(decode_err(&bytes, 2), DecodeError::UnclaimedFds { count: 2 });
     }
 
     #[test]
@@ -2839,24 +2332,15 @@ mod tests {
         // QueryServerReply carrying an fd with an error.
         let mut b = golden(3);
         b[HEADER_LEN + field::query_server_reply::ERRNO.start] = 98;
-        assert_eq!(
-            decode_err(&b, 1),
-            invalid(FrameKind::QueryServerReply, "listener_fd")
-        );
+        assert_eq!(decode_err(&b, 1), invalid(FrameKind::QueryServerReply, "listener_fd"));
         // NewConnection with count 0 (and nfds 0), or a seq run that wraps.
         let mut b = golden(5);
         b[field::NFDS] = 0;
         b[HEADER_LEN + field::new_connection::COUNT] = 0;
-        assert_eq!(
-            decode_err(&b, 0),
-            invalid(FrameKind::NewConnection, "count")
-        );
+        assert_eq!(decode_err(&b, 0), invalid(FrameKind::NewConnection, "count"));
         let mut b = golden(5);
         b[HEADER_LEN + 4..HEADER_LEN + 12].fill(0xff);
-        assert_eq!(
-            decode_err(&b, 2),
-            invalid(FrameKind::NewConnection, "first_conn_seq")
-        );
+        assert_eq!(decode_err(&b, 2), invalid(FrameKind::NewConnection, "first_conn_seq"));
         // Ack: accepted must be 0 or 1; count at least 1.
         let mut b = golden(6);
         b[HEADER_LEN + field::ack::ACCEPTED] = 2;
@@ -2882,36 +2366,18 @@ mod tests {
             DecodeError::UnknownKind { kind: 0 },
             DecodeError::ReservedNotZero { value: 1 },
             DecodeError::FrameTooLong { len: 9, max: 8 },
-            DecodeError::PayloadTooShort {
-                kind: FrameKind::Ack,
-                len: 1,
-            },
-            DecodeError::PayloadTooLong {
-                kind: FrameKind::Ack,
-                len: 99,
-            },
-            DecodeError::BadFdCount {
-                kind: FrameKind::Online,
-                nfds: 1,
-            },
-            DecodeError::MissingFds {
-                kind: FrameKind::Message,
-                nfds: 2,
-                queued: 1,
-            },
+            DecodeError::PayloadTooShort { kind: FrameKind::Ack, len: 1 },
+            DecodeError::PayloadTooLong { kind: FrameKind::Ack, len: 99 },
+            DecodeError::BadFdCount { kind: FrameKind::Online, nfds: 1 },
+            DecodeError::MissingFds { kind: FrameKind::Message, nfds: 2, queued: 1 },
             DecodeError::FdQueueOverflow { capacity: 64 },
             DecodeError::UnclaimedFds { count: 1 },
-            DecodeError::Invalid(InvalidFrame {
-                kind: FrameKind::Ack,
-                field: "count",
-            }),
+            DecodeError::Invalid(InvalidFrame { kind: FrameKind::Ack, field: "count" }),
         ];
         for e in errors {
             assert!(!e.to_string().is_empty());
         }
-        assert!(!EmitError::TooLarge { payload_len: 1 }
-            .to_string()
-            .is_empty());
+        assert!(!EmitError::TooLarge { payload_len: 1 }.to_string().is_empty());
     }
 
     // -- poisoning and fd ownership ---------------------------------------------
@@ -2937,10 +2403,7 @@ mod tests {
         assert_eq!(dec.feed(b"more"), 0);
         let (late, late_probe) = tracked_fd();
         assert_eq!(dec.push_fd(late), Err(err));
-        assert!(
-            late_probe.is_closed(),
-            "an fd pushed into a poisoned decoder is closed"
-        );
+        assert!(late_probe.is_closed(), "an fd pushed into a poisoned decoder is closed");
     }
 
     #[test]
@@ -2952,15 +2415,8 @@ mod tests {
             dec.push_fd(fd).unwrap();
         }
         assert_eq!(open_fds_with_ino(&inos), 5);
-        dec.feed(&emit_vec(&Frame::NewConnection {
-            listener_id: 1,
-            first_conn_seq: 10,
-            count: 3,
-        }));
-        dec.feed(&emit_vec(&Frame::Message {
-            bytes: b"handle",
-            nfds: 2,
-        }));
+        dec.feed(&emit_vec(&Frame::NewConnection { listener_id: 1, first_conn_seq: 10, count: 3 }));
+        dec.feed(&emit_vec(&Frame::Message { bytes: b"handle", nfds: 2 }));
 
         let mut first = dec.next_frame().unwrap().unwrap();
         assert_eq!(first.fds.len(), 3);
@@ -2974,13 +2430,7 @@ mod tests {
         assert!(!probes[1].is_closed(), "a taken fd belongs to the caller");
 
         let second = dec.next_frame().unwrap().unwrap();
-        assert_eq!(
-            second.frame,
-            Frame::Message {
-                bytes: b"handle",
-                nfds: 2
-            }
-        );
+        assert_eq!(second.frame, Frame::Message { bytes: b"handle", nfds: 2 });
         let got: Vec<u64> = second.fds.into_iter().map(|fd| ino(&fd)).collect();
         assert_eq!(got, inos[3..]);
         assert!(probes[3].is_closed() && probes[4].is_closed());
@@ -3014,10 +2464,7 @@ mod tests {
         let (a, pa) = tracked_fd();
         dec.push_fd(a).unwrap();
         let mut bytes = emit_vec(&Frame::Online);
-        bytes.extend(emit_vec(&Frame::Message {
-            bytes: b"m",
-            nfds: 1,
-        }));
+        bytes.extend(emit_vec(&Frame::Message { bytes: b"m", nfds: 1 }));
         dec.feed(&bytes);
         let online = dec.next_frame().unwrap().unwrap();
         assert!(online.fds.is_empty());
@@ -3050,11 +2497,7 @@ mod tests {
             if round % 3 == 0 && bytes.len() >= 2 {
                 bytes[0] = VERSION; // get past the version check more often
             }
-            let mut dec = FrameDecoder::with_max_frame_len(if round % 4 == 0 {
-                256
-            } else {
-                DEFAULT_MAX_FRAME_LEN
-            });
+            let mut dec = FrameDecoder::with_max_frame_len(if round % 4 == 0 { 256 } else { DEFAULT_MAX_FRAME_LEN });
             for _ in 0..rng.below(4) {
                 let _ = dec.push_fd(tracked_fd().0);
             }
@@ -3078,10 +2521,7 @@ mod tests {
                     }
                 }
                 if n == 0 {
-                    assert!(
-                        dec.error().is_some(),
-                        "full buffer without a frame or an error"
-                    );
+                    assert!(dec.error().is_some(), "full buffer without a frame or an error");
                     break;
                 }
             }
