@@ -1,0 +1,364 @@
+//! Pipes and fd passing within one process: Unix-domain bind/listen/connect,
+//! open from an fd, libuv's pipe_sendmsg (4 fds in one raw SCM_RIGHTS
+//! message), several fds per write, `MSG_CTRUNC`, type checks on accept, and
+//! fd ownership (dup at send time, nothing sent twice, nothing leaked).
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+use uvring::sys::socket::socketpair;
+use uvring::*;
+use uvring_tests::{both_backends, run_until};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// (device, inode) of an fd: the identity of the open socket behind it.
+fn identity(fd: RawFd) -> (u64, u64) {
+    // SAFETY: stat is plain data; fstat fills it for a valid fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid for writes.
+    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+    (st.st_dev, st.st_ino)
+}
+
+/// A raw `sendmsg` of `data` with `fds` in one SCM_RIGHTS message, as
+/// libuv's pipe_sendmsg test does (not limited to the engine's 64).
+fn raw_sendmsg(fd: RawFd, data: &[u8], fds: &[RawFd]) {
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
+    let mut control = vec![0u64; space / 8 + 1];
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
+    // SAFETY: msghdr is plain data; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: `control` holds CMSG_SPACE(fds) bytes, u64-aligned.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), fds.len());
+        assert_eq!(libc::sendmsg(fd, &msg, 0), data.len() as isize, "raw sendmsg");
+    }
+}
+
+/// Reads a stream into a shared buffer, recording errors; closes at EOF.
+#[allow(clippy::type_complexity)]
+fn reader(lp: &mut Loop, s: Stream) -> (Rc<RefCell<Vec<u8>>>, Rc<RefCell<Vec<Error>>>) {
+    let buf = Rc::new(RefCell::new(Vec::new()));
+    let errs = Rc::new(RefCell::new(Vec::new()));
+    let (b, e) = (buf.clone(), errs.clone());
+    lp.read_start(
+        s,
+        &OnRead::new(move |_, _, res| match res {
+            Ok(data) => b.borrow_mut().extend_from_slice(data),
+            Err(err) => e.borrow_mut().push(err),
+        }),
+    )
+    .unwrap();
+    (buf, errs)
+}
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("uvring-{}-{}-{}", name, std::process::id(), uvring_tests::fd_count()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+both_backends! {
+    fn pipe_bind_listen_connect_echo(lp) {
+        let path = temp_path("echo");
+        let server = lp.pipe_init(false).unwrap();
+        lp.pipe_bind(server, &path).unwrap();
+        let on_read = OnRead::new(|lp, s, res| match res {
+            Ok(data) => lp.write(s, data, None).unwrap(),
+            Err(_) => lp.close(s, None).unwrap(),
+        });
+        lp.listen(server, 16, &OnConnection::new(move |lp, srv, res| {
+            res.unwrap();
+            let c = lp.accept(srv).unwrap();
+            assert_eq!(lp.stream_type(c).unwrap(), StreamType::Pipe);
+            lp.read_start(c, &on_read).unwrap();
+            lp.close(srv, None).unwrap();
+        })).unwrap();
+        let client = lp.pipe_init(false).unwrap();
+        let got = Rc::new(RefCell::new(Vec::new()));
+        let g = got.clone();
+        lp.pipe_connect(client, &path, &OnConnect::new(move |lp, c, res| {
+            res.unwrap();
+            lp.write(c, b"over a named pipe", None).unwrap();
+            let g = g.clone();
+            lp.read_start(c, &OnRead::new(move |lp, c, res| {
+                g.borrow_mut().extend_from_slice(res.unwrap());
+                if g.borrow().len() == 17 {
+                    lp.close(c, None).unwrap();
+                }
+            })).unwrap();
+        })).unwrap();
+        lp.run(RunMode::Default).unwrap();
+        assert_eq!(&*got.borrow(), b"over a named pipe");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    fn pipe_connect_to_missing_path_fails(lp) {
+        let client = lp.pipe_init(false).unwrap();
+        let status = Rc::new(Cell::new(None));
+        let s = status.clone();
+        lp.pipe_connect(client, &temp_path("missing"), &OnConnect::new(move |lp, c, res| {
+            s.set(Some(res));
+            lp.close(c, None).unwrap();
+        })).unwrap();
+        lp.run(RunMode::Default).unwrap();
+        assert_eq!(status.get(), Some(Err(Error::ENOENT)));
+    }
+
+    fn pipe_bind_existing_path_is_eaddrinuse(lp) {
+        let path = temp_path("inuse");
+        let a = lp.pipe_init(false).unwrap();
+        lp.pipe_bind(a, &path).unwrap();
+        let b = lp.pipe_init(false).unwrap();
+        assert_eq!(lp.pipe_bind(b, &path), Err(Error::EADDRINUSE));
+        lp.close(a, None).unwrap();
+        lp.close(b, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    fn pipe_open_refuses_non_sockets(lp) {
+        let p = lp.pipe_init(false).unwrap();
+        let file: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        assert_eq!(lp.pipe_open(p, file), Err(Error::from_errno(libc::ENOTSOCK)));
+        lp.close(p, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn pipe_sendmsg(lp) {
+        // libuv's pipe_sendmsg: four fds in one raw SCM_RIGHTS message with
+        // one byte; all four arrive, as pipes, in order.
+        let (raw, ours) = socketpair(true).unwrap();
+        let ipc = lp.pipe_init(true).unwrap();
+        lp.pipe_open(ipc, ours).unwrap();
+        let pairs: Vec<(OwnedFd, OwnedFd)> = (0..4).map(|_| socketpair(true).unwrap()).collect();
+        let sent: Vec<RawFd> = pairs.iter().map(|(a, _)| a.as_raw_fd()).collect();
+        raw_sendmsg(raw.as_raw_fd(), b"x", &sent);
+        let ids: Vec<_> = sent.iter().map(|&fd| identity(fd)).collect();
+        drop(pairs);
+        let received = Rc::new(RefCell::new(Vec::new()));
+        let r = received.clone();
+        lp.read_start(ipc, &OnRead::new(move |lp, s, res| {
+            assert_eq!(res.unwrap(), b"x");
+            assert_eq!(lp.pending_count(s).unwrap(), 4);
+            while lp.pending_count(s).unwrap() > 0 {
+                assert_eq!(lp.pending_type(s).unwrap(), Some(StreamType::Pipe));
+                let p = lp.accept_pending(s).unwrap();
+                assert_eq!(lp.stream_type(p).unwrap(), StreamType::Pipe);
+                r.borrow_mut().push(identity(lp.fileno(p).unwrap()));
+                lp.close(p, None).unwrap();
+            }
+            assert_eq!(lp.pending_type(s).unwrap(), None);
+            lp.close(s, None).unwrap();
+        })).unwrap();
+        run_until(lp, LIMIT, |_| received.borrow().len() == 4);
+        lp.run(RunMode::Default).unwrap();
+        assert_eq!(*received.borrow(), ids);
+    }
+
+    fn write_fds_sends_several_fds_in_one_message(lp) {
+        let (a, b) = lp.pipe_pair(true).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (u1, _u1_peer) = socketpair(true).unwrap();
+        let (u2, _u2_peer) = socketpair(true).unwrap();
+        let ids = vec![identity(listener.as_raw_fd()), identity(u1.as_raw_fd()), identity(u2.as_raw_fd())];
+        let mut batch = FdBatch::new();
+        batch.push(OwnedFd::from(listener)).unwrap();
+        batch.push(u1).unwrap();
+        batch.push(u2).unwrap();
+        let wrote = Rc::new(Cell::new(false));
+        let w = wrote.clone();
+        lp.write_fds(a, b"three", &mut batch, Some(&OnWrite::new(move |_, _, res| {
+            res.unwrap();
+            w.set(true);
+        }))).unwrap();
+        assert!(batch.is_empty(), "ownership passed to the loop");
+        let got = Rc::new(RefCell::new(Vec::new()));
+        let types = Rc::new(RefCell::new(Vec::new()));
+        let (g, t) = (got.clone(), types.clone());
+        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+            res.unwrap();
+            while let Some(ty) = lp.pending_type(s).unwrap() {
+                t.borrow_mut().push(ty);
+                let fd = lp.accept_pending_fd(s).unwrap();
+                g.borrow_mut().push(identity(fd.as_raw_fd()));
+            }
+        })).unwrap();
+        run_until(lp, LIMIT, |_| got.borrow().len() == 3 && wrote.get());
+        assert_eq!(*got.borrow(), ids);
+        assert_eq!(*types.borrow(), [StreamType::Tcp, StreamType::Pipe, StreamType::Pipe]);
+        lp.close(a, None).unwrap();
+        lp.close(b, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn write2_dups_the_handle_at_call_time(lp) {
+        // The sender may close its handle right after write2.
+        let (a, b) = lp.pipe_pair(true).unwrap();
+        let server = lp.tcp_init().unwrap();
+        lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let addr = lp.tcp_getsockname(server).unwrap();
+        lp.write2(a, b"L", server, None).unwrap();
+        lp.close(server, None).unwrap();
+        let got = Rc::new(Cell::new(None));
+        let g = got.clone();
+        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+            assert_eq!(res.unwrap(), b"L");
+            let h = lp.accept_pending(s).unwrap();
+            assert_eq!(lp.stream_type(h).unwrap(), StreamType::Tcp);
+            g.set(Some(lp.tcp_getsockname(h).unwrap()));
+            lp.close(h, None).unwrap();
+            lp.close(s, None).unwrap();
+        })).unwrap();
+        run_until(lp, LIMIT, |_| got.get().is_some());
+        assert_eq!(got.get(), Some(addr));
+        lp.close(a, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn fd_writes_need_an_ipc_pipe_and_a_byte(lp) {
+        let (a, b) = lp.pipe_pair(false).unwrap();
+        let (x, y) = lp.pipe_pair(true).unwrap();
+        let mut batch = FdBatch::new();
+        batch.push(std::fs::File::open("/dev/null").unwrap().into()).unwrap();
+        assert_eq!(lp.write_fds(a, b"no", &mut batch, None), Err(Error::EINVAL));
+        assert_eq!(lp.write_fds(x, b"", &mut batch, None), Err(Error::EINVAL));
+        assert_eq!(batch.len(), 1, "a refused batch keeps its fds");
+        drop(batch);
+        for s in [a, b, x, y] {
+            lp.close(s, None).unwrap();
+        }
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn accept_pending_into_checks_the_type(lp) {
+        let (a, b) = lp.pipe_pair(true).unwrap();
+        let server = lp.tcp_init().unwrap();
+        lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        lp.write2(a, b"T", server, None).unwrap();
+        lp.close(server, None).unwrap();
+        let (_, errs) = reader(lp, b);
+        run_until(lp, LIMIT, |lp| lp.pending_count(b).unwrap() == 1);
+        assert!(errs.borrow().is_empty());
+        let wrong = lp.pipe_init(false).unwrap();
+        assert_eq!(lp.accept_pending_into(b, wrong), Err(Error::WRONG_TYPE));
+        assert_eq!(lp.pending_count(b).unwrap(), 1, "a mismatch leaves the handle pending");
+        let right = lp.tcp_init().unwrap();
+        lp.accept_pending_into(b, right).unwrap();
+        assert!(lp.tcp_getsockname(right).unwrap().port() > 0);
+        assert_eq!(lp.accept_pending(b), Err(Error::EAGAIN));
+        for s in [a, b, wrong, right] {
+            lp.close(s, None).unwrap();
+        }
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn closing_the_pipe_closes_unaccepted_fds(lp) {
+        // The harness checks the fd count at the end: the 10 received fds
+        // never accepted must be closed with the pipe.
+        let (a, b) = lp.pipe_pair(true).unwrap();
+        for _ in 0..10 {
+            let (x, _y) = socketpair(true).unwrap();
+            let mut batch = FdBatch::new();
+            batch.push(x).unwrap();
+            lp.write_fds(a, b"h", &mut batch, None).unwrap();
+        }
+        let (buf, _) = reader(lp, b);
+        run_until(lp, LIMIT, |_| buf.borrow().len() == 10);
+        assert_eq!(lp.pending_count(b).unwrap(), 10);
+        lp.close(a, None).unwrap();
+        lp.close(b, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn partial_writes_never_send_an_fd_twice(lp) {
+        // Large writes with fds go out in several sends while the reader is
+        // slow; each fd still arrives exactly once, with its write's bytes.
+        const SIZE: usize = 4 << 20;
+        let (a, b) = lp.pipe_pair(true).unwrap();
+        let data: Vec<u8> = (0..SIZE).map(|i| (i % 249) as u8).collect();
+        for _ in 0..3 {
+            let (x, _y) = socketpair(true).unwrap();
+            let mut batch = FdBatch::new();
+            batch.push(x).unwrap();
+            lp.write_fds(a, &data, &mut batch, None).unwrap();
+        }
+        let total = Rc::new(Cell::new(0usize));
+        let handles = Rc::new(Cell::new(0usize));
+        let (t, h) = (total.clone(), handles.clone());
+        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+            let chunk = res.unwrap();
+            while let Ok(fd) = lp.accept_pending_fd(s) {
+                drop(fd);
+                h.set(h.get() + 1);
+            }
+            for (k, &byte) in chunk.iter().enumerate() {
+                assert_eq!(byte, ((t.get() + k) % SIZE % 249) as u8);
+            }
+            t.set(t.get() + chunk.len());
+            assert_eq!(h.get(), t.get().div_ceil(SIZE), "fds out of step at {}", t.get());
+        })).unwrap();
+        run_until(lp, Duration::from_secs(30), |_| total.get() == 3 * SIZE);
+        assert_eq!(handles.get(), 3);
+        lp.close(a, None).unwrap();
+        lp.close(b, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn ipc_control_truncated(lp) {
+        // 100 fds in one message, more than the receive buffer's control
+        // space (64): the read callback gets CONTROL_TRUNCATED, no fd is
+        // left pending, and none leaks (the harness counts).
+        let (raw, ours) = socketpair(true).unwrap();
+        let ipc = lp.pipe_init(true).unwrap();
+        lp.pipe_open(ipc, ours).unwrap();
+        let files: Vec<OwnedFd> = (0..100).map(|_| std::fs::File::open("/dev/null").unwrap().into()).collect();
+        let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        raw_sendmsg(raw.as_raw_fd(), b"t", &fds);
+        drop(files);
+        // A normal handle after it still arrives.
+        let (x, _y) = socketpair(true).unwrap();
+        raw_sendmsg(raw.as_raw_fd(), b"n", &[x.as_raw_fd()]);
+        drop(x);
+        let (buf, errs) = reader(lp, ipc);
+        run_until(lp, LIMIT, |_| buf.borrow().len() == 2);
+        assert_eq!(*errs.borrow(), [Error::CONTROL_TRUNCATED]);
+        assert_eq!(&*buf.borrow(), b"tn");
+        assert_eq!(lp.pending_count(ipc).unwrap(), 1);
+        assert_eq!(lp.pending_type(ipc).unwrap(), Some(StreamType::Pipe));
+        lp.close(ipc, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+    }
+
+    fn accept_fd_takes_a_connection_without_a_handle(lp) {
+        let server = lp.tcp_init().unwrap();
+        lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let taken = Rc::new(RefCell::new(None));
+        let t = taken.clone();
+        lp.listen(server, 16, &OnConnection::new(move |lp, srv, res| {
+            res.unwrap();
+            *t.borrow_mut() = Some(lp.accept_fd(srv).unwrap());
+            assert_eq!(lp.accept_fd(srv).unwrap_err(), Error::EAGAIN);
+            lp.close(srv, None).unwrap();
+        })).unwrap();
+        let addr = lp.tcp_getsockname(server).unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        run_until(lp, LIMIT, |_| taken.borrow().is_some());
+        lp.run(RunMode::Default).unwrap();
+        let fd = taken.borrow_mut().take().unwrap();
+        let s = lp.tcp_open(fd).unwrap();
+        assert_eq!(lp.tcp_getpeername(s).unwrap(), client.local_addr().unwrap());
+        lp.close(s, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+    }
+}
