@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# Peer comparison: uvring cluster vs nginx vs Node's own `cluster`, HTTP
+# "hello world", 2 workers each, on loopback, measured with wrk.
+#
+#   bench/compare.sh            # ~5 minutes: 5 s runs, 3 repeats, median
+#   bench/compare.sh --quick    # ~1 minute:  1 s runs, 3 repeats, median
+#   bench/compare.sh --duration 10 --repeats 3   # the design's 10 s runs (~9 min)
+#
+# Options: --quick, --duration S, --repeats N, --connections C,
+#          --only REGEX (servers whose name matches), --no-install.
+#
+# Servers (each started once on its own port, all kept idle while another
+# is measured, all killed on exit, even on failure):
+#   uvring-{rr,shared,reuseport}-{epoll,io_uring}
+#       cargo's release build of cluster/examples/hello_cluster
+#       --workers 2 --policy P --backend B --port PORT
+#   nginx      worker_processes 2; `return 200 "hello world"`; config, pid
+#              and logs in a temp dir; not a daemon
+#   node-rr    bench/compare/node_cluster.js, 2 workers, Node's default
+#              round-robin policy
+#   node-shared  the same with NODE_CLUSTER_SCHED_POLICY=none (workers
+#              accept on the shared listening socket)
+#
+# Scenarios: keep-alive (wrk -t2 -c64 -dS) and connection churn (the same
+# with -H "Connection: close": one request per connection). Each (scenario,
+# server) runs --repeats times, interleaved round by round so that a slow
+# moment of the machine hits every peer alike; the report takes the median.
+#
+# CPU: the machine has 2 cores, and wrk (2 threads) shares them with the 2
+# workers (and a primary) of the server under test. Nothing is pinned: every
+# peer gets the same treatment, and pinning wrk to one core and the server
+# to the other would leave one core for 2 workers. So absolute numbers are
+# low and the ratios are what counts.
+#
+# Output: the table on stdout, bench/results/latest.md, latest.csv (medians
+# and ratios), runs.csv (every single run) and latest.png (chart).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+RESULTS="$HERE/results"
+
+DURATION=5
+REPEATS=3
+CONNS=64
+ONLY=""
+INSTALL=1
+CMDLINE="bench/compare.sh $*"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) DURATION=1; REPEATS=3 ;;
+        --duration) DURATION="$2"; shift ;;
+        --repeats) REPEATS="$2"; shift ;;
+        --connections) CONNS="$2"; shift ;;
+        --only) ONLY="$2"; shift ;;
+        --no-install) INSTALL=0 ;;
+        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+        *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+log() { echo "compare: $*" >&2; }
+
+# ---- tools ------------------------------------------------------------------
+
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$INSTALL" = 1 ]; then
+        log "installing ${need_apt[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    else
+        log "missing ${need_apt[*]} (and --no-install given)"; exit 1
+    fi
+fi
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    if [ "$INSTALL" = 1 ]; then
+        log "installing matplotlib (pip)"
+        python3 -m pip install -q matplotlib >/dev/null 2>&1 || log "matplotlib unavailable: no chart"
+    fi
+fi
+
+# ---- uvring build -----------------------------------------------------------
+
+HELLO=""
+if [ -f "$ROOT/cluster/examples/hello_cluster.rs" ] || [ -d "$ROOT/cluster/examples/hello_cluster" ]; then
+    log "building hello_cluster (release)"
+    (cd "$ROOT" && cargo build -q --release -p uvring-cluster --example hello_cluster)
+    TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+    HELLO="$TARGET_DIR/release/examples/hello_cluster"
+    [ -x "$HELLO" ] || { log "hello_cluster was built but $HELLO is missing"; HELLO=""; }
+else
+    log "cluster/examples/hello_cluster is not there yet: uvring rows are skipped"
+fi
+
+# ---- servers ----------------------------------------------------------------
+
+TMP="$(mktemp -d /tmp/uvring-compare.XXXXXX)"
+PIDS=()
+cleanup() {
+    local rc=$?
+    for pid in "${PIDS[@]}"; do
+        # Each server runs in its own session (setsid): its process group id
+        # is the pid we started, and the group holds its workers too.
+        kill -TERM -- "-$pid" 2>/dev/null || true
+    done
+    sleep 0.5
+    for pid in "${PIDS[@]}"; do
+        kill -KILL -- "-$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+BASE_PORT=$((20000 + RANDOM % 20000))
+NAMES=()
+PORTS=()
+declare -A PORT_OF
+
+# start NAME CMD...: starts a server in its own session with its output in
+# the temp dir, waits until it answers "hello world", records its port.
+start() {
+    local name="$1"; shift
+    if [ -n "$ONLY" ] && ! [[ "$name" =~ $ONLY ]]; then return 0; fi
+    local port="$1"; shift
+    setsid "$@" >"$TMP/$name.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    local body=""
+    for _ in $(seq 1 100); do
+        body="$(curl -s -m 1 "http://127.0.0.1:$port/" 2>/dev/null || true)"
+        [ "$body" = "hello world" ] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$body" != "hello world" ]; then
+        log "$name did not come up on port $port (got '${body:0:40}'); skipped. Its log:"
+        sed 's/^/    /' "$TMP/$name.log" | tail -n 15 >&2
+        kill -KILL -- "-$pid" 2>/dev/null || true
+        return 0
+    fi
+    NAMES+=("$name")
+    PORTS+=("$port")
+    PORT_OF[$name]=$port
+    log "$name up on port $port (pid $pid)"
+}
+
+port=$BASE_PORT
+if [ -n "$HELLO" ]; then
+    for policy in rr shared reuseport; do
+        for backend in epoll io_uring; do
+            start "uvring-$policy-$backend" "$port" \
+                "$HELLO" --workers 2 --policy "$policy" --backend "$backend" --port "$port"
+            port=$((port + 1))
+        done
+    done
+fi
+
+mkdir -p "$TMP/nginx"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes 2;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    server {
+        listen 127.0.0.1:$port;
+        default_type text/plain;
+        location / { return 200 "hello world"; }
+    }
+}
+EOF
+start nginx "$port" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;"
+port=$((port + 1))
+
+start node-rr "$port" env NODE_CLUSTER_SCHED_POLICY=rr node "$HERE/compare/node_cluster.js" --workers 2 --port "$port"
+port=$((port + 1))
+start node-shared "$port" env NODE_CLUSTER_SCHED_POLICY=none node "$HERE/compare/node_cluster.js" --workers 2 --port "$port"
+port=$((port + 1))
+
+if [ ${#NAMES[@]} -eq 0 ]; then
+    log "no server came up"; exit 1
+fi
+
+# ---- runs -------------------------------------------------------------------
+
+mkdir -p "$RESULTS"
+RUNS="$RESULTS/runs.csv"
+echo "scenario,server,repeat,rps,p50_ms,p99_ms,errors,non2xx" >"$RUNS"
+
+# wrk's latency with its unit (us, ms, s) -> milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n = n / 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n = n * 60000; else if (v ~ /s$/) n = n * 1000
+        printf "%.3f", n
+    }'
+}
+
+# measure SCENARIO NAME REPEAT
+measure() {
+    local scen="$1" name="$2" rep="$3"
+    local port="${PORT_OF[$name]}"
+    local extra=()
+    [ "$scen" = close ] && extra=(-H "Connection: close")
+    local out="$TMP/wrk-$scen-$name-$rep.txt"
+    if ! timeout $((DURATION + 15)) wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${extra[@]}" \
+        "http://127.0.0.1:$port/" >"$out" 2>&1; then
+        log "wrk failed for $name ($scen):"; sed 's/^/    /' "$out" >&2
+        return 0
+    fi
+    local rps p50 p99 errs non2xx
+    rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
+    p50="$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")"
+    p99="$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")"
+    errs="$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")"
+    non2xx="$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$out")"
+    echo "$scen,$name,$rep,${rps:-0},${p50:-0},${p99:-0},${errs:-0},${non2xx:-0}" >>"$RUNS"
+    printf 'compare: %-26s %-9s run %d: %10.0f req/s  p99 %s ms  errors %s\n' \
+        "$name" "$scen" "$rep" "${rps:-0}" "${p99:-?}" "$((${errs:-0} + ${non2xx:-0}))" >&2
+}
+
+total=$(( ${#NAMES[@]} * 2 * REPEATS * DURATION ))
+log "${#NAMES[@]} servers x 2 scenarios x $REPEATS repeats x ${DURATION}s = ~${total}s of load"
+# A short warm-up per server (JIT for node, page faults and pools for all).
+for name in "${NAMES[@]}"; do
+    timeout 10 wrk -t1 -c8 -d1s "http://127.0.0.1:${PORT_OF[$name]}/" >/dev/null 2>&1 || true
+done
+for rep in $(seq 1 "$REPEATS"); do
+    for scen in keepalive close; do
+        for name in "${NAMES[@]}"; do
+            measure "$scen" "$name" "$rep"
+            # Let TIME_WAIT and the accept queues settle between churn runs.
+            [ "$scen" = close ] && sleep 0.5
+        done
+    done
+done
+
+# ---- report -----------------------------------------------------------------
+
+CPU="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+MACHINE="$(nproc) cores ($CPU), $(uname -sr), $(free -g | awk '/Mem:/ {print $2}') GiB"
+NOTES=("wrk -t2 -c$CONNS -d${DURATION}s --latency; churn adds -H 'Connection: close'; $REPEATS repeats, median; load generator and servers share the 2 cores, unpinned"
+       "versions: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), node $(node --version)")
+[ -z "$HELLO" ] && NOTES+=("uvring rows missing: cluster/examples/hello_cluster did not exist at run time")
+python3 "$HERE/compare/report.py" "$RUNS" "$RESULTS" "$MACHINE" "$CMDLINE" "${NOTES[@]}"
+log "saved $RESULTS/latest.md, latest.csv, runs.csv$( [ -f "$RESULTS/latest.png" ] && echo ', latest.png')"
