@@ -7,5 +7,43 @@
 //! - [`proto`]: the IPC frame codec. Pure Rust, no OS calls: frames to bytes
 //!   and bytes plus received fds back to frames, incrementally, bounded and
 //!   allocation-free.
+//! - `channel`: an engine IPC pipe plus a decoder and a reused emit buffer.
+//! - [`schedule`]: the pure state machines: [`RoundRobin`] (least-loaded
+//!   choice, ties in rotation) and [`RestartGovernor`] (respawn back-off and
+//!   restart-storm limit).
+//! - [`store`]: the primary's shared key/value store.
+//! - [`Primary`] and [`WorkerHandle`]: forking, listen routing, connection
+//!   hand-off, events, disconnect, respawn, rolling restart.
+//! - [`Worker`]: the worker's channel, the listen hook (so unchanged server
+//!   code runs standalone or clustered), messages, store client, disconnect.
+//!
+//! ```no_run
+//! use uvring::{Loop, RunMode};
+//! use uvring_cluster::{is_primary, Primary, Settings, Worker};
+//!
+//! let mut lp = Loop::new().unwrap();
+//! if is_primary() {
+//!     let primary = Primary::new(&mut lp, Settings::default()).unwrap();
+//!     primary.on_exit(|_, w, code, signal| eprintln!("worker {} exited ({code}, {signal})", w.id()));
+//!     primary.start(&mut lp).unwrap();
+//! } else {
+//!     Worker::init(&mut lp).unwrap();
+//!     // ... tcp_init + tcp_bind + listen as usual: the primary routes it.
+//! }
+//! lp.run(RunMode::Default).unwrap();
+//! ```
 
+mod channel;
+pub mod primary;
 pub mod proto;
+pub mod schedule;
+pub mod settings;
+pub mod store;
+pub mod worker;
+
+pub use primary::{ClusterStats, Primary, WorkerHandle, WorkerStatus};
+pub use proto::FrameFds;
+pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
+pub use settings::{available_cpus, ChildOutput, RespawnSettings, SchedPolicy, Settings};
+pub use store::SharedStore;
+pub use worker::{is_primary, is_worker, worker_id, Worker};

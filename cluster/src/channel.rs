@@ -1,0 +1,104 @@
+//! The IPC channel between the primary and one worker: an engine IPC pipe,
+//! a [`FrameDecoder`] on the receiving side and a reused emit buffer on the
+//! sending side. Both directions allocate nothing once the buffers have
+//! grown to the largest frame sent.
+
+use crate::proto::{DecodeError, Decoded, Frame, FrameDecoder};
+use uvring::{Error, FdBatch, Loop, Result, Stream};
+
+/// What a frame handler wants after one frame.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Keep decoding.
+    Continue,
+    /// Stop: the channel was closed (or is being closed) by the handler.
+    Stop,
+}
+
+/// Why a channel's byte stream was rejected.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ChannelError {
+    /// The peer sent something that is not a valid frame stream.
+    Decode(DecodeError),
+    /// The decoder took no bytes although it had no frame to give (cannot
+    /// happen with a drained decoder; guarded so a bug cannot spin).
+    Stalled,
+}
+
+/// Feeds one chunk read from an IPC pipe to `dec` and hands each complete
+/// frame, with its fds, to `on_frame`. The fds that came with the chunk are
+/// queued first (the engine queues them as pending handles before the
+/// chunk's bytes reach the read callback), so fds pair with their frames.
+pub(crate) fn feed_chunk(
+    lp: &mut Loop,
+    pipe: Stream,
+    dec: &mut FrameDecoder,
+    mut bytes: &[u8],
+    on_frame: &mut dyn FnMut(&mut Loop, Decoded<'_>) -> Flow,
+) -> std::result::Result<Flow, ChannelError> {
+    while let Ok(fd) = lp.accept_pending_fd(pipe) {
+        dec.push_fd(fd).map_err(ChannelError::Decode)?;
+    }
+    loop {
+        let n = dec.feed(bytes);
+        bytes = bytes.get(n..).unwrap_or(&[]);
+        while let Some(d) = dec.next_frame().map_err(ChannelError::Decode)? {
+            if on_frame(lp, d) == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+        }
+        if bytes.is_empty() {
+            return Ok(Flow::Continue);
+        }
+        if n == 0 {
+            return Err(ChannelError::Stalled);
+        }
+    }
+}
+
+/// Encodes frames into a reused buffer and writes them to a pipe.
+#[derive(Debug, Default)]
+pub(crate) struct FrameWriter {
+    buf: Vec<u8>,
+}
+
+impl FrameWriter {
+    pub(crate) fn new() -> FrameWriter {
+        FrameWriter { buf: Vec::with_capacity(256) }
+    }
+
+    /// Writes one frame that carries no fds.
+    pub(crate) fn send(&mut self, lp: &mut Loop, pipe: Stream, frame: &Frame<'_>) -> Result<()> {
+        self.encode(frame)?;
+        lp.write(pipe, &self.buf, None)
+    }
+
+    /// Writes one frame with `fds` attached to its first byte. On success
+    /// the batch is empty (the loop owns the fds until they are sent); on
+    /// error it still holds them.
+    pub(crate) fn send_fds(&mut self, lp: &mut Loop, pipe: Stream, frame: &Frame<'_>, fds: &mut FdBatch) -> Result<()> {
+        if usize::from(frame.nfds()) != fds.len() {
+            return Err(Error::EINVAL);
+        }
+        self.encode(frame)?;
+        if fds.is_empty() {
+            return lp.write(pipe, &self.buf, None);
+        }
+        lp.write_fds(pipe, &self.buf, fds, None)
+    }
+
+    /// Writes one frame with `handle`'s socket attached (duplicated now).
+    pub(crate) fn send_handle(&mut self, lp: &mut Loop, pipe: Stream, frame: &Frame<'_>, handle: Stream) -> Result<()> {
+        if frame.nfds() != 1 {
+            return Err(Error::EINVAL);
+        }
+        self.encode(frame)?;
+        lp.write2(pipe, &self.buf, handle, None)
+    }
+
+    fn encode(&mut self, frame: &Frame<'_>) -> Result<()> {
+        self.buf.clear();
+        frame.emit_to_vec(&mut self.buf).map_err(|_| Error::EINVAL)?;
+        Ok(())
+    }
+}

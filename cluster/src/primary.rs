@@ -1,0 +1,1329 @@
+//! The primary side: forks workers, answers their listen queries, accepts
+//! and hands connections over (`rr`), holds the shared store, reports
+//! worker events, restarts crashed workers and rolls restarts.
+//!
+//! # Round robin without leaks
+//!
+//! The primary accepts with [`Loop::accept_fd`] (no handle per connection)
+//! and queues the fd. Once per loop iteration (a check hook, so that a burst
+//! accepted in one poll goes out together) each queued connection is given
+//! to the least-loaded member worker of its listener
+//! ([`RoundRobin`]): a duplicate of the fd joins that worker's batch (up to
+//! 16 fds in one `NewConnection` frame, sent with [`Loop::write_fds`]) and
+//! the primary keeps the original, numbered, until the worker acknowledges
+//! it. Accepted: the original is closed. Refused: the connection is queued
+//! again for another worker. The worker's channel closes first: all its
+//! unacknowledged connections are queued again. A connection that no worker
+//! can take (no member left, or too many refusals) is closed. Nothing on
+//! this path allocates once the queues have their capacity.
+//!
+//! # Re-entrancy
+//!
+//! State lives in one `Rc<RefCell<PrimaryState>>`; loop callbacks hold a
+//! `Weak`. User callbacks (events) run through a queue with the borrow
+//! released, so they may call any `Primary` or `WorkerHandle` method.
+
+use crate::channel::{feed_chunk, ChannelError, Flow, FrameWriter};
+use crate::proto::{
+    Decoded, Frame, FrameDecoder, FrameFds, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus,
+};
+use crate::schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
+use crate::settings::{
+    ChildOutput, SchedPolicy, Settings, ENV_BACKEND, ENV_CHANNEL_FD, ENV_SCHED_POLICY, ENV_WORKER_ID,
+};
+use crate::store::SharedStore;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::rc::{Rc, Weak};
+use uvring::{
+    Error, FdBatch, Hook, HookKind, Loop, OnConnection, OnExit, OnHook, OnRead, OnTimer, Process, ProcessOptions,
+    Result, Stdio, Stream, Timer, TCP_IPV6ONLY,
+};
+
+/// Environment variable telling workers how often to report their load (ms).
+pub const ENV_LOAD_REPORT_MS: &str = "UVRING_CLUSTER_LOAD_MS";
+
+/// The child fd number of the IPC channel.
+const CHANNEL_FD: i32 = 3;
+
+/// A connection refused or orphaned this many times is closed.
+const MAX_ATTEMPTS: u8 = 8;
+
+/// Where a worker is in its life (Node's `worker.state`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum WorkerStatus {
+    /// Forked; not online yet.
+    Starting,
+    /// Said `Online`.
+    Online,
+    /// Has at least one server listening.
+    Listening,
+    /// Asked to disconnect; its channel is still open.
+    Disconnecting,
+    /// Its channel is closed; the process may still run.
+    Disconnected,
+    /// The process exited.
+    Dead,
+}
+
+/// Counters of the round-robin hand-off.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Connections a worker accepted.
+    pub handed_off: u64,
+    /// Refusals by workers (each refused connection was queued again).
+    pub refused: u64,
+    /// Connections queued again because their worker's channel closed.
+    pub redistributed: u64,
+    /// Connections closed because no worker could take them.
+    pub closed_unroutable: u64,
+}
+
+struct WorkerInfo {
+    id: WorkerId,
+    pid: Cell<i32>,
+    status: Cell<WorkerStatus>,
+    connected: Cell<bool>,
+    exited_after_disconnect: Cell<bool>,
+}
+
+/// A worker as the primary sees it (Node's `Worker` object in the primary).
+/// Cheap to clone; stays valid (reporting `is_dead`) after the worker exits.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    info: Rc<WorkerInfo>,
+    primary: Weak<RefCell<PrimaryState>>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("id", &self.info.id)
+            .field("pid", &self.info.pid.get())
+            .field("status", &self.info.status.get())
+            .finish()
+    }
+}
+
+struct Unacked {
+    seq: u64,
+    listener_id: u32,
+    attempts: u8,
+    fd: OwnedFd,
+}
+
+struct WorkerEntry {
+    info: Rc<WorkerInfo>,
+    process: Option<Process>,
+    channel: Option<Stream>,
+    disconnecting: bool,
+    unacked: VecDeque<Unacked>,
+    next_seq: u64,
+    reported_load: u32,
+    accepted_since_report: u32,
+    batch: FdBatch,
+    batch_listener: u32,
+    batch_first_seq: u64,
+}
+
+impl WorkerEntry {
+    fn load(&self) -> Option<u32> {
+        if self.channel.is_none() || self.disconnecting {
+            return None;
+        }
+        Some(self.unacked.len() as u32 + self.reported_load + self.accepted_since_report)
+    }
+}
+
+enum ListenerMode {
+    RoundRobin(RoundRobin),
+    Shared(Vec<WorkerId>),
+}
+
+struct Listener {
+    id: u32,
+    requested: SocketAddr,
+    index: u32,
+    flags: u32,
+    port: u16,
+    stream: Stream,
+    mode: ListenerMode,
+}
+
+impl Listener {
+    fn remove_member(&mut self, w: WorkerId) {
+        match &mut self.mode {
+            ListenerMode::RoundRobin(rr) => {
+                rr.remove(w);
+            }
+            ListenerMode::Shared(v) => v.retain(|&x| x != w),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match &self.mode {
+            ListenerMode::RoundRobin(rr) => rr.is_empty(),
+            ListenerMode::Shared(v) => v.is_empty(),
+        }
+    }
+}
+
+struct PendingConn {
+    listener_id: u32,
+    attempts: u8,
+    exclude: Option<WorkerId>,
+    fd: OwnedFd,
+}
+
+type WorkerFn = dyn FnMut(&mut Loop, &WorkerHandle);
+type ListeningFn = dyn FnMut(&mut Loop, &WorkerHandle, SocketAddr);
+type MessageFn = dyn FnMut(&mut Loop, &WorkerHandle, &[u8], &mut FrameFds);
+type ExitFn = dyn FnMut(&mut Loop, &WorkerHandle, i64, i32);
+type DoneFn = Box<dyn FnOnce(&mut Loop)>;
+type StormFn = dyn FnMut(&mut Loop);
+
+#[derive(Default)]
+struct Events {
+    fork: Option<Rc<RefCell<WorkerFn>>>,
+    online: Option<Rc<RefCell<WorkerFn>>>,
+    listening: Option<Rc<RefCell<ListeningFn>>>,
+    message: Option<Rc<RefCell<MessageFn>>>,
+    disconnect: Option<Rc<RefCell<WorkerFn>>>,
+    exit: Option<Rc<RefCell<ExitFn>>>,
+    storm: Option<Rc<RefCell<StormFn>>>,
+}
+
+enum Event {
+    Fork(Rc<WorkerInfo>),
+    Online(Rc<WorkerInfo>),
+    Listening(Rc<WorkerInfo>, SocketAddr),
+    Disconnect(Rc<WorkerInfo>),
+    Exit(Rc<WorkerInfo>, i64, i32),
+    Storm,
+    Done(DoneFn),
+}
+
+struct Rolling {
+    old: VecDeque<WorkerId>,
+    /// (old, replacement) being swapped now.
+    current: Option<(WorkerId, WorkerId)>,
+    done: Option<DoneFn>,
+}
+
+struct PrimaryState {
+    settings: Settings,
+    exec: PathBuf,
+    args: Vec<OsString>,
+    workers: Vec<WorkerEntry>,
+    next_worker_id: WorkerId,
+    listeners: Vec<Listener>,
+    next_listener_id: u32,
+    pending: VecDeque<PendingConn>,
+    dispatch_hook: Option<Hook>,
+    writer: FrameWriter,
+    store: SharedStore,
+    events: Events,
+    queue: VecDeque<Event>,
+    dispatching: bool,
+    governor: RestartGovernor,
+    shutting_down: bool,
+    disconnect_cbs: Vec<DoneFn>,
+    respawn_timers: Vec<Timer>,
+    stats: ClusterStats,
+    rolling: Option<Rolling>,
+    rr_on_connection: Option<OnConnection>,
+    on_exit: Option<OnExit>,
+    on_dispatch: Option<OnHook>,
+    on_respawn: Option<OnTimer>,
+}
+
+impl PrimaryState {
+    fn entry(&self, id: WorkerId) -> Option<&WorkerEntry> {
+        self.workers.iter().find(|w| w.info.id == id)
+    }
+
+    fn entry_mut(&mut self, id: WorkerId) -> Option<&mut WorkerEntry> {
+        self.workers.iter_mut().find(|w| w.info.id == id)
+    }
+
+    fn send_to(&mut self, lp: &mut Loop, id: WorkerId, frame: &Frame<'_>) -> Result<()> {
+        let ch = self.entry(id).and_then(|w| w.channel).ok_or(Error::ENOTCONN)?;
+        self.writer.send(lp, ch, frame)
+    }
+
+    /// Removes `w` from `listener_id`; closes the listener when it has no
+    /// member left.
+    fn leave_listener(&mut self, lp: &mut Loop, listener_id: u32, w: WorkerId) {
+        let Some(i) = self.listeners.iter().position(|l| l.id == listener_id) else { return };
+        self.listeners[i].remove_member(w);
+        if self.listeners[i].is_empty() {
+            let l = self.listeners.swap_remove(i);
+            let _ = lp.close(l.stream, None);
+        }
+    }
+
+    fn leave_all_listeners(&mut self, lp: &mut Loop, w: WorkerId) {
+        let mut i = 0;
+        while i < self.listeners.len() {
+            self.listeners[i].remove_member(w);
+            if self.listeners[i].is_empty() {
+                let l = self.listeners.swap_remove(i);
+                let _ = lp.close(l.stream, None);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// The primary process's side of the cluster (Node's `cluster` in the
+/// primary). Cheap to clone.
+#[derive(Clone)]
+pub struct Primary {
+    shared: Rc<RefCell<PrimaryState>>,
+}
+
+impl std::fmt::Debug for Primary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Primary").field("workers", &self.shared.borrow().workers.len()).finish()
+    }
+}
+
+impl Primary {
+    /// A primary with `settings`; no worker is forked yet ([`start`](Self::start)
+    /// forks `settings.workers`, [`fork`](Self::fork) one).
+    pub fn new(lp: &mut Loop, settings: Settings) -> Result<Primary> {
+        let _ = lp;
+        let exec = match &settings.exec {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(Error::from)?,
+        };
+        let args = match &settings.args {
+            Some(a) => a.clone(),
+            None => std::env::args_os().skip(1).collect(),
+        };
+        let governor = RestartGovernor::new(settings.respawn.clone());
+        let shared = Rc::new(RefCell::new(PrimaryState {
+            settings,
+            exec,
+            args,
+            workers: Vec::with_capacity(16),
+            next_worker_id: 1,
+            listeners: Vec::new(),
+            next_listener_id: 1,
+            pending: VecDeque::with_capacity(256),
+            dispatch_hook: None,
+            writer: FrameWriter::new(),
+            store: SharedStore::new(),
+            events: Events::default(),
+            queue: VecDeque::with_capacity(16),
+            dispatching: false,
+            governor,
+            shutting_down: false,
+            disconnect_cbs: Vec::new(),
+            respawn_timers: Vec::new(),
+            stats: ClusterStats::default(),
+            rolling: None,
+            rr_on_connection: None,
+            on_exit: None,
+            on_dispatch: None,
+            on_respawn: None,
+        }));
+        let weak = Rc::downgrade(&shared);
+        {
+            let mut st = shared.borrow_mut();
+            st.rr_on_connection = Some(rr_on_connection(weak.clone()));
+            st.on_exit = Some(on_worker_exit(weak.clone()));
+            st.on_dispatch = Some(on_dispatch(weak.clone()));
+            st.on_respawn = Some(on_respawn(weak));
+        }
+        Ok(Primary { shared })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> Settings {
+        self.shared.borrow().settings.clone()
+    }
+
+    /// The scheduling policy.
+    pub fn policy(&self) -> SchedPolicy {
+        self.shared.borrow().settings.policy
+    }
+
+    /// Forks `settings.workers` workers.
+    pub fn start(&self, lp: &mut Loop) -> Result<()> {
+        let n = self.shared.borrow().settings.workers;
+        for _ in 0..n {
+            self.fork(lp)?;
+        }
+        Ok(())
+    }
+
+    /// Forks one worker (Node's `cluster.fork()`).
+    pub fn fork(&self, lp: &mut Loop) -> Result<WorkerHandle> {
+        self.fork_with_env(lp, &[])
+    }
+
+    /// Forks one worker with extra environment variables (Node's
+    /// `cluster.fork(env)`).
+    pub fn fork_with_env(&self, lp: &mut Loop, extra_env: &[(&str, &str)]) -> Result<WorkerHandle> {
+        let h = fork_worker(&self.shared, lp, extra_env)?;
+        drain_events(&self.shared, lp);
+        Ok(h)
+    }
+
+    /// Live workers (not yet exited), in fork order.
+    pub fn workers(&self) -> Vec<WorkerHandle> {
+        let weak = Rc::downgrade(&self.shared);
+        self.shared
+            .borrow()
+            .workers
+            .iter()
+            .map(|w| WorkerHandle { info: w.info.clone(), primary: weak.clone() })
+            .collect()
+    }
+
+    /// The live worker with this id.
+    pub fn worker(&self, id: WorkerId) -> Option<WorkerHandle> {
+        let weak = Rc::downgrade(&self.shared);
+        self.shared.borrow().entry(id).map(|w| WorkerHandle { info: w.info.clone(), primary: weak })
+    }
+
+    /// Number of live workers (the worker table's size).
+    pub fn worker_count(&self) -> usize {
+        self.shared.borrow().workers.len()
+    }
+
+    /// Listeners the primary holds open for workers.
+    pub fn listener_count(&self) -> usize {
+        self.shared.borrow().listeners.len()
+    }
+
+    /// Round-robin counters.
+    pub fn stats(&self) -> ClusterStats {
+        self.shared.borrow().stats
+    }
+
+    /// Whether a restart storm stopped respawning.
+    pub fn respawn_stopped(&self) -> bool {
+        self.shared.borrow().governor.stormed()
+    }
+
+    /// A worker was forked.
+    pub fn on_fork(&self, cb: impl FnMut(&mut Loop, &WorkerHandle) + 'static) {
+        self.shared.borrow_mut().events.fork = Some(Rc::new(RefCell::new(cb)));
+    }
+
+    /// A worker said it is up.
+    pub fn on_online(&self, cb: impl FnMut(&mut Loop, &WorkerHandle) + 'static) {
+        self.shared.borrow_mut().events.online = Some(Rc::new(RefCell::new(cb)));
+    }
+
+    /// A worker's server is listening, on this (real) address.
+    pub fn on_listening(&self, cb: impl FnMut(&mut Loop, &WorkerHandle, SocketAddr) + 'static) {
+        self.shared.borrow_mut().events.listening = Some(Rc::new(RefCell::new(cb)));
+    }
+
+    /// A user message from a worker, with the fds sent alongside (those not
+    /// taken are closed after the call).
+    pub fn on_message(&self, cb: impl FnMut(&mut Loop, &WorkerHandle, &[u8], &mut FrameFds) + 'static) {
+        self.shared.borrow_mut().events.message = Some(Rc::new(RefCell::new(cb)));
+    }
+
+    /// A worker's channel closed.
+    pub fn on_disconnect(&self, cb: impl FnMut(&mut Loop, &WorkerHandle) + 'static) {
+        self.shared.borrow_mut().events.disconnect = Some(Rc::new(RefCell::new(cb)));
+    }
+
+    /// A worker exited: `(exit code, terminating signal)`, one of them 0.
+    pub fn on_exit(&self, cb: impl FnMut(&mut Loop, &WorkerHandle, i64, i32) + 'static) {
+        self.shared.borrow_mut().events.exit = Some(Rc::new(RefCell::new(cb)));
+    }
+
+    /// Respawning stopped because of a restart storm.
+    pub fn on_restart_storm(&self, cb: impl FnMut(&mut Loop) + 'static) {
+        self.shared.borrow_mut().events.storm = Some(Rc::new(RefCell::new(cb)));
+    }
+
+    /// Disconnects every worker (Node's `cluster.disconnect(cb)`); `cb` runs
+    /// once every worker has exited, always from a later loop turn (even
+    /// when there is no worker). No worker is respawned meanwhile.
+    pub fn disconnect(&self, lp: &mut Loop, cb: impl FnOnce(&mut Loop) + 'static) {
+        let (ids, timers) = {
+            let mut st = self.shared.borrow_mut();
+            st.shutting_down = true;
+            st.disconnect_cbs.push(Box::new(cb));
+            let ids: Vec<WorkerId> = st.workers.iter().map(|w| w.info.id).collect();
+            (ids, std::mem::take(&mut st.respawn_timers))
+        };
+        for t in timers {
+            let _ = lp.close(t, None);
+        }
+        for id in ids {
+            disconnect_worker(&self.shared, lp, id);
+        }
+        drain_events(&self.shared, lp);
+        check_shutdown_done(&self.shared, lp);
+    }
+
+    /// Replaces every worker, one at a time, without dropping service: a new
+    /// worker is forked, and the old one is disconnected (its connections
+    /// drain) once the new one listens. `cb` runs when all are replaced.
+    pub fn rolling_restart(&self, lp: &mut Loop, cb: impl FnOnce(&mut Loop) + 'static) {
+        {
+            let mut st = self.shared.borrow_mut();
+            let old: VecDeque<WorkerId> = st.workers.iter().map(|w| w.info.id).collect();
+            st.rolling = Some(Rolling { old, current: None, done: Some(Box::new(cb)) });
+        }
+        rolling_step(&self.shared, lp);
+        drain_events(&self.shared, lp);
+    }
+
+    /// Reads the shared store.
+    pub fn store_get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.shared.borrow().store.get(key).map(<[u8]>::to_vec)
+    }
+
+    /// Writes the shared store.
+    pub fn store_set(&self, key: &[u8], value: &[u8]) {
+        self.shared.borrow_mut().store.set(key, value);
+    }
+
+    /// Removes a key from the shared store; returns whether it was there.
+    pub fn store_delete(&self, key: &[u8]) -> bool {
+        self.shared.borrow_mut().store.delete(key)
+    }
+
+    /// Number of keys in the shared store.
+    pub fn store_len(&self) -> usize {
+        self.shared.borrow().store.len()
+    }
+}
+
+impl WorkerHandle {
+    /// The worker's id (Node's `worker.id`).
+    pub fn id(&self) -> WorkerId {
+        self.info.id
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> i32 {
+        self.info.pid.get()
+    }
+
+    /// Where the worker is in its life.
+    pub fn status(&self) -> WorkerStatus {
+        self.info.status.get()
+    }
+
+    /// Whether the process has exited.
+    pub fn is_dead(&self) -> bool {
+        self.info.status.get() == WorkerStatus::Dead
+    }
+
+    /// Whether the IPC channel is open.
+    pub fn is_connected(&self) -> bool {
+        self.info.connected.get()
+    }
+
+    /// Whether the worker left because of `disconnect` or `kill` (not a crash).
+    pub fn exited_after_disconnect(&self) -> bool {
+        self.info.exited_after_disconnect.get()
+    }
+
+    /// Sends a user message.
+    pub fn send(&self, lp: &mut Loop, bytes: &[u8]) -> Result<()> {
+        let state = self.primary.upgrade().ok_or(Error::ENOTCONN)?;
+        let mut st = state.borrow_mut();
+        st.send_to(lp, self.info.id, &Frame::Message { bytes, nfds: 0 })
+    }
+
+    /// Sends a user message with fds attached (each is duplicated; the
+    /// caller keeps its own). At most 16 fds.
+    pub fn send_with_fds(&self, lp: &mut Loop, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        let state = self.primary.upgrade().ok_or(Error::ENOTCONN)?;
+        if fds.len() > crate::proto::MAX_FDS_PER_FRAME {
+            return Err(Error::EINVAL);
+        }
+        let mut batch = FdBatch::new();
+        for fd in fds {
+            batch.push(fd.try_clone_to_owned().map_err(Error::from)?).map_err(|_| Error::EINVAL)?;
+        }
+        let mut st = state.borrow_mut();
+        let ch = st.entry(self.info.id).and_then(|w| w.channel).ok_or(Error::ENOTCONN)?;
+        let frame = Frame::Message { bytes, nfds: fds.len() as u8 };
+        st.writer.send_fds(lp, ch, &frame, &mut batch)
+    }
+
+    /// Asks the worker to leave gracefully (Node's `worker.disconnect()`):
+    /// it closes its servers, lets open connections finish, and exits.
+    pub fn disconnect(&self, lp: &mut Loop) {
+        if let Some(state) = self.primary.upgrade() {
+            disconnect_worker(&state, lp, self.info.id);
+            drain_events(&state, lp);
+        }
+    }
+
+    /// Kills the worker with `signum` (Node's `worker.kill()`): the channel
+    /// closes now, the process gets the signal, and the worker counts as
+    /// having exited after a disconnect (it is not respawned).
+    pub fn kill(&self, lp: &mut Loop, signum: i32) -> Result<()> {
+        let state = self.primary.upgrade().ok_or(Error::ESRCH)?;
+        self.info.exited_after_disconnect.set(true);
+        let process = state.borrow().entry(self.info.id).and_then(|w| w.process);
+        channel_closed(&state, lp, self.info.id);
+        let res = match process {
+            Some(p) => lp.process_kill(p, signum),
+            None => Err(Error::ESRCH),
+        };
+        drain_events(&state, lp);
+        res
+    }
+}
+
+// ---- forking -------------------------------------------------------------
+
+fn fork_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, extra_env: &[(&str, &str)]) -> Result<WorkerHandle> {
+    let (id, exec, args, env, output, on_exit) = {
+        let mut st = state.borrow_mut();
+        let id = st.next_worker_id;
+        st.next_worker_id += 1;
+        let backend = st.settings.backend.unwrap_or(lp.backend());
+        let ours = [ENV_WORKER_ID, ENV_CHANNEL_FD, ENV_SCHED_POLICY, ENV_BACKEND, ENV_LOAD_REPORT_MS];
+        let mut env: Vec<(OsString, OsString)> =
+            std::env::vars_os().filter(|(k, _)| !ours.iter().any(|o| OsStr::new(o) == k)).collect();
+        for (k, v) in &st.settings.env {
+            env.retain(|(x, _)| x != k);
+            env.push((k.clone(), v.clone()));
+        }
+        for (k, v) in extra_env {
+            env.retain(|(x, _)| x != OsStr::new(k));
+            env.push((k.into(), v.into()));
+        }
+        env.push((ENV_WORKER_ID.into(), id.to_string().into()));
+        env.push((ENV_CHANNEL_FD.into(), CHANNEL_FD.to_string().into()));
+        env.push((ENV_SCHED_POLICY.into(), st.settings.policy.name().into()));
+        env.push((ENV_BACKEND.into(), backend.name().into()));
+        env.push((ENV_LOAD_REPORT_MS.into(), st.settings.load_report_ms.to_string().into()));
+        let on_exit = st.on_exit.clone().ok_or(Error::INVALID_STATE)?;
+        (id, st.exec.clone(), st.args.clone(), env, st.settings.output, on_exit)
+    };
+    ensure_dispatch_hook(state, lp)?;
+    let pipe = lp.pipe_init(true)?;
+    let stdout = match output {
+        ChildOutput::Inherit => Stdio::Inherit,
+        ChildOutput::QuietStdout => Stdio::Ignore,
+    };
+    let stdio = [Stdio::Inherit, stdout, Stdio::Inherit, Stdio::Ipc(pipe)];
+    let arg_refs: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+    let env_refs: Vec<(&OsStr, &OsStr)> = env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())).collect();
+    let opts = ProcessOptions {
+        file: &exec,
+        args: &arg_refs,
+        env: Some(&env_refs),
+        cwd: None,
+        stdio: &stdio,
+        detached: false,
+    };
+    let process = match lp.spawn(&opts, &on_exit) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = lp.close(pipe, None);
+            release_if_idle(state, lp);
+            return Err(e);
+        }
+    };
+    let _ = lp.set_data(process, id as usize);
+    let pid = lp.process_pid(process).unwrap_or(-1);
+    let info = Rc::new(WorkerInfo {
+        id,
+        pid: Cell::new(pid),
+        status: Cell::new(WorkerStatus::Starting),
+        connected: Cell::new(true),
+        exited_after_disconnect: Cell::new(false),
+    });
+    let reader = channel_reader(Rc::downgrade(state), id);
+    let read_ok = lp.read_start(pipe, &reader).is_ok();
+    {
+        let mut st = state.borrow_mut();
+        st.workers.push(WorkerEntry {
+            info: info.clone(),
+            process: Some(process),
+            channel: Some(pipe),
+            disconnecting: false,
+            unacked: VecDeque::with_capacity(64),
+            next_seq: 1,
+            reported_load: 0,
+            accepted_since_report: 0,
+            batch: FdBatch::new(),
+            batch_listener: 0,
+            batch_first_seq: 0,
+        });
+        st.queue.push_back(Event::Fork(info.clone()));
+    }
+    if !read_ok {
+        channel_closed(state, lp, id);
+    }
+    Ok(WorkerHandle { info, primary: Rc::downgrade(state) })
+}
+
+fn ensure_dispatch_hook(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) -> Result<()> {
+    let cb = {
+        let st = state.borrow();
+        if st.dispatch_hook.is_some() {
+            return Ok(());
+        }
+        st.on_dispatch.clone().ok_or(Error::INVALID_STATE)?
+    };
+    let h = lp.hook_init(HookKind::Check)?;
+    lp.hook_start(h, &cb)?;
+    lp.unref_handle(h)?;
+    state.borrow_mut().dispatch_hook = Some(h);
+    Ok(())
+}
+
+/// Closes the primary's own handles once nothing is left to serve, so a
+/// primary without workers keeps no loop handle.
+fn release_if_idle(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
+    let hook = {
+        let mut st = state.borrow_mut();
+        if !st.workers.is_empty() || !st.listeners.is_empty() || !st.pending.is_empty() {
+            return;
+        }
+        st.dispatch_hook.take()
+    };
+    if let Some(h) = hook {
+        let _ = lp.close(h, None);
+    }
+}
+
+// ---- events --------------------------------------------------------------
+
+fn handle(state: &Rc<RefCell<PrimaryState>>, info: &Rc<WorkerInfo>) -> WorkerHandle {
+    WorkerHandle { info: info.clone(), primary: Rc::downgrade(state) }
+}
+
+/// Runs queued events with the state unborrowed; nested calls only queue.
+fn drain_events(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
+    {
+        let mut st = state.borrow_mut();
+        if st.dispatching {
+            return;
+        }
+        st.dispatching = true;
+    }
+    loop {
+        let (ev, events) = {
+            let mut st = state.borrow_mut();
+            let Some(ev) = st.queue.pop_front() else {
+                st.dispatching = false;
+                return;
+            };
+            let e = &st.events;
+            let cbs = (
+                e.fork.clone(),
+                e.online.clone(),
+                e.listening.clone(),
+                e.disconnect.clone(),
+                e.exit.clone(),
+                e.storm.clone(),
+            );
+            (ev, cbs)
+        };
+        let (fork, online, listening, disconnect, exit, storm) = events;
+        match ev {
+            Event::Fork(info) => {
+                if let Some(cb) = fork {
+                    (cb.borrow_mut())(lp, &handle(state, &info));
+                }
+            }
+            Event::Online(info) => {
+                if let Some(cb) = online {
+                    (cb.borrow_mut())(lp, &handle(state, &info));
+                }
+                rolling_on_up(state, lp, info.id, false);
+            }
+            Event::Listening(info, addr) => {
+                if let Some(cb) = listening {
+                    (cb.borrow_mut())(lp, &handle(state, &info), addr);
+                }
+                rolling_on_up(state, lp, info.id, true);
+            }
+            Event::Disconnect(info) => {
+                if let Some(cb) = disconnect {
+                    (cb.borrow_mut())(lp, &handle(state, &info));
+                }
+            }
+            Event::Exit(info, code, signal) => {
+                if let Some(cb) = exit {
+                    (cb.borrow_mut())(lp, &handle(state, &info), code, signal);
+                }
+                rolling_on_exit(state, lp, info.id);
+            }
+            Event::Storm => {
+                if let Some(cb) = storm {
+                    (cb.borrow_mut())(lp);
+                }
+            }
+            Event::Done(f) => f(lp),
+        }
+    }
+}
+
+// ---- channel -------------------------------------------------------------
+
+fn channel_reader(weak: Weak<RefCell<PrimaryState>>, id: WorkerId) -> OnRead {
+    let mut decoder = FrameDecoder::new();
+    OnRead::new(move |lp, pipe, res| {
+        let Some(state) = weak.upgrade() else { return };
+        match res {
+            Ok(bytes) => {
+                let mut handler = |lp: &mut Loop, d: Decoded<'_>| handle_frame(&state, lp, id, pipe, d);
+                if let Err(ChannelError::Decode(_) | ChannelError::Stalled) =
+                    feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler)
+                {
+                    // A worker that sends garbage loses its channel.
+                    decoder.drain_fds();
+                    channel_closed(&state, lp, id);
+                }
+            }
+            Err(_) => {
+                decoder.drain_fds();
+                channel_closed(&state, lp, id);
+            }
+        }
+        drain_events(&state, lp);
+    })
+}
+
+/// The worker's channel is gone (EOF, error, garbage, kill): close it, queue
+/// its unacknowledged connections for others, leave its listeners.
+fn channel_closed(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId) {
+    let mut st = state.borrow_mut();
+    let st = &mut *st;
+    let Some(w) = st.workers.iter_mut().find(|w| w.info.id == id) else { return };
+    let Some(ch) = w.channel.take() else { return };
+    let _ = lp.close(ch, None);
+    w.info.connected.set(false);
+    if w.info.status.get() != WorkerStatus::Dead {
+        w.info.status.set(WorkerStatus::Disconnected);
+    }
+    w.batch.clear();
+    while let Some(u) = w.unacked.pop_front() {
+        st.stats.redistributed += 1;
+        st.pending.push_back(PendingConn {
+            listener_id: u.listener_id,
+            attempts: u.attempts.saturating_add(1),
+            exclude: Some(id),
+            fd: u.fd,
+        });
+    }
+    let info = w.info.clone();
+    st.leave_all_listeners(lp, id);
+    st.queue.push_back(Event::Disconnect(info));
+}
+
+fn handle_frame(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, pipe: Stream, d: Decoded<'_>) -> Flow {
+    let Decoded { frame, mut fds } = d;
+    match frame {
+        Frame::Online => {
+            let st = state.borrow_mut();
+            let mut st = st;
+            if let Some(w) = st.entry_mut(id) {
+                if w.info.status.get() == WorkerStatus::Starting {
+                    w.info.status.set(WorkerStatus::Online);
+                }
+                let info = w.info.clone();
+                st.queue.push_back(Event::Online(info));
+            }
+        }
+        Frame::QueryServer { seq, key } => query_server(state, lp, id, seq, &key),
+        Frame::Ack { conn_seq, count, accepted } => {
+            let mut st = state.borrow_mut();
+            let st = &mut *st;
+            if let Some(w) = st.workers.iter_mut().find(|w| w.info.id == id) {
+                let end = conn_seq.saturating_add(u64::from(count));
+                while w.unacked.front().is_some_and(|u| u.seq >= conn_seq && u.seq < end) {
+                    let Some(u) = w.unacked.pop_front() else { break };
+                    if accepted {
+                        w.accepted_since_report = w.accepted_since_report.saturating_add(1);
+                        st.stats.handed_off += 1;
+                        drop(u.fd);
+                    } else {
+                        st.stats.refused += 1;
+                        st.pending.push_back(PendingConn {
+                            listener_id: u.listener_id,
+                            attempts: u.attempts.saturating_add(1),
+                            exclude: Some(id),
+                            fd: u.fd,
+                        });
+                    }
+                }
+            }
+        }
+        Frame::Listening { address, port, .. } => {
+            let ip: Option<IpAddr> = match address {
+                ListenAddress::V4(ip) => Some(ip.into()),
+                ListenAddress::V6(ip) => Some(ip.into()),
+                ListenAddress::Unix(_) => None,
+            };
+            let mut st = state.borrow_mut();
+            if let Some(w) = st.entry_mut(id) {
+                if matches!(w.info.status.get(), WorkerStatus::Starting | WorkerStatus::Online) {
+                    w.info.status.set(WorkerStatus::Listening);
+                }
+                let info = w.info.clone();
+                if let Some(ip) = ip {
+                    st.queue.push_back(Event::Listening(info, SocketAddr::new(ip, port)));
+                }
+            }
+        }
+        Frame::Close { listener_id } => {
+            state.borrow_mut().leave_listener(lp, listener_id, id);
+        }
+        Frame::ExitedAfterDisconnect => {
+            let mut st = state.borrow_mut();
+            if let Some(w) = st.entry_mut(id) {
+                w.info.exited_after_disconnect.set(true);
+                w.disconnecting = true;
+            }
+        }
+        Frame::Load { open_connections } => {
+            let mut st = state.borrow_mut();
+            if let Some(w) = st.entry_mut(id) {
+                w.reported_load = open_connections;
+                w.accepted_since_report = 0;
+            }
+        }
+        Frame::Message { bytes, .. } => {
+            let (cb, info) = {
+                let st = state.borrow();
+                (st.events.message.clone(), st.entry(id).map(|w| w.info.clone()))
+            };
+            if let (Some(cb), Some(info)) = (cb, info) {
+                (cb.borrow_mut())(lp, &handle(state, &info), bytes, &mut fds);
+            }
+        }
+        Frame::StoreGet { req_id, key } => {
+            let mut st = state.borrow_mut();
+            let st = &mut *st;
+            let (status, value) = match st.store.get(key) {
+                Some(v) => (StoreStatus::Found, v),
+                None => (StoreStatus::NotFound, &[][..]),
+            };
+            if let Some(ch) = st.workers.iter().find(|w| w.info.id == id).and_then(|w| w.channel) {
+                let _ = st.writer.send(lp, ch, &Frame::StoreReply { req_id, status, value });
+            }
+        }
+        Frame::StoreSet { req_id, key, value } => {
+            let mut st = state.borrow_mut();
+            st.store.set(key, value);
+            let _ = st.send_to(lp, id, &Frame::StoreReply { req_id, status: StoreStatus::Ok, value: &[] });
+        }
+        Frame::StoreDelete { req_id, key } => {
+            let mut st = state.borrow_mut();
+            let status = if st.store.delete(key) { StoreStatus::Found } else { StoreStatus::NotFound };
+            let _ = st.send_to(lp, id, &Frame::StoreReply { req_id, status, value: &[] });
+        }
+        // A worker has no business sending these: it loses its channel.
+        Frame::QueryServerReply { .. } | Frame::NewConnection { .. } | Frame::StoreReply { .. } | Frame::Disconnect => {
+            drop(fds);
+            channel_closed(state, lp, id);
+            return Flow::Stop;
+        }
+    }
+    let open = state.borrow().entry(id).is_some_and(|w| w.channel == Some(pipe));
+    if open {
+        Flow::Continue
+    } else {
+        Flow::Stop
+    }
+}
+
+/// Answers a worker's listen query: joins or creates the listener for the
+/// key, or reports the bind error (and keeps no entry, so a retry binds
+/// again).
+fn query_server(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, seq: u32, key: &ListenKey<'_>) {
+    let mut st = state.borrow_mut();
+    let st = &mut *st;
+    let Some(ch) = st.entry(id).and_then(|w| w.channel) else { return };
+    let reply_err = |st: &mut PrimaryState, lp: &mut Loop, errno: i32| {
+        let frame = Frame::QueryServerReply { seq, errno, port: 0, listener_id: 0, listener_fd: false };
+        let _ = st.writer.send(lp, ch, &frame);
+    };
+    let ip: IpAddr = match key.address {
+        ListenAddress::V4(ip) => ip.into(),
+        ListenAddress::V6(ip) => ip.into(),
+        ListenAddress::Unix(_) => return reply_err(st, lp, libc::EAFNOSUPPORT),
+    };
+    if key.socket_type != SocketType::Tcp {
+        return reply_err(st, lp, libc::EAFNOSUPPORT);
+    }
+    let requested = SocketAddr::new(ip, key.port);
+    let flags = if key.flags.contains(ListenFlags::IPV6_ONLY) { TCP_IPV6ONLY } else { 0 };
+    let shared = st.settings.policy == SchedPolicy::Shared;
+    let existing = st.listeners.iter().position(|l| {
+        l.requested == requested
+            && l.index == key.index
+            && l.flags == flags
+            && matches!(l.mode, ListenerMode::Shared(_)) == shared
+    });
+    let i = match existing {
+        Some(i) => i,
+        None => {
+            let backlog = i32::try_from(key.backlog).unwrap_or(i32::MAX);
+            match open_listener(st, lp, requested, flags, backlog, shared) {
+                Ok((stream, port)) => {
+                    let lid = st.next_listener_id;
+                    st.next_listener_id = st.next_listener_id.wrapping_add(1).max(1);
+                    let _ = lp.set_data(stream, lid as usize);
+                    let mode = if shared {
+                        ListenerMode::Shared(Vec::new())
+                    } else {
+                        ListenerMode::RoundRobin(RoundRobin::new())
+                    };
+                    st.listeners.push(Listener { id: lid, requested, index: key.index, flags, port, stream, mode });
+                    st.listeners.len() - 1
+                }
+                Err(e) => return reply_err(st, lp, e.errno().unwrap_or(libc::EINVAL)),
+            }
+        }
+    };
+    let l = &mut st.listeners[i];
+    match &mut l.mode {
+        ListenerMode::RoundRobin(rr) => rr.add(id),
+        ListenerMode::Shared(v) => {
+            if !v.contains(&id) {
+                v.push(id);
+            }
+        }
+    }
+    let (lid, port, stream) = (l.id, l.port, l.stream);
+    let frame = Frame::QueryServerReply { seq, errno: 0, port, listener_id: lid, listener_fd: shared };
+    let sent = if shared { st.writer.send_handle(lp, ch, &frame, stream) } else { st.writer.send(lp, ch, &frame) };
+    if sent.is_err() {
+        st.leave_listener(lp, lid, id);
+    }
+}
+
+fn open_listener(
+    st: &PrimaryState,
+    lp: &mut Loop,
+    addr: SocketAddr,
+    flags: u32,
+    backlog: i32,
+    shared: bool,
+) -> Result<(Stream, u16)> {
+    let s = lp.tcp_init()?;
+    let res = (|| {
+        lp.tcp_bind(s, addr, flags)?;
+        if shared {
+            // The workers accept; the primary only makes the port listen
+            // now, so a competing bind fails at once.
+            let fd = lp.fileno(s)?;
+            uvring::sys::socket::listen(fd, backlog)?;
+        } else {
+            let cb = st.rr_on_connection.clone().ok_or(Error::INVALID_STATE)?;
+            lp.listen(s, backlog, &cb)?;
+        }
+        lp.tcp_getsockname(s).map(|a| a.port())
+    })();
+    match res {
+        Ok(port) => Ok((s, port)),
+        Err(e) => {
+            let _ = lp.close(s, None);
+            Err(e)
+        }
+    }
+}
+
+// ---- round robin -----------------------------------------------------------
+
+fn rr_on_connection(weak: Weak<RefCell<PrimaryState>>) -> OnConnection {
+    OnConnection::new(move |lp, server, res| {
+        let Some(state) = weak.upgrade() else { return };
+        if res.is_err() {
+            // EMFILE and friends: the engine backs off; nothing was accepted.
+            return;
+        }
+        let listener_id = lp.data(server).unwrap_or(0) as u32;
+        let mut st = state.borrow_mut();
+        while let Ok(fd) = lp.accept_fd(server) {
+            st.pending.push_back(PendingConn { listener_id, attempts: 0, exclude: None, fd });
+        }
+    })
+}
+
+fn on_dispatch(weak: Weak<RefCell<PrimaryState>>) -> OnHook {
+    OnHook::new(move |lp, _h| {
+        let Some(state) = weak.upgrade() else { return };
+        dispatch(&state, lp);
+    })
+}
+
+/// Hands every queued connection to a worker; see the module docs.
+fn dispatch(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
+    let mut broken: [WorkerId; 8] = [0; 8];
+    let mut nbroken = 0;
+    {
+        let mut st = state.borrow_mut();
+        if st.pending.is_empty() {
+            return;
+        }
+        let st = &mut *st;
+        while let Some(conn) = st.pending.pop_front() {
+            let Some(l) = st.listeners.iter_mut().find(|l| l.id == conn.listener_id) else {
+                st.stats.closed_unroutable += 1;
+                continue;
+            };
+            let ListenerMode::RoundRobin(rr) = &mut l.mode else {
+                st.stats.closed_unroutable += 1;
+                continue;
+            };
+            if conn.attempts >= MAX_ATTEMPTS {
+                st.stats.closed_unroutable += 1;
+                continue;
+            }
+            let workers = &st.workers;
+            let load = |w: WorkerId| workers.iter().find(|e| e.info.id == w).and_then(WorkerEntry::load);
+            let chosen = rr.choose(load, conn.exclude);
+            let Some(wid) = chosen else {
+                st.stats.closed_unroutable += 1;
+                continue;
+            };
+            let Ok(dup) = conn.fd.try_clone() else {
+                st.stats.closed_unroutable += 1;
+                continue;
+            };
+            let Some(w) = st.workers.iter_mut().find(|e| e.info.id == wid) else { continue };
+            let full = w.batch.len() >= crate::proto::MAX_FDS_PER_FRAME;
+            let switch = !w.batch.is_empty() && (w.batch_listener != conn.listener_id || full);
+            if switch && flush_batch(&mut st.writer, lp, w).is_err() && nbroken < broken.len() {
+                broken[nbroken] = wid;
+                nbroken += 1;
+            }
+            let seq = w.next_seq;
+            w.next_seq += 1;
+            if w.batch.is_empty() {
+                w.batch_listener = conn.listener_id;
+                w.batch_first_seq = seq;
+            }
+            let _ = w.batch.push(dup);
+            w.unacked.push_back(Unacked { seq, listener_id: conn.listener_id, attempts: conn.attempts, fd: conn.fd });
+        }
+        for w in st.workers.iter_mut() {
+            if !w.batch.is_empty() && flush_batch(&mut st.writer, lp, w).is_err() && nbroken < broken.len() {
+                broken[nbroken] = w.info.id;
+                nbroken += 1;
+            }
+        }
+    }
+    // A worker whose channel cannot take the frame is treated as gone: its
+    // unacknowledged connections go to the others on the next turn.
+    for &id in &broken[..nbroken] {
+        channel_closed(state, lp, id);
+    }
+    if nbroken > 0 {
+        drain_events(state, lp);
+    }
+}
+
+fn flush_batch(writer: &mut FrameWriter, lp: &mut Loop, w: &mut WorkerEntry) -> Result<()> {
+    let count = w.batch.len() as u8;
+    let frame = Frame::NewConnection { listener_id: w.batch_listener, first_conn_seq: w.batch_first_seq, count };
+    let res = match w.channel {
+        Some(ch) => writer.send_fds(lp, ch, &frame, &mut w.batch),
+        None => Err(Error::ENOTCONN),
+    };
+    // On error the duplicates are closed; the originals wait in `unacked`.
+    w.batch.clear();
+    res
+}
+
+// ---- lifecycle -------------------------------------------------------------
+
+fn disconnect_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId) {
+    let mut st = state.borrow_mut();
+    let Some(w) = st.entry_mut(id) else { return };
+    w.info.exited_after_disconnect.set(true);
+    if w.channel.is_none() || w.disconnecting {
+        return;
+    }
+    w.disconnecting = true;
+    w.info.status.set(WorkerStatus::Disconnecting);
+    let _ = st.send_to(lp, id, &Frame::Disconnect);
+}
+
+fn on_worker_exit(weak: Weak<RefCell<PrimaryState>>) -> OnExit {
+    OnExit::new(move |lp, process, code, signal| {
+        let Some(state) = weak.upgrade() else {
+            let _ = lp.close(process, None);
+            return;
+        };
+        let id = lp.data(process).unwrap_or(0) as WorkerId;
+        let _ = lp.close(process, None);
+        channel_closed(&state, lp, id);
+        let respawn = {
+            let mut st = state.borrow_mut();
+            let Some(i) = st.workers.iter().position(|w| w.info.id == id) else { return };
+            let w = st.workers.remove(i);
+            w.info.status.set(WorkerStatus::Dead);
+            w.info.connected.set(false);
+            st.queue.push_back(Event::Exit(w.info.clone(), code, signal));
+            let crashed = !w.info.exited_after_disconnect.get();
+            if crashed && st.settings.respawn.enabled && !st.shutting_down {
+                let now = lp.now();
+                match st.governor.on_crash(now) {
+                    RespawnDecision::After(ms) => Some(ms),
+                    RespawnDecision::Storm => {
+                        st.queue.push_back(Event::Storm);
+                        None
+                    }
+                }
+            } else {
+                None
+            }
+        };
+        if let Some(ms) = respawn {
+            schedule_respawn(&state, lp, ms);
+        }
+        drain_events(&state, lp);
+        check_shutdown_done(&state, lp);
+        release_if_idle(&state, lp);
+    })
+}
+
+fn schedule_respawn(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, ms: u64) {
+    let Some(cb) = state.borrow().on_respawn.clone() else { return };
+    let Ok(t) = lp.timer_init() else { return };
+    if lp.timer_start(t, ms, 0, &cb).is_ok() {
+        state.borrow_mut().respawn_timers.push(t);
+    } else {
+        let _ = lp.close(t, None);
+    }
+}
+
+fn on_respawn(weak: Weak<RefCell<PrimaryState>>) -> OnTimer {
+    OnTimer::new(move |lp, t| {
+        let _ = lp.close(t, None);
+        let Some(state) = weak.upgrade() else { return };
+        let go = {
+            let mut st = state.borrow_mut();
+            st.respawn_timers.retain(|&x| x != t);
+            !st.shutting_down
+        };
+        if go {
+            let _ = fork_worker(&state, lp, &[]);
+            drain_events(&state, lp);
+        }
+    })
+}
+
+/// After `Primary::disconnect`: once the table is empty, run the callbacks
+/// on a later loop turn (never from inside the call that asked).
+fn check_shutdown_done(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
+    let cbs = {
+        let mut st = state.borrow_mut();
+        if !st.shutting_down || !st.workers.is_empty() || st.disconnect_cbs.is_empty() {
+            return;
+        }
+        std::mem::take(&mut st.disconnect_cbs)
+    };
+    let Ok(t) = lp.timer_init() else { return };
+    let weak = Rc::downgrade(state);
+    let mut cbs = Some(cbs);
+    let cb = OnTimer::new(move |lp, t| {
+        let _ = lp.close(t, None);
+        if let Some(state) = weak.upgrade() {
+            let mut st = state.borrow_mut();
+            if st.workers.is_empty() && st.disconnect_cbs.is_empty() {
+                st.shutting_down = false;
+            }
+        }
+        for cb in cbs.take().unwrap_or_default() {
+            cb(lp);
+        }
+    });
+    if lp.timer_start(t, 0, 0, &cb).is_err() {
+        let _ = lp.close(t, None);
+    }
+}
+
+fn rolling_step(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
+    loop {
+        let next = {
+            let mut st = state.borrow_mut();
+            let Some(r) = st.rolling.as_mut() else { return };
+            if r.current.is_some() {
+                return;
+            }
+            match r.old.pop_front() {
+                Some(old) => Some(old),
+                None => {
+                    let done = st.rolling.take().and_then(|r| r.done);
+                    if let Some(done) = done {
+                        st.queue.push_back(Event::Done(done));
+                    }
+                    None
+                }
+            }
+        };
+        let Some(old) = next else { return };
+        if state.borrow().entry(old).is_none() {
+            continue;
+        }
+        match fork_worker(state, lp, &[]) {
+            Ok(new) => {
+                if let Some(r) = state.borrow_mut().rolling.as_mut() {
+                    r.current = Some((old, new.id()));
+                }
+                return;
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
+/// A replacement came up: once it listens (or is online, when the old
+/// worker never listened), the old worker is disconnected.
+fn rolling_on_up(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, listening: bool) {
+    let old = {
+        let st = state.borrow();
+        let Some((old, new)) = st.rolling.as_ref().and_then(|r| r.current) else { return };
+        if new != id {
+            return;
+        }
+        let old_listened = st.entry(old).is_some_and(|w| w.info.status.get() == WorkerStatus::Listening);
+        if old_listened && !listening {
+            return;
+        }
+        old
+    };
+    disconnect_worker(state, lp, old);
+}
+
+fn rolling_on_exit(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId) {
+    let advance = {
+        let mut st = state.borrow_mut();
+        let Some(r) = st.rolling.as_mut() else { return };
+        match r.current {
+            Some((old, _)) if old == id => {
+                r.current = None;
+                true
+            }
+            // The replacement died before taking over: keep the old one.
+            Some((_, new)) if new == id => {
+                r.current = None;
+                true
+            }
+            _ => false,
+        }
+    };
+    if advance {
+        rolling_step(state, lp);
+    }
+}

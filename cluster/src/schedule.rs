@@ -1,0 +1,265 @@
+//! Scheduling state machines, free of I/O so they can be tested alone:
+//! [`RoundRobin`] picks the worker for each connection of one listener, and
+//! [`RestartGovernor`] decides when a crashed worker is replaced.
+
+use crate::settings::RespawnSettings;
+use std::collections::VecDeque;
+
+/// A worker's id (Node's `worker.id`): 1, 2, 3, ... in fork order, never reused.
+pub type WorkerId = u32;
+
+/// The workers serving one round-robin listener, and the choice among them.
+///
+/// The choice is least-loaded (the caller supplies each worker's load: for
+/// the primary, connections handed over and not yet acknowledged plus the
+/// open connections the worker reported); among equally loaded workers it
+/// rotates, starting after the previous choice, so equal loads give a plain
+/// round robin. Allocation-free once the member list has its capacity.
+#[derive(Debug, Default, Clone)]
+pub struct RoundRobin {
+    members: Vec<WorkerId>,
+    /// Index in `members` where the next tie-breaking scan starts.
+    cursor: usize,
+}
+
+impl RoundRobin {
+    pub fn new() -> RoundRobin {
+        RoundRobin { members: Vec::with_capacity(16), cursor: 0 }
+    }
+
+    /// Adds a worker (no-op if it is already a member).
+    pub fn add(&mut self, w: WorkerId) {
+        if !self.members.contains(&w) {
+            self.members.push(w);
+        }
+    }
+
+    /// Removes a worker; returns whether it was a member.
+    pub fn remove(&mut self, w: WorkerId) -> bool {
+        let Some(i) = self.members.iter().position(|&m| m == w) else { return false };
+        self.members.remove(i);
+        if self.cursor > i {
+            self.cursor -= 1;
+        }
+        if self.cursor >= self.members.len() {
+            self.cursor = 0;
+        }
+        true
+    }
+
+    pub fn contains(&self, w: WorkerId) -> bool {
+        self.members.contains(&w)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn members(&self) -> &[WorkerId] {
+        &self.members
+    }
+
+    /// The least-loaded member other than `exclude` (ties rotate), or `None`
+    /// if there is none. `load` returns `None` for a worker that cannot take
+    /// connections now (it is skipped).
+    pub fn choose(
+        &mut self,
+        mut load: impl FnMut(WorkerId) -> Option<u32>,
+        exclude: Option<WorkerId>,
+    ) -> Option<WorkerId> {
+        let n = self.members.len();
+        let mut best: Option<(usize, u32)> = None;
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            let w = self.members[i];
+            if Some(w) == exclude {
+                continue;
+            }
+            let Some(l) = load(w) else { continue };
+            match best {
+                Some((_, bl)) if bl <= l => {}
+                _ => best = Some((i, l)),
+            }
+        }
+        let (i, _) = best?;
+        self.cursor = (i + 1) % n;
+        Some(self.members[i])
+    }
+}
+
+/// What to do about a crashed worker.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RespawnDecision {
+    /// Fork a replacement after this many milliseconds.
+    After(u64),
+    /// Too many crashes in the window: stop respawning.
+    Storm,
+}
+
+/// Exponential back-off with a restart-storm limit, fed with crash times.
+#[derive(Debug, Clone)]
+pub struct RestartGovernor {
+    settings: RespawnSettings,
+    crashes: VecDeque<u64>,
+    stormed: bool,
+}
+
+impl RestartGovernor {
+    pub fn new(settings: RespawnSettings) -> RestartGovernor {
+        RestartGovernor { settings, crashes: VecDeque::new(), stormed: false }
+    }
+
+    /// Records a crash at `now_ms` and decides. The delay doubles with each
+    /// crash inside the window (base, 2 base, 4 base, ... up to the maximum);
+    /// once the window holds more than `storm_limit` crashes, respawning
+    /// stops for good (a storm needs an operator, not more restarts).
+    pub fn on_crash(&mut self, now_ms: u64) -> RespawnDecision {
+        if self.stormed {
+            return RespawnDecision::Storm;
+        }
+        let window = self.settings.window_ms;
+        while self.crashes.front().is_some_and(|&t| now_ms.saturating_sub(t) >= window) {
+            self.crashes.pop_front();
+        }
+        self.crashes.push_back(now_ms);
+        let n = self.crashes.len() as u32;
+        if n > self.settings.storm_limit {
+            self.stormed = true;
+            return RespawnDecision::Storm;
+        }
+        let shift = (n - 1).min(32);
+        let delay = self.settings.base_delay_ms.saturating_mul(1u64 << shift).min(self.settings.max_delay_ms);
+        RespawnDecision::After(delay)
+    }
+
+    /// Whether a restart storm stopped respawning.
+    pub fn stormed(&self) -> bool {
+        self.stormed
+    }
+
+    /// Crashes currently inside the window.
+    pub fn recent_crashes(&self) -> usize {
+        self.crashes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_loads_rotate() {
+        let mut rr = RoundRobin::new();
+        for w in 1..=3 {
+            rr.add(w);
+        }
+        let picks: Vec<_> = (0..6).map(|_| rr.choose(|_| Some(0), None).unwrap()).collect();
+        assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn least_loaded_wins_and_ties_rotate() {
+        let mut rr = RoundRobin::new();
+        for w in 1..=3 {
+            rr.add(w);
+        }
+        let load = |w: WorkerId| Some(if w == 2 { 5 } else { 1 });
+        let picks: Vec<_> = (0..4).map(|_| rr.choose(load, None).unwrap()).collect();
+        assert_eq!(picks, [1, 3, 1, 3]);
+    }
+
+    #[test]
+    fn exclusion_and_unavailable_workers_are_skipped() {
+        let mut rr = RoundRobin::new();
+        rr.add(1);
+        rr.add(2);
+        assert_eq!(rr.choose(|_| Some(0), Some(1)), Some(2));
+        assert_eq!(rr.choose(|w| (w != 2).then_some(0), None), Some(1));
+        assert_eq!(rr.choose(|_| None, None), None);
+        assert_eq!(rr.choose(|_| Some(0), Some(1)).unwrap(), 2);
+    }
+
+    #[test]
+    fn simulated_load_splits_evenly() {
+        // Each choice adds one to the chosen worker's load; every 3 choices
+        // each worker finishes one connection.
+        let mut rr = RoundRobin::new();
+        for w in 1..=4 {
+            rr.add(w);
+        }
+        let mut load = [0u32; 5];
+        let mut count = [0u32; 5];
+        for i in 0..10_000 {
+            let w = rr.choose(|w| Some(load[w as usize]), None).unwrap();
+            load[w as usize] += 1;
+            count[w as usize] += 1;
+            if i % 3 == 0 {
+                for l in load.iter_mut() {
+                    *l = l.saturating_sub(1);
+                }
+            }
+        }
+        for &c in &count[1..] {
+            assert!((2400..=2600).contains(&c), "{count:?}");
+        }
+    }
+
+    #[test]
+    fn removal_keeps_the_rotation_valid() {
+        let mut rr = RoundRobin::new();
+        for w in 1..=3 {
+            rr.add(w);
+        }
+        assert_eq!(rr.choose(|_| Some(0), None), Some(1));
+        assert_eq!(rr.choose(|_| Some(0), None), Some(2));
+        assert!(rr.remove(3));
+        assert!(!rr.remove(3));
+        assert_eq!(rr.choose(|_| Some(0), None), Some(1));
+        assert!(rr.remove(1));
+        assert!(rr.remove(2));
+        assert!(rr.is_empty());
+        assert_eq!(rr.choose(|_| Some(0), None), None);
+    }
+
+    fn governor(limit: u32) -> RestartGovernor {
+        RestartGovernor::new(RespawnSettings {
+            enabled: true,
+            base_delay_ms: 100,
+            max_delay_ms: 1_000,
+            storm_limit: limit,
+            window_ms: 10_000,
+        })
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let mut g = governor(100);
+        let delays: Vec<_> = (0..6).map(|i| g.on_crash(i * 10)).collect();
+        use RespawnDecision::After;
+        assert_eq!(delays, [After(100), After(200), After(400), After(800), After(1000), After(1000)]);
+    }
+
+    #[test]
+    fn crashes_outside_the_window_are_forgotten() {
+        let mut g = governor(100);
+        assert_eq!(g.on_crash(0), RespawnDecision::After(100));
+        assert_eq!(g.on_crash(1_000), RespawnDecision::After(200));
+        assert_eq!(g.on_crash(20_000), RespawnDecision::After(100));
+        assert_eq!(g.recent_crashes(), 1);
+    }
+
+    #[test]
+    fn a_storm_stops_respawning() {
+        let mut g = governor(3);
+        for t in 0..3 {
+            assert!(matches!(g.on_crash(t), RespawnDecision::After(_)));
+        }
+        assert_eq!(g.on_crash(4), RespawnDecision::Storm);
+        assert!(g.stormed());
+        assert_eq!(g.on_crash(60_000), RespawnDecision::Storm);
+    }
+}

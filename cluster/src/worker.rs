@@ -1,0 +1,740 @@
+//! The worker side: the IPC channel to the primary, the listen hook that
+//! routes `listen` to the primary, messages, the shared-store client, and
+//! the graceful disconnect.
+//!
+//! [`Worker::init`] opens the channel named by `UVRING_CHANNEL_FD` and
+//! installs a [`ListenHook`], so that ordinary server code (`tcp_bind` +
+//! `listen`) works unchanged: under `rr` its listener receives connections
+//! the primary accepted (`NewConnection` frames, delivered with
+//! [`Loop::listen_inject`]); under `shared` it adopts the primary's
+//! listening socket; under `reuseport` it binds its own `SO_REUSEPORT`
+//! socket. A bind error in the primary reaches the server's connection
+//! callback through [`Loop::listen_fail`], as Node's `error` event.
+//!
+//! State lives in one `Rc<RefCell<WorkerState>>` that callbacks reach
+//! through a `Weak`. The borrow is never held across a loop call that can run
+//! user code (`listen_inject`, `listen_fail`, closing a hooked server) or
+//! across a user callback, so user code may call back into the worker from
+//! anywhere.
+
+use crate::channel::{feed_chunk, ChannelError, Flow, FrameWriter};
+use crate::proto::{
+    Decoded, Frame, FrameDecoder, FrameFds, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus,
+};
+use crate::schedule::WorkerId;
+use crate::settings::{SchedPolicy, ENV_CHANNEL_FD, ENV_SCHED_POLICY, ENV_WORKER_ID};
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use uvring::{Error, FdBatch, ListenHook, Loop, OnRead, OnTimer, Result, Stream, Timer, TCP_IPV6ONLY, TCP_REUSEPORT};
+
+/// `(loop, bytes, fds)`: a user message from the primary.
+type MessageFn = dyn FnMut(&mut Loop, &[u8], &mut FrameFds);
+/// `(loop, server, real address)`: a server is listening.
+type ListeningFn = dyn FnMut(&mut Loop, Stream, SocketAddr);
+/// `(loop)`: the channel to the primary closed.
+type DisconnectFn = dyn FnMut(&mut Loop);
+
+type GetFn = dyn FnOnce(&mut Loop, Option<&[u8]>);
+type SetFn = dyn FnOnce(&mut Loop, Result<()>);
+type DeleteFn = dyn FnOnce(&mut Loop, bool);
+
+enum StoreCallback {
+    Get(Box<GetFn>),
+    Set(Box<SetFn>),
+    Delete(Box<DeleteFn>),
+}
+
+/// The role named by the environment, read once: `(worker id, channel fd)`.
+fn role_env() -> Option<(WorkerId, RawFd)> {
+    static ROLE: OnceLock<Option<(WorkerId, RawFd)>> = OnceLock::new();
+    *ROLE.get_or_init(|| {
+        let id = std::env::var(ENV_WORKER_ID).ok()?.trim().parse().ok()?;
+        let fd: RawFd = std::env::var(ENV_CHANNEL_FD).ok()?.trim().parse().ok()?;
+        (fd >= 0).then_some((id, fd))
+    })
+}
+
+/// Whether this process is a cluster worker (its environment names a worker
+/// id and a channel fd, as Node's `NODE_UNIQUE_ID` and `NODE_CHANNEL_FD`).
+pub fn is_worker() -> bool {
+    role_env().is_some()
+}
+
+/// Whether this process is a primary (not a worker).
+pub fn is_primary() -> bool {
+    !is_worker()
+}
+
+/// This worker's id, if it is one.
+pub fn worker_id() -> Option<WorkerId> {
+    role_env().map(|(id, _)| id)
+}
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// Which listens share a per-worker index counter (Node's `indexesKey`).
+#[derive(Debug)]
+struct IndexSet {
+    address: SocketAddr,
+    next: u32,
+    live: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Server {
+    stream: Stream,
+    seq: u32,
+    /// The primary's id for the listener, once the reply came.
+    listener_id: Option<u32>,
+    /// The address asked for (the port may be 0).
+    requested: SocketAddr,
+    index: u32,
+    backlog: i32,
+    /// The real address once listening.
+    address: Option<SocketAddr>,
+    /// Closed by the user before the primary answered.
+    closed: bool,
+}
+
+struct WorkerState {
+    id: WorkerId,
+    policy: SchedPolicy,
+    channel: Option<Stream>,
+    writer: FrameWriter,
+    servers: Vec<Server>,
+    indexes: Vec<IndexSet>,
+    next_seq: u32,
+    next_req: u32,
+    store_reqs: Vec<(u32, StoreCallback)>,
+    on_message: Option<Rc<RefCell<MessageFn>>>,
+    on_listening: Option<Rc<RefCell<ListeningFn>>>,
+    on_disconnect: Option<Rc<RefCell<DisconnectFn>>>,
+    disconnecting: bool,
+    exited_after_disconnect: bool,
+    load_timer: Option<Timer>,
+    last_load: u32,
+    /// Servers bound locally (`reuseport`) whose listening is reported on
+    /// the next loop turn, outside the hook.
+    deferred_listening: Vec<(Stream, SocketAddr)>,
+    defer_timer: Option<Timer>,
+}
+
+impl WorkerState {
+    fn send(&mut self, lp: &mut Loop, frame: &Frame<'_>) -> Result<()> {
+        let ch = self.channel.ok_or(Error::ENOTCONN)?;
+        self.writer.send(lp, ch, frame)
+    }
+
+    fn take_index(&mut self, address: SocketAddr) -> u32 {
+        if let Some(set) = self.indexes.iter_mut().find(|s| s.address == address) {
+            let i = set.next;
+            set.next += 1;
+            set.live.push(i);
+            return i;
+        }
+        self.indexes.push(IndexSet { address, next: 1, live: vec![0] });
+        0
+    }
+
+    fn release_index(&mut self, address: SocketAddr, index: u32) {
+        if let Some(pos) = self.indexes.iter().position(|s| s.address == address) {
+            let set = &mut self.indexes[pos];
+            set.live.retain(|&i| i != index);
+            if set.live.is_empty() {
+                self.indexes.swap_remove(pos);
+            }
+        }
+    }
+
+    fn server_for_listener(&self, listener_id: u32) -> Option<Stream> {
+        self.servers.iter().find(|s| s.listener_id == Some(listener_id) && !s.closed).map(|s| s.stream)
+    }
+
+    /// Removes the server entry at `i` and frees its index.
+    fn remove_server(&mut self, i: usize) -> Server {
+        let s = self.servers.swap_remove(i);
+        self.release_index(s.requested, s.index);
+        s
+    }
+}
+
+/// This process's side of the cluster (Node's `cluster.worker` inside a
+/// worker). Cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    shared: Rc<RefCell<WorkerState>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id()).finish()
+    }
+}
+
+/// The listen hook installed in worker processes.
+struct WorkerHook(Weak<RefCell<WorkerState>>);
+
+fn socket_addr_to_listen(addr: &SocketAddr) -> ListenAddress<'static> {
+    match addr.ip() {
+        IpAddr::V4(ip) => ListenAddress::V4(ip),
+        IpAddr::V6(ip) => ListenAddress::V6(ip),
+    }
+}
+
+impl ListenHook for WorkerHook {
+    fn listen(
+        &mut self,
+        lp: &mut Loop,
+        server: Stream,
+        addr: SocketAddr,
+        flags: u32,
+        backlog: i32,
+    ) -> Option<Result<()>> {
+        // Bound locally already (the user asked for SO_REUSEPORT): an
+        // ordinary local listen.
+        if lp.fileno(server).is_ok_and(|fd| fd >= 0) {
+            return None;
+        }
+        let state = self.0.upgrade()?;
+        let mut st = state.borrow_mut();
+        if st.disconnecting {
+            return Some(Err(Error::ENOTCONN));
+        }
+        if st.policy == SchedPolicy::ReusePort {
+            if let Err(e) = lp.tcp_bind(server, addr, flags | TCP_REUSEPORT) {
+                return Some(Err(e));
+            }
+            let real = lp.tcp_getsockname(server).unwrap_or(addr);
+            let index = st.take_index(addr);
+            st.servers.push(Server {
+                stream: server,
+                seq: 0,
+                listener_id: None,
+                requested: addr,
+                index,
+                backlog,
+                address: Some(real),
+                closed: false,
+            });
+            let _ = st.send(
+                lp,
+                &Frame::Listening { listener_id: 0, address: socket_addr_to_listen(&real), port: real.port() },
+            );
+            st.deferred_listening.push((server, real));
+            let timer = st.defer_timer;
+            drop(st);
+            if let Some(t) = timer {
+                let _ = lp.timer_start(t, 0, 0, &deferred_listening_cb(&self.0));
+            }
+            return None;
+        }
+        let seq = st.next_seq;
+        st.next_seq = st.next_seq.wrapping_add(1);
+        let index = st.take_index(addr);
+        let mut lflags = ListenFlags::empty().bits();
+        if flags & TCP_IPV6ONLY != 0 {
+            lflags |= ListenFlags::IPV6_ONLY.bits();
+        }
+        let key = ListenKey {
+            address: socket_addr_to_listen(&addr),
+            port: addr.port(),
+            socket_type: SocketType::Tcp,
+            backlog: backlog.max(0) as u32,
+            flags: ListenFlags::from_bits(lflags).unwrap_or(ListenFlags::empty()),
+            index,
+        };
+        if let Err(e) = st.send(lp, &Frame::QueryServer { seq, key }) {
+            st.release_index(addr, index);
+            return Some(Err(e));
+        }
+        st.servers.push(Server {
+            stream: server,
+            seq,
+            listener_id: None,
+            requested: addr,
+            index,
+            backlog,
+            address: None,
+            closed: false,
+        });
+        Some(Ok(()))
+    }
+
+    fn closed(&mut self, lp: &mut Loop, server: Stream) {
+        let Some(state) = self.0.upgrade() else { return };
+        let mut st = state.borrow_mut();
+        let Some(i) = st.servers.iter().position(|s| s.stream == server && !s.closed) else { return };
+        match st.servers[i].listener_id {
+            Some(listener_id) => {
+                st.remove_server(i);
+                let _ = st.send(lp, &Frame::Close { listener_id });
+            }
+            None if st.policy == SchedPolicy::ReusePort => {
+                st.remove_server(i);
+            }
+            // The reply has not come yet: remember, and close the listener
+            // in the primary when it does.
+            None => st.servers[i].closed = true,
+        }
+    }
+}
+
+fn deferred_listening_cb(weak: &Weak<RefCell<WorkerState>>) -> OnTimer {
+    let weak = weak.clone();
+    OnTimer::new(move |lp, _t| {
+        let Some(state) = weak.upgrade() else { return };
+        loop {
+            let (item, cb) = {
+                let mut st = state.borrow_mut();
+                let Some(item) = st.deferred_listening.pop() else { break };
+                (item, st.on_listening.clone())
+            };
+            if let Some(cb) = cb {
+                (cb.borrow_mut())(lp, item.0, item.1);
+            }
+        }
+    })
+}
+
+/// What to do after a query reply, once the state borrow is released.
+enum ReplyAction {
+    Nothing,
+    Fail(Stream, i32),
+    Listening(Stream, SocketAddr),
+    Adopt(Stream, SocketAddr, i32, u32),
+}
+
+impl Worker {
+    /// Opens the channel to the primary and installs the listen hook. Call
+    /// once, early, in a worker process (see [`is_worker`]); `EINVAL` in a
+    /// primary, `INVALID_STATE` the second time.
+    pub fn init(lp: &mut Loop) -> Result<Worker> {
+        let (id, fd) = role_env().ok_or(Error::EINVAL)?;
+        if INITIALIZED.swap(true, Ordering::SeqCst) {
+            return Err(Error::INVALID_STATE);
+        }
+        // SAFETY: the primary started this process with its end of the
+        // channel at fd `fd` (named by UVRING_CHANNEL_FD) and nothing else in
+        // the process owns it; INITIALIZED makes sure it is taken once.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Grandchildren must not think they are workers of this primary.
+        std::env::remove_var(ENV_CHANNEL_FD);
+        std::env::remove_var(ENV_WORKER_ID);
+        let policy = std::env::var(ENV_SCHED_POLICY).ok().and_then(|v| SchedPolicy::parse(&v)).unwrap_or_default();
+        let load_ms: u64 =
+            std::env::var(crate::primary::ENV_LOAD_REPORT_MS).ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+        let pipe = lp.pipe_init(true)?;
+        if let Err(e) = lp.pipe_open(pipe, owned) {
+            let _ = lp.close(pipe, None);
+            return Err(e);
+        }
+        let defer_timer = lp.timer_init()?;
+        lp.unref_handle(defer_timer)?;
+        let shared = Rc::new(RefCell::new(WorkerState {
+            id,
+            policy,
+            channel: Some(pipe),
+            writer: FrameWriter::new(),
+            servers: Vec::with_capacity(8),
+            indexes: Vec::new(),
+            next_seq: 1,
+            next_req: 1,
+            store_reqs: Vec::new(),
+            on_message: None,
+            on_listening: None,
+            on_disconnect: None,
+            disconnecting: false,
+            exited_after_disconnect: false,
+            load_timer: None,
+            last_load: 0,
+            deferred_listening: Vec::new(),
+            defer_timer: Some(defer_timer),
+        }));
+        let worker = Worker { shared };
+        lp.read_start(pipe, &worker.channel_reader())?;
+        lp.set_listen_hook(Some(Box::new(WorkerHook(Rc::downgrade(&worker.shared)))));
+        worker.shared.borrow_mut().send(lp, &Frame::Online)?;
+        if policy == SchedPolicy::RoundRobin && load_ms > 0 {
+            let t = lp.timer_init()?;
+            lp.unref_handle(t)?;
+            lp.timer_start(t, load_ms, load_ms, &worker.load_reporter())?;
+            worker.shared.borrow_mut().load_timer = Some(t);
+        }
+        Ok(worker)
+    }
+
+    /// This worker's id (Node's `cluster.worker.id`).
+    pub fn id(&self) -> WorkerId {
+        self.shared.borrow().id
+    }
+
+    /// The scheduling policy the primary runs.
+    pub fn policy(&self) -> SchedPolicy {
+        self.shared.borrow().policy
+    }
+
+    /// Whether the channel to the primary is open.
+    pub fn is_connected(&self) -> bool {
+        self.shared.borrow().channel.is_some()
+    }
+
+    /// Whether this worker is leaving because it was disconnected.
+    pub fn exited_after_disconnect(&self) -> bool {
+        self.shared.borrow().exited_after_disconnect
+    }
+
+    /// The real address of a server once it listens (the primary resolves
+    /// port 0), if known.
+    pub fn server_address(&self, server: Stream) -> Option<SocketAddr> {
+        self.shared.borrow().servers.iter().find(|s| s.stream == server).and_then(|s| s.address)
+    }
+
+    /// Runs `cb` when a server starts listening, with its real address
+    /// (Node's `listening` event on the server).
+    pub fn on_listening(&self, cb: impl FnMut(&mut Loop, Stream, SocketAddr) + 'static) {
+        self.shared.borrow_mut().on_listening = Some(Rc::new(RefCell::new(cb)));
+    }
+
+    /// Runs `cb` for each user message from the primary, with the fds that
+    /// came with it (those not taken are closed after the call).
+    pub fn on_message(&self, cb: impl FnMut(&mut Loop, &[u8], &mut FrameFds) + 'static) {
+        self.shared.borrow_mut().on_message = Some(Rc::new(RefCell::new(cb)));
+    }
+
+    /// Runs `cb` when the channel to the primary closes after a disconnect.
+    /// (When it closes unexpectedly, because the primary died, `cb` runs
+    /// and then the process exits with status 0, as a Node worker does.)
+    pub fn on_disconnect(&self, cb: impl FnMut(&mut Loop) + 'static) {
+        self.shared.borrow_mut().on_disconnect = Some(Rc::new(RefCell::new(cb)));
+    }
+
+    /// Sends a user message to the primary.
+    pub fn send(&self, lp: &mut Loop, bytes: &[u8]) -> Result<()> {
+        self.shared.borrow_mut().send(lp, &Frame::Message { bytes, nfds: 0 })
+    }
+
+    /// Sends a user message with fds attached (each is duplicated; the
+    /// caller keeps its own). At most 16 fds.
+    pub fn send_with_fds(&self, lp: &mut Loop, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        let mut batch = dup_batch(fds)?;
+        let mut st = self.shared.borrow_mut();
+        let ch = st.channel.ok_or(Error::ENOTCONN)?;
+        let nfds = u8::try_from(fds.len()).map_err(|_| Error::EINVAL)?;
+        st.writer.send_fds(lp, ch, &Frame::Message { bytes, nfds }, &mut batch)
+    }
+
+    /// Reads `key` from the primary's shared store; `cb` gets the value.
+    pub fn store_get(
+        &self,
+        lp: &mut Loop,
+        key: &[u8],
+        cb: impl FnOnce(&mut Loop, Option<&[u8]>) + 'static,
+    ) -> Result<()> {
+        let mut st = self.shared.borrow_mut();
+        let req_id = st.next_req;
+        st.send(lp, &Frame::StoreGet { req_id, key })?;
+        st.next_req = st.next_req.wrapping_add(1);
+        st.store_reqs.push((req_id, StoreCallback::Get(Box::new(cb))));
+        Ok(())
+    }
+
+    /// Writes `key` = `value` in the primary's shared store.
+    pub fn store_set(
+        &self,
+        lp: &mut Loop,
+        key: &[u8],
+        value: &[u8],
+        cb: impl FnOnce(&mut Loop, Result<()>) + 'static,
+    ) -> Result<()> {
+        let mut st = self.shared.borrow_mut();
+        let req_id = st.next_req;
+        st.send(lp, &Frame::StoreSet { req_id, key, value })?;
+        st.next_req = st.next_req.wrapping_add(1);
+        st.store_reqs.push((req_id, StoreCallback::Set(Box::new(cb))));
+        Ok(())
+    }
+
+    /// Removes `key` from the shared store; `cb` learns whether it was there.
+    pub fn store_delete(&self, lp: &mut Loop, key: &[u8], cb: impl FnOnce(&mut Loop, bool) + 'static) -> Result<()> {
+        let mut st = self.shared.borrow_mut();
+        let req_id = st.next_req;
+        st.send(lp, &Frame::StoreDelete { req_id, key })?;
+        st.next_req = st.next_req.wrapping_add(1);
+        st.store_reqs.push((req_id, StoreCallback::Delete(Box::new(cb))));
+        Ok(())
+    }
+
+    /// Leaves the cluster gracefully (Node's `worker.disconnect()` in a
+    /// worker): servers close (the primary stops routing to them), the
+    /// channel closes once the primary has seen everything, and the process
+    /// exits when its open connections are done (when the loop runs empty).
+    pub fn disconnect(&self, lp: &mut Loop) {
+        begin_disconnect(&self.shared, lp, false);
+    }
+
+    fn channel_reader(&self) -> OnRead {
+        let weak = Rc::downgrade(&self.shared);
+        let mut decoder = FrameDecoder::new();
+        OnRead::new(move |lp, pipe, res| {
+            let Some(state) = weak.upgrade() else { return };
+            match res {
+                Ok(bytes) => {
+                    let mut handler = |lp: &mut Loop, d: Decoded<'_>| handle_frame(&state, lp, pipe, d);
+                    match feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler) {
+                        Ok(_) => {}
+                        Err(ChannelError::Decode(_)) | Err(ChannelError::Stalled) => {
+                            decoder.drain_fds();
+                            channel_closed(&state, lp, pipe);
+                        }
+                    }
+                }
+                Err(e) if e == Error::CONTROL_TRUNCATED => {
+                    decoder.drain_fds();
+                    channel_closed(&state, lp, pipe);
+                }
+                Err(_) => {
+                    decoder.drain_fds();
+                    channel_closed(&state, lp, pipe);
+                }
+            }
+        })
+    }
+
+    fn load_reporter(&self) -> OnTimer {
+        let weak = Rc::downgrade(&self.shared);
+        OnTimer::new(move |lp, _t| {
+            let Some(state) = weak.upgrade() else { return };
+            let load = lp.handle_count() as u32;
+            let mut st = state.borrow_mut();
+            if load != st.last_load {
+                st.last_load = load;
+                let _ = st.send(lp, &Frame::Load { open_connections: load });
+            }
+        })
+    }
+}
+
+fn dup_batch(fds: &[BorrowedFd<'_>]) -> Result<FdBatch> {
+    if fds.len() > crate::proto::MAX_FDS_PER_FRAME {
+        return Err(Error::EINVAL);
+    }
+    let mut batch = FdBatch::new();
+    for fd in fds {
+        let dup = fd.try_clone_to_owned().map_err(Error::from)?;
+        batch.push(dup).map_err(|_| Error::EINVAL)?;
+    }
+    Ok(batch)
+}
+
+fn begin_disconnect(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, primary_initiated: bool) {
+    let (servers, timer, channel) = {
+        let mut st = state.borrow_mut();
+        if st.disconnecting {
+            return;
+        }
+        st.disconnecting = true;
+        st.exited_after_disconnect = true;
+        let servers: Vec<Stream> = st.servers.iter().filter(|s| !s.closed).map(|s| s.stream).collect();
+        (servers, st.load_timer.take(), st.channel)
+    };
+    if let Some(t) = timer {
+        let _ = lp.close(t, None);
+    }
+    for s in servers {
+        if lp.is_live(s) && !lp.is_closing(s) {
+            let _ = lp.close(s, None);
+        }
+    }
+    if let Some(ch) = channel {
+        if !primary_initiated {
+            let _ = state.borrow_mut().send(lp, &Frame::ExitedAfterDisconnect);
+        }
+        // The primary sees EOF after everything sent so far, closes its end,
+        // and this side's read then ends with EOF (an expected one).
+        if lp.shutdown(ch, None).is_err() {
+            channel_closed(state, lp, ch);
+        }
+    }
+}
+
+/// The channel ended (EOF, error, or garbage from the primary).
+fn channel_closed(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, pipe: Stream) {
+    let (expected, cb, timers, stores) = {
+        let mut st = state.borrow_mut();
+        if st.channel != Some(pipe) {
+            return;
+        }
+        st.channel = None;
+        let timers = [st.load_timer.take(), st.defer_timer.take()];
+        let stores = std::mem::take(&mut st.store_reqs);
+        (st.disconnecting, st.on_disconnect.clone(), timers, stores)
+    };
+    let _ = lp.close(pipe, None);
+    for t in timers.into_iter().flatten() {
+        let _ = lp.close(t, None);
+    }
+    // Store requests that will never be answered fail now.
+    for (_, cb) in stores {
+        match cb {
+            StoreCallback::Get(f) => f(lp, None),
+            StoreCallback::Set(f) => f(lp, Err(Error::ENOTCONN)),
+            StoreCallback::Delete(f) => f(lp, false),
+        }
+    }
+    if let Some(cb) = cb {
+        (cb.borrow_mut())(lp);
+    }
+    if !expected {
+        // The primary is gone: no orphans.
+        std::process::exit(0);
+    }
+}
+
+fn handle_frame(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, pipe: Stream, d: Decoded<'_>) -> Flow {
+    let Decoded { frame, mut fds } = d;
+    match frame {
+        Frame::NewConnection { listener_id, first_conn_seq, count } => {
+            let mut accepted = [false; crate::proto::MAX_FDS_PER_FRAME];
+            let n = usize::from(count).min(accepted.len());
+            for (i, ok) in accepted.iter_mut().enumerate().take(n) {
+                let Some(fd) = fds.take(i) else { continue };
+                let server = state.borrow().server_for_listener(listener_id);
+                *ok = match server {
+                    Some(s) if lp.is_live(s) && !lp.is_closing(s) => lp.listen_inject(s, fd).is_ok(),
+                    _ => false,
+                };
+            }
+            // Acknowledge in runs of equal outcome.
+            let mut st = state.borrow_mut();
+            let mut i = 0;
+            while i < n {
+                let mut j = i + 1;
+                while j < n && accepted[j] == accepted[i] {
+                    j += 1;
+                }
+                let ack =
+                    Frame::Ack { conn_seq: first_conn_seq + i as u64, count: (j - i) as u32, accepted: accepted[i] };
+                let _ = st.send(lp, &ack);
+                i = j;
+            }
+        }
+        Frame::QueryServerReply { seq, errno, port, listener_id, listener_fd } => {
+            let action = {
+                let mut st = state.borrow_mut();
+                match st.servers.iter().position(|s| s.seq == seq && s.listener_id.is_none()) {
+                    None => ReplyAction::Nothing,
+                    Some(i) if st.servers[i].closed => {
+                        st.remove_server(i);
+                        if errno == 0 {
+                            let _ = st.send(lp, &Frame::Close { listener_id });
+                        }
+                        ReplyAction::Nothing
+                    }
+                    Some(i) if errno != 0 => {
+                        let s = st.remove_server(i);
+                        ReplyAction::Fail(s.stream, errno)
+                    }
+                    Some(i) => {
+                        let s = &mut st.servers[i];
+                        s.listener_id = Some(listener_id);
+                        let addr = SocketAddr::new(s.requested.ip(), port);
+                        s.address = Some(addr);
+                        if listener_fd {
+                            ReplyAction::Adopt(s.stream, addr, s.backlog, listener_id)
+                        } else {
+                            ReplyAction::Listening(s.stream, addr)
+                        }
+                    }
+                }
+            };
+            let listening = match action {
+                ReplyAction::Nothing => None,
+                ReplyAction::Fail(s, errno) => {
+                    lp.listen_fail(s, Error::from_errno(errno));
+                    None
+                }
+                ReplyAction::Listening(s, addr) => Some((s, addr)),
+                ReplyAction::Adopt(s, addr, backlog, listener_id) => {
+                    let adopted = match fds.take(0) {
+                        Some(fd) => uvring::sys::socket::listen(fd.as_raw_fd(), backlog)
+                            .and_then(|()| lp.listen_adopt(s, fd, true)),
+                        None => Err(Error::EBADF),
+                    };
+                    match adopted {
+                        Ok(()) => Some((s, addr)),
+                        Err(e) => {
+                            {
+                                let mut st = state.borrow_mut();
+                                if let Some(i) = st.servers.iter().position(|x| x.stream == s) {
+                                    st.remove_server(i);
+                                }
+                                let _ = st.send(lp, &Frame::Close { listener_id });
+                            }
+                            lp.listen_fail(s, e);
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some((s, addr)) = listening {
+                let cb = {
+                    let mut st = state.borrow_mut();
+                    let listener_id = st.servers.iter().find(|x| x.stream == s).and_then(|x| x.listener_id);
+                    if let Some(listener_id) = listener_id {
+                        let _ = st.send(
+                            lp,
+                            &Frame::Listening { listener_id, address: socket_addr_to_listen(&addr), port: addr.port() },
+                        );
+                    }
+                    st.on_listening.clone()
+                };
+                if let Some(cb) = cb {
+                    (cb.borrow_mut())(lp, s, addr);
+                }
+            }
+        }
+        Frame::Message { bytes, .. } => {
+            let cb = state.borrow().on_message.clone();
+            if let Some(cb) = cb {
+                (cb.borrow_mut())(lp, bytes, &mut fds);
+            }
+        }
+        Frame::StoreReply { req_id, status, value } => {
+            let cb = {
+                let mut st = state.borrow_mut();
+                st.store_reqs.iter().position(|(id, _)| *id == req_id).map(|i| st.store_reqs.swap_remove(i).1)
+            };
+            match cb {
+                Some(StoreCallback::Get(f)) => f(lp, (status == StoreStatus::Found).then_some(value)),
+                Some(StoreCallback::Set(f)) => {
+                    f(lp, if status == StoreStatus::Ok { Ok(()) } else { Err(Error::EINVAL) })
+                }
+                Some(StoreCallback::Delete(f)) => f(lp, status == StoreStatus::Found),
+                None => {}
+            }
+        }
+        Frame::Disconnect => {
+            begin_disconnect(state, lp, true);
+        }
+        // Frames only a worker sends, arriving here: the primary is broken.
+        Frame::Online
+        | Frame::QueryServer { .. }
+        | Frame::Ack { .. }
+        | Frame::Listening { .. }
+        | Frame::Close { .. }
+        | Frame::ExitedAfterDisconnect
+        | Frame::Load { .. }
+        | Frame::StoreGet { .. }
+        | Frame::StoreSet { .. }
+        | Frame::StoreDelete { .. } => {}
+    }
+    if state.borrow().channel == Some(pipe) {
+        Flow::Continue
+    } else {
+        Flow::Stop
+    }
+}
