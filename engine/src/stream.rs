@@ -391,6 +391,10 @@ impl Loop {
             st.connected = true;
         }
         self.active_reqs -= 1;
+        if res == 0 {
+            // `read_start` may have come before the connect finished.
+            self.recv_arm(s);
+        }
         let status = if res == 0 { Ok(()) } else { Err(Error::from_neg(res)) };
         if let Some(cb) = cb {
             invoke!(&cb, self, s, status);
@@ -656,7 +660,11 @@ impl Loop {
 
     pub(crate) fn recv_arm(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
-        if !st.reading || st.eof || st.fd < 0 {
+        // While a connect is in flight, reading waits for it (as libuv's
+        // stream I/O handles the connect first): a receive armed on a
+        // connecting socket would consume its error (`ECONNREFUSED`) and
+        // make the connect look successful. `on_connect` arms it.
+        if !st.reading || st.eof || st.fd < 0 || st.on_connect.is_some() {
             return;
         }
         match st.recv_op {
