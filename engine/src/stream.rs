@@ -968,7 +968,9 @@ impl Loop {
         let Ok(st) = self.stream_state(s) else { return 0 };
         let offset = st.written_total;
         for w in st.parts.writes.iter() {
-            if w.end <= offset && w.start < offset {
+            // Writes already sent, and zero-length ones at `offset` (which
+            // carry no fds), are passed over.
+            if w.end <= offset {
                 continue;
             }
             if w.nfds > 0 && w.start == offset {

@@ -202,6 +202,34 @@ both_backends! {
         lp.run(RunMode::Default).unwrap();
     }
 
+    fn fds_after_a_zero_length_write_still_travel(lp) {
+        let (a, b) = lp.pipe_pair(true).unwrap();
+        let done = Rc::new(Cell::new(0));
+        let on_write = OnWrite::new({
+            let d = done.clone();
+            move |_, _, res| {
+                res.unwrap();
+                d.set(d.get() + 1);
+            }
+        });
+        lp.write(a, b"", Some(&on_write)).unwrap();
+        let (x, _y) = socketpair(true).unwrap();
+        let mut batch = FdBatch::new();
+        batch.push(x).unwrap();
+        lp.write_fds(a, b"f", &mut batch, Some(&on_write)).unwrap();
+        let (buf, _) = reader(lp, b);
+        run_until(lp, LIMIT, |lp| done.get() == 2 && buf.borrow().len() == 1 && lp.pending_count(b).unwrap() == 1);
+        // Received fds are close-on-exec.
+        let fd = lp.accept_pending_fd(b).unwrap();
+        // SAFETY: F_GETFD on an fd we own.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        drop(fd);
+        lp.close(a, None).unwrap();
+        lp.close(b, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+    }
+
     fn write2_dups_the_handle_at_call_time(lp) {
         // The sender may close its handle right after write2.
         let (a, b) = lp.pipe_pair(true).unwrap();
