@@ -190,9 +190,11 @@ impl Uring {
     /// Starts a persistent op.
     fn start_multishot(&mut self, fd: RawFd, token: Token, kind: OpKind) -> Result<()> {
         let op = MultiOp { fd, kind, state: MultiState::InKernel, cancelled: false };
-        if self.ops.insert(token.0, Op::Multi(op)).is_some() {
-            debug_assert!(false, "{token:?} armed twice");
+        if self.ops.contains_key(&token.0) {
+            // Still in flight (its final completion has not been reported).
+            return Err(Error::from_errno(libc::EBUSY));
         }
+        self.ops.insert(token.0, Op::Multi(op));
         let entry = self.multishot_entry(&op, token.0);
         // SAFETY: multishot SQEs point only at the recvmsg template and the
         // buffer ring (via the group id), both owned for the ring's lifetime.
@@ -458,7 +460,8 @@ impl Driver for Uring {
             slot.msg.msg_controllen = socket::cmsg_space(std::mem::size_of_val(fds)) as _;
         }
         let entry = opcode::SendMsg::new(Fd(fd), &slot.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(token.0);
-        self.ops.insert(token.0, Op::Slot(i));
+        let prev = self.ops.insert(token.0, Op::Slot(i));
+        debug_assert!(prev.is_none(), "{token:?} submitted while in flight");
         // SAFETY: the header, iovec copy and control message live in boxed
         // slot `i`, freed only at this op's CQE; the data is the caller's,
         // valid until then (this function's contract).
@@ -471,7 +474,8 @@ impl Driver for Uring {
         let slot = self.slots.get(i);
         slot.addr = *addr;
         let entry = opcode::Connect::new(Fd(fd), slot.addr.as_ptr(), slot.addr.len).build().user_data(token.0);
-        self.ops.insert(token.0, Op::Slot(i));
+        let prev = self.ops.insert(token.0, Op::Slot(i));
+        debug_assert!(prev.is_none(), "{token:?} submitted while in flight");
         // SAFETY: the address lives in boxed slot `i`, freed only at this
         // op's CQE.
         unsafe { self.push_op(entry) };
@@ -594,6 +598,12 @@ impl Drop for Uring {
             drop(cq);
             if self.inflight == 0 {
                 break;
+            }
+        }
+        // Accepted fds in completions the loop never collected.
+        for c in self.deferred.drain(..) {
+            if c.token.kind() == Some(OpKind::Accept) && c.res >= 0 {
+                crate::sys::close(c.res);
             }
         }
         let _ = self.ring.submitter().unregister_buf_ring(BGID);

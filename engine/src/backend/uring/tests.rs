@@ -199,6 +199,7 @@ fn cancel_of_a_recv_gives_a_final_ecanceled() {
     let (a, _b) = pair();
     let t = token(4, OpKind::Recv);
     u.recv(a.as_raw_fd(), t).unwrap();
+    assert_eq!(u.recv(a.as_raw_fd(), t).unwrap_err().errno(), Some(libc::EBUSY), "one op per token");
     let mut out = Vec::with_capacity(8);
     u.poll(0, &mut out).unwrap();
     assert!(out.is_empty());
