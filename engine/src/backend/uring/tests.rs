@@ -5,7 +5,7 @@
 //! `SKIP: io_uring unavailable: <reason>` and passes, unless
 //! `UVRING_REQUIRE_IO_URING=1`, in which case it fails.
 
-use super::super::{parse_recvmsg, Completion, Driver, OpKind, PoolConfig, Token, RECVMSG_CONTROL_LEN};
+use super::super::{parse_recvmsg, Backend, Completion, Driver, OpKind, PoolConfig, Token, RECVMSG_CONTROL_LEN};
 use super::Uring;
 use crate::sys::{self, socket};
 use std::io::Write;
@@ -97,6 +97,57 @@ fn setup_describes_itself() {
     let f = u.features().to_string();
     eprintln!("{f}");
     assert!(f.starts_with("io_uring sq="), "{f}");
+}
+
+#[test]
+fn refused_setup_is_unavailable_with_a_reason() {
+    // A seccomp filter on this thread only makes io_uring_setup fail with
+    // EPERM, as `kernel.io_uring_disabled` or a container profile would.
+    let res = std::thread::spawn(|| {
+        let filter = [
+            // Load the syscall number.
+            libc::sock_filter { code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, jt: 0, jf: 0, k: 0 },
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: libc::SYS_io_uring_setup as u32,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            },
+            libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: libc::SECCOMP_RET_ALLOW },
+        ];
+        let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut _ };
+        // SAFETY: plain prctl calls; `prog` and `filter` outlive them, and the
+        // filter (this thread only: no TSYNC) dies with the thread.
+        let ok = unsafe {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                && libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const libc::sock_fprog) == 0
+        };
+        if !ok {
+            return None;
+        }
+        let direct = Uring::new(PoolConfig::default()).err().map(|why| (why.error, why.reason));
+        // `Auto` falls back to epoll and says why.
+        let (d, why) = super::super::open(Backend::Auto, PoolConfig::default()).expect("auto opens epoll");
+        assert_eq!(d.kind(), Backend::Epoll);
+        assert!(why.is_some_and(|w| w.contains("EPERM")));
+        Some(direct)
+    })
+    .join()
+    .unwrap();
+    let Some(res) = res else {
+        eprintln!("SKIP: cannot install a seccomp filter here");
+        return;
+    };
+    let (error, reason) = res.expect("setup must fail under the filter");
+    assert_eq!(error.errno(), Some(libc::EPERM));
+    assert!(reason.contains("io_uring_setup: EPERM"), "{reason}");
+    eprintln!("reason: {reason}");
 }
 
 #[test]
