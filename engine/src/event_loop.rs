@@ -54,6 +54,9 @@ pub(crate) const F_CLOSING: u8 = 4;
 /// Internal handles (the signal pipe) never count toward liveness.
 pub(crate) const F_INTERNAL: u8 = 8;
 
+// Streams dominate the size; boxing them would cost an allocation per
+// connection, while slab slots are reused, so the size is paid once.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Kind {
     Stream(StreamState),
     Timer(TimerState),
@@ -535,8 +538,7 @@ impl Loop {
     }
 
     fn run_timers(&mut self) {
-        loop {
-            let Some(h) = self.timers.pop_due(self.now_ms) else { break };
+        while let Some(h) = self.timers.pop_due(self.now_ms) {
             let (cb, repeat) = match self.slot(h).map(|s| &s.kind) {
                 Ok(Kind::Timer(t)) => (t.cb.clone(), t.repeat),
                 _ => continue,

@@ -43,10 +43,6 @@ impl TimerHeap {
         (p != NONE && self.heap.get(p as usize).is_some_and(|e| e.h == h)).then_some(p as usize)
     }
 
-    pub fn contains(&self, h: HandleId) -> bool {
-        self.pos_of(h).is_some()
-    }
-
     pub fn due(&self, h: HandleId) -> Option<u64> {
         self.pos_of(h).map(|p| self.heap[p].due)
     }

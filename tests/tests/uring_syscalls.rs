@@ -100,7 +100,7 @@ fn io_uring_echo_makes_no_stream_syscalls() {
     // Start-up under strace is slow on a loaded machine; the bound is generous.
     let port = port_rx.recv_timeout(Duration::from_secs(120)).ok().flatten();
     let Some(port) = port else { panic!("traced server did not start") };
-    let client = uvring_tests::with_timeout(Duration::from_secs(60), move || {
+    uvring_tests::with_timeout(Duration::from_secs(60), move || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         for i in 0..ROUND_TRIPS {
@@ -111,7 +111,6 @@ fn io_uring_echo_makes_no_stream_syscalls() {
             assert_eq!(buf, msg.as_bytes());
         }
     });
-    drop(client);
     let mut strace = child.0.take().unwrap();
     let status = uvring_tests::with_timeout(Duration::from_secs(60), move || strace.wait().unwrap());
     assert!(status.success(), "traced server failed: {status}");

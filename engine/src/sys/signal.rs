@@ -78,7 +78,7 @@ pub fn watch(slot: usize, signum: i32) -> Result<()> {
         return Ok(());
     }
     if WATCHERS[signum as usize].fetch_add(1, Ordering::AcqRel) == 0 {
-        if let Err(e) = install(signum, on_signal as usize) {
+        if let Err(e) = install(signum, on_signal as *const () as usize) {
             WATCHERS[signum as usize].fetch_sub(1, Ordering::AcqRel);
             SLOT_MASK[slot].fetch_and(!bit, Ordering::AcqRel);
             return Err(e);
