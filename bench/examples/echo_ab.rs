@@ -9,6 +9,9 @@
 //! ```
 //!
 //! Defaults: 7 turns of 20 000 round trips per shape and peer (~40 s).
+//! For profiling one case, `ECHO_AB_SHAPE=64c/16KiB` keeps one shape and
+//! `ECHO_AB_PEERS=tokio` (or `epoll,io_uring`) runs only those peers (the
+//! others print as NaN).
 
 use std::time::Duration;
 use uvring::Backend;
@@ -22,6 +25,9 @@ const SHAPES: [(usize, usize, &str); 4] =
     [(1, 64, "64B"), (64, 64, "64B"), (1, 16 * 1024, "16KiB"), (64, 16 * 1024, "16KiB")];
 
 fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n % 2 == 1 {
@@ -41,21 +47,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:<14} {:>8} {:>9} {:>8}   {:>14} {:>16} {:>14}",
         "shape", "epoll", "io_uring", "tokio", "uring/epoll", "best uvring/tokio", "tokio/epoll"
     );
+    let shape_filter = std::env::var("ECHO_AB_SHAPE").ok();
+    let peers = std::env::var("ECHO_AB_PEERS").unwrap_or_else(|_| "epoll,io_uring,tokio".into());
+    let run_peer = [peers.contains("epoll"), peers.contains("io_uring"), peers.contains("tokio")];
     for (conns, size, label) in SHAPES {
+        if shape_filter.as_ref().is_some_and(|f| *f != format!("{conns}c/{label}")) {
+            continue;
+        }
         let rounds = (trips / conns as u64).max(1);
         let mut epoll = EchoRig::new(Backend::Epoll, conns, size)?;
         let mut ring = EchoRig::new(Backend::IoUring, conns, size)?;
         let mut tokio = TokioEcho::new(conns, size);
         // Warm-up turn, not counted.
-        epoll.run(rounds / 10 + 1)?;
-        ring.run(rounds / 10 + 1)?;
-        tokio.run(rounds / 10 + 1);
+        if run_peer[0] {
+            epoll.run(rounds / 10 + 1)?;
+        }
+        if run_peer[1] {
+            ring.run(rounds / 10 + 1)?;
+        }
+        if run_peer[2] {
+            tokio.run(rounds / 10 + 1);
+        }
         let per_trip = |d: Duration| d.as_secs_f64() * 1e6 / (rounds * conns as u64) as f64;
         let (mut e, mut r, mut t) = (Vec::new(), Vec::new(), Vec::new());
         for turn in 0..turns {
             // Rotate who goes first, so no peer always runs right after another.
             for k in 0..3 {
-                match (turn as usize + k) % 3 {
+                let which = (turn as usize + k) % 3;
+                if !run_peer[which] {
+                    continue;
+                }
+                match which {
                     0 => e.push(per_trip(epoll.run(rounds)?)),
                     1 => r.push(per_trip(ring.run(rounds)?)),
                     _ => t.push(per_trip(tokio.run(rounds))),
