@@ -468,3 +468,33 @@ fn main() -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_response, Parsed};
+
+    #[test]
+    fn whole_response_with_body_is_done() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello worldHTTP/1.1";
+        assert!(matches!(parse_response(r), Parsed::Done { len: 50, ok: true, server_closes: false }));
+    }
+
+    #[test]
+    fn partial_head_or_body_is_incomplete() {
+        assert!(matches!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Len"), Parsed::Incomplete));
+        assert!(matches!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello"), Parsed::Incomplete));
+    }
+
+    #[test]
+    fn status_and_connection_close_are_read() {
+        let r = b"HTTP/1.1 503 Busy\r\nCONNECTION: Close\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(parse_response(r), Parsed::Done { ok: false, server_closes: true, .. }));
+    }
+
+    #[test]
+    fn garbage_is_invalid_not_a_panic() {
+        assert!(matches!(parse_response(b"\r\n\r\n"), Parsed::Invalid));
+        assert!(matches!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"), Parsed::Invalid));
+        assert!(matches!(parse_response(&vec![b'a'; 70_000]), Parsed::Invalid));
+    }
+}
