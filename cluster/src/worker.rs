@@ -117,9 +117,9 @@ struct WorkerState {
     exited_after_disconnect: bool,
     load_timer: Option<Timer>,
     last_load: u32,
-    /// Servers bound locally (`reuseport`) whose listening is reported on
-    /// the next loop turn, outside the hook.
-    deferred_listening: Vec<(Stream, SocketAddr)>,
+    /// Outcomes of local (`reuseport`) listens, reported on the next loop
+    /// turn, outside the hook.
+    deferred: Vec<Deferred>,
     defer_timer: Option<Timer>,
 }
 
@@ -206,7 +206,15 @@ impl ListenHook for WorkerHook {
         }
         if st.policy == SchedPolicy::ReusePort {
             if let Err(e) = lp.tcp_bind(server, addr, flags | TCP_REUSEPORT) {
-                return Some(Err(e));
+                // Reported on the next turn through the connection
+                // callback, as under the other policies (Node's `error`).
+                st.deferred.push(Deferred::Failed(server, e));
+                let timer = st.defer_timer;
+                drop(st);
+                if let Some(t) = timer {
+                    let _ = lp.timer_start(t, 0, 0, &deferred_cb(&self.0));
+                }
+                return Some(Ok(()));
             }
             let real = lp.tcp_getsockname(server).unwrap_or(addr);
             let index = st.take_index(addr);
@@ -224,11 +232,11 @@ impl ListenHook for WorkerHook {
                 lp,
                 &Frame::Listening { listener_id: 0, address: socket_addr_to_listen(&real), port: real.port() },
             );
-            st.deferred_listening.push((server, real));
+            st.deferred.push(Deferred::Listening(server, real));
             let timer = st.defer_timer;
             drop(st);
             if let Some(t) = timer {
-                let _ = lp.timer_start(t, 0, 0, &deferred_listening_cb(&self.0));
+                let _ = lp.timer_start(t, 0, 0, &deferred_cb(&self.0));
             }
             return None;
         }
@@ -283,21 +291,34 @@ impl ListenHook for WorkerHook {
     }
 }
 
-fn deferred_listening_cb(weak: &Weak<RefCell<WorkerState>>) -> OnTimer {
+fn deferred_cb(weak: &Weak<RefCell<WorkerState>>) -> OnTimer {
     let weak = weak.clone();
     OnTimer::new(move |lp, _t| {
         let Some(state) = weak.upgrade() else { return };
         loop {
             let (item, cb) = {
                 let mut st = state.borrow_mut();
-                let Some(item) = st.deferred_listening.pop() else { break };
+                if st.deferred.is_empty() {
+                    break;
+                }
+                let item = st.deferred.remove(0);
                 (item, st.on_listening.clone())
             };
-            if let Some(cb) = cb {
-                (cb.borrow_mut())(lp, item.0, item.1);
+            match item {
+                Deferred::Listening(s, addr) => {
+                    if let Some(cb) = cb {
+                        (cb.borrow_mut())(lp, s, addr);
+                    }
+                }
+                Deferred::Failed(s, e) => lp.listen_fail(s, e),
             }
         }
     })
+}
+
+enum Deferred {
+    Listening(Stream, SocketAddr),
+    Failed(Stream, Error),
 }
 
 /// What to do after a query reply, once the state borrow is released.
@@ -351,7 +372,7 @@ impl Worker {
             exited_after_disconnect: false,
             load_timer: None,
             last_load: 0,
-            deferred_listening: Vec::new(),
+            deferred: Vec::new(),
             defer_timer: Some(defer_timer),
         }));
         let worker = Worker { shared };

@@ -1,0 +1,284 @@
+//! Test helper for the cluster scenarios: run as a worker (forked by a
+//! primary in a test), it plays the worker half of the scenario named by its
+//! first argument; run directly with a `primary-*` scenario, it is a primary
+//! that re-executes itself as its workers.
+//!
+//! Workers report to the primary with short text messages ("listening
+//! <port>", "error <errno>", ...), which the tests read.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::rc::Rc;
+use uvring::{Loop, OnConnection, OnRead, OnShutdown, RunMode, Stream};
+use uvring_cluster::{is_primary, Primary, Settings, Worker};
+
+fn main() {
+    let scenario = std::env::args().nth(1).unwrap_or_default();
+    let mut lp = Loop::new().expect("loop");
+    if is_primary() {
+        primary_main(&mut lp, &scenario);
+    } else {
+        let w = Worker::init(&mut lp).expect("worker init");
+        worker_main(&mut lp, &w, &scenario);
+    }
+    lp.run(RunMode::Default).expect("run");
+}
+
+fn port_env() -> u16 {
+    std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn send(lp: &mut Loop, w: &Worker, msg: &str) {
+    let _ = w.send(lp, msg.as_bytes());
+}
+
+/// A connection handler that answers the first bytes with "worker <id>\n"
+/// and then shuts down and closes.
+fn answer_once(id: u32) -> OnRead {
+    let reply = format!("worker {id}\n").into_bytes();
+    let on_shutdown = OnShutdown::new(|lp, s, _| {
+        let _ = lp.close(s, None);
+    });
+    OnRead::new(move |lp, s, res| match res {
+        Ok(_) => {
+            let _ = lp.read_stop(s);
+            if lp.write(s, &reply, None).is_err() || lp.shutdown(s, Some(&on_shutdown)).is_err() {
+                let _ = lp.close(s, None);
+            }
+        }
+        Err(_) => {
+            let _ = lp.close(s, None);
+        }
+    })
+}
+
+/// Reads until EOF, then closes (a connection that stays open until the peer goes).
+fn hold_until_eof() -> OnRead {
+    OnRead::new(|lp, s, res| {
+        if res.is_err() {
+            let _ = lp.close(s, None);
+        }
+    })
+}
+
+fn listen(lp: &mut Loop, port: u16, on_conn: &OnConnection) -> Stream {
+    let s = lp.tcp_init().expect("tcp_init");
+    lp.tcp_bind(s, local(port), 0).expect("bind");
+    lp.listen(s, 511, on_conn).expect("listen");
+    s
+}
+
+/// A server that answers each connection once; errors are reported.
+fn serving(w: &Worker, id: u32) -> OnConnection {
+    let on_read = answer_once(id);
+    let w = w.clone();
+    OnConnection::new(move |lp, srv, res| match res {
+        Ok(()) => {
+            if let Ok(c) = lp.accept(srv) {
+                let _ = lp.read_start(c, &on_read);
+            }
+        }
+        Err(e) => {
+            send(lp, &w, &format!("error {}", e.errno().unwrap_or(0)));
+            let _ = lp.close(srv, None);
+        }
+    })
+}
+
+fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
+    let id = w.id();
+    let wc = w.clone();
+    w.on_listening(move |lp, _s, addr| send(lp, &wc, &format!("listening {}", addr.port())));
+    match scenario {
+        // Serve PORT (default 0) until disconnected.
+        "serve" => {
+            listen(lp, port_env(), &serving(w, id));
+            let wc = w.clone();
+            w.on_message(move |lp, msg, _| {
+                if msg == b"fds" {
+                    let n = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+                    send(lp, &wc, &format!("fds {n}"));
+                }
+            });
+        }
+        // Serve; close the server at the first connection (refusing the
+        // rest of its batch), but answer that connection.
+        "close-on-first" => {
+            let on_read = answer_once(id);
+            listen(
+                lp,
+                port_env(),
+                &OnConnection::new(move |lp, srv, res| {
+                    if res.is_ok() {
+                        if let Ok(c) = lp.accept(srv) {
+                            let _ = lp.read_start(c, &on_read);
+                        }
+                        let _ = lp.close(srv, None);
+                    }
+                }),
+            );
+        }
+        // Two servers on port 0, closed and listened again; report ports.
+        "two-servers" => {
+            let round = Rc::new(Cell::new(0u32));
+            let servers: Rc<RefCell<Vec<Stream>>> = Rc::default();
+            let conn = serving(w, id);
+            let a = listen(lp, 0, &conn);
+            let b = listen(lp, 0, &conn);
+            servers.borrow_mut().extend([a, b]);
+            let wc = w.clone();
+            let (srv2, conn2) = (servers.clone(), conn.clone());
+            let listened = Rc::new(Cell::new(0u32));
+            w.on_listening(move |lp, _s, addr| {
+                send(lp, &wc, &format!("listening {} {}", round.get(), addr.port()));
+                listened.set(listened.get() + 1);
+                if listened.get() == 2 && round.get() == 0 {
+                    round.set(1);
+                    let old: Vec<Stream> = srv2.borrow_mut().drain(..).collect();
+                    for s in old {
+                        let _ = lp.close(s, None);
+                    }
+                    let a = listen(lp, 0, &conn2);
+                    let b = listen(lp, 0, &conn2);
+                    srv2.borrow_mut().extend([a, b]);
+                }
+            });
+        }
+        // Listen on PORT; on EADDRINUSE report it, and listen again when told.
+        "retry-bind" => {
+            let conn = serving(w, id);
+            listen(lp, port_env(), &conn);
+            w.on_message(move |lp, msg, _| {
+                if msg == b"retry" {
+                    listen(lp, port_env(), &conn);
+                }
+            });
+        }
+        // Exit with status 42 once online.
+        "exit42" => std::process::exit(42),
+        // Nothing: stay connected until told otherwise.
+        "idle" => {}
+        // Connect to PORT (a server in the test) and keep the connection
+        // until the peer closes it.
+        "hold-connection" => {
+            let c = lp.tcp_init().expect("tcp_init");
+            let on_read = hold_until_eof();
+            let wc = w.clone();
+            lp.tcp_connect(
+                c,
+                local(port_env()),
+                &uvring::OnConnect::new(move |lp, c, res| {
+                    if res.is_ok() {
+                        let _ = lp.read_start(c, &on_read);
+                        send(lp, &wc, "connected");
+                    } else {
+                        let _ = lp.close(c, None);
+                    }
+                }),
+            )
+            .expect("connect");
+        }
+        // Serve, and hold every accepted connection open until the client closes.
+        "serve-hold" => {
+            let on_read = hold_until_eof();
+            let wc = w.clone();
+            listen(
+                lp,
+                0,
+                &OnConnection::new(move |lp, srv, res| {
+                    if res.is_ok() {
+                        if let Ok(c) = lp.accept(srv) {
+                            let _ = lp.read_start(c, &on_read);
+                            send(lp, &wc, "accepted");
+                        }
+                    }
+                }),
+            );
+        }
+        // Echo messages back; answer "big" with a large payload and a socket.
+        "messages" => {
+            let wc = w.clone();
+            w.on_message(move |lp, msg, fds| {
+                if msg.len() > 1000 {
+                    let ok = msg.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8);
+                    let fd_ok = fds
+                        .take(0)
+                        .is_some_and(|fd| uvring::sys::socket::sockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).is_ok());
+                    send(lp, &wc, &format!("big {} {ok} {fd_ok}", msg.len()));
+                    // And the other way: a large payload with a socket.
+                    let payload: Vec<u8> = (0..800_004usize).map(|i| (i % 251) as u8).collect();
+                    let sock = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                    let _ = wc.send_with_fds(lp, &payload, &[sock.as_fd()]);
+                } else {
+                    let mut reply = b"echo ".to_vec();
+                    reply.extend_from_slice(msg);
+                    let _ = wc.send(lp, &reply);
+                }
+            });
+            send(lp, w, "hello from worker");
+        }
+        // Shared store: set own keys, read them back, read a common key.
+        "store" => {
+            let n = 100u32;
+            let bad = Rc::new(Cell::new(0u32));
+            let done = Rc::new(Cell::new(0u32));
+            for j in 0..n {
+                let key = format!("w{id}:{j}");
+                let val = format!("{}", id * 1000 + j);
+                let _ = w.store_set(lp, key.as_bytes(), val.as_bytes(), |_, _| {});
+                let _ = w.store_set(lp, b"shared", val.as_bytes(), |_, _| {});
+                let (bad, done, wc) = (bad.clone(), done.clone(), w.clone());
+                let _ = w.store_get(lp, key.as_bytes(), move |lp, v| {
+                    if v != Some(val.as_bytes()) {
+                        bad.set(bad.get() + 1);
+                    }
+                    done.set(done.get() + 1);
+                    if done.get() == n {
+                        send(lp, &wc, &format!("store-done {}", bad.get()));
+                    }
+                });
+            }
+        }
+        // Write garbage on the channel: the primary must drop this worker
+        // (and this worker then exits, its channel gone).
+        "garbage" => {
+            // SAFETY: fd 3 is this worker's channel (the primary puts it
+            // there), open for the life of the process; borrowed only to
+            // duplicate it.
+            let ch = unsafe { std::os::fd::BorrowedFd::borrow_raw(3) };
+            if let Ok(dup) = ch.try_clone_to_owned() {
+                use std::io::Write;
+                // A frame header with an unsupported version.
+                let _ = std::fs::File::from(dup).write_all(&[0xff; 64]);
+            }
+        }
+        other => panic!("unknown worker scenario {other:?}"),
+    }
+}
+
+/// Primary-side scenarios for tests that must kill the primary itself.
+fn primary_main(lp: &mut Loop, scenario: &str) {
+    match scenario {
+        // Fork two idle workers, print their pids, and wait to be killed.
+        "primary-kill" => {
+            let settings = Settings { args: Some(vec!["idle".into()]), workers: 2, ..Settings::default() };
+            let primary = Primary::new(lp, settings).expect("primary");
+            let online = Rc::new(Cell::new(0));
+            let p = primary.clone();
+            primary.on_online(move |_, _| {
+                online.set(online.get() + 1);
+                if online.get() == 2 {
+                    let pids: Vec<String> = p.workers().iter().map(|w| w.pid().to_string()).collect();
+                    println!("pids {}", pids.join(" "));
+                }
+            });
+            primary.start(lp).expect("start");
+        }
+        other => panic!("unknown primary scenario {other:?}"),
+    }
+}
