@@ -124,7 +124,6 @@ struct WorkerEntry {
     unacked: VecDeque<Unacked>,
     next_seq: u64,
     reported_load: u32,
-    accepted_since_report: u32,
     batch: FdBatch,
     batch_listener: u32,
     batch_first_seq: u64,
@@ -135,7 +134,9 @@ impl WorkerEntry {
         if self.channel.is_none() || self.disconnecting {
             return None;
         }
-        Some(self.unacked.len() as u32 + self.reported_load + self.accepted_since_report)
+        // Acknowledged connections count through the worker's next report
+        // (counting them here too would turn throughput into load).
+        Some(self.unacked.len() as u32 + self.reported_load)
     }
 }
 
@@ -658,7 +659,6 @@ fn fork_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, extra_env: &[(&
             unacked: VecDeque::with_capacity(64),
             next_seq: 1,
             reported_load: 0,
-            accepted_since_report: 0,
             batch: FdBatch::new(),
             batch_listener: 0,
             batch_first_seq: 0,
@@ -850,7 +850,6 @@ fn handle_frame(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, 
                 while w.unacked.front().is_some_and(|u| u.seq >= conn_seq && u.seq < end) {
                     let Some(u) = w.unacked.pop_front() else { break };
                     if accepted {
-                        w.accepted_since_report = w.accepted_since_report.saturating_add(1);
                         st.stats.handed_off += 1;
                         drop(u.fd);
                     } else {
@@ -896,7 +895,6 @@ fn handle_frame(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, 
             let mut st = state.borrow_mut();
             if let Some(w) = st.entry_mut(id) {
                 w.reported_load = open_connections;
-                w.accepted_since_report = 0;
             }
         }
         Frame::Message { bytes, .. } => {
@@ -984,7 +982,7 @@ fn query_server(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, 
                     let mode = if shared {
                         ListenerMode::Shared(Vec::new())
                     } else {
-                        ListenerMode::RoundRobin(RoundRobin::new())
+                        ListenerMode::RoundRobin(RoundRobin::with_slack(st.settings.load_slack))
                     };
                     st.listeners.push(Listener { id: lid, requested, index: key.index, flags, port, stream, mode });
                     st.listeners.len() - 1

@@ -10,21 +10,32 @@ pub type WorkerId = u32;
 
 /// The workers serving one round-robin listener, and the choice among them.
 ///
-/// The choice is least-loaded (the caller supplies each worker's load: for
-/// the primary, connections handed over and not yet acknowledged plus the
-/// open connections the worker reported); among equally loaded workers it
-/// rotates, starting after the previous choice, so equal loads give a plain
-/// round robin. Allocation-free once the member list has its capacity.
+/// The choice is least-loaded with a tolerance: the caller supplies each
+/// worker's load (for the primary, connections handed over and not yet
+/// acknowledged plus the open connections the worker reported), and the
+/// choice is the next worker in rotation whose load is within `slack` of
+/// the least. Equal workers thus get a plain round robin (an even split,
+/// whatever the noise in their load reports), while a worker that falls
+/// behind by more than `slack` is passed over until it catches up.
+/// Allocation-free once the member list has its capacity.
 #[derive(Debug, Default, Clone)]
 pub struct RoundRobin {
     members: Vec<WorkerId>,
-    /// Index in `members` where the next tie-breaking scan starts.
+    /// Index in `members` where the next scan starts.
     cursor: usize,
+    slack: u32,
 }
 
 impl RoundRobin {
+    /// A rotation with the default tolerance ([`DEFAULT_LOAD_SLACK`]).
     pub fn new() -> RoundRobin {
-        RoundRobin { members: Vec::with_capacity(16), cursor: 0 }
+        RoundRobin::with_slack(DEFAULT_LOAD_SLACK)
+    }
+
+    /// A rotation that passes over workers more than `slack` above the least
+    /// loaded (0: strictly least-loaded, ties in rotation).
+    pub fn with_slack(slack: u32) -> RoundRobin {
+        RoundRobin { members: Vec::with_capacity(16), cursor: 0, slack }
     }
 
     /// Adds a worker (no-op if it is already a member).
@@ -63,33 +74,44 @@ impl RoundRobin {
         &self.members
     }
 
-    /// The least-loaded member other than `exclude` (ties rotate), or `None`
-    /// if there is none. `load` returns `None` for a worker that cannot take
-    /// connections now (it is skipped).
+    /// The next member in rotation, other than `exclude`, whose load is
+    /// within the slack of the least; `None` if there is none. `load`
+    /// returns `None` for a worker that cannot take connections now (it is
+    /// skipped).
     pub fn choose(
         &mut self,
         mut load: impl FnMut(WorkerId) -> Option<u32>,
         exclude: Option<WorkerId>,
     ) -> Option<WorkerId> {
         let n = self.members.len();
-        let mut best: Option<(usize, u32)> = None;
+        let mut least: Option<u32> = None;
+        for &w in &self.members {
+            if Some(w) == exclude {
+                continue;
+            }
+            if let Some(l) = load(w) {
+                least = Some(least.map_or(l, |m| m.min(l)));
+            }
+        }
+        let limit = least?.saturating_add(self.slack);
         for k in 0..n {
             let i = (self.cursor + k) % n;
             let w = self.members[i];
             if Some(w) == exclude {
                 continue;
             }
-            let Some(l) = load(w) else { continue };
-            match best {
-                Some((_, bl)) if bl <= l => {}
-                _ => best = Some((i, l)),
+            if load(w).is_some_and(|l| l <= limit) {
+                self.cursor = (i + 1) % n;
+                return Some(w);
             }
         }
-        let (i, _) = best?;
-        self.cursor = (i + 1) % n;
-        Some(self.members[i])
+        None
     }
 }
+
+/// Default tolerance of [`RoundRobin`]: a worker is passed over when it has
+/// more than this many connections above the least-loaded one.
+pub const DEFAULT_LOAD_SLACK: u32 = 8;
 
 /// What to do about a crashed worker.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -163,7 +185,7 @@ mod tests {
 
     #[test]
     fn least_loaded_wins_and_ties_rotate() {
-        let mut rr = RoundRobin::new();
+        let mut rr = RoundRobin::with_slack(0);
         for w in 1..=3 {
             rr.add(w);
         }
@@ -181,6 +203,22 @@ mod tests {
         assert_eq!(rr.choose(|w| (w != 2).then_some(0), None), Some(1));
         assert_eq!(rr.choose(|_| None, None), None);
         assert_eq!(rr.choose(|_| Some(0), Some(1)).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_worker_behind_by_more_than_the_slack_is_passed_over() {
+        let mut rr = RoundRobin::with_slack(2);
+        for w in 1..=3 {
+            rr.add(w);
+        }
+        // Within the slack: plain rotation.
+        let near = |w: WorkerId| Some(w);
+        let picks: Vec<_> = (0..3).map(|_| rr.choose(near, None).unwrap()).collect();
+        assert_eq!(picks, [1, 2, 3]);
+        // Worker 3 is 5 above the least: skipped.
+        let far = |w: WorkerId| Some(if w == 3 { 6 } else { 1 });
+        let picks: Vec<_> = (0..4).map(|_| rr.choose(far, None).unwrap()).collect();
+        assert_eq!(picks, [1, 2, 1, 2]);
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub struct Settings {
     pub output: ChildOutput,
     /// How often a worker reports its load (open connections), in ms.
     pub load_report_ms: u64,
+    /// Round robin passes over a worker whose load is more than this above
+    /// the least-loaded one (see [`RoundRobin`](crate::RoundRobin)).
+    pub load_slack: u32,
 }
 
 impl Default for Settings {
@@ -128,6 +131,7 @@ impl Default for Settings {
             respawn: RespawnSettings::default(),
             output: ChildOutput::default(),
             load_report_ms: 50,
+            load_slack: crate::schedule::DEFAULT_LOAD_SLACK,
         }
     }
 }

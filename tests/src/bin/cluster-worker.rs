@@ -14,7 +14,8 @@ use uvring::{Loop, OnConnection, OnRead, OnShutdown, RunMode, Stream};
 use uvring_cluster::{is_primary, Primary, Settings, Worker};
 
 fn main() {
-    let scenario = std::env::args().nth(1).unwrap_or_default();
+    // SCENARIO (per-worker, through fork_with_env) overrides the argument.
+    let scenario = std::env::var("SCENARIO").ok().or_else(|| std::env::args().nth(1)).unwrap_or_default();
     let mut lp = Loop::new().expect("loop");
     if is_primary() {
         primary_main(&mut lp, &scenario);

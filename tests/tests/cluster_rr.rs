@@ -1,0 +1,112 @@
+//! Round-robin hand-off, after Node's test-cluster-accept-fail and
+//! -worker-handle-close, and a 10,000-connection run: every connection is
+//! answered, the split is even, and no fd is left behind anywhere.
+
+mod cluster_support;
+
+use cluster_support::*;
+use std::time::{Duration, Instant};
+use uvring_cluster::Primary;
+use uvring_tests::{fd_count, fd_count_of};
+
+/// Starts `n` clients and gives them time to connect while the primary's
+/// loop is not running, so that they are all accepted in one turn and go
+/// out as one burst (several fds per frame).
+fn burst(port: u16, n: usize) -> std::sync::mpsc::Receiver<std::io::Result<String>> {
+    let rx = ask_many(port, n, n);
+    std::thread::sleep(Duration::from_millis(300));
+    rx
+}
+
+fn worker_of(answer: &str) -> Option<u32> {
+    answer.strip_prefix("worker ")?.trim().parse().ok()
+}
+
+cluster_test! {
+    // The only worker refuses (it closed its server): the connections the
+    // primary cannot hand off are closed, and the primary carries on.
+    fn accept_fail(lp, policy) [rr = RoundRobin] {
+        let primary = Primary::new(lp, settings(policy, "close-on-first", 1)).unwrap();
+        let log = record(&primary);
+        let _guard = KillGuard(log.clone());
+        primary.start(lp).unwrap();
+        wait_for(lp, &log, |l| l.listening.len() == 1);
+        let port = log.borrow().listening[0].1;
+        let rx = burst(port, 8);
+        let answers = collect(lp, &rx, 8);
+        let answered = answers.iter().filter(|a| a.as_ref().is_ok_and(|s| s == "worker 1\n")).count();
+        assert_eq!(answered, 1, "{answers:?}");
+        let stats = primary.stats();
+        assert_eq!(stats.refused, 7, "{stats:?}");
+        assert_eq!(stats.closed_unroutable, 7, "{stats:?}");
+        assert_eq!(primary.listener_count(), 0);
+        // Still serving: a new worker listens and answers.
+        let w = primary.fork_with_env(lp, &[("SCENARIO", "serve")]).unwrap();
+        wait_for(lp, &log, |l| l.listening.len() == 2);
+        let port = log.borrow().listening[1].1;
+        let rx = ask_many(port, 2, 1);
+        assert!(collect(lp, &rx, 2).iter().all(|a| a.as_ref().is_ok_and(|s| worker_of(s) == Some(w.id()))));
+        shutdown(lp, &primary);
+    }
+
+    // A worker that closed its server refuses the rest of its batch; those
+    // connections go to the other worker, none is lost.
+    fn worker_handle_close(lp, policy) [rr = RoundRobin] {
+        let primary = Primary::new(lp, settings(policy, "serve", 0)).unwrap();
+        let log = record(&primary);
+        let _guard = KillGuard(log.clone());
+        primary.fork_with_env(lp, &[("SCENARIO", "close-on-first")]).unwrap();
+        primary.fork(lp).unwrap();
+        wait_for(lp, &log, |l| l.listening.len() == 2);
+        let port = log.borrow().listening[0].1;
+        let rx = burst(port, 8);
+        let answers = collect(lp, &rx, 8);
+        let by: Vec<Option<u32>> = answers.iter().map(|a| a.as_ref().ok().and_then(|s| worker_of(s))).collect();
+        assert!(by.iter().all(Option::is_some), "every connection answered: {answers:?}");
+        assert_eq!(by.iter().filter(|w| **w == Some(1)).count(), 1, "{by:?}");
+        assert!(primary.stats().refused >= 1, "{:?}", primary.stats());
+        assert_eq!(primary.stats().closed_unroutable, 0);
+        shutdown(lp, &primary);
+    }
+
+    // 10,000 connections, 4 workers: all answered, split within 10% of
+    // even, fds back to baseline in the primary and every worker.
+    fn ten_thousand_connections(lp, policy) [rr = RoundRobin] {
+        const N: usize = 10_000;
+        let primary = Primary::new(lp, settings(policy, "serve", 4)).unwrap();
+        let log = record(&primary);
+        let _guard = KillGuard(log.clone());
+        primary.start(lp).unwrap();
+        wait_for(lp, &log, |l| l.listening.len() == 4);
+        let port = log.borrow().listening[0].1;
+        // Warm up, then take the baselines.
+        let rx = ask_many(port, 40, 4);
+        collect(lp, &rx, 40);
+        let pids: Vec<i32> = primary.workers().iter().map(|w| w.pid()).collect();
+        let settle = |lp: &mut uvring::Loop| {
+            let end = Instant::now() + Duration::from_millis(200);
+            run_until(lp, WAIT, |_| Instant::now() >= end);
+        };
+        settle(lp);
+        let primary_fds = fd_count();
+        let worker_fds: Vec<usize> = pids.iter().map(|&p| fd_count_of(p as u32)).collect();
+        let rx = ask_many(port, N, 8);
+        let answers = collect(lp, &rx, N);
+        let mut per = [0usize; 5];
+        for a in &answers {
+            let w = a.as_ref().ok().and_then(|s| worker_of(s)).unwrap_or_else(|| panic!("unanswered: {a:?}"));
+            per[w as usize] += 1;
+        }
+        let even = N / 4;
+        for &c in &per[1..] {
+            assert!(c.abs_diff(even) <= even / 10, "split {:?} not within 10% of {even}", &per[1..]);
+        }
+        run_until(lp, WAIT, |_| {
+            fd_count() == primary_fds && pids.iter().zip(&worker_fds).all(|(&p, &n)| fd_count_of(p as u32) == n)
+        });
+        let stats = primary.stats();
+        assert_eq!(stats.closed_unroutable, 0, "{stats:?}");
+        assert!(stats.handed_off >= N as u64);
+        shutdown(lp, &primary);
+    }
+}
