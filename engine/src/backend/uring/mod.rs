@@ -517,9 +517,24 @@ impl Driver for Uring {
                 return;
             }
         }
+        let accept = token.kind() == Some(OpKind::Accept);
+        if accept {
+            // io_uring's accept waits exclusively: a new connection wakes one
+            // ring, and with DEFER_TASKRUN that ring accepts only at its next
+            // enter. Cancelling first would drop the claimed wake-up and leave
+            // the connection in a shared listen queue with no other process
+            // told about it. So run the claimed accepts now (their fds arrive
+            // as ordinary completions before the final one)...
+            self.flush_overflow();
+        }
         let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(token.0).all()).build().user_data(INTERNAL);
         // SAFETY: ASYNC_CANCEL points at no memory.
         unsafe { self.push(entry) };
+        if accept {
+            // ...and cancel at once, leaving no time for another claim.
+            // Errors leave the SQE queued for the next poll.
+            let _ = self.ring.submit();
+        }
     }
 
     fn deregister(&mut self, _fd: RawFd) {

@@ -750,3 +750,54 @@ fn hot_paths_do_not_allocate_after_warm_up() {
     });
     assert_eq!(allocs, 0, "the driver's hot paths allocated {allocs} times after warm-up");
 }
+
+#[test]
+fn cancelled_accept_does_not_strand_a_claimed_connection() {
+    // Two rings accept on one listener (two workers sharing it). A
+    // connection's exclusive wake-up goes to the first ring, which then stops
+    // listening before it polled. The connection must not be left in the
+    // queue unannounced: the first ring delivers it before its final
+    // completion (and the second ring is not needed).
+    let mut a = driver_or_skip!();
+    let mut b = driver_or_skip!();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ta, tb) = (token(60, OpKind::Accept), token(61, OpKind::Accept));
+    let mut out = Vec::with_capacity(8);
+    a.accept(listener.as_raw_fd(), ta, true).unwrap();
+    a.poll(0, &mut out).unwrap();
+    b.accept(listener.as_raw_fd(), tb, true).unwrap();
+    b.poll(0, &mut out).unwrap();
+    assert!(out.is_empty());
+    let client = TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    a.cancel(listener.as_raw_fd(), ta);
+    let mut ca_all = wait_for(&mut a, ta, 1);
+    while ca_all.last().unwrap().more {
+        ca_all.extend(wait_for(&mut a, ta, 1));
+    }
+    let mut accepted = 0;
+    for c in &ca_all {
+        if c.res >= 0 {
+            accepted += 1;
+            sys::close(c.res);
+        }
+    }
+    assert_eq!(ca_all.last().map(|c| (c.res, c.more)), Some((-libc::ECANCELED, false)), "{ca_all:?}");
+    if accepted == 0 {
+        // Ring A did not claim it (the wake-up went elsewhere): B must have it.
+        let cb = wait_for(&mut b, tb, 1);
+        assert!(cb[0].res >= 0, "{cb:?}");
+        sys::close(cb[0].res);
+    }
+    b.cancel(listener.as_raw_fd(), tb);
+    let end = wait_for(&mut b, tb, 1);
+    assert!(!end.last().unwrap().more);
+    for c in &end {
+        if c.res >= 0 {
+            sys::close(c.res);
+        }
+    }
+    drop(client);
+}
