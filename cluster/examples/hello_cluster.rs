@@ -1,0 +1,379 @@
+//! HTTP/1.1 keep-alive "hello world" on a uvring cluster.
+//!
+//! ```text
+//! cargo run --release --example hello_cluster -- [--workers N] [--policy rr|shared|reuseport]
+//!                                                [--backend epoll|io_uring|auto] [--port P] [--host H]
+//! curl http://127.0.0.1:8000/
+//! ```
+//!
+//! The primary forks `--workers` workers (default: the number of CPUs; 0
+//! serves from this process alone) and logs their events to stderr. The
+//! server code is the same standalone and clustered: inside a worker its
+//! `listen` goes to the primary. A worker killed with `kill -9` is replaced;
+//! SIGINT or SIGTERM disconnects the workers gracefully (open connections
+//! finish) and the primary exits 0; SIGHUP replaces every worker in turn
+//! (rolling restart).
+//!
+//! Requests are parsed with `httparse`; pipelined requests are answered in
+//! order, `Connection: close` (and HTTP/1.0 without keep-alive) is honoured.
+//! Per-connection state is recycled, so serving allocates nothing once warm.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+use uvring::{Backend, Error, Loop, OnConnection, OnRead, OnShutdown, OnSignal, OnTimer, RunMode, Stream};
+use uvring_cluster::{available_cpus, is_worker, Primary, RespawnSettings, SchedPolicy, Settings, Worker};
+
+/// Largest request head (and unparsed pipeline) a connection may buffer.
+const MAX_BUFFERED: usize = 64 * 1024;
+const BODY: &str = "hello world";
+
+struct Options {
+    workers: usize,
+    policy: SchedPolicy,
+    backend: Backend,
+    host: IpAddr,
+    port: u16,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("hello_cluster: {msg}");
+    eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H]");
+    std::process::exit(2);
+}
+
+fn parse_options() -> Options {
+    let mut o = Options {
+        workers: available_cpus(),
+        policy: SchedPolicy::from_env(),
+        backend: Backend::from_env().unwrap_or(Backend::Auto),
+        host: IpAddr::from([0, 0, 0, 0]),
+        port: std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8000),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        match a.as_str() {
+            "--workers" | "-w" => o.workers = value().parse().unwrap_or_else(|_| usage("bad --workers")),
+            "--policy" => o.policy = SchedPolicy::parse(&value()).unwrap_or_else(|| usage("bad --policy")),
+            "--backend" => o.backend = Backend::parse(&value()).unwrap_or_else(|| usage("bad --backend")),
+            "--port" | "-p" => o.port = value().parse().unwrap_or_else(|_| usage("bad --port")),
+            "--host" => o.host = value().parse().unwrap_or_else(|_| usage("bad --host")),
+            "--help" | "-h" => usage("help"),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    o
+}
+
+pub fn main() {
+    let o = parse_options();
+    let result = if is_worker() {
+        // The primary passes the backend in UVRING_BACKEND.
+        run_worker(o)
+    } else if o.workers == 0 {
+        run_standalone(o)
+    } else {
+        run_primary(o)
+    };
+    if let Err(e) = result {
+        eprintln!("hello_cluster: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run_worker(o: Options) -> uvring::Result<()> {
+    let mut lp = Loop::new()?;
+    let worker = Worker::init(&mut lp)?;
+    // Ctrl-C reaches the whole process group; the primary orchestrates the
+    // shutdown, so a worker ignores it rather than dying mid-request.
+    let sigint = lp.signal_start(libc::SIGINT, &OnSignal::new(|_, _, _| {}))?;
+    lp.unref_handle(sigint)?;
+    let _ = worker;
+    serve(&mut lp, SocketAddr::new(o.host, o.port))?;
+    lp.run(RunMode::Default)?;
+    Ok(())
+}
+
+fn run_standalone(o: Options) -> uvring::Result<()> {
+    let mut lp = Loop::with_backend(o.backend)?;
+    let server = serve(&mut lp, SocketAddr::new(o.host, o.port))?;
+    eprintln!("[{}] serving on {} ({} backend)", std::process::id(), lp.tcp_getsockname(server)?, lp.backend());
+    let stop = OnSignal::new(move |lp, sig, _| {
+        let _ = lp.close(server, None);
+        let _ = lp.close(sig, None);
+    });
+    for signum in [libc::SIGINT, libc::SIGTERM] {
+        let s = lp.signal_start(signum, &stop)?;
+        lp.unref_handle(s)?;
+    }
+    lp.run(RunMode::Default)?;
+    Ok(())
+}
+
+fn run_primary(o: Options) -> uvring::Result<()> {
+    let mut lp = Loop::with_backend(o.backend)?;
+    let me = std::process::id();
+    let settings = Settings {
+        workers: o.workers,
+        policy: o.policy,
+        backend: Some(lp.backend()),
+        respawn: RespawnSettings { enabled: true, ..RespawnSettings::default() },
+        ..Settings::default()
+    };
+    let primary = Primary::new(&mut lp, settings)?;
+    eprintln!("[primary {me}] {} workers, policy {}, {} backend, port {}", o.workers, o.policy, lp.backend(), o.port);
+    primary.on_fork(move |_, w| eprintln!("[primary {me}] worker {} (pid {}) forked", w.id(), w.pid()));
+    primary.on_online(move |_, w| eprintln!("[primary {me}] worker {} (pid {}) online", w.id(), w.pid()));
+    primary.on_listening(move |_, w, addr| {
+        eprintln!("[primary {me}] worker {} (pid {}) listening on {addr}", w.id(), w.pid())
+    });
+    primary.on_disconnect(move |_, w| eprintln!("[primary {me}] worker {} disconnected", w.id()));
+    primary.on_exit(move |_, w, code, signal| {
+        let how = if w.exited_after_disconnect() { "after disconnect" } else { "unexpectedly" };
+        eprintln!("[primary {me}] worker {} (pid {}) exited {how} (code {code}, signal {signal})", w.id(), w.pid());
+    });
+    primary.on_restart_storm(move |_| eprintln!("[primary {me}] restart storm: no more respawns"));
+    let signals: Rc<RefCell<Vec<uvring::Signal>>> = Rc::default();
+    let (p, sigs) = (primary.clone(), signals.clone());
+    let shutting_down = Rc::new(std::cell::Cell::new(false));
+    let on_stop = OnSignal::new(move |lp, _, signum| {
+        if shutting_down.replace(true) {
+            return;
+        }
+        eprintln!("[primary {me}] signal {signum}: disconnecting workers");
+        let sigs = sigs.clone();
+        p.disconnect(lp, move |lp| {
+            eprintln!("[primary {me}] all workers gone; bye");
+            for s in sigs.borrow_mut().drain(..) {
+                let _ = lp.close(s, None);
+            }
+        });
+        // Workers that do not leave in time (a connection that never
+        // closes) are killed.
+        let p = p.clone();
+        if let Ok(t) = lp.timer_init() {
+            let _ = lp.unref_handle(t);
+            let _ = lp.timer_start(
+                t,
+                Duration::from_secs(10).as_millis() as u64,
+                0,
+                &OnTimer::new(move |lp, t| {
+                    for w in p.workers() {
+                        let _ = w.kill(lp, libc::SIGKILL);
+                    }
+                    let _ = lp.close(t, None);
+                }),
+            );
+        }
+    });
+    let p = primary.clone();
+    let on_hup = OnSignal::new(move |lp, _, _| {
+        eprintln!("[primary {me}] SIGHUP: rolling restart");
+        p.rolling_restart(lp, move |_| eprintln!("[primary {me}] rolling restart done"));
+    });
+    for signum in [libc::SIGINT, libc::SIGTERM] {
+        let s = lp.signal_start(signum, &on_stop)?;
+        signals.borrow_mut().push(s);
+    }
+    let hup = lp.signal_start(libc::SIGHUP, &on_hup)?;
+    signals.borrow_mut().push(hup);
+    primary.start(&mut lp)?;
+    lp.run(RunMode::Default)?;
+    Ok(())
+}
+
+// ---- the HTTP server (the same code standalone and in a worker) ----------
+
+/// Per-connection state, recycled through a free list.
+#[derive(Default)]
+struct Conn {
+    /// Bytes of an incomplete request (or pipeline tail).
+    buf: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Server {
+    conns: Vec<Conn>,
+    free: Vec<usize>,
+    /// Responses of one read, written with a single `write`.
+    out: Vec<u8>,
+}
+
+impl Server {
+    fn slot(&mut self) -> usize {
+        match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.conns.push(Conn { buf: Vec::with_capacity(1024) });
+                self.conns.len() - 1
+            }
+        }
+    }
+
+    fn release(&mut self, i: usize) {
+        if let Some(c) = self.conns.get_mut(i) {
+            c.buf.clear();
+            self.free.push(i);
+        }
+    }
+}
+
+enum Parsed {
+    /// A request of `len` bytes; `close` if the connection ends after it.
+    Request {
+        len: usize,
+        close: bool,
+    },
+    Partial,
+    Bad,
+}
+
+fn parse_one(bytes: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(bytes) {
+        Ok(httparse::Status::Complete(head)) => {
+            let mut close = req.version == Some(0);
+            let mut body = 0usize;
+            for h in req.headers.iter() {
+                if h.name.eq_ignore_ascii_case("connection") {
+                    if h.value.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if h.value.eq_ignore_ascii_case(b"keep-alive") {
+                        close = false;
+                    }
+                } else if h.name.eq_ignore_ascii_case("content-length") {
+                    match std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()) {
+                        Some(n) => body = n,
+                        None => return Parsed::Bad,
+                    }
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    // Chunked bodies are not needed for hello world.
+                    return Parsed::Bad;
+                }
+            }
+            if body > MAX_BUFFERED {
+                return Parsed::Bad;
+            }
+            if bytes.len() < head + body {
+                return Parsed::Partial;
+            }
+            Parsed::Request { len: head + body, close }
+        }
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(_) => Parsed::Bad,
+    }
+}
+
+fn respond(out: &mut Vec<u8>, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n");
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(BODY.as_bytes());
+}
+
+/// Answers every complete request in `bytes`; returns (bytes consumed,
+/// whether to close after writing).
+fn answer_all(out: &mut Vec<u8>, bytes: &[u8]) -> (usize, bool) {
+    let mut at = 0;
+    while at < bytes.len() {
+        match parse_one(&bytes[at..]) {
+            Parsed::Request { len, close } => {
+                respond(out, close);
+                at += len;
+                if close {
+                    return (at, true);
+                }
+            }
+            Parsed::Partial => {
+                if bytes.len() - at > MAX_BUFFERED {
+                    out.extend_from_slice(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    return (bytes.len(), true);
+                }
+                break;
+            }
+            Parsed::Bad => {
+                out.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                return (bytes.len(), true);
+            }
+        }
+    }
+    (at, false)
+}
+
+/// Listens on `addr` and serves hello world.
+fn serve(lp: &mut Loop, addr: SocketAddr) -> uvring::Result<Stream> {
+    let state: Rc<RefCell<Server>> = Rc::default();
+    let on_shutdown = OnShutdown::new(|lp, s, _| {
+        let _ = lp.close(s, None);
+    });
+    let st = state.clone();
+    let on_read = OnRead::new(move |lp, s, res| {
+        let slot = lp.data(s).unwrap_or(usize::MAX);
+        let bytes = match res {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                st.borrow_mut().release(slot);
+                let _ = lp.close(s, None);
+                return;
+            }
+        };
+        let mut guard = st.borrow_mut();
+        let server = &mut *guard;
+        let Some(conn) = server.conns.get_mut(slot) else { return };
+        server.out.clear();
+        let close = if conn.buf.is_empty() {
+            // The common case: whole requests in one read, no copy.
+            let (used, close) = answer_all(&mut server.out, bytes);
+            if !close && used < bytes.len() {
+                conn.buf.extend_from_slice(&bytes[used..]);
+            }
+            close
+        } else {
+            conn.buf.extend_from_slice(bytes);
+            let (used, close) = answer_all(&mut server.out, &conn.buf);
+            conn.buf.drain(..used);
+            close
+        };
+        if !server.out.is_empty() && lp.write(s, &server.out, None).is_err() {
+            server.release(slot);
+            let _ = lp.close(s, None);
+            return;
+        }
+        if close {
+            server.release(slot);
+            let _ = lp.read_stop(s);
+            if lp.shutdown(s, Some(&on_shutdown)).is_err() {
+                let _ = lp.close(s, None);
+            }
+        }
+    });
+    let st = state.clone();
+    let on_connection = OnConnection::new(move |lp, srv, res| {
+        if let Err(e) = res {
+            if e == Error::EADDRINUSE || e == Error::EACCES || e.errno().is_none() {
+                eprintln!("[{}] listen failed: {e}", std::process::id());
+                let _ = lp.close(srv, None);
+                std::process::exit(1);
+            }
+            // EMFILE and friends: the loop backs off and retries.
+            return;
+        }
+        let Ok(c) = lp.accept(srv) else { return };
+        let slot = st.borrow_mut().slot();
+        let _ = lp.set_data(c, slot);
+        let _ = lp.tcp_nodelay(c, true);
+        if lp.read_start(c, &on_read).is_err() {
+            st.borrow_mut().release(slot);
+            let _ = lp.close(c, None);
+        }
+    });
+    let server = lp.tcp_init()?;
+    lp.tcp_bind(server, addr, 0)?;
+    lp.listen(server, 1024, &on_connection)?;
+    Ok(server)
+}
