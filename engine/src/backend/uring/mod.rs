@@ -590,6 +590,10 @@ impl Drop for Uring {
                 self.inflight = self.inflight.saturating_sub(1);
             }
         }
+        // Run claimed wake-ups first (see `cancel`): a connection an accept
+        // already claimed is then accepted (and closed below, so its client
+        // sees a reset at once) rather than stranded in a shared listen queue.
+        self.flush_overflow();
         // Cancel everything, then wait (bounded) for every op to end, so no
         // request still points into the pool, a slot or the loop's memory
         // when they are freed. Accepted fds still in the CQ are closed.
