@@ -67,10 +67,31 @@ impl FrameWriter {
         FrameWriter { buf: Vec::with_capacity(256) }
     }
 
-    /// Writes one frame that carries no fds.
+    /// Writes one frame that carries no fds (after any queued ones, in
+    /// one write).
     pub(crate) fn send(&mut self, lp: &mut Loop, pipe: Stream, frame: &Frame<'_>) -> Result<()> {
-        self.encode(frame)?;
-        lp.write(pipe, &self.buf, None)
+        self.queue(frame)?;
+        self.flush(lp, pipe)
+    }
+
+    /// Encodes a frame (without fds) to be written by the next `send` or
+    /// `flush`, so that a burst of small frames goes out as one write.
+    pub(crate) fn queue(&mut self, frame: &Frame<'_>) -> Result<()> {
+        if frame.nfds() != 0 {
+            return Err(Error::EINVAL);
+        }
+        frame.emit_to_vec(&mut self.buf).map_err(|_| Error::EINVAL)?;
+        Ok(())
+    }
+
+    /// Writes the queued frames, if any.
+    pub(crate) fn flush(&mut self, lp: &mut Loop, pipe: Stream) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let res = lp.write(pipe, &self.buf, None);
+        self.buf.clear();
+        res
     }
 
     /// Writes one frame with `fds` attached to its first byte. On success
@@ -80,11 +101,12 @@ impl FrameWriter {
         if usize::from(frame.nfds()) != fds.len() {
             return Err(Error::EINVAL);
         }
+        self.flush(lp, pipe)?;
         self.encode(frame)?;
-        if fds.is_empty() {
-            return lp.write(pipe, &self.buf, None);
-        }
-        lp.write_fds(pipe, &self.buf, fds, None)
+        let res =
+            if fds.is_empty() { lp.write(pipe, &self.buf, None) } else { lp.write_fds(pipe, &self.buf, fds, None) };
+        self.buf.clear();
+        res
     }
 
     /// Writes one frame with `handle`'s socket attached (duplicated now).
@@ -92,8 +114,11 @@ impl FrameWriter {
         if frame.nfds() != 1 {
             return Err(Error::EINVAL);
         }
+        self.flush(lp, pipe)?;
         self.encode(frame)?;
-        lp.write2(pipe, &self.buf, handle, None)
+        let res = lp.write2(pipe, &self.buf, handle, None);
+        self.buf.clear();
+        res
     }
 
     fn encode(&mut self, frame: &Frame<'_>) -> Result<()> {

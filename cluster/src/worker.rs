@@ -506,7 +506,12 @@ impl Worker {
                 Ok(bytes) => {
                     let mut handler = |lp: &mut Loop, d: Decoded<'_>| handle_frame(&state, lp, pipe, d);
                     match feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler) {
-                        Ok(_) => {}
+                        Ok(_) => {
+                            let mut st = state.borrow_mut();
+                            if let Some(ch) = st.channel {
+                                let _ = st.writer.flush(lp, ch);
+                            }
+                        }
                         Err(ChannelError::Decode(_)) | Err(ChannelError::Stalled) => {
                             decoder.drain_fds();
                             channel_closed(&state, lp, pipe);
@@ -639,7 +644,8 @@ fn handle_frame(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, pipe: Stream, d
                 }
                 let ack =
                     Frame::Ack { conn_seq: first_conn_seq + i as u64, count: (j - i) as u32, accepted: accepted[i] };
-                let _ = st.send(lp, &ack);
+                // Queued: the read callback writes all acks of a chunk at once.
+                let _ = st.writer.queue(&ack);
                 i = j;
             }
         }

@@ -6,12 +6,64 @@
 //! Workers report to the primary with short text messages ("listening
 //! <port>", "error <errno>", ...), which the tests read.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use uvring::{Loop, OnConnection, OnRead, OnShutdown, RunMode, Stream};
 use uvring_cluster::{is_primary, Primary, Settings, Worker};
+
+/// Counts every heap allocation of the process (the allocation test asks a
+/// worker for the count over a stretch of connections).
+struct CountingAlloc;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static ALLOCS_AT_START: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which
+// upholds the GlobalAlloc contract; counting is an atomic add.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        trace_alloc();
+        // SAFETY: forwarded from the caller.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded from the caller.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        trace_alloc();
+        // SAFETY: forwarded from the caller.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+static TRACING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+thread_local! { static IN_TRACE: Cell<bool> = const { Cell::new(false) }; }
+
+fn trace_alloc() {
+    if TRACING.load(Ordering::Relaxed) && !IN_TRACE.with(Cell::get) {
+        IN_TRACE.with(|c| c.set(true));
+        eprintln!("ALLOC TRACE:\n{}", std::backtrace::Backtrace::force_capture());
+        IN_TRACE.with(|c| c.set(false));
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 fn main() {
     // SCENARIO (per-worker, through fork_with_env) overrides the argument.
@@ -104,6 +156,16 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
                 if msg == b"fds" {
                     let n = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
                     send(lp, &wc, &format!("fds {n}"));
+                } else if msg == b"alloc-start" {
+                    send(lp, &wc, "alloc-started");
+                    ALLOCS_AT_START.store(ALLOCS.load(Ordering::SeqCst), Ordering::SeqCst);
+                    TRACING.store(std::env::var_os("ALLOC_TRACE").is_some(), Ordering::SeqCst);
+                } else if msg == b"alloc-stop" {
+                    TRACING.store(false, Ordering::SeqCst);
+                    let total = ALLOCS.load(Ordering::SeqCst);
+                    let n = total - ALLOCS_AT_START.load(Ordering::SeqCst);
+                    // The total shows the counter counts at all.
+                    send(lp, &wc, &format!("allocs {n} of {total}"));
                 }
             });
         }

@@ -1,0 +1,124 @@
+//! Zero allocation on the round-robin hot paths after warm-up: in the
+//! primary, accept -> choose a worker -> send the fd (and take the ack); in
+//! the worker, receive the fd -> `on_connection` -> serve -> close. The
+//! primary runs in this process under a thread-local counting allocator
+//! (client threads are not counted); each worker counts its own
+//! allocations and reports them.
+
+mod cluster_support;
+
+use cluster_support::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+use uvring::{Loop, RunMode};
+use uvring_cluster::Primary;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<usize> = const { Cell::new(0) };
+}
+
+struct Counting;
+
+fn note() {
+    if COUNTING.try_with(Cell::get).unwrap_or(false) {
+        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which
+// upholds the GlobalAlloc contract; counting touches only const-initialised
+// thread-locals without destructors, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded from the caller.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded from the caller.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: forwarded from the caller.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs the loop, counting this thread's allocations inside `lp.run` only,
+/// until `n` answers arrived; returns the count.
+fn run_counted(lp: &mut Loop, rx: &std::sync::mpsc::Receiver<std::io::Result<String>>, n: usize) -> usize {
+    let tick = lp.timer_init().unwrap();
+    lp.timer_start(tick, 10, 10, &uvring::OnTimer::new(|_, _| {})).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = 0;
+    let mut count = 0;
+    while got < n {
+        assert!(Instant::now() < deadline, "timed out");
+        COUNT.with(|c| c.set(0));
+        COUNTING.with(|c| c.set(true));
+        lp.run(RunMode::Once).unwrap();
+        COUNTING.with(|c| c.set(false));
+        count += COUNT.with(Cell::get);
+        while let Ok(a) = rx.try_recv() {
+            assert!(a.unwrap().starts_with("worker "));
+            got += 1;
+        }
+    }
+    lp.close(tick, None).unwrap();
+    count
+}
+
+cluster_test! {
+    fn rr_hot_paths_allocate_nothing(lp, policy) [rr = RoundRobin] {
+        let primary = Primary::new(lp, settings(policy, "serve", 2)).unwrap();
+        let log = record(&primary);
+        let _guard = KillGuard(log.clone());
+        primary.start(lp).unwrap();
+        wait_for(lp, &log, |l| l.listening.len() == 2);
+        let port = log.borrow().listening[0].1;
+        // Warm-up, burstier than the measured run: queues, write buffers
+        // and recycled stream parts reach the sizes the measured run needs.
+        let rx = ask_many(port, 2000, 16);
+        collect(lp, &rx, 2000);
+        for w in primary.workers() {
+            w.send(lp, b"alloc-start").unwrap();
+        }
+        wait_for(lp, &log, |l| l.count_prefix("alloc-started") == 2);
+        let rx = ask_many(port, 400, 4);
+        let primary_allocs = run_counted(lp, &rx, 400);
+        for w in primary.workers() {
+            w.send(lp, b"alloc-stop").unwrap();
+        }
+        wait_for(lp, &log, |l| l.count_prefix("allocs ") == 2);
+        let reports: Vec<String> = log.borrow().messages.iter().filter(|(_, m)| m.starts_with("allocs ")).map(|(_, m)| m.clone()).collect();
+        assert_eq!(primary_allocs, 0, "primary: accept -> choose -> send fd allocated");
+        for r in &reports {
+            let mut it = r.split(' ');
+            let (n, total): (usize, usize) = (it.nth(1).unwrap().parse().unwrap(), it.nth(1).unwrap().parse().unwrap());
+            assert!(total > 0, "the worker's counter counts");
+            assert_eq!(n, 0, "worker: receive fd -> on_connection allocated: {reports:?}");
+        }
+        // And this thread's counter counts.
+        COUNTING.with(|c| c.set(true));
+        let b = std::hint::black_box(Box::new(1u64));
+        COUNTING.with(|c| c.set(false));
+        drop(b);
+        assert!(COUNT.with(Cell::get) >= 1);
+        assert!(primary.stats().handed_off >= 800);
+        shutdown(lp, &primary);
+    }
+}
