@@ -536,6 +536,13 @@ impl WorkerHandle {
         self.info.exited_after_disconnect.get()
     }
 
+    /// Connections handed to this worker and not yet acknowledged.
+    pub fn unacked_connections(&self) -> usize {
+        let Some(state) = self.primary.upgrade() else { return 0 };
+        let st = state.borrow();
+        st.entry(self.info.id).map_or(0, |w| w.unacked.len())
+    }
+
     /// Sends a user message.
     pub fn send(&self, lp: &mut Loop, bytes: &[u8]) -> Result<()> {
         let state = self.primary.upgrade().ok_or(Error::ENOTCONN)?;

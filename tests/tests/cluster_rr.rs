@@ -69,6 +69,34 @@ cluster_test! {
         shutdown(lp, &primary);
     }
 
+    // A worker dies holding connections it never acknowledged: they go to
+    // the other worker, and every client is answered.
+    fn dying_worker_connections_are_redistributed(lp, policy) [rr = RoundRobin] {
+        let primary = Primary::new(lp, settings(policy, "serve", 0)).unwrap();
+        let log = record(&primary);
+        let _guard = KillGuard(log.clone());
+        let stalling = primary.fork_with_env(lp, &[("SCENARIO", "stall-on-first")]).unwrap();
+        primary.fork(lp).unwrap();
+        wait_for(lp, &log, |l| l.listening.len() == 2);
+        let port = log.borrow().listening[0].1;
+        let rx = burst(port, 8);
+        // Worker 1 is blocked inside its first connection with the rest of
+        // its batch unacknowledged.
+        run_until(lp, WAIT, |_| stalling.unacked_connections() > 0);
+        let end = Instant::now() + Duration::from_millis(200);
+        run_until(lp, WAIT, |_| Instant::now() >= end);
+        let held = stalling.unacked_connections();
+        assert!(held >= 2, "worker 1 holds its batch: {held}");
+        // SAFETY: plain syscall on our child's pid.
+        unsafe { libc::kill(stalling.pid(), libc::SIGKILL) };
+        let answers = collect(lp, &rx, 8);
+        let by: Vec<Option<u32>> = answers.iter().map(|a| a.as_ref().ok().and_then(|s| worker_of(s))).collect();
+        assert!(by.iter().all(|w| *w == Some(2)), "all answered by worker 2: {answers:?}");
+        assert_eq!(primary.stats().redistributed as usize, held);
+        assert_eq!(primary.stats().closed_unroutable, 0);
+        shutdown(lp, &primary);
+    }
+
     // 10,000 connections, 4 workers: all answered, split within 10% of
     // even, fds back to baseline in the primary and every worker.
     fn ten_thousand_connections(lp, policy) [rr = RoundRobin] {

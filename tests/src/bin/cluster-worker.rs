@@ -186,6 +186,26 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
                 }),
             );
         }
+        // Serve, but block the whole process for a long time at the first
+        // connection (so the rest of its batch stays unacknowledged).
+        "stall-on-first" => {
+            let on_read = answer_once(id);
+            let stalled = Cell::new(false);
+            listen(
+                lp,
+                port_env(),
+                &OnConnection::new(move |lp, srv, res| {
+                    if res.is_ok() {
+                        if let Ok(c) = lp.accept(srv) {
+                            let _ = lp.read_start(c, &on_read);
+                        }
+                        if !stalled.replace(true) {
+                            std::thread::sleep(std::time::Duration::from_secs(30));
+                        }
+                    }
+                }),
+            );
+        }
         // Two servers on port 0, closed and listened again; report ports.
         "two-servers" => {
             let round = Rc::new(Cell::new(0u32));
