@@ -538,7 +538,10 @@ impl Loop {
     }
 
     fn run_timers(&mut self) {
-        while let Some(h) = self.timers.pop_due(self.now_ms) {
+        // Timers (re)started by the callbacks below wait for the next
+        // iteration, even when already due.
+        let started_by = self.timers.last_seq();
+        while let Some(h) = self.timers.pop_due_started_by(self.now_ms, started_by) {
             let (cb, repeat) = match self.slot(h).map(|s| &s.kind) {
                 Ok(Kind::Timer(t)) => (t.cb.clone(), t.repeat),
                 _ => continue,

@@ -79,7 +79,30 @@ impl TimerHeap {
         }
     }
 
+    /// The start-order stamp of the latest insert: timers (re)started
+    /// afterwards have higher stamps.
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Removes and returns the earliest timer if it is due at `now` and was
+    /// (re)started at or before stamp `limit`. A timer restarted during the
+    /// timer phase (due at `now` at the earliest, with a later stamp) sorts
+    /// after every timer that was due when the phase began, so stopping at
+    /// the first one runs each due timer once per phase, as libuv does; a
+    /// callback that restarts its own timer with timeout 0 cannot keep the
+    /// phase going forever.
+    pub fn pop_due_started_by(&mut self, now: u64, limit: u64) -> Option<HandleId> {
+        let top = *self.heap.first()?;
+        if top.due > now || top.seq > limit {
+            return None;
+        }
+        self.remove(top.h);
+        Some(top.h)
+    }
+
     /// Removes and returns the earliest timer if it is due at `now`.
+    #[cfg(test)]
     pub fn pop_due(&mut self, now: u64) -> Option<HandleId> {
         let top = *self.heap.first()?;
         if top.due > now {

@@ -217,4 +217,31 @@ both_backends! {
         assert!(ticks.get() >= 1, "the unref'd timer fired while the loop ran");
         close_all(lp, &[bg, fg]);
     }
+
+    /// A timer restarted with timeout 0 from its own callback runs once per
+    /// loop iteration, not again in the same timer phase (which would never
+    /// end): libuv runs each due timer once per iteration.
+    fn timer_zero_restart_runs_once_per_iteration(lp) {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let slot: Rc<RefCell<Option<OnTimer>>> = Rc::new(RefCell::new(None));
+        let cb = {
+            let (seen, slot) = (seen.clone(), slot.clone());
+            OnTimer::new(move |lp, me| {
+                seen.borrow_mut().push(lp.iterations());
+                if seen.borrow().len() < 5 {
+                    let again = slot.borrow().clone().unwrap();
+                    lp.timer_start(me, 0, 0, &again).unwrap();
+                }
+            })
+        };
+        *slot.borrow_mut() = Some(cb.clone());
+        let t = lp.timer_init().unwrap();
+        lp.timer_start(t, 0, 0, &cb).unwrap();
+        assert!(!lp.run(RunMode::Default).unwrap());
+        *slot.borrow_mut() = None;
+        let seen = seen.borrow();
+        assert_eq!(seen.len(), 5);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "one run per iteration: {seen:?}");
+        close_all(lp, &[t]);
+    }
 }
