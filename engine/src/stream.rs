@@ -392,12 +392,21 @@ impl Loop {
         }
         self.active_reqs -= 1;
         if res == 0 {
-            // `read_start` may have come before the connect finished.
+            // `read_start`, writes and a shutdown may have come before the
+            // connect finished: start them now.
             self.recv_arm(s);
+            self.flush(s);
+            self.maybe_shutdown(s);
         }
         let status = if res == 0 { Ok(()) } else { Err(Error::from_neg(res)) };
         if let Some(cb) = cb {
             invoke!(&cb, self, s, status);
+        }
+        if res != 0 {
+            // As libuv: after the connect callback, writes queued on the
+            // failed connection (and a shutdown) are cancelled, unless the
+            // callback closed the stream (close cancels them then).
+            self.fail_writes(s, Error::ECANCELED);
         }
     }
 
@@ -895,7 +904,10 @@ impl Loop {
     /// Sends what is queued if no send is in flight.
     pub(crate) fn flush(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
-        if st.send_inflight || st.fd < 0 {
+        // Nothing goes out before a connect completes (`on_connect` flushes):
+        // epoll would find the write side busy, io_uring would let the
+        // write's completion overtake the connect's.
+        if st.send_inflight || st.fd < 0 || st.on_connect.is_some() {
             return;
         }
         if st.inflight_off >= st.parts.inflight.len() {
@@ -1081,7 +1093,7 @@ impl Loop {
 
     fn maybe_shutdown(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
-        if st.shutdown != ShutdownState::Requested {
+        if st.shutdown != ShutdownState::Requested || st.on_connect.is_some() {
             return;
         }
         if st.send_inflight || st.written_total < st.queued_total || !st.parts.writes.is_empty() {
