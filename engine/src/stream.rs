@@ -571,6 +571,7 @@ impl Loop {
             if let Some(cb) = cb {
                 invoke!(&cb, self, s, Ok(()));
             }
+            self.accept_pause_if_full(s);
         } else if c.res != -libc::ECANCELED {
             // EMFILE, ENFILE, ENOBUFS, ...: back off instead of spinning, and
             // tell the user once per episode; the listener stays alive.
@@ -583,6 +584,20 @@ impl Loop {
         if !c.more {
             self.accept_arm(s);
         }
+    }
+
+    /// Back-pressure on a user that does not accept: once the queue is full,
+    /// the persistent accept op is cancelled (further connections wait in
+    /// the kernel's backlog). Completions already on their way still join
+    /// the queue; `accept` re-arms once it is below the limit again.
+    fn accept_pause_if_full(&mut self, s: Stream) {
+        let Ok(st) = self.stream_state(s) else { return };
+        if st.accept_op != OpState::Armed || st.fd < 0 || st.parts.accept_queue.len() < MAX_ACCEPT_QUEUE {
+            return;
+        }
+        st.accept_op = OpState::Ending;
+        let fd = st.fd;
+        self.driver.cancel(fd, Loop::token(s.0, OpKind::Accept));
     }
 
     /// Takes one pending connection (`uv_accept`) as a new stream handle.
