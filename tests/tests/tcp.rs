@@ -906,4 +906,131 @@ both_backends! {
         assert!(!lp.run(RunMode::Default).unwrap());
         assert_eq!(*status.borrow(), [Err(Error::ECONNREFUSED)]);
     }
+
+    /// Writes and a shutdown queued before the connect completes wait for
+    /// it and then go out in order (libuv queues them the same way); when
+    /// the connect fails they are cancelled, each reported once.
+    fn tcp_write_before_connect(lp) {
+        let accepted = Rc::new(RefCell::new(vec![]));
+        let (server, addr) = listener(lp, &accept_and_read(echo_reader(), accepted.clone()));
+        let log = Rc::new(RefCell::new(Vec::<(&'static str, Result<()>)>::new()));
+        let logger = |what: &'static str| {
+            let log = log.clone();
+            OnWrite::new(move |_, _, st| log.borrow_mut().push((what, st)))
+        };
+        let (on_write, on_shutdown) = (logger("write"), logger("shutdown"));
+        let on_connect = logger("connect");
+        let echoed = Rc::new(RefCell::new(Vec::new()));
+        let on_read = {
+            let echoed = echoed.clone();
+            OnRead::new(move |lp, s, res| match res {
+                Ok(b) => echoed.borrow_mut().extend_from_slice(b),
+                Err(_) => lp.close(s, None).unwrap(),
+            })
+        };
+        let client = connect(lp, addr, &on_connect);
+        lp.write(client, b"queued ", Some(&on_write)).unwrap();
+        lp.write(client, b"early", Some(&on_write)).unwrap();
+        lp.shutdown(client, Some(&on_shutdown)).unwrap();
+        lp.read_start(client, &on_read).unwrap();
+        run_until(lp, LIMIT, |lp| !lp.is_live(client));
+        run_until(lp, LIMIT, |lp| accepted.borrow().iter().all(|c| !lp.is_live(*c)));
+        assert_eq!(*echoed.borrow(), b"queued early");
+        assert_eq!(*log.borrow(), [("connect", Ok(())), ("write", Ok(())), ("write", Ok(())), ("shutdown", Ok(()))]);
+
+        // Refused: the writes and the shutdown are cancelled.
+        let closed = count();
+        let c2 = closed.clone();
+        lp.close(server, Some(&OnClose::new(move |_, _| bump(&c2)))).unwrap();
+        run_until(lp, LIMIT, |_| closed.get() == 1);
+        log.borrow_mut().clear();
+        let refused = connect(lp, addr, &on_connect);
+        lp.write(refused, b"never", Some(&on_write)).unwrap();
+        lp.shutdown(refused, Some(&on_shutdown)).unwrap();
+        run_until(lp, LIMIT, |_| log.borrow().len() == 3);
+        lp.close(refused, None).unwrap();
+        assert!(!lp.run(RunMode::Default).unwrap());
+        assert_eq!(
+            *log.borrow(),
+            [
+                ("connect", Err(Error::ECONNREFUSED)),
+                ("write", Err(Error::ECANCELED)),
+                ("shutdown", Err(Error::ECANCELED))
+            ]
+        );
+    }
+
+    /// A zero-length write completes (in order with the others).
+    fn tcp_zero_length_write(lp) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let log = Rc::new(RefCell::new(Vec::<(u8, Result<()>)>::new()));
+        let cb = |tag: u8| {
+            let log = log.clone();
+            OnWrite::new(move |_, _, st| log.borrow_mut().push((tag, st)))
+        };
+        let (w0, w1, w2) = (cb(0), cb(1), cb(2));
+        let client = connect(lp, addr, &OnConnect::new(move |lp, s, st| {
+            st.unwrap();
+            lp.write(s, b"", Some(&w0)).unwrap();
+            lp.write(s, b"abc", Some(&w1)).unwrap();
+            lp.write(s, b"", Some(&w2)).unwrap();
+        }));
+        run_until(lp, LIMIT, |_| log.borrow().len() == 3);
+        assert_eq!(*log.borrow(), [(0, Ok(())), (1, Ok(())), (2, Ok(()))]);
+        lp.close(client, None).unwrap();
+        assert!(!lp.run(RunMode::Default).unwrap());
+    }
+
+    /// Back-pressure on a listener whose user does not accept: once its
+    /// queue is full the loop stops accepting (connections wait in the
+    /// kernel's backlog; io_uring's multishot accept may already have taken
+    /// a whole burst, which is kept, never dropped), and accepting resumes
+    /// as the user drains the queue.
+    fn tcp_accept_queue_is_bounded(lp) {
+        const BURST: usize = 200;
+        let notified = count();
+        let n2 = notified.clone();
+        let server = lp.tcp_init().unwrap();
+        lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        lp.listen(server, 1024, &OnConnection::new(move |_, _, st| {
+            st.unwrap();
+            bump(&n2);
+        })).unwrap();
+        let addr = lp.tcp_getsockname(server).unwrap();
+        // A ticking timer bounds each poll while the loop is left to accept
+        // what it is willing to.
+        let tick = lp.timer_init().unwrap();
+        lp.timer_start(tick, 10, 10, &OnTimer::new(|_, _| {})).unwrap();
+        let settle = |lp: &mut Loop| {
+            let t0 = std::time::Instant::now();
+            run_until(lp, LIMIT, |_| t0.elapsed() > Duration::from_millis(200));
+        };
+        let mut clients: Vec<_> = (0..BURST).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        settle(lp);
+        let first = lp.accept_queue_len(server).unwrap();
+        assert!(first >= 128, "accepts up to the limit: {first}");
+        assert!(first <= 128 + 64 || lp.backend() == Backend::IoUring, "the accept queue is bounded: {first}");
+        // A second burst while the queue is full is not accepted.
+        clients.extend((0..BURST).map(|_| std::net::TcpStream::connect(addr).unwrap()));
+        settle(lp);
+        assert_eq!(lp.accept_queue_len(server).unwrap(), first, "no accepting while the queue is full");
+        assert_eq!(notified.get(), first, "one notification per queued connection");
+        // Drain: everything arrives eventually.
+        let mut accepted = vec![];
+        run_until(lp, LIMIT, |lp| {
+            while let Ok(c) = lp.accept(server) {
+                accepted.push(c);
+            }
+            accepted.len() == 2 * BURST
+        });
+        assert_eq!(notified.get(), 2 * BURST);
+        for c in accepted {
+            lp.close(c, None).unwrap();
+        }
+        lp.close(server, None).unwrap();
+        lp.close(tick, None).unwrap();
+        assert!(!lp.run(RunMode::Default).unwrap());
+        drop(clients);
+    }
 }
