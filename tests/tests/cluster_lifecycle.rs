@@ -282,6 +282,9 @@ fn proc_state(pid: i32) -> Option<char> {
 // Every worker exits when the primary dies (EOF on the channel).
 #[test]
 fn primary_kill() {
+    // Serialised with the other tests of this binary: they count this
+    // process's fds, and this test opens some.
+    let guard = uvring_tests::TestGuard::new();
     for backend in ["epoll", "io_uring"] {
         if backend == "io_uring" && uvring_tests::make_loop(uvring::Backend::IoUring, Default::default()).is_none() {
             continue;
@@ -315,4 +318,5 @@ fn primary_kill() {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    guard.check_fds();
 }
