@@ -8,9 +8,9 @@
 //!   and bytes plus received fds back to frames, incrementally, bounded and
 //!   allocation-free.
 //! - `channel`: an engine IPC pipe plus a decoder and a reused emit buffer.
-//! - [`schedule`]: the pure state machines: [`RoundRobin`] (least-loaded
-//!   choice, ties in rotation) and [`RestartGovernor`] (respawn back-off and
-//!   restart-storm limit).
+//! - [`schedule`]: the pure state machines: [`RoundRobin`] (rotation that
+//!   passes over workers loaded more than a slack above the least loaded)
+//!   and [`RestartGovernor`] (respawn back-off and restart-storm limit).
 //! - [`store`]: the primary's shared key/value store.
 //! - [`Primary`] and [`WorkerHandle`]: forking, listen routing, connection
 //!   hand-off, events, disconnect, respawn, rolling restart.

@@ -7,8 +7,10 @@
 //! The primary accepts with [`Loop::accept_fd`] (no handle per connection)
 //! and queues the fd. Once per loop iteration (a check hook, so that a burst
 //! accepted in one poll goes out together) each queued connection is given
-//! to the least-loaded member worker of its listener
-//! ([`RoundRobin`]): a duplicate of the fd joins that worker's batch (up to
+//! to the next member worker of its listener in rotation, passing over
+//! workers loaded more than a slack above the least-loaded one
+//! ([`RoundRobin`]; load = unacknowledged + reported open connections): a
+//! duplicate of the fd joins that worker's batch (up to
 //! 16 fds in one `NewConnection` frame, sent with [`Loop::write_fds`]) and
 //! the primary keeps the original, numbered, until the worker acknowledges
 //! it. Accepted: the original is closed. Refused: the connection is queued
