@@ -605,15 +605,26 @@ impl Loop {
     /// Releases what a dropped completion carries.
     pub(crate) fn release(&mut self, c: Completion) {
         if let Some(id) = c.buf {
-            self.driver.recycle(id);
+            self.discard_recv_buf(c.token.kind(), id, c.res);
         }
         if c.token.kind() == Some(OpKind::Accept) && c.res >= 0 {
             crate::sys::close(c.res);
         }
-        if c.token.kind() == Some(OpKind::RecvMsg) {
-            // Fds inside an unread recvmsg record were already closed by the
-            // caller that parsed it, or are closed here.
+    }
+
+    /// Gives back receive buffer `id` holding an unread result of `res`
+    /// bytes. A recvmsg record in it may carry fds (`SCM_RIGHTS`) that now
+    /// nobody will accept: they are closed first, so none leaks.
+    pub(crate) fn discard_recv_buf(&mut self, kind: Option<OpKind>, id: u16, res: i32) {
+        if kind == Some(OpKind::RecvMsg) && res > 0 {
+            // SAFETY: buffer `id` was lent to the loop by its completion and
+            // is recycled only below; nothing writes it meanwhile.
+            let data = unsafe { self.pool.slice(id, res as usize) };
+            if let Some(rec) = backend::parse_recvmsg(data) {
+                crate::sys::socket::for_each_rights_fd(rec.control, crate::sys::close);
+            }
         }
+        self.driver.recycle(id);
     }
 
     pub(crate) fn push_pending(&mut self, p: Pending) {

@@ -785,7 +785,7 @@ impl Loop {
     fn deliver_read(&mut self, s: Stream, item: Stashed) {
         let Ok(st) = self.stream_state(s) else {
             if let Some(id) = item.buf {
-                self.driver.recycle(id);
+                self.discard_recv_buf(Some(item.kind), id, item.res);
             }
             return;
         };
@@ -1181,7 +1181,7 @@ impl Loop {
         }) {
             let Some(item) = st else { break };
             if let Some(id) = item.buf {
-                self.driver.recycle(id);
+                self.discard_recv_buf(Some(item.kind), id, item.res);
             }
         }
         if hooked && self.listen_hook.is_some() {
