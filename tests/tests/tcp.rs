@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 use uvring::*;
-use uvring_tests::{both_backends, run_until};
+use uvring_tests::{both_backends, run_on_with, run_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -1032,5 +1032,97 @@ both_backends! {
         lp.close(tick, None).unwrap();
         assert!(!lp.run(RunMode::Default).unwrap());
         drop(clients);
+    }
+}
+
+/// 32 streams sending at once into a pool of 4 small receive buffers: the
+/// backends run out of buffers again and again (epoll leaves data in the
+/// socket, io_uring's receives starve and resume), and every byte arrives
+/// intact and in order on every stream.
+fn small_pool_many_streams(lp: &mut Loop) {
+    const STREAMS: usize = 32;
+    const BYTES: usize = 256 * 1024;
+    let got: Rc<RefCell<Vec<Vec<u8>>>> = Rc::new(RefCell::new(vec![Vec::new(); STREAMS]));
+    let eofs = count();
+    let on_read = {
+        let (got, eofs) = (got.clone(), eofs.clone());
+        OnRead::new(move |lp, s, res| match res {
+            Ok(b) => got.borrow_mut()[lp.data(s).unwrap()].extend_from_slice(b),
+            Err(e) => {
+                assert_eq!(e, Error::EOF);
+                bump(&eofs);
+                lp.close(s, None).unwrap();
+            }
+        })
+    };
+    let accepted = Rc::new(RefCell::new(vec![]));
+    let acc = accepted.clone();
+    let on_read_named = on_read.clone();
+    let (server, addr) = listener(
+        lp,
+        &OnConnection::new(move |lp, srv, st| {
+            st.unwrap();
+            while let Ok(c) = lp.accept(srv) {
+                let id = acc.borrow().len();
+                lp.set_data(c, id).unwrap();
+                acc.borrow_mut().push(c);
+                lp.read_start(c, &on_read_named).unwrap();
+            }
+        }),
+    );
+    // Clients connect one at a time so accept order names them.
+    let sent = count();
+    let on_sent = {
+        let sent = sent.clone();
+        OnWrite::new(move |_, _, st| {
+            st.unwrap();
+            bump(&sent);
+        })
+    };
+    let mut clients = vec![];
+    for i in 0..STREAMS {
+        let connected = count();
+        let c2 = connected.clone();
+        let c = connect(
+            lp,
+            addr,
+            &OnConnect::new(move |_, _, st| {
+                st.unwrap();
+                bump(&c2);
+            }),
+        );
+        run_until(lp, LIMIT, |_| connected.get() == 1 && accepted.borrow().len() == i + 1);
+        clients.push(c);
+    }
+    for (i, &c) in clients.iter().enumerate() {
+        let data: Vec<u8> = (0..BYTES as u64).map(|k| pattern(k + i as u64)).collect();
+        lp.write(c, &data, Some(&on_sent)).unwrap();
+        lp.shutdown(c, None).unwrap();
+    }
+    run_until(lp, Duration::from_secs(60), |_| eofs.get() == STREAMS && sent.get() == STREAMS);
+    for c in clients {
+        lp.close(c, None).unwrap();
+    }
+    lp.close(server, None).unwrap();
+    assert!(!lp.run(RunMode::Default).unwrap());
+    for (i, g) in got.borrow().iter().enumerate() {
+        assert_eq!(g.len(), BYTES, "stream {i}");
+        assert!(g.iter().enumerate().all(|(k, b)| *b == pattern(k as u64 + i as u64)), "stream {i} intact");
+    }
+}
+
+fn small_pool() -> LoopOptions {
+    LoopOptions { pool: PoolConfig { count: 4, size: 1024 }, ..LoopOptions::default() }
+}
+
+mod small_pool_many_streams {
+    use super::*;
+    #[test]
+    fn epoll() {
+        run_on_with(Backend::Epoll, small_pool(), small_pool_many_streams);
+    }
+    #[test]
+    fn io_uring() {
+        run_on_with(Backend::IoUring, small_pool(), small_pool_many_streams);
     }
 }
