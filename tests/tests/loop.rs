@@ -273,4 +273,70 @@ both_backends! {
         close_and_drain(lp, s2);
         close_and_drain(lp, new);
     }
+
+    /// libuv's phase order in one iteration: timers, pending (a deferred
+    /// write completion), idle, prepare, poll, check, closing.
+    fn phase_order(lp) {
+        let log = Rc::new(RefCell::new(Vec::<&'static str>::new()));
+        let logger = |what: &'static str| {
+            let log = log.clone();
+            OnHook::new(move |lp, h| {
+                log.borrow_mut().push(what);
+                lp.close(h, None).unwrap();
+            })
+        };
+        let (a, b) = lp.pipe_pair(false).unwrap();
+        let l = log.clone();
+        // A zero-length write completes in the pending phase.
+        lp.write(a, b"", Some(&OnWrite::new(move |_, _, st| {
+            st.unwrap();
+            l.borrow_mut().push("pending");
+        }))).unwrap();
+        let t = lp.timer_init().unwrap();
+        let (l, on_close) = (log.clone(), {
+            let log = log.clone();
+            OnClose::new(move |_, _| log.borrow_mut().push("close"))
+        });
+        lp.timer_start(t, 0, 0, &OnTimer::new(move |lp, t| {
+            l.borrow_mut().push("timer");
+            lp.close(t, Some(&on_close)).unwrap();
+        })).unwrap();
+        for (kind, name) in [(HookKind::Check, "check"), (HookKind::Prepare, "prepare"), (HookKind::Idle, "idle")] {
+            let h = lp.hook_init(kind).unwrap();
+            lp.hook_start(h, &logger(name)).unwrap();
+        }
+        lp.run(RunMode::Once).unwrap();
+        assert_eq!(*log.borrow(), ["timer", "pending", "idle", "prepare", "check", "close"]);
+        lp.close(a, None).unwrap();
+        lp.close(b, None).unwrap();
+        assert!(!lp.run(RunMode::Default).unwrap());
+    }
+
+    /// `now` is cached for the iteration: two timers firing in the same
+    /// iteration see the same time even if the first one takes a while;
+    /// `update_time` refreshes it.
+    fn now_is_cached_per_iteration(lp) {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let cb = {
+            let seen = seen.clone();
+            OnTimer::new(move |lp, _| {
+                seen.borrow_mut().push(lp.now());
+                std::thread::sleep(Duration::from_millis(20));
+            })
+        };
+        let (t1, t2) = (lp.timer_init().unwrap(), lp.timer_init().unwrap());
+        lp.timer_start(t1, 5, 0, &cb).unwrap();
+        lp.timer_start(t2, 5, 0, &cb).unwrap();
+        assert!(!lp.run(RunMode::Default).unwrap());
+        let seen = seen.borrow();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], seen[1], "same iteration, same cached time");
+        let before = lp.now();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(lp.now(), before, "no refresh outside the loop");
+        lp.update_time();
+        assert!(lp.now() >= before + 5);
+        close_and_drain(lp, t1);
+        close_and_drain(lp, t2);
+    }
 }

@@ -1035,6 +1035,79 @@ both_backends! {
     }
 }
 
+both_backends! {
+    /// Fairness: while one peer floods a stream as fast as it can, a second
+    /// stream's ping-pong keeps making progress (bounded work per wakeup).
+    fn tcp_busy_peer_does_not_starve_others(lp) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let flooded = Rc::new(Cell::new(0usize));
+        let on_read = {
+            let flooded = flooded.clone();
+            OnRead::new(move |lp, s, res| match res {
+                // Stream 0 is the flood (data word 0), stream 1 the ping-pong.
+                Ok(b) if lp.data(s).unwrap() == 0 => flooded.set(flooded.get() + b.len()),
+                Ok(b) => lp.write(s, b, None).unwrap(),
+                Err(_) => lp.close(s, None).unwrap(),
+            })
+        };
+        let accepted = Rc::new(RefCell::new(Vec::<Stream>::new()));
+        let acc = accepted.clone();
+        let (server, addr) = listener(lp, &OnConnection::new(move |lp, srv, st| {
+            st.unwrap();
+            while let Ok(c) = lp.accept(srv) {
+                lp.set_data(c, acc.borrow().len()).unwrap();
+                acc.borrow_mut().push(c);
+                lp.read_start(c, &on_read).unwrap();
+            }
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let flood = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+            let chunk = vec![0u8; 64 * 1024];
+            while !stop2.load(Ordering::Acquire) {
+                if s.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        run_until(lp, LIMIT, |_| accepted.borrow().len() == 1 && flooded.get() > 1 << 20);
+        let ping = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            for _ in 0..50 {
+                s.write_all(b"ping").unwrap();
+                let mut back = [0u8; 4];
+                s.read_exact(&mut back).unwrap();
+            }
+        });
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let watcher = std::thread::spawn(move || {
+            let ok = ping.join().is_ok();
+            let _ = done_tx.send(ok);
+        });
+        // The loop keeps running the flood and the ping-pong together.
+        let tick = lp.timer_init().unwrap();
+        lp.timer_start(tick, 10, 10, &OnTimer::new(|_, _| {})).unwrap();
+        let mut ping_ok = None;
+        run_until(lp, LIMIT, |_| {
+            ping_ok = ping_ok.or(done_rx.try_recv().ok());
+            ping_ok.is_some()
+        });
+        assert_eq!(ping_ok, Some(true), "the ping-pong completed during the flood");
+        stop.store(true, Ordering::Release);
+        run_until(lp, LIMIT, |lp| accepted.borrow().len() == 2 && accepted.borrow().iter().all(|c| !lp.is_live(*c)));
+        flood.join().unwrap();
+        watcher.join().unwrap();
+        lp.close(tick, None).unwrap();
+        lp.close(server, None).unwrap();
+        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(flooded.get() > 1 << 20);
+    }
+}
+
 /// 32 streams sending at once into a pool of 4 small receive buffers: the
 /// backends run out of buffers again and again (epoll leaves data in the
 /// socket, io_uring's receives starve and resume), and every byte arrives
