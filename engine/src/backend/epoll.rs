@@ -243,19 +243,23 @@ impl Epoll {
                     let res = if is_msg {
                         Self::recvmsg_record(fd, buf)
                     } else {
-                        socket::recv(fd, buf).map(|n| (n, n))
+                        socket::recv(fd, buf).map(|n| (n, n, false))
                     };
                     match res {
-                        Ok((0, _)) => {
+                        Ok((0, _, _)) => {
                             self.free_bufs.push(id);
                             Self::push(out, token, 0, None, false);
                             return true;
                         }
-                        Ok((used, payload)) => {
+                        Ok((used, payload, with_fds)) => {
                             Self::push(out, token, used as i32, Some(id), true);
                             let room = if is_msg { size - RECVMSG_HEADER_LEN - RECVMSG_CONTROL_LEN } else { size };
-                            if payload < room {
-                                return false; // short read: the socket is drained
+                            // A short read means the socket is drained, except
+                            // when fds came along: the kernel ends a read at
+                            // each message that carries fds, so more may wait
+                            // (IPC hand-offs arrive one per message).
+                            if payload < room && !with_fds {
+                                return false;
                             }
                         }
                         Err(e) => {
@@ -293,16 +297,17 @@ impl Epoll {
     }
 
     /// recvmsg into `buf` in the contract's record layout. Returns (bytes of
-    /// the record used, payload bytes); (0, 0) at end of stream.
-    fn recvmsg_record(fd: RawFd, buf: &mut [u8]) -> Result<(usize, usize)> {
+    /// the record used, payload bytes, whether control data came along);
+    /// (0, 0, false) at end of stream.
+    fn recvmsg_record(fd: RawFd, buf: &mut [u8]) -> Result<(usize, usize, bool)> {
         let (head, rest) = buf.split_at_mut(RECVMSG_HEADER_LEN);
         let (control, payload) = rest.split_at_mut(RECVMSG_CONTROL_LEN);
         let (n, flags, controllen) = socket::recvmsg(fd, payload, control)?;
         if n == 0 && controllen == 0 {
-            return Ok((0, 0));
+            return Ok((0, 0, false));
         }
         write_recvmsg_header(head, controllen, n, flags);
-        Ok((RECVMSG_HEADER_LEN + RECVMSG_CONTROL_LEN + n, n))
+        Ok((RECVMSG_HEADER_LEN + RECVMSG_CONTROL_LEN + n, n, controllen > 0))
     }
 
     /// Handles writability for `fd`; returns whether the write op ended.
