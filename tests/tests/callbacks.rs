@@ -471,4 +471,39 @@ both_backends! {
         lp.close(a, None).unwrap();
         assert!(!lp.run(RunMode::Default).unwrap());
     }
+
+    /// Messages that carry fds are read several per wakeup (the kernel ends
+    /// a read at each of them, which is no sign that the socket is drained).
+    fn ipc_messages_with_fds_read_in_few_iterations(lp) {
+        let (a, b) = lp.pipe_pair(true).unwrap();
+        let written = count();
+        let on_written = {
+            let written = written.clone();
+            OnWrite::new(move |_, _, st| {
+                st.unwrap();
+                bump(&written);
+            })
+        };
+        for _ in 0..20 {
+            let mut batch = FdBatch::new();
+            batch.push(std::fs::File::open("/dev/null").unwrap().into()).unwrap();
+            lp.write_fds(a, b"m", &mut batch, Some(&on_written)).unwrap();
+        }
+        run_until(lp, LIMIT, |_| written.get() == 20);
+        let got = count();
+        let g2 = got.clone();
+        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+            assert_eq!(res.map(|b| b.len()), Ok(1));
+            while lp.accept_pending_fd(s).is_ok() {
+                bump(&g2);
+            }
+        })).unwrap();
+        let before = lp.iterations();
+        run_until(lp, LIMIT, |_| got.get() == 20);
+        let iterations = lp.iterations() - before;
+        assert!(iterations <= 5, "20 queued messages took {iterations} iterations");
+        lp.close(a, None).unwrap();
+        lp.close(b, None).unwrap();
+        assert!(!lp.run(RunMode::Default).unwrap());
+    }
 }
