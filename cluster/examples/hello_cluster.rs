@@ -22,7 +22,9 @@ use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
-use uvring::{Backend, Error, Loop, OnConnection, OnRead, OnShutdown, OnSignal, OnTimer, RunMode, Stream};
+use uvring::{
+    Backend, Error, Loop, OnConnection, OnListenStop, OnRead, OnShutdown, OnSignal, OnTimer, RunMode, Stream,
+};
 use uvring_cluster::{available_cpus, is_worker, Primary, RespawnSettings, SchedPolicy, Settings, Worker};
 
 /// Largest request head (and unparsed pipeline) a connection may buffer.
@@ -100,8 +102,20 @@ fn run_standalone(o: Options) -> uvring::Result<()> {
     let mut lp = Loop::with_backend(o.backend)?;
     let server = serve(&mut lp, SocketAddr::new(o.host, o.port))?;
     eprintln!("[{}] serving on {} ({} backend)", std::process::id(), lp.tcp_getsockname(server)?, lp.backend());
-    let stop = OnSignal::new(move |lp, sig, _| {
+    // Stop accepting first and close once the accept op has ended, so no
+    // connection the kernel already accepted is reset (Node's server.close()).
+    let on_stopped = OnListenStop::new(|lp, server, _| {
         let _ = lp.close(server, None);
+    });
+    let stop = OnSignal::new(move |lp, sig, _| {
+        let stopping = lp.is_listen_stopped(server);
+        if !stopping
+            && lp.listen_stop(server, Some(&on_stopped)).is_err()
+            && lp.is_live(server)
+            && !lp.is_closing(server)
+        {
+            let _ = lp.close(server, None);
+        }
         let _ = lp.close(sig, None);
     });
     for signum in [libc::SIGINT, libc::SIGTERM] {

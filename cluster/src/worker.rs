@@ -29,7 +29,9 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
-use uvring::{Error, FdBatch, ListenHook, Loop, OnRead, OnTimer, Result, Stream, Timer, TCP_IPV6ONLY, TCP_REUSEPORT};
+use uvring::{
+    Error, FdBatch, ListenHook, Loop, OnListenStop, OnRead, OnTimer, Result, Stream, Timer, TCP_IPV6ONLY, TCP_REUSEPORT,
+};
 
 /// `(loop, bytes, fds)`: a user message from the primary.
 type MessageFn = dyn FnMut(&mut Loop, &[u8], &mut FrameFds);
@@ -570,8 +572,23 @@ fn begin_disconnect(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, primary_ini
     if let Some(t) = timer {
         let _ = lp.close(t, None);
     }
-    for s in servers {
+    // A server that accepts by itself (a shared or reuseport listener) stops
+    // gracefully and closes once its accept op has ended: connections the
+    // kernel already accepted for it (io_uring's multishot accept does so on
+    // its own) are still served, not reset. An `rr` server accepts nothing
+    // itself: it closes now, so the primary stops routing to it at once (a
+    // hand-off already on its way is refused and goes to another worker).
+    let on_stopped = OnListenStop::new(|lp, s, _| {
         if lp.is_live(s) && !lp.is_closing(s) {
+            let _ = lp.close(s, None);
+        }
+    });
+    for s in servers {
+        if !lp.is_live(s) || lp.is_closing(s) {
+            continue;
+        }
+        let local = lp.fileno(s).is_ok_and(|fd| fd >= 0);
+        if !(local && lp.listen_stop(s, Some(&on_stopped)).is_ok()) {
             let _ = lp.close(s, None);
         }
     }

@@ -87,6 +87,8 @@ pub(crate) enum Pending {
     Stash(Stream),
     /// A shutdown finished with this status code (0 = ok, else errno).
     ShutdownDone(Stream, i32),
+    /// A listener's accept op has ended after `listen_stop`.
+    ListenStopped(Stream),
 }
 
 /// A libuv-style event loop. See the crate docs.
@@ -509,6 +511,7 @@ impl Loop {
                 Pending::Writes(s) => self.complete_writes(s),
                 Pending::Stash(s) => self.deliver_stash(s),
                 Pending::ShutdownDone(s, code) => self.shutdown_done(s, code),
+                Pending::ListenStopped(s) => self.listen_stopped(s),
             }
         }
         n > 0

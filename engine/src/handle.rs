@@ -109,6 +109,9 @@ pub type OnConnect = Callback<StreamFn>;
 pub type OnShutdown = Callback<StreamFn>;
 /// Data read (`uv_read_cb`).
 pub type OnRead = Callback<ReadFn>;
+/// A listener stopped accepting ([`Loop::listen_stop`](crate::Loop::listen_stop)):
+/// no connection can arrive any more.
+pub type OnListenStop = Callback<StreamFn>;
 /// Handle closed (`uv_close_cb`), or an idle/prepare/check hook ran.
 pub type OnClose = Callback<HandleFn>;
 /// Idle, prepare or check hook.

@@ -42,6 +42,17 @@ pub enum StreamType {
     IpcPipe,
 }
 
+/// Where a listener is in [`Loop::listen_stop`].
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub(crate) enum ListenStop {
+    /// Accepting (or not listening at all).
+    Running,
+    /// Asked to stop; its accept op has not ended yet.
+    Stopping,
+    /// The accept op has ended; nothing more arrives.
+    Stopped,
+}
+
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
 pub(crate) enum OpState {
     Idle,
@@ -129,6 +140,9 @@ pub(crate) struct StreamState {
     pub on_connection: Option<OnConnection>,
     pub accept_op: OpState,
     pub exclusive: bool,
+    pub stop: ListenStop,
+    /// The `listen_stop` callback, until it runs.
+    pub on_stop: Option<OnListenStop>,
     pub on_connect: Option<OnConnect>,
     pub send_inflight: bool,
     /// Bytes of `inflight` already sent.
@@ -222,6 +236,8 @@ impl Loop {
             on_connection: None,
             accept_op: OpState::Idle,
             exclusive: false,
+            stop: ListenStop::Running,
+            on_stop: None,
             on_connect: None,
             send_inflight: false,
             inflight_off: 0,
@@ -462,7 +478,7 @@ impl Loop {
     /// `exclusive` avoids a thundering herd among processes sharing it.
     pub fn listen_adopt(&mut self, s: Stream, fd: OwnedFd, exclusive: bool) -> Result<()> {
         let st = self.stream_state(s)?;
-        if st.fd >= 0 {
+        if st.fd >= 0 || st.stop != ListenStop::Running {
             return Err(Error::INVALID_STATE);
         }
         sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&fd), true)?;
@@ -478,10 +494,10 @@ impl Loop {
     /// For a listen hook: deliver a connection accepted elsewhere (a cluster
     /// primary's round-robin hand-off). The stream's `on_connection` runs as
     /// for a local accept. Fails (giving the fd back) if the stream is not
-    /// listening.
+    /// listening or was stopped with [`listen_stop`](Self::listen_stop).
     pub fn listen_inject(&mut self, s: Stream, fd: OwnedFd) -> std::result::Result<(), (Error, OwnedFd)> {
         let st = match self.stream_state(s) {
-            Ok(st) if st.listening => st,
+            Ok(st) if st.listening && st.stop == ListenStop::Running => st,
             Ok(_) => return Err((Error::INVALID_STATE, fd)),
             Err(e) => return Err((e, fd)),
         };
@@ -522,7 +538,7 @@ impl Loop {
 
     pub(crate) fn accept_arm(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
-        if !st.listening || st.accept_op != OpState::Idle || st.fd < 0 {
+        if !st.listening || st.accept_op != OpState::Idle || st.fd < 0 || st.stop != ListenStop::Running {
             return;
         }
         if st.parts.accept_queue.len() >= MAX_ACCEPT_QUEUE {
@@ -561,6 +577,9 @@ impl Loop {
             st.accept_op = OpState::Idle;
         }
         let listening = st.listening;
+        // While stopping, connections the kernel accepted before the cancel
+        // landed are still delivered (never dropped); errors no longer matter.
+        let stopping = st.stop == ListenStop::Stopping;
         let cb = st.on_connection.clone();
         if c.res >= 0 {
             if !listening {
@@ -572,7 +591,7 @@ impl Loop {
                 invoke!(&cb, self, s, Ok(()));
             }
             self.accept_pause_if_full(s);
-        } else if c.res != -libc::ECANCELED {
+        } else if c.res != -libc::ECANCELED && !stopping {
             // EMFILE, ENFILE, ENOBUFS, ...: back off instead of spinning, and
             // tell the user once per episode; the listener stays alive.
             self.accept_backoff(s);
@@ -582,7 +601,72 @@ impl Loop {
             return;
         }
         if !c.more {
-            self.accept_arm(s);
+            if stopping {
+                self.push_pending(Pending::ListenStopped(s));
+            } else {
+                self.accept_arm(s);
+            }
+        }
+    }
+
+    /// Stops accepting, gracefully (Node's `server.close()` before the
+    /// handle goes): the accept op is cancelled, and connections the kernel
+    /// accepted before the cancel landed still reach `on_connection` as
+    /// usual (io_uring's multishot accept takes connections off the listen
+    /// queue on its own, so there can be some). `cb` runs, from a later loop
+    /// phase, once the accept op has ended: no connection can arrive any
+    /// more, and closing the listener drops nothing that was accepted.
+    /// Connections still in the kernel's listen queue stay there (for other
+    /// processes sharing the socket, or refused when it closes).
+    ///
+    /// Connections already queued can still be taken with `accept`; a
+    /// listen hook's [`listen_inject`](Self::listen_inject) is refused from
+    /// now on. The listener stops counting as active once stopped. If the
+    /// stream is closed first, `cb` does not run (`close` stays prompt and,
+    /// as before, drops what arrives after it). `EINVAL` if the stream is
+    /// not listening, `INVALID_STATE` if it was already stopped.
+    pub fn listen_stop(&mut self, s: Stream, cb: Option<&OnListenStop>) -> Result<()> {
+        let st = self.stream_state(s)?;
+        if !st.listening {
+            return Err(Error::EINVAL);
+        }
+        if st.stop != ListenStop::Running {
+            return Err(Error::INVALID_STATE);
+        }
+        st.stop = ListenStop::Stopping;
+        st.on_stop = cb.cloned();
+        let fd = st.fd;
+        match st.accept_op {
+            OpState::Armed => {
+                st.accept_op = OpState::Ending;
+                self.driver.cancel(fd, Loop::token(s.0, OpKind::Accept));
+            }
+            // Paused (full queue): its final completion is on its way.
+            OpState::Ending => {}
+            OpState::Idle => {
+                self.accept_retry.retain(|(_, x)| *x != s);
+                self.push_pending(Pending::ListenStopped(s));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether [`listen_stop`](Self::listen_stop) was called on the stream.
+    pub fn is_listen_stopped(&self, s: Stream) -> bool {
+        self.stream_ref(s).is_ok_and(|st| st.stop != ListenStop::Running)
+    }
+
+    /// The accept op of a stopping listener has ended: run its callback.
+    pub(crate) fn listen_stopped(&mut self, s: Stream) {
+        let Ok(st) = self.stream_state(s) else { return };
+        if st.stop != ListenStop::Stopping {
+            return;
+        }
+        st.stop = ListenStop::Stopped;
+        let cb = st.on_stop.take();
+        self.set_active(s.0, false);
+        if let Some(cb) = cb {
+            invoke!(&cb, self, s, Ok(()));
         }
     }
 
