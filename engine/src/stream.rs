@@ -194,8 +194,14 @@ pub trait ListenHook {
     /// [`Loop::listen_inject`] or adopts a listening fd with
     /// [`Loop::listen_adopt`], and reports late errors with
     /// [`Loop::listen_fail`]).
-    fn listen(&mut self, lp: &mut Loop, server: Stream, addr: SocketAddr, flags: u32, backlog: i32)
-        -> Option<Result<()>>;
+    fn listen(
+        &mut self,
+        lp: &mut Loop,
+        server: Stream,
+        addr: SocketAddr,
+        flags: u32,
+        backlog: i32,
+    ) -> Option<Result<()>>;
 
     /// Called when a stream the hook took over is closed.
     fn closed(&mut self, lp: &mut Loop, server: Stream);
@@ -952,9 +958,7 @@ impl Loop {
         if st.fd < 0 || st.listening {
             return Err(Error::EBADF);
         }
-        if !fds.is_empty()
-            && (st.ty != StreamType::IpcPipe || data.is_empty() || fds.len() > socket::MAX_FDS_PER_MSG)
-        {
+        if !fds.is_empty() && (st.ty != StreamType::IpcPipe || data.is_empty() || fds.len() > socket::MAX_FDS_PER_MSG) {
             // Fds travel only on IPC pipes, with a byte to carry them.
             return Err(Error::EINVAL);
         }

@@ -145,12 +145,8 @@ pub fn listen(fd: RawFd, backlog: i32) -> Result<()> {
 
 /// Accepts one connection as a non-blocking, close-on-exec fd.
 pub fn accept(fd: RawFd) -> Result<OwnedFd> {
-    let new = syscall!(accept4(
-        fd,
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
-    ))?;
+    let new =
+        syscall!(accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC))?;
     // SAFETY: accept4 returned a fresh fd that nobody else owns.
     Ok(unsafe { owned(new) })
 }
@@ -163,13 +159,7 @@ pub fn connect(fd: RawFd, addr: &SockAddr) -> Result<()> {
 }
 
 fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> Result<()> {
-    syscall!(setsockopt(
-        fd,
-        level,
-        name,
-        (&value as *const i32).cast(),
-        mem::size_of::<i32>() as libc::socklen_t
-    ))?;
+    syscall!(setsockopt(fd, level, name, (&value as *const i32).cast(), mem::size_of::<i32>() as libc::socklen_t))?;
     Ok(())
 }
 
