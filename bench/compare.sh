@@ -7,6 +7,7 @@
 #   bench/compare.sh --duration 10 --repeats 3   # the design's 10 s runs (~9 min)
 #
 # Options: --quick, --duration S, --repeats N, --connections C,
+#          COMPARE_BASE_PORT=P in the environment fixes the first port,
 #          --only REGEX (servers whose name matches), --no-install.
 #
 # Servers (each started once on its own port, all kept idle while another
@@ -122,52 +123,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-BASE_PORT=$((20000 + RANDOM % 20000))
+# Listening ports below the kernel's ephemeral range, so that no client
+# socket (wrk's, or any other program's on this machine) already holds one.
+EPHEMERAL_LOW="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+SPAN=$(( EPHEMERAL_LOW > 12000 ? EPHEMERAL_LOW - 11000 : 1000 ))
+NEXT_PORT=${COMPARE_BASE_PORT:-$(( 10000 + RANDOM % SPAN ))}
 NAMES=()
-PORTS=()
 declare -A PORT_OF
 
-# start NAME CMD...: starts a server in its own session with its output in
-# the temp dir, waits until it answers "hello world", records its port.
-start() {
-    local name="$1"; shift
-    if [ -n "$ONLY" ] && ! [[ "$name" =~ $ONLY ]]; then return 0; fi
-    local port="$1"; shift
-    setsid "$@" >"$TMP/$name.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    local body=""
-    for _ in $(seq 1 100); do
-        body="$(curl -s -m 1 "http://127.0.0.1:$port/" 2>/dev/null || true)"
-        [ "$body" = "hello world" ] && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [ "$body" != "hello world" ]; then
-        log "$name did not come up on port $port (got '${body:0:40}'); skipped. Its log:"
-        sed 's/^/    /' "$TMP/$name.log" | tail -n 15 >&2
-        kill -KILL -- "-$pid" 2>/dev/null || true
-        return 0
-    fi
-    NAMES+=("$name")
-    PORTS+=("$port")
-    PORT_OF[$name]=$port
-    log "$name up on port $port (pid $pid)"
-}
-
-port=$BASE_PORT
-if [ -n "$HELLO" ]; then
-    for policy in rr shared reuseport; do
-        for backend in epoll io_uring; do
-            start "uvring-$policy-$backend" "$port" \
-                "$HELLO" --workers 2 --policy "$policy" --backend "$backend" --port "$port"
-            port=$((port + 1))
-        done
-    done
-fi
-
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx/nginx.conf" <<EOF
+# nginx_conf PORT: (re)writes nginx's config for that port.
+nginx_conf() {
+    mkdir -p "$TMP/nginx"
+    cat >"$TMP/nginx/nginx.conf" <<EOF
 worker_processes 2;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/error.log warn;
@@ -181,19 +148,61 @@ http {
     uwsgi_temp_path $TMP/nginx/uwsgi;
     scgi_temp_path $TMP/nginx/scgi;
     server {
-        listen 127.0.0.1:$port;
+        listen 127.0.0.1:$1;
         default_type text/plain;
         location / { return 200 "hello world"; }
     }
 }
 EOF
-start nginx "$port" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;"
-port=$((port + 1))
+}
 
-start node-rr "$port" env NODE_CLUSTER_SCHED_POLICY=rr node "$HERE/compare/node_cluster.js" --workers 2 --port "$port"
-port=$((port + 1))
-start node-shared "$port" env NODE_CLUSTER_SCHED_POLICY=none node "$HERE/compare/node_cluster.js" --workers 2 --port "$port"
-port=$((port + 1))
+# start NAME CMD...: starts a server in its own session with its output in
+# the temp dir, waits until it answers "hello world", records its port. The
+# word PORT in CMD stands for the port. A server that does not come up (say,
+# EADDRINUSE) is tried twice more on other ports, then skipped.
+start() {
+    local name="$1"; shift
+    if [ -n "$ONLY" ] && ! [[ "$name" =~ $ONLY ]]; then return 0; fi
+    local attempt port pid body a
+    for attempt in 1 2 3; do
+        port=$NEXT_PORT
+        NEXT_PORT=$((NEXT_PORT + 1))
+        local cmd=()
+        for a in "$@"; do cmd+=("${a//PORT/$port}"); done
+        [ "$name" = nginx ] && nginx_conf "$port"
+        setsid "${cmd[@]}" >"$TMP/$name.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        body=""
+        for _ in $(seq 1 100); do
+            body="$(curl -s -m 1 "http://127.0.0.1:$port/" 2>/dev/null || true)"
+            [ "$body" = "hello world" ] && break
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if [ "$body" = "hello world" ]; then
+            NAMES+=("$name")
+            PORT_OF[$name]=$port
+            log "$name up on port $port (pid $pid)"
+            return 0
+        fi
+        log "$name did not come up on port $port (attempt $attempt, got '${body:0:40}'); its log:"
+        sed 's/^/    /' "$TMP/$name.log" | tail -n 6 >&2
+        { kill -KILL -- "-$pid"; wait "$pid"; } 2>/dev/null || true
+    done
+    log "$name skipped"
+}
+
+if [ -n "$HELLO" ]; then
+    for policy in rr shared reuseport; do
+        for backend in epoll io_uring; do
+            start "uvring-$policy-$backend" "$HELLO" --workers 2 --policy "$policy" --backend "$backend" --port PORT
+        done
+    done
+fi
+start nginx "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;"
+start node-rr env NODE_CLUSTER_SCHED_POLICY=rr node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
+start node-shared env NODE_CLUSTER_SCHED_POLICY=none node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
 
 if [ ${#NAMES[@]} -eq 0 ]; then
     log "no server came up"; exit 1
