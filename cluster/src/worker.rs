@@ -230,10 +230,9 @@ impl ListenHook for WorkerHook {
                 address: Some(real),
                 closed: false,
             });
-            let _ = st.send(
-                lp,
-                &Frame::Listening { listener_id: 0, address: socket_addr_to_listen(&real), port: real.port() },
-            );
+            // The primary hears of it on the next turn, once the engine has
+            // called listen(2) (an epoll send goes out at once: telling it
+            // now let clients connect before the socket listened).
             st.deferred.push(Deferred::Listening(server, real));
             let timer = st.defer_timer;
             drop(st);
@@ -308,6 +307,12 @@ fn deferred_cb(weak: &Weak<RefCell<WorkerState>>) -> OnTimer {
             };
             match item {
                 Deferred::Listening(s, addr) => {
+                    if !lp.is_live(s) || lp.is_closing(s) {
+                        continue;
+                    }
+                    let frame =
+                        Frame::Listening { listener_id: 0, address: socket_addr_to_listen(&addr), port: addr.port() };
+                    let _ = state.borrow_mut().send(lp, &frame);
                     if let Some(cb) = cb {
                         (cb.borrow_mut())(lp, s, addr);
                     }
