@@ -531,9 +531,11 @@ impl Driver for Uring {
         // SAFETY: ASYNC_CANCEL points at no memory.
         unsafe { self.push(entry) };
         if accept {
-            // ...and cancel at once, leaving no time for another claim.
-            // Errors leave the SQE queued for the next poll.
-            let _ = self.ring.submit();
+            // ...and cancel at once, with GETEVENTS: the cancelled accept's
+            // wait-queue entry is removed only when its task work runs, and
+            // until then it would keep claiming (and dropping) wake-ups meant
+            // for the other processes. Errors leave the SQE for the next poll.
+            let _ = self.enter(false, 0);
         }
     }
 

@@ -801,3 +801,34 @@ fn cancelled_accept_does_not_strand_a_claimed_connection() {
     }
     drop(client);
 }
+
+#[test]
+fn a_cancelled_accept_stops_claiming_connections_at_once() {
+    // Ring A (first in the listener's wait queue) cancels its accept and
+    // then does not poll for a while, as a busy process would. Connections
+    // arriving meanwhile must wake ring B, not vanish into A's cancelled op.
+    let mut a = driver_or_skip!();
+    let mut b = driver_or_skip!();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ta, tb) = (token(62, OpKind::Accept), token(63, OpKind::Accept));
+    let mut out = Vec::with_capacity(8);
+    a.accept(listener.as_raw_fd(), ta, true).unwrap();
+    a.poll(0, &mut out).unwrap();
+    b.accept(listener.as_raw_fd(), tb, true).unwrap();
+    b.poll(0, &mut out).unwrap();
+    a.cancel(listener.as_raw_fd(), ta);
+    let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let got = wait_for(&mut b, tb, 3);
+    for c in &got {
+        assert!(c.res >= 0 && c.more, "{c:?}");
+        sys::close(c.res);
+    }
+    let fin = wait_for(&mut a, ta, 1);
+    assert_eq!(fin.iter().map(|c| (c.res, c.more)).collect::<Vec<_>>(), vec![(-libc::ECANCELED, false)]);
+    b.cancel(listener.as_raw_fd(), tb);
+    let end = wait_for(&mut b, tb, 1);
+    assert!(!end.last().unwrap().more);
+    drop(clients);
+}
