@@ -15,6 +15,10 @@
 //!   keeps its address in a slot. Nothing allocates per op after warm-up.
 //! - Every loop SQE carries the loop's token as `user_data`; backend-internal
 //!   SQEs (cancels) carry [`INTERNAL`] (kind byte 0), whose CQEs are dropped.
+//! - Accept waits exclusively (one ring woken per connection). Cancelling
+//!   an accept first runs wake-ups it already claimed, then cancels and
+//!   tears the op down in one enter, so a listener shared with other
+//!   processes never strands a connection in its queue.
 //! - `poll` submits and waits in one `io_uring_enter` (`EXT_ARG` timeout),
 //!   always with `GETEVENTS` so deferred task work runs and overflowed CQEs
 //!   are flushed; CQEs beyond the caller's room stay in the CQ.
