@@ -24,13 +24,18 @@
 //! 3. **Memory lent stays lent.** For `send` and `read`, the loop guarantees
 //!    that the data memory stays valid and untouched until the final
 //!    completion. The backend copies everything else it needs (iovec arrays,
-//!    fds, socket addresses) into storage it owns, so callers may pass stack
-//!    values.
+//!    fd numbers, socket addresses) into storage it owns, so callers may pass
+//!    stack values. The fds named in a send must stay **open** until its
+//!    completion: io_uring reads them when the operation runs, not when it is
+//!    submitted.
 //! 4. **Resources in completions are owned by the receiver.** An accept
 //!    completion with `res >= 0` carries a new fd (non-blocking, `CLOEXEC`),
 //!    now owned by the loop. A completion with `buf = Some(id)` lends receive
 //!    buffer `id` until the loop calls [`Driver::recycle`]. The loop releases
 //!    both even when it drops the completion (stale handle).
+//!    Accept completions may still arrive after `cancel` (io_uring runs the
+//!    wake-ups it already claimed first, so a connection it took from a shared
+//!    listen queue is never stranded); the loop serves or closes them.
 //! 5. **Bounded work per wakeup.** A backend reports at most the `out`
 //!    capacity per `poll`, performs at most [`MAX_ACCEPTS_PER_WAKEUP`]
 //!    accepts and [`MAX_READS_PER_WAKEUP`] reads per fd per wakeup.
@@ -46,7 +51,9 @@
 //! `namelen` (always 0) bytes of name, [`RECVMSG_CONTROL_LEN`] bytes of control
 //! space (of which `controllen` are used), then the payload; see
 //! [`parse_recvmsg`]. The epoll backend writes the same layout, so the loop
-//! parses one format.
+//! parses one format. A recvmsg completion's `res` is the record's full
+//! length (header + control space + payload). End of stream on recv and
+//! recvmsg alike is `res == 0` with no buffer, and is final.
 
 pub(crate) mod bufpool;
 pub(crate) mod epoll;
