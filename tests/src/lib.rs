@@ -11,6 +11,8 @@
 
 pub mod child;
 
+pub mod alloc_count;
+
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use uvring::{Backend, Loop, LoopOptions};

@@ -6,66 +6,16 @@
 //! while the thread's measuring flag is on. Clients run in the same loop as
 //! the server, so the whole path (connect side included) is measured.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use uvring::*;
+use uvring_tests::alloc_count::{allocations_in, CountingAllocator};
 use uvring_tests::{both_backends, run_until};
 
-struct Counting;
-
-thread_local! {
-    // Const-initialised and without destructors: reading them never
-    // allocates, so the allocator itself may use them.
-    static MEASURING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_allocation() {
-    let _ = MEASURING.try_with(|m| {
-        if m.get() {
-            let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
-        }
-    });
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the
-// counting touches only const thread-locals (no allocation, no re-entry).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Runs `f` and returns how many heap allocations this thread made in it.
-fn allocations_in(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.with(Cell::get);
-    MEASURING.with(|m| m.set(true));
-    f();
-    MEASURING.with(|m| m.set(false));
-    ALLOCATIONS.with(Cell::get) - before
-}
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 const LIMIT: Duration = Duration::from_secs(60);
 const CONNECTIONS: usize = 64;
