@@ -24,8 +24,9 @@
 #
 # Scenarios: keep-alive (wrk -t2 -c64 -dS) and connection churn (the same
 # with -H "Connection: close": one request per connection). Each (scenario,
-# server) runs --repeats times, interleaved round by round so that a slow
-# moment of the machine hits every peer alike; the report takes the median.
+# server) runs --repeats times, interleaved round by round (each round starts
+# one server further down the list) so that a slow moment of the machine
+# hits every peer alike; the report takes the median.
 #
 # CPU: the machine has 2 cores, and wrk (2 threads) shares them with the 2
 # workers (and a primary) of the server under test. Nothing is pinned: every
@@ -252,22 +253,30 @@ log "${#NAMES[@]} servers x 2 scenarios x $REPEATS repeats x ${DURATION}s = ~${t
 for name in "${NAMES[@]}"; do
     timeout 10 wrk -t1 -c8 -d1s "http://127.0.0.1:${PORT_OF[$name]}/" >/dev/null 2>&1 || true
 done
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+n=${#NAMES[@]}
 for rep in $(seq 1 "$REPEATS"); do
     for scen in keepalive close; do
-        for name in "${NAMES[@]}"; do
+        # Each round starts one server further down the list, so a machine
+        # that gets busier (or a TIME_WAIT pile that grows) during a round
+        # does not always hit the same peers last.
+        for i in $(seq 0 $((n - 1))); do
+            name="${NAMES[$(( (i + rep - 1) % n ))]}"
             measure "$scen" "$name" "$rep"
-            # Let TIME_WAIT and the accept queues settle between churn runs.
+            # Let the accept queues settle between churn runs.
             [ "$scen" = close ] && sleep 0.5
         done
     done
 done
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---- report -----------------------------------------------------------------
 
 CPU="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 MACHINE="$(nproc) cores ($CPU), $(uname -sr), $(free -g | awk '/Mem:/ {print $2}') GiB"
 NOTES=("wrk -t2 -c$CONNS -d${DURATION}s --latency; churn adds -H 'Connection: close'; $REPEATS repeats, median; load generator and servers share the 2 cores, unpinned"
-       "versions: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), node $(node --version)")
+       "versions: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), node $(node --version)"
+       "load average before the runs: $LOAD_BEFORE, after: $LOAD_AFTER (above 2 means other work shared the 2 cores; compare ratios, not absolute numbers)")
 [ -z "$HELLO" ] && NOTES+=("uvring rows missing: cluster/examples/hello_cluster did not exist at run time")
 python3 "$HERE/compare/report.py" "$RUNS" "$RESULTS" "$MACHINE" "$CMDLINE" "${NOTES[@]}"
 log "saved $RESULTS/latest.md, latest.csv, runs.csv$( [ -f "$RESULTS/latest.png" ] && echo ', latest.png')"
