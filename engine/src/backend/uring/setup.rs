@@ -36,6 +36,28 @@ const LADDER: [SetupFlags; 6] = [
 ];
 
 impl SetupFlags {
+    /// The most the environment allows: `UVRING_IO_URING_SETUP` = `best`
+    /// (default: every flag the kernel has), `defer` (single issuer + deferred
+    /// task work), `coop` (cooperative task work only) or `plain` (none). It
+    /// exists to measure which flags help (see bench/RESULTS.md).
+    fn cap_from_env() -> SetupFlags {
+        let all = LADDER[0];
+        let none = SetupFlags { coop_taskrun: false, single_issuer: false, defer_taskrun: false, submit_all: true };
+        match std::env::var("UVRING_IO_URING_SETUP").as_deref() {
+            Ok("defer") => SetupFlags { coop_taskrun: false, ..all },
+            Ok("coop") => SetupFlags { coop_taskrun: true, ..none },
+            Ok("plain") => none,
+            _ => all,
+        }
+    }
+
+    fn within(&self, cap: &SetupFlags) -> bool {
+        (!self.coop_taskrun || cap.coop_taskrun)
+            && (!self.single_issuer || cap.single_issuer)
+            && (!self.defer_taskrun || cap.defer_taskrun)
+            && (!self.submit_all || cap.submit_all)
+    }
+
     pub fn describe(&self, out: &mut String) {
         let names = [
             (self.single_issuer, "single_issuer"),
@@ -119,7 +141,8 @@ pub(super) fn build_ring() -> Result<(IoUring, SetupFlags), Unavailable> {
         _ => {}
     }
     let mut last = libc::EINVAL;
-    for flags in LADDER {
+    let cap = SetupFlags::cap_from_env();
+    for flags in LADDER.into_iter().filter(|f| f.within(&cap)) {
         let mut b = IoUring::builder();
         b.dontfork().setup_cqsize(CQ_ENTRIES).setup_clamp();
         if flags.coop_taskrun {
