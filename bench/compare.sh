@@ -35,7 +35,9 @@
 # low and the ratios are what counts.
 #
 # Output: the table on stdout, bench/results/latest.md, latest.csv (medians
-# and ratios), runs.csv (every single run) and latest.png (chart).
+# and ratios), latest-runs.csv (every single run) and latest.png (chart);
+# --quick writes quick.* instead (not committed), so a smoke run never
+# replaces the last full one.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -47,10 +49,11 @@ REPEATS=3
 CONNS=64
 ONLY=""
 INSTALL=1
+QUICK=0
 CMDLINE="bench/compare.sh $*"
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) DURATION=1; REPEATS=3 ;;
+        --quick) DURATION=1; REPEATS=3; QUICK=1 ;;
         --duration) DURATION="$2"; shift ;;
         --repeats) REPEATS="$2"; shift ;;
         --connections) CONNS="$2"; shift ;;
@@ -212,7 +215,8 @@ fi
 # ---- runs -------------------------------------------------------------------
 
 mkdir -p "$RESULTS"
-RUNS="$RESULTS/runs.csv"
+if [ "$QUICK" = 1 ]; then PREFIX="$RESULTS/quick"; else PREFIX="$RESULTS/latest"; fi
+RUNS="$PREFIX-runs.csv"
 echo "scenario,server,repeat,rps,p50_ms,p99_ms,errors,non2xx" >"$RUNS"
 
 # wrk's latency with its unit (us, ms, s) -> milliseconds.
@@ -250,7 +254,7 @@ measure() {
 total=$(( ${#NAMES[@]} * 2 * REPEATS * DURATION ))
 log "${#NAMES[@]} servers x 2 scenarios x $REPEATS repeats x ${DURATION}s = ~${total}s of load"
 # A short warm-up per server (JIT for node, page faults and pools for all).
-for name in "${NAMES[@]}"; do
+[ "$QUICK" = 1 ] || for name in "${NAMES[@]}"; do
     timeout 10 wrk -t1 -c8 -d1s "http://127.0.0.1:${PORT_OF[$name]}/" >/dev/null 2>&1 || true
 done
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -264,7 +268,7 @@ for rep in $(seq 1 "$REPEATS"); do
             name="${NAMES[$(( (i + rep - 1) % n ))]}"
             measure "$scen" "$name" "$rep"
             # Let the accept queues settle between churn runs.
-            [ "$scen" = close ] && sleep 0.5
+            [ "$scen" = close ] && sleep "$( [ "$QUICK" = 1 ] && echo 0.1 || echo 0.5 )"
         done
     done
 done
@@ -278,5 +282,5 @@ NOTES=("wrk -t2 -c$CONNS -d${DURATION}s --latency; churn adds -H 'Connection: cl
        "versions: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), node $(node --version)"
        "load average before the runs: $LOAD_BEFORE, after: $LOAD_AFTER (above 2 means other work shared the 2 cores; compare ratios, not absolute numbers)")
 [ -z "$HELLO" ] && NOTES+=("uvring rows missing: cluster/examples/hello_cluster did not exist at run time")
-python3 "$HERE/compare/report.py" "$RUNS" "$RESULTS" "$MACHINE" "$CMDLINE" "${NOTES[@]}"
-log "saved $RESULTS/latest.md, latest.csv, runs.csv$( [ -f "$RESULTS/latest.png" ] && echo ', latest.png')"
+python3 "$HERE/compare/report.py" "$RUNS" "$PREFIX" "$MACHINE" "$CMDLINE" "${NOTES[@]}"
+log "saved $PREFIX.md, $PREFIX.csv, $RUNS$( [ -f "$PREFIX.png" ] && echo ", $PREFIX.png")"

@@ -2,12 +2,12 @@
 """Turns the raw runs of bench/compare.sh into the results table and chart.
 
 Input: a CSV of single wrk runs (scenario,server,repeat,rps,p50_ms,p99_ms,errors,non2xx).
-Output (in the given directory): latest.md, latest.csv, latest.png, and the
-table on standard output. Medians are taken over the repeats of each
+Output: PREFIX.md, PREFIX.csv, PREFIX.png (PREFIX is a path such as
+bench/results/latest), and the table on standard output. Medians are taken over the repeats of each
 (scenario, server); ratios are medians over medians from the same run of the
 script (so the peers saw the same machine at the same time).
 
-  report.py RUNS.csv OUTDIR "machine description" "command line" [notes...]
+  report.py RUNS.csv PREFIX "machine description" "command line" [notes...]
 """
 import csv
 import datetime
@@ -171,7 +171,7 @@ def main():
     if len(sys.argv) < 5:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    runs_path, outdir, machine, command = sys.argv[1:5]
+    runs_path, prefix, machine, command = sys.argv[1:5]
     notes = sys.argv[5:]
     runs, order = load(runs_path)
     summary = summarise(runs, order)
@@ -187,9 +187,9 @@ def main():
     md += bars(summary)
     md.append("")
     text = "\n".join(md)
-    with open(f"{outdir}/latest.md", "w") as f:
+    with open(f"{prefix}.md", "w") as f:
         f.write(text)
-    with open(f"{outdir}/latest.csv", "w", newline="") as f:
+    with open(f"{prefix}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["scenario", "server", "rps_median", "vs_nginx", "vs_node_rr", "p50_ms", "p99_ms", "errors", "runs"])
         for scen, _ in SCENARIOS:
@@ -200,7 +200,7 @@ def main():
                 rn, ro = ratio(rps, nginx), ratio(rps, node)
                 w.writerow([scen, server, f"{rps:.0f}", "" if rn is None else f"{rn:.3f}",
                             "" if ro is None else f"{ro:.3f}", f"{p50:.3f}", f"{p99:.3f}", errs, n])
-    chart(summary, f"{outdir}/latest.png", f"uvring vs peers, 2 workers each, wrk -t2 -c64, {stamp}; {machine}")
+    chart(summary, f"{prefix}.png", f"uvring vs peers, 2 workers each, wrk -t2 -c64, {stamp}; {machine}")
     print(text)
 
 
