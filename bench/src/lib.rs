@@ -98,7 +98,8 @@ struct EchoShared {
     conns: usize,
     connected: Cell<usize>,
     accepted: Cell<usize>,
-    /// A callback failed: the batch cannot finish.
+    /// A callback failed: the batch cannot finish (the callback also stops
+    /// the loop, so `run` returns and reports it).
     failed: Cell<Option<Error>>,
 }
 
@@ -146,6 +147,7 @@ impl EchoRig {
             Ok(bytes) => {
                 if let Err(e) = lp.write(stream, bytes, None) {
                     sh.failed.set(Some(e));
+                    lp.stop();
                     let _ = lp.close(stream, None);
                 }
             }
@@ -158,12 +160,14 @@ impl EchoRig {
         let on_connection = OnConnection::new(move |lp, server, status| {
             if let Err(e) = status {
                 sh.failed.set(Some(e));
+                lp.stop();
                 return;
             }
             while let Ok(conn) = lp.accept(server) {
                 let _ = lp.tcp_nodelay(conn, true);
                 if let Err(e) = lp.read_start(conn, &on_server_read) {
                     sh.failed.set(Some(e));
+                    lp.stop();
                 }
                 acc.borrow_mut().push(conn);
                 sh.accepted.set(sh.accepted.get() + 1);
@@ -181,6 +185,7 @@ impl EchoRig {
                 Ok(b) => b.len() as u64,
                 Err(e) => {
                     sh.failed.set(Some(e));
+                    lp.stop();
                     let _ = lp.close(stream, None);
                     return;
                 }
@@ -193,6 +198,7 @@ impl EchoRig {
                 if remaining > 0 {
                     if let Err(e) = lp.write(stream, &payload, None) {
                         sh.failed.set(Some(e));
+                        lp.stop();
                     }
                 } else {
                     sh.done.set(sh.done.get() + 1);
@@ -207,11 +213,13 @@ impl EchoRig {
         let on_connect = OnConnect::new(move |lp, stream, status| {
             if let Err(e) = status {
                 sh.failed.set(Some(e));
+                lp.stop();
                 return;
             }
             let _ = lp.tcp_nodelay(stream, true);
             if let Err(e) = lp.read_start(stream, &on_client_read) {
                 sh.failed.set(Some(e));
+                lp.stop();
             }
             sh.connected.set(sh.connected.get() + 1);
         });
@@ -309,6 +317,7 @@ impl ChurnRig {
         let on_connection = OnConnection::new(move |lp, server, status| {
             if let Err(e) = status {
                 sh.failed.set(Some(e));
+                lp.stop();
                 return;
             }
             while let Ok(conn) = lp.accept(server) {
@@ -328,7 +337,10 @@ impl ChurnRig {
             match res {
                 Ok(_) => return, // the server sends nothing; ignore
                 Err(Error::EOF) => {}
-                Err(e) => sh.failed.set(Some(e)),
+                Err(e) => {
+                    sh.failed.set(Some(e));
+                    lp.stop();
+                }
             }
             let _ = lp.close(stream, None);
             sh.to_finish.set(sh.to_finish.get() - 1);
@@ -340,6 +352,7 @@ impl ChurnRig {
             if let Some(cb) = cb {
                 if let Err(e) = start_connect(lp, &sh, &cb) {
                     sh.failed.set(Some(e));
+                    lp.stop();
                 }
             }
         });
@@ -347,11 +360,13 @@ impl ChurnRig {
         let on_connect = OnConnect::new(move |lp, stream, status| {
             if let Err(e) = status {
                 sh.failed.set(Some(e));
+                lp.stop();
                 let _ = lp.close(stream, None);
                 return;
             }
             if let Err(e) = lp.read_start(stream, &on_read) {
                 sh.failed.set(Some(e));
+                lp.stop();
             }
         });
         *connect_cb.borrow_mut() = Some(on_connect.clone());
