@@ -4,6 +4,7 @@
 //! grown to the largest frame sent.
 
 use crate::proto::{DecodeError, Decoded, Frame, FrameDecoder};
+use std::os::fd::RawFd;
 use uvring::{Error, FdBatch, Loop, Result, Stream};
 
 /// What a frame handler wants after one frame.
@@ -105,6 +106,30 @@ impl FrameWriter {
         self.encode(frame)?;
         let res =
             if fds.is_empty() { lp.write(pipe, &self.buf, None) } else { lp.write_fds(pipe, &self.buf, fds, None) };
+        self.buf.clear();
+        res
+    }
+
+    /// Writes one frame with `fds` attached to its first byte, without giving
+    /// them to the loop ([`Loop::write_fds_borrowed`]).
+    ///
+    /// # Safety
+    /// As for [`Loop::write_fds_borrowed`]: each fd stays open until the
+    /// peer has received it or `pipe` is closed and freed.
+    pub(crate) unsafe fn send_fds_borrowed(
+        &mut self,
+        lp: &mut Loop,
+        pipe: Stream,
+        frame: &Frame<'_>,
+        fds: &[RawFd],
+    ) -> Result<()> {
+        if usize::from(frame.nfds()) != fds.len() {
+            return Err(Error::EINVAL);
+        }
+        self.flush(lp, pipe)?;
+        self.encode(frame)?;
+        // SAFETY: the caller's guarantee is forwarded unchanged.
+        let res = unsafe { lp.write_fds_borrowed(pipe, &self.buf, fds, None) };
         self.buf.clear();
         res
     }

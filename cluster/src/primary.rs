@@ -9,15 +9,24 @@
 //! accepted in one poll goes out together) each queued connection is given
 //! to the next member worker of its listener in rotation, passing over
 //! workers loaded more than a slack above the least-loaded one
-//! ([`RoundRobin`]; load = unacknowledged + reported open connections): a
-//! duplicate of the fd joins that worker's batch (up to
-//! 16 fds in one `NewConnection` frame, sent with [`Loop::write_fds`]) and
-//! the primary keeps the original, numbered, until the worker acknowledges
-//! it. Accepted: the original is closed. Refused: the connection is queued
-//! again for another worker. The worker's channel closes first: all its
-//! unacknowledged connections are queued again. A connection that no worker
-//! can take (no member left, or too many refusals) is closed. Nothing on
-//! this path allocates once the queues have their capacity.
+//! ([`RoundRobin`]; load = unacknowledged + reported open connections): the
+//! fd joins that worker's batch (up to 16 fds in one `NewConnection` frame)
+//! and the primary keeps it, numbered, until the worker acknowledges it.
+//! Accepted: the primary closes it. Refused: the connection is queued again
+//! for another worker. The worker's channel closes first: all its
+//! unacknowledged connections are queued again, once the channel's close
+//! has completed. A connection that no worker can take (no member left, or
+//! too many refusals) is closed. Nothing on this path allocates once the
+//! queues have their capacity.
+//!
+//! The batch is sent with [`Loop::write_fds_borrowed`]: the loop sends the
+//! primary's own fds, so no duplicate is made (and closed) per connection.
+//! Its contract (an fd stays open until the kernel is done with it) holds
+//! because an fd in `unacked` is closed only after its worker acknowledged
+//! it (the worker received it: the send is done), and the unacknowledged
+//! fds of a closed channel wait in `limbo` until the loop has freed that
+//! channel (every send on it has ended) before they can be re-sent or
+//! closed.
 //!
 //! # Re-entrancy
 //!
@@ -38,12 +47,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use uvring::{
-    Error, FdBatch, Hook, HookKind, Loop, OnConnection, OnExit, OnHook, OnRead, OnTimer, Process, ProcessOptions,
-    Result, Stdio, Stream, Timer, TCP_IPV6ONLY,
+    Error, FdBatch, HandleId, Hook, HookKind, Loop, OnClose, OnConnection, OnExit, OnHook, OnRead, OnTimer, Process,
+    ProcessOptions, Result, Stdio, Stream, Timer, TCP_IPV6ONLY,
 };
 
 /// Environment variable telling workers how often to report their load (ms).
@@ -126,7 +135,9 @@ struct WorkerEntry {
     unacked: VecDeque<Unacked>,
     next_seq: u64,
     reported_load: u32,
-    batch: FdBatch,
+    /// Connections of the batch being built: the last `batch_len` entries
+    /// of `unacked`.
+    batch_len: usize,
     batch_listener: u32,
     batch_first_seq: u64,
 }
@@ -239,6 +250,10 @@ struct PrimaryState {
     stats: ClusterStats,
     rolling: Option<Rolling>,
     rr_on_connection: Option<OnConnection>,
+    /// Unacknowledged connections of closed channels, until the loop has
+    /// freed the channel (see the module docs).
+    limbo: Vec<(Stream, PendingConn)>,
+    on_channel_freed: Option<OnClose>,
     on_exit: Option<OnExit>,
     on_dispatch: Option<OnHook>,
     on_respawn: Option<OnTimer>,
@@ -279,6 +294,27 @@ impl PrimaryState {
             } else {
                 i += 1;
             }
+        }
+    }
+}
+
+impl Drop for PrimaryState {
+    fn drop(&mut self) {
+        // A send queued on a channel that is still open (or still closing)
+        // may name these fds (`write_fds_borrowed`). With the primary gone,
+        // nobody learns when those sends end, so the fds are left open
+        // rather than letting the loop send whatever file takes the number
+        // next. (After an orderly shutdown every channel is freed and
+        // nothing is left here.)
+        for w in &mut self.workers {
+            if w.channel.is_some() {
+                for u in w.unacked.drain(..) {
+                    let _ = u.fd.into_raw_fd();
+                }
+            }
+        }
+        for (_, conn) in self.limbo.drain(..) {
+            let _ = conn.fd.into_raw_fd();
         }
     }
 }
@@ -332,6 +368,8 @@ impl Primary {
             stats: ClusterStats::default(),
             rolling: None,
             rr_on_connection: None,
+            limbo: Vec::new(),
+            on_channel_freed: None,
             on_exit: None,
             on_dispatch: None,
             on_respawn: None,
@@ -340,6 +378,7 @@ impl Primary {
         {
             let mut st = shared.borrow_mut();
             st.rr_on_connection = Some(rr_on_connection(weak.clone()));
+            st.on_channel_freed = Some(on_channel_freed(weak.clone()));
             st.on_exit = Some(on_worker_exit(weak.clone()));
             st.on_dispatch = Some(on_dispatch(weak.clone()));
             st.on_respawn = Some(on_respawn(weak));
@@ -668,7 +707,7 @@ fn fork_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, extra_env: &[(&
             unacked: VecDeque::with_capacity(64),
             next_seq: 1,
             reported_load: 0,
-            batch: FdBatch::new(),
+            batch_len: 0,
             batch_listener: 0,
             batch_first_seq: 0,
         });
@@ -700,7 +739,7 @@ fn ensure_dispatch_hook(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) -> Res
 fn release_if_idle(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
     let hook = {
         let mut st = state.borrow_mut();
-        if !st.workers.is_empty() || !st.listeners.is_empty() || !st.pending.is_empty() {
+        if !st.workers.is_empty() || !st.listeners.is_empty() || !st.pending.is_empty() || !st.limbo.is_empty() {
             return;
         }
         st.dispatch_hook.take()
@@ -816,20 +855,23 @@ fn channel_closed(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId
     let st = &mut *st;
     let Some(w) = st.workers.iter_mut().find(|w| w.info.id == id) else { return };
     let Some(ch) = w.channel.take() else { return };
-    let _ = lp.close(ch, None);
+    // The unacknowledged connections may still be named by a send queued on
+    // this channel: they wait in `limbo` until its close has completed.
+    let _ = lp.close(ch, st.on_channel_freed.as_ref());
     w.info.connected.set(false);
     if w.info.status.get() != WorkerStatus::Dead {
         w.info.status.set(WorkerStatus::Disconnected);
     }
-    w.batch.clear();
+    w.batch_len = 0;
     while let Some(u) = w.unacked.pop_front() {
         st.stats.redistributed += 1;
-        st.pending.push_back(PendingConn {
+        let conn = PendingConn {
             listener_id: u.listener_id,
             attempts: u.attempts.saturating_add(1),
             exclude: Some(id),
             fd: u.fd,
-        });
+        };
+        st.limbo.push((ch, conn));
     }
     let info = w.info.clone();
     st.leave_all_listeners(lp, id);
@@ -1102,28 +1144,24 @@ fn dispatch(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
                 st.stats.closed_unroutable += 1;
                 continue;
             };
-            let Ok(dup) = conn.fd.try_clone() else {
-                st.stats.closed_unroutable += 1;
-                continue;
-            };
             let Some(w) = st.workers.iter_mut().find(|e| e.info.id == wid) else { continue };
-            let full = w.batch.len() >= crate::proto::MAX_FDS_PER_FRAME;
-            let switch = !w.batch.is_empty() && (w.batch_listener != conn.listener_id || full);
+            let full = w.batch_len >= crate::proto::MAX_FDS_PER_FRAME;
+            let switch = w.batch_len > 0 && (w.batch_listener != conn.listener_id || full);
             if switch && flush_batch(&mut st.writer, lp, w).is_err() && nbroken < broken.len() {
                 broken[nbroken] = wid;
                 nbroken += 1;
             }
             let seq = w.next_seq;
             w.next_seq += 1;
-            if w.batch.is_empty() {
+            if w.batch_len == 0 {
                 w.batch_listener = conn.listener_id;
                 w.batch_first_seq = seq;
             }
-            let _ = w.batch.push(dup);
+            w.batch_len += 1;
             w.unacked.push_back(Unacked { seq, listener_id: conn.listener_id, attempts: conn.attempts, fd: conn.fd });
         }
         for w in st.workers.iter_mut() {
-            if !w.batch.is_empty() && flush_batch(&mut st.writer, lp, w).is_err() && nbroken < broken.len() {
+            if w.batch_len > 0 && flush_batch(&mut st.writer, lp, w).is_err() && nbroken < broken.len() {
                 broken[nbroken] = w.info.id;
                 nbroken += 1;
             }
@@ -1140,15 +1178,43 @@ fn dispatch(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
 }
 
 fn flush_batch(writer: &mut FrameWriter, lp: &mut Loop, w: &mut WorkerEntry) -> Result<()> {
-    let count = w.batch.len() as u8;
-    let frame = Frame::NewConnection { listener_id: w.batch_listener, first_conn_seq: w.batch_first_seq, count };
-    let res = match w.channel {
-        Some(ch) => writer.send_fds(lp, ch, &frame, &mut w.batch),
+    let n = w.batch_len.min(crate::proto::MAX_FDS_PER_FRAME);
+    w.batch_len = 0;
+    let mut fds: [RawFd; crate::proto::MAX_FDS_PER_FRAME] = [-1; crate::proto::MAX_FDS_PER_FRAME];
+    let first = w.unacked.len() - n;
+    for (dst, u) in fds.iter_mut().zip(w.unacked.range(first..)) {
+        *dst = u.fd.as_raw_fd();
+    }
+    let frame =
+        Frame::NewConnection { listener_id: w.batch_listener, first_conn_seq: w.batch_first_seq, count: n as u8 };
+    match w.channel {
+        // SAFETY: the fds belong to the batch's entries in `w.unacked`, which
+        // are closed only once this worker acknowledges them (it received
+        // them: the send is done) or, when the channel closes first, after
+        // the loop has freed the channel (`limbo`); see the module docs.
+        // On error nothing was queued.
+        Some(ch) => unsafe { writer.send_fds_borrowed(lp, ch, &frame, &fds[..n]) },
         None => Err(Error::ENOTCONN),
-    };
-    // On error the duplicates are closed; the originals wait in `unacked`.
-    w.batch.clear();
-    res
+    }
+}
+
+/// A closed channel is freed (nothing of it is left in the kernel): its
+/// connections in `limbo` can go to other workers.
+fn on_channel_freed(weak: Weak<RefCell<PrimaryState>>) -> OnClose {
+    OnClose::new(move |_lp, h| {
+        let Some(state) = weak.upgrade() else { return };
+        let mut st = state.borrow_mut();
+        let st = &mut *st;
+        let mut i = 0;
+        while i < st.limbo.len() {
+            if HandleId::from(st.limbo[i].0) == h {
+                let (_, conn) = st.limbo.swap_remove(i);
+                st.pending.push_back(conn);
+            } else {
+                i += 1;
+            }
+        }
+    })
 }
 
 // ---- lifecycle -------------------------------------------------------------

@@ -68,6 +68,9 @@ pub(crate) struct WriteReq {
     /// Fds to attach to this write's first byte (IPC): the next `nfds`
     /// entries of `StreamParts::send_fds` (0 once they are sent).
     pub nfds: u8,
+    /// The fds are the caller's ([`Loop::write_fds_borrowed`]): sent, never
+    /// closed by the loop.
+    pub borrowed: bool,
     /// Stream offset of this write's first byte.
     pub start: u64,
 }
@@ -103,6 +106,18 @@ impl StreamParts {
             accept_queue: VecDeque::new(),
             pending_handles: VecDeque::new(),
             send_fds: VecDeque::new(),
+        }
+    }
+
+    /// Forgets the next `n` entries of `send_fds` (a write's fds, sent or
+    /// dropped), closing them unless they are `borrowed`.
+    fn release_send_fds(&mut self, n: u8, borrowed: bool) {
+        for _ in 0..n {
+            if let Some(fd) = self.send_fds.pop_front() {
+                if !borrowed {
+                    sys::close(fd);
+                }
+            }
         }
     }
 
@@ -177,10 +192,10 @@ impl StreamState {
         for fd in self.parts.accept_queue.drain(..).chain(self.parts.pending_handles.drain(..)) {
             sys::close(fd);
         }
-        for fd in self.parts.send_fds.drain(..) {
-            sys::close(fd);
+        while let Some(w) = self.parts.writes.pop_front() {
+            self.parts.release_send_fds(w.nfds, w.borrowed);
         }
-        self.parts.writes.clear();
+        self.parts.send_fds.clear();
     }
 }
 
@@ -954,6 +969,44 @@ impl Loop {
     /// the loop owns the fds (closed once sent, or when the write fails or
     /// the stream closes); on `Err` the caller still does.
     pub(crate) fn write_with_fds(&mut self, s: Stream, data: &[u8], fds: &[RawFd], cb: Option<&OnWrite>) -> Result<()> {
+        self.queue_write(s, data, fds, false, cb)
+    }
+
+    /// Queues a write carrying `fds` that stay the caller's: the loop sends
+    /// them with the write's first byte and never closes them, so a caller
+    /// that keeps its own reference to each fd (a cluster primary holds every
+    /// connection until a worker acknowledges it) needs no duplicate. The
+    /// same rules as [`write_fds`](Self::write_fds) otherwise: at most
+    /// [`FdBatch::CAPACITY`](crate::FdBatch::CAPACITY) fds, `data` not empty,
+    /// `s` an IPC pipe.
+    ///
+    /// # Safety
+    /// Each fd in `fds` must stay open, naming the same open file, until the
+    /// kernel is done with it: until `cb` has run (with any status), or the
+    /// peer has received the fds, or `s` is closed and its slot freed
+    /// ([`is_live`](Self::is_live) false). Closing one earlier can make the
+    /// loop send whatever file later takes that fd number.
+    pub unsafe fn write_fds_borrowed(
+        &mut self,
+        s: Stream,
+        data: &[u8],
+        fds: &[RawFd],
+        cb: Option<&OnWrite>,
+    ) -> Result<()> {
+        if fds.is_empty() {
+            return self.write(s, data, cb);
+        }
+        self.queue_write(s, data, fds, true, cb)
+    }
+
+    fn queue_write(
+        &mut self,
+        s: Stream,
+        data: &[u8],
+        fds: &[RawFd],
+        borrowed: bool,
+        cb: Option<&OnWrite>,
+    ) -> Result<()> {
         let st = self.stream_state(s)?;
         if st.fd < 0 || st.listening {
             return Err(Error::EBADF);
@@ -973,7 +1026,7 @@ impl Loop {
         st.queued_total += data.len() as u64;
         let end = st.queued_total;
         st.parts.send_fds.extend(fds.iter().copied());
-        st.parts.writes.push_back(WriteReq { end, cb: cb.cloned(), nfds: fds.len() as u8, start });
+        st.parts.writes.push_back(WriteReq { end, cb: cb.cloned(), nfds: fds.len() as u8, borrowed, start });
         self.active_reqs += 1;
         self.flush(s);
         Ok(())
@@ -1114,16 +1167,11 @@ impl Loop {
             // The fds went with the first byte: the handle is sent; never
             // send it again on a retry of the remainder.
             let offset = st.written_total;
-            for w in st.parts.writes.iter_mut() {
-                if w.nfds > 0 && w.start == offset {
-                    for _ in 0..w.nfds {
-                        if let Some(fd) = st.parts.send_fds.pop_front() {
-                            sys::close(fd);
-                        }
-                    }
-                    w.nfds = 0;
-                    break;
-                }
+            let parts = &mut st.parts;
+            if let Some(w) = parts.writes.iter_mut().find(|w| w.nfds > 0 && w.start == offset) {
+                let (n, borrowed) = (w.nfds, w.borrowed);
+                w.nfds = 0;
+                parts.release_send_fds(n, borrowed);
             }
             st.inflight_fds = 0;
         }
@@ -1165,11 +1213,7 @@ impl Loop {
         loop {
             let Ok(st) = self.stream_state(s) else { return };
             let Some(w) = st.parts.writes.pop_front() else { break };
-            for _ in 0..w.nfds {
-                if let Some(fd) = st.parts.send_fds.pop_front() {
-                    sys::close(fd);
-                }
-            }
+            st.parts.release_send_fds(w.nfds, w.borrowed);
             self.active_reqs -= 1;
             if let Some(cb) = w.cb {
                 invoke!(&cb, self, s, Err(e));
@@ -1294,13 +1338,11 @@ impl Loop {
                         // The handles went out with these bytes: that write
                         // no longer owns them.
                         let offset = st.written_total;
-                        if let Some(w) = st.parts.writes.iter_mut().find(|w| w.nfds > 0 && w.start == offset) {
-                            for _ in 0..w.nfds {
-                                if let Some(fd) = st.parts.send_fds.pop_front() {
-                                    sys::close(fd);
-                                }
-                            }
+                        let parts = &mut st.parts;
+                        if let Some(w) = parts.writes.iter_mut().find(|w| w.nfds > 0 && w.start == offset) {
+                            let (n, borrowed) = (w.nfds, w.borrowed);
                             w.nfds = 0;
+                            parts.release_send_fds(n, borrowed);
                         }
                         st.inflight_fds = 0;
                     }
@@ -1326,10 +1368,8 @@ impl Loop {
             let (w, written) = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
                 Ok(Kind::Stream(st)) => {
                     let w = st.parts.writes.pop_front();
-                    for _ in 0..w.as_ref().map_or(0, |w| w.nfds) {
-                        if let Some(fd) = st.parts.send_fds.pop_front() {
-                            sys::close(fd);
-                        }
+                    if let Some(w) = &w {
+                        st.parts.release_send_fds(w.nfds, w.borrowed);
                     }
                     (w, st.written_total)
                 }

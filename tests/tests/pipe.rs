@@ -389,4 +389,67 @@ both_backends! {
         lp.close(s, None).unwrap();
         lp.run(RunMode::Default).unwrap();
     }
+
+    /// write_fds_borrowed sends the caller's fds without taking them: they
+    /// arrive (the same sockets), and stay open and the caller's after the
+    /// write completed (the harness counts fds at the end).
+    fn write_fds_borrowed_leaves_the_fds_with_the_caller(lp) {
+        let (a, b) = lp.pipe_pair(true).unwrap();
+        let (u1, _u1_peer) = socketpair(true).unwrap();
+        let (u2, _u2_peer) = socketpair(true).unwrap();
+        let ids = vec![identity(u1.as_raw_fd()), identity(u2.as_raw_fd())];
+        let wrote = Rc::new(Cell::new(0));
+        let on_write = {
+            let w = wrote.clone();
+            OnWrite::new(move |_, _, res| {
+                res.unwrap();
+                w.set(w.get() + 1);
+            })
+        };
+        // SAFETY: u1 and u2 live until the end of the test, after the write
+        // callback ran.
+        unsafe { lp.write_fds_borrowed(a, b"two", &[u1.as_raw_fd(), u2.as_raw_fd()], Some(&on_write)) }.unwrap();
+        // SAFETY: as above; no fds: a plain write.
+        unsafe { lp.write_fds_borrowed(a, b"-", &[], Some(&on_write)) }.unwrap();
+        let got = Rc::new(RefCell::new(Vec::new()));
+        let g = got.clone();
+        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+            res.unwrap();
+            while let Ok(fd) = lp.accept_pending_fd(s) {
+                g.borrow_mut().push(identity(fd.as_raw_fd()));
+            }
+        })).unwrap();
+        run_until(lp, LIMIT, |_| got.borrow().len() == 2 && wrote.get() == 2);
+        assert_eq!(*got.borrow(), ids);
+        // Still open, still the same sockets.
+        assert_eq!(identity(u1.as_raw_fd()), ids[0]);
+        assert_eq!(identity(u2.as_raw_fd()), ids[1]);
+        lp.close(a, None).unwrap();
+        lp.close(b, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+        drop((u1, u2));
+    }
+
+    /// A borrowed write cancelled by close (or failed) leaves the fds open:
+    /// the callback reports ECANCELED and the caller closes them after.
+    fn write_fds_borrowed_cancelled_by_close(lp) {
+        let (a, b) = lp.pipe_pair(true).unwrap();
+        // Fill a's send buffer (nobody reads b) so the borrowed write queues.
+        let big = vec![7u8; 1 << 20];
+        lp.write(a, &big, None).unwrap();
+        let (x, _x_peer) = socketpair(true).unwrap();
+        let id = identity(x.as_raw_fd());
+        let status = Rc::new(RefCell::new(None));
+        let st = status.clone();
+        let on_write = OnWrite::new(move |_, _, res| *st.borrow_mut() = Some(res));
+        // SAFETY: x lives until after the pipe is closed and freed below.
+        unsafe { lp.write_fds_borrowed(a, b"x", &[x.as_raw_fd()], Some(&on_write)) }.unwrap();
+        lp.run(RunMode::NoWait).unwrap();
+        lp.close(a, None).unwrap();
+        lp.close(b, None).unwrap();
+        lp.run(RunMode::Default).unwrap();
+        assert_eq!(*status.borrow(), Some(Err(Error::ECANCELED)));
+        assert_eq!(identity(x.as_raw_fd()), id, "the loop did not close it");
+        drop(x);
+    }
 }
