@@ -30,7 +30,8 @@ use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use uvring::{
-    Error, FdBatch, ListenHook, Loop, OnListenStop, OnRead, OnTimer, Result, Stream, Timer, TCP_IPV6ONLY, TCP_REUSEPORT,
+    Error, FdBatch, Hook, HookKind, ListenHook, Loop, OnHook, OnListenStop, OnRead, OnTimer, Result, Stream, Timer,
+    TCP_IPV6ONLY, TCP_REUSEPORT,
 };
 
 /// `(loop, bytes, fds)`: a user message from the primary.
@@ -123,9 +124,43 @@ struct WorkerState {
     /// turn, outside the hook.
     deferred: Vec<Deferred>,
     defer_timer: Option<Timer>,
+    /// Acknowledgements not yet written: one run of consecutive
+    /// connections with the same outcome `(first seq, count, accepted)`.
+    /// They go out, as few `Ack` frames in one write, from `turn_hook` at
+    /// the end of the loop iteration that received the connections.
+    ack_run: Option<(u64, u32, bool)>,
+    /// Check hook: writes the iteration's acks, then a due channel shutdown.
+    turn_hook: Option<Hook>,
+    /// `begin_disconnect` ran: shut the channel down in `turn_hook`, after
+    /// the acks (`Some(primary_initiated)`).
+    shutdown_due: Option<bool>,
 }
 
 impl WorkerState {
+    /// Records the outcome of connection `seq` (a run grows, or the previous
+    /// run is encoded for the next write).
+    fn note_ack(&mut self, seq: u64, accepted: bool) {
+        if let Some((first, count, ok)) = &mut self.ack_run {
+            if *ok == accepted && first.checked_add(u64::from(*count)) == Some(seq) && *count < u32::MAX {
+                *count += 1;
+                return;
+            }
+            let frame = Frame::Ack { conn_seq: *first, count: *count, accepted: *ok };
+            let _ = self.writer.queue(&frame);
+        }
+        self.ack_run = Some((seq, 1, accepted));
+    }
+
+    /// Writes the recorded acks (and anything else queued) in one write.
+    fn flush_acks(&mut self, lp: &mut Loop) {
+        if let Some((conn_seq, count, accepted)) = self.ack_run.take() {
+            let _ = self.writer.queue(&Frame::Ack { conn_seq, count, accepted });
+        }
+        if let Some(ch) = self.channel {
+            let _ = self.writer.flush(lp, ch);
+        }
+    }
+
     fn send(&mut self, lp: &mut Loop, frame: &Frame<'_>) -> Result<()> {
         let ch = self.channel.ok_or(Error::ENOTCONN)?;
         self.writer.send(lp, ch, frame)
@@ -381,8 +416,15 @@ impl Worker {
             last_load: 0,
             deferred: Vec::new(),
             defer_timer: Some(defer_timer),
+            ack_run: None,
+            turn_hook: None,
+            shutdown_due: None,
         }));
         let worker = Worker { shared };
+        let hook = lp.hook_init(HookKind::Check)?;
+        lp.unref_handle(hook)?;
+        lp.hook_start(hook, &worker.turn_end())?;
+        worker.shared.borrow_mut().turn_hook = Some(hook);
         lp.read_start(pipe, &worker.channel_reader())?;
         lp.set_listen_hook(Some(Box::new(WorkerHook(Rc::downgrade(&worker.shared)))));
         worker.shared.borrow_mut().send(lp, &Frame::Online)?;
@@ -513,12 +555,9 @@ impl Worker {
                 Ok(bytes) => {
                     let mut handler = |lp: &mut Loop, d: Decoded<'_>| handle_frame(&state, lp, pipe, d);
                     match feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler) {
-                        Ok(_) => {
-                            let mut st = state.borrow_mut();
-                            if let Some(ch) = st.channel {
-                                let _ = st.writer.flush(lp, ch);
-                            }
-                        }
+                        // Acks go out from `turn_end`, with the others of this
+                        // loop iteration.
+                        Ok(_) => {}
                         Err(ChannelError::Decode(_)) | Err(ChannelError::Stalled) => {
                             decoder.drain_fds();
                             channel_closed(&state, lp, pipe);
@@ -533,6 +572,25 @@ impl Worker {
                     decoder.drain_fds();
                     channel_closed(&state, lp, pipe);
                 }
+            }
+        })
+    }
+
+    /// The check hook: at the end of each loop iteration, write the acks of
+    /// every connection received in it (one write for all of them, in the
+    /// iteration that received them), then shut the channel down if a
+    /// disconnect began.
+    fn turn_end(&self) -> OnHook {
+        let weak = Rc::downgrade(&self.shared);
+        OnHook::new(move |lp, _h| {
+            let Some(state) = weak.upgrade() else { return };
+            let due = {
+                let mut st = state.borrow_mut();
+                st.flush_acks(lp);
+                st.shutdown_due.take()
+            };
+            if let Some(primary_initiated) = due {
+                shutdown_channel(&state, lp, primary_initiated);
             }
         })
     }
@@ -597,15 +655,25 @@ fn begin_disconnect(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, primary_ini
             let _ = lp.close(s, None);
         }
     }
-    if let Some(ch) = channel {
-        if !primary_initiated {
-            let _ = state.borrow_mut().send(lp, &Frame::ExitedAfterDisconnect);
-        }
-        // The primary sees EOF after everything sent so far, closes its end,
-        // and this side's read then ends with EOF (an expected one).
-        if lp.shutdown(ch, None).is_err() {
-            channel_closed(state, lp, ch);
-        }
+    if channel.is_some() {
+        // The channel is shut down at the end of this loop iteration, after
+        // the acks of the connections received in it (a user callback may
+        // call `disconnect` while connections of the same frame are still
+        // being delivered; their acks must reach the primary, or it would
+        // hand them to another worker).
+        state.borrow_mut().shutdown_due = Some(primary_initiated);
+    }
+}
+
+fn shutdown_channel(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, primary_initiated: bool) {
+    let Some(ch) = state.borrow().channel else { return };
+    if !primary_initiated {
+        let _ = state.borrow_mut().send(lp, &Frame::ExitedAfterDisconnect);
+    }
+    // The primary sees EOF after everything sent so far, closes its end, and
+    // this side's read then ends with EOF (an expected one).
+    if lp.shutdown(ch, None).is_err() {
+        channel_closed(state, lp, ch);
     }
 }
 
@@ -616,7 +684,12 @@ fn channel_closed(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, pipe: Stream)
         if st.channel != Some(pipe) {
             return;
         }
+        st.flush_acks(lp);
         st.channel = None;
+        st.shutdown_due = None;
+        if let Some(h) = st.turn_hook.take() {
+            let _ = lp.close(h, None);
+        }
         let timers = [st.load_timer.take(), st.defer_timer.take()];
         let stores = std::mem::take(&mut st.store_reqs);
         (st.disconnecting, st.on_disconnect.clone(), timers, stores)
@@ -656,19 +729,11 @@ fn handle_frame(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, pipe: Stream, d
                     _ => false,
                 };
             }
-            // Acknowledge in runs of equal outcome.
+            // Recorded as runs of equal outcome; written at the end of this
+            // loop iteration (`turn_end`).
             let mut st = state.borrow_mut();
-            let mut i = 0;
-            while i < n {
-                let mut j = i + 1;
-                while j < n && accepted[j] == accepted[i] {
-                    j += 1;
-                }
-                let ack =
-                    Frame::Ack { conn_seq: first_conn_seq + i as u64, count: (j - i) as u32, accepted: accepted[i] };
-                // Queued: the read callback writes all acks of a chunk at once.
-                let _ = st.writer.queue(&ack);
-                i = j;
+            for (i, &ok) in accepted.iter().enumerate().take(n) {
+                st.note_ack(first_conn_seq.saturating_add(i as u64), ok);
             }
         }
         Frame::QueryServerReply { seq, errno, port, listener_id, listener_fd } => {

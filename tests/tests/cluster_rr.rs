@@ -69,6 +69,30 @@ cluster_test! {
         shutdown(lp, &primary);
     }
 
+    // A worker disconnects from inside its connection callback: the
+    // connection it took is acknowledged before its channel shuts down (so
+    // the primary never hands it to another worker), the rest of its batch
+    // is refused and served by the other worker.
+    fn disconnect_inside_on_connection(lp, policy) [rr = RoundRobin] {
+        let primary = Primary::new(lp, settings(policy, "serve", 0)).unwrap();
+        let log = record(&primary);
+        let _guard = KillGuard(log.clone());
+        primary.fork_with_env(lp, &[("SCENARIO", "disconnect-on-first")]).unwrap();
+        primary.fork(lp).unwrap();
+        wait_for(lp, &log, |l| l.listening.len() == 2);
+        let port = log.borrow().listening[0].1;
+        let rx = burst(port, 8);
+        let answers = collect(lp, &rx, 8);
+        let by: Vec<Option<u32>> = answers.iter().map(|a| a.as_ref().ok().and_then(|s| worker_of(s))).collect();
+        assert!(by.iter().all(Option::is_some), "every connection answered: {answers:?}");
+        assert_eq!(by.iter().filter(|w| **w == Some(1)).count(), 1, "{by:?}");
+        wait_for(lp, &log, |l| l.exits.len() == 1);
+        let stats = primary.stats();
+        assert_eq!(stats.redistributed, 0, "an acknowledged connection went elsewhere: {stats:?}");
+        assert_eq!(stats.closed_unroutable, 0, "{stats:?}");
+        shutdown(lp, &primary);
+    }
+
     // A worker dies holding connections it never acknowledged: they go to
     // the other worker, and every client is answered.
     fn dying_worker_connections_are_redistributed(lp, policy) [rr = RoundRobin] {

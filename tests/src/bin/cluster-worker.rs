@@ -186,6 +186,24 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
                 }),
             );
         }
+        // Serve; at the first connection, answer it and disconnect from
+        // inside the connection callback (the rest of its batch is refused).
+        "disconnect-on-first" => {
+            let on_read = answer_once(id);
+            let wc = w.clone();
+            listen(
+                lp,
+                port_env(),
+                &OnConnection::new(move |lp, srv, res| {
+                    if res.is_ok() {
+                        if let Ok(c) = lp.accept(srv) {
+                            let _ = lp.read_start(c, &on_read);
+                        }
+                        wc.disconnect(lp);
+                    }
+                }),
+            );
+        }
         // Serve, but block the whole process for a long time at the first
         // connection (so the rest of its batch stays unacknowledged).
         "stall-on-first" => {
