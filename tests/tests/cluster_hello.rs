@@ -73,9 +73,17 @@ impl Example {
         }
     }
 
+    /// Counts log lines containing `part`, after the example has exited:
+    /// reads its output to the end first (the reader thread may still hold
+    /// the last lines when the exit is seen).
     fn count_log(&mut self, part: &str) -> usize {
-        while let Ok(l) = self.log.try_recv() {
-            self.seen.push(l);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => break,
+            }
         }
         self.seen.iter().filter(|l| l.contains(part)).count()
     }
