@@ -1273,7 +1273,7 @@ impl Loop {
     /// until the backend has returned everything it held.
     pub(crate) fn stream_close(&mut self, s: Stream) {
         self.accept_retry.retain(|(_, x)| *x != s);
-        let (hooked, fd) = {
+        let hooked = {
             let Ok(slot) = self.slot_mut(s.0) else { return };
             let Kind::Stream(st) = &mut slot.kind else { return };
             let fd = st.fd;
@@ -1303,9 +1303,8 @@ impl Loop {
                     self.driver.cancel(fd, Loop::token(s.0, k));
                 }
             }
-            (hooked, fd)
+            hooked
         };
-        let _ = fd;
         // Stashed reads hold receive buffers: give them back now.
         while let Ok(st) = self.slot_mut(s.0).map(|slot| match &mut slot.kind {
             Kind::Stream(st) => st.parts.stash.pop_front(),
