@@ -40,7 +40,7 @@ use crate::proto::{
 };
 use crate::schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
 use crate::settings::{
-    ChildOutput, SchedPolicy, Settings, ENV_BACKEND, ENV_CHANNEL_FD, ENV_SCHED_POLICY, ENV_WORKER_ID,
+    ChildOutput, SchedPolicy, Settings, ENV_BACKEND, ENV_CHANNEL_FD, ENV_NORMAL_SCHED, ENV_SCHED_POLICY, ENV_WORKER_ID,
 };
 use crate::store::SharedStore;
 use std::cell::{Cell, RefCell};
@@ -230,6 +230,9 @@ struct Rolling {
 
 struct PrimaryState {
     settings: Settings,
+    /// This thread moved to `SCHED_BATCH` ([`Settings::batch_scheduling`]):
+    /// workers are told to move back to the normal policy.
+    batch_sched: bool,
     exec: PathBuf,
     args: Vec<OsString>,
     workers: Vec<WorkerEntry>,
@@ -346,8 +349,15 @@ impl Primary {
             None => std::env::args_os().skip(1).collect(),
         };
         let governor = RestartGovernor::new(settings.respawn.clone());
+        // See `Settings::batch_scheduling`. A thread the user already put
+        // under another policy keeps it.
+        let batch_sched = settings.policy == SchedPolicy::RoundRobin
+            && settings.batch_scheduling
+            && uvring::sys::process::sched_is_normal()
+            && uvring::sys::process::set_sched_batch(true).is_ok();
         let shared = Rc::new(RefCell::new(PrimaryState {
             settings,
+            batch_sched,
             exec,
             args,
             workers: Vec::with_capacity(16),
@@ -642,7 +652,7 @@ fn fork_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, extra_env: &[(&
         let id = st.next_worker_id;
         st.next_worker_id += 1;
         let backend = st.settings.backend.unwrap_or(lp.backend());
-        let ours = [ENV_WORKER_ID, ENV_CHANNEL_FD, ENV_SCHED_POLICY, ENV_BACKEND, ENV_LOAD_REPORT_MS];
+        let ours = [ENV_WORKER_ID, ENV_CHANNEL_FD, ENV_SCHED_POLICY, ENV_BACKEND, ENV_LOAD_REPORT_MS, ENV_NORMAL_SCHED];
         let mut env: Vec<(OsString, OsString)> =
             std::env::vars_os().filter(|(k, _)| !ours.iter().any(|o| OsStr::new(o) == k)).collect();
         for (k, v) in &st.settings.env {
@@ -658,6 +668,9 @@ fn fork_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, extra_env: &[(&
         env.push((ENV_SCHED_POLICY.into(), st.settings.policy.name().into()));
         env.push((ENV_BACKEND.into(), backend.name().into()));
         env.push((ENV_LOAD_REPORT_MS.into(), st.settings.load_report_ms.to_string().into()));
+        if st.batch_sched {
+            env.push((ENV_NORMAL_SCHED.into(), "1".into()));
+        }
         let on_exit = st.on_exit.clone().ok_or(Error::INVALID_STATE)?;
         (id, st.exec.clone(), st.args.clone(), env, st.settings.output, on_exit)
     };

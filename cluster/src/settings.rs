@@ -14,6 +14,10 @@ pub const ENV_CHANNEL_FD: &str = "UVRING_CHANNEL_FD";
 pub const ENV_SCHED_POLICY: &str = "UVRING_CLUSTER_SCHED_POLICY";
 /// Environment variable choosing the loop backend (read by `uvring::Loop::new`).
 pub const ENV_BACKEND: &str = "UVRING_BACKEND";
+/// Set by a primary that moved itself to `SCHED_BATCH`
+/// ([`Settings::batch_scheduling`]): its workers, which inherit the policy,
+/// move back to the normal one at `Worker::init`.
+pub const ENV_NORMAL_SCHED: &str = "UVRING_CLUSTER_NORMAL_SCHED";
 
 /// How connections reach workers.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -117,6 +121,16 @@ pub struct Settings {
     /// Round robin passes over a worker whose load is more than this above
     /// the least-loaded one (see [`RoundRobin`](crate::RoundRobin)).
     pub load_slack: u32,
+    /// Under `rr`, run the primary's loop thread under Linux's `SCHED_BATCH`
+    /// policy (when it runs under the normal one): a new connection then
+    /// does not preempt a busy worker (or any other running task) to wake
+    /// the primary; the primary runs at its turn and hands over everything
+    /// that arrived meanwhile in one batch per worker. When a CPU is idle it
+    /// runs at once, as before. On a busy 2-core machine this took the
+    /// `Connection: close` throughput of `rr` from ~0.75x to ~0.93x of
+    /// `reuseport` (bench/RESULTS.md). Workers keep the normal policy.
+    /// Default: on.
+    pub batch_scheduling: bool,
 }
 
 impl Default for Settings {
@@ -132,6 +146,7 @@ impl Default for Settings {
             output: ChildOutput::default(),
             load_report_ms: 50,
             load_slack: crate::schedule::DEFAULT_LOAD_SLACK,
+            batch_scheduling: true,
         }
     }
 }

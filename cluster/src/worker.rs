@@ -22,7 +22,7 @@ use crate::proto::{
     Decoded, Frame, FrameDecoder, FrameFds, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus,
 };
 use crate::schedule::WorkerId;
-use crate::settings::{SchedPolicy, ENV_CHANNEL_FD, ENV_SCHED_POLICY, ENV_WORKER_ID};
+use crate::settings::{SchedPolicy, ENV_CHANNEL_FD, ENV_NORMAL_SCHED, ENV_SCHED_POLICY, ENV_WORKER_ID};
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -387,6 +387,12 @@ impl Worker {
         // Grandchildren must not think they are workers of this primary.
         std::env::remove_var(ENV_CHANNEL_FD);
         std::env::remove_var(ENV_WORKER_ID);
+        // A primary under SCHED_BATCH (Settings::batch_scheduling) passed it
+        // on with the fork; a worker serves under the normal policy.
+        if std::env::var_os(ENV_NORMAL_SCHED).is_some_and(|v| v == "1") {
+            let _ = uvring::sys::process::set_sched_batch(false);
+        }
+        std::env::remove_var(ENV_NORMAL_SCHED);
         let policy = std::env::var(ENV_SCHED_POLICY).ok().and_then(|v| SchedPolicy::parse(&v)).unwrap_or_default();
         let load_ms: u64 =
             std::env::var(crate::primary::ENV_LOAD_REPORT_MS).ok().and_then(|v| v.parse().ok()).unwrap_or(50);

@@ -93,6 +93,31 @@ cluster_test! {
         shutdown(lp, &primary);
     }
 
+    // Settings::batch_scheduling: the primary's loop thread runs under
+    // SCHED_BATCH, its workers under the normal policy; off, nothing changes.
+    fn batch_scheduling(lp, policy) [rr = RoundRobin] {
+        use uvring::sys::process::{sched_is_normal, set_sched_batch};
+        assert!(sched_is_normal());
+        let mut s = settings(policy, "serve", 1);
+        s.batch_scheduling = false;
+        let plain = Primary::new(lp, s).unwrap();
+        assert!(sched_is_normal(), "off: the thread keeps its policy");
+        drop(plain);
+        let primary = Primary::new(lp, settings(policy, "serve", 1)).unwrap();
+        let batch = !sched_is_normal();
+        // The test thread goes back to normal whatever happens below.
+        set_sched_batch(false).unwrap();
+        assert!(batch, "the primary's thread runs under SCHED_BATCH");
+        let log = record(&primary);
+        let _guard = KillGuard(log.clone());
+        primary.start(lp).unwrap();
+        wait_for(lp, &log, |l| l.listening.len() == 1);
+        primary.workers()[0].send(lp, b"sched").unwrap();
+        wait_for(lp, &log, |l| l.count_prefix("sched ") == 1);
+        assert!(log.borrow().has_message("sched normal"), "{:?}", log.borrow().messages);
+        shutdown(lp, &primary);
+    }
+
     // A worker dies holding connections it never acknowledged: they go to
     // the other worker, and every client is answered.
     fn dying_worker_connections_are_redistributed(lp, policy) [rr = RoundRobin] {

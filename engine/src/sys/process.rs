@@ -274,6 +274,30 @@ unsafe fn child_exec(plan: &mut SpawnPlan<'_>, err_fd: RawFd) -> ! {
     }
 }
 
+/// Whether the calling thread runs under `SCHED_OTHER` (Linux's default
+/// policy), as opposed to `SCHED_BATCH`, `SCHED_IDLE` or a real-time one.
+pub fn sched_is_normal() -> bool {
+    // SAFETY: a plain system call on the calling thread.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    policy >= 0 && policy & !libc::SCHED_RESET_ON_FORK == libc::SCHED_OTHER
+}
+
+/// Moves the calling thread to `SCHED_BATCH` (`batch`) or back to
+/// `SCHED_OTHER`; the nice value is kept. Under `SCHED_BATCH` a wake-up does
+/// not preempt the task running on the CPU: the thread runs at its turn,
+/// with whatever work piled up meanwhile (larger batches, fewer context
+/// switches when the CPUs are busy; no delay when one is idle).
+pub fn set_sched_batch(batch: bool) -> Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    let policy = if batch { libc::SCHED_BATCH } else { libc::SCHED_OTHER };
+    // SAFETY: a plain system call on the calling thread; `param` is valid
+    // for the call.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } < 0 {
+        return Err(Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `pidfd_open(2)`.
 pub fn pidfd_open(pid: i32) -> Result<OwnedFd> {
     // SAFETY: a plain system call with integer arguments.

@@ -153,7 +153,10 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
             listen(lp, port_env(), &serving(w, id));
             let wc = w.clone();
             w.on_message(move |lp, msg, _| {
-                if msg == b"fds" {
+                if msg == b"sched" {
+                    let normal = uvring::sys::process::sched_is_normal();
+                    send(lp, &wc, if normal { "sched normal" } else { "sched other" });
+                } else if msg == b"fds" {
                     let n = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
                     send(lp, &wc, &format!("fds {n}"));
                 } else if msg == b"alloc-start" {
