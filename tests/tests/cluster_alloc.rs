@@ -8,55 +8,13 @@
 mod cluster_support;
 
 use cluster_support::*;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::{Duration, Instant};
 use uvring::{Loop, RunMode};
 use uvring_cluster::Primary;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<usize> = const { Cell::new(0) };
-}
-
-struct Counting;
-
-fn note() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator, which
-// upholds the GlobalAlloc contract; counting touches only const-initialised
-// thread-locals without destructors, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded from the caller.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded from the caller.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: forwarded from the caller.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded from the caller.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use uvring_tests::alloc_count::{allocations_in, CountingAllocator};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Runs the loop, counting this thread's allocations inside `lp.run` only,
 /// until `n` answers arrived; returns the count.
@@ -68,11 +26,9 @@ fn run_counted(lp: &mut Loop, rx: &std::sync::mpsc::Receiver<std::io::Result<Str
     let mut count = 0;
     while got < n {
         assert!(Instant::now() < deadline, "timed out");
-        COUNT.with(|c| c.set(0));
-        COUNTING.with(|c| c.set(true));
-        lp.run(RunMode::Once).unwrap();
-        COUNTING.with(|c| c.set(false));
-        count += COUNT.with(Cell::get);
+        count += allocations_in(|| {
+            lp.run(RunMode::Once).unwrap();
+        }) as usize;
         while let Ok(a) = rx.try_recv() {
             assert!(a.unwrap().starts_with("worker "));
             got += 1;
@@ -113,11 +69,7 @@ cluster_test! {
             assert_eq!(n, 0, "worker: receive fd -> on_connection allocated: {reports:?}");
         }
         // And this thread's counter counts.
-        COUNTING.with(|c| c.set(true));
-        let b = std::hint::black_box(Box::new(1u64));
-        COUNTING.with(|c| c.set(false));
-        drop(b);
-        assert!(COUNT.with(Cell::get) >= 1);
+        assert!(allocations_in(|| drop(std::hint::black_box(Box::new(1u64)))) >= 1);
         assert!(primary.stats().handed_off >= 800);
         shutdown(lp, &primary);
     }
