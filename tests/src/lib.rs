@@ -168,3 +168,25 @@ pub fn with_timeout<T: Send + 'static>(timeout: Duration, f: impl FnOnce() -> T 
     });
     rx.recv_timeout(timeout).expect("helper thread timed out")
 }
+
+/// A shared counter for callbacks (tests only: the engine never needs one).
+pub type Count = std::rc::Rc<std::cell::Cell<usize>>;
+
+/// A new counter at zero.
+pub fn count() -> Count {
+    std::rc::Rc::new(std::cell::Cell::new(0))
+}
+
+/// Adds one to a counter.
+pub fn bump(c: &Count) {
+    c.set(c.get() + 1);
+}
+
+/// A TCP listener on 127.0.0.1 with a kernel-chosen port, and its address.
+pub fn listener(lp: &mut Loop, on_connection: &uvring::OnConnection) -> (uvring::Stream, std::net::SocketAddr) {
+    let server = lp.tcp_init().unwrap();
+    lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+    lp.listen(server, 128, on_connection).unwrap();
+    let addr = lp.tcp_getsockname(server).unwrap();
+    (server, addr)
+}

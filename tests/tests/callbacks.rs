@@ -3,33 +3,15 @@
 //! and nothing panics or leaks. State lives in `Rc<Cell<..>>` counters the
 //! test owns; the loop itself is never wrapped in a `RefCell`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use uvring::*;
-use uvring_tests::{both_backends, run_until};
+use uvring_tests::{both_backends, bump, count, listener, run_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-type Count = Rc<Cell<usize>>;
-
-fn count() -> Count {
-    Rc::new(Cell::new(0))
-}
-
-fn bump(c: &Count) {
-    c.set(c.get() + 1);
-}
-
-fn listener(lp: &mut Loop, on_connection: &OnConnection) -> (Stream, SocketAddr) {
-    let server = lp.tcp_init().unwrap();
-    lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-    lp.listen(server, 128, on_connection).unwrap();
-    let addr = lp.tcp_getsockname(server).unwrap();
-    (server, addr)
-}
 
 /// A blocking peer on a helper thread: connects, sends `send`, then reads
 /// until EOF and returns what it read. Every step is bounded by timeouts,

@@ -9,28 +9,9 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 use uvring::*;
-use uvring_tests::{both_backends, run_on_with, run_until};
+use uvring_tests::{both_backends, bump, count, listener, run_on_with, run_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-type Count = Rc<Cell<usize>>;
-
-fn count() -> Count {
-    Rc::new(Cell::new(0))
-}
-
-fn bump(c: &Count) {
-    c.set(c.get() + 1);
-}
-
-/// A listener on 127.0.0.1 (port chosen by the kernel).
-fn listener(lp: &mut Loop, on_connection: &OnConnection) -> (Stream, SocketAddr) {
-    let server = lp.tcp_init().unwrap();
-    lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-    lp.listen(server, 128, on_connection).unwrap();
-    let addr = lp.tcp_getsockname(server).unwrap();
-    (server, addr)
-}
 
 /// A TCP handle connecting to `addr`.
 fn connect(lp: &mut Loop, addr: SocketAddr, on_connect: &OnConnect) -> Stream {
