@@ -29,40 +29,52 @@ pub fn fd_count_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
-/// Serialises tests within a binary and checks fds on drop.
+/// This process's open fds, each as "number -> target" (`socket:[inode]`,
+/// `pipe:[inode]`, a path): the target tells a reused number apart.
+pub fn open_fds() -> std::collections::BTreeSet<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Default::default() };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            // The directory's own fd is gone by the time we read its link.
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some(format!("{} -> {}", e.file_name().to_string_lossy(), target.display()))
+        })
+        .filter(|fd| !fd.ends_with("/fd"))
+        .collect()
+}
+
+/// Serialises tests within a binary and checks fds at the end.
 pub struct TestGuard {
-    fds_at_start: usize,
+    fds_at_start: std::collections::BTreeSet<String>,
     _lock: MutexGuard<'static, ()>,
 }
 
 impl TestGuard {
     pub fn new() -> TestGuard {
         let lock = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        TestGuard { fds_at_start: fd_count(), _lock: lock }
+        TestGuard { fds_at_start: open_fds(), _lock: lock }
     }
 
-    /// Asserts the fd count is back to where it started (fds close
-    /// asynchronously in the kernel only for io_uring's deferred close; give
-    /// them a moment).
+    /// Asserts that the test left no fd open that was not open when it
+    /// started. Fds are compared by identity (number and target), not by
+    /// count, so a socket that an earlier test's finished thread closes
+    /// meanwhile is not mistaken for a leak, and a leak is never hidden by
+    /// such a close. io_uring may close a cancelled op's fd a moment late, so
+    /// the check waits up to 2 s for the set to settle.
     pub fn check_fds(&self) {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            let now = fd_count();
-            if now == self.fds_at_start {
+            let now = open_fds();
+            let leaked: Vec<&String> = now.difference(&self.fds_at_start).collect();
+            if leaked.is_empty() {
                 return;
             }
             if Instant::now() > deadline {
-                let list: Vec<String> = std::fs::read_dir("/proc/self/fd")
-                    .map(|d| {
-                        d.filter_map(|e| e.ok())
-                            .map(|e| {
-                                let target = std::fs::read_link(e.path()).unwrap_or_default();
-                                format!("{} -> {}", e.file_name().to_string_lossy(), target.display())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                panic!("fd leak: {} fds at start, {} at end:\n{}", self.fds_at_start, now, list.join("\n"));
+                panic!(
+                    "fd leak: open now but not at the start:\n{}\n(all open fds:\n{})",
+                    leaked.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+                    now.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
