@@ -343,24 +343,26 @@ impl Loop {
 
     /// Marks a handle active or inactive, keeping the liveness count.
     pub(crate) fn set_active(&mut self, h: HandleId, on: bool) {
-        let Ok(s) = self.slot_mut(h) else { return };
-        let was = s.flags & F_ACTIVE != 0;
-        if was == on {
-            return;
-        }
-        let counts = s.flags & F_REF != 0 && s.flags & F_INTERNAL == 0;
+        let _ = self.set_flag(h, F_ACTIVE, on);
+    }
+
+    /// Sets or clears `flag` (`F_ACTIVE` or `F_REF`), keeping the count of
+    /// handles that keep the loop alive: ref'd, active and not internal.
+    fn set_flag(&mut self, h: HandleId, flag: u8, on: bool) -> Result<()> {
+        let keeps_alive = |flags: u8| (flags & (F_REF | F_ACTIVE)) == (F_REF | F_ACTIVE) && flags & F_INTERNAL == 0;
+        let s = self.slot_mut(h)?;
+        let before = keeps_alive(s.flags);
         if on {
-            s.flags |= F_ACTIVE;
+            s.flags |= flag;
         } else {
-            s.flags &= !F_ACTIVE;
+            s.flags &= !flag;
         }
-        if counts {
-            if on {
-                self.active_handles += 1;
-            } else {
-                self.active_handles -= 1;
-            }
+        match (before, keeps_alive(s.flags)) {
+            (false, true) => self.active_handles += 1,
+            (true, false) => self.active_handles -= 1,
+            _ => {}
         }
+        Ok(())
     }
 
     pub(crate) fn set_internal(&mut self, h: HandleId) {
@@ -402,25 +404,7 @@ impl Loop {
     }
 
     fn set_ref(&mut self, h: HandleId, on: bool) -> Result<()> {
-        let s = self.slot_mut(h)?;
-        let was = s.flags & F_REF != 0;
-        if was == on {
-            return Ok(());
-        }
-        let counts = s.flags & F_ACTIVE != 0 && s.flags & F_INTERNAL == 0;
-        if on {
-            s.flags |= F_REF;
-        } else {
-            s.flags &= !F_REF;
-        }
-        if counts {
-            if on {
-                self.active_handles += 1;
-            } else {
-                self.active_handles -= 1;
-            }
-        }
-        Ok(())
+        self.set_flag(h, F_REF, on)
     }
 
     /// Stores a word of user data with the handle (libuv's `data`).

@@ -137,18 +137,12 @@ macro_rules! callback_new {
 }
 
 callback_new!(StreamFn, (Stream, Result<()>));
+callback_new!(ReadFn, (Stream, Result<&[u8]>));
 callback_new!(HandleFn, (HandleId));
 callback_new!(TimerFn, (Timer));
 callback_new!(AsyncFn, (Async));
 callback_new!(SignalFn, (Signal, i32));
 callback_new!(ExitFn, (Process, i64, i32));
-
-impl Callback<ReadFn> {
-    /// Wraps a closure; this is the one allocation, share it by cloning.
-    pub fn new(f: impl FnMut(&mut Loop, Stream, Result<&[u8]>) + 'static) -> Self {
-        Callback(Rc::new(RefCell::new(f)))
-    }
-}
 
 /// Calls a callback. Callbacks never run re-entrantly (the loop never calls
 /// user code from inside an API call, and `run` refuses to nest), so the

@@ -178,6 +178,23 @@ pub(crate) struct StreamState {
 }
 
 impl StreamState {
+    /// A send that carried fds put at least one byte out: the fds went with
+    /// its first byte, so the write that owned them releases them now and a
+    /// retry of the remainder never sends them twice.
+    fn release_sent_fds(&mut self) {
+        if self.inflight_fds == 0 {
+            return;
+        }
+        let offset = self.written_total;
+        let parts = &mut self.parts;
+        if let Some(w) = parts.writes.iter_mut().find(|w| w.nfds > 0 && w.start == offset) {
+            let (n, borrowed) = (w.nfds, w.borrowed);
+            w.nfds = 0;
+            parts.release_send_fds(n, borrowed);
+        }
+        self.inflight_fds = 0;
+    }
+
     pub(crate) fn into_parts(mut self) -> StreamParts {
         self.parts.clear();
         std::mem::replace(&mut self.parts, StreamParts::new())
@@ -1163,17 +1180,8 @@ impl Loop {
             return;
         }
         let n = res as usize;
-        if n > 0 && st.inflight_fds > 0 {
-            // The fds went with the first byte: the handle is sent; never
-            // send it again on a retry of the remainder.
-            let offset = st.written_total;
-            let parts = &mut st.parts;
-            if let Some(w) = parts.writes.iter_mut().find(|w| w.nfds > 0 && w.start == offset) {
-                let (n, borrowed) = (w.nfds, w.borrowed);
-                w.nfds = 0;
-                parts.release_send_fds(n, borrowed);
-            }
-            st.inflight_fds = 0;
+        if n > 0 {
+            st.release_sent_fds();
         }
         st.inflight_off += n;
         st.written_total += n as u64;
@@ -1333,18 +1341,7 @@ impl Loop {
             if let Kind::Stream(st) = &mut slot.kind {
                 st.send_inflight = false;
                 if res > 0 {
-                    if st.inflight_fds > 0 {
-                        // The handles went out with these bytes: that write
-                        // no longer owns them.
-                        let offset = st.written_total;
-                        let parts = &mut st.parts;
-                        if let Some(w) = parts.writes.iter_mut().find(|w| w.nfds > 0 && w.start == offset) {
-                            let (n, borrowed) = (w.nfds, w.borrowed);
-                            w.nfds = 0;
-                            parts.release_send_fds(n, borrowed);
-                        }
-                        st.inflight_fds = 0;
-                    }
+                    st.release_sent_fds();
                     st.written_total += res as u64;
                 }
             }
