@@ -10,7 +10,6 @@ mod cluster_support;
 use cluster_support::*;
 use std::time::{Duration, Instant};
 use uvring::{Loop, RunMode};
-use uvring_cluster::Primary;
 use uvring_tests::alloc_count::{allocations_in, CountingAllocator};
 
 #[global_allocator]
@@ -40,10 +39,7 @@ fn run_counted(lp: &mut Loop, rx: &std::sync::mpsc::Receiver<std::io::Result<Str
 
 cluster_test! {
     fn rr_hot_paths_allocate_nothing(lp, policy) [rr = RoundRobin] {
-        let primary = Primary::new(lp, settings(policy, "serve", 2)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, settings(policy, "serve", 2));
         wait_for(lp, &log, |l| l.listening.len() == 2);
         let port = log.borrow().listening[0].1;
         // Warm-up, burstier than the measured run: queues, write buffers

@@ -30,10 +30,7 @@ cluster_test! {
     // SIGKILL from outside: disconnect and exit fire once each, with the
     // signal, not after a disconnect; the table empties.
     fn worker_kill(lp, policy) [rr = RoundRobin] {
-        let primary = Primary::new(lp, settings(policy, "serve", 1)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, settings(policy, "serve", 1));
         wait_for(lp, &log, |l| l.listening.len() == 1);
         let w = primary.workers()[0].clone();
         // SAFETY: plain syscall on our child's pid.
@@ -70,10 +67,7 @@ cluster_test! {
     // worker.kill(signal): the exit reports that signal, and counts as a
     // disconnect (kill-disconnect).
     fn worker_kill_signal(lp, policy) [rr = RoundRobin] {
-        let primary = Primary::new(lp, settings(policy, "idle", 2)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, settings(policy, "idle", 2));
         wait_for(lp, &log, |l| l.online.len() == 2);
         let ws = primary.workers();
         ws[0].kill(lp, libc::SIGTERM).unwrap();
@@ -98,10 +92,7 @@ cluster_test! {
         if policy == SchedPolicy::ReusePort {
             s.env.push(("PORT".into(), free_port().to_string().into()));
         }
-        let primary = Primary::new(lp, s).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, s);
         wait_for(lp, &log, |l| l.listening.len() == 1);
         let port = log.borrow().listening[0].1;
         let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -162,10 +153,7 @@ cluster_test! {
 
     // Every worker disconnected in the same turn: each exits cleanly once.
     fn concurrent_disconnect(lp, policy) [rr = RoundRobin, shared = Shared] {
-        let primary = Primary::new(lp, settings(policy, "serve", 4)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, settings(policy, "serve", 4));
         wait_for(lp, &log, |l| l.listening.len() == 4);
         for w in primary.workers() {
             w.disconnect(lp);
@@ -185,10 +173,7 @@ cluster_test! {
     fn respawn_after_crash(lp, policy) [rr = RoundRobin] {
         let mut s = settings(policy, "serve", 2);
         s.respawn = RespawnSettings { enabled: true, base_delay_ms: 20, ..RespawnSettings::default() };
-        let primary = Primary::new(lp, s).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, s);
         wait_for(lp, &log, |l| l.listening.len() == 2);
         // SAFETY: plain syscall on our child's pid.
         unsafe { libc::kill(primary.workers()[0].pid(), libc::SIGKILL) };
@@ -222,10 +207,7 @@ cluster_test! {
 
     // Rolling restart: every worker replaced while clients keep being served.
     fn rolling_restart(lp, policy) [rr = RoundRobin, shared = Shared] {
-        let primary = Primary::new(lp, settings(policy, "serve", 2)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, settings(policy, "serve", 2));
         wait_for(lp, &log, |l| l.listening.len() == 2);
         let port = log.borrow().listening[0].1;
         let rx = ask_many(port, 200, 2);

@@ -17,10 +17,7 @@ cluster_test! {
         if policy == SchedPolicy::ReusePort {
             s.env.push(("PORT".into(), free_port().to_string().into()));
         }
-        let primary = Primary::new(lp, s).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, s);
         wait_for(lp, &log, |l| l.listening.len() == 2);
         let ports: Vec<u16> = log.borrow().listening.iter().map(|&(_, p)| p).collect();
         assert_ne!(ports[0], 0);
@@ -35,10 +32,7 @@ cluster_test! {
     // Two servers per worker on port 0 get distinct ports (per-worker
     // index), and closing and listening again works without collision.
     fn child_index_net(lp, policy) [rr = RoundRobin, shared = Shared] {
-        let primary = Primary::new(lp, settings(policy, "two-servers", 2)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, settings(policy, "two-servers", 2));
         wait_for(lp, &log, |l| l.count_prefix("listening 1 ") == 4);
         let l = log.borrow();
         for w in [1, 2] {
@@ -57,10 +51,7 @@ cluster_test! {
     // A server closed and listened again (the primary drops the listener
     // when its last worker leaves, and makes a new one).
     fn server_restart(lp, policy) [rr = RoundRobin, shared = Shared] {
-        let primary = Primary::new(lp, settings(policy, "two-servers", 1)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, settings(policy, "two-servers", 1));
         wait_for(lp, &log, |l| l.count_prefix("listening 1 ") == 2);
         let port: u16 = log.borrow().messages.iter().rev().find_map(|(_, m)| m.strip_prefix("listening 1 ")).unwrap().parse().unwrap();
         let rx = ask_many(port, 2, 1);
@@ -103,10 +94,7 @@ cluster_test! {
         let port = lp.tcp_getsockname(blocker).unwrap().port();
         let mut s = settings(policy, "retry-bind", 1);
         s.env.push(("PORT".into(), port.to_string().into()));
-        let primary = Primary::new(lp, s).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, s);
         wait_for(lp, &log, |l| l.count_prefix("error ") == 1);
         assert!(log.borrow().has_message(&format!("error {}", libc::EADDRINUSE)));
         lp.close(blocker, None).unwrap();

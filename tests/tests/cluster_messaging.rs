@@ -13,10 +13,7 @@ use uvring_cluster::Primary;
 cluster_test! {
     // User messages both ways.
     fn message(lp, policy) [rr = RoundRobin] {
-        let primary = Primary::new(lp, settings(policy, "messages", 1)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, settings(policy, "messages", 1));
         wait_for(lp, &log, |l| l.has_message("hello from worker"));
         let w = primary.workers()[0].clone();
         w.send(lp, b"ping").unwrap();
@@ -59,10 +56,7 @@ cluster_test! {
     // Four workers set and read the store concurrently; each reads its own
     // writes, and the primary ends with every key.
     fn shared_store(lp, policy) [rr = RoundRobin] {
-        let primary = Primary::new(lp, settings(policy, "store", 4)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, settings(policy, "store", 4));
         wait_for(lp, &log, |l| l.count_prefix("store-done ") == 4);
         assert_eq!(log.borrow().count_prefix("store-done 0"), 4, "{:?}", log.borrow().messages);
         assert_eq!(primary.store_len(), 401);

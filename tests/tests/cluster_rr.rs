@@ -26,10 +26,7 @@ cluster_test! {
     // The only worker refuses (it closed its server): the connections the
     // primary cannot hand off are closed, and the primary carries on.
     fn accept_fail(lp, policy) [rr = RoundRobin] {
-        let primary = Primary::new(lp, settings(policy, "close-on-first", 1)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, settings(policy, "close-on-first", 1));
         wait_for(lp, &log, |l| l.listening.len() == 1);
         let port = log.borrow().listening[0].1;
         let rx = burst(port, 8);
@@ -150,10 +147,7 @@ cluster_test! {
     // even, fds back to baseline in the primary and every worker.
     fn ten_thousand_connections(lp, policy) [rr = RoundRobin] {
         const N: usize = 10_000;
-        let primary = Primary::new(lp, settings(policy, "serve", 4)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
+        let (primary, log, _guard) = start_cluster(lp, settings(policy, "serve", 4));
         wait_for(lp, &log, |l| l.listening.len() == 4);
         let port = log.borrow().listening[0].1;
         // Warm up, then take the baselines.

@@ -119,6 +119,17 @@ impl Drop for KillGuard {
     }
 }
 
+/// Makes a primary with `settings`, records its events, guards against
+/// orphans and starts it: the opening of most scenarios. Keep the guard
+/// alive for the whole test (`let (primary, log, _guard) = ...`).
+pub fn start_cluster(lp: &mut Loop, settings: Settings) -> (Primary, SharedLog, KillGuard) {
+    let primary = Primary::new(lp, settings).unwrap();
+    let log = record(&primary);
+    let guard = KillGuard(log.clone());
+    primary.start(lp).unwrap();
+    (primary, log, guard)
+}
+
 /// Disconnects every worker and runs the loop until the callback ran and
 /// the loop is idle.
 pub fn shutdown(lp: &mut Loop, primary: &Primary) {
