@@ -17,12 +17,16 @@
 //!   and closes at once (as an HTTP server does after a `Connection: close`
 //!   reply); the client sees EOF, closes, and connects again.
 //! * [`TimerRig`]: starts and stops a set of timers.
+//!
+//! The rigs use the engine as an application should: each rig's state is
+//! the loop's data `D` (handed to [`Loop::run`] and to every callback), a
+//! client's progress sits in a `Vec` indexed by its handle's `data` word,
+//! and every callback is built once and shared by all connections. Once the
+//! connections are up, a round trip allocates nothing.
 
-use std::cell::Cell;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
-use uvring::{Backend, Error, Loop, OnConnect, OnConnection, OnRead, OnTimer, RunMode, Stream, Timer};
+use uvring::{Backend, Error, Loop, OnConnect, OnConnection, OnRead, OnTimer, RunMode, TcpListener, TcpStream, Timer};
 
 /// Why a rig could not be built or run.
 #[derive(Debug)]
@@ -48,32 +52,32 @@ pub type RigResult<T> = std::result::Result<T, RigError>;
 /// Whether `backend` can be opened here (io_uring may be disabled by the
 /// kernel or a seccomp policy); `Err` says why not.
 pub fn backend_available(backend: Backend) -> RigResult<()> {
-    Loop::with_backend(backend).map(drop).map_err(|e| RigError(format!("{backend}: {e}")))
+    Loop::<()>::with_backend(backend).map(drop).map_err(|e| RigError(format!("{backend}: {e}")))
 }
 
-/// Runs `lp` one iteration at a time until `done()` or `limit` passes.
-fn run_until(lp: &mut Loop, limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> RigResult<()> {
+/// Runs `lp` one iteration at a time until `done(d)` or `limit` passes.
+fn run_until<D>(lp: &mut Loop<D>, d: &mut D, limit: Duration, what: &str, done: impl Fn(&D) -> bool) -> RigResult<()> {
     let start = Instant::now();
-    while !done() {
+    while !done(d) {
         if start.elapsed() > limit {
             return Err(RigError(format!("{what}: not done after {limit:?}")));
         }
-        lp.run(RunMode::Once)?;
+        lp.run(RunMode::Once, d)?;
     }
     Ok(())
 }
 
-/// Closes every live handle the rig made and runs the loop until all of
-/// them are gone (bounded).
-fn close_all(lp: &mut Loop, handles: &[Stream]) {
-    for &h in handles {
-        if lp.is_live(h) && !lp.is_closing(h) {
+/// Closes every live handle of the rig's loop and runs the loop until all
+/// of them are gone (bounded).
+fn close_all<D>(lp: &mut Loop<D>, d: &mut D) {
+    lp.walk(|lp, h| {
+        if !lp.is_closing(h) {
             let _ = lp.close(h, None);
         }
-    }
+    });
     let start = Instant::now();
     while lp.handle_count() > 0 && start.elapsed() < Duration::from_secs(5) {
-        if lp.run(RunMode::NoWait).is_err() {
+        if lp.run(RunMode::NoWait, d).is_err() {
             break;
         }
     }
@@ -81,160 +85,159 @@ fn close_all(lp: &mut Loop, handles: &[Stream]) {
 
 /// Listens on an ephemeral port of 127.0.0.1; `on_connection` takes the
 /// connections.
-fn listen_loopback(lp: &mut Loop, on_connection: &OnConnection) -> RigResult<(Stream, SocketAddr)> {
-    let server = lp.tcp_init()?;
-    lp.tcp_bind(server, ([127, 0, 0, 1], 0).into(), 0)?;
-    lp.listen(server, 1024, on_connection)?;
+fn listen_loopback<D: 'static>(
+    lp: &mut Loop<D>,
+    on_connection: &OnConnection<D, TcpListener>,
+) -> RigResult<(TcpListener, SocketAddr)> {
+    let sock = lp.tcp_init()?;
+    lp.tcp_bind(sock, ([127, 0, 0, 1], 0).into(), 0)?;
+    let server = lp.listen(sock, 1024, on_connection)?;
     let addr = lp.tcp_getsockname(server)?;
     Ok((server, addr))
 }
 
 // ---- echo ---------------------------------------------------------------
 
-/// State shared by the echo rig's callbacks (cold: built once).
-struct EchoShared {
+/// One client connection of the echo rig; its index in
+/// [`EchoState::clients`] is the stream's `data` word.
+struct EchoClient {
+    stream: TcpStream,
+    /// Round trips still to do in the current batch.
+    remaining: u64,
+    /// Bytes of the current reply received so far.
+    got: u64,
+}
+
+/// The echo rig's state: the loop's data, which every callback receives.
+struct EchoState {
+    clients: Vec<EchoClient>,
+    /// The message every client sends (and gets back).
+    msg: Vec<u8>,
     /// Clients that finished their round trips in the current batch.
-    done: Cell<usize>,
+    done: usize,
     conns: usize,
-    connected: Cell<usize>,
-    accepted: Cell<usize>,
+    connected: usize,
+    accepted: usize,
     /// A callback failed: the batch cannot finish (the callback also stops
     /// the loop, so `run` returns and reports it).
-    failed: Cell<Option<Error>>,
+    failed: Option<Error>,
+}
+
+impl EchoState {
+    fn fail(&mut self, lp: &mut Loop<EchoState>, e: Error) {
+        self.failed = Some(e);
+        lp.stop();
+    }
 }
 
 /// Ping-pong echo: `conns` clients, `msg_size`-byte messages, server and
 /// clients on one loop. See the crate docs.
 pub struct EchoRig {
-    lp: Loop,
-    server: Stream,
-    clients: Vec<Stream>,
-    /// Server-side connections (cold: filled at set-up).
-    accepted: Rc<std::cell::RefCell<Vec<Stream>>>,
-    shared: Rc<EchoShared>,
-    msg: Vec<u8>,
+    lp: Loop<EchoState>,
+    state: EchoState,
 }
 
-/// A client's per-connection state packs into its handle's `data` word:
-/// round trips still to do (high 32 bits) and bytes of the current reply
-/// received so far (low 32 bits).
-fn pack(remaining: u64, got: u64) -> usize {
-    ((remaining << 32) | got) as usize
+/// Server side: echoes every chunk back as it comes.
+fn echo_server_read(lp: &mut Loop<EchoState>, d: &mut EchoState, stream: TcpStream, res: uvring::Result<&[u8]>) {
+    match res {
+        Ok(bytes) => {
+            if let Err(e) = lp.write(stream, bytes, None) {
+                d.fail(lp, e);
+                let _ = lp.close(stream, None);
+            }
+        }
+        Err(_) => {
+            let _ = lp.close(stream, None);
+        }
+    }
 }
 
-fn unpack(word: usize) -> (u64, u64) {
-    let w = word as u64;
-    (w >> 32, w & 0xffff_ffff)
+/// Client side: counts the reply; when all of it is back, sends the next
+/// message or reports this client done.
+fn echo_client_read(lp: &mut Loop<EchoState>, d: &mut EchoState, stream: TcpStream, res: uvring::Result<&[u8]>) {
+    let bytes = match res {
+        Ok(b) => b.len() as u64,
+        Err(e) => {
+            d.fail(lp, e);
+            let _ = lp.close(stream, None);
+            return;
+        }
+    };
+    let Some(client) = lp.data(stream).ok().and_then(|i| d.clients.get_mut(i)) else { return };
+    let len = d.msg.len() as u64;
+    client.got += bytes;
+    if client.got < len {
+        return;
+    }
+    client.got -= len;
+    client.remaining = client.remaining.saturating_sub(1);
+    if client.remaining > 0 {
+        if let Err(e) = lp.write(stream, &d.msg, None) {
+            d.fail(lp, e);
+        }
+    } else {
+        d.done += 1;
+        if d.done == d.conns {
+            lp.stop();
+        }
+    }
 }
 
 impl EchoRig {
     /// Builds the server and connects `conns` clients to it.
     pub fn new(backend: Backend, conns: usize, msg_size: usize) -> RigResult<EchoRig> {
-        assert!(conns > 0 && msg_size > 0 && msg_size < u32::MAX as usize, "echo rig: bad shape");
+        assert!(conns > 0 && msg_size > 0, "echo rig: bad shape");
         let mut lp = Loop::with_backend(backend)?;
-        let shared = Rc::new(EchoShared {
-            done: Cell::new(0),
+        let mut state = EchoState {
+            clients: Vec::with_capacity(conns),
+            msg: (0..msg_size).map(|i| (i % 251) as u8).collect(),
+            done: 0,
             conns,
-            connected: Cell::new(0),
-            accepted: Cell::new(0),
-            failed: Cell::new(None),
-        });
-        let accepted = Rc::new(std::cell::RefCell::new(Vec::with_capacity(conns)));
+            connected: 0,
+            accepted: 0,
+            failed: None,
+        };
 
-        // Server side: echo every chunk back as it comes.
-        let sh = shared.clone();
-        let on_server_read = OnRead::new(move |lp, stream, res| match res {
-            Ok(bytes) => {
-                if let Err(e) = lp.write(stream, bytes, None) {
-                    sh.failed.set(Some(e));
-                    lp.stop();
-                    let _ = lp.close(stream, None);
-                }
-            }
-            Err(_) => {
-                let _ = lp.close(stream, None);
-            }
-        });
-        let sh = shared.clone();
-        let acc = accepted.clone();
-        let on_connection = OnConnection::new(move |lp, server, status| {
+        // Every callback is built once; the connections share them.
+        let on_server_read = OnRead::new(echo_server_read);
+        let on_connection = OnConnection::new(move |lp, d: &mut EchoState, server: TcpListener, status| {
             if let Err(e) = status {
-                sh.failed.set(Some(e));
-                lp.stop();
+                d.fail(lp, e);
                 return;
             }
             while let Ok(conn) = lp.accept(server) {
                 let _ = lp.tcp_nodelay(conn, true);
                 if let Err(e) = lp.read_start(conn, &on_server_read) {
-                    sh.failed.set(Some(e));
-                    lp.stop();
+                    d.fail(lp, e);
                 }
-                acc.borrow_mut().push(conn);
-                sh.accepted.set(sh.accepted.get() + 1);
+                d.accepted += 1;
             }
         });
-        let (server, addr) = listen_loopback(&mut lp, &on_connection)?;
+        let (_server, addr) = listen_loopback(&mut lp, &on_connection)?;
 
-        // Client side: count the reply; when all of it is back, send the
-        // next message or report this client done.
-        let msg: Vec<u8> = (0..msg_size).map(|i| (i % 251) as u8).collect();
-        let sh = shared.clone();
-        let payload = msg.clone();
-        let on_client_read = OnRead::new(move |lp, stream, res| {
-            let bytes = match res {
-                Ok(b) => b.len() as u64,
-                Err(e) => {
-                    sh.failed.set(Some(e));
-                    lp.stop();
-                    let _ = lp.close(stream, None);
-                    return;
-                }
-            };
-            let (mut remaining, mut got) = unpack(lp.data(stream).unwrap_or(0));
-            got += bytes;
-            if got >= payload.len() as u64 {
-                got -= payload.len() as u64;
-                remaining = remaining.saturating_sub(1);
-                if remaining > 0 {
-                    if let Err(e) = lp.write(stream, &payload, None) {
-                        sh.failed.set(Some(e));
-                        lp.stop();
-                    }
-                } else {
-                    sh.done.set(sh.done.get() + 1);
-                    if sh.done.get() == sh.conns {
-                        lp.stop();
-                    }
-                }
-            }
-            let _ = lp.set_data(stream, pack(remaining, got));
-        });
-        let sh = shared.clone();
-        let on_connect = OnConnect::new(move |lp, stream, status| {
+        let on_client_read = OnRead::new(echo_client_read);
+        let on_connect = OnConnect::new(move |lp, d: &mut EchoState, stream: TcpStream, status| {
             if let Err(e) = status {
-                sh.failed.set(Some(e));
-                lp.stop();
+                d.fail(lp, e);
                 return;
             }
             let _ = lp.tcp_nodelay(stream, true);
             if let Err(e) = lp.read_start(stream, &on_client_read) {
-                sh.failed.set(Some(e));
-                lp.stop();
+                d.fail(lp, e);
             }
-            sh.connected.set(sh.connected.get() + 1);
+            d.connected += 1;
         });
-        let mut clients = Vec::with_capacity(conns);
-        for _ in 0..conns {
-            let c = lp.tcp_init()?;
-            lp.tcp_connect(c, addr, &on_connect)?;
-            clients.push(c);
+        for i in 0..conns {
+            let sock = lp.tcp_init()?;
+            lp.set_data(sock, i)?;
+            let stream = lp.tcp_connect(sock, addr, &on_connect)?;
+            state.clients.push(EchoClient { stream, remaining: 0, got: 0 });
         }
-        let mut rig = EchoRig { lp, server, clients, accepted, shared, msg };
-        let sh = rig.shared.clone();
-        run_until(&mut rig.lp, Duration::from_secs(10), "echo set-up", || {
-            sh.failed.get().is_some() || (sh.connected.get() == conns && sh.accepted.get() == conns)
+        let mut rig = EchoRig { lp, state };
+        run_until(&mut rig.lp, &mut rig.state, Duration::from_secs(10), "echo set-up", |d| {
+            d.failed.is_some() || (d.connected == conns && d.accepted == conns)
         })?;
-        if let Some(e) = rig.shared.failed.get() {
+        if let Some(e) = rig.state.failed {
             return Err(RigError(format!("echo set-up: {e}")));
         }
         Ok(rig)
@@ -251,19 +254,20 @@ impl EchoRig {
         if rounds == 0 {
             return Ok(Duration::ZERO);
         }
-        let rounds = rounds.min(u32::MAX as u64);
-        self.shared.done.set(0);
+        let st = &mut self.state;
+        st.done = 0;
         let start = Instant::now();
-        for &c in &self.clients {
-            self.lp.set_data(c, pack(rounds, 0))?;
-            self.lp.write(c, &self.msg, None)?;
+        for c in &mut st.clients {
+            c.remaining = rounds;
+            c.got = 0;
+            self.lp.write(c.stream, &st.msg, None)?;
         }
         // `stop` from the last client's read callback ends the run.
-        while self.shared.done.get() < self.shared.conns {
-            if let Some(e) = self.shared.failed.get() {
+        while st.done < st.conns {
+            if let Some(e) = st.failed {
                 return Err(RigError(format!("echo: {e}")));
             }
-            self.lp.run(RunMode::Default)?;
+            self.lp.run(RunMode::Default, st)?;
         }
         Ok(start.elapsed())
     }
@@ -271,22 +275,30 @@ impl EchoRig {
 
 impl Drop for EchoRig {
     fn drop(&mut self) {
-        let mut all = self.clients.clone();
-        all.extend(self.accepted.borrow().iter().copied());
-        all.push(self.server);
-        close_all(&mut self.lp, &all);
+        close_all(&mut self.lp, &mut self.state);
     }
 }
 
 // ---- accept/close churn -------------------------------------------------
 
-struct ChurnShared {
+/// The churn rig's state: the loop's data, which every callback receives.
+struct ChurnState {
     /// Connections still to start in this batch.
-    to_start: Cell<u64>,
+    to_start: u64,
     /// Connections still to finish (client saw EOF and closed).
-    to_finish: Cell<u64>,
-    failed: Cell<Option<Error>>,
-    addr: Cell<Option<SocketAddr>>,
+    to_finish: u64,
+    failed: Option<Error>,
+    addr: SocketAddr,
+    /// Starts each client connection; the read callback reaches it here to
+    /// start the next connection when one ends.
+    on_connect: OnConnect<ChurnState, TcpStream>,
+}
+
+impl ChurnState {
+    fn fail(&mut self, lp: &mut Loop<ChurnState>, e: Error) {
+        self.failed = Some(e);
+        lp.stop();
+    }
 }
 
 /// Accept/close churn: `parallel` clients at a time connect; the server
@@ -294,83 +306,57 @@ struct ChurnShared {
 /// connection starts. Server-side close first keeps TIME_WAIT on the
 /// server's side, so the clients' ephemeral ports are not exhausted.
 pub struct ChurnRig {
-    lp: Loop,
-    server: Stream,
+    lp: Loop<ChurnState>,
     parallel: usize,
-    shared: Rc<ChurnShared>,
-    on_connect: OnConnect,
-    /// Breaks the `on_connect` -> `on_read` -> `on_connect` cycle on drop.
-    connect_cb: Rc<std::cell::RefCell<Option<OnConnect>>>,
+    state: ChurnState,
+}
+
+/// Client side: EOF ends the connection; the next one starts.
+fn churn_client_read(lp: &mut Loop<ChurnState>, d: &mut ChurnState, stream: TcpStream, res: uvring::Result<&[u8]>) {
+    match res {
+        Ok(_) => return, // the server sends nothing; ignore
+        Err(e) if e == Error::EOF => {}
+        Err(e) => d.fail(lp, e),
+    }
+    let _ = lp.close(stream, None);
+    d.to_finish -= 1;
+    if d.to_finish == 0 {
+        lp.stop();
+        return;
+    }
+    if let Err(e) = start_connect(lp, d) {
+        d.fail(lp, e);
+    }
 }
 
 impl ChurnRig {
     pub fn new(backend: Backend, parallel: usize) -> RigResult<ChurnRig> {
         assert!(parallel > 0, "churn rig: parallel must be > 0");
         let mut lp = Loop::with_backend(backend)?;
-        let shared = Rc::new(ChurnShared {
-            to_start: Cell::new(0),
-            to_finish: Cell::new(0),
-            failed: Cell::new(None),
-            addr: Cell::new(None),
-        });
-        let sh = shared.clone();
-        let on_connection = OnConnection::new(move |lp, server, status| {
+        let on_connection = OnConnection::new(|lp, d: &mut ChurnState, server: TcpListener, status| {
             if let Err(e) = status {
-                sh.failed.set(Some(e));
-                lp.stop();
+                d.fail(lp, e);
                 return;
             }
             while let Ok(conn) = lp.accept(server) {
                 let _ = lp.close(conn, None);
             }
         });
-        let (server, addr) = listen_loopback(&mut lp, &on_connection)?;
-        shared.addr.set(Some(addr));
+        let (_server, addr) = listen_loopback(&mut lp, &on_connection)?;
 
-        // `on_connect` and `on_read` refer to each other (EOF starts the next
-        // connect): the read callback reaches the connect callback through a
-        // cell filled right after both exist.
-        let connect_cb: Rc<std::cell::RefCell<Option<OnConnect>>> = Rc::new(std::cell::RefCell::new(None));
-        let sh = shared.clone();
-        let next = connect_cb.clone();
-        let on_read = OnRead::new(move |lp, stream, res| {
-            match res {
-                Ok(_) => return, // the server sends nothing; ignore
-                Err(Error::EOF) => {}
-                Err(e) => {
-                    sh.failed.set(Some(e));
-                    lp.stop();
-                }
-            }
-            let _ = lp.close(stream, None);
-            sh.to_finish.set(sh.to_finish.get() - 1);
-            if sh.to_finish.get() == 0 {
-                lp.stop();
-                return;
-            }
-            let cb = next.borrow().clone();
-            if let Some(cb) = cb {
-                if let Err(e) = start_connect(lp, &sh, &cb) {
-                    sh.failed.set(Some(e));
-                    lp.stop();
-                }
-            }
-        });
-        let sh = shared.clone();
-        let on_connect = OnConnect::new(move |lp, stream, status| {
+        let on_read = OnRead::new(churn_client_read);
+        let on_connect = OnConnect::new(move |lp, d: &mut ChurnState, stream: TcpStream, status| {
             if let Err(e) = status {
-                sh.failed.set(Some(e));
-                lp.stop();
+                d.fail(lp, e);
                 let _ = lp.close(stream, None);
                 return;
             }
             if let Err(e) = lp.read_start(stream, &on_read) {
-                sh.failed.set(Some(e));
-                lp.stop();
+                d.fail(lp, e);
             }
         });
-        *connect_cb.borrow_mut() = Some(on_connect.clone());
-        Ok(ChurnRig { lp, server, parallel, shared, on_connect, connect_cb })
+        let state = ChurnState { to_start: 0, to_finish: 0, failed: None, addr, on_connect };
+        Ok(ChurnRig { lp, parallel, state })
     }
 
     /// Runs `n` connection lifecycles; returns the wall time.
@@ -378,33 +364,33 @@ impl ChurnRig {
         if n == 0 {
             return Ok(Duration::ZERO);
         }
-        self.shared.to_start.set(n);
-        self.shared.to_finish.set(n);
-        self.shared.failed.set(None);
+        let st = &mut self.state;
+        st.to_start = n;
+        st.to_finish = n;
+        st.failed = None;
         let start = Instant::now();
         for _ in 0..self.parallel {
-            start_connect(&mut self.lp, &self.shared, &self.on_connect)?;
+            start_connect(&mut self.lp, st)?;
         }
-        while self.shared.to_finish.get() > 0 {
-            if let Some(e) = self.shared.failed.get() {
+        while st.to_finish > 0 {
+            if let Some(e) = st.failed {
                 return Err(RigError(format!("churn: {e}")));
             }
-            self.lp.run(RunMode::Default)?;
+            self.lp.run(RunMode::Default, st)?;
         }
         Ok(start.elapsed())
     }
 }
 
 /// Starts the next client connection of a churn batch, if any is left.
-fn start_connect(lp: &mut Loop, sh: &ChurnShared, cb: &OnConnect) -> uvring::Result<()> {
-    if sh.to_start.get() == 0 {
+fn start_connect(lp: &mut Loop<ChurnState>, d: &mut ChurnState) -> uvring::Result<()> {
+    if d.to_start == 0 {
         return Ok(());
     }
-    sh.to_start.set(sh.to_start.get() - 1);
-    let addr = sh.addr.get().ok_or(Error::EINVAL)?;
-    let c = lp.tcp_init()?;
-    if let Err(e) = lp.tcp_connect(c, addr, cb) {
-        let _ = lp.close(c, None);
+    d.to_start -= 1;
+    let sock = lp.tcp_init()?;
+    if let Err(e) = lp.tcp_connect(sock, d.addr, &d.on_connect) {
+        let _ = lp.close(sock, None);
         return Err(e);
     }
     Ok(())
@@ -412,8 +398,7 @@ fn start_connect(lp: &mut Loop, sh: &ChurnShared, cb: &OnConnect) -> uvring::Res
 
 impl Drop for ChurnRig {
     fn drop(&mut self) {
-        close_all(&mut self.lp, &[self.server]);
-        self.connect_cb.borrow_mut().take();
+        close_all(&mut self.lp, &mut self.state);
     }
 }
 
@@ -424,7 +409,7 @@ impl Drop for ChurnRig {
 pub struct TimerRig {
     lp: Loop,
     timers: Vec<Timer>,
-    cb: OnTimer,
+    cb: OnTimer<()>,
 }
 
 impl TimerRig {
@@ -434,7 +419,7 @@ impl TimerRig {
         for _ in 0..count {
             timers.push(lp.timer_init()?);
         }
-        let cb = OnTimer::new(|_, _| {});
+        let cb = OnTimer::new(|_, _, _| {});
         Ok(TimerRig { lp, timers, cb })
     }
 
@@ -444,8 +429,8 @@ impl TimerRig {
         let n = self.timers.len();
         for (i, &t) in self.timers.iter().enumerate() {
             // 7919 is prime: the timeouts are a permutation-like spread.
-            let timeout = 60_000 + ((i * 7919) % n.max(1)) as u64;
-            self.lp.timer_start(t, timeout, 0, &self.cb)?;
+            let timeout = Duration::from_millis(60_000 + ((i * 7919) % n.max(1)) as u64);
+            self.lp.timer_start(t, timeout, Duration::ZERO, &self.cb)?;
         }
         // Stop in a zigzag order (first, last, second, second last, ...):
         // neither the insertion order nor the heap's.
@@ -468,6 +453,6 @@ impl Drop for TimerRig {
         for &t in &self.timers {
             let _ = self.lp.close(t, None);
         }
-        let _ = self.lp.run(RunMode::NoWait);
+        let _ = self.lp.run(RunMode::NoWait, &mut ());
     }
 }

@@ -17,13 +17,15 @@
 //! Requests are parsed with `httparse`; pipelined requests are answered in
 //! order, `Connection: close` (and HTTP/1.0 without keep-alive) is honoured.
 //! Per-connection state is recycled, so serving allocates nothing once warm.
+//! It lives in the loop's user data (`Server`, passed to `run`): every
+//! callback gets it, so nothing is behind `Rc<RefCell<..>>`; a connection's
+//! slot in it is the stream's data word.
 
-use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
 use std::time::Duration;
 use uvring::{
-    Backend, Error, Loop, OnConnection, OnListenStop, OnRead, OnShutdown, OnSignal, OnTimer, RunMode, Stream,
+    Backend, Error, Loop, OnConnection, OnListenStop, OnRead, OnShutdown, OnSignal, OnTimer, RunMode, Signal,
+    TcpListener, TcpStream,
 };
 use uvring_cluster::{available_cpus, is_worker, Primary, RespawnSettings, SchedPolicy, Settings, Worker};
 
@@ -85,29 +87,48 @@ pub fn main() {
     }
 }
 
+/// A loop on `backend`. When `auto` fell back to epoll, says why io_uring
+/// was not taken; when no loop can be made, says why and exits.
+fn open_loop<D>(backend: Backend, who: &str) -> Loop<D> {
+    match Loop::with_backend(backend) {
+        Ok(lp) => {
+            if let Some(why) = lp.fallback_reason() {
+                eprintln!("[{who}] {backend} backend fell back to epoll: {why}");
+            }
+            lp
+        }
+        Err(e) => {
+            eprintln!("hello_cluster: cannot create a loop with the {backend} backend: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn run_worker(o: Options) -> uvring::Result<()> {
-    let mut lp = Loop::new()?;
+    // The primary passes its loop's backend in UVRING_BACKEND.
+    let backend = Backend::from_env()?;
+    let mut lp: Loop<Server> = open_loop(backend, &std::process::id().to_string());
     let worker = Worker::init(&mut lp)?;
     // Ctrl-C reaches the whole process group; the primary orchestrates the
     // shutdown, so a worker ignores it rather than dying mid-request.
-    let sigint = lp.signal_start(libc::SIGINT, &OnSignal::new(|_, _, _| {}))?;
+    let sigint = lp.signal_start(libc::SIGINT, &OnSignal::new(|_, _, _, _| {}))?;
     lp.unref_handle(sigint)?;
     let _ = worker;
     serve(&mut lp, SocketAddr::new(o.host, o.port))?;
-    lp.run(RunMode::Default)?;
+    lp.run(RunMode::Default, &mut Server::default())?;
     Ok(())
 }
 
 fn run_standalone(o: Options) -> uvring::Result<()> {
-    let mut lp = Loop::with_backend(o.backend)?;
+    let mut lp: Loop<Server> = open_loop(o.backend, &std::process::id().to_string());
     let server = serve(&mut lp, SocketAddr::new(o.host, o.port))?;
     eprintln!("[{}] serving on {} ({} backend)", std::process::id(), lp.tcp_getsockname(server)?, lp.backend());
     // Stop accepting first and close once the accept op has ended, so no
     // connection the kernel already accepted is reset (Node's server.close()).
-    let on_stopped = OnListenStop::new(|lp, server, _| {
+    let on_stopped = OnListenStop::new(|lp, _, server: TcpListener, _| {
         let _ = lp.close(server, None);
     });
-    let stop = OnSignal::new(move |lp, sig, _| {
+    let stop = OnSignal::new(move |lp, _, sig, _| {
         let stopping = lp.is_listen_stopped(server);
         if !stopping
             && lp.listen_stop(server, Some(&on_stopped)).is_err()
@@ -122,13 +143,20 @@ fn run_standalone(o: Options) -> uvring::Result<()> {
         let s = lp.signal_start(signum, &stop)?;
         lp.unref_handle(s)?;
     }
-    lp.run(RunMode::Default)?;
+    lp.run(RunMode::Default, &mut Server::default())?;
     Ok(())
 }
 
+/// The primary's state: its signal watchers, and whether a shutdown began.
+#[derive(Default)]
+struct Supervisor {
+    signals: Vec<Signal>,
+    shutting_down: bool,
+}
+
 fn run_primary(o: Options) -> uvring::Result<()> {
-    let mut lp = Loop::with_backend(o.backend)?;
     let me = std::process::id();
+    let mut lp: Loop<Supervisor> = open_loop(o.backend, &format!("primary {me}"));
     let settings = Settings {
         workers: o.workers,
         policy: o.policy,
@@ -138,29 +166,26 @@ fn run_primary(o: Options) -> uvring::Result<()> {
     };
     let primary = Primary::new(&mut lp, settings)?;
     eprintln!("[primary {me}] {} workers, policy {}, {} backend, port {}", o.workers, o.policy, lp.backend(), o.port);
-    primary.on_fork(move |_, w| eprintln!("[primary {me}] worker {} (pid {}) forked", w.id(), w.pid()));
-    primary.on_online(move |_, w| eprintln!("[primary {me}] worker {} (pid {}) online", w.id(), w.pid()));
-    primary.on_listening(move |_, w, addr| {
+    primary.on_fork(move |_, _, w| eprintln!("[primary {me}] worker {} (pid {}) forked", w.id(), w.pid()));
+    primary.on_online(move |_, _, w| eprintln!("[primary {me}] worker {} (pid {}) online", w.id(), w.pid()));
+    primary.on_listening(move |_, _, w, addr| {
         eprintln!("[primary {me}] worker {} (pid {}) listening on {addr}", w.id(), w.pid())
     });
-    primary.on_disconnect(move |_, w| eprintln!("[primary {me}] worker {} disconnected", w.id()));
-    primary.on_exit(move |_, w, code, signal| {
+    primary.on_disconnect(move |_, _, w| eprintln!("[primary {me}] worker {} disconnected", w.id()));
+    primary.on_exit(move |_, _, w, code, signal| {
         let how = if w.exited_after_disconnect() { "after disconnect" } else { "unexpectedly" };
         eprintln!("[primary {me}] worker {} (pid {}) exited {how} (code {code}, signal {signal})", w.id(), w.pid());
     });
-    primary.on_restart_storm(move |_| eprintln!("[primary {me}] restart storm: no more respawns"));
-    let signals: Rc<RefCell<Vec<uvring::Signal>>> = Rc::default();
-    let (p, sigs) = (primary.clone(), signals.clone());
-    let shutting_down = Rc::new(std::cell::Cell::new(false));
-    let on_stop = OnSignal::new(move |lp, _, signum| {
-        if shutting_down.replace(true) {
+    primary.on_restart_storm(move |_, _| eprintln!("[primary {me}] restart storm: no more respawns"));
+    let p = primary.clone();
+    let on_stop = OnSignal::new(move |lp, sup: &mut Supervisor, _, signum| {
+        if std::mem::replace(&mut sup.shutting_down, true) {
             return;
         }
         eprintln!("[primary {me}] signal {signum}: disconnecting workers");
-        let sigs = sigs.clone();
-        p.disconnect(lp, move |lp| {
+        p.disconnect(lp, move |lp, sup| {
             eprintln!("[primary {me}] all workers gone; bye");
-            for s in sigs.borrow_mut().drain(..) {
+            for s in sup.signals.drain(..) {
                 let _ = lp.close(s, None);
             }
         });
@@ -171,9 +196,9 @@ fn run_primary(o: Options) -> uvring::Result<()> {
             let _ = lp.unref_handle(t);
             let _ = lp.timer_start(
                 t,
-                Duration::from_secs(10).as_millis() as u64,
-                0,
-                &OnTimer::new(move |lp, t| {
+                Duration::from_secs(10),
+                Duration::ZERO,
+                &OnTimer::new(move |lp, _, t| {
                     for w in p.workers() {
                         let _ = w.kill(lp, libc::SIGKILL);
                     }
@@ -183,18 +208,17 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         }
     });
     let p = primary.clone();
-    let on_hup = OnSignal::new(move |lp, _, _| {
+    let on_hup = OnSignal::new(move |lp, _, _, _| {
         eprintln!("[primary {me}] SIGHUP: rolling restart");
-        p.rolling_restart(lp, move |_| eprintln!("[primary {me}] rolling restart done"));
+        p.rolling_restart(lp, move |_, _| eprintln!("[primary {me}] rolling restart done"));
     });
+    let mut sup = Supervisor::default();
     for signum in [libc::SIGINT, libc::SIGTERM] {
-        let s = lp.signal_start(signum, &on_stop)?;
-        signals.borrow_mut().push(s);
+        sup.signals.push(lp.signal_start(signum, &on_stop)?);
     }
-    let hup = lp.signal_start(libc::SIGHUP, &on_hup)?;
-    signals.borrow_mut().push(hup);
+    sup.signals.push(lp.signal_start(libc::SIGHUP, &on_hup)?);
     primary.start(&mut lp)?;
-    lp.run(RunMode::Default)?;
+    lp.run(RunMode::Default, &mut sup)?;
     Ok(())
 }
 
@@ -319,25 +343,22 @@ fn answer_all(out: &mut Vec<u8>, bytes: &[u8]) -> (usize, bool) {
     (at, false)
 }
 
-/// Listens on `addr` and serves hello world.
-fn serve(lp: &mut Loop, addr: SocketAddr) -> uvring::Result<Stream> {
-    let state: Rc<RefCell<Server>> = Rc::default();
-    let on_shutdown = OnShutdown::new(|lp, s, _| {
+/// Listens on `addr` and serves hello world; the connections' state is the
+/// loop's `Server`.
+fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener> {
+    let on_shutdown = OnShutdown::new(|lp, _, s: TcpStream, _| {
         let _ = lp.close(s, None);
     });
-    let st = state.clone();
-    let on_read = OnRead::new(move |lp, s, res| {
+    let on_read = OnRead::new(move |lp: &mut Loop<Server>, server: &mut Server, s: TcpStream, res| {
         let slot = lp.data(s).unwrap_or(usize::MAX);
         let bytes = match res {
             Ok(bytes) => bytes,
             Err(_) => {
-                st.borrow_mut().release(slot);
+                server.release(slot);
                 let _ = lp.close(s, None);
                 return;
             }
         };
-        let mut guard = st.borrow_mut();
-        let server = &mut *guard;
         let Some(conn) = server.conns.get_mut(slot) else { return };
         server.out.clear();
         let close = if conn.buf.is_empty() {
@@ -366,8 +387,7 @@ fn serve(lp: &mut Loop, addr: SocketAddr) -> uvring::Result<Stream> {
             }
         }
     });
-    let st = state.clone();
-    let on_connection = OnConnection::new(move |lp, srv, res| {
+    let on_connection = OnConnection::new(move |lp, server: &mut Server, srv: TcpListener, res| {
         if let Err(e) = res {
             if e == Error::EADDRINUSE || e == Error::EACCES || e.errno().is_none() {
                 eprintln!("[{}] listen failed: {e}", std::process::id());
@@ -378,16 +398,15 @@ fn serve(lp: &mut Loop, addr: SocketAddr) -> uvring::Result<Stream> {
             return;
         }
         let Ok(c) = lp.accept(srv) else { return };
-        let slot = st.borrow_mut().slot();
+        let slot = server.slot();
         let _ = lp.set_data(c, slot);
         let _ = lp.tcp_nodelay(c, true);
         if lp.read_start(c, &on_read).is_err() {
-            st.borrow_mut().release(slot);
+            server.release(slot);
             let _ = lp.close(c, None);
         }
     });
-    let server = lp.tcp_init()?;
-    lp.tcp_bind(server, addr, 0)?;
-    lp.listen(server, 1024, &on_connection)?;
-    Ok(server)
+    let socket = lp.tcp_init()?;
+    lp.tcp_bind(socket, addr, 0)?;
+    lp.listen(socket, 1024, &on_connection)
 }

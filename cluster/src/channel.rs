@@ -5,7 +5,7 @@
 
 use crate::proto::{DecodeError, Decoded, Frame, FrameDecoder};
 use std::os::fd::RawFd;
-use uvring::{Error, FdBatch, Loop, Result, Stream};
+use uvring::{Error, FdBatch, Loop, PipeStream, Result, SendableHandle};
 
 /// What a frame handler wants after one frame.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -30,12 +30,12 @@ pub(crate) enum ChannelError {
 /// frame, with its fds, to `on_frame`. The fds that came with the chunk are
 /// queued first (the engine queues them as pending handles before the
 /// chunk's bytes reach the read callback), so fds pair with their frames.
-pub(crate) fn feed_chunk(
-    lp: &mut Loop,
-    pipe: Stream,
+pub(crate) fn feed_chunk<D>(
+    lp: &mut Loop<D>,
+    pipe: PipeStream,
     dec: &mut FrameDecoder,
     mut bytes: &[u8],
-    on_frame: &mut dyn FnMut(&mut Loop, Decoded<'_>) -> Flow,
+    on_frame: &mut dyn FnMut(&mut Loop<D>, Decoded<'_>) -> Flow,
 ) -> std::result::Result<Flow, ChannelError> {
     while let Ok(fd) = lp.accept_pending_fd(pipe) {
         dec.push_fd(fd).map_err(ChannelError::Decode)?;
@@ -70,7 +70,7 @@ impl FrameWriter {
 
     /// Writes one frame that carries no fds (after any queued ones, in
     /// one write).
-    pub(crate) fn send(&mut self, lp: &mut Loop, pipe: Stream, frame: &Frame<'_>) -> Result<()> {
+    pub(crate) fn send<D>(&mut self, lp: &mut Loop<D>, pipe: PipeStream, frame: &Frame<'_>) -> Result<()> {
         self.queue(frame)?;
         self.flush(lp, pipe)
     }
@@ -86,7 +86,7 @@ impl FrameWriter {
     }
 
     /// Writes the queued frames, if any.
-    pub(crate) fn flush(&mut self, lp: &mut Loop, pipe: Stream) -> Result<()> {
+    pub(crate) fn flush<D>(&mut self, lp: &mut Loop<D>, pipe: PipeStream) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -98,7 +98,13 @@ impl FrameWriter {
     /// Writes one frame with `fds` attached to its first byte. On success
     /// the batch is empty (the loop owns the fds until they are sent); on
     /// error it still holds them.
-    pub(crate) fn send_fds(&mut self, lp: &mut Loop, pipe: Stream, frame: &Frame<'_>, fds: &mut FdBatch) -> Result<()> {
+    pub(crate) fn send_fds<D>(
+        &mut self,
+        lp: &mut Loop<D>,
+        pipe: PipeStream,
+        frame: &Frame<'_>,
+        fds: &mut FdBatch,
+    ) -> Result<()> {
         if usize::from(frame.nfds()) != fds.len() {
             return Err(Error::EINVAL);
         }
@@ -116,10 +122,10 @@ impl FrameWriter {
     /// # Safety
     /// As for [`Loop::write_fds_borrowed`]: each fd stays open until the
     /// peer has received it or `pipe` is closed and freed.
-    pub(crate) unsafe fn send_fds_borrowed(
+    pub(crate) unsafe fn send_fds_borrowed<D>(
         &mut self,
-        lp: &mut Loop,
-        pipe: Stream,
+        lp: &mut Loop<D>,
+        pipe: PipeStream,
         frame: &Frame<'_>,
         fds: &[RawFd],
     ) -> Result<()> {
@@ -135,7 +141,13 @@ impl FrameWriter {
     }
 
     /// Writes one frame with `handle`'s socket attached (duplicated now).
-    pub(crate) fn send_handle(&mut self, lp: &mut Loop, pipe: Stream, frame: &Frame<'_>, handle: Stream) -> Result<()> {
+    pub(crate) fn send_handle<D>(
+        &mut self,
+        lp: &mut Loop<D>,
+        pipe: PipeStream,
+        frame: &Frame<'_>,
+        handle: impl SendableHandle,
+    ) -> Result<()> {
         if frame.nfds() != 1 {
             return Err(Error::EINVAL);
         }

@@ -17,20 +17,33 @@
 //! - [`Worker`]: the worker's channel, the listen hook (so unchanged server
 //!   code runs standalone or clustered), messages, store client, disconnect.
 //!
+//! Every event callback gets the loop and the loop's user data `D` (the
+//! value passed to [`Loop::run`](uvring::Loop::run)), as the engine's own
+//! callbacks do, so the program's state needs no `Rc<RefCell<..>>`.
+//!
 //! ```no_run
 //! use uvring::{Loop, RunMode};
 //! use uvring_cluster::{is_primary, Primary, Settings, Worker};
 //!
-//! let mut lp = Loop::new().unwrap();
+//! /// The program's state: every callback gets it.
+//! #[derive(Default)]
+//! struct State {
+//!     exits: u32,
+//! }
+//!
+//! let mut lp: Loop<State> = Loop::new().unwrap();
 //! if is_primary() {
 //!     let primary = Primary::new(&mut lp, Settings::default()).unwrap();
-//!     primary.on_exit(|_, w, code, signal| eprintln!("worker {} exited ({code}, {signal})", w.id()));
+//!     primary.on_exit(|_lp, state, w, code, signal| {
+//!         state.exits += 1;
+//!         eprintln!("worker {} exited ({code}, {signal})", w.id());
+//!     });
 //!     primary.start(&mut lp).unwrap();
 //! } else {
 //!     Worker::init(&mut lp).unwrap();
 //!     // ... tcp_init + tcp_bind + listen as usual: the primary routes it.
 //! }
-//! lp.run(RunMode::Default).unwrap();
+//! lp.run(RunMode::Default, &mut State::default()).unwrap();
 //! ```
 
 mod channel;

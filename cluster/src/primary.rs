@@ -30,9 +30,13 @@
 //!
 //! # Re-entrancy
 //!
-//! State lives in one `Rc<RefCell<PrimaryState>>`; loop callbacks hold a
+//! State lives in one `Rc<RefCell<PrimaryState<D>>>`; loop callbacks hold a
 //! `Weak`. User callbacks (events) run through a queue with the borrow
-//! released, so they may call any `Primary` or `WorkerHandle` method.
+//! released, so they may call any `Primary` or `WorkerHandle` method. As
+//! everywhere in the loop, no user callback runs inside an API call: events
+//! that an API call causes (a fork, a kill's disconnect, a finished
+//! `disconnect` or `rolling_restart`) are delivered from a loop callback (a
+//! zero-delay timer), with the loop's user data `D`.
 
 use crate::channel::{feed_chunk, ChannelError, Flow, FrameWriter};
 use crate::proto::{
@@ -50,9 +54,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
+use std::time::Duration;
 use uvring::{
-    Error, FdBatch, HandleId, Hook, HookKind, Loop, OnClose, OnConnection, OnExit, OnHook, OnRead, OnTimer, Process,
-    ProcessOptions, Result, Stdio, Stream, Timer, TCP_IPV6ONLY,
+    Error, FdBatch, HandleId, Hook, HookKind, Loop, OnClose, OnConnection, OnExit, OnHook, OnRead, OnTimer, PipeStream,
+    Process, ProcessOptions, Result, Stdio, TcpListener, TcpSocket, Timer, TCP_IPV6ONLY,
 };
 
 /// Environment variable telling workers how often to report their load (ms).
@@ -104,13 +109,18 @@ struct WorkerInfo {
 
 /// A worker as the primary sees it (Node's `Worker` object in the primary).
 /// Cheap to clone; stays valid (reporting `is_dead`) after the worker exits.
-#[derive(Clone)]
-pub struct WorkerHandle {
+pub struct WorkerHandle<D> {
     info: Rc<WorkerInfo>,
-    primary: Weak<RefCell<PrimaryState>>,
+    primary: Weak<RefCell<PrimaryState<D>>>,
 }
 
-impl std::fmt::Debug for WorkerHandle {
+impl<D> Clone for WorkerHandle<D> {
+    fn clone(&self) -> Self {
+        WorkerHandle { info: self.info.clone(), primary: self.primary.clone() }
+    }
+}
+
+impl<D> std::fmt::Debug for WorkerHandle<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerHandle")
             .field("id", &self.info.id)
@@ -130,7 +140,9 @@ struct Unacked {
 struct WorkerEntry {
     info: Rc<WorkerInfo>,
     process: Option<Process>,
-    channel: Option<Stream>,
+    channel: Option<PipeStream>,
+    /// The channel's decoder; out of the entry while a chunk is decoded.
+    decoder: Option<FrameDecoder>,
     disconnecting: bool,
     unacked: VecDeque<Unacked>,
     next_seq: u64,
@@ -154,8 +166,11 @@ impl WorkerEntry {
 }
 
 enum ListenerMode {
-    RoundRobin(RoundRobin),
-    Shared(Vec<WorkerId>),
+    /// The primary accepts on the listener and hands connections over.
+    RoundRobin(RoundRobin, TcpListener),
+    /// The socket listens (outside the loop) and its members accept on
+    /// copies of it.
+    Shared(Vec<WorkerId>, TcpSocket),
 }
 
 struct Listener {
@@ -164,24 +179,31 @@ struct Listener {
     index: u32,
     flags: u32,
     port: u16,
-    stream: Stream,
     mode: ListenerMode,
 }
 
 impl Listener {
     fn remove_member(&mut self, w: WorkerId) {
         match &mut self.mode {
-            ListenerMode::RoundRobin(rr) => {
+            ListenerMode::RoundRobin(rr, _) => {
                 rr.remove(w);
             }
-            ListenerMode::Shared(v) => v.retain(|&x| x != w),
+            ListenerMode::Shared(v, _) => v.retain(|&x| x != w),
         }
     }
 
     fn is_empty(&self) -> bool {
         match &self.mode {
-            ListenerMode::RoundRobin(rr) => rr.is_empty(),
-            ListenerMode::Shared(v) => v.is_empty(),
+            ListenerMode::RoundRobin(rr, _) => rr.is_empty(),
+            ListenerMode::Shared(v, _) => v.is_empty(),
+        }
+    }
+
+    /// The loop handle of its socket.
+    fn handle(&self) -> HandleId {
+        match self.mode {
+            ListenerMode::RoundRobin(_, l) => l.id(),
+            ListenerMode::Shared(_, s) => s.id(),
         }
     }
 }
@@ -193,42 +215,50 @@ struct PendingConn {
     fd: OwnedFd,
 }
 
-type WorkerFn = dyn FnMut(&mut Loop, &WorkerHandle);
-type ListeningFn = dyn FnMut(&mut Loop, &WorkerHandle, SocketAddr);
-type MessageFn = dyn FnMut(&mut Loop, &WorkerHandle, &[u8], &mut FrameFds);
-type ExitFn = dyn FnMut(&mut Loop, &WorkerHandle, i64, i32);
-type DoneFn = Box<dyn FnOnce(&mut Loop)>;
-type StormFn = dyn FnMut(&mut Loop);
+type WorkerFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerHandle<D>);
+type ListeningFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerHandle<D>, SocketAddr);
+type MessageFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerHandle<D>, &[u8], &mut FrameFds);
+type ExitFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerHandle<D>, i64, i32);
+type StormFn<D> = dyn Fn(&mut Loop<D>, &mut D);
+type DoneFn<D> = Box<dyn FnOnce(&mut Loop<D>, &mut D)>;
 
-#[derive(Default)]
-struct Events {
-    fork: Option<Rc<RefCell<WorkerFn>>>,
-    online: Option<Rc<RefCell<WorkerFn>>>,
-    listening: Option<Rc<RefCell<ListeningFn>>>,
-    message: Option<Rc<RefCell<MessageFn>>>,
-    disconnect: Option<Rc<RefCell<WorkerFn>>>,
-    exit: Option<Rc<RefCell<ExitFn>>>,
-    storm: Option<Rc<RefCell<StormFn>>>,
+struct Events<D> {
+    fork: Option<Rc<WorkerFn<D>>>,
+    online: Option<Rc<WorkerFn<D>>>,
+    listening: Option<Rc<ListeningFn<D>>>,
+    message: Option<Rc<MessageFn<D>>>,
+    disconnect: Option<Rc<WorkerFn<D>>>,
+    exit: Option<Rc<ExitFn<D>>>,
+    storm: Option<Rc<StormFn<D>>>,
 }
 
-enum Event {
+impl<D> Default for Events<D> {
+    fn default() -> Self {
+        Events { fork: None, online: None, listening: None, message: None, disconnect: None, exit: None, storm: None }
+    }
+}
+
+enum Event<D> {
     Fork(Rc<WorkerInfo>),
     Online(Rc<WorkerInfo>),
     Listening(Rc<WorkerInfo>, SocketAddr),
     Disconnect(Rc<WorkerInfo>),
     Exit(Rc<WorkerInfo>, i64, i32),
     Storm,
-    Done(DoneFn),
+    /// `Primary::disconnect` is complete (its callbacks follow as `Done`):
+    /// respawning may resume.
+    ShutdownDone,
+    Done(DoneFn<D>),
 }
 
-struct Rolling {
+struct Rolling<D> {
     old: VecDeque<WorkerId>,
     /// (old, replacement) being swapped now.
     current: Option<(WorkerId, WorkerId)>,
-    done: Option<DoneFn>,
+    done: Option<DoneFn<D>>,
 }
 
-struct PrimaryState {
+struct PrimaryState<D> {
     settings: Settings,
     /// This thread moved to `SCHED_BATCH` ([`Settings::batch_scheduling`]):
     /// workers are told to move back to the normal policy.
@@ -243,26 +273,30 @@ struct PrimaryState {
     dispatch_hook: Option<Hook>,
     writer: FrameWriter,
     store: SharedStore,
-    events: Events,
-    queue: VecDeque<Event>,
+    events: Events<D>,
+    queue: VecDeque<Event<D>>,
     dispatching: bool,
+    /// The zero-delay timer that delivers events queued by an API call.
+    drain_timer: Option<Timer>,
     governor: RestartGovernor,
     shutting_down: bool,
-    disconnect_cbs: Vec<DoneFn>,
+    disconnect_cbs: Vec<DoneFn<D>>,
     respawn_timers: Vec<Timer>,
     stats: ClusterStats,
-    rolling: Option<Rolling>,
-    rr_on_connection: Option<OnConnection>,
+    rolling: Option<Rolling<D>>,
+    rr_on_connection: Option<OnConnection<D, TcpListener>>,
     /// Unacknowledged connections of closed channels, until the loop has
     /// freed the channel (see the module docs).
-    limbo: Vec<(Stream, PendingConn)>,
-    on_channel_freed: Option<OnClose>,
-    on_exit: Option<OnExit>,
-    on_dispatch: Option<OnHook>,
-    on_respawn: Option<OnTimer>,
+    limbo: Vec<(PipeStream, PendingConn)>,
+    on_channel_read: Option<OnRead<D, PipeStream>>,
+    on_channel_freed: Option<OnClose<D>>,
+    on_exit: Option<OnExit<D>>,
+    on_dispatch: Option<OnHook<D>>,
+    on_respawn: Option<OnTimer<D>>,
+    on_drain: Option<OnTimer<D>>,
 }
 
-impl PrimaryState {
+impl<D> PrimaryState<D> {
     fn entry(&self, id: WorkerId) -> Option<&WorkerEntry> {
         self.workers.iter().find(|w| w.info.id == id)
     }
@@ -271,29 +305,29 @@ impl PrimaryState {
         self.workers.iter_mut().find(|w| w.info.id == id)
     }
 
-    fn send_to(&mut self, lp: &mut Loop, id: WorkerId, frame: &Frame<'_>) -> Result<()> {
+    fn send_to(&mut self, lp: &mut Loop<D>, id: WorkerId, frame: &Frame<'_>) -> Result<()> {
         let ch = self.entry(id).and_then(|w| w.channel).ok_or(Error::ENOTCONN)?;
         self.writer.send(lp, ch, frame)
     }
 
     /// Removes `w` from `listener_id`; closes the listener when it has no
     /// member left.
-    fn leave_listener(&mut self, lp: &mut Loop, listener_id: u32, w: WorkerId) {
+    fn leave_listener(&mut self, lp: &mut Loop<D>, listener_id: u32, w: WorkerId) {
         let Some(i) = self.listeners.iter().position(|l| l.id == listener_id) else { return };
         self.listeners[i].remove_member(w);
         if self.listeners[i].is_empty() {
             let l = self.listeners.swap_remove(i);
-            let _ = lp.close(l.stream, None);
+            let _ = lp.close(l.handle(), None);
         }
     }
 
-    fn leave_all_listeners(&mut self, lp: &mut Loop, w: WorkerId) {
+    fn leave_all_listeners(&mut self, lp: &mut Loop<D>, w: WorkerId) {
         let mut i = 0;
         while i < self.listeners.len() {
             self.listeners[i].remove_member(w);
             if self.listeners[i].is_empty() {
                 let l = self.listeners.swap_remove(i);
-                let _ = lp.close(l.stream, None);
+                let _ = lp.close(l.handle(), None);
             } else {
                 i += 1;
             }
@@ -301,7 +335,7 @@ impl PrimaryState {
     }
 }
 
-impl Drop for PrimaryState {
+impl<D> Drop for PrimaryState<D> {
     fn drop(&mut self) {
         // A send queued on a channel that is still open (or still closing)
         // may name these fds (`write_fds_borrowed`). With the primary gone,
@@ -323,22 +357,27 @@ impl Drop for PrimaryState {
 }
 
 /// The primary process's side of the cluster (Node's `cluster` in the
-/// primary). Cheap to clone.
-#[derive(Clone)]
-pub struct Primary {
-    shared: Rc<RefCell<PrimaryState>>,
+/// primary), on a loop whose user data is `D`. Cheap to clone.
+pub struct Primary<D> {
+    shared: Rc<RefCell<PrimaryState<D>>>,
 }
 
-impl std::fmt::Debug for Primary {
+impl<D> Clone for Primary<D> {
+    fn clone(&self) -> Self {
+        Primary { shared: self.shared.clone() }
+    }
+}
+
+impl<D> std::fmt::Debug for Primary<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Primary").field("workers", &self.shared.borrow().workers.len()).finish()
     }
 }
 
-impl Primary {
+impl<D: 'static> Primary<D> {
     /// A primary with `settings`; no worker is forked yet ([`start`](Self::start)
     /// forks `settings.workers`, [`fork`](Self::fork) one).
-    pub fn new(lp: &mut Loop, settings: Settings) -> Result<Primary> {
+    pub fn new(lp: &mut Loop<D>, settings: Settings) -> Result<Primary<D>> {
         let _ = lp;
         let exec = match &settings.exec {
             Some(p) => p.clone(),
@@ -353,8 +392,8 @@ impl Primary {
         // under another policy keeps it.
         let batch_sched = settings.policy == SchedPolicy::RoundRobin
             && settings.batch_scheduling
-            && uvring::sys::process::sched_is_normal()
-            && uvring::sys::process::set_sched_batch(true).is_ok();
+            && uvring::os::sched_is_normal()
+            && uvring::os::set_sched_batch(true).is_ok();
         let shared = Rc::new(RefCell::new(PrimaryState {
             settings,
             batch_sched,
@@ -371,6 +410,7 @@ impl Primary {
             events: Events::default(),
             queue: VecDeque::with_capacity(16),
             dispatching: false,
+            drain_timer: None,
             governor,
             shutting_down: false,
             disconnect_cbs: Vec::new(),
@@ -379,19 +419,23 @@ impl Primary {
             rolling: None,
             rr_on_connection: None,
             limbo: Vec::new(),
+            on_channel_read: None,
             on_channel_freed: None,
             on_exit: None,
             on_dispatch: None,
             on_respawn: None,
+            on_drain: None,
         }));
         let weak = Rc::downgrade(&shared);
         {
             let mut st = shared.borrow_mut();
             st.rr_on_connection = Some(rr_on_connection(weak.clone()));
+            st.on_channel_read = Some(channel_reader(weak.clone()));
             st.on_channel_freed = Some(on_channel_freed(weak.clone()));
             st.on_exit = Some(on_worker_exit(weak.clone()));
             st.on_dispatch = Some(on_dispatch(weak.clone()));
-            st.on_respawn = Some(on_respawn(weak));
+            st.on_respawn = Some(on_respawn(weak.clone()));
+            st.on_drain = Some(on_drain(weak));
         }
         Ok(Primary { shared })
     }
@@ -407,7 +451,7 @@ impl Primary {
     }
 
     /// Forks `settings.workers` workers.
-    pub fn start(&self, lp: &mut Loop) -> Result<()> {
+    pub fn start(&self, lp: &mut Loop<D>) -> Result<()> {
         let n = self.shared.borrow().settings.workers;
         for _ in 0..n {
             self.fork(lp)?;
@@ -415,21 +459,22 @@ impl Primary {
         Ok(())
     }
 
-    /// Forks one worker (Node's `cluster.fork()`).
-    pub fn fork(&self, lp: &mut Loop) -> Result<WorkerHandle> {
+    /// Forks one worker (Node's `cluster.fork()`). Its `fork` event comes
+    /// from the loop, after this call.
+    pub fn fork(&self, lp: &mut Loop<D>) -> Result<WorkerHandle<D>> {
         self.fork_with_env(lp, &[])
     }
 
     /// Forks one worker with extra environment variables (Node's
     /// `cluster.fork(env)`).
-    pub fn fork_with_env(&self, lp: &mut Loop, extra_env: &[(&str, &str)]) -> Result<WorkerHandle> {
-        let h = fork_worker(&self.shared, lp, extra_env)?;
-        drain_events(&self.shared, lp);
-        Ok(h)
+    pub fn fork_with_env(&self, lp: &mut Loop<D>, extra_env: &[(&str, &str)]) -> Result<WorkerHandle<D>> {
+        let h = fork_worker(&self.shared, lp, extra_env);
+        schedule_drain(&self.shared, lp);
+        h
     }
 
     /// Live workers (not yet exited), in fork order.
-    pub fn workers(&self) -> Vec<WorkerHandle> {
+    pub fn workers(&self) -> Vec<WorkerHandle<D>> {
         let weak = Rc::downgrade(&self.shared);
         self.shared
             .borrow()
@@ -440,7 +485,7 @@ impl Primary {
     }
 
     /// The live worker with this id.
-    pub fn worker(&self, id: WorkerId) -> Option<WorkerHandle> {
+    pub fn worker(&self, id: WorkerId) -> Option<WorkerHandle<D>> {
         let weak = Rc::downgrade(&self.shared);
         self.shared.borrow().entry(id).map(|w| WorkerHandle { info: w.info.clone(), primary: weak })
     }
@@ -465,46 +510,48 @@ impl Primary {
         self.shared.borrow().governor.stormed()
     }
 
-    /// A worker was forked.
-    pub fn on_fork(&self, cb: impl FnMut(&mut Loop, &WorkerHandle) + 'static) {
-        self.shared.borrow_mut().events.fork = Some(Rc::new(RefCell::new(cb)));
+    /// A worker was forked: `(loop, data, worker)`.
+    pub fn on_fork(&self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerHandle<D>) + 'static) {
+        self.shared.borrow_mut().events.fork = Some(Rc::new(cb));
     }
 
-    /// A worker said it is up.
-    pub fn on_online(&self, cb: impl FnMut(&mut Loop, &WorkerHandle) + 'static) {
-        self.shared.borrow_mut().events.online = Some(Rc::new(RefCell::new(cb)));
+    /// A worker said it is up: `(loop, data, worker)`.
+    pub fn on_online(&self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerHandle<D>) + 'static) {
+        self.shared.borrow_mut().events.online = Some(Rc::new(cb));
     }
 
-    /// A worker's server is listening, on this (real) address.
-    pub fn on_listening(&self, cb: impl FnMut(&mut Loop, &WorkerHandle, SocketAddr) + 'static) {
-        self.shared.borrow_mut().events.listening = Some(Rc::new(RefCell::new(cb)));
+    /// A worker's server is listening: `(loop, data, worker, real address)`.
+    pub fn on_listening(&self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerHandle<D>, SocketAddr) + 'static) {
+        self.shared.borrow_mut().events.listening = Some(Rc::new(cb));
     }
 
-    /// A user message from a worker, with the fds sent alongside (those not
-    /// taken are closed after the call).
-    pub fn on_message(&self, cb: impl FnMut(&mut Loop, &WorkerHandle, &[u8], &mut FrameFds) + 'static) {
-        self.shared.borrow_mut().events.message = Some(Rc::new(RefCell::new(cb)));
+    /// A user message from a worker: `(loop, data, worker, bytes, fds)`,
+    /// with the fds sent alongside (those not taken are closed after the
+    /// call).
+    pub fn on_message(&self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerHandle<D>, &[u8], &mut FrameFds) + 'static) {
+        self.shared.borrow_mut().events.message = Some(Rc::new(cb));
     }
 
-    /// A worker's channel closed.
-    pub fn on_disconnect(&self, cb: impl FnMut(&mut Loop, &WorkerHandle) + 'static) {
-        self.shared.borrow_mut().events.disconnect = Some(Rc::new(RefCell::new(cb)));
+    /// A worker's channel closed: `(loop, data, worker)`.
+    pub fn on_disconnect(&self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerHandle<D>) + 'static) {
+        self.shared.borrow_mut().events.disconnect = Some(Rc::new(cb));
     }
 
-    /// A worker exited: `(exit code, terminating signal)`, one of them 0.
-    pub fn on_exit(&self, cb: impl FnMut(&mut Loop, &WorkerHandle, i64, i32) + 'static) {
-        self.shared.borrow_mut().events.exit = Some(Rc::new(RefCell::new(cb)));
+    /// A worker exited: `(loop, data, worker, exit code, terminating
+    /// signal)`, one of the last two 0.
+    pub fn on_exit(&self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerHandle<D>, i64, i32) + 'static) {
+        self.shared.borrow_mut().events.exit = Some(Rc::new(cb));
     }
 
-    /// Respawning stopped because of a restart storm.
-    pub fn on_restart_storm(&self, cb: impl FnMut(&mut Loop) + 'static) {
-        self.shared.borrow_mut().events.storm = Some(Rc::new(RefCell::new(cb)));
+    /// Respawning stopped because of a restart storm: `(loop, data)`.
+    pub fn on_restart_storm(&self, cb: impl Fn(&mut Loop<D>, &mut D) + 'static) {
+        self.shared.borrow_mut().events.storm = Some(Rc::new(cb));
     }
 
     /// Disconnects every worker (Node's `cluster.disconnect(cb)`); `cb` runs
     /// once every worker has exited, always from a later loop turn (even
     /// when there is no worker). No worker is respawned meanwhile.
-    pub fn disconnect(&self, lp: &mut Loop, cb: impl FnOnce(&mut Loop) + 'static) {
+    pub fn disconnect(&self, lp: &mut Loop<D>, cb: impl FnOnce(&mut Loop<D>, &mut D) + 'static) {
         let (ids, timers) = {
             let mut st = self.shared.borrow_mut();
             st.shutting_down = true;
@@ -518,21 +565,22 @@ impl Primary {
         for id in ids {
             disconnect_worker(&self.shared, lp, id);
         }
-        drain_events(&self.shared, lp);
-        check_shutdown_done(&self.shared, lp);
+        check_shutdown_done(&self.shared);
+        schedule_drain(&self.shared, lp);
     }
 
     /// Replaces every worker, one at a time, without dropping service: a new
     /// worker is forked, and the old one is disconnected (its connections
-    /// drain) once the new one listens. `cb` runs when all are replaced.
-    pub fn rolling_restart(&self, lp: &mut Loop, cb: impl FnOnce(&mut Loop) + 'static) {
+    /// drain) once the new one listens. `cb` runs when all are replaced
+    /// (from a later loop turn).
+    pub fn rolling_restart(&self, lp: &mut Loop<D>, cb: impl FnOnce(&mut Loop<D>, &mut D) + 'static) {
         {
             let mut st = self.shared.borrow_mut();
             let old: VecDeque<WorkerId> = st.workers.iter().map(|w| w.info.id).collect();
             st.rolling = Some(Rolling { old, current: None, done: Some(Box::new(cb)) });
         }
         rolling_step(&self.shared, lp);
-        drain_events(&self.shared, lp);
+        schedule_drain(&self.shared, lp);
     }
 
     /// Reads the shared store.
@@ -556,7 +604,7 @@ impl Primary {
     }
 }
 
-impl WorkerHandle {
+impl<D: 'static> WorkerHandle<D> {
     /// The worker's id (Node's `worker.id`).
     pub fn id(&self) -> WorkerId {
         self.info.id
@@ -595,7 +643,7 @@ impl WorkerHandle {
     }
 
     /// Sends a user message.
-    pub fn send(&self, lp: &mut Loop, bytes: &[u8]) -> Result<()> {
+    pub fn send(&self, lp: &mut Loop<D>, bytes: &[u8]) -> Result<()> {
         let state = self.primary.upgrade().ok_or(Error::ENOTCONN)?;
         let mut st = state.borrow_mut();
         st.send_to(lp, self.info.id, &Frame::Message { bytes, nfds: 0 })
@@ -603,7 +651,7 @@ impl WorkerHandle {
 
     /// Sends a user message with fds attached (each is duplicated; the
     /// caller keeps its own). At most 16 fds.
-    pub fn send_with_fds(&self, lp: &mut Loop, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+    pub fn send_with_fds(&self, lp: &mut Loop<D>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
         let state = self.primary.upgrade().ok_or(Error::ENOTCONN)?;
         if fds.len() > crate::proto::MAX_FDS_PER_FRAME {
             return Err(Error::EINVAL);
@@ -620,17 +668,18 @@ impl WorkerHandle {
 
     /// Asks the worker to leave gracefully (Node's `worker.disconnect()`):
     /// it closes its servers, lets open connections finish, and exits.
-    pub fn disconnect(&self, lp: &mut Loop) {
+    pub fn disconnect(&self, lp: &mut Loop<D>) {
         if let Some(state) = self.primary.upgrade() {
             disconnect_worker(&state, lp, self.info.id);
-            drain_events(&state, lp);
+            schedule_drain(&state, lp);
         }
     }
 
     /// Kills the worker with `signum` (Node's `worker.kill()`): the channel
     /// closes now, the process gets the signal, and the worker counts as
-    /// having exited after a disconnect (it is not respawned).
-    pub fn kill(&self, lp: &mut Loop, signum: i32) -> Result<()> {
+    /// having exited after a disconnect (it is not respawned). The
+    /// `disconnect` event comes from the loop, after this call.
+    pub fn kill(&self, lp: &mut Loop<D>, signum: i32) -> Result<()> {
         let state = self.primary.upgrade().ok_or(Error::ESRCH)?;
         self.info.exited_after_disconnect.set(true);
         let process = state.borrow().entry(self.info.id).and_then(|w| w.process);
@@ -639,15 +688,19 @@ impl WorkerHandle {
             Some(p) => lp.process_kill(p, signum),
             None => Err(Error::ESRCH),
         };
-        drain_events(&state, lp);
+        schedule_drain(&state, lp);
         res
     }
 }
 
 // ---- forking -------------------------------------------------------------
 
-fn fork_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, extra_env: &[(&str, &str)]) -> Result<WorkerHandle> {
-    let (id, exec, args, env, output, on_exit) = {
+fn fork_worker<D: 'static>(
+    state: &Rc<RefCell<PrimaryState<D>>>,
+    lp: &mut Loop<D>,
+    extra_env: &[(&str, &str)],
+) -> Result<WorkerHandle<D>> {
+    let (id, exec, args, env, output, on_exit, reader) = {
         let mut st = state.borrow_mut();
         let id = st.next_worker_id;
         st.next_worker_id += 1;
@@ -672,7 +725,8 @@ fn fork_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, extra_env: &[(&
             env.push((ENV_NORMAL_SCHED.into(), "1".into()));
         }
         let on_exit = st.on_exit.clone().ok_or(Error::INVALID_STATE)?;
-        (id, st.exec.clone(), st.args.clone(), env, st.settings.output, on_exit)
+        let reader = st.on_channel_read.clone().ok_or(Error::INVALID_STATE)?;
+        (id, st.exec.clone(), st.args.clone(), env, st.settings.output, on_exit, reader)
     };
     ensure_dispatch_hook(state, lp)?;
     let pipe = lp.pipe_init(true)?;
@@ -708,14 +762,27 @@ fn fork_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, extra_env: &[(&
         connected: Cell::new(true),
         exited_after_disconnect: Cell::new(false),
     });
-    let reader = channel_reader(Rc::downgrade(state), id);
-    let read_ok = lp.read_start(pipe, &reader).is_ok();
+    // The spawn connected the socket: from now on it is the channel.
+    let channel = match lp.pipe_stream(pipe) {
+        Ok(ch) => Some(ch),
+        Err(_) => {
+            let _ = lp.close(pipe, None);
+            info.connected.set(false);
+            info.status.set(WorkerStatus::Disconnected);
+            None
+        }
+    };
+    let read_ok = match channel {
+        Some(ch) => lp.set_data(ch, id as usize).is_ok() && lp.read_start(ch, &reader).is_ok(),
+        None => true,
+    };
     {
         let mut st = state.borrow_mut();
         st.workers.push(WorkerEntry {
             info: info.clone(),
             process: Some(process),
-            channel: Some(pipe),
+            channel,
+            decoder: Some(FrameDecoder::new()),
             disconnecting: false,
             unacked: VecDeque::with_capacity(64),
             next_seq: 1,
@@ -732,7 +799,7 @@ fn fork_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, extra_env: &[(&
     Ok(WorkerHandle { info, primary: Rc::downgrade(state) })
 }
 
-fn ensure_dispatch_hook(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) -> Result<()> {
+fn ensure_dispatch_hook<D: 'static>(state: &Rc<RefCell<PrimaryState<D>>>, lp: &mut Loop<D>) -> Result<()> {
     let cb = {
         let st = state.borrow();
         if st.dispatch_hook.is_some() {
@@ -749,7 +816,7 @@ fn ensure_dispatch_hook(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) -> Res
 
 /// Closes the primary's own handles once nothing is left to serve, so a
 /// primary without workers keeps no loop handle.
-fn release_if_idle(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
+fn release_if_idle<D>(state: &Rc<RefCell<PrimaryState<D>>>, lp: &mut Loop<D>) {
     let hook = {
         let mut st = state.borrow_mut();
         if !st.workers.is_empty() || !st.listeners.is_empty() || !st.pending.is_empty() || !st.limbo.is_empty() {
@@ -764,12 +831,47 @@ fn release_if_idle(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
 
 // ---- events --------------------------------------------------------------
 
-fn handle(state: &Rc<RefCell<PrimaryState>>, info: &Rc<WorkerInfo>) -> WorkerHandle {
+fn handle<D>(state: &Rc<RefCell<PrimaryState<D>>>, info: &Rc<WorkerInfo>) -> WorkerHandle<D> {
     WorkerHandle { info: info.clone(), primary: Rc::downgrade(state) }
 }
 
+/// Delivers the queued events from a loop callback soon (a zero-delay
+/// timer): an API call queues events but never runs user callbacks itself.
+fn schedule_drain<D: 'static>(state: &Rc<RefCell<PrimaryState<D>>>, lp: &mut Loop<D>) {
+    let cb = {
+        let st = state.borrow();
+        if st.queue.is_empty() || st.drain_timer.is_some() {
+            return;
+        }
+        match st.on_drain.clone() {
+            Some(cb) => cb,
+            None => return,
+        }
+    };
+    let Ok(t) = lp.timer_init() else { return };
+    if lp.timer_start(t, Duration::ZERO, Duration::ZERO, &cb).is_ok() {
+        state.borrow_mut().drain_timer = Some(t);
+    } else {
+        let _ = lp.close(t, None);
+    }
+}
+
+fn on_drain<D: 'static>(weak: Weak<RefCell<PrimaryState<D>>>) -> OnTimer<D> {
+    OnTimer::new(move |lp, d, t| {
+        let _ = lp.close(t, None);
+        let Some(state) = weak.upgrade() else { return };
+        {
+            let mut st = state.borrow_mut();
+            if st.drain_timer == Some(t) {
+                st.drain_timer = None;
+            }
+        }
+        drain_events(&state, lp, d);
+    })
+}
+
 /// Runs queued events with the state unborrowed; nested calls only queue.
-fn drain_events(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
+fn drain_events<D: 'static>(state: &Rc<RefCell<PrimaryState<D>>>, lp: &mut Loop<D>, d: &mut D) {
     {
         let mut st = state.borrow_mut();
         if st.dispatching {
@@ -784,6 +886,11 @@ fn drain_events(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
                 st.dispatching = false;
                 return;
             };
+            if let Event::ShutdownDone = ev {
+                if st.workers.is_empty() && st.disconnect_cbs.is_empty() {
+                    st.shutting_down = false;
+                }
+            }
             let e = &st.events;
             let cbs = (
                 e.fork.clone(),
@@ -799,75 +906,88 @@ fn drain_events(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
         match ev {
             Event::Fork(info) => {
                 if let Some(cb) = fork {
-                    (cb.borrow_mut())(lp, &handle(state, &info));
+                    cb(lp, d, &handle(state, &info));
                 }
             }
             Event::Online(info) => {
                 if let Some(cb) = online {
-                    (cb.borrow_mut())(lp, &handle(state, &info));
+                    cb(lp, d, &handle(state, &info));
                 }
                 rolling_on_up(state, lp, info.id, false);
             }
             Event::Listening(info, addr) => {
                 if let Some(cb) = listening {
-                    (cb.borrow_mut())(lp, &handle(state, &info), addr);
+                    cb(lp, d, &handle(state, &info), addr);
                 }
                 rolling_on_up(state, lp, info.id, true);
             }
             Event::Disconnect(info) => {
                 if let Some(cb) = disconnect {
-                    (cb.borrow_mut())(lp, &handle(state, &info));
+                    cb(lp, d, &handle(state, &info));
                 }
             }
             Event::Exit(info, code, signal) => {
                 if let Some(cb) = exit {
-                    (cb.borrow_mut())(lp, &handle(state, &info), code, signal);
+                    cb(lp, d, &handle(state, &info), code, signal);
                 }
                 rolling_on_exit(state, lp, info.id);
             }
             Event::Storm => {
                 if let Some(cb) = storm {
-                    (cb.borrow_mut())(lp);
+                    cb(lp, d);
                 }
             }
-            Event::Done(f) => f(lp),
+            Event::ShutdownDone => {}
+            Event::Done(f) => f(lp, d),
         }
     }
 }
 
 // ---- channel -------------------------------------------------------------
 
-fn channel_reader(weak: Weak<RefCell<PrimaryState>>, id: WorkerId) -> OnRead {
-    let mut decoder = FrameDecoder::new();
-    OnRead::new(move |lp, pipe, res| {
+/// The read callback of every worker's channel (the worker id is the
+/// channel's data word).
+fn channel_reader<D: 'static>(weak: Weak<RefCell<PrimaryState<D>>>) -> OnRead<D, PipeStream> {
+    OnRead::new(move |lp, d, pipe, res| {
         let Some(state) = weak.upgrade() else { return };
-        match res {
+        let id = lp.data(pipe).unwrap_or(0) as WorkerId;
+        // The decoder is taken out of the entry while it hands out frames
+        // (their handling borrows the state), and put back after.
+        let decoder =
+            state.borrow_mut().entry_mut(id).filter(|w| w.channel == Some(pipe)).and_then(|w| w.decoder.take());
+        let Some(mut decoder) = decoder else { return };
+        let ok = match res {
             Ok(bytes) => {
-                let mut handler = |lp: &mut Loop, d: Decoded<'_>| handle_frame(&state, lp, id, pipe, d);
-                if let Err(ChannelError::Decode(_) | ChannelError::Stalled) =
-                    feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler)
-                {
-                    // A worker that sends garbage loses its channel.
-                    decoder.drain_fds();
-                    channel_closed(&state, lp, id);
-                }
+                let mut handler = |lp: &mut Loop<D>, dec: Decoded<'_>| handle_frame(&state, lp, d, id, pipe, dec);
+                // A worker that sends garbage loses its channel.
+                !matches!(
+                    feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler),
+                    Err(ChannelError::Decode(_) | ChannelError::Stalled)
+                )
             }
-            Err(_) => {
-                decoder.drain_fds();
-                channel_closed(&state, lp, id);
+            Err(_) => false,
+        };
+        if ok {
+            if let Some(w) = state.borrow_mut().entry_mut(id).filter(|w| w.channel == Some(pipe)) {
+                w.decoder = Some(decoder);
             }
+        } else {
+            decoder.drain_fds();
+            channel_closed(&state, lp, id);
         }
-        drain_events(&state, lp);
+        drain_events(&state, lp, d);
     })
 }
 
 /// The worker's channel is gone (EOF, error, garbage, kill): close it, queue
 /// its unacknowledged connections for others, leave its listeners.
-fn channel_closed(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId) {
+fn channel_closed<D>(state: &Rc<RefCell<PrimaryState<D>>>, lp: &mut Loop<D>, id: WorkerId) {
     let mut st = state.borrow_mut();
     let st = &mut *st;
     let Some(w) = st.workers.iter_mut().find(|w| w.info.id == id) else { return };
     let Some(ch) = w.channel.take() else { return };
+    // Fds received ahead of their frames are closed with the decoder.
+    w.decoder = None;
     // The unacknowledged connections may still be named by a send queued on
     // this channel: they wait in `limbo` until its close has completed.
     let _ = lp.close(ch, st.on_channel_freed.as_ref());
@@ -891,12 +1011,18 @@ fn channel_closed(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId
     st.queue.push_back(Event::Disconnect(info));
 }
 
-fn handle_frame(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, pipe: Stream, d: Decoded<'_>) -> Flow {
-    let Decoded { frame, mut fds } = d;
+fn handle_frame<D: 'static>(
+    state: &Rc<RefCell<PrimaryState<D>>>,
+    lp: &mut Loop<D>,
+    d: &mut D,
+    id: WorkerId,
+    pipe: PipeStream,
+    dec: Decoded<'_>,
+) -> Flow {
+    let Decoded { frame, mut fds } = dec;
     match frame {
         Frame::Online => {
-            let st = state.borrow_mut();
-            let mut st = st;
+            let mut st = state.borrow_mut();
             if let Some(w) = st.entry_mut(id) {
                 if w.info.status.get() == WorkerStatus::Starting {
                     w.info.status.set(WorkerStatus::Online);
@@ -967,7 +1093,7 @@ fn handle_frame(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, 
                 (st.events.message.clone(), st.entry(id).map(|w| w.info.clone()))
             };
             if let (Some(cb), Some(info)) = (cb, info) {
-                (cb.borrow_mut())(lp, &handle(state, &info), bytes, &mut fds);
+                cb(lp, d, &handle(state, &info), bytes, &mut fds);
             }
         }
         Frame::StoreGet { req_id, key } => {
@@ -1009,11 +1135,17 @@ fn handle_frame(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, 
 /// Answers a worker's listen query: joins or creates the listener for the
 /// key, or reports the bind error (and keeps no entry, so a retry binds
 /// again).
-fn query_server(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, seq: u32, key: &ListenKey<'_>) {
+fn query_server<D: 'static>(
+    state: &Rc<RefCell<PrimaryState<D>>>,
+    lp: &mut Loop<D>,
+    id: WorkerId,
+    seq: u32,
+    key: &ListenKey<'_>,
+) {
     let mut st = state.borrow_mut();
     let st = &mut *st;
     let Some(ch) = st.entry(id).and_then(|w| w.channel) else { return };
-    let reply_err = |st: &mut PrimaryState, lp: &mut Loop, errno: i32| {
+    let reply_err = |st: &mut PrimaryState<D>, lp: &mut Loop<D>, errno: i32| {
         let frame = Frame::QueryServerReply { seq, errno, port: 0, listener_id: 0, listener_fd: false };
         let _ = st.writer.send(lp, ch, &frame);
     };
@@ -1032,23 +1164,19 @@ fn query_server(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, 
         l.requested == requested
             && l.index == key.index
             && l.flags == flags
-            && matches!(l.mode, ListenerMode::Shared(_)) == shared
+            && matches!(l.mode, ListenerMode::Shared(..)) == shared
     });
     let i = match existing {
         Some(i) => i,
         None => {
             let backlog = i32::try_from(key.backlog).unwrap_or(i32::MAX);
             match open_listener(st, lp, requested, flags, backlog, shared) {
-                Ok((stream, port)) => {
+                Ok((mode, port)) => {
                     let lid = st.next_listener_id;
                     st.next_listener_id = st.next_listener_id.wrapping_add(1).max(1);
-                    let _ = lp.set_data(stream, lid as usize);
-                    let mode = if shared {
-                        ListenerMode::Shared(Vec::new())
-                    } else {
-                        ListenerMode::RoundRobin(RoundRobin::with_slack(st.settings.load_slack))
-                    };
-                    st.listeners.push(Listener { id: lid, requested, index: key.index, flags, port, stream, mode });
+                    let l = Listener { id: lid, requested, index: key.index, flags, port, mode };
+                    let _ = lp.set_data(l.handle(), lid as usize);
+                    st.listeners.push(l);
                     st.listeners.len() - 1
                 }
                 Err(e) => return reply_err(st, lp, e.errno().unwrap_or(libc::EINVAL)),
@@ -1056,48 +1184,77 @@ fn query_server(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, 
         }
     };
     let l = &mut st.listeners[i];
-    match &mut l.mode {
-        ListenerMode::RoundRobin(rr) => rr.add(id),
-        ListenerMode::Shared(v) => {
+    let shared_socket = match &mut l.mode {
+        ListenerMode::RoundRobin(rr, _) => {
+            rr.add(id);
+            None
+        }
+        ListenerMode::Shared(v, socket) => {
             if !v.contains(&id) {
                 v.push(id);
             }
+            Some(*socket)
         }
-    }
-    let (lid, port, stream) = (l.id, l.port, l.stream);
+    };
+    let (lid, port) = (l.id, l.port);
     let frame = Frame::QueryServerReply { seq, errno: 0, port, listener_id: lid, listener_fd: shared };
-    let sent = if shared { st.writer.send_handle(lp, ch, &frame, stream) } else { st.writer.send(lp, ch, &frame) };
+    let sent = match shared_socket {
+        Some(socket) => st.writer.send_handle(lp, ch, &frame, socket),
+        None => st.writer.send(lp, ch, &frame),
+    };
     if sent.is_err() {
         st.leave_listener(lp, lid, id);
     }
 }
 
-fn open_listener(
-    st: &PrimaryState,
-    lp: &mut Loop,
+/// Binds a listener for `addr`: under `shared` a socket that listens
+/// outside the loop (the workers accept on copies of it), else one the
+/// loop accepts on for round robin. Returns it with its real port.
+fn open_listener<D: 'static>(
+    st: &PrimaryState<D>,
+    lp: &mut Loop<D>,
     addr: SocketAddr,
     flags: u32,
     backlog: i32,
     shared: bool,
-) -> Result<(Stream, u16)> {
+) -> Result<(ListenerMode, u16)> {
     let s = lp.tcp_init()?;
-    let res = (|| {
-        lp.tcp_bind(s, addr, flags)?;
-        if shared {
-            // The workers accept; the primary only makes the port listen
-            // now, so a competing bind fails at once.
-            let fd = lp.fileno(s)?;
-            uvring::sys::socket::listen(fd, backlog)?;
-        } else {
-            let cb = st.rr_on_connection.clone().ok_or(Error::INVALID_STATE)?;
-            lp.listen(s, backlog, &cb)?;
-        }
-        lp.tcp_getsockname(s).map(|a| a.port())
-    })();
-    match res {
-        Ok(port) => Ok((s, port)),
+    if let Err(e) = lp.tcp_bind(s, addr, flags) {
+        let _ = lp.close(s, None);
+        return Err(e);
+    }
+    if shared {
+        // The workers accept; the primary only makes the port listen now,
+        // so a competing bind fails at once.
+        let res = lp.fileno(s).and_then(|fd| {
+            // SAFETY: `fd` is the socket of `s`, which the loop owns and
+            // keeps open at least until `s` is closed, after this call.
+            uvring::os::listen(unsafe { BorrowedFd::borrow_raw(fd) }, backlog)?;
+            lp.tcp_getsockname(s).map(|a| a.port())
+        });
+        return match res {
+            Ok(port) => Ok((ListenerMode::Shared(Vec::new(), s), port)),
+            Err(e) => {
+                let _ = lp.close(s, None);
+                Err(e)
+            }
+        };
+    }
+    let Some(cb) = st.rr_on_connection.clone() else {
+        let _ = lp.close(s, None);
+        return Err(Error::INVALID_STATE);
+    };
+    let l = match lp.listen(s, backlog, &cb) {
+        Ok(l) => l,
         Err(e) => {
             let _ = lp.close(s, None);
+            return Err(e);
+        }
+    };
+    match lp.tcp_getsockname(l) {
+        Ok(a) => Ok((ListenerMode::RoundRobin(RoundRobin::with_slack(st.settings.load_slack), l), a.port())),
+        Err(e) => {
+            let _ = lp.close(l, None);
             Err(e)
         }
     }
@@ -1105,8 +1262,8 @@ fn open_listener(
 
 // ---- round robin -----------------------------------------------------------
 
-fn rr_on_connection(weak: Weak<RefCell<PrimaryState>>) -> OnConnection {
-    OnConnection::new(move |lp, server, res| {
+fn rr_on_connection<D: 'static>(weak: Weak<RefCell<PrimaryState<D>>>) -> OnConnection<D, TcpListener> {
+    OnConnection::new(move |lp, _d, server, res| {
         let Some(state) = weak.upgrade() else { return };
         if res.is_err() {
             // EMFILE and friends: the engine backs off; nothing was accepted.
@@ -1120,15 +1277,15 @@ fn rr_on_connection(weak: Weak<RefCell<PrimaryState>>) -> OnConnection {
     })
 }
 
-fn on_dispatch(weak: Weak<RefCell<PrimaryState>>) -> OnHook {
-    OnHook::new(move |lp, _h| {
+fn on_dispatch<D: 'static>(weak: Weak<RefCell<PrimaryState<D>>>) -> OnHook<D> {
+    OnHook::new(move |lp, d, _h| {
         let Some(state) = weak.upgrade() else { return };
-        dispatch(&state, lp);
+        dispatch(&state, lp, d);
     })
 }
 
 /// Hands every queued connection to a worker; see the module docs.
-fn dispatch(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
+fn dispatch<D: 'static>(state: &Rc<RefCell<PrimaryState<D>>>, lp: &mut Loop<D>, d: &mut D) {
     let mut broken: [WorkerId; 8] = [0; 8];
     let mut nbroken = 0;
     {
@@ -1142,7 +1299,7 @@ fn dispatch(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
                 st.stats.closed_unroutable += 1;
                 continue;
             };
-            let ListenerMode::RoundRobin(rr) = &mut l.mode else {
+            let ListenerMode::RoundRobin(rr, _) = &mut l.mode else {
                 st.stats.closed_unroutable += 1;
                 continue;
             };
@@ -1186,11 +1343,11 @@ fn dispatch(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
         channel_closed(state, lp, id);
     }
     if nbroken > 0 {
-        drain_events(state, lp);
+        drain_events(state, lp, d);
     }
 }
 
-fn flush_batch(writer: &mut FrameWriter, lp: &mut Loop, w: &mut WorkerEntry) -> Result<()> {
+fn flush_batch<D>(writer: &mut FrameWriter, lp: &mut Loop<D>, w: &mut WorkerEntry) -> Result<()> {
     let n = w.batch_len.min(crate::proto::MAX_FDS_PER_FRAME);
     w.batch_len = 0;
     let mut fds: [RawFd; crate::proto::MAX_FDS_PER_FRAME] = [-1; crate::proto::MAX_FDS_PER_FRAME];
@@ -1213,8 +1370,8 @@ fn flush_batch(writer: &mut FrameWriter, lp: &mut Loop, w: &mut WorkerEntry) -> 
 
 /// A closed channel is freed (nothing of it is left in the kernel): its
 /// connections in `limbo` can go to other workers.
-fn on_channel_freed(weak: Weak<RefCell<PrimaryState>>) -> OnClose {
-    OnClose::new(move |_lp, h| {
+fn on_channel_freed<D: 'static>(weak: Weak<RefCell<PrimaryState<D>>>) -> OnClose<D> {
+    OnClose::new(move |_lp, _d, h| {
         let Some(state) = weak.upgrade() else { return };
         let mut st = state.borrow_mut();
         let st = &mut *st;
@@ -1232,7 +1389,7 @@ fn on_channel_freed(weak: Weak<RefCell<PrimaryState>>) -> OnClose {
 
 // ---- lifecycle -------------------------------------------------------------
 
-fn disconnect_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId) {
+fn disconnect_worker<D>(state: &Rc<RefCell<PrimaryState<D>>>, lp: &mut Loop<D>, id: WorkerId) {
     let mut st = state.borrow_mut();
     let Some(w) = st.entry_mut(id) else { return };
     w.info.exited_after_disconnect.set(true);
@@ -1244,8 +1401,8 @@ fn disconnect_worker(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: Worke
     let _ = st.send_to(lp, id, &Frame::Disconnect);
 }
 
-fn on_worker_exit(weak: Weak<RefCell<PrimaryState>>) -> OnExit {
-    OnExit::new(move |lp, process, code, signal| {
+fn on_worker_exit<D: 'static>(weak: Weak<RefCell<PrimaryState<D>>>) -> OnExit<D> {
+    OnExit::new(move |lp, d, process, code, signal| {
         let Some(state) = weak.upgrade() else {
             let _ = lp.close(process, None);
             return;
@@ -1277,24 +1434,26 @@ fn on_worker_exit(weak: Weak<RefCell<PrimaryState>>) -> OnExit {
         if let Some(ms) = respawn {
             schedule_respawn(&state, lp, ms);
         }
-        drain_events(&state, lp);
-        check_shutdown_done(&state, lp);
+        drain_events(&state, lp, d);
+        // `disconnect`'s callbacks run on a later loop turn.
+        check_shutdown_done(&state);
+        schedule_drain(&state, lp);
         release_if_idle(&state, lp);
     })
 }
 
-fn schedule_respawn(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, ms: u64) {
+fn schedule_respawn<D: 'static>(state: &Rc<RefCell<PrimaryState<D>>>, lp: &mut Loop<D>, ms: u64) {
     let Some(cb) = state.borrow().on_respawn.clone() else { return };
     let Ok(t) = lp.timer_init() else { return };
-    if lp.timer_start(t, ms, 0, &cb).is_ok() {
+    if lp.timer_start(t, Duration::from_millis(ms), Duration::ZERO, &cb).is_ok() {
         state.borrow_mut().respawn_timers.push(t);
     } else {
         let _ = lp.close(t, None);
     }
 }
 
-fn on_respawn(weak: Weak<RefCell<PrimaryState>>) -> OnTimer {
-    OnTimer::new(move |lp, t| {
+fn on_respawn<D: 'static>(weak: Weak<RefCell<PrimaryState<D>>>) -> OnTimer<D> {
+    OnTimer::new(move |lp, d, t| {
         let _ = lp.close(t, None);
         let Some(state) = weak.upgrade() else { return };
         let go = {
@@ -1304,42 +1463,25 @@ fn on_respawn(weak: Weak<RefCell<PrimaryState>>) -> OnTimer {
         };
         if go {
             let _ = fork_worker(&state, lp, &[]);
-            drain_events(&state, lp);
+            drain_events(&state, lp, d);
         }
     })
 }
 
-/// After `Primary::disconnect`: once the table is empty, run the callbacks
-/// on a later loop turn (never from inside the call that asked).
-fn check_shutdown_done(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
-    let cbs = {
-        let mut st = state.borrow_mut();
-        if !st.shutting_down || !st.workers.is_empty() || st.disconnect_cbs.is_empty() {
-            return;
-        }
-        std::mem::take(&mut st.disconnect_cbs)
-    };
-    let Ok(t) = lp.timer_init() else { return };
-    let weak = Rc::downgrade(state);
-    let mut cbs = Some(cbs);
-    let cb = OnTimer::new(move |lp, t| {
-        let _ = lp.close(t, None);
-        if let Some(state) = weak.upgrade() {
-            let mut st = state.borrow_mut();
-            if st.workers.is_empty() && st.disconnect_cbs.is_empty() {
-                st.shutting_down = false;
-            }
-        }
-        for cb in cbs.take().unwrap_or_default() {
-            cb(lp);
-        }
-    });
-    if lp.timer_start(t, 0, 0, &cb).is_err() {
-        let _ = lp.close(t, None);
+/// After `Primary::disconnect`: once the table is empty, queue the
+/// callbacks (the caller has them run from a later loop turn, never from
+/// inside the call that asked).
+fn check_shutdown_done<D>(state: &Rc<RefCell<PrimaryState<D>>>) {
+    let mut st = state.borrow_mut();
+    if !st.shutting_down || !st.workers.is_empty() || st.disconnect_cbs.is_empty() {
+        return;
     }
+    let cbs = std::mem::take(&mut st.disconnect_cbs);
+    st.queue.push_back(Event::ShutdownDone);
+    st.queue.extend(cbs.into_iter().map(Event::Done));
 }
 
-fn rolling_step(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
+fn rolling_step<D: 'static>(state: &Rc<RefCell<PrimaryState<D>>>, lp: &mut Loop<D>) {
     loop {
         let next = {
             let mut st = state.borrow_mut();
@@ -1376,7 +1518,7 @@ fn rolling_step(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop) {
 
 /// A replacement came up: once it listens (or is online, when the old
 /// worker never listened), the old worker is disconnected.
-fn rolling_on_up(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId, listening: bool) {
+fn rolling_on_up<D>(state: &Rc<RefCell<PrimaryState<D>>>, lp: &mut Loop<D>, id: WorkerId, listening: bool) {
     let old = {
         let st = state.borrow();
         let Some((old, new)) = st.rolling.as_ref().and_then(|r| r.current) else { return };
@@ -1392,7 +1534,7 @@ fn rolling_on_up(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId,
     disconnect_worker(state, lp, old);
 }
 
-fn rolling_on_exit(state: &Rc<RefCell<PrimaryState>>, lp: &mut Loop, id: WorkerId) {
+fn rolling_on_exit<D: 'static>(state: &Rc<RefCell<PrimaryState<D>>>, lp: &mut Loop<D>, id: WorkerId) {
     let advance = {
         let mut st = state.borrow_mut();
         let Some(r) = st.rolling.as_mut() else { return };

@@ -11,44 +11,58 @@
 //! socket. A bind error in the primary reaches the server's connection
 //! callback through [`Loop::listen_fail`], as Node's `error` event.
 //!
-//! State lives in one `Rc<RefCell<WorkerState>>` that callbacks reach
-//! through a `Weak`. The borrow is never held across a loop call that can run
-//! user code (`listen_inject`, `listen_fail`, closing a hooked server) or
-//! across a user callback, so user code may call back into the worker from
-//! anywhere.
+//! # Acknowledgements
+//!
+//! An injected connection reaches the server's `on_connection` from the
+//! loop's pending phase of the next iteration, not inside `listen_inject`.
+//! Its acknowledgement waits for that: after the pending phase (a prepare
+//! hook) a connection whose server still listens is acknowledged as
+//! accepted. A server closed first (by the user, or by a disconnect, from
+//! inside a connection callback for instance) drops the connections still
+//! in its accept queue: those are refused, so the primary gives its own
+//! copy to another worker, while the ones the user accepted (a stream holds
+//! them) are accepted. Acknowledgements go out in connection order, as few
+//! `Ack` frames in one write.
+//!
+//! State lives in one `Rc<RefCell<WorkerState<D>>>` that callbacks reach
+//! through a `Weak`. The borrow is never held across a user callback, so
+//! user code may call back into the worker from anywhere; no user callback
+//! runs inside a `Worker` call.
 
-use crate::channel::{feed_chunk, ChannelError, Flow, FrameWriter};
+use crate::channel::{feed_chunk, Flow, FrameWriter};
 use crate::proto::{
     Decoded, Frame, FrameDecoder, FrameFds, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus,
 };
 use crate::schedule::WorkerId;
 use crate::settings::{SchedPolicy, ENV_CHANNEL_FD, ENV_NORMAL_SCHED, ENV_SCHED_POLICY, ENV_WORKER_ID};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 use uvring::{
-    Error, FdBatch, Hook, HookKind, ListenHook, Loop, OnHook, OnListenStop, OnRead, OnTimer, Result, Stream, Timer,
-    TCP_IPV6ONLY, TCP_REUSEPORT,
+    Error, FdBatch, HandleType, Hook, HookKind, ListenHook, Loop, OnHook, OnListenStop, OnRead, OnTimer, PipeStream,
+    Result, TcpListener, Timer, TCP_IPV6ONLY, TCP_REUSEPORT,
 };
 
-/// `(loop, bytes, fds)`: a user message from the primary.
-type MessageFn = dyn FnMut(&mut Loop, &[u8], &mut FrameFds);
-/// `(loop, server, real address)`: a server is listening.
-type ListeningFn = dyn FnMut(&mut Loop, Stream, SocketAddr);
-/// `(loop)`: the channel to the primary closed.
-type DisconnectFn = dyn FnMut(&mut Loop);
+/// `(loop, data, bytes, fds)`: a user message from the primary.
+type MessageFn<D> = dyn Fn(&mut Loop<D>, &mut D, &[u8], &mut FrameFds);
+/// `(loop, data, server, real address)`: a server is listening.
+type ListeningFn<D> = dyn Fn(&mut Loop<D>, &mut D, TcpListener, SocketAddr);
+/// `(loop, data)`: the channel to the primary closed.
+type DisconnectFn<D> = dyn Fn(&mut Loop<D>, &mut D);
 
-type GetFn = dyn FnOnce(&mut Loop, Option<&[u8]>);
-type SetFn = dyn FnOnce(&mut Loop, Result<()>);
-type DeleteFn = dyn FnOnce(&mut Loop, bool);
+type GetFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Option<&[u8]>);
+type SetFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Result<()>);
+type DeleteFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, bool);
 
-enum StoreCallback {
-    Get(Box<GetFn>),
-    Set(Box<SetFn>),
-    Delete(Box<DeleteFn>),
+enum StoreCallback<D> {
+    Get(Box<GetFn<D>>),
+    Set(Box<SetFn<D>>),
+    Delete(Box<DeleteFn<D>>),
 }
 
 /// The role named by the environment, read once: `(worker id, channel fd)`.
@@ -89,7 +103,7 @@ struct IndexSet {
 
 #[derive(Debug)]
 struct Server {
-    stream: Stream,
+    stream: TcpListener,
     seq: u32,
     /// The primary's id for the listener, once the reply came.
     listener_id: Option<u32>,
@@ -103,19 +117,37 @@ struct Server {
     closed: bool,
 }
 
-struct WorkerState {
+/// A connection the primary handed over, until its acknowledgement is
+/// recorded (see the module docs).
+#[derive(Debug)]
+struct Handoff {
+    seq: u64,
+    /// The server it was injected into (`None`: refused at once).
+    server: Option<TcpListener>,
+    /// Its fd number, to recognise the stream the user accepted it as.
+    fd: RawFd,
+    /// The loop iteration it was injected in: its `on_connection` runs in
+    /// the pending phase of a later one.
+    iteration: u64,
+    /// `Some(accepted)` once known.
+    outcome: Option<bool>,
+}
+
+struct WorkerState<D> {
     id: WorkerId,
     policy: SchedPolicy,
-    channel: Option<Stream>,
+    channel: Option<PipeStream>,
+    /// The channel's decoder; out of the state while a chunk is decoded.
+    decoder: Option<FrameDecoder>,
     writer: FrameWriter,
     servers: Vec<Server>,
     indexes: Vec<IndexSet>,
     next_seq: u32,
     next_req: u32,
-    store_reqs: Vec<(u32, StoreCallback)>,
-    on_message: Option<Rc<RefCell<MessageFn>>>,
-    on_listening: Option<Rc<RefCell<ListeningFn>>>,
-    on_disconnect: Option<Rc<RefCell<DisconnectFn>>>,
+    store_reqs: Vec<(u32, StoreCallback<D>)>,
+    on_message: Option<Rc<MessageFn<D>>>,
+    on_listening: Option<Rc<ListeningFn<D>>>,
+    on_disconnect: Option<Rc<DisconnectFn<D>>>,
     disconnecting: bool,
     exited_after_disconnect: bool,
     load_timer: Option<Timer>,
@@ -124,11 +156,18 @@ struct WorkerState {
     /// turn, outside the hook.
     deferred: Vec<Deferred>,
     defer_timer: Option<Timer>,
+    on_deferred: Option<OnTimer<D>>,
+    /// Connections handed over, in order, whose acknowledgement is not
+    /// recorded yet.
+    handoffs: VecDeque<Handoff>,
     /// Acknowledgements not yet written: one run of consecutive
     /// connections with the same outcome `(first seq, count, accepted)`.
-    /// They go out, as few `Ack` frames in one write, from `turn_hook` at
-    /// the end of the loop iteration that received the connections.
+    /// They go out, as few `Ack` frames in one write, from `delivery_hook`
+    /// or `turn_hook`.
     ack_run: Option<(u64, u32, bool)>,
+    /// Prepare hook: after the pending phase delivered injected
+    /// connections, decide and write their acks.
+    delivery_hook: Option<Hook>,
     /// Check hook: writes the iteration's acks, then a due channel shutdown.
     turn_hook: Option<Hook>,
     /// `begin_disconnect` ran: shut the channel down in `turn_hook`, after
@@ -136,7 +175,7 @@ struct WorkerState {
     shutdown_due: Option<bool>,
 }
 
-impl WorkerState {
+impl<D> WorkerState<D> {
     /// Records the outcome of connection `seq` (a run grows, or the previous
     /// run is encoded for the next write).
     fn note_ack(&mut self, seq: u64, accepted: bool) {
@@ -151,8 +190,61 @@ impl WorkerState {
         self.ack_run = Some((seq, 1, accepted));
     }
 
+    /// Records the acks of the leading hand-offs whose outcome is known (in
+    /// order: the primary takes acks in connection order).
+    fn settle_handoffs(&mut self) {
+        while let Some(&Handoff { seq, outcome: Some(accepted), .. }) = self.handoffs.front() {
+            self.handoffs.pop_front();
+            self.note_ack(seq, accepted);
+        }
+    }
+
+    /// After a pending phase: a connection whose `on_connection` has run
+    /// (injected in an earlier iteration) and whose server still listens
+    /// is this worker's (the user took it, or holds it in the accept queue).
+    fn decide_delivered(&mut self, lp: &mut Loop<D>) {
+        let now = lp.iterations();
+        let mut gone = false;
+        for h in self.handoffs.iter_mut().filter(|h| h.outcome.is_none() && h.iteration < now) {
+            match h.server {
+                Some(s) if lp.is_live(s) && !lp.is_closing(s) => h.outcome = Some(true),
+                _ => gone = true,
+            }
+        }
+        if gone {
+            // A server closed without the hook hearing of it (cannot happen
+            // for a server that took connections; decided the safe way).
+            self.decide_by_holder(lp, |h| h.iteration < now);
+        }
+    }
+
+    /// Decides the undecided hand-offs that `pick` selects, whose server
+    /// is closed (its accept queue dropped): accepted if the user took the
+    /// connection (a TCP stream of the loop holds its fd), else refused.
+    fn decide_by_holder(&mut self, lp: &mut Loop<D>, pick: impl Fn(&Handoff) -> bool) {
+        let handoffs = &mut self.handoffs;
+        if !handoffs.iter().any(|h| h.outcome.is_none() && pick(h)) {
+            return;
+        }
+        lp.walk(|lp, id| {
+            // Until the drain, the fd was open in the accept queue: no other
+            // handle can have its number but the stream accepted from it.
+            if lp.handle_type(id) != Ok(HandleType::Tcp) {
+                return;
+            }
+            let Ok(fd) = lp.fileno(id) else { return };
+            for h in handoffs.iter_mut().filter(|h| h.outcome.is_none() && h.fd == fd && pick(h)) {
+                h.outcome = Some(true);
+            }
+        });
+        for h in handoffs.iter_mut().filter(|h| h.outcome.is_none() && pick(h)) {
+            h.outcome = Some(false);
+        }
+    }
+
     /// Writes the recorded acks (and anything else queued) in one write.
-    fn flush_acks(&mut self, lp: &mut Loop) {
+    fn flush_acks(&mut self, lp: &mut Loop<D>) {
+        self.settle_handoffs();
         if let Some((conn_seq, count, accepted)) = self.ack_run.take() {
             let _ = self.writer.queue(&Frame::Ack { conn_seq, count, accepted });
         }
@@ -161,7 +253,7 @@ impl WorkerState {
         }
     }
 
-    fn send(&mut self, lp: &mut Loop, frame: &Frame<'_>) -> Result<()> {
+    fn send(&mut self, lp: &mut Loop<D>, frame: &Frame<'_>) -> Result<()> {
         let ch = self.channel.ok_or(Error::ENOTCONN)?;
         self.writer.send(lp, ch, frame)
     }
@@ -187,7 +279,7 @@ impl WorkerState {
         }
     }
 
-    fn server_for_listener(&self, listener_id: u32) -> Option<Stream> {
+    fn server_for_listener(&self, listener_id: u32) -> Option<TcpListener> {
         self.servers.iter().find(|s| s.listener_id == Some(listener_id) && !s.closed).map(|s| s.stream)
     }
 
@@ -197,23 +289,36 @@ impl WorkerState {
         self.release_index(s.requested, s.index);
         s
     }
+
+    /// Starts the timer that reports `deferred` on the next loop turn.
+    fn defer(&mut self, lp: &mut Loop<D>, item: Deferred) {
+        self.deferred.push(item);
+        if let (Some(t), Some(cb)) = (self.defer_timer, self.on_deferred.as_ref()) {
+            let _ = lp.timer_start(t, Duration::ZERO, Duration::ZERO, cb);
+        }
+    }
 }
 
 /// This process's side of the cluster (Node's `cluster.worker` inside a
-/// worker). Cheap to clone.
-#[derive(Clone)]
-pub struct Worker {
-    shared: Rc<RefCell<WorkerState>>,
+/// worker), on a loop whose user data is `D`. Cheap to clone.
+pub struct Worker<D> {
+    shared: Rc<RefCell<WorkerState<D>>>,
 }
 
-impl std::fmt::Debug for Worker {
+impl<D> Clone for Worker<D> {
+    fn clone(&self) -> Self {
+        Worker { shared: self.shared.clone() }
+    }
+}
+
+impl<D> std::fmt::Debug for Worker<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("id", &self.id()).finish()
+        f.debug_struct("Worker").field("id", &self.shared.borrow().id).finish()
     }
 }
 
 /// The listen hook installed in worker processes.
-struct WorkerHook(Weak<RefCell<WorkerState>>);
+struct WorkerHook<D>(Weak<RefCell<WorkerState<D>>>);
 
 fn socket_addr_to_listen(addr: &SocketAddr) -> ListenAddress<'static> {
     match addr.ip() {
@@ -222,11 +327,27 @@ fn socket_addr_to_listen(addr: &SocketAddr) -> ListenAddress<'static> {
     }
 }
 
-impl ListenHook for WorkerHook {
+/// A socket bound to `addr` with `SO_REUSEPORT`, not yet listening. The hook
+/// cannot bind the listener it is given (`tcp_bind` takes a socket that is
+/// not listening yet), so a scratch socket is bound and a duplicate of its
+/// fd taken; the scratch handle is closed.
+fn bind_reuseport<D>(lp: &mut Loop<D>, addr: SocketAddr, flags: u32) -> Result<OwnedFd> {
+    let scratch = lp.tcp_init()?;
+    let res = lp.tcp_bind(scratch, addr, flags | TCP_REUSEPORT).and_then(|()| lp.fileno(scratch)).and_then(|fd| {
+        // SAFETY: `fd` is the socket of `scratch`, which the loop keeps open
+        // until `scratch` is closed, below.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        fd.try_clone_to_owned().map_err(Error::from)
+    });
+    let _ = lp.close(scratch, None);
+    res
+}
+
+impl<D: 'static> ListenHook<D> for WorkerHook<D> {
     fn listen(
         &mut self,
-        lp: &mut Loop,
-        server: Stream,
+        lp: &mut Loop<D>,
+        server: TcpListener,
         addr: SocketAddr,
         flags: u32,
         backlog: i32,
@@ -242,15 +363,14 @@ impl ListenHook for WorkerHook {
             return Some(Err(Error::ENOTCONN));
         }
         if st.policy == SchedPolicy::ReusePort {
-            if let Err(e) = lp.tcp_bind(server, addr, flags | TCP_REUSEPORT) {
+            let listening = bind_reuseport(lp, addr, flags).and_then(|fd| {
+                uvring::os::listen(fd.as_fd(), backlog)?;
+                lp.listen_adopt(server, fd, false)
+            });
+            if let Err(e) = listening {
                 // Reported on the next turn through the connection
                 // callback, as under the other policies (Node's `error`).
-                st.deferred.push(Deferred::Failed(server, e));
-                let timer = st.defer_timer;
-                drop(st);
-                if let Some(t) = timer {
-                    let _ = lp.timer_start(t, 0, 0, &deferred_cb(&self.0));
-                }
+                st.defer(lp, Deferred::Failed(server, e));
                 return Some(Ok(()));
             }
             let real = lp.tcp_getsockname(server).unwrap_or(addr);
@@ -265,16 +385,10 @@ impl ListenHook for WorkerHook {
                 address: Some(real),
                 closed: false,
             });
-            // The primary hears of it on the next turn, once the engine has
-            // called listen(2) (an epoll send goes out at once: telling it
-            // now let clients connect before the socket listened).
-            st.deferred.push(Deferred::Listening(server, real));
-            let timer = st.defer_timer;
-            drop(st);
-            if let Some(t) = timer {
-                let _ = lp.timer_start(t, 0, 0, &deferred_cb(&self.0));
-            }
-            return None;
+            // The primary hears of it on the next turn, as the user's
+            // `listening` callback does (never from inside `listen`).
+            st.defer(lp, Deferred::Listening(server, real));
+            return Some(Ok(()));
         }
         let seq = st.next_seq;
         st.next_seq = st.next_seq.wrapping_add(1);
@@ -308,9 +422,11 @@ impl ListenHook for WorkerHook {
         Some(Ok(()))
     }
 
-    fn closed(&mut self, lp: &mut Loop, server: Stream) {
+    fn closed(&mut self, lp: &mut Loop<D>, server: TcpListener) {
         let Some(state) = self.0.upgrade() else { return };
         let mut st = state.borrow_mut();
+        // Its accept queue is dropped: connections still in it are refused.
+        st.decide_by_holder(lp, |h| h.server == Some(server));
         let Some(i) = st.servers.iter().position(|s| s.stream == server && !s.closed) else { return };
         match st.servers[i].listener_id {
             Some(listener_id) => {
@@ -327,9 +443,8 @@ impl ListenHook for WorkerHook {
     }
 }
 
-fn deferred_cb(weak: &Weak<RefCell<WorkerState>>) -> OnTimer {
-    let weak = weak.clone();
-    OnTimer::new(move |lp, _t| {
+fn deferred_cb<D: 'static>(weak: Weak<RefCell<WorkerState<D>>>) -> OnTimer<D> {
+    OnTimer::new(move |lp, d, _t| {
         let Some(state) = weak.upgrade() else { return };
         loop {
             let (item, cb) = {
@@ -349,7 +464,7 @@ fn deferred_cb(weak: &Weak<RefCell<WorkerState>>) -> OnTimer {
                         Frame::Listening { listener_id: 0, address: socket_addr_to_listen(&addr), port: addr.port() };
                     let _ = state.borrow_mut().send(lp, &frame);
                     if let Some(cb) = cb {
-                        (cb.borrow_mut())(lp, s, addr);
+                        cb(lp, d, s, addr);
                     }
                 }
                 Deferred::Failed(s, e) => lp.listen_fail(s, e),
@@ -359,23 +474,23 @@ fn deferred_cb(weak: &Weak<RefCell<WorkerState>>) -> OnTimer {
 }
 
 enum Deferred {
-    Listening(Stream, SocketAddr),
-    Failed(Stream, Error),
+    Listening(TcpListener, SocketAddr),
+    Failed(TcpListener, Error),
 }
 
 /// What to do after a query reply, once the state borrow is released.
 enum ReplyAction {
     Nothing,
-    Fail(Stream, i32),
-    Listening(Stream, SocketAddr),
-    Adopt(Stream, SocketAddr, i32, u32),
+    Fail(TcpListener, i32),
+    Listening(TcpListener, SocketAddr),
+    Adopt(TcpListener, SocketAddr, i32, u32),
 }
 
-impl Worker {
+impl<D: 'static> Worker<D> {
     /// Opens the channel to the primary and installs the listen hook. Call
     /// once, early, in a worker process (see [`is_worker`]); `EINVAL` in a
     /// primary, `INVALID_STATE` the second time.
-    pub fn init(lp: &mut Loop) -> Result<Worker> {
+    pub fn init(lp: &mut Loop<D>) -> Result<Worker<D>> {
         let (id, fd) = role_env().ok_or(Error::EINVAL)?;
         if INITIALIZED.swap(true, Ordering::SeqCst) {
             return Err(Error::INVALID_STATE);
@@ -390,23 +505,20 @@ impl Worker {
         // A primary under SCHED_BATCH (Settings::batch_scheduling) passed it
         // on with the fork; a worker serves under the normal policy.
         if std::env::var_os(ENV_NORMAL_SCHED).is_some_and(|v| v == "1") {
-            let _ = uvring::sys::process::set_sched_batch(false);
+            let _ = uvring::os::set_sched_batch(false);
         }
         std::env::remove_var(ENV_NORMAL_SCHED);
         let policy = std::env::var(ENV_SCHED_POLICY).ok().and_then(|v| SchedPolicy::parse(&v)).unwrap_or_default();
         let load_ms: u64 =
             std::env::var(crate::primary::ENV_LOAD_REPORT_MS).ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-        let pipe = lp.pipe_init(true)?;
-        if let Err(e) = lp.pipe_open(pipe, owned) {
-            let _ = lp.close(pipe, None);
-            return Err(e);
-        }
+        let pipe = lp.pipe_open(owned, true)?;
         let defer_timer = lp.timer_init()?;
         lp.unref_handle(defer_timer)?;
         let shared = Rc::new(RefCell::new(WorkerState {
             id,
             policy,
             channel: Some(pipe),
+            decoder: Some(FrameDecoder::new()),
             writer: FrameWriter::new(),
             servers: Vec::with_capacity(8),
             indexes: Vec::new(),
@@ -422,22 +534,32 @@ impl Worker {
             last_load: 0,
             deferred: Vec::new(),
             defer_timer: Some(defer_timer),
+            on_deferred: None,
+            handoffs: VecDeque::with_capacity(64),
             ack_run: None,
+            delivery_hook: None,
             turn_hook: None,
             shutdown_due: None,
         }));
+        let weak = Rc::downgrade(&shared);
+        shared.borrow_mut().on_deferred = Some(deferred_cb(weak.clone()));
         let worker = Worker { shared };
+        let hook = lp.hook_init(HookKind::Prepare)?;
+        lp.unref_handle(hook)?;
+        lp.hook_start(hook, &delivered(weak.clone()))?;
+        worker.shared.borrow_mut().delivery_hook = Some(hook);
         let hook = lp.hook_init(HookKind::Check)?;
         lp.unref_handle(hook)?;
-        lp.hook_start(hook, &worker.turn_end())?;
+        lp.hook_start(hook, &turn_end(weak.clone()))?;
         worker.shared.borrow_mut().turn_hook = Some(hook);
-        lp.read_start(pipe, &worker.channel_reader())?;
-        lp.set_listen_hook(Some(Box::new(WorkerHook(Rc::downgrade(&worker.shared)))));
+        lp.read_start(pipe, &channel_reader(weak.clone()))?;
+        lp.set_listen_hook(Some(Box::new(WorkerHook(weak.clone()))));
         worker.shared.borrow_mut().send(lp, &Frame::Online)?;
         if policy == SchedPolicy::RoundRobin && load_ms > 0 {
             let t = lp.timer_init()?;
             lp.unref_handle(t)?;
-            lp.timer_start(t, load_ms, load_ms, &worker.load_reporter())?;
+            let every = Duration::from_millis(load_ms);
+            lp.timer_start(t, every, every, &load_reporter(weak))?;
             worker.shared.borrow_mut().load_timer = Some(t);
         }
         Ok(worker)
@@ -465,37 +587,38 @@ impl Worker {
 
     /// The real address of a server once it listens (the primary resolves
     /// port 0), if known.
-    pub fn server_address(&self, server: Stream) -> Option<SocketAddr> {
+    pub fn server_address(&self, server: TcpListener) -> Option<SocketAddr> {
         self.shared.borrow().servers.iter().find(|s| s.stream == server).and_then(|s| s.address)
     }
 
-    /// Runs `cb` when a server starts listening, with its real address
-    /// (Node's `listening` event on the server).
-    pub fn on_listening(&self, cb: impl FnMut(&mut Loop, Stream, SocketAddr) + 'static) {
-        self.shared.borrow_mut().on_listening = Some(Rc::new(RefCell::new(cb)));
+    /// Runs `cb` when a server starts listening: `(loop, data, server, real
+    /// address)` (Node's `listening` event on the server).
+    pub fn on_listening(&self, cb: impl Fn(&mut Loop<D>, &mut D, TcpListener, SocketAddr) + 'static) {
+        self.shared.borrow_mut().on_listening = Some(Rc::new(cb));
     }
 
-    /// Runs `cb` for each user message from the primary, with the fds that
-    /// came with it (those not taken are closed after the call).
-    pub fn on_message(&self, cb: impl FnMut(&mut Loop, &[u8], &mut FrameFds) + 'static) {
-        self.shared.borrow_mut().on_message = Some(Rc::new(RefCell::new(cb)));
+    /// Runs `cb` for each user message from the primary: `(loop, data,
+    /// bytes, fds)`, with the fds that came with it (those not taken are
+    /// closed after the call).
+    pub fn on_message(&self, cb: impl Fn(&mut Loop<D>, &mut D, &[u8], &mut FrameFds) + 'static) {
+        self.shared.borrow_mut().on_message = Some(Rc::new(cb));
     }
 
     /// Runs `cb` when the channel to the primary closes after a disconnect.
     /// (When it closes unexpectedly, because the primary died, `cb` runs
     /// and then the process exits with status 0, as a Node worker does.)
-    pub fn on_disconnect(&self, cb: impl FnMut(&mut Loop) + 'static) {
-        self.shared.borrow_mut().on_disconnect = Some(Rc::new(RefCell::new(cb)));
+    pub fn on_disconnect(&self, cb: impl Fn(&mut Loop<D>, &mut D) + 'static) {
+        self.shared.borrow_mut().on_disconnect = Some(Rc::new(cb));
     }
 
     /// Sends a user message to the primary.
-    pub fn send(&self, lp: &mut Loop, bytes: &[u8]) -> Result<()> {
+    pub fn send(&self, lp: &mut Loop<D>, bytes: &[u8]) -> Result<()> {
         self.shared.borrow_mut().send(lp, &Frame::Message { bytes, nfds: 0 })
     }
 
     /// Sends a user message with fds attached (each is duplicated; the
     /// caller keeps its own). At most 16 fds.
-    pub fn send_with_fds(&self, lp: &mut Loop, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+    pub fn send_with_fds(&self, lp: &mut Loop<D>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
         let mut batch = dup_batch(fds)?;
         let mut st = self.shared.borrow_mut();
         let ch = st.channel.ok_or(Error::ENOTCONN)?;
@@ -503,12 +626,13 @@ impl Worker {
         st.writer.send_fds(lp, ch, &Frame::Message { bytes, nfds }, &mut batch)
     }
 
-    /// Reads `key` from the primary's shared store; `cb` gets the value.
+    /// Reads `key` from the primary's shared store; `cb` gets `(loop, data,
+    /// value)`.
     pub fn store_get(
         &self,
-        lp: &mut Loop,
+        lp: &mut Loop<D>,
         key: &[u8],
-        cb: impl FnOnce(&mut Loop, Option<&[u8]>) + 'static,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Option<&[u8]>) + 'static,
     ) -> Result<()> {
         let mut st = self.shared.borrow_mut();
         let req_id = st.next_req;
@@ -518,13 +642,14 @@ impl Worker {
         Ok(())
     }
 
-    /// Writes `key` = `value` in the primary's shared store.
+    /// Writes `key` = `value` in the primary's shared store; `cb` gets
+    /// `(loop, data, result)`.
     pub fn store_set(
         &self,
-        lp: &mut Loop,
+        lp: &mut Loop<D>,
         key: &[u8],
         value: &[u8],
-        cb: impl FnOnce(&mut Loop, Result<()>) + 'static,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<()>) + 'static,
     ) -> Result<()> {
         let mut st = self.shared.borrow_mut();
         let req_id = st.next_req;
@@ -534,8 +659,14 @@ impl Worker {
         Ok(())
     }
 
-    /// Removes `key` from the shared store; `cb` learns whether it was there.
-    pub fn store_delete(&self, lp: &mut Loop, key: &[u8], cb: impl FnOnce(&mut Loop, bool) + 'static) -> Result<()> {
+    /// Removes `key` from the shared store; `cb` gets `(loop, data, whether
+    /// it was there)`.
+    pub fn store_delete(
+        &self,
+        lp: &mut Loop<D>,
+        key: &[u8],
+        cb: impl FnOnce(&mut Loop<D>, &mut D, bool) + 'static,
+    ) -> Result<()> {
         let mut st = self.shared.borrow_mut();
         let req_id = st.next_req;
         st.send(lp, &Frame::StoreDelete { req_id, key })?;
@@ -548,71 +679,89 @@ impl Worker {
     /// worker): servers close (the primary stops routing to them), the
     /// channel closes once the primary has seen everything, and the process
     /// exits when its open connections are done (when the loop runs empty).
-    pub fn disconnect(&self, lp: &mut Loop) {
+    pub fn disconnect(&self, lp: &mut Loop<D>) {
         begin_disconnect(&self.shared, lp, false);
     }
+}
 
-    fn channel_reader(&self) -> OnRead {
-        let weak = Rc::downgrade(&self.shared);
-        let mut decoder = FrameDecoder::new();
-        OnRead::new(move |lp, pipe, res| {
-            let Some(state) = weak.upgrade() else { return };
-            match res {
-                Ok(bytes) => {
-                    let mut handler = |lp: &mut Loop, d: Decoded<'_>| handle_frame(&state, lp, pipe, d);
-                    match feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler) {
-                        // Acks go out from `turn_end`, with the others of this
-                        // loop iteration.
-                        Ok(_) => {}
-                        Err(ChannelError::Decode(_)) | Err(ChannelError::Stalled) => {
-                            decoder.drain_fds();
-                            channel_closed(&state, lp, pipe);
-                        }
-                    }
-                }
-                Err(e) if e == Error::CONTROL_TRUNCATED => {
-                    decoder.drain_fds();
-                    channel_closed(&state, lp, pipe);
-                }
-                Err(_) => {
-                    decoder.drain_fds();
-                    channel_closed(&state, lp, pipe);
-                }
-            }
-        })
-    }
-
-    /// The check hook: at the end of each loop iteration, write the acks of
-    /// every connection received in it (one write for all of them, in the
-    /// iteration that received them), then shut the channel down if a
-    /// disconnect began.
-    fn turn_end(&self) -> OnHook {
-        let weak = Rc::downgrade(&self.shared);
-        OnHook::new(move |lp, _h| {
-            let Some(state) = weak.upgrade() else { return };
-            let due = {
-                let mut st = state.borrow_mut();
-                st.flush_acks(lp);
-                st.shutdown_due.take()
-            };
-            if let Some(primary_initiated) = due {
-                shutdown_channel(&state, lp, primary_initiated);
-            }
-        })
-    }
-
-    fn load_reporter(&self) -> OnTimer {
-        let weak = Rc::downgrade(&self.shared);
-        OnTimer::new(move |lp, _t| {
-            let Some(state) = weak.upgrade() else { return };
-            let load = lp.handle_count() as u32;
+/// The channel's read callback.
+fn channel_reader<D: 'static>(weak: Weak<RefCell<WorkerState<D>>>) -> OnRead<D, PipeStream> {
+    OnRead::new(move |lp, d, pipe, res| {
+        let Some(state) = weak.upgrade() else { return };
+        // The decoder is taken out of the state while it hands out frames
+        // (their handling borrows the state), and put back after.
+        let decoder = {
             let mut st = state.borrow_mut();
-            if load != st.last_load {
-                st.last_load = load;
-                let _ = st.send(lp, &Frame::Load { open_connections: load });
+            if st.channel == Some(pipe) {
+                st.decoder.take()
+            } else {
+                None
             }
-        })
-    }
+        };
+        let Some(mut decoder) = decoder else { return };
+        let ok = match res {
+            // Acks go out after the connections' callbacks ran, with the
+            // others of that loop iteration.
+            Ok(bytes) => {
+                let mut handler = |lp: &mut Loop<D>, dec: Decoded<'_>| handle_frame(&state, lp, d, pipe, dec);
+                feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler).is_ok()
+            }
+            // EOF, a truncated control message (fds lost), or an error.
+            Err(_) => false,
+        };
+        if ok {
+            let mut st = state.borrow_mut();
+            if st.channel == Some(pipe) {
+                st.decoder = Some(decoder);
+            }
+        } else {
+            decoder.drain_fds();
+            channel_closed(&state, lp, d, pipe);
+        }
+    })
+}
+
+/// The prepare hook: after the pending phase delivered the connections
+/// injected in the previous iteration, decide and write their acks.
+fn delivered<D: 'static>(weak: Weak<RefCell<WorkerState<D>>>) -> OnHook<D> {
+    OnHook::new(move |lp, _d, _h| {
+        let Some(state) = weak.upgrade() else { return };
+        let mut st = state.borrow_mut();
+        if st.handoffs.is_empty() {
+            return;
+        }
+        st.decide_delivered(lp);
+        st.flush_acks(lp);
+    })
+}
+
+/// The check hook: at the end of each loop iteration, write the acks
+/// known by then (one write for all of them), then shut the channel down
+/// if a disconnect began.
+fn turn_end<D: 'static>(weak: Weak<RefCell<WorkerState<D>>>) -> OnHook<D> {
+    OnHook::new(move |lp, d, _h| {
+        let Some(state) = weak.upgrade() else { return };
+        let due = {
+            let mut st = state.borrow_mut();
+            st.flush_acks(lp);
+            st.shutdown_due.take()
+        };
+        if let Some(primary_initiated) = due {
+            shutdown_channel(&state, lp, d, primary_initiated);
+        }
+    })
+}
+
+fn load_reporter<D: 'static>(weak: Weak<RefCell<WorkerState<D>>>) -> OnTimer<D> {
+    OnTimer::new(move |lp, _d, _t| {
+        let Some(state) = weak.upgrade() else { return };
+        let load = lp.handle_count() as u32;
+        let mut st = state.borrow_mut();
+        if load != st.last_load {
+            st.last_load = load;
+            let _ = st.send(lp, &Frame::Load { open_connections: load });
+        }
+    })
 }
 
 fn dup_batch(fds: &[BorrowedFd<'_>]) -> Result<FdBatch> {
@@ -627,7 +776,7 @@ fn dup_batch(fds: &[BorrowedFd<'_>]) -> Result<FdBatch> {
     Ok(batch)
 }
 
-fn begin_disconnect(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, primary_initiated: bool) {
+fn begin_disconnect<D: 'static>(state: &Rc<RefCell<WorkerState<D>>>, lp: &mut Loop<D>, primary_initiated: bool) {
     let (servers, timer, channel) = {
         let mut st = state.borrow_mut();
         if st.disconnecting {
@@ -635,7 +784,7 @@ fn begin_disconnect(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, primary_ini
         }
         st.disconnecting = true;
         st.exited_after_disconnect = true;
-        let servers: Vec<Stream> = st.servers.iter().filter(|s| !s.closed).map(|s| s.stream).collect();
+        let servers: Vec<TcpListener> = st.servers.iter().filter(|s| !s.closed).map(|s| s.stream).collect();
         (servers, st.load_timer.take(), st.channel)
     };
     if let Some(t) = timer {
@@ -646,8 +795,9 @@ fn begin_disconnect(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, primary_ini
     // kernel already accepted for it (io_uring's multishot accept does so on
     // its own) are still served, not reset. An `rr` server accepts nothing
     // itself: it closes now, so the primary stops routing to it at once (a
-    // hand-off already on its way is refused and goes to another worker).
-    let on_stopped = OnListenStop::new(|lp, s, _| {
+    // hand-off already on its way, or one not yet taken from its accept
+    // queue, is refused and goes to another worker).
+    let on_stopped = OnListenStop::new(|lp, _d, s: TcpListener, _| {
         if lp.is_live(s) && !lp.is_closing(s) {
             let _ = lp.close(s, None);
         }
@@ -671,7 +821,12 @@ fn begin_disconnect(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, primary_ini
     }
 }
 
-fn shutdown_channel(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, primary_initiated: bool) {
+fn shutdown_channel<D: 'static>(
+    state: &Rc<RefCell<WorkerState<D>>>,
+    lp: &mut Loop<D>,
+    d: &mut D,
+    primary_initiated: bool,
+) {
     let Some(ch) = state.borrow().channel else { return };
     if !primary_initiated {
         let _ = state.borrow_mut().send(lp, &Frame::ExitedAfterDisconnect);
@@ -679,41 +834,48 @@ fn shutdown_channel(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, primary_ini
     // The primary sees EOF after everything sent so far, closes its end, and
     // this side's read then ends with EOF (an expected one).
     if lp.shutdown(ch, None).is_err() {
-        channel_closed(state, lp, ch);
+        channel_closed(state, lp, d, ch);
     }
 }
 
 /// The channel ended (EOF, error, or garbage from the primary).
-fn channel_closed(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, pipe: Stream) {
-    let (expected, cb, timers, stores) = {
+fn channel_closed<D: 'static>(state: &Rc<RefCell<WorkerState<D>>>, lp: &mut Loop<D>, d: &mut D, pipe: PipeStream) {
+    let (expected, cb, hooks, timers, stores) = {
         let mut st = state.borrow_mut();
         if st.channel != Some(pipe) {
             return;
         }
+        // Connections whose callback has not run yet stay this worker's:
+        // the primary hands every unacknowledged one to another worker.
+        for h in st.handoffs.iter_mut().filter(|h| h.outcome.is_none()) {
+            h.outcome = Some(true);
+        }
         st.flush_acks(lp);
         st.channel = None;
+        st.decoder = None;
         st.shutdown_due = None;
-        if let Some(h) = st.turn_hook.take() {
-            let _ = lp.close(h, None);
-        }
+        let hooks = [st.turn_hook.take(), st.delivery_hook.take()];
         let timers = [st.load_timer.take(), st.defer_timer.take()];
         let stores = std::mem::take(&mut st.store_reqs);
-        (st.disconnecting, st.on_disconnect.clone(), timers, stores)
+        (st.disconnecting, st.on_disconnect.clone(), hooks, timers, stores)
     };
     let _ = lp.close(pipe, None);
+    for h in hooks.into_iter().flatten() {
+        let _ = lp.close(h, None);
+    }
     for t in timers.into_iter().flatten() {
         let _ = lp.close(t, None);
     }
     // Store requests that will never be answered fail now.
     for (_, cb) in stores {
         match cb {
-            StoreCallback::Get(f) => f(lp, None),
-            StoreCallback::Set(f) => f(lp, Err(Error::ENOTCONN)),
-            StoreCallback::Delete(f) => f(lp, false),
+            StoreCallback::Get(f) => f(lp, d, None),
+            StoreCallback::Set(f) => f(lp, d, Err(Error::ENOTCONN)),
+            StoreCallback::Delete(f) => f(lp, d, false),
         }
     }
     if let Some(cb) = cb {
-        (cb.borrow_mut())(lp);
+        cb(lp, d);
     }
     if !expected {
         // The primary is gone: no orphans.
@@ -721,26 +883,39 @@ fn channel_closed(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, pipe: Stream)
     }
 }
 
-fn handle_frame(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, pipe: Stream, d: Decoded<'_>) -> Flow {
-    let Decoded { frame, mut fds } = d;
+fn handle_frame<D: 'static>(
+    state: &Rc<RefCell<WorkerState<D>>>,
+    lp: &mut Loop<D>,
+    d: &mut D,
+    pipe: PipeStream,
+    dec: Decoded<'_>,
+) -> Flow {
+    let Decoded { frame, mut fds } = dec;
     match frame {
         Frame::NewConnection { listener_id, first_conn_seq, count } => {
-            let mut accepted = [false; crate::proto::MAX_FDS_PER_FRAME];
-            let n = usize::from(count).min(accepted.len());
-            for (i, ok) in accepted.iter_mut().enumerate().take(n) {
-                let Some(fd) = fds.take(i) else { continue };
-                let server = state.borrow().server_for_listener(listener_id);
-                *ok = match server {
-                    Some(s) if lp.is_live(s) && !lp.is_closing(s) => lp.listen_inject(s, fd).is_ok(),
-                    _ => false,
-                };
-            }
-            // Recorded as runs of equal outcome; written at the end of this
-            // loop iteration (`turn_end`).
+            let n = usize::from(count).min(crate::proto::MAX_FDS_PER_FRAME);
+            let iteration = lp.iterations();
             let mut st = state.borrow_mut();
-            for (i, &ok) in accepted.iter().enumerate().take(n) {
-                st.note_ack(first_conn_seq.saturating_add(i as u64), ok);
+            let server = st.server_for_listener(listener_id).filter(|&s| lp.is_live(s) && !lp.is_closing(s));
+            for i in 0..n {
+                let seq = first_conn_seq.saturating_add(i as u64);
+                let refused = Handoff { seq, server: None, fd: -1, iteration, outcome: Some(false) };
+                let (Some(fd), Some(s)) = (fds.take(i), server) else {
+                    st.handoffs.push_back(refused);
+                    continue;
+                };
+                let raw = fd.as_raw_fd();
+                // The connection joins the server's accept queue; its
+                // `on_connection` runs from the next pending phase, and the
+                // ack waits for it (see the module docs).
+                match lp.listen_inject(s, fd) {
+                    Ok(()) => {
+                        st.handoffs.push_back(Handoff { seq, server: Some(s), fd: raw, iteration, outcome: None })
+                    }
+                    Err(_) => st.handoffs.push_back(refused),
+                }
             }
+            st.settle_handoffs();
         }
         Frame::QueryServerReply { seq, errno, port, listener_id, listener_fd } => {
             let action = {
@@ -780,8 +955,7 @@ fn handle_frame(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, pipe: Stream, d
                 ReplyAction::Listening(s, addr) => Some((s, addr)),
                 ReplyAction::Adopt(s, addr, backlog, listener_id) => {
                     let adopted = match fds.take(0) {
-                        Some(fd) => uvring::sys::socket::listen(fd.as_raw_fd(), backlog)
-                            .and_then(|()| lp.listen_adopt(s, fd, true)),
+                        Some(fd) => uvring::os::listen(fd.as_fd(), backlog).and_then(|()| lp.listen_adopt(s, fd, true)),
                         None => Err(Error::EBADF),
                     };
                     match adopted {
@@ -813,14 +987,14 @@ fn handle_frame(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, pipe: Stream, d
                     st.on_listening.clone()
                 };
                 if let Some(cb) = cb {
-                    (cb.borrow_mut())(lp, s, addr);
+                    cb(lp, d, s, addr);
                 }
             }
         }
         Frame::Message { bytes, .. } => {
             let cb = state.borrow().on_message.clone();
             if let Some(cb) = cb {
-                (cb.borrow_mut())(lp, bytes, &mut fds);
+                cb(lp, d, bytes, &mut fds);
             }
         }
         Frame::StoreReply { req_id, status, value } => {
@@ -829,11 +1003,11 @@ fn handle_frame(state: &Rc<RefCell<WorkerState>>, lp: &mut Loop, pipe: Stream, d
                 st.store_reqs.iter().position(|(id, _)| *id == req_id).map(|i| st.store_reqs.swap_remove(i).1)
             };
             match cb {
-                Some(StoreCallback::Get(f)) => f(lp, (status == StoreStatus::Found).then_some(value)),
+                Some(StoreCallback::Get(f)) => f(lp, d, (status == StoreStatus::Found).then_some(value)),
                 Some(StoreCallback::Set(f)) => {
-                    f(lp, if status == StoreStatus::Ok { Ok(()) } else { Err(Error::EINVAL) })
+                    f(lp, d, if status == StoreStatus::Ok { Ok(()) } else { Err(Error::EINVAL) })
                 }
-                Some(StoreCallback::Delete(f)) => f(lp, status == StoreStatus::Found),
+                Some(StoreCallback::Delete(f)) => f(lp, d, status == StoreStatus::Found),
                 None => {}
             }
         }

@@ -7,56 +7,79 @@ use std::fmt;
 
 /// An error reported by the loop: a positive value is an OS `errno`; negative
 /// values are uvring's own conditions (end of stream, stale handle, ...).
+///
+/// An error may carry a sentence saying what failed
+/// ([`context`](Self::context)): only errors meant for a human do (a backend
+/// that cannot be set up). Errors can be matched against the constants
+/// (`Err(Error::EOF) => ..`); one with a context differs from the bare
+/// constant, so compare [`errno`](Self::errno) or [`code`](Self::code) when
+/// a context may be present.
 #[derive(Copy, Clone, PartialEq, Eq, Hash)]
-pub struct Error(i32);
+pub struct Error(i32, Option<&'static str>);
 
 /// Shorthand for results carrying [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     /// The peer closed its side of the stream (libuv's `UV_EOF`).
-    pub const EOF: Error = Error(-1);
+    pub const EOF: Error = Error(-1, None);
     /// The handle id is stale: the handle was closed (and perhaps its slot reused).
-    pub const STALE_HANDLE: Error = Error(-2);
+    pub const STALE_HANDLE: Error = Error(-2, None);
     /// The handle exists but is of another type than the operation needs.
-    pub const WRONG_TYPE: Error = Error(-3);
+    pub const WRONG_TYPE: Error = Error(-3, None);
     /// The requested backend is not available on this system.
-    pub const BACKEND_UNAVAILABLE: Error = Error(-4);
+    pub const BACKEND_UNAVAILABLE: Error = Error(-4, None);
     /// The operation is not valid in the handle's current state.
-    pub const INVALID_STATE: Error = Error(-5);
+    pub const INVALID_STATE: Error = Error(-5, None);
     /// A received control message was truncated (`MSG_CTRUNC`): fds were lost by the kernel.
-    pub const CONTROL_TRUNCATED: Error = Error(-6);
+    pub const CONTROL_TRUNCATED: Error = Error(-6, None);
 
-    pub const ECANCELED: Error = Error(libc::ECANCELED);
-    pub const EAGAIN: Error = Error(libc::EAGAIN);
-    pub const EPIPE: Error = Error(libc::EPIPE);
-    pub const ECONNRESET: Error = Error(libc::ECONNRESET);
-    pub const ECONNREFUSED: Error = Error(libc::ECONNREFUSED);
-    pub const EADDRINUSE: Error = Error(libc::EADDRINUSE);
-    pub const EACCES: Error = Error(libc::EACCES);
-    pub const EINVAL: Error = Error(libc::EINVAL);
-    pub const EMFILE: Error = Error(libc::EMFILE);
-    pub const ENFILE: Error = Error(libc::ENFILE);
-    pub const ENOTCONN: Error = Error(libc::ENOTCONN);
-    pub const EBADF: Error = Error(libc::EBADF);
-    pub const ENOBUFS: Error = Error(libc::ENOBUFS);
-    pub const ENOSYS: Error = Error(libc::ENOSYS);
-    pub const ESRCH: Error = Error(libc::ESRCH);
-    pub const ENOENT: Error = Error(libc::ENOENT);
+    pub const ECANCELED: Error = Error(libc::ECANCELED, None);
+    pub const EAGAIN: Error = Error(libc::EAGAIN, None);
+    pub const EPIPE: Error = Error(libc::EPIPE, None);
+    pub const ECONNRESET: Error = Error(libc::ECONNRESET, None);
+    pub const ECONNREFUSED: Error = Error(libc::ECONNREFUSED, None);
+    pub const EADDRINUSE: Error = Error(libc::EADDRINUSE, None);
+    pub const EACCES: Error = Error(libc::EACCES, None);
+    pub const EINVAL: Error = Error(libc::EINVAL, None);
+    pub const EMFILE: Error = Error(libc::EMFILE, None);
+    pub const ENFILE: Error = Error(libc::ENFILE, None);
+    pub const ENOTCONN: Error = Error(libc::ENOTCONN, None);
+    pub const EBADF: Error = Error(libc::EBADF, None);
+    pub const ENOBUFS: Error = Error(libc::ENOBUFS, None);
+    pub const ENOSYS: Error = Error(libc::ENOSYS, None);
+    pub const ESRCH: Error = Error(libc::ESRCH, None);
+    pub const ENOENT: Error = Error(libc::ENOENT, None);
+    pub const EPERM: Error = Error(libc::EPERM, None);
+    pub const EBUSY: Error = Error(libc::EBUSY, None);
+    pub const EMSGSIZE: Error = Error(libc::EMSGSIZE, None);
+    pub const ETIMEDOUT: Error = Error(libc::ETIMEDOUT, None);
 
     /// An error from an OS `errno` value (positive).
     pub const fn from_errno(errno: i32) -> Error {
-        Error(errno)
+        Error(errno, None)
+    }
+
+    /// The same error with a sentence saying what failed.
+    pub(crate) const fn with_context(self, what: &'static str) -> Error {
+        Error(self.0, Some(what))
+    }
+
+    /// What failed, when the engine knows more than the code says (for
+    /// example "io_uring_setup: EPERM (kernel.io_uring_disabled or a
+    /// seccomp filter forbids it)"). `Display` includes it.
+    pub fn context(self) -> Option<&'static str> {
+        self.1
     }
 
     /// An error from a kernel-style negative return value (`-errno`).
     pub(crate) const fn from_neg(res: i32) -> Error {
-        Error(-res)
+        Error(-res, None)
     }
 
     /// The `errno` of the last failed libc call on this thread.
     pub(crate) fn last_os_error() -> Error {
-        Error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        Error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO), None)
     }
 
     /// The OS `errno`, if this error is one.
@@ -90,19 +113,41 @@ impl Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name() {
-            Some(name) => write!(f, "Error({name})"),
-            None => write!(f, "Error(errno {}: {})", self.0, std::io::Error::from_raw_os_error(self.0)),
+            Some(name) => write!(f, "Error({name}")?,
+            None => write!(f, "Error(errno {}: {}", self.0, std::io::Error::from_raw_os_error(self.0))?,
+        }
+        match self.1 {
+            Some(what) => write!(f, "; {what})"),
+            None => f.write_str(")"),
         }
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(what) = self.1 {
+            write!(f, "{what}: ")?;
+        }
         match self.name() {
             Some(name) => f.write_str(name),
             None => fmt::Display::fmt(&std::io::Error::from_raw_os_error(self.0), f),
         }
     }
+}
+
+/// Keeps one copy of each distinct sentence for the life of the process, so
+/// that a `Copy` error can point at it. Only cold, rare failures (a backend
+/// that cannot be set up) use it, and their sentences are few: the set stays
+/// small however often they happen.
+pub(crate) fn intern(sentence: String) -> &'static str {
+    static SEEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = seen.iter().find(|s| **s == sentence) {
+        return s;
+    }
+    let s: &'static str = Box::leak(sentence.into_boxed_str());
+    seen.push(s);
+    s
 }
 
 impl std::error::Error for Error {}
@@ -119,6 +164,27 @@ impl From<Error> for std::io::Error {
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Error {
-        Error(e.raw_os_error().unwrap_or(libc::EIO))
+        Error(e.raw_os_error().unwrap_or(libc::EIO), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_shown() {
+        let e = Error::EPERM.with_context(intern("io_uring_setup: EPERM (kernel.io_uring_disabled)".to_string()));
+        assert_eq!(e.code(), Error::EPERM.code());
+        assert_eq!(e.errno(), Some(libc::EPERM));
+        assert!(matches!(Error::EOF, Error::EOF));
+        let shown = e.to_string();
+        assert!(shown.starts_with("io_uring_setup: EPERM (kernel.io_uring_disabled): "), "{shown}");
+        assert!(format!("{e:?}").contains("kernel.io_uring_disabled"));
+        assert_eq!(Error::EPERM.context(), None);
+        // Interning keeps one copy per sentence.
+        let a = intern("same".to_string());
+        let b = intern("same".to_string());
+        assert!(std::ptr::eq(a, b));
     }
 }

@@ -1,9 +1,44 @@
 //! uvring: a libuv-style event loop for Linux with epoll and io_uring backends.
 //!
-//! Layers, bottom up: `sys` (the only code that calls libc), `backend` (the
-//! completion-shaped contract and its epoll and io_uring drivers), and the
-//! loop with its handles (streams, timers, async, signals), which never see
-//! a platform detail.
+//! Layers, bottom up: `sys` (private: the only code that calls libc),
+//! `backend` (private: the completion-shaped contract and its epoll and
+//! io_uring drivers), and the loop with its handles (streams, timers, async,
+//! signals, hooks, processes), which never see a platform detail.
+//!
+//! # The model
+//!
+//! A [`Loop<D>`](Loop) runs over the user's state `D`:
+//! [`run`](Loop::run) takes `&mut D`, and every callback receives
+//! `(&mut Loop<D>, &mut D, handle, ...)`, so per-connection state lives in
+//! `D` (a slab keyed by the handle or its `data` word) and no callback needs
+//! `Rc<RefCell<..>>` (calloop's model). Callbacks are built once
+//! ([`OnRead::new`], ...) and shared by every handle that uses them.
+//! Handles have typed ids (see [`handle`](crate::TcpStream)'s table): a
+//! timer handed to a stream operation, or a listener to `write`, does not
+//! compile. Callbacks run only from the loop's phases, never from inside an
+//! API call.
+//!
+//! ```
+//! use std::time::Duration;
+//! use uvring::{Loop, OnTimer, RunMode};
+//!
+//! struct State {
+//!     ticks: u32,
+//! }
+//!
+//! let mut lp: Loop<State> = Loop::new().unwrap();
+//! let t = lp.timer_init().unwrap();
+//! let on_tick = OnTimer::new(|lp: &mut Loop<State>, state: &mut State, t| {
+//!     state.ticks += 1;
+//!     if state.ticks == 3 {
+//!         lp.close(t, None).unwrap();
+//!     }
+//! });
+//! lp.timer_start(t, Duration::from_millis(1), Duration::from_millis(1), &on_tick).unwrap();
+//! let mut state = State { ticks: 0 };
+//! lp.run(RunMode::Default, &mut state).unwrap();
+//! assert_eq!(state.ticks, 3);
+//! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -11,23 +46,32 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub mod backend;
+mod async_handle;
+mod backend;
 mod error;
 mod event_loop;
-#[macro_use]
 mod handle;
-mod misc;
+mod hook;
+pub mod os;
 mod pipe;
+mod poll;
 mod process;
+mod signal;
 mod stream;
-pub mod sys;
+mod sys;
 mod timer;
 
-pub use backend::{Backend, PoolConfig};
+pub use async_handle::AsyncSender;
+pub use backend::{Backend, PoolConfig, MAX_ACCEPTS_PER_WAKEUP, MAX_READS_PER_WAKEUP};
 pub use error::{Error, Result};
-pub use event_loop::{Loop, LoopOptions, RunMode};
-pub use handle::*;
-pub use misc::{AsyncSender, HookKind};
+pub use event_loop::{HandleType, Loop, LoopOptions, RunMode};
+pub use handle::{
+    Async, HandleId, Hook, ListenerHandle, OnAsync, OnClose, OnConnect, OnConnection, OnExit, OnHook, OnListenStop,
+    OnPoll, OnRead, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle, PipeListener, PipeSocket, PipeStream, Poll,
+    PollEvents, Process, SendableHandle, Signal, SocketHandle, StreamHandle, TcpHandle, TcpListener, TcpSocket,
+    TcpStream, Timer,
+};
+pub use hook::HookKind;
 pub use pipe::FdBatch;
 pub use process::{ProcessOptions, Stdio};
 pub use stream::{ListenHook, StreamType, TCP_IPV6ONLY, TCP_REUSEPORT};

@@ -1,9 +1,11 @@
 //! Pipes (`uv_pipe_t`): Unix-domain stream sockets, and IPC pipes that carry
 //! file descriptors next to their bytes.
 //!
-//! A pipe is a [`Stream`] of type [`StreamType::Pipe`] or
-//! [`StreamType::IpcPipe`]; the stream API (listen, accept, read, write,
-//! shutdown, close) applies as for TCP.
+//! [`pipe_init`](Loop::pipe_init) makes a [`PipeSocket`]; it becomes a
+//! [`PipeListener`] (`pipe_bind` + `listen`) or a [`PipeStream`]
+//! (`pipe_connect`, a spawn stdio entry); `pipe_open` and `pipe_pair` give
+//! streams directly. The stream API (read, write, shutdown, close) applies as
+//! for TCP; an IPC pipe's stream also sends and receives handles.
 //!
 //! # Handle passing
 //!
@@ -29,7 +31,7 @@
 use crate::error::{Error, Result};
 use crate::event_loop::Loop;
 use crate::handle::*;
-use crate::stream::StreamType;
+use crate::stream::{Stream, StreamType};
 use crate::sys::{self, socket};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -121,14 +123,14 @@ fn fd_stream_type(fd: RawFd) -> Result<StreamType> {
     }
 }
 
-impl Loop {
+impl<D> Loop<D> {
     /// A pipe handle without a socket yet (`uv_pipe_init`); `ipc` makes it
     /// an IPC pipe that can carry handles. Give it a socket with
-    /// [`pipe_bind`](Self::pipe_bind), [`pipe_connect`](Self::pipe_connect),
-    /// [`pipe_open`](Self::pipe_open) or as a spawn stdio entry.
-    pub fn pipe_init(&mut self, ipc: bool) -> Result<Stream> {
+    /// [`pipe_bind`](Self::pipe_bind) (then `listen`),
+    /// [`pipe_connect`](Self::pipe_connect) or as a spawn stdio entry.
+    pub fn pipe_init(&mut self, ipc: bool) -> Result<PipeSocket> {
         let ty = if ipc { StreamType::IpcPipe } else { StreamType::Pipe };
-        self.new_stream(ty, -1, libc::AF_UNIX)
+        Ok(PipeSocket(self.new_stream(ty, -1, libc::AF_UNIX)?.0))
     }
 
     fn pipe_state_check(&mut self, s: Stream) -> Result<()> {
@@ -144,7 +146,8 @@ impl Loop {
 
     /// Binds the pipe to a filesystem path (`uv_pipe_bind`); then `listen`.
     /// `EADDRINUSE` if the path exists. The path is not removed on close.
-    pub fn pipe_bind(&mut self, s: Stream, path: &Path) -> Result<()> {
+    pub fn pipe_bind(&mut self, s: PipeSocket, path: &Path) -> Result<()> {
+        let s = Stream::of(s);
         self.pipe_state_check(s)?;
         let addr = socket::SockAddr::unix(path)?;
         let fd = socket::stream_socket(libc::AF_UNIX)?;
@@ -155,9 +158,10 @@ impl Loop {
         Ok(())
     }
 
-    /// Connects to the pipe listening at `path` (`uv_pipe_connect`); `cb`
-    /// gets the result.
-    pub fn pipe_connect(&mut self, s: Stream, path: &Path, cb: &OnConnect) -> Result<()> {
+    /// Connects to the pipe listening at `path` (`uv_pipe_connect`); the
+    /// socket becomes the returned stream, and `cb` gets the result.
+    pub fn pipe_connect(&mut self, s: PipeSocket, path: &Path, cb: &OnConnect<D, PipeStream>) -> Result<PipeStream> {
+        let s = Stream::of(s);
         self.pipe_state_check(s)?;
         if self.stream_state(s)?.on_connect.is_some() {
             return Err(Error::INVALID_STATE);
@@ -168,31 +172,50 @@ impl Loop {
         let st = self.stream_state(s)?;
         st.fd = fd.into_raw_fd();
         st.family = libc::AF_UNIX;
-        if let Err(e) = self.connect_raw(s, raw, &addr, cb) {
+        if let Err(e) = self.connect_raw(s, raw, &addr, &cb.f) {
             if let Ok(st) = self.stream_state(s) {
                 st.fd = -1;
             }
             sys::close(raw);
             return Err(e);
         }
-        Ok(())
+        Ok(PipeStream(s.0))
     }
 
-    /// Adopts an open Unix stream socket, connected or listening
-    /// (`uv_pipe_open`), for example an IPC channel inherited from a parent.
-    /// The fd is made non-blocking and close-on-exec. `ENOTSOCK` if it is
-    /// not a socket; on error the fd is closed.
-    pub fn pipe_open(&mut self, s: Stream, fd: OwnedFd) -> Result<()> {
-        self.pipe_state_check(s)?;
-        let (ty, _) = socket::socket_kind(fd.as_raw_fd())?;
-        if ty != libc::SOCK_STREAM {
+    /// Adopts an open, connected Unix stream socket (`uv_pipe_open`), for
+    /// example an IPC channel inherited from a parent; `ipc` makes it an
+    /// IPC pipe. The fd is made non-blocking and close-on-exec and the loop
+    /// owns it from now on (on error it is closed). `EINVAL` if it is not a
+    /// connected stream socket.
+    pub fn pipe_open(&mut self, fd: OwnedFd, ipc: bool) -> Result<PipeStream> {
+        let (ty, listening) = socket::socket_kind(fd.as_raw_fd())?;
+        if ty != libc::SOCK_STREAM || listening {
             return Err(Error::EINVAL);
         }
-        self.stream_adopt(s, fd)
+        let s = self.pipe_init(ipc)?;
+        if let Err(e) = self.stream_adopt(Stream::of(s), fd) {
+            let _ = self.close(s, None);
+            return Err(e);
+        }
+        Ok(PipeStream(s.0))
+    }
+
+    /// The stream of a pipe socket that is connected: one given to
+    /// [`spawn`](Self::spawn) as `Stdio::Pipe` or `Stdio::Ipc`.
+    /// `INVALID_STATE` if it has no connected socket.
+    pub fn pipe_stream(&self, s: PipeSocket) -> Result<PipeStream> {
+        let st = self.stream_ref(Stream::of(s))?;
+        if st.ty == StreamType::Tcp {
+            return Err(Error::WRONG_TYPE);
+        }
+        if st.fd < 0 || !st.connected {
+            return Err(Error::INVALID_STATE);
+        }
+        Ok(PipeStream(s.0))
     }
 
     /// Gives stream `s` (without a socket) the socket `fd`.
-    fn stream_adopt(&mut self, s: Stream, fd: OwnedFd) -> Result<()> {
+    pub(crate) fn stream_adopt(&mut self, s: Stream, fd: OwnedFd) -> Result<()> {
         let raw = fd.as_raw_fd();
         sys::set_nonblocking(raw, true)?;
         sys::set_cloexec(raw, true)?;
@@ -207,26 +230,16 @@ impl Loop {
 
     /// A connected pair of pipes in this loop (a Unix socketpair), both IPC
     /// pipes if `ipc`.
-    pub fn pipe_pair(&mut self, ipc: bool) -> Result<(Stream, Stream)> {
+    pub fn pipe_pair(&mut self, ipc: bool) -> Result<(PipeStream, PipeStream)> {
         let (a, b) = socket::socketpair(true)?;
-        let x = self.pipe_init(ipc)?;
-        if let Err(e) = self.stream_adopt(x, a) {
-            let _ = self.close(x, None);
-            return Err(e);
-        }
-        let y = match self.pipe_init(ipc) {
-            Ok(y) => y,
+        let x = self.pipe_open(a, ipc)?;
+        match self.pipe_open(b, ipc) {
+            Ok(y) => Ok((x, y)),
             Err(e) => {
                 let _ = self.close(x, None);
-                return Err(e);
+                Err(e)
             }
-        };
-        if let Err(e) = self.stream_adopt(y, b) {
-            let _ = self.close(x, None);
-            let _ = self.close(y, None);
-            return Err(e);
         }
-        Ok((x, y))
     }
 
     // ---- sending handles ----------------------------------------------
@@ -235,7 +248,13 @@ impl Loop {
     /// (`uv_write2`). The fd is duplicated now, so the caller may close
     /// `send_handle` at once. `data` must not be empty; `s` must be an IPC
     /// pipe (`EINVAL` otherwise).
-    pub fn write2(&mut self, s: Stream, data: &[u8], send_handle: Stream, cb: Option<&OnWrite>) -> Result<()> {
+    pub fn write2<H: SendableHandle>(
+        &mut self,
+        s: PipeStream,
+        data: &[u8],
+        send_handle: H,
+        cb: Option<&OnWrite<D, PipeStream>>,
+    ) -> Result<()> {
         let fd = self.fileno(send_handle)?;
         if fd < 0 {
             return Err(Error::EBADF);
@@ -249,11 +268,17 @@ impl Loop {
     /// in one `SCM_RIGHTS` message, in order. On success the batch is left
     /// empty (the loop owns the fds and closes them once sent); on error it
     /// still holds them. `data` must not be empty; `s` must be an IPC pipe.
-    pub fn write_fds(&mut self, s: Stream, data: &[u8], fds: &mut FdBatch, cb: Option<&OnWrite>) -> Result<()> {
+    pub fn write_fds(
+        &mut self,
+        s: PipeStream,
+        data: &[u8],
+        fds: &mut FdBatch,
+        cb: Option<&OnWrite<D, PipeStream>>,
+    ) -> Result<()> {
         if fds.is_empty() {
             return self.write(s, data, cb);
         }
-        self.write_with_fds(s, data, fds.as_raw_fds(), cb)?;
+        self.write_with_fds(Stream::of(s), data, fds.as_raw_fds(), cb.map(|c| &c.f))?;
         fds.release();
         Ok(())
     }
@@ -261,59 +286,53 @@ impl Loop {
     // ---- receiving handles --------------------------------------------
 
     /// Handles received and not yet accepted (`uv_pipe_pending_count`).
-    pub fn pending_count(&self, s: Stream) -> Result<usize> {
-        Ok(self.stream_ref(s)?.parts.pending_handles.len())
+    pub fn pending_count(&self, s: PipeStream) -> Result<usize> {
+        Ok(self.stream_ref(Stream::of(s))?.parts.pending_handles.len())
     }
 
     /// The type of the next pending handle (`uv_pipe_pending_type`): `Tcp`
     /// or `Pipe`; `None` if none is pending; `WRONG_TYPE` for an fd that is
     /// not a stream socket (take it with
     /// [`accept_pending_fd`](Self::accept_pending_fd)).
-    pub fn pending_type(&self, s: Stream) -> Result<Option<StreamType>> {
-        match self.stream_ref(s)?.parts.pending_handles.front() {
+    pub fn pending_type(&self, s: PipeStream) -> Result<Option<StreamType>> {
+        match self.stream_ref(Stream::of(s))?.parts.pending_handles.front() {
             None => Ok(None),
             Some(&fd) => fd_stream_type(fd).map(Some),
         }
     }
 
-    fn pop_pending(&mut self, s: Stream) -> Result<OwnedFd> {
-        let fd = self.stream_state(s)?.parts.pending_handles.pop_front().ok_or(Error::EAGAIN)?;
+    fn pop_pending(&mut self, s: PipeStream) -> Result<OwnedFd> {
+        let fd = self.stream_state(Stream::of(s))?.parts.pending_handles.pop_front().ok_or(Error::EAGAIN)?;
         // SAFETY: the pending queue owned the fd alone; it is now ours.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    /// Takes the next pending handle as a new stream of its type (`Tcp` or
-    /// `Pipe`). `EAGAIN` if none is pending; `WRONG_TYPE` (the fd stays
+    /// Takes the next pending handle as a new handle of what it is: a
+    /// connected socket comes out as a stream; any other (bound, or
+    /// listening) as a [`TcpSocket`] or [`PipeSocket`], on which `listen`
+    /// starts accepting (as libuv's `uv_accept` into a handle, then
+    /// `uv_listen`). `EAGAIN` if none is pending; `WRONG_TYPE` (the fd stays
     /// pending) if it is not a stream socket.
-    pub fn accept_pending(&mut self, s: Stream) -> Result<Stream> {
+    pub fn accept_pending(&mut self, s: PipeStream) -> Result<PendingHandle> {
         let ty = self.pending_type(s)?.ok_or(Error::EAGAIN)?;
         let fd = self.pop_pending(s)?;
-        self.open_socket(fd, ty)
-    }
-
-    /// Takes the next pending handle into `client`, a handle without a
-    /// socket made by `tcp_init` or `pipe_init` (`uv_accept` on an IPC
-    /// pipe). A type mismatch (a TCP socket into a pipe handle, ...) is
-    /// `WRONG_TYPE` and leaves the fd pending.
-    pub fn accept_pending_into(&mut self, s: Stream, client: Stream) -> Result<()> {
-        let ty = self.pending_type(s)?.ok_or(Error::EAGAIN)?;
-        let st = self.stream_state(client)?;
-        let fits = match ty {
-            StreamType::Tcp => st.ty == StreamType::Tcp,
-            _ => st.ty != StreamType::Tcp,
-        };
-        if !fits {
-            return Err(Error::WRONG_TYPE);
-        }
-        if st.fd >= 0 {
-            return Err(Error::INVALID_STATE);
-        }
-        let fd = self.pop_pending(s)?;
-        self.stream_adopt(client, fd)
+        // Connectedness, not SO_ACCEPTCONN, decides: a socket sent after
+        // bind and before listen is a socket to listen on, whatever the
+        // sender did with its own copy meanwhile.
+        let connected = socket::peername(fd.as_raw_fd()).is_ok();
+        // Whether the sender's pipe was an IPC pipe is not on the wire: a
+        // Unix socket arrives as a plain pipe, as in libuv.
+        let h = self.open_socket(fd, ty)?;
+        Ok(match (ty, connected) {
+            (StreamType::Tcp, false) => PendingHandle::TcpSocket(TcpSocket(h.0)),
+            (StreamType::Tcp, true) => PendingHandle::TcpStream(TcpStream(h.0)),
+            (_, false) => PendingHandle::PipeSocket(PipeSocket(h.0)),
+            (_, true) => PendingHandle::PipeStream(PipeStream(h.0)),
+        })
     }
 
     /// Takes the next pending fd as is, whatever it is (`EAGAIN` if none).
-    pub fn accept_pending_fd(&mut self, s: Stream) -> Result<OwnedFd> {
+    pub fn accept_pending_fd(&mut self, s: PipeStream) -> Result<OwnedFd> {
         self.pop_pending(s)
     }
 }

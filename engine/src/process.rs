@@ -9,17 +9,18 @@
 //! the loop alive, unless unref'd) from spawn until the child exits, as in
 //! libuv. Closing the handle does not kill the child.
 
-use crate::backend::{Driver, OpKind};
+use crate::backend::{Driver, Op, Token};
 use crate::error::{Error, Result};
 use crate::event_loop::{Kind, Loop};
 use crate::handle::*;
-use crate::stream::StreamType;
+use crate::stream::{Stream, StreamType};
 use crate::sys::process::{self as sysproc, ExitStatus, SpawnPlan};
 use crate::sys::{self, socket};
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::rc::Rc;
 
 /// What a child gets as one of its fds ([`ProcessOptions::stdio`], indexed
 /// by the child's fd number: 0 stdin, 1 stdout, 2 stderr, 3 and up extra).
@@ -33,12 +34,12 @@ pub enum Stdio {
     /// This parent fd (the parent keeps its copy).
     Fd(RawFd),
     /// A new Unix socketpair: the child gets one end, this
-    /// [`pipe_init(false)`](Loop::pipe_init) handle (without an fd yet)
-    /// becomes the other.
-    Pipe(Stream),
-    /// As `Pipe`, for a [`pipe_init(true)`](Loop::pipe_init) handle: an IPC
+    /// [`pipe_init(false)`](Loop::pipe_init) socket becomes the other (take
+    /// its stream with [`pipe_stream`](Loop::pipe_stream) after `spawn`).
+    Pipe(PipeSocket),
+    /// As `Pipe`, for a [`pipe_init(true)`](Loop::pipe_init) socket: an IPC
     /// channel that carries handles.
-    Ipc(Stream),
+    Ipc(PipeSocket),
 }
 
 /// How to start a child ([`Loop::spawn`]).
@@ -68,11 +69,13 @@ impl<'a> ProcessOptions<'a> {
     }
 }
 
-pub(crate) struct ProcessState {
+pub(crate) struct ProcessState<D> {
     pub pid: i32,
     pub pidfd: Option<OwnedFd>,
-    pub exit_cb: Option<OnExit>,
+    pub exit_cb: Option<Rc<ExitFn<D>>>,
     pub exited: bool,
+    /// The pidfd poll in flight.
+    pub op: Option<Token>,
 }
 
 /// C strings for `execve`, built before the fork.
@@ -145,28 +148,29 @@ impl ExecStrings {
     }
 }
 
-impl Loop {
+impl<D> Loop<D> {
     /// Starts a child process (`uv_spawn`). `on_exit` runs once, with the
     /// exit code and the terminating signal (0 when none), when the child
     /// ends; close the handle then (or any time: closing does not kill the
     /// child). Fails with the child's exec error (`ENOENT`, `EACCES`, ...)
     /// if the program could not be started. The handle keeps the loop alive
     /// until the child exits, unless unref'd.
-    pub fn spawn(&mut self, opts: &ProcessOptions<'_>, on_exit: &OnExit) -> Result<Process> {
+    pub fn spawn(&mut self, opts: &ProcessOptions<'_>, on_exit: &OnExit<D>) -> Result<Process> {
         // Validate stdio handles: pipe handles without an fd, of the right kind.
         for (i, st) in opts.stdio.iter().enumerate() {
             let (s, want) = match *st {
-                Stdio::Pipe(s) => (s, StreamType::Pipe),
-                Stdio::Ipc(s) => (s, StreamType::IpcPipe),
+                Stdio::Pipe(s) => (Stream::of(s), StreamType::Pipe),
+                Stdio::Ipc(s) => (Stream::of(s), StreamType::IpcPipe),
                 _ => continue,
             };
-            if self.stream_type(s)? != want {
+            let st = self.stream_ref(s)?;
+            if st.ty != want {
                 return Err(Error::WRONG_TYPE);
             }
-            if self.fileno(s)? >= 0 {
+            if st.fd >= 0 {
                 return Err(Error::INVALID_STATE);
             }
-            let dup = opts.stdio[..i].iter().any(|o| matches!(*o, Stdio::Pipe(x) | Stdio::Ipc(x) if x == s));
+            let dup = opts.stdio[..i].iter().any(|o| matches!(*o, Stdio::Pipe(x) | Stdio::Ipc(x) if x.0 == s.0));
             if dup {
                 return Err(Error::EINVAL);
             }
@@ -203,7 +207,7 @@ impl Loop {
                     let (parent, child) = socket::socketpair(false)?;
                     *slot = child.as_raw_fd();
                     child_ends.push(child);
-                    parent_ends.push((s, parent));
+                    parent_ends.push((Stream::of(s), parent));
                 }
             }
         }
@@ -220,8 +224,13 @@ impl Loop {
         drop(child_ends);
         drop(dev_null);
 
-        let st =
-            ProcessState { pid: child.pid, pidfd: Some(child.pidfd), exit_cb: Some(on_exit.clone()), exited: false };
+        let st = ProcessState {
+            pid: child.pid,
+            pidfd: Some(child.pidfd),
+            exit_cb: Some(on_exit.f.clone()),
+            exited: false,
+            op: None,
+        };
         let h = match self.insert(Kind::Process(st)) {
             Ok(h) => h,
             Err(e) => {
@@ -262,12 +271,15 @@ impl Loop {
             Ok(Kind::Process(st)) => st.pidfd.as_ref().map(|f| f.as_raw_fd()).ok_or(Error::EBADF)?,
             _ => return Err(Error::WRONG_TYPE),
         };
-        self.driver.poll_in(fd, Loop::token(h, OpKind::PollIn))?;
-        self.slot_mut(h)?.inflight += 1;
+        // SAFETY: a poll lends nothing.
+        let token = unsafe { self.submit_op(h, Op::PollIn { fd })? };
+        if let Ok(Kind::Process(st)) = self.slot_mut(h).map(|s| &mut s.kind) {
+            st.op = Some(token);
+        }
         Ok(())
     }
 
-    fn process_state(&self, p: Process) -> Result<&ProcessState> {
+    fn process_state(&self, p: Process) -> Result<&ProcessState<D>> {
         let slot = self.slot(p.0)?;
         if slot.flags & crate::event_loop::F_CLOSING != 0 {
             return Err(Error::STALE_HANDLE);
@@ -302,10 +314,10 @@ impl Loop {
 
     pub(crate) fn process_close(&mut self, h: HandleId) {
         if let Ok(slot) = self.slot(h) {
-            if let (Kind::Process(st), true) = (&slot.kind, slot.inflight > 0) {
-                if let Some(fd) = &st.pidfd {
+            if let Kind::Process(st) = &slot.kind {
+                if let (Some(fd), Some(token)) = (&st.pidfd, st.op) {
                     let fd = fd.as_raw_fd();
-                    self.driver.cancel(fd, Loop::token(h, OpKind::PollIn));
+                    self.driver.cancel(fd, token);
                 }
             }
         }
@@ -331,8 +343,12 @@ impl Loop {
         }
     }
 
-    pub(crate) fn on_poll_in(&mut self, h: HandleId, res: i32) {
+    pub(crate) fn on_poll_in(&mut self, h: HandleId, token: Token, res: i32, d: &mut D) {
         let _ = res;
+        if let Ok(Kind::Process(st)) = self.slot_mut(h).map(|s| &mut s.kind) {
+            debug_assert_eq!(st.op, Some(token));
+            st.op = None;
+        }
         let fd = match self.slot(h).map(|s| &s.kind) {
             Ok(Kind::Process(st)) if !st.exited => match &st.pidfd {
                 Some(fd) => fd.as_raw_fd(),
@@ -363,7 +379,7 @@ impl Loop {
         };
         self.set_active(h, false);
         if let Some(cb) = cb {
-            invoke!(&cb, self, Process(h), status, signal);
+            cb(self, d, h, status, signal);
         }
     }
 }

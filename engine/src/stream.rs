@@ -12,14 +12,28 @@
 //! reading (after `read_stop`, before its cancellation lands) is stashed with
 //! its buffer and delivered in order on the next `read_start`: nothing is lost.
 
-use crate::backend::{Completion, Driver, OpKind, RECVMSG_CONTROL_LEN};
+use crate::backend::{Completion, Driver, Op, OpKind, Token, RECVMSG_CONTROL_LEN};
 use crate::error::{Error, Result};
 use crate::event_loop::{Kind, Loop, Pending, F_CLOSING};
+use crate::handle::sealed::Typed;
 use crate::handle::*;
 use crate::sys::{self, socket};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The engine's untyped stream id: the public typed ids ([`TcpStream`],
+/// [`TcpListener`], [`PipeStream`], ...) all name a stream slot.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub(crate) struct Stream(pub(crate) HandleId);
+
+impl Stream {
+    pub(crate) fn of(h: impl Into<HandleId>) -> Stream {
+        Stream(h.into())
+    }
+}
 
 /// `tcp_bind` flag: IPv6 only (no dual-stack).
 pub const TCP_IPV6ONLY: u32 = 1;
@@ -53,18 +67,20 @@ pub(crate) enum ListenStop {
     Stopped,
 }
 
+/// A persistent op of a stream (its recv or its accept), named by the
+/// token of the op in flight.
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
 pub(crate) enum OpState {
     Idle,
-    Armed,
+    Armed(Token),
     /// Cancelled; its final completion has not arrived yet.
-    Ending,
+    Ending(Token),
 }
 
-pub(crate) struct WriteReq {
+pub(crate) struct WriteReq<D> {
     /// Stream offset (in bytes ever queued) at which this write is complete.
     pub end: u64,
-    pub cb: Option<OnWrite>,
+    pub cb: Option<Rc<StatusFn<D>>>,
     /// Fds to attach to this write's first byte (IPC): the next `nfds`
     /// entries of `StreamParts::send_fds` (0 once they are sent).
     pub nfds: u8,
@@ -84,10 +100,10 @@ pub(crate) struct Stashed {
 }
 
 /// The growable parts of a stream, recycled across connections.
-pub(crate) struct StreamParts {
+pub(crate) struct StreamParts<D> {
     pub queued: Vec<u8>,
     pub inflight: Vec<u8>,
-    pub writes: VecDeque<WriteReq>,
+    pub writes: VecDeque<WriteReq<D>>,
     pub stash: VecDeque<Stashed>,
     pub accept_queue: VecDeque<RawFd>,
     /// Handles received over an IPC pipe, not yet accepted.
@@ -96,8 +112,8 @@ pub(crate) struct StreamParts {
     pub send_fds: VecDeque<RawFd>,
 }
 
-impl StreamParts {
-    fn new() -> StreamParts {
+impl<D> StreamParts<D> {
+    fn new() -> StreamParts<D> {
         StreamParts {
             queued: Vec::new(),
             inflight: Vec::new(),
@@ -141,7 +157,7 @@ pub(crate) enum ShutdownState {
     Done,
 }
 
-pub(crate) struct StreamState {
+pub(crate) struct StreamState<D> {
     pub fd: RawFd,
     pub ty: StreamType,
     pub family: i32,
@@ -149,17 +165,20 @@ pub(crate) struct StreamState {
     pub connected: bool,
     pub eof: bool,
     pub reading: bool,
-    pub on_read: Option<OnRead>,
+    pub on_read: Option<Rc<ReadFn<D>>>,
     pub recv_op: OpState,
     pub rearm_recv: bool,
-    pub on_connection: Option<OnConnection>,
+    pub on_connection: Option<Rc<StatusFn<D>>>,
     pub accept_op: OpState,
     pub exclusive: bool,
     pub stop: ListenStop,
     /// The `listen_stop` callback, until it runs.
-    pub on_stop: Option<OnListenStop>,
-    pub on_connect: Option<OnConnect>,
-    pub send_inflight: bool,
+    pub on_stop: Option<Rc<StatusFn<D>>>,
+    pub on_connect: Option<Rc<StatusFn<D>>>,
+    /// The connect op in flight.
+    pub connect_op: Option<Token>,
+    /// The send op in flight (one at a time: `inflight` is its buffer).
+    pub send_op: Option<Token>,
     /// Bytes of `inflight` already sent.
     pub inflight_off: usize,
     /// Bytes in the send currently in flight.
@@ -169,15 +188,15 @@ pub(crate) struct StreamState {
     pub write_error: Option<Error>,
     pub shutdown: ShutdownState,
     /// The shutdown request's callback; `Some` while the request is in flight.
-    pub shutdown_req: Option<Option<OnShutdown>>,
+    pub shutdown_req: Option<Option<Rc<StatusFn<D>>>>,
     /// Address recorded by `tcp_bind` (for a listen hook that binds elsewhere).
     pub bind_addr: Option<(SocketAddr, u32)>,
     /// Fds attached to the send in flight (IPC), closed after they are sent.
     pub inflight_fds: usize,
-    pub parts: StreamParts,
+    pub parts: StreamParts<D>,
 }
 
-impl StreamState {
+impl<D> StreamState<D> {
     /// A send that carried fds put at least one byte out: the fds went with
     /// its first byte, so the write that owned them releases them now and a
     /// retry of the remainder never sends them twice.
@@ -195,7 +214,7 @@ impl StreamState {
         self.inflight_fds = 0;
     }
 
-    pub(crate) fn into_parts(mut self) -> StreamParts {
+    pub(crate) fn into_parts(mut self) -> StreamParts<D> {
         self.parts.clear();
         std::mem::replace(&mut self.parts, StreamParts::new())
     }
@@ -219,35 +238,40 @@ impl StreamState {
 /// Lets another layer take over `listen` for TCP streams: the cluster layer
 /// installs one in worker processes so that `listen` asks the primary,
 /// exactly as Node's `net.Server#listen` does inside a cluster worker.
-pub trait ListenHook {
-    /// Called by [`Loop::listen`] for a TCP stream bound with `tcp_bind`.
-    /// Return `None` to listen locally as usual; `Some(result)` if the hook
-    /// took over (it then delivers connections with
-    /// [`Loop::listen_inject`] or adopts a listening fd with
-    /// [`Loop::listen_adopt`], and reports late errors with
+///
+/// A hook runs inside [`Loop::listen`] (and `close`), so it must not call
+/// user code; what it reports later goes through `listen_inject`,
+/// `listen_adopt` and `listen_fail`, whose callbacks the loop runs from its
+/// pending phase.
+pub trait ListenHook<D> {
+    /// Called by [`Loop::listen`] for a TCP socket bound with `tcp_bind`;
+    /// `server` is the id `listen` returns. Return `None` to listen locally
+    /// as usual; `Some(result)` if the hook took over (it then delivers
+    /// connections with [`Loop::listen_inject`] or adopts a listening fd
+    /// with [`Loop::listen_adopt`], and reports late errors with
     /// [`Loop::listen_fail`]).
     fn listen(
         &mut self,
-        lp: &mut Loop,
-        server: Stream,
+        lp: &mut Loop<D>,
+        server: TcpListener,
         addr: SocketAddr,
         flags: u32,
         backlog: i32,
     ) -> Option<Result<()>>;
 
-    /// Called when a stream the hook took over is closed.
-    fn closed(&mut self, lp: &mut Loop, server: Stream);
+    /// Called when a listener the hook took over is closed.
+    fn closed(&mut self, lp: &mut Loop<D>, server: TcpListener);
 }
 
-impl Loop {
-    pub(crate) fn stream_state(&mut self, s: Stream) -> Result<&mut StreamState> {
+impl<D> Loop<D> {
+    pub(crate) fn stream_state(&mut self, s: Stream) -> Result<&mut StreamState<D>> {
         match &mut self.open_slot_mut(s.0)?.kind {
             Kind::Stream(st) => Ok(st),
             _ => Err(Error::WRONG_TYPE),
         }
     }
 
-    pub(crate) fn stream_ref(&self, s: Stream) -> Result<&StreamState> {
+    pub(crate) fn stream_ref(&self, s: Stream) -> Result<&StreamState<D>> {
         let slot = self.slot(s.0)?;
         if slot.flags & F_CLOSING != 0 {
             return Err(Error::STALE_HANDLE);
@@ -277,7 +301,8 @@ impl Loop {
             stop: ListenStop::Running,
             on_stop: None,
             on_connect: None,
-            send_inflight: false,
+            connect_op: None,
+            send_op: None,
             inflight_off: 0,
             inflight_len: 0,
             queued_total: 0,
@@ -300,22 +325,28 @@ impl Loop {
         }
     }
 
-    /// The stream's type.
-    pub fn stream_type(&self, s: Stream) -> Result<StreamType> {
-        Ok(self.stream_ref(s)?.ty)
+    /// The stream's type (`Tcp`, `Pipe`, `IpcPipe`).
+    pub fn stream_type<S: StreamHandle>(&self, s: S) -> Result<StreamType> {
+        Ok(self.stream_ref(Stream::of(s))?.ty)
     }
 
-    /// The stream's fd (-1 before bind/connect), for diagnostics and tests.
-    pub fn fileno(&self, s: Stream) -> Result<RawFd> {
-        Ok(self.stream_ref(s)?.fd)
+    /// The handle's fd (-1 before bind/connect), for diagnostics and tests.
+    /// The loop keeps owning it. `WRONG_TYPE` for handles without one.
+    pub fn fileno(&self, h: impl Into<HandleId>) -> Result<RawFd> {
+        let h = h.into();
+        match &self.slot(h)?.kind {
+            Kind::Stream(st) => Ok(st.fd),
+            Kind::Poll(p) => Ok(p.fd),
+            _ => Err(Error::WRONG_TYPE),
+        }
     }
 
     // ---- TCP ------------------------------------------------------------
 
     /// A TCP handle without a socket yet (`uv_tcp_init`); the socket is made
     /// by `tcp_bind` or `tcp_connect` for the address family they need.
-    pub fn tcp_init(&mut self) -> Result<Stream> {
-        self.new_stream(StreamType::Tcp, -1, libc::AF_UNSPEC)
+    pub fn tcp_init(&mut self) -> Result<TcpSocket> {
+        Ok(TcpSocket(self.new_stream(StreamType::Tcp, -1, libc::AF_UNSPEC)?.0))
     }
 
     fn tcp_ensure_socket(&mut self, s: Stream, family: i32) -> Result<RawFd> {
@@ -334,7 +365,8 @@ impl Loop {
     /// `SO_REUSEADDR` is always set, as libuv does. Inside a cluster worker
     /// (a listen hook is installed) the address is only recorded: the
     /// primary binds at `listen`.
-    pub fn tcp_bind(&mut self, s: Stream, addr: SocketAddr, flags: u32) -> Result<()> {
+    pub fn tcp_bind(&mut self, s: TcpSocket, addr: SocketAddr, flags: u32) -> Result<()> {
+        let s = Stream::of(s);
         let st = self.stream_state(s)?;
         if st.ty != StreamType::Tcp {
             return Err(Error::WRONG_TYPE);
@@ -355,9 +387,20 @@ impl Loop {
         socket::bind(fd, &socket::SockAddr::from_std(&addr))
     }
 
-    /// Wraps an existing socket fd (listening or connected) as a TCP stream.
-    pub fn tcp_open(&mut self, fd: OwnedFd) -> Result<Stream> {
-        self.open_socket(fd, StreamType::Tcp)
+    /// Wraps an existing TCP socket fd that is not connected (bound or
+    /// listening) as a [`TcpSocket`]: `listen` on it next. The fd is made
+    /// non-blocking and close-on-exec; the loop owns it from now on (on
+    /// error too).
+    pub fn tcp_open(&mut self, fd: OwnedFd) -> Result<TcpSocket> {
+        Ok(TcpSocket(self.open_socket(fd, StreamType::Tcp)?.0))
+    }
+
+    /// Wraps an existing connected TCP socket fd as a [`TcpStream`]
+    /// (`ENOTCONN` if it is not connected; the fd is closed then).
+    pub fn tcp_open_stream(&mut self, fd: OwnedFd) -> Result<TcpStream> {
+        use std::os::fd::AsRawFd;
+        socket::peername(fd.as_raw_fd()).map_err(|_| Error::ENOTCONN)?;
+        Ok(TcpStream(self.open_socket(fd, StreamType::Tcp)?.0))
     }
 
     pub(crate) fn open_socket(&mut self, fd: OwnedFd, ty: StreamType) -> Result<Stream> {
@@ -374,37 +417,41 @@ impl Loop {
         Ok(s)
     }
 
-    /// Adopts a `std` listener.
-    pub fn tcp_from_std_listener(&mut self, l: std::net::TcpListener) -> Result<Stream> {
+    /// Adopts a `std` listener (call `listen` to start accepting).
+    pub fn tcp_from_std_listener(&mut self, l: std::net::TcpListener) -> Result<TcpSocket> {
         self.tcp_open(l.into())
     }
 
-    /// Adopts a `std` stream.
-    pub fn tcp_from_std_stream(&mut self, s: std::net::TcpStream) -> Result<Stream> {
-        self.tcp_open(s.into())
+    /// Adopts a connected `std` stream.
+    pub fn tcp_from_std_stream(&mut self, s: std::net::TcpStream) -> Result<TcpStream> {
+        self.tcp_open_stream(s.into())
     }
 
-    pub fn tcp_nodelay(&mut self, s: Stream, on: bool) -> Result<()> {
-        let fd = self.live_fd(s)?;
+    /// Sets `TCP_NODELAY` (no Nagle delay).
+    pub fn tcp_nodelay<H: TcpHandle>(&mut self, h: H, on: bool) -> Result<()> {
+        let fd = self.live_fd(Stream::of(h))?;
         socket::set_nodelay(fd, on)
     }
 
-    /// Enables TCP keep-alive after `delay_secs` idle seconds, or disables it.
-    pub fn tcp_keepalive(&mut self, s: Stream, delay_secs: Option<u32>) -> Result<()> {
-        let fd = self.live_fd(s)?;
-        socket::set_keepalive(fd, delay_secs)
+    /// Enables TCP keep-alive after `delay` idle (whole seconds, at least
+    /// one), or disables it.
+    pub fn tcp_keepalive<H: TcpHandle>(&mut self, h: H, delay: Option<Duration>) -> Result<()> {
+        let fd = self.live_fd(Stream::of(h))?;
+        socket::set_keepalive(fd, delay.map(|d| d.as_secs().clamp(1, u32::MAX as u64) as u32))
     }
 
-    pub fn tcp_getsockname(&self, s: Stream) -> Result<SocketAddr> {
-        let fd = self.stream_ref(s)?.fd;
+    /// The local address.
+    pub fn tcp_getsockname<H: TcpHandle>(&self, h: H) -> Result<SocketAddr> {
+        let fd = self.stream_ref(Stream::of(h))?.fd;
         if fd < 0 {
             return Err(Error::EBADF);
         }
         socket::sockname(fd)?.to_std().ok_or(Error::EINVAL)
     }
 
-    pub fn tcp_getpeername(&self, s: Stream) -> Result<SocketAddr> {
-        let fd = self.stream_ref(s)?.fd;
+    /// The peer's address.
+    pub fn tcp_getpeername(&self, s: TcpStream) -> Result<SocketAddr> {
+        let fd = self.stream_ref(Stream::of(s))?.fd;
         if fd < 0 {
             return Err(Error::ENOTCONN);
         }
@@ -419,27 +466,41 @@ impl Loop {
         Ok(fd)
     }
 
-    /// Connects (`uv_tcp_connect`); `cb` gets the result.
-    pub fn tcp_connect(&mut self, s: Stream, addr: SocketAddr, cb: &OnConnect) -> Result<()> {
+    /// Connects (`uv_tcp_connect`); the socket becomes the returned
+    /// [`TcpStream`] (reads and writes may be queued at once), and `cb` gets
+    /// the result.
+    pub fn tcp_connect(&mut self, s: TcpSocket, addr: SocketAddr, cb: &OnConnect<D, TcpStream>) -> Result<TcpStream> {
+        let s = Stream::of(s);
         let st = self.stream_state(s)?;
-        if st.on_connect.is_some() || st.listening {
+        if st.on_connect.is_some() || st.listening || st.connected {
             return Err(Error::INVALID_STATE);
         }
         let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
         let fd = self.tcp_ensure_socket(s, family)?;
-        self.connect_raw(s, fd, &socket::SockAddr::from_std(&addr), cb)
+        self.connect_raw(s, fd, &socket::SockAddr::from_std(&addr), &cb.f)?;
+        Ok(TcpStream(s.0))
     }
 
-    pub(crate) fn connect_raw(&mut self, s: Stream, fd: RawFd, addr: &socket::SockAddr, cb: &OnConnect) -> Result<()> {
-        self.driver.connect(fd, Loop::token(s.0, OpKind::Connect), addr)?;
-        self.slot_mut(s.0)?.inflight += 1;
-        self.stream_state(s)?.on_connect = Some(cb.clone());
+    pub(crate) fn connect_raw(
+        &mut self,
+        s: Stream,
+        fd: RawFd,
+        addr: &socket::SockAddr,
+        cb: &Rc<StatusFn<D>>,
+    ) -> Result<()> {
+        // SAFETY: a connect lends nothing (the backend copies `addr`).
+        let token = unsafe { self.submit_op(s.0, Op::Connect { fd, addr })? };
+        let st = self.stream_state(s)?;
+        st.connect_op = Some(token);
+        st.on_connect = Some(cb.clone());
         self.active_reqs += 1;
         Ok(())
     }
 
-    pub(crate) fn on_connect(&mut self, s: Stream, res: i32) {
+    pub(crate) fn on_connect(&mut self, s: Stream, token: Token, res: i32, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
+        debug_assert_eq!(st.connect_op, Some(token));
+        st.connect_op = None;
         let cb = st.on_connect.take();
         if res == 0 {
             st.connected = true;
@@ -454,31 +515,44 @@ impl Loop {
         }
         let status = if res == 0 { Ok(()) } else { Err(Error::from_neg(res)) };
         if let Some(cb) = cb {
-            invoke!(&cb, self, s, status);
+            cb(self, d, s.0, status);
         }
         if res != 0 {
             // As libuv: after the connect callback, writes queued on the
             // failed connection (and a shutdown) are cancelled, unless the
             // callback closed the stream (close cancels them then).
             self.fail_writes(s, Error::ECANCELED);
+            self.complete_writes(s, d);
         }
     }
 
     // ---- listening ------------------------------------------------------
 
-    /// Starts listening; `cb` runs once per incoming connection, which the
-    /// callback takes with [`accept`](Self::accept). Errors that happen later
-    /// (accept failures, a cluster primary's bind error) reach `cb` as `Err`.
-    pub fn listen(&mut self, s: Stream, backlog: i32, cb: &OnConnection) -> Result<()> {
+    /// Starts listening (`uv_listen`); the socket becomes the returned
+    /// listener. `cb` runs once per incoming connection, which the callback
+    /// takes with [`accept`](Self::accept). Errors that happen later (accept
+    /// failures, a cluster primary's bind error) reach `cb` as `Err`.
+    pub fn listen<S: SocketHandle>(
+        &mut self,
+        s: S,
+        backlog: i32,
+        cb: &OnConnection<D, S::Listener>,
+    ) -> Result<S::Listener> {
+        let s = Stream::of(s);
+        self.listen_raw(s, backlog, &cb.f)?;
+        Ok(S::Listener::from_id(s.0))
+    }
+
+    fn listen_raw(&mut self, s: Stream, backlog: i32, cb: &Rc<StatusFn<D>>) -> Result<()> {
         let st = self.stream_state(s)?;
-        if st.listening {
+        if st.listening || st.connected || st.on_connect.is_some() {
             return Err(Error::INVALID_STATE);
         }
         st.on_connection = Some(cb.clone());
         if st.ty == StreamType::Tcp {
             if let (Some((addr, flags)), true) = (st.bind_addr, self.listen_hook.is_some()) {
                 let mut hook = self.listen_hook.take();
-                let res = hook.as_mut().and_then(|h| h.listen(self, s, addr, flags, backlog));
+                let res = hook.as_mut().and_then(|h| h.listen(self, TcpListener(s.0), addr, flags, backlog));
                 if self.listen_hook.is_none() {
                     self.listen_hook = hook;
                 }
@@ -514,7 +588,8 @@ impl Loop {
     /// For a listen hook: take a listening fd (for example one received from
     /// a cluster primary) as this stream's socket and accept on it.
     /// `exclusive` avoids a thundering herd among processes sharing it.
-    pub fn listen_adopt(&mut self, s: Stream, fd: OwnedFd, exclusive: bool) -> Result<()> {
+    pub fn listen_adopt(&mut self, s: TcpListener, fd: OwnedFd, exclusive: bool) -> Result<()> {
+        let s = Stream::of(s);
         let st = self.stream_state(s)?;
         if st.fd >= 0 || st.stop != ListenStop::Running {
             return Err(Error::INVALID_STATE);
@@ -530,48 +605,66 @@ impl Loop {
     }
 
     /// For a listen hook: deliver a connection accepted elsewhere (a cluster
-    /// primary's round-robin hand-off). The stream's `on_connection` runs as
-    /// for a local accept. Fails (giving the fd back) if the stream is not
+    /// primary's round-robin hand-off). The fd joins the listener's accept
+    /// queue now; its `on_connection` runs from the loop's pending phase, as
+    /// for a local accept. Fails (giving the fd back) if the listener is not
     /// listening or was stopped with [`listen_stop`](Self::listen_stop).
-    pub fn listen_inject(&mut self, s: Stream, fd: OwnedFd) -> std::result::Result<(), (Error, OwnedFd)> {
-        let st = match self.stream_state(s) {
-            Ok(st) if st.listening && st.stop == ListenStop::Running => st,
+    pub fn listen_inject(&mut self, s: TcpListener, fd: OwnedFd) -> std::result::Result<(), (Error, OwnedFd)> {
+        let s = Stream::of(s);
+        match self.stream_state(s) {
+            Ok(st) if st.listening && st.stop == ListenStop::Running => {
+                st.parts.accept_queue.push_back(fd.into_raw_fd());
+            }
             Ok(_) => return Err((Error::INVALID_STATE, fd)),
             Err(e) => return Err((e, fd)),
         };
-        st.parts.accept_queue.push_back(fd.into_raw_fd());
-        let cb = st.on_connection.clone();
-        if let Some(cb) = cb {
-            invoke!(&cb, self, s, Ok(()));
-        }
+        self.push_pending(Pending::Injected(s));
         Ok(())
     }
 
-    /// For a listen hook: report a late listen error (e.g. `EADDRINUSE` from
-    /// the primary) to the stream's `on_connection` and stop listening.
-    pub fn listen_fail(&mut self, s: Stream, err: Error) {
+    /// A connection injected by a listen hook: tell the user, if it is
+    /// still waiting (an earlier callback may have accepted it already).
+    pub(crate) fn deliver_injected(&mut self, s: Stream, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
-        st.listening = false;
-        let cb = st.on_connection.clone();
-        self.set_active(s.0, false);
-        if let Some(cb) = cb {
-            invoke!(&cb, self, s, Err(err));
+        if !st.listening || st.parts.accept_queue.is_empty() {
+            return;
+        }
+        if let Some(cb) = st.on_connection.clone() {
+            cb(self, d, s.0, Ok(()));
         }
     }
 
-    /// The address a stream was bound to with `tcp_bind`, and the flags.
-    pub fn tcp_bind_addr(&self, s: Stream) -> Result<Option<(SocketAddr, u32)>> {
-        Ok(self.stream_ref(s)?.bind_addr)
+    /// For a listen hook: report a late listen error (e.g. `EADDRINUSE` from
+    /// the primary) and stop listening. The listener's `on_connection` gets
+    /// the error from the loop's pending phase.
+    pub fn listen_fail(&mut self, s: TcpListener, err: Error) {
+        let s = Stream::of(s);
+        let Ok(st) = self.stream_state(s) else { return };
+        st.listening = false;
+        self.set_active(s.0, false);
+        self.push_pending(Pending::ListenFailed(s, err));
+    }
+
+    pub(crate) fn deliver_listen_failed(&mut self, s: Stream, err: Error, d: &mut D) {
+        let Ok(st) = self.stream_state(s) else { return };
+        if let Some(cb) = st.on_connection.clone() {
+            cb(self, d, s.0, Err(err));
+        }
+    }
+
+    /// The address a TCP handle was bound to with `tcp_bind`, and the flags.
+    pub fn tcp_bind_addr<H: TcpHandle>(&self, h: H) -> Result<Option<(SocketAddr, u32)>> {
+        Ok(self.stream_ref(Stream::of(h))?.bind_addr)
     }
 
     /// Installs the listen hook (see [`ListenHook`]).
-    pub fn set_listen_hook(&mut self, hook: Option<Box<dyn ListenHook>>) {
+    pub fn set_listen_hook(&mut self, hook: Option<Box<dyn ListenHook<D>>>) {
         self.listen_hook = hook;
     }
 
     /// Connections accepted and waiting for `accept`.
-    pub fn accept_queue_len(&self, s: Stream) -> Result<usize> {
-        Ok(self.stream_ref(s)?.parts.accept_queue.len())
+    pub fn accept_queue_len<L: ListenerHandle>(&self, l: L) -> Result<usize> {
+        Ok(self.stream_ref(Stream::of(l))?.parts.accept_queue.len())
     }
 
     pub(crate) fn accept_arm(&mut self, s: Stream) {
@@ -583,13 +676,11 @@ impl Loop {
             return;
         }
         let (fd, exclusive) = (st.fd, st.exclusive);
-        match self.driver.accept(fd, Loop::token(s.0, OpKind::Accept), exclusive) {
-            Ok(()) => {
+        // SAFETY: an accept lends nothing.
+        match unsafe { self.submit_op(s.0, Op::Accept { fd, exclusive }) } {
+            Ok(token) => {
                 if let Ok(st) = self.stream_state(s) {
-                    st.accept_op = OpState::Armed;
-                }
-                if let Ok(slot) = self.slot_mut(s.0) {
-                    slot.inflight += 1;
+                    st.accept_op = OpState::Armed(token);
                 }
             }
             Err(_) => self.accept_backoff(s),
@@ -606,11 +697,12 @@ impl Loop {
         self.accept_arm(s);
     }
 
-    pub(crate) fn on_accept(&mut self, s: Stream, c: Completion) {
+    pub(crate) fn on_accept(&mut self, s: Stream, c: Completion, d: &mut D) {
         let Ok(st) = self.stream_state(s) else {
             self.release(c);
             return;
         };
+        debug_assert!(matches!(st.accept_op, OpState::Armed(t) | OpState::Ending(t) if t == c.token));
         if !c.more {
             st.accept_op = OpState::Idle;
         }
@@ -626,7 +718,7 @@ impl Loop {
             }
             st.parts.accept_queue.push_back(c.res);
             if let Some(cb) = cb {
-                invoke!(&cb, self, s, Ok(()));
+                cb(self, d, s.0, Ok(()));
             }
             self.accept_pause_if_full(s);
         } else if c.res != -libc::ECANCELED && !stopping {
@@ -634,7 +726,7 @@ impl Loop {
             // tell the user once per episode; the listener stays alive.
             self.accept_backoff(s);
             if let Some(cb) = cb {
-                invoke!(&cb, self, s, Err(Error::from_neg(c.res)));
+                cb(self, d, s.0, Err(Error::from_neg(c.res)));
             }
             return;
         }
@@ -663,7 +755,8 @@ impl Loop {
     /// stream is closed first, `cb` does not run (`close` stays prompt and,
     /// as before, drops what arrives after it). `EINVAL` if the stream is
     /// not listening, `INVALID_STATE` if it was already stopped.
-    pub fn listen_stop(&mut self, s: Stream, cb: Option<&OnListenStop>) -> Result<()> {
+    pub fn listen_stop<L: ListenerHandle>(&mut self, l: L, cb: Option<&OnListenStop<D, L>>) -> Result<()> {
+        let s = Stream::of(l);
         let st = self.stream_state(s)?;
         if !st.listening {
             return Err(Error::EINVAL);
@@ -672,15 +765,15 @@ impl Loop {
             return Err(Error::INVALID_STATE);
         }
         st.stop = ListenStop::Stopping;
-        st.on_stop = cb.cloned();
+        st.on_stop = cb.map(|c| c.f.clone());
         let fd = st.fd;
         match st.accept_op {
-            OpState::Armed => {
-                st.accept_op = OpState::Ending;
-                self.driver.cancel(fd, Loop::token(s.0, OpKind::Accept));
+            OpState::Armed(token) => {
+                st.accept_op = OpState::Ending(token);
+                self.driver.cancel(fd, token);
             }
             // Paused (full queue): its final completion is on its way.
-            OpState::Ending => {}
+            OpState::Ending(_) => {}
             OpState::Idle => {
                 self.accept_retry.retain(|(_, x)| *x != s);
                 self.push_pending(Pending::ListenStopped(s));
@@ -690,12 +783,12 @@ impl Loop {
     }
 
     /// Whether [`listen_stop`](Self::listen_stop) was called on the stream.
-    pub fn is_listen_stopped(&self, s: Stream) -> bool {
-        self.stream_ref(s).is_ok_and(|st| st.stop != ListenStop::Running)
+    pub fn is_listen_stopped<L: ListenerHandle>(&self, l: L) -> bool {
+        self.stream_ref(Stream::of(l)).is_ok_and(|st| st.stop != ListenStop::Running)
     }
 
     /// The accept op of a stopping listener has ended: run its callback.
-    pub(crate) fn listen_stopped(&mut self, s: Stream) {
+    pub(crate) fn listen_stopped(&mut self, s: Stream, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
         if st.stop != ListenStop::Stopping {
             return;
@@ -704,7 +797,7 @@ impl Loop {
         let cb = st.on_stop.take();
         self.set_active(s.0, false);
         if let Some(cb) = cb {
-            invoke!(&cb, self, s, Ok(()));
+            cb(self, d, s.0, Ok(()));
         }
     }
 
@@ -714,17 +807,19 @@ impl Loop {
     /// the queue; `accept` re-arms once it is below the limit again.
     fn accept_pause_if_full(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
-        if st.accept_op != OpState::Armed || st.fd < 0 || st.parts.accept_queue.len() < MAX_ACCEPT_QUEUE {
+        let OpState::Armed(token) = st.accept_op else { return };
+        if st.fd < 0 || st.parts.accept_queue.len() < MAX_ACCEPT_QUEUE {
             return;
         }
-        st.accept_op = OpState::Ending;
+        st.accept_op = OpState::Ending(token);
         let fd = st.fd;
-        self.driver.cancel(fd, Loop::token(s.0, OpKind::Accept));
+        self.driver.cancel(fd, token);
     }
 
     /// Takes one pending connection (`uv_accept`) as a new stream handle.
     /// `EAGAIN` if none is waiting.
-    pub fn accept(&mut self, server: Stream) -> Result<Stream> {
+    pub fn accept<L: ListenerHandle>(&mut self, server: L) -> Result<L::Stream> {
+        let server = Stream::of(server);
         let st = self.stream_state(server)?;
         if !st.listening {
             return Err(Error::EINVAL);
@@ -736,12 +831,13 @@ impl Loop {
         if was_full {
             self.accept_arm(server);
         }
-        s
+        s.map(|s| L::Stream::from_id(s.0))
     }
 
     /// Takes one pending connection as a raw fd, without making a handle
     /// (a cluster primary hands it to a worker). `EAGAIN` if none is waiting.
-    pub fn accept_fd(&mut self, server: Stream) -> Result<OwnedFd> {
+    pub fn accept_fd<L: ListenerHandle>(&mut self, server: L) -> Result<OwnedFd> {
+        let server = Stream::of(server);
         let st = self.stream_state(server)?;
         if !st.listening {
             return Err(Error::EINVAL);
@@ -759,7 +855,8 @@ impl Loop {
 
     /// Starts reading (`uv_read_start`): `cb` gets each chunk as a slice
     /// valid for the call, `Err(Error::EOF)` at end of stream, or an error.
-    pub fn read_start(&mut self, s: Stream, cb: &OnRead) -> Result<()> {
+    pub fn read_start<S: StreamHandle>(&mut self, s: S, cb: &OnRead<D, S>) -> Result<()> {
+        let s = Stream::of(s);
         let st = self.stream_state(s)?;
         if st.listening {
             return Err(Error::EINVAL);
@@ -767,7 +864,7 @@ impl Loop {
         if st.fd < 0 {
             return Err(Error::ENOTCONN);
         }
-        st.on_read = Some(cb.clone());
+        st.on_read = Some(cb.f.clone());
         st.reading = true;
         let stashed = !st.parts.stash.is_empty();
         self.set_active(s.0, true);
@@ -780,23 +877,27 @@ impl Loop {
 
     /// Stops reading (`uv_read_stop`). Data that is already on its way is
     /// kept for the next `read_start`.
-    pub fn read_stop(&mut self, s: Stream) -> Result<()> {
+    pub fn read_stop<S: StreamHandle>(&mut self, s: S) -> Result<()> {
+        let s = Stream::of(s);
         let st = self.stream_state(s)?;
         st.reading = false;
         st.rearm_recv = false;
         let active = st.listening;
-        if st.recv_op == OpState::Armed {
-            st.recv_op = OpState::Ending;
-            let kind = if st.ty == StreamType::IpcPipe { OpKind::RecvMsg } else { OpKind::Recv };
+        if let OpState::Armed(token) = st.recv_op {
+            st.recv_op = OpState::Ending(token);
             let fd = st.fd;
-            self.driver.cancel(fd, Loop::token(s.0, kind));
+            self.driver.cancel(fd, token);
         }
         self.set_active(s.0, active || self.stream_busy(s));
         Ok(())
     }
 
     /// Whether the stream is reading.
-    pub fn is_reading(&self, s: Stream) -> bool {
+    pub fn is_reading<S: StreamHandle>(&self, s: S) -> bool {
+        self.reading(Stream::of(s))
+    }
+
+    pub(crate) fn reading(&self, s: Stream) -> bool {
         self.stream_ref(s).is_ok_and(|st| st.reading)
     }
 
@@ -814,31 +915,26 @@ impl Loop {
             return;
         }
         match st.recv_op {
-            OpState::Armed => return,
-            OpState::Ending => {
+            OpState::Armed(_) => return,
+            // A new receive waits for the cancelled one's end: two
+            // multishot receives on one socket could interleave the bytes.
+            OpState::Ending(_) => {
                 st.rearm_recv = true;
                 return;
             }
             OpState::Idle => {}
         }
         let fd = st.fd;
-        let ipc = st.ty == StreamType::IpcPipe;
-        let res = if ipc {
-            self.driver.recvmsg(fd, Loop::token(s.0, OpKind::RecvMsg))
-        } else {
-            self.driver.recv(fd, Loop::token(s.0, OpKind::Recv))
-        };
-        match res {
-            Ok(()) => {
+        let op = if st.ty == StreamType::IpcPipe { Op::RecvMsg { fd } } else { Op::Recv { fd } };
+        let kind = op.kind();
+        // SAFETY: a receive lends nothing (it reads into pool buffers).
+        match unsafe { self.submit_op(s.0, op) } {
+            Ok(token) => {
                 if let Ok(st) = self.stream_state(s) {
-                    st.recv_op = OpState::Armed;
-                }
-                if let Ok(slot) = self.slot_mut(s.0) {
-                    slot.inflight += 1;
+                    st.recv_op = OpState::Armed(token);
                 }
             }
             Err(e) => {
-                let kind = if ipc { OpKind::RecvMsg } else { OpKind::Recv };
                 if let Ok(st) = self.stream_state(s) {
                     st.parts.stash.push_back(Stashed { res: -e.code(), buf: None, kind });
                 }
@@ -847,13 +943,14 @@ impl Loop {
         }
     }
 
-    pub(crate) fn on_recv(&mut self, s: Stream, c: Completion) {
+    pub(crate) fn on_recv(&mut self, s: Stream, c: Completion, d: &mut D) {
         let kind = c.token.kind().unwrap_or(OpKind::Recv);
         let Ok(st) = self.stream_state(s) else {
             self.release(c);
             return;
         };
-        let was_ending = st.recv_op == OpState::Ending;
+        debug_assert!(matches!(st.recv_op, OpState::Armed(t) | OpState::Ending(t) if t == c.token));
+        let was_ending = matches!(st.recv_op, OpState::Ending(_));
         if !c.more {
             st.recv_op = OpState::Idle;
         }
@@ -867,7 +964,7 @@ impl Loop {
         if event {
             let item = Stashed { res: c.res, buf: c.buf, kind };
             if st.reading && st.parts.stash.is_empty() {
-                self.deliver_read(s, item);
+                self.deliver_read(s, item, d);
             } else {
                 st.parts.stash.push_back(item);
                 if st.reading {
@@ -892,19 +989,19 @@ impl Loop {
         }
     }
 
-    pub(crate) fn deliver_stash(&mut self, s: Stream) {
+    pub(crate) fn deliver_stash(&mut self, s: Stream, d: &mut D) {
         loop {
             let Ok(st) = self.stream_state(s) else { return };
             if !st.reading {
                 return;
             }
             let Some(item) = st.parts.stash.pop_front() else { return };
-            self.deliver_read(s, item);
+            self.deliver_read(s, item, d);
         }
     }
 
     /// Runs the read callback for one result, then recycles its buffer.
-    fn deliver_read(&mut self, s: Stream, item: Stashed) {
+    fn deliver_read(&mut self, s: Stream, item: Stashed, d: &mut D) {
         let Ok(st) = self.stream_state(s) else {
             if let Some(id) = item.buf {
                 self.discard_recv_buf(Some(item.kind), id, item.res);
@@ -922,7 +1019,7 @@ impl Loop {
             self.set_active(s.0, active);
             let status = if item.res == 0 { Error::EOF } else { Error::from_neg(item.res) };
             if let Some(cb) = cb {
-                invoke!(&cb, self, s, Err(status));
+                cb(self, d, s.0, Err(status));
             }
             return;
         }
@@ -933,9 +1030,9 @@ impl Loop {
         // the memory alive even if the callback replaces the loop.
         let data = unsafe { pool.slice(id, item.res as usize) };
         if item.kind == OpKind::RecvMsg {
-            self.deliver_ipc_record(s, data, cb);
+            self.deliver_ipc_record(s, data, cb, d);
         } else if let Some(cb) = cb {
-            invoke!(&cb, self, s, Ok(data));
+            cb(self, d, s.0, Ok(data));
         }
         self.driver.recycle(id);
     }
@@ -943,10 +1040,10 @@ impl Loop {
     /// An IPC pipe's recvmsg record: queue its fds as pending handles, then
     /// hand the payload to the read callback. A truncated control message is
     /// reported (and the fds that did arrive are closed), never ignored.
-    fn deliver_ipc_record(&mut self, s: Stream, data: &[u8], cb: Option<OnRead>) {
+    fn deliver_ipc_record(&mut self, s: Stream, data: &[u8], cb: Option<Rc<ReadFn<D>>>, d: &mut D) {
         let Some(rec) = crate::backend::parse_recvmsg(data) else {
             if let Some(cb) = cb {
-                invoke!(&cb, self, s, Err(Error::EINVAL));
+                cb(self, d, s.0, Err(Error::EINVAL));
             }
             return;
         };
@@ -963,12 +1060,12 @@ impl Loop {
         }
         if truncated {
             if let Some(cb) = &cb {
-                invoke!(cb, self, s, Err(Error::CONTROL_TRUNCATED));
+                cb(self, d, s.0, Err(Error::CONTROL_TRUNCATED));
             }
         }
-        if !rec.payload.is_empty() && self.is_reading(s) {
+        if !rec.payload.is_empty() && self.reading(s) {
             if let Some(cb) = &cb {
-                invoke!(cb, self, s, Ok(rec.payload));
+                cb(self, d, s.0, Ok(rec.payload));
             }
         }
     }
@@ -977,15 +1074,24 @@ impl Loop {
 
     /// Queues `data` for writing (`uv_write`); the bytes are copied, so the
     /// caller's buffer is free at once. `cb` runs when all of them are sent,
-    /// or with `ECANCELED` if the stream is closed first.
-    pub fn write(&mut self, s: Stream, data: &[u8], cb: Option<&OnWrite>) -> Result<()> {
-        self.write_with_fds(s, data, &[], cb)
+    /// or with `ECANCELED` if the stream is closed first. A failure found
+    /// while sending (a reset peer) reaches `cb` from the loop, never from
+    /// inside this call; an immediate `Err` means nothing was queued (the
+    /// stream is closed, shut down, or failed before).
+    pub fn write<S: StreamHandle>(&mut self, s: S, data: &[u8], cb: Option<&OnWrite<D, S>>) -> Result<()> {
+        self.queue_write(Stream::of(s), data, &[], false, cb.map(|c| &c.f))
     }
 
     /// Queues a write that carries `fds` with its first byte (IPC). On `Ok`
     /// the loop owns the fds (closed once sent, or when the write fails or
     /// the stream closes); on `Err` the caller still does.
-    pub(crate) fn write_with_fds(&mut self, s: Stream, data: &[u8], fds: &[RawFd], cb: Option<&OnWrite>) -> Result<()> {
+    pub(crate) fn write_with_fds(
+        &mut self,
+        s: Stream,
+        data: &[u8],
+        fds: &[RawFd],
+        cb: Option<&Rc<StatusFn<D>>>,
+    ) -> Result<()> {
         self.queue_write(s, data, fds, false, cb)
     }
 
@@ -1005,15 +1111,12 @@ impl Loop {
     /// loop send whatever file later takes that fd number.
     pub unsafe fn write_fds_borrowed(
         &mut self,
-        s: Stream,
+        s: PipeStream,
         data: &[u8],
         fds: &[RawFd],
-        cb: Option<&OnWrite>,
+        cb: Option<&OnWrite<D, PipeStream>>,
     ) -> Result<()> {
-        if fds.is_empty() {
-            return self.write(s, data, cb);
-        }
-        self.queue_write(s, data, fds, true, cb)
+        self.queue_write(Stream::of(s), data, fds, true, cb.map(|c| &c.f))
     }
 
     fn queue_write(
@@ -1022,7 +1125,7 @@ impl Loop {
         data: &[u8],
         fds: &[RawFd],
         borrowed: bool,
-        cb: Option<&OnWrite>,
+        cb: Option<&Rc<StatusFn<D>>>,
     ) -> Result<()> {
         let st = self.stream_state(s)?;
         if st.fd < 0 || st.listening {
@@ -1051,19 +1154,19 @@ impl Loop {
 
     /// Bytes queued and not yet sent (`uv_stream_get_write_queue_size`):
     /// the figure to watch for back-pressure.
-    pub fn write_queue_size(&self, s: Stream) -> Result<usize> {
-        let st = self.stream_ref(s)?;
+    pub fn write_queue_size<S: StreamHandle>(&self, s: S) -> Result<usize> {
+        let st = self.stream_ref(Stream::of(s))?;
         Ok((st.queued_total - st.written_total) as usize)
     }
 
     /// Writes what the socket takes now, without queueing (`uv_try_write`).
     /// `EAGAIN` if nothing could be written or writes are already queued.
-    pub fn try_write(&mut self, s: Stream, data: &[u8]) -> Result<usize> {
-        let st = self.stream_state(s)?;
+    pub fn try_write<S: StreamHandle>(&mut self, s: S, data: &[u8]) -> Result<usize> {
+        let st = self.stream_state(Stream::of(s))?;
         if st.fd < 0 || st.listening {
             return Err(Error::EBADF);
         }
-        if !st.parts.writes.is_empty() || st.send_inflight {
+        if !st.parts.writes.is_empty() || st.send_op.is_some() {
             return Err(Error::EAGAIN);
         }
         if st.shutdown != ShutdownState::None {
@@ -1080,7 +1183,7 @@ impl Loop {
         // Nothing goes out before a connect completes (`on_connect` flushes):
         // epoll would find the write side busy, io_uring would let the
         // write's completion overtake the connect's.
-        if st.send_inflight || st.fd < 0 || st.on_connect.is_some() {
+        if st.send_op.is_some() || st.fd < 0 || st.on_connect.is_some() {
             return;
         }
         if st.inflight_off >= st.parts.inflight.len() {
@@ -1105,17 +1208,16 @@ impl Loop {
         let mut fds = [-1; socket::MAX_FDS_PER_MSG];
         let nfds = self.inflight_fds(s, &mut fds);
         // SAFETY: see above: the memory stays valid and unmodified until the
-        // completion, which `send_inflight` guards.
-        let res = unsafe { self.driver.send(fd, Loop::token(s.0, OpKind::Send), &iov, &fds[..nfds]) };
+        // completion, which `send_op` guards; the fds are owned by queued
+        // writes (or borrowed under `write_fds_borrowed`'s contract) and
+        // closed only once the send's completion has come back.
+        let res = unsafe { self.submit_op(s.0, Op::Send { fd, iov: &iov, fds: &fds[..nfds] }) };
         match res {
-            Ok(()) => {
+            Ok(token) => {
                 if let Ok(st) = self.stream_state(s) {
-                    st.send_inflight = true;
+                    st.send_op = Some(token);
                     st.inflight_len = remaining;
                     st.inflight_fds = nfds;
-                }
-                if let Ok(slot) = self.slot_mut(s.0) {
-                    slot.inflight += 1;
                 }
             }
             Err(e) => self.fail_writes(s, e),
@@ -1172,11 +1274,13 @@ impl Loop {
         0
     }
 
-    pub(crate) fn on_send(&mut self, s: Stream, res: i32) {
+    pub(crate) fn on_send(&mut self, s: Stream, token: Token, res: i32, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
-        st.send_inflight = false;
+        debug_assert_eq!(st.send_op, Some(token));
+        st.send_op = None;
         if res < 0 {
             self.fail_writes(s, Error::from_neg(res));
+            self.complete_writes(s, d);
             return;
         }
         let n = res as usize;
@@ -1185,32 +1289,39 @@ impl Loop {
         }
         st.inflight_off += n;
         st.written_total += n as u64;
-        self.complete_writes(s);
+        self.complete_writes(s, d);
     }
 
-    /// Runs the callbacks of writes whose bytes are all sent, then sends
-    /// more or starts a due shutdown.
-    pub(crate) fn complete_writes(&mut self, s: Stream) {
+    /// Runs the callbacks of writes whose bytes are all sent (or, after a
+    /// failure, of every queued write, with the error), then sends more or
+    /// starts a due shutdown.
+    pub(crate) fn complete_writes(&mut self, s: Stream, d: &mut D) {
         loop {
             let Ok(st) = self.stream_state(s) else { return };
+            let failed = st.write_error;
             let Some(w) = st.parts.writes.front() else { break };
             // A zero-length write that carries a handle completes only once
             // the handle went out.
-            if w.end > st.written_total || w.nfds > 0 {
+            if failed.is_none() && (w.end > st.written_total || w.nfds > 0) {
                 break;
             }
             let w = st.parts.writes.pop_front().expect("front exists");
+            if failed.is_some() {
+                st.parts.release_send_fds(w.nfds, w.borrowed);
+            }
             self.active_reqs -= 1;
             if let Some(cb) = w.cb {
-                invoke!(&cb, self, s, Ok(()));
+                cb(self, d, s.0, failed.map_or(Ok(()), Err));
             }
         }
         self.flush(s);
         self.maybe_shutdown(s);
     }
 
-    /// A send failed: every queued write fails with the error, and later
-    /// writes get it at once.
+    /// A send failed: every queued write fails with the error (their
+    /// callbacks run from `complete_writes`, in the loop's pending phase
+    /// when the failure was found inside an API call), and later writes get
+    /// it at once.
     fn fail_writes(&mut self, s: Stream, e: Error) {
         let Ok(st) = self.stream_state(s) else { return };
         st.write_error = Some(e);
@@ -1218,14 +1329,8 @@ impl Loop {
         st.parts.inflight.clear();
         st.inflight_off = 0;
         st.written_total = st.queued_total;
-        loop {
-            let Ok(st) = self.stream_state(s) else { return };
-            let Some(w) = st.parts.writes.pop_front() else { break };
-            st.parts.release_send_fds(w.nfds, w.borrowed);
-            self.active_reqs -= 1;
-            if let Some(cb) = w.cb {
-                invoke!(&cb, self, s, Err(e));
-            }
+        if !st.parts.writes.is_empty() {
+            self.push_pending(Pending::Writes(s));
         }
         self.maybe_shutdown(s);
     }
@@ -1234,13 +1339,14 @@ impl Loop {
 
     /// Shuts down the write side once queued writes are sent
     /// (`uv_shutdown`). A second shutdown fails with `ENOTCONN`.
-    pub fn shutdown(&mut self, s: Stream, cb: Option<&OnShutdown>) -> Result<()> {
+    pub fn shutdown<S: StreamHandle>(&mut self, s: S, cb: Option<&OnShutdown<D, S>>) -> Result<()> {
+        let s = Stream::of(s);
         let st = self.stream_state(s)?;
         if st.fd < 0 || st.listening || st.shutdown != ShutdownState::None {
             return Err(Error::ENOTCONN);
         }
         st.shutdown = ShutdownState::Requested;
-        st.shutdown_req = Some(cb.cloned());
+        st.shutdown_req = Some(cb.map(|c| c.f.clone()));
         self.active_reqs += 1;
         self.maybe_shutdown(s);
         Ok(())
@@ -1251,7 +1357,7 @@ impl Loop {
         if st.shutdown != ShutdownState::Requested || st.on_connect.is_some() {
             return;
         }
-        if st.send_inflight || st.written_total < st.queued_total || !st.parts.writes.is_empty() {
+        if st.send_op.is_some() || st.written_total < st.queued_total || !st.parts.writes.is_empty() {
             return;
         }
         let code = match st.write_error {
@@ -1265,14 +1371,29 @@ impl Loop {
         self.push_pending(Pending::ShutdownDone(s, code));
     }
 
-    pub(crate) fn shutdown_done(&mut self, s: Stream, code: i32) {
+    pub(crate) fn shutdown_done(&mut self, s: Stream, code: i32, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
         let Some(cb) = st.shutdown_req.take() else { return };
         self.active_reqs -= 1;
         let status = if code == 0 { Ok(()) } else { Err(Error::from_errno(code)) };
         if let Some(cb) = cb {
-            invoke!(&cb, self, s, status);
+            cb(self, d, s.0, status);
         }
+    }
+
+    /// Closes a TCP connection with a reset (`uv_tcp_close_reset`): the
+    /// peer gets `ECONNRESET` instead of an orderly end of stream. Queued
+    /// writes are cancelled, as for `close`. `EINVAL` after a `shutdown`
+    /// (libuv refuses it too: the FIN may already be out).
+    pub fn close_reset(&mut self, s: TcpStream, cb: Option<&OnClose<D>>) -> Result<()> {
+        let st = self.stream_state(Stream::of(s))?;
+        if st.shutdown != ShutdownState::None {
+            return Err(Error::EINVAL);
+        }
+        if st.fd >= 0 {
+            socket::set_linger_zero(st.fd)?;
+        }
+        self.close(s, cb)
     }
 
     // ---- close ----------------------------------------------------------
@@ -1285,30 +1406,26 @@ impl Loop {
             let Ok(slot) = self.slot_mut(s.0) else { return };
             let Kind::Stream(st) = &mut slot.kind else { return };
             let fd = st.fd;
-            let mut cancels: [Option<OpKind>; 4] = [None; 4];
-            if st.recv_op == OpState::Armed {
-                st.recv_op = OpState::Ending;
-                cancels[0] = Some(if st.ty == StreamType::IpcPipe { OpKind::RecvMsg } else { OpKind::Recv });
+            let mut cancels: [Option<Token>; 4] = [None; 4];
+            if let OpState::Armed(token) = st.recv_op {
+                st.recv_op = OpState::Ending(token);
+                cancels[0] = Some(token);
             }
-            if st.accept_op == OpState::Armed {
-                st.accept_op = OpState::Ending;
-                cancels[1] = Some(OpKind::Accept);
+            if let OpState::Armed(token) = st.accept_op {
+                st.accept_op = OpState::Ending(token);
+                cancels[1] = Some(token);
             }
-            if st.send_inflight {
-                cancels[2] = Some(OpKind::Send);
-            }
-            if st.on_connect.is_some() {
-                cancels[3] = Some(OpKind::Connect);
-            }
+            cancels[2] = st.send_op;
+            cancels[3] = st.connect_op;
             for fd in st.parts.accept_queue.drain(..).chain(st.parts.pending_handles.drain(..)) {
                 sys::close(fd);
             }
             let hooked = st.listening && st.bind_addr.is_some();
             st.reading = false;
             st.listening = false;
-            for k in cancels.into_iter().flatten() {
+            for token in cancels.into_iter().flatten() {
                 if fd >= 0 {
-                    self.driver.cancel(fd, Loop::token(s.0, k));
+                    self.driver.cancel(fd, token);
                 }
             }
             hooked
@@ -1326,7 +1443,7 @@ impl Loop {
         if hooked && self.listen_hook.is_some() {
             let mut hook = self.listen_hook.take();
             if let Some(h) = hook.as_mut() {
-                h.closed(self, s);
+                h.closed(self, TcpListener(s.0));
             }
             if self.listen_hook.is_none() {
                 self.listen_hook = hook;
@@ -1336,10 +1453,11 @@ impl Loop {
 
     /// A send completed after close began: count what went out so those
     /// writes report success rather than cancellation.
-    pub(crate) fn stream_send_done_closing(&mut self, s: Stream, res: i32) {
+    pub(crate) fn stream_send_done_closing(&mut self, s: Stream, token: Token, res: i32) {
         if let Ok(slot) = self.slot_mut(s.0) {
             if let Kind::Stream(st) = &mut slot.kind {
-                st.send_inflight = false;
+                debug_assert_eq!(st.send_op, Some(token));
+                st.send_op = None;
                 if res > 0 {
                     st.release_sent_fds();
                     st.written_total += res as u64;
@@ -1351,7 +1469,7 @@ impl Loop {
     /// Second half of closing: nothing is in flight any more. Close the fd
     /// and run the callbacks of writes, connect and shutdown that were
     /// pending (written ones succeed; the rest get `ECANCELED`).
-    pub(crate) fn stream_finish_close(&mut self, s: Stream) {
+    pub(crate) fn stream_finish_close(&mut self, s: Stream, d: &mut D) {
         let fd = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
             Ok(Kind::Stream(st)) => std::mem::replace(&mut st.fd, -1),
             _ => return,
@@ -1375,7 +1493,7 @@ impl Loop {
             self.active_reqs -= 1;
             let status = if w.end <= written && w.nfds == 0 { Ok(()) } else { Err(Error::ECANCELED) };
             if let Some(cb) = w.cb {
-                invoke!(&cb, self, s, status);
+                cb(self, d, s.0, status);
             }
         }
         let connect = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
@@ -1384,7 +1502,7 @@ impl Loop {
         };
         if let Some(cb) = connect {
             self.active_reqs -= 1;
-            invoke!(&cb, self, s, Err(Error::ECANCELED));
+            cb(self, d, s.0, Err(Error::ECANCELED));
         }
         let shutdown = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
             Ok(Kind::Stream(st)) => st.shutdown_req.take(),
@@ -1393,7 +1511,7 @@ impl Loop {
         if let Some(cb) = shutdown {
             self.active_reqs -= 1;
             if let Some(cb) = cb {
-                invoke!(&cb, self, s, Err(Error::ECANCELED));
+                cb(self, d, s.0, Err(Error::ECANCELED));
             }
         }
     }

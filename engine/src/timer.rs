@@ -4,11 +4,24 @@
 
 use crate::error::{Error, Result};
 use crate::event_loop::{Kind, Loop};
-use crate::handle::{HandleId, OnTimer, Timer};
+use crate::handle::{HandleFn, HandleId, OnTimer, Timer};
+use std::rc::Rc;
+use std::time::Duration;
 
-pub(crate) struct TimerState {
-    pub cb: Option<OnTimer>,
-    pub repeat: u64,
+pub(crate) struct TimerState<D> {
+    pub cb: Option<Rc<HandleFn<D>>>,
+    pub repeat: Duration,
+}
+
+/// Milliseconds for the timer heap (which runs on the loop's millisecond
+/// clock): a non-zero duration below 1 ms counts as 1 ms, as libuv rounds up.
+fn ms(d: Duration) -> u64 {
+    let m = d.as_millis().min(u64::MAX as u128) as u64;
+    if m == 0 && !d.is_zero() {
+        1
+    } else {
+        m
+    }
 }
 
 #[derive(Copy, Clone)]
@@ -153,26 +166,27 @@ impl TimerHeap {
     }
 }
 
-impl Loop {
+impl<D> Loop<D> {
     /// A new, stopped timer (`uv_timer_init`).
     pub fn timer_init(&mut self) -> Result<Timer> {
-        Ok(Timer(self.insert(Kind::Timer(TimerState { cb: None, repeat: 0 }))?))
+        Ok(Timer(self.insert(Kind::Timer(TimerState { cb: None, repeat: Duration::ZERO }))?))
     }
 
-    fn timer_state(&mut self, t: Timer) -> Result<&mut TimerState> {
+    fn timer_state(&mut self, t: Timer) -> Result<&mut TimerState<D>> {
         match &mut self.open_slot_mut(t.0)?.kind {
             Kind::Timer(st) => Ok(st),
             _ => Err(Error::WRONG_TYPE),
         }
     }
 
-    /// Starts (or restarts) the timer: `cb` runs `timeout` ms from the loop's
-    /// cached now, then every `repeat` ms if `repeat > 0`.
-    pub fn timer_start(&mut self, t: Timer, timeout: u64, repeat: u64, cb: &OnTimer) -> Result<()> {
+    /// Starts (or restarts) the timer: `cb` runs `timeout` after the loop's
+    /// cached now, then every `repeat` if `repeat` is not zero. The loop's
+    /// clock counts milliseconds: a non-zero duration under 1 ms is 1 ms.
+    pub fn timer_start(&mut self, t: Timer, timeout: Duration, repeat: Duration, cb: &OnTimer<D>) -> Result<()> {
         let st = self.timer_state(t)?;
-        st.cb = Some(cb.clone());
+        st.cb = Some(cb.f.clone());
         st.repeat = repeat;
-        let due = self.now_ms.saturating_add(timeout);
+        let due = self.now_ms.saturating_add(ms(timeout));
         self.timers.insert(t.0, due);
         self.set_active(t.0, true);
         Ok(())
@@ -194,8 +208,8 @@ impl Loop {
             return Err(Error::EINVAL);
         }
         let repeat = st.repeat;
-        if repeat > 0 {
-            let due = self.now_ms.saturating_add(repeat);
+        if !repeat.is_zero() {
+            let due = self.now_ms.saturating_add(ms(repeat));
             self.timers.insert(t.0, due);
             self.set_active(t.0, true);
         }
@@ -203,19 +217,20 @@ impl Loop {
     }
 
     /// Sets the repeat interval (takes effect at the next firing).
-    pub fn timer_set_repeat(&mut self, t: Timer, repeat: u64) -> Result<()> {
+    pub fn timer_set_repeat(&mut self, t: Timer, repeat: Duration) -> Result<()> {
         self.timer_state(t)?.repeat = repeat;
         Ok(())
     }
 
-    pub fn timer_repeat(&mut self, t: Timer) -> Result<u64> {
+    /// The repeat interval (zero: one-shot).
+    pub fn timer_repeat(&mut self, t: Timer) -> Result<Duration> {
         Ok(self.timer_state(t)?.repeat)
     }
 
-    /// Milliseconds until the timer fires (0 if due or stopped).
-    pub fn timer_due_in(&mut self, t: Timer) -> Result<u64> {
+    /// Time until the timer fires (zero if due or stopped).
+    pub fn timer_due_in(&mut self, t: Timer) -> Result<Duration> {
         self.timer_state(t)?;
-        Ok(self.timers.due(t.0).map_or(0, |d| d.saturating_sub(self.now_ms)))
+        Ok(Duration::from_millis(self.timers.due(t.0).map_or(0, |d| d.saturating_sub(self.now_ms))))
     }
 }
 

@@ -95,13 +95,18 @@ pub fn io_uring_required() -> bool {
 /// Makes a loop on `backend`, or `None` (after printing a visible SKIP) when
 /// io_uring is unavailable and not required.
 pub fn make_loop(backend: Backend, opts: LoopOptions) -> Option<Loop> {
-    match Loop::with_options(LoopOptions { backend, ..opts }) {
+    make_loop_of(backend, opts)
+}
+
+/// [`make_loop`] for a loop over the user state `D`.
+pub fn make_loop_of<D>(backend: Backend, opts: LoopOptions) -> Option<Loop<D>> {
+    match Loop::with_options(opts.backend(backend)) {
         Ok(lp) => {
             assert_eq!(lp.backend(), backend, "asked for {backend}, got {}", lp.backend());
             Some(lp)
         }
         Err(e) if backend == Backend::IoUring => {
-            let why = Loop::with_backend(Backend::Auto)
+            let why = Loop::<()>::with_backend(Backend::Auto)
                 .ok()
                 .and_then(|l| l.fallback_reason().map(str::to_owned))
                 .unwrap_or_else(|| e.to_string());
@@ -123,9 +128,15 @@ pub fn run_on(backend: Backend, body: impl FnOnce(&mut Loop)) {
 
 /// [`run_on`] with loop options (pool sizes, ...).
 pub fn run_on_with(backend: Backend, opts: LoopOptions, body: impl FnOnce(&mut Loop)) {
+    run_on_of(backend, opts, body)
+}
+
+/// [`run_on_with`] for a loop over the user state `D` (the body makes the
+/// state value and passes it to `run`).
+pub fn run_on_of<D>(backend: Backend, opts: LoopOptions, body: impl FnOnce(&mut Loop<D>)) {
     let guard = TestGuard::new();
     {
-        let Some(mut lp) = make_loop(backend, opts) else { return };
+        let Some(mut lp) = make_loop_of::<D>(backend, opts) else { return };
         body(&mut lp);
         assert_eq!(lp.handle_count(), 0, "handles left open at the end of the test");
     }
@@ -135,36 +146,50 @@ pub fn run_on_with(backend: Backend, opts: LoopOptions, body: impl FnOnce(&mut L
 /// Runs the loop until `done()` or `timeout`; panics on timeout. Use it to
 /// bound every test's time.
 pub fn run_until(lp: &mut Loop, timeout: Duration, mut done: impl FnMut(&mut Loop) -> bool) {
+    run_until_with(lp, &mut (), timeout, |lp, _| done(lp))
+}
+
+/// [`run_until`] for a loop over the user state `D`: runs with `data`, and
+/// `done` sees it too.
+pub fn run_until_with<D>(
+    lp: &mut Loop<D>,
+    data: &mut D,
+    timeout: Duration,
+    mut done: impl FnMut(&mut Loop<D>, &mut D) -> bool,
+) {
     let deadline = Instant::now() + timeout;
-    while !done(lp) {
+    while !done(lp, data) {
         assert!(Instant::now() < deadline, "timed out after {timeout:?}");
-        lp.run(uvring::RunMode::Once).expect("loop run");
+        lp.run(uvring::RunMode::Once, data).expect("loop run");
     }
 }
 
 /// Defines each body as two tests, `<name>::epoll` and `<name>::io_uring`.
+/// A body gets `&mut Loop` (`Loop<()>`), or `&mut Loop<D>` when the loop's
+/// state type is given after the name.
 ///
 /// ```ignore
 /// both_backends! {
 ///     fn timer_fires(lp) { /* uses lp: &mut Loop */ }
+///     fn with_state(lp: State) { /* uses lp: &mut Loop<State> */ }
 /// }
 /// ```
 #[macro_export]
 macro_rules! both_backends {
-    ($($(#[$meta:meta])* fn $name:ident($lp:ident) $body:block)*) => {
+    ($($(#[$meta:meta])* fn $name:ident($lp:ident $(: $d:ty)?) $body:block)*) => {
         $(
             $(#[$meta])*
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;
-                fn body($lp: &mut uvring::Loop) $body
+                fn body($lp: &mut uvring::Loop<$($d)?>) $body
                 #[test]
                 fn epoll() {
-                    $crate::run_on(uvring::Backend::Epoll, body)
+                    $crate::run_on_of(uvring::Backend::Epoll, uvring::LoopOptions::default(), body)
                 }
                 #[test]
                 fn io_uring() {
-                    $crate::run_on(uvring::Backend::IoUring, body)
+                    $crate::run_on_of(uvring::Backend::IoUring, uvring::LoopOptions::default(), body)
                 }
             }
         )*
@@ -195,10 +220,22 @@ pub fn bump(c: &Count) {
 }
 
 /// A TCP listener on 127.0.0.1 with a kernel-chosen port, and its address.
-pub fn listener(lp: &mut Loop, on_connection: &uvring::OnConnection) -> (uvring::Stream, std::net::SocketAddr) {
-    let server = lp.tcp_init().unwrap();
-    lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-    lp.listen(server, 128, on_connection).unwrap();
+pub fn listener<D: 'static>(
+    lp: &mut Loop<D>,
+    on_connection: &uvring::OnConnection<D, uvring::TcpListener>,
+) -> (uvring::TcpListener, std::net::SocketAddr) {
+    listener_with_backlog(lp, 128, on_connection)
+}
+
+/// [`listener`] with a given backlog.
+pub fn listener_with_backlog<D: 'static>(
+    lp: &mut Loop<D>,
+    backlog: i32,
+    on_connection: &uvring::OnConnection<D, uvring::TcpListener>,
+) -> (uvring::TcpListener, std::net::SocketAddr) {
+    let sock = lp.tcp_init().unwrap();
+    lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+    let server = lp.listen(sock, backlog, on_connection).unwrap();
     let addr = lp.tcp_getsockname(server).unwrap();
     (server, addr)
 }

@@ -5,14 +5,17 @@
 //! A counting global allocator counts, per thread, the allocations made
 //! while the thread's measuring flag is on. Clients run in the same loop as
 //! the server, so the whole path (connect side included) is measured.
+//!
+//! Written the engine-v2 way: all state lives in the loop's data `D`
+//! (per-connection state in a table indexed by the handle's data word),
+//! callbacks are plain functions or closures built once and shared by
+//! every connection, and nothing is behind `Rc<RefCell<..>>`.
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 use uvring::*;
 use uvring_tests::alloc_count::{allocations_in, CountingAllocator};
-use uvring_tests::{both_backends, run_until};
+use uvring_tests::{both_backends, listener_with_backlog, run_until_with};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -21,11 +24,48 @@ const LIMIT: Duration = Duration::from_secs(60);
 const CONNECTIONS: usize = 64;
 const MESSAGE: [u8; 100] = [0x42; 100];
 
-/// An echo server on 127.0.0.1 that closes a connection at EOF or error;
-/// accepted ids go to `accepted` (pre-sized, so pushes don't allocate after
-/// warm-up).
-fn echo_server(lp: &mut Loop, accepted: Rc<RefCell<Vec<Stream>>>) -> (Stream, SocketAddr) {
-    let on_read = OnRead::new(|lp, s, res| match res {
+/// One client connection's state.
+struct Client {
+    stream: TcpStream,
+    /// Bytes of the current message's echo received so far.
+    got: usize,
+}
+
+/// The loop's data for the TCP tests: the server's and the clients' state.
+struct Echo {
+    /// Server side: accepted connections, kept up to the vector's capacity
+    /// (pre-sized, so pushes don't allocate after warm-up).
+    accepted: Vec<TcpStream>,
+    /// Client side, indexed by each client handle's data word.
+    clients: Vec<Client>,
+    /// Clients whose connect completed.
+    connected: usize,
+    /// Round trips: messages sent, echoes fully received, and how many
+    /// messages to send at most.
+    started: u64,
+    done: u64,
+    target: u64,
+    /// Churn: client connections that got their echo (or ended) and closed.
+    finished: u64,
+}
+
+impl Echo {
+    fn new(accepted: usize, clients: usize) -> Echo {
+        Echo {
+            accepted: Vec::with_capacity(accepted),
+            clients: Vec::with_capacity(clients),
+            connected: 0,
+            started: 0,
+            done: 0,
+            target: 0,
+            finished: 0,
+        }
+    }
+}
+
+/// Server: echo what arrives; close at end of file or error.
+fn echo_read(lp: &mut Loop<Echo>, _: &mut Echo, s: TcpStream, res: Result<&[u8]>) {
+    match res {
         Ok(bytes) => {
             if lp.write(s, bytes, None).is_err() {
                 let _ = lp.close(s, None);
@@ -34,192 +74,184 @@ fn echo_server(lp: &mut Loop, accepted: Rc<RefCell<Vec<Stream>>>) -> (Stream, So
         Err(_) => {
             let _ = lp.close(s, None);
         }
-    });
-    let on_connection = OnConnection::new(move |lp, srv, st| {
+    }
+}
+
+/// An echo server on 127.0.0.1; accepted ids go to `d.accepted` while it
+/// has room.
+fn echo_server(lp: &mut Loop<Echo>) -> (TcpListener, SocketAddr) {
+    let on_read = OnRead::new(echo_read);
+    let on_connection = OnConnection::new(move |lp: &mut Loop<Echo>, d: &mut Echo, srv: TcpListener, st| {
         if st.is_err() {
             return;
         }
         while let Ok(c) = lp.accept(srv) {
             lp.read_start(c, &on_read).unwrap();
-            let mut acc = accepted.borrow_mut();
-            if acc.len() < acc.capacity() {
-                acc.push(c);
+            if d.accepted.len() < d.accepted.capacity() {
+                d.accepted.push(c);
             }
         }
     });
-    let server = lp.tcp_init().unwrap();
-    lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-    lp.listen(server, 1024, &on_connection).unwrap();
-    let addr = lp.tcp_getsockname(server).unwrap();
-    (server, addr)
+    listener_with_backlog(lp, 1024, &on_connection)
 }
 
-/// Round-trip book-keeping shared by the clients' callbacks.
-#[derive(Default)]
-struct Trips {
-    /// Messages sent.
-    started: Cell<u64>,
-    /// Echoes fully received.
-    done: Cell<u64>,
-    /// Send no more once `started` reaches this.
-    target: Cell<u64>,
+/// Client: count the echo's bytes in the client's entry; when a message's
+/// echo is complete, send the next one (until `target` went out).
+fn client_read(lp: &mut Loop<Echo>, d: &mut Echo, s: TcpStream, res: Result<&[u8]>) {
+    let Ok(bytes) = res else {
+        let _ = lp.close(s, None);
+        return;
+    };
+    let client = &mut d.clients[lp.data(s).unwrap()];
+    debug_assert_eq!(client.stream, s);
+    client.got += bytes.len();
+    while client.got >= MESSAGE.len() {
+        client.got -= MESSAGE.len();
+        d.done += 1;
+        if d.started < d.target {
+            d.started += 1;
+            lp.write(s, &MESSAGE, None).unwrap();
+        }
+    }
+}
+
+/// One burst of round trips: every client sends, and they keep sending
+/// until `more` messages went out; then all echoes come back.
+fn burst(lp: &mut Loop<Echo>, d: &mut Echo, more: u64) {
+    let target = d.started + more;
+    d.target = target;
+    for i in 0..d.clients.len() {
+        if d.started < target {
+            d.started += 1;
+            lp.write(d.clients[i].stream, &MESSAGE, None).unwrap();
+        }
+    }
+    run_until_with(lp, d, LIMIT, |_, d| d.done == target);
+}
+
+/// Churn: `n` more client connections, at most 8 at a time: connect,
+/// one byte each way, close on both sides.
+fn churn(lp: &mut Loop<Echo>, d: &mut Echo, addr: SocketAddr, on_connect: &OnConnect<Echo, TcpStream>, n: u64) {
+    let target = d.finished + n;
+    let mut started = d.finished;
+    run_until_with(lp, d, LIMIT, |lp, d| {
+        while started < target && started - d.finished < 8 {
+            let sock = lp.tcp_init().unwrap();
+            lp.tcp_connect(sock, addr, on_connect).unwrap();
+            started += 1;
+        }
+        d.finished == target && lp.handle_count() == 1
+    });
+}
+
+/// The loop's data for the timer test.
+struct Timers {
+    timers: Vec<Timer>,
+    fired: u64,
+}
+
+/// One round over every timer: start with a far timeout, stop, start
+/// repeating, `again`, restart due now; then wait until each fired once
+/// (its callback starts and stops it again).
+fn timer_round(lp: &mut Loop<Timers>, d: &mut Timers, on_timer: &OnTimer<Timers>) {
+    for (i, &t) in d.timers.iter().enumerate() {
+        lp.timer_start(t, Duration::from_millis(10_000 + i as u64), Duration::ZERO, on_timer).unwrap();
+    }
+    for &t in &d.timers {
+        lp.timer_stop(t).unwrap();
+        lp.timer_start(t, Duration::ZERO, Duration::from_millis(5), on_timer).unwrap();
+        lp.timer_again(t).unwrap();
+        lp.timer_start(t, Duration::ZERO, Duration::ZERO, on_timer).unwrap();
+    }
+    let want = d.fired + d.timers.len() as u64;
+    run_until_with(lp, d, LIMIT, |_, d| d.fired == want);
 }
 
 both_backends! {
     /// 10,000 echo round trips over 64 connections after warm-up: zero heap
     /// allocations on the loop's thread (server and clients both in it).
-    fn echo_round_trips_allocate_nothing(lp) {
-        let accepted = Rc::new(RefCell::new(Vec::with_capacity(CONNECTIONS)));
-        let (server, addr) = echo_server(lp, accepted.clone());
-        let trips = Rc::new(Trips::default());
-        // Each client counts received bytes of the current message in its
-        // data word, and sends the next message when the echo is complete.
-        let on_client_read = {
-            let trips = trips.clone();
-            OnRead::new(move |lp, s, res| {
-                let Ok(bytes) = res else {
-                    let _ = lp.close(s, None);
-                    return;
-                };
-                let mut got = lp.data(s).unwrap() + bytes.len();
-                while got >= MESSAGE.len() {
-                    got -= MESSAGE.len();
-                    trips.done.set(trips.done.get() + 1);
-                    if trips.started.get() < trips.target.get() {
-                        trips.started.set(trips.started.get() + 1);
-                        lp.write(s, &MESSAGE, None).unwrap();
-                    }
-                }
-                lp.set_data(s, got).unwrap();
-            })
-        };
-        let connected = Rc::new(Cell::new(0usize));
-        let on_connect = {
-            let connected = connected.clone();
-            OnConnect::new(move |lp, s, st| {
-                st.unwrap();
-                lp.tcp_nodelay(s, true).unwrap();
-                lp.read_start(s, &on_client_read).unwrap();
-                connected.set(connected.get() + 1);
-            })
-        };
-        let clients: Vec<Stream> = (0..CONNECTIONS)
-            .map(|_| {
-                let c = lp.tcp_init().unwrap();
-                lp.tcp_connect(c, addr, &on_connect).unwrap();
-                c
-            })
-            .collect();
-        run_until(lp, LIMIT, |_| connected.get() == CONNECTIONS && accepted.borrow().len() == CONNECTIONS);
+    fn echo_round_trips_allocate_nothing(lp: Echo) {
+        let mut d = Echo::new(CONNECTIONS, CONNECTIONS);
+        let (server, addr) = echo_server(lp);
+        let on_client_read = OnRead::new(client_read);
+        let on_connect = OnConnect::new(move |lp: &mut Loop<Echo>, d: &mut Echo, s, st| {
+            st.unwrap();
+            lp.tcp_nodelay(s, true).unwrap();
+            lp.read_start(s, &on_client_read).unwrap();
+            d.connected += 1;
+        });
+        for i in 0..CONNECTIONS {
+            let sock = lp.tcp_init().unwrap();
+            let c = lp.tcp_connect(sock, addr, &on_connect).unwrap();
+            lp.set_data(c, i).unwrap();
+            d.clients.push(Client { stream: c, got: 0 });
+        }
+        run_until_with(lp, &mut d, LIMIT, |_, d| d.connected == CONNECTIONS && d.accepted.len() == CONNECTIONS);
 
-        // One burst of round trips: every client sends, and keeps sending
-        // until `more` messages went out; then all echoes come back.
-        let burst = |lp: &mut Loop, more: u64| {
-            let target = trips.started.get() + more;
-            trips.target.set(target);
-            for &c in &clients {
-                if trips.started.get() < target {
-                    trips.started.set(trips.started.get() + 1);
-                    lp.write(c, &MESSAGE, None).unwrap();
-                }
-            }
-            run_until(lp, LIMIT, |_| trips.done.get() == target);
-        };
         // Warm-up: buffers, queues and tables reach their working sizes.
-        burst(lp, 3_000);
-        let allocations = allocations_in(|| burst(lp, 10_000));
-        assert_eq!(trips.done.get(), 13_000);
+        burst(lp, &mut d, 3_000);
+        let allocations = allocations_in(|| burst(lp, &mut d, 10_000));
+        assert_eq!(d.done, 13_000);
+        assert!(d.clients.iter().all(|c| c.got == 0), "every echo complete");
         assert_eq!(allocations, 0, "heap allocations during 10,000 echo round trips over {CONNECTIONS} connections");
 
-        for &c in &clients {
-            lp.close(c, None).unwrap();
+        for c in &d.clients {
+            lp.close(c.stream, None).unwrap();
         }
-        run_until(lp, LIMIT, |lp| accepted.borrow().iter().all(|c| !lp.is_live(*c)));
+        run_until_with(lp, &mut d, LIMIT, |lp, d| d.accepted.iter().all(|c| !lp.is_live(*c)));
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut d).unwrap());
     }
 
     /// Connection churn after warm-up: connect, accept, one byte each way,
     /// close on both sides; zero heap allocations.
-    fn accept_and_close_allocate_nothing(lp) {
-        let accepted = Rc::new(RefCell::new(Vec::with_capacity(0)));
-        let (server, addr) = echo_server(lp, accepted);
-        let finished = Rc::new(Cell::new(0u64));
-        let on_client_read = {
-            let finished = finished.clone();
-            OnRead::new(move |lp, s, res| {
-                // The echo arrived (or the connection ended): close.
-                let _ = res;
-                finished.set(finished.get() + 1);
-                let _ = lp.close(s, None);
-            })
-        };
-        let on_connect = OnConnect::new(move |lp, s, st| {
+    fn accept_and_close_allocate_nothing(lp: Echo) {
+        let mut d = Echo::new(0, 0);
+        let (server, addr) = echo_server(lp);
+        let on_client_read = OnRead::new(|lp: &mut Loop<Echo>, d: &mut Echo, s: TcpStream, res| {
+            // The echo arrived (or the connection ended): close.
+            let _ = res;
+            d.finished += 1;
+            let _ = lp.close(s, None);
+        });
+        let on_connect = OnConnect::new(move |lp: &mut Loop<Echo>, _: &mut Echo, s, st| {
             st.unwrap();
             lp.read_start(s, &on_client_read).unwrap();
             lp.write(s, b"x", None).unwrap();
         });
-        // `parallel` connections at a time until `n` have finished.
-        let churn = |lp: &mut Loop, n: u64| {
-            let target = finished.get() + n;
-            let mut started = finished.get();
-            run_until(lp, LIMIT, |lp| {
-                while started < target && started - finished.get() < 8 {
-                    let c = lp.tcp_init().unwrap();
-                    lp.tcp_connect(c, addr, &on_connect).unwrap();
-                    started += 1;
-                }
-                finished.get() == target && lp.handle_count() == 1
-            });
-        };
-        churn(lp, 300);
-        let allocations = allocations_in(|| churn(lp, 1_000));
+        churn(lp, &mut d, addr, &on_connect, 300);
+        let allocations = allocations_in(|| churn(lp, &mut d, addr, &on_connect, 1_000));
+        assert_eq!(d.finished, 1_300);
         assert_eq!(allocations, 0, "heap allocations during 1,000 connect/accept/close cycles");
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut d).unwrap());
     }
 
     /// Timer start, stop, again and firing after warm-up: zero heap
     /// allocations.
-    fn timers_allocate_nothing(lp) {
-        let fired = Rc::new(Cell::new(0u64));
-        let noop = OnTimer::new(|_, _| {});
-        let on_timer = {
-            let fired = fired.clone();
-            OnTimer::new(move |lp, t| {
-                fired.set(fired.get() + 1);
-                // Start and stop from inside the callback.
-                lp.timer_start(t, fired.get() % 3, 0, &noop).unwrap();
-                lp.timer_stop(t).unwrap();
-            })
-        };
-        let timers: Vec<Timer> = (0..32).map(|_| lp.timer_init().unwrap()).collect();
-        let round = |lp: &mut Loop| {
-            for (i, &t) in timers.iter().enumerate() {
-                lp.timer_start(t, 10_000 + i as u64, 0, &on_timer).unwrap();
-            }
-            for &t in &timers {
-                lp.timer_stop(t).unwrap();
-                lp.timer_start(t, 0, 5, &on_timer).unwrap();
-                lp.timer_again(t).unwrap();
-                lp.timer_start(t, 0, 0, &on_timer).unwrap();
-            }
-            let want = fired.get() + timers.len() as u64;
-            run_until(lp, LIMIT, |_| fired.get() == want);
-        };
+    fn timers_allocate_nothing(lp: Timers) {
+        let noop = OnTimer::new(|_: &mut Loop<Timers>, _: &mut Timers, _| {});
+        let on_timer = OnTimer::new(move |lp: &mut Loop<Timers>, d: &mut Timers, t| {
+            d.fired += 1;
+            // Start and stop from inside the callback.
+            lp.timer_start(t, Duration::from_millis(d.fired % 3), Duration::ZERO, &noop).unwrap();
+            lp.timer_stop(t).unwrap();
+        });
+        let mut d = Timers { timers: (0..32).map(|_| lp.timer_init().unwrap()).collect(), fired: 0 };
         for _ in 0..10 {
-            round(lp);
+            timer_round(lp, &mut d, &on_timer);
         }
         let allocations = allocations_in(|| {
             for _ in 0..300 {
-                round(lp);
+                timer_round(lp, &mut d, &on_timer);
             }
         });
+        assert_eq!(d.fired, 310 * 32);
         assert_eq!(allocations, 0, "heap allocations during timer start/stop/fire");
-        for &t in &timers {
+        for &t in &d.timers {
             lp.close(t, None).unwrap();
         }
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut d).unwrap());
     }
 }
 

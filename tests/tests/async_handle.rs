@@ -17,7 +17,7 @@ both_backends! {
     fn async_wakes_blocked_loop(lp) {
         let calls = Rc::new(Cell::new(0u32));
         let c = calls.clone();
-        let (a, sender) = lp.async_init(&OnAsync::new(move |lp, a| {
+        let (a, sender) = lp.async_init(&OnAsync::new(move |lp, _, a| {
             c.set(c.get() + 1);
             lp.close(a, None).unwrap();
         })).unwrap();
@@ -26,7 +26,7 @@ both_backends! {
             std::thread::sleep(Duration::from_millis(50));
             sender.send();
         });
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         thread.join().unwrap();
         assert_eq!(calls.get(), 1);
     }
@@ -35,7 +35,7 @@ both_backends! {
     fn async_sends_coalesce(lp) {
         let calls = Rc::new(Cell::new(0u32));
         let c = calls.clone();
-        let (a, sender) = lp.async_init(&OnAsync::new(move |_, _| c.set(c.get() + 1))).unwrap();
+        let (a, sender) = lp.async_init(&OnAsync::new(move |_, _, _| c.set(c.get() + 1))).unwrap();
         let s = sender.clone();
         std::thread::spawn(move || {
             for _ in 0..10_000 {
@@ -50,11 +50,11 @@ both_backends! {
         run_until(lp, LIMIT, |_| calls.get() >= 1);
         // Nothing more is pending: a non-blocking turn runs no callback.
         for _ in 0..3 {
-            lp.run(RunMode::NoWait).unwrap();
+            lp.run(RunMode::NoWait, &mut ()).unwrap();
         }
         assert_eq!(calls.get(), 1, "10,100 sends before the loop ran: one callback");
         lp.close(a, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     /// Concurrent sends from another thread while the loop runs: fewer
@@ -68,7 +68,7 @@ both_backends! {
         let saw_last = Rc::new(Cell::new(false));
         let (c, last, seen) = (calls.clone(), saw_last.clone(), sent.clone());
         let fin = finished.clone();
-        let (a, sender) = lp.async_init(&OnAsync::new(move |lp, a| {
+        let (a, sender) = lp.async_init(&OnAsync::new(move |lp, _, a| {
             c.set(c.get() + 1);
             // `finished` is set after the last count and before the last
             // send: if that send's wake-up were lost, no callback would see it.
@@ -93,7 +93,7 @@ both_backends! {
         });
         run_until(lp, LIMIT, |_| saw_last.get());
         thread.join().unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         assert!(calls.get() >= 1);
         assert!(calls.get() < SENDS, "sends coalesce: {} callbacks for {SENDS} sends", calls.get());
         assert!(!lp.is_live(a));
@@ -102,12 +102,12 @@ both_backends! {
     /// An unref'd async handle does not keep the loop alive; closing it
     /// while a send is pending is clean.
     fn async_unref_and_close_pending(lp) {
-        let (a, sender) = lp.async_init(&OnAsync::new(|_, _| panic!("closed before the loop ran"))).unwrap();
+        let (a, sender) = lp.async_init(&OnAsync::new(|_, _, _| panic!("closed before the loop ran"))).unwrap();
         lp.unref_handle(a).unwrap();
         assert!(!lp.alive());
         sender.send();
         lp.close(a, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         // Sending to a closed handle is harmless.
         sender.send();
         drop(sender);

@@ -1,9 +1,11 @@
 //! Callbacks with the loop in hand: from inside callbacks, user code closes
 //! its own handle, closes other handles, writes, accepts and stops the loop,
-//! and nothing panics or leaks. State lives in `Rc<Cell<..>>` counters the
-//! test owns; the loop itself is never wrapped in a `RefCell`.
+//! and nothing panics or leaks. Most tests keep their state in `Rc<Cell<..>>`
+//! counters they own; the last one keeps it in the loop's data `D`, calls
+//! every operation from every kind of callback and checks the whole event
+//! log. The loop itself is never wrapped in a `RefCell`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -12,6 +14,11 @@ use uvring::*;
 use uvring_tests::{both_backends, bump, count, listener, run_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
+
+/// Milliseconds.
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 /// A blocking peer on a helper thread: connects, sends `send`, then reads
 /// until EOF and returns what it read. Every step is bounded by timeouts,
@@ -38,14 +45,14 @@ both_backends! {
     fn callback_closes_own_handle(lp) {
         // Timer.
         let t = lp.timer_init().unwrap();
-        lp.timer_start(t, 0, 1, &OnTimer::new(|lp, t| lp.close(t, None).unwrap())).unwrap();
+        lp.timer_start(t, ms(0), ms(1), &OnTimer::new(|lp, _, t| lp.close(t, None).unwrap())).unwrap();
         // Check hook.
         let h = lp.hook_init(HookKind::Check).unwrap();
-        lp.hook_start(h, &OnHook::new(|lp, h| lp.close(h, None).unwrap())).unwrap();
+        lp.hook_start(h, &OnHook::new(|lp, _, h| lp.close(h, None).unwrap())).unwrap();
         // Async.
-        let (a, sender) = lp.async_init(&OnAsync::new(|lp, a| lp.close(a, None).unwrap())).unwrap();
+        let (a, sender) = lp.async_init(&OnAsync::new(|lp, _, a| lp.close(a, None).unwrap())).unwrap();
         sender.send();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert!(!lp.is_live(t) && !lp.is_live(h) && !lp.is_live(a));
 
         // Read: the peer sends 1 MB, the first read callback closes the
@@ -53,7 +60,7 @@ both_backends! {
         let reads_after_close = count();
         let on_read = {
             let reads_after_close = reads_after_close.clone();
-            OnRead::new(move |lp, s, _| {
+            OnRead::new(move |lp, _, s, _| {
                 if lp.is_closing(s) {
                     bump(&reads_after_close);
                 }
@@ -61,7 +68,7 @@ both_backends! {
             })
         };
         // Connection: accept one, close the listener with others queued.
-        let on_connection = OnConnection::new(move |lp, srv, st| {
+        let on_connection = OnConnection::new(move |lp, _, srv, st| {
             st.unwrap();
             let c = lp.accept(srv).unwrap();
             lp.read_start(c, &on_read).unwrap();
@@ -80,7 +87,7 @@ both_backends! {
         let statuses = Rc::new(RefCell::new(Vec::new()));
         let on_write = {
             let statuses = statuses.clone();
-            OnWrite::new(move |lp, s, st| {
+            OnWrite::new(move |lp, _, s, st| {
                 statuses.borrow_mut().push(st);
                 if !lp.is_closing(s) {
                     lp.close(s, None).unwrap();
@@ -89,7 +96,7 @@ both_backends! {
         };
         // Connect: the connect callback writes, then a second handle's
         // connect callback closes its own handle at once.
-        let on_connect = OnConnect::new(move |lp, s, st| {
+        let on_connect = OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             for _ in 0..5 {
                 lp.write(s, &[1u8; 300_000], Some(&on_write)).unwrap();
@@ -100,11 +107,11 @@ both_backends! {
         let w = lp.tcp_init().unwrap();
         lp.tcp_connect(w, addr, &on_connect).unwrap();
         let c = lp.tcp_init().unwrap();
-        lp.tcp_connect(c, addr, &OnConnect::new(|lp, s, st| {
+        lp.tcp_connect(c, addr, &OnConnect::new(|lp, _, s, st| {
             st.unwrap();
             lp.close(s, None).unwrap();
         })).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         let statuses = statuses.borrow();
         assert_eq!(statuses.len(), 5, "every write reports once");
         assert_eq!(statuses[0], Ok(()));
@@ -120,24 +127,24 @@ both_backends! {
         let t1 = lp.timer_init().unwrap();
         let t2 = lp.timer_init().unwrap();
         let t3 = lp.timer_init().unwrap();
-        let on_t3_closed = OnClose::new(|_, _| {});
-        let on_t2_closed = OnClose::new(move |lp, _| lp.close(t3, Some(&on_t3_closed)).unwrap());
-        lp.timer_start(t1, 5, 0, &OnTimer::new(move |lp, me| {
+        let on_t3_closed = OnClose::new(|_, _, _| {});
+        let on_t2_closed = OnClose::new(move |lp, _, _| lp.close(t3, Some(&on_t3_closed)).unwrap());
+        lp.timer_start(t1, ms(5), ms(0), &OnTimer::new(move |lp, _, me| {
             lp.close(t2, Some(&on_t2_closed)).unwrap();
             lp.close(me, None).unwrap();
         })).unwrap();
         // Due at the same time as t1, started after it: t1 runs first.
-        lp.timer_start(t2, 5, 0, &OnTimer::new(|_, _| panic!("closed by t1 before its turn"))).unwrap();
-        lp.timer_start(t3, 60_000, 0, &OnTimer::new(|_, _| panic!("closed from a close callback"))).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        lp.timer_start(t2, ms(5), ms(0), &OnTimer::new(|_, _, _| panic!("closed by t1 before its turn"))).unwrap();
+        lp.timer_start(t3, ms(60_000), ms(0), &OnTimer::new(|_, _, _| panic!("closed from a close callback"))).unwrap();
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert!(!lp.is_live(t1) && !lp.is_live(t2) && !lp.is_live(t3));
 
         // Two connections with data ready; whichever reads first closes both.
-        let incoming = Rc::new(RefCell::new(Vec::<Stream>::new()));
+        let incoming = Rc::new(RefCell::new(Vec::<TcpStream>::new()));
         let reads = count();
         let on_read = {
             let (incoming, reads) = (incoming.clone(), reads.clone());
-            OnRead::new(move |lp, _, res| {
+            OnRead::new(move |lp, _, _, res| {
                 assert!(res.is_ok());
                 bump(&reads);
                 for c in incoming.borrow().iter() {
@@ -147,7 +154,7 @@ both_backends! {
         };
         let on_connection = {
             let incoming = incoming.clone();
-            OnConnection::new(move |lp, srv, st| {
+            OnConnection::new(move |lp, _, srv, st| {
                 st.unwrap();
                 while let Ok(c) = lp.accept(srv) {
                     incoming.borrow_mut().push(c);
@@ -173,11 +180,11 @@ both_backends! {
     /// callback (a chain of 200 writes, each queued by the previous one's
     /// callback), a timer callback and a close callback all write.
     fn callback_writes(lp) {
-        let on_read = OnRead::new(|lp, s, res| match res {
+        let on_read = OnRead::new(|lp, _, s, res| match res {
             Ok(b) => lp.write(s, b, None).unwrap(),
             Err(_) => lp.close(s, None).unwrap(),
         });
-        let on_connection = OnConnection::new(move |lp, srv, st| {
+        let on_connection = OnConnection::new(move |lp, _, srv, st| {
             st.unwrap();
             let c = lp.accept(srv).unwrap();
             lp.read_start(c, &on_read).unwrap();
@@ -186,18 +193,22 @@ both_backends! {
         let (_server, addr) = listener(lp, &on_connection);
         let received = Rc::new(RefCell::new(Vec::new()));
         let client = lp.tcp_init().unwrap();
+        // The client's stream id, known once `tcp_connect` has returned it.
+        let client_stream = Rc::new(Cell::new(None::<TcpStream>));
         let other = lp.tcp_init().unwrap();
-        let on_other_closed = OnClose::new(move |lp, _| lp.write(client, b"[close]", None).unwrap());
-        let on_timer = OnTimer::new(move |lp, t| {
-            lp.write(client, b"[timer]", None).unwrap();
+        let cs = client_stream.clone();
+        let on_other_closed = OnClose::new(move |lp, _, _| lp.write(cs.get().unwrap(), b"[close]", None).unwrap());
+        let cs = client_stream.clone();
+        let on_timer = OnTimer::new(move |lp, _, t| {
+            lp.write(cs.get().unwrap(), b"[timer]", None).unwrap();
             lp.close(t, None).unwrap();
             lp.close(other, Some(&on_other_closed)).unwrap();
         });
         let chain = count();
-        let on_write: Rc<RefCell<Option<OnWrite>>> = Rc::new(RefCell::new(None));
+        let on_write: Rc<RefCell<Option<OnWrite<(), TcpStream>>>> = Rc::new(RefCell::new(None));
         let cb = {
             let (chain, slot) = (chain.clone(), on_write.clone());
-            OnWrite::new(move |lp, s, st| {
+            OnWrite::new(move |lp, _, s, st| {
                 st.unwrap();
                 bump(&chain);
                 if chain.get() < 200 {
@@ -205,14 +216,14 @@ both_backends! {
                     lp.write(s, b".", Some(&next)).unwrap();
                 } else {
                     let t = lp.timer_init().unwrap();
-                    lp.timer_start(t, 1, 0, &on_timer).unwrap();
+                    lp.timer_start(t, ms(1), ms(0), &on_timer).unwrap();
                 }
             })
         };
         *on_write.borrow_mut() = Some(cb.clone());
         let on_client_read = {
             let received = received.clone();
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 Ok(b) => {
                     received.borrow_mut().extend_from_slice(b);
                     if received.borrow().ends_with(b"[close]") {
@@ -222,12 +233,13 @@ both_backends! {
                 Err(e) => panic!("{e:?}"),
             })
         };
-        lp.tcp_connect(client, addr, &OnConnect::new(move |lp, s, st| {
+        let client = lp.tcp_connect(client, addr, &OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             lp.read_start(s, &on_client_read).unwrap();
             lp.write(s, b"[connect]", Some(&cb)).unwrap();
         })).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        client_stream.set(Some(client));
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         *on_write.borrow_mut() = None;
         let mut want = b"[connect]".to_vec();
         want.extend(std::iter::repeat_n(b'.', 199));
@@ -239,15 +251,15 @@ both_backends! {
     /// callback (the connection waits in the listener's queue meanwhile).
     fn callback_accepts(lp) {
         let served = count();
-        let on_written = OnWrite::new(|lp, s, st| {
+        let on_written = OnWrite::new(|lp, _, s, st| {
             st.unwrap();
             lp.close(s, None).unwrap();
         });
         let timer = lp.timer_init().unwrap();
         let on_timer = {
             let (served, on_written) = (served.clone(), on_written.clone());
-            OnTimer::new(move |lp, t| {
-                let srv = lp.user_data::<Stream>().copied().unwrap();
+            OnTimer::new(move |lp, _, t| {
+                let srv = lp.user_data::<TcpListener>().copied().unwrap();
                 while let Ok(c) = lp.accept(srv) {
                     lp.write(c, b"late", Some(&on_written)).unwrap();
                     bump(&served);
@@ -260,7 +272,7 @@ both_backends! {
         };
         let on_connection = {
             let served = served.clone();
-            OnConnection::new(move |lp, srv, st| {
+            OnConnection::new(move |lp, _, srv, st| {
                 st.unwrap();
                 if served.get() < 2 {
                     // Accept now.
@@ -269,7 +281,7 @@ both_backends! {
                     bump(&served);
                 } else if !lp.is_active(timer) {
                     // Leave it queued; a timer accepts it.
-                    lp.timer_start(timer, 10, 10, &on_timer).unwrap();
+                    lp.timer_start(timer, ms(10), ms(10), &on_timer).unwrap();
                 }
             })
         };
@@ -278,7 +290,7 @@ both_backends! {
         let first: Vec<_> = (0..2).map(|_| peer(addr, vec![])).collect();
         run_until(lp, LIMIT, |_| served.get() == 2);
         let late: Vec<_> = (0..2).map(|_| peer(addr, vec![])).collect();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         for p in first {
             assert_eq!(p.join().unwrap(), b"now");
         }
@@ -294,33 +306,33 @@ both_backends! {
         let stops = count();
         let t = lp.timer_init().unwrap();
         let s2 = stops.clone();
-        lp.timer_start(t, 0, 0, &OnTimer::new(move |lp, _| {
+        lp.timer_start(t, ms(0), ms(0), &OnTimer::new(move |lp, _, _| {
             bump(&s2);
             lp.stop();
         })).unwrap();
         let keepalive = lp.timer_init().unwrap();
-        lp.timer_start(keepalive, 60_000, 0, &OnTimer::new(|_, _| {})).unwrap();
-        assert!(lp.run(RunMode::Default).unwrap(), "stopped with a timer still active");
+        lp.timer_start(keepalive, ms(60_000), ms(0), &OnTimer::new(|_, _, _| {})).unwrap();
+        assert!(lp.run(RunMode::Default, &mut ()).unwrap(), "stopped with a timer still active");
         assert_eq!(stops.get(), 1);
 
         // An idle hook (a check hook would wait for the 60 s timer first:
         // check runs after the poll phase, which blocks until the timer).
         let idle = lp.hook_init(HookKind::Idle).unwrap();
         let s3 = stops.clone();
-        lp.hook_start(idle, &OnHook::new(move |lp, _| {
+        lp.hook_start(idle, &OnHook::new(move |lp, _, _| {
             bump(&s3);
             let me = lp.user_data::<Hook>().copied().unwrap();
             lp.hook_stop(me).unwrap();
             lp.stop();
         })).unwrap();
         lp.set_user_data(idle);
-        assert!(lp.run(RunMode::Default).unwrap());
+        assert!(lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(stops.get(), 2);
 
         // Read and write callbacks stop the loop; close callbacks too.
         let on_read = {
             let stops = stops.clone();
-            OnRead::new(move |lp, s, res| {
+            OnRead::new(move |lp, _, s, res| {
                 if res.is_ok() {
                     bump(&stops);
                     lp.stop();
@@ -329,7 +341,7 @@ both_backends! {
                 }
             })
         };
-        let on_connection = OnConnection::new(move |lp, srv, st| {
+        let on_connection = OnConnection::new(move |lp, _, srv, st| {
             st.unwrap();
             let c = lp.accept(srv).unwrap();
             lp.read_start(c, &on_read).unwrap();
@@ -337,22 +349,22 @@ both_backends! {
         let (server, addr) = listener(lp, &on_connection);
         let on_write = {
             let stops = stops.clone();
-            OnWrite::new(move |lp, _, st| {
+            OnWrite::new(move |lp, _, _, st| {
                 st.unwrap();
                 bump(&stops);
                 lp.stop();
             })
         };
         let client = lp.tcp_init().unwrap();
-        lp.tcp_connect(client, addr, &OnConnect::new(move |lp, s, st| {
+        lp.tcp_connect(client, addr, &OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             lp.write(s, b"stop", Some(&on_write)).unwrap();
         })).unwrap();
         while stops.get() < 4 {
-            assert!(lp.run(RunMode::Default).unwrap());
+            assert!(lp.run(RunMode::Default, &mut ()).unwrap());
         }
         let s4 = stops.clone();
-        lp.close(client, Some(&OnClose::new(move |lp, _| {
+        lp.close(client, Some(&OnClose::new(move |lp, _, _| {
             bump(&s4);
             lp.stop();
         }))).unwrap();
@@ -362,7 +374,7 @@ both_backends! {
                 lp.close(h, None).unwrap();
             }
         }
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 
     /// Misuse from a callback is an error, never a panic: running the loop
@@ -372,14 +384,14 @@ both_backends! {
         let checked = count();
         let c2 = checked.clone();
         let t = lp.timer_init().unwrap();
-        lp.timer_start(t, 0, 0, &OnTimer::new(move |lp, t| {
-            assert_eq!(lp.run(RunMode::NoWait), Err(Error::INVALID_STATE));
+        lp.timer_start(t, ms(0), ms(0), &OnTimer::new(move |lp, d, t| {
+            assert_eq!(lp.run(RunMode::NoWait, d), Err(Error::INVALID_STATE));
             lp.close(t, None).unwrap();
             assert_eq!(lp.close(t, None), Err(Error::INVALID_STATE));
-            assert_eq!(lp.timer_start(t, 1, 0, &OnTimer::new(|_, _| {})), Err(Error::STALE_HANDLE));
+            assert_eq!(lp.timer_start(t, ms(1), ms(0), &OnTimer::new(|_, _, _| {})), Err(Error::STALE_HANDLE));
             bump(&c2);
         })).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(checked.get(), 1);
     }
 
@@ -392,7 +404,7 @@ both_backends! {
         let written = count();
         let on_written = {
             let written = written.clone();
-            OnWrite::new(move |_, _, st| {
+            OnWrite::new(move |_, _, _, st| {
                 st.unwrap();
                 bump(&written);
             })
@@ -406,7 +418,7 @@ both_backends! {
         run_until(lp, LIMIT, |_| written.get() == 40);
         let reads = count();
         let r2 = reads.clone();
-        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+        lp.read_start(b, &OnRead::new(move |lp, _, s, res| {
             assert!(res.is_ok(), "{res:?}");
             bump(&r2);
             lp.close(s, None).unwrap();
@@ -414,7 +426,7 @@ both_backends! {
         run_until(lp, LIMIT, |lp| !lp.is_live(b));
         assert_eq!(reads.get(), 1);
         lp.close(a, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 
     /// The same with a read_stop first: messages received after the stop
@@ -425,7 +437,7 @@ both_backends! {
         let written = count();
         let on_written = {
             let written = written.clone();
-            OnWrite::new(move |_, _, st| {
+            OnWrite::new(move |_, _, _, st| {
                 st.unwrap();
                 bump(&written);
             })
@@ -438,7 +450,7 @@ both_backends! {
         run_until(lp, LIMIT, |_| written.get() == 40);
         let reads = count();
         let r2 = reads.clone();
-        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+        lp.read_start(b, &OnRead::new(move |lp, _, s, res| {
             assert!(res.is_ok(), "{res:?}");
             bump(&r2);
             if lp.is_reading(s) {
@@ -447,11 +459,11 @@ both_backends! {
         })).unwrap();
         run_until(lp, LIMIT, |_| reads.get() >= 1);
         for _ in 0..5 {
-            lp.run(RunMode::NoWait).unwrap();
+            lp.run(RunMode::NoWait, &mut ()).unwrap();
         }
         lp.close(b, None).unwrap();
         lp.close(a, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 
     /// Messages that carry fds are read several per wakeup (the kernel ends
@@ -461,7 +473,7 @@ both_backends! {
         let written = count();
         let on_written = {
             let written = written.clone();
-            OnWrite::new(move |_, _, st| {
+            OnWrite::new(move |_, _, _, st| {
                 st.unwrap();
                 bump(&written);
             })
@@ -474,7 +486,7 @@ both_backends! {
         run_until(lp, LIMIT, |_| written.get() == 20);
         let got = count();
         let g2 = got.clone();
-        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+        lp.read_start(b, &OnRead::new(move |lp, _, s, res| {
             assert_eq!(res.map(|b| b.len()), Ok(1));
             while lp.accept_pending_fd(s).is_ok() {
                 bump(&g2);
@@ -486,6 +498,668 @@ both_backends! {
         assert!(iterations <= 5, "20 queued messages took {iterations} iterations");
         lp.close(a, None).unwrap();
         lp.close(b, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
+    }
+}
+
+// ---- every operation from every callback ---------------------------------
+//
+// One scenario on a `Loop<Ev>`: the state lives in `D` (no `Rc<RefCell>`),
+// every callback kind (connection, listen-stop, read, write, connect,
+// shutdown, close, timer, hook, async, signal) logs itself and, from inside,
+// calls every operation on every handle ([`exercise`]), then starts the next
+// step. Each step leaves exactly one chain of callbacks outstanding, so the
+// log is the same on every backend and run; it is compared whole with the
+// expected sequence: no callback lost, doubled or reordered, none run from
+// inside an API call (the "call"/"returned" entries around the writes that
+// fail). The failure paths that used to call back from inside `write` (a
+// refused connection, a reset peer) are among the steps.
+
+/// The scenario's state (the loop's `D`).
+struct Ev {
+    log: Vec<String>,
+    done: bool,
+    deadline: std::time::Instant,
+    /// Every handle made, with its name and type (closed ones stay listed:
+    /// their ids must be stale).
+    names: Vec<(HandleId, &'static str, HandleType)>,
+    cb: Rc<Cbs>,
+    l: Option<TcpListener>,
+    s: Option<TcpStream>,
+    c: Option<TcpStream>,
+    p1: Option<PipeStream>,
+    p2: Option<PipeStream>,
+    t: Option<Timer>,
+    h: Option<Hook>,
+    sig: Option<Signal>,
+    /// A timer closed before the scenario: a stale id.
+    dead: Option<Timer>,
+    sender: Option<AsyncSender>,
+    /// The std end of S (connected to the loop's listener).
+    peer: Option<std::net::TcpStream>,
+    /// C connects here; its std end is `peer2`.
+    stdl: std::net::TcpListener,
+    peer2: Option<std::net::TcpStream>,
+    /// Nobody listens there.
+    refused: SocketAddr,
+    timer_fires: u32,
+    writes_s: u32,
+    writes_c: u32,
+    /// Handles closed one after the other at the end.
+    close_order: std::collections::VecDeque<HandleId>,
+    exercised: usize,
+    /// Writes on scratch pipes made and closed inside callbacks: issued and
+    /// reported (each exactly once).
+    scratch_writes: usize,
+    scratch_reported: usize,
+}
+
+/// Every callback of the scenario, built once.
+struct Cbs {
+    connection: OnConnection<Ev, TcpListener>,
+    listen_stopped: OnListenStop<Ev, TcpListener>,
+    read_s: OnRead<Ev, TcpStream>,
+    write_s: OnWrite<Ev, TcpStream>,
+    write_s_fail: OnWrite<Ev, TcpStream>,
+    shutdown_s: OnShutdown<Ev, TcpStream>,
+    timer: OnTimer<Ev>,
+    never: OnTimer<Ev>,
+    hook: OnHook<Ev>,
+    signal: OnSignal<Ev>,
+    connect_r: OnConnect<Ev, TcpStream>,
+    write_r: OnWrite<Ev, TcpStream>,
+    connect_c: OnConnect<Ev, TcpStream>,
+    write_c: OnWrite<Ev, TcpStream>,
+    write_p1: OnWrite<Ev, PipeStream>,
+    shutdown_p1: OnShutdown<Ev, PipeStream>,
+    read_p2: OnRead<Ev, PipeStream>,
+    close: OnClose<Ev>,
+    scratch_write: OnWrite<Ev, PipeStream>,
+    ignore_connection: OnConnection<Ev, TcpListener>,
+}
+
+impl Ev {
+    fn log(&mut self, what: impl Into<String>) {
+        self.log.push(what.into());
+    }
+
+    fn name(&mut self, h: impl Into<HandleId>, name: &'static str, ty: HandleType) {
+        self.names.push((h.into(), name, ty));
+    }
+
+    fn name_of(&self, h: HandleId) -> &'static str {
+        self.names.iter().find(|(id, _, _)| *id == h).map_or("?", |(_, n, _)| n)
+    }
+}
+
+/// Calls every operation that does not itself call back on every handle
+/// of the scenario, and the failing ones that must fail at once; makes and
+/// closes scratch handles (a timer that never fires, a listener, a pipe pair
+/// with a write queued) whose callbacks must each run exactly once, later.
+fn exercise(lp: &mut Loop<Ev>, d: &mut Ev) {
+    d.exercised += 1;
+    let cb = d.cb.clone();
+    // The loop itself.
+    assert_eq!(lp.run(RunMode::NoWait, d), Err(Error::INVALID_STATE), "run is not re-entrant");
+    lp.update_time();
+    let _ = (lp.now(), lp.iterations(), lp.backend(), lp.alive());
+    let mut seen = 0;
+    lp.walk(|lp, h| {
+        seen += 1;
+        assert!(lp.is_live(h));
+        lp.handle_type(h).unwrap();
+    });
+    assert_eq!(seen, lp.handle_count(), "walk visits every live handle");
+
+    // Every handle, by id.
+    for (id, name, ty) in d.names.clone() {
+        if !lp.is_live(id) {
+            assert_eq!(lp.data(id), Err(Error::STALE_HANDLE), "{name}");
+            assert_eq!(lp.close(id, None), Err(Error::STALE_HANDLE), "{name}");
+            assert_eq!(lp.handle_type(id), Err(Error::STALE_HANDLE), "{name}");
+            assert!(!lp.is_active(id) && !lp.is_closing(id));
+            continue;
+        }
+        assert_eq!(lp.handle_type(id), Ok(ty), "{name}");
+        let word = lp.data(id).unwrap();
+        lp.set_data(id, word + 1).unwrap();
+        assert_eq!(lp.data(id), Ok(word + 1));
+        lp.set_data(id, word).unwrap();
+        match lp.fileno(id) {
+            Ok(fd) => assert!(matches!(ty, HandleType::Tcp | HandleType::Pipe) && fd >= 0, "{name}: fd {fd}"),
+            Err(e) => assert_eq!((e, ty == HandleType::Tcp || ty == HandleType::Pipe), (Error::WRONG_TYPE, false)),
+        }
+        if lp.is_closing(id) {
+            assert_eq!(lp.close(id, None), Err(Error::INVALID_STATE), "{name}: closing twice");
+            continue;
+        }
+        let was_ref = lp.has_ref(id).unwrap();
+        lp.unref_handle(id).unwrap();
+        assert_eq!(lp.has_ref(id), Ok(false));
+        lp.ref_handle(id).unwrap();
+        assert_eq!(lp.has_ref(id), Ok(true));
+        if !was_ref {
+            lp.unref_handle(id).unwrap();
+        }
+        let _ = lp.is_active(id);
+    }
+
+    // Typed operations on the handles still open.
+    let open = |lp: &Loop<Ev>, h: HandleId| lp.is_live(h) && !lp.is_closing(h);
+    if let Some(t) = d.t.filter(|t| open(lp, t.id())) {
+        lp.timer_repeat(t).unwrap();
+        let due = lp.timer_due_in(t).unwrap();
+        assert!(due <= ms(5), "{due:?}");
+    }
+    let dead = d.dead.unwrap();
+    assert_eq!(lp.timer_start(dead, ms(1), ms(0), &cb.never), Err(Error::STALE_HANDLE));
+    assert_eq!(lp.timer_stop(dead), Err(Error::STALE_HANDLE));
+    if let Some(h) = d.h.filter(|h| open(lp, h.id())) {
+        let _ = lp.is_active(h);
+    }
+    let streams: Vec<TcpStream> = [d.s, d.c].into_iter().flatten().filter(|s| open(lp, s.id())).collect();
+    for s in streams {
+        let _ = lp.is_reading(s);
+        lp.write_queue_size(s).unwrap();
+        assert_eq!(lp.stream_type(s), Ok(StreamType::Tcp));
+        lp.tcp_getsockname(s).unwrap();
+        lp.tcp_bind_addr(s).unwrap();
+    }
+    if let Some(l) = d.l.filter(|l| open(lp, l.id())) {
+        assert_eq!(lp.accept_queue_len(l), Ok(0));
+        assert!(lp.accept(l).is_err(), "nothing to accept");
+        assert!(lp.accept_fd(l).is_err(), "nothing to accept");
+        lp.tcp_getsockname(l).unwrap();
+        let _ = lp.is_listen_stopped(l);
+    }
+    let pipes: Vec<PipeStream> = [d.p1, d.p2].into_iter().flatten().filter(|p| open(lp, p.id())).collect();
+    for p in pipes {
+        assert_eq!(lp.stream_type(p), Ok(StreamType::Pipe));
+        assert_eq!(lp.pending_count(p), Ok(0));
+        assert_eq!(lp.pending_type(p), Ok(None));
+        let r = lp.try_write(p, b"");
+        assert!(r == Ok(0) || r == Err(Error::EPIPE), "{r:?}");
+        let _ = (lp.is_reading(p), lp.write_queue_size(p).unwrap());
+    }
+
+    // Scratch handles made and closed from inside the callback.
+    let t = lp.timer_init().unwrap();
+    lp.timer_start(t, ms(0), ms(0), &cb.never).unwrap();
+    lp.close(t, None).unwrap();
+    let hk = lp.hook_init(HookKind::Check).unwrap();
+    lp.hook_start(hk, &OnHook::new(|_, _, _| panic!("a hook closed at once never runs"))).unwrap();
+    lp.close(hk, None).unwrap();
+    let sock = lp.tcp_init().unwrap();
+    lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+    let l = lp.listen(sock, 1, &cb.ignore_connection).unwrap();
+    lp.close(l, None).unwrap();
+    let (a, b) = lp.pipe_pair(false).unwrap();
+    lp.write(a, b"scratch", Some(&cb.scratch_write)).unwrap();
+    d.scratch_writes += 1;
+    lp.close(a, None).unwrap();
+    lp.close(b, None).unwrap();
+}
+
+fn raise(signum: i32) {
+    // SAFETY: raise has no memory-safety preconditions; the signal is
+    // watched (else its default action would end the process).
+    assert_eq!(unsafe { libc::raise(signum) }, 0);
+}
+
+/// Closes the next handle of the final chain, or ends the scenario.
+fn close_next(lp: &mut Loop<Ev>, d: &mut Ev) {
+    let cb = d.cb.clone();
+    match d.close_order.pop_front() {
+        Some(h) => {
+            lp.close(h, Some(&cb.close)).unwrap();
+            assert!(lp.is_closing(h) && !lp.is_active(h));
+            assert_eq!(lp.close(h, None), Err(Error::INVALID_STATE));
+        }
+        None => d.done = true,
+    }
+}
+
+fn on_connection(lp: &mut Loop<Ev>, d: &mut Ev, l: TcpListener, st: Result<()>) {
+    st.unwrap();
+    d.log("connection");
+    let cb = d.cb.clone();
+    let s = lp.accept(l).unwrap();
+    d.s = Some(s);
+    d.name(s, "S", HandleType::Tcp);
+    assert_eq!(lp.accept(l), Err(Error::EAGAIN));
+    assert_eq!(lp.tcp_getpeername(s).unwrap(), d.peer.as_ref().unwrap().local_addr().unwrap());
+    lp.tcp_nodelay(s, true).unwrap();
+    lp.tcp_keepalive(s, Some(Duration::from_secs(1))).unwrap();
+    lp.tcp_keepalive(s, None).unwrap();
+    lp.read_start(s, &cb.read_s).unwrap();
+    assert!(lp.is_reading(s));
+    exercise(lp, d);
+    lp.listen_stop(l, Some(&cb.listen_stopped)).unwrap();
+    assert!(lp.is_listen_stopped(l));
+    assert_eq!(lp.listen_stop(l, None), Err(Error::INVALID_STATE));
+}
+
+fn on_listen_stopped(lp: &mut Loop<Ev>, d: &mut Ev, l: TcpListener, st: Result<()>) {
+    st.unwrap();
+    d.log("listen stopped");
+    assert!(lp.is_listen_stopped(l) && !lp.is_active(l));
+    exercise(lp, d);
+    // The next step: the peer sends.
+    d.peer.as_mut().unwrap().write_all(b"ping").unwrap();
+}
+
+fn on_read_s(lp: &mut Loop<Ev>, d: &mut Ev, s: TcpStream, res: Result<&[u8]>) {
+    let cb = d.cb.clone();
+    match res {
+        Ok(bytes) => {
+            d.log(format!("read S {}", String::from_utf8_lossy(bytes)));
+            exercise(lp, d);
+            lp.write(s, b"pong", Some(&cb.write_s)).unwrap();
+            lp.write(s, b"", Some(&cb.write_s)).unwrap();
+            lp.read_stop(s).unwrap();
+            assert!(!lp.is_reading(s));
+        }
+        Err(e) if e == Error::ECONNRESET => {
+            d.log("read S reset");
+            if lp.is_reading(s) {
+                lp.read_stop(s).unwrap();
+            }
+            exercise(lp, d);
+            let e = lp.try_write(s, b"z").unwrap_err();
+            assert!(e == Error::EPIPE || e == Error::ECONNRESET, "try_write on a reset stream: {e:?}");
+            // The write fails, but not from inside `write`: it returns Ok
+            // and its callback reports the error from the loop.
+            d.log("write S call");
+            lp.write(s, b"after reset", Some(&cb.write_s_fail)).unwrap();
+            d.log("write S returned");
+        }
+        Err(e) => panic!("read S: {e:?}"),
+    }
+}
+
+fn on_write_s(lp: &mut Loop<Ev>, d: &mut Ev, _: TcpStream, st: Result<()>) {
+    st.unwrap();
+    d.writes_s += 1;
+    d.log(format!("write S ok {}", d.writes_s));
+    exercise(lp, d);
+    if d.writes_s == 2 {
+        let cb = d.cb.clone();
+        lp.timer_start(d.t.unwrap(), ms(1), ms(0), &cb.timer).unwrap();
+        assert!(lp.is_active(d.t.unwrap()));
+    }
+}
+
+fn on_timer(lp: &mut Loop<Ev>, d: &mut Ev, t: Timer) {
+    d.timer_fires += 1;
+    d.log(format!("timer {}", d.timer_fires));
+    exercise(lp, d);
+    let cb = d.cb.clone();
+    if d.timer_fires == 1 {
+        assert_eq!(lp.timer_repeat(t), Ok(Duration::ZERO));
+        assert!(!lp.is_active(t), "a one-shot timer is inactive in its callback");
+        lp.timer_set_repeat(t, ms(2)).unwrap();
+        lp.timer_again(t).unwrap();
+        assert!(lp.is_active(t));
+    } else {
+        assert_eq!(lp.timer_repeat(t), Ok(ms(2)));
+        lp.timer_stop(t).unwrap();
+        assert!(!lp.is_active(t));
+        assert_eq!(lp.timer_due_in(t), Ok(Duration::ZERO));
+        lp.hook_start(d.h.unwrap(), &cb.hook).unwrap();
+    }
+}
+
+fn on_hook(lp: &mut Loop<Ev>, d: &mut Ev, h: Hook) {
+    d.log("hook");
+    lp.hook_stop(h).unwrap();
+    assert!(!lp.is_active(h));
+    exercise(lp, d);
+    d.sender.as_ref().unwrap().send();
+}
+
+fn on_async(lp: &mut Loop<Ev>, d: &mut Ev, _: Async) {
+    d.log("async");
+    exercise(lp, d);
+    let cb = d.cb.clone();
+    let sig = lp.signal_start(libc::SIGUSR1, &cb.signal).unwrap();
+    d.sig = Some(sig);
+    d.name(sig, "SIG", HandleType::Signal);
+    raise(libc::SIGUSR1);
+}
+
+fn on_signal(lp: &mut Loop<Ev>, d: &mut Ev, sig: Signal, signum: i32) {
+    assert_eq!(signum, libc::SIGUSR1);
+    d.log("signal");
+    lp.signal_stop(sig).unwrap();
+    assert!(!lp.is_active(sig));
+    exercise(lp, d);
+    let cb = d.cb.clone();
+    let r = lp.tcp_init().unwrap();
+    let r = lp.tcp_connect(r, d.refused, &cb.connect_r).unwrap();
+    d.name(r, "R", HandleType::Tcp);
+}
+
+fn on_connect_r(lp: &mut Loop<Ev>, d: &mut Ev, r: TcpStream, st: Result<()>) {
+    assert_eq!(st, Err(Error::ECONNREFUSED));
+    d.log("connect R refused");
+    exercise(lp, d);
+    let cb = d.cb.clone();
+    d.log("write R call");
+    lp.write(r, b"never", Some(&cb.write_r)).unwrap();
+    d.log("write R returned");
+}
+
+fn on_write_r(lp: &mut Loop<Ev>, d: &mut Ev, r: TcpStream, st: Result<()>) {
+    assert!(st.is_err(), "a write on a refused connection fails: {st:?}");
+    d.log("write R failed");
+    exercise(lp, d);
+    let cb = d.cb.clone();
+    lp.close(r, Some(&cb.close)).unwrap();
+}
+
+fn on_connect_c(lp: &mut Loop<Ev>, d: &mut Ev, c: TcpStream, st: Result<()>) {
+    st.unwrap();
+    d.log("connect C");
+    d.c = Some(c);
+    let (peer2, _) = d.stdl.accept().unwrap();
+    peer2.set_read_timeout(Some(LIMIT)).unwrap();
+    assert_eq!(lp.tcp_getpeername(c).unwrap(), d.stdl.local_addr().unwrap());
+    assert_eq!(lp.tcp_getsockname(c).unwrap(), peer2.peer_addr().unwrap());
+    d.peer2 = Some(peer2);
+    exercise(lp, d);
+    let cb = d.cb.clone();
+    lp.write(c, b"abc", Some(&cb.write_c)).unwrap();
+    lp.write(c, b"def", Some(&cb.write_c)).unwrap();
+}
+
+fn on_write_c(lp: &mut Loop<Ev>, d: &mut Ev, c: TcpStream, st: Result<()>) {
+    st.unwrap();
+    d.writes_c += 1;
+    d.log(format!("write C ok {}", d.writes_c));
+    exercise(lp, d);
+    if d.writes_c == 2 {
+        let cb = d.cb.clone();
+        lp.close_reset(c, Some(&cb.close)).unwrap();
+        assert!(lp.is_closing(c));
+        assert_eq!(lp.close(c, None), Err(Error::INVALID_STATE));
+        assert!(lp.write(c, b"x", None).is_err(), "no write on a closing stream");
+    }
+}
+
+fn on_write_p1(lp: &mut Loop<Ev>, d: &mut Ev, _: PipeStream, st: Result<()>) {
+    st.unwrap();
+    d.log("write P1 ok");
+    exercise(lp, d);
+}
+
+fn on_shutdown_p1(lp: &mut Loop<Ev>, d: &mut Ev, _: PipeStream, st: Result<()>) {
+    st.unwrap();
+    d.log("shutdown P1 ok");
+    exercise(lp, d);
+    let cb = d.cb.clone();
+    lp.read_start(d.p2.unwrap(), &cb.read_p2).unwrap();
+}
+
+fn on_read_p2(lp: &mut Loop<Ev>, d: &mut Ev, p2: PipeStream, res: Result<&[u8]>) {
+    match res {
+        Ok(bytes) => {
+            d.log(format!("read P2 {}", String::from_utf8_lossy(bytes)));
+            exercise(lp, d);
+        }
+        Err(e) => {
+            assert_eq!(e, Error::EOF);
+            d.log("read P2 eof");
+            assert!(!lp.is_reading(p2), "reading stops at EOF");
+            exercise(lp, d);
+            // The next step: the peer of S resets the connection.
+            let peer = d.peer.take().unwrap();
+            linger_zero(&peer);
+            drop(peer);
+            let cb = d.cb.clone();
+            lp.read_start(d.s.unwrap(), &cb.read_s).unwrap();
+        }
+    }
+}
+
+fn on_write_s_fail(lp: &mut Loop<Ev>, d: &mut Ev, s: TcpStream, st: Result<()>) {
+    let e = st.unwrap_err();
+    assert!(e == Error::EPIPE || e == Error::ECONNRESET, "write on a reset stream: {e:?}");
+    d.log("write S failed");
+    exercise(lp, d);
+    // The failure is known now: a further write is refused at once.
+    assert!(lp.write(s, b"again", None).is_err());
+    let cb = d.cb.clone();
+    lp.shutdown(s, Some(&cb.shutdown_s)).unwrap();
+}
+
+fn on_shutdown_s(lp: &mut Loop<Ev>, d: &mut Ev, s: TcpStream, st: Result<()>) {
+    assert!(st.is_err(), "shutdown after a failed write: {st:?}");
+    d.log("shutdown S failed");
+    exercise(lp, d);
+    assert_eq!(lp.close_reset(s, None), Err(Error::EINVAL), "no reset after a shutdown");
+    // The final chain: each close callback closes the next handle.
+    let order = [
+        d.s.unwrap().id(),
+        d.p1.unwrap().id(),
+        d.p2.unwrap().id(),
+        d.l.unwrap().id(),
+        d.t.unwrap().id(),
+        d.h.unwrap().id(),
+        d.names.iter().find(|(_, n, _)| *n == "A").unwrap().0,
+        d.sig.unwrap().id(),
+    ];
+    d.close_order.extend(order);
+    close_next(lp, d);
+}
+
+fn on_close(lp: &mut Loop<Ev>, d: &mut Ev, h: HandleId) {
+    let name = d.name_of(h);
+    d.log(format!("close {name}"));
+    assert!(!lp.is_live(h), "closed before its close callback");
+    exercise(lp, d);
+    let cb = d.cb.clone();
+    match name {
+        "R" => {
+            // The next step: a connection that succeeds.
+            let c = lp.tcp_init().unwrap();
+            let c = lp.tcp_connect(c, d.stdl.local_addr().unwrap(), &cb.connect_c).unwrap();
+            d.name(c, "C", HandleType::Tcp);
+        }
+        "C" => {
+            // close_reset sent a reset after the data.
+            let mut peer2 = d.peer2.take().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            let end = loop {
+                match peer2.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break Err(e.kind()),
+                }
+            };
+            assert!(b"abcdef".starts_with(&got), "{got:?}");
+            assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset), "close_reset resets");
+            // The next step: a pipe writes and shuts down.
+            let p1 = d.p1.unwrap();
+            lp.write(p1, b"p", Some(&cb.write_p1)).unwrap();
+            lp.shutdown(p1, Some(&cb.shutdown_p1)).unwrap();
+            assert_eq!(lp.write(p1, b"x", None), Err(Error::EPIPE), "write after shutdown");
+            assert_eq!(lp.shutdown(p1, None), Err(Error::ENOTCONN), "second shutdown");
+            assert!(lp.try_write(p1, b"y").is_err());
+        }
+        _ => close_next(lp, d),
+    }
+}
+
+/// Sets SO_LINGER {on, 0}: closing the socket then sends RST.
+fn linger_zero(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `l` is a valid linger struct for the duration of the call; the
+    // fd is open (borrowed from `s`).
+    let res = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(res, 0);
+}
+
+fn every_operation_from_every_callback(lp: &mut Loop<Ev>) {
+    let cb = Rc::new(Cbs {
+        connection: OnConnection::new(on_connection),
+        listen_stopped: OnListenStop::new(on_listen_stopped),
+        read_s: OnRead::new(on_read_s),
+        write_s: OnWrite::new(on_write_s),
+        write_s_fail: OnWrite::new(on_write_s_fail),
+        shutdown_s: OnShutdown::new(on_shutdown_s),
+        timer: OnTimer::new(on_timer),
+        never: OnTimer::new(|_, _, _| panic!("a timer closed or stale never fires")),
+        hook: OnHook::new(on_hook),
+        signal: OnSignal::new(on_signal),
+        connect_r: OnConnect::new(on_connect_r),
+        write_r: OnWrite::new(on_write_r),
+        connect_c: OnConnect::new(on_connect_c),
+        write_c: OnWrite::new(on_write_c),
+        write_p1: OnWrite::new(on_write_p1),
+        shutdown_p1: OnShutdown::new(on_shutdown_p1),
+        read_p2: OnRead::new(on_read_p2),
+        close: OnClose::new(on_close),
+        scratch_write: OnWrite::new(|_, d: &mut Ev, _, _| d.scratch_reported += 1),
+        ignore_connection: OnConnection::new(|_, _, _, _| {}),
+    });
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut d = Ev {
+        log: vec![],
+        done: false,
+        deadline: std::time::Instant::now() + LIMIT,
+        names: vec![],
+        cb: cb.clone(),
+        l: None,
+        s: None,
+        c: None,
+        p1: None,
+        p2: None,
+        t: None,
+        h: None,
+        sig: None,
+        dead: None,
+        sender: None,
+        peer: None,
+        stdl: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        peer2: None,
+        refused,
+        timer_fires: 0,
+        writes_s: 0,
+        writes_c: 0,
+        close_order: Default::default(),
+        exercised: 0,
+        scratch_writes: 0,
+        scratch_reported: 0,
+    };
+    let dead = lp.timer_init().unwrap();
+    lp.close(dead, None).unwrap();
+    lp.run(RunMode::NoWait, &mut d).unwrap();
+    d.dead = Some(dead);
+    d.name(dead, "dead", HandleType::Timer);
+    let sock = lp.tcp_init().unwrap();
+    lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+    let l = lp.listen(sock, 16, &cb.connection).unwrap();
+    d.l = Some(l);
+    d.name(l, "L", HandleType::Tcp);
+    let t = lp.timer_init().unwrap();
+    d.t = Some(t);
+    d.name(t, "T", HandleType::Timer);
+    let h = lp.hook_init(HookKind::Idle).unwrap();
+    d.h = Some(h);
+    d.name(h, "H", HandleType::Hook);
+    let (a, sender) = lp.async_init(&OnAsync::new(on_async)).unwrap();
+    d.sender = Some(sender);
+    d.name(a, "A", HandleType::Async);
+    let (p1, p2) = lp.pipe_pair(false).unwrap();
+    d.p1 = Some(p1);
+    d.p2 = Some(p2);
+    d.name(p1, "P1", HandleType::Pipe);
+    d.name(p2, "P2", HandleType::Pipe);
+    // A watchdog that keeps no handle alive but bounds each poll.
+    let watchdog = lp.timer_init().unwrap();
+    lp.timer_start(
+        watchdog,
+        ms(50),
+        ms(50),
+        &OnTimer::new(|_, d: &mut Ev, _| assert!(std::time::Instant::now() < d.deadline, "timed out: {:?}", d.log)),
+    )
+    .unwrap();
+    lp.unref_handle(watchdog).unwrap();
+
+    // The first step: a connection for the listener.
+    let addr = lp.tcp_getsockname(l).unwrap();
+    d.peer = Some(std::net::TcpStream::connect(addr).unwrap());
+    while !d.done {
+        assert!(lp.alive(), "the chain stalled after {:?}", d.log);
+        lp.run(RunMode::Once, &mut d).unwrap();
+    }
+    lp.close(watchdog, None).unwrap();
+    assert!(!lp.run(RunMode::Default, &mut d).unwrap());
+    assert_eq!(lp.handle_count(), 0);
+    assert_eq!(
+        d.log,
+        [
+            "connection",
+            "listen stopped",
+            "read S ping",
+            "write S ok 1",
+            "write S ok 2",
+            "timer 1",
+            "timer 2",
+            "hook",
+            "async",
+            "signal",
+            "connect R refused",
+            "write R call",
+            "write R returned",
+            "write R failed",
+            "close R",
+            "connect C",
+            "write C ok 1",
+            "write C ok 2",
+            "close C",
+            "write P1 ok",
+            "shutdown P1 ok",
+            "read P2 p",
+            "read P2 eof",
+            "read S reset",
+            "write S call",
+            "write S returned",
+            "write S failed",
+            "shutdown S failed",
+            "close S",
+            "close P1",
+            "close P2",
+            "close L",
+            "close T",
+            "close H",
+            "close A",
+            "close SIG",
+        ]
+    );
+    let callbacks = d.log.iter().filter(|e| !e.ends_with(" call") && !e.ends_with(" returned")).count();
+    assert_eq!(d.exercised, callbacks, "every callback exercised the API");
+    assert_eq!(d.scratch_reported, d.scratch_writes, "every scratch write reported exactly once");
+}
+
+both_backends! {
+    /// Every callback kind calls every operation (see [`exercise`]) and
+    /// starts the next step; the event log in the loop's data shows every
+    /// callback exactly once, in order, on both backends.
+    fn every_operation_from_every_callback(lp: Ev) {
+        super::every_operation_from_every_callback(lp);
     }
 }

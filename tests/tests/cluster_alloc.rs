@@ -19,14 +19,15 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 /// until `n` answers arrived; returns the count.
 fn run_counted(lp: &mut Loop, rx: &std::sync::mpsc::Receiver<std::io::Result<String>>, n: usize) -> usize {
     let tick = lp.timer_init().unwrap();
-    lp.timer_start(tick, 10, 10, &uvring::OnTimer::new(|_, _| {})).unwrap();
+    let every = Duration::from_millis(10);
+    lp.timer_start(tick, every, every, &uvring::OnTimer::new(|_, _, _| {})).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut got = 0;
     let mut count = 0;
     while got < n {
         assert!(Instant::now() < deadline, "timed out");
         count += allocations_in(|| {
-            lp.run(RunMode::Once).unwrap();
+            lp.run(RunMode::Once, &mut ()).unwrap();
         }) as usize;
         while let Ok(a) = rx.try_recv() {
             assert!(a.unwrap().starts_with("worker "));

@@ -9,11 +9,10 @@ mod cluster_support;
 use cluster_support::*;
 use std::cell::Cell;
 use std::io::BufRead;
-use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use uvring::{Loop, OnConnection, OnRead, Stream};
+use uvring::{Loop, OnConnection, OnRead, TcpStream};
 use uvring_cluster::{Primary, RespawnSettings, SchedPolicy};
 
 /// Runs the loop for a while (to show that something does *not* happen).
@@ -24,6 +23,20 @@ fn run_for(lp: &mut Loop, d: Duration) {
 
 fn exit_of(log: &SharedLog, id: u32) -> Vec<(u32, i64, i32, bool)> {
     log.borrow().exits.iter().filter(|e| e.0 == id).cloned().collect()
+}
+
+/// What a primary on a `Loop<Tally>` saw: the loop's user data.
+#[derive(Default, Debug)]
+struct Tally {
+    forks: Vec<i32>,
+    online: Vec<u32>,
+    listening: Vec<(u32, u16)>,
+    messages: Vec<(u32, String)>,
+    disconnects: Vec<u32>,
+    /// `(worker, code, signal, exited_after_disconnect)`.
+    exits: Vec<(u32, i64, i32, bool)>,
+    /// The disconnect callback ran.
+    disconnected: bool,
 }
 
 cluster_test! {
@@ -95,7 +108,7 @@ cluster_test! {
         let (primary, log, _guard) = start_cluster(lp, s);
         wait_for(lp, &log, |l| l.listening.len() == 1);
         let port = log.borrow().listening[0].1;
-        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         wait_for(lp, &log, |l| l.has_message("accepted"));
         let w = primary.workers()[0].clone();
         w.disconnect(lp);
@@ -112,12 +125,12 @@ cluster_test! {
     // The worker holds an outgoing connection to a server in the primary:
     // disconnected, it lives until that connection closes.
     fn worker_no_exit(lp, policy) [rr = RoundRobin] {
-        let held: Rc<Cell<Option<Stream>>> = Rc::default();
+        let held: Rc<Cell<Option<TcpStream>>> = Rc::default();
         let h = held.clone();
-        let server = lp.tcp_init().unwrap();
-        lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-        let on_read = OnRead::new(|_, _, _| {});
-        lp.listen(server, 8, &OnConnection::new(move |lp, srv, _| {
+        let sock = lp.tcp_init().unwrap();
+        lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let on_read = OnRead::new(|_, _, _: TcpStream, _| {});
+        let server = lp.listen(sock, 8, &OnConnection::new(move |lp, _, srv, _| {
             let c = lp.accept(srv).unwrap();
             lp.read_start(c, &on_read).unwrap();
             h.set(Some(c));
@@ -145,7 +158,7 @@ cluster_test! {
         let primary = Primary::new(lp, settings(policy, "idle", 0)).unwrap();
         let called = Rc::new(Cell::new(false));
         let c = called.clone();
-        primary.disconnect(lp, move |_| c.set(true));
+        primary.disconnect(lp, move |_, _| c.set(true));
         assert!(!called.get(), "callback must be asynchronous");
         run_until(lp, WAIT, |_| called.get());
         run_until(lp, WAIT, |lp| !lp.alive());
@@ -196,7 +209,7 @@ cluster_test! {
         let _guard = KillGuard(log.clone());
         let stormed = Rc::new(Cell::new(false));
         let st = stormed.clone();
-        primary.on_restart_storm(move |_| st.set(true));
+        primary.on_restart_storm(move |_, _| st.set(true));
         primary.start(lp).unwrap();
         run_until(lp, WAIT, |_| stormed.get());
         run_until(lp, WAIT, |lp| !lp.alive());
@@ -213,7 +226,7 @@ cluster_test! {
         let rx = ask_many(port, 200, 2);
         let done = Rc::new(Cell::new(false));
         let d = done.clone();
-        primary.rolling_restart(lp, move |_| d.set(true));
+        primary.rolling_restart(lp, move |_, _| d.set(true));
         run_until(lp, WAIT, |_| done.get());
         let answers = collect(lp, &rx, 200);
         let ok = answers.iter().filter(|a| a.as_ref().is_ok_and(|s| s.starts_with("worker "))).count();
@@ -226,6 +239,54 @@ cluster_test! {
         assert_eq!(ids, vec![3, 4]);
         assert!(log.borrow().exits.iter().all(|e| e.3 && e.1 == 0), "{:?}", log.borrow().exits);
         shutdown(lp, &primary);
+    }
+
+    // Every event callback gets the loop's user data (the value passed to
+    // `run`): a primary on a `Loop<Tally>` keeps its whole record there, with
+    // no shared cell; the disconnect callback gets it too.
+    fn events_get_loop_data(lp: Tally, policy) [rr = RoundRobin, shared = Shared] {
+        let primary = Primary::new(lp, settings(policy, "serve", 2)).unwrap();
+        primary.on_fork(|_, d, w| d.forks.push(w.pid()));
+        primary.on_online(|_, d, w| d.online.push(w.id()));
+        primary.on_listening(|_, d, w, addr| d.listening.push((w.id(), addr.port())));
+        primary.on_message(|_, d, w, bytes, _| d.messages.push((w.id(), String::from_utf8_lossy(bytes).into_owned())));
+        primary.on_disconnect(|_, d, w| d.disconnects.push(w.id()));
+        primary.on_exit(|_, d, w, code, signal| d.exits.push((w.id(), code, signal, w.exited_after_disconnect())));
+        primary.start(lp).unwrap();
+        let pids: Vec<i32> = primary.workers().iter().map(|w| w.pid()).collect();
+        let _guard = PidGuard(pids.clone());
+        let mut t = Tally::default();
+        run_until_with(lp, &mut t, WAIT, |_, t| t.listening.len() == 2);
+        let mut forks = t.forks.clone();
+        forks.sort();
+        let mut expected = pids.clone();
+        expected.sort();
+        assert_eq!(forks, expected, "{t:?}");
+        let mut online = t.online.clone();
+        online.sort();
+        assert_eq!(online, vec![1, 2], "{t:?}");
+        assert_eq!(t.listening[0].1, t.listening[1].1, "{t:?}");
+        let rx = ask_many(t.listening[0].1, 4, 2);
+        let answers = collect_with(lp, &mut t, &rx, 4);
+        assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|s| s.starts_with("worker "))), "{answers:?}");
+        for w in primary.workers() {
+            w.send(lp, b"sched").unwrap();
+        }
+        let sched = |t: &Tally| t.messages.iter().filter(|(_, m)| m.starts_with("sched ")).count();
+        run_until_with(lp, &mut t, WAIT, |_, t| sched(t) == 2);
+        let normal = t.messages.iter().filter(|(_, m)| m == "sched normal").map(|(w, _)| *w);
+        assert_eq!(normal.collect::<std::collections::BTreeSet<u32>>(), [1, 2].into(), "{t:?}");
+        primary.disconnect(lp, |_, d| d.disconnected = true);
+        assert!(!t.disconnected, "callback must be asynchronous");
+        run_until_with(lp, &mut t, WAIT, |_, t| t.disconnected);
+        assert_eq!(primary.worker_count(), 0);
+        assert_eq!(primary.listener_count(), 0);
+        run_until_with(lp, &mut t, WAIT, |lp, _| !lp.alive());
+        let mut disconnects = t.disconnects.clone();
+        disconnects.sort();
+        assert_eq!(disconnects, vec![1, 2], "{t:?}");
+        assert_eq!(t.exits.len(), 2, "{t:?}");
+        assert!(t.exits.iter().all(|&(_, code, sig, ead)| code == 0 && sig == 0 && ead), "{t:?}");
     }
 
     // A worker that writes garbage on its channel loses it (and exits); the
@@ -264,7 +325,7 @@ fn primary_kill() {
     // process's fds, and this test opens some.
     let guard = uvring_tests::TestGuard::new();
     for backend in ["epoll", "io_uring"] {
-        if backend == "io_uring" && uvring_tests::make_loop(uvring::Backend::IoUring, Default::default()).is_none() {
+        if backend == "io_uring" && !io_uring_available() {
             continue;
         }
         let mut child = std::process::Command::new(WORKER)
@@ -297,4 +358,11 @@ fn primary_kill() {
         }
     }
     guard.check_fds();
+}
+
+/// Whether io_uring loops can be made here (`make_loop` prints a SKIP line
+/// when not, and fails when `UVRING_REQUIRE_IO_URING=1`).
+fn io_uring_available() -> bool {
+    let probe: Option<uvring::Loop> = uvring_tests::make_loop(uvring::Backend::IoUring, Default::default());
+    probe.is_some()
 }

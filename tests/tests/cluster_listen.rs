@@ -88,9 +88,9 @@ cluster_test! {
     // The bind fails, the port frees, a retry succeeds (the failed key was
     // dropped in the primary).
     fn eaddrinuse(lp, policy) [rr = RoundRobin, shared = Shared, reuseport = ReusePort] {
-        let blocker = lp.tcp_init().unwrap();
-        lp.tcp_bind(blocker, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-        lp.listen(blocker, 8, &OnConnection::new(|_, _, _| {})).unwrap();
+        let sock = lp.tcp_init().unwrap();
+        lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let blocker = lp.listen(sock, 8, &OnConnection::new(|_, _, _, _| {})).unwrap();
         let port = lp.tcp_getsockname(blocker).unwrap().port();
         let mut s = settings(policy, "retry-bind", 1);
         s.env.push(("PORT".into(), port.to_string().into()));
@@ -111,9 +111,9 @@ cluster_test! {
     // The primary itself holds the port (outside the cluster): the worker's
     // listen fails with EADDRINUSE, the worker leaves cleanly (code 0).
     fn shared_handle_bind_error(lp, policy) [rr = RoundRobin, shared = Shared, reuseport = ReusePort] {
-        let blocker = lp.tcp_init().unwrap();
-        lp.tcp_bind(blocker, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-        lp.listen(blocker, 8, &OnConnection::new(|_, _, _| {})).unwrap();
+        let sock = lp.tcp_init().unwrap();
+        lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let blocker = lp.listen(sock, 8, &OnConnection::new(|_, _, _, _| {})).unwrap();
         let port = lp.tcp_getsockname(blocker).unwrap().port();
         let primary = Primary::new(lp, settings(policy, "serve", 0)).unwrap();
         let log = record(&primary);

@@ -30,11 +30,11 @@ cluster_test! {
         let _guard = KillGuard(log.clone());
         let big: Rc<RefCell<Option<(usize, bool, bool)>>> = Rc::default();
         let (l, b) = (log.clone(), big.clone());
-        primary.on_message(move |_, w, bytes, fds| {
+        primary.on_message(move |_, _, w, bytes, fds| {
             if bytes.len() > 1000 {
                 let ok = bytes.iter().enumerate().all(|(i, &x)| x == (i % 251) as u8);
                 let fd_ok = fds.len() == 1
-                    && fds.take(0).is_some_and(|fd| uvring::sys::socket::sockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).is_ok());
+                    && fds.take(0).is_some_and(|fd| uvring::os::local_addr(fd.as_fd()).is_ok());
                 *b.borrow_mut() = Some((bytes.len(), ok, fd_ok));
             } else {
                 l.borrow_mut().messages.push((w.id(), String::from_utf8_lossy(bytes).into_owned()));

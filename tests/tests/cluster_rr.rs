@@ -93,7 +93,7 @@ cluster_test! {
     // Settings::batch_scheduling: the primary's loop thread runs under
     // SCHED_BATCH, its workers under the normal policy; off, nothing changes.
     fn batch_scheduling(lp, policy) [rr = RoundRobin] {
-        use uvring::sys::process::{sched_is_normal, set_sched_batch};
+        use uvring::os::{sched_is_normal, set_sched_batch};
         assert!(sched_is_normal());
         let mut s = settings(policy, "serve", 1);
         s.batch_scheduling = false;

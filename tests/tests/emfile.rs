@@ -11,9 +11,14 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use uvring::*;
-use uvring_tests::{both_backends, run_until};
+use uvring_tests::{both_backends, listener_with_backlog, run_until};
 
 const LIMIT: Duration = Duration::from_secs(10);
+
+/// Milliseconds.
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 fn getrlimit() -> libc::rlimit {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -75,13 +80,13 @@ both_backends! {
     fn emfile(lp) {
         let served = Rc::new(RefCell::new(Vec::new()));
         let (accepted, accept_errors) = (Rc::new(Cell::new(0u32)), Rc::new(RefCell::new(Vec::new())));
-        let on_written = OnWrite::new(|lp, s, st| {
+        let on_written = OnWrite::new(|lp, _, s: TcpStream, st| {
             st.unwrap();
             lp.close(s, None).unwrap();
         });
         let on_connection = {
             let (accepted, accept_errors) = (accepted.clone(), accept_errors.clone());
-            OnConnection::new(move |lp, srv, st| match st {
+            OnConnection::new(move |lp, _, srv, st| match st {
                 Ok(()) => {
                     let c = lp.accept(srv).unwrap();
                     accepted.set(accepted.get() + 1);
@@ -90,27 +95,24 @@ both_backends! {
                 Err(e) => accept_errors.borrow_mut().push(e),
             })
         };
-        let server = lp.tcp_init().unwrap();
-        lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-        lp.listen(server, 8, &on_connection).unwrap();
-        let addr = lp.tcp_getsockname(server).unwrap();
+        let (server, addr) = listener_with_backlog(lp, 8, &on_connection);
 
         let ticks = Rc::new(Cell::new(0u32));
         let timer = lp.timer_init().unwrap();
         let k = ticks.clone();
-        lp.timer_start(timer, 20, 20, &OnTimer::new(move |_, _| k.set(k.get() + 1))).unwrap();
+        lp.timer_start(timer, ms(20), ms(20), &OnTimer::new(move |_, _, _| k.set(k.get() + 1))).unwrap();
 
         // The client's socket exists before the fds run out; its connect
         // completes in the kernel's backlog, the accept cannot.
         let on_read = {
             let served = served.clone();
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 Ok(b) => served.borrow_mut().extend_from_slice(b),
                 Err(_) => lp.close(s, None).unwrap(),
             })
         };
         let client = lp.tcp_init().unwrap();
-        lp.tcp_connect(client, addr, &OnConnect::new(|_, _, st| st.unwrap())).unwrap();
+        let client = lp.tcp_connect(client, addr, &OnConnect::new(|_, _, _, st| st.unwrap())).unwrap();
         lp.read_start(client, &on_read).unwrap();
         let exhausted = Exhausted::new();
 
@@ -138,6 +140,6 @@ both_backends! {
         assert_eq!(*served.borrow(), b"served");
         lp.close(server, None).unwrap();
         lp.close(timer, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 }

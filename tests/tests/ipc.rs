@@ -22,21 +22,21 @@ fn child_exe() -> &'static Path {
 }
 
 /// Spawns the test child running `scenario` with an IPC channel as its fd 3.
-fn spawn_ipc_child(lp: &mut Loop, args: &[&str]) -> (Stream, ChildGuard, ExitRecord) {
+fn spawn_ipc_child(lp: &mut Loop, args: &[&str]) -> (PipeStream, ChildGuard, ExitRecord) {
     let ch = lp.pipe_init(true).unwrap();
     let (_p, guard, exit) = spawn_child(lp, child_exe(), args, &ipc_stdio(ch));
-    (ch, guard, exit)
+    (lp.pipe_stream(ch).expect("spawn connected the channel"), guard, exit)
 }
 
 /// Closes the channel (the child sees end of file and exits) and waits for
 /// a clean exit.
-fn finish(lp: &mut Loop, ch: Stream, exit: &ExitRecord) {
+fn finish(lp: &mut Loop, ch: PipeStream, exit: &ExitRecord) {
     if lp.is_live(ch) && !lp.is_closing(ch) {
         lp.close(ch, None).unwrap();
     }
     run_until(lp, LIMIT, |_| exit.get().is_some());
     assert_eq!(exit.get(), Some((0, 0)), "the child failed (its output is above)");
-    lp.run(RunMode::Default).unwrap();
+    lp.run(RunMode::Default, &mut ()).unwrap();
 }
 
 /// (device, inode): the identity of the open socket behind an fd.
@@ -51,7 +51,7 @@ fn identity(fd: RawFd) -> (u64, u64) {
 /// A flag for a helper thread to set when done, and an async handle for it
 /// to wake the loop with (a thread's progress is nothing the loop polls).
 fn thread_done(lp: &mut Loop) -> (Arc<AtomicBool>, Async, AsyncSender) {
-    let (wake, sender) = lp.async_init(&OnAsync::new(|_, _| {})).unwrap();
+    let (wake, sender) = lp.async_init(&OnAsync::new(|_, _, _| {})).unwrap();
     (Arc::new(AtomicBool::new(false)), wake, sender)
 }
 
@@ -67,26 +67,30 @@ fn listen_shared_with_child(lp: &mut Loop, scenario: &str) {
     let accepted = Rc::new(Cell::new(0u32));
     let acc = accepted.clone();
     // Our side of the shared listener: answer "p", stop after one accept.
-    let on_conn = OnConnection::new(move |lp, srv, res| {
+    let on_conn = OnConnection::new(move |lp, _, srv, res| {
         if res.is_err() || lp.is_closing(srv) {
             return;
         }
         if let Ok(c) = lp.accept(srv) {
             acc.set(acc.get() + 1);
             lp.write(c, b"p", None).unwrap();
-            lp.shutdown(c, Some(&OnShutdown::new(|lp, c, _| lp.close(c, None).unwrap()))).unwrap();
+            lp.shutdown(c, Some(&OnShutdown::new(|lp, _, c, _| lp.close(c, None).unwrap()))).unwrap();
             lp.close(srv, None).unwrap();
         }
     });
     let (b, a) = (bytes.clone(), addr.clone());
     lp.read_start(
         ch,
-        &OnRead::new(move |lp, ch, res| {
+        &OnRead::new(move |lp, _, ch, res| {
             let data = res.expect("channel read");
             while lp.pending_count(ch).unwrap() > 0 {
                 assert_eq!(lp.pending_type(ch).unwrap(), Some(StreamType::Tcp));
-                let server = lp.accept_pending(ch).unwrap();
-                lp.listen(server, 128, &on_conn).unwrap();
+                // A listening socket (or one about to listen): a TcpSocket.
+                let server = match lp.accept_pending(ch).unwrap() {
+                    PendingHandle::TcpSocket(s) => s,
+                    other => panic!("the shared listener arrives as a TcpSocket, not {other:?}"),
+                };
+                let server = lp.listen(server, 128, &on_conn).unwrap();
                 a.set(Some(lp.tcp_getsockname(server).unwrap()));
             }
             b.borrow_mut().extend_from_slice(data);
@@ -128,7 +132,9 @@ fn listen_shared_with_child(lp: &mut Loop, scenario: &str) {
 }
 
 /// ipc_send_recv_*: two handles, one per write; the child sends each back.
-fn send_recv(lp: &mut Loop, handles: [Stream; 2], want: StreamType) {
+/// Bound sockets (neither listening nor connected) come back as sockets of
+/// `want`'s kind.
+fn send_recv<H: SendableHandle>(lp: &mut Loop, handles: [H; 2], want: StreamType) {
     let (ch, _guard, exit) = spawn_ipc_child(lp, &["send_recv"]);
     let ids: Vec<_> = handles.iter().map(|&h| identity(lp.fileno(h).unwrap())).collect();
     lp.write2(ch, b"1", handles[0], None).unwrap();
@@ -141,12 +147,20 @@ fn send_recv(lp: &mut Loop, handles: [Stream; 2], want: StreamType) {
     let (bk, by) = (back.clone(), bytes.clone());
     lp.read_start(
         ch,
-        &OnRead::new(move |lp, ch, res| {
+        &OnRead::new(move |lp, _, ch, res| {
             let data = res.expect("channel read");
             while lp.pending_count(ch).unwrap() > 0 {
                 assert_eq!(lp.pending_type(ch).unwrap(), Some(want));
                 let h = lp.accept_pending(ch).unwrap();
-                assert_eq!(lp.stream_type(h).unwrap(), want);
+                match (want, h) {
+                    (StreamType::Tcp, PendingHandle::TcpSocket(_)) => {
+                        assert_eq!(lp.handle_type(h).unwrap(), HandleType::Tcp)
+                    }
+                    (StreamType::Pipe, PendingHandle::PipeSocket(_)) => {
+                        assert_eq!(lp.handle_type(h).unwrap(), HandleType::Pipe)
+                    }
+                    _ => panic!("a bound {want:?} socket came back as {h:?}"),
+                }
                 bk.borrow_mut().push(identity(lp.fileno(h).unwrap()));
                 lp.close(h, None).unwrap();
             }
@@ -181,15 +195,17 @@ both_backends! {
         let port = Rc::new(Cell::new(None::<u16>));
         let reply = Rc::new(RefCell::new(Vec::new()));
         let (t, p, r) = (text.clone(), port.clone(), reply.clone());
-        lp.read_start(ch, &OnRead::new(move |lp, ch, res| {
+        lp.read_start(ch, &OnRead::new(move |lp, _, ch, res| {
             let data = res.expect("channel read");
             while lp.pending_count(ch).unwrap() > 0 {
                 // The child's accepted connection, whose copy it closed.
-                let conn = lp.accept_pending(ch).unwrap();
+                let PendingHandle::TcpStream(conn) = lp.accept_pending(ch).unwrap() else {
+                    panic!("a TCP connection arrives as a TcpStream")
+                };
                 assert_eq!(lp.stream_type(conn).unwrap(), StreamType::Tcp);
                 lp.write(conn, b"world\n", None).unwrap();
                 let r = r.clone();
-                lp.read_start(conn, &OnRead::new(move |lp, conn, res| {
+                lp.read_start(conn, &OnRead::new(move |lp, _, conn, res| {
                     r.borrow_mut().extend_from_slice(res.expect("read on the passed connection"));
                     if r.borrow().ends_with(b"\n") {
                         lp.close(conn, None).unwrap();
@@ -231,11 +247,15 @@ both_backends! {
         let got = Rc::new(RefCell::new(Vec::new()));
         let bytes = Rc::new(RefCell::new(Vec::new()));
         let (g, b) = (got.clone(), bytes.clone());
-        lp.read_start(ch, &OnRead::new(move |lp, ch, res| {
+        lp.read_start(ch, &OnRead::new(move |lp, _, ch, res| {
             let data = res.expect("channel read");
             while lp.pending_count(ch).unwrap() > 0 {
                 assert_eq!(lp.pending_type(ch).unwrap(), Some(StreamType::Tcp));
-                g.borrow_mut().push(lp.accept_pending(ch).unwrap());
+                // Bound, not listening: a TcpSocket, on which `listen` works.
+                match lp.accept_pending(ch).unwrap() {
+                    PendingHandle::TcpSocket(s) => g.borrow_mut().push(s),
+                    other => panic!("a bound TCP socket arrives as a TcpSocket, not {other:?}"),
+                }
             }
             b.borrow_mut().extend_from_slice(data);
         })).unwrap();
@@ -243,8 +263,8 @@ both_backends! {
         assert_eq!(&*bytes.borrow(), b"hello\nworld\n");
         let (first, second) = (got.borrow()[0], got.borrow()[1]);
         assert_eq!(lp.tcp_getsockname(first).unwrap(), lp.tcp_getsockname(second).unwrap());
-        let on_conn = OnConnection::new(|_, _, _| {});
-        lp.listen(first, 16, &on_conn).unwrap();
+        let on_conn = OnConnection::new(|_, _, _, _| {});
+        let first = lp.listen(first, 16, &on_conn).unwrap();
         assert_eq!(lp.listen(second, 16, &on_conn), Err(Error::EADDRINUSE));
         lp.close(first, None).unwrap();
         lp.close(second, None).unwrap();
@@ -255,7 +275,7 @@ both_backends! {
         let (ch, _guard, exit) = spawn_ipc_child(lp, &["idle"]);
         let status = Rc::new(Cell::new(None));
         let s = status.clone();
-        lp.write(ch, b"", Some(&OnWrite::new(move |_, _, res| s.set(Some(res))))).unwrap();
+        lp.write(ch, b"", Some(&OnWrite::new(move |_, _, _, res| s.set(Some(res))))).unwrap();
         run_until(lp, LIMIT, |_| status.get().is_some());
         assert_eq!(status.get(), Some(Ok(())));
         finish(lp, ch, &exit);
@@ -297,7 +317,7 @@ both_backends! {
         let got = Rc::new(Cell::new(0u64));
         let eof = Rc::new(Cell::new(false));
         let (g, e) = (got.clone(), eof.clone());
-        lp.read_start(ch, &OnRead::new(move |lp, s, res| match res {
+        lp.read_start(ch, &OnRead::new(move |lp, _, s, res| match res {
             Ok(data) => {
                 for &b in data {
                     assert_eq!(b, pattern(g.get()), "byte {} corrupted", g.get());
@@ -332,7 +352,7 @@ both_backends! {
             let (next, buf) = (next.clone(), buf.clone());
             let on_write = OnWrite::new({
                 let done = done.clone();
-                move |_, _, res| {
+                move |_, _, _, res| {
                     res.unwrap();
                     done.set(done.get() + 1);
                 }
@@ -341,7 +361,7 @@ both_backends! {
                 let i = next.get();
                 next.set(i + 1);
                 // The handle: a socket whose peer wrote `i` and closed.
-                let (x, y) = uvring::sys::socket::socketpair(true).unwrap();
+                let (x, y) = uvring::os::socketpair(true).unwrap();
                 let mut peer = std::os::unix::net::UnixStream::from(y);
                 peer.write_all(&i.to_le_bytes()).unwrap();
                 drop(peer);
@@ -356,7 +376,7 @@ both_backends! {
         };
         let report = Rc::new(RefCell::new(Vec::new()));
         let r = report.clone();
-        lp.read_start(ch, &OnRead::new(move |_, _, res| {
+        lp.read_start(ch, &OnRead::new(move |_, _, _, res| {
             r.borrow_mut().extend_from_slice(res.expect("channel read"));
         })).unwrap();
         run_until(lp, Duration::from_secs(120), |lp| {

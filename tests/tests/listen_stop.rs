@@ -10,17 +10,9 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Duration;
 use uvring::*;
-use uvring_tests::{both_backends, run_until};
+use uvring_tests::{both_backends, listener_with_backlog as listener, run_until};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn listener(lp: &mut Loop, backlog: i32, on_connection: &OnConnection) -> (Stream, SocketAddr) {
-    let server = lp.tcp_init().unwrap();
-    lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-    lp.listen(server, backlog, on_connection).unwrap();
-    let addr = lp.tcp_getsockname(server).unwrap();
-    (server, addr)
-}
 
 /// What one client connection saw.
 #[derive(Debug, Default, Clone, Copy)]
@@ -67,13 +59,13 @@ both_backends! {
         const CLIENTS: usize = 4;
         let accepted = Rc::new(Cell::new(0usize));
         let stopped = Rc::new(Cell::new(false));
-        let server_cell = Rc::new(Cell::new(None::<Stream>));
-        let on_shutdown = OnShutdown::new(|lp, s, _| {
+        let server_cell = Rc::new(Cell::new(None::<TcpListener>));
+        let on_shutdown = OnShutdown::new(|lp, _, s: TcpStream, _| {
             let _ = lp.close(s, None);
         });
         let on_stop = {
             let stopped = stopped.clone();
-            OnListenStop::new(move |lp, srv, st| {
+            OnListenStop::new(move |lp, _, srv: TcpListener, st| {
                 st.unwrap();
                 assert!(!stopped.replace(true), "stop callback ran twice");
                 // Nothing can arrive any more: closing drops nothing.
@@ -83,7 +75,7 @@ both_backends! {
         };
         let on_connection = {
             let (accepted, server_cell) = (accepted.clone(), server_cell.clone());
-            OnConnection::new(move |lp, srv, st| {
+            OnConnection::new(move |lp, _, srv, st| {
                 st.unwrap();
                 while let Ok(c) = lp.accept(srv) {
                     accepted.set(accepted.get() + 1);
@@ -128,15 +120,28 @@ both_backends! {
     /// An idle listener: the stop callback runs on a later turn, once; the
     /// listener is no longer active; a second stop is refused; close after.
     fn stop_idle_listener(lp) {
-        let on_connection = OnConnection::new(|_, _, _| panic!("no connection expected"));
+        let on_connection = OnConnection::new(|_, _, _, _| panic!("no connection expected"));
         let (server, _) = listener(lp, 16, &on_connection);
-        let other = lp.tcp_init().unwrap();
+        // A listener that is no longer listening (a listen hook reported a
+        // late failure): stopping it is refused.
+        let failed = Rc::new(Cell::new(false));
+        let on_failed = {
+            let failed = failed.clone();
+            OnConnection::new(move |_, _, _, st| {
+                assert_eq!(st, Err(Error::EADDRINUSE));
+                failed.set(true);
+            })
+        };
+        let (other, _) = listener(lp, 16, &on_failed);
+        lp.listen_fail(other, Error::EADDRINUSE);
+        run_until(lp, LIMIT, |_| failed.get());
         assert_eq!(lp.listen_stop(other, None), Err(Error::EINVAL), "not listening");
+        assert!(!lp.is_listen_stopped(other));
         lp.close(other, None).unwrap();
         let calls = Rc::new(Cell::new(0));
         let on_stop = {
             let calls = calls.clone();
-            OnListenStop::new(move |_, _, st| {
+            OnListenStop::new(move |_, _, _, st| {
                 st.unwrap();
                 calls.set(calls.get() + 1);
             })
@@ -148,37 +153,37 @@ both_backends! {
         run_until(lp, LIMIT, |_| calls.get() == 1);
         assert!(!lp.is_active(server));
         // Not active: the loop has nothing left to wait for.
-        assert!(!lp.run(RunMode::NoWait).unwrap());
+        assert!(!lp.run(RunMode::NoWait, &mut ()).unwrap());
         assert_eq!(calls.get(), 1);
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 
     /// Closing while the stop is in progress stays prompt: the close
     /// callback runs, the stop callback does not, nothing leaks.
     fn close_while_stopping(lp) {
-        let on_connection = OnConnection::new(|_, _, _| {});
+        let on_connection = OnConnection::new(|_, _, _, _| {});
         let (server, _) = listener(lp, 16, &on_connection);
-        let on_stop = OnListenStop::new(|_, _, _| panic!("closed first: no stop callback"));
+        let on_stop = OnListenStop::new(|_, _, _, _| panic!("closed first: no stop callback"));
         let closed = Rc::new(Cell::new(false));
         let c = closed.clone();
         lp.listen_stop(server, Some(&on_stop)).unwrap();
-        lp.close(server, Some(&OnClose::new(move |_, _| c.set(true)))).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        lp.close(server, Some(&OnClose::new(move |_, _, _| c.set(true)))).unwrap();
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert!(closed.get());
     }
 
     /// Connections queued before the stop can still be accepted after it
     /// (the user need not take them in `on_connection`).
     fn queued_connections_survive_the_stop(lp) {
-        let on_connection = OnConnection::new(|_, _, st| st.unwrap());
+        let on_connection = OnConnection::new(|_, _, _, st| st.unwrap());
         let (server, addr) = listener(lp, 16, &on_connection);
         let clients: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
         run_until(lp, LIMIT, |lp| lp.accept_queue_len(server).unwrap() == 3);
         let taken = Rc::new(RefCell::new(Vec::new()));
         let on_stop = {
             let taken = taken.clone();
-            OnListenStop::new(move |lp, srv, _| {
+            OnListenStop::new(move |lp, _, srv, _| {
                 while let Ok(c) = lp.accept(srv) {
                     taken.borrow_mut().push(c);
                 }
@@ -192,6 +197,6 @@ both_backends! {
             lp.close(*c, None).unwrap();
         }
         drop(clients);
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 }

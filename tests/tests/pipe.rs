@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
-use uvring::sys::socket::socketpair;
+use uvring::os::socketpair;
 use uvring::*;
 use uvring_tests::{both_backends, run_until};
 
@@ -47,13 +47,13 @@ fn raw_sendmsg(fd: RawFd, data: &[u8], fds: &[RawFd]) {
 
 /// Reads a stream into a shared buffer, recording errors; closes at EOF.
 #[allow(clippy::type_complexity)]
-fn reader(lp: &mut Loop, s: Stream) -> (Rc<RefCell<Vec<u8>>>, Rc<RefCell<Vec<Error>>>) {
+fn reader(lp: &mut Loop, s: PipeStream) -> (Rc<RefCell<Vec<u8>>>, Rc<RefCell<Vec<Error>>>) {
     let buf = Rc::new(RefCell::new(Vec::new()));
     let errs = Rc::new(RefCell::new(Vec::new()));
     let (b, e) = (buf.clone(), errs.clone());
     lp.read_start(
         s,
-        &OnRead::new(move |_, _, res| match res {
+        &OnRead::new(move |_, _, _, res| match res {
             Ok(data) => b.borrow_mut().extend_from_slice(data),
             Err(err) => e.borrow_mut().push(err),
         }),
@@ -73,11 +73,11 @@ both_backends! {
         let path = temp_path("echo");
         let server = lp.pipe_init(false).unwrap();
         lp.pipe_bind(server, &path).unwrap();
-        let on_read = OnRead::new(|lp, s, res| match res {
+        let on_read = OnRead::new(|lp, _, s, res| match res {
             Ok(data) => lp.write(s, data, None).unwrap(),
             Err(_) => lp.close(s, None).unwrap(),
         });
-        lp.listen(server, 16, &OnConnection::new(move |lp, srv, res| {
+        let server = lp.listen(server, 16, &OnConnection::new(move |lp, _, srv, res| {
             res.unwrap();
             let c = lp.accept(srv).unwrap();
             assert_eq!(lp.stream_type(c).unwrap(), StreamType::Pipe);
@@ -87,18 +87,19 @@ both_backends! {
         let client = lp.pipe_init(false).unwrap();
         let got = Rc::new(RefCell::new(Vec::new()));
         let g = got.clone();
-        lp.pipe_connect(client, &path, &OnConnect::new(move |lp, c, res| {
+        let client = lp.pipe_connect(client, &path, &OnConnect::new(move |lp, _, c, res| {
             res.unwrap();
             lp.write(c, b"over a named pipe", None).unwrap();
             let g = g.clone();
-            lp.read_start(c, &OnRead::new(move |lp, c, res| {
+            lp.read_start(c, &OnRead::new(move |lp, _, c, res| {
                 g.borrow_mut().extend_from_slice(res.unwrap());
                 if g.borrow().len() == 17 {
                     lp.close(c, None).unwrap();
                 }
             })).unwrap();
         })).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
+        assert!(!lp.is_live(server) && !lp.is_live(client));
         assert_eq!(&*got.borrow(), b"over a named pipe");
         std::fs::remove_file(&path).unwrap();
     }
@@ -107,11 +108,11 @@ both_backends! {
         let client = lp.pipe_init(false).unwrap();
         let status = Rc::new(Cell::new(None));
         let s = status.clone();
-        lp.pipe_connect(client, &temp_path("missing"), &OnConnect::new(move |lp, c, res| {
+        lp.pipe_connect(client, &temp_path("missing"), &OnConnect::new(move |lp, _, c, res| {
             s.set(Some(res));
             lp.close(c, None).unwrap();
         })).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         assert_eq!(status.get(), Some(Err(Error::ENOENT)));
     }
 
@@ -123,24 +124,23 @@ both_backends! {
         assert_eq!(lp.pipe_bind(b, &path), Err(Error::EADDRINUSE));
         lp.close(a, None).unwrap();
         lp.close(b, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         std::fs::remove_file(&path).unwrap();
     }
 
     fn pipe_open_refuses_non_sockets(lp) {
-        let p = lp.pipe_init(false).unwrap();
         let file: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-        assert_eq!(lp.pipe_open(p, file), Err(Error::from_errno(libc::ENOTSOCK)));
-        lp.close(p, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        assert_eq!(lp.pipe_open(file, false), Err(Error::from_errno(libc::ENOTSOCK)));
+        // No handle is left behind, and the fd was closed (the harness checks).
+        assert_eq!(lp.handle_count(), 0);
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn pipe_sendmsg(lp) {
         // libuv's pipe_sendmsg: four fds in one raw SCM_RIGHTS message with
         // one byte; all four arrive, as pipes, in order.
         let (raw, ours) = socketpair(true).unwrap();
-        let ipc = lp.pipe_init(true).unwrap();
-        lp.pipe_open(ipc, ours).unwrap();
+        let ipc = lp.pipe_open(ours, true).unwrap();
         let pairs: Vec<(OwnedFd, OwnedFd)> = (0..4).map(|_| socketpair(true).unwrap()).collect();
         let sent: Vec<RawFd> = pairs.iter().map(|(a, _)| a.as_raw_fd()).collect();
         raw_sendmsg(raw.as_raw_fd(), b"x", &sent);
@@ -148,12 +148,14 @@ both_backends! {
         drop(pairs);
         let received = Rc::new(RefCell::new(Vec::new()));
         let r = received.clone();
-        lp.read_start(ipc, &OnRead::new(move |lp, s, res| {
+        lp.read_start(ipc, &OnRead::new(move |lp, _, s, res| {
             assert_eq!(res.unwrap(), b"x");
             assert_eq!(lp.pending_count(s).unwrap(), 4);
             while lp.pending_count(s).unwrap() > 0 {
                 assert_eq!(lp.pending_type(s).unwrap(), Some(StreamType::Pipe));
-                let p = lp.accept_pending(s).unwrap();
+                let PendingHandle::PipeStream(p) = lp.accept_pending(s).unwrap() else {
+                    panic!("a connected Unix socket arrives as a PipeStream")
+                };
                 assert_eq!(lp.stream_type(p).unwrap(), StreamType::Pipe);
                 r.borrow_mut().push(identity(lp.fileno(p).unwrap()));
                 lp.close(p, None).unwrap();
@@ -162,7 +164,7 @@ both_backends! {
             lp.close(s, None).unwrap();
         })).unwrap();
         run_until(lp, LIMIT, |_| received.borrow().len() == 4);
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         assert_eq!(*received.borrow(), ids);
     }
 
@@ -178,7 +180,7 @@ both_backends! {
         batch.push(u2).unwrap();
         let wrote = Rc::new(Cell::new(false));
         let w = wrote.clone();
-        lp.write_fds(a, b"three", &mut batch, Some(&OnWrite::new(move |_, _, res| {
+        lp.write_fds(a, b"three", &mut batch, Some(&OnWrite::new(move |_, _, _, res| {
             res.unwrap();
             w.set(true);
         }))).unwrap();
@@ -186,7 +188,7 @@ both_backends! {
         let got = Rc::new(RefCell::new(Vec::new()));
         let types = Rc::new(RefCell::new(Vec::new()));
         let (g, t) = (got.clone(), types.clone());
-        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+        lp.read_start(b, &OnRead::new(move |lp, _, s, res| {
             res.unwrap();
             while let Some(ty) = lp.pending_type(s).unwrap() {
                 t.borrow_mut().push(ty);
@@ -199,7 +201,7 @@ both_backends! {
         assert_eq!(*types.borrow(), [StreamType::Tcp, StreamType::Pipe, StreamType::Pipe]);
         lp.close(a, None).unwrap();
         lp.close(b, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn fds_after_a_zero_length_write_still_travel(lp) {
@@ -207,7 +209,7 @@ both_backends! {
         let done = Rc::new(Cell::new(0));
         let on_write = OnWrite::new({
             let d = done.clone();
-            move |_, _, res| {
+            move |_, _, _, res| {
                 res.unwrap();
                 d.set(d.get() + 1);
             }
@@ -227,7 +229,7 @@ both_backends! {
         drop(fd);
         lp.close(a, None).unwrap();
         lp.close(b, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn write2_dups_the_handle_at_call_time(lp) {
@@ -240,10 +242,14 @@ both_backends! {
         lp.close(server, None).unwrap();
         let got = Rc::new(Cell::new(None));
         let g = got.clone();
-        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+        lp.read_start(b, &OnRead::new(move |lp, _, s, res| {
             assert_eq!(res.unwrap(), b"L");
-            let h = lp.accept_pending(s).unwrap();
-            assert_eq!(lp.stream_type(h).unwrap(), StreamType::Tcp);
+            // A bound socket, neither listening nor connected: a TcpSocket.
+            let h = match lp.accept_pending(s).unwrap() {
+                PendingHandle::TcpSocket(h) => h,
+                other => panic!("a bound TCP socket arrives as a TcpSocket, not {other:?}"),
+            };
+            assert_eq!(lp.handle_type(h).unwrap(), HandleType::Tcp);
             g.set(Some(lp.tcp_getsockname(h).unwrap()));
             lp.close(h, None).unwrap();
             lp.close(s, None).unwrap();
@@ -251,7 +257,7 @@ both_backends! {
         run_until(lp, LIMIT, |_| got.get().is_some());
         assert_eq!(got.get(), Some(addr));
         lp.close(a, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn fd_writes_need_an_ipc_pipe_and_a_byte(lp) {
@@ -266,29 +272,99 @@ both_backends! {
         for s in [a, b, x, y] {
             lp.close(s, None).unwrap();
         }
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
-    fn accept_pending_into_checks_the_type(lp) {
+    /// `accept_pending` types each handle by what arrived (this replaces
+    /// `accept_pending_into`, whose type check is now done by the types): a
+    /// bound TCP socket is a TcpSocket (on which `listen` works), a listening
+    /// one too, a TCP connection a TcpStream, a listening Unix socket a
+    /// PipeSocket, a connected one a PipeStream; an fd that is no stream
+    /// socket is WRONG_TYPE and stays pending (for `accept_pending_fd`).
+    fn accept_pending_types_what_arrived(lp) {
         let (a, b) = lp.pipe_pair(true).unwrap();
-        let server = lp.tcp_init().unwrap();
-        lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-        lp.write2(a, b"T", server, None).unwrap();
-        lp.close(server, None).unwrap();
-        let (_, errs) = reader(lp, b);
-        run_until(lp, LIMIT, |lp| lp.pending_count(b).unwrap() == 1);
+        // A bound TCP socket.
+        let bound = lp.tcp_init().unwrap();
+        lp.tcp_bind(bound, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let bound_addr = lp.tcp_getsockname(bound).unwrap();
+        lp.write2(a, b"B", bound, None).unwrap();
+        lp.close(bound, None).unwrap();
+        // A listening TCP socket.
+        let (tcp_listener, listener_addr) = uvring_tests::listener(lp, &OnConnection::new(|_, _, _, _| {}));
+        lp.write2(a, b"L", tcp_listener, None).unwrap();
+        lp.close(tcp_listener, None).unwrap();
+        // A TCP connection.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let conn = lp.tcp_from_std_stream(std::net::TcpStream::connect(std_listener.local_addr().unwrap()).unwrap()).unwrap();
+        let conn_local = lp.tcp_getsockname(conn).unwrap();
+        lp.write2(a, b"C", conn, None).unwrap();
+        lp.close(conn, None).unwrap();
+        // A listening Unix socket.
+        let path = temp_path("pending-listener");
+        let pl = lp.pipe_init(false).unwrap();
+        lp.pipe_bind(pl, &path).unwrap();
+        let pl = lp.listen(pl, 4, &OnConnection::new(|_, _, _, _| {})).unwrap();
+        lp.write2(a, b"P", pl, None).unwrap();
+        lp.close(pl, None).unwrap();
+        // A connected Unix socket.
+        let (x, y) = lp.pipe_pair(false).unwrap();
+        let x_id = identity(lp.fileno(x).unwrap());
+        lp.write2(a, b"S", x, None).unwrap();
+        lp.close(x, None).unwrap();
+        // Not a socket at all.
+        let mut batch = FdBatch::new();
+        batch.push(std::fs::File::open("/dev/null").unwrap().into()).unwrap();
+        lp.write_fds(a, b"F", &mut batch, None).unwrap();
+
+        let (buf, errs) = reader(lp, b);
+        run_until(lp, LIMIT, |lp| lp.pending_count(b).unwrap() == 6 && buf.borrow().len() == 6);
         assert!(errs.borrow().is_empty());
-        let wrong = lp.pipe_init(false).unwrap();
-        assert_eq!(lp.accept_pending_into(b, wrong), Err(Error::WRONG_TYPE));
+        assert_eq!(&*buf.borrow(), b"BLCPSF");
+
+        assert_eq!(lp.pending_type(b).unwrap(), Some(StreamType::Tcp));
+        let PendingHandle::TcpSocket(bound) = lp.accept_pending(b).unwrap() else { panic!("bound: a TcpSocket") };
+        assert_eq!(lp.tcp_getsockname(bound).unwrap(), bound_addr);
+        // It can listen.
+        let bound = lp.listen(bound, 4, &OnConnection::new(|_, _, _, _| {})).unwrap();
+        assert_eq!(lp.tcp_getsockname(bound).unwrap(), bound_addr);
+
+        assert_eq!(lp.pending_type(b).unwrap(), Some(StreamType::Tcp));
+        let PendingHandle::TcpSocket(listening) = lp.accept_pending(b).unwrap() else {
+            panic!("listening: a TcpSocket")
+        };
+        assert_eq!(lp.tcp_getsockname(listening).unwrap(), listener_addr);
+        let listening = lp.listen(listening, 4, &OnConnection::new(|_, _, _, _| {})).unwrap();
+
+        assert_eq!(lp.pending_type(b).unwrap(), Some(StreamType::Tcp));
+        let PendingHandle::TcpStream(conn) = lp.accept_pending(b).unwrap() else { panic!("connection: a TcpStream") };
+        assert_eq!(lp.stream_type(conn).unwrap(), StreamType::Tcp);
+        assert_eq!(lp.tcp_getsockname(conn).unwrap(), conn_local);
+        assert_eq!(lp.tcp_getpeername(conn).unwrap(), std_listener.local_addr().unwrap());
+
+        assert_eq!(lp.pending_type(b).unwrap(), Some(StreamType::Pipe));
+        let PendingHandle::PipeSocket(pl) = lp.accept_pending(b).unwrap() else {
+            panic!("listening Unix socket: a PipeSocket")
+        };
+        let pl = lp.listen(pl, 4, &OnConnection::new(|_, _, _, _| {})).unwrap();
+
+        assert_eq!(lp.pending_type(b).unwrap(), Some(StreamType::Pipe));
+        let PendingHandle::PipeStream(x) = lp.accept_pending(b).unwrap() else {
+            panic!("connected Unix socket: a PipeStream")
+        };
+        assert_eq!(lp.stream_type(x).unwrap(), StreamType::Pipe);
+        assert_eq!(identity(lp.fileno(x).unwrap()), x_id);
+
+        assert_eq!(lp.pending_type(b), Err(Error::WRONG_TYPE));
+        assert_eq!(lp.accept_pending(b), Err(Error::WRONG_TYPE));
         assert_eq!(lp.pending_count(b).unwrap(), 1, "a mismatch leaves the handle pending");
-        let right = lp.tcp_init().unwrap();
-        lp.accept_pending_into(b, right).unwrap();
-        assert!(lp.tcp_getsockname(right).unwrap().port() > 0);
+        drop(lp.accept_pending_fd(b).unwrap());
+        assert_eq!(lp.pending_count(b).unwrap(), 0);
         assert_eq!(lp.accept_pending(b), Err(Error::EAGAIN));
-        for s in [a, b, wrong, right] {
-            lp.close(s, None).unwrap();
+        for h in [a.id(), b.id(), bound.id(), listening.id(), conn.id(), pl.id(), x.id(), y.id()] {
+            lp.close(h, None).unwrap();
         }
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
+        std::fs::remove_file(&path).unwrap();
     }
 
     fn closing_the_pipe_closes_unaccepted_fds(lp) {
@@ -306,7 +382,7 @@ both_backends! {
         assert_eq!(lp.pending_count(b).unwrap(), 10);
         lp.close(a, None).unwrap();
         lp.close(b, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn partial_writes_never_send_an_fd_twice(lp) {
@@ -324,7 +400,7 @@ both_backends! {
         let total = Rc::new(Cell::new(0usize));
         let handles = Rc::new(Cell::new(0usize));
         let (t, h) = (total.clone(), handles.clone());
-        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+        lp.read_start(b, &OnRead::new(move |lp, _, s, res| {
             let chunk = res.unwrap();
             while let Ok(fd) = lp.accept_pending_fd(s) {
                 drop(fd);
@@ -340,7 +416,7 @@ both_backends! {
         assert_eq!(handles.get(), 3);
         lp.close(a, None).unwrap();
         lp.close(b, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn ipc_control_truncated(lp) {
@@ -348,8 +424,7 @@ both_backends! {
         // space (64): the read callback gets CONTROL_TRUNCATED, no fd is
         // left pending, and none leaks (the harness counts).
         let (raw, ours) = socketpair(true).unwrap();
-        let ipc = lp.pipe_init(true).unwrap();
-        lp.pipe_open(ipc, ours).unwrap();
+        let ipc = lp.pipe_open(ours, true).unwrap();
         let files: Vec<OwnedFd> = (0..100).map(|_| std::fs::File::open("/dev/null").unwrap().into()).collect();
         let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
         raw_sendmsg(raw.as_raw_fd(), b"t", &fds);
@@ -365,7 +440,7 @@ both_backends! {
         assert_eq!(lp.pending_count(ipc).unwrap(), 1);
         assert_eq!(lp.pending_type(ipc).unwrap(), Some(StreamType::Pipe));
         lp.close(ipc, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn accept_fd_takes_a_connection_without_a_handle(lp) {
@@ -373,7 +448,7 @@ both_backends! {
         lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
         let taken = Rc::new(RefCell::new(None));
         let t = taken.clone();
-        lp.listen(server, 16, &OnConnection::new(move |lp, srv, res| {
+        let server = lp.listen(server, 16, &OnConnection::new(move |lp, _, srv, res| {
             res.unwrap();
             *t.borrow_mut() = Some(lp.accept_fd(srv).unwrap());
             assert_eq!(lp.accept_fd(srv).unwrap_err(), Error::EAGAIN);
@@ -382,12 +457,12 @@ both_backends! {
         let addr = lp.tcp_getsockname(server).unwrap();
         let client = std::net::TcpStream::connect(addr).unwrap();
         run_until(lp, LIMIT, |_| taken.borrow().is_some());
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         let fd = taken.borrow_mut().take().unwrap();
-        let s = lp.tcp_open(fd).unwrap();
+        let s = lp.tcp_open_stream(fd).unwrap();
         assert_eq!(lp.tcp_getpeername(s).unwrap(), client.local_addr().unwrap());
         lp.close(s, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     /// write_fds_borrowed sends the caller's fds without taking them: they
@@ -401,7 +476,7 @@ both_backends! {
         let wrote = Rc::new(Cell::new(0));
         let on_write = {
             let w = wrote.clone();
-            OnWrite::new(move |_, _, res| {
+            OnWrite::new(move |_, _, _, res| {
                 res.unwrap();
                 w.set(w.get() + 1);
             })
@@ -413,7 +488,7 @@ both_backends! {
         unsafe { lp.write_fds_borrowed(a, b"-", &[], Some(&on_write)) }.unwrap();
         let got = Rc::new(RefCell::new(Vec::new()));
         let g = got.clone();
-        lp.read_start(b, &OnRead::new(move |lp, s, res| {
+        lp.read_start(b, &OnRead::new(move |lp, _, s, res| {
             res.unwrap();
             while let Ok(fd) = lp.accept_pending_fd(s) {
                 g.borrow_mut().push(identity(fd.as_raw_fd()));
@@ -426,7 +501,7 @@ both_backends! {
         assert_eq!(identity(u2.as_raw_fd()), ids[1]);
         lp.close(a, None).unwrap();
         lp.close(b, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         drop((u1, u2));
     }
 
@@ -441,13 +516,13 @@ both_backends! {
         let id = identity(x.as_raw_fd());
         let status = Rc::new(RefCell::new(None));
         let st = status.clone();
-        let on_write = OnWrite::new(move |_, _, res| *st.borrow_mut() = Some(res));
+        let on_write = OnWrite::new(move |_, _, _, res| *st.borrow_mut() = Some(res));
         // SAFETY: x lives until after the pipe is closed and freed below.
         unsafe { lp.write_fds_borrowed(a, b"x", &[x.as_raw_fd()], Some(&on_write)) }.unwrap();
-        lp.run(RunMode::NoWait).unwrap();
+        lp.run(RunMode::NoWait, &mut ()).unwrap();
         lp.close(a, None).unwrap();
         lp.close(b, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         assert_eq!(*status.borrow(), Some(Err(Error::ECANCELED)));
         assert_eq!(identity(x.as_raw_fd()), id, "the loop did not close it");
         drop(x);

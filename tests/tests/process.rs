@@ -20,13 +20,13 @@ fn child_exe() -> &'static Path {
 }
 
 /// Reads `s` to end of file; the bytes and an EOF flag.
-fn collect(lp: &mut Loop, s: Stream) -> (Rc<RefCell<Vec<u8>>>, Rc<Cell<bool>>) {
+fn collect(lp: &mut Loop, s: PipeStream) -> (Rc<RefCell<Vec<u8>>>, Rc<Cell<bool>>) {
     let buf = Rc::new(RefCell::new(Vec::new()));
     let eof = Rc::new(Cell::new(false));
     let (b, e) = (buf.clone(), eof.clone());
     lp.read_start(
         s,
-        &OnRead::new(move |lp, s, res| match res {
+        &OnRead::new(move |lp, _, s, res| match res {
             Ok(data) => b.borrow_mut().extend_from_slice(data),
             Err(err) => {
                 assert_eq!(err, Error::EOF);
@@ -45,7 +45,7 @@ both_backends! {
         assert!(lp.process_pid(p).unwrap() > 0);
         run_until(lp, LIMIT, |_| exit.get().is_some());
         assert_eq!(exit.get(), Some((42, 0)));
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn spawn_exit_by_signal(lp) {
@@ -53,13 +53,13 @@ both_backends! {
         lp.process_kill(p, libc::SIGTERM).unwrap();
         run_until(lp, LIMIT, |_| exit.get().is_some());
         assert_eq!(exit.get(), Some((0, libc::SIGTERM)));
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn spawn_kill_after_exit_is_esrch(lp) {
         let seen = Rc::new(Cell::new(None));
         let s = seen.clone();
-        let on_exit = OnExit::new(move |lp, p, status, _| {
+        let on_exit = OnExit::new(move |lp, _, p, status, _| {
             s.set(Some((status, lp.process_kill(p, libc::SIGTERM))));
             lp.close(p, None).unwrap();
         });
@@ -67,7 +67,7 @@ both_backends! {
         let opts = ProcessOptions { args: &args, ..ProcessOptions::new(child_exe()) };
         let p = lp.spawn(&opts, &on_exit).unwrap();
         let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         assert_eq!(seen.get(), Some((0, Err(Error::ESRCH))));
     }
 
@@ -87,7 +87,7 @@ both_backends! {
         let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
         run_until(lp, LIMIT, |_| exit.get().is_some());
         assert_eq!(exit.get(), Some((7, 0)));
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn spawn_with_cwd_and_env(lp) {
@@ -106,22 +106,27 @@ both_backends! {
         let (exit, on_exit) = record_exit();
         let p = lp.spawn(&opts, &on_exit).unwrap();
         let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
+        let out = lp.pipe_stream(out).expect("spawn connected stdout");
         let (buf, eof) = collect(lp, out);
         run_until(lp, LIMIT, |_| eof.get() && exit.get().is_some());
         assert_eq!(exit.get(), Some((0, 0)));
         assert_eq!(String::from_utf8_lossy(&buf.borrow()), format!("{}\nforty two\n", dir.display()));
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn stdio_over_pipes(lp) {
         let stdin = lp.pipe_init(false).unwrap();
         let stdout = lp.pipe_init(false).unwrap();
+        assert_eq!(lp.pipe_stream(stdin), Err(Error::INVALID_STATE), "not connected before the spawn");
         let stdio = [Stdio::Pipe(stdin), Stdio::Pipe(stdout), Stdio::Inherit];
         let (_p, _guard, exit) = spawn_child(lp, child_exe(), &["stdio"], &stdio);
+        let stdin = lp.pipe_stream(stdin).expect("spawn connected stdin");
+        let stdout = lp.pipe_stream(stdout).expect("spawn connected stdout");
+        assert_eq!(lp.stream_type(stdin), Ok(StreamType::Pipe));
         let (buf, eof) = collect(lp, stdout);
         let echoed = b"it travels through a socketpair\n";
         lp.write(stdin, echoed, None).unwrap();
-        lp.shutdown(stdin, Some(&OnShutdown::new(|lp, s, res| {
+        lp.shutdown(stdin, Some(&OnShutdown::new(|lp, _, s, res| {
             res.unwrap();
             lp.close(s, None).unwrap();
         }))).unwrap();
@@ -130,7 +135,7 @@ both_backends! {
         let mut want = b"hello world\n".to_vec();
         want.extend_from_slice(echoed);
         assert_eq!(*buf.borrow(), want);
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn spawn_tcp_server(lp) {
@@ -161,7 +166,7 @@ both_backends! {
         run_until(lp, LIMIT, |_| exit.get().is_some());
         assert_eq!(exit.get(), Some((0, 0)));
         client.join().unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
     fn process_ref(lp) {
@@ -169,12 +174,12 @@ both_backends! {
         // it afterwards (libuv's test-ref.c process_ref).
         let (p, guard, exit) = spawn_child(lp, child_exe(), &["sleep"], &[]);
         lp.unref_handle(p).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(exit.get(), None);
         assert_eq!(lp.process_kill(p, 0), Ok(()), "the child still runs");
         lp.process_kill(p, libc::SIGTERM).unwrap();
         lp.close(p, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         drop(guard);
     }
 
@@ -183,15 +188,15 @@ both_backends! {
         // although it is not closed.
         let args = [OsStr::new("exit"), OsStr::new("0")];
         let opts = ProcessOptions { args: &args, ..ProcessOptions::new(child_exe()) };
-        let p = lp.spawn(&opts, &OnExit::new(|_, _, _, _| {})).unwrap();
+        let p = lp.spawn(&opts, &OnExit::new(|_, _, _, _, _| {})).unwrap();
         let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
         assert!(lp.is_active(p));
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         assert!(!lp.is_closing(p));
         assert!(!lp.is_active(p));
         assert!(lp.process_exited(p).unwrap());
         lp.close(p, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         assert!(!lp.is_live(p));
     }
 
@@ -199,7 +204,7 @@ both_backends! {
         let (p, guard, exit) = spawn_child(lp, child_exe(), &["sleep"], &[]);
         let pid = lp.process_pid(p).unwrap();
         lp.close(p, None).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         assert_eq!(exit.get(), None);
         // SAFETY: signal 0 only checks that our (unreaped) child exists.
         assert_eq!(unsafe { libc::kill(pid, 0) }, 0, "the child was killed by close");
@@ -215,11 +220,12 @@ both_backends! {
         let (exit, on_exit) = record_exit();
         let p = lp.spawn(&opts, &on_exit).unwrap();
         let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
+        let out = lp.pipe_stream(out).expect("spawn connected stdout");
         let (buf, eof) = collect(lp, out);
         run_until(lp, LIMIT, |_| eof.get() && exit.get().is_some());
         let text = String::from_utf8_lossy(&buf.borrow()).into_owned();
         assert_eq!(text.lines().nth(1).unwrap_or(""), std::env::var("PATH").unwrap_or_default());
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
     }
 }
 

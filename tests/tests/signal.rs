@@ -20,9 +20,9 @@ fn raise(signum: i32) {
 type Seen = Rc<RefCell<Vec<(u32, i32)>>>;
 
 /// A signal callback recording (handle data, signum).
-fn recorder(seen: &Seen) -> OnSignal {
+fn recorder(seen: &Seen) -> OnSignal<()> {
     let seen = seen.clone();
-    OnSignal::new(move |lp, h, signum| seen.borrow_mut().push((lp.data(h).unwrap() as u32, signum)))
+    OnSignal::new(move |lp, _, h, signum| seen.borrow_mut().push((lp.data(h).unwrap() as u32, signum)))
 }
 
 both_backends! {
@@ -35,7 +35,7 @@ both_backends! {
         run_until(lp, LIMIT, |_| !seen.borrow().is_empty());
         assert_eq!(*seen.borrow(), [(1, libc::SIGUSR1)]);
         lp.close(s, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 
     /// A signal sent by another thread with kill(getpid()) wakes a loop
@@ -43,7 +43,7 @@ both_backends! {
     fn signal_from_other_thread(lp) {
         let seen = Seen::default();
         let s2 = seen.clone();
-        let s = lp.signal_start(libc::SIGUSR2, &OnSignal::new(move |lp, h, signum| {
+        let s = lp.signal_start(libc::SIGUSR2, &OnSignal::new(move |lp, _, h, signum| {
             s2.borrow_mut().push((0, signum));
             lp.close(h, None).unwrap();
         })).unwrap();
@@ -54,7 +54,7 @@ both_backends! {
             // until the loop's callback ran, which is after this send.
             unsafe { libc::kill(pid, libc::SIGUSR2) };
         });
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         thread.join().unwrap();
         assert_eq!(*seen.borrow(), [(0, libc::SIGUSR2)]);
         assert!(!lp.is_live(s));
@@ -100,7 +100,7 @@ both_backends! {
         for h in [a, b, c] {
             lp.close(h, None).unwrap();
         }
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 
     /// Signals arriving in a burst are each delivered (ordinary signals may
@@ -114,17 +114,17 @@ both_backends! {
         }
         run_until(lp, LIMIT, |_| !seen.borrow().is_empty());
         for _ in 0..3 {
-            lp.run(RunMode::NoWait).unwrap();
+            lp.run(RunMode::NoWait, &mut ()).unwrap();
         }
         let n = seen.borrow().len();
         assert!((1..=10).contains(&n), "{n} callbacks for 10 raises");
         lp.close(s, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 
     /// An invalid signal number is refused.
     fn signal_invalid(lp) {
-        let cb = OnSignal::new(|_, _, _| {});
+        let cb = OnSignal::new(|_, _, _, _| {});
         assert_eq!(lp.signal_start(0, &cb).err(), Some(Error::EINVAL));
         assert_eq!(lp.signal_start(libc::SIGKILL, &cb).err(), Some(Error::EINVAL));
         assert_eq!(lp.signal_start(1000, &cb).err(), Some(Error::EINVAL));

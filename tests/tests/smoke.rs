@@ -13,22 +13,22 @@ both_backends! {
         let fired = Rc::new(Cell::new(0));
         let f = fired.clone();
         let t = lp.timer_init().unwrap();
-        lp.timer_start(t, 5, 0, &OnTimer::new(move |lp, t| {
+        lp.timer_start(t, Duration::from_millis(5), Duration::ZERO, &OnTimer::new(move |lp, _, t| {
             f.set(f.get() + 1);
             lp.close(t, None).unwrap();
         })).unwrap();
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         assert_eq!(fired.get(), 1);
     }
 
     fn echo_round_trip(lp) {
-        let on_read = OnRead::new(|lp, s, res| match res {
+        let on_read = OnRead::new(|lp, _, s: TcpStream, res| match res {
             Ok(b) => lp.write(s, b, None).unwrap(),
             Err(_) => lp.close(s, None).unwrap(),
         });
-        let server = lp.tcp_init().unwrap();
-        lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-        lp.listen(server, 16, &OnConnection::new(move |lp, srv, st| {
+        let sock = lp.tcp_init().unwrap();
+        lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let server = lp.listen(sock, 16, &OnConnection::new(move |lp, _, srv, st| {
             st.unwrap();
             let c = lp.accept(srv).unwrap();
             lp.read_start(c, &on_read).unwrap();
@@ -46,7 +46,7 @@ both_backends! {
                 assert_eq!(buf, msg.as_bytes());
             }
         });
-        lp.run(RunMode::Default).unwrap();
+        lp.run(RunMode::Default, &mut ()).unwrap();
         client.join().unwrap();
     }
 }

@@ -13,17 +13,21 @@ use uvring_tests::{both_backends, bump, count, listener, run_on_with, run_until}
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// A TCP handle connecting to `addr`.
-fn connect(lp: &mut Loop, addr: SocketAddr, on_connect: &OnConnect) -> Stream {
+/// Milliseconds.
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A TCP stream connecting to `addr`.
+fn connect(lp: &mut Loop, addr: SocketAddr, on_connect: &OnConnect<(), TcpStream>) -> TcpStream {
     let s = lp.tcp_init().unwrap();
-    lp.tcp_connect(s, addr, on_connect).unwrap();
-    s
+    lp.tcp_connect(s, addr, on_connect).unwrap()
 }
 
 /// An `on_connection` that accepts every connection and starts reading with
 /// `on_read`; accepted ids go to `into`.
-fn accept_and_read(on_read: OnRead, into: Rc<RefCell<Vec<Stream>>>) -> OnConnection {
-    OnConnection::new(move |lp, server, st| {
+fn accept_and_read(on_read: OnRead<(), TcpStream>, into: Rc<RefCell<Vec<TcpStream>>>) -> OnConnection<(), TcpListener> {
+    OnConnection::new(move |lp, _, server, st| {
         st.unwrap();
         while let Ok(c) = lp.accept(server) {
             lp.read_start(c, &on_read).unwrap();
@@ -34,13 +38,13 @@ fn accept_and_read(on_read: OnRead, into: Rc<RefCell<Vec<Stream>>>) -> OnConnect
 
 /// An `on_read` that echoes what it reads, shuts down at EOF and closes
 /// after the shutdown (and on errors).
-fn echo_reader() -> OnRead {
-    let on_shutdown = OnShutdown::new(|lp, s, _| {
+fn echo_reader() -> OnRead<(), TcpStream> {
+    let on_shutdown = OnShutdown::new(|lp, _, s: TcpStream, _| {
         let _ = lp.close(s, None);
     });
-    OnRead::new(move |lp, s, res| match res {
+    OnRead::new(move |lp, _, s, res| match res {
         Ok(bytes) => lp.write(s, bytes, None).unwrap(),
-        Err(Error::EOF) => {
+        Err(e) if e == Error::EOF => {
             if lp.shutdown(s, Some(&on_shutdown)).is_err() {
                 lp.close(s, None).unwrap();
             }
@@ -80,13 +84,13 @@ both_backends! {
         let shut = count();
         let on_shutdown = {
             let shut = shut.clone();
-            OnShutdown::new(move |lp, s, st| {
+            OnShutdown::new(move |lp, _, s, st| {
                 st.unwrap();
                 bump(&shut);
                 lp.close(s, None).unwrap();
             })
         };
-        let on_connect = OnConnect::new(move |lp, s, st| {
+        let on_connect = OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             lp.shutdown(s, Some(&on_shutdown)).unwrap();
             assert!(lp.shutdown(s, Some(&on_shutdown)).is_err(), "second shutdown fails");
@@ -94,7 +98,7 @@ both_backends! {
         let client = connect(lp, addr, &on_connect);
         run_until(lp, LIMIT, |lp| shut.get() == 1 && !lp.is_live(client) && accepted.borrow().iter().all(|c| !lp.is_live(*c)));
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(shut.get(), 1);
     }
 
@@ -107,16 +111,16 @@ both_backends! {
         let log = Rc::new(RefCell::new(Vec::<&'static str>::new()));
         let on_shutdown = {
             let log = log.clone();
-            OnShutdown::new(move |_, _, st| {
+            OnShutdown::new(move |_, _, _, st| {
                 assert!(st == Ok(()) || st == Err(Error::ECANCELED), "shutdown status {st:?}");
                 log.borrow_mut().push("shutdown");
             })
         };
         let on_close = {
             let log = log.clone();
-            OnClose::new(move |_, _| log.borrow_mut().push("close"))
+            OnClose::new(move |_, _, _| log.borrow_mut().push("close"))
         };
-        let on_connect = OnConnect::new(move |lp, s, st| {
+        let on_connect = OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             lp.shutdown(s, Some(&on_shutdown)).unwrap();
             lp.close(s, Some(&on_close)).unwrap();
@@ -124,7 +128,7 @@ both_backends! {
         let client = connect(lp, addr, &on_connect);
         run_until(lp, LIMIT, |lp| !lp.is_live(client) && accepted.borrow().iter().all(|c| !lp.is_live(*c)) && !accepted.borrow().is_empty());
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(*log.borrow(), ["shutdown", "close"]);
     }
 
@@ -136,19 +140,19 @@ both_backends! {
         let (writes, shuts) = (count(), count());
         let on_write = {
             let writes = writes.clone();
-            OnWrite::new(move |_, _, st| {
+            OnWrite::new(move |_, _, _, st| {
                 assert!(st == Ok(()) || st == Err(Error::ECANCELED), "write status {st:?}");
                 bump(&writes);
             })
         };
         let on_shutdown = {
             let shuts = shuts.clone();
-            OnShutdown::new(move |_, _, st| {
+            OnShutdown::new(move |_, _, _, st| {
                 assert!(st == Ok(()) || st == Err(Error::ECANCELED), "shutdown status {st:?}");
                 bump(&shuts);
             })
         };
-        let on_connect = OnConnect::new(move |lp, s, st| {
+        let on_connect = OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             lp.write(s, &[7u8; 100_000], Some(&on_write)).unwrap();
             lp.shutdown(s, Some(&on_shutdown)).unwrap();
@@ -158,7 +162,7 @@ both_backends! {
         run_until(lp, LIMIT, |lp| !lp.is_live(client));
         run_until(lp, LIMIT, |lp| !accepted.borrow().is_empty() && accepted.borrow().iter().all(|c| !lp.is_live(*c)));
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!((writes.get(), shuts.get()), (1, 1));
     }
 
@@ -167,15 +171,15 @@ both_backends! {
     fn shutdown_eof(lp) {
         let got = Rc::new(RefCell::new(Vec::new()));
         let eof_seen = count();
-        let on_shutdown = OnShutdown::new(|lp, s, st| {
+        let on_shutdown = OnShutdown::new(|lp, _, s, st| {
             st.unwrap();
             lp.close(s, None).unwrap();
         });
         let on_read = {
             let (got, eof_seen) = (got.clone(), eof_seen.clone());
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 Ok(bytes) => got.borrow_mut().extend_from_slice(bytes),
-                Err(Error::EOF) => {
+                Err(e) if e == Error::EOF => {
                     bump(&eof_seen);
                     assert!(lp.is_live(s) && !lp.is_closing(s), "EOF does not close the handle");
                     assert!(!lp.is_reading(s), "reading stops at EOF");
@@ -198,7 +202,7 @@ both_backends! {
         });
         run_until(lp, LIMIT, |lp| !accepted.borrow().is_empty() && !lp.is_live(accepted.borrow()[0]));
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(peer.join().unwrap(), b"after-eof");
         assert_eq!(*got.borrow(), b"hello");
         assert_eq!(eof_seen.get(), 1);
@@ -209,23 +213,23 @@ both_backends! {
     /// order queued, the completed ones before the cancelled ones.
     fn tcp_write_queue_order(lp) {
         const WRITES: usize = 10_000;
-        let accepted = Rc::new(RefCell::new(Vec::<Stream>::new()));
+        let accepted = Rc::new(RefCell::new(Vec::<TcpStream>::new()));
         let acc = accepted.clone();
-        let (server, addr) = listener(lp, &OnConnection::new(move |lp, srv, st| {
+        let (server, addr) = listener(lp, &OnConnection::new(move |lp, _, srv, st| {
             st.unwrap();
             // Accept, never read.
             acc.borrow_mut().push(lp.accept(srv).unwrap());
         }));
         let log = Rc::new(RefCell::new(Vec::<(usize, Result<()>)>::with_capacity(WRITES)));
-        let on_writes: Vec<OnWrite> = (0..WRITES)
+        let on_writes: Vec<OnWrite<(), TcpStream>> = (0..WRITES)
             .map(|i| {
                 let log = log.clone();
-                OnWrite::new(move |_, _, st| log.borrow_mut().push((i, st)))
+                OnWrite::new(move |_, _, _, st| log.borrow_mut().push((i, st)))
             })
             .collect();
         let timer = lp.timer_init().unwrap();
         let chunk = [0x5au8; 1024];
-        let on_connect = OnConnect::new(move |lp, s, st| {
+        let on_connect = OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             for cb in &on_writes {
                 lp.write(s, &chunk, Some(cb)).unwrap();
@@ -234,7 +238,7 @@ both_backends! {
         let client = connect(lp, addr, &on_connect);
         let on_timer = {
             let accepted = accepted.clone();
-            OnTimer::new(move |lp, t| {
+            OnTimer::new(move |lp, _, t| {
                 lp.close(t, None).unwrap();
                 lp.close(server, None).unwrap();
                 lp.close(client, None).unwrap();
@@ -243,8 +247,8 @@ both_backends! {
                 }
             })
         };
-        lp.timer_start(timer, 1000, 0, &on_timer).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        lp.timer_start(timer, ms(1000), ms(0), &on_timer).unwrap();
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         let log = log.borrow();
         assert_eq!(log.len(), WRITES, "completed + cancelled = {WRITES}");
         let order: Vec<usize> = log.iter().map(|(i, _)| *i).collect();
@@ -261,7 +265,7 @@ both_backends! {
         let received = Rc::new(Cell::new(0usize));
         let on_read = {
             let received = received.clone();
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 Ok(bytes) => received.set(received.get() + bytes.len()),
                 Err(_) => lp.close(s, None).unwrap(),
             })
@@ -271,7 +275,7 @@ both_backends! {
         let written = Rc::new(Cell::new(0usize));
         let on_connect = {
             let written = written.clone();
-            OnConnect::new(move |lp, s, st| {
+            OnConnect::new(move |lp, _, s, st| {
                 st.unwrap();
                 loop {
                     match lp.try_write(s, b"PING") {
@@ -290,7 +294,7 @@ both_backends! {
         let client = connect(lp, addr, &on_connect);
         run_until(lp, LIMIT, |lp| !lp.is_live(client) && !accepted.borrow().is_empty() && !lp.is_live(accepted.borrow()[0]));
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(written.get(), 4);
         assert_eq!(received.get(), 4);
     }
@@ -302,26 +306,26 @@ both_backends! {
         let received = Rc::new(RefCell::new(Vec::new()));
         let on_read = {
             let received = received.clone();
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 Ok(bytes) => received.borrow_mut().extend_from_slice(bytes),
                 Err(_) => lp.close(s, None).unwrap(),
             })
         };
-        let accepted = Rc::new(RefCell::new(Vec::<Stream>::new()));
+        let accepted = Rc::new(RefCell::new(Vec::<TcpStream>::new()));
         let acc = accepted.clone();
-        let (server, addr) = listener(lp, &OnConnection::new(move |lp, srv, st| {
+        let (server, addr) = listener(lp, &OnConnection::new(move |lp, _, srv, st| {
             st.unwrap();
             // Accept, but read only once the client is done writing.
             acc.borrow_mut().push(lp.accept(srv).unwrap());
         }));
         let total = Rc::new(Cell::new(0usize));
-        let on_write = OnWrite::new(|lp, s, st| {
+        let on_write = OnWrite::new(|lp, _, s, st| {
             st.unwrap();
             lp.close(s, None).unwrap();
         });
         let on_connect = {
             let total = total.clone();
-            OnConnect::new(move |lp, s, st| {
+            OnConnect::new(move |lp, _, s, st| {
                 st.unwrap();
                 loop {
                     let off = total.get();
@@ -347,7 +351,7 @@ both_backends! {
         lp.read_start(incoming, &on_read).unwrap();
         run_until(lp, LIMIT, |lp| !lp.is_live(client) && !lp.is_live(incoming));
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         let received = received.borrow();
         assert_eq!(received.len(), total.get());
         assert!(received.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)), "bytes intact and in order");
@@ -355,11 +359,13 @@ both_backends! {
 
     /// tcp_try_write_error: writing to a peer that closed gives EPIPE or
     /// ECONNRESET (never a signal), and leaves the write queue empty; a
-    /// queued write then fails the same way through its callback.
+    /// queued write then fails the same way through its callback, which
+    /// runs from the loop (the `write` call itself returns Ok), exactly
+    /// once, after the callback that queued the write has returned.
     fn tcp_try_write_error(lp) {
-        let acc = Rc::new(RefCell::new(Vec::<Stream>::new()));
+        let acc = Rc::new(RefCell::new(Vec::<TcpStream>::new()));
         let a2 = acc.clone();
-        let (server, addr) = listener(lp, &OnConnection::new(move |lp, srv, st| {
+        let (server, addr) = listener(lp, &OnConnection::new(move |lp, _, srv, st| {
             st.unwrap();
             // Accept and close at once.
             let c = lp.accept(srv).unwrap();
@@ -368,44 +374,54 @@ both_backends! {
             a2.borrow_mut().push(c);
         }));
         let failed = Rc::new(Cell::new(None::<Error>));
-        let write_failed = Rc::new(Cell::new(None::<Error>));
-        let client = connect(lp, addr, &OnConnect::new(|_, _, st| st.unwrap()));
+        let write_failed = Rc::new(RefCell::new(Vec::<Error>::new()));
+        let log = Rc::new(RefCell::new(Vec::<&'static str>::new()));
+        let client = connect(lp, addr, &OnConnect::new(|_, _, _, st| st.unwrap()));
         run_until(lp, LIMIT, |lp| !acc.borrow().is_empty() && !lp.is_live(server));
         // Keep trying (the peer's RST comes back after our first bytes).
         let timer = lp.timer_init().unwrap();
         let on_write = {
-            let write_failed = write_failed.clone();
-            OnWrite::new(move |lp, s, st| {
-                write_failed.set(st.err());
+            let (write_failed, log) = (write_failed.clone(), log.clone());
+            OnWrite::new(move |lp, _, s, st| {
+                log.borrow_mut().push("write callback");
+                write_failed.borrow_mut().push(st.expect_err("the write to a reset peer fails"));
                 assert_eq!(lp.write_queue_size(s), Ok(0));
             })
         };
         let on_timer = {
-            let (failed, write_failed) = (failed.clone(), write_failed.clone());
-            OnTimer::new(move |lp, t| match lp.try_write(client, &[1u8; 4096]) {
+            let (failed, log) = (failed.clone(), log.clone());
+            OnTimer::new(move |lp, _, t| match lp.try_write(client, &[1u8; 4096]) {
                 Ok(_) => {}
                 Err(e) if e.is_would_block() => {}
                 Err(e) => {
                     failed.set(Some(e));
                     assert_eq!(lp.write_queue_size(client), Ok(0), "nothing queued after the error");
                     lp.timer_stop(t).unwrap();
-                    // A queued write fails too: at once or through its callback.
-                    if let Err(e) = lp.write(client, b"more", Some(&on_write)) {
-                        write_failed.set(Some(e));
-                    }
+                    // A queued write fails too: through its callback, from
+                    // the loop, never from inside `write`.
+                    log.borrow_mut().push("write call");
+                    lp.write(client, b"more", Some(&on_write)).unwrap();
+                    log.borrow_mut().push("write returned");
                 }
             })
         };
-        lp.timer_start(timer, 1, 5, &on_timer).unwrap();
-        run_until(lp, LIMIT, |_| write_failed.get().is_some());
+        lp.timer_start(timer, ms(1), ms(5), &on_timer).unwrap();
+        run_until(lp, LIMIT, |_| !write_failed.borrow().is_empty());
+        // A few more iterations: the callback does not run a second time.
+        for _ in 0..3 {
+            lp.run(RunMode::NoWait, &mut ()).unwrap();
+        }
+        assert_eq!(*log.borrow(), ["write call", "write returned", "write callback"]);
         let e = failed.get().unwrap();
         assert!(e == Error::EPIPE || e == Error::ECONNRESET, "try_write error {e:?}");
-        let e = write_failed.get().unwrap();
+        assert_eq!(write_failed.borrow().len(), 1, "the write callback ran once");
+        let e = write_failed.borrow()[0];
         assert!(e == Error::EPIPE || e == Error::ECONNRESET, "write error {e:?}");
         assert_eq!(lp.write_queue_size(client), Ok(0));
         lp.close(client, None).unwrap();
         lp.close(timer, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
+        assert_eq!(write_failed.borrow().len(), 1, "not called again by the close");
     }
 
     /// tcp_writealot: 32 MiB written in 128 KiB writes, echoed by a server
@@ -419,7 +435,7 @@ both_backends! {
         let (read_total, mismatches, writes_done, eof) = (count(), count(), count(), count());
         let on_read = {
             let (read_total, mismatches, eof) = (read_total.clone(), mismatches.clone(), eof.clone());
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 Ok(bytes) => {
                     let base = read_total.get() as u64;
                     let bad = bytes.iter().enumerate().filter(|(i, b)| **b != pattern(base + *i as u64)).count();
@@ -435,13 +451,13 @@ both_backends! {
         };
         let on_write = {
             let writes_done = writes_done.clone();
-            OnWrite::new(move |_, _, st| {
+            OnWrite::new(move |_, _, _, st| {
                 st.unwrap();
                 bump(&writes_done);
             })
         };
-        let on_shutdown = OnShutdown::new(|_, _, st| st.unwrap());
-        let on_connect = OnConnect::new(move |lp, s, st| {
+        let on_shutdown = OnShutdown::new(|_, _, _, st| st.unwrap());
+        let on_connect = OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             lp.read_start(s, &on_read).unwrap();
             let mut chunk = vec![0u8; CHUNK];
@@ -459,7 +475,7 @@ both_backends! {
         run_until(lp, Duration::from_secs(120), |lp| !lp.is_live(client));
         run_until(lp, LIMIT, |lp| accepted.borrow().iter().all(|c| !lp.is_live(*c)));
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(writes_done.get(), CHUNKS);
         assert_eq!(read_total.get(), TOTAL);
         assert_eq!(mismatches.get(), 0, "echoed bytes intact");
@@ -470,10 +486,10 @@ both_backends! {
     /// callback loses nothing: the end of the stream still arrives.
     fn tcp_read_stop_start(lp) {
         let reads = count();
-        let on_write_ok = OnWrite::new(|_, _, st| st.unwrap());
+        let on_write_ok = OnWrite::new(|_, _, _, st| st.unwrap());
         let on_read2 = {
             let reads = reads.clone();
-            OnRead::new(move |lp, s, res| {
+            OnRead::new(move |lp, _, s, res| {
                 bump(&reads);
                 if res.is_err() {
                     lp.close(s, None).unwrap();
@@ -482,7 +498,7 @@ both_backends! {
         };
         let on_read1 = {
             let reads = reads.clone();
-            OnRead::new(move |lp, s, res| {
+            OnRead::new(move |lp, _, s, res| {
                 assert!(res.is_ok(), "first read has data: {res:?}");
                 // Write on the half-open connection, then restart reading.
                 lp.write(s, b"1234578\0", Some(&on_write_ok)).unwrap();
@@ -493,17 +509,17 @@ both_backends! {
         };
         let accepted = Rc::new(RefCell::new(vec![]));
         let (server, addr) = listener(lp, &accept_and_read(on_read1, accepted.clone()));
-        let on_write_close = OnWrite::new(|lp, s, st| {
+        let on_write_close = OnWrite::new(|lp, _, s, st| {
             st.unwrap();
             lp.close(s, None).unwrap();
         });
-        let client = connect(lp, addr, &OnConnect::new(move |lp, s, st| {
+        let client = connect(lp, addr, &OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             lp.write(s, b"1234578\0", Some(&on_write_close)).unwrap();
         }));
         run_until(lp, LIMIT, |lp| !lp.is_live(client) && !accepted.borrow().is_empty() && !lp.is_live(accepted.borrow()[0]));
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert!(reads.get() >= 2);
     }
 
@@ -513,12 +529,12 @@ both_backends! {
     fn tcp_read_stop_start_cycles(lp) {
         const TOTAL: usize = 4 * 1024 * 1024;
         let got = Rc::new(RefCell::new(Vec::with_capacity(TOTAL)));
-        let paused = Rc::new(Cell::new(None::<Stream>));
+        let paused = Rc::new(Cell::new(None::<TcpStream>));
         let (pauses, resumes) = (count(), count());
         let timer = lp.timer_init().unwrap();
         let on_read = {
             let (got, paused, pauses) = (got.clone(), paused.clone(), pauses.clone());
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 Ok(bytes) => {
                     got.borrow_mut().extend_from_slice(bytes);
                     if lp.is_reading(s) {
@@ -536,14 +552,14 @@ both_backends! {
         };
         let on_timer = {
             let (paused, resumes, on_read) = (paused.clone(), resumes.clone(), on_read.clone());
-            OnTimer::new(move |lp, _| {
+            OnTimer::new(move |lp, _, _| {
                 if let Some(s) = paused.take() {
                     lp.read_start(s, &on_read).unwrap();
                     bump(&resumes);
                 }
             })
         };
-        lp.timer_start(timer, 1, 1, &on_timer).unwrap();
+        lp.timer_start(timer, ms(1), ms(1), &on_timer).unwrap();
         let accepted = Rc::new(RefCell::new(vec![]));
         let (server, addr) = listener(lp, &accept_and_read(on_read, accepted.clone()));
         let peer = std::thread::spawn(move || {
@@ -557,7 +573,7 @@ both_backends! {
         run_until(lp, Duration::from_secs(60), |lp| !lp.is_live(timer));
         peer.join().unwrap();
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         let got = got.borrow();
         assert_eq!(got.len(), TOTAL);
         assert!(got.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)), "bytes intact and in order");
@@ -570,7 +586,7 @@ both_backends! {
         let results = Rc::new(RefCell::new(Vec::<Result<usize>>::new()));
         let on_read = {
             let results = results.clone();
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 Ok(bytes) => {
                     results.borrow_mut().push(Ok(bytes.len()));
                     lp.write(s, bytes, None).unwrap();
@@ -596,7 +612,7 @@ both_backends! {
         run_until(lp, LIMIT, |lp| !accepted.borrow().is_empty() && !lp.is_live(accepted.borrow()[0]));
         peer.join().unwrap();
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(*results.borrow(), [Ok(5), Err(Error::ECONNRESET)]);
     }
 
@@ -606,22 +622,22 @@ both_backends! {
     /// reuses one of their fd numbers). The new handle sees no stale event:
     /// its connect to the closed listener fails, and it reads nothing.
     fn tcp_close_accept(lp) {
-        let incoming = Rc::new(RefCell::new(Vec::<Stream>::new()));
+        let incoming = Rc::new(RefCell::new(Vec::<TcpStream>::new()));
         let (reads, writes, closes) = (count(), count(), count());
         let check_status = Rc::new(RefCell::new(Vec::<Result<()>>::new()));
         let closed_fds = Rc::new(RefCell::new(Vec::new()));
         let check_fd = Rc::new(Cell::new(-1));
-        let server_cell = Rc::new(Cell::new(None::<Stream>));
-        let check_cell = Rc::new(Cell::new(None::<Stream>));
+        let server_cell = Rc::new(Cell::new(None::<TcpListener>));
+        let check_cell = Rc::new(Cell::new(None::<TcpStream>));
 
         let on_close = {
             let closes = closes.clone();
-            OnClose::new(move |_, _| bump(&closes))
+            OnClose::new(move |_, _, _| bump(&closes))
         };
-        let on_check_read = OnRead::new(|_, _, res| panic!("the new handle never connected, yet read {res:?}"));
+        let on_check_read = OnRead::new(|_, _, _, res| panic!("the new handle never connected, yet read {res:?}"));
         let on_check_connect = {
             let (check_status, incoming, on_close) = (check_status.clone(), incoming.clone(), on_close.clone());
-            OnConnect::new(move |lp, s, st| {
+            OnConnect::new(move |lp, _, s, st| {
                 check_status.borrow_mut().push(st);
                 // Done: close the check handle and the remaining incoming one.
                 for c in incoming.borrow().iter() {
@@ -636,11 +652,11 @@ both_backends! {
         // handles are free: connect from there.
         let on_server_close = {
             let (closes, check_fd, check_cell) = (closes.clone(), check_fd.clone(), check_cell.clone());
-            OnClose::new(move |lp, _| {
+            OnClose::new(move |lp, _, _| {
                 bump(&closes);
                 let addr = lp.user_data::<SocketAddr>().copied().unwrap();
                 let check = lp.tcp_init().unwrap();
-                lp.tcp_connect(check, addr, &on_check_connect).unwrap();
+                let check = lp.tcp_connect(check, addr, &on_check_connect).unwrap();
                 check_fd.set(lp.fileno(check).unwrap());
                 // Reading starts before the connect completes; nothing
                 // stale may arrive.
@@ -652,7 +668,7 @@ both_backends! {
             let (incoming, reads, closed_fds, server_cell) =
                 (incoming.clone(), reads.clone(), closed_fds.clone(), server_cell.clone());
             let on_close = on_close.clone();
-            OnRead::new(move |lp, s, res| {
+            OnRead::new(move |lp, _, s, res| {
                 assert_eq!(res.map(|b| b.len()), Ok(1));
                 bump(&reads);
                 lp.read_stop(s).unwrap();
@@ -669,7 +685,7 @@ both_backends! {
         };
         let on_connection = {
             let incoming = incoming.clone();
-            OnConnection::new(move |lp, srv, st| {
+            OnConnection::new(move |lp, _, srv, st| {
                 st.unwrap();
                 while let Ok(c) = lp.accept(srv) {
                     incoming.borrow_mut().push(c);
@@ -688,12 +704,12 @@ both_backends! {
         lp.set_user_data(addr);
         let on_write = {
             let writes = writes.clone();
-            OnWrite::new(move |_, _, st| {
+            OnWrite::new(move |_, _, _, st| {
                 st.unwrap();
                 bump(&writes);
             })
         };
-        let on_connect = OnConnect::new(move |lp, s, st| {
+        let on_connect = OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             lp.write(s, b"x", Some(&on_write)).unwrap();
         });
@@ -702,7 +718,7 @@ both_backends! {
         for s in outgoing {
             lp.close(s, None).unwrap();
         }
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(reads.get(), 1, "the other read was dropped with its closed handle");
         assert_eq!(writes.get(), 2);
         assert_eq!(closes.get(), 4, "two incoming, listener, check");
@@ -725,11 +741,11 @@ both_backends! {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let status = Rc::new(RefCell::new(vec![]));
         let st2 = status.clone();
-        let s = connect(lp, addr, &OnConnect::new(move |lp, s, st| {
+        let s = connect(lp, addr, &OnConnect::new(move |lp, _, s, st| {
             st2.borrow_mut().push(st);
             lp.close(s, None).unwrap();
         }));
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(*status.borrow(), [Err(Error::ECONNREFUSED)]);
         assert!(!lp.is_live(s));
     }
@@ -741,33 +757,35 @@ both_backends! {
         let addr = l.local_addr().unwrap();
         let log = Rc::new(RefCell::new(Vec::<String>::new()));
         let l2 = log.clone();
-        let s = connect(lp, addr, &OnConnect::new(move |_, _, st| l2.borrow_mut().push(format!("connect {st:?}"))));
+        let s = connect(lp, addr, &OnConnect::new(move |_, _, _, st| l2.borrow_mut().push(format!("connect {st:?}"))));
         let l3 = log.clone();
-        lp.close(s, Some(&OnClose::new(move |_, _| l3.borrow_mut().push("close".into())))).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        lp.close(s, Some(&OnClose::new(move |_, _, _| l3.borrow_mut().push("close".into())))).unwrap();
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(*log.borrow(), [format!("connect {:?}", Err::<(), _>(Error::ECANCELED)), "close".into()]);
     }
 
     /// Binding an address in use fails with EADDRINUSE (at bind or listen);
     /// SO_REUSEPORT lets two sockets share a port.
     fn tcp_bind_errors_and_reuseport(lp) {
-        let (a, addr) = listener(lp, &OnConnection::new(|_, _, _| {}));
+        let (a, addr) = listener(lp, &OnConnection::new(|_, _, _, _| {}));
         let b = lp.tcp_init().unwrap();
-        let res = lp.tcp_bind(b, addr, 0).and_then(|_| lp.listen(b, 16, &OnConnection::new(|_, _, _| {})));
+        let res = lp.tcp_bind(b, addr, 0).and_then(|_| lp.listen(b, 16, &OnConnection::new(|_, _, _, _| {})));
         assert_eq!(res, Err(Error::EADDRINUSE));
+        // The failed socket stays a live TcpSocket.
+        assert!(lp.is_live(b));
 
         let r1 = lp.tcp_init().unwrap();
         lp.tcp_bind(r1, "127.0.0.1:0".parse().unwrap(), TCP_REUSEPORT).unwrap();
         let raddr = lp.tcp_getsockname(r1).unwrap();
-        lp.listen(r1, 16, &OnConnection::new(|_, _, _| {})).unwrap();
+        let r1 = lp.listen(r1, 16, &OnConnection::new(|_, _, _, _| {})).unwrap();
         let r2 = lp.tcp_init().unwrap();
         lp.tcp_bind(r2, raddr, TCP_REUSEPORT).unwrap();
-        lp.listen(r2, 16, &OnConnection::new(|_, _, _| {})).unwrap();
+        let r2 = lp.listen(r2, 16, &OnConnection::new(|_, _, _, _| {})).unwrap();
         assert_eq!(lp.tcp_getsockname(r2).unwrap(), raddr);
-        for h in [a, b, r1, r2] {
+        for h in [a.id(), b.id(), r1.id(), r2.id()] {
             lp.close(h, None).unwrap();
         }
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 
     /// IPv6 loopback: bind, connect, echo one message; sockname/peername
@@ -777,17 +795,17 @@ both_backends! {
         if lp.tcp_bind(server, "[::1]:0".parse().unwrap(), TCP_IPV6ONLY).is_err() {
             eprintln!("SKIP part: no IPv6 loopback");
             lp.close(server, None).unwrap();
-            lp.run(RunMode::Default).unwrap();
+            lp.run(RunMode::Default, &mut ()).unwrap();
             return;
         }
         let accepted = Rc::new(RefCell::new(vec![]));
-        lp.listen(server, 16, &accept_and_read(echo_reader(), accepted.clone())).unwrap();
+        let server = lp.listen(server, 16, &accept_and_read(echo_reader(), accepted.clone())).unwrap();
         let addr = lp.tcp_getsockname(server).unwrap();
         assert!(addr.is_ipv6());
         let echoed = Rc::new(RefCell::new(Vec::new()));
         let on_read = {
             let echoed = echoed.clone();
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 Ok(b) => {
                     echoed.borrow_mut().extend_from_slice(b);
                     if echoed.borrow().len() == 5 {
@@ -797,13 +815,13 @@ both_backends! {
                 Err(e) => panic!("{e:?}"),
             })
         };
-        let on_connect = OnConnect::new(move |lp, s, st| {
+        let on_connect = OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             let peer = lp.tcp_getpeername(s).unwrap();
             assert_eq!(peer, addr);
             assert!(lp.tcp_getsockname(s).unwrap().is_ipv6());
             lp.tcp_nodelay(s, true).unwrap();
-            lp.tcp_keepalive(s, Some(30)).unwrap();
+            lp.tcp_keepalive(s, Some(Duration::from_secs(30))).unwrap();
             lp.tcp_keepalive(s, None).unwrap();
             lp.read_start(s, &on_read).unwrap();
             lp.write(s, b"hello", None).unwrap();
@@ -812,7 +830,7 @@ both_backends! {
         run_until(lp, LIMIT, |lp| !lp.is_live(client));
         run_until(lp, LIMIT, |lp| accepted.borrow().iter().all(|c| !lp.is_live(*c)));
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(*echoed.borrow(), b"hello");
     }
 
@@ -822,13 +840,13 @@ both_backends! {
         let addr = l.local_addr().unwrap();
         let server = lp.tcp_from_std_listener(l).unwrap();
         let accepted = Rc::new(RefCell::new(vec![]));
-        lp.listen(server, 16, &accept_and_read(echo_reader(), accepted.clone())).unwrap();
+        let server = lp.listen(server, 16, &accept_and_read(echo_reader(), accepted.clone())).unwrap();
         let std_client = std::net::TcpStream::connect(addr).unwrap();
         let client = lp.tcp_from_std_stream(std_client).unwrap();
         assert_eq!(lp.tcp_getpeername(client).unwrap(), addr);
         let echoed = Rc::new(RefCell::new(Vec::new()));
         let e2 = echoed.clone();
-        lp.read_start(client, &OnRead::new(move |lp, s, res| match res {
+        lp.read_start(client, &OnRead::new(move |lp, _, s, res| match res {
             Ok(b) => e2.borrow_mut().extend_from_slice(b),
             Err(e) => {
                 assert_eq!(e, Error::EOF);
@@ -840,7 +858,7 @@ both_backends! {
         run_until(lp, LIMIT, |lp| !lp.is_live(client));
         run_until(lp, LIMIT, |lp| accepted.borrow().iter().all(|c| !lp.is_live(*c)));
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(*echoed.borrow(), b"from std");
     }
 
@@ -853,7 +871,7 @@ both_backends! {
         let echoed = Rc::new(RefCell::new(Vec::new()));
         let on_read = {
             let echoed = echoed.clone();
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 Ok(b) => echoed.borrow_mut().extend_from_slice(b),
                 Err(e) => {
                     assert_eq!(e, Error::EOF);
@@ -861,7 +879,7 @@ both_backends! {
                 }
             })
         };
-        let on_connect = OnConnect::new(|lp, s, st| {
+        let on_connect = OnConnect::new(|lp, _, s, st| {
             st.unwrap();
             lp.write(s, b"early reader", None).unwrap();
             lp.shutdown(s, None).unwrap();
@@ -875,16 +893,16 @@ both_backends! {
         // Now refused: the listener is gone.
         let on_server_closed = count();
         let c2 = on_server_closed.clone();
-        lp.close(server, Some(&OnClose::new(move |_, _| bump(&c2)))).unwrap();
+        lp.close(server, Some(&OnClose::new(move |_, _, _| bump(&c2)))).unwrap();
         run_until(lp, LIMIT, |_| on_server_closed.get() == 1);
         let status = Rc::new(RefCell::new(vec![]));
         let st2 = status.clone();
-        let refused = connect(lp, addr, &OnConnect::new(move |lp, s, st| {
+        let refused = connect(lp, addr, &OnConnect::new(move |lp, _, s, st| {
             st2.borrow_mut().push(st);
             lp.close(s, None).unwrap();
         }));
-        lp.read_start(refused, &OnRead::new(|_, _, res| panic!("no read on a refused connect: {res:?}"))).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        lp.read_start(refused, &OnRead::new(|_, _, _, res| panic!("no read on a refused connect: {res:?}"))).unwrap();
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(*status.borrow(), [Err(Error::ECONNREFUSED)]);
     }
 
@@ -897,14 +915,14 @@ both_backends! {
         let log = Rc::new(RefCell::new(Vec::<(&'static str, Result<()>)>::new()));
         let logger = |what: &'static str| {
             let log = log.clone();
-            OnWrite::new(move |_, _, st| log.borrow_mut().push((what, st)))
+            move |_: &mut Loop, _: &mut (), _: TcpStream, st: Result<()>| log.borrow_mut().push((what, st))
         };
-        let (on_write, on_shutdown) = (logger("write"), logger("shutdown"));
-        let on_connect = logger("connect");
+        let (on_write, on_shutdown) = (OnWrite::new(logger("write")), OnShutdown::new(logger("shutdown")));
+        let on_connect = OnConnect::new(logger("connect"));
         let echoed = Rc::new(RefCell::new(Vec::new()));
         let on_read = {
             let echoed = echoed.clone();
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 Ok(b) => echoed.borrow_mut().extend_from_slice(b),
                 Err(_) => lp.close(s, None).unwrap(),
             })
@@ -922,7 +940,7 @@ both_backends! {
         // Refused: the writes and the shutdown are cancelled.
         let closed = count();
         let c2 = closed.clone();
-        lp.close(server, Some(&OnClose::new(move |_, _| bump(&c2)))).unwrap();
+        lp.close(server, Some(&OnClose::new(move |_, _, _| bump(&c2)))).unwrap();
         run_until(lp, LIMIT, |_| closed.get() == 1);
         log.borrow_mut().clear();
         let refused = connect(lp, addr, &on_connect);
@@ -930,7 +948,7 @@ both_backends! {
         lp.shutdown(refused, Some(&on_shutdown)).unwrap();
         run_until(lp, LIMIT, |_| log.borrow().len() == 3);
         lp.close(refused, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert_eq!(
             *log.borrow(),
             [
@@ -948,10 +966,10 @@ both_backends! {
         let log = Rc::new(RefCell::new(Vec::<(u8, Result<()>)>::new()));
         let cb = |tag: u8| {
             let log = log.clone();
-            OnWrite::new(move |_, _, st| log.borrow_mut().push((tag, st)))
+            OnWrite::new(move |_, _, _, st| log.borrow_mut().push((tag, st)))
         };
         let (w0, w1, w2) = (cb(0), cb(1), cb(2));
-        let client = connect(lp, addr, &OnConnect::new(move |lp, s, st| {
+        let client = connect(lp, addr, &OnConnect::new(move |lp, _, s, st| {
             st.unwrap();
             lp.write(s, b"", Some(&w0)).unwrap();
             lp.write(s, b"abc", Some(&w1)).unwrap();
@@ -960,7 +978,7 @@ both_backends! {
         run_until(lp, LIMIT, |_| log.borrow().len() == 3);
         assert_eq!(*log.borrow(), [(0, Ok(())), (1, Ok(())), (2, Ok(()))]);
         lp.close(client, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 
     /// Back-pressure on a listener whose user does not accept: once its
@@ -974,7 +992,7 @@ both_backends! {
         let n2 = notified.clone();
         let server = lp.tcp_init().unwrap();
         lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-        lp.listen(server, 1024, &OnConnection::new(move |_, _, st| {
+        let server = lp.listen(server, 1024, &OnConnection::new(move |_, _, _, st| {
             st.unwrap();
             bump(&n2);
         })).unwrap();
@@ -982,7 +1000,7 @@ both_backends! {
         // A ticking timer bounds each poll while the loop is left to accept
         // what it is willing to.
         let tick = lp.timer_init().unwrap();
-        lp.timer_start(tick, 10, 10, &OnTimer::new(|_, _| {})).unwrap();
+        lp.timer_start(tick, ms(10), ms(10), &OnTimer::new(|_, _, _| {})).unwrap();
         let settle = |lp: &mut Loop| {
             let t0 = std::time::Instant::now();
             run_until(lp, LIMIT, |_| t0.elapsed() > Duration::from_millis(200));
@@ -1011,7 +1029,7 @@ both_backends! {
         }
         lp.close(server, None).unwrap();
         lp.close(tick, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         drop(clients);
     }
 }
@@ -1025,16 +1043,16 @@ both_backends! {
         let flooded = Rc::new(Cell::new(0usize));
         let on_read = {
             let flooded = flooded.clone();
-            OnRead::new(move |lp, s, res| match res {
+            OnRead::new(move |lp, _, s, res| match res {
                 // Stream 0 is the flood (data word 0), stream 1 the ping-pong.
                 Ok(b) if lp.data(s).unwrap() == 0 => flooded.set(flooded.get() + b.len()),
                 Ok(b) => lp.write(s, b, None).unwrap(),
                 Err(_) => lp.close(s, None).unwrap(),
             })
         };
-        let accepted = Rc::new(RefCell::new(Vec::<Stream>::new()));
+        let accepted = Rc::new(RefCell::new(Vec::<TcpStream>::new()));
         let acc = accepted.clone();
-        let (server, addr) = listener(lp, &OnConnection::new(move |lp, srv, st| {
+        let (server, addr) = listener(lp, &OnConnection::new(move |lp, _, srv, st| {
             st.unwrap();
             while let Ok(c) = lp.accept(srv) {
                 lp.set_data(c, acc.borrow().len()).unwrap();
@@ -1071,7 +1089,7 @@ both_backends! {
         });
         // The loop keeps running the flood and the ping-pong together.
         let tick = lp.timer_init().unwrap();
-        lp.timer_start(tick, 10, 10, &OnTimer::new(|_, _| {})).unwrap();
+        lp.timer_start(tick, ms(10), ms(10), &OnTimer::new(|_, _, _| {})).unwrap();
         let mut ping_ok = None;
         run_until(lp, LIMIT, |_| {
             ping_ok = ping_ok.or(done_rx.try_recv().ok());
@@ -1084,7 +1102,7 @@ both_backends! {
         watcher.join().unwrap();
         lp.close(tick, None).unwrap();
         lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default).unwrap());
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
         assert!(flooded.get() > 1 << 20);
     }
 }
@@ -1100,7 +1118,7 @@ fn small_pool_many_streams(lp: &mut Loop) {
     let eofs = count();
     let on_read = {
         let (got, eofs) = (got.clone(), eofs.clone());
-        OnRead::new(move |lp, s, res| match res {
+        OnRead::new(move |lp, _, s, res| match res {
             Ok(b) => got.borrow_mut()[lp.data(s).unwrap()].extend_from_slice(b),
             Err(e) => {
                 assert_eq!(e, Error::EOF);
@@ -1114,7 +1132,7 @@ fn small_pool_many_streams(lp: &mut Loop) {
     let on_read_named = on_read.clone();
     let (server, addr) = listener(
         lp,
-        &OnConnection::new(move |lp, srv, st| {
+        &OnConnection::new(move |lp, _, srv, st| {
             st.unwrap();
             while let Ok(c) = lp.accept(srv) {
                 let id = acc.borrow().len();
@@ -1128,7 +1146,7 @@ fn small_pool_many_streams(lp: &mut Loop) {
     let sent = count();
     let on_sent = {
         let sent = sent.clone();
-        OnWrite::new(move |_, _, st| {
+        OnWrite::new(move |_, _, _, st| {
             st.unwrap();
             bump(&sent);
         })
@@ -1140,7 +1158,7 @@ fn small_pool_many_streams(lp: &mut Loop) {
         let c = connect(
             lp,
             addr,
-            &OnConnect::new(move |_, _, st| {
+            &OnConnect::new(move |_, _, _, st| {
                 st.unwrap();
                 bump(&c2);
             }),
@@ -1158,7 +1176,7 @@ fn small_pool_many_streams(lp: &mut Loop) {
         lp.close(c, None).unwrap();
     }
     lp.close(server, None).unwrap();
-    assert!(!lp.run(RunMode::Default).unwrap());
+    assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     for (i, g) in got.borrow().iter().enumerate() {
         assert_eq!(g.len(), BYTES, "stream {i}");
         assert!(g.iter().enumerate().all(|(k, b)| *b == pattern(k as u64 + i as u64)), "stream {i} intact");
@@ -1166,7 +1184,7 @@ fn small_pool_many_streams(lp: &mut Loop) {
 }
 
 fn small_pool() -> LoopOptions {
-    LoopOptions { pool: PoolConfig { count: 4, size: 1024 }, ..LoopOptions::default() }
+    LoopOptions::default().pool(PoolConfig { count: 4, size: 1024 })
 }
 
 mod small_pool_many_streams {

@@ -17,8 +17,8 @@ const CHILD_ENV: &str = "UVRING_STRACE_SERVER";
 const ROUND_TRIPS: usize = 1000;
 
 fn serve() {
-    let mut lp = Loop::with_backend(Backend::IoUring).expect("io_uring loop");
-    let on_read = OnRead::new(|lp, s, res| match res {
+    let mut lp: Loop = Loop::with_backend(Backend::IoUring).expect("io_uring loop");
+    let on_read = OnRead::new(|lp, _, s: TcpStream, res| match res {
         Ok(b) => lp.write(s, b, None).expect("write"),
         Err(_) => {
             // SAFETY-free marker: getppid has no side effects.
@@ -26,27 +26,29 @@ fn serve() {
             lp.close(s, None).expect("close");
         }
     });
-    let server = lp.tcp_init().unwrap();
-    lp.tcp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
-    lp.listen(
-        server,
-        8,
-        &OnConnection::new(move |lp, srv, st| {
-            st.expect("accept");
-            let c = lp.accept(srv).expect("accept");
-            lp.read_start(c, &on_read).expect("read_start");
-            lp.close(srv, None).expect("close listener");
-            let _ = unsafe_marker();
-        }),
-    )
-    .unwrap();
+    let sock = lp.tcp_init().unwrap();
+    lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+    let server = lp
+        .listen(
+            sock,
+            8,
+            &OnConnection::new(move |lp, _, srv, st| {
+                st.expect("accept");
+                let c = lp.accept(srv).expect("accept");
+                lp.read_start(c, &on_read).expect("read_start");
+                lp.close(srv, None).expect("close listener");
+                let _ = unsafe_marker();
+            }),
+        )
+        .unwrap();
     // Never outlive a parent that gave up on us.
     let guard = lp.timer_init().unwrap();
-    lp.timer_start(guard, 120_000, 0, &OnTimer::new(|_, _| std::process::exit(3))).unwrap();
+    lp.timer_start(guard, Duration::from_secs(120), Duration::ZERO, &OnTimer::new(|_, _, _| std::process::exit(3)))
+        .unwrap();
     lp.unref_handle(guard).unwrap();
     println!("PORT {}", lp.tcp_getsockname(server).unwrap().port());
     std::io::stdout().flush().unwrap();
-    lp.run(RunMode::Default).unwrap();
+    lp.run(RunMode::Default, &mut ()).unwrap();
 }
 
 fn unsafe_marker() -> i32 {
@@ -61,7 +63,7 @@ fn io_uring_echo_makes_no_stream_syscalls() {
         serve();
         return;
     }
-    if Loop::with_backend(Backend::IoUring).is_err() {
+    if Loop::<()>::with_backend(Backend::IoUring).is_err() {
         assert!(!uvring_tests::io_uring_required(), "io_uring required but unavailable");
         eprintln!("SKIP (io_uring unavailable)");
         return;

@@ -19,12 +19,10 @@
 //! be uvring too, and for latency tails measured in microseconds.
 
 use hdrhistogram::Histogram;
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
-use uvring::{Backend, Error, Loop, OnConnect, OnRead, OnTimer, RunMode, Stream};
+use uvring::{Backend, Error, Loop, OnConnect, OnRead, OnTimer, RunMode, TcpStream, Timer};
 
 #[derive(Clone, Debug)]
 struct Config {
@@ -119,14 +117,16 @@ impl Tally {
     }
 }
 
-/// A connection's state; its index is the stream's `data` word.
+/// A connection's state; its index in [`LoadState::conns`] is the
+/// stream's `data` word.
 struct Conn {
-    stream: Option<Stream>,
+    stream: Option<TcpStream>,
     buf: Vec<u8>,
     sent_at: Instant,
 }
 
-struct Shared {
+/// A load thread's state: the loop's data, which every callback receives.
+struct LoadState {
     cfg: Config,
     request: Vec<u8>,
     conns: Vec<Conn>,
@@ -134,6 +134,9 @@ struct Shared {
     /// The duration is over: finish what is in flight, start nothing new.
     stopping: bool,
     open: usize,
+    /// Opens every connection (the read callback reaches it here to
+    /// reconnect).
+    on_connect: OnConnect<LoadState, TcpStream>,
 }
 
 /// Outcome of looking at the bytes received so far.
@@ -182,48 +185,112 @@ fn parse_response(buf: &[u8]) -> Parsed {
     Parsed::Done { len, ok: (200..300).contains(&status), server_closes }
 }
 
-fn send_request(lp: &mut Loop, sh: &mut Shared, idx: usize) {
-    let Some(s) = sh.conns[idx].stream else { return };
-    sh.conns[idx].sent_at = Instant::now();
-    if lp.write(s, &sh.request, None).is_err() {
-        sh.tally.errors += 1;
-        close_conn(lp, sh, idx);
+fn send_request(lp: &mut Loop<LoadState>, st: &mut LoadState, idx: usize) {
+    let Some(s) = st.conns[idx].stream else { return };
+    st.conns[idx].sent_at = Instant::now();
+    if lp.write(s, &st.request, None).is_err() {
+        st.tally.errors += 1;
+        close_conn(lp, st, idx);
     }
 }
 
-fn close_conn(lp: &mut Loop, sh: &mut Shared, idx: usize) {
-    if let Some(s) = sh.conns[idx].stream.take() {
+fn close_conn(lp: &mut Loop<LoadState>, st: &mut LoadState, idx: usize) {
+    if let Some(s) = st.conns[idx].stream.take() {
         let _ = lp.close(s, None);
-        sh.open -= 1;
+        st.open -= 1;
     }
-    sh.conns[idx].buf.clear();
+    st.conns[idx].buf.clear();
 }
 
-fn open_conn(lp: &mut Loop, sh: &mut Shared, idx: usize, on_connect: &OnConnect) {
-    if sh.stopping {
-        if sh.open == 0 {
+fn open_conn(lp: &mut Loop<LoadState>, st: &mut LoadState, idx: usize) {
+    if st.stopping {
+        if st.open == 0 {
             lp.stop();
         }
         return;
     }
-    let res = (|| -> uvring::Result<Stream> {
-        let s = lp.tcp_init()?;
-        lp.set_data(s, idx)?;
-        if let Err(e) = lp.tcp_connect(s, sh.cfg.addr, on_connect) {
-            let _ = lp.close(s, None);
-            return Err(e);
+    let res = (|| -> uvring::Result<TcpStream> {
+        let sock = lp.tcp_init()?;
+        lp.set_data(sock, idx)?;
+        match lp.tcp_connect(sock, st.cfg.addr, &st.on_connect) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let _ = lp.close(sock, None);
+                Err(e)
+            }
         }
-        Ok(s)
     })();
     match res {
         Ok(s) => {
-            sh.conns[idx].stream = Some(s);
-            sh.conns[idx].sent_at = Instant::now();
-            sh.open += 1;
-            sh.tally.connects += 1;
+            st.conns[idx].stream = Some(s);
+            st.conns[idx].sent_at = Instant::now();
+            st.open += 1;
+            st.tally.connects += 1;
         }
-        Err(_) => sh.tally.errors += 1,
+        Err(_) => st.tally.errors += 1,
     }
+}
+
+/// A response (or the end of the connection) arrived.
+fn read_response(lp: &mut Loop<LoadState>, st: &mut LoadState, s: TcpStream, res: uvring::Result<&[u8]>) {
+    let Ok(idx) = lp.data(s) else { return };
+    if st.conns.get(idx).and_then(|c| c.stream) != Some(s) {
+        return;
+    }
+    let reconnect = match res {
+        Ok(bytes) => {
+            st.conns[idx].buf.extend_from_slice(bytes);
+            match parse_response(&st.conns[idx].buf) {
+                Parsed::Incomplete => return,
+                Parsed::Invalid => {
+                    st.tally.errors += 1;
+                    true
+                }
+                Parsed::Done { len, ok, server_closes } => {
+                    let us = st.conns[idx].sent_at.elapsed().as_micros().max(1) as u64;
+                    if ok {
+                        st.tally.ok += 1;
+                        let _ = st.tally.hist.record(us.min(60_000_000));
+                    } else {
+                        st.tally.bad_status += 1;
+                    }
+                    st.conns[idx].buf.drain(..len);
+                    if st.cfg.close || server_closes || st.stopping {
+                        true
+                    } else {
+                        send_request(lp, st, idx);
+                        false
+                    }
+                }
+            }
+        }
+        Err(e) if e == Error::EOF => {
+            // The server closed between keep-alive requests (or after a
+            // reply we already counted): not an error unless a request
+            // was outstanding with bytes missing.
+            if !st.conns[idx].buf.is_empty() {
+                st.tally.errors += 1;
+            }
+            true
+        }
+        Err(_) => {
+            st.tally.errors += 1;
+            true
+        }
+    };
+    if reconnect {
+        close_conn(lp, st, idx);
+        open_conn(lp, st, idx);
+    }
+}
+
+/// The grace period after the run is over: closes whatever is left.
+fn grace_over(lp: &mut Loop<LoadState>, st: &mut LoadState, t: Timer) {
+    for idx in 0..st.conns.len() {
+        close_conn(lp, st, idx);
+    }
+    let _ = lp.close(t, None);
+    lp.stop();
 }
 
 fn run_thread(cfg: Config, conns: usize) -> Result<Tally, String> {
@@ -233,83 +300,11 @@ fn run_thread(cfg: Config, conns: usize) -> Result<Tally, String> {
         request.push_str("Connection: close\r\n");
     }
     request.push_str("\r\n");
-    let shared = Rc::new(RefCell::new(Shared {
-        cfg: cfg.clone(),
-        request: request.into_bytes(),
-        conns: (0..conns)
-            .map(|_| Conn { stream: None, buf: Vec::with_capacity(4096), sent_at: Instant::now() })
-            .collect(),
-        tally: Tally::new(),
-        stopping: false,
-        open: 0,
-    }));
 
-    // The read callback needs the connect callback (to reconnect) and the
-    // connect callback needs the read callback: tie them through a cell.
-    let connect_cell: Rc<RefCell<Option<OnConnect>>> = Rc::new(RefCell::new(None));
-    let sh = shared.clone();
-    let cc = connect_cell.clone();
-    let on_read = OnRead::new(move |lp, s, res| {
+    // Every callback is built once; the connections share them.
+    let on_read = OnRead::new(read_response);
+    let on_connect = OnConnect::new(move |lp, st: &mut LoadState, s: TcpStream, status| {
         let Ok(idx) = lp.data(s) else { return };
-        let mut guard = sh.borrow_mut();
-        let st = &mut *guard;
-        if st.conns.get(idx).and_then(|c| c.stream) != Some(s) {
-            return;
-        }
-        let reconnect = match res {
-            Ok(bytes) => {
-                st.conns[idx].buf.extend_from_slice(bytes);
-                match parse_response(&st.conns[idx].buf) {
-                    Parsed::Incomplete => return,
-                    Parsed::Invalid => {
-                        st.tally.errors += 1;
-                        true
-                    }
-                    Parsed::Done { len, ok, server_closes } => {
-                        let us = st.conns[idx].sent_at.elapsed().as_micros().max(1) as u64;
-                        if ok {
-                            st.tally.ok += 1;
-                            let _ = st.tally.hist.record(us.min(60_000_000));
-                        } else {
-                            st.tally.bad_status += 1;
-                        }
-                        st.conns[idx].buf.drain(..len);
-                        if st.cfg.close || server_closes || st.stopping {
-                            true
-                        } else {
-                            send_request(lp, st, idx);
-                            false
-                        }
-                    }
-                }
-            }
-            Err(Error::EOF) => {
-                // The server closed between keep-alive requests (or after a
-                // reply we already counted): not an error unless a request
-                // was outstanding with bytes missing.
-                if !st.conns[idx].buf.is_empty() {
-                    st.tally.errors += 1;
-                }
-                true
-            }
-            Err(_) => {
-                st.tally.errors += 1;
-                true
-            }
-        };
-        if reconnect {
-            close_conn(lp, st, idx);
-            let cb = cc.borrow().clone();
-            if let Some(cb) = cb {
-                open_conn(lp, st, idx, &cb);
-            }
-        }
-    });
-    let sh = shared.clone();
-    let on_connect = OnConnect::new(move |lp, s, status| {
-        let Ok(idx) = lp.data(s) else { return };
-        let mut guard = sh.borrow_mut();
-        let st = &mut *guard;
         if status.is_err() || lp.tcp_nodelay(s, true).is_err() || lp.read_start(s, &on_read).is_err() {
             st.tally.errors += 1;
             close_conn(lp, st, idx);
@@ -325,46 +320,41 @@ fn run_thread(cfg: Config, conns: usize) -> Result<Tally, String> {
             st.conns[idx].sent_at = started;
         }
     });
-    *connect_cell.borrow_mut() = Some(on_connect.clone());
-
     // End of the run: stop starting requests; give in-flight ones a grace
     // period, then close whatever is left.
-    let sh = shared.clone();
-    let on_grace = OnTimer::new(move |lp, t| {
-        let mut st = sh.borrow_mut();
-        for idx in 0..st.conns.len() {
-            close_conn(lp, &mut st, idx);
-        }
-        let _ = lp.close(t, None);
-        lp.stop();
-    });
-    let sh = shared.clone();
-    let on_end = OnTimer::new(move |lp, t| {
-        let mut st = sh.borrow_mut();
+    let on_grace = OnTimer::new(grace_over);
+    let on_end = OnTimer::new(move |lp, st: &mut LoadState, t| {
         // Every open connection has a request in flight; each closes when
         // its response arrives, and the last one stops the loop.
         st.stopping = true;
         if st.open == 0 {
             lp.stop();
         }
-        let _ = lp.timer_start(t, 2_000, 0, &on_grace);
+        let _ = lp.timer_start(t, Duration::from_secs(2), Duration::ZERO, &on_grace);
     });
+    let mut st = LoadState {
+        cfg: cfg.clone(),
+        request: request.into_bytes(),
+        conns: (0..conns)
+            .map(|_| Conn { stream: None, buf: Vec::with_capacity(4096), sent_at: Instant::now() })
+            .collect(),
+        tally: Tally::new(),
+        stopping: false,
+        open: 0,
+        on_connect,
+    };
 
     let t0 = Instant::now();
-    {
-        let mut st = shared.borrow_mut();
-        for idx in 0..conns {
-            open_conn(&mut lp, &mut st, idx, &on_connect);
-        }
+    for idx in 0..conns {
+        open_conn(&mut lp, &mut st, idx);
     }
     let end = lp.timer_init().map_err(|e| format!("timer: {e}"))?;
-    lp.timer_start(end, cfg.duration.as_millis() as u64, 0, &on_end).map_err(|e| format!("timer: {e}"))?;
+    lp.timer_start(end, cfg.duration, Duration::ZERO, &on_end).map_err(|e| format!("timer: {e}"))?;
     loop {
-        match lp.run(RunMode::Default) {
+        match lp.run(RunMode::Default, &mut st) {
             Ok(_) => {}
             Err(e) => return Err(format!("loop: {e}")),
         }
-        let st = shared.borrow();
         if st.stopping && (st.open == 0 || t0.elapsed() > cfg.duration + Duration::from_secs(3)) {
             break;
         }
@@ -372,20 +362,15 @@ fn run_thread(cfg: Config, conns: usize) -> Result<Tally, String> {
             break;
         }
     }
-    // Tidy up: every connection and the timer closed, callbacks released.
-    {
-        let mut st = shared.borrow_mut();
-        for idx in 0..st.conns.len() {
-            close_conn(&mut lp, &mut st, idx);
-        }
+    // Tidy up: every connection and the timer closed.
+    for idx in 0..st.conns.len() {
+        close_conn(&mut lp, &mut st, idx);
     }
     if lp.is_live(end) && !lp.is_closing(end) {
         let _ = lp.close(end, None);
     }
-    let _ = lp.run(RunMode::NoWait);
-    connect_cell.borrow_mut().take();
-    let tally = std::mem::replace(&mut shared.borrow_mut().tally, Tally::new());
-    Ok(tally)
+    let _ = lp.run(RunMode::NoWait, &mut st);
+    Ok(st.tally)
 }
 
 fn main() -> ExitCode {

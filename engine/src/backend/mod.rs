@@ -6,39 +6,77 @@
 //! waits for readiness and then does the syscall itself, reporting its result
 //! as a completion; the io_uring backend submits the operation to the ring.
 //!
-//! # Rules every backend meets
+//! # The operations
 //!
-//! 1. **Exactly one final completion.** Every submitted operation reports
-//!    completions until one with `more == false`; after that, nothing more
-//!    carries its token. One-shot operations (send, connect, read, poll_in)
-//!    report exactly one completion. Persistent operations (accept, recv,
-//!    recvmsg) report any number with `more == true` and then a final one,
-//!    when they fail, are cancelled, or the kernel ends a multishot (io_uring
-//!    re-arms internally where it can, e.g. after `ENOBUFS`, only if that keeps
-//!    the op alive without loss; otherwise it ends the op and the loop re-arms).
-//! 2. **Cancel hastens, never skips.** [`Driver::cancel`] makes the op end
-//!    soon; its final completion still arrives through `poll` (with
-//!    `-ECANCELED`, or its real result if it finished first). No completion is
-//!    ever delivered synchronously from a submit or cancel call: user callbacks
-//!    never run re-entrantly.
-//! 3. **Memory lent stays lent.** For `send` and `read`, the loop guarantees
-//!    that the data memory stays valid and untouched until the final
-//!    completion. The backend copies everything else it needs (iovec arrays,
-//!    fd numbers, socket addresses) into storage it owns, so callers may pass
-//!    stack values. The fds named in a send must stay **open** until its
-//!    completion: io_uring reads them when the operation runs, not when it is
-//!    submitted.
-//! 4. **Resources in completions are owned by the receiver.** An accept
+//! The loop describes each operation as an [`Op`] and submits it with
+//! [`Driver::submit`] under a [`Token`] of its own (the loop's op table
+//! makes one per op: slot index, generation, kind), so completions name the
+//! operation, not a handle.
+//!
+//! | op | shape | lends to the backend | a completion's `res` |
+//! |---|---|---|---|
+//! | `Accept { fd, exclusive }` | persistent | nothing | a new fd |
+//! | `Recv { fd }` | persistent | nothing | bytes in `buf`; 0 (no buffer, final) at EOF |
+//! | `RecvMsg { fd }` | persistent | nothing | a record's length in `buf`; 0 at EOF |
+//! | `Send { fd, iov, fds }` | one-shot | the bytes `iov` describes, the fds open | bytes sent |
+//! | `Connect { fd, addr }` | one-shot | nothing (`addr` is copied) | 0 |
+//! | `Read { fd, ptr, len }` | one-shot | `ptr..ptr + len` | bytes read |
+//! | `PollIn { fd }` | one-shot | nothing | revents (`POLLIN`) |
+//! | `Poll { fd, events }` | one-shot | nothing | `poll(2)` revents |
+//!
+//! Any completion may carry `-errno` instead of a result.
+//!
+//! **Several ops per fd.** io_uring takes any number of ops in flight on
+//! one fd, of any kinds, each its own request keyed by its token. epoll
+//! keeps, per fd, one *read-side* op (`Accept`, `Recv`, `RecvMsg`, `Read`,
+//! `PollIn`), one *write-side* op (`Send`, `Connect`) and one `Poll`: a
+//! second op of a side while one is in flight is refused with `EBUSY` (at
+//! submit, nothing is reported for it). On both, `cancel` frees the op's
+//! place at once, so a replacement may be submitted right after it, and ops
+//! on different fds never limit each other: one handle may have several ops
+//! of one kind in flight on different fds.
+//!
+//! # Rules every backend meets, per op
+//!
+//! 1. **Exactly one final completion.** Every op that `submit` accepted
+//!    reports completions carrying its token until exactly one with
+//!    `more == false`; after that, nothing more carries its token. An op
+//!    whose `submit` returned `Err` reports nothing. One-shot ops (`Send`,
+//!    `Connect`, `Read`, `PollIn`, `Poll`) report exactly one completion.
+//!    Persistent ops (`Accept`, `Recv`, `RecvMsg`) report any number with
+//!    `more == true` and then the final one, when they fail, are cancelled,
+//!    or the kernel ends a multishot (io_uring re-arms internally where it
+//!    can, e.g. after `ENOBUFS`, only if that keeps the op alive without
+//!    loss; otherwise it ends the op and the loop re-arms with a new op).
+//! 2. **Cancel hastens, never skips.** [`Driver::cancel`] makes the op
+//!    named by the token end soon, and no other op; its final completion
+//!    still arrives through `poll` (with `-ECANCELED`, or its real result if
+//!    it finished first). No completion is ever delivered synchronously from
+//!    a submit or cancel call: user callbacks never run re-entrantly.
+//! 3. **Memory lent stays lent.** For a `Send`, the memory each iovec
+//!    describes stays valid and unmodified until the op's final completion,
+//!    and each fd in `fds` stays **open**, naming the same file, until then
+//!    (io_uring reads them when the operation runs, not when it is
+//!    submitted). For a `Read`, `ptr..ptr + len` stays valid for writes and
+//!    untouched by anyone else until the op's final completion. The other
+//!    ops lend nothing: the backend copies what it needs of every op
+//!    (iovec arrays, fd numbers, socket addresses) into storage it owns, so
+//!    callers may pass stack values. [`Driver::submit`] is `unsafe` for this
+//!    rule; the loop upholds it.
+//! 4. **Resources in completions are owned by the receiver.** An `Accept`
 //!    completion with `res >= 0` carries a new fd (non-blocking, `CLOEXEC`),
-//!    now owned by the loop. A completion with `buf = Some(id)` lends receive
-//!    buffer `id` until the loop calls [`Driver::recycle`]. The loop releases
-//!    both even when it drops the completion (stale handle).
-//!    Accept completions may still arrive after `cancel` (io_uring runs the
-//!    wake-ups it already claimed first, so a connection it took from a shared
-//!    listen queue is never stranded); the loop serves or closes them.
+//!    now owned by the loop. A completion with `buf = Some(id)` (`Recv`,
+//!    `RecvMsg`) lends receive buffer `id` until the loop calls
+//!    [`Driver::recycle`]. The loop releases both even when it drops the
+//!    completion (a stale token, a closing handle); the token's kind byte
+//!    says what to release. `Accept` completions may still arrive after
+//!    `cancel` (io_uring runs the wake-ups it already claimed first, so a
+//!    connection it took from a shared listen queue is never stranded); the
+//!    loop serves or closes them.
 //! 5. **Bounded work per wakeup.** A backend reports at most the `out`
 //!    capacity per `poll`, performs at most [`MAX_ACCEPTS_PER_WAKEUP`]
-//!    accepts and [`MAX_READS_PER_WAKEUP`] reads per fd per wakeup.
+//!    accepts per `Accept` op and [`MAX_READS_PER_WAKEUP`] reads per `Recv`
+//!    or `RecvMsg` op per wakeup.
 //! 6. **Nothing inherited across fork.** fds are `CLOEXEC`; the ring is
 //!    `dontfork`.
 //!
@@ -57,9 +95,11 @@
 
 pub(crate) mod bufpool;
 pub(crate) mod epoll;
+pub(crate) mod op;
 pub(crate) mod uring;
 
 pub(crate) use bufpool::BufPool;
+pub(crate) use op::{Op, OpKind, Token};
 
 use crate::error::{Error, Result};
 use std::os::fd::RawFd;
@@ -117,70 +157,18 @@ impl Backend {
     }
 }
 
+impl std::str::FromStr for Backend {
+    type Err = Error;
+
+    /// Parses a name as `UVRING_BACKEND` takes it; `EINVAL` for others.
+    fn from_str(s: &str) -> Result<Backend> {
+        Backend::parse(s).ok_or(Error::EINVAL)
+    }
+}
+
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// What kind of operation a token belongs to. A handle has at most one op of
-/// each kind in flight, so (handle, kind) identifies an op.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum OpKind {
-    Accept = 1,
-    Recv = 2,
-    RecvMsg = 3,
-    Send = 4,
-    Connect = 5,
-    Read = 6,
-    PollIn = 7,
-}
-
-impl OpKind {
-    fn from_u8(v: u8) -> Option<OpKind> {
-        Some(match v {
-            1 => OpKind::Accept,
-            2 => OpKind::Recv,
-            3 => OpKind::RecvMsg,
-            4 => OpKind::Send,
-            5 => OpKind::Connect,
-            6 => OpKind::Read,
-            7 => OpKind::PollIn,
-            _ => return None,
-        })
-    }
-}
-
-/// Tags an operation: handle slot index (24 bits), handle generation (32
-/// bits), op kind (8 bits). Fits io_uring's `user_data` and epoll's `u64`.
-/// Zero is never a valid token (kinds start at 1); backends may use values
-/// with kind 0 for their own internal operations.
-#[derive(Copy, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Token(pub u64);
-
-impl Token {
-    pub const INDEX_BITS: u32 = 24;
-    pub const MAX_INDEX: usize = (1 << Self::INDEX_BITS) - 1;
-
-    pub fn new(index: usize, generation: u32, kind: OpKind) -> Token {
-        debug_assert!(index <= Self::MAX_INDEX);
-        Token(((index as u64) << 40) | ((generation as u64) << 8) | kind as u64)
-    }
-    pub fn index(self) -> usize {
-        (self.0 >> 40) as usize
-    }
-    pub fn generation(self) -> u32 {
-        (self.0 >> 8) as u32
-    }
-    pub fn kind(self) -> Option<OpKind> {
-        OpKind::from_u8(self.0 as u8)
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Token({}#{} {:?})", self.index(), self.generation(), self.kind())
     }
 }
 
@@ -188,10 +176,10 @@ impl std::fmt::Debug for Token {
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Completion {
     pub token: Token,
-    /// `>= 0`: bytes, a new fd (accept), revents (poll_in), 0 for connect;
-    /// `< 0`: `-errno`.
+    /// `>= 0`: bytes, a new fd (`Accept`), revents (`PollIn`, `Poll`), 0
+    /// (`Connect`); `< 0`: `-errno`.
     pub res: i32,
-    /// A receive buffer lent to the loop (recv, recvmsg).
+    /// A receive buffer lent to the loop (`Recv`, `RecvMsg`).
     pub buf: Option<u16>,
     /// More completions will follow for this op.
     pub more: bool,
@@ -202,41 +190,23 @@ pub(crate) trait Driver {
     /// Which backend this is.
     fn kind(&self) -> Backend;
 
-    /// Persistent: accept connections on a listening socket. `exclusive` asks
-    /// that only one of several processes sharing the socket wakes per
-    /// connection (`EPOLLEXCLUSIVE`; io_uring's accept is exclusive already).
-    fn accept(&mut self, fd: RawFd, token: Token, exclusive: bool) -> Result<()>;
-
-    /// Persistent: receive stream bytes into pool buffers; `res == 0` is EOF
-    /// and is final.
-    fn recv(&mut self, fd: RawFd, token: Token) -> Result<()>;
-
-    /// Persistent: like `recv`, but each buffer holds a recvmsg record with
-    /// any `SCM_RIGHTS` fds (received `CLOEXEC`); see [`parse_recvmsg`].
-    fn recvmsg(&mut self, fd: RawFd, token: Token) -> Result<()>;
-
-    /// One-shot: send `iov` (at most [`MAX_IOV`] entries) with `MSG_NOSIGNAL`,
-    /// attaching `fds` as one `SCM_RIGHTS` message if non-empty. The result
-    /// may be a short count; the fds went with the first byte if `res > 0`.
+    /// Starts `op`; its completions carry `token`, whose kind must be
+    /// `op.kind()` and which no other op in flight may carry. `Err` means
+    /// the op was not started and nothing will be reported for it (`EINVAL`
+    /// for arguments out of bounds, `EBUSY` for a side of an fd taken on
+    /// epoll, an epoll registration error).
     ///
     /// # Safety
-    /// The memory each iovec describes must stay valid and unmodified until
-    /// this op's completion is reported.
-    unsafe fn send(&mut self, fd: RawFd, token: Token, iov: &[libc::iovec], fds: &[RawFd]) -> Result<()>;
+    /// Rule 3 of the contract, per op: for `Op::Send`, the memory each
+    /// iovec describes must stay valid and unmodified, and each fd in `fds`
+    /// open (naming the same file), until the op's final completion has been
+    /// reported; for `Op::Read`, `ptr..ptr + len` must stay valid for writes,
+    /// and not be accessed by anyone else, until then. The other ops lend
+    /// nothing and carry no obligation.
+    unsafe fn submit(&mut self, token: Token, op: Op<'_>) -> Result<()>;
 
-    /// One-shot: connect a non-blocking socket; completes with 0 or `-errno`.
-    fn connect(&mut self, fd: RawFd, token: Token, addr: &crate::sys::socket::SockAddr) -> Result<()>;
-
-    /// One-shot: `read(2)` from a non-socket fd (eventfd, signal pipe).
-    ///
-    /// # Safety
-    /// `ptr..ptr+len` must stay valid for writes until the completion.
-    unsafe fn read(&mut self, fd: RawFd, token: Token, ptr: *mut u8, len: usize) -> Result<()>;
-
-    /// One-shot: complete when `fd` is readable (pidfd).
-    fn poll_in(&mut self, fd: RawFd, token: Token) -> Result<()>;
-
-    /// Ends the op `token` on `fd` soon; see rule 2.
+    /// Ends the op `token` on `fd` soon; see rule 2. Other ops on `fd`
+    /// (other tokens) are not touched.
     fn cancel(&mut self, fd: RawFd, token: Token);
 
     /// Forgets `fd` before the loop closes it (epoll: `EPOLL_CTL_DEL`, which
@@ -275,28 +245,9 @@ impl Driver for AnyDriver {
     fn kind(&self) -> Backend {
         dispatch!(self, d => d.kind())
     }
-    fn accept(&mut self, fd: RawFd, token: Token, exclusive: bool) -> Result<()> {
-        dispatch!(self, d => d.accept(fd, token, exclusive))
-    }
-    fn recv(&mut self, fd: RawFd, token: Token) -> Result<()> {
-        dispatch!(self, d => d.recv(fd, token))
-    }
-    fn recvmsg(&mut self, fd: RawFd, token: Token) -> Result<()> {
-        dispatch!(self, d => d.recvmsg(fd, token))
-    }
-    unsafe fn send(&mut self, fd: RawFd, token: Token, iov: &[libc::iovec], fds: &[RawFd]) -> Result<()> {
+    unsafe fn submit(&mut self, token: Token, op: Op<'_>) -> Result<()> {
         // SAFETY: the caller's guarantee is forwarded unchanged.
-        dispatch!(self, d => unsafe { d.send(fd, token, iov, fds) })
-    }
-    fn connect(&mut self, fd: RawFd, token: Token, addr: &crate::sys::socket::SockAddr) -> Result<()> {
-        dispatch!(self, d => d.connect(fd, token, addr))
-    }
-    unsafe fn read(&mut self, fd: RawFd, token: Token, ptr: *mut u8, len: usize) -> Result<()> {
-        // SAFETY: the caller's guarantee is forwarded unchanged.
-        dispatch!(self, d => unsafe { d.read(fd, token, ptr, len) })
-    }
-    fn poll_in(&mut self, fd: RawFd, token: Token) -> Result<()> {
-        dispatch!(self, d => d.poll_in(fd, token))
+        dispatch!(self, d => unsafe { d.submit(token, op) })
     }
     fn cancel(&mut self, fd: RawFd, token: Token) {
         dispatch!(self, d => d.cancel(fd, token))
@@ -337,7 +288,7 @@ pub(crate) fn open(choice: Backend, pool: PoolConfig) -> Result<(AnyDriver, Opti
         Backend::Epoll => Ok((AnyDriver::Epoll(epoll::Epoll::new(pool)?), None)),
         Backend::IoUring => match uring::Uring::new(pool) {
             Ok(u) => Ok((AnyDriver::Uring(u), None)),
-            Err(why) => Err(why.error),
+            Err(why) => Err(why.error.with_context(crate::error::intern(why.reason))),
         },
         Backend::Auto => match uring::Uring::new(pool) {
             Ok(u) => Ok((AnyDriver::Uring(u), None)),

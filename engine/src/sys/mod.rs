@@ -54,10 +54,19 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<usize> {
     Ok(n as usize)
 }
 
-/// Writes from `buf`; returns the count or an error.
+/// Writes from `buf`; returns the count or an error (tests only).
+#[cfg(test)]
 pub fn write(fd: RawFd, buf: &[u8]) -> Result<usize> {
     let n = syscall!(write(fd, buf.as_ptr().cast(), buf.len()))?;
     Ok(n as usize)
+}
+
+/// Opens `/dev/null` read-only, close-on-exec (a cheap fd for tests).
+#[cfg(test)]
+pub fn open_dev_null() -> Result<OwnedFd> {
+    let fd = syscall!(open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC))?;
+    // SAFETY: open returned a fresh fd that nobody else owns.
+    Ok(unsafe { owned(fd) })
 }
 
 /// A non-blocking, close-on-exec eventfd (used by async handles and wake-ups).
@@ -114,14 +123,6 @@ pub fn dup_cloexec(fd: RawFd) -> Result<OwnedFd> {
     Ok(unsafe { owned(new) })
 }
 
-/// Opens `/dev/null` read-only, close-on-exec: the reserve fd for EMFILE
-/// handling and a cheap fd for tests.
-pub fn open_dev_null() -> Result<OwnedFd> {
-    let fd = syscall!(open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC))?;
-    // SAFETY: open returned a fresh fd that nobody else owns.
-    Ok(unsafe { owned(fd) })
-}
-
 /// Monotonic clock in milliseconds (the loop's `now`).
 pub fn monotonic_ms() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -141,6 +142,7 @@ pub mod epoll {
     pub const ERR: u32 = libc::EPOLLERR as u32;
     pub const HUP: u32 = libc::EPOLLHUP as u32;
     pub const RDHUP: u32 = libc::EPOLLRDHUP as u32;
+    pub const PRI: u32 = libc::EPOLLPRI as u32;
     pub const EXCLUSIVE: u32 = libc::EPOLLEXCLUSIVE as u32;
 
     pub fn create() -> Result<OwnedFd> {

@@ -117,9 +117,3 @@ fn install(signum: i32, handler: usize) -> Result<()> {
     }
     Ok(())
 }
-
-/// Sends `signum` to process `pid`.
-pub fn kill(pid: i32, signum: i32) -> Result<()> {
-    super::syscall!(kill(pid, signum))?;
-    Ok(())
-}

@@ -29,6 +29,15 @@ pub struct SockAddr {
     pub len: libc::socklen_t,
 }
 
+impl std::fmt::Debug for SockAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.to_std() {
+            Some(addr) => write!(f, "SockAddr({addr})"),
+            None => write!(f, "SockAddr(family {}, {} bytes)", self.family(), self.len),
+        }
+    }
+}
+
 impl SockAddr {
     pub fn empty() -> SockAddr {
         // SAFETY: sockaddr_storage is plain data; all-zero is a valid (AF_UNSPEC) value.
@@ -92,7 +101,7 @@ impl SockAddr {
     }
 
     /// The std form of an IPv4/IPv6 address; `None` for other families.
-    pub fn to_std(&self) -> Option<SocketAddr> {
+    pub fn to_std(self) -> Option<SocketAddr> {
         match self.family() {
             libc::AF_INET => {
                 // SAFETY: the family says the storage holds a sockaddr_in.
@@ -191,10 +200,6 @@ pub fn set_nodelay(fd: RawFd, on: bool) -> Result<()> {
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, on as i32)
 }
 
-pub fn nodelay(fd: RawFd) -> Result<bool> {
-    Ok(getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY)? != 0)
-}
-
 /// Enables keep-alive with the given idle delay in seconds, or disables it.
 pub fn set_keepalive(fd: RawFd, delay_secs: Option<u32>) -> Result<()> {
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, delay_secs.is_some() as i32)?;
@@ -204,8 +209,18 @@ pub fn set_keepalive(fd: RawFd, delay_secs: Option<u32>) -> Result<()> {
     Ok(())
 }
 
-pub fn keepalive(fd: RawFd) -> Result<bool> {
-    Ok(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE)? != 0)
+/// `SO_LINGER` with a zero timeout: `close` then sends RST.
+pub fn set_linger_zero(fd: RawFd) -> Result<()> {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `l` is a valid `linger` for the length passed.
+    syscall!(setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        (&l as *const libc::linger).cast(),
+        std::mem::size_of::<libc::linger>() as libc::socklen_t
+    ))?;
+    Ok(())
 }
 
 /// The socket type (`SOCK_STREAM`, ...) and whether it is listening.

@@ -7,12 +7,12 @@
 //! <port>", "error <errno>", ...), which the tests read.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use uvring::{Loop, OnConnection, OnRead, OnShutdown, RunMode, Stream};
+use std::time::Duration;
+use uvring::{Loop, OnConnect, OnConnection, OnRead, OnShutdown, RunMode, TcpListener, TcpStream};
 use uvring_cluster::{is_primary, Primary, Settings, Worker};
 
 /// Counts every heap allocation of the process (the allocation test asks a
@@ -65,17 +65,39 @@ fn trace_alloc() {
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
 
+/// The process's state: the loop's user data, which every callback gets.
+#[derive(Default)]
+struct State {
+    /// `stall-on-first`: the first connection has stalled the process.
+    stalled: bool,
+    /// `two-servers`: 0, then 1 once the servers listened again.
+    round: u32,
+    /// `two-servers`: listening events seen.
+    listened: u32,
+    /// `two-servers`: the servers of the current round.
+    servers: Vec<TcpListener>,
+    /// `store`: reads that did not give back the value written.
+    store_bad: u32,
+    /// `store`: reads answered.
+    store_done: u32,
+    /// `primary-kill`: workers online.
+    online: u32,
+}
+
+type Lp = Loop<State>;
+
 fn main() {
     // SCENARIO (per-worker, through fork_with_env) overrides the argument.
     let scenario = std::env::var("SCENARIO").ok().or_else(|| std::env::args().nth(1)).unwrap_or_default();
-    let mut lp = Loop::new().expect("loop");
+    let mut lp: Lp = Loop::new().expect("loop");
+    let mut state = State::default();
     if is_primary() {
         primary_main(&mut lp, &scenario);
     } else {
         let w = Worker::init(&mut lp).expect("worker init");
-        worker_main(&mut lp, &w, &scenario);
+        worker_main(&mut lp, &mut state, &w, &scenario);
     }
-    lp.run(RunMode::Default).expect("run");
+    lp.run(RunMode::Default, &mut state).expect("run");
 }
 
 fn port_env() -> u16 {
@@ -86,18 +108,18 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn send(lp: &mut Loop, w: &Worker, msg: &str) {
+fn send(lp: &mut Lp, w: &Worker<State>, msg: &str) {
     let _ = w.send(lp, msg.as_bytes());
 }
 
 /// A connection handler that answers the first bytes with "worker <id>\n"
 /// and then shuts down and closes.
-fn answer_once(id: u32) -> OnRead {
+fn answer_once(id: u32) -> OnRead<State, TcpStream> {
     let reply = format!("worker {id}\n").into_bytes();
-    let on_shutdown = OnShutdown::new(|lp, s, _| {
+    let on_shutdown = OnShutdown::new(|lp: &mut Lp, _, s: TcpStream, _| {
         let _ = lp.close(s, None);
     });
-    OnRead::new(move |lp, s, res| match res {
+    OnRead::new(move |lp, _, s, res| match res {
         Ok(_) => {
             let _ = lp.read_stop(s);
             if lp.write(s, &reply, None).is_err() || lp.shutdown(s, Some(&on_shutdown)).is_err() {
@@ -111,26 +133,25 @@ fn answer_once(id: u32) -> OnRead {
 }
 
 /// Reads until EOF, then closes (a connection that stays open until the peer goes).
-fn hold_until_eof() -> OnRead {
-    OnRead::new(|lp, s, res| {
+fn hold_until_eof() -> OnRead<State, TcpStream> {
+    OnRead::new(|lp, _, s, res| {
         if res.is_err() {
             let _ = lp.close(s, None);
         }
     })
 }
 
-fn listen(lp: &mut Loop, port: u16, on_conn: &OnConnection) -> Stream {
+fn listen(lp: &mut Lp, port: u16, on_conn: &OnConnection<State, TcpListener>) -> TcpListener {
     let s = lp.tcp_init().expect("tcp_init");
     lp.tcp_bind(s, local(port), 0).expect("bind");
-    lp.listen(s, 511, on_conn).expect("listen");
-    s
+    lp.listen(s, 511, on_conn).expect("listen")
 }
 
 /// A server that answers each connection once; errors are reported.
-fn serving(w: &Worker, id: u32) -> OnConnection {
+fn serving(w: &Worker<State>, id: u32) -> OnConnection<State, TcpListener> {
     let on_read = answer_once(id);
     let w = w.clone();
-    OnConnection::new(move |lp, srv, res| match res {
+    OnConnection::new(move |lp, _, srv, res| match res {
         Ok(()) => {
             if let Ok(c) = lp.accept(srv) {
                 let _ = lp.read_start(c, &on_read);
@@ -143,18 +164,18 @@ fn serving(w: &Worker, id: u32) -> OnConnection {
     })
 }
 
-fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
+fn worker_main(lp: &mut Lp, state: &mut State, w: &Worker<State>, scenario: &str) {
     let id = w.id();
     let wc = w.clone();
-    w.on_listening(move |lp, _s, addr| send(lp, &wc, &format!("listening {}", addr.port())));
+    w.on_listening(move |lp, _, _s, addr| send(lp, &wc, &format!("listening {}", addr.port())));
     match scenario {
         // Serve PORT (default 0) until disconnected.
         "serve" => {
             listen(lp, port_env(), &serving(w, id));
             let wc = w.clone();
-            w.on_message(move |lp, msg, _| {
+            w.on_message(move |lp, _, msg, _| {
                 if msg == b"sched" {
-                    let normal = uvring::sys::process::sched_is_normal();
+                    let normal = uvring::os::sched_is_normal();
                     send(lp, &wc, if normal { "sched normal" } else { "sched other" });
                 } else if msg == b"fds" {
                     let n = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
@@ -179,7 +200,7 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
             listen(
                 lp,
                 port_env(),
-                &OnConnection::new(move |lp, srv, res| {
+                &OnConnection::new(move |lp, _, srv, res| {
                     if res.is_ok() {
                         if let Ok(c) = lp.accept(srv) {
                             let _ = lp.read_start(c, &on_read);
@@ -197,7 +218,7 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
             listen(
                 lp,
                 port_env(),
-                &OnConnection::new(move |lp, srv, res| {
+                &OnConnection::new(move |lp, _, srv, res| {
                     if res.is_ok() {
                         if let Ok(c) = lp.accept(srv) {
                             let _ = lp.read_start(c, &on_read);
@@ -211,17 +232,16 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
         // connection (so the rest of its batch stays unacknowledged).
         "stall-on-first" => {
             let on_read = answer_once(id);
-            let stalled = Cell::new(false);
             listen(
                 lp,
                 port_env(),
-                &OnConnection::new(move |lp, srv, res| {
+                &OnConnection::new(move |lp, d: &mut State, srv, res| {
                     if res.is_ok() {
                         if let Ok(c) = lp.accept(srv) {
                             let _ = lp.read_start(c, &on_read);
                         }
-                        if !stalled.replace(true) {
-                            std::thread::sleep(std::time::Duration::from_secs(30));
+                        if !std::mem::replace(&mut d.stalled, true) {
+                            std::thread::sleep(Duration::from_secs(30));
                         }
                     }
                 }),
@@ -229,27 +249,22 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
         }
         // Two servers on port 0, closed and listened again; report ports.
         "two-servers" => {
-            let round = Rc::new(Cell::new(0u32));
-            let servers: Rc<RefCell<Vec<Stream>>> = Rc::default();
             let conn = serving(w, id);
             let a = listen(lp, 0, &conn);
             let b = listen(lp, 0, &conn);
-            servers.borrow_mut().extend([a, b]);
+            state.servers.extend([a, b]);
             let wc = w.clone();
-            let (srv2, conn2) = (servers.clone(), conn.clone());
-            let listened = Rc::new(Cell::new(0u32));
-            w.on_listening(move |lp, _s, addr| {
-                send(lp, &wc, &format!("listening {} {}", round.get(), addr.port()));
-                listened.set(listened.get() + 1);
-                if listened.get() == 2 && round.get() == 0 {
-                    round.set(1);
-                    let old: Vec<Stream> = srv2.borrow_mut().drain(..).collect();
-                    for s in old {
+            w.on_listening(move |lp, d, _s, addr| {
+                send(lp, &wc, &format!("listening {} {}", d.round, addr.port()));
+                d.listened += 1;
+                if d.listened == 2 && d.round == 0 {
+                    d.round = 1;
+                    for s in std::mem::take(&mut d.servers) {
                         let _ = lp.close(s, None);
                     }
-                    let a = listen(lp, 0, &conn2);
-                    let b = listen(lp, 0, &conn2);
-                    srv2.borrow_mut().extend([a, b]);
+                    let a = listen(lp, 0, &conn);
+                    let b = listen(lp, 0, &conn);
+                    d.servers.extend([a, b]);
                 }
             });
         }
@@ -257,7 +272,7 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
         "retry-bind" => {
             let conn = serving(w, id);
             listen(lp, port_env(), &conn);
-            w.on_message(move |lp, msg, _| {
+            w.on_message(move |lp, _, msg, _| {
                 if msg == b"retry" {
                     listen(lp, port_env(), &conn);
                 }
@@ -276,7 +291,7 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
             lp.tcp_connect(
                 c,
                 local(port_env()),
-                &uvring::OnConnect::new(move |lp, c, res| {
+                &OnConnect::new(move |lp, _, c, res| {
                     if res.is_ok() {
                         let _ = lp.read_start(c, &on_read);
                         send(lp, &wc, "connected");
@@ -294,7 +309,7 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
             listen(
                 lp,
                 0,
-                &OnConnection::new(move |lp, srv, res| {
+                &OnConnection::new(move |lp, _, srv, res| {
                     if res.is_ok() {
                         if let Ok(c) = lp.accept(srv) {
                             let _ = lp.read_start(c, &on_read);
@@ -307,12 +322,10 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
         // Echo messages back; answer "big" with a large payload and a socket.
         "messages" => {
             let wc = w.clone();
-            w.on_message(move |lp, msg, fds| {
+            w.on_message(move |lp, _, msg, fds| {
                 if msg.len() > 1000 {
                     let ok = msg.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8);
-                    let fd_ok = fds
-                        .take(0)
-                        .is_some_and(|fd| uvring::sys::socket::sockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).is_ok());
+                    let fd_ok = fds.take(0).is_some_and(|fd| uvring::os::local_addr(fd.as_fd()).is_ok());
                     send(lp, &wc, &format!("big {} {ok} {fd_ok}", msg.len()));
                     // And the other way: a large payload with a socket.
                     let payload: Vec<u8> = (0..800_004usize).map(|i| (i % 251) as u8).collect();
@@ -329,21 +342,19 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
         // Shared store: set own keys, read them back, read a common key.
         "store" => {
             let n = 100u32;
-            let bad = Rc::new(Cell::new(0u32));
-            let done = Rc::new(Cell::new(0u32));
             for j in 0..n {
                 let key = format!("w{id}:{j}");
                 let val = format!("{}", id * 1000 + j);
-                let _ = w.store_set(lp, key.as_bytes(), val.as_bytes(), |_, _| {});
-                let _ = w.store_set(lp, b"shared", val.as_bytes(), |_, _| {});
-                let (bad, done, wc) = (bad.clone(), done.clone(), w.clone());
-                let _ = w.store_get(lp, key.as_bytes(), move |lp, v| {
+                let _ = w.store_set(lp, key.as_bytes(), val.as_bytes(), |_, _, _| {});
+                let _ = w.store_set(lp, b"shared", val.as_bytes(), |_, _, _| {});
+                let wc = w.clone();
+                let _ = w.store_get(lp, key.as_bytes(), move |lp, d, v| {
                     if v != Some(val.as_bytes()) {
-                        bad.set(bad.get() + 1);
+                        d.store_bad += 1;
                     }
-                    done.set(done.get() + 1);
-                    if done.get() == n {
-                        send(lp, &wc, &format!("store-done {}", bad.get()));
+                    d.store_done += 1;
+                    if d.store_done == n {
+                        send(lp, &wc, &format!("store-done {}", d.store_bad));
                     }
                 });
             }
@@ -366,17 +377,16 @@ fn worker_main(lp: &mut Loop, w: &Worker, scenario: &str) {
 }
 
 /// Primary-side scenarios for tests that must kill the primary itself.
-fn primary_main(lp: &mut Loop, scenario: &str) {
+fn primary_main(lp: &mut Lp, scenario: &str) {
     match scenario {
         // Fork two idle workers, print their pids, and wait to be killed.
         "primary-kill" => {
             let settings = Settings { args: Some(vec!["idle".into()]), workers: 2, ..Settings::default() };
             let primary = Primary::new(lp, settings).expect("primary");
-            let online = Rc::new(Cell::new(0));
             let p = primary.clone();
-            primary.on_online(move |_, _| {
-                online.set(online.get() + 1);
-                if online.get() == 2 {
+            primary.on_online(move |_, d, _| {
+                d.online += 1;
+                if d.online == 2 {
                     let pids: Vec<String> = p.workers().iter().map(|w| w.pid().to_string()).collect();
                     println!("pids {}", pids.join(" "));
                 }

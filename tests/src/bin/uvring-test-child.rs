@@ -11,6 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::rc::Rc;
+use std::time::Duration;
 use uvring::*;
 
 const WATCHDOG_MS: u64 = 30_000;
@@ -38,9 +39,9 @@ fn main() {
     let watchdog = lp.timer_init().unwrap();
     lp.timer_start(
         watchdog,
-        WATCHDOG_MS,
-        0,
-        &OnTimer::new(|_, _| {
+        Duration::from_millis(WATCHDOG_MS),
+        Duration::ZERO,
+        &OnTimer::new(|_, _, _| {
             eprintln!("uvring-test-child: watchdog expired");
             std::process::exit(3);
         }),
@@ -63,25 +64,23 @@ fn main() {
         "many_handles" => many_handles(&mut lp, args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000)),
         other => panic!("unknown scenario {other:?}"),
     }
-    lp.run(RunMode::Default).expect("child run");
+    lp.run(RunMode::Default, &mut ()).expect("child run");
     std::process::exit(0);
 }
 
 /// The IPC channel the parent gave us as fd 3.
-fn channel(lp: &mut Loop) -> Stream {
-    let ch = lp.pipe_init(true).unwrap();
+fn channel(lp: &mut Loop) -> PipeStream {
     // SAFETY: the parent set up fd 3 for us (Stdio::Ipc at index 3); nothing
     // else in this process owns it.
-    lp.pipe_open(ch, unsafe { OwnedFd::from_raw_fd(3) }).expect("fd 3 is the IPC channel");
-    ch
+    lp.pipe_open(unsafe { OwnedFd::from_raw_fd(3) }, true).expect("fd 3 is the IPC channel")
 }
 
 /// Reads `ch`, giving each chunk to `f`; at end of file closes every handle
 /// (the loop then ends and the child exits 0).
-fn read_until_eof(lp: &mut Loop, ch: Stream, mut f: impl FnMut(&mut Loop, Stream, &[u8]) + 'static) {
+fn read_until_eof(lp: &mut Loop, ch: PipeStream, f: impl Fn(&mut Loop, PipeStream, &[u8]) + 'static) {
     lp.read_start(
         ch,
-        &OnRead::new(move |lp, s, res| match res {
+        &OnRead::new(move |lp, _, s, res| match res {
             Ok(data) => f(lp, s, data),
             Err(e) => {
                 assert_eq!(e, Error::EOF, "channel read failed");
@@ -98,18 +97,18 @@ fn localhost() -> std::net::SocketAddr {
 
 /// Writes one byte naming the acceptor ('c') into each accepted connection,
 /// then shuts it down and closes it.
-fn greet_and_close(lp: &mut Loop, c: Stream, tag: &[u8]) {
+fn greet_and_close(lp: &mut Loop, c: TcpStream, tag: &[u8]) {
     lp.write(c, tag, None).unwrap();
-    lp.shutdown(c, Some(&OnShutdown::new(|lp, c, _| lp.close(c, None).unwrap()))).unwrap();
+    lp.shutdown(c, Some(&OnShutdown::new(|lp, _, c, _| lp.close(c, None).unwrap()))).unwrap();
 }
 
 /// ipc_listen_before_write / ipc_listen_after_write: bind a listener, send
 /// it with "hello\n", accept one connection, then stop listening.
 fn listen_and_send(lp: &mut Loop, listen_after_write: bool) {
     let ch = channel(lp);
-    let server = lp.tcp_init().unwrap();
-    lp.tcp_bind(server, localhost(), 0).unwrap();
-    let on_conn = OnConnection::new(|lp, srv, res| {
+    let sock = lp.tcp_init().unwrap();
+    lp.tcp_bind(sock, localhost(), 0).unwrap();
+    let on_conn = OnConnection::new(|lp, _, srv: TcpListener, res| {
         if res.is_err() || lp.is_closing(srv) {
             return;
         }
@@ -118,13 +117,14 @@ fn listen_and_send(lp: &mut Loop, listen_after_write: bool) {
             lp.close(srv, None).unwrap();
         }
     });
-    if !listen_after_write {
-        lp.listen(server, 128, &on_conn).unwrap();
-    }
-    lp.write2(ch, b"hello\n", server, None).unwrap();
-    if listen_after_write {
-        lp.listen(server, 128, &on_conn).unwrap();
-    }
+    let server = if listen_after_write {
+        lp.write2(ch, b"hello\n", sock, None).unwrap();
+        lp.listen(sock, 128, &on_conn).unwrap()
+    } else {
+        let server = lp.listen(sock, 128, &on_conn).unwrap();
+        lp.write2(ch, b"hello\n", server, None).unwrap();
+        server
+    };
     read_until_eof(lp, ch, move |lp, _, _| {
         if lp.is_live(server) && !lp.is_closing(server) {
             lp.close(server, None).unwrap();
@@ -136,20 +136,21 @@ fn listen_and_send(lp: &mut Loop, listen_after_write: bool) {
 /// over IPC with "hello\n" and close our copy.
 fn tcp_connection(lp: &mut Loop) {
     let ch = channel(lp);
-    let server = lp.tcp_init().unwrap();
-    lp.tcp_bind(server, localhost(), 0).unwrap();
-    lp.listen(
-        server,
-        16,
-        &OnConnection::new(move |lp, srv, res| {
-            res.unwrap();
-            let c = lp.accept(srv).unwrap();
-            lp.write2(ch, b"hello\n", c, None).unwrap();
-            lp.close(c, None).unwrap();
-            lp.close(srv, None).unwrap();
-        }),
-    )
-    .unwrap();
+    let sock = lp.tcp_init().unwrap();
+    lp.tcp_bind(sock, localhost(), 0).unwrap();
+    let server = lp
+        .listen(
+            sock,
+            16,
+            &OnConnection::new(move |lp, _, srv, res| {
+                res.unwrap();
+                let c = lp.accept(srv).unwrap();
+                lp.write2(ch, b"hello\n", c, None).unwrap();
+                lp.close(c, None).unwrap();
+                lp.close(srv, None).unwrap();
+            }),
+        )
+        .unwrap();
     let port = lp.tcp_getsockname(server).unwrap().port();
     lp.write(ch, format!("port {port}\n").as_bytes(), None).unwrap();
     read_until_eof(lp, ch, |_, _, _| {});
@@ -180,7 +181,13 @@ fn send_recv(lp: &mut Loop) {
         while lp.pending_count(ch).unwrap() > 0 {
             let h = lp.accept_pending(ch).unwrap();
             let tag = [*bytes.next().unwrap_or(&b'?')];
-            lp.write2(ch, &tag, h, None).unwrap();
+            match h {
+                PendingHandle::TcpSocket(h) => lp.write2(ch, &tag, h, None),
+                PendingHandle::TcpStream(h) => lp.write2(ch, &tag, h, None),
+                PendingHandle::PipeSocket(h) => lp.write2(ch, &tag, h, None),
+                PendingHandle::PipeStream(h) => lp.write2(ch, &tag, h, None),
+            }
+            .unwrap();
             lp.close(h, None).unwrap();
         }
     });
@@ -210,7 +217,7 @@ fn heavy(lp: &mut Loop) {
     let got = Rc::new(Cell::new(0u64));
     lp.read_start(
         ch,
-        &OnRead::new(move |lp, s, res| match res {
+        &OnRead::new(move |lp, _, s, res| match res {
             Ok(data) => {
                 for &b in data {
                     assert_eq!(b, pattern(got.get()), "byte {} corrupted", got.get());
@@ -233,23 +240,21 @@ fn heavy(lp: &mut Loop) {
 /// stdio_over_pipes: greet on stdout in pieces, echo stdin to stdout, and at
 /// end of stdin shut stdout down.
 fn stdio(lp: &mut Loop) {
-    let inp = lp.pipe_init(false).unwrap();
     // SAFETY: fds 0 and 1 are ours (the parent's socketpair ends); the loop
     // takes them over for the rest of the process.
-    lp.pipe_open(inp, unsafe { OwnedFd::from_raw_fd(0) }).unwrap();
-    let out = lp.pipe_init(false).unwrap();
+    let inp = lp.pipe_open(unsafe { OwnedFd::from_raw_fd(0) }, false).unwrap();
     // SAFETY: as above.
-    lp.pipe_open(out, unsafe { OwnedFd::from_raw_fd(1) }).unwrap();
+    let out = lp.pipe_open(unsafe { OwnedFd::from_raw_fd(1) }, false).unwrap();
     for piece in [&b"hello"[..], b" ", b"world", b"\n"] {
         lp.write(out, piece, None).unwrap();
     }
     lp.read_start(
         inp,
-        &OnRead::new(move |lp, s, res| match res {
+        &OnRead::new(move |lp, _, s, res| match res {
             Ok(data) => lp.write(out, data, None).unwrap(),
             Err(_) => {
                 lp.close(s, None).unwrap();
-                lp.shutdown(out, Some(&OnShutdown::new(|lp, out, _| lp.close(out, None).unwrap()))).unwrap();
+                lp.shutdown(out, Some(&OnShutdown::new(|lp, _, out, _| lp.close(out, None).unwrap()))).unwrap();
             }
         }),
     )
@@ -260,14 +265,14 @@ fn stdio(lp: &mut Loop) {
 fn tcp_server_fd3(lp: &mut Loop) {
     // SAFETY: the parent passed its bound listener as our fd 3.
     let server = lp.tcp_open(unsafe { OwnedFd::from_raw_fd(3) }).unwrap();
-    let on_read = OnRead::new(|lp, c, res| match res {
+    let on_read = OnRead::new(|lp, _, c: TcpStream, res| match res {
         Ok(data) => lp.write(c, data, None).unwrap(),
         Err(_) => lp.close(c, None).unwrap(),
     });
     lp.listen(
         server,
         16,
-        &OnConnection::new(move |lp, srv, res| {
+        &OnConnection::new(move |lp, _, srv, res| {
             res.unwrap();
             let c = lp.accept(srv).unwrap();
             lp.read_start(c, &on_read).unwrap();
@@ -296,7 +301,7 @@ fn many_handles(lp: &mut Loop, n: u64) {
     let report = Rc::new(RefCell::new(None::<String>));
     lp.read_start(
         ch,
-        &OnRead::new(move |lp, ch, res| {
+        &OnRead::new(move |lp, _, ch, res| {
             let data = match res {
                 Ok(d) => d,
                 Err(e) => {

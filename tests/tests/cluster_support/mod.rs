@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
-use uvring::Loop;
+use uvring::{Loop, OnTimer, RunMode};
 use uvring_cluster::{ChildOutput, Primary, SchedPolicy, Settings, WorkerId};
 
 /// The worker program.
@@ -19,21 +19,33 @@ pub const WORKER: &str = env!("CARGO_BIN_EXE_cluster-worker");
 /// bounds each blocking poll, so the deadline is checked even when nothing
 /// happens.
 pub fn run_until(lp: &mut Loop, timeout: Duration, mut done: impl FnMut(&mut Loop) -> bool) {
+    run_until_with(lp, &mut (), timeout, |lp, _| done(lp));
+}
+
+/// [`run_until`] for a loop with user data: runs `lp` with `data` until
+/// `done(lp, data)`.
+pub fn run_until_with<D: 'static>(
+    lp: &mut Loop<D>,
+    data: &mut D,
+    timeout: Duration,
+    mut done: impl FnMut(&mut Loop<D>, &mut D) -> bool,
+) {
     let deadline = std::time::Instant::now() + timeout;
     let tick = lp.timer_init().unwrap();
-    lp.timer_start(tick, 20, 20, &uvring::OnTimer::new(|_, _| {})).unwrap();
+    let every = Duration::from_millis(20);
+    lp.timer_start(tick, every, every, &OnTimer::new(|_, _, _| {})).unwrap();
     lp.unref_handle(tick).unwrap();
-    while !done(lp) {
+    while !done(lp, data) {
         if std::time::Instant::now() > deadline {
             let _ = lp.close(tick, None);
             panic!("timed out after {timeout:?}");
         }
-        lp.run(uvring::RunMode::Once).expect("loop run");
+        lp.run(RunMode::Once, data).expect("loop run");
     }
     lp.close(tick, None).unwrap();
     // Let the tick's close finish (it must not count as a live handle).
     while lp.is_live(tick) {
-        lp.run(uvring::RunMode::NoWait).expect("loop run");
+        lp.run(RunMode::NoWait, data).expect("loop run");
     }
 }
 
@@ -83,22 +95,22 @@ impl Log {
 pub type SharedLog = Rc<RefCell<Log>>;
 
 /// Records every event of `primary` in a log.
-pub fn record(primary: &Primary) -> SharedLog {
+pub fn record(primary: &Primary<()>) -> SharedLog {
     let log: SharedLog = Rc::default();
     let l = log.clone();
-    primary.on_fork(move |_, w| l.borrow_mut().pids.push(w.pid()));
+    primary.on_fork(move |_, _, w| l.borrow_mut().pids.push(w.pid()));
     let l = log.clone();
-    primary.on_online(move |_, w| l.borrow_mut().online.push(w.id()));
+    primary.on_online(move |_, _, w| l.borrow_mut().online.push(w.id()));
     let l = log.clone();
-    primary.on_listening(move |_, w, addr| l.borrow_mut().listening.push((w.id(), addr.port())));
+    primary.on_listening(move |_, _, w, addr| l.borrow_mut().listening.push((w.id(), addr.port())));
     let l = log.clone();
-    primary.on_message(move |_, w, bytes, _| {
+    primary.on_message(move |_, _, w, bytes, _| {
         l.borrow_mut().messages.push((w.id(), String::from_utf8_lossy(bytes).into_owned()))
     });
     let l = log.clone();
-    primary.on_disconnect(move |_, w| l.borrow_mut().disconnects.push(w.id()));
+    primary.on_disconnect(move |_, _, w| l.borrow_mut().disconnects.push(w.id()));
     let l = log.clone();
-    primary.on_exit(move |_, w, code, signal| {
+    primary.on_exit(move |_, _, w, code, signal| {
         l.borrow_mut().exits.push((w.id(), code, signal, w.exited_after_disconnect()))
     });
     log
@@ -119,10 +131,25 @@ impl Drop for KillGuard {
     }
 }
 
+/// Kills these pids if the test panics ([`KillGuard`] for a test that
+/// keeps no [`Log`]).
+pub struct PidGuard(pub Vec<i32>);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for &pid in &self.0 {
+                // SAFETY: plain syscall on a pid this test forked.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 /// Makes a primary with `settings`, records its events, guards against
 /// orphans and starts it: the opening of most scenarios. Keep the guard
 /// alive for the whole test (`let (primary, log, _guard) = ...`).
-pub fn start_cluster(lp: &mut Loop, settings: Settings) -> (Primary, SharedLog, KillGuard) {
+pub fn start_cluster(lp: &mut Loop, settings: Settings) -> (Primary<()>, SharedLog, KillGuard) {
     let primary = Primary::new(lp, settings).unwrap();
     let log = record(&primary);
     let guard = KillGuard(log.clone());
@@ -132,17 +159,17 @@ pub fn start_cluster(lp: &mut Loop, settings: Settings) -> (Primary, SharedLog, 
 
 /// Disconnects every worker and runs the loop until the callback ran and
 /// the loop is idle.
-pub fn shutdown(lp: &mut Loop, primary: &Primary) {
+pub fn shutdown(lp: &mut Loop, primary: &Primary<()>) {
     disconnect_all(lp, primary);
     run_until(lp, WAIT, |lp| !lp.alive());
 }
 
 /// Disconnects every worker and waits for the callback (other primaries
 /// on the loop keep running).
-pub fn disconnect_all(lp: &mut Loop, primary: &Primary) {
+pub fn disconnect_all(lp: &mut Loop, primary: &Primary<()>) {
     let done = Rc::new(RefCell::new(false));
     let d = done.clone();
-    primary.disconnect(lp, move |_| *d.borrow_mut() = true);
+    primary.disconnect(lp, move |_, _| *d.borrow_mut() = true);
     run_until(lp, WAIT, |_| *done.borrow());
     assert_eq!(primary.worker_count(), 0, "worker table empty after disconnect");
     assert_eq!(primary.listener_count(), 0, "no listener left after disconnect");
@@ -184,8 +211,13 @@ pub fn ask_many(port: u16, n: usize, concurrency: usize) -> Receiver<std::io::Re
 
 /// Runs the loop until `n` results came from `rx`, and returns them.
 pub fn collect<T>(lp: &mut Loop, rx: &Receiver<T>, n: usize) -> Vec<T> {
+    collect_with(lp, &mut (), rx, n)
+}
+
+/// [`collect`] for a loop with user data.
+pub fn collect_with<D: 'static, T>(lp: &mut Loop<D>, data: &mut D, rx: &Receiver<T>, n: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(n);
-    run_until(lp, Duration::from_secs(60), |_| {
+    run_until_with(lp, data, Duration::from_secs(60), |_, _| {
         while let Ok(v) = rx.try_recv() {
             out.push(v);
         }
@@ -205,23 +237,29 @@ pub fn wait_for(lp: &mut Loop, log: &SharedLog, mut cond: impl FnMut(&Log) -> bo
 
 /// `cluster_test! { fn name(lp, policy) [rr = RoundRobin, shared = Shared] { .. } }`
 /// makes `name::rr::epoll`, `name::rr::io_uring`, `name::shared::epoll`, ...
+/// The body gets `&mut Loop` (`Loop<()>`), or `&mut Loop<D>` when the loop's
+/// user data type is named: `fn name(lp: State, policy) [..] { .. }`.
 #[macro_export]
 macro_rules! cluster_test {
-    ($(fn $name:ident($lp:ident, $policy:ident) [$($m:ident = $p:ident),*] $body:block)*) => {
+    ($(fn $name:ident($lp:ident $(: $d:ty)?, $policy:ident) [$($m:ident = $p:ident),*] $body:block)*) => {
         $(
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;
-                fn body($lp: &mut uvring::Loop, $policy: uvring_cluster::SchedPolicy) $body
+                fn body($lp: &mut uvring::Loop<$($d)?>, $policy: uvring_cluster::SchedPolicy) $body
                 $(
                     mod $m {
                         #[test]
                         fn epoll() {
-                            uvring_tests::run_on(uvring::Backend::Epoll, |lp| super::body(lp, uvring_cluster::SchedPolicy::$p));
+                            uvring_tests::run_on_of(uvring::Backend::Epoll, uvring::LoopOptions::default(), |lp| {
+                                super::body(lp, uvring_cluster::SchedPolicy::$p)
+                            });
                         }
                         #[test]
                         fn io_uring() {
-                            uvring_tests::run_on(uvring::Backend::IoUring, |lp| super::body(lp, uvring_cluster::SchedPolicy::$p));
+                            uvring_tests::run_on_of(uvring::Backend::IoUring, uvring::LoopOptions::default(), |lp| {
+                                super::body(lp, uvring_cluster::SchedPolicy::$p)
+                            });
                         }
                     }
                 )*

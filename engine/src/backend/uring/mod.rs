@@ -15,6 +15,8 @@
 //!   keeps its address in a slot. Nothing allocates per op after warm-up.
 //! - Every loop SQE carries the loop's token as `user_data`; backend-internal
 //!   SQEs (cancels) carry [`INTERNAL`] (kind byte 0), whose CQEs are dropped.
+//!   Each op is its own request, so any number of ops (of one kind or not)
+//!   may be in flight on one fd; a cancel names one token and ends that op.
 //! - Accept waits exclusively (one ring woken per connection). Cancelling
 //!   an accept first runs wake-ups it already claimed, then cancels and
 //!   tears the op down in one enter, so a listener shared with other
@@ -27,10 +29,10 @@ mod bufring;
 mod ops;
 mod setup;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use super::{
-    Backend, BufPool, Completion, Driver, OpKind, PoolConfig, Token, Unavailable, MAX_IOV, RECVMSG_CONTROL_LEN,
+    Backend, BufPool, Completion, Driver, Op, OpKind, PoolConfig, Token, Unavailable, MAX_IOV, RECVMSG_CONTROL_LEN,
     RECVMSG_HEADER_LEN,
 };
 use crate::error::{Error, Result};
@@ -38,7 +40,7 @@ use crate::sys::socket::{self, SockAddr};
 use bufring::BufRing;
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
-use ops::{MultiOp, MultiState, Op, OpTable, SlotPool};
+use ops::{MultiKind, MultiOp, MultiState, OpTable, SlotPool, Tracked};
 use std::collections::VecDeque;
 use std::mem::ManuallyDrop;
 use std::os::fd::RawFd;
@@ -184,21 +186,24 @@ impl Uring {
     fn multishot_entry(&self, op: &MultiOp, user_data: u64) -> squeue::Entry {
         let fd = Fd(op.fd);
         match op.kind {
-            OpKind::Accept => opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK).build(),
-            OpKind::Recv => opcode::RecvMulti::new(fd, BGID).build(),
-            _ => opcode::RecvMsgMulti::new(fd, &*self.recvmsg_hdr, BGID).flags(libc::MSG_CMSG_CLOEXEC as u32).build(),
+            MultiKind::Accept => opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK).build(),
+            MultiKind::Recv => opcode::RecvMulti::new(fd, BGID).build(),
+            MultiKind::RecvMsg => {
+                opcode::RecvMsgMulti::new(fd, &*self.recvmsg_hdr, BGID).flags(libc::MSG_CMSG_CLOEXEC as u32).build()
+            }
         }
         .user_data(user_data)
     }
 
     /// Starts a persistent op.
-    fn start_multishot(&mut self, fd: RawFd, token: Token, kind: OpKind) -> Result<()> {
+    fn start_multishot(&mut self, fd: RawFd, token: Token, kind: MultiKind) -> Result<()> {
         let op = MultiOp { fd, kind, state: MultiState::InKernel, cancelled: false };
         if self.ops.contains_key(&token.0) {
-            // Still in flight (its final completion has not been reported).
+            // Still in flight (its final completion has not been reported):
+            // the loop reused a token, which the contract forbids.
             return Err(Error::from_errno(libc::EBUSY));
         }
-        self.ops.insert(token.0, Op::Multi(op));
+        self.ops.insert(token.0, Tracked::Multi(op));
         let entry = self.multishot_entry(&op, token.0);
         // SAFETY: multishot SQEs point only at the recvmsg template and the
         // buffer ring (via the group id), both owned for the ring's lifetime.
@@ -213,8 +218,9 @@ impl Uring {
         while i < self.waiting.len() {
             let ud = self.waiting[i];
             let op = match self.ops.get_mut(&ud) {
-                Some(Op::Multi(op)) if op.state != MultiState::InKernel => op,
-                _ => {
+                Some(Tracked::Multi(op)) if op.state != MultiState::InKernel => op,
+                // Re-armed or cancelled meanwhile: no longer waiting.
+                Some(Tracked::Multi(_) | Tracked::Slot(_)) | None => {
                     self.waiting.swap_remove(i);
                     continue;
                 }
@@ -327,26 +333,28 @@ impl Uring {
             self.bufs.mark_lent(id);
         }
         match kind {
-            OpKind::Accept | OpKind::Recv | OpKind::RecvMsg => {
-                self.complete_multishot(token, kind, res, buf, more, out)
-            }
+            OpKind::Accept => self.complete_multishot(token, MultiKind::Accept, res, buf, more, out),
+            OpKind::Recv => self.complete_multishot(token, MultiKind::Recv, res, buf, more, out),
+            OpKind::RecvMsg => self.complete_multishot(token, MultiKind::RecvMsg, res, buf, more, out),
             OpKind::Send | OpKind::Connect => {
                 if self.slots.in_use() > 0 {
-                    if let Some(Op::Slot(i)) = self.ops.get(&ud).copied() {
+                    if let Some(Tracked::Slot(i)) = self.ops.get(&ud).copied() {
                         self.ops.remove(&ud);
                         self.slots.give(i);
                     }
                 }
                 self.emit(out, Completion { token, res, buf: None, more: false });
             }
-            OpKind::Read | OpKind::PollIn => self.emit(out, Completion { token, res, buf: None, more: false }),
+            OpKind::Read | OpKind::PollIn | OpKind::Poll => {
+                self.emit(out, Completion { token, res, buf: None, more: false })
+            }
         }
     }
 
     fn complete_multishot(
         &mut self,
         token: Token,
-        kind: OpKind,
+        kind: MultiKind,
         mut res: i32,
         mut buf: Option<u16>,
         more: bool,
@@ -355,22 +363,23 @@ impl Uring {
         if let Some(id) = buf {
             // A recvmsg record with neither payload nor control is the end of
             // the stream: report it as recv does (res 0, no buffer).
-            let eof_record = kind == OpKind::RecvMsg && self.recvmsg_is_eof(id, res);
+            let eof_record = kind == MultiKind::RecvMsg && self.recvmsg_is_eof(id, res);
             if res <= 0 || eof_record {
                 self.recycle(id);
                 buf = None;
                 res = res.min(0);
             }
         }
-        let data = if kind == OpKind::Accept { res >= 0 } else { res > 0 };
+        let data = if kind == MultiKind::Accept { res >= 0 } else { res > 0 };
         if more {
             self.emit(out, Completion { token, res, buf, more: true });
             return;
         }
         // The kernel ended the op.
         let op = match self.ops.get_mut(&token.0) {
-            Some(Op::Multi(op)) => op,
-            _ => {
+            Some(Tracked::Multi(op)) => op,
+            // No persistent op under this token: report the end as it came.
+            Some(Tracked::Slot(_)) | None => {
                 self.emit(out, Completion { token, res, buf, more: false });
                 return;
             }
@@ -383,7 +392,7 @@ impl Uring {
             self.ops.remove(&token.0);
             self.emit(out, Completion { token, res, buf, more: true });
             self.emit(out, Completion { token, res: -libc::ECANCELED, buf: None, more: false });
-        } else if res == -libc::ENOBUFS && !op.cancelled && kind != OpKind::Accept {
+        } else if res == -libc::ENOBUFS && !op.cancelled && kind != MultiKind::Accept {
             op.state = MultiState::Starved;
             self.waiting.push(token.0);
         } else {
@@ -409,28 +418,12 @@ impl Uring {
     }
 }
 
-impl Driver for Uring {
-    fn kind(&self) -> Backend {
-        Backend::IoUring
-    }
-
-    fn accept(&mut self, fd: RawFd, token: Token, _exclusive: bool) -> Result<()> {
-        // io_uring's accept wakes one waiter per connection already.
-        self.start_multishot(fd, token, OpKind::Accept)
-    }
-
-    fn recv(&mut self, fd: RawFd, token: Token) -> Result<()> {
-        self.start_multishot(fd, token, OpKind::Recv)
-    }
-
-    fn recvmsg(&mut self, fd: RawFd, token: Token) -> Result<()> {
-        if self.pool.size() <= RECVMSG_HEADER_LEN + RECVMSG_CONTROL_LEN {
-            return Err(Error::EINVAL);
-        }
-        self.start_multishot(fd, token, OpKind::RecvMsg)
-    }
-
-    unsafe fn send(&mut self, fd: RawFd, token: Token, iov: &[libc::iovec], fds: &[RawFd]) -> Result<()> {
+impl Uring {
+    /// `SEND` for one iovec without fds, else `SENDMSG` from a slot.
+    ///
+    /// # Safety
+    /// As [`Driver::submit`] for `Op::Send`.
+    unsafe fn start_send(&mut self, fd: RawFd, token: Token, iov: &[libc::iovec], fds: &[RawFd]) -> Result<()> {
         if iov.len() > MAX_IOV || fds.len() > socket::MAX_FDS_PER_MSG {
             return Err(Error::EINVAL);
         }
@@ -464,7 +457,7 @@ impl Driver for Uring {
             slot.msg.msg_controllen = socket::cmsg_space(std::mem::size_of_val(fds)) as _;
         }
         let entry = opcode::SendMsg::new(Fd(fd), &slot.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(token.0);
-        let prev = self.ops.insert(token.0, Op::Slot(i));
+        let prev = self.ops.insert(token.0, Tracked::Slot(i));
         debug_assert!(prev.is_none(), "{token:?} submitted while in flight");
         // SAFETY: the header, iovec copy and control message live in boxed
         // slot `i`, freed only at this op's CQE; the data is the caller's,
@@ -473,12 +466,12 @@ impl Driver for Uring {
         Ok(())
     }
 
-    fn connect(&mut self, fd: RawFd, token: Token, addr: &SockAddr) -> Result<()> {
+    fn start_connect(&mut self, fd: RawFd, token: Token, addr: &SockAddr) -> Result<()> {
         let i = self.slots.take();
         let slot = self.slots.get(i);
         slot.addr = *addr;
         let entry = opcode::Connect::new(Fd(fd), slot.addr.as_ptr(), slot.addr.len).build().user_data(token.0);
-        let prev = self.ops.insert(token.0, Op::Slot(i));
+        let prev = self.ops.insert(token.0, Tracked::Slot(i));
         debug_assert!(prev.is_none(), "{token:?} submitted while in flight");
         // SAFETY: the address lives in boxed slot `i`, freed only at this
         // op's CQE.
@@ -486,26 +479,56 @@ impl Driver for Uring {
         Ok(())
     }
 
-    unsafe fn read(&mut self, fd: RawFd, token: Token, ptr: *mut u8, len: usize) -> Result<()> {
-        let len = u32::try_from(len).unwrap_or(u32::MAX);
-        // Offset -1: the file position for seekable files; ignored for
-        // streams (eventfd, pipes).
-        let entry = opcode::Read::new(Fd(fd), ptr, len).offset(u64::MAX).build().user_data(token.0);
-        // SAFETY: `ptr..ptr+len` stays valid until the completion (this
-        // function's contract).
-        unsafe { self.push_op(entry) };
-        Ok(())
-    }
-
-    fn poll_in(&mut self, fd: RawFd, token: Token) -> Result<()> {
-        let entry = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32).build().user_data(token.0);
+    fn start_poll(&mut self, fd: RawFd, token: Token, events: u32) {
+        let entry = opcode::PollAdd::new(Fd(fd), events).build().user_data(token.0);
         // SAFETY: POLL_ADD points at no memory.
         unsafe { self.push_op(entry) };
-        Ok(())
+    }
+}
+
+impl Driver for Uring {
+    fn kind(&self) -> Backend {
+        Backend::IoUring
+    }
+
+    unsafe fn submit(&mut self, token: Token, op: Op<'_>) -> Result<()> {
+        debug_assert_eq!(token.kind(), Some(op.kind()), "{token:?} for {op:?}");
+        match op {
+            // io_uring's accept wakes one waiter per connection already.
+            Op::Accept { fd, exclusive: _ } => self.start_multishot(fd, token, MultiKind::Accept),
+            Op::Recv { fd } => self.start_multishot(fd, token, MultiKind::Recv),
+            Op::RecvMsg { fd } => {
+                if self.pool.size() <= RECVMSG_HEADER_LEN + RECVMSG_CONTROL_LEN {
+                    return Err(Error::EINVAL);
+                }
+                self.start_multishot(fd, token, MultiKind::RecvMsg)
+            }
+            // SAFETY: the caller's rule-3 guarantee for this send, forwarded.
+            Op::Send { fd, iov, fds } => unsafe { self.start_send(fd, token, iov, fds) },
+            Op::Connect { fd, addr } => self.start_connect(fd, token, addr),
+            Op::Read { fd, ptr, len } => {
+                let len = u32::try_from(len).unwrap_or(u32::MAX);
+                // Offset -1: the file position for seekable files; ignored for
+                // streams (eventfd, pipes).
+                let entry = opcode::Read::new(Fd(fd), ptr, len).offset(u64::MAX).build().user_data(token.0);
+                // SAFETY: `ptr..ptr+len` stays valid until the completion
+                // (the caller's rule-3 guarantee for this read).
+                unsafe { self.push_op(entry) };
+                Ok(())
+            }
+            Op::PollIn { fd } => {
+                self.start_poll(fd, token, libc::POLLIN as u32);
+                Ok(())
+            }
+            Op::Poll { fd, events } => {
+                self.start_poll(fd, token, events);
+                Ok(())
+            }
+        }
     }
 
     fn cancel(&mut self, _fd: RawFd, token: Token) {
-        if let Some(Op::Multi(op)) = self.ops.get_mut(&token.0) {
+        if let Some(Tracked::Multi(op)) = self.ops.get_mut(&token.0) {
             if op.cancelled {
                 return;
             }

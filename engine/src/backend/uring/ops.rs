@@ -5,11 +5,13 @@
 //! Every SQE for a loop operation carries the loop's [`Token`] as its
 //! `user_data`, so a completion names its op directly and a cancel needs no
 //! lookup. The table is consulted only when a multishot op ends or a slot is
-//! to be freed; it is a hash map keyed by the whole token (generation
-//! included), so an op of a closed handle can still be in flight while the
-//! reused slot's new op is tracked separately.
+//! to be freed; it is a hash map keyed by the whole token (the loop's op
+//! slot, generation and kind), and the loop gives every op its own token, so
+//! any number of ops, of any kinds, may be in flight on one fd.
+//!
+//! [`Token`]: super::super::Token
 
-use super::super::{OpKind, MAX_IOV};
+use super::super::MAX_IOV;
 use crate::sys::socket::{SockAddr, CONTROL_LEN};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -36,7 +38,17 @@ impl Hasher for TokenHasher {
     }
 }
 
-pub(super) type OpTable = HashMap<u64, Op, BuildHasherDefault<TokenHasher>>;
+pub(super) type OpTable = HashMap<u64, Tracked, BuildHasherDefault<TokenHasher>>;
+
+/// The persistent (multishot) op kinds. A type of their own, so that the
+/// SQE builder matches exactly these, exhaustively: a new multishot op
+/// cannot fall into another's arm.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) enum MultiKind {
+    Accept,
+    Recv,
+    RecvMsg,
+}
 
 /// Where a persistent op stands.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -53,14 +65,15 @@ pub(super) enum MultiState {
 #[derive(Copy, Clone, Debug)]
 pub(super) struct MultiOp {
     pub fd: RawFd,
-    pub kind: OpKind,
+    pub kind: MultiKind,
     pub state: MultiState,
     /// The loop asked to cancel it: never re-arm, end it with `-ECANCELED`.
     pub cancelled: bool,
 }
 
+/// What the table keeps for an op in flight.
 #[derive(Copy, Clone, Debug)]
-pub(super) enum Op {
+pub(super) enum Tracked {
     Multi(MultiOp),
     /// A one-shot op (sendmsg, connect) whose kernel-visible memory is slot `n`.
     Slot(u32),

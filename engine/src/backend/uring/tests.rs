@@ -5,7 +5,7 @@
 //! `SKIP: io_uring unavailable: <reason>` and passes, unless
 //! `UVRING_REQUIRE_IO_URING=1`, in which case it fails.
 
-use super::super::{parse_recvmsg, Backend, Completion, Driver, OpKind, PoolConfig, Token, RECVMSG_CONTROL_LEN};
+use super::super::{parse_recvmsg, Backend, Completion, Driver, Op, OpKind, PoolConfig, Token, RECVMSG_CONTROL_LEN};
 use super::Uring;
 use crate::sys::{self, socket};
 use std::io::Write;
@@ -67,6 +67,14 @@ fn wait_for(u: &mut Uring, t: Token, n: usize) -> Vec<Completion> {
     let (mine, others): (Vec<_>, Vec<_>) = all.into_iter().partition(|c| c.token == t);
     STASH.with(|s| *s.borrow_mut() = others);
     mine
+}
+
+/// Submits an op that lends no memory, for which rule 3 asks nothing
+/// (sends and reads are submitted with `unsafe` and their own reasons).
+fn submit(u: &mut Uring, t: Token, op: Op<'_>) -> crate::error::Result<()> {
+    assert!(!matches!(op, Op::Send { .. } | Op::Read { .. }), "{op:?} lends memory");
+    // SAFETY: checked above: the op lends no memory.
+    unsafe { u.submit(t, op) }
 }
 
 fn pair() -> (OwnedFd, OwnedFd) {
@@ -155,7 +163,7 @@ fn recv_multishot_continues_across_messages_then_eof() {
     let mut u = driver_or_skip!();
     let (a, b) = pair();
     let t = token(1, OpKind::Recv);
-    u.recv(a.as_raw_fd(), t).unwrap();
+    submit(&mut u, t, Op::Recv { fd: a.as_raw_fd() }).unwrap();
     let mut got = Vec::new();
     for i in 0..50u32 {
         let msg = format!("message {i};");
@@ -186,7 +194,7 @@ fn enobufs_rearms_and_the_stream_arrives_in_order() {
     writer.set_nonblocking(false).unwrap();
     writer.write_all(&data).unwrap();
     let t = token(2, OpKind::Recv);
-    u.recv(a.as_raw_fd(), t).unwrap();
+    submit(&mut u, t, Op::Recv { fd: a.as_raw_fd() }).unwrap();
 
     // Starve it first: poll without recycling. Only two buffers can be filled.
     let mut held = Vec::new();
@@ -225,7 +233,7 @@ fn cancel_of_a_starved_recv_still_completes() {
     let (a, b) = pair();
     sys::write(b.as_raw_fd(), &[1u8; 1000]).unwrap();
     let t = token(3, OpKind::Recv);
-    u.recv(a.as_raw_fd(), t).unwrap();
+    submit(&mut u, t, Op::Recv { fd: a.as_raw_fd() }).unwrap();
     let mut held = Vec::new();
     poll_until(&mut u, &mut held, |c| c.len() >= 2);
     // Let the ENOBUFS end arrive and be absorbed.
@@ -249,8 +257,12 @@ fn cancel_of_a_recv_gives_a_final_ecanceled() {
     let mut u = driver_or_skip!();
     let (a, _b) = pair();
     let t = token(4, OpKind::Recv);
-    u.recv(a.as_raw_fd(), t).unwrap();
-    assert_eq!(u.recv(a.as_raw_fd(), t).unwrap_err().errno(), Some(libc::EBUSY), "one op per token");
+    submit(&mut u, t, Op::Recv { fd: a.as_raw_fd() }).unwrap();
+    assert_eq!(
+        submit(&mut u, t, Op::Recv { fd: a.as_raw_fd() }).unwrap_err().errno(),
+        Some(libc::EBUSY),
+        "one op per token"
+    );
     let mut out = Vec::with_capacity(8);
     u.poll(0, &mut out).unwrap();
     assert!(out.is_empty());
@@ -268,7 +280,7 @@ fn accept_multishot_takes_several_connections() {
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let t = token(5, OpKind::Accept);
-    u.accept(listener.as_raw_fd(), t, true).unwrap();
+    submit(&mut u, t, Op::Accept { fd: listener.as_raw_fd(), exclusive: true }).unwrap();
     let clients: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let cs = wait_for(&mut u, t, 5);
     for c in &cs {
@@ -288,7 +300,7 @@ fn send_with_fds_and_recvmsg_receives_them_cloexec() {
     let mut u = driver_or_skip!();
     let (a, b) = pair();
     let rt = token(6, OpKind::RecvMsg);
-    u.recvmsg(b.as_raw_fd(), rt).unwrap();
+    submit(&mut u, rt, Op::RecvMsg { fd: b.as_raw_fd() }).unwrap();
 
     let (p0, p1) = sys::pipe().unwrap();
     let ev = sys::eventfd().unwrap();
@@ -300,8 +312,9 @@ fn send_with_fds_and_recvmsg_receives_them_cloexec() {
         libc::iovec { iov_base: tail.as_ptr() as *mut _, iov_len: tail.len() },
     ];
     let st = token(6, OpKind::Send);
-    // SAFETY: `head` and `tail` outlive the send's completion (awaited below).
-    unsafe { u.send(a.as_raw_fd(), st, &iov, &fds).unwrap() };
+    // SAFETY: `head` and `tail` outlive the send's completion (awaited below),
+    // and the three fds stay open until then.
+    unsafe { u.submit(st, Op::Send { fd: a.as_raw_fd(), iov: &iov, fds: &fds }).unwrap() };
     let sent = wait_for(&mut u, st, 1);
     assert_eq!((sent[0].res, sent[0].more), (9, false));
 
@@ -338,7 +351,7 @@ fn send_one_iovec_reaches_the_peer() {
     let iov = [libc::iovec { iov_base: msg.as_ptr() as *mut _, iov_len: msg.len() }];
     let t = token(7, OpKind::Send);
     // SAFETY: `msg` outlives the completion (awaited below).
-    unsafe { u.send(a.as_raw_fd(), t, &iov, &[]).unwrap() };
+    unsafe { u.submit(t, Op::Send { fd: a.as_raw_fd(), iov: &iov, fds: &[] }).unwrap() };
     let cs = wait_for(&mut u, t, 1);
     assert_eq!((cs[0].res, cs[0].more), (msg.len() as i32, false));
     let mut buf = [0u8; 64];
@@ -355,7 +368,7 @@ fn send_to_a_closed_peer_is_epipe_not_sigpipe() {
     let iov = [libc::iovec { iov_base: msg.as_ptr() as *mut _, iov_len: 1 }];
     let t = token(8, OpKind::Send);
     // SAFETY: `msg` outlives the completion (awaited below).
-    unsafe { u.send(a.as_raw_fd(), t, &iov, &[]).unwrap() };
+    unsafe { u.submit(t, Op::Send { fd: a.as_raw_fd(), iov: &iov, fds: &[] }).unwrap() };
     let cs = wait_for(&mut u, t, 1);
     assert_eq!(cs[0].res, -libc::EPIPE);
 }
@@ -365,7 +378,7 @@ fn too_many_fds_set_msg_ctrunc() {
     let mut u = driver_or_skip!();
     let (a, b) = pair();
     let rt = token(9, OpKind::RecvMsg);
-    u.recvmsg(b.as_raw_fd(), rt).unwrap();
+    submit(&mut u, rt, Op::RecvMsg { fd: b.as_raw_fd() }).unwrap();
 
     // 70 fds need more control space than RECVMSG_CONTROL_LEN (64 fds).
     let null = sys::open_dev_null().unwrap();
@@ -418,7 +431,7 @@ fn connect_to_a_closed_port_is_refused() {
     let s = socket::stream_socket(libc::AF_INET).unwrap();
     let t = token(10, OpKind::Connect);
     // A stack address: the driver must copy it.
-    u.connect(s.as_raw_fd(), t, &socket::SockAddr::from_std(&port)).unwrap();
+    submit(&mut u, t, Op::Connect { fd: s.as_raw_fd(), addr: &socket::SockAddr::from_std(&port) }).unwrap();
     let cs = wait_for(&mut u, t, 1);
     assert_eq!((cs[0].res, cs[0].more), (-libc::ECONNREFUSED, false));
 }
@@ -429,12 +442,13 @@ fn connect_then_send_and_recv_over_tcp() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let s = socket::stream_socket(libc::AF_INET).unwrap();
     let t = token(11, OpKind::Connect);
-    u.connect(s.as_raw_fd(), t, &socket::SockAddr::from_std(&listener.local_addr().unwrap())).unwrap();
+    let addr = socket::SockAddr::from_std(&listener.local_addr().unwrap());
+    submit(&mut u, t, Op::Connect { fd: s.as_raw_fd(), addr: &addr }).unwrap();
     let cs = wait_for(&mut u, t, 1);
     assert_eq!(cs[0].res, 0);
     let (mut peer, _) = listener.accept().unwrap();
     let rt = token(11, OpKind::Recv);
-    u.recv(s.as_raw_fd(), rt).unwrap();
+    submit(&mut u, rt, Op::Recv { fd: s.as_raw_fd() }).unwrap();
     peer.write_all(b"over tcp").unwrap();
     let cs = wait_for(&mut u, rt, 1);
     let mut got = Vec::new();
@@ -452,7 +466,7 @@ fn read_on_an_eventfd() {
     let mut value = Box::new(0u64);
     let t = token(12, OpKind::Read);
     // SAFETY: `value` is boxed and outlives the completion (awaited below).
-    unsafe { u.read(ev.as_raw_fd(), t, (&mut *value as *mut u64).cast(), 8).unwrap() };
+    unsafe { u.submit(t, Op::Read { fd: ev.as_raw_fd(), ptr: (&mut *value as *mut u64).cast(), len: 8 }).unwrap() };
     let mut out = Vec::with_capacity(4);
     u.poll(0, &mut out).unwrap();
     assert!(out.is_empty(), "nothing signalled yet");
@@ -468,7 +482,7 @@ fn poll_in_reports_readable() {
     let mut u = driver_or_skip!();
     let (r, w) = sys::pipe().unwrap();
     let t = token(13, OpKind::PollIn);
-    u.poll_in(r.as_raw_fd(), t).unwrap();
+    submit(&mut u, t, Op::PollIn { fd: r.as_raw_fd() }).unwrap();
     sys::write(w.as_raw_fd(), b"!").unwrap();
     let cs = wait_for(&mut u, t, 1);
     assert!(cs[0].res & libc::POLLIN as i32 != 0 && !cs[0].more, "{:?}", cs[0]);
@@ -500,7 +514,7 @@ fn no_completion_is_lost_past_sq_and_cq_capacity() {
     sys::write(w.as_raw_fd(), b"!").unwrap();
     const N: usize = 6000;
     for i in 0..N {
-        u.poll_in(r.as_raw_fd(), token(i, OpKind::PollIn)).unwrap();
+        submit(&mut u, token(i, OpKind::PollIn), Op::PollIn { fd: r.as_raw_fd() }).unwrap();
     }
     let mut seen = vec![false; N];
     let mut count = 0;
@@ -531,12 +545,12 @@ fn multishot_ended_by_cq_overflow_is_rearmed_transparently() {
     let mut u = driver_or_skip!();
     let (a, b) = pair();
     let rt = token(50, OpKind::Recv);
-    u.recv(a.as_raw_fd(), rt).unwrap();
+    submit(&mut u, rt, Op::Recv { fd: a.as_raw_fd() }).unwrap();
     let (r, w) = sys::pipe().unwrap();
     sys::write(w.as_raw_fd(), b"!").unwrap();
     const FILL: usize = 4200;
     for i in 0..FILL {
-        u.poll_in(r.as_raw_fd(), token(1000 + i, OpKind::PollIn)).unwrap();
+        submit(&mut u, token(1000 + i, OpKind::PollIn), Op::PollIn { fd: r.as_raw_fd() }).unwrap();
     }
     let mut none: Vec<Completion> = Vec::new();
     u.poll(0, &mut none).unwrap();
@@ -573,7 +587,7 @@ fn out_capacity_bounds_each_poll() {
     let iov = [libc::iovec { iov_base: msg.as_ptr() as *mut _, iov_len: msg.len() }];
     for i in 0..10 {
         // SAFETY: `msg` outlives every completion (all awaited below).
-        unsafe { u.send(a.as_raw_fd(), token(100 + i, OpKind::Send), &iov, &[]).unwrap() };
+        unsafe { u.submit(token(100 + i, OpKind::Send), Op::Send { fd: a.as_raw_fd(), iov: &iov, fds: &[] }).unwrap() };
     }
     let mut out = Vec::with_capacity(3);
     let mut total = 0;
@@ -590,14 +604,73 @@ fn out_capacity_bounds_each_poll() {
 }
 
 #[test]
+fn two_polls_of_one_fd_complete_with_their_own_tokens() {
+    // Several ops of one kind in flight on one fd, as one handle may now
+    // have: each is its own request, and cancelling one leaves the other.
+    let mut u = driver_or_skip!();
+    let (r, w) = sys::pipe().unwrap();
+    let fd = r.as_raw_fd();
+    let (t1, t2, t3) = (token(70, OpKind::Poll), token(71, OpKind::Poll), token(72, OpKind::Poll));
+    for t in [t1, t2, t3] {
+        submit(&mut u, t, Op::Poll { fd, events: libc::POLLIN as u32 }).unwrap();
+    }
+    u.cancel(fd, t2);
+    assert!(wait_for(&mut u, t2, 1).iter().all(|c| (c.res, c.more) == (-libc::ECANCELED, false)));
+    sys::write(w.as_raw_fd(), b"!").unwrap();
+    for t in [t1, t3] {
+        let cs = wait_for(&mut u, t, 1);
+        assert_eq!(cs.len(), 1, "{cs:?}");
+        assert!(cs[0].res & libc::POLLIN as i32 != 0 && !cs[0].more, "{:?}", cs[0]);
+    }
+    let mut out = Vec::with_capacity(8);
+    u.poll(20, &mut out).unwrap();
+    assert!(out.is_empty(), "one final completion per op: {out:?}");
+}
+
+#[test]
+fn two_sends_on_one_socket_complete_with_their_own_tokens() {
+    let mut u = driver_or_skip!();
+    let (a, b) = pair();
+    let (first, second) = (b"first ".to_vec(), b"second".to_vec());
+    let null = sys::open_dev_null().unwrap();
+    let iov1 = [libc::iovec { iov_base: first.as_ptr() as *mut _, iov_len: first.len() }];
+    let iov2 = [libc::iovec { iov_base: second.as_ptr() as *mut _, iov_len: second.len() }];
+    let (t1, t2) = (token(80, OpKind::Send), token(81, OpKind::Send));
+    // SAFETY: both buffers outlive the completions (awaited below), and
+    // `null` stays open until then. One send with an fd takes a slot, one
+    // without does not: both paths run side by side.
+    unsafe {
+        u.submit(t1, Op::Send { fd: a.as_raw_fd(), iov: &iov1, fds: &[] }).unwrap();
+        u.submit(t2, Op::Send { fd: a.as_raw_fd(), iov: &iov2, fds: &[null.as_raw_fd()] }).unwrap();
+    }
+    let c1 = wait_for(&mut u, t1, 1);
+    let c2 = wait_for(&mut u, t2, 1);
+    assert_eq!((c1[0].res, c1[0].more), (first.len() as i32, false));
+    assert_eq!((c2[0].res, c2[0].more), (second.len() as i32, false));
+    let mut buf = [0u8; 64];
+    let mut control = [0u8; RECVMSG_CONTROL_LEN];
+    let (mut n, mut fds) = (0, Vec::new());
+    while n < 12 {
+        let (got, _flags, controllen) = socket::recvmsg(b.as_raw_fd(), &mut buf[n..], &mut control).unwrap();
+        assert!(got > 0);
+        n += got;
+        socket::for_each_rights_fd(&control[..controllen], |fd| fds.push(fd));
+    }
+    // Two requests in flight are not ordered against each other (no link).
+    assert!(&buf[..n] == b"first second" || &buf[..n] == b"secondfirst ", "{:?}", &buf[..n]);
+    assert_eq!(fds.len(), 1, "the second send's fd arrived");
+    fds.into_iter().for_each(sys::close);
+}
+
+#[test]
 fn dropping_the_driver_with_ops_in_flight_is_clean() {
     let mut u = driver_or_skip!();
     let (a, _b) = pair();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    u.recv(a.as_raw_fd(), token(20, OpKind::Recv)).unwrap();
-    u.recvmsg(a.as_raw_fd(), token(20, OpKind::RecvMsg)).unwrap();
-    u.accept(listener.as_raw_fd(), token(21, OpKind::Accept), false).unwrap();
+    submit(&mut u, token(20, OpKind::Recv), Op::Recv { fd: a.as_raw_fd() }).unwrap();
+    submit(&mut u, token(20, OpKind::RecvMsg), Op::RecvMsg { fd: a.as_raw_fd() }).unwrap();
+    submit(&mut u, token(21, OpKind::Accept), Op::Accept { fd: listener.as_raw_fd(), exclusive: false }).unwrap();
     let mut out = Vec::with_capacity(8);
     u.poll(0, &mut out).unwrap();
     let t0 = Instant::now();
@@ -609,7 +682,7 @@ fn dropping_the_driver_with_ops_in_flight_is_clean() {
 /// set; otherwise a plain pass-through to the system allocator. (The only
 /// `#[global_allocator]` of the engine's unit-test binary; other modules
 /// may use `count_allocs` too.)
-mod alloc_count {
+pub(crate) mod alloc_count {
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::cell::Cell;
 
@@ -680,24 +753,26 @@ fn hot_paths_do_not_allocate_after_warm_up() {
     let rt = token(30, OpKind::Recv);
     let mt = token(31, OpKind::RecvMsg);
     let at = token(32, OpKind::Accept);
-    u.recv(b.as_raw_fd(), rt).unwrap();
-    u.recvmsg(d.as_raw_fd(), mt).unwrap();
-    u.accept(listener.as_raw_fd(), at, false).unwrap();
+    submit(&mut u, rt, Op::Recv { fd: b.as_raw_fd() }).unwrap();
+    submit(&mut u, mt, Op::RecvMsg { fd: d.as_raw_fd() }).unwrap();
+    submit(&mut u, at, Op::Accept { fd: listener.as_raw_fd(), exclusive: false }).unwrap();
 
     // One round of every hot operation; returns when all have completed.
     let round = |u: &mut Uring, out: &mut Vec<Completion>, evbuf: &mut u64| {
         let iov1 = [libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() }];
         let iov2 = [iov1[0], iov1[0]];
         let fds = [null.as_raw_fd()];
-        // SAFETY: `payload` outlives every send (all awaited in this round).
+        // SAFETY: `payload` outlives every send and the eventfd read lands in
+        // `evbuf`, all awaited in this round; `null` stays open throughout.
         unsafe {
-            u.send(a.as_raw_fd(), token(40, OpKind::Send), &iov1, &[]).unwrap();
-            u.send(c.as_raw_fd(), token(41, OpKind::Send), &iov2, &fds).unwrap();
-            u.read(ev.as_raw_fd(), token(42, OpKind::Read), (evbuf as *mut u64).cast(), 8).unwrap();
+            u.submit(token(40, OpKind::Send), Op::Send { fd: a.as_raw_fd(), iov: &iov1, fds: &[] }).unwrap();
+            u.submit(token(41, OpKind::Send), Op::Send { fd: c.as_raw_fd(), iov: &iov2, fds: &fds }).unwrap();
+            u.submit(token(42, OpKind::Read), Op::Read { fd: ev.as_raw_fd(), ptr: (evbuf as *mut u64).cast(), len: 8 })
+                .unwrap();
         }
         sys::eventfd_signal(ev.as_raw_fd());
         let s = socket::stream_socket(libc::AF_INET).unwrap();
-        u.connect(s.as_raw_fd(), token(43, OpKind::Connect), &laddr).unwrap();
+        submit(u, token(43, OpKind::Connect), Op::Connect { fd: s.as_raw_fd(), addr: &laddr }).unwrap();
         // Cancel and re-arm the stream recv, as stop/start reading does.
         u.cancel(b.as_raw_fd(), rt);
         let (mut recv_bytes, mut msg_bytes, mut oneshots, mut accepted, mut cancelled) = (0, 0, 0, 0, false);
@@ -712,7 +787,7 @@ fn hot_paths_do_not_allocate_after_warm_up() {
                         if !c.more {
                             assert_eq!(c.res, -libc::ECANCELED);
                             cancelled = true;
-                            u.recv(b.as_raw_fd(), rt).unwrap();
+                            submit(u, rt, Op::Recv { fd: b.as_raw_fd() }).unwrap();
                         } else {
                             recv_bytes += c.res as usize;
                         }
@@ -765,9 +840,9 @@ fn cancelled_accept_does_not_strand_a_claimed_connection() {
     let addr = listener.local_addr().unwrap();
     let (ta, tb) = (token(60, OpKind::Accept), token(61, OpKind::Accept));
     let mut out = Vec::with_capacity(8);
-    a.accept(listener.as_raw_fd(), ta, true).unwrap();
+    submit(&mut a, ta, Op::Accept { fd: listener.as_raw_fd(), exclusive: true }).unwrap();
     a.poll(0, &mut out).unwrap();
-    b.accept(listener.as_raw_fd(), tb, true).unwrap();
+    submit(&mut b, tb, Op::Accept { fd: listener.as_raw_fd(), exclusive: true }).unwrap();
     b.poll(0, &mut out).unwrap();
     assert!(out.is_empty());
     let client = TcpStream::connect(addr).unwrap();
@@ -814,9 +889,9 @@ fn a_cancelled_accept_stops_claiming_connections_at_once() {
     let addr = listener.local_addr().unwrap();
     let (ta, tb) = (token(62, OpKind::Accept), token(63, OpKind::Accept));
     let mut out = Vec::with_capacity(8);
-    a.accept(listener.as_raw_fd(), ta, true).unwrap();
+    submit(&mut a, ta, Op::Accept { fd: listener.as_raw_fd(), exclusive: true }).unwrap();
     a.poll(0, &mut out).unwrap();
-    b.accept(listener.as_raw_fd(), tb, true).unwrap();
+    submit(&mut b, tb, Op::Accept { fd: listener.as_raw_fd(), exclusive: true }).unwrap();
     b.poll(0, &mut out).unwrap();
     a.cancel(listener.as_raw_fd(), ta);
     let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();

@@ -1,0 +1,163 @@
+//! Operation descriptions: what the loop asks a backend to do.
+//!
+//! An [`Op`] names one operation and carries its arguments; the loop hands
+//! it to [`Driver::submit`](super::Driver::submit) with the [`Token`] that
+//! its completions will carry. Adding an op kind means adding a variant here
+//! (and its kind to [`OpKind`]): every driver matches ops and kinds
+//! exhaustively, so each one fails to compile until it handles the new op.
+
+use crate::sys::socket::SockAddr;
+use std::os::fd::RawFd;
+
+/// Declares [`OpKind`] and its decoding from a token's kind byte from one
+/// list, so a new kind cannot be forgotten in `from_u8`.
+macro_rules! op_kinds {
+    ($($(#[$doc:meta])* $name:ident = $value:literal,)*) => {
+        /// What kind of operation a token belongs to.
+        #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub(crate) enum OpKind {
+            $($(#[$doc])* $name = $value,)*
+        }
+
+        impl OpKind {
+            /// The kind whose byte is `v`; `None` for 0 (backend-internal
+            /// operations) and unknown bytes.
+            pub(crate) fn from_u8(v: u8) -> Option<OpKind> {
+                match v {
+                    $($value => Some(OpKind::$name),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+op_kinds! {
+    /// Persistent: accept connections.
+    Accept = 1,
+    /// Persistent: receive stream bytes into pool buffers.
+    Recv = 2,
+    /// Persistent: receive recvmsg records (with `SCM_RIGHTS` fds).
+    RecvMsg = 3,
+    /// One-shot: send bytes, maybe with fds.
+    Send = 4,
+    /// One-shot: connect a socket.
+    Connect = 5,
+    /// One-shot: `read(2)` into memory the loop lends.
+    Read = 6,
+    /// One-shot: wait until an fd is readable (a pidfd).
+    PollIn = 7,
+    /// One-shot: a poll watcher's readiness poll.
+    Poll = 8,
+}
+
+/// One operation for [`Driver::submit`](super::Driver::submit), with its
+/// arguments. What each op does, and what its completions carry, is in the
+/// contract (`super`, "The operations").
+#[derive(Copy, Clone, Debug)]
+pub(crate) enum Op<'a> {
+    /// Accept connections on the listening socket `fd`. `exclusive` asks that
+    /// only one of several processes sharing the socket wakes per connection
+    /// (`EPOLLEXCLUSIVE`; io_uring's accept is exclusive already).
+    Accept { fd: RawFd, exclusive: bool },
+    /// Receive stream bytes into pool buffers; `res == 0` is EOF, final.
+    Recv { fd: RawFd },
+    /// As `Recv`, each buffer holding a recvmsg record with any `SCM_RIGHTS`
+    /// fds (received `CLOEXEC`); see [`parse_recvmsg`](super::parse_recvmsg).
+    RecvMsg { fd: RawFd },
+    /// Send `iov` (at most [`MAX_IOV`](super::MAX_IOV) entries) with
+    /// `MSG_NOSIGNAL`, attaching `fds` (at most
+    /// [`MAX_FDS_PER_MSG`](crate::sys::socket::MAX_FDS_PER_MSG)) as one
+    /// `SCM_RIGHTS` message if non-empty. The result may be a short count;
+    /// the fds went with the first byte if `res > 0`.
+    Send { fd: RawFd, iov: &'a [libc::iovec], fds: &'a [RawFd] },
+    /// Connect the non-blocking socket `fd` to `addr`; 0 or `-errno`.
+    Connect { fd: RawFd, addr: &'a SockAddr },
+    /// `read(2)` from a non-socket fd (eventfd, signal pipe) into
+    /// `ptr..ptr + len`.
+    Read { fd: RawFd, ptr: *mut u8, len: usize },
+    /// Complete when `fd` is readable (a pidfd).
+    PollIn { fd: RawFd },
+    /// Complete when `fd` (which the loop may not own) has any of `events`
+    /// (`POLLIN`, `POLLOUT`, `POLLRDHUP`, `POLLPRI`); `res` is the `poll(2)`
+    /// revents (`POLLERR` and `POLLHUP` are always reported).
+    Poll { fd: RawFd, events: u32 },
+}
+
+impl Op<'_> {
+    /// The op's kind, as its token must name it.
+    pub(crate) fn kind(&self) -> OpKind {
+        match self {
+            Op::Accept { .. } => OpKind::Accept,
+            Op::Recv { .. } => OpKind::Recv,
+            Op::RecvMsg { .. } => OpKind::RecvMsg,
+            Op::Send { .. } => OpKind::Send,
+            Op::Connect { .. } => OpKind::Connect,
+            Op::Read { .. } => OpKind::Read,
+            Op::PollIn { .. } => OpKind::PollIn,
+            Op::Poll { .. } => OpKind::Poll,
+        }
+    }
+}
+
+/// Tags an operation: op slot index (24 bits), op generation (32 bits), op
+/// kind (8 bits). Fits io_uring's `user_data` and epoll's `u64`. The loop
+/// gives every op it submits its own token (an entry of its op table), so a
+/// completion names one op, never a handle's "recv" or "send" in general.
+/// Zero is never a valid token (kinds start at 1); backends may use values
+/// with kind 0 for their own internal operations.
+#[derive(Copy, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Token(pub u64);
+
+impl Token {
+    pub const INDEX_BITS: u32 = 24;
+    pub const MAX_INDEX: usize = (1 << Self::INDEX_BITS) - 1;
+
+    pub fn new(index: usize, generation: u32, kind: OpKind) -> Token {
+        debug_assert!(index <= Self::MAX_INDEX);
+        Token(((index as u64) << 40) | ((generation as u64) << 8) | kind as u64)
+    }
+    /// The op table slot.
+    pub fn index(self) -> usize {
+        (self.0 >> 40) as usize
+    }
+    /// The op table slot's generation when the op was submitted.
+    pub fn generation(self) -> u32 {
+        (self.0 >> 8) as u32
+    }
+    pub fn kind(self) -> Option<OpKind> {
+        OpKind::from_u8(self.0 as u8)
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({}#{} {:?})", self.index(), self.generation(), self.kind())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_fields_round_trip() {
+        let kinds = [
+            OpKind::Accept,
+            OpKind::Recv,
+            OpKind::RecvMsg,
+            OpKind::Send,
+            OpKind::Connect,
+            OpKind::Read,
+            OpKind::PollIn,
+            OpKind::Poll,
+        ];
+        for (i, &k) in kinds.iter().enumerate() {
+            let t = Token::new(Token::MAX_INDEX - i, u32::MAX - i as u32, k);
+            assert_eq!((t.index(), t.generation(), t.kind()), (Token::MAX_INDEX - i, u32::MAX - i as u32, Some(k)));
+            assert_ne!(t.0, 0);
+        }
+        assert_eq!(Token(0).kind(), None, "kind byte 0 is the backends' own");
+    }
+}
