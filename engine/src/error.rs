@@ -33,6 +33,12 @@ impl Error {
     pub const INVALID_STATE: Error = Error(-5, None);
     /// A received control message was truncated (`MSG_CTRUNC`): fds were lost by the kernel.
     pub const CONTROL_TRUNCATED: Error = Error(-6, None);
+    /// A work item's function panicked on its pool thread (the panic was
+    /// caught; the pool lives on).
+    pub const WORK_PANICKED: Error = Error(-7, None);
+    /// The request id is stale: its completion has run (and its entry may
+    /// have been reused).
+    pub const STALE_REQUEST: Error = Error(-8, None);
 
     pub const ECANCELED: Error = Error(libc::ECANCELED, None);
     pub const EAGAIN: Error = Error(libc::EAGAIN, None);
@@ -105,6 +111,8 @@ impl Error {
             -4 => "backend unavailable",
             -5 => "invalid state for this operation",
             -6 => "control message truncated (MSG_CTRUNC): file descriptors were dropped",
+            -7 => "the work function panicked",
+            -8 => "stale request (already completed)",
             _ => return None,
         })
     }

@@ -117,6 +117,8 @@ pub(crate) enum Kind<D> {
     Hook(HookState<D>),
     Process(crate::process::ProcessState<D>),
     Poll(PollState<D>),
+    /// Internal: reads the eventfd the work pool signals.
+    WorkWake(crate::work::WakeState),
 }
 
 pub(crate) struct Slot<D> {
@@ -158,6 +160,8 @@ pub(crate) enum Pending {
     Injected(Stream),
     /// A listen hook reported a late listen error.
     ListenFailed(Stream, crate::error::Error),
+    /// A work item was cancelled before it started: run its `done`.
+    WorkCancelled(crate::work::Work),
 }
 
 /// A libuv-style event loop over the user's state `D` (see the crate docs):
@@ -168,6 +172,8 @@ pub struct Loop<D = ()> {
     pub(crate) pool: Rc<backend::BufPool>,
     pub(crate) slots: Slab<Slot<D>>,
     next_generation: u32,
+    /// Work-pool items in flight and their completion queue.
+    pub(crate) work: crate::work::WorkQueue<D>,
     /// Operations in the backend, by token index (entries are reused, so
     /// submitting allocates nothing after warm-up).
     pub(crate) ops: Slab<OpEntry>,
@@ -183,7 +189,7 @@ pub struct Loop<D = ()> {
     completions: Vec<Completion>,
     /// Ref'd, active, non-internal handles.
     active_handles: usize,
-    /// In-flight requests (writes, connects, shutdowns).
+    /// In-flight requests (writes, connects, shutdowns, work items).
     pub(crate) active_reqs: usize,
     stop_flag: bool,
     running: bool,
@@ -234,6 +240,7 @@ impl<D> Loop<D> {
             pool,
             slots: Slab::with_capacity(1024),
             next_generation: 1,
+            work: Default::default(),
             ops: Slab::with_capacity(1024),
             next_op_generation: 1,
             timers: TimerHeap::with_capacity(256),
@@ -588,6 +595,7 @@ impl<D> Loop<D> {
             }
             Kind::Process(_) => self.process_close(h),
             Kind::Poll(_) => self.poll_close(h),
+            Kind::WorkWake(_) => self.work_wake_close(h),
         }
         self.closing.push(h);
         Ok(())
@@ -617,7 +625,7 @@ impl<D> Loop<D> {
             Kind::Stream(st) if st.ty == StreamType::Tcp => HandleType::Tcp,
             Kind::Stream(_) => HandleType::Pipe,
             Kind::Timer(_) => HandleType::Timer,
-            Kind::Async(_) => HandleType::Async,
+            Kind::Async(_) | Kind::WorkWake(_) => HandleType::Async,
             Kind::Signal(_) | Kind::SignalPipe(_) => HandleType::Signal,
             Kind::Hook(_) => HandleType::Hook,
             Kind::Process(_) => HandleType::Process,
@@ -693,6 +701,7 @@ impl<D> Loop<D> {
                 Pending::ListenStopped(s) => self.listen_stopped(s, d),
                 Pending::Injected(s) => self.deliver_injected(s, d),
                 Pending::ListenFailed(s, e) => self.deliver_listen_failed(s, e, d),
+                Pending::WorkCancelled(w) => self.work_deliver(w, None, d),
             }
         }
         n > 0

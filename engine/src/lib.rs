@@ -60,6 +60,7 @@ mod signal;
 mod stream;
 mod sys;
 mod timer;
+mod work;
 
 pub use async_handle::AsyncSender;
 pub use backend::{Backend, PoolConfig, MAX_ACCEPTS_PER_WAKEUP, MAX_READS_PER_WAKEUP};
@@ -75,3 +76,4 @@ pub use hook::HookKind;
 pub use pipe::FdBatch;
 pub use process::{ProcessOptions, Stdio};
 pub use stream::{ListenHook, StreamType, TCP_IPV6ONLY, TCP_REUSEPORT};
+pub use work::{threadpool_size, Work, DEFAULT_THREADPOOL_SIZE, MAX_THREADPOOL_SIZE};
