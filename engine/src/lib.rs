@@ -48,6 +48,7 @@ pub struct ReadmeDoctests;
 
 mod async_handle;
 mod backend;
+mod dns;
 mod error;
 mod event_loop;
 mod handle;
@@ -64,6 +65,7 @@ mod work;
 
 pub use async_handle::AsyncSender;
 pub use backend::{Backend, PoolConfig, MAX_ACCEPTS_PER_WAKEUP, MAX_READS_PER_WAKEUP};
+pub use dns::{AddrInfoFlags, AddrInfoHints, AddressFamily, NameInfoFlags, SocketKind};
 pub use error::{Error, Result};
 pub use event_loop::{HandleType, Loop, LoopOptions, RunMode};
 pub use handle::{

@@ -7,6 +7,7 @@
 
 #![allow(unsafe_code)]
 
+pub mod dns;
 pub mod process;
 pub mod signal;
 pub mod socket;
