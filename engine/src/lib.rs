@@ -51,6 +51,7 @@ mod backend;
 mod dns;
 mod error;
 mod event_loop;
+mod fs;
 mod handle;
 mod hook;
 pub mod os;
@@ -68,6 +69,7 @@ pub use backend::{Backend, PoolConfig, MAX_ACCEPTS_PER_WAKEUP, MAX_READS_PER_WAK
 pub use dns::{AddrInfoFlags, AddrInfoHints, AddressFamily, NameInfoFlags, SocketKind};
 pub use error::{Error, Result};
 pub use event_loop::{HandleType, Loop, LoopOptions, RunMode};
+pub use fs::{CopyFlags, DirEntry, FileKind, FileStat, FsRequest, OpenFlags};
 pub use handle::{
     Async, HandleId, Hook, ListenerHandle, OnAsync, OnClose, OnConnect, OnConnection, OnExit, OnHook, OnListenStop,
     OnPoll, OnRead, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle, PipeListener, PipeSocket, PipeStream, Poll,

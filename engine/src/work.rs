@@ -102,10 +102,30 @@ fn parse_size(value: Option<&str>) -> usize {
 
 // ---- the job: what a pool thread runs ---------------------------------------
 
-/// A type-erased work item with room for its result; it travels to a pool
+/// What a pool thread runs: the engine's own requests (file operations)
+/// are tasks whose state comes back to the loop with the result, so a
+/// buffer lent to a task is returned even when the task is cancelled.
+pub(crate) trait Task: Send + 'static {
+    type Output: Send + 'static;
+    fn run(&mut self) -> Self::Output;
+}
+
+/// A user's `work` closure as a task.
+struct FnTask<F>(Option<F>);
+
+impl<F: FnOnce() -> T + Send + 'static, T: Send + 'static> Task for FnTask<F> {
+    type Output = T;
+    fn run(&mut self) -> T {
+        // `Job::run` runs a task at most once.
+        let f = self.0.take().expect("a work item runs once");
+        f()
+    }
+}
+
+/// A type-erased task with room for its result; it travels to a pool
 /// thread and back in one box.
 pub(crate) trait Job: Send {
-    /// Runs the work (once), keeping its result; a panic is caught and kept
+    /// Runs the task (once), keeping its result; a panic is caught and kept
     /// as such, so the pool thread lives on and the loop still hears back.
     fn run(&mut self);
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
@@ -117,15 +137,15 @@ enum Outcome<T> {
     Panicked,
 }
 
-struct WorkJob<F, T> {
-    work: Option<F>,
-    outcome: Outcome<T>,
+struct TaskJob<K: Task> {
+    task: K,
+    outcome: Outcome<K::Output>,
 }
 
-impl<F: FnOnce() -> T + Send + 'static, T: Send + 'static> Job for WorkJob<F, T> {
+impl<K: Task> Job for TaskJob<K> {
     fn run(&mut self) {
-        if let Some(f) = self.work.take() {
-            self.outcome = match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        if let Outcome::NotRun = self.outcome {
+            self.outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| self.task.run())) {
                 Ok(v) => Outcome::Done(v),
                 Err(_) => Outcome::Panicked,
             };
@@ -136,9 +156,8 @@ impl<F: FnOnce() -> T + Send + 'static, T: Send + 'static> Job for WorkJob<F, T>
     }
 }
 
-/// What `done` receives: the job back (run, or not if its thread never got
-/// it), or `None` when it was cancelled before it started.
-pub(crate) type DoneFn<D> = Box<dyn FnOnce(&mut Loop<D>, &mut D, Option<Box<dyn Job>>)>;
+/// What `done` receives: the job back, run or (cancelled) not.
+pub(crate) type DoneFn<D> = Box<dyn FnOnce(&mut Loop<D>, &mut D, Box<dyn Job>)>;
 
 // ---- the pool -----------------------------------------------------------------
 
@@ -306,6 +325,8 @@ impl Pool {
 struct WorkEntry<D> {
     generation: u32,
     done: Option<DoneFn<D>>,
+    /// A job cancelled before it started, until its `done` runs.
+    cancelled: Option<Box<dyn Job>>,
 }
 
 /// A loop's work items: the `done` of each item in flight, and the
@@ -359,27 +380,36 @@ impl<D> Loop<D> {
         T: Send + 'static,
         G: FnOnce(&mut Loop<D>, &mut D, Result<T>) + 'static,
     {
-        let job: Box<dyn Job> = Box::new(WorkJob { work: Some(work), outcome: Outcome::NotRun });
-        let done: DoneFn<D> = Box::new(move |lp: &mut Loop<D>, d: &mut D, job: Option<Box<dyn Job>>| {
-            let res = match job.map(|j| j.into_any().downcast::<WorkJob<F, T>>()) {
-                Some(Ok(j)) => match j.outcome {
-                    Outcome::Done(v) => Ok(v),
-                    Outcome::Panicked => Err(Error::WORK_PANICKED),
-                    Outcome::NotRun => Err(Error::ECANCELED),
-                },
-                // The job is the one made above; no other type comes back.
-                Some(Err(_)) => Err(Error::INVALID_STATE),
-                None => Err(Error::ECANCELED),
+        self.queue_task(FnTask(Some(work)), move |lp, d, _, res| done(lp, d, res))
+    }
+
+    /// Queues a task; `done` gets the task back with its result (or
+    /// `ECANCELED`, `WORK_PANICKED`).
+    pub(crate) fn queue_task<K, G>(&mut self, task: K, done: G) -> Result<Work>
+    where
+        K: Task,
+        G: FnOnce(&mut Loop<D>, &mut D, K, Result<K::Output>) + 'static,
+    {
+        let job: Box<dyn Job> = Box::new(TaskJob { task, outcome: Outcome::NotRun });
+        let done: DoneFn<D> = Box::new(move |lp: &mut Loop<D>, d: &mut D, job: Box<dyn Job>| {
+            // The job is the one made above: no other type comes back.
+            let Ok(job) = job.into_any().downcast::<TaskJob<K>>() else { return };
+            let TaskJob { task, outcome } = *job;
+            let res = match outcome {
+                Outcome::Done(v) => Ok(v),
+                Outcome::Panicked => Err(Error::WORK_PANICKED),
+                Outcome::NotRun => Err(Error::ECANCELED),
             };
-            done(lp, d, res)
+            done(lp, d, task, res)
         });
         self.submit_job(job, done)
     }
 
     /// Cancels an item that no pool thread has started (`uv_cancel`): its
     /// `done` runs from the next pending phase with `Err(ECANCELED)`, and
-    /// its `work` is dropped unrun. `EBUSY` if it has started, finished or
-    /// was cancelled already; [`Error::STALE_REQUEST`] once its `done` ran.
+    /// its `work` never runs (it is dropped after `done`). `EBUSY` if it
+    /// has started, finished or was cancelled already;
+    /// [`Error::STALE_REQUEST`] once its `done` ran.
     pub fn cancel_work(&mut self, w: Work) -> Result<()> {
         match self.work.entries.get(w.index as usize) {
             Some(e) if e.generation == w.generation => {}
@@ -387,8 +417,11 @@ impl<D> Loop<D> {
         }
         let (Some(c), Some(pool)) = (&self.work.completions, current_pool()) else { return Err(Error::EBUSY) };
         let Some(item) = pool.take(c, w.index, w.generation) else { return Err(Error::EBUSY) };
-        // The unrun closure is dropped here, on the loop's thread.
-        drop(item);
+        // The unrun job waits in its entry for `done` (which gets its task
+        // back, buffers included).
+        if let Some(e) = self.work.entries.get_mut(w.index as usize) {
+            e.cancelled = Some(item.job);
+        }
         self.push_pending(Pending::WorkCancelled(w));
         Ok(())
     }
@@ -409,7 +442,7 @@ impl<D> Loop<D> {
         }
         let generation = self.work.next_generation;
         self.work.next_generation = self.work.next_generation.wrapping_add(1).max(1);
-        let index = self.work.entries.insert(WorkEntry { generation, done: Some(done) }) as u32;
+        let index = self.work.entries.insert(WorkEntry { generation, done: Some(done), cancelled: None }) as u32;
         pool.push(Queued { to, index, generation, job });
         self.active_reqs += 1;
         Ok(Work { index, generation })
@@ -502,7 +535,7 @@ impl<D> Loop<D> {
         }
         let entry = self.work.entries.remove(w.index as usize);
         self.active_reqs -= 1;
-        if let Some(done) = entry.done {
+        if let (Some(done), Some(job)) = (entry.done, job.or(entry.cancelled)) {
             done(self, d, job);
         }
     }

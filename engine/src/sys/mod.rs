@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 pub mod dns;
+pub mod fs;
 pub mod process;
 pub mod signal;
 pub mod socket;
