@@ -19,10 +19,13 @@
 //! moved in and handed back to the callback, whatever the result,
 //! cancellation included.
 
+use crate::backend::{Driver, Op, OpKind, Token};
 use crate::error::{Error, Result};
-use crate::event_loop::Loop;
+use crate::event_loop::{Kind, Loop};
+use crate::handle::HandleId;
 use crate::sys::fs as sysfs;
 use crate::work::{Task, Work};
+use slab::Slab;
 use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -149,6 +152,65 @@ pub struct FsRequest(pub(crate) FsReqId);
 pub(crate) enum FsReqId {
     /// Running on the work pool.
     Pool(Work),
+    /// An op in the backend: an entry of `FsState::reqs`.
+    Ring { index: u32, generation: u32 },
+}
+
+/// Reads `UVRING_FS_IO_URING`: file operations go through io_uring unless
+/// it says `0`, `false`, `off` or `no`.
+pub(crate) fn fs_io_uring_from_env() -> bool {
+    match std::env::var("UVRING_FS_IO_URING") {
+        Ok(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no"),
+        Err(_) => true,
+    }
+}
+
+/// A file operation's callback, boxed: `(loop, data, result)`.
+type FsCb<D, T> = Box<dyn FnOnce(&mut Loop<D>, &mut D, Result<T>)>;
+/// A read's or write's callback, boxed: `(loop, data, count, buffer)`.
+type RwCb<D> = Box<dyn FnOnce(&mut Loop<D>, &mut D, Result<usize>, Vec<u8>)>;
+
+/// What a file operation in the backend calls back with.
+enum RingDone<D> {
+    Rw(RwCb<D>),
+    Unit(FsCb<D, ()>),
+    Stat(FsCb<D, FileStat>),
+    Open(FsCb<D, File>),
+}
+
+/// A file operation in the backend, with everything it lends the kernel
+/// (contract rule 3): the buffer, the path, the `statx` record. The entry
+/// lives until the op's final completion; the loop's drop frees the
+/// backend (which ends every op) before this table.
+struct RingReq<D> {
+    generation: u32,
+    token: Option<Token>,
+    /// The fd the op works on (for cancel); -1 for a path.
+    fd: RawFd,
+    cancelled: bool,
+    buf: Vec<u8>,
+    path: Option<CString>,
+    statx: Option<Box<sysfs::StatxBuf>>,
+    done: RingDone<D>,
+}
+
+/// A loop's file operations in the backend.
+pub(crate) struct FsState<D> {
+    /// File operations may go through the backend (`UVRING_FS_IO_URING`).
+    ring: bool,
+    /// The internal handle that owns the ops.
+    owner: Option<HandleId>,
+    reqs: Slab<RingReq<D>>,
+    next_generation: u32,
+    /// `statx` records of finished stats, reused.
+    #[allow(clippy::vec_box)]
+    statx_spare: Vec<Box<sysfs::StatxBuf>>,
+}
+
+impl<D> FsState<D> {
+    pub(crate) fn new(ring: bool) -> FsState<D> {
+        FsState { ring, owner: None, reqs: Slab::new(), next_generation: 1, statx_spare: Vec::new() }
+    }
 }
 
 fn c_path(path: &Path) -> Result<CString> {
@@ -219,10 +281,49 @@ fn copyfile(from: &Path, to: &Path, flags: CopyFlags) -> Result<u64> {
     Ok(n)
 }
 
-fn stat_path(path: &CString, flags: i32) -> Result<FileStat> {
-    let mut buf = sysfs::statx_buf();
-    sysfs::statx(sysfs::AT_FDCWD, path, flags, &mut buf)?;
-    Ok(sysfs::file_stat(&buf))
+impl<D> Loop<D> {
+    /// The internal handle that owns file ops in the backend.
+    fn fs_owner(&mut self) -> Result<HandleId> {
+        if let Some(h) = self.fs.owner {
+            return Ok(h);
+        }
+        let h = self.insert(Kind::FileOps)?;
+        self.set_internal(h);
+        self.fs.owner = Some(h);
+        Ok(h)
+    }
+
+    /// A file operation in the backend completed: its callback runs with
+    /// the result and gets back what it lent.
+    pub(crate) fn on_file_op(&mut self, req: u32, token: Token, res: i32, d: &mut D) {
+        let index = req as usize;
+        if !self.fs.reqs.get(index).is_some_and(|r| r.token == Some(token)) {
+            if token.kind() == Some(OpKind::OpenAt) && res >= 0 {
+                crate::sys::close(res);
+            }
+            return;
+        }
+        let r = self.fs.reqs.remove(index);
+        self.active_reqs -= 1;
+        let status = if res < 0 { Err(Error::from_neg(res)) } else { Ok(res) };
+        match r.done {
+            RingDone::Rw(cb) => cb(self, d, status.map(|n| n as usize), r.buf),
+            RingDone::Unit(cb) => cb(self, d, status.map(|_| ())),
+            RingDone::Stat(cb) => {
+                let stat = r.statx.as_deref().map(sysfs::file_stat);
+                if let Some(b) = r.statx {
+                    self.fs.statx_spare.push(b);
+                }
+                cb(self, d, status.and_then(|_| stat.ok_or(Error::EINVAL)))
+            }
+            RingDone::Open(cb) => {
+                // SAFETY: a successful openat's result is a new fd that
+                // the loop owns (contract rule 4) and hands on here.
+                let file = status.map(|fd| File::from(unsafe { crate::sys::owned(fd) }));
+                cb(self, d, file)
+            }
+        }
+    }
 }
 
 impl<D: 'static> Loop<D> {
@@ -237,14 +338,132 @@ impl<D: 'static> Loop<D> {
         Ok(FsRequest(FsReqId::Pool(w)))
     }
 
-    /// Cancels a file operation that has not started (`uv_cancel`): its
-    /// callback runs from the loop with `ECANCELED` (a read or write gets
-    /// its buffer back). `EBUSY` if it is under way; a stale request is
-    /// [`Error::STALE_REQUEST`].
+    /// Cancels a file operation (`uv_cancel`): on the work pool, one that
+    /// has not started (`EBUSY` otherwise); in io_uring, any (the kernel
+    /// ends it soon, or it finishes first). Its callback runs from the loop
+    /// with `ECANCELED` or its real result (a read or write gets its buffer
+    /// back either way). A request whose callback ran is
+    /// [`Error::STALE_REQUEST`]; cancelling twice is `EBUSY`.
     pub fn fs_cancel(&mut self, req: FsRequest) -> Result<()> {
         match req.0 {
             FsReqId::Pool(w) => self.cancel_work(w),
+            FsReqId::Ring { index, generation } => {
+                let r = match self.fs.reqs.get_mut(index as usize) {
+                    Some(r) if r.generation == generation => r,
+                    _ => return Err(Error::STALE_REQUEST),
+                };
+                if r.cancelled {
+                    return Err(Error::EBUSY);
+                }
+                r.cancelled = true;
+                if let Some(token) = r.token {
+                    let fd = r.fd;
+                    self.driver.cancel(fd, token);
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Whether file operations go through io_uring on this loop (for the
+    /// opcodes the kernel has): the backend is io_uring and
+    /// `UVRING_FS_IO_URING` (or [`LoopOptions::fs_io_uring`]) did not turn
+    /// it off.
+    ///
+    /// [`LoopOptions::fs_io_uring`]: crate::LoopOptions::fs_io_uring
+    pub fn fs_io_uring(&self) -> bool {
+        self.fs.ring && self.driver.supports(OpKind::FileRead)
+    }
+
+    /// Whether ops of `kind` go through the backend.
+    fn fs_ring(&self, kind: OpKind) -> bool {
+        self.fs.ring && self.driver.supports(kind)
+    }
+
+    /// Starts a file operation in the backend: the request is stored first
+    /// (what it lends gets its final address), then `op` is built from it
+    /// and submitted. `Err` gives the request back (the backend refused:
+    /// the caller runs it on the pool instead).
+    fn fs_ring_start(
+        &mut self,
+        req: RingReq<D>,
+        op: impl FnOnce(&mut RingReq<D>) -> Op<'static>,
+    ) -> std::result::Result<FsRequest, RingReq<D>> {
+        let owner = match self.fs_owner() {
+            Ok(h) => h,
+            Err(_) => return Err(req),
+        };
+        let generation = self.fs.next_generation;
+        self.fs.next_generation = generation.wrapping_add(1).max(1);
+        let index = self.fs.reqs.insert(RingReq { generation, ..req });
+        let op = op(&mut self.fs.reqs[index]);
+        // SAFETY: what `op` points at (the buffer's heap memory, the path,
+        // the boxed statx record) is owned by request `index`, which is
+        // removed only by the op's final completion (`on_file_op`), or by
+        // the loop's drop after the backend has ended every op; nothing
+        // else touches it meanwhile.
+        match unsafe { self.submit_op_req(owner, index as u32, op) } {
+            Ok(token) => {
+                self.fs.reqs[index].token = Some(token);
+                self.active_reqs += 1;
+                Ok(FsRequest(FsReqId::Ring { index: index as u32, generation }))
+            }
+            Err(_) => Err(self.fs.reqs.remove(index)),
+        }
+    }
+
+    fn ring_req(fd: RawFd, done: RingDone<D>) -> RingReq<D> {
+        RingReq { generation: 0, token: None, fd, cancelled: false, buf: Vec::new(), path: None, statx: None, done }
+    }
+
+    fn statx_box(&mut self) -> Box<sysfs::StatxBuf> {
+        self.fs.statx_spare.pop().unwrap_or_else(|| Box::new(sysfs::statx_buf()))
+    }
+
+    /// A stat through the backend, or the pool.
+    fn fs_statx(
+        &mut self,
+        fd: RawFd,
+        path: Option<CString>,
+        flags: i32,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<FileStat>) + 'static,
+    ) -> Result<FsRequest> {
+        if self.fs_ring(OpKind::Statx) {
+            let mut req = Self::ring_req(fd, RingDone::Stat(Box::new(cb)));
+            req.statx = Some(self.statx_box());
+            req.path = path;
+            let dirfd = if fd >= 0 { fd } else { sysfs::AT_FDCWD };
+            let started = self.fs_ring_start(req, |r| Op::Statx {
+                dirfd,
+                path: r.path.as_deref().unwrap_or(c"").as_ptr(),
+                flags,
+                buf: r.statx.as_deref_mut().map_or(std::ptr::null_mut(), |b| b as *mut _),
+            });
+            match started {
+                Ok(req) => return Ok(req),
+                Err(RingReq { done: RingDone::Stat(cb), path, .. }) => return self.fs_statx_pool(fd, path, flags, cb),
+                Err(_) => return Err(Error::INVALID_STATE),
+            }
+        }
+        self.fs_statx_pool(fd, path, flags, cb)
+    }
+
+    fn fs_statx_pool(
+        &mut self,
+        fd: RawFd,
+        path: Option<CString>,
+        flags: i32,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<FileStat>) + 'static,
+    ) -> Result<FsRequest> {
+        self.fs_pool(
+            move || {
+                let mut buf = sysfs::statx_buf();
+                let dirfd = if fd >= 0 { fd } else { sysfs::AT_FDCWD };
+                sysfs::statx(dirfd, path.as_deref().unwrap_or(c""), flags, &mut buf)?;
+                Ok(sysfs::file_stat(&buf))
+            },
+            cb,
+        )
     }
 
     /// Opens `path` (`uv_fs_open`); `mode` applies when the file is created.
@@ -256,6 +475,23 @@ impl<D: 'static> Loop<D> {
         cb: impl FnOnce(&mut Loop<D>, &mut D, Result<File>) + 'static,
     ) -> Result<FsRequest> {
         let path = c_path(path.as_ref())?;
+        if self.fs_ring(OpKind::OpenAt) {
+            let mut req = Self::ring_req(-1, RingDone::Open(Box::new(cb)));
+            req.path = Some(path);
+            let flags = flags.0 | sysfs::O_CLOEXEC;
+            let started = self.fs_ring_start(req, |r| Op::OpenAt {
+                path: r.path.as_deref().unwrap_or(c"").as_ptr(),
+                flags,
+                mode,
+            });
+            return match started {
+                Ok(req) => Ok(req),
+                Err(RingReq { done: RingDone::Open(cb), path: Some(path), .. }) => {
+                    self.fs_pool(move || Ok(File::from(sysfs::open(&path, flags, mode)?)), cb)
+                }
+                Err(_) => Err(Error::INVALID_STATE),
+            };
+        }
         self.fs_pool(move || Ok(File::from(sysfs::open(&path, flags.0, mode)?)), cb)
     }
 
@@ -303,6 +539,35 @@ impl<D: 'static> Loop<D> {
         write: bool,
         cb: impl FnOnce(&mut Loop<D>, &mut D, Result<usize>, Vec<u8>) + 'static,
     ) -> Result<FsRequest> {
+        let kind = if write { OpKind::FileWrite } else { OpKind::FileRead };
+        if self.fs_ring(kind) {
+            let mut req = Self::ring_req(fd, RingDone::Rw(Box::new(cb)));
+            req.buf = buf;
+            let started = self.fs_ring_start(req, |r| {
+                let len = r.buf.len();
+                if write {
+                    Op::FileWrite { fd, ptr: r.buf.as_ptr(), len, offset }
+                } else {
+                    Op::FileRead { fd, ptr: r.buf.as_mut_ptr(), len, offset }
+                }
+            });
+            return match started {
+                Ok(req) => Ok(req),
+                Err(RingReq { done: RingDone::Rw(cb), buf, .. }) => self.fs_rw_pool(fd, buf, offset, write, cb),
+                Err(_) => Err(Error::INVALID_STATE),
+            };
+        }
+        self.fs_rw_pool(fd, buf, offset, write, cb)
+    }
+
+    fn fs_rw_pool(
+        &mut self,
+        fd: RawFd,
+        buf: Vec<u8>,
+        offset: Option<u64>,
+        write: bool,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<usize>, Vec<u8>) + 'static,
+    ) -> Result<FsRequest> {
         let task = RwTask { fd, buf, offset, write };
         let w = self.queue_task(task, move |lp, d, task, r| cb(lp, d, r.and_then(|r| r), task.buf))?;
         Ok(FsRequest(FsReqId::Pool(w)))
@@ -333,6 +598,14 @@ impl<D: 'static> Loop<D> {
         data_only: bool,
         cb: impl FnOnce(&mut Loop<D>, &mut D, Result<()>) + 'static,
     ) -> Result<FsRequest> {
+        if self.fs_ring(OpKind::Fsync) {
+            let req = Self::ring_req(fd, RingDone::Unit(Box::new(cb)));
+            return match self.fs_ring_start(req, |_| Op::Fsync { fd, data_only }) {
+                Ok(req) => Ok(req),
+                Err(RingReq { done: RingDone::Unit(cb), .. }) => self.fs_pool(move || sysfs::fsync(fd, data_only), cb),
+                Err(_) => Err(Error::INVALID_STATE),
+            };
+        }
         self.fs_pool(move || sysfs::fsync(fd, data_only), cb)
     }
 
@@ -354,7 +627,7 @@ impl<D: 'static> Loop<D> {
         cb: impl FnOnce(&mut Loop<D>, &mut D, Result<FileStat>) + 'static,
     ) -> Result<FsRequest> {
         let path = c_path(path.as_ref())?;
-        self.fs_pool(move || stat_path(&path, 0), cb)
+        self.fs_statx(-1, Some(path), 0, cb)
     }
 
     /// The metadata of `path` itself, a symlink included (`uv_fs_lstat`).
@@ -364,7 +637,7 @@ impl<D: 'static> Loop<D> {
         cb: impl FnOnce(&mut Loop<D>, &mut D, Result<FileStat>) + 'static,
     ) -> Result<FsRequest> {
         let path = c_path(path.as_ref())?;
-        self.fs_pool(move || stat_path(&path, sysfs::AT_SYMLINK_NOFOLLOW), cb)
+        self.fs_statx(-1, Some(path), sysfs::AT_SYMLINK_NOFOLLOW, cb)
     }
 
     /// The metadata of an open file (`uv_fs_fstat`).
@@ -374,14 +647,7 @@ impl<D: 'static> Loop<D> {
         cb: impl FnOnce(&mut Loop<D>, &mut D, Result<FileStat>) + 'static,
     ) -> Result<FsRequest> {
         let fd = file.as_fd().as_raw_fd();
-        self.fs_pool(
-            move || {
-                let mut buf = sysfs::statx_buf();
-                sysfs::statx(fd, c"", sysfs::AT_EMPTY_PATH, &mut buf)?;
-                Ok(sysfs::file_stat(&buf))
-            },
-            cb,
-        )
+        self.fs_statx(fd, None, sysfs::AT_EMPTY_PATH, cb)
     }
 
     /// Removes a file or symlink (`uv_fs_unlink`).

@@ -4,7 +4,10 @@
 //! fs_read_write_offset, fs_fsync), symlinks, cancellation, and every error
 //! path that can be produced as a value (ENOENT, EISDIR, ENOTDIR, EEXIST,
 //! ENOTEMPTY, EACCES), on both backends, each under a temporary directory
-//! the test removes.
+//! the test removes. Each scenario runs three ways: on epoll (the work
+//! pool), on io_uring with file operations in the ring (read, write, fsync,
+//! statx and openat; the rest on the pool), and on io_uring with every file
+//! operation on the pool (`UVRING_FS_IO_URING=0`).
 
 use std::any::Any;
 use std::fs::File;
@@ -12,7 +15,41 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 use uvring::*;
-use uvring_tests::both_backends;
+
+/// Defines each body as three tests: `<name>::epoll`, `<name>::io_uring`
+/// (file operations in the ring) and `<name>::io_uring_pool` (all on the
+/// work pool). The io_uring cases skip visibly where io_uring is
+/// unavailable (and fail under `UVRING_REQUIRE_IO_URING=1`).
+macro_rules! fs_cases {
+    ($($(#[$meta:meta])* fn $name:ident($lp:ident: $d:ty) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                fn body($lp: &mut Loop<$d>) $body
+                #[test]
+                fn epoll() {
+                    uvring_tests::run_on_of(Backend::Epoll, LoopOptions::default(), body)
+                }
+                #[test]
+                fn io_uring() {
+                    uvring_tests::run_on_of(Backend::IoUring, LoopOptions::default().fs_io_uring(true), |lp: &mut Loop<$d>| {
+                        assert!(lp.fs_io_uring(), "file operations go through the ring");
+                        body(lp)
+                    })
+                }
+                #[test]
+                fn io_uring_pool() {
+                    uvring_tests::run_on_of(Backend::IoUring, LoopOptions::default().fs_io_uring(false), |lp: &mut Loop<$d>| {
+                        assert!(!lp.fs_io_uring());
+                        body(lp)
+                    })
+                }
+            }
+        )*
+    };
+}
 
 /// What the last callback got (tests run one operation at a time with
 /// [`finish`], except the callback-chained ones).
@@ -146,7 +183,7 @@ fn steps_read(lp: &mut Loop<Steps>, st: &mut Steps, r: Result<File>) {
     st.file = Some(f);
 }
 
-both_backends! {
+fs_cases! {
     /// libuv's fs_file_noent: opening (and stat-ing) a missing file is ENOENT.
     fn fs_file_noent(lp: Got) {
         let dir = TempDir::new("noent");
@@ -468,4 +505,150 @@ fn fs_cancel_gives_the_buffer_back() {
     drop(lp);
     drop(dir);
     _guard.check_fds();
+}
+
+#[global_allocator]
+static GLOBAL: uvring_tests::alloc_count::CountingAllocator = uvring_tests::alloc_count::CountingAllocator;
+
+/// On io_uring, reads, writes, fsyncs, stats and opens go through the ring
+/// (no work item), the other operations through the pool; on epoll, all
+/// through the pool.
+#[test]
+fn fs_ops_are_routed_to_the_ring_or_the_pool() {
+    for (backend, ring) in [(Backend::Epoll, false), (Backend::IoUring, true), (Backend::IoUring, false)] {
+        uvring_tests::run_on_of(backend, LoopOptions::default().fs_io_uring(ring), |lp: &mut Loop<Got>| {
+            let dir = TempDir::new("routing");
+            create(lp, &dir.join("f"), b"abc");
+            let f = open(lp, &dir.join("f"), OpenFlags::READ_WRITE, 0).unwrap();
+            let in_ring = ring && backend == Backend::IoUring;
+            let expect = if in_ring { 0 } else { 1 };
+            let what = format!("{backend} with fs_io_uring({ring})");
+            lp.fs_read(&f, vec![0; 3], Some(0), keep_rw).unwrap();
+            assert_eq!(lp.work_in_flight(), expect, "{what}: read");
+            let _: (Result<usize>, Vec<u8>) = finish(lp);
+            lp.fs_write(&f, b"x".to_vec(), Some(0), keep_rw).unwrap();
+            assert_eq!(lp.work_in_flight(), expect, "{what}: write");
+            let _: (Result<usize>, Vec<u8>) = finish(lp);
+            lp.fs_fdatasync(&f, keep).unwrap();
+            assert_eq!(lp.work_in_flight(), expect, "{what}: fdatasync");
+            unit(lp).unwrap();
+            lp.fs_fstat(&f, keep).unwrap();
+            assert_eq!(lp.work_in_flight(), expect, "{what}: fstat");
+            assert_eq!(finish::<Result<FileStat>>(lp).unwrap().size, 3);
+            lp.fs_open(dir.join("f"), OpenFlags::READ_ONLY, 0, keep).unwrap();
+            assert_eq!(lp.work_in_flight(), expect, "{what}: open");
+            drop(finish::<Result<File>>(lp).unwrap());
+            lp.fs_unlink(dir.join("f"), keep).unwrap();
+            assert_eq!(lp.work_in_flight(), 1, "{what}: unlink is a pool operation");
+            unit(lp).unwrap();
+            drop(f);
+        });
+    }
+}
+
+/// Cancelling a read in the ring: its callback runs once, with ECANCELED
+/// or its real result, and the buffer comes back; the request is stale
+/// afterwards.
+#[test]
+fn fs_ring_cancel_gives_the_buffer_back() {
+    uvring_tests::run_on_of(Backend::IoUring, LoopOptions::default().fs_io_uring(true), |lp: &mut Loop<Got>| {
+        let dir = TempDir::new("ring-cancel");
+        create(lp, &dir.join("f"), b"0123456789");
+        let f = open(lp, &dir.join("f"), OpenFlags::READ_ONLY, 0).unwrap();
+        let req = lp.fs_read(&f, vec![b'-'; 4], Some(2), keep_rw).unwrap();
+        lp.fs_cancel(req).unwrap();
+        assert_eq!(lp.fs_cancel(req), Err(Error::EBUSY));
+        let (n, buf): (Result<usize>, Vec<u8>) = finish(lp);
+        match n {
+            Ok(4) => assert_eq!(buf, b"2345", "finished before the cancel"),
+            Err(e) => {
+                assert_eq!(e, Error::ECANCELED);
+                assert_eq!(buf.len(), 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(lp.fs_cancel(req), Err(Error::STALE_REQUEST));
+        drop(f);
+    });
+}
+
+/// After warm-up, a read or write in the ring whose callback captures
+/// nothing allocates nothing (the buffer is the caller's and comes back);
+/// on the pool it costs the one box that carries the task.
+#[test]
+fn fs_read_write_allocations() {
+    fn round(lp: &mut Loop<Got>, f: &File, n: usize, warm_up: bool) {
+        let mut sum: Got = Some(Box::new(0usize));
+        let bufs: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; 512]).collect();
+        let measured = uvring_tests::alloc_count::allocations_in(|| {
+            for (i, buf) in bufs.into_iter().enumerate() {
+                if i % 2 == 0 {
+                    lp.fs_write(f, buf, Some(0), |_, got: &mut Got, r, b| {
+                        *got.as_mut().unwrap().downcast_mut::<usize>().unwrap() += r.unwrap();
+                        drop(b);
+                    })
+                    .unwrap();
+                } else {
+                    lp.fs_read(f, buf, Some(0), |_, got: &mut Got, r, b| {
+                        *got.as_mut().unwrap().downcast_mut::<usize>().unwrap() += r.unwrap();
+                        drop(b);
+                    })
+                    .unwrap();
+                }
+            }
+            lp.run(RunMode::Default, &mut sum).unwrap();
+        });
+        assert_eq!(*sum.unwrap().downcast::<usize>().unwrap(), n * 512);
+        let per_op = measured as f64 / n as f64;
+        if warm_up {
+            return;
+        }
+        if lp.fs_io_uring() {
+            assert_eq!(measured, 0, "{measured} allocations for {n} ring reads and writes");
+        } else {
+            assert_eq!(measured as usize, n, "{per_op} allocations per pool read or write (one expected)");
+        }
+    }
+    for (backend, ring) in [(Backend::Epoll, false), (Backend::IoUring, true), (Backend::IoUring, false)] {
+        uvring_tests::run_on_of(backend, LoopOptions::default().fs_io_uring(ring), |lp: &mut Loop<Got>| {
+            let dir = TempDir::new("alloc");
+            create(lp, &dir.join("f"), &[7u8; 512]);
+            let f = open(lp, &dir.join("f"), OpenFlags::READ_WRITE, 0).unwrap();
+            for warm_up in [true, true, false] {
+                round(lp, &f, 32, warm_up);
+            }
+            drop(f);
+        });
+    }
+}
+
+/// A loop dropped with file operations in flight (in the ring and on the
+/// pool) ends them before it frees their buffers, and leaks no fd (an
+/// open that completed in the kernel is closed).
+#[test]
+fn dropping_a_loop_with_file_ops_in_flight() {
+    for (backend, ring) in [(Backend::Epoll, false), (Backend::IoUring, true), (Backend::IoUring, false)] {
+        let guard = uvring_tests::TestGuard::new();
+        let dir = TempDir::new("drop");
+        {
+            let Some(mut lp) = uvring_tests::make_loop_of::<Got>(backend, LoopOptions::default().fs_io_uring(ring))
+            else {
+                continue;
+            };
+            create(&mut lp, &dir.join("f"), &[1u8; 4096]);
+            let f = open(&mut lp, &dir.join("f"), OpenFlags::READ_WRITE, 0).unwrap();
+            for i in 0..16u64 {
+                lp.fs_read(&f, vec![0; 4096], Some(0), |_, _, _, _| panic!("the loop is gone")).unwrap();
+                lp.fs_write(&f, vec![2; 16], Some(i * 16), |_, _, _, _| panic!("the loop is gone")).unwrap();
+                lp.fs_open(dir.join("f"), OpenFlags::READ_ONLY, 0, |_, _, _| panic!("the loop is gone")).unwrap();
+                lp.fs_fstat(&f, |_, _, _| panic!("the loop is gone")).unwrap();
+            }
+            drop(lp);
+            drop(f);
+        }
+        // Pool threads may still be finishing reads of the dropped loop.
+        std::thread::sleep(Duration::from_millis(50));
+        drop(dir);
+        guard.check_fds();
+    }
 }
