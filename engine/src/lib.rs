@@ -40,6 +40,16 @@
 //! assert_eq!(state.ticks, 3);
 //! ```
 
+//! # Beyond sockets
+//!
+//! Blocking work runs on a work pool shared by the process's loops
+//! ([`Loop::queue_work`], `UVRING_THREADPOOL_SIZE` threads, default 4) and
+//! completes on the loop; name resolution ([`Loop::getaddrinfo`],
+//! [`Loop::tcp_connect_host`]) and file operations ([`Loop::fs_open`],
+//! [`Loop::fs_read`], ...) are built on it. On io_uring, file reads,
+//! writes, fsyncs, stats and opens go through the ring instead
+//! (`UVRING_FS_IO_URING=0` keeps them on the pool).
+
 #![deny(unsafe_op_in_unsafe_fn)]
 
 #[doc = include_str!("../../README.md")]

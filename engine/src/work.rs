@@ -258,10 +258,9 @@ impl Pool {
     fn ensure_started(&'static self) -> Result<()> {
         self.start.call_once(|| {
             for i in 0..self.size {
-                let spawned = std::thread::Builder::new()
-                    .name(format!("uvring-pool-{i}"))
-                    .stack_size(1 << 20)
-                    .spawn(move || self.worker());
+                // std's default stack (2 MiB, or RUST_MIN_STACK): the
+                // resolver's NSS modules can be stack-hungry.
+                let spawned = std::thread::Builder::new().name(format!("uvring-pool-{i}")).spawn(move || self.worker());
                 if spawned.is_ok() {
                     self.threads.fetch_add(1, Ordering::AcqRel);
                 }
