@@ -83,7 +83,8 @@ impl<D> Loop<D> {
         }
     }
 
-    /// A `read` op finished: an async's eventfd or the signal pipe.
+    /// A `read` op finished: an async's eventfd, the signal pipe, or the
+    /// work pool's completion eventfd.
     pub(crate) fn on_read_fd(&mut self, h: HandleId, token: Token, res: i32, d: &mut D) {
         let Ok(slot) = self.slot_mut(h) else { return };
         match &mut slot.kind {
@@ -102,6 +103,7 @@ impl<D> Loop<D> {
                 }
             }
             Kind::SignalPipe(_) => self.on_signal_pipe_read(h, token, res, d),
+            Kind::WorkWake(_) => self.on_work_wake(h, token, res, d),
             _ => {}
         }
     }

@@ -33,6 +33,37 @@ impl Error {
     pub const INVALID_STATE: Error = Error(-5, None);
     /// A received control message was truncated (`MSG_CTRUNC`): fds were lost by the kernel.
     pub const CONTROL_TRUNCATED: Error = Error(-6, None);
+    /// A work item's function panicked on its pool thread (the panic was
+    /// caught; the pool lives on).
+    pub const WORK_PANICKED: Error = Error(-7, None);
+    /// The request id is stale: its completion has run (and its entry may
+    /// have been reused).
+    pub const STALE_REQUEST: Error = Error(-8, None);
+
+    // Name resolution (`getaddrinfo`/`getnameinfo`) failures, with libuv's
+    // values for its `UV_EAI_*` codes. `EAI_SYSTEM` is reported as its errno.
+    /// The host has no address in the requested family.
+    pub const EAI_ADDRFAMILY: Error = Error(-3000, None);
+    /// Temporary failure in name resolution (no answer yet; try again).
+    pub const EAI_AGAIN: Error = Error(-3001, None);
+    /// Invalid flags in the hints.
+    pub const EAI_BADFLAGS: Error = Error(-3002, None);
+    /// Permanent failure in name resolution.
+    pub const EAI_FAIL: Error = Error(-3004, None);
+    /// The address family is not supported.
+    pub const EAI_FAMILY: Error = Error(-3005, None);
+    /// Out of memory while resolving.
+    pub const EAI_MEMORY: Error = Error(-3006, None);
+    /// The host name exists but has no address.
+    pub const EAI_NODATA: Error = Error(-3007, None);
+    /// Unknown host or service name.
+    pub const EAI_NONAME: Error = Error(-3008, None);
+    /// A result did not fit its buffer.
+    pub const EAI_OVERFLOW: Error = Error(-3009, None);
+    /// The service is not available for the socket type.
+    pub const EAI_SERVICE: Error = Error(-3010, None);
+    /// The socket type is not supported.
+    pub const EAI_SOCKTYPE: Error = Error(-3011, None);
 
     pub const ECANCELED: Error = Error(libc::ECANCELED, None);
     pub const EAGAIN: Error = Error(libc::EAGAIN, None);
@@ -105,6 +136,19 @@ impl Error {
             -4 => "backend unavailable",
             -5 => "invalid state for this operation",
             -6 => "control message truncated (MSG_CTRUNC): file descriptors were dropped",
+            -7 => "the work function panicked",
+            -8 => "stale request (already completed)",
+            -3000 => "EAI_ADDRFAMILY: the host has no address in the requested family",
+            -3001 => "EAI_AGAIN: temporary failure in name resolution",
+            -3002 => "EAI_BADFLAGS: invalid flags in the resolver hints",
+            -3004 => "EAI_FAIL: permanent failure in name resolution",
+            -3005 => "EAI_FAMILY: address family not supported by the resolver",
+            -3006 => "EAI_MEMORY: out of memory in name resolution",
+            -3007 => "EAI_NODATA: the host name has no address",
+            -3008 => "EAI_NONAME: unknown host or service name",
+            -3009 => "EAI_OVERFLOW: resolver result buffer overflow",
+            -3010 => "EAI_SERVICE: service not available for the socket type",
+            -3011 => "EAI_SOCKTYPE: socket type not supported by the resolver",
             _ => return None,
         })
     }

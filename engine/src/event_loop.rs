@@ -58,11 +58,21 @@ pub struct LoopOptions {
     pub pool: PoolConfig,
     /// Completions taken per poll (bounded work per wakeup; default 1024).
     pub completions_per_poll: usize,
+    /// Whether file operations go through io_uring where the ring has them
+    /// (else every one runs on the work pool). `None` (the default) reads
+    /// `UVRING_FS_IO_URING`: `0`, `false`, `off` or `no` turn it off;
+    /// anything else, or unset, leaves it on. No effect on epoll.
+    pub fs_io_uring: Option<bool>,
 }
 
 impl Default for LoopOptions {
     fn default() -> Self {
-        LoopOptions { backend: Backend::Auto, pool: PoolConfig::default(), completions_per_poll: 1024 }
+        LoopOptions {
+            backend: Backend::Auto,
+            pool: PoolConfig::default(),
+            completions_per_poll: 1024,
+            fs_io_uring: None,
+        }
     }
 }
 
@@ -80,6 +90,12 @@ impl LoopOptions {
     /// Sets how many completions one poll takes at most.
     pub fn completions_per_poll(mut self, n: usize) -> Self {
         self.completions_per_poll = n;
+        self
+    }
+    /// Sends file operations through io_uring (where the ring has them) or
+    /// all to the work pool, whatever `UVRING_FS_IO_URING` says.
+    pub fn fs_io_uring(mut self, on: bool) -> Self {
+        self.fs_io_uring = Some(on);
         self
     }
 }
@@ -117,6 +133,11 @@ pub(crate) enum Kind<D> {
     Hook(HookState<D>),
     Process(crate::process::ProcessState<D>),
     Poll(PollState<D>),
+    /// Internal: reads the eventfd the work pool signals.
+    WorkWake(crate::work::WakeState),
+    /// Internal: owns the file operations in the backend (their requests
+    /// are in `Loop::fs`).
+    FileOps,
 }
 
 pub(crate) struct Slot<D> {
@@ -139,6 +160,9 @@ pub(crate) struct OpEntry {
     /// The handle the op belongs to; its completions go there.
     pub handle: HandleId,
     pub kind: OpKind,
+    /// Which of the handle's requests the op serves, where it keeps a
+    /// table of them (file operations); 0 otherwise.
+    pub req: u32,
 }
 
 /// Deferred work for the pending phase.
@@ -158,6 +182,8 @@ pub(crate) enum Pending {
     Injected(Stream),
     /// A listen hook reported a late listen error.
     ListenFailed(Stream, crate::error::Error),
+    /// A work item was cancelled before it started: run its `done`.
+    WorkCancelled(crate::work::Work),
 }
 
 /// A libuv-style event loop over the user's state `D` (see the crate docs):
@@ -168,6 +194,11 @@ pub struct Loop<D = ()> {
     pub(crate) pool: Rc<backend::BufPool>,
     pub(crate) slots: Slab<Slot<D>>,
     next_generation: u32,
+    /// Work-pool items in flight and their completion queue.
+    pub(crate) work: crate::work::WorkQueue<D>,
+    /// File operations in the backend (their buffers are lent to it, so
+    /// this is dropped after `driver`).
+    pub(crate) fs: crate::fs::FsState<D>,
     /// Operations in the backend, by token index (entries are reused, so
     /// submitting allocates nothing after warm-up).
     pub(crate) ops: Slab<OpEntry>,
@@ -183,7 +214,7 @@ pub struct Loop<D = ()> {
     completions: Vec<Completion>,
     /// Ref'd, active, non-internal handles.
     active_handles: usize,
-    /// In-flight requests (writes, connects, shutdowns).
+    /// In-flight requests (writes, connects, shutdowns, work items).
     pub(crate) active_reqs: usize,
     stop_flag: bool,
     running: bool,
@@ -234,6 +265,8 @@ impl<D> Loop<D> {
             pool,
             slots: Slab::with_capacity(1024),
             next_generation: 1,
+            work: Default::default(),
+            fs: crate::fs::FsState::new(opts.fs_io_uring.unwrap_or_else(crate::fs::fs_io_uring_from_env)),
             ops: Slab::with_capacity(1024),
             next_op_generation: 1,
             timers: TimerHeap::with_capacity(256),
@@ -446,6 +479,16 @@ impl<D> Loop<D> {
     /// and fds, and a `Read`'s memory, stay valid until the op's final
     /// completion has been dispatched. Other ops carry no obligation.
     pub(crate) unsafe fn submit_op(&mut self, h: HandleId, op: Op<'_>) -> Result<Token> {
+        // SAFETY: forwarded.
+        unsafe { self.submit_op_req(h, 0, op) }
+    }
+
+    /// [`submit_op`](Self::submit_op) for an op that serves request `req`
+    /// of its handle (the op table entry keeps it for the completion).
+    ///
+    /// # Safety
+    /// As `submit_op`.
+    pub(crate) unsafe fn submit_op_req(&mut self, h: HandleId, req: u32, op: Op<'_>) -> Result<Token> {
         self.slot(h)?;
         if self.ops.len() >= Token::MAX_INDEX {
             return Err(Error::from_errno(libc::ENOSPC));
@@ -455,7 +498,7 @@ impl<D> Loop<D> {
         let kind = op.kind();
         let entry = self.ops.vacant_entry();
         let token = Token::new(entry.key(), generation, kind);
-        entry.insert(OpEntry { generation, handle: h, kind });
+        entry.insert(OpEntry { generation, handle: h, kind, req });
         // SAFETY: the caller's rule-3 guarantee for `op`, forwarded.
         if let Err(e) = unsafe { self.driver.submit(token, op) } {
             self.ops.remove(token.index());
@@ -588,6 +631,8 @@ impl<D> Loop<D> {
             }
             Kind::Process(_) => self.process_close(h),
             Kind::Poll(_) => self.poll_close(h),
+            Kind::WorkWake(_) => self.work_wake_close(h),
+            Kind::FileOps => {}
         }
         self.closing.push(h);
         Ok(())
@@ -617,7 +662,7 @@ impl<D> Loop<D> {
             Kind::Stream(st) if st.ty == StreamType::Tcp => HandleType::Tcp,
             Kind::Stream(_) => HandleType::Pipe,
             Kind::Timer(_) => HandleType::Timer,
-            Kind::Async(_) => HandleType::Async,
+            Kind::Async(_) | Kind::WorkWake(_) | Kind::FileOps => HandleType::Async,
             Kind::Signal(_) | Kind::SignalPipe(_) => HandleType::Signal,
             Kind::Hook(_) => HandleType::Hook,
             Kind::Process(_) => HandleType::Process,
@@ -693,6 +738,7 @@ impl<D> Loop<D> {
                 Pending::ListenStopped(s) => self.listen_stopped(s, d),
                 Pending::Injected(s) => self.deliver_injected(s, d),
                 Pending::ListenFailed(s, e) => self.deliver_listen_failed(s, e, d),
+                Pending::WorkCancelled(w) => self.work_deliver(w, None, d),
             }
         }
         n > 0
@@ -781,6 +827,9 @@ impl<D> Loop<D> {
             OpKind::Read => self.on_read_fd(h, c.token, c.res, d),
             OpKind::PollIn => self.on_poll_in(h, c.token, c.res, d),
             OpKind::Poll => self.on_poll(h, c.token, c.res, d),
+            OpKind::FileRead | OpKind::FileWrite | OpKind::Fsync | OpKind::Statx | OpKind::OpenAt => {
+                self.on_file_op(op.req, c.token, c.res, d)
+            }
         }
     }
 
@@ -789,7 +838,7 @@ impl<D> Loop<D> {
         if let Some(id) = c.buf {
             self.discard_recv_buf(c.token.kind(), id, c.res);
         }
-        if c.token.kind() == Some(OpKind::Accept) && c.res >= 0 {
+        if matches!(c.token.kind(), Some(OpKind::Accept | OpKind::OpenAt)) && c.res >= 0 {
             crate::sys::close(c.res);
         }
     }
@@ -935,7 +984,10 @@ mod tests {
                 assert_eq!(mine.len(), 1, "{backend}: one completion for {t:?}: {done:?}");
                 let (c, op) = mine[0];
                 assert!(c.res > 0 && !c.more, "{backend}: {c:?}");
-                assert_eq!(*op, Some(OpEntry { generation: t.generation(), handle: h, kind: t.kind().unwrap() }));
+                assert_eq!(
+                    *op,
+                    Some(OpEntry { generation: t.generation(), handle: h, kind: t.kind().unwrap(), req: 0 })
+                );
             }
             assert_eq!(*counters, [1, 1]);
             assert_eq!(lp.slot(h).unwrap().inflight, 0, "{backend}: final completions uncount their ops");

@@ -40,6 +40,16 @@
 //! assert_eq!(state.ticks, 3);
 //! ```
 
+//! # Beyond sockets
+//!
+//! Blocking work runs on a work pool shared by the process's loops
+//! ([`Loop::queue_work`], `UVRING_THREADPOOL_SIZE` threads, default 4) and
+//! completes on the loop; name resolution ([`Loop::getaddrinfo`],
+//! [`Loop::tcp_connect_host`]) and file operations ([`Loop::fs_open`],
+//! [`Loop::fs_read`], ...) are built on it. On io_uring, file reads,
+//! writes, fsyncs, stats and opens go through the ring instead
+//! (`UVRING_FS_IO_URING=0` keeps them on the pool).
+
 #![deny(unsafe_op_in_unsafe_fn)]
 
 #[doc = include_str!("../../README.md")]
@@ -48,8 +58,10 @@ pub struct ReadmeDoctests;
 
 mod async_handle;
 mod backend;
+mod dns;
 mod error;
 mod event_loop;
+mod fs;
 mod handle;
 mod hook;
 pub mod os;
@@ -60,11 +72,14 @@ mod signal;
 mod stream;
 mod sys;
 mod timer;
+mod work;
 
 pub use async_handle::AsyncSender;
 pub use backend::{Backend, PoolConfig, MAX_ACCEPTS_PER_WAKEUP, MAX_READS_PER_WAKEUP};
+pub use dns::{AddrInfoFlags, AddrInfoHints, AddressFamily, NameInfoFlags, SocketKind};
 pub use error::{Error, Result};
 pub use event_loop::{HandleType, Loop, LoopOptions, RunMode};
+pub use fs::{CopyFlags, DirEntry, FileKind, FileStat, FsRequest, OpenFlags};
 pub use handle::{
     Async, HandleId, Hook, ListenerHandle, OnAsync, OnClose, OnConnect, OnConnection, OnExit, OnHook, OnListenStop,
     OnPoll, OnRead, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle, PipeListener, PipeSocket, PipeStream, Poll,
@@ -75,3 +90,4 @@ pub use hook::HookKind;
 pub use pipe::FdBatch;
 pub use process::{ProcessOptions, Stdio};
 pub use stream::{ListenHook, StreamType, TCP_IPV6ONLY, TCP_REUSEPORT};
+pub use work::{threadpool_size, Work, DEFAULT_THREADPOOL_SIZE, MAX_THREADPOOL_SIZE};

@@ -193,6 +193,10 @@ pub(crate) struct StreamState<D> {
     pub bind_addr: Option<(SocketAddr, u32)>,
     /// Fds attached to the send in flight (IPC), closed after they are sent.
     pub inflight_fds: usize,
+    /// A connect by name: the resolution in flight on the work pool.
+    pub resolve: Option<crate::work::Work>,
+    /// A connect to several addresses: those not tried yet, the next last.
+    pub connect_addrs: Vec<SocketAddr>,
     pub parts: StreamParts<D>,
 }
 
@@ -312,6 +316,8 @@ impl<D> Loop<D> {
             shutdown_req: None,
             bind_addr: None,
             inflight_fds: 0,
+            resolve: None,
+            connect_addrs: Vec::new(),
             parts,
         };
         match self.insert(Kind::Stream(st)) {
@@ -501,28 +507,142 @@ impl<D> Loop<D> {
         let Ok(st) = self.stream_state(s) else { return };
         debug_assert_eq!(st.connect_op, Some(token));
         st.connect_op = None;
+        if res != 0 && !st.connect_addrs.is_empty() {
+            // Connecting to several addresses: this one failed, so the
+            // socket goes and the next address gets a new one (perhaps of
+            // another family). Nothing else is in flight on it: reads and
+            // sends wait for the connect.
+            let fd = std::mem::replace(&mut st.fd, -1);
+            if fd >= 0 {
+                self.driver.deregister(fd);
+                sys::close(fd);
+            }
+            self.connect_next(s, Error::from_neg(res), d);
+            return;
+        }
+        self.connect_done(s, if res == 0 { Ok(()) } else { Err(Error::from_neg(res)) }, d);
+    }
+
+    /// The connect request ends with `status`: start what waited for it,
+    /// then run the callback.
+    pub(crate) fn connect_done(&mut self, s: Stream, status: Result<()>, d: &mut D) {
+        let Ok(st) = self.stream_state(s) else { return };
         let cb = st.on_connect.take();
-        if res == 0 {
+        st.connect_addrs.clear();
+        if status.is_ok() {
             st.connected = true;
         }
         self.active_reqs -= 1;
-        if res == 0 {
+        if status.is_ok() {
             // `read_start`, writes and a shutdown may have come before the
             // connect finished: start them now.
             self.recv_arm(s);
             self.flush(s);
             self.maybe_shutdown(s);
         }
-        let status = if res == 0 { Ok(()) } else { Err(Error::from_neg(res)) };
+        let failed = status.is_err();
         if let Some(cb) = cb {
             cb(self, d, s.0, status);
         }
-        if res != 0 {
+        if failed {
             // As libuv: after the connect callback, writes queued on the
             // failed connection (and a shutdown) are cancelled, unless the
             // callback closed the stream (close cancels them then).
             self.fail_writes(s, Error::ECANCELED);
             self.complete_writes(s, d);
+        }
+    }
+
+    /// Starts a connect to the next address not tried yet; when none can be
+    /// started, the request fails with the last error (`last` if no other
+    /// address was left to try).
+    pub(crate) fn connect_next(&mut self, s: Stream, last: Error, d: &mut D) {
+        if let Err(e) = self.connect_start_any(s, last) {
+            self.connect_done(s, Err(e), d);
+        }
+    }
+
+    /// Starts a connect to the first address of `connect_addrs` that takes
+    /// one (a socket of its family, the op submitted); `Err` with the last
+    /// failure (`last` if the list is empty) when none does. Calls no
+    /// callback.
+    fn connect_start_any(&mut self, s: Stream, mut last: Error) -> Result<()> {
+        loop {
+            let st = self.stream_state(s)?;
+            let Some(addr) = st.connect_addrs.pop() else { return Err(last) };
+            let more = !st.connect_addrs.is_empty();
+            let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+            let res = self.tcp_ensure_socket(s, family).and_then(|fd| {
+                // SAFETY: a connect lends nothing (the backend copies `addr`).
+                unsafe { self.submit_op(s.0, Op::Connect { fd, addr: &socket::SockAddr::from_std(&addr) }) }
+            });
+            match res {
+                Ok(token) => {
+                    self.stream_state(s)?.connect_op = Some(token);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = e;
+                    let st = self.stream_state(s)?;
+                    if more && st.fd >= 0 && st.bind_addr.is_none() {
+                        sys::close(std::mem::replace(&mut st.fd, -1));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects to the first of `addrs` that accepts, trying them in order
+    /// (the way a client tries each address a name resolves to): the
+    /// socket becomes the returned [`TcpStream`] at once (reads, writes and
+    /// a shutdown may be queued; they start after the connect), and `cb`
+    /// runs once, with `Ok` for the address that answered or with the last
+    /// address's error. Each try gets a new socket of its address's family,
+    /// unless the socket was bound with `tcp_bind`: then only the first
+    /// address of its family is tried, on that socket. `EINVAL` for an
+    /// empty list, `EAFNOSUPPORT` if no address fits a bound socket; a
+    /// failure to start every address is returned here and `cb` never runs.
+    pub fn tcp_connect_addrs(
+        &mut self,
+        s: TcpSocket,
+        addrs: &[SocketAddr],
+        cb: &OnConnect<D, TcpStream>,
+    ) -> Result<TcpStream> {
+        let s = Stream::of(s);
+        let st = self.stream_state(s)?;
+        if st.on_connect.is_some() || st.listening || st.connected {
+            return Err(Error::INVALID_STATE);
+        }
+        if addrs.is_empty() {
+            return Err(Error::EINVAL);
+        }
+        st.connect_addrs.clear();
+        st.connect_addrs.extend(addrs.iter().rev());
+        self.connect_filter_bound(s)?;
+        self.connect_start_any(s, Error::EINVAL)?;
+        let st = self.stream_state(s)?;
+        st.on_connect = Some(cb.f.clone());
+        self.active_reqs += 1;
+        Ok(TcpStream(s.0))
+    }
+
+    /// On a socket bound by `tcp_bind`, keeps only the first address of its
+    /// family in `connect_addrs` (`EAFNOSUPPORT` if none).
+    pub(crate) fn connect_filter_bound(&mut self, s: Stream) -> Result<()> {
+        let st = self.stream_state(s)?;
+        if st.fd < 0 {
+            return Ok(());
+        }
+        let v4 = st.family == libc::AF_INET;
+        // The list is reversed: the first address is the last entry.
+        let first = st.connect_addrs.iter().rev().find(|a| a.is_ipv4() == v4).copied();
+        st.connect_addrs.clear();
+        match first {
+            Some(a) => {
+                st.connect_addrs.push(a);
+                Ok(())
+            }
+            None => Err(Error::from_errno(libc::EAFNOSUPPORT)),
         }
     }
 
@@ -1128,7 +1248,9 @@ impl<D> Loop<D> {
         cb: Option<&Rc<StatusFn<D>>>,
     ) -> Result<()> {
         let st = self.stream_state(s)?;
-        if st.fd < 0 || st.listening {
+        // A connect by name has no socket until the name is resolved; its
+        // writes wait in the queue like those of any connect.
+        if (st.fd < 0 && st.on_connect.is_none()) || st.listening {
             return Err(Error::EBADF);
         }
         if !fds.is_empty() && (st.ty != StreamType::IpcPipe || data.is_empty() || fds.len() > socket::MAX_FDS_PER_MSG) {
@@ -1342,7 +1464,7 @@ impl<D> Loop<D> {
     pub fn shutdown<S: StreamHandle>(&mut self, s: S, cb: Option<&OnShutdown<D, S>>) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
-        if st.fd < 0 || st.listening || st.shutdown != ShutdownState::None {
+        if (st.fd < 0 && st.on_connect.is_none()) || st.listening || st.shutdown != ShutdownState::None {
             return Err(Error::ENOTCONN);
         }
         st.shutdown = ShutdownState::Requested;
@@ -1402,7 +1524,7 @@ impl<D> Loop<D> {
     /// until the backend has returned everything it held.
     pub(crate) fn stream_close(&mut self, s: Stream) {
         self.accept_retry.retain(|(_, x)| *x != s);
-        let hooked = {
+        let (hooked, resolve) = {
             let Ok(slot) = self.slot_mut(s.0) else { return };
             let Kind::Stream(st) = &mut slot.kind else { return };
             let fd = st.fd;
@@ -1417,6 +1539,7 @@ impl<D> Loop<D> {
             }
             cancels[2] = st.send_op;
             cancels[3] = st.connect_op;
+            let resolve = st.resolve.take();
             for fd in st.parts.accept_queue.drain(..).chain(st.parts.pending_handles.drain(..)) {
                 sys::close(fd);
             }
@@ -1428,8 +1551,14 @@ impl<D> Loop<D> {
                     self.driver.cancel(fd, token);
                 }
             }
-            hooked
+            (hooked, resolve)
         };
+        // A name still being resolved: drop it if no pool thread has
+        // started it (its completion finds the stream closing either way;
+        // the connect callback gets ECANCELED when the close finishes).
+        if let Some(w) = resolve {
+            let _ = self.cancel_work(w);
+        }
         // Stashed reads hold receive buffers: give them back now.
         while let Ok(st) = self.slot_mut(s.0).map(|slot| match &mut slot.kind {
             Kind::Stream(st) => st.parts.stash.pop_front(),

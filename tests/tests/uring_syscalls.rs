@@ -6,6 +6,11 @@
 //! The test re-runs its own binary as the traced server. The server brackets
 //! the traffic with two `getppid()` calls (a syscall nothing else makes), so
 //! start-up and shutdown noise is outside the window that is checked.
+//!
+//! Issue 12's counterpart for files: on the io_uring backend, file opens,
+//! reads, writes, fsyncs and stats make no `openat`/`pread64`/`pwrite64`/
+//! `fsync`/`statx` syscall (nor a work-pool thread's): they go through
+//! `io_uring_enter`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -135,6 +140,123 @@ fn io_uring_echo_makes_no_stream_syscalls() {
     let enters = window.iter().filter(|l| l.contains("io_uring_enter(")).count();
     assert!(enters >= ROUND_TRIPS, "expected the traffic to go through io_uring_enter, saw {enters} calls");
     eprintln!("{ROUND_TRIPS} round trips: {enters} io_uring_enter calls, no read/recv/write/send/accept/epoll_wait");
+}
+
+const FILES_CHILD_ENV: &str = "UVRING_STRACE_FILES";
+const FILE_ROUNDS: usize = 100;
+
+/// The traced side of the file test: `FILE_ROUNDS` writes and reads at
+/// offsets, then fsync, fdatasync, fstat, stat and an open, each run to
+/// completion, between the two markers.
+fn file_io(dir: &std::path::Path) {
+    type Got = Option<Box<dyn std::any::Any>>;
+    fn finish<T: 'static>(lp: &mut Loop<Got>) -> T {
+        let mut got = None;
+        lp.run(RunMode::Default, &mut got).unwrap();
+        *got.expect("callback").downcast::<T>().expect("type")
+    }
+    fn keep<T: 'static>(_: &mut Loop<Got>, got: &mut Got, r: T) {
+        *got = Some(Box::new(r));
+    }
+    fn keep_rw(_: &mut Loop<Got>, got: &mut Got, r: Result<usize>, buf: Vec<u8>) {
+        *got = Some(Box::new((r, buf)));
+    }
+    let opts = LoopOptions::default().backend(Backend::IoUring).fs_io_uring(true);
+    let mut lp: Loop<Got> = Loop::with_options(opts).expect("io_uring loop");
+    assert!(lp.fs_io_uring());
+    let path = dir.join("traced");
+    let file = std::fs::File::create(&path).unwrap();
+    let _ = unsafe_marker();
+    let flags = OpenFlags::READ_WRITE;
+    lp.fs_open(&path, flags, 0, keep).unwrap();
+    let f: std::fs::File = finish::<Result<std::fs::File>>(&mut lp).unwrap();
+    for i in 0..FILE_ROUNDS {
+        let data = format!("record {i:05}\n").into_bytes();
+        let off = (i * data.len()) as u64;
+        lp.fs_write(&f, data.clone(), Some(off), keep_rw).unwrap();
+        let (n, _) = finish::<(Result<usize>, Vec<u8>)>(&mut lp);
+        assert_eq!(n, Ok(data.len()));
+        lp.fs_read(&f, vec![0; data.len()], Some(off), keep_rw).unwrap();
+        let (n, back) = finish::<(Result<usize>, Vec<u8>)>(&mut lp);
+        assert_eq!((n, back), (Ok(data.len()), data));
+    }
+    lp.fs_fsync(&f, keep).unwrap();
+    finish::<Result<()>>(&mut lp).unwrap();
+    lp.fs_fdatasync(&f, keep).unwrap();
+    finish::<Result<()>>(&mut lp).unwrap();
+    lp.fs_fstat(&f, keep).unwrap();
+    assert_eq!(finish::<Result<FileStat>>(&mut lp).unwrap().size, (FILE_ROUNDS * 13) as u64);
+    lp.fs_stat(&path, keep).unwrap();
+    assert!(finish::<Result<FileStat>>(&mut lp).unwrap().is_file());
+    let _ = unsafe_marker();
+    drop((f, file));
+}
+
+#[test]
+fn io_uring_file_io_makes_no_file_syscalls() {
+    if let Some(dir) = std::env::var_os(FILES_CHILD_ENV) {
+        file_io(std::path::Path::new(&dir));
+        return;
+    }
+    if Loop::<()>::with_backend(Backend::IoUring).is_err() {
+        assert!(!uvring_tests::io_uring_required(), "io_uring required but unavailable");
+        eprintln!("SKIP (io_uring unavailable)");
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(!uvring_tests::io_uring_required(), "strace is required with UVRING_REQUIRE_IO_URING=1");
+        eprintln!("SKIP (strace not installed)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("uvring-strace-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("trace.txt");
+    let child = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "io_uring_file_io_makes_no_file_syscalls", "--nocapture", "--test-threads=1"])
+        .env(FILES_CHILD_ENV, &dir)
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn strace");
+    let mut child = KillGroupOnDrop(Some(child));
+    let mut strace = child.0.take().unwrap();
+    let status = uvring_tests::with_timeout(Duration::from_secs(120), move || strace.wait().unwrap());
+    let text = std::fs::read_to_string(&trace).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success(), "traced file I/O failed: {status}");
+    let lines: Vec<&str> = text.lines().collect();
+    let marks: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| l.contains("getppid(")).map(|(i, _)| i).collect();
+    assert_eq!(marks.len(), 2, "expected two markers in the trace");
+    let window = &lines[marks[0]..marks[1]];
+    let forbidden = [
+        "openat(",
+        "read(",
+        "pread64(",
+        "preadv",
+        "write(",
+        "pwrite64(",
+        "pwritev",
+        "fsync(",
+        "fdatasync(",
+        "statx(",
+        "newfstatat(",
+    ];
+    let offending: Vec<&&str> = window
+        .iter()
+        .filter(|l| {
+            let call = l.split_whitespace().nth(1).unwrap_or("");
+            forbidden.iter().any(|f| call.starts_with(f))
+        })
+        .collect();
+    assert!(offending.is_empty(), "file syscalls outside io_uring:\n{offending:#?}");
+    let enters = window.iter().filter(|l| l.contains("io_uring_enter(")).count();
+    assert!(enters >= 2 * FILE_ROUNDS, "expected the file I/O to go through io_uring_enter, saw {enters} calls");
+    eprintln!(
+        "{FILE_ROUNDS} writes and reads, fsyncs, stats, an open: {enters} io_uring_enter calls, no file syscalls"
+    );
 }
 
 /// Kills the whole process group (strace and its tracee) unless the child

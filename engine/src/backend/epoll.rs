@@ -450,7 +450,16 @@ impl Driver for Epoll {
             Op::Read { fd, ptr, len } => self.arm_read(fd, ReadOp::Read { token, ptr, len }),
             Op::PollIn { fd } => self.arm_read(fd, ReadOp::PollIn { token }),
             Op::Poll { fd, events } => self.start_poll(fd, token, events),
+            // Regular files are always "ready" to epoll: their I/O blocks in
+            // the syscall, so the loop runs it on the work pool instead.
+            Op::FileRead { .. } | Op::FileWrite { .. } | Op::Fsync { .. } | Op::Statx { .. } | Op::OpenAt { .. } => {
+                Err(Error::ENOSYS)
+            }
         }
+    }
+
+    fn supports(&self, kind: super::OpKind) -> bool {
+        !kind.is_file_op()
     }
 
     fn cancel(&mut self, fd: RawFd, token: Token) {

@@ -23,8 +23,18 @@
 //! | `Read { fd, ptr, len }` | one-shot | `ptr..ptr + len` | bytes read |
 //! | `PollIn { fd }` | one-shot | nothing | revents (`POLLIN`) |
 //! | `Poll { fd, events }` | one-shot | nothing | `poll(2)` revents |
+//! | `FileRead { fd, ptr, len, offset }` | one-shot | `ptr..ptr + len` | bytes read |
+//! | `FileWrite { fd, ptr, len, offset }` | one-shot | `ptr..ptr + len` | bytes written |
+//! | `Fsync { fd, data_only }` | one-shot | nothing | 0 |
+//! | `Statx { dirfd, path, flags, buf }` | one-shot | `path` (to its NUL), `*buf` | 0 |
+//! | `OpenAt { path, flags, mode }` | one-shot | `path` (to its NUL) | a new fd |
 //!
 //! Any completion may carry `-errno` instead of a result.
+//!
+//! **File operations** (`FileRead` to `OpenAt`) are optional: a backend
+//! says which it performs with [`Driver::supports`] (io_uring: those its
+//! probe found; epoll: none, it refuses them with `ENOSYS`), and the loop
+//! sends the others to its work pool.
 //!
 //! **Several ops per fd.** io_uring takes any number of ops in flight on
 //! one fd, of any kinds, each its own request keyed by its token. epoll
@@ -58,14 +68,16 @@
 //!    and each fd in `fds` stays **open**, naming the same file, until then
 //!    (io_uring reads them when the operation runs, not when it is
 //!    submitted). For a `Read`, `ptr..ptr + len` stays valid for writes and
-//!    untouched by anyone else until the op's final completion. The other
+//!    untouched by anyone else until the op's final completion; likewise
+//!    a `FileRead`'s memory, a `FileWrite`'s (valid and unmodified), and a
+//!    `Statx`'s path and record and an `OpenAt`'s path. The other
 //!    ops lend nothing: the backend copies what it needs of every op
 //!    (iovec arrays, fd numbers, socket addresses) into storage it owns, so
 //!    callers may pass stack values. [`Driver::submit`] is `unsafe` for this
 //!    rule; the loop upholds it.
 //! 4. **Resources in completions are owned by the receiver.** An `Accept`
 //!    completion with `res >= 0` carries a new fd (non-blocking, `CLOEXEC`),
-//!    now owned by the loop. A completion with `buf = Some(id)` (`Recv`,
+//!    now owned by the loop; so does an `OpenAt` completion (`CLOEXEC`). A completion with `buf = Some(id)` (`Recv`,
 //!    `RecvMsg`) lends receive buffer `id` until the loop calls
 //!    [`Driver::recycle`]. The loop releases both even when it drops the
 //!    completion (a stale token, a closing handle); the token's kind byte
@@ -176,8 +188,8 @@ impl std::fmt::Display for Backend {
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Completion {
     pub token: Token,
-    /// `>= 0`: bytes, a new fd (`Accept`), revents (`PollIn`, `Poll`), 0
-    /// (`Connect`); `< 0`: `-errno`.
+    /// `>= 0`: bytes, a new fd (`Accept`, `OpenAt`), revents (`PollIn`,
+    /// `Poll`), 0 (`Connect`, `Fsync`, `Statx`); `< 0`: `-errno`.
     pub res: i32,
     /// A receive buffer lent to the loop (`Recv`, `RecvMsg`).
     pub buf: Option<u16>,
@@ -200,10 +212,16 @@ pub(crate) trait Driver {
     /// Rule 3 of the contract, per op: for `Op::Send`, the memory each
     /// iovec describes must stay valid and unmodified, and each fd in `fds`
     /// open (naming the same file), until the op's final completion has been
-    /// reported; for `Op::Read`, `ptr..ptr + len` must stay valid for writes,
-    /// and not be accessed by anyone else, until then. The other ops lend
-    /// nothing and carry no obligation.
+    /// reported; for `Op::Read` and `Op::FileRead`, `ptr..ptr + len` must
+    /// stay valid for writes, and not be accessed by anyone else, until
+    /// then; for `Op::FileWrite`, valid and unmodified; for `Op::Statx`,
+    /// `path` and `*buf`, and for `Op::OpenAt`, `path`, likewise. The other
+    /// ops lend nothing and carry no obligation.
     unsafe fn submit(&mut self, token: Token, op: Op<'_>) -> Result<()>;
+
+    /// Whether this backend performs ops of `kind` (every kind but the file
+    /// operations always; those where the backend has them).
+    fn supports(&self, kind: OpKind) -> bool;
 
     /// Ends the op `token` on `fd` soon; see rule 2. Other ops on `fd`
     /// (other tokens) are not touched.
@@ -248,6 +266,9 @@ impl Driver for AnyDriver {
     unsafe fn submit(&mut self, token: Token, op: Op<'_>) -> Result<()> {
         // SAFETY: the caller's guarantee is forwarded unchanged.
         dispatch!(self, d => unsafe { d.submit(token, op) })
+    }
+    fn supports(&self, kind: OpKind) -> bool {
+        dispatch!(self, d => d.supports(kind))
     }
     fn cancel(&mut self, fd: RawFd, token: Token) {
         dispatch!(self, d => d.cancel(fd, token))

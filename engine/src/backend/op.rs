@@ -50,6 +50,24 @@ op_kinds! {
     PollIn = 7,
     /// One-shot: a poll watcher's readiness poll.
     Poll = 8,
+    /// One-shot: read a file at an offset into memory the loop lends.
+    FileRead = 9,
+    /// One-shot: write a file at an offset from memory the loop lends.
+    FileWrite = 10,
+    /// One-shot: `fsync`/`fdatasync`.
+    Fsync = 11,
+    /// One-shot: `statx` into a record the loop lends.
+    Statx = 12,
+    /// One-shot: `openat`; the result is a new fd.
+    OpenAt = 13,
+}
+
+impl OpKind {
+    /// File operations: only io_uring performs them (where its probe
+    /// found the opcode); the loop sends them to the work pool otherwise.
+    pub(crate) fn is_file_op(self) -> bool {
+        matches!(self, OpKind::FileRead | OpKind::FileWrite | OpKind::Fsync | OpKind::Statx | OpKind::OpenAt)
+    }
 }
 
 /// One operation for [`Driver::submit`](super::Driver::submit), with its
@@ -83,6 +101,19 @@ pub(crate) enum Op<'a> {
     /// (`POLLIN`, `POLLOUT`, `POLLRDHUP`, `POLLPRI`); `res` is the `poll(2)`
     /// revents (`POLLERR` and `POLLHUP` are always reported).
     Poll { fd: RawFd, events: u32 },
+    /// `pread` into `ptr..ptr + len` at `offset` (`None`: at the file
+    /// position, as `read`).
+    FileRead { fd: RawFd, ptr: *mut u8, len: usize, offset: Option<u64> },
+    /// `pwrite` from `ptr..ptr + len` at `offset` (`None`: at the file
+    /// position, as `write`).
+    FileWrite { fd: RawFd, ptr: *const u8, len: usize, offset: Option<u64> },
+    /// `fsync`, or `fdatasync` with `data_only`.
+    Fsync { fd: RawFd, data_only: bool },
+    /// `statx(dirfd, path, flags)` into `*buf`; `path` is NUL-terminated.
+    Statx { dirfd: RawFd, path: *const libc::c_char, flags: i32, buf: *mut crate::sys::fs::StatxBuf },
+    /// `openat(AT_FDCWD, path, flags, mode)`; `path` is NUL-terminated and
+    /// `flags` include `O_CLOEXEC`.
+    OpenAt { path: *const libc::c_char, flags: i32, mode: u32 },
 }
 
 impl Op<'_> {
@@ -97,6 +128,11 @@ impl Op<'_> {
             Op::Read { .. } => OpKind::Read,
             Op::PollIn { .. } => OpKind::PollIn,
             Op::Poll { .. } => OpKind::Poll,
+            Op::FileRead { .. } => OpKind::FileRead,
+            Op::FileWrite { .. } => OpKind::FileWrite,
+            Op::Fsync { .. } => OpKind::Fsync,
+            Op::Statx { .. } => OpKind::Statx,
+            Op::OpenAt { .. } => OpKind::OpenAt,
         }
     }
 }
@@ -152,6 +188,11 @@ mod tests {
             OpKind::Read,
             OpKind::PollIn,
             OpKind::Poll,
+            OpKind::FileRead,
+            OpKind::FileWrite,
+            OpKind::Fsync,
+            OpKind::Statx,
+            OpKind::OpenAt,
         ];
         for (i, &k) in kinds.iter().enumerate() {
             let t = Token::new(Token::MAX_INDEX - i, u32::MAX - i as u32, k);

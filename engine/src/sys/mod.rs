@@ -7,6 +7,8 @@
 
 #![allow(unsafe_code)]
 
+pub mod dns;
+pub mod fs;
 pub mod process;
 pub mod signal;
 pub mod socket;

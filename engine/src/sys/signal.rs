@@ -117,3 +117,15 @@ fn install(signum: i32, handler: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Blocks every signal in the calling thread (work-pool threads, so that
+/// signals are delivered to the threads that run loops, as in libuv).
+pub fn block_all_in_thread() {
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset to fill; a null old-set pointer is allowed.
+    unsafe {
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}

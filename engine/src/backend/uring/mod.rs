@@ -13,6 +13,11 @@
 //! - Send is `SEND` for one iovec without fds, else `SENDMSG` with its
 //!   header, iovec copy and `SCM_RIGHTS` message in a reusable slot; connect
 //!   keeps its address in a slot. Nothing allocates per op after warm-up.
+//! - File operations (read and write at an offset, fsync, statx, openat)
+//!   are plain one-shot SQEs pointing at memory the loop lends (rule 3);
+//!   the setup probe records which opcodes the kernel has, and
+//!   [`Driver::supports`] tells the loop, which runs the others on its work
+//!   pool.
 //! - Every loop SQE carries the loop's token as `user_data`; backend-internal
 //!   SQEs (cancels) carry [`INTERNAL`] (kind byte 0), whose CQEs are dropped.
 //!   Each op is its own request, so any number of ops (of one kind or not)
@@ -38,7 +43,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::sys::socket::{self, SockAddr};
 use bufring::BufRing;
-use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::types::{self, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 use ops::{MultiKind, MultiOp, MultiState, OpTable, SlotPool, Tracked};
 use std::collections::VecDeque;
@@ -82,12 +87,14 @@ pub(crate) struct Uring {
     /// The process that set the ring up. The ring's memory is `dontfork`, so
     /// a forked child must not touch it (not even in `Drop`).
     pid: u32,
+    /// The file operations the probe found ([`setup::FileOps`]).
+    file_ops: setup::FileOps,
 }
 
 impl Uring {
     pub fn new(cfg: PoolConfig) -> std::result::Result<Uring, Unavailable> {
         let (ring, flags) = setup::build_ring()?;
-        setup::probe(&ring)?;
+        let file_ops = setup::probe(&ring)?;
         let pool = Rc::new(BufPool::new(cfg).map_err(|error| Unavailable {
             error,
             reason: format!("receive buffer pool: {error} ({} x {} bytes)", cfg.count, cfg.size),
@@ -127,6 +134,7 @@ impl Uring {
             inflight: 0,
             features: features.into_boxed_str(),
             pid: std::process::id(),
+            file_ops,
         })
     }
 
@@ -345,9 +353,14 @@ impl Uring {
                 }
                 self.emit(out, Completion { token, res, buf: None, more: false });
             }
-            OpKind::Read | OpKind::PollIn | OpKind::Poll => {
-                self.emit(out, Completion { token, res, buf: None, more: false })
-            }
+            OpKind::Read
+            | OpKind::PollIn
+            | OpKind::Poll
+            | OpKind::FileRead
+            | OpKind::FileWrite
+            | OpKind::Fsync
+            | OpKind::Statx
+            | OpKind::OpenAt => self.emit(out, Completion { token, res, buf: None, more: false }),
         }
     }
 
@@ -524,7 +537,60 @@ impl Driver for Uring {
                 self.start_poll(fd, token, events);
                 Ok(())
             }
+            _ if !self.supports(op.kind()) => Err(Error::ENOSYS),
+            Op::FileRead { fd, ptr, len, offset } => {
+                let len = u32::try_from(len).unwrap_or(u32::MAX);
+                // Offset -1: the file position, as read(2).
+                let entry =
+                    opcode::Read::new(Fd(fd), ptr, len).offset(offset.unwrap_or(u64::MAX)).build().user_data(token.0);
+                // SAFETY: `ptr..ptr+len` stays valid until the completion
+                // (the caller's rule-3 guarantee for this read).
+                unsafe { self.push_op(entry) };
+                Ok(())
+            }
+            Op::FileWrite { fd, ptr, len, offset } => {
+                let len = u32::try_from(len).unwrap_or(u32::MAX);
+                let entry =
+                    opcode::Write::new(Fd(fd), ptr, len).offset(offset.unwrap_or(u64::MAX)).build().user_data(token.0);
+                // SAFETY: `ptr..ptr+len` stays valid and unmodified until the
+                // completion (the caller's rule-3 guarantee for this write).
+                unsafe { self.push_op(entry) };
+                Ok(())
+            }
+            Op::Fsync { fd, data_only } => {
+                let flags = if data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
+                let entry = opcode::Fsync::new(Fd(fd)).flags(flags).build().user_data(token.0);
+                // SAFETY: FSYNC points at no memory.
+                unsafe { self.push_op(entry) };
+                Ok(())
+            }
+            Op::Statx { dirfd, path, flags, buf } => {
+                let entry = opcode::Statx::new(Fd(dirfd), path, buf.cast::<types::statx>())
+                    .flags(flags)
+                    .mask(crate::sys::fs::STATX_MASK)
+                    .build()
+                    .user_data(token.0);
+                // SAFETY: the path and the record stay valid until the
+                // completion (the caller's rule-3 guarantee for this statx).
+                unsafe { self.push_op(entry) };
+                Ok(())
+            }
+            Op::OpenAt { path, flags, mode } => {
+                let entry = opcode::OpenAt::new(Fd(crate::sys::fs::AT_FDCWD), path)
+                    .flags(flags)
+                    .mode(mode)
+                    .build()
+                    .user_data(token.0);
+                // SAFETY: the path stays valid until the completion (the
+                // caller's rule-3 guarantee for this openat).
+                unsafe { self.push_op(entry) };
+                Ok(())
+            }
         }
+    }
+
+    fn supports(&self, kind: OpKind) -> bool {
+        !kind.is_file_op() || self.file_ops.has(kind)
     }
 
     fn cancel(&mut self, _fd: RawFd, token: Token) {
@@ -639,7 +705,7 @@ impl Drop for Uring {
                 if !cqueue::more(cqe.flags()) {
                     self.inflight = self.inflight.saturating_sub(1);
                 }
-                if kind == OpKind::Accept && cqe.result() >= 0 {
+                if matches!(kind, OpKind::Accept | OpKind::OpenAt) && cqe.result() >= 0 {
                     crate::sys::close(cqe.result());
                 }
             }
@@ -650,7 +716,7 @@ impl Drop for Uring {
         }
         // Accepted fds in completions the loop never collected.
         for c in self.deferred.drain(..) {
-            if c.token.kind() == Some(OpKind::Accept) && c.res >= 0 {
+            if matches!(c.token.kind(), Some(OpKind::Accept | OpKind::OpenAt)) && c.res >= 0 {
                 crate::sys::close(c.res);
             }
         }

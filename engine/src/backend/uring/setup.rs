@@ -1,7 +1,7 @@
 //! Ring setup: the flags ladder, the opcode probe and the kernel-version gate.
 //! Everything here runs once per loop; it may allocate.
 
-use super::super::Unavailable;
+use super::super::{OpKind, Unavailable};
 use crate::error::Error;
 use io_uring::{opcode, IoUring, Probe};
 use std::fmt::Write as _;
@@ -171,7 +171,31 @@ pub(super) fn build_ring() -> Result<(IoUring, SetupFlags), Unavailable> {
 }
 
 /// Checks that the kernel supports every operation and feature we use.
-pub(super) fn probe(ring: &IoUring) -> Result<(), Unavailable> {
+/// The optional file operations a ring performs, by kind.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FileOps(u8);
+
+impl FileOps {
+    fn bit(kind: OpKind) -> u8 {
+        match kind {
+            OpKind::FileRead => 1,
+            OpKind::FileWrite => 2,
+            OpKind::Fsync => 4,
+            OpKind::Statx => 8,
+            OpKind::OpenAt => 16,
+            _ => 0,
+        }
+    }
+    pub(crate) fn has(self, kind: OpKind) -> bool {
+        let bit = Self::bit(kind);
+        bit != 0 && self.0 & bit != 0
+    }
+}
+
+/// Checks that the ring has every operation the loop needs (else io_uring
+/// is unavailable) and finds which file operations it has (the loop sends
+/// the others to its work pool).
+pub(super) fn probe(ring: &IoUring) -> Result<FileOps, Unavailable> {
     let mut probe = Probe::new();
     if let Err(e) = ring.submitter().register_probe(&mut probe) {
         let errno = e.raw_os_error().unwrap_or(libc::EIO);
@@ -207,7 +231,20 @@ pub(super) fn probe(ring: &IoUring) -> Result<(), Unavailable> {
     if !params.is_feature_nodrop() {
         return Err(unavailable(libc::ENOSYS, "io_uring lacks IORING_FEAT_NODROP (completions could be lost)".into()));
     }
-    Ok(())
+    let optional = [
+        (opcode::Read::CODE, OpKind::FileRead),
+        (opcode::Write::CODE, OpKind::FileWrite),
+        (opcode::Fsync::CODE, OpKind::Fsync),
+        (opcode::Statx::CODE, OpKind::Statx),
+        (opcode::OpenAt::CODE, OpKind::OpenAt),
+    ];
+    let mut file_ops = FileOps::default();
+    for (code, kind) in optional {
+        if probe.is_supported(code) {
+            file_ops.0 |= FileOps::bit(kind);
+        }
+    }
+    Ok(file_ops)
 }
 
 /// A one-line description of the ring as set up, for diagnostics.
