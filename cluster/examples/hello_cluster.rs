@@ -27,7 +27,7 @@ use uvring::{
     Backend, Error, Loop, OnConnection, OnListenStop, OnRead, OnShutdown, OnSignal, OnTimer, RunMode, Signal,
     TcpListener, TcpStream,
 };
-use uvring_cluster::{available_cpus, is_worker, Primary, RespawnSettings, SchedPolicy, Settings, Worker};
+use uvring_cluster::{available_cpus, is_worker, Primary, RespawnSettings, SchedPolicy, Settings, Worker, WorkerData};
 
 /// Largest request head (and unparsed pipeline) a connection may buffer.
 const MAX_BUFFERED: usize = 64 * 1024;
@@ -108,14 +108,16 @@ fn run_worker(o: Options) -> uvring::Result<()> {
     // The primary passes its loop's backend in UVRING_BACKEND.
     let backend = Backend::from_env()?;
     let mut lp: Loop<Server> = open_loop(backend, &std::process::id().to_string());
-    let worker = Worker::init(&mut lp)?;
+    // The cluster's part of the server's state: `listen` below asks the
+    // primary through it. If the primary dies, the worker stops the loop
+    // (its default), `run` returns and the process exits.
+    let mut server = Server { worker: Some(Worker::init(&mut lp)?), ..Server::default() };
     // Ctrl-C reaches the whole process group; the primary orchestrates the
     // shutdown, so a worker ignores it rather than dying mid-request.
     let sigint = lp.signal_start(libc::SIGINT, &OnSignal::new(|_, _, _, _| {}))?;
     lp.unref_handle(sigint)?;
-    let _ = worker;
     serve(&mut lp, SocketAddr::new(o.host, o.port))?;
-    lp.run(RunMode::Default, &mut Server::default())?;
+    lp.run(RunMode::Default, &mut server)?;
     Ok(())
 }
 
@@ -231,12 +233,21 @@ struct Conn {
     buf: Vec<u8>,
 }
 
+/// The server's state, the loop's user data: standalone, or a cluster
+/// worker (then `worker` holds the cluster's part, see [`WorkerData`]).
 #[derive(Default)]
 struct Server {
+    worker: Option<Worker<Server>>,
     conns: Vec<Conn>,
     free: Vec<usize>,
     /// Responses of one read, written with a single `write`.
     out: Vec<u8>,
+}
+
+impl WorkerData for Server {
+    fn worker(&mut self) -> Option<&mut Worker<Server>> {
+        self.worker.as_mut()
+    }
 }
 
 impl Server {

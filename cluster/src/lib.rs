@@ -23,15 +23,23 @@
 //!
 //! ```no_run
 //! use uvring::{Loop, RunMode};
-//! use uvring_cluster::{is_primary, Primary, Settings, Worker};
+//! use uvring_cluster::{is_primary, Primary, Settings, Worker, WorkerData};
 //!
 //! /// The program's state: every callback gets it.
 //! #[derive(Default)]
 //! struct State {
 //!     exits: u32,
+//!     worker: Option<Worker<State>>,
+//! }
+//!
+//! impl WorkerData for State {
+//!     fn worker(&mut self) -> Option<&mut Worker<State>> {
+//!         self.worker.as_mut()
+//!     }
 //! }
 //!
 //! let mut lp: Loop<State> = Loop::new().unwrap();
+//! let mut state = State::default();
 //! if is_primary() {
 //!     let primary = Primary::new(&mut lp, Settings::default()).unwrap();
 //!     primary.on_exit(|_lp, state, w, code, signal| {
@@ -40,10 +48,10 @@
 //!     });
 //!     primary.start(&mut lp).unwrap();
 //! } else {
-//!     Worker::init(&mut lp).unwrap();
+//!     state.worker = Some(Worker::init(&mut lp).unwrap());
 //!     // ... tcp_init + tcp_bind + listen as usual: the primary routes it.
 //! }
-//! lp.run(RunMode::Default, &mut State::default()).unwrap();
+//! lp.run(RunMode::Default, &mut state).unwrap();
 //! ```
 
 mod channel;
@@ -59,4 +67,4 @@ pub use proto::FrameFds;
 pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
 pub use settings::{available_cpus, ChildOutput, RespawnSettings, SchedPolicy, Settings};
 pub use store::SharedStore;
-pub use worker::{is_primary, is_worker, worker_id, Worker};
+pub use worker::{is_primary, is_worker, worker_id, Worker, WorkerData};

@@ -158,6 +158,9 @@ pub(crate) enum Pending {
     Injected(Stream),
     /// A listen hook reported a late listen error.
     ListenFailed(Stream, crate::error::Error),
+    /// `listen` with a listen hook installed: ask the hook (with `D`) now,
+    /// with this backlog.
+    HookListen(Stream, i32),
 }
 
 /// A libuv-style event loop over the user's state `D` (see the crate docs):
@@ -192,7 +195,7 @@ pub struct Loop<D = ()> {
     /// Listeners waiting out an accept back-off: (deadline ms, stream).
     pub(crate) accept_retry: Vec<(u64, Stream)>,
     pub(crate) signals: SignalRegistry,
-    pub(crate) listen_hook: Option<Box<dyn crate::stream::ListenHook<D>>>,
+    pub(crate) listen_hook: Option<Rc<dyn crate::stream::ListenHook<D>>>,
     user: Option<Box<dyn std::any::Any>>,
     iterations: u64,
 }
@@ -693,6 +696,7 @@ impl<D> Loop<D> {
                 Pending::ListenStopped(s) => self.listen_stopped(s, d),
                 Pending::Injected(s) => self.deliver_injected(s, d),
                 Pending::ListenFailed(s, e) => self.deliver_listen_failed(s, e, d),
+                Pending::HookListen(s, backlog) => self.hook_listen(s, backlog, d),
             }
         }
         n > 0
