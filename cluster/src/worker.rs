@@ -12,7 +12,7 @@
 //! of the library (channel reads, hooks, the load timer, the listen hook)
 //! gets `d` from the engine and reaches its state through `d.worker()`; a
 //! user callback (an `Rc<dyn Fn>` clone) is called with `(lp, d, ..)` only
-//! after that borrow has ended. No `RefCell`, and no user callback runs
+//! after that borrow has ended. No shared cell, and no user callback runs
 //! inside a `Worker` call.
 //!
 //! # Listening

@@ -195,6 +195,8 @@ pub struct Loop<D = ()> {
     /// Listeners waiting out an accept back-off: (deadline ms, stream).
     pub(crate) accept_retry: Vec<(u64, Stream)>,
     pub(crate) signals: SignalRegistry,
+    /// The listen hook, shared so that a call can run through a clone
+    /// while the hook stays installed (see `ListenHook`).
     pub(crate) listen_hook: Option<Rc<dyn crate::stream::ListenHook<D>>>,
     user: Option<Box<dyn std::any::Any>>,
     iterations: u64,

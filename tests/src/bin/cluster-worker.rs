@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use uvring::{Loop, OnConnect, OnConnection, OnRead, OnShutdown, RunMode, TcpListener, TcpStream};
-use uvring_cluster::{is_primary, Primary, Settings, Worker, WorkerData};
+use uvring_cluster::{is_primary, Primary, PrimaryData, Settings, Worker, WorkerData};
 
 /// Counts every heap allocation of the process (the allocation test asks a
 /// worker for the count over a stretch of connections).
@@ -386,27 +386,42 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
     }
 }
 
+/// A primary process's state (the `primary-*` scenarios): the cluster's
+/// part, and the workers seen online.
+struct Supervisor {
+    primary: Primary<Supervisor>,
+    online: u32,
+}
+
+impl PrimaryData for Supervisor {
+    fn primary(&mut self) -> &mut Primary<Supervisor> {
+        &mut self.primary
+    }
+}
+
 /// Primary-side scenarios for tests that must kill the primary itself.
 fn primary_main(scenario: &str) {
-    #[derive(Default)]
-    struct Online(u32);
-    let mut lp: Loop<Online> = Loop::new().expect("loop");
-    match scenario {
-        // Fork two idle workers, print their pids, and wait to be killed.
+    let mut lp: Loop<Supervisor> = Loop::new().expect("loop");
+    let mut sup = match scenario {
+        // Fork two workers, one idle and one serving (its listener keeps
+        // its loop alive: the worker's default action when the primary
+        // dies must stop it), print their pids, and wait to be killed.
         "primary-kill" => {
-            let settings = Settings { args: Some(vec!["idle".into()]), workers: 2, ..Settings::default() };
-            let primary = Primary::new(&mut lp, settings).expect("primary");
-            let p = primary.clone();
-            primary.on_online(move |_, d, _| {
-                d.0 += 1;
-                if d.0 == 2 {
-                    let pids: Vec<String> = p.workers().iter().map(|w| w.pid().to_string()).collect();
+            let settings = Settings { args: Some(vec!["idle".into()]), workers: 0, ..Settings::default() };
+            let mut primary = Primary::new(&mut lp, settings).expect("primary");
+            primary.fork(&mut lp).expect("fork");
+            primary.fork_with_env(&mut lp, &[("SCENARIO", "serve")]).expect("fork");
+            primary.on_online(|_, d: &mut Supervisor, _| {
+                d.online += 1;
+                if d.online == 2 {
+                    let pids: Vec<String> = d.primary.workers().iter().map(|w| w.pid().to_string()).collect();
                     println!("pids {}", pids.join(" "));
                 }
             });
-            primary.start(&mut lp).expect("start");
+            Supervisor { primary, online: 0 }
         }
         other => panic!("unknown primary scenario {other:?}"),
-    }
-    lp.run(RunMode::Default, &mut Online::default()).expect("run");
+    };
+    sup.primary.start(&mut lp).expect("start");
+    lp.run(RunMode::Default, &mut sup).expect("run");
 }
