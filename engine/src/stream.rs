@@ -569,7 +569,10 @@ impl<D> Loop<D> {
     /// Starts listening (`uv_listen`); the socket becomes the returned
     /// listener. `cb` runs once per incoming connection, which the callback
     /// takes with [`accept`](Self::accept). Errors that happen later (accept
-    /// failures, a cluster primary's bind error) reach `cb` as `Err`.
+    /// failures, a cluster primary's bind error) reach `cb` as `Err`. With a
+    /// [`ListenHook`] installed, a socket bound with `tcp_bind` is only
+    /// recorded here: the listener comes back at once, and the hook decides
+    /// from the loop's pending phase (its errors reach `cb`).
     pub fn listen<S: SocketHandle>(
         &mut self,
         s: S,

@@ -318,7 +318,10 @@ fn proc_state(pid: i32) -> Option<char> {
     stat.rsplit(')').next()?.trim().chars().next()
 }
 
-// Every worker exits when the primary dies (EOF on the channel).
+// Every worker exits when the primary dies (EOF on the channel): an idle
+// one, one whose listener would keep its loop alive (the worker's default
+// action stops the loop), and one that replaced that action
+// (`on_primary_gone`: it says so, then stops).
 #[test]
 fn primary_kill() {
     // Serialised with the other tests of this binary: they count this
@@ -336,17 +339,23 @@ fn primary_kill() {
             .spawn()
             .unwrap();
         let pgid = child.id() as i32;
+        // The primary's stdout, which its workers share.
         let stdout = child.stdout.take().unwrap();
-        let line = uvring_tests::with_timeout(WAIT, move || {
-            let mut line = String::new();
-            std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
-            line
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
+        let line = lines.recv_timeout(WAIT).expect("the pids line");
         let pids: Vec<i32> =
             line.trim().strip_prefix("pids ").unwrap().split(' ').map(|p| p.parse().unwrap()).collect();
-        assert_eq!(pids.len(), 2);
+        assert_eq!(pids.len(), 3);
         child.kill().unwrap();
         child.wait().unwrap();
+        let gone = lines.recv_timeout(WAIT);
         let deadline = Instant::now() + WAIT;
         while pids.iter().any(|&p| proc_state(p).is_some_and(|s| s != 'Z')) {
             if Instant::now() > deadline {
@@ -356,6 +365,7 @@ fn primary_kill() {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        assert_eq!(gone.as_deref(), Ok("gone 3"), "the replaced action ran ({backend})");
     }
     guard.check_fds();
 }

@@ -177,6 +177,13 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
     let w = state.worker.as_mut().expect("a worker");
     let id = w.id();
     w.on_listening(|lp, d, _s, addr| send(lp, d, &format!("listening {}", addr.port())));
+    if std::env::var_os("ON_PRIMARY_GONE").is_some_and(|v| v == "say") {
+        // Replaces the default (stop the loop): says so, then stops it.
+        w.on_primary_gone(move |lp, _| {
+            println!("gone {id}");
+            lp.stop();
+        });
+    }
     match scenario {
         // Serve PORT (default 0) until disconnected.
         "serve" => {
@@ -403,17 +410,20 @@ impl PrimaryData for Supervisor {
 fn primary_main(scenario: &str) {
     let mut lp: Loop<Supervisor> = Loop::new().expect("loop");
     let mut sup = match scenario {
-        // Fork two workers, one idle and one serving (its listener keeps
+        // Fork three workers: one idle, one serving (its listener keeps
         // its loop alive: the worker's default action when the primary
-        // dies must stop it), print their pids, and wait to be killed.
+        // dies must stop it), and one serving that replaces that action
+        // (it says "gone <id>" first); print their pids, and wait to be
+        // killed.
         "primary-kill" => {
             let settings = Settings { args: Some(vec!["idle".into()]), workers: 0, ..Settings::default() };
             let mut primary = Primary::new(&mut lp, settings).expect("primary");
             primary.fork(&mut lp).expect("fork");
             primary.fork_with_env(&mut lp, &[("SCENARIO", "serve")]).expect("fork");
+            primary.fork_with_env(&mut lp, &[("SCENARIO", "serve"), ("ON_PRIMARY_GONE", "say")]).expect("fork");
             primary.on_online(|_, d: &mut Supervisor, _| {
                 d.online += 1;
-                if d.online == 2 {
+                if d.online == 3 {
                     let pids: Vec<String> = d.primary.workers().iter().map(|w| w.pid().to_string()).collect();
                     println!("pids {}", pids.join(" "));
                 }
