@@ -18,8 +18,11 @@
 //! order, `Connection: close` (and HTTP/1.0 without keep-alive) is honoured.
 //! Per-connection state is recycled, so serving allocates nothing once warm.
 //! It lives in the loop's user data (`Server`, passed to `run`): every
-//! callback gets it, so nothing is behind `Rc<RefCell<..>>`; a connection's
-//! slot in it is the stream's data word.
+//! callback gets it, so nothing is behind a shared cell; a connection's
+//! slot in it is the stream's data word. The cluster's part of the state
+//! lives there too: a worker's `Server` holds its `Worker`
+//! ([`WorkerData`]), the primary's `Supervisor` its `Primary`
+//! ([`PrimaryData`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -27,7 +30,9 @@ use uvring::{
     Backend, Error, Loop, OnConnection, OnListenStop, OnRead, OnShutdown, OnSignal, OnTimer, RunMode, Signal,
     TcpListener, TcpStream,
 };
-use uvring_cluster::{available_cpus, is_worker, Primary, RespawnSettings, SchedPolicy, Settings, Worker};
+use uvring_cluster::{
+    available_cpus, is_worker, Primary, PrimaryData, RespawnSettings, SchedPolicy, Settings, Worker, WorkerData,
+};
 
 /// Largest request head (and unparsed pipeline) a connection may buffer.
 const MAX_BUFFERED: usize = 64 * 1024;
@@ -108,14 +113,16 @@ fn run_worker(o: Options) -> uvring::Result<()> {
     // The primary passes its loop's backend in UVRING_BACKEND.
     let backend = Backend::from_env()?;
     let mut lp: Loop<Server> = open_loop(backend, &std::process::id().to_string());
-    let worker = Worker::init(&mut lp)?;
+    // The cluster's part of the server's state: `listen` below asks the
+    // primary through it. If the primary dies, the worker stops the loop
+    // (its default), `run` returns and the process exits.
+    let mut server = Server { worker: Some(Worker::init(&mut lp)?), ..Server::default() };
     // Ctrl-C reaches the whole process group; the primary orchestrates the
     // shutdown, so a worker ignores it rather than dying mid-request.
     let sigint = lp.signal_start(libc::SIGINT, &OnSignal::new(|_, _, _, _| {}))?;
     lp.unref_handle(sigint)?;
-    let _ = worker;
     serve(&mut lp, SocketAddr::new(o.host, o.port))?;
-    lp.run(RunMode::Default, &mut Server::default())?;
+    lp.run(RunMode::Default, &mut server)?;
     Ok(())
 }
 
@@ -147,11 +154,18 @@ fn run_standalone(o: Options) -> uvring::Result<()> {
     Ok(())
 }
 
-/// The primary's state: its signal watchers, and whether a shutdown began.
-#[derive(Default)]
+/// The primary's state, the loop's user data: the cluster's part (see
+/// [`PrimaryData`]), the signal watchers, and whether a shutdown began.
 struct Supervisor {
+    primary: Primary<Supervisor>,
     signals: Vec<Signal>,
     shutting_down: bool,
+}
+
+impl PrimaryData for Supervisor {
+    fn primary(&mut self) -> &mut Primary<Supervisor> {
+        &mut self.primary
+    }
 }
 
 fn run_primary(o: Options) -> uvring::Result<()> {
@@ -164,7 +178,7 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         respawn: RespawnSettings { enabled: true, ..RespawnSettings::default() },
         ..Settings::default()
     };
-    let primary = Primary::new(&mut lp, settings)?;
+    let mut primary = Primary::new(&mut lp, settings)?;
     eprintln!("[primary {me}] {} workers, policy {}, {} backend, port {}", o.workers, o.policy, lp.backend(), o.port);
     primary.on_fork(move |_, _, w| eprintln!("[primary {me}] worker {} (pid {}) forked", w.id(), w.pid()));
     primary.on_online(move |_, _, w| eprintln!("[primary {me}] worker {} (pid {}) online", w.id(), w.pid()));
@@ -177,47 +191,40 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         eprintln!("[primary {me}] worker {} (pid {}) exited {how} (code {code}, signal {signal})", w.id(), w.pid());
     });
     primary.on_restart_storm(move |_, _| eprintln!("[primary {me}] restart storm: no more respawns"));
-    let p = primary.clone();
+    // Workers that do not leave in time (a connection that never closes)
+    // are killed.
+    let on_deadline = OnTimer::new(|lp, sup: &mut Supervisor, t| {
+        for w in sup.primary.workers() {
+            let _ = sup.primary.kill(lp, w.id(), libc::SIGKILL);
+        }
+        let _ = lp.close(t, None);
+    });
     let on_stop = OnSignal::new(move |lp, sup: &mut Supervisor, _, signum| {
         if std::mem::replace(&mut sup.shutting_down, true) {
             return;
         }
         eprintln!("[primary {me}] signal {signum}: disconnecting workers");
-        p.disconnect(lp, move |lp, sup| {
+        sup.primary.disconnect(lp, move |lp, sup| {
             eprintln!("[primary {me}] all workers gone; bye");
             for s in sup.signals.drain(..) {
                 let _ = lp.close(s, None);
             }
         });
-        // Workers that do not leave in time (a connection that never
-        // closes) are killed.
-        let p = p.clone();
         if let Ok(t) = lp.timer_init() {
             let _ = lp.unref_handle(t);
-            let _ = lp.timer_start(
-                t,
-                Duration::from_secs(10),
-                Duration::ZERO,
-                &OnTimer::new(move |lp, _, t| {
-                    for w in p.workers() {
-                        let _ = w.kill(lp, libc::SIGKILL);
-                    }
-                    let _ = lp.close(t, None);
-                }),
-            );
+            let _ = lp.timer_start(t, Duration::from_secs(10), Duration::ZERO, &on_deadline);
         }
     });
-    let p = primary.clone();
-    let on_hup = OnSignal::new(move |lp, _, _, _| {
+    let on_hup = OnSignal::new(move |lp, sup: &mut Supervisor, _, _| {
         eprintln!("[primary {me}] SIGHUP: rolling restart");
-        p.rolling_restart(lp, move |_, _| eprintln!("[primary {me}] rolling restart done"));
+        sup.primary.rolling_restart(lp, move |_, _| eprintln!("[primary {me}] rolling restart done"));
     });
-    let mut sup = Supervisor::default();
+    let mut sup = Supervisor { primary, signals: Vec::new(), shutting_down: false };
     for signum in [libc::SIGINT, libc::SIGTERM] {
         sup.signals.push(lp.signal_start(signum, &on_stop)?);
     }
     sup.signals.push(lp.signal_start(libc::SIGHUP, &on_hup)?);
-    primary.start(&mut lp)?;
+    sup.primary.start(&mut lp)?;
     lp.run(RunMode::Default, &mut sup)?;
     Ok(())
 }
@@ -231,12 +238,21 @@ struct Conn {
     buf: Vec<u8>,
 }
 
+/// The server's state, the loop's user data: standalone, or a cluster
+/// worker (then `worker` holds the cluster's part, see [`WorkerData`]).
 #[derive(Default)]
 struct Server {
+    worker: Option<Worker<Server>>,
     conns: Vec<Conn>,
     free: Vec<usize>,
     /// Responses of one read, written with a single `write`.
     out: Vec<u8>,
+}
+
+impl WorkerData for Server {
+    fn worker(&mut self) -> Option<&mut Worker<Server>> {
+        self.worker.as_mut()
+    }
 }
 
 impl Server {

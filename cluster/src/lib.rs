@@ -12,38 +12,92 @@
 //!   passes over workers loaded more than a slack above the least loaded)
 //!   and [`RestartGovernor`] (respawn back-off and restart-storm limit).
 //! - [`store`]: the primary's shared key/value store.
-//! - [`Primary`] and [`WorkerHandle`]: forking, listen routing, connection
-//!   hand-off, events, disconnect, respawn, rolling restart.
+//! - [`Primary`]: forking, listen routing, connection hand-off, events,
+//!   disconnect, respawn, rolling restart; one module per job under
+//!   [`primary`].
 //! - [`Worker`]: the worker's channel, the listen hook (so unchanged server
 //!   code runs standalone or clustered), messages, store client, disconnect.
 //!
-//! Every event callback gets the loop and the loop's user data `D` (the
-//! value passed to [`Loop::run`](uvring::Loop::run)), as the engine's own
-//! callbacks do, so the program's state needs no `Rc<RefCell<..>>`.
+//! # The model: the user's data holds the cluster's part
+//!
+//! The engine runs a `Loop<D>` over the program's state `D`, and every
+//! callback gets `(&mut Loop<D>, &mut D, ..)`. The cluster layer needs
+//! state of its own, and it keeps it *inside* `D` (smithay's delegate
+//! pattern over calloop): [`Primary<D>`](Primary) and [`Worker<D>`](Worker)
+//! are plain structs that the program stores in its `D`, and `D` hands
+//! them to the library by implementing [`PrimaryData`] or [`WorkerData`]:
+//!
+//! - The library's loop callbacks (channel reads, process exits, its timers
+//!   and hooks, the listen hook) get `d` from the engine and reach their
+//!   state through the trait. A user callback (an `Rc<dyn Fn>`) is cloned
+//!   out first and called with `(lp, d, ..)` with no borrow held, so it may
+//!   call any `Primary` or `Worker` method through `d`. No shared cell
+//!   anywhere.
+//! - API calls (`d.primary().fork(lp)`, `kill`, `disconnect`, ...) never run
+//!   user code: the events they cause are delivered from the loop.
+//! - [`WorkerData::worker`] returns `Option`: `None` when the same server
+//!   code runs standalone; then `listen` is an ordinary local listen.
+//!   In a worker, the engine asks the cluster's listen hook from its pending
+//!   phase, with `d` ([`uvring::ListenHook`]), and the hook asks the primary.
+//! - A worker whose primary dies must not outlive it: by default the
+//!   library stops the worker's loop, so `Loop::run` returns and `main`
+//!   exits. [`Worker::on_primary_gone`] replaces that default; the library
+//!   never calls `process::exit`.
+//! - Loop data holding several primaries (two clusters on one loop)
+//!   implements [`PrimaryData::primary_by_id`] as well.
 //!
 //! ```no_run
 //! use uvring::{Loop, RunMode};
-//! use uvring_cluster::{is_primary, Primary, Settings, Worker};
+//! use uvring_cluster::{is_primary, Primary, PrimaryData, Settings, Worker, WorkerData};
 //!
-//! /// The program's state: every callback gets it.
+//! /// The primary's loop data: the cluster's part and the program's own.
+//! struct Supervisor {
+//!     primary: Primary<Supervisor>,
+//!     crashes: u32,
+//! }
+//!
+//! impl PrimaryData for Supervisor {
+//!     fn primary(&mut self) -> &mut Primary<Supervisor> {
+//!         &mut self.primary
+//!     }
+//! }
+//!
+//! /// A server's loop data: standalone (`worker: None`) or in a worker.
 //! #[derive(Default)]
-//! struct State {
-//!     exits: u32,
+//! struct Server {
+//!     worker: Option<Worker<Server>>,
+//!     requests: u64,
 //! }
 //!
-//! let mut lp: Loop<State> = Loop::new().unwrap();
-//! if is_primary() {
-//!     let primary = Primary::new(&mut lp, Settings::default()).unwrap();
-//!     primary.on_exit(|_lp, state, w, code, signal| {
-//!         state.exits += 1;
-//!         eprintln!("worker {} exited ({code}, {signal})", w.id());
-//!     });
-//!     primary.start(&mut lp).unwrap();
-//! } else {
-//!     Worker::init(&mut lp).unwrap();
-//!     // ... tcp_init + tcp_bind + listen as usual: the primary routes it.
+//! impl WorkerData for Server {
+//!     fn worker(&mut self) -> Option<&mut Worker<Server>> {
+//!         self.worker.as_mut()
+//!     }
 //! }
-//! lp.run(RunMode::Default, &mut State::default()).unwrap();
+//!
+//! fn main() -> uvring::Result<()> {
+//!     if is_primary() {
+//!         let mut lp: Loop<Supervisor> = Loop::new()?;
+//!         let mut primary = Primary::new(&mut lp, Settings::default())?;
+//!         primary.on_exit(|lp, sup: &mut Supervisor, w, code, signal| {
+//!             eprintln!("worker {} exited ({code}, {signal})", w.id());
+//!             if !w.exited_after_disconnect() && sup.crashes < 3 {
+//!                 sup.crashes += 1;
+//!                 // Any primary method, from any callback.
+//!                 let _ = sup.primary.fork(lp);
+//!             }
+//!         });
+//!         let mut sup = Supervisor { primary, crashes: 0 };
+//!         sup.primary.start(&mut lp)?;
+//!         lp.run(RunMode::Default, &mut sup)?;
+//!     } else {
+//!         let mut lp: Loop<Server> = Loop::new()?;
+//!         let mut server = Server { worker: Some(Worker::init(&mut lp)?), ..Server::default() };
+//!         // ... tcp_init + tcp_bind + listen as usual: the primary routes it.
+//!         lp.run(RunMode::Default, &mut server)?;
+//!     }
+//!     Ok(())
+//! }
 //! ```
 
 mod channel;
@@ -54,9 +108,9 @@ pub mod settings;
 pub mod store;
 pub mod worker;
 
-pub use primary::{ClusterStats, Primary, WorkerHandle, WorkerStatus};
+pub use primary::{ClusterStats, Primary, PrimaryData, PrimaryId, WorkerInfo, WorkerStatus};
 pub use proto::FrameFds;
 pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
 pub use settings::{available_cpus, ChildOutput, RespawnSettings, SchedPolicy, Settings};
 pub use store::SharedStore;
-pub use worker::{is_primary, is_worker, worker_id, Worker};
+pub use worker::{is_primary, is_worker, worker_id, Worker, WorkerData};

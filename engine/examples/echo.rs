@@ -9,8 +9,8 @@
 //! ```
 //!
 //! The server's state is the loop's data: `run` takes it, and every
-//! callback gets it next to the loop, so no callback needs
-//! `Rc<RefCell<..>>`.
+//! callback gets it next to the loop, so no callback needs a shared,
+//! reference-counted cell.
 
 use std::net::SocketAddr;
 use uvring::{Loop, OnConnection, OnRead, OnSignal, RunMode, TcpListener, TcpStream};

@@ -184,6 +184,9 @@ pub(crate) enum Pending {
     ListenFailed(Stream, crate::error::Error),
     /// A work item was cancelled before it started: run its `done`.
     WorkCancelled(crate::work::Work),
+    /// `listen` with a listen hook installed: ask the hook (with `D`) now,
+    /// with this backlog.
+    HookListen(Stream, i32),
 }
 
 /// A libuv-style event loop over the user's state `D` (see the crate docs):
@@ -223,7 +226,9 @@ pub struct Loop<D = ()> {
     /// Listeners waiting out an accept back-off: (deadline ms, stream).
     pub(crate) accept_retry: Vec<(u64, Stream)>,
     pub(crate) signals: SignalRegistry,
-    pub(crate) listen_hook: Option<Box<dyn crate::stream::ListenHook<D>>>,
+    /// The listen hook, shared so that a call can run through a clone
+    /// while the hook stays installed (see `ListenHook`).
+    pub(crate) listen_hook: Option<Rc<dyn crate::stream::ListenHook<D>>>,
     user: Option<Box<dyn std::any::Any>>,
     iterations: u64,
 }
@@ -739,6 +744,7 @@ impl<D> Loop<D> {
                 Pending::Injected(s) => self.deliver_injected(s, d),
                 Pending::ListenFailed(s, e) => self.deliver_listen_failed(s, e, d),
                 Pending::WorkCancelled(w) => self.work_deliver(w, None, d),
+                Pending::HookListen(s, backlog) => self.hook_listen(s, backlog, d),
             }
         }
         n > 0

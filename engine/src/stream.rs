@@ -191,6 +191,11 @@ pub(crate) struct StreamState<D> {
     pub shutdown_req: Option<Option<Rc<StatusFn<D>>>>,
     /// Address recorded by `tcp_bind` (for a listen hook that binds elsewhere).
     pub bind_addr: Option<(SocketAddr, u32)>,
+    /// The listen hook was asked to take this listener over: it hears of
+    /// the close ([`ListenHook::closed`]).
+    pub hook_asked: bool,
+    /// Connections dropped from the accept queue by `close`, for the hook.
+    pub hook_dropped: usize,
     /// Fds attached to the send in flight (IPC), closed after they are sent.
     pub inflight_fds: usize,
     /// A connect by name: the resolution in flight on the work pool.
@@ -243,28 +248,54 @@ impl<D> StreamState<D> {
 /// installs one in worker processes so that `listen` asks the primary,
 /// exactly as Node's `net.Server#listen` does inside a cluster worker.
 ///
-/// A hook runs inside [`Loop::listen`] (and `close`), so it must not call
-/// user code; what it reports later goes through `listen_inject`,
-/// `listen_adopt` and `listen_fail`, whose callbacks the loop runs from its
-/// pending phase.
+/// With a hook installed, `tcp_bind` only records the address (unless the
+/// flags ask for [`TCP_REUSEPORT`]) and [`Loop::listen`] of a bound TCP
+/// socket only records the request: it returns the listener at once (listening
+/// and active), and the loop calls [`listen`](Self::listen) from its pending
+/// phase, with the user's data `D`, so the hook's own state may live in `D`
+/// (the cluster's worker finds it through a trait that `D` implements). The
+/// hook runs from a loop phase, so it may run user code; what it reports
+/// later goes through [`Loop::listen_inject`], [`Loop::listen_adopt`],
+/// [`Loop::listen_bind`] and [`Loop::listen_fail`].
+///
+/// A hook is stored as `Rc` and called through a clone (no `RefCell`): the
+/// hook stays installed while it runs, so a `listen` made from inside it (or
+/// from user code it calls) is routed the same way. Its methods take `&self`;
+/// keep its state in `D`.
 pub trait ListenHook<D> {
-    /// Called by [`Loop::listen`] for a TCP socket bound with `tcp_bind`;
-    /// `server` is the id `listen` returns. Return `None` to listen locally
-    /// as usual; `Some(result)` if the hook took over (it then delivers
-    /// connections with [`Loop::listen_inject`] or adopts a listening fd
-    /// with [`Loop::listen_adopt`], and reports late errors with
-    /// [`Loop::listen_fail`]).
+    /// Called from the loop's pending phase after [`Loop::listen`] of a TCP
+    /// socket bound with `tcp_bind` (`server` is the id `listen` returned;
+    /// if it was closed or stopped meanwhile, the hook is not called).
+    ///
+    /// - `None`: listen locally, as without a hook (the recorded address is
+    ///   bound now if it was not yet).
+    /// - `Some(Ok(()))`: the hook took the listener over. It delivers
+    ///   connections with [`Loop::listen_inject`], adopts a listening fd
+    ///   with [`Loop::listen_adopt`], or binds the listener's own socket
+    ///   with [`Loop::listen_bind`] (for example with [`TCP_REUSEPORT`]);
+    ///   late errors go through [`Loop::listen_fail`].
+    ///
+    /// An error (`Some(Err(e))`, or a local listen that fails) reaches the
+    /// listener's `on_connection` as `Err(e)` at once, from this phase, and
+    /// the listener stops listening.
+    #[allow(clippy::too_many_arguments)]
     fn listen(
-        &mut self,
+        &self,
         lp: &mut Loop<D>,
+        d: &mut D,
         server: TcpListener,
         addr: SocketAddr,
         flags: u32,
         backlog: i32,
     ) -> Option<Result<()>>;
 
-    /// Called when a listener the hook took over is closed.
-    fn closed(&mut self, lp: &mut Loop<D>, server: TcpListener);
+    /// Called from the loop's closing phase, with the user's data, when a
+    /// listener the hook was asked about (its [`listen`](Self::listen) ran)
+    /// is freed. `dropped` counts the connections that were still in its
+    /// accept queue when it was closed: the user never accepted them (they
+    /// were closed). The user accepts in queue order, so they are the last
+    /// `dropped` of those the listener received.
+    fn closed(&self, lp: &mut Loop<D>, d: &mut D, server: TcpListener, dropped: usize);
 }
 
 impl<D> Loop<D> {
@@ -315,6 +346,8 @@ impl<D> Loop<D> {
             shutdown: ShutdownState::None,
             shutdown_req: None,
             bind_addr: None,
+            hook_asked: false,
+            hook_dropped: 0,
             inflight_fds: 0,
             resolve: None,
             connect_addrs: Vec::new(),
@@ -369,8 +402,8 @@ impl<D> Loop<D> {
 
     /// Binds to `addr` (flags: [`TCP_IPV6ONLY`], [`TCP_REUSEPORT`]).
     /// `SO_REUSEADDR` is always set, as libuv does. Inside a cluster worker
-    /// (a listen hook is installed) the address is only recorded: the
-    /// primary binds at `listen`.
+    /// (a listen hook is installed) the address is only recorded, unless
+    /// the flags ask for `SO_REUSEPORT`: the hook decides at `listen`.
     pub fn tcp_bind(&mut self, s: TcpSocket, addr: SocketAddr, flags: u32) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
@@ -381,6 +414,11 @@ impl<D> Loop<D> {
         if self.listen_hook.is_some() && flags & TCP_REUSEPORT == 0 {
             return Ok(());
         }
+        self.tcp_bind_socket(s, addr, flags)
+    }
+
+    /// Makes the stream's socket (if it has none) and binds it.
+    fn tcp_bind_socket(&mut self, s: Stream, addr: SocketAddr, flags: u32) -> Result<()> {
         let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
         let fd = self.tcp_ensure_socket(s, family)?;
         socket::set_reuseaddr(fd)?;
@@ -651,7 +689,10 @@ impl<D> Loop<D> {
     /// Starts listening (`uv_listen`); the socket becomes the returned
     /// listener. `cb` runs once per incoming connection, which the callback
     /// takes with [`accept`](Self::accept). Errors that happen later (accept
-    /// failures, a cluster primary's bind error) reach `cb` as `Err`.
+    /// failures, a cluster primary's bind error) reach `cb` as `Err`. With a
+    /// [`ListenHook`] installed, a socket bound with `tcp_bind` is only
+    /// recorded here: the listener comes back at once, and the hook decides
+    /// from the loop's pending phase (its errors reach `cb`).
     pub fn listen<S: SocketHandle>(
         &mut self,
         s: S,
@@ -664,45 +705,99 @@ impl<D> Loop<D> {
     }
 
     fn listen_raw(&mut self, s: Stream, backlog: i32, cb: &Rc<StatusFn<D>>) -> Result<()> {
+        let hooked = self.listen_hook.is_some();
         let st = self.stream_state(s)?;
         if st.listening || st.connected || st.on_connect.is_some() {
             return Err(Error::INVALID_STATE);
         }
         st.on_connection = Some(cb.clone());
-        if st.ty == StreamType::Tcp {
-            if let (Some((addr, flags)), true) = (st.bind_addr, self.listen_hook.is_some()) {
-                let mut hook = self.listen_hook.take();
-                let res = hook.as_mut().and_then(|h| h.listen(self, TcpListener(s.0), addr, flags, backlog));
-                if self.listen_hook.is_none() {
-                    self.listen_hook = hook;
-                }
-                if let Some(res) = res {
-                    if res.is_ok() {
-                        if let Ok(st) = self.stream_state(s) {
-                            st.listening = true;
-                        }
-                        self.set_active(s.0, true);
-                    } else if let Ok(st) = self.stream_state(s) {
-                        st.on_connection = None;
-                    }
-                    return res;
-                }
+        if st.ty == StreamType::Tcp && st.bind_addr.is_some() && hooked {
+            // The hook decides from the pending phase, where it has `D`
+            // (see `ListenHook`); meanwhile the listener counts as listening.
+            st.listening = true;
+            self.set_active(s.0, true);
+            self.push_pending(Pending::HookListen(s, backlog));
+            return Ok(());
+        }
+        if let Err(e) = self.listen_local(s, backlog) {
+            if let Ok(st) = self.stream_state(s) {
+                st.on_connection = None;
             }
-        }
-        let st = self.stream_state(s)?;
-        let fd = st.fd;
-        if fd < 0 {
-            st.on_connection = None;
-            return Err(Error::EINVAL);
-        }
-        if let Err(e) = socket::listen(fd, backlog) {
-            self.stream_state(s)?.on_connection = None;
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Listens on the stream's own socket (bound now from the address
+    /// `tcp_bind` recorded, if a hook kept it from binding) and accepts.
+    fn listen_local(&mut self, s: Stream, backlog: i32) -> Result<()> {
+        let st = self.stream_state(s)?;
+        if st.fd < 0 {
+            let (addr, flags) = st.bind_addr.ok_or(Error::EINVAL)?;
+            self.tcp_bind_socket(s, addr, flags)?;
+        }
+        let fd = self.stream_state(s)?.fd;
+        socket::listen(fd, backlog)?;
         self.stream_state(s)?.listening = true;
         self.set_active(s.0, true);
         self.accept_arm(s);
         Ok(())
+    }
+
+    /// The pending phase's half of a hooked `listen`: asks the hook (see
+    /// [`ListenHook::listen`]).
+    pub(crate) fn hook_listen(&mut self, s: Stream, backlog: i32, d: &mut D) {
+        let hook = self.listen_hook.clone();
+        let Ok(st) = self.stream_state(s) else { return };
+        // Closed (the slot is closing: no state) or stopped meanwhile.
+        if !st.listening || st.stop != ListenStop::Running {
+            return;
+        }
+        let Some((addr, flags)) = st.bind_addr else { return };
+        let Some(hook) = hook else {
+            // The hook was removed meanwhile: an ordinary listen.
+            if let Err(e) = self.listen_local(s, backlog) {
+                self.hook_listen_failed(s, e, d);
+            }
+            return;
+        };
+        st.hook_asked = true;
+        match hook.listen(self, d, TcpListener(s.0), addr, flags, backlog) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => self.hook_listen_failed(s, e, d),
+            None => {
+                if let Err(e) = self.listen_local(s, backlog) {
+                    self.hook_listen_failed(s, e, d);
+                }
+            }
+        }
+    }
+
+    /// A hooked listen failed in the pending phase: the listener stops
+    /// listening and its `on_connection` gets the error now.
+    fn hook_listen_failed(&mut self, s: Stream, err: Error, d: &mut D) {
+        let Ok(st) = self.stream_state(s) else { return };
+        st.listening = false;
+        let cb = st.on_connection.clone();
+        self.set_active(s.0, false);
+        if let Some(cb) = cb {
+            cb(self, d, s.0, Err(err));
+        }
+    }
+
+    /// For a listen hook: bind the listener's own socket to `addr` with
+    /// `flags` (as `tcp_bind` does without a hook; for example with
+    /// [`TCP_REUSEPORT`], so that each worker has its own socket on a shared
+    /// port) and listen on it: connections are then accepted locally.
+    /// `INVALID_STATE` if the listener already has a socket or was stopped.
+    pub fn listen_bind(&mut self, s: TcpListener, addr: SocketAddr, flags: u32, backlog: i32) -> Result<()> {
+        let s = Stream::of(s);
+        let st = self.stream_state(s)?;
+        if st.fd >= 0 || st.stop != ListenStop::Running {
+            return Err(Error::INVALID_STATE);
+        }
+        self.tcp_bind_socket(s, addr, flags)?;
+        self.listen_local(s, backlog)
     }
 
     /// For a listen hook: take a listening fd (for example one received from
@@ -777,8 +872,8 @@ impl<D> Loop<D> {
         Ok(self.stream_ref(Stream::of(h))?.bind_addr)
     }
 
-    /// Installs the listen hook (see [`ListenHook`]).
-    pub fn set_listen_hook(&mut self, hook: Option<Box<dyn ListenHook<D>>>) {
+    /// Installs the listen hook (see [`ListenHook`]), or removes it.
+    pub fn set_listen_hook(&mut self, hook: Option<Rc<dyn ListenHook<D>>>) {
         self.listen_hook = hook;
     }
 
@@ -1524,7 +1619,7 @@ impl<D> Loop<D> {
     /// until the backend has returned everything it held.
     pub(crate) fn stream_close(&mut self, s: Stream) {
         self.accept_retry.retain(|(_, x)| *x != s);
-        let (hooked, resolve) = {
+        let resolve = {
             let Ok(slot) = self.slot_mut(s.0) else { return };
             let Kind::Stream(st) = &mut slot.kind else { return };
             let fd = st.fd;
@@ -1540,10 +1635,12 @@ impl<D> Loop<D> {
             cancels[2] = st.send_op;
             cancels[3] = st.connect_op;
             let resolve = st.resolve.take();
+            if st.hook_asked {
+                st.hook_dropped = st.parts.accept_queue.len();
+            }
             for fd in st.parts.accept_queue.drain(..).chain(st.parts.pending_handles.drain(..)) {
                 sys::close(fd);
             }
-            let hooked = st.listening && st.bind_addr.is_some();
             st.reading = false;
             st.listening = false;
             for token in cancels.into_iter().flatten() {
@@ -1551,7 +1648,7 @@ impl<D> Loop<D> {
                     self.driver.cancel(fd, token);
                 }
             }
-            (hooked, resolve)
+            resolve
         };
         // A name still being resolved: drop it if no pool thread has
         // started it (its completion finds the stream closing either way;
@@ -1567,15 +1664,6 @@ impl<D> Loop<D> {
             let Some(item) = st else { break };
             if let Some(id) = item.buf {
                 self.discard_recv_buf(Some(item.kind), id, item.res);
-            }
-        }
-        if hooked && self.listen_hook.is_some() {
-            let mut hook = self.listen_hook.take();
-            if let Some(h) = hook.as_mut() {
-                h.closed(self, TcpListener(s.0));
-            }
-            if self.listen_hook.is_none() {
-                self.listen_hook = hook;
             }
         }
     }
@@ -1599,8 +1687,8 @@ impl<D> Loop<D> {
     /// and run the callbacks of writes, connect and shutdown that were
     /// pending (written ones succeed; the rest get `ECANCELED`).
     pub(crate) fn stream_finish_close(&mut self, s: Stream, d: &mut D) {
-        let fd = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
-            Ok(Kind::Stream(st)) => std::mem::replace(&mut st.fd, -1),
+        let (fd, hooked) = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
+            Ok(Kind::Stream(st)) => (std::mem::replace(&mut st.fd, -1), st.hook_asked.then_some(st.hook_dropped)),
             _ => return,
         };
         if fd >= 0 {
@@ -1642,6 +1730,11 @@ impl<D> Loop<D> {
             if let Some(cb) = cb {
                 cb(self, d, s.0, Err(Error::ECANCELED));
             }
+        }
+        // The hook hears of a listener it was asked about, with `D`, while
+        // the id is still valid (the slot is freed after this).
+        if let (Some(dropped), Some(hook)) = (hooked, self.listen_hook.clone()) {
+            hook.closed(self, d, TcpListener(s.0), dropped);
         }
     }
 }

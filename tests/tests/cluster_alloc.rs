@@ -17,7 +17,12 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Runs the loop, counting this thread's allocations inside `lp.run` only,
 /// until `n` answers arrived; returns the count.
-fn run_counted(lp: &mut Loop, rx: &std::sync::mpsc::Receiver<std::io::Result<String>>, n: usize) -> usize {
+fn run_counted(
+    lp: &mut Loop<Cluster>,
+    c: &mut Cluster,
+    rx: &std::sync::mpsc::Receiver<std::io::Result<String>>,
+    n: usize,
+) -> usize {
     let tick = lp.timer_init().unwrap();
     let every = Duration::from_millis(10);
     lp.timer_start(tick, every, every, &uvring::OnTimer::new(|_, _, _| {})).unwrap();
@@ -27,7 +32,7 @@ fn run_counted(lp: &mut Loop, rx: &std::sync::mpsc::Receiver<std::io::Result<Str
     while got < n {
         assert!(Instant::now() < deadline, "timed out");
         count += allocations_in(|| {
-            lp.run(RunMode::Once, &mut ()).unwrap();
+            lp.run(RunMode::Once, c).unwrap();
         }) as usize;
         while let Ok(a) = rx.try_recv() {
             assert!(a.unwrap().starts_with("worker "));
@@ -40,24 +45,24 @@ fn run_counted(lp: &mut Loop, rx: &std::sync::mpsc::Receiver<std::io::Result<Str
 
 cluster_test! {
     fn rr_hot_paths_allocate_nothing(lp, policy) [rr = RoundRobin] {
-        let (primary, log, _guard) = start_cluster(lp, settings(policy, "serve", 2));
-        wait_for(lp, &log, |l| l.listening.len() == 2);
-        let port = log.borrow().listening[0].1;
+        let mut c = start_cluster(lp, settings(policy, "serve", 2));
+        wait_for(lp, &mut c, |l| l.listening.len() == 2);
+        let port = c.log.listening[0].1;
         // Warm-up, burstier than the measured run: queues, write buffers
         // and recycled stream parts reach the sizes the measured run needs.
         let rx = ask_many(port, 2000, 16);
-        collect(lp, &rx, 2000);
-        for w in primary.workers() {
-            w.send(lp, b"alloc-start").unwrap();
+        collect(lp, &mut c, &rx, 2000);
+        for w in c.primary.workers() {
+            c.primary.send(lp, w.id(), b"alloc-start").unwrap();
         }
-        wait_for(lp, &log, |l| l.count_prefix("alloc-started") == 2);
+        wait_for(lp, &mut c, |l| l.count_prefix("alloc-started") == 2);
         let rx = ask_many(port, 400, 4);
-        let primary_allocs = run_counted(lp, &rx, 400);
-        for w in primary.workers() {
-            w.send(lp, b"alloc-stop").unwrap();
+        let primary_allocs = run_counted(lp, &mut c, &rx, 400);
+        for w in c.primary.workers() {
+            c.primary.send(lp, w.id(), b"alloc-stop").unwrap();
         }
-        wait_for(lp, &log, |l| l.count_prefix("allocs ") == 2);
-        let reports: Vec<String> = log.borrow().messages.iter().filter(|(_, m)| m.starts_with("allocs ")).map(|(_, m)| m.clone()).collect();
+        wait_for(lp, &mut c, |l| l.count_prefix("allocs ") == 2);
+        let reports: Vec<String> = c.log.messages.iter().filter(|(_, m)| m.starts_with("allocs ")).map(|(_, m)| m.clone()).collect();
         assert_eq!(primary_allocs, 0, "primary: accept -> choose -> send fd allocated");
         for r in &reports {
             let mut it = r.split(' ');
@@ -67,7 +72,7 @@ cluster_test! {
         }
         // And this thread's counter counts.
         assert!(allocations_in(|| drop(std::hint::black_box(Box::new(1u64)))) >= 1);
-        assert!(primary.stats().handed_off >= 800);
-        shutdown(lp, &primary);
+        assert!(c.primary.stats().handed_off >= 800);
+        shutdown(lp, &mut c);
     }
 }

@@ -6,7 +6,7 @@ mod cluster_support;
 
 use cluster_support::*;
 use uvring::OnConnection;
-use uvring_cluster::{Primary, SchedPolicy};
+use uvring_cluster::SchedPolicy;
 
 cluster_test! {
     // Port 0: the primary's listening event reports the same real port for
@@ -17,24 +17,24 @@ cluster_test! {
         if policy == SchedPolicy::ReusePort {
             s.env.push(("PORT".into(), free_port().to_string().into()));
         }
-        let (primary, log, _guard) = start_cluster(lp, s);
-        wait_for(lp, &log, |l| l.listening.len() == 2);
-        let ports: Vec<u16> = log.borrow().listening.iter().map(|&(_, p)| p).collect();
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.listening.len() == 2);
+        let ports: Vec<u16> = c.log.listening.iter().map(|&(_, p)| p).collect();
         assert_ne!(ports[0], 0);
         assert_eq!(ports[0], ports[1], "{ports:?}");
         let rx = ask_many(ports[0], 4, 2);
-        for answer in collect(lp, &rx, 4) {
+        for answer in collect(lp, &mut c, &rx, 4) {
             assert!(answer.unwrap().starts_with("worker "));
         }
-        shutdown(lp, &primary);
+        shutdown(lp, &mut c);
     }
 
     // Two servers per worker on port 0 get distinct ports (per-worker
     // index), and closing and listening again works without collision.
     fn child_index_net(lp, policy) [rr = RoundRobin, shared = Shared] {
-        let (primary, log, _guard) = start_cluster(lp, settings(policy, "two-servers", 2));
-        wait_for(lp, &log, |l| l.count_prefix("listening 1 ") == 4);
-        let l = log.borrow();
+        let mut c = start_cluster(lp, settings(policy, "two-servers", 2));
+        wait_for(lp, &mut c, |l| l.count_prefix("listening 1 ") == 4);
+        let l = &c.log;
         for w in [1, 2] {
             for round in ["listening 0 ", "listening 1 "] {
                 let ports: Vec<u16> =
@@ -44,23 +44,22 @@ cluster_test! {
             }
         }
         assert!(!l.messages.iter().any(|(_, m)| m.starts_with("error")), "{:?}", l.messages);
-        drop(l);
-        shutdown(lp, &primary);
+        shutdown(lp, &mut c);
     }
 
     // A server closed and listened again (the primary drops the listener
     // when its last worker leaves, and makes a new one).
     fn server_restart(lp, policy) [rr = RoundRobin, shared = Shared] {
-        let (primary, log, _guard) = start_cluster(lp, settings(policy, "two-servers", 1));
-        wait_for(lp, &log, |l| l.count_prefix("listening 1 ") == 2);
-        let port: u16 = log.borrow().messages.iter().rev().find_map(|(_, m)| m.strip_prefix("listening 1 ")).unwrap().parse().unwrap();
+        let mut c = start_cluster(lp, settings(policy, "two-servers", 1));
+        wait_for(lp, &mut c, |l| l.count_prefix("listening 1 ") == 2);
+        let port: u16 = c.log.messages.iter().rev().find_map(|(_, m)| m.strip_prefix("listening 1 ")).unwrap().parse().unwrap();
         let rx = ask_many(port, 2, 1);
-        for answer in collect(lp, &rx, 2) {
+        for answer in collect(lp, &mut c, &rx, 2) {
             assert_eq!(answer.unwrap(), "worker 1\n");
         }
-        assert_eq!(primary.listener_count(), if policy == SchedPolicy::ReusePort { 0 } else { 2 });
-        shutdown(lp, &primary);
-        assert_eq!(primary.listener_count(), 0);
+        assert_eq!(c.primary.listener_count(), if policy == SchedPolicy::ReusePort { 0 } else { 2 });
+        shutdown(lp, &mut c);
+        assert_eq!(c.primary.listener_count(), 0);
     }
 
     // A second cluster on the same port: its worker's listen callback gets
@@ -69,20 +68,16 @@ cluster_test! {
         let port = free_port();
         let mut sa = settings(policy, "serve", 1);
         sa.env.push(("PORT".into(), port.to_string().into()));
-        let a = Primary::new(lp, sa.clone()).unwrap();
-        let log_a = record(&a);
-        let _ga = KillGuard(log_a.clone());
-        a.start(lp).unwrap();
-        wait_for(lp, &log_a, |l| l.listening.len() == 1);
-        let b = Primary::new(lp, sa).unwrap();
-        let log_b = record(&b);
-        let _gb = KillGuard(log_b.clone());
-        b.start(lp).unwrap();
-        wait_for(lp, &log_b, |l| l.count_prefix("error ") == 1);
-        assert!(log_b.borrow().has_message(&format!("error {}", libc::EADDRINUSE)));
-        assert!(log_b.borrow().listening.is_empty());
-        disconnect_all(lp, &b);
-        shutdown(lp, &a);
+        let mut c = start_cluster(lp, sa.clone());
+        wait_for(lp, &mut c, |l| l.listening.len() == 1);
+        c.add_second(lp, sa);
+        c.second().start(lp).unwrap();
+        wait_for_second(lp, &mut c, |l| l.count_prefix("error ") == 1);
+        assert!(c.second_log().has_message(&format!("error {}", libc::EADDRINUSE)));
+        assert!(c.second_log().listening.is_empty());
+        let b = c.second().id();
+        disconnect_all(lp, &mut c, b);
+        shutdown(lp, &mut c);
     }
 
     // The bind fails, the port frees, a retry succeeds (the failed key was
@@ -94,18 +89,18 @@ cluster_test! {
         let port = lp.tcp_getsockname(blocker).unwrap().port();
         let mut s = settings(policy, "retry-bind", 1);
         s.env.push(("PORT".into(), port.to_string().into()));
-        let (primary, log, _guard) = start_cluster(lp, s);
-        wait_for(lp, &log, |l| l.count_prefix("error ") == 1);
-        assert!(log.borrow().has_message(&format!("error {}", libc::EADDRINUSE)));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.count_prefix("error ") == 1);
+        assert!(c.log.has_message(&format!("error {}", libc::EADDRINUSE)));
         lp.close(blocker, None).unwrap();
-        let w = primary.workers()[0].clone();
-        run_until(lp, WAIT, |lp| !lp.is_live(blocker));
-        w.send(lp, b"retry").unwrap();
-        wait_for(lp, &log, |l| l.listening.len() == 1);
-        assert_eq!(log.borrow().listening[0].1, port);
+        let w = c.primary.workers()[0].id();
+        run_until(lp, &mut c, WAIT, |lp, _| !lp.is_live(blocker));
+        c.primary.send(lp, w, b"retry").unwrap();
+        wait_for(lp, &mut c, |l| l.listening.len() == 1);
+        assert_eq!(c.log.listening[0].1, port);
         let rx = ask_many(port, 1, 1);
-        assert_eq!(collect(lp, &rx, 1).pop().unwrap().unwrap(), "worker 1\n");
-        shutdown(lp, &primary);
+        assert_eq!(collect(lp, &mut c, &rx, 1).pop().unwrap().unwrap(), "worker 1\n");
+        shutdown(lp, &mut c);
     }
 
     // The primary itself holds the port (outside the cluster): the worker's
@@ -115,16 +110,14 @@ cluster_test! {
         lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
         let blocker = lp.listen(sock, 8, &OnConnection::new(|_, _, _, _| {})).unwrap();
         let port = lp.tcp_getsockname(blocker).unwrap().port();
-        let primary = Primary::new(lp, settings(policy, "serve", 0)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        let w = primary.fork_with_env(lp, &[("PORT", &port.to_string())]).unwrap();
-        wait_for(lp, &log, |l| l.count_prefix("error ") == 1);
-        assert!(log.borrow().has_message(&format!("error {}", libc::EADDRINUSE)));
-        w.disconnect(lp);
-        wait_for(lp, &log, |l| l.exits.len() == 1);
-        assert_eq!(log.borrow().exits[0], (1, 0, 0, true));
+        let mut c = Cluster::new(lp, settings(policy, "serve", 0));
+        let w = c.primary.fork_with_env(lp, &[("PORT", &port.to_string())]).unwrap();
+        wait_for(lp, &mut c, |l| l.count_prefix("error ") == 1);
+        assert!(c.log.has_message(&format!("error {}", libc::EADDRINUSE)));
+        c.primary.disconnect_worker(lp, w);
+        wait_for(lp, &mut c, |l| l.exits.len() == 1);
+        assert_eq!(c.log.exits[0], (1, 0, 0, true));
         lp.close(blocker, None).unwrap();
-        run_until(lp, WAIT, |lp| !lp.alive());
+        run_until(lp, &mut c, WAIT, |lp, _| !lp.alive());
     }
 }

@@ -6,7 +6,6 @@ mod cluster_support;
 
 use cluster_support::*;
 use std::time::{Duration, Instant};
-use uvring_cluster::Primary;
 use uvring_tests::{fd_count, fd_count_of};
 
 /// Starts `n` clients and gives them time to connect while the primary's
@@ -26,44 +25,42 @@ cluster_test! {
     // The only worker refuses (it closed its server): the connections the
     // primary cannot hand off are closed, and the primary carries on.
     fn accept_fail(lp, policy) [rr = RoundRobin] {
-        let (primary, log, _guard) = start_cluster(lp, settings(policy, "close-on-first", 1));
-        wait_for(lp, &log, |l| l.listening.len() == 1);
-        let port = log.borrow().listening[0].1;
+        let mut c = start_cluster(lp, settings(policy, "close-on-first", 1));
+        wait_for(lp, &mut c, |l| l.listening.len() == 1);
+        let port = c.log.listening[0].1;
         let rx = burst(port, 8);
-        let answers = collect(lp, &rx, 8);
+        let answers = collect(lp, &mut c, &rx, 8);
         let answered = answers.iter().filter(|a| a.as_ref().is_ok_and(|s| s == "worker 1\n")).count();
         assert_eq!(answered, 1, "{answers:?}");
-        let stats = primary.stats();
+        let stats = c.primary.stats();
         assert_eq!(stats.refused, 7, "{stats:?}");
         assert_eq!(stats.closed_unroutable, 7, "{stats:?}");
-        assert_eq!(primary.listener_count(), 0);
+        assert_eq!(c.primary.listener_count(), 0);
         // Still serving: a new worker listens and answers.
-        let w = primary.fork_with_env(lp, &[("SCENARIO", "serve")]).unwrap();
-        wait_for(lp, &log, |l| l.listening.len() == 2);
-        let port = log.borrow().listening[1].1;
+        let w = c.primary.fork_with_env(lp, &[("SCENARIO", "serve")]).unwrap();
+        wait_for(lp, &mut c, |l| l.listening.len() == 2);
+        let port = c.log.listening[1].1;
         let rx = ask_many(port, 2, 1);
-        assert!(collect(lp, &rx, 2).iter().all(|a| a.as_ref().is_ok_and(|s| worker_of(s) == Some(w.id()))));
-        shutdown(lp, &primary);
+        assert!(collect(lp, &mut c, &rx, 2).iter().all(|a| a.as_ref().is_ok_and(|s| worker_of(s) == Some(w))));
+        shutdown(lp, &mut c);
     }
 
     // A worker that closed its server refuses the rest of its batch; those
     // connections go to the other worker, none is lost.
     fn worker_handle_close(lp, policy) [rr = RoundRobin] {
-        let primary = Primary::new(lp, settings(policy, "serve", 0)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.fork_with_env(lp, &[("SCENARIO", "close-on-first")]).unwrap();
-        primary.fork(lp).unwrap();
-        wait_for(lp, &log, |l| l.listening.len() == 2);
-        let port = log.borrow().listening[0].1;
+        let mut c = Cluster::new(lp, settings(policy, "serve", 0));
+        c.primary.fork_with_env(lp, &[("SCENARIO", "close-on-first")]).unwrap();
+        c.primary.fork(lp).unwrap();
+        wait_for(lp, &mut c, |l| l.listening.len() == 2);
+        let port = c.log.listening[0].1;
         let rx = burst(port, 8);
-        let answers = collect(lp, &rx, 8);
+        let answers = collect(lp, &mut c, &rx, 8);
         let by: Vec<Option<u32>> = answers.iter().map(|a| a.as_ref().ok().and_then(|s| worker_of(s))).collect();
         assert!(by.iter().all(Option::is_some), "every connection answered: {answers:?}");
         assert_eq!(by.iter().filter(|w| **w == Some(1)).count(), 1, "{by:?}");
-        assert!(primary.stats().refused >= 1, "{:?}", primary.stats());
-        assert_eq!(primary.stats().closed_unroutable, 0);
-        shutdown(lp, &primary);
+        assert!(c.primary.stats().refused >= 1, "{:?}", c.primary.stats());
+        assert_eq!(c.primary.stats().closed_unroutable, 0);
+        shutdown(lp, &mut c);
     }
 
     // A worker disconnects from inside its connection callback: the
@@ -71,23 +68,21 @@ cluster_test! {
     // the primary never hands it to another worker), the rest of its batch
     // is refused and served by the other worker.
     fn disconnect_inside_on_connection(lp, policy) [rr = RoundRobin] {
-        let primary = Primary::new(lp, settings(policy, "serve", 0)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.fork_with_env(lp, &[("SCENARIO", "disconnect-on-first")]).unwrap();
-        primary.fork(lp).unwrap();
-        wait_for(lp, &log, |l| l.listening.len() == 2);
-        let port = log.borrow().listening[0].1;
+        let mut c = Cluster::new(lp, settings(policy, "serve", 0));
+        c.primary.fork_with_env(lp, &[("SCENARIO", "disconnect-on-first")]).unwrap();
+        c.primary.fork(lp).unwrap();
+        wait_for(lp, &mut c, |l| l.listening.len() == 2);
+        let port = c.log.listening[0].1;
         let rx = burst(port, 8);
-        let answers = collect(lp, &rx, 8);
+        let answers = collect(lp, &mut c, &rx, 8);
         let by: Vec<Option<u32>> = answers.iter().map(|a| a.as_ref().ok().and_then(|s| worker_of(s))).collect();
         assert!(by.iter().all(Option::is_some), "every connection answered: {answers:?}");
         assert_eq!(by.iter().filter(|w| **w == Some(1)).count(), 1, "{by:?}");
-        wait_for(lp, &log, |l| l.exits.len() == 1);
-        let stats = primary.stats();
+        wait_for(lp, &mut c, |l| l.exits.len() == 1);
+        let stats = c.primary.stats();
         assert_eq!(stats.redistributed, 0, "an acknowledged connection went elsewhere: {stats:?}");
         assert_eq!(stats.closed_unroutable, 0, "{stats:?}");
-        shutdown(lp, &primary);
+        shutdown(lp, &mut c);
     }
 
     // Settings::batch_scheduling: the primary's loop thread runs under
@@ -97,87 +92,85 @@ cluster_test! {
         assert!(sched_is_normal());
         let mut s = settings(policy, "serve", 1);
         s.batch_scheduling = false;
-        let plain = Primary::new(lp, s).unwrap();
+        let plain = Cluster::new(lp, s);
         assert!(sched_is_normal(), "off: the thread keeps its policy");
         drop(plain);
-        let primary = Primary::new(lp, settings(policy, "serve", 1)).unwrap();
+        let mut c = Cluster::new(lp, settings(policy, "serve", 1));
         let batch = !sched_is_normal();
         // The test thread goes back to normal whatever happens below.
         set_sched_batch(false).unwrap();
         assert!(batch, "the primary's thread runs under SCHED_BATCH");
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        primary.start(lp).unwrap();
-        wait_for(lp, &log, |l| l.listening.len() == 1);
-        primary.workers()[0].send(lp, b"sched").unwrap();
-        wait_for(lp, &log, |l| l.count_prefix("sched ") == 1);
-        assert!(log.borrow().has_message("sched normal"), "{:?}", log.borrow().messages);
-        shutdown(lp, &primary);
+        c.primary.start(lp).unwrap();
+        wait_for(lp, &mut c, |l| l.listening.len() == 1);
+        let w = c.primary.workers()[0].id();
+        c.primary.send(lp, w, b"sched").unwrap();
+        wait_for(lp, &mut c, |l| l.count_prefix("sched ") == 1);
+        assert!(c.log.has_message("sched normal"), "{:?}", c.log.messages);
+        shutdown(lp, &mut c);
     }
 
     // A worker dies holding connections it never acknowledged: they go to
     // the other worker, and every client is answered.
     fn dying_worker_connections_are_redistributed(lp, policy) [rr = RoundRobin] {
-        let primary = Primary::new(lp, settings(policy, "serve", 0)).unwrap();
-        let log = record(&primary);
-        let _guard = KillGuard(log.clone());
-        let stalling = primary.fork_with_env(lp, &[("SCENARIO", "stall-on-first")]).unwrap();
-        primary.fork(lp).unwrap();
-        wait_for(lp, &log, |l| l.listening.len() == 2);
-        let port = log.borrow().listening[0].1;
+        let mut c = Cluster::new(lp, settings(policy, "serve", 0));
+        let stalling = c.primary.fork_with_env(lp, &[("SCENARIO", "stall-on-first")]).unwrap();
+        c.primary.fork(lp).unwrap();
+        wait_for(lp, &mut c, |l| l.listening.len() == 2);
+        let port = c.log.listening[0].1;
         let rx = burst(port, 8);
+        let unacked = |c: &Cluster| c.primary.worker(stalling).map_or(0, |w| w.unacked_connections());
         // Worker 1 is blocked inside its first connection with the rest of
         // its batch unacknowledged.
-        run_until(lp, WAIT, |_| stalling.unacked_connections() > 0);
+        run_until(lp, &mut c, WAIT, |_, c| unacked(c) > 0);
         let end = Instant::now() + Duration::from_millis(200);
-        run_until(lp, WAIT, |_| Instant::now() >= end);
-        let held = stalling.unacked_connections();
+        run_until(lp, &mut c, WAIT, |_, _| Instant::now() >= end);
+        let held = unacked(&c);
         assert!(held >= 2, "worker 1 holds its batch: {held}");
         // SAFETY: plain syscall on our child's pid.
-        unsafe { libc::kill(stalling.pid(), libc::SIGKILL) };
-        let answers = collect(lp, &rx, 8);
+        unsafe { libc::kill(c.pid(stalling), libc::SIGKILL) };
+        let answers = collect(lp, &mut c, &rx, 8);
         let by: Vec<Option<u32>> = answers.iter().map(|a| a.as_ref().ok().and_then(|s| worker_of(s))).collect();
         assert!(by.iter().all(|w| *w == Some(2)), "all answered by worker 2: {answers:?}");
-        assert_eq!(primary.stats().redistributed as usize, held);
-        assert_eq!(primary.stats().closed_unroutable, 0);
-        shutdown(lp, &primary);
+        assert_eq!(c.primary.stats().redistributed as usize, held);
+        assert_eq!(c.primary.stats().closed_unroutable, 0);
+        shutdown(lp, &mut c);
     }
 
     // 10,000 connections, 4 workers: all answered, split within 10% of
     // even, fds back to baseline in the primary and every worker.
     fn ten_thousand_connections(lp, policy) [rr = RoundRobin] {
         const N: usize = 10_000;
-        let (primary, log, _guard) = start_cluster(lp, settings(policy, "serve", 4));
-        wait_for(lp, &log, |l| l.listening.len() == 4);
-        let port = log.borrow().listening[0].1;
+        let mut c = start_cluster(lp, settings(policy, "serve", 4));
+        wait_for(lp, &mut c, |l| l.listening.len() == 4);
+        let port = c.log.listening[0].1;
         // Warm up, then take the baselines.
         let rx = ask_many(port, 40, 4);
-        collect(lp, &rx, 40);
-        let pids: Vec<i32> = primary.workers().iter().map(|w| w.pid()).collect();
-        let settle = |lp: &mut uvring::Loop| {
+        collect(lp, &mut c, &rx, 40);
+        let pids: Vec<i32> = c.primary.workers().iter().map(|w| w.pid()).collect();
+        let settle = |lp: &mut uvring::Loop<Cluster>, c: &mut Cluster| {
             let end = Instant::now() + Duration::from_millis(200);
-            run_until(lp, WAIT, |_| Instant::now() >= end);
+            run_until(lp, c, WAIT, |_, _| Instant::now() >= end);
         };
-        settle(lp);
+        settle(lp, &mut c);
         let primary_fds = fd_count();
         let worker_fds: Vec<usize> = pids.iter().map(|&p| fd_count_of(p as u32)).collect();
         let rx = ask_many(port, N, 8);
-        let answers = collect(lp, &rx, N);
+        let answers = collect(lp, &mut c, &rx, N);
         let mut per = [0usize; 5];
         for a in &answers {
             let w = a.as_ref().ok().and_then(|s| worker_of(s)).unwrap_or_else(|| panic!("unanswered: {a:?}"));
             per[w as usize] += 1;
         }
         let even = N / 4;
-        for &c in &per[1..] {
-            assert!(c.abs_diff(even) <= even / 10, "split {:?} not within 10% of {even}", &per[1..]);
+        for &n in &per[1..] {
+            assert!(n.abs_diff(even) <= even / 10, "split {:?} not within 10% of {even}", &per[1..]);
         }
-        run_until(lp, WAIT, |_| {
+        run_until(lp, &mut c, WAIT, |_, _| {
             fd_count() == primary_fds && pids.iter().zip(&worker_fds).all(|(&p, &n)| fd_count_of(p as u32) == n)
         });
-        let stats = primary.stats();
+        let stats = c.primary.stats();
         assert_eq!(stats.closed_unroutable, 0, "{stats:?}");
         assert!(stats.handed_off >= N as u64);
-        shutdown(lp, &primary);
+        shutdown(lp, &mut c);
     }
 }

@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use uvring::{Loop, OnConnect, OnConnection, OnRead, OnShutdown, RunMode, TcpListener, TcpStream};
-use uvring_cluster::{is_primary, Primary, Settings, Worker};
+use uvring_cluster::{is_primary, Primary, PrimaryData, Settings, Worker, WorkerData};
 
 /// Counts every heap allocation of the process (the allocation test asks a
 /// worker for the count over a stretch of connections).
@@ -65,9 +65,11 @@ fn trace_alloc() {
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
 
-/// The process's state: the loop's user data, which every callback gets.
+/// A worker process's state: the loop's user data, which every callback
+/// gets; the cluster's part of it is `worker`.
 #[derive(Default)]
 struct State {
+    worker: Option<Worker<State>>,
     /// `stall-on-first`: the first connection has stalled the process.
     stalled: bool,
     /// `two-servers`: 0, then 1 once the servers listened again.
@@ -80,8 +82,12 @@ struct State {
     store_bad: u32,
     /// `store`: reads answered.
     store_done: u32,
-    /// `primary-kill`: workers online.
-    online: u32,
+}
+
+impl WorkerData for State {
+    fn worker(&mut self) -> Option<&mut Worker<State>> {
+        self.worker.as_mut()
+    }
 }
 
 type Lp = Loop<State>;
@@ -89,14 +95,15 @@ type Lp = Loop<State>;
 fn main() {
     // SCENARIO (per-worker, through fork_with_env) overrides the argument.
     let scenario = std::env::var("SCENARIO").ok().or_else(|| std::env::args().nth(1)).unwrap_or_default();
-    let mut lp: Lp = Loop::new().expect("loop");
-    let mut state = State::default();
     if is_primary() {
-        primary_main(&mut lp, &scenario);
-    } else {
-        let w = Worker::init(&mut lp).expect("worker init");
-        worker_main(&mut lp, &mut state, &w, &scenario);
+        primary_main(&scenario);
+        return;
     }
+    let mut lp: Lp = Loop::new().expect("loop");
+    let mut state = State { worker: Some(Worker::init(&mut lp).expect("worker init")), ..State::default() };
+    worker_main(&mut lp, &mut state, &scenario);
+    // Returns when the loop runs empty, or when the primary is gone (the
+    // worker's default action stops the loop): the process exits.
     lp.run(RunMode::Default, &mut state).expect("run");
 }
 
@@ -108,8 +115,11 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn send(lp: &mut Lp, w: &Worker<State>, msg: &str) {
-    let _ = w.send(lp, msg.as_bytes());
+/// Sends `msg` to the primary.
+fn send(lp: &mut Lp, d: &mut State, msg: &str) {
+    if let Some(w) = d.worker() {
+        let _ = w.send(lp, msg.as_bytes());
+    }
 }
 
 /// A connection handler that answers the first bytes with "worker <id>\n"
@@ -148,40 +158,44 @@ fn listen(lp: &mut Lp, port: u16, on_conn: &OnConnection<State, TcpListener>) ->
 }
 
 /// A server that answers each connection once; errors are reported.
-fn serving(w: &Worker<State>, id: u32) -> OnConnection<State, TcpListener> {
+fn serving(id: u32) -> OnConnection<State, TcpListener> {
     let on_read = answer_once(id);
-    let w = w.clone();
-    OnConnection::new(move |lp, _, srv, res| match res {
+    OnConnection::new(move |lp, d, srv, res| match res {
         Ok(()) => {
             if let Ok(c) = lp.accept(srv) {
                 let _ = lp.read_start(c, &on_read);
             }
         }
         Err(e) => {
-            send(lp, &w, &format!("error {}", e.errno().unwrap_or(0)));
+            send(lp, d, &format!("error {}", e.errno().unwrap_or(0)));
             let _ = lp.close(srv, None);
         }
     })
 }
 
-fn worker_main(lp: &mut Lp, state: &mut State, w: &Worker<State>, scenario: &str) {
+fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
+    let w = state.worker.as_mut().expect("a worker");
     let id = w.id();
-    let wc = w.clone();
-    w.on_listening(move |lp, _, _s, addr| send(lp, &wc, &format!("listening {}", addr.port())));
+    w.on_listening(|lp, d, _s, addr| send(lp, d, &format!("listening {}", addr.port())));
+    if std::env::var_os("ON_PRIMARY_GONE").is_some_and(|v| v == "say") {
+        // Replaces the default (stop the loop): says so, then stops it.
+        w.on_primary_gone(move |lp, _| {
+            println!("gone {id}");
+            lp.stop();
+        });
+    }
     match scenario {
         // Serve PORT (default 0) until disconnected.
         "serve" => {
-            listen(lp, port_env(), &serving(w, id));
-            let wc = w.clone();
-            w.on_message(move |lp, _, msg, _| {
+            w.on_message(|lp, d, msg, _| {
                 if msg == b"sched" {
                     let normal = uvring::os::sched_is_normal();
-                    send(lp, &wc, if normal { "sched normal" } else { "sched other" });
+                    send(lp, d, if normal { "sched normal" } else { "sched other" });
                 } else if msg == b"fds" {
                     let n = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
-                    send(lp, &wc, &format!("fds {n}"));
+                    send(lp, d, &format!("fds {n}"));
                 } else if msg == b"alloc-start" {
-                    send(lp, &wc, "alloc-started");
+                    send(lp, d, "alloc-started");
                     ALLOCS_AT_START.store(ALLOCS.load(Ordering::SeqCst), Ordering::SeqCst);
                     TRACING.store(std::env::var_os("ALLOC_TRACE").is_some(), Ordering::SeqCst);
                 } else if msg == b"alloc-stop" {
@@ -189,9 +203,10 @@ fn worker_main(lp: &mut Lp, state: &mut State, w: &Worker<State>, scenario: &str
                     let total = ALLOCS.load(Ordering::SeqCst);
                     let n = total - ALLOCS_AT_START.load(Ordering::SeqCst);
                     // The total shows the counter counts at all.
-                    send(lp, &wc, &format!("allocs {n} of {total}"));
+                    send(lp, d, &format!("allocs {n} of {total}"));
                 }
             });
+            listen(lp, port_env(), &serving(id));
         }
         // Serve; close the server at the first connection (refusing the
         // rest of its batch), but answer that connection.
@@ -214,16 +229,17 @@ fn worker_main(lp: &mut Lp, state: &mut State, w: &Worker<State>, scenario: &str
         // inside the connection callback (the rest of its batch is refused).
         "disconnect-on-first" => {
             let on_read = answer_once(id);
-            let wc = w.clone();
             listen(
                 lp,
                 port_env(),
-                &OnConnection::new(move |lp, _, srv, res| {
+                &OnConnection::new(move |lp, d: &mut State, srv, res| {
                     if res.is_ok() {
                         if let Ok(c) = lp.accept(srv) {
                             let _ = lp.read_start(c, &on_read);
                         }
-                        wc.disconnect(lp);
+                        if let Some(w) = d.worker() {
+                            w.disconnect(lp);
+                        }
                     }
                 }),
             );
@@ -249,13 +265,9 @@ fn worker_main(lp: &mut Lp, state: &mut State, w: &Worker<State>, scenario: &str
         }
         // Two servers on port 0, closed and listened again; report ports.
         "two-servers" => {
-            let conn = serving(w, id);
-            let a = listen(lp, 0, &conn);
-            let b = listen(lp, 0, &conn);
-            state.servers.extend([a, b]);
-            let wc = w.clone();
+            let conn = serving(id);
             w.on_listening(move |lp, d, _s, addr| {
-                send(lp, &wc, &format!("listening {} {}", d.round, addr.port()));
+                send(lp, d, &format!("listening {} {}", d.round, addr.port()));
                 d.listened += 1;
                 if d.listened == 2 && d.round == 0 {
                     d.round = 1;
@@ -267,10 +279,14 @@ fn worker_main(lp: &mut Lp, state: &mut State, w: &Worker<State>, scenario: &str
                     d.servers.extend([a, b]);
                 }
             });
+            let conn = serving(id);
+            let a = listen(lp, 0, &conn);
+            let b = listen(lp, 0, &conn);
+            state.servers.extend([a, b]);
         }
         // Listen on PORT; on EADDRINUSE report it, and listen again when told.
         "retry-bind" => {
-            let conn = serving(w, id);
+            let conn = serving(id);
             listen(lp, port_env(), &conn);
             w.on_message(move |lp, _, msg, _| {
                 if msg == b"retry" {
@@ -287,14 +303,13 @@ fn worker_main(lp: &mut Lp, state: &mut State, w: &Worker<State>, scenario: &str
         "hold-connection" => {
             let c = lp.tcp_init().expect("tcp_init");
             let on_read = hold_until_eof();
-            let wc = w.clone();
             lp.tcp_connect(
                 c,
                 local(port_env()),
-                &OnConnect::new(move |lp, _, c, res| {
+                &OnConnect::new(move |lp, d, c, res| {
                     if res.is_ok() {
                         let _ = lp.read_start(c, &on_read);
-                        send(lp, &wc, "connected");
+                        send(lp, d, "connected");
                     } else {
                         let _ = lp.close(c, None);
                     }
@@ -305,15 +320,14 @@ fn worker_main(lp: &mut Lp, state: &mut State, w: &Worker<State>, scenario: &str
         // Serve, and hold every accepted connection open until the client closes.
         "serve-hold" => {
             let on_read = hold_until_eof();
-            let wc = w.clone();
             listen(
                 lp,
                 0,
-                &OnConnection::new(move |lp, _, srv, res| {
+                &OnConnection::new(move |lp, d, srv, res| {
                     if res.is_ok() {
                         if let Ok(c) = lp.accept(srv) {
                             let _ = lp.read_start(c, &on_read);
-                            send(lp, &wc, "accepted");
+                            send(lp, d, "accepted");
                         }
                     }
                 }),
@@ -321,23 +335,26 @@ fn worker_main(lp: &mut Lp, state: &mut State, w: &Worker<State>, scenario: &str
         }
         // Echo messages back; answer "big" with a large payload and a socket.
         "messages" => {
-            let wc = w.clone();
-            w.on_message(move |lp, _, msg, fds| {
+            w.on_message(|lp, d, msg, fds| {
                 if msg.len() > 1000 {
                     let ok = msg.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8);
                     let fd_ok = fds.take(0).is_some_and(|fd| uvring::os::local_addr(fd.as_fd()).is_ok());
-                    send(lp, &wc, &format!("big {} {ok} {fd_ok}", msg.len()));
+                    send(lp, d, &format!("big {} {ok} {fd_ok}", msg.len()));
                     // And the other way: a large payload with a socket.
                     let payload: Vec<u8> = (0..800_004usize).map(|i| (i % 251) as u8).collect();
                     let sock = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                    let _ = wc.send_with_fds(lp, &payload, &[sock.as_fd()]);
+                    if let Some(w) = d.worker() {
+                        let _ = w.send_with_fds(lp, &payload, &[sock.as_fd()]);
+                    }
                 } else {
                     let mut reply = b"echo ".to_vec();
                     reply.extend_from_slice(msg);
-                    let _ = wc.send(lp, &reply);
+                    if let Some(w) = d.worker() {
+                        let _ = w.send(lp, &reply);
+                    }
                 }
             });
-            send(lp, w, "hello from worker");
+            send(lp, state, "hello from worker");
         }
         // Shared store: set own keys, read them back, read a common key.
         "store" => {
@@ -347,14 +364,14 @@ fn worker_main(lp: &mut Lp, state: &mut State, w: &Worker<State>, scenario: &str
                 let val = format!("{}", id * 1000 + j);
                 let _ = w.store_set(lp, key.as_bytes(), val.as_bytes(), |_, _, _| {});
                 let _ = w.store_set(lp, b"shared", val.as_bytes(), |_, _, _| {});
-                let wc = w.clone();
                 let _ = w.store_get(lp, key.as_bytes(), move |lp, d, v| {
                     if v != Some(val.as_bytes()) {
                         d.store_bad += 1;
                     }
                     d.store_done += 1;
                     if d.store_done == n {
-                        send(lp, &wc, &format!("store-done {}", d.store_bad));
+                        let msg = format!("store-done {}", d.store_bad);
+                        send(lp, d, &msg);
                     }
                 });
             }
@@ -376,23 +393,45 @@ fn worker_main(lp: &mut Lp, state: &mut State, w: &Worker<State>, scenario: &str
     }
 }
 
+/// A primary process's state (the `primary-*` scenarios): the cluster's
+/// part, and the workers seen online.
+struct Supervisor {
+    primary: Primary<Supervisor>,
+    online: u32,
+}
+
+impl PrimaryData for Supervisor {
+    fn primary(&mut self) -> &mut Primary<Supervisor> {
+        &mut self.primary
+    }
+}
+
 /// Primary-side scenarios for tests that must kill the primary itself.
-fn primary_main(lp: &mut Lp, scenario: &str) {
-    match scenario {
-        // Fork two idle workers, print their pids, and wait to be killed.
+fn primary_main(scenario: &str) {
+    let mut lp: Loop<Supervisor> = Loop::new().expect("loop");
+    let mut sup = match scenario {
+        // Fork three workers: one idle, one serving (its listener keeps
+        // its loop alive: the worker's default action when the primary
+        // dies must stop it), and one serving that replaces that action
+        // (it says "gone <id>" first); print their pids, and wait to be
+        // killed.
         "primary-kill" => {
-            let settings = Settings { args: Some(vec!["idle".into()]), workers: 2, ..Settings::default() };
-            let primary = Primary::new(lp, settings).expect("primary");
-            let p = primary.clone();
-            primary.on_online(move |_, d, _| {
+            let settings = Settings { args: Some(vec!["idle".into()]), workers: 0, ..Settings::default() };
+            let mut primary = Primary::new(&mut lp, settings).expect("primary");
+            primary.fork(&mut lp).expect("fork");
+            primary.fork_with_env(&mut lp, &[("SCENARIO", "serve")]).expect("fork");
+            primary.fork_with_env(&mut lp, &[("SCENARIO", "serve"), ("ON_PRIMARY_GONE", "say")]).expect("fork");
+            primary.on_online(|_, d: &mut Supervisor, _| {
                 d.online += 1;
-                if d.online == 2 {
-                    let pids: Vec<String> = p.workers().iter().map(|w| w.pid().to_string()).collect();
+                if d.online == 3 {
+                    let pids: Vec<String> = d.primary.workers().iter().map(|w| w.pid().to_string()).collect();
                     println!("pids {}", pids.join(" "));
                 }
             });
-            primary.start(lp).expect("start");
+            Supervisor { primary, online: 0 }
         }
         other => panic!("unknown primary scenario {other:?}"),
-    }
+    };
+    sup.primary.start(&mut lp).expect("start");
+    lp.run(RunMode::Default, &mut sup).expect("run");
 }

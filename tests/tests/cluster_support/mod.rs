@@ -1,30 +1,23 @@
 //! Shared pieces of the cluster scenario tests: settings that fork the
-//! `cluster-worker` helper, an event log, clients on helper threads, a
-//! graceful shutdown, and a guard that kills workers if a test fails.
+//! `cluster-worker` helper, the test's loop data ([`Cluster`]: the primary
+//! and the log of its events, which kills the workers if a test fails),
+//! clients on helper threads, and a graceful shutdown.
 #![allow(dead_code)]
 
-use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::rc::Rc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 use uvring::{Loop, OnTimer, RunMode};
-use uvring_cluster::{ChildOutput, Primary, SchedPolicy, Settings, WorkerId};
+use uvring_cluster::{ChildOutput, Primary, PrimaryData, PrimaryId, SchedPolicy, Settings, WorkerId};
 
 /// The worker program.
 pub const WORKER: &str = env!("CARGO_BIN_EXE_cluster-worker");
 
-/// Runs the loop until `done()`, panicking after `timeout`. A ticking timer
-/// bounds each blocking poll, so the deadline is checked even when nothing
-/// happens.
-pub fn run_until(lp: &mut Loop, timeout: Duration, mut done: impl FnMut(&mut Loop) -> bool) {
-    run_until_with(lp, &mut (), timeout, |lp, _| done(lp));
-}
-
-/// [`run_until`] for a loop with user data: runs `lp` with `data` until
-/// `done(lp, data)`.
-pub fn run_until_with<D: 'static>(
+/// Runs `lp` with `data` until `done(lp, data)`, panicking after `timeout`.
+/// A ticking timer bounds each blocking poll, so the deadline is checked
+/// even when nothing happens.
+pub fn run_until<D: 'static>(
     lp: &mut Loop<D>,
     data: &mut D,
     timeout: Duration,
@@ -76,6 +69,8 @@ pub struct Log {
     /// `(worker, code, signal, exited_after_disconnect)`.
     pub exits: Vec<(WorkerId, i64, i32, bool)>,
     pub pids: Vec<i32>,
+    /// `Primary::disconnect`'s callback ran.
+    pub disconnected: bool,
 }
 
 impl Log {
@@ -92,38 +87,37 @@ impl Log {
     }
 }
 
-pub type SharedLog = Rc<RefCell<Log>>;
-
-/// Records every event of `primary` in a log.
-pub fn record(primary: &Primary<()>) -> SharedLog {
-    let log: SharedLog = Rc::default();
-    let l = log.clone();
-    primary.on_fork(move |_, _, w| l.borrow_mut().pids.push(w.pid()));
-    let l = log.clone();
-    primary.on_online(move |_, _, w| l.borrow_mut().online.push(w.id()));
-    let l = log.clone();
-    primary.on_listening(move |_, _, w, addr| l.borrow_mut().listening.push((w.id(), addr.port())));
-    let l = log.clone();
-    primary.on_message(move |_, _, w, bytes, _| {
-        l.borrow_mut().messages.push((w.id(), String::from_utf8_lossy(bytes).into_owned()))
-    });
-    let l = log.clone();
-    primary.on_disconnect(move |_, _, w| l.borrow_mut().disconnects.push(w.id()));
-    let l = log.clone();
-    primary.on_exit(move |_, _, w, code, signal| {
-        l.borrow_mut().exits.push((w.id(), code, signal, w.exited_after_disconnect()))
-    });
-    log
+/// The loop data of a cluster test: the primary and the log of its
+/// events, and for scenarios with two clusters on one loop, a second
+/// primary and its log. Dropped during a panic, it kills every worker
+/// either primary forked, so a failing test leaves no process behind (a
+/// passing test has already reaped them).
+pub struct Cluster {
+    pub primary: Primary<Cluster>,
+    pub log: Log,
+    pub second: Option<(Primary<Cluster>, Log)>,
+    /// Connections the test's own servers hold.
+    pub streams: Vec<uvring::TcpStream>,
 }
 
-/// Kills the recorded workers if the test panics (so a failing test leaves
-/// no process behind); a passing test has already reaped them.
-pub struct KillGuard(pub SharedLog);
+impl PrimaryData for Cluster {
+    fn primary(&mut self) -> &mut Primary<Cluster> {
+        &mut self.primary
+    }
 
-impl Drop for KillGuard {
+    fn primary_by_id(&mut self, id: PrimaryId) -> Option<&mut Primary<Cluster>> {
+        if self.primary.id() == id {
+            return Some(&mut self.primary);
+        }
+        self.second.as_mut().map(|(p, _)| p).filter(|p| p.id() == id)
+    }
+}
+
+impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for &pid in &self.0.borrow().pids {
+            let second = self.second.iter().flat_map(|(_, l)| l.pids.iter());
+            for &pid in self.log.pids.iter().chain(second) {
                 // SAFETY: plain syscall on a pid this test forked.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -131,8 +125,62 @@ impl Drop for KillGuard {
     }
 }
 
-/// Kills these pids if the test panics ([`KillGuard`] for a test that
-/// keeps no [`Log`]).
+impl Cluster {
+    /// A primary with `settings` whose events are logged; nothing forked.
+    pub fn new(lp: &mut Loop<Cluster>, settings: Settings) -> Cluster {
+        Cluster { primary: recorded(lp, settings), log: Log::default(), second: None, streams: Vec::new() }
+    }
+
+    /// Adds a second cluster with `settings` on the same loop (logged in
+    /// its own log); nothing forked.
+    pub fn add_second(&mut self, lp: &mut Loop<Cluster>, settings: Settings) {
+        self.second = Some((recorded(lp, settings), Log::default()));
+    }
+
+    /// The second primary.
+    pub fn second(&mut self) -> &mut Primary<Cluster> {
+        &mut self.second.as_mut().expect("a second cluster").0
+    }
+
+    /// The second primary's log.
+    pub fn second_log(&self) -> &Log {
+        &self.second.as_ref().expect("a second cluster").1
+    }
+
+    /// The log of primary `id`.
+    pub fn log_of(&mut self, id: PrimaryId) -> &mut Log {
+        match &mut self.second {
+            Some((p, log)) if p.id() == id => log,
+            _ => &mut self.log,
+        }
+    }
+
+    /// The pid of live worker `id`.
+    pub fn pid(&self, id: WorkerId) -> i32 {
+        self.primary.worker(id).expect("a worker").pid()
+    }
+}
+
+/// A primary with `settings` whose every event is logged in the loop
+/// data's log for it.
+fn recorded(lp: &mut Loop<Cluster>, settings: Settings) -> Primary<Cluster> {
+    let mut p = Primary::new(lp, settings).unwrap();
+    let id = p.id();
+    p.on_fork(move |_, d, w| d.log_of(id).pids.push(w.pid()));
+    p.on_online(move |_, d, w| d.log_of(id).online.push(w.id()));
+    p.on_listening(move |_, d, w, addr| d.log_of(id).listening.push((w.id(), addr.port())));
+    p.on_message(move |_, d, w, bytes, _| {
+        d.log_of(id).messages.push((w.id(), String::from_utf8_lossy(bytes).into_owned()))
+    });
+    p.on_disconnect(move |_, d, w| d.log_of(id).disconnects.push(w.id()));
+    p.on_exit(move |_, d, w, code, signal| {
+        d.log_of(id).exits.push((w.id(), code, signal, w.exited_after_disconnect()))
+    });
+    p
+}
+
+/// Kills these pids if the test panics (for a test whose loop data is not
+/// a [`Cluster`]).
 pub struct PidGuard(pub Vec<i32>);
 
 impl Drop for PidGuard {
@@ -146,33 +194,31 @@ impl Drop for PidGuard {
     }
 }
 
-/// Makes a primary with `settings`, records its events, guards against
-/// orphans and starts it: the opening of most scenarios. Keep the guard
-/// alive for the whole test (`let (primary, log, _guard) = ...`).
-pub fn start_cluster(lp: &mut Loop, settings: Settings) -> (Primary<()>, SharedLog, KillGuard) {
-    let primary = Primary::new(lp, settings).unwrap();
-    let log = record(&primary);
-    let guard = KillGuard(log.clone());
-    primary.start(lp).unwrap();
-    (primary, log, guard)
+/// Makes a primary with `settings`, records its events and starts it: the
+/// opening of most scenarios.
+pub fn start_cluster(lp: &mut Loop<Cluster>, settings: Settings) -> Cluster {
+    let mut c = Cluster::new(lp, settings);
+    c.primary.start(lp).unwrap();
+    c
 }
 
 /// Disconnects every worker and runs the loop until the callback ran and
 /// the loop is idle.
-pub fn shutdown(lp: &mut Loop, primary: &Primary<()>) {
-    disconnect_all(lp, primary);
-    run_until(lp, WAIT, |lp| !lp.alive());
+pub fn shutdown(lp: &mut Loop<Cluster>, c: &mut Cluster) {
+    let id = c.primary.id();
+    disconnect_all(lp, c, id);
+    run_until(lp, c, WAIT, |lp, _| !lp.alive());
 }
 
-/// Disconnects every worker and waits for the callback (other primaries
-/// on the loop keep running).
-pub fn disconnect_all(lp: &mut Loop, primary: &Primary<()>) {
-    let done = Rc::new(RefCell::new(false));
-    let d = done.clone();
-    primary.disconnect(lp, move |_, _| *d.borrow_mut() = true);
-    run_until(lp, WAIT, |_| *done.borrow());
-    assert_eq!(primary.worker_count(), 0, "worker table empty after disconnect");
-    assert_eq!(primary.listener_count(), 0, "no listener left after disconnect");
+/// Disconnects every worker of primary `id` and waits for the callback
+/// (another primary on the loop keeps running).
+pub fn disconnect_all(lp: &mut Loop<Cluster>, c: &mut Cluster, id: PrimaryId) {
+    let p = c.primary_by_id(id).expect("a primary");
+    p.disconnect(lp, move |_, d| d.log_of(id).disconnected = true);
+    run_until(lp, c, WAIT, |_, c| c.log_of(id).disconnected);
+    let p = c.primary_by_id(id).expect("a primary");
+    assert_eq!(p.worker_count(), 0, "worker table empty after disconnect");
+    assert_eq!(p.listener_count(), 0, "no listener left after disconnect");
 }
 
 /// A port that was free a moment ago.
@@ -210,14 +256,9 @@ pub fn ask_many(port: u16, n: usize, concurrency: usize) -> Receiver<std::io::Re
 }
 
 /// Runs the loop until `n` results came from `rx`, and returns them.
-pub fn collect<T>(lp: &mut Loop, rx: &Receiver<T>, n: usize) -> Vec<T> {
-    collect_with(lp, &mut (), rx, n)
-}
-
-/// [`collect`] for a loop with user data.
-pub fn collect_with<D: 'static, T>(lp: &mut Loop<D>, data: &mut D, rx: &Receiver<T>, n: usize) -> Vec<T> {
+pub fn collect<D: 'static, T>(lp: &mut Loop<D>, data: &mut D, rx: &Receiver<T>, n: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(n);
-    run_until_with(lp, data, Duration::from_secs(60), |_, _| {
+    run_until(lp, data, Duration::from_secs(60), |_, _| {
         while let Ok(v) = rx.try_recv() {
             out.push(v);
         }
@@ -226,18 +267,31 @@ pub fn collect_with<D: 'static, T>(lp: &mut Loop<D>, data: &mut D, rx: &Receiver
     out
 }
 
-/// Runs the loop until `cond(log)` holds.
-pub fn wait_for(lp: &mut Loop, log: &SharedLog, mut cond: impl FnMut(&Log) -> bool) {
+/// Runs the loop until `cond(log)` holds for the (first) primary's log.
+pub fn wait_for(lp: &mut Loop<Cluster>, c: &mut Cluster, mut cond: impl FnMut(&Log) -> bool) {
     let deadline = std::time::Instant::now() + WAIT;
-    run_until(lp, WAIT + Duration::from_secs(1), |_| {
-        assert!(std::time::Instant::now() < deadline, "condition not met; log: {:#?}", log.borrow());
-        cond(&log.borrow())
+    run_until(lp, c, WAIT + Duration::from_secs(1), |_, c| {
+        assert!(std::time::Instant::now() < deadline, "condition not met; log: {:#?}", c.log);
+        cond(&c.log)
     });
 }
 
+/// [`wait_for`] on the second primary's log.
+pub fn wait_for_second(lp: &mut Loop<Cluster>, c: &mut Cluster, mut cond: impl FnMut(&Log) -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    run_until(lp, c, WAIT + Duration::from_secs(1), |_, c| {
+        assert!(std::time::Instant::now() < deadline, "condition not met; log: {:#?}", c.second_log());
+        cond(c.second_log())
+    });
+}
+
+/// The loop data a [`cluster_test!`] body's loop runs over: [`Cluster`]
+/// unless the test names another.
+pub type TestData<D = Cluster> = D;
+
 /// `cluster_test! { fn name(lp, policy) [rr = RoundRobin, shared = Shared] { .. } }`
 /// makes `name::rr::epoll`, `name::rr::io_uring`, `name::shared::epoll`, ...
-/// The body gets `&mut Loop` (`Loop<()>`), or `&mut Loop<D>` when the loop's
+/// The body gets `&mut Loop<Cluster>`, or `&mut Loop<D>` when the loop's
 /// user data type is named: `fn name(lp: State, policy) [..] { .. }`.
 #[macro_export]
 macro_rules! cluster_test {
@@ -246,7 +300,7 @@ macro_rules! cluster_test {
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;
-                fn body($lp: &mut uvring::Loop<$($d)?>, $policy: uvring_cluster::SchedPolicy) $body
+                fn body($lp: &mut uvring::Loop<TestData<$($d)?>>, $policy: uvring_cluster::SchedPolicy) $body
                 $(
                     mod $m {
                         #[test]

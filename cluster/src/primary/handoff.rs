@@ -1,0 +1,295 @@
+//! Round-robin hand-off: the primary accepts on its `rr` listeners, queues
+//! the connections, and once per loop iteration (a check hook) sends each to
+//! a worker chosen by its listener's [`RoundRobin`](crate::RoundRobin), in
+//! batches of up to 16 fds per frame. A connection stays the primary's
+//! (numbered, in the worker's `unacked`) until the worker acknowledges it;
+//! a refusal, or the worker's channel closing first, re-routes it (see the
+//! module docs of `primary`).
+
+use super::{drain_events, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerEntry};
+use crate::channel::FrameWriter;
+use crate::proto::{Frame, MAX_FDS_PER_FRAME};
+use crate::schedule::WorkerId;
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use uvring::{Error, HandleId, Hook, HookKind, Loop, OnClose, OnConnection, OnHook, PipeStream, Result, TcpListener};
+
+/// A connection refused or orphaned this many times is closed.
+const MAX_ATTEMPTS: u8 = 8;
+
+/// The hand-off's own state.
+pub(super) struct Handoff {
+    /// Accepted connections waiting for the dispatch hook.
+    pending: VecDeque<PendingConn>,
+    /// Unacknowledged connections of closed channels, until the loop has
+    /// freed the channel (see the module docs of `primary`).
+    pub(super) limbo: Vec<(PipeStream, PendingConn)>,
+    /// The check hook that dispatches `pending`.
+    dispatch_hook: Option<Hook>,
+    pub(super) stats: ClusterStats,
+}
+
+impl Handoff {
+    pub(super) fn new() -> Handoff {
+        Handoff {
+            pending: VecDeque::with_capacity(256),
+            limbo: Vec::new(),
+            dispatch_hook: None,
+            stats: ClusterStats::default(),
+        }
+    }
+
+    /// Whether no connection is waiting anywhere.
+    pub(super) fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.limbo.is_empty()
+    }
+}
+
+/// A connection waiting for a worker.
+pub(super) struct PendingConn {
+    listener_id: u32,
+    attempts: u8,
+    exclude: Option<WorkerId>,
+    pub(super) fd: OwnedFd,
+}
+
+/// A connection sent to a worker and not yet acknowledged.
+pub(super) struct Unacked {
+    seq: u64,
+    listener_id: u32,
+    attempts: u8,
+    pub(super) fd: OwnedFd,
+}
+
+/// One worker's hand-off state (part of its table entry).
+pub(super) struct WorkerConns {
+    pub(super) unacked: VecDeque<Unacked>,
+    next_seq: u64,
+    reported_load: u32,
+    /// Connections of the batch being built: the last `batch_len` entries
+    /// of `unacked`.
+    batch_len: usize,
+    batch_listener: u32,
+    batch_first_seq: u64,
+}
+
+impl WorkerConns {
+    pub(super) fn new() -> WorkerConns {
+        WorkerConns {
+            unacked: VecDeque::with_capacity(64),
+            next_seq: 1,
+            reported_load: 0,
+            batch_len: 0,
+            batch_listener: 0,
+            batch_first_seq: 0,
+        }
+    }
+}
+
+impl WorkerEntry {
+    fn load(&self) -> Option<u32> {
+        if self.channel.is_none() || self.disconnecting {
+            return None;
+        }
+        // Acknowledged connections count through the worker's next report
+        // (counting them here too would turn throughput into load).
+        Some(self.conns.unacked.len() as u32 + self.conns.reported_load)
+    }
+}
+
+/// The `on_connection` of every `rr` listener (its data word is the
+/// listener id): takes every waiting connection as a bare fd.
+pub(super) fn on_rr_connection<D: PrimaryData>(pid: PrimaryId) -> OnConnection<D, TcpListener> {
+    OnConnection::new(move |lp, d: &mut D, server, res| {
+        if res.is_err() {
+            // EMFILE and friends: the engine backs off; nothing was accepted.
+            return;
+        }
+        let Some(p) = d.primary_by_id(pid) else { return };
+        let listener_id = lp.data(server).unwrap_or(0) as u32;
+        while let Ok(fd) = lp.accept_fd(server) {
+            p.handoff.pending.push_back(PendingConn { listener_id, attempts: 0, exclude: None, fd });
+        }
+    })
+}
+
+/// The dispatch hook (check phase): hands the queued connections out.
+pub(super) fn on_dispatch<D: PrimaryData>(pid: PrimaryId) -> OnHook<D> {
+    OnHook::new(move |lp, d: &mut D, _h| {
+        let Some(p) = d.primary_by_id(pid) else { return };
+        if p.dispatch(lp) {
+            drain_events(lp, d, pid);
+        }
+    })
+}
+
+/// A closed channel is freed (nothing of it is left in the kernel): its
+/// connections in `limbo` can go to other workers.
+pub(super) fn on_channel_freed<D: PrimaryData>(pid: PrimaryId) -> OnClose<D> {
+    OnClose::new(move |_lp, d: &mut D, h| {
+        let Some(p) = d.primary_by_id(pid) else { return };
+        let handoff = &mut p.handoff;
+        let mut i = 0;
+        while i < handoff.limbo.len() {
+            if HandleId::from(handoff.limbo[i].0) == h {
+                let (_, conn) = handoff.limbo.swap_remove(i);
+                handoff.pending.push_back(conn);
+            } else {
+                i += 1;
+            }
+        }
+    })
+}
+
+impl<D> Primary<D> {
+    /// Round-robin counters.
+    pub fn stats(&self) -> ClusterStats {
+        self.handoff.stats
+    }
+
+    /// Hands every queued connection to a worker; see the module docs.
+    /// Returns whether a worker's channel broke (its events are queued).
+    fn dispatch(&mut self, lp: &mut Loop<D>) -> bool {
+        if self.handoff.pending.is_empty() {
+            return false;
+        }
+        let mut broken: [WorkerId; 8] = [0; 8];
+        let mut nbroken = 0;
+        while let Some(conn) = self.handoff.pending.pop_front() {
+            let stats = &mut self.handoff.stats;
+            if conn.attempts >= MAX_ATTEMPTS {
+                stats.closed_unroutable += 1;
+                continue;
+            }
+            let Some(rr) = self.routing.round_robin(conn.listener_id) else {
+                stats.closed_unroutable += 1;
+                continue;
+            };
+            let workers = &self.workers;
+            let load = |w: WorkerId| workers.iter().find(|e| e.info.id == w).and_then(WorkerEntry::load);
+            let Some(wid) = rr.choose(load, conn.exclude) else {
+                stats.closed_unroutable += 1;
+                continue;
+            };
+            let Some(w) = self.workers.iter_mut().find(|e| e.info.id == wid) else { continue };
+            let c = &mut w.conns;
+            let full = c.batch_len >= MAX_FDS_PER_FRAME;
+            let switch = c.batch_len > 0 && (c.batch_listener != conn.listener_id || full);
+            if switch && flush_batch(&mut self.writer, lp, w).is_err() && nbroken < broken.len() {
+                broken[nbroken] = wid;
+                nbroken += 1;
+            }
+            let c = &mut w.conns;
+            let seq = c.next_seq;
+            c.next_seq += 1;
+            if c.batch_len == 0 {
+                c.batch_listener = conn.listener_id;
+                c.batch_first_seq = seq;
+            }
+            c.batch_len += 1;
+            c.unacked.push_back(Unacked { seq, listener_id: conn.listener_id, attempts: conn.attempts, fd: conn.fd });
+        }
+        for w in self.workers.iter_mut() {
+            if w.conns.batch_len > 0 && flush_batch(&mut self.writer, lp, w).is_err() && nbroken < broken.len() {
+                broken[nbroken] = w.info.id;
+                nbroken += 1;
+            }
+        }
+        // A worker whose channel cannot take the frame is treated as gone:
+        // its unacknowledged connections go to the others on the next turn.
+        for &id in &broken[..nbroken] {
+            self.channel_closed(lp, id);
+        }
+        nbroken > 0
+    }
+
+    /// Worker `id` acknowledged connections `conn_seq ..+ count`.
+    pub(super) fn on_ack(&mut self, id: WorkerId, conn_seq: u64, count: u32, accepted: bool) {
+        let Some(w) = self.workers.iter_mut().find(|w| w.info.id == id) else { return };
+        let (handoff, unacked) = (&mut self.handoff, &mut w.conns.unacked);
+        let end = conn_seq.saturating_add(u64::from(count));
+        while unacked.front().is_some_and(|u| u.seq >= conn_seq && u.seq < end) {
+            let Some(u) = unacked.pop_front() else { break };
+            if accepted {
+                handoff.stats.handed_off += 1;
+                drop(u.fd);
+            } else {
+                handoff.stats.refused += 1;
+                handoff.pending.push_back(PendingConn {
+                    listener_id: u.listener_id,
+                    attempts: u.attempts.saturating_add(1),
+                    exclude: Some(id),
+                    fd: u.fd,
+                });
+            }
+        }
+    }
+
+    /// Worker `id` reported its open connections.
+    pub(super) fn on_load(&mut self, id: WorkerId, open_connections: u32) {
+        if let Some(w) = self.entry_mut(id) {
+            w.conns.reported_load = open_connections;
+        }
+    }
+
+    /// Worker `id`'s channel `ch` is closing: its unacknowledged
+    /// connections wait in `limbo` for the channel to be freed (a send
+    /// queued on it may still name them), then go to other workers.
+    pub(super) fn orphan_unacked(&mut self, id: WorkerId, ch: PipeStream) {
+        let Some(w) = self.workers.iter_mut().find(|w| w.info.id == id) else { return };
+        w.conns.batch_len = 0;
+        while let Some(u) = w.conns.unacked.pop_front() {
+            self.handoff.stats.redistributed += 1;
+            let conn = PendingConn {
+                listener_id: u.listener_id,
+                attempts: u.attempts.saturating_add(1),
+                exclude: Some(id),
+                fd: u.fd,
+            };
+            self.handoff.limbo.push((ch, conn));
+        }
+    }
+
+    /// Closes the dispatch hook (nothing is left to hand out).
+    pub(super) fn release_dispatch_hook(&mut self, lp: &mut Loop<D>) {
+        if let Some(h) = self.handoff.dispatch_hook.take() {
+            let _ = lp.close(h, None);
+        }
+    }
+}
+
+impl<D: PrimaryData> Primary<D> {
+    /// Starts the dispatch hook (before the first fork).
+    pub(super) fn ensure_dispatch_hook(&mut self, lp: &mut Loop<D>) -> Result<()> {
+        if self.handoff.dispatch_hook.is_some() {
+            return Ok(());
+        }
+        let h = lp.hook_init(HookKind::Check)?;
+        lp.hook_start(h, &self.cbs.dispatch)?;
+        lp.unref_handle(h)?;
+        self.handoff.dispatch_hook = Some(h);
+        Ok(())
+    }
+}
+
+fn flush_batch<D>(writer: &mut FrameWriter, lp: &mut Loop<D>, w: &mut WorkerEntry) -> Result<()> {
+    let c = &mut w.conns;
+    let n = c.batch_len.min(MAX_FDS_PER_FRAME);
+    c.batch_len = 0;
+    let mut fds: [RawFd; MAX_FDS_PER_FRAME] = [-1; MAX_FDS_PER_FRAME];
+    let first = c.unacked.len() - n;
+    for (dst, u) in fds.iter_mut().zip(c.unacked.range(first..)) {
+        *dst = u.fd.as_raw_fd();
+    }
+    let frame =
+        Frame::NewConnection { listener_id: c.batch_listener, first_conn_seq: c.batch_first_seq, count: n as u8 };
+    match w.channel {
+        // SAFETY: the fds belong to the batch's entries in `unacked`, which
+        // are closed only once this worker acknowledges them (it received
+        // them: the send is done) or, when the channel closes first, after
+        // the loop has freed the channel (`limbo`); see the module docs of
+        // `primary`. On error nothing was queued.
+        Some(ch) => unsafe { writer.send_fds_borrowed(lp, ch, &frame, &fds[..n]) },
+        None => Err(Error::ENOTCONN),
+    }
+}

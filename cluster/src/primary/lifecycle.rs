@@ -1,0 +1,389 @@
+//! The worker table's lifecycle: fork (re-executing the program with the
+//! channel at fd 3), online and listening, channel close, exit, the
+//! respawn governor, and disconnect and kill, for one worker or all.
+
+use super::{drain_events, Event, Primary, PrimaryData, PrimaryId, WorkerEntry, WorkerInfo, WorkerStatus};
+use crate::proto::{Frame, FrameDecoder, ListenAddress};
+use crate::schedule::{RespawnDecision, RestartGovernor, WorkerId};
+use crate::settings::{
+    ChildOutput, SchedPolicy, Settings, ENV_BACKEND, ENV_CHANNEL_FD, ENV_NORMAL_SCHED, ENV_SCHED_POLICY, ENV_WORKER_ID,
+};
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+use uvring::{Error, Loop, OnExit, OnTimer, ProcessOptions, Result, Stdio, Timer};
+
+/// The child fd number of the IPC channel.
+const CHANNEL_FD: i32 = 3;
+
+/// Exited workers remembered for [`Primary::worker`].
+const EXITED_KEPT: usize = 64;
+
+/// What the lifecycle keeps besides the table.
+pub(super) struct Lifecycle<D> {
+    exec: PathBuf,
+    args: Vec<OsString>,
+    /// This thread moved to `SCHED_BATCH` (`Settings::batch_scheduling`):
+    /// workers are told to move back to the normal policy.
+    batch_sched: bool,
+    next_worker_id: WorkerId,
+    governor: RestartGovernor,
+    /// `disconnect` is under way: no respawn.
+    shutting_down: bool,
+    disconnect_cbs: Vec<super::DoneFn<D>>,
+    respawn_timers: Vec<Timer>,
+    /// The last workers that exited, newest last.
+    pub(super) exited: VecDeque<WorkerInfo>,
+}
+
+impl<D> Lifecycle<D> {
+    pub(super) fn new(settings: &Settings) -> Result<Lifecycle<D>> {
+        let exec = match &settings.exec {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(Error::from)?,
+        };
+        let args = match &settings.args {
+            Some(a) => a.clone(),
+            None => std::env::args_os().skip(1).collect(),
+        };
+        // See `Settings::batch_scheduling`. A thread the user already put
+        // under another policy keeps it.
+        let batch_sched = settings.policy == SchedPolicy::RoundRobin
+            && settings.batch_scheduling
+            && uvring::os::sched_is_normal()
+            && uvring::os::set_sched_batch(true).is_ok();
+        Ok(Lifecycle {
+            exec,
+            args,
+            batch_sched,
+            next_worker_id: 1,
+            governor: RestartGovernor::new(settings.respawn.clone()),
+            shutting_down: false,
+            disconnect_cbs: Vec::new(),
+            respawn_timers: Vec::new(),
+            exited: VecDeque::with_capacity(EXITED_KEPT),
+        })
+    }
+
+    /// The `ShutdownDone` event is delivered: respawning may resume unless
+    /// another `disconnect` came meanwhile.
+    pub(super) fn shutdown_done(&mut self, no_workers: bool) {
+        if no_workers && self.disconnect_cbs.is_empty() {
+            self.shutting_down = false;
+        }
+    }
+}
+
+impl<D> Primary<D> {
+    /// Whether a restart storm stopped respawning.
+    pub fn respawn_stopped(&self) -> bool {
+        self.life.governor.stormed()
+    }
+
+    /// Worker `id` said `Online`.
+    pub(super) fn worker_online(&mut self, id: WorkerId) {
+        let Some(w) = self.entry_mut(id) else { return };
+        if w.info.status == WorkerStatus::Starting {
+            w.info.status = WorkerStatus::Online;
+        }
+        let info = w.info();
+        self.events.queue.push_back(Event::Online(info));
+    }
+
+    /// A server of worker `id` listens on `address`, `port`.
+    pub(super) fn worker_listening(&mut self, id: WorkerId, address: ListenAddress<'_>, port: u16) {
+        let ip: Option<IpAddr> = match address {
+            ListenAddress::V4(ip) => Some(ip.into()),
+            ListenAddress::V6(ip) => Some(ip.into()),
+            ListenAddress::Unix(_) => None,
+        };
+        let Some(w) = self.entry_mut(id) else { return };
+        if matches!(w.info.status, WorkerStatus::Starting | WorkerStatus::Online) {
+            w.info.status = WorkerStatus::Listening;
+        }
+        let info = w.info();
+        if let Some(ip) = ip {
+            self.events.queue.push_back(Event::Listening(info, SocketAddr::new(ip, port)));
+        }
+    }
+
+    /// Worker `id` leaves by itself (it called `disconnect`).
+    pub(super) fn worker_leaving(&mut self, id: WorkerId) {
+        if let Some(w) = self.entry_mut(id) {
+            w.info.exited_after_disconnect = true;
+            w.disconnecting = true;
+        }
+    }
+
+    /// The worker's channel is gone (EOF, error, garbage, kill): close it,
+    /// queue its unacknowledged connections for others, leave its
+    /// listeners.
+    pub(super) fn channel_closed(&mut self, lp: &mut Loop<D>, id: WorkerId) {
+        let Some(w) = self.workers.iter_mut().find(|w| w.info.id == id) else { return };
+        let Some(ch) = w.channel.take() else { return };
+        // Fds received ahead of their frames are closed with the decoder.
+        w.decoder = None;
+        w.info.connected = false;
+        if w.info.status != WorkerStatus::Dead {
+            w.info.status = WorkerStatus::Disconnected;
+        }
+        let info = w.info();
+        // The unacknowledged connections may still be named by a send
+        // queued on this channel: they wait in `limbo` until its close has
+        // completed (`on_channel_freed`).
+        let _ = lp.close(ch, Some(&self.cbs.channel_freed));
+        self.orphan_unacked(id, ch);
+        self.leave_all_listeners(lp, id);
+        self.events.queue.push_back(Event::Disconnect(info));
+    }
+
+    /// Asks worker `id` to leave; runs no user code.
+    fn disconnect_one(&mut self, lp: &mut Loop<D>, id: WorkerId) {
+        let Some(w) = self.entry_mut(id) else { return };
+        w.info.exited_after_disconnect = true;
+        if w.channel.is_none() || w.disconnecting {
+            return;
+        }
+        w.disconnecting = true;
+        w.info.status = WorkerStatus::Disconnecting;
+        let _ = self.send_to(lp, id, &Frame::Disconnect);
+    }
+
+    /// After `disconnect`: once the table is empty, queue the callbacks
+    /// (the caller has them run from a later loop turn, never from inside
+    /// the call that asked).
+    fn check_shutdown_done(&mut self) {
+        let life = &mut self.life;
+        if !life.shutting_down || !self.workers.is_empty() || life.disconnect_cbs.is_empty() {
+            return;
+        }
+        self.events.queue.push_back(Event::ShutdownDone);
+        self.events.queue.extend(life.disconnect_cbs.drain(..).map(Event::Done));
+    }
+
+    /// Closes the primary's own handles once nothing is left to serve, so a
+    /// primary without workers keeps no loop handle.
+    fn release_if_idle(&mut self, lp: &mut Loop<D>) {
+        if self.workers.is_empty() && self.routing.is_empty() && self.handoff.is_idle() {
+            self.release_dispatch_hook(lp);
+        }
+    }
+}
+
+impl<D: PrimaryData> Primary<D> {
+    /// Forks `settings.workers` workers.
+    pub fn start(&mut self, lp: &mut Loop<D>) -> Result<()> {
+        for _ in 0..self.settings.workers {
+            self.fork(lp)?;
+        }
+        Ok(())
+    }
+
+    /// Forks one worker (Node's `cluster.fork()`). Its `fork` event comes
+    /// from the loop, after this call.
+    pub fn fork(&mut self, lp: &mut Loop<D>) -> Result<WorkerId> {
+        self.fork_with_env(lp, &[])
+    }
+
+    /// Forks one worker with extra environment variables (Node's
+    /// `cluster.fork(env)`).
+    pub fn fork_with_env(&mut self, lp: &mut Loop<D>, extra_env: &[(&str, &str)]) -> Result<WorkerId> {
+        let id = self.fork_worker(lp, extra_env);
+        self.schedule_drain(lp);
+        id
+    }
+
+    /// Asks worker `id` to leave gracefully (Node's `worker.disconnect()`):
+    /// it closes its servers, lets open connections finish, and exits.
+    pub fn disconnect_worker(&mut self, lp: &mut Loop<D>, id: WorkerId) {
+        self.disconnect_one(lp, id);
+        self.schedule_drain(lp);
+    }
+
+    /// Kills worker `id` with `signum` (Node's `worker.kill()`): the channel
+    /// closes now, the process gets the signal, and the worker counts as
+    /// having exited after a disconnect (it is not respawned). The
+    /// `disconnect` event comes from the loop, after this call. `ESRCH` if
+    /// no such worker lives.
+    pub fn kill(&mut self, lp: &mut Loop<D>, id: WorkerId, signum: i32) -> Result<()> {
+        let w = self.entry_mut(id).ok_or(Error::ESRCH)?;
+        w.info.exited_after_disconnect = true;
+        let process = w.process;
+        self.channel_closed(lp, id);
+        let res = match process {
+            Some(p) => lp.process_kill(p, signum),
+            None => Err(Error::ESRCH),
+        };
+        self.schedule_drain(lp);
+        res
+    }
+
+    /// Disconnects every worker (Node's `cluster.disconnect(cb)`); `cb` runs
+    /// once every worker has exited, always from a later loop turn (even
+    /// when there is no worker). No worker is respawned meanwhile.
+    pub fn disconnect(&mut self, lp: &mut Loop<D>, cb: impl FnOnce(&mut Loop<D>, &mut D) + 'static) {
+        self.life.shutting_down = true;
+        self.life.disconnect_cbs.push(Box::new(cb));
+        for t in std::mem::take(&mut self.life.respawn_timers) {
+            let _ = lp.close(t, None);
+        }
+        let ids: Vec<WorkerId> = self.workers.iter().map(|w| w.info.id).collect();
+        for id in ids {
+            self.disconnect_one(lp, id);
+        }
+        self.check_shutdown_done();
+        self.schedule_drain(lp);
+    }
+
+    /// Spawns a worker; its `fork` event is queued.
+    pub(super) fn fork_worker(&mut self, lp: &mut Loop<D>, extra_env: &[(&str, &str)]) -> Result<WorkerId> {
+        let id = self.life.next_worker_id;
+        self.life.next_worker_id += 1;
+        let backend = self.settings.backend.unwrap_or(lp.backend());
+        let ours =
+            [ENV_WORKER_ID, ENV_CHANNEL_FD, ENV_SCHED_POLICY, ENV_BACKEND, super::ENV_LOAD_REPORT_MS, ENV_NORMAL_SCHED];
+        let mut env: Vec<(OsString, OsString)> =
+            std::env::vars_os().filter(|(k, _)| !ours.iter().any(|o| OsStr::new(o) == k)).collect();
+        for (k, v) in &self.settings.env {
+            env.retain(|(x, _)| x != k);
+            env.push((k.clone(), v.clone()));
+        }
+        for (k, v) in extra_env {
+            env.retain(|(x, _)| x != OsStr::new(k));
+            env.push((k.into(), v.into()));
+        }
+        env.push((ENV_WORKER_ID.into(), id.to_string().into()));
+        env.push((ENV_CHANNEL_FD.into(), CHANNEL_FD.to_string().into()));
+        env.push((ENV_SCHED_POLICY.into(), self.settings.policy.name().into()));
+        env.push((ENV_BACKEND.into(), backend.name().into()));
+        env.push((super::ENV_LOAD_REPORT_MS.into(), self.settings.load_report_ms.to_string().into()));
+        if self.life.batch_sched {
+            env.push((ENV_NORMAL_SCHED.into(), "1".into()));
+        }
+        self.ensure_dispatch_hook(lp)?;
+        let pipe = lp.pipe_init(true)?;
+        let stdout = match self.settings.output {
+            ChildOutput::Inherit => Stdio::Inherit,
+            ChildOutput::QuietStdout => Stdio::Ignore,
+        };
+        let stdio = [Stdio::Inherit, stdout, Stdio::Inherit, Stdio::Ipc(pipe)];
+        let arg_refs: Vec<&OsStr> = self.life.args.iter().map(OsString::as_os_str).collect();
+        let env_refs: Vec<(&OsStr, &OsStr)> = env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())).collect();
+        let opts = ProcessOptions {
+            file: &self.life.exec,
+            args: &arg_refs,
+            env: Some(&env_refs),
+            cwd: None,
+            stdio: &stdio,
+            detached: false,
+        };
+        let process = match lp.spawn(&opts, &self.cbs.exit) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = lp.close(pipe, None);
+                self.release_if_idle(lp);
+                return Err(e);
+            }
+        };
+        let _ = lp.set_data(process, id as usize);
+        let pid = lp.process_pid(process).unwrap_or(-1);
+        let mut info = WorkerInfo {
+            id,
+            pid,
+            status: WorkerStatus::Starting,
+            connected: true,
+            exited_after_disconnect: false,
+            unacked: 0,
+        };
+        // The spawn connected the socket: from now on it is the channel.
+        let channel = match lp.pipe_stream(pipe) {
+            Ok(ch) => Some(ch),
+            Err(_) => {
+                let _ = lp.close(pipe, None);
+                info.connected = false;
+                info.status = WorkerStatus::Disconnected;
+                None
+            }
+        };
+        let read_ok = match channel {
+            Some(ch) => lp.set_data(ch, id as usize).is_ok() && lp.read_start(ch, &self.cbs.channel_read).is_ok(),
+            None => true,
+        };
+        self.workers.push(WorkerEntry {
+            info,
+            process: Some(process),
+            channel,
+            decoder: Some(FrameDecoder::new()),
+            disconnecting: false,
+            conns: super::handoff::WorkerConns::new(),
+        });
+        self.events.queue.push_back(Event::Fork(info));
+        if !read_ok {
+            self.channel_closed(lp, id);
+        }
+        Ok(id)
+    }
+
+    /// Worker `id`'s process exited: it leaves the table; a crash may be
+    /// followed by a respawn (or a restart storm).
+    fn worker_exited(&mut self, lp: &mut Loop<D>, id: WorkerId, code: i64, signal: i32) {
+        self.channel_closed(lp, id);
+        let Some(i) = self.workers.iter().position(|w| w.info.id == id) else { return };
+        let w = self.workers.remove(i);
+        let mut info = w.info();
+        info.status = WorkerStatus::Dead;
+        info.connected = false;
+        if self.life.exited.len() >= EXITED_KEPT {
+            self.life.exited.pop_front();
+        }
+        self.life.exited.push_back(info);
+        self.events.queue.push_back(Event::Exit(info, code, signal));
+        let crashed = !info.exited_after_disconnect;
+        if crashed && self.settings.respawn.enabled && !self.life.shutting_down {
+            match self.life.governor.on_crash(lp.now()) {
+                RespawnDecision::After(ms) => self.schedule_respawn(lp, ms),
+                RespawnDecision::Storm => self.events.queue.push_back(Event::Storm),
+            }
+        }
+    }
+
+    fn schedule_respawn(&mut self, lp: &mut Loop<D>, ms: u64) {
+        let Ok(t) = lp.timer_init() else { return };
+        if lp.timer_start(t, Duration::from_millis(ms), Duration::ZERO, &self.cbs.respawn).is_ok() {
+            self.life.respawn_timers.push(t);
+        } else {
+            let _ = lp.close(t, None);
+        }
+    }
+}
+
+/// The exit callback of every worker process (its data word is the id).
+pub(super) fn on_worker_exit<D: PrimaryData>(pid: PrimaryId) -> OnExit<D> {
+    OnExit::new(move |lp, d: &mut D, process, code, signal| {
+        let _ = lp.close(process, None);
+        let Some(p) = d.primary_by_id(pid) else { return };
+        let id = lp.data(process).unwrap_or(0) as WorkerId;
+        p.worker_exited(lp, id, code, signal);
+        drain_events(lp, d, pid);
+        let Some(p) = d.primary_by_id(pid) else { return };
+        // `disconnect`'s callbacks run on a later loop turn.
+        p.check_shutdown_done();
+        p.schedule_drain(lp);
+        p.release_if_idle(lp);
+    })
+}
+
+/// A respawn timer fired: fork a replacement (unless a disconnect began).
+pub(super) fn on_respawn<D: PrimaryData>(pid: PrimaryId) -> OnTimer<D> {
+    OnTimer::new(move |lp, d: &mut D, t| {
+        let _ = lp.close(t, None);
+        let Some(p) = d.primary_by_id(pid) else { return };
+        p.life.respawn_timers.retain(|&x| x != t);
+        if !p.life.shutting_down {
+            let _ = p.fork_worker(lp, &[]);
+            drain_events(lp, d, pid);
+        }
+    })
+}

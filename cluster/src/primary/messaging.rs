@@ -1,0 +1,81 @@
+//! User messages between the primary and its workers, and the shared
+//! key/value store the primary holds for them (workers reach it with
+//! request ids; each request is answered in order, so a worker always reads
+//! its own writes).
+
+use super::Primary;
+use crate::proto::{Frame, StoreStatus, MAX_FDS_PER_FRAME};
+use crate::schedule::WorkerId;
+use std::os::fd::BorrowedFd;
+use uvring::{Error, FdBatch, Loop, Result};
+
+impl<D> Primary<D> {
+    /// Sends a user message to worker `id`.
+    pub fn send(&mut self, lp: &mut Loop<D>, id: WorkerId, bytes: &[u8]) -> Result<()> {
+        self.send_to(lp, id, &Frame::Message { bytes, nfds: 0 })
+    }
+
+    /// Sends a user message with fds attached to worker `id` (each is
+    /// duplicated; the caller keeps its own). At most 16 fds.
+    pub fn send_with_fds(
+        &mut self,
+        lp: &mut Loop<D>,
+        id: WorkerId,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<()> {
+        if fds.len() > MAX_FDS_PER_FRAME {
+            return Err(Error::EINVAL);
+        }
+        let mut batch = FdBatch::new();
+        for fd in fds {
+            batch.push(fd.try_clone_to_owned().map_err(Error::from)?).map_err(|_| Error::EINVAL)?;
+        }
+        let ch = self.entry(id).and_then(|w| w.channel).ok_or(Error::ENOTCONN)?;
+        let frame = Frame::Message { bytes, nfds: fds.len() as u8 };
+        self.writer.send_fds(lp, ch, &frame, &mut batch)
+    }
+
+    /// Reads the shared store.
+    pub fn store_get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.store.get(key)
+    }
+
+    /// Writes the shared store.
+    pub fn store_set(&mut self, key: &[u8], value: &[u8]) {
+        self.store.set(key, value);
+    }
+
+    /// Removes a key from the shared store; returns whether it was there.
+    pub fn store_delete(&mut self, key: &[u8]) -> bool {
+        self.store.delete(key)
+    }
+
+    /// Number of keys in the shared store.
+    pub fn store_len(&self) -> usize {
+        self.store.len()
+    }
+
+    /// Answers a worker's store request (`StoreGet`, `StoreSet`,
+    /// `StoreDelete`).
+    pub(super) fn store_request(&mut self, lp: &mut Loop<D>, id: WorkerId, frame: &Frame<'_>) {
+        let Some(ch) = self.entry(id).and_then(|w| w.channel) else { return };
+        let (store, writer) = (&mut self.store, &mut self.writer);
+        let reply = |req_id, status, value| Frame::StoreReply { req_id, status, value };
+        let _ = match *frame {
+            Frame::StoreGet { req_id, key } => match store.get(key) {
+                Some(v) => writer.send(lp, ch, &reply(req_id, StoreStatus::Found, v)),
+                None => writer.send(lp, ch, &reply(req_id, StoreStatus::NotFound, &[])),
+            },
+            Frame::StoreSet { req_id, key, value } => {
+                store.set(key, value);
+                writer.send(lp, ch, &reply(req_id, StoreStatus::Ok, &[]))
+            }
+            Frame::StoreDelete { req_id, key } => {
+                let status = if store.delete(key) { StoreStatus::Found } else { StoreStatus::NotFound };
+                writer.send(lp, ch, &reply(req_id, status, &[]))
+            }
+            _ => Ok(()),
+        };
+    }
+}
