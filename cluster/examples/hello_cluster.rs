@@ -171,13 +171,11 @@ impl PrimaryData for Supervisor {
 fn run_primary(o: Options) -> uvring::Result<()> {
     let me = std::process::id();
     let mut lp: Loop<Supervisor> = open_loop(o.backend, &format!("primary {me}"));
-    let settings = Settings {
-        workers: o.workers,
-        policy: o.policy,
-        backend: Some(lp.backend()),
-        respawn: RespawnSettings { enabled: true, ..RespawnSettings::default() },
-        ..Settings::default()
-    };
+    let settings = Settings::default()
+        .workers(o.workers)
+        .policy(o.policy)
+        .backend(Some(lp.backend()))
+        .respawn(RespawnSettings::default().enabled(true));
     let mut primary = Primary::new(&mut lp, settings)?;
     eprintln!("[primary {me}] {} workers, policy {}, {} backend, port {}", o.workers, o.policy, lp.backend(), o.port);
     primary.on_fork(move |_, _, w| eprintln!("[primary {me}] worker {} (pid {}) forked", w.id(), w.pid()));

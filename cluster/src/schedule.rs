@@ -143,7 +143,7 @@ impl RestartGovernor {
         if self.stormed {
             return RespawnDecision::Storm;
         }
-        let window = self.settings.window_ms;
+        let window = self.settings.window.as_millis() as u64;
         while self.crashes.front().is_some_and(|&t| now_ms.saturating_sub(t) >= window) {
             self.crashes.pop_front();
         }
@@ -154,7 +154,8 @@ impl RestartGovernor {
             return RespawnDecision::Storm;
         }
         let shift = (n - 1).min(32);
-        let delay = self.settings.base_delay_ms.saturating_mul(1u64 << shift).min(self.settings.max_delay_ms);
+        let (base, max) = (self.settings.base_delay.as_millis() as u64, self.settings.max_delay.as_millis() as u64);
+        let delay = base.saturating_mul(1u64 << shift).min(max);
         RespawnDecision::After(delay)
     }
 
@@ -172,6 +173,7 @@ impl RestartGovernor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn equal_loads_rotate() {
@@ -264,13 +266,14 @@ mod tests {
     }
 
     fn governor(limit: u32) -> RestartGovernor {
-        RestartGovernor::new(RespawnSettings {
-            enabled: true,
-            base_delay_ms: 100,
-            max_delay_ms: 1_000,
-            storm_limit: limit,
-            window_ms: 10_000,
-        })
+        RestartGovernor::new(
+            RespawnSettings::default()
+                .enabled(true)
+                .base_delay(Duration::from_millis(100))
+                .max_delay(Duration::from_secs(1))
+                .storm_limit(limit)
+                .window(Duration::from_secs(10)),
+        )
     }
 
     #[test]

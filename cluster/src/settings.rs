@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 use uvring::Backend;
 
 /// Environment variable naming a worker's id (Node's `NODE_UNIQUE_ID`).
@@ -58,31 +59,78 @@ impl SchedPolicy {
     }
 }
 
+impl std::str::FromStr for SchedPolicy {
+    type Err = uvring::Error;
+
+    /// As [`parse`](SchedPolicy::parse); `EINVAL` for an unknown name.
+    fn from_str(s: &str) -> Result<SchedPolicy, uvring::Error> {
+        SchedPolicy::parse(s).ok_or(uvring::Error::EINVAL)
+    }
+}
+
 impl std::fmt::Display for SchedPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
 }
 
-/// When and how often crashed workers are replaced.
+/// When and how often crashed workers are replaced. Start from `default()`
+/// (off, like Node) and set what differs:
+/// `RespawnSettings::default().enabled(true).base_delay(Duration::from_millis(20))`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RespawnSettings {
     /// Replace a worker that exits without having been disconnected.
     pub enabled: bool,
-    /// Delay before the first respawn after a crash, in ms.
-    pub base_delay_ms: u64,
-    /// Largest delay: the delay doubles per crash within `window_ms`, up to this.
-    pub max_delay_ms: u64,
-    /// More than this many crashes within `window_ms` is a restart storm:
-    /// respawning stops.
+    /// Delay before the first respawn after a crash (default 100 ms).
+    pub base_delay: Duration,
+    /// Largest delay: the delay doubles per crash within `window`, up to
+    /// this (default 5 s).
+    pub max_delay: Duration,
+    /// More than this many crashes within `window` is a restart storm:
+    /// respawning stops (default 10).
     pub storm_limit: u32,
-    /// The window crashes are counted in, in ms.
-    pub window_ms: u64,
+    /// The window crashes are counted in (default 10 s).
+    pub window: Duration,
 }
 
 impl Default for RespawnSettings {
     fn default() -> Self {
-        RespawnSettings { enabled: false, base_delay_ms: 100, max_delay_ms: 5_000, storm_limit: 10, window_ms: 10_000 }
+        RespawnSettings {
+            enabled: false,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            storm_limit: 10,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RespawnSettings {
+    /// Sets whether crashed workers are replaced.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
+    }
+    /// Sets the first delay.
+    pub fn base_delay(mut self, d: Duration) -> Self {
+        self.base_delay = d;
+        self
+    }
+    /// Sets the largest delay.
+    pub fn max_delay(mut self, d: Duration) -> Self {
+        self.max_delay = d;
+        self
+    }
+    /// Sets the restart-storm limit.
+    pub fn storm_limit(mut self, n: u32) -> Self {
+        self.storm_limit = n;
+        self
+    }
+    /// Sets the window crashes are counted in.
+    pub fn window(mut self, d: Duration) -> Self {
+        self.window = d;
+        self
     }
 }
 
@@ -97,7 +145,10 @@ pub enum ChildOutput {
 }
 
 /// Settings of a [`Primary`](crate::Primary) (Node's `cluster.setupPrimary`).
+/// Start from `default()` and set what differs with the builder methods of
+/// the same names: `Settings::default().workers(2).policy(SchedPolicy::Shared)`.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Settings {
     /// Program to run as a worker; `None` re-executes the current program.
     pub exec: Option<PathBuf>,
@@ -116,8 +167,8 @@ pub struct Settings {
     pub respawn: RespawnSettings,
     /// Where workers' stdout goes.
     pub output: ChildOutput,
-    /// How often a worker reports its load (open connections), in ms.
-    pub load_report_ms: u64,
+    /// How often a worker reports its load (open connections); default 50 ms.
+    pub load_report: Duration,
     /// Round robin passes over a worker whose load is more than this above
     /// the least-loaded one (see [`RoundRobin`](crate::RoundRobin)).
     pub load_slack: u32,
@@ -144,12 +195,51 @@ impl Default for Settings {
             backend: None,
             respawn: RespawnSettings::default(),
             output: ChildOutput::default(),
-            load_report_ms: 50,
+            load_report: Duration::from_millis(50),
             load_slack: crate::schedule::DEFAULT_LOAD_SLACK,
             batch_scheduling: true,
         }
     }
 }
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        impl Settings {
+            $(
+                $(#[$doc])*
+                pub fn $name(mut self, value: $ty) -> Self {
+                    self.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters!(
+    /// Sets the program to run as a worker.
+    exec: Option<PathBuf>,
+    /// Sets the workers' arguments.
+    args: Option<Vec<OsString>>,
+    /// Sets the extra environment for workers.
+    env: Vec<(OsString, OsString)>,
+    /// Sets how many workers `start` forks.
+    workers: usize,
+    /// Sets the scheduling policy.
+    policy: SchedPolicy,
+    /// Sets the workers' loop backend.
+    backend: Option<Backend>,
+    /// Sets crash handling.
+    respawn: RespawnSettings,
+    /// Sets where workers' stdout goes.
+    output: ChildOutput,
+    /// Sets how often workers report their load.
+    load_report: Duration,
+    /// Sets round robin's load slack.
+    load_slack: u32,
+    /// Sets whether the primary runs under `SCHED_BATCH` under `rr`.
+    batch_scheduling: bool,
+);
 
 /// The number of CPUs this process may run on (at least 1).
 pub fn available_cpus() -> usize {
@@ -169,6 +259,9 @@ mod tests {
         assert_eq!(SchedPolicy::parse("none"), Some(SchedPolicy::Shared));
         assert_eq!(SchedPolicy::parse("fifo"), None);
         assert_eq!(SchedPolicy::default(), SchedPolicy::RoundRobin);
+        assert_eq!("shared".parse::<SchedPolicy>(), Ok(SchedPolicy::Shared));
+        assert_eq!("fifo".parse::<SchedPolicy>(), Err(uvring::Error::EINVAL));
+        assert_eq!(SchedPolicy::ReusePort.to_string(), "reuseport");
     }
 
     #[test]

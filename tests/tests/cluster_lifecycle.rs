@@ -183,7 +183,7 @@ cluster_test! {
     // A crashed worker is replaced (after a back-off); a disconnect stops it.
     fn respawn_after_crash(lp, policy) [rr = RoundRobin] {
         let mut s = settings(policy, "serve", 2);
-        s.respawn = RespawnSettings { enabled: true, base_delay_ms: 20, ..RespawnSettings::default() };
+        s.respawn = RespawnSettings::default().enabled(true).base_delay(Duration::from_millis(20));
         let mut c = start_cluster(lp, s);
         wait_for(lp, &mut c, |l| l.listening.len() == 2);
         // SAFETY: plain syscall on our child's pid.
@@ -201,7 +201,12 @@ cluster_test! {
     // A worker that keeps crashing is given up on after the storm limit.
     fn restart_storm(lp, policy) [rr = RoundRobin] {
         let mut s = settings(policy, "exit42", 1);
-        s.respawn = RespawnSettings { enabled: true, base_delay_ms: 5, max_delay_ms: 20, storm_limit: 3, window_ms: 60_000 };
+        s.respawn = RespawnSettings::default()
+            .enabled(true)
+            .base_delay(Duration::from_millis(5))
+            .max_delay(Duration::from_millis(20))
+            .storm_limit(3)
+            .window(Duration::from_secs(60));
         let mut c = Cluster::new(lp, s);
         c.primary.on_restart_storm(|_, d| d.log.messages.push((0, "storm".into())));
         c.primary.start(lp).unwrap();

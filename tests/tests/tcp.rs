@@ -1184,7 +1184,7 @@ fn small_pool_many_streams(lp: &mut Loop) {
 }
 
 fn small_pool() -> LoopOptions {
-    LoopOptions::default().pool(PoolConfig { count: 4, size: 1024 })
+    LoopOptions::default().pool(PoolConfig::new(4, 1024))
 }
 
 mod small_pool_many_streams {

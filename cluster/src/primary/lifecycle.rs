@@ -258,7 +258,7 @@ impl<D: PrimaryData> Primary<D> {
         env.push((ENV_CHANNEL_FD.into(), CHANNEL_FD.to_string().into()));
         env.push((ENV_SCHED_POLICY.into(), self.settings.policy.name().into()));
         env.push((ENV_BACKEND.into(), backend.name().into()));
-        env.push((super::ENV_LOAD_REPORT_MS.into(), self.settings.load_report_ms.to_string().into()));
+        env.push((super::ENV_LOAD_REPORT_MS.into(), self.settings.load_report.as_millis().to_string().into()));
         if self.life.batch_sched {
             env.push((ENV_NORMAL_SCHED.into(), "1".into()));
         }

@@ -287,13 +287,22 @@ impl Driver for AnyDriver {
     }
 }
 
-/// Sizes of the receive-buffer pool.
+/// Sizes of the receive-buffer pool: `PoolConfig::new(count, size)` or
+/// `PoolConfig::default()` (512 buffers of 16 KiB).
 #[derive(Copy, Clone, Debug)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// Number of buffers (a power of two, at most 32768).
     pub count: u16,
     /// Bytes per buffer.
     pub size: u32,
+}
+
+impl PoolConfig {
+    /// `count` buffers (a power of two, at most 32768) of `size` bytes.
+    pub const fn new(count: u16, size: u32) -> PoolConfig {
+        PoolConfig { count, size }
+    }
 }
 
 impl Default for PoolConfig {

@@ -416,7 +416,7 @@ fn primary_main(scenario: &str) {
         // (it says "gone <id>" first); print their pids, and wait to be
         // killed.
         "primary-kill" => {
-            let settings = Settings { args: Some(vec!["idle".into()]), workers: 0, ..Settings::default() };
+            let settings = Settings::default().args(Some(vec!["idle".into()])).workers(0);
             let mut primary = Primary::new(&mut lp, settings).expect("primary");
             primary.fork(&mut lp).expect("fork");
             primary.fork_with_env(&mut lp, &[("SCENARIO", "serve")]).expect("fork");

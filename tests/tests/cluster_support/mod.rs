@@ -47,14 +47,12 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Settings that fork the helper playing `scenario`.
 pub fn settings(policy: SchedPolicy, scenario: &str, workers: usize) -> Settings {
-    Settings {
-        exec: Some(WORKER.into()),
-        args: Some(vec![scenario.into()]),
-        workers,
-        policy,
-        output: ChildOutput::Inherit,
-        ..Settings::default()
-    }
+    Settings::default()
+        .exec(Some(WORKER.into()))
+        .args(Some(vec![scenario.into()]))
+        .workers(workers)
+        .policy(policy)
+        .output(ChildOutput::Inherit)
 }
 
 /// What a test primary saw.
