@@ -32,6 +32,7 @@ use crate::poll::PollState;
 use crate::signal::{SignalPipeState, SignalRegistry, SignalState};
 use crate::stream::{Stream, StreamParts, StreamState, StreamType};
 use crate::timer::{TimerHeap, TimerState};
+use crate::udp::{UdpParts, UdpState};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -97,6 +98,7 @@ pub enum HandleType {
     Hook,
     Process,
     Poll,
+    Udp,
 }
 
 pub(crate) const F_REF: u8 = 1;
@@ -117,6 +119,7 @@ pub(crate) enum Kind<D> {
     Hook(HookState<D>),
     Process(crate::process::ProcessState<D>),
     Poll(PollState<D>),
+    Udp(UdpState<D>),
 }
 
 pub(crate) struct Slot<D> {
@@ -158,6 +161,8 @@ pub(crate) enum Pending {
     Injected(Stream),
     /// A listen hook reported a late listen error.
     ListenFailed(Stream, crate::error::Error),
+    /// Deliver datagrams kept while the UDP socket was not receiving.
+    Udp(HandleId),
 }
 
 /// A libuv-style event loop over the user's state `D` (see the crate docs):
@@ -189,6 +194,8 @@ pub struct Loop<D = ()> {
     running: bool,
     fallback_reason: Option<String>,
     pub(crate) parts_spare: Vec<StreamParts<D>>,
+    /// Send buffers and queues of closed UDP sockets, for new ones.
+    pub(crate) udp_spare: Vec<UdpParts<D>>,
     /// Listeners waiting out an accept back-off: (deadline ms, stream).
     pub(crate) accept_retry: Vec<(u64, Stream)>,
     pub(crate) signals: SignalRegistry,
@@ -251,6 +258,7 @@ impl<D> Loop<D> {
             running: false,
             fallback_reason,
             parts_spare: Vec::new(),
+            udp_spare: Vec::new(),
             accept_retry: Vec::new(),
             signals: SignalRegistry::default(),
             listen_hook: None,
@@ -588,6 +596,7 @@ impl<D> Loop<D> {
             }
             Kind::Process(_) => self.process_close(h),
             Kind::Poll(_) => self.poll_close(h),
+            Kind::Udp(_) => self.udp_close(h),
         }
         self.closing.push(h);
         Ok(())
@@ -622,6 +631,7 @@ impl<D> Loop<D> {
             Kind::Hook(_) => HandleType::Hook,
             Kind::Process(_) => HandleType::Process,
             Kind::Poll(_) => HandleType::Poll,
+            Kind::Udp(_) => HandleType::Udp,
         })
     }
 
@@ -671,11 +681,16 @@ impl<D> Loop<D> {
         if matches!(self.slot(h).map(|s| &s.kind), Ok(Kind::Poll(_))) {
             self.poll_finish_close(h);
         }
+        if matches!(self.slot(h).map(|s| &s.kind), Ok(Kind::Udp(_))) {
+            self.udp_finish_close(h, d);
+        }
         let Ok(s) = self.slot_mut(h) else { return };
         let cb = s.close_cb.take();
         let slot = self.slots.remove(h.index as usize);
-        if let Kind::Stream(st) = slot.kind {
-            self.parts_spare.push(st.into_parts());
+        match slot.kind {
+            Kind::Stream(st) => self.parts_spare.push(st.into_parts()),
+            Kind::Udp(st) => self.udp_spare.push(st.into_parts()),
+            _ => {}
         }
         if let Some(cb) = cb {
             cb(self, d, h);
@@ -693,6 +708,7 @@ impl<D> Loop<D> {
                 Pending::ListenStopped(s) => self.listen_stopped(s, d),
                 Pending::Injected(s) => self.deliver_injected(s, d),
                 Pending::ListenFailed(s, e) => self.deliver_listen_failed(s, e, d),
+                Pending::Udp(h) => self.udp_pending(h, d),
             }
         }
         n > 0
@@ -768,8 +784,10 @@ impl<D> Loop<D> {
         };
         if slot.flags & F_CLOSING != 0 {
             self.release(c);
-            if op.kind == OpKind::Send {
-                self.stream_send_done_closing(Stream(h), c.token, c.res);
+            match op.kind {
+                OpKind::Send => self.stream_send_done_closing(Stream(h), c.token, c.res),
+                OpKind::SendTo => self.udp_send_done_closing(h, c.token, c.res),
+                _ => {}
             }
             return;
         }
@@ -781,6 +799,8 @@ impl<D> Loop<D> {
             OpKind::Read => self.on_read_fd(h, c.token, c.res, d),
             OpKind::PollIn => self.on_poll_in(h, c.token, c.res, d),
             OpKind::Poll => self.on_poll(h, c.token, c.res, d),
+            OpKind::RecvFrom => self.on_udp_recv(h, c, d),
+            OpKind::SendTo => self.on_udp_send(h, c.token, c.res, d),
         }
     }
 
@@ -833,6 +853,7 @@ impl<D> Loop<D> {
             Kind::Stream(st) => st.drop_fds(),
             Kind::SignalPipe(_) => self.signal_pipe_drop(h),
             Kind::Signal(_) => self.signal_close(h),
+            Kind::Udp(st) => st.drop_fd(),
             _ => {}
         }
     }

@@ -50,6 +50,11 @@ op_kinds! {
     PollIn = 7,
     /// One-shot: a poll watcher's readiness poll.
     Poll = 8,
+    /// Persistent: receive datagrams, each a recvmsg record with the
+    /// sender's address.
+    RecvFrom = 9,
+    /// One-shot: send one datagram, maybe to an address.
+    SendTo = 10,
 }
 
 /// One operation for [`Driver::submit`](super::Driver::submit), with its
@@ -83,6 +88,19 @@ pub(crate) enum Op<'a> {
     /// (`POLLIN`, `POLLOUT`, `POLLRDHUP`, `POLLPRI`); `res` is the `poll(2)`
     /// revents (`POLLERR` and `POLLHUP` are always reported).
     Poll { fd: RawFd, events: u32 },
+    /// Receive datagrams into pool buffers, one recvmsg record per datagram
+    /// with the sender's address in its name space
+    /// ([`RecordLayout::DATAGRAM`](super::RecordLayout::DATAGRAM)); a
+    /// datagram longer than the payload space arrives cut, with
+    /// `MSG_TRUNC` in the record's flags. A zero-length datagram is a
+    /// record like any other, not an end: this op ends only when it fails
+    /// or is cancelled.
+    RecvFrom { fd: RawFd },
+    /// Send `iov` (at most [`MAX_IOV`](super::MAX_IOV) entries) as one
+    /// datagram with `MSG_NOSIGNAL`, to `addr` if given (an unconnected
+    /// socket), else to the connected peer. The result is the datagram's
+    /// length; a datagram is never sent in part.
+    SendTo { fd: RawFd, iov: &'a [libc::iovec], addr: Option<&'a SockAddr> },
 }
 
 impl Op<'_> {
@@ -97,6 +115,8 @@ impl Op<'_> {
             Op::Read { .. } => OpKind::Read,
             Op::PollIn { .. } => OpKind::PollIn,
             Op::Poll { .. } => OpKind::Poll,
+            Op::RecvFrom { .. } => OpKind::RecvFrom,
+            Op::SendTo { .. } => OpKind::SendTo,
         }
     }
 }
@@ -152,6 +172,8 @@ mod tests {
             OpKind::Read,
             OpKind::PollIn,
             OpKind::Poll,
+            OpKind::RecvFrom,
+            OpKind::SendTo,
         ];
         for (i, &k) in kinds.iter().enumerate() {
             let t = Token::new(Token::MAX_INDEX - i, u32::MAX - i as u32, k);
