@@ -16,6 +16,9 @@
 //! * [`ChurnRig`]: accept/close churn. Clients connect; the server accepts
 //!   and closes at once (as an HTTP server does after a `Connection: close`
 //!   reply); the client sees EOF, closes, and connects again.
+//! * [`UdpRig`]: datagram ping-pong. `sockets` client UDP sockets, each
+//!   connected to one echo server socket, send a datagram and wait for its
+//!   echo before sending the next.
 //! * [`TimerRig`]: starts and stops a set of timers.
 //!
 //! The rigs use the engine as an application should: each rig's state is
@@ -26,7 +29,10 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use uvring::{Backend, Error, Loop, OnConnect, OnConnection, OnRead, OnTimer, RunMode, TcpListener, TcpStream, Timer};
+use uvring::{
+    Backend, Datagram, Error, Loop, OnConnect, OnConnection, OnRead, OnRecv, OnTimer, RunMode, TcpListener, TcpStream,
+    Timer, Udp,
+};
 
 /// Why a rig could not be built or run.
 #[derive(Debug)]
@@ -397,6 +403,139 @@ fn start_connect(lp: &mut Loop<ChurnState>, d: &mut ChurnState) -> uvring::Resul
 }
 
 impl Drop for ChurnRig {
+    fn drop(&mut self) {
+        close_all(&mut self.lp, &mut self.state);
+    }
+}
+
+// ---- UDP ----------------------------------------------------------------
+
+/// The UDP rig's state: the loop's data, which every callback receives.
+struct UdpState {
+    /// Round trips each client still has to do in the current batch,
+    /// indexed by the client socket's `data` word.
+    remaining: Vec<u64>,
+    /// The datagram every client sends (and gets back).
+    msg: Vec<u8>,
+    /// Clients that finished their round trips in the current batch.
+    done: usize,
+    failed: Option<Error>,
+}
+
+impl UdpState {
+    fn fail(&mut self, lp: &mut Loop<UdpState>, e: Error) {
+        self.failed = Some(e);
+        lp.stop();
+    }
+}
+
+/// Datagram ping-pong: `sockets` client sockets connected to one echo
+/// server socket, server and clients on one loop. A lost datagram (never
+/// seen on loopback) fails the batch after a watchdog's 10 s instead of
+/// hanging it.
+pub struct UdpRig {
+    lp: Loop<UdpState>,
+    state: UdpState,
+    clients: Vec<Udp>,
+    watchdog: Timer,
+    on_watchdog: OnTimer<UdpState>,
+}
+
+/// Server side: sends each datagram back to its sender.
+fn udp_server_recv(lp: &mut Loop<UdpState>, d: &mut UdpState, u: Udp, res: uvring::Result<Datagram<'_>>) {
+    let sent = res.and_then(|dg| lp.udp_send(u, dg.data, dg.addr, None));
+    if let Err(e) = sent {
+        d.fail(lp, e);
+    }
+}
+
+/// Client side: an echo is back; send the next datagram or report this
+/// client done.
+fn udp_client_recv(lp: &mut Loop<UdpState>, d: &mut UdpState, u: Udp, res: uvring::Result<Datagram<'_>>) {
+    if let Err(e) = res {
+        d.fail(lp, e);
+        return;
+    }
+    let Some(left) = lp.data(u).ok().and_then(|i| d.remaining.get_mut(i)) else { return };
+    *left = left.saturating_sub(1);
+    if *left > 0 {
+        if let Err(e) = lp.udp_send(u, &d.msg, None, None) {
+            d.fail(lp, e);
+        }
+    } else {
+        d.done += 1;
+        if d.done == d.remaining.len() {
+            lp.stop();
+        }
+    }
+}
+
+impl UdpRig {
+    /// Binds the echo server to 127.0.0.1 and connects `sockets` clients
+    /// to it; each sends `msg_size`-byte datagrams.
+    pub fn new(backend: Backend, sockets: usize, msg_size: usize) -> RigResult<UdpRig> {
+        assert!(sockets > 0 && msg_size > 0, "udp rig: bad shape");
+        let mut lp = Loop::with_backend(backend)?;
+        let server = lp.udp_init()?;
+        lp.udp_bind(server, ([127, 0, 0, 1], 0).into(), 0)?;
+        let addr = lp.udp_getsockname(server)?;
+        lp.udp_recv_start(server, &OnRecv::new(udp_server_recv))?;
+        // One callback for every client.
+        let on_client_recv = OnRecv::new(udp_client_recv);
+        let mut clients = Vec::with_capacity(sockets);
+        for i in 0..sockets {
+            let c = lp.udp_init()?;
+            lp.set_data(c, i)?;
+            lp.udp_connect(c, Some(addr))?;
+            lp.udp_recv_start(c, &on_client_recv)?;
+            clients.push(c);
+        }
+        let watchdog = lp.timer_init()?;
+        let on_watchdog = OnTimer::new(|lp: &mut Loop<UdpState>, d: &mut UdpState, _| {
+            d.fail(lp, Error::ETIMEDOUT);
+        });
+        let state = UdpState {
+            remaining: vec![0; sockets],
+            msg: (0..msg_size).map(|i| (i % 251) as u8).collect(),
+            done: 0,
+            failed: None,
+        };
+        Ok(UdpRig { lp, state, clients, watchdog, on_watchdog })
+    }
+
+    /// The backend the rig runs on.
+    pub fn backend(&self) -> Backend {
+        self.lp.backend()
+    }
+
+    /// Every client does `rounds` round trips (all clients at once); returns
+    /// the wall time from the first send to the last echo.
+    pub fn run(&mut self, rounds: u64) -> RigResult<Duration> {
+        if rounds == 0 {
+            return Ok(Duration::ZERO);
+        }
+        let st = &mut self.state;
+        st.done = 0;
+        st.remaining.fill(rounds);
+        self.lp.timer_start(self.watchdog, Duration::from_secs(10), Duration::ZERO, &self.on_watchdog)?;
+        let start = Instant::now();
+        for &c in &self.clients {
+            self.lp.udp_send(c, &st.msg, None, None)?;
+        }
+        // `stop` from the last client's callback ends the run.
+        while st.done < self.clients.len() {
+            if let Some(e) = st.failed {
+                return Err(RigError(format!("udp: {e}")));
+            }
+            self.lp.run(RunMode::Default, st)?;
+        }
+        let elapsed = start.elapsed();
+        self.lp.timer_stop(self.watchdog)?;
+        Ok(elapsed)
+    }
+}
+
+impl Drop for UdpRig {
     fn drop(&mut self) {
         close_all(&mut self.lp, &mut self.state);
     }

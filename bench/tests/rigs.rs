@@ -2,7 +2,7 @@
 //! milliseconds (so `cargo test` proves the benches measure real traffic).
 
 use uvring::Backend;
-use uvring_bench::{backend_available, ChurnRig, EchoRig, TimerRig};
+use uvring_bench::{backend_available, ChurnRig, EchoRig, TimerRig, UdpRig};
 
 fn backends() -> Vec<Backend> {
     let mut v = vec![Backend::Epoll];
@@ -33,6 +33,18 @@ fn churn_rig_completes_every_connection() {
         let mut rig = ChurnRig::new(backend, 8).expect("churn rig");
         rig.run(200).expect("first batch");
         rig.run(5).expect("second batch");
+    }
+}
+
+#[test]
+fn udp_rig_round_trips_on_one_and_many_sockets() {
+    for backend in backends() {
+        for (sockets, size) in [(1, 64), (64, 64), (4, 8 * 1024)] {
+            let mut rig = UdpRig::new(backend, sockets, size).expect("udp rig");
+            assert_eq!(rig.backend(), backend);
+            rig.run(50).expect("first batch");
+            rig.run(3).expect("second batch");
+        }
     }
 }
 

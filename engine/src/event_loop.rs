@@ -32,6 +32,7 @@ use crate::poll::PollState;
 use crate::signal::{SignalPipeState, SignalRegistry, SignalState};
 use crate::stream::{Stream, StreamParts, StreamState, StreamType};
 use crate::timer::{TimerHeap, TimerState};
+use crate::udp::{UdpParts, UdpState};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -113,6 +114,7 @@ pub enum HandleType {
     Hook,
     Process,
     Poll,
+    Udp,
 }
 
 pub(crate) const F_REF: u8 = 1;
@@ -138,6 +140,7 @@ pub(crate) enum Kind<D> {
     /// Internal: owns the file operations in the backend (their requests
     /// are in `Loop::fs`).
     FileOps,
+    Udp(UdpState<D>),
 }
 
 pub(crate) struct Slot<D> {
@@ -187,6 +190,8 @@ pub(crate) enum Pending {
     /// `listen` with a listen hook installed: ask the hook (with `D`) now,
     /// with this backlog.
     HookListen(Stream, i32),
+    /// Deliver datagrams kept while the UDP socket was not receiving.
+    Udp(HandleId),
 }
 
 /// A libuv-style event loop over the user's state `D` (see the crate docs):
@@ -223,6 +228,8 @@ pub struct Loop<D = ()> {
     running: bool,
     fallback_reason: Option<String>,
     pub(crate) parts_spare: Vec<StreamParts<D>>,
+    /// Send buffers and queues of closed UDP sockets, for new ones.
+    pub(crate) udp_spare: Vec<UdpParts<D>>,
     /// Listeners waiting out an accept back-off: (deadline ms, stream).
     pub(crate) accept_retry: Vec<(u64, Stream)>,
     pub(crate) signals: SignalRegistry,
@@ -289,6 +296,7 @@ impl<D> Loop<D> {
             running: false,
             fallback_reason,
             parts_spare: Vec::new(),
+            udp_spare: Vec::new(),
             accept_retry: Vec::new(),
             signals: SignalRegistry::default(),
             listen_hook: None,
@@ -638,6 +646,7 @@ impl<D> Loop<D> {
             Kind::Poll(_) => self.poll_close(h),
             Kind::WorkWake(_) => self.work_wake_close(h),
             Kind::FileOps => {}
+            Kind::Udp(_) => self.udp_close(h),
         }
         self.closing.push(h);
         Ok(())
@@ -672,6 +681,7 @@ impl<D> Loop<D> {
             Kind::Hook(_) => HandleType::Hook,
             Kind::Process(_) => HandleType::Process,
             Kind::Poll(_) => HandleType::Poll,
+            Kind::Udp(_) => HandleType::Udp,
         })
     }
 
@@ -721,11 +731,16 @@ impl<D> Loop<D> {
         if matches!(self.slot(h).map(|s| &s.kind), Ok(Kind::Poll(_))) {
             self.poll_finish_close(h);
         }
+        if matches!(self.slot(h).map(|s| &s.kind), Ok(Kind::Udp(_))) {
+            self.udp_finish_close(h, d);
+        }
         let Ok(s) = self.slot_mut(h) else { return };
         let cb = s.close_cb.take();
         let slot = self.slots.remove(h.index as usize);
-        if let Kind::Stream(st) = slot.kind {
-            self.parts_spare.push(st.into_parts());
+        match slot.kind {
+            Kind::Stream(st) => self.parts_spare.push(st.into_parts()),
+            Kind::Udp(st) => self.udp_spare.push(st.into_parts()),
+            _ => {}
         }
         if let Some(cb) = cb {
             cb(self, d, h);
@@ -745,6 +760,7 @@ impl<D> Loop<D> {
                 Pending::ListenFailed(s, e) => self.deliver_listen_failed(s, e, d),
                 Pending::WorkCancelled(w) => self.work_deliver(w, None, d),
                 Pending::HookListen(s, backlog) => self.hook_listen(s, backlog, d),
+                Pending::Udp(h) => self.udp_pending(h, d),
             }
         }
         n > 0
@@ -820,8 +836,10 @@ impl<D> Loop<D> {
         };
         if slot.flags & F_CLOSING != 0 {
             self.release(c);
-            if op.kind == OpKind::Send {
-                self.stream_send_done_closing(Stream(h), c.token, c.res);
+            match op.kind {
+                OpKind::Send => self.stream_send_done_closing(Stream(h), c.token, c.res),
+                OpKind::SendTo => self.udp_send_done_closing(h, c.token, c.res),
+                _ => {}
             }
             return;
         }
@@ -836,6 +854,8 @@ impl<D> Loop<D> {
             OpKind::FileRead | OpKind::FileWrite | OpKind::Fsync | OpKind::Statx | OpKind::OpenAt => {
                 self.on_file_op(op.req, c.token, c.res, d)
             }
+            OpKind::RecvFrom => self.on_udp_recv(h, c, d),
+            OpKind::SendTo => self.on_udp_send(h, c.token, c.res, d),
         }
     }
 
@@ -888,6 +908,7 @@ impl<D> Loop<D> {
             Kind::Stream(st) => st.drop_fds(),
             Kind::SignalPipe(_) => self.signal_pipe_drop(h),
             Kind::Signal(_) => self.signal_close(h),
+            Kind::Udp(st) => st.drop_fd(),
             _ => {}
         }
     }

@@ -16,7 +16,8 @@
 //! | [`PipeSocket`] | `pipe_init` | `pipe_bind` + `listen` (a [`PipeListener`]), `pipe_connect` (a [`PipeStream`]), spawn stdio |
 //! | [`PipeListener`] | `listen` | `accept` (gives [`PipeStream`]s) |
 //! | [`PipeStream`] | `accept`, `pipe_connect`, `pipe_open`, `pipe_pair` | read, write, shutdown; an IPC pipe also sends and receives handles |
-//! | [`Timer`], [`Async`], [`Signal`], [`Hook`], [`Process`] | their `*_init`/`*_start`/`spawn` | as libuv |
+//! | [`Udp`] | `udp_init`, `udp_open` | bind, connect, send and receive datagrams, multicast |
+//! | [`Timer`], [`Async`], [`Signal`], [`Hook`], [`Process`], [`Poll`] | their `*_init`/`*_start`/`spawn` | as libuv |
 //!
 //! Stream operations take any [`StreamHandle`]; `accept` takes any
 //! [`ListenerHandle`]; `listen` takes any [`SocketHandle`]. Operations every
@@ -59,6 +60,7 @@
 use crate::error::Result;
 use crate::event_loop::Loop;
 use std::marker::PhantomData;
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 /// Any handle: a slot index and a generation.
@@ -161,6 +163,10 @@ typed_id!(
     /// A watcher of a foreign fd's readiness (`uv_poll_t`).
     Poll
 );
+typed_id!(
+    /// A UDP socket (`uv_udp_t`): bound or not, connected or not.
+    Udp
+);
 
 /// A stream: what `read_start`, `write`, `shutdown` and `try_write` take
 /// ([`TcpStream`], [`PipeStream`]).
@@ -246,6 +252,8 @@ pub(crate) type IntFn<D> = dyn Fn(&mut Loop<D>, &mut D, HandleId, i32);
 pub(crate) type ExitFn<D> = dyn Fn(&mut Loop<D>, &mut D, HandleId, i64, i32);
 /// The stored form of a poll callback.
 pub(crate) type PollFn<D> = dyn Fn(&mut Loop<D>, &mut D, HandleId, Result<PollEvents>);
+/// The stored form of a datagram receive callback.
+pub(crate) type RecvFn<D> = dyn for<'a> Fn(&mut Loop<D>, &mut D, HandleId, Result<Datagram<'a>>);
 
 macro_rules! callback_type {
     ($(#[$doc:meta])* $name:ident<D, $h:ident: $bound:path>, $raw:ident, ($($arg:ident: $argty:ty),*)) => {
@@ -385,6 +393,67 @@ callback_type!(
     /// if polling failed (the watcher is stopped).
     OnPoll<D>, Poll, PollFn, (events: Result<PollEvents>)
 );
+callback_type!(
+    /// `(loop, data, udp, status)`: a datagram send completed
+    /// (`uv_udp_send_cb`): `Ok` once the kernel took it, `ECANCELED` if the
+    /// socket was closed first, or the send's error. Sends of one socket
+    /// complete in the order they were made.
+    OnSend<D>, Udp, StatusFn, (status: Result<()>)
+);
+callback_type!(
+    /// `(loop, data, udp, datagram)`: a datagram arrived (`uv_udp_recv_cb`),
+    /// valid for the call; `Err` for an error the socket reported (an ICMP
+    /// port unreachable on a connected socket is `ECONNREFUSED`; receiving
+    /// goes on after such errors).
+    OnRecv<D>, Udp, RecvFn, (datagram: Result<Datagram<'_>>)
+);
+
+/// One received datagram, lent to an [`OnRecv`] callback for the call.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// The payload: all of it, or its first part when
+    /// [`flags`](Self::flags) says [`RecvFlags::TRUNCATED`].
+    pub data: &'a [u8],
+    /// The sender (an IPv4-mapped IPv6 address for an IPv4 sender on a
+    /// dual-stack socket); `None` if the kernel named none.
+    pub addr: Option<SocketAddr>,
+    pub flags: RecvFlags,
+}
+
+/// What else the kernel said about a received datagram.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, Default)]
+pub struct RecvFlags(pub(crate) u32);
+
+impl RecvFlags {
+    /// The datagram was longer than the receive buffer's payload space and
+    /// was cut (`MSG_TRUNC`, libuv's `UV_UDP_PARTIAL`): the rest is lost.
+    /// Receive buffers are [`PoolConfig::size`](crate::PoolConfig::size)
+    /// bytes less a 44-byte record header and address.
+    pub const TRUNCATED: RecvFlags = RecvFlags(1);
+
+    /// No flag.
+    pub const fn empty() -> RecvFlags {
+        RecvFlags(0)
+    }
+    /// Whether every flag of `other` is in `self`.
+    pub const fn contains(self, other: RecvFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// Whether the datagram was cut ([`TRUNCATED`](Self::TRUNCATED)).
+    pub const fn is_truncated(self) -> bool {
+        self.contains(RecvFlags::TRUNCATED)
+    }
+}
+
+impl std::fmt::Debug for RecvFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_truncated() {
+            f.write_str("RecvFlags(TRUNCATED)")
+        } else {
+            f.write_str("RecvFlags()")
+        }
+    }
+}
 
 /// Readiness events of a [`Poll`] watcher (`uv_poll_event`).
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Default)]

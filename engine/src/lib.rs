@@ -2,8 +2,9 @@
 //!
 //! Layers, bottom up: `sys` (private: the only code that calls libc),
 //! `backend` (private: the completion-shaped contract and its epoll and
-//! io_uring drivers), and the loop with its handles (streams, timers, async,
-//! signals, hooks, processes), which never see a platform detail.
+//! io_uring drivers), and the loop with its handles (streams, UDP sockets,
+//! timers, async, signals, hooks, processes, poll watchers), which never see
+//! a platform detail.
 //!
 //! # The model
 //!
@@ -72,6 +73,7 @@ mod signal;
 mod stream;
 mod sys;
 mod timer;
+mod udp;
 mod work;
 
 pub use async_handle::AsyncSender;
@@ -81,13 +83,14 @@ pub use error::{Error, Result};
 pub use event_loop::{HandleType, Loop, LoopOptions, RunMode};
 pub use fs::{CopyFlags, DirEntry, FileKind, FileStat, FsRequest, OpenFlags};
 pub use handle::{
-    Async, HandleId, Hook, ListenerHandle, OnAsync, OnClose, OnConnect, OnConnection, OnExit, OnHook, OnListenStop,
-    OnPoll, OnRead, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle, PipeListener, PipeSocket, PipeStream, Poll,
-    PollEvents, Process, SendableHandle, Signal, SocketHandle, StreamHandle, TcpHandle, TcpListener, TcpSocket,
-    TcpStream, Timer,
+    Async, Datagram, HandleId, Hook, ListenerHandle, OnAsync, OnClose, OnConnect, OnConnection, OnExit, OnHook,
+    OnListenStop, OnPoll, OnRead, OnRecv, OnSend, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle, PipeListener,
+    PipeSocket, PipeStream, Poll, PollEvents, Process, RecvFlags, SendableHandle, Signal, SocketHandle, StreamHandle,
+    TcpHandle, TcpListener, TcpSocket, TcpStream, Timer, Udp,
 };
 pub use hook::HookKind;
 pub use pipe::FdBatch;
 pub use process::{ProcessOptions, Stdio};
 pub use stream::{ListenHook, StreamType, TCP_IPV6ONLY, TCP_REUSEPORT};
+pub use udp::{Membership, MulticastInterface, UDP_IPV6ONLY, UDP_REUSEADDR, UDP_REUSEPORT};
 pub use work::{threadpool_size, Work, DEFAULT_THREADPOOL_SIZE, MAX_THREADPOOL_SIZE};

@@ -376,6 +376,7 @@ impl<D> Loop<D> {
         match &self.slot(h)?.kind {
             Kind::Stream(st) => Ok(st.fd),
             Kind::Poll(p) => Ok(p.fd),
+            Kind::Udp(u) => Ok(u.fd),
             _ => Err(Error::WRONG_TYPE),
         }
     }

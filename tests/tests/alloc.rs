@@ -1,6 +1,8 @@
 //! Zero heap allocation on the hot paths after warm-up, on both backends:
 //! echo round trips over 64 connections (read, write, and the loop around
-//! them), accept/close of connections, and timer start/stop.
+//! them), accept/close of connections, timer start/stop, and UDP datagram
+//! round trips (send with and without an address, receive with the
+//! sender's address, send callbacks).
 //!
 //! A counting global allocator counts, per thread, the allocations made
 //! while the thread's measuring flag is on. Clients run in the same loop as
@@ -144,6 +146,30 @@ fn churn(lp: &mut Loop<Echo>, d: &mut Echo, addr: SocketAddr, on_connect: &OnCon
     });
 }
 
+/// The loop's data for the UDP test.
+struct Dgrams {
+    /// Round trips: datagrams sent by clients, echoes received, the most
+    /// to send, and send callbacks run.
+    started: u64,
+    done: u64,
+    target: u64,
+    sent: u64,
+}
+
+/// One UDP burst: every client sends a datagram to the echo server and
+/// sends the next when the echo is back, until `more` went out.
+fn udp_burst(lp: &mut Loop<Dgrams>, d: &mut Dgrams, clients: &[Udp], on_sent: &OnSend<Dgrams>, more: u64) {
+    let target = d.started + more;
+    d.target = target;
+    for &c in clients {
+        if d.started < target {
+            d.started += 1;
+            lp.udp_send(c, &MESSAGE[..64], None, Some(on_sent)).unwrap();
+        }
+    }
+    run_until_with(lp, d, LIMIT, |_, d| d.done == target && d.sent == target);
+}
+
 /// The loop's data for the timer test.
 struct Timers {
     timers: Vec<Timer>,
@@ -224,6 +250,52 @@ both_backends! {
         assert_eq!(d.finished, 1_300);
         assert_eq!(allocations, 0, "heap allocations during 1,000 connect/accept/close cycles");
         lp.close(server, None).unwrap();
+        assert!(!lp.run(RunMode::Default, &mut d).unwrap());
+    }
+
+    /// 10,000 UDP round trips between 16 connected client sockets and an
+    /// echo server (which answers to each datagram's sender address) after
+    /// warm-up: zero heap allocations.
+    fn udp_round_trips_allocate_nothing(lp: Dgrams) {
+        const CLIENTS: usize = 16;
+        let mut d = Dgrams { started: 0, done: 0, target: 0, sent: 0 };
+        let server = lp.udp_init().unwrap();
+        lp.udp_bind(server, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let at = lp.udp_getsockname(server).unwrap();
+        let echo = OnRecv::new(|lp: &mut Loop<Dgrams>, _: &mut Dgrams, u, res: Result<Datagram<'_>>| {
+            let dg = res.unwrap();
+            lp.udp_send(u, dg.data, dg.addr, None).unwrap();
+        });
+        lp.udp_recv_start(server, &echo).unwrap();
+        let on_sent = OnSend::new(|_: &mut Loop<Dgrams>, d: &mut Dgrams, _, status| {
+            status.unwrap();
+            d.sent += 1;
+        });
+        let on_sent_again = on_sent.clone();
+        let on_echo = OnRecv::new(move |lp: &mut Loop<Dgrams>, d: &mut Dgrams, u, res: Result<Datagram<'_>>| {
+            assert_eq!(res.unwrap().data.len(), 64);
+            d.done += 1;
+            if d.started < d.target {
+                d.started += 1;
+                lp.udp_send(u, &MESSAGE[..64], None, Some(&on_sent_again)).unwrap();
+            }
+        });
+        let clients: Vec<Udp> = (0..CLIENTS)
+            .map(|_| {
+                let c = lp.udp_init().unwrap();
+                lp.udp_connect(c, Some(at)).unwrap();
+                lp.udp_recv_start(c, &on_echo).unwrap();
+                c
+            })
+            .collect();
+
+        udp_burst(lp, &mut d, &clients, &on_sent, 3_000);
+        let allocations = allocations_in(|| udp_burst(lp, &mut d, &clients, &on_sent, 10_000));
+        assert_eq!((d.done, d.sent), (13_000, 13_000));
+        assert_eq!(allocations, 0, "heap allocations during 10,000 UDP round trips over {CLIENTS} sockets");
+        for &c in clients.iter().chain([&server]) {
+            lp.close(c, None).unwrap();
+        }
         assert!(!lp.run(RunMode::Default, &mut d).unwrap());
     }
 

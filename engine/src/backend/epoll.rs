@@ -1,34 +1,47 @@
 //! The epoll backend: readiness turned into completions.
 //!
-//! Each fd has at most one *read-side* op (accept, recv, recvmsg, read,
-//! poll_in), one *write-side* op (send, connect) and one poll watcher's
-//! poll; a second op of a side while one is in flight is refused with
-//! `EBUSY` (the contract allows it; io_uring has no such limit). The fd is
-//! in the epoll set, level-triggered, exactly while it has an op. When epoll
-//! reports it ready, this backend performs the syscall and reports the
-//! result as a completion. Sends and connects are tried at once (the common
-//! case succeeds without touching epoll); their results wait in `ready`
-//! until the next `poll`, so no completion is ever delivered from inside a
-//! submit call. A cancel takes the op out of its side at once, so a
-//! replacement can be submitted right after it.
+//! Each fd has at most one *read-side* op (accept, recv, recvmsg, recvfrom,
+//! read, poll_in), one *write-side* op (send, connect) and one poll
+//! watcher's poll; a second op of a side while one is in flight is refused
+//! with `EBUSY` (the contract allows it; io_uring has no such limit). The fd
+//! is in the epoll set, level-triggered, exactly while it has an op that
+//! waits for readiness. When epoll reports it ready, this backend performs
+//! the syscall and reports the result as a completion. Sends and connects
+//! are tried at once (the common case succeeds without touching epoll);
+//! their results wait in `ready` until the next `poll`, so no completion is
+//! ever delivered from inside a submit call. A cancel takes the op out of
+//! its side at once, so a replacement can be submitted right after it.
+//!
+//! Datagrams: any number of `SendTo` ops may be in flight per fd. They are
+//! queued per fd in submission order and sent at the start of the next
+//! `poll`, as many as the socket takes per `sendmmsg` call; only when the
+//! socket's buffer is full does the fd wait for `EPOLLOUT`, and later sends
+//! queue behind, so datagrams leave in order. `RecvFrom` receives with
+//! `recvmmsg`, one pool buffer per datagram, up to
+//! [`MAX_READS_PER_WAKEUP`] per wakeup.
 
 use super::{
-    write_recvmsg_header, Backend, BufPool, Completion, Driver, Op, PoolConfig, Token, MAX_ACCEPTS_PER_WAKEUP, MAX_IOV,
-    MAX_READS_PER_WAKEUP, RECVMSG_CONTROL_LEN, RECVMSG_HEADER_LEN,
+    write_recvmsg_header, Backend, BufPool, Completion, Driver, Op, PoolConfig, RecordLayout, Token,
+    MAX_ACCEPTS_PER_WAKEUP, MAX_IOV, MAX_READS_PER_WAKEUP, RECVMSG_CONTROL_LEN, RECVMSG_HEADER_LEN, RECVMSG_NAME_LEN,
 };
 use crate::error::{Error, Result};
+use crate::sys::socket::SockAddr;
 use crate::sys::{self, epoll, socket};
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
 /// Events fetched per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 1024;
+/// Datagrams handed to one `sendmmsg` call.
+const DGRAM_BATCH: usize = 32;
 
 #[derive(Copy, Clone)]
 enum ReadOp {
     Accept { token: Token },
     Recv { token: Token },
     RecvMsg { token: Token },
+    RecvFrom { token: Token },
     Read { token: Token, ptr: *mut u8, len: usize },
     PollIn { token: Token },
 }
@@ -39,6 +52,7 @@ impl ReadOp {
             ReadOp::Accept { token }
             | ReadOp::Recv { token }
             | ReadOp::RecvMsg { token }
+            | ReadOp::RecvFrom { token }
             | ReadOp::Read { token, .. }
             | ReadOp::PollIn { token } => token,
         }
@@ -67,6 +81,15 @@ struct PendingSend {
     nfds: usize,
 }
 
+/// A datagram waiting to be sent: copies of its iovecs and destination.
+struct DgramSend {
+    token: Token,
+    iov: [libc::iovec; MAX_IOV],
+    iovcnt: usize,
+    /// The destination; `len == 0` for the connected peer.
+    addr: SockAddr,
+}
+
 struct Reg {
     /// Bumped when the fd is deregistered; carried in the epoll data so an
     /// event for an earlier registration of the same fd number is ignored.
@@ -79,6 +102,11 @@ struct Reg {
     /// A poll watcher's one-shot poll: its token and epoll events.
     poll: Option<(Token, u32)>,
     send: PendingSend,
+    /// `SendTo` ops in flight, in submission order (the queue keeps its
+    /// capacity, so sending allocates nothing after warm-up).
+    dgrams: VecDeque<DgramSend>,
+    /// The socket refused a datagram (`EAGAIN`): wait for `EPOLLOUT`.
+    dgram_blocked: bool,
 }
 
 impl Reg {
@@ -96,6 +124,8 @@ impl Reg {
                 fds: [-1; socket::MAX_FDS_PER_MSG],
                 nfds: 0,
             },
+            dgrams: VecDeque::new(),
+            dgram_blocked: false,
         }
     }
 
@@ -104,7 +134,7 @@ impl Reg {
         if self.read.is_some() {
             ev |= epoll::IN;
         }
-        if self.write.is_some() {
+        if self.write.is_some() || self.dgram_blocked {
             ev |= epoll::OUT;
         }
         if let Some((_, events)) = self.poll {
@@ -123,6 +153,8 @@ pub(crate) struct Epoll {
     /// Completions produced outside `poll` (immediate sends, cancels).
     ready: Vec<Completion>,
     events: Vec<epoll::Event>,
+    /// Fds with datagrams queued since the last `poll` (not blocked).
+    dgram_dirty: Vec<RawFd>,
 }
 
 // SAFETY-relevant note: `ReadOp::Read` holds a raw pointer lent by the loop
@@ -139,6 +171,7 @@ impl Epoll {
             regs: Vec::with_capacity(1024),
             ready: Vec::with_capacity(256),
             events: vec![epoll::EMPTY; EVENTS_PER_WAIT],
+            dgram_dirty: Vec::with_capacity(64),
         })
     }
 
@@ -284,6 +317,7 @@ impl Epoll {
                 }
                 false
             }
+            ReadOp::RecvFrom { token } => self.recv_datagrams(fd, token, out),
             ReadOp::Read { token, ptr, len } => {
                 // SAFETY: the loop lent `ptr..ptr+len` until this op completes (rule 3).
                 let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
@@ -316,8 +350,130 @@ impl Epoll {
         if n == 0 && controllen == 0 {
             return Ok((0, 0, false));
         }
-        write_recvmsg_header(head, controllen, n, flags);
+        write_recvmsg_header(head, 0, controllen, n, flags);
         Ok((RECVMSG_HEADER_LEN + RECVMSG_CONTROL_LEN + n, n, controllen > 0))
+    }
+
+    /// Receives datagrams on `fd` with `recvmmsg`, one free pool buffer
+    /// each, as records in the contract's datagram layout, up to
+    /// [`MAX_READS_PER_WAKEUP`] of them; returns whether the op ended (an
+    /// error, reported as its final completion).
+    fn recv_datagrams(&mut self, fd: RawFd, token: Token, out: &mut Vec<Completion>) -> bool {
+        const N: usize = MAX_READS_PER_WAKEUP;
+        let offset = RecordLayout::DATAGRAM.payload_offset();
+        let size = self.pool.size();
+        let mut done = 0;
+        while done < N {
+            // With no free buffer, leave the datagrams in the socket (see Recv).
+            let want = (N - done).min(self.free_bufs.len());
+            if want == 0 {
+                return false;
+            }
+            let mut ids = [0u16; N];
+            let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; N];
+            // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+            let mut msgs: [libc::mmsghdr; N] = unsafe { std::mem::zeroed() };
+            for i in 0..want {
+                let id = self.free_bufs.pop().expect("counted above");
+                ids[i] = id;
+                let base = self.pool.ptr(id);
+                // SAFETY: `RecvFrom` is refused at submit unless a buffer is
+                // longer than `offset`, so both pointers stay inside buffer `id`.
+                let (name, payload) = unsafe { (base.add(RECVMSG_HEADER_LEN), base.add(offset)) };
+                iovs[i] = libc::iovec { iov_base: payload.cast(), iov_len: size - offset };
+                let hdr = &mut msgs[i].msg_hdr;
+                hdr.msg_name = name.cast();
+                hdr.msg_namelen = RECVMSG_NAME_LEN as _;
+                hdr.msg_iov = &mut iovs[i];
+                hdr.msg_iovlen = 1;
+            }
+            // SAFETY: each header points into buffer `ids[i]`, which came off
+            // the free list (nobody else holds it), and at `iovs[i]`; both
+            // outlive the call.
+            let res = unsafe { socket::recvmmsg(fd, &mut msgs[..want]) };
+            let got = match res {
+                Ok(n) => n,
+                Err(e) => {
+                    self.free_bufs.extend_from_slice(&ids[..want]);
+                    if e.is_would_block() || e.errno() == Some(libc::EINTR) {
+                        return false;
+                    }
+                    Self::push(out, token, -e.code(), None, false);
+                    return true;
+                }
+            };
+            for (m, &id) in msgs[..got].iter().zip(&ids) {
+                // SAFETY: buffer `id` is still ours; the kernel is done with it.
+                let buf = unsafe { self.pool.slice_mut(id) };
+                let len = m.msg_len as usize;
+                write_recvmsg_header(buf, m.msg_hdr.msg_namelen as usize, 0, len, m.msg_hdr.msg_flags);
+                Self::push(out, token, (offset + len) as i32, Some(id), true);
+            }
+            self.free_bufs.extend_from_slice(&ids[got..want]);
+            done += got;
+            if got < want {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Sends `fd`'s queued datagrams in order, [`DGRAM_BATCH`] per
+    /// `sendmmsg`, until the queue is empty or the socket's buffer is full
+    /// (then the fd waits for `EPOLLOUT`). A datagram the socket refuses
+    /// with an error completes with it; the ones behind it still go.
+    fn flush_dgrams(&mut self, fd: RawFd) {
+        let Some(reg) = self.regs.get_mut(fd as usize) else { return };
+        loop {
+            if reg.dgrams.is_empty() {
+                reg.dgram_blocked = false;
+                return;
+            }
+            let n = reg.dgrams.len().min(DGRAM_BATCH);
+            // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+            let mut msgs: [libc::mmsghdr; DGRAM_BATCH] = unsafe { std::mem::zeroed() };
+            for (m, d) in msgs.iter_mut().zip(reg.dgrams.iter_mut()) {
+                m.msg_hdr.msg_iov = d.iov.as_mut_ptr();
+                m.msg_hdr.msg_iovlen = d.iovcnt as _;
+                if d.addr.len > 0 {
+                    m.msg_hdr.msg_name = (&mut d.addr.storage as *mut libc::sockaddr_storage).cast();
+                    m.msg_hdr.msg_namelen = d.addr.len;
+                }
+            }
+            // SAFETY: names and iovec arrays live in `reg.dgrams`, which is
+            // not touched during the call; the bytes the iovecs describe are
+            // lent by the loop until each op's completion (rule 3).
+            match unsafe { socket::sendmmsg(fd, &mut msgs[..n]) } {
+                Ok(sent) => {
+                    for m in &msgs[..sent] {
+                        let d = reg.dgrams.pop_front().expect("sent from the queue");
+                        self.ready.push(Completion { token: d.token, res: m.msg_len as i32, buf: None, more: false });
+                    }
+                }
+                Err(e) if e.is_would_block() || e.errno() == Some(libc::EINTR) => {
+                    reg.dgram_blocked = true;
+                    return;
+                }
+                Err(e) => {
+                    let d = reg.dgrams.pop_front().expect("queue not empty");
+                    self.ready.push(Completion { token: d.token, res: -e.code(), buf: None, more: false });
+                }
+            }
+        }
+    }
+
+    /// Ends every op of `fd` with `err` (the fd went away under us).
+    fn fail_fd(&mut self, fd: RawFd, err: Error, out: &mut Vec<Completion>) {
+        let reg = self.reg(fd);
+        let ops =
+            [reg.read.take().map(|o| o.token()), reg.write.take().map(|o| o.token()), reg.poll.take().map(|(t, _)| t)];
+        reg.dgram_blocked = false;
+        for token in ops.into_iter().flatten() {
+            Self::push(out, token, -err.code(), None, false);
+        }
+        while let Some(d) = self.reg(fd).dgrams.pop_front() {
+            Self::push(out, d.token, -err.code(), None, false);
+        }
     }
 
     /// Handles writability for `fd`; returns whether the write op ended.
@@ -404,6 +560,32 @@ impl Epoll {
         }
     }
 
+    /// Queues a datagram behind `fd`'s others; it goes at the next `poll`
+    /// (or, while the socket is full, when it turns writable).
+    fn queue_dgram(&mut self, fd: RawFd, token: Token, iov: &[libc::iovec], addr: Option<&SockAddr>) -> Result<()> {
+        if iov.len() > MAX_IOV {
+            return Err(Error::EINVAL);
+        }
+        let reg = self.reg(fd);
+        let mut d = DgramSend {
+            token,
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV],
+            iovcnt: iov.len(),
+            addr: SockAddr::empty(),
+        };
+        d.iov[..iov.len()].copy_from_slice(iov);
+        match addr {
+            Some(a) => d.addr = *a,
+            None => d.addr.len = 0,
+        }
+        let first = reg.dgrams.is_empty() && !reg.dgram_blocked;
+        reg.dgrams.push_back(d);
+        if first {
+            self.dgram_dirty.push(fd);
+        }
+        Ok(())
+    }
+
     fn start_poll(&mut self, fd: RawFd, token: Token, events: u32) -> Result<()> {
         let reg = self.reg(fd);
         if reg.poll.is_some() {
@@ -455,6 +637,15 @@ impl Driver for Epoll {
             Op::FileRead { .. } | Op::FileWrite { .. } | Op::Fsync { .. } | Op::Statx { .. } | Op::OpenAt { .. } => {
                 Err(Error::ENOSYS)
             }
+            Op::RecvFrom { fd } => {
+                if self.pool.size() <= RecordLayout::DATAGRAM.payload_offset() {
+                    return Err(Error::EINVAL);
+                }
+                self.arm_read(fd, ReadOp::RecvFrom { token })
+            }
+            // The iovecs are copied; the bytes stay lent until the completion
+            // (the caller's rule-3 guarantee).
+            Op::SendTo { fd, iov, addr } => self.queue_dgram(fd, token, iov, addr),
         }
     }
 
@@ -477,6 +668,13 @@ impl Driver for Epoll {
             reg.poll = None;
             hit = true;
         }
+        if let Some(i) = reg.dgrams.iter().position(|d| d.token == token) {
+            reg.dgrams.remove(i);
+            if reg.dgrams.is_empty() {
+                reg.dgram_blocked = false;
+            }
+            hit = true;
+        }
         if hit {
             self.ready.push(Completion { token, res: -libc::ECANCELED, buf: None, more: false });
             // Removing interest cannot fail in a way that matters: the ops are gone.
@@ -488,9 +686,12 @@ impl Driver for Epoll {
         let epfd = self.epfd.as_raw_fd();
         let reg = self.reg(fd);
         debug_assert!(reg.read.is_none() && reg.write.is_none(), "deregister with ops in flight");
+        debug_assert!(reg.dgrams.is_empty(), "deregister with datagrams in flight");
         reg.read = None;
         reg.write = None;
         reg.poll = None;
+        reg.dgrams.clear();
+        reg.dgram_blocked = false;
         reg.exclusive = false;
         reg.generation = reg.generation.wrapping_add(1);
         if reg.registered != 0 {
@@ -500,6 +701,20 @@ impl Driver for Epoll {
     }
 
     fn poll(&mut self, timeout_ms: i64, out: &mut Vec<Completion>) -> Result<()> {
+        // Datagrams queued since the last poll go first, batched per fd.
+        if !self.dgram_dirty.is_empty() {
+            let mut dirty = std::mem::take(&mut self.dgram_dirty);
+            for &fd in &dirty {
+                self.flush_dgrams(fd);
+                if let Err(e) = self.update(fd) {
+                    let mut failed = std::mem::take(&mut self.ready);
+                    self.fail_fd(fd, e, &mut failed);
+                    self.ready = failed;
+                }
+            }
+            dirty.clear();
+            self.dgram_dirty = dirty;
+        }
         let room = out.capacity() - out.len();
         let take = self.ready.len().min(room);
         out.extend(self.ready.drain(..take));
@@ -540,6 +755,9 @@ impl Driver for Epoll {
                         self.reg(fd).write = None;
                     }
                 }
+                if self.reg(fd).dgram_blocked {
+                    self.flush_dgrams(fd);
+                }
             }
             if let Some((token, mask)) = self.reg(fd).poll {
                 let got = flags & (mask | epoll::ERR | epoll::HUP);
@@ -550,17 +768,13 @@ impl Driver for Epoll {
             }
             if let Err(e) = self.update(fd) {
                 // The fd went away under us (closed elsewhere): end its ops.
-                let reg = self.reg(fd);
-                let ops = [
-                    reg.read.take().map(|o| o.token()),
-                    reg.write.take().map(|o| o.token()),
-                    reg.poll.take().map(|(t, _)| t),
-                ];
-                for token in ops.into_iter().flatten() {
-                    Self::push(out, token, -e.code(), None, false);
-                }
+                self.fail_fd(fd, e, out);
             }
         }
+        // Datagrams sent on `EPOLLOUT` above complete in this poll too.
+        let room = out.capacity() - out.len();
+        let take = self.ready.len().min(room);
+        out.extend(self.ready.drain(..take));
         Ok(())
     }
 
@@ -693,5 +907,65 @@ mod tests {
         assert_eq!(sys::read(b.as_raw_fd(), &mut buf).unwrap(), 3, "sent at once");
         let cs = completions(&mut e, 1);
         assert_eq!((cs[0].token, cs[0].res, cs[0].more), (t, 3, false));
+    }
+
+    #[test]
+    fn datagrams_blocked_by_a_full_socket_go_out_in_order_when_it_drains() {
+        let mut e = driver();
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        // More than the peer's queue holds, so the fd waits for EPOLLOUT.
+        const N: usize = 2000;
+        let payloads: Vec<[u8; 8]> = (0..N as u64).map(u64::to_le_bytes).collect();
+        let tokens: Vec<Token> = (0..N).map(|i| Token::new(1 + i, 1, OpKind::SendTo)).collect();
+        for (p, &t) in payloads.iter().zip(&tokens) {
+            let iov = [libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() }];
+            // SAFETY: `payloads` outlives every completion (all awaited below).
+            unsafe { e.submit(t, Op::SendTo { fd: a.as_raw_fd(), iov: &iov, addr: None }).unwrap() };
+        }
+        let (mut done, mut got, mut blocked) = (Vec::new(), Vec::new(), false);
+        let mut out = Vec::with_capacity(256);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while done.len() < N || got.len() < N {
+            assert!(Instant::now() < deadline, "timed out: {} done, {} received", done.len(), got.len());
+            out.clear();
+            e.poll(10, &mut out).unwrap();
+            done.extend(out.iter().map(|c| {
+                assert_eq!((c.res, c.more), (8, false), "{c:?}");
+                c.token
+            }));
+            blocked |= done.len() < N;
+            let mut buf = [0u8; 8];
+            while let Ok(8) = b.recv(&mut buf) {
+                got.push(u64::from_le_bytes(buf));
+            }
+        }
+        assert!(blocked, "the socket filled up");
+        assert_eq!(done, tokens, "completions in submission order");
+        assert_eq!(got, (0..N as u64).collect::<Vec<_>>(), "datagrams in submission order");
+    }
+
+    #[test]
+    fn a_cancelled_datagram_stays_home_and_the_others_go() {
+        let mut e = driver();
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let msgs: [&[u8]; 3] = [b"one", b"two", b"three"];
+        let tokens: Vec<Token> = (0..3).map(|i| Token::new(10 + i, 1, OpKind::SendTo)).collect();
+        for (m, &t) in msgs.iter().zip(&tokens) {
+            let iov = [libc::iovec { iov_base: m.as_ptr() as *mut _, iov_len: m.len() }];
+            // SAFETY: the bytes are static.
+            unsafe { e.submit(t, Op::SendTo { fd: a.as_raw_fd(), iov: &iov, addr: None }).unwrap() };
+        }
+        e.cancel(a.as_raw_fd(), tokens[1]);
+        let mut cs = completions(&mut e, 3);
+        cs.sort_by_key(|c| c.token.index());
+        assert_eq!(cs.iter().map(|c| c.res).collect::<Vec<_>>(), [3, -libc::ECANCELED, 5]);
+        let mut buf = [0u8; 8];
+        let n = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"one");
+        let n = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"three");
     }
 }

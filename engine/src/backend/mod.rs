@@ -28,6 +28,8 @@
 //! | `Fsync { fd, data_only }` | one-shot | nothing | 0 |
 //! | `Statx { dirfd, path, flags, buf }` | one-shot | `path` (to its NUL), `*buf` | 0 |
 //! | `OpenAt { path, flags, mode }` | one-shot | `path` (to its NUL) | a new fd |
+//! | `RecvFrom { fd }` | persistent | nothing | a datagram record's length in `buf` (never 0) |
+//! | `SendTo { fd, iov, addr }` | one-shot | the bytes `iov` describes (`addr` is copied) | the datagram's length |
 //!
 //! Any completion may carry `-errno` instead of a result.
 //!
@@ -38,10 +40,14 @@
 //!
 //! **Several ops per fd.** io_uring takes any number of ops in flight on
 //! one fd, of any kinds, each its own request keyed by its token. epoll
-//! keeps, per fd, one *read-side* op (`Accept`, `Recv`, `RecvMsg`, `Read`,
-//! `PollIn`), one *write-side* op (`Send`, `Connect`) and one `Poll`: a
-//! second op of a side while one is in flight is refused with `EBUSY` (at
-//! submit, nothing is reported for it). On both, `cancel` frees the op's
+//! keeps, per fd, one *read-side* op (`Accept`, `Recv`, `RecvMsg`,
+//! `RecvFrom`, `Read`, `PollIn`), one *write-side* op (`Send`, `Connect`)
+//! and one `Poll`: a second op of a side while one is in flight is refused
+//! with `EBUSY` (at submit, nothing is reported for it). `SendTo` ops are
+//! not limited on either backend: epoll queues them per fd and sends them
+//! in submission order (with `sendmmsg`, several per call); io_uring issues
+//! each at once, so datagrams that find the socket's buffer full wait each
+//! on its own and may leave, and complete, in another order. On both, `cancel` frees the op's
 //! place at once, so a replacement may be submitted right after it, and ops
 //! on different fds never limit each other: one handle may have several ops
 //! of one kind in flight on different fds.
@@ -52,8 +58,9 @@
 //!    reports completions carrying its token until exactly one with
 //!    `more == false`; after that, nothing more carries its token. An op
 //!    whose `submit` returned `Err` reports nothing. One-shot ops (`Send`,
-//!    `Connect`, `Read`, `PollIn`, `Poll`) report exactly one completion.
-//!    Persistent ops (`Accept`, `Recv`, `RecvMsg`) report any number with
+//!    `SendTo`, `Connect`, `Read`, `PollIn`, `Poll`) report exactly one
+//!    completion. Persistent ops (`Accept`, `Recv`, `RecvMsg`, `RecvFrom`)
+//!    report any number with
 //!    `more == true` and then the final one, when they fail, are cancelled,
 //!    or the kernel ends a multishot (io_uring re-arms internally where it
 //!    can, e.g. after `ENOBUFS`, only if that keeps the op alive without
@@ -63,7 +70,7 @@
 //!    still arrives through `poll` (with `-ECANCELED`, or its real result if
 //!    it finished first). No completion is ever delivered synchronously from
 //!    a submit or cancel call: user callbacks never run re-entrantly.
-//! 3. **Memory lent stays lent.** For a `Send`, the memory each iovec
+//! 3. **Memory lent stays lent.** For a `Send` or `SendTo`, the memory each iovec
 //!    describes stays valid and unmodified until the op's final completion,
 //!    and each fd in `fds` stays **open**, naming the same file, until then
 //!    (io_uring reads them when the operation runs, not when it is
@@ -79,6 +86,8 @@
 //!    completion with `res >= 0` carries a new fd (non-blocking, `CLOEXEC`),
 //!    now owned by the loop; so does an `OpenAt` completion (`CLOEXEC`). A completion with `buf = Some(id)` (`Recv`,
 //!    `RecvMsg`) lends receive buffer `id` until the loop calls
+//!    now owned by the loop. A completion with `buf = Some(id)` (`Recv`,
+//!    `RecvMsg`, `RecvFrom`) lends receive buffer `id` until the loop calls
 //!    [`Driver::recycle`]. The loop releases both even when it drops the
 //!    completion (a stale token, a closing handle); the token's kind byte
 //!    says what to release. `Accept` completions may still arrive after
@@ -87,23 +96,31 @@
 //!    loop serves or closes them.
 //! 5. **Bounded work per wakeup.** A backend reports at most the `out`
 //!    capacity per `poll`, performs at most [`MAX_ACCEPTS_PER_WAKEUP`]
-//!    accepts per `Accept` op and [`MAX_READS_PER_WAKEUP`] reads per `Recv`
-//!    or `RecvMsg` op per wakeup.
+//!    accepts per `Accept` op and [`MAX_READS_PER_WAKEUP`] reads (datagrams,
+//!    for `RecvFrom`) per `Recv`, `RecvMsg` or `RecvFrom` op per wakeup.
 //! 6. **Nothing inherited across fork.** fds are `CLOEXEC`; the ring is
 //!    `dontfork`.
 //!
 //! # Receive buffers
 //!
 //! Both backends receive into one pool of `count` buffers of `size` bytes
-//! ([`BufPool`]). Buffer ids are `u16`. For `recvmsg`, a buffer holds a
-//! record in io_uring's `io_uring_recvmsg_out` layout: a 16-byte header
-//! (`namelen`, `controllen`, `payloadlen`, `flags` as native-endian u32),
-//! `namelen` (always 0) bytes of name, [`RECVMSG_CONTROL_LEN`] bytes of control
-//! space (of which `controllen` are used), then the payload; see
-//! [`parse_recvmsg`]. The epoll backend writes the same layout, so the loop
-//! parses one format. A recvmsg completion's `res` is the record's full
-//! length (header + control space + payload). End of stream on recv and
-//! recvmsg alike is `res == 0` with no buffer, and is final.
+//! ([`BufPool`]). Buffer ids are `u16`. For `RecvMsg` and `RecvFrom`, a
+//! buffer holds a record in io_uring's `io_uring_recvmsg_out` layout: a
+//! 16-byte header (`namelen`, `controllen`, `payloadlen`, `flags` as
+//! native-endian u32), a name space, a control space, then the payload. The
+//! spaces are fixed per op kind ([`RecordLayout`]): `RecvMsg` (IPC) has no
+//! name space and [`RECVMSG_CONTROL_LEN`] bytes of control space;
+//! `RecvFrom` (datagrams) has [`RECVMSG_NAME_LEN`] bytes of name space (any
+//! IPv4 or IPv6 address) and no control space. The header's `namelen` and
+//! `controllen` say how much of each space is used (`namelen` is the
+//! sender's address length, which may exceed the space: the name is then
+//! cut), `flags` are recvmsg's `msg_flags` (`MSG_TRUNC`: the payload was
+//! cut; `MSG_CTRUNC`: the control data was). See [`parse_record`]. The
+//! epoll backend writes the same layout, so the loop parses one format. A
+//! record completion's `res` is the record's full length (header + both
+//! spaces + payload). End of stream on recv and recvmsg alike is `res == 0`
+//! with no buffer, and is final; `RecvFrom` has no end of stream (an empty
+//! datagram is a record with `payloadlen == 0`).
 
 pub(crate) mod bufpool;
 pub(crate) mod epoll;
@@ -126,6 +143,9 @@ pub const MAX_IOV: usize = 8;
 pub const RECVMSG_CONTROL_LEN: usize = crate::sys::socket::CONTROL_LEN;
 /// Size of the `io_uring_recvmsg_out` header.
 pub const RECVMSG_HEADER_LEN: usize = 16;
+/// Name space in every datagram record: a `sockaddr_in6`, the largest
+/// address a UDP socket reports.
+pub const RECVMSG_NAME_LEN: usize = std::mem::size_of::<libc::sockaddr_in6>();
 
 /// The I/O backend a loop runs on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -335,15 +355,48 @@ pub(crate) struct Unavailable {
     pub reason: String,
 }
 
+/// The spaces a recvmsg record reserves after its header, fixed per op
+/// kind (see "Receive buffers" in the module docs).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RecordLayout {
+    /// Bytes reserved for the sender's address.
+    pub name: usize,
+    /// Bytes reserved for control messages.
+    pub control: usize,
+}
+
+impl RecordLayout {
+    /// `RecvMsg` records (IPC pipes): fds in the control space, no name.
+    pub const STREAM: RecordLayout = RecordLayout { name: 0, control: RECVMSG_CONTROL_LEN };
+    /// `RecvFrom` records (datagrams): the sender's address, no control.
+    pub const DATAGRAM: RecordLayout = RecordLayout { name: RECVMSG_NAME_LEN, control: 0 };
+
+    /// Where the payload starts.
+    pub const fn payload_offset(self) -> usize {
+        RECVMSG_HEADER_LEN + self.name + self.control
+    }
+}
+
 /// A parsed recvmsg record from a receive buffer (see the module docs).
 pub(crate) struct RecvMsgRecord<'a> {
+    /// The used part of the name space (empty without a name).
+    pub name: &'a [u8],
     pub control: &'a [u8],
     pub payload: &'a [u8],
+    /// recvmsg's `msg_flags` (`MSG_TRUNC`, `MSG_CTRUNC`).
     pub flags: i32,
 }
 
-/// Splits a recvmsg record; `None` if the header is inconsistent with `buf`.
+/// Splits a `RecvMsg` (IPC) record; `None` if the header is inconsistent
+/// with `buf`.
 pub(crate) fn parse_recvmsg(buf: &[u8]) -> Option<RecvMsgRecord<'_>> {
+    parse_record(buf, RecordLayout::STREAM)
+}
+
+/// Splits a recvmsg record laid out as `layout`; `None` if the header is
+/// inconsistent with `buf`. A name or control length beyond its space is
+/// cut to the space (the kernel reports the untruncated length).
+pub(crate) fn parse_record(buf: &[u8], layout: RecordLayout) -> Option<RecvMsgRecord<'_>> {
     let word = |i: usize| -> Option<u32> {
         let b = buf.get(i * 4..i * 4 + 4)?;
         Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
@@ -352,17 +405,69 @@ pub(crate) fn parse_recvmsg(buf: &[u8]) -> Option<RecvMsgRecord<'_>> {
     let controllen = word(1)? as usize;
     let payloadlen = word(2)? as usize;
     let flags = word(3)? as i32;
-    let control_start = RECVMSG_HEADER_LEN.checked_add(namelen)?;
-    let payload_start = control_start.checked_add(RECVMSG_CONTROL_LEN)?;
-    let control = buf.get(control_start..control_start.checked_add(controllen.min(RECVMSG_CONTROL_LEN))?)?;
+    let control_start = RECVMSG_HEADER_LEN.checked_add(layout.name)?;
+    let payload_start = control_start.checked_add(layout.control)?;
+    let name = buf.get(RECVMSG_HEADER_LEN..RECVMSG_HEADER_LEN + namelen.min(layout.name))?;
+    let control = buf.get(control_start..control_start.checked_add(controllen.min(layout.control))?)?;
     let payload = buf.get(payload_start..payload_start.checked_add(payloadlen)?)?;
-    Some(RecvMsgRecord { control, payload, flags })
+    Some(RecvMsgRecord { name, control, payload, flags })
 }
 
 /// Writes a recvmsg record header (used by the epoll backend).
-pub(crate) fn write_recvmsg_header(buf: &mut [u8], controllen: usize, payloadlen: usize, flags: i32) {
-    let words = [0u32, controllen as u32, payloadlen as u32, flags as u32];
+pub(crate) fn write_recvmsg_header(buf: &mut [u8], namelen: usize, controllen: usize, payloadlen: usize, flags: i32) {
+    let words = [namelen as u32, controllen as u32, payloadlen as u32, flags as u32];
     for (i, w) in words.iter().enumerate() {
         buf[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    /// A record as io_uring writes it: header words, then the spaces.
+    fn record(layout: RecordLayout, words: [u32; 4], fill: &[u8]) -> Vec<u8> {
+        let mut buf: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        buf.resize(layout.payload_offset(), 0);
+        buf[RECVMSG_HEADER_LEN..RECVMSG_HEADER_LEN + fill.len().min(layout.name)]
+            .copy_from_slice(&fill[..fill.len().min(layout.name)]);
+        buf.extend_from_slice(b"payload");
+        buf
+    }
+
+    #[test]
+    fn a_datagram_record_names_its_sender_and_keeps_the_payload_after_the_name_space() {
+        // An IPv4 sender: 16 bytes of the 28-byte space used.
+        let name = [7u8; 16];
+        let buf = record(RecordLayout::DATAGRAM, [16, 0, 7, 0], &name);
+        let rec = parse_record(&buf, RecordLayout::DATAGRAM).expect("parses");
+        assert_eq!(rec.name, &name);
+        assert!(rec.control.is_empty());
+        assert_eq!(rec.payload, b"payload");
+        assert_eq!(RecordLayout::DATAGRAM.payload_offset(), 16 + 28);
+    }
+
+    #[test]
+    fn a_name_longer_than_its_space_is_cut_and_an_empty_payload_is_a_record() {
+        let buf = record(RecordLayout::DATAGRAM, [200, 0, 0, libc::MSG_TRUNC as u32], &[1; 28]);
+        let rec = parse_record(&buf, RecordLayout::DATAGRAM).expect("parses");
+        assert_eq!(rec.name.len(), RECVMSG_NAME_LEN);
+        assert!(rec.payload.is_empty());
+        assert_eq!(rec.flags, libc::MSG_TRUNC);
+    }
+
+    #[test]
+    fn a_payload_past_the_buffer_is_refused() {
+        let buf = record(RecordLayout::DATAGRAM, [16, 0, 8, 0], &[]);
+        assert!(parse_record(&buf, RecordLayout::DATAGRAM).is_none());
+        assert!(parse_record(&buf[..10], RecordLayout::DATAGRAM).is_none());
+    }
+
+    #[test]
+    fn a_stream_record_has_no_name_space() {
+        let buf = record(RecordLayout::STREAM, [0, 0, 7, 0], &[]);
+        let rec = parse_recvmsg(&buf).expect("parses");
+        assert!(rec.name.is_empty());
+        assert_eq!(rec.payload, b"payload");
     }
 }

@@ -60,6 +60,11 @@ op_kinds! {
     Statx = 12,
     /// One-shot: `openat`; the result is a new fd.
     OpenAt = 13,
+    /// Persistent: receive datagrams, each a recvmsg record with the
+    /// sender's address.
+    RecvFrom = 14,
+    /// One-shot: send one datagram, maybe to an address.
+    SendTo = 15,
 }
 
 impl OpKind {
@@ -114,6 +119,19 @@ pub(crate) enum Op<'a> {
     /// `openat(AT_FDCWD, path, flags, mode)`; `path` is NUL-terminated and
     /// `flags` include `O_CLOEXEC`.
     OpenAt { path: *const libc::c_char, flags: i32, mode: u32 },
+    /// Receive datagrams into pool buffers, one recvmsg record per datagram
+    /// with the sender's address in its name space
+    /// ([`RecordLayout::DATAGRAM`](super::RecordLayout::DATAGRAM)); a
+    /// datagram longer than the payload space arrives cut, with
+    /// `MSG_TRUNC` in the record's flags. A zero-length datagram is a
+    /// record like any other, not an end: this op ends only when it fails
+    /// or is cancelled.
+    RecvFrom { fd: RawFd },
+    /// Send `iov` (at most [`MAX_IOV`](super::MAX_IOV) entries) as one
+    /// datagram with `MSG_NOSIGNAL`, to `addr` if given (an unconnected
+    /// socket), else to the connected peer. The result is the datagram's
+    /// length; a datagram is never sent in part.
+    SendTo { fd: RawFd, iov: &'a [libc::iovec], addr: Option<&'a SockAddr> },
 }
 
 impl Op<'_> {
@@ -133,6 +151,8 @@ impl Op<'_> {
             Op::Fsync { .. } => OpKind::Fsync,
             Op::Statx { .. } => OpKind::Statx,
             Op::OpenAt { .. } => OpKind::OpenAt,
+            Op::RecvFrom { .. } => OpKind::RecvFrom,
+            Op::SendTo { .. } => OpKind::SendTo,
         }
     }
 }
@@ -193,6 +213,8 @@ mod tests {
             OpKind::Fsync,
             OpKind::Statx,
             OpKind::OpenAt,
+            OpKind::RecvFrom,
+            OpKind::SendTo,
         ];
         for (i, &k) in kinds.iter().enumerate() {
             let t = Token::new(Token::MAX_INDEX - i, u32::MAX - i as u32, k);

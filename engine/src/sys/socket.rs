@@ -331,3 +331,195 @@ pub fn recvmsg(fd: RawFd, data: &mut [u8], control: &mut [u8]) -> Result<(usize,
     let n = syscall!(recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC))?;
     Ok((n as usize, msg.msg_flags, msg.msg_controllen))
 }
+
+// ---- datagrams -------------------------------------------------------------
+
+impl SockAddr {
+    /// An address from the kernel's bytes (a recvmsg name), cut to the
+    /// storage size; `to_std` is `None` if they are not an IP address.
+    pub fn from_bytes(bytes: &[u8]) -> SockAddr {
+        let mut out = SockAddr::empty();
+        let n = bytes.len().min(mem::size_of::<libc::sockaddr_storage>());
+        // SAFETY: `n` bytes fit in the storage; the regions do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut out.storage as *mut libc::sockaddr_storage).cast(), n)
+        };
+        out.len = n as _;
+        out
+    }
+}
+
+/// A new non-blocking, close-on-exec datagram (UDP) socket.
+pub fn dgram_socket(family: i32) -> Result<OwnedFd> {
+    let fd = syscall!(socket(family, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0))?;
+    // SAFETY: socket returned a fresh fd that nobody else owns.
+    Ok(unsafe { owned(fd) })
+}
+
+/// Dissolves a datagram socket's association (`connect` to `AF_UNSPEC`).
+pub fn disconnect(fd: RawFd) -> Result<()> {
+    let mut addr = SockAddr::empty();
+    addr.storage.ss_family = libc::AF_UNSPEC as _;
+    addr.len = mem::size_of::<libc::sa_family_t>() as _;
+    match connect(fd, &addr) {
+        // Some kernels answer EAFNOSUPPORT yet disconnect (libuv ignores it too).
+        Err(e) if e.errno() == Some(libc::EAFNOSUPPORT) => Ok(()),
+        r => r,
+    }
+}
+
+/// Sends `data` as one datagram to `addr` (or the connected peer) with
+/// `MSG_NOSIGNAL`, now or `EAGAIN`.
+pub fn send_to(fd: RawFd, data: &[u8], addr: Option<&SockAddr>) -> Result<usize> {
+    let (ptr, len) = match addr {
+        Some(a) => (a.as_ptr(), a.len),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: `data` and `addr` are valid for reads for the call.
+    let n = syscall!(sendto(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL, ptr, len))?;
+    Ok(n as usize)
+}
+
+/// `sendmmsg` with `MSG_NOSIGNAL`: sends the messages in order until one
+/// would block or fails; returns how many went (`Err` if the first did not).
+///
+/// # Safety
+/// Every pointer in `msgs` (names, iovec arrays, the memory they describe)
+/// must be valid for reads for the call's duration.
+pub unsafe fn sendmmsg(fd: RawFd, msgs: &mut [libc::mmsghdr]) -> Result<usize> {
+    let n = syscall!(sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, libc::MSG_NOSIGNAL))?;
+    Ok(n as usize)
+}
+
+/// `recvmmsg` without waiting: fills the messages in order until the socket
+/// is drained; returns how many were filled (`Err`, `EAGAIN` included, if
+/// none was). Each filled header's `msg_len`, `msg_namelen` and `msg_flags`
+/// say what arrived.
+///
+/// # Safety
+/// Every pointer in `msgs` (names, iovec arrays, control buffers, the memory
+/// the iovecs describe) must be valid for writes, and not accessed by anyone
+/// else, for the call's duration.
+pub unsafe fn recvmmsg(fd: RawFd, msgs: &mut [libc::mmsghdr]) -> Result<usize> {
+    let n = syscall!(recvmmsg(
+        fd,
+        msgs.as_mut_ptr(),
+        msgs.len() as u32,
+        libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        std::ptr::null_mut()
+    ))?;
+    Ok(n as usize)
+}
+
+fn setsockopt_val<T>(fd: RawFd, level: i32, name: i32, value: &T) -> Result<()> {
+    // SAFETY: `value` is a valid `T` for the length passed.
+    syscall!(setsockopt(fd, level, name, (value as *const T).cast(), mem::size_of::<T>() as libc::socklen_t))?;
+    Ok(())
+}
+
+fn in_addr(a: Ipv4Addr) -> libc::in_addr {
+    libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) }
+}
+
+pub fn set_broadcast(fd: RawFd, on: bool) -> Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, on as i32)
+}
+
+/// The unicast TTL (IPv4) or hop limit (IPv6).
+pub fn set_ttl(fd: RawFd, ipv6: bool, ttl: i32) -> Result<()> {
+    if ipv6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, ttl)
+    } else {
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_TTL, ttl)
+    }
+}
+
+/// The multicast TTL (IPv4) or hop limit (IPv6).
+pub fn set_multicast_ttl(fd: RawFd, ipv6: bool, ttl: i32) -> Result<()> {
+    if ipv6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, ttl)
+    } else {
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, ttl)
+    }
+}
+
+pub fn set_multicast_loop(fd: RawFd, ipv6: bool, on: bool) -> Result<()> {
+    if ipv6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, on as i32)
+    } else {
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, on as i32)
+    }
+}
+
+/// The interface IPv4 multicast leaves by: the one with address `addr`, or
+/// interface `ifindex` (0 with an unspecified `addr`: the routing table's).
+pub fn set_multicast_if_v4(fd: RawFd, addr: Ipv4Addr, ifindex: u32) -> Result<()> {
+    let req = libc::ip_mreqn {
+        imr_multiaddr: in_addr(Ipv4Addr::UNSPECIFIED),
+        imr_address: in_addr(addr),
+        imr_ifindex: ifindex as i32,
+    };
+    setsockopt_val(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &req)
+}
+
+/// The interface IPv6 multicast leaves by (0: the routing table's).
+pub fn set_multicast_if_v6(fd: RawFd, ifindex: u32) -> Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, ifindex as i32)
+}
+
+/// Joins or leaves IPv4 group `group` on the interface with address
+/// `iface` or index `ifindex` (both unspecified: the kernel chooses).
+pub fn membership_v4(fd: RawFd, group: Ipv4Addr, iface: Ipv4Addr, ifindex: u32, join: bool) -> Result<()> {
+    let req =
+        libc::ip_mreqn { imr_multiaddr: in_addr(group), imr_address: in_addr(iface), imr_ifindex: ifindex as i32 };
+    let name = if join { libc::IP_ADD_MEMBERSHIP } else { libc::IP_DROP_MEMBERSHIP };
+    setsockopt_val(fd, libc::IPPROTO_IP, name, &req)
+}
+
+/// Joins or leaves IPv6 group `group` on interface `ifindex` (0: the
+/// kernel chooses).
+pub fn membership_v6(fd: RawFd, group: Ipv6Addr, ifindex: u32, join: bool) -> Result<()> {
+    let req =
+        libc::ipv6_mreq { ipv6mr_multiaddr: libc::in6_addr { s6_addr: group.octets() }, ipv6mr_interface: ifindex };
+    let name = if join { libc::IPV6_ADD_MEMBERSHIP } else { libc::IPV6_DROP_MEMBERSHIP };
+    setsockopt_val(fd, libc::IPPROTO_IPV6, name, &req)
+}
+
+/// Joins or leaves the IPv4 source-specific group (`group`, `source`) on
+/// the interface with address `iface`.
+pub fn source_membership_v4(fd: RawFd, group: Ipv4Addr, iface: Ipv4Addr, source: Ipv4Addr, join: bool) -> Result<()> {
+    let req = libc::ip_mreq_source {
+        imr_multiaddr: in_addr(group),
+        imr_interface: in_addr(iface),
+        imr_sourceaddr: in_addr(source),
+    };
+    let name = if join { libc::IP_ADD_SOURCE_MEMBERSHIP } else { libc::IP_DROP_SOURCE_MEMBERSHIP };
+    setsockopt_val(fd, libc::IPPROTO_IP, name, &req)
+}
+
+/// Joins or leaves the source-specific group (`group`, `source`), both of
+/// one family, on interface `ifindex` (`MCAST_JOIN_SOURCE_GROUP`: IPv6, or
+/// IPv4 by interface index).
+pub fn source_membership(fd: RawFd, group: &SocketAddr, source: &SocketAddr, ifindex: u32, join: bool) -> Result<()> {
+    let level = if group.is_ipv4() { libc::IPPROTO_IP } else { libc::IPPROTO_IPV6 };
+    let req = libc::group_source_req {
+        gsr_interface: ifindex,
+        gsr_group: SockAddr::from_std(group).storage,
+        gsr_source: SockAddr::from_std(source).storage,
+    };
+    let name = if join { libc::MCAST_JOIN_SOURCE_GROUP } else { libc::MCAST_LEAVE_SOURCE_GROUP };
+    setsockopt_val(fd, level, name, &req)
+}
+
+/// `SO_SNDBUF` (`send == true`) or `SO_RCVBUF`, as the kernel reports it
+/// (Linux doubles what was set, for its bookkeeping).
+pub fn buffer_size(fd: RawFd, send: bool) -> Result<usize> {
+    let name = if send { libc::SO_SNDBUF } else { libc::SO_RCVBUF };
+    Ok(getsockopt_int(fd, libc::SOL_SOCKET, name)?.max(0) as usize)
+}
+
+pub fn set_buffer_size(fd: RawFd, send: bool, bytes: usize) -> Result<()> {
+    let name = if send { libc::SO_SNDBUF } else { libc::SO_RCVBUF };
+    let value = i32::try_from(bytes).map_err(|_| Error::EINVAL)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, name, value)
+}

@@ -18,6 +18,11 @@
 //!   the setup probe records which opcodes the kernel has, and
 //!   [`Driver::supports`] tells the loop, which runs the others on its work
 //!   pool.
+//! - Datagrams: `RecvFrom` is a multishot `RECVMSG` like recvmsg, from a
+//!   second template that reserves a name space for the sender's address
+//!   and no control space; `SendTo` is a `SENDMSG` whose header, iovec copy
+//!   and destination live in a slot. Any number of each may be in flight
+//!   per socket, each its own request.
 //! - Every loop SQE carries the loop's token as `user_data`; backend-internal
 //!   SQEs (cancels) carry [`INTERNAL`] (kind byte 0), whose CQEs are dropped.
 //!   Each op is its own request, so any number of ops (of one kind or not)
@@ -37,8 +42,8 @@ mod setup;
 pub(crate) mod tests;
 
 use super::{
-    Backend, BufPool, Completion, Driver, Op, OpKind, PoolConfig, Token, Unavailable, MAX_IOV, RECVMSG_CONTROL_LEN,
-    RECVMSG_HEADER_LEN,
+    Backend, BufPool, Completion, Driver, Op, OpKind, PoolConfig, RecordLayout, Token, Unavailable, MAX_IOV,
+    RECVMSG_CONTROL_LEN, RECVMSG_HEADER_LEN, RECVMSG_NAME_LEN,
 };
 use crate::error::{Error, Result};
 use crate::sys::socket::{self, SockAddr};
@@ -69,6 +74,9 @@ pub(crate) struct Uring {
     /// `msg_controllen = RECVMSG_CONTROL_LEN`), read by the kernel when each
     /// recvmsg SQE is prepared; boxed so its address is stable.
     recvmsg_hdr: Box<libc::msghdr>,
+    /// The datagram (`RecvFrom`) template: `msg_namelen =
+    /// RECVMSG_NAME_LEN`, no control space ([`RecordLayout::DATAGRAM`]).
+    recvfrom_hdr: Box<libc::msghdr>,
     ops: OpTable,
     slots: SlotPool,
     /// Tokens of persistent ops waiting to be (re)submitted ([`MultiState`]).
@@ -119,12 +127,17 @@ impl Uring {
         let mut hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         hdr.msg_namelen = 0;
         hdr.msg_controllen = RECVMSG_CONTROL_LEN as _;
+        // SAFETY: as above.
+        let mut dgram_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        dgram_hdr.msg_namelen = RECVMSG_NAME_LEN as _;
+        dgram_hdr.msg_controllen = 0;
         let features = setup::describe(&ring, flags, cfg.count, cfg.size as usize);
         Ok(Uring {
             ring: ManuallyDrop::new(Box::new(ring)),
             bufs,
             pool,
             recvmsg_hdr: hdr,
+            recvfrom_hdr: dgram_hdr,
             ops: OpTable::with_capacity_and_hasher(1024, Default::default()),
             slots: SlotPool::with_capacity(64),
             waiting: Vec::with_capacity(256),
@@ -199,6 +212,7 @@ impl Uring {
             MultiKind::RecvMsg => {
                 opcode::RecvMsgMulti::new(fd, &*self.recvmsg_hdr, BGID).flags(libc::MSG_CMSG_CLOEXEC as u32).build()
             }
+            MultiKind::RecvFrom => opcode::RecvMsgMulti::new(fd, &*self.recvfrom_hdr, BGID).build(),
         }
         .user_data(user_data)
     }
@@ -213,8 +227,8 @@ impl Uring {
         }
         self.ops.insert(token.0, Tracked::Multi(op));
         let entry = self.multishot_entry(&op, token.0);
-        // SAFETY: multishot SQEs point only at the recvmsg template and the
-        // buffer ring (via the group id), both owned for the ring's lifetime.
+        // SAFETY: multishot SQEs point only at the recvmsg templates and the
+        // buffer ring (via the group id), all owned for the ring's lifetime.
         unsafe { self.push_op(entry) };
         Ok(())
     }
@@ -344,7 +358,8 @@ impl Uring {
             OpKind::Accept => self.complete_multishot(token, MultiKind::Accept, res, buf, more, out),
             OpKind::Recv => self.complete_multishot(token, MultiKind::Recv, res, buf, more, out),
             OpKind::RecvMsg => self.complete_multishot(token, MultiKind::RecvMsg, res, buf, more, out),
-            OpKind::Send | OpKind::Connect => {
+            OpKind::RecvFrom => self.complete_multishot(token, MultiKind::RecvFrom, res, buf, more, out),
+            OpKind::Send | OpKind::SendTo | OpKind::Connect => {
                 if self.slots.in_use() > 0 {
                     if let Some(Tracked::Slot(i)) = self.ops.get(&ud).copied() {
                         self.ops.remove(&ud);
@@ -479,6 +494,49 @@ impl Uring {
         Ok(())
     }
 
+    /// `SENDMSG` of one datagram, to `addr` if given, from a slot.
+    ///
+    /// # Safety
+    /// As [`Driver::submit`] for `Op::SendTo`.
+    unsafe fn start_send_to(
+        &mut self,
+        fd: RawFd,
+        token: Token,
+        iov: &[libc::iovec],
+        addr: Option<&SockAddr>,
+    ) -> Result<()> {
+        if iov.len() > MAX_IOV {
+            return Err(Error::EINVAL);
+        }
+        let i = self.slots.take();
+        let slot = self.slots.get(i);
+        slot.iov[..iov.len()].copy_from_slice(iov);
+        match addr {
+            Some(a) => {
+                slot.addr = *a;
+                slot.msg.msg_name = (&mut slot.addr.storage as *mut libc::sockaddr_storage).cast();
+                slot.msg.msg_namelen = a.len;
+            }
+            None => {
+                slot.msg.msg_name = std::ptr::null_mut();
+                slot.msg.msg_namelen = 0;
+            }
+        }
+        slot.msg.msg_iov = slot.iov.as_mut_ptr();
+        slot.msg.msg_iovlen = iov.len() as _;
+        slot.msg.msg_control = std::ptr::null_mut();
+        slot.msg.msg_controllen = 0;
+        slot.msg.msg_flags = 0;
+        let entry = opcode::SendMsg::new(Fd(fd), &slot.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(token.0);
+        let prev = self.ops.insert(token.0, Tracked::Slot(i));
+        debug_assert!(prev.is_none(), "{token:?} submitted while in flight");
+        // SAFETY: the header, iovec copy and address live in boxed slot `i`,
+        // freed only at this op's CQE; the data is the caller's, valid until
+        // then (this function's contract).
+        unsafe { self.push_op(entry) };
+        Ok(())
+    }
+
     fn start_connect(&mut self, fd: RawFd, token: Token, addr: &SockAddr) -> Result<()> {
         let i = self.slots.take();
         let slot = self.slots.get(i);
@@ -586,6 +644,14 @@ impl Driver for Uring {
                 unsafe { self.push_op(entry) };
                 Ok(())
             }
+            Op::RecvFrom { fd } => {
+                if self.pool.size() <= RecordLayout::DATAGRAM.payload_offset() {
+                    return Err(Error::EINVAL);
+                }
+                self.start_multishot(fd, token, MultiKind::RecvFrom)
+            }
+            // SAFETY: the caller's rule-3 guarantee for this send, forwarded.
+            Op::SendTo { fd, iov, addr } => unsafe { self.start_send_to(fd, token, iov, addr) },
         }
     }
 

@@ -48,6 +48,7 @@ pub(super) enum MultiKind {
     Accept,
     Recv,
     RecvMsg,
+    RecvFrom,
 }
 
 /// Where a persistent op stands.
@@ -61,7 +62,7 @@ pub(super) enum MultiState {
     Starved,
 }
 
-/// A persistent (multishot) op: accept, recv or recvmsg.
+/// A persistent (multishot) op: accept, recv, recvmsg or recvfrom.
 #[derive(Copy, Clone, Debug)]
 pub(super) struct MultiOp {
     pub fd: RawFd,
@@ -75,13 +76,14 @@ pub(super) struct MultiOp {
 #[derive(Copy, Clone, Debug)]
 pub(super) enum Tracked {
     Multi(MultiOp),
-    /// A one-shot op (sendmsg, connect) whose kernel-visible memory is slot `n`.
+    /// A one-shot op (sendmsg for `Send` or `SendTo`, connect) whose
+    /// kernel-visible memory is slot `n`.
     Slot(u32),
 }
 
 /// Stable per-op storage for what the kernel reads after the submit call
-/// returns: a sendmsg's header, iovec copy and control message, or a
-/// connect's address.
+/// returns: a sendmsg's header, iovec copy and control message (or, for a
+/// datagram, destination address), or a connect's address.
 #[repr(C)]
 pub(super) struct OpSlot {
     pub msg: libc::msghdr,

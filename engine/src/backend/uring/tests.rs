@@ -5,8 +5,12 @@
 //! `SKIP: io_uring unavailable: <reason>` and passes, unless
 //! `UVRING_REQUIRE_IO_URING=1`, in which case it fails.
 
-use super::super::{parse_recvmsg, Backend, Completion, Driver, Op, OpKind, PoolConfig, Token, RECVMSG_CONTROL_LEN};
+use super::super::{
+    parse_record, parse_recvmsg, Backend, Completion, Driver, Op, OpKind, PoolConfig, RecordLayout, Token,
+    RECVMSG_CONTROL_LEN,
+};
 use super::Uring;
+use crate::sys::socket::SockAddr;
 use crate::sys::{self, socket};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -906,4 +910,85 @@ fn a_cancelled_accept_stops_claiming_connections_at_once() {
     let end = wait_for(&mut b, tb, 1);
     assert!(!end.last().unwrap().more);
     drop(clients);
+}
+
+#[test]
+fn recvfrom_records_name_their_sender_and_sendto_reaches_its_address() {
+    let mut u = driver_or_skip!();
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (at, from) = (receiver.local_addr().unwrap(), sender.local_addr().unwrap());
+    let r = token(90, OpKind::RecvFrom);
+    submit(&mut u, r, Op::RecvFrom { fd: receiver.as_raw_fd() }).unwrap();
+    // Two datagrams from one socket, one of them empty: both are records.
+    let msgs: [&[u8]; 2] = [b"hello", b""];
+    let dest = SockAddr::from_std(&at);
+    for (i, m) in msgs.iter().enumerate() {
+        let iov = [libc::iovec { iov_base: m.as_ptr() as *mut _, iov_len: m.len() }];
+        let t = token(91 + i, OpKind::SendTo);
+        // SAFETY: the bytes are static and outlive the completion, awaited below.
+        unsafe { u.submit(t, Op::SendTo { fd: sender.as_raw_fd(), iov: &iov, addr: Some(&dest) }).unwrap() };
+        let c = wait_for(&mut u, t, 1);
+        assert_eq!((c[0].res, c[0].more), (m.len() as i32, false));
+    }
+    let got = wait_for(&mut u, r, 2);
+    for (c, m) in got.iter().zip(msgs) {
+        assert!(c.more, "the receive goes on: {c:?}");
+        let id = c.buf.expect("a record");
+        // SAFETY: the completion lent buffer `id` to us until `recycle`.
+        let rec = unsafe { u.pool().slice(id, c.res as usize) };
+        let rec = parse_record(rec, RecordLayout::DATAGRAM).expect("a datagram record");
+        assert_eq!(rec.payload, m);
+        assert_eq!(SockAddr::from_bytes(rec.name).to_std(), Some(from));
+        assert_eq!(rec.flags & libc::MSG_TRUNC, 0);
+        u.recycle(id);
+    }
+    u.cancel(receiver.as_raw_fd(), r);
+    let end = wait_for(&mut u, r, 1);
+    assert_eq!((end[0].res, end[0].more), (-libc::ECANCELED, false));
+}
+
+/// Datagrams that find the socket full wait in the kernel each on its own,
+/// so they may leave (and complete) in another order than submitted; the
+/// loop runs their callbacks in submission order regardless.
+#[test]
+fn many_datagrams_in_flight_on_a_full_socket_each_complete_once() {
+    let mut u = driver_or_skip!();
+    let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    b.set_nonblocking(true).unwrap();
+    // More than the peer's queue holds, so some wait for room in the kernel.
+    const N: usize = 2000;
+    let payloads: Vec<[u8; 8]> = (0..N as u64).map(u64::to_le_bytes).collect();
+    let tokens: Vec<Token> = (0..N).map(|i| token(1000 + i, OpKind::SendTo)).collect();
+    for (p, &t) in payloads.iter().zip(&tokens) {
+        let iov = [libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() }];
+        // SAFETY: `payloads` outlives every completion (all awaited below).
+        unsafe { u.submit(t, Op::SendTo { fd: a.as_raw_fd(), iov: &iov, addr: None }).unwrap() };
+    }
+    let (mut done, mut got) = (Vec::new(), Vec::new());
+    let mut out = Vec::with_capacity(256);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut blocked = false;
+    while done.len() < N || got.len() < N {
+        assert!(Instant::now() < deadline, "timed out: {} done, {} received", done.len(), got.len());
+        out.clear();
+        u.poll(10, &mut out).unwrap();
+        done.extend(out.iter().map(|c| {
+            assert_eq!((c.res, c.more), (8, false), "{c:?}");
+            c.token
+        }));
+        blocked |= done.len() < N;
+        let mut buf = [0u8; 8];
+        while let Ok(8) = b.recv(&mut buf) {
+            got.push(u64::from_le_bytes(buf));
+        }
+    }
+    assert!(blocked, "the socket filled up");
+    let mut sorted = done.clone();
+    sorted.sort_by_key(|t| t.index());
+    assert_eq!(sorted, tokens, "each send completed exactly once");
+    got.sort_unstable();
+    assert_eq!(got, (0..N as u64).collect::<Vec<_>>(), "each datagram arrived once");
 }
