@@ -52,6 +52,7 @@
 //! (`UVRING_FS_IO_URING=0` keeps them on the pool).
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_debug_implementations)]
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
