@@ -4,13 +4,15 @@
 //! until SIGINT or SIGTERM.
 //!
 //! ```text
-//! idle_client --addr 127.0.0.1:PORT [-n 5000] [--sources 8] [--parallel 256]
+//! idle_client --addr 127.0.0.1:PORT [-n 5000] [--sources 8] [--subnet 0] [--parallel 256]
 //!             [--backend epoll|io_uring|auto]
 //! ```
 //!
 //! One source address has about 28,000 ephemeral ports towards one server
 //! port, so the connections are spread over `--sources` addresses
-//! 127.0.0.2, 127.0.0.3, ... (bound before connecting). At most
+//! 127.0.S.2, 127.0.S.3, ... (bound before connecting; S is `--subnet`, so
+//! that runs one after another can take fresh addresses while the last
+//! run's ports sit in TIME_WAIT). At most
 //! `--parallel` connections are being set up at a time. Once every
 //! connection has had its response, the client prints
 //! `ready OK FAILED` on stdout; later it prints `closed-by-server N` for
@@ -27,16 +29,23 @@ struct Options {
     addr: SocketAddr,
     n: usize,
     sources: u8,
+    subnet: u8,
     parallel: usize,
     backend: Backend,
 }
 
 const USAGE: &str =
-    "usage: idle_client --addr HOST:PORT [-n N] [--sources K] [--parallel P] [--backend epoll|io_uring|auto]";
+    "usage: idle_client --addr HOST:PORT [-n N] [--sources K] [--subnet S] [--parallel P] [--backend epoll|io_uring|auto]";
 
 fn parse_args() -> Result<Options, String> {
-    let mut o =
-        Options { addr: ([127, 0, 0, 1], 8000).into(), n: 5000, sources: 8, parallel: 256, backend: Backend::Epoll };
+    let mut o = Options {
+        addr: ([127, 0, 0, 1], 8000).into(),
+        n: 5000,
+        sources: 8,
+        subnet: 0,
+        parallel: 256,
+        backend: Backend::Epoll,
+    };
     let mut addr = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -45,6 +54,7 @@ fn parse_args() -> Result<Options, String> {
             "--addr" => addr = Some(value()?.parse().map_err(|_| "bad --addr")?),
             "-n" => o.n = value()?.parse().map_err(|_| "bad -n")?,
             "--sources" => o.sources = value()?.parse().map_err(|_| "bad --sources (1..=250)")?,
+            "--subnet" => o.subnet = value()?.parse().map_err(|_| "bad --subnet (0..=255)")?,
             "--parallel" => o.parallel = value()?.parse().map_err(|_| "bad --parallel")?,
             "--backend" => o.backend = Backend::parse(&value()?).ok_or("bad --backend")?,
             "-h" | "--help" => return Err(USAGE.into()),
@@ -88,6 +98,7 @@ struct Clients {
     first_error: Option<String>,
     addr: SocketAddr,
     sources: u8,
+    subnet: u8,
     on_connect: Option<OnConnect<Clients, TcpStream>>,
 }
 
@@ -118,7 +129,7 @@ impl Clients {
         while self.in_flight < parallel && self.started < self.target {
             let i = self.started;
             self.started += 1;
-            let source = Ipv4Addr::new(127, 0, 0, 2 + (i % self.sources as usize) as u8);
+            let source = Ipv4Addr::new(127, 0, self.subnet, 2 + (i % self.sources as usize) as u8);
             let r = (|| {
                 let sock = lp.tcp_init()?;
                 lp.set_data(sock, i)?;
@@ -230,6 +241,7 @@ fn main() -> ExitCode {
         first_error: None,
         addr: o.addr,
         sources: o.sources,
+        subnet: o.subnet,
         on_connect: Some(on_connect),
     };
     for sig in [libc::SIGINT, libc::SIGTERM] {
