@@ -52,7 +52,7 @@ while [ $# -gt 0 ]; do
         --client-backend) CLIENT_BACKEND="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "echo_external.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift

@@ -58,7 +58,7 @@ while [ $# -gt 0 ]; do
         --repeats) REPEATS="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
         --no-install) INSTALL=0 ;;
-        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
         *) echo "idle_memory.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
