@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# Peer comparison: uvring cluster vs nginx vs Node's own `cluster`, HTTP
-# "hello world", 2 workers each, on loopback, measured with wrk.
+# Peer comparison: uvring cluster vs nginx vs hyper vs Node's own `cluster`,
+# HTTP "hello world", 2 workers each, on loopback, measured with wrk.
+#
+# The headline figure is COST: the server's CPU time per request, that is
+# utime+stime of the server's whole process tree (primary and workers, all
+# threads) read from /proc just before and just after each wrk run
+# (bench/src/bin/proc_tree.rs), divided by the requests wrk completed in
+# that run. On 2 cores shared with wrk, req/s mostly measures the load
+# generator; CPU per request is what tells good servers apart. req/s and
+# wrk's p50/p99 latency are reported beside it.
 #
 #   bench/compare.sh            # ~5 minutes: 5 s runs, 3 repeats, median
 #   bench/compare.sh --quick    # ~1 minute:  1 s runs, 3 repeats, median
@@ -21,6 +29,8 @@
 #              round-robin policy
 #   node-shared  the same with NODE_CLUSTER_SCHED_POLICY=none (workers
 #              accept on the shared listening socket)
+#   hyper      bench/peers/hyper_hello: hyper 1.x on tokio's multi-thread
+#              runtime with 2 worker threads (one process), built in release
 #
 # Scenarios: keep-alive (wrk -t2 -c64 -dS) and connection churn (the same
 # with -H "Connection: close": one request per connection). Each (scenario,
@@ -34,8 +44,10 @@
 # to the other would leave one core for 2 workers. So absolute numbers are
 # low and the ratios are what counts.
 #
-# Output: the table on stdout, bench/results/latest.md, latest.csv (medians
-# and ratios), latest-runs.csv (every single run) and latest.png (chart);
+# Output: the table on stdout (led by CPU us per request and its ratio to
+# nginx), bench/results/latest.md, latest.csv (medians and ratios),
+# latest-runs.csv (every single run, with its CPU) and latest.png (chart:
+# CPU per request above, req/s below);
 # --quick writes quick.* instead (not committed), so a smoke run never
 # replaces the last full one.
 set -euo pipefail
@@ -59,7 +71,7 @@ while [ $# -gt 0 ]; do
         --connections) CONNS="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
         --no-install) INSTALL=0 ;;
-        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,52p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -92,13 +104,24 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
     fi
 fi
 
-# ---- uvring build -----------------------------------------------------------
+# ---- builds -----------------------------------------------------------------
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+log "building proc_tree (release)"
+(cd "$ROOT" && cargo build -q --release -p uvring-bench --bin proc_tree)
+PROC_TREE="$TARGET_DIR/release/proc_tree"
+HYPER=""
+log "building hyper_hello (release, bench/peers)"
+if cargo build -q --release --target-dir "$TARGET_DIR" --manifest-path "$HERE/peers/Cargo.toml" -p hyper_hello; then
+    HYPER="$TARGET_DIR/release/hyper_hello"
+else
+    log "hyper_hello did not build: the hyper row is skipped"
+fi
 
 HELLO=""
 if [ -f "$ROOT/cluster/examples/hello_cluster.rs" ] || [ -d "$ROOT/cluster/examples/hello_cluster" ]; then
     log "building hello_cluster (release)"
     (cd "$ROOT" && cargo build -q --release -p uvring-cluster --example hello_cluster)
-    TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
     HELLO="$TARGET_DIR/release/examples/hello_cluster"
     [ -x "$HELLO" ] || { log "hello_cluster was built but $HELLO is missing"; HELLO=""; }
 else
@@ -133,7 +156,7 @@ EPHEMERAL_LOW="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/
 SPAN=$(( EPHEMERAL_LOW > 12000 ? EPHEMERAL_LOW - 11000 : 1000 ))
 NEXT_PORT=${COMPARE_BASE_PORT:-$(( 10000 + RANDOM % SPAN ))}
 NAMES=()
-declare -A PORT_OF
+declare -A PORT_OF PID_OF
 
 # nginx_conf PORT: (re)writes nginx's config for that port.
 nginx_conf() {
@@ -187,6 +210,7 @@ start() {
         if [ "$body" = "hello world" ]; then
             NAMES+=("$name")
             PORT_OF[$name]=$port
+            PID_OF[$name]=$pid
             log "$name up on port $port (pid $pid)"
             return 0
         fi
@@ -207,6 +231,7 @@ fi
 start nginx "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;"
 start node-rr env NODE_CLUSTER_SCHED_POLICY=rr node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
 start node-shared env NODE_CLUSTER_SCHED_POLICY=none node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
+if [ -n "$HYPER" ]; then start hyper "$HYPER" --threads 2 --port PORT; fi
 
 if [ ${#NAMES[@]} -eq 0 ]; then
     log "no server came up"; exit 1
@@ -217,7 +242,7 @@ fi
 mkdir -p "$RESULTS"
 if [ "$QUICK" = 1 ]; then PREFIX="$RESULTS/quick"; else PREFIX="$RESULTS/latest"; fi
 RUNS="$PREFIX-runs.csv"
-echo "scenario,server,repeat,rps,p50_ms,p99_ms,errors,non2xx" >"$RUNS"
+echo "scenario,server,repeat,rps,p50_ms,p99_ms,errors,non2xx,requests,server_cpu_s,cpu_us_per_req" >"$RUNS"
 
 # wrk's latency with its unit (us, ms, s) -> milliseconds.
 to_ms() {
@@ -235,20 +260,30 @@ measure() {
     local extra=()
     [ "$scen" = close ] && extra=(-H "Connection: close")
     local out="$TMP/wrk-$scen-$name-$rep.txt"
+    # The server's CPU so far (its whole process tree), before and after.
+    local cpu0 cpu1
+    cpu0="$("$PROC_TREE" "${PID_OF[$name]}" 2>/dev/null | sed -E 's/^cpu_ns=([0-9]+).*/\1/' || true)"
     if ! timeout $((DURATION + 15)) wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${extra[@]}" \
         "http://127.0.0.1:$port/" >"$out" 2>&1; then
         log "wrk failed for $name ($scen):"; sed 's/^/    /' "$out" >&2
         return 0
     fi
-    local rps p50 p99 errs non2xx
+    cpu1="$("$PROC_TREE" "${PID_OF[$name]}" 2>/dev/null | sed -E 's/^cpu_ns=([0-9]+).*/\1/' || true)"
+    local rps p50 p99 errs non2xx reqs cpu_s per_req
+    reqs="$(awk '/ requests in / {print $1; exit}' "$out")"
+    cpu_s="" per_req=""
+    if [ -n "$cpu0" ] && [ -n "$cpu1" ]; then
+        cpu_s="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')"
+        per_req="$(awk -v a="$cpu0" -v b="$cpu1" -v n="${reqs:-0}" 'BEGIN {if (n > 0) printf "%.3f", (b - a) / 1e3 / n}')"
+    fi
     rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
     p50="$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")"
     p99="$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")"
     errs="$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")"
     non2xx="$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$out")"
-    echo "$scen,$name,$rep,${rps:-0},${p50:-0},${p99:-0},${errs:-0},${non2xx:-0}" >>"$RUNS"
-    printf 'compare: %-26s %-9s run %d: %10.0f req/s  p99 %s ms  errors %s\n' \
-        "$name" "$scen" "$rep" "${rps:-0}" "${p99:-?}" "$((${errs:-0} + ${non2xx:-0}))" >&2
+    echo "$scen,$name,$rep,${rps:-0},${p50:-0},${p99:-0},${errs:-0},${non2xx:-0},${reqs:-0},$cpu_s,$per_req" >>"$RUNS"
+    printf 'compare: %-26s %-9s run %d: %6s us CPU/req  %10.0f req/s  p99 %s ms  errors %s\n' \
+        "$name" "$scen" "$rep" "${per_req:-?}" "${rps:-0}" "${p99:-?}" "$((${errs:-0} + ${non2xx:-0}))" >&2
 }
 
 total=$(( ${#NAMES[@]} * 2 * REPEATS * DURATION ))
@@ -278,8 +313,9 @@ LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 CPU="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 MACHINE="$(nproc) cores ($CPU), $(uname -sr), $(free -g | awk '/Mem:/ {print $2}') GiB"
-NOTES=("wrk -t2 -c$CONNS -d${DURATION}s --latency; churn adds -H 'Connection: close'; $REPEATS repeats, median; load generator and servers share the 2 cores, unpinned"
-       "versions: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), node $(node --version)"
+NOTES=("mode: external load generator (wrk, its own process); wrk -t2 -c$CONNS -d${DURATION}s --latency; churn adds -H 'Connection: close'; $REPEATS repeats interleaved, median; wrk and the servers share the 2 cores, unpinned"
+       "CPU per request: utime+stime of the server's whole process tree (primary and workers, all threads) from /proc before and after each wrk run, over the requests wrk completed in it"
+       "versions: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), node $(node --version), hyper $(awk '/^name = "hyper"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' "$HERE/peers/Cargo.lock") (tokio multi-thread, 2 worker threads)"
        "load average before the runs: $LOAD_BEFORE, after: $LOAD_AFTER (above 2 means other work shared the 2 cores; compare ratios, not absolute numbers)")
 [ -z "$HELLO" ] && NOTES+=("uvring rows missing: cluster/examples/hello_cluster did not exist at run time")
 python3 "$HERE/compare/report.py" "$RUNS" "$PREFIX" "$MACHINE" "$CMDLINE" "${NOTES[@]}"

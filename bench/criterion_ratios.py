@@ -36,6 +36,8 @@ def main():
         print(f"no criterion results under {CRIT}; run cargo bench -p uvring-bench first", file=sys.stderr)
         sys.exit(1)
     shapes = [("1c", "64B", 1), ("64c", "64B", 64), ("1c", "16KiB", 1), ("64c", "16KiB", 64)]
+    print("Echo, in-process (server and clients in one loop; see bench/echo_external.sh for an external client):")
+    print()
     print("| echo shape | epoll us/trip | io_uring us/trip | tokio us/trip | io_uring/epoll | best uvring/tokio | epoll/tokio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     found = {}
@@ -57,7 +59,7 @@ def main():
     print()
     e, u, t = found[("64c", "64B")]
     best = min(x for x in (e, u) if x is not None) if (e or u) else None
-    print("Design bars (echo, 64 B messages):")
+    print("In-process echo ratios (64 B messages; the design's echo bars are on bench/echo_external.sh):")
     print(f"- 64 connections, io_uring vs epoll: {verdict(e / u if e and u else None, 1.2)}")
     print(f"- 64 connections, faster backend vs tokio current-thread: {verdict(t / best if t and best else None, 1.2)}")
     e1, u1, _ = found[("1c", "64B")]

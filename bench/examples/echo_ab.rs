@@ -42,7 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let turns = args.first().copied().unwrap_or(7).max(1);
     let trips = args.get(1).copied().unwrap_or(20_000).max(64);
     backend_available(Backend::IoUring).map_err(|e| format!("io_uring needed for the A/B: {e}"))?;
-    println!("echo A/B: {turns} turns x {trips} round trips per shape and peer; median us per round trip");
+    println!(
+        "echo A/B, in-process (server and clients in one loop): {turns} turns x {trips} round trips per shape and peer; median us per round trip"
+    );
     println!(
         "{:<14} {:>8} {:>9} {:>8}   {:>14} {:>16} {:>14}",
         "shape", "epoll", "io_uring", "tokio", "uring/epoll", "best uvring/tokio", "tokio/epoll"

@@ -27,6 +27,8 @@
 //! and every callback is built once and shared by all connections. Once the
 //! connections are up, a round trip allocates nothing.
 
+pub mod proctree;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use uvring::{

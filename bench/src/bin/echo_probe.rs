@@ -1,4 +1,5 @@
-//! Runs the echo rig for a fixed number of round trips and prints the rate:
+//! Runs the echo rig (in-process: server and clients in one loop) for a
+//! fixed number of round trips and prints the rate:
 //! a handle for `strace -c`, `perf` and quick A/B checks outside criterion.
 //!
 //! ```text
@@ -38,7 +39,7 @@ fn main() -> ExitCode {
         Ok(t) => {
             let trips = rounds * conns as u64;
             println!(
-                "{backend} {conns}c {size}B: {trips} round trips in {:.3} s = {:.0} round trips/s ({:.2} us each)",
+                "in-process (server and clients in one loop), {backend} {conns}c {size}B: {trips} round trips in {:.3} s = {:.0} round trips/s ({:.2} us each)",
                 t.as_secs_f64(),
                 trips as f64 / t.as_secs_f64(),
                 t.as_secs_f64() * 1e6 / trips as f64
