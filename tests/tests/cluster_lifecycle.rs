@@ -87,7 +87,7 @@ cluster_test! {
         let ws: Vec<u32> = c.primary.workers().iter().map(|w| w.id()).collect();
         c.primary.kill(lp, ws[0], libc::SIGTERM).unwrap();
         c.primary.kill(lp, ws[1], libc::SIGKILL).unwrap();
-        assert!(!c.primary.worker(ws[0]).unwrap().is_connected(), "kill closes the channel at once");
+        assert!(c.primary.worker(ws[0]).unwrap().is_connected(), "the signal is sent; the channel closes with the process");
         assert!(c.log.disconnects.is_empty(), "the disconnect event comes from the loop");
         wait_for(lp, &mut c, |l| l.exits.len() == 2);
         run_for(lp, &mut c, Duration::from_millis(100));
@@ -380,4 +380,64 @@ fn primary_kill() {
 fn io_uring_available() -> bool {
     let probe: Option<uvring::Loop> = uvring_tests::make_loop(uvring::Backend::IoUring, Default::default());
     probe.is_some()
+}
+
+cluster_test! {
+    // kill(SIGUSR1) delivers the signal and nothing else: a worker that
+    // handles it keeps running, connected, and is not respawned or counted
+    // as leaving; a graceful stop of one worker is `disconnect_worker`.
+    fn kill_delivers_a_nonfatal_signal(lp, policy) [rr = RoundRobin, shared = Shared] {
+        let mut s = settings(policy, "tagged", 1);
+        s.env.push(("TAG".into(), "plain".into()));
+        s.respawn = RespawnSettings::default().enabled(true).base_delay(Duration::from_millis(10));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.has_message("tag plain"));
+        let id = c.primary.workers()[0].id();
+        let pid = c.pid(id);
+        for n in 1..=3 {
+            c.primary.kill(lp, id, libc::SIGUSR1).unwrap();
+            wait_for(lp, &mut c, |l| l.count_prefix("usr1 plain") == n);
+        }
+        run_for(lp, &mut c, Duration::from_millis(100));
+        let w = c.primary.worker(id).unwrap();
+        assert!(w.is_connected() && !w.is_dead() && !w.exited_after_disconnect(), "{w:?}");
+        // SAFETY: signal 0 only checks that the process exists.
+        assert_eq!(unsafe { libc::kill(pid, 0) }, 0, "the worker runs");
+        assert!(c.log.disconnects.is_empty() && c.log.exits.is_empty(), "{:?}", c.log);
+        c.primary.disconnect_worker(lp, id);
+        wait_for(lp, &mut c, |l| l.exits.len() == 1);
+        assert_eq!(c.log.exits, vec![(id, 0, 0, true)]);
+        run_for(lp, &mut c, Duration::from_millis(100));
+        assert_eq!(c.log.pids.len(), 1, "a disconnected worker is not respawned");
+        assert!(c.primary.kill(lp, id, libc::SIGUSR1).is_err(), "ESRCH once it is gone");
+        shutdown(lp, &mut c);
+    }
+
+    // The environment given at fork is the worker's identity: its respawned
+    // replacement (after a crash) and its rolled replacement get it too.
+    fn respawn_and_roll_keep_the_env(lp, policy) [rr = RoundRobin] {
+        let mut s = settings(policy, "tagged", 0);
+        s.respawn = RespawnSettings::default().enabled(true).base_delay(Duration::from_millis(10));
+        let mut c = start_cluster(lp, s);
+        let plain = c.primary.fork(lp).unwrap();
+        let agent = c.primary.fork_with_env(lp, &[("TAG", "agent")]).unwrap();
+        wait_for(lp, &mut c, |l| l.messages.len() == 2);
+        assert_eq!(c.log.messages_from(agent), vec!["tag agent"]);
+        assert_eq!(c.log.messages_from(plain), vec!["tag "]);
+        // A crash: the replacement is an agent again.
+        // SAFETY: plain syscall on a worker this test forked.
+        assert_eq!(unsafe { libc::kill(c.pid(agent), libc::SIGKILL) }, 0);
+        wait_for(lp, &mut c, |l| l.count_prefix("tag agent") == 2);
+        // A rolling restart: one agent and one plain worker again.
+        c.primary.rolling_restart(lp, |_, d| d.log.messages.push((0, "rolled".into())));
+        wait_for(lp, &mut c, |l| l.has_message("rolled"));
+        let live: Vec<String> =
+            c.primary.workers().iter().flat_map(|w| c.log.messages_from(w.id())).filter(|m| m.starts_with("tag")).collect();
+        let mut live = live;
+        live.sort();
+        assert_eq!(live, vec!["tag ", "tag agent"], "{:?}", c.log);
+        assert_eq!(c.log.count_prefix("tag agent"), 3, "{:?}", c.log);
+        assert_eq!(c.primary.worker_count(), 2);
+        shutdown(lp, &mut c);
+    }
 }

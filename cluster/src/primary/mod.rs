@@ -216,6 +216,20 @@ struct WorkerEntry {
     /// The channel's decoder; out of the entry while a chunk is decoded.
     decoder: Option<FrameDecoder>,
     disconnecting: bool,
+    /// The extra environment it was forked with: its respawned or rolled
+    /// replacement gets it too.
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// `kill` signalled it: its exit counts as after a disconnect.
+    killed: bool,
+    /// A server of it listened (it started).
+    listened: bool,
+    /// `lp.now()` at its fork.
+    forked_at: u64,
+    /// Kills it if a disconnect has not ended by `Settings::drain_timeout`.
+    drain_timer: Option<Timer>,
+    /// Kills a rolling replacement that has not started by
+    /// `Settings::startup_timeout`.
+    startup_timer: Option<Timer>,
     /// Hand-off state: connections sent and not yet acknowledged, the
     /// batch being built, the reported load.
     conns: handoff::WorkerConns,
@@ -274,6 +288,8 @@ struct LoopCallbacks<D> {
     dispatch: OnHook<D>,
     respawn: OnTimer<D>,
     drain: OnTimer<D>,
+    drain_deadline: OnTimer<D>,
+    startup_deadline: OnTimer<D>,
 }
 
 /// The primary process's side of the cluster (Node's `cluster` in the
@@ -413,6 +429,8 @@ impl<D: PrimaryData> Primary<D> {
                 dispatch: handoff::on_dispatch(id),
                 respawn: lifecycle::on_respawn(id),
                 drain: on_drain(id),
+                drain_deadline: lifecycle::on_drain_deadline(id),
+                startup_deadline: lifecycle::on_startup_deadline(id),
             },
         })
     }

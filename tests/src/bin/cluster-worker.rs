@@ -294,6 +294,18 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                 }
             });
         }
+        // Say "tag <TAG>" (TAG from the environment given at fork), answer
+        // SIGUSR1 with "usr1 <TAG>" (the signal does not end the worker), and
+        // stay connected until told otherwise.
+        "tagged" => {
+            let tag = std::env::var("TAG").unwrap_or_default();
+            let said = format!("tag {tag}");
+            let on_usr1 = uvring::OnSignal::new(move |lp, d: &mut State, _, _| send(lp, d, &format!("usr1 {tag}")));
+            let sig = lp.signal_start(libc::SIGUSR1, &on_usr1).expect("signal");
+            lp.unref_handle(sig).expect("unref");
+            // Said once the handler is in place.
+            send(lp, state, &said);
+        }
         // Exit with status 42 once online.
         "exit42" => std::process::exit(42),
         // Nothing: stay connected until told otherwise.
