@@ -228,6 +228,9 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         }
     });
     primary.on_restart_storm(move |_, _| eprintln!("[primary {me}] restart storm: no more respawns"));
+    primary.on_unresponsive(move |_, _, w| {
+        eprintln!("[primary {me}] worker {} (pid {}) missed its heartbeats: killed", w.id(), w.pid())
+    });
     // Workers that do not leave in time (a connection that never closes)
     // are killed.
     let on_deadline = OnTimer::new(|lp, sup: &mut Supervisor, t| {

@@ -200,6 +200,15 @@ pub struct Settings {
     /// start too: more than `respawn.storm_limit` of them in a row is a
     /// restart storm (a listen that cannot succeed stops the respawn loop).
     pub startup_timeout: Duration,
+    /// How often the primary sends each worker a heartbeat, which the
+    /// worker's loop answers; `Duration::ZERO` turns liveness checks off.
+    /// Default 1 s.
+    pub heartbeat_interval: Duration,
+    /// A worker whose channel has been silent (no answer to a heartbeat,
+    /// nothing else) for this long is unresponsive: it is killed
+    /// (`SIGKILL`), its unacknowledged connections go to other workers at
+    /// once, and its exit is a crash (respawned per `respawn`). Default 10 s.
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -219,6 +228,8 @@ impl Default for Settings {
             drain_grace: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -266,6 +277,10 @@ setters!(
     drain_timeout: Duration,
     /// Sets how long a replacement may take to listen.
     startup_timeout: Duration,
+    /// Sets how often workers are asked for a heartbeat (zero: never).
+    heartbeat_interval: Duration,
+    /// Sets how long a silent worker lives before it is killed.
+    heartbeat_timeout: Duration,
 );
 
 /// The number of CPUs this process may run on (at least 1).

@@ -790,8 +790,9 @@ fn deliver_drain<D: WorkerData>(lp: &mut Loop<D>, d: &mut D) {
     }
 }
 
+/// Reports the worker's load: its open connections.
 fn on_load_report<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _t: Timer) {
-    let load = lp.handle_count() as u32;
+    let load = u32::try_from(lp.tcp_connection_count()).unwrap_or(u32::MAX);
     let Some(w) = d.worker() else { return };
     if load != w.last_load {
         w.last_load = load;
@@ -989,6 +990,10 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
             }
         }
         Frame::Disconnect => w.begin_disconnect(lp, true),
+        // Answered from the loop: a worker whose loop is stuck does not.
+        Frame::Heartbeat { seq } => {
+            let _ = w.send_frame(lp, &Frame::Heartbeat { seq });
+        }
         // Frames only a worker sends, arriving here: the primary is broken.
         Frame::Online
         | Frame::QueryServer { .. }

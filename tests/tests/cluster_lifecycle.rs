@@ -441,3 +441,41 @@ cluster_test! {
         shutdown(lp, &mut c);
     }
 }
+
+cluster_test! {
+    // Liveness: a worker whose loop is stuck in a busy loop misses its
+    // heartbeats; it is killed within the configured time, the connections
+    // it held unacknowledged go to the other worker, and it is replaced.
+    fn stuck_worker_is_replaced(lp, policy) [rr = RoundRobin] {
+        let mut s = settings(policy, "serve", 0)
+            .heartbeat_interval(Duration::from_millis(100))
+            .heartbeat_timeout(Duration::from_millis(500));
+        s.respawn = RespawnSettings::default().enabled(true).base_delay(Duration::from_millis(10));
+        let mut c = Cluster::new(lp, s);
+        c.primary.on_unresponsive(|_, d, w| d.log.messages.push((w.id(), "unresponsive".into())));
+        let stuck = c.primary.fork_with_env(lp, &[("SCENARIO", "spin-on-first")]).unwrap();
+        wait_for(lp, &mut c, |l| l.listening.len() == 1);
+        let port = c.log.listening[0].1;
+        // The first connection goes to the only worker: it spins.
+        let rx = ask_many(port, 1, 1);
+        run_for(lp, &mut c, Duration::from_millis(50));
+        let t0 = Instant::now();
+        let helper = c.primary.fork(lp).unwrap();
+        wait_for(lp, &mut c, |l| l.has_message("unresponsive"));
+        let took = t0.elapsed();
+        eprintln!("FIGURE stuck_worker: killed {took:?} after t0 (t0 is 50 ms into the spin; interval 100 ms, timeout 500 ms)");
+        assert!(took < Duration::from_millis(500 + 1000), "{took:?}");
+        assert!(c.log.messages_from(stuck).contains(&"unresponsive".to_string()), "{:?}", c.log);
+        assert_eq!(c.log.count_prefix("unresponsive"), 1, "{:?}", c.log);
+        wait_for(lp, &mut c, |l| l.exits.iter().any(|e| e.0 == stuck));
+        assert_eq!(exit_of(&c.log, stuck), vec![(stuck, 0, libc::SIGKILL, false)]);
+        // The connection it held unacknowledged was answered by another.
+        let answers = collect(lp, &mut c, &rx, 1);
+        assert!(answers[0].as_ref().is_ok_and(|a| a.starts_with("worker ")), "{answers:?}");
+        assert!(c.primary.stats().redistributed >= 1, "{:?}", c.primary.stats());
+        // Replaced: a third worker (with the stuck one's env) is forked.
+        wait_for(lp, &mut c, |l| l.pids.len() == 3);
+        assert!(c.primary.workers().iter().any(|w| w.id() == helper));
+        shutdown(lp, &mut c);
+    }
+}

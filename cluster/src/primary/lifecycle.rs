@@ -40,6 +40,9 @@ pub(super) struct Lifecycle<D> {
     /// Pending respawns, each with the environment of the worker it
     /// replaces.
     respawn_timers: Vec<(Timer, WorkerEnv)>,
+    /// Sends heartbeats while there are workers (`Settings::heartbeat_interval`).
+    heartbeat_timer: Option<Timer>,
+    heartbeat_seq: u32,
     /// The last workers that exited, newest last.
     pub(super) exited: VecDeque<WorkerInfo>,
 }
@@ -69,6 +72,8 @@ impl<D> Lifecycle<D> {
             shutting_down: false,
             disconnect_cbs: Vec::new(),
             respawn_timers: Vec::new(),
+            heartbeat_timer: None,
+            heartbeat_seq: 0,
             exited: VecDeque::with_capacity(EXITED_KEPT),
         })
     }
@@ -378,11 +383,13 @@ impl<D: PrimaryData> Primary<D> {
             killed: false,
             listened: false,
             forked_at: lp.now(),
+            last_heard: lp.now(),
             drain_timer: None,
             startup_timer: None,
             conns: super::handoff::WorkerConns::new(),
         });
         self.events.queue.push_back(Event::Fork(info));
+        self.start_heartbeats(lp);
         if !read_ok {
             self.channel_closed(lp, id);
         }
@@ -397,6 +404,11 @@ impl<D: PrimaryData> Primary<D> {
         let w = self.workers.remove(i);
         for t in [w.drain_timer, w.startup_timer].into_iter().flatten() {
             let _ = lp.close(t, None);
+        }
+        if self.workers.is_empty() {
+            if let Some(t) = self.life.heartbeat_timer.take() {
+                let _ = lp.close(t, None);
+            }
         }
         let mut info = w.info();
         info.status = WorkerStatus::Dead;
@@ -429,6 +441,49 @@ impl<D: PrimaryData> Primary<D> {
                     self.events.queue.push_back(Event::Storm);
                 }
             }
+        }
+    }
+
+    /// Starts the heartbeat timer (unreferenced) if it is not running.
+    fn start_heartbeats(&mut self, lp: &mut Loop<D>) {
+        let every = self.settings.heartbeat_interval;
+        if every.is_zero() || self.life.heartbeat_timer.is_some() {
+            return;
+        }
+        let Ok(t) = lp.timer_init() else { return };
+        if lp.unref_handle(t).is_ok() && lp.timer_start(t, every, every, &self.cbs.heartbeat).is_ok() {
+            self.life.heartbeat_timer = Some(t);
+        } else {
+            let _ = lp.close(t, None);
+        }
+    }
+
+    /// A heartbeat tick: a worker silent past the timeout is killed and its
+    /// unacknowledged connections go to others now; the rest are asked.
+    fn heartbeat_tick(&mut self, lp: &mut Loop<D>) {
+        let now = lp.now();
+        let timeout = self.settings.heartbeat_timeout.as_millis() as u64;
+        self.life.heartbeat_seq = self.life.heartbeat_seq.wrapping_add(1);
+        let seq = self.life.heartbeat_seq;
+        let mut i = 0;
+        while i < self.workers.len() {
+            let w = &self.workers[i];
+            i += 1;
+            // A worker not online yet is the startup's business.
+            if w.channel.is_none() || w.info.status == WorkerStatus::Starting {
+                continue;
+            }
+            let id = w.info.id;
+            if now.saturating_sub(w.last_heard) <= timeout {
+                let _ = self.send_to(lp, id, &Frame::Heartbeat { seq });
+                continue;
+            }
+            if let Some(p) = w.process {
+                let _ = lp.process_kill(p, libc::SIGKILL);
+            }
+            let info = w.info();
+            self.events.queue.push_back(Event::Unresponsive(info));
+            self.channel_closed(lp, id);
         }
     }
 
@@ -497,6 +552,15 @@ pub(super) fn on_startup_deadline<D: PrimaryData>(pid: PrimaryId) -> OnTimer<D> 
             p.events.queue.push_back(Event::Storm);
         }
         let _ = p.kill(lp, id, libc::SIGKILL);
+        drain_events(lp, d, pid);
+    })
+}
+
+/// The heartbeat timer fired.
+pub(super) fn on_heartbeat<D: PrimaryData>(pid: PrimaryId) -> OnTimer<D> {
+    OnTimer::new(move |lp, d: &mut D, _t| {
+        let Some(p) = d.primary_by_id(pid) else { return };
+        p.heartbeat_tick(lp);
         drain_events(lp, d, pid);
     })
 }

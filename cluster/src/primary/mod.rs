@@ -225,6 +225,8 @@ struct WorkerEntry {
     listened: bool,
     /// `lp.now()` at its fork.
     forked_at: u64,
+    /// `lp.now()` when its channel last brought bytes (or at its fork).
+    last_heard: u64,
     /// Kills it if a disconnect has not ended by `Settings::drain_timeout`.
     drain_timer: Option<Timer>,
     /// Kills a rolling replacement that has not started by
@@ -258,6 +260,7 @@ enum Event<D> {
     Disconnect(WorkerInfo),
     Exit(WorkerInfo, i64, i32),
     Storm,
+    Unresponsive(WorkerInfo),
     /// `Primary::disconnect` is complete (its callbacks follow as `Done`):
     /// respawning may resume.
     ShutdownDone,
@@ -273,6 +276,7 @@ struct Events<D> {
     disconnect: Option<Rc<WorkerFn<D>>>,
     exit: Option<Rc<ExitFn<D>>>,
     storm: Option<Rc<StormFn<D>>>,
+    unresponsive: Option<Rc<WorkerFn<D>>>,
     queue: VecDeque<Event<D>>,
     /// The zero-delay timer that delivers events queued by an API call.
     drain_timer: Option<Timer>,
@@ -290,6 +294,7 @@ struct LoopCallbacks<D> {
     drain: OnTimer<D>,
     drain_deadline: OnTimer<D>,
     startup_deadline: OnTimer<D>,
+    heartbeat: OnTimer<D>,
 }
 
 /// The primary process's side of the cluster (Node's `cluster` in the
@@ -418,6 +423,7 @@ impl<D: PrimaryData> Primary<D> {
                 disconnect: None,
                 exit: None,
                 storm: None,
+                unresponsive: None,
                 queue: VecDeque::with_capacity(16),
                 drain_timer: None,
             },
@@ -431,6 +437,7 @@ impl<D: PrimaryData> Primary<D> {
                 drain: on_drain(id),
                 drain_deadline: lifecycle::on_drain_deadline(id),
                 startup_deadline: lifecycle::on_startup_deadline(id),
+                heartbeat: lifecycle::on_heartbeat(id),
             },
         })
     }
@@ -471,6 +478,13 @@ impl<D: PrimaryData> Primary<D> {
     /// Respawning stopped because of a restart storm: `(loop, data)`.
     pub fn on_restart_storm(&mut self, cb: impl Fn(&mut Loop<D>, &mut D) + 'static) {
         self.events.storm = Some(Rc::new(cb));
+    }
+
+    /// A worker missed its heartbeats for `Settings::heartbeat_timeout`
+    /// and was killed (its `disconnect` and `exit` events follow):
+    /// `(loop, data, worker)`.
+    pub fn on_unresponsive(&mut self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerInfo) + 'static) {
+        self.events.unresponsive = Some(Rc::new(cb));
     }
 
     /// Delivers the queued events from a loop callback soon (a zero-delay
@@ -552,6 +566,11 @@ fn drain_events<D: PrimaryData>(lp: &mut Loop<D>, d: &mut D, pid: PrimaryId) {
                     p.rolling_on_exit(lp, info.id);
                 }
             }
+            Event::Unresponsive(info) => {
+                if let Some(cb) = p.events.unresponsive.clone() {
+                    cb(lp, d, &info);
+                }
+            }
             Event::Storm => {
                 if let Some(cb) = p.events.storm.clone() {
                     cb(lp, d);
@@ -579,6 +598,10 @@ fn on_channel_read<D: PrimaryData>(pid: PrimaryId) -> OnRead<D, PipeStream> {
         };
         let ok = match res {
             Ok(bytes) => {
+                let now = lp.now();
+                if let Some(w) = d.primary_by_id(pid).and_then(|p| p.entry_mut(id)) {
+                    w.last_heard = now;
+                }
                 let mut handler = |lp: &mut Loop<D>, dec: Decoded<'_>| handle_frame(lp, d, pid, id, pipe, dec);
                 // A worker that sends garbage loses its channel.
                 !matches!(
@@ -621,6 +644,8 @@ fn handle_frame<D: PrimaryData>(
         Frame::Close { listener_id } => p.leave_listener(lp, listener_id, id),
         Frame::ExitedAfterDisconnect => p.worker_leaving(id),
         Frame::Load { open_connections } => p.on_load(id, open_connections),
+        // Any frame shows the worker's loop runs (`on_channel_read`).
+        Frame::Heartbeat { .. } => {}
         Frame::Message { bytes, .. } => {
             let (cb, info) = (p.events.message.clone(), p.worker(id));
             if let (Some(cb), Some(info)) = (cb, info) {

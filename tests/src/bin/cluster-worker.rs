@@ -263,6 +263,23 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                 }),
             );
         }
+        // Serve, but spin (a busy loop, for ever) at the first connection:
+        // the loop stops answering heartbeats, and the rest of its batch
+        // stays unacknowledged.
+        "spin-on-first" => {
+            listen(
+                lp,
+                port_env(),
+                &OnConnection::new(move |lp, _, srv, res| {
+                    if res.is_ok() {
+                        let _c = lp.accept(srv);
+                        loop {
+                            std::hint::spin_loop();
+                        }
+                    }
+                }),
+            );
+        }
         // Two servers on port 0, closed and listened again; report ports.
         "two-servers" => {
             let conn = serving(id);
