@@ -313,6 +313,49 @@ fn quick_sighups_end_at_the_target_count() {
     });
 }
 
+/// A mix of SIGHUPs and crashes (a worker killed with `kill -9` between
+/// them, whichever it is: one being replaced, a replacement, one waiting
+/// its turn): the rolls finish and the cluster settles at its 2 workers.
+#[test]
+fn sighups_and_crashes_converge_to_the_target() {
+    each_combo(|backend, policy| {
+        let (mut ex, port) = started(backend, policy);
+        let primary = ex.child.id();
+        for round in 0..3 {
+            signal(&ex, libc::SIGHUP);
+            std::thread::sleep(Duration::from_millis(30));
+            let kids = children(primary);
+            if let Some(&victim) = kids.get(round % kids.len().max(1)) {
+                // SAFETY: plain syscall on a worker of the example.
+                unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let t0 = Instant::now();
+        while ex.count_now("rolling restart done") < 3 {
+            assert!(t0.elapsed() < WAIT, "rolls did not finish: {:#?}", ex.seen);
+            ex.wait_any(Duration::from_millis(50));
+        }
+        // Settled: 2 workers by the log and by /proc, for half a second.
+        let mut stable_since = None;
+        loop {
+            assert!(t0.elapsed() < WAIT, "no convergence: {:?} {:#?}", children(primary), ex.seen);
+            let ok = live_by_log(&mut ex) == 2 && children(primary).len() == 2;
+            match (ok, stable_since) {
+                (true, None) => stable_since = Some(Instant::now()),
+                (true, Some(t)) if t.elapsed() > Duration::from_millis(500) => break,
+                (false, _) => stable_since = None,
+                _ => {}
+            }
+            ex.wait_any(Duration::from_millis(20));
+        }
+        let forks = ex.count_now(") forked");
+        eprintln!("FIGURE mix {backend} {policy}: settled at 2 workers after {:?}, {forks} forks", t0.elapsed());
+        assert!(get(port).ends_with("hello world"));
+        terminate(&mut ex);
+    });
+}
+
 /// SIGHUP then SIGTERM: the shutdown cancels the roll; nothing is forked
 /// after it, and the primary exits 0 with no process left.
 #[test]

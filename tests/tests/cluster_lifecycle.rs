@@ -479,3 +479,86 @@ cluster_test! {
         shutdown(lp, &mut c);
     }
 }
+
+cluster_test! {
+    // Every drain ends: a disconnected worker that holds a connection open
+    // past the drain deadline is killed; the load it reported was its open
+    // connections.
+    fn drain_deadline_kills(lp, policy) [rr = RoundRobin, shared = Shared] {
+        let s = settings(policy, "serve-hold", 1)
+            .drain_timeout(Duration::from_millis(300))
+            .load_report(Duration::from_millis(20));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.listening.len() == 1);
+        let port = c.log.listening[0].1;
+        let clients: Vec<std::net::TcpStream> =
+            (0..3).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        wait_for(lp, &mut c, |l| l.count_prefix("accepted") == 3);
+        let id = c.primary.workers()[0].id();
+        if policy == SchedPolicy::RoundRobin {
+            let t = Instant::now();
+            run_until(lp, &mut c, WAIT, |_, c| c.primary.worker(id).unwrap().open_connections() == 3);
+            eprintln!("FIGURE load: 3 open connections reported after {:?}", t.elapsed());
+        }
+        let t0 = Instant::now();
+        c.primary.disconnect_worker(lp, id);
+        wait_for(lp, &mut c, |l| l.exits.len() == 1);
+        let took = t0.elapsed();
+        eprintln!("FIGURE drain_deadline: killed after {took:?} (deadline 300 ms)");
+        assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(c.log.exits, vec![(id, 0, libc::SIGKILL, true)]);
+        drop(clients);
+        shutdown(lp, &mut c);
+    }
+
+    // A rolling replacement that does not listen by the startup deadline is
+    // killed (a failed start); the worker it was to replace stays.
+    fn replacement_that_never_listens_is_killed(lp, policy) [rr = RoundRobin] {
+        let s = settings(policy, "serve-first-only", 1).startup_timeout(Duration::from_millis(300));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.listening.len() == 1);
+        let t0 = Instant::now();
+        c.primary.rolling_restart(lp, |_, d| d.log.messages.push((0, "rolled".into())));
+        wait_for(lp, &mut c, |l| l.has_message("rolled"));
+        let took = t0.elapsed();
+        eprintln!("FIGURE startup_deadline: roll gave up after {took:?} (deadline 300 ms)");
+        assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(c.log.exits, vec![(2, 0, libc::SIGKILL, true)]);
+        let live: Vec<u32> = c.primary.workers().iter().map(|w| w.id()).collect();
+        assert_eq!(live, vec![1], "the old worker stays");
+        let port = c.log.listening[0].1;
+        let rx = ask_many(port, 1, 1);
+        let answers = collect(lp, &mut c, &rx, 1);
+        assert!(answers[0].as_ref().is_ok_and(|a| a.starts_with("worker 1")), "{answers:?}");
+        shutdown(lp, &mut c);
+    }
+}
+
+cluster_test! {
+    // A crash inside a rolling swap does not grow the table: the old
+    // worker dying leaves its replacement (no respawn); the replacement
+    // dying leaves the old worker (a failed start, no respawn).
+    fn crash_during_a_swap_keeps_the_target(lp, policy) [rr = RoundRobin] {
+        let mut s = settings(policy, "serve", 2);
+        s.respawn = RespawnSettings::default().enabled(true).base_delay(Duration::from_millis(10));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.listening.len() == 2);
+        // The replacement dies before it listens.
+        c.primary.rolling_restart(lp, |_, d| d.log.messages.push((0, "rolled 1".into())));
+        let new = c.primary.workers().last().unwrap().id();
+        // SAFETY: plain syscall on a worker this test forked.
+        assert_eq!(unsafe { libc::kill(c.pid(new), libc::SIGKILL) }, 0);
+        wait_for(lp, &mut c, |l| l.has_message("rolled 1"));
+        run_for(lp, &mut c, Duration::from_millis(200));
+        assert_eq!(c.primary.worker_count(), 2, "{:?}", c.log);
+        // The old worker dies while its replacement starts.
+        c.primary.rolling_restart(lp, |_, d| d.log.messages.push((0, "rolled 2".into())));
+        let old = c.primary.workers()[0].id();
+        // SAFETY: plain syscall on a worker this test forked.
+        assert_eq!(unsafe { libc::kill(c.pid(old), libc::SIGKILL) }, 0);
+        wait_for(lp, &mut c, |l| l.has_message("rolled 2"));
+        run_for(lp, &mut c, Duration::from_millis(200));
+        assert_eq!(c.primary.worker_count(), 2, "{:?}", c.log);
+        shutdown(lp, &mut c);
+    }
+}

@@ -358,6 +358,7 @@ impl<D: PrimaryData> Primary<D> {
             connected: true,
             exited_after_disconnect: false,
             unacked: 0,
+            open_connections: 0,
         };
         // The spawn connected the socket: from now on it is the channel.
         let channel = match lp.pipe_stream(pipe) {
@@ -420,7 +421,20 @@ impl<D: PrimaryData> Primary<D> {
         self.life.exited.push_back(info);
         self.events.queue.push_back(Event::Exit(info, code, signal));
         let crashed = !info.exited_after_disconnect;
-        if crashed && self.settings.respawn.enabled && !self.life.shutting_down {
+        // A worker in a rolling swap is not respawned: the old one's
+        // replacement is already there; a replacement that died leaves its
+        // old worker in place (a failed start). Either way the table stays
+        // at its target.
+        let swapping = self.rolling_swap_member(id);
+        if crashed && swapping && !self.life.shutting_down {
+            let now = lp.now();
+            let decision =
+                if w.listened { self.life.governor.on_crash(now) } else { self.life.governor.on_failed_start(now) };
+            if decision == RespawnDecision::Storm {
+                self.events.queue.push_back(Event::Storm);
+            }
+        }
+        if crashed && !swapping && self.settings.respawn.enabled && !self.life.shutting_down {
             // A crash before it ever listened, soon after its fork, is a
             // failed start (a listen that cannot succeed, say).
             let now = lp.now();

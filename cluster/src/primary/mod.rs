@@ -169,6 +169,7 @@ pub struct WorkerInfo {
     connected: bool,
     exited_after_disconnect: bool,
     unacked: usize,
+    open_connections: u32,
 }
 
 impl WorkerInfo {
@@ -206,6 +207,12 @@ impl WorkerInfo {
     pub fn unacked_connections(&self) -> usize {
         self.unacked
     }
+
+    /// The open connections the worker last reported (its load; under
+    /// `rr`, every `Settings::load_report`).
+    pub fn open_connections(&self) -> u32 {
+        self.open_connections
+    }
 }
 
 /// A live worker in the table.
@@ -240,7 +247,7 @@ struct WorkerEntry {
 impl WorkerEntry {
     /// The worker as it is now.
     fn info(&self) -> WorkerInfo {
-        WorkerInfo { unacked: self.conns.unacked.len(), ..self.info }
+        WorkerInfo { unacked: self.conns.unacked.len(), open_connections: self.conns.reported_load, ..self.info }
     }
 }
 

@@ -54,6 +54,12 @@ impl<D: PrimaryData> Primary<D> {
         self.schedule_drain(lp);
     }
 
+    /// Whether worker `id` is in the swap under way (the old worker or its
+    /// replacement).
+    pub(super) fn rolling_swap_member(&self, id: WorkerId) -> bool {
+        self.rolling.as_ref().and_then(|r| r.current).is_some_and(|(old, new)| old == id || new == id)
+    }
+
     /// Whether a rolling restart is under way.
     pub fn is_rolling(&self) -> bool {
         self.rolling.is_some()

@@ -280,6 +280,13 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                 }),
             );
         }
+        // Serve, only as worker 1: a later worker (a rolling replacement)
+        // never listens.
+        "serve-first-only" => {
+            if id == 1 {
+                listen(lp, port_env(), &serving(id));
+            }
+        }
         // Two servers on port 0, closed and listened again; report ports.
         "two-servers" => {
             let conn = serving(id);
