@@ -562,3 +562,22 @@ cluster_test! {
         shutdown(lp, &mut c);
     }
 }
+
+cluster_test! {
+    // The drain event reaches the application with the configured grace,
+    // from the loop, whether the primary disconnects the worker or the
+    // worker disconnects itself.
+    fn drain_event_reaches_the_worker(lp, policy) [rr = RoundRobin] {
+        let s = settings(policy, "drain-report", 2).drain_grace(Duration::from_millis(250));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.online.len() == 2);
+        let ws: Vec<u32> = c.primary.workers().iter().map(|w| w.id()).collect();
+        c.primary.disconnect_worker(lp, ws[0]);
+        c.primary.send(lp, ws[1], b"leave").unwrap();
+        wait_for(lp, &mut c, |l| l.exits.len() == 2);
+        assert_eq!(c.log.messages_from(ws[0]), vec!["drain 250"]);
+        assert_eq!(c.log.messages_from(ws[1]), vec!["drain 250"]);
+        assert!(c.log.exits.iter().all(|e| e.1 == 0 && e.2 == 0 && e.3), "{:?}", c.log.exits);
+        shutdown(lp, &mut c);
+    }
+}

@@ -280,6 +280,18 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                 }),
             );
         }
+        // Say "drain <grace ms>" when told to drain (by the primary, or by
+        // this worker's own disconnect when the primary says "leave").
+        "drain-report" => {
+            w.on_drain(|lp, d, grace| send(lp, d, &format!("drain {}", grace.as_millis())));
+            w.on_message(|lp, d, msg, _| {
+                if msg == b"leave" {
+                    if let Some(w) = d.worker() {
+                        w.disconnect(lp);
+                    }
+                }
+            });
+        }
         // Serve, only as worker 1: a later worker (a rolling replacement)
         // never listens.
         "serve-first-only" => {
