@@ -12,7 +12,11 @@
 //! `listen` goes to the primary. A worker killed with `kill -9` is replaced;
 //! SIGINT or SIGTERM disconnects the workers gracefully (open connections
 //! finish) and the primary exits 0; SIGHUP replaces every worker in turn
-//! (rolling restart).
+//! (rolling restart). A draining worker (shutdown, a step of a roll)
+//! answers the next request on each connection with `Connection: close`
+//! and closes it, and closes a connection idle for the drain grace
+//! (`Worker::on_drain`). A listen that cannot succeed (the port is taken)
+//! ends in a restart storm, and the primary exits 1.
 //!
 //! Requests are parsed with `httparse`; pipelined requests are answered in
 //! order, `Connection: close` (and HTTP/1.0 without keep-alive) is honoured.
@@ -117,6 +121,29 @@ fn run_worker(o: Options) -> uvring::Result<()> {
     // primary through it. If the primary dies, the worker stops the loop
     // (its default), `run` returns and the process exits.
     let mut server = Server { worker: Some(Worker::init(&mut lp)?), ..Server::default() };
+    // Disconnected (shutdown, a step of a rolling restart): finish every
+    // connection. Busy ones close after their next response (which says
+    // `Connection: close`); the idle ones after the grace.
+    let on_shutdown = close_after_shutdown();
+    let close_idle = OnTimer::new(move |lp, server: &mut Server, t| {
+        let _ = lp.close(t, None);
+        for slot in 0..server.conns.len() {
+            let Some(s) = server.conns[slot].stream.filter(|_| server.conns[slot].buf.is_empty()) else { continue };
+            server.release(slot);
+            finish(lp, s, &on_shutdown);
+        }
+    });
+    if let Some(w) = server.worker.as_mut() {
+        w.on_drain(move |lp, server: &mut Server, grace| {
+            server.draining = true;
+            // Unreferenced: a worker whose connections have all closed
+            // exits without waiting for it.
+            if let Ok(t) = lp.timer_init() {
+                let _ = lp.unref_handle(t);
+                let _ = lp.timer_start(t, grace, Duration::ZERO, &close_idle);
+            }
+        });
+    }
     // Ctrl-C reaches the whole process group; the primary orchestrates the
     // shutdown, so a worker ignores it rather than dying mid-request.
     let sigint = lp.signal_start(libc::SIGINT, &OnSignal::new(|_, _, _, _| {}))?;
@@ -160,6 +187,8 @@ struct Supervisor {
     primary: Primary<Supervisor>,
     signals: Vec<Signal>,
     shutting_down: bool,
+    /// A restart storm left no worker: exit 1.
+    failed: bool,
 }
 
 impl PrimaryData for Supervisor {
@@ -184,11 +213,24 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         eprintln!("[primary {me}] worker {} (pid {}) listening on {addr}", w.id(), w.pid())
     });
     primary.on_disconnect(move |_, _, w| eprintln!("[primary {me}] worker {} disconnected", w.id()));
-    primary.on_exit(move |_, _, w, code, signal| {
+    primary.on_exit(move |lp, sup: &mut Supervisor, w, code, signal| {
         let how = if w.exited_after_disconnect() { "after disconnect" } else { "unexpectedly" };
         eprintln!("[primary {me}] worker {} (pid {}) exited {how} (code {code}, signal {signal})", w.id(), w.pid());
+        if sup.primary.respawn_stopped() && sup.primary.worker_count() == 0 && !sup.shutting_down {
+            // Nothing serves and nothing will: a listen that cannot succeed
+            // (the port is taken, say) ends here rather than in a fork loop.
+            eprintln!("[primary {me}] no worker left after a restart storm (see the workers' errors above); exiting");
+            sup.failed = true;
+            sup.shutting_down = true;
+            for s in sup.signals.drain(..) {
+                let _ = lp.close(s, None);
+            }
+        }
     });
     primary.on_restart_storm(move |_, _| eprintln!("[primary {me}] restart storm: no more respawns"));
+    primary.on_unresponsive(move |_, _, w| {
+        eprintln!("[primary {me}] worker {} (pid {}) missed its heartbeats: killed", w.id(), w.pid())
+    });
     // Workers that do not leave in time (a connection that never closes)
     // are killed.
     let on_deadline = OnTimer::new(|lp, sup: &mut Supervisor, t| {
@@ -217,13 +259,16 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         eprintln!("[primary {me}] SIGHUP: rolling restart");
         sup.primary.rolling_restart(lp, move |_, _| eprintln!("[primary {me}] rolling restart done"));
     });
-    let mut sup = Supervisor { primary, signals: Vec::new(), shutting_down: false };
+    let mut sup = Supervisor { primary, signals: Vec::new(), shutting_down: false, failed: false };
     for signum in [libc::SIGINT, libc::SIGTERM] {
         sup.signals.push(lp.signal_start(signum, &on_stop)?);
     }
     sup.signals.push(lp.signal_start(libc::SIGHUP, &on_hup)?);
     sup.primary.start(&mut lp)?;
     lp.run(RunMode::Default, &mut sup)?;
+    if sup.failed {
+        std::process::exit(1);
+    }
     Ok(())
 }
 
@@ -234,6 +279,8 @@ fn run_primary(o: Options) -> uvring::Result<()> {
 struct Conn {
     /// Bytes of an incomplete request (or pipeline tail).
     buf: Vec<u8>,
+    /// The connection, while open.
+    stream: Option<TcpStream>,
 }
 
 /// The server's state, the loop's user data: standalone, or a cluster
@@ -245,6 +292,8 @@ struct Server {
     free: Vec<usize>,
     /// Responses of one read, written with a single `write`.
     out: Vec<u8>,
+    /// The worker drains: every response says `Connection: close`.
+    draining: bool,
 }
 
 impl WorkerData for Server {
@@ -258,7 +307,7 @@ impl Server {
         match self.free.pop() {
             Some(i) => i,
             None => {
-                self.conns.push(Conn { buf: Vec::with_capacity(1024) });
+                self.conns.push(Conn { buf: Vec::with_capacity(1024), stream: None });
                 self.conns.len() - 1
             }
         }
@@ -266,8 +315,10 @@ impl Server {
 
     fn release(&mut self, i: usize) {
         if let Some(c) = self.conns.get_mut(i) {
-            c.buf.clear();
-            self.free.push(i);
+            if c.stream.take().is_some() {
+                c.buf.clear();
+                self.free.push(i);
+            }
         }
     }
 }
@@ -329,12 +380,14 @@ fn respond(out: &mut Vec<u8>, close: bool) {
 }
 
 /// Answers every complete request in `bytes`; returns (bytes consumed,
-/// whether to close after writing).
-fn answer_all(out: &mut Vec<u8>, bytes: &[u8]) -> (usize, bool) {
+/// whether to close after writing). A draining server closes after the
+/// first answer.
+fn answer_all(out: &mut Vec<u8>, bytes: &[u8], draining: bool) -> (usize, bool) {
     let mut at = 0;
     while at < bytes.len() {
         match parse_one(&bytes[at..]) {
             Parsed::Request { len, close } => {
+                let close = close || draining;
                 respond(out, close);
                 at += len;
                 if close {
@@ -360,9 +413,7 @@ fn answer_all(out: &mut Vec<u8>, bytes: &[u8]) -> (usize, bool) {
 /// Listens on `addr` and serves hello world; the connections' state is the
 /// loop's `Server`.
 fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener> {
-    let on_shutdown = OnShutdown::new(|lp, _, s: TcpStream, _| {
-        let _ = lp.close(s, None);
-    });
+    let on_shutdown = close_after_shutdown();
     let on_read = OnRead::new(move |lp: &mut Loop<Server>, server: &mut Server, s: TcpStream, res| {
         let slot = lp.data(s).unwrap_or(usize::MAX);
         let bytes = match res {
@@ -377,14 +428,14 @@ fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener>
         server.out.clear();
         let close = if conn.buf.is_empty() {
             // The common case: whole requests in one read, no copy.
-            let (used, close) = answer_all(&mut server.out, bytes);
+            let (used, close) = answer_all(&mut server.out, bytes, server.draining);
             if !close && used < bytes.len() {
                 conn.buf.extend_from_slice(&bytes[used..]);
             }
             close
         } else {
             conn.buf.extend_from_slice(bytes);
-            let (used, close) = answer_all(&mut server.out, &conn.buf);
+            let (used, close) = answer_all(&mut server.out, &conn.buf, server.draining);
             conn.buf.drain(..used);
             close
         };
@@ -395,10 +446,7 @@ fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener>
         }
         if close {
             server.release(slot);
-            let _ = lp.read_stop(s);
-            if lp.shutdown(s, Some(&on_shutdown)).is_err() {
-                let _ = lp.close(s, None);
-            }
+            finish(lp, s, &on_shutdown);
         }
     });
     let on_connection = OnConnection::new(move |lp, server: &mut Server, srv: TcpListener, res| {
@@ -413,6 +461,7 @@ fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener>
         }
         let Ok(c) = lp.accept(srv) else { return };
         let slot = server.slot();
+        server.conns[slot].stream = Some(c);
         let _ = lp.set_data(c, slot);
         let _ = lp.tcp_nodelay(c, true);
         if lp.read_start(c, &on_read).is_err() {
@@ -423,4 +472,20 @@ fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener>
     let socket = lp.tcp_init()?;
     lp.tcp_bind(socket, addr, 0)?;
     lp.listen(socket, 1024, &on_connection)
+}
+
+/// Ends a connection after what was written to it: reading stops, the write
+/// side shuts down once the queue is sent, then it closes.
+fn finish(lp: &mut Loop<Server>, s: TcpStream, on_shutdown: &OnShutdown<Server, TcpStream>) {
+    let _ = lp.read_stop(s);
+    if lp.shutdown(s, Some(on_shutdown)).is_err() {
+        let _ = lp.close(s, None);
+    }
+}
+
+/// A shutdown callback that closes the stream.
+fn close_after_shutdown() -> OnShutdown<Server, TcpStream> {
+    OnShutdown::new(|lp, _, s: TcpStream, _| {
+        let _ = lp.close(s, None);
+    })
 }

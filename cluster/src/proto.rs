@@ -40,6 +40,7 @@
 //! | 0x0d | `StoreSet`              | 0        | `req_id u32 @0, key_len u32 @4, key @8..8+key_len, value @8+key_len..`                                                         |
 //! | 0x0e | `StoreDelete`           | 0        | `req_id u32 @0, key @4..`                                                                                                       |
 //! | 0x0f | `StoreReply`            | 0        | `req_id u32 @0, status u8 @4, value @5..`                                                                                       |
+//! | 0x10 | `Heartbeat`             | 0        | `seq u32 @0` (4 bytes); the primary asks, the worker's loop echoes it                                                           |
 //!
 //! Enumerations: `family` 4 = IPv4 (address is 4 bytes), 6 = IPv6 (16 bytes),
 //! 1 = Unix (1..=108 path bytes, a leading NUL names an abstract socket);
@@ -178,6 +179,13 @@ pub mod field {
         pub const LEN: usize = 4;
     }
 
+    /// Payload of `Heartbeat`.
+    pub mod heartbeat {
+        use super::Field;
+        pub const SEQ: Field = 0..4;
+        pub const LEN: usize = 4;
+    }
+
     /// Payload of `StoreGet` and `StoreDelete`.
     pub mod store_key {
         use super::Field;
@@ -225,11 +233,12 @@ pub enum FrameKind {
     StoreSet = 0x0d,
     StoreDelete = 0x0e,
     StoreReply = 0x0f,
+    Heartbeat = 0x10,
 }
 
 impl FrameKind {
     /// Every kind, in code order.
-    pub const ALL: [FrameKind; 15] = [
+    pub const ALL: [FrameKind; 16] = [
         FrameKind::Online,
         FrameKind::QueryServer,
         FrameKind::QueryServerReply,
@@ -245,6 +254,7 @@ impl FrameKind {
         FrameKind::StoreSet,
         FrameKind::StoreDelete,
         FrameKind::StoreReply,
+        FrameKind::Heartbeat,
     ];
 
     /// The kind for a wire code, if there is one.
@@ -265,6 +275,7 @@ impl FrameKind {
             0x0d => FrameKind::StoreSet,
             0x0e => FrameKind::StoreDelete,
             0x0f => FrameKind::StoreReply,
+            0x10 => FrameKind::Heartbeat,
             _ => return None,
         })
     }
@@ -298,6 +309,7 @@ impl FrameKind {
             FrameKind::Listening => (listening::ADDRESS + 1, listening::ADDRESS + UNIX_PATH_MAX),
             FrameKind::Close => (close::LEN, close::LEN),
             FrameKind::Load => (load::LEN, load::LEN),
+            FrameKind::Heartbeat => (heartbeat::LEN, heartbeat::LEN),
             FrameKind::Message => (0, ANY),
             FrameKind::StoreGet | FrameKind::StoreDelete => (store_key::KEY, ANY),
             FrameKind::StoreSet => (store_set::KEY, ANY),
@@ -877,6 +889,9 @@ pub enum Frame<'a> {
     StoreDelete { req_id: u32, key: &'a [u8] },
     /// Primary to worker: answer to the store request `req_id`.
     StoreReply { req_id: u32, status: StoreStatus, value: &'a [u8] },
+    /// Primary to worker: are you alive? Worker to primary: the same `seq`
+    /// back, from the worker's loop (a stuck loop does not answer).
+    Heartbeat { seq: u32 },
 }
 
 impl<'a> Frame<'a> {
@@ -893,6 +908,7 @@ impl<'a> Frame<'a> {
             Frame::Disconnect => FrameKind::Disconnect,
             Frame::ExitedAfterDisconnect => FrameKind::ExitedAfterDisconnect,
             Frame::Load { .. } => FrameKind::Load,
+            Frame::Heartbeat { .. } => FrameKind::Heartbeat,
             Frame::Message { .. } => FrameKind::Message,
             Frame::StoreGet { .. } => FrameKind::StoreGet,
             Frame::StoreSet { .. } => FrameKind::StoreSet,
@@ -923,6 +939,7 @@ impl<'a> Frame<'a> {
             Frame::Listening { address, .. } => listening::ADDRESS + address.wire_len(),
             Frame::Close { .. } => close::LEN,
             Frame::Load { .. } => load::LEN,
+            Frame::Heartbeat { .. } => heartbeat::LEN,
             Frame::Message { bytes, .. } => bytes.len(),
             Frame::StoreGet { key, .. } | Frame::StoreDelete { key, .. } => store_key::KEY.saturating_add(key.len()),
             Frame::StoreSet { key, value, .. } => store_set::KEY.saturating_add(key.len()).saturating_add(value.len()),
@@ -1020,6 +1037,7 @@ impl<'a> Frame<'a> {
             FrameKind::Disconnect => Frame::Disconnect,
             FrameKind::ExitedAfterDisconnect => Frame::ExitedAfterDisconnect,
             FrameKind::Load => Frame::Load { open_connections: p.u32(field::load::OPEN_CONNECTIONS)? },
+            FrameKind::Heartbeat => Frame::Heartbeat { seq: p.u32(field::heartbeat::SEQ)? },
             FrameKind::Message => Frame::Message { bytes: p.bytes, nfds },
             FrameKind::StoreGet => {
                 Frame::StoreGet { req_id: p.u32(field::store_key::REQ_ID)?, key: p.tail(field::store_key::KEY)? }
@@ -1116,6 +1134,7 @@ impl<'a> Frame<'a> {
             Frame::Load { open_connections } => {
                 put(p, field::load::OPEN_CONNECTIONS.start, &open_connections.to_le_bytes());
             }
+            Frame::Heartbeat { seq } => put(p, field::heartbeat::SEQ.start, &seq.to_le_bytes()),
             Frame::Message { bytes, .. } => put(p, 0, bytes),
             Frame::StoreGet { req_id, key } | Frame::StoreDelete { req_id, key } => {
                 put(p, field::store_key::REQ_ID.start, &req_id.to_le_bytes());
@@ -1734,6 +1753,8 @@ mod tests {
         test_parse_store_reply, test_emit_store_reply:
             Frame::StoreReply { req_id: 8, status: StoreStatus::Found, value: b"vv" }
             => [1, 0x0f, 0, 0, 7, 0, 0, 0, 8, 0, 0, 0, 1, b'v', b'v'];
+        test_parse_heartbeat, test_emit_heartbeat:
+            Frame::Heartbeat { seq: 0x0102_0304 } => [1, 0x10, 0, 0, 4, 0, 0, 0, 4, 3, 2, 1];
     }
 
     #[test]
@@ -1768,6 +1789,7 @@ mod tests {
         for (kind, len) in [
             (FrameKind::Close, 3),
             (FrameKind::Load, 5),
+            (FrameKind::Heartbeat, 3),
             (FrameKind::Ack, 12),
             (FrameKind::NewConnection, 14),
             (FrameKind::QueryServerReply, 13),
@@ -1830,7 +1852,7 @@ mod tests {
     /// A valid frame of a random kind with random fields (at most
     /// `max_fds` fds, byte fields up to `max_bytes` long).
     fn random_frame<'p>(rng: &mut Rng, pool: &'p [u8], max_fds: u8, max_bytes: usize) -> Frame<'p> {
-        let frame = match rng.below(15) {
+        let frame = match rng.below(16) {
             0 => Frame::Online,
             1 => {
                 let address = random_address(rng, pool);
@@ -1881,6 +1903,7 @@ mod tests {
                 value: slice(rng, pool, max_bytes / 2),
             },
             13 => Frame::StoreDelete { req_id: rng.u32(), key: slice(rng, pool, max_bytes) },
+            14 => Frame::Heartbeat { seq: rng.u32() },
             _ => Frame::StoreReply {
                 req_id: rng.u32(),
                 status: StoreStatus::from_u8(1 + rng.below(4) as u8).unwrap(),
@@ -1903,7 +1926,7 @@ mod tests {
         let mut rng = Rng(seed);
         let mut bytes = Vec::new();
         let mut frames = Vec::new();
-        let mut seen = [false; 15];
+        let mut seen = [false; FrameKind::ALL.len()];
         for i in 0..count {
             // Walk every kind once first, then pick at random.
             let frame = loop {
@@ -2208,7 +2231,7 @@ mod tests {
     #[test]
     fn error_unknown_kind() {
         assert_eq!(decode_err(&[1, 0, 0, 0, 0, 0, 0, 0], 0), DecodeError::UnknownKind { kind: 0 });
-        assert_eq!(decode_err(&[1, 0x10, 0, 0, 0, 0, 0, 0], 0), DecodeError::UnknownKind { kind: 0x10 });
+        assert_eq!(decode_err(&[1, 0x11, 0, 0, 0, 0, 0, 0], 0), DecodeError::UnknownKind { kind: 0x11 });
         assert_eq!(decode_err(&[1, 0xff, 0, 0, 0, 0, 0, 0], 0), DecodeError::UnknownKind { kind: 0xff });
     }
 

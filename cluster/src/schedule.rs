@@ -128,11 +128,13 @@ pub struct RestartGovernor {
     settings: RespawnSettings,
     crashes: VecDeque<u64>,
     stormed: bool,
+    /// Failed starts in a row (see [`on_failed_start`](Self::on_failed_start)).
+    failed_starts: u32,
 }
 
 impl RestartGovernor {
     pub fn new(settings: RespawnSettings) -> RestartGovernor {
-        RestartGovernor { settings, crashes: VecDeque::new(), stormed: false }
+        RestartGovernor { settings, crashes: VecDeque::new(), stormed: false, failed_starts: 0 }
     }
 
     /// Records a crash at `now_ms` and decides. The delay doubles with each
@@ -157,6 +159,30 @@ impl RestartGovernor {
         let (base, max) = (self.settings.base_delay.as_millis() as u64, self.settings.max_delay.as_millis() as u64);
         let delay = base.saturating_mul(1u64 << shift).min(max);
         RespawnDecision::After(delay)
+    }
+
+    /// A worker crashed before it started (it had not listened, within the
+    /// startup timeout of its fork), or a replacement did not start in
+    /// time: counts as a crash, and more than `storm_limit` failed starts
+    /// in a row (with no start in between, however long they take) are a
+    /// restart storm: a listen that can never succeed (`EADDRINUSE` on a
+    /// fixed port) ends the respawn loop although the back-off spreads the
+    /// crashes wider than the window.
+    pub fn on_failed_start(&mut self, now_ms: u64) -> RespawnDecision {
+        if self.stormed {
+            return RespawnDecision::Storm;
+        }
+        self.failed_starts += 1;
+        if self.failed_starts > self.settings.storm_limit {
+            self.stormed = true;
+            return RespawnDecision::Storm;
+        }
+        self.on_crash(now_ms)
+    }
+
+    /// A worker started (it listens): the run of failed starts ends.
+    pub fn on_started(&mut self) {
+        self.failed_starts = 0;
     }
 
     /// Whether a restart storm stopped respawning.
@@ -291,6 +317,24 @@ mod tests {
         assert_eq!(g.on_crash(1_000), RespawnDecision::After(200));
         assert_eq!(g.on_crash(20_000), RespawnDecision::After(100));
         assert_eq!(g.recent_crashes(), 1);
+    }
+
+    #[test]
+    fn failed_starts_in_a_row_are_a_storm_however_slow() {
+        let mut g = governor(3);
+        // Spread far wider than the window: the window alone never fills.
+        for t in 0..3 {
+            assert!(matches!(g.on_failed_start(t * 60_000), RespawnDecision::After(_)));
+        }
+        assert_eq!(g.on_failed_start(240_000), RespawnDecision::Storm);
+        assert!(g.stormed());
+        // A start in between ends the run.
+        let mut g = governor(3);
+        for t in 0..3 {
+            assert!(matches!(g.on_failed_start(t * 60_000), RespawnDecision::After(_)));
+        }
+        g.on_started();
+        assert!(matches!(g.on_failed_start(240_000), RespawnDecision::After(_)));
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub const ENV_BACKEND: &str = "UVRING_BACKEND";
 /// ([`Settings::batch_scheduling`]): its workers, which inherit the policy,
 /// move back to the normal one at `Worker::init`.
 pub const ENV_NORMAL_SCHED: &str = "UVRING_CLUSTER_NORMAL_SCHED";
+/// Environment variable telling a worker its drain grace in ms
+/// ([`Settings::drain_grace`]).
+pub const ENV_DRAIN_GRACE_MS: &str = "UVRING_CLUSTER_DRAIN_GRACE_MS";
 
 /// How connections reach workers.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -182,6 +185,30 @@ pub struct Settings {
     /// `reuseport` (bench/RESULTS.md). Workers keep the normal policy.
     /// Default: on.
     pub batch_scheduling: bool,
+    /// When a worker drains (disconnect, shutdown, a step of a rolling
+    /// restart), how long a connection with no request in flight may stay
+    /// open before the server closes it ([`Worker::on_drain`](crate::Worker::on_drain)
+    /// passes it to the application). At most 1 s is sensible; default 500 ms.
+    pub drain_grace: Duration,
+    /// How long a worker asked to disconnect may take to exit before the
+    /// primary kills it (`SIGKILL`); default 30 s.
+    pub drain_timeout: Duration,
+    /// How long a rolling restart's replacement may take to listen (or to
+    /// come online, when the worker it replaces never listened) before it
+    /// is killed and counted as a failed start; default 10 s. A worker that
+    /// crashes within this time of its fork, before it listens, is a failed
+    /// start too: more than `respawn.storm_limit` of them in a row is a
+    /// restart storm (a listen that cannot succeed stops the respawn loop).
+    pub startup_timeout: Duration,
+    /// How often the primary sends each worker a heartbeat, which the
+    /// worker's loop answers; `Duration::ZERO` turns liveness checks off.
+    /// Default 1 s.
+    pub heartbeat_interval: Duration,
+    /// A worker whose channel has been silent (no answer to a heartbeat,
+    /// nothing else) for this long is unresponsive: it is killed
+    /// (`SIGKILL`), its unacknowledged connections go to other workers at
+    /// once, and its exit is a crash (respawned per `respawn`). Default 10 s.
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -198,6 +225,11 @@ impl Default for Settings {
             load_report: Duration::from_millis(50),
             load_slack: crate::schedule::DEFAULT_LOAD_SLACK,
             batch_scheduling: true,
+            drain_grace: Duration::from_millis(500),
+            drain_timeout: Duration::from_secs(30),
+            startup_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -239,6 +271,16 @@ setters!(
     load_slack: u32,
     /// Sets whether the primary runs under `SCHED_BATCH` under `rr`.
     batch_scheduling: bool,
+    /// Sets the idle grace of a draining worker's connections.
+    drain_grace: Duration,
+    /// Sets how long a disconnecting worker may take before it is killed.
+    drain_timeout: Duration,
+    /// Sets how long a replacement may take to listen.
+    startup_timeout: Duration,
+    /// Sets how often workers are asked for a heartbeat (zero: never).
+    heartbeat_interval: Duration,
+    /// Sets how long a silent worker lives before it is killed.
+    heartbeat_timeout: Duration,
 );
 
 /// The number of CPUs this process may run on (at least 1).

@@ -98,6 +98,8 @@ type MessageFn<D> = dyn Fn(&mut Loop<D>, &mut D, &[u8], &mut FrameFds);
 type ListeningFn<D> = dyn Fn(&mut Loop<D>, &mut D, TcpListener, SocketAddr);
 /// `(loop, data)`: the channel to the primary closed.
 type ChannelFn<D> = dyn Fn(&mut Loop<D>, &mut D);
+/// `(loop, data, idle grace)`: the worker drains.
+type DrainFn<D> = dyn Fn(&mut Loop<D>, &mut D, Duration);
 
 type GetFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Option<&[u8]>);
 type SetFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Result<()>);
@@ -193,6 +195,11 @@ pub struct Worker<D> {
     on_listening: Option<Rc<ListeningFn<D>>>,
     on_disconnect: Option<Rc<ChannelFn<D>>>,
     on_primary_gone: Option<Rc<ChannelFn<D>>>,
+    on_drain: Option<Rc<DrainFn<D>>>,
+    /// A disconnect began and `on_drain` has not run yet.
+    drain_due: bool,
+    /// `Settings::drain_grace`, from the primary.
+    drain_grace: Duration,
     disconnecting: bool,
     exited_after_disconnect: bool,
     load_timer: Option<Timer>,
@@ -341,6 +348,7 @@ impl<D: 'static> Worker<D> {
         }
         self.disconnecting = true;
         self.exited_after_disconnect = true;
+        self.drain_due = true;
         if let Some(t) = self.load_timer.take() {
             let _ = lp.close(t, None);
         }
@@ -513,6 +521,11 @@ impl<D: WorkerData> Worker<D> {
         let policy = std::env::var(ENV_SCHED_POLICY).ok().and_then(|v| SchedPolicy::parse(&v)).unwrap_or_default();
         let load_ms: u64 =
             std::env::var(crate::primary::ENV_LOAD_REPORT_MS).ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+        let drain_grace = std::env::var(crate::settings::ENV_DRAIN_GRACE_MS)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_millis(500), Duration::from_millis);
+        std::env::remove_var(crate::settings::ENV_DRAIN_GRACE_MS);
         let pipe = lp.pipe_open(owned, true)?;
         let mut worker = Worker {
             id,
@@ -529,6 +542,9 @@ impl<D: WorkerData> Worker<D> {
             on_listening: None,
             on_disconnect: None,
             on_primary_gone: None,
+            on_drain: None,
+            drain_due: false,
+            drain_grace,
             disconnecting: false,
             exited_after_disconnect: false,
             load_timer: None,
@@ -616,6 +632,31 @@ impl<D: WorkerData> Worker<D> {
     /// closing the servers and connections so that the loop runs empty.
     pub fn on_primary_gone(&mut self, cb: impl Fn(&mut Loop<D>, &mut D) + 'static) {
         self.on_primary_gone = Some(Rc::new(cb));
+    }
+
+    /// Runs `cb` when this worker starts to drain (a disconnect from the
+    /// primary: a graceful shutdown, a step of a rolling restart,
+    /// `disconnect_worker`; or [`disconnect`](Self::disconnect) here):
+    /// `(loop, data, idle grace)`, from the loop. The servers have stopped
+    /// accepting; the process exits once the loop runs empty, so the
+    /// application finishes its connections: it answers the next request
+    /// on each with `Connection: close` (or its protocol's equivalent) and
+    /// closes it, and closes a connection that has had no request in flight
+    /// for `idle grace` (`Settings::drain_grace`; a client sending at that
+    /// moment is not cut mid-request). Whatever is left at the primary's
+    /// drain deadline (`Settings::drain_timeout`) is killed.
+    pub fn on_drain(&mut self, cb: impl Fn(&mut Loop<D>, &mut D, Duration) + 'static) {
+        self.on_drain = Some(Rc::new(cb));
+    }
+
+    /// Whether this worker is draining (a disconnect began).
+    pub fn is_draining(&self) -> bool {
+        self.disconnecting
+    }
+
+    /// The idle grace of a drain (`Settings::drain_grace`, from the primary).
+    pub fn drain_grace(&self) -> Duration {
+        self.drain_grace
     }
 
     /// Sends a user message to the primary.
@@ -732,11 +773,26 @@ fn on_prepare<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _h: Hook) {
 fn on_check<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _h: Hook) {
     let Some(w) = d.worker() else { return };
     w.flush_acks(lp);
+    deliver_drain(lp, d);
     maybe_shutdown(lp, d);
 }
 
+/// Runs `on_drain` once a disconnect began (from the loop, never from
+/// inside `disconnect`).
+fn deliver_drain<D: WorkerData>(lp: &mut Loop<D>, d: &mut D) {
+    let Some(w) = d.worker() else { return };
+    if !std::mem::take(&mut w.drain_due) {
+        return;
+    }
+    let grace = w.drain_grace;
+    if let Some(cb) = w.on_drain.clone() {
+        cb(lp, d, grace);
+    }
+}
+
+/// Reports the worker's load: its open connections.
 fn on_load_report<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _t: Timer) {
-    let load = lp.handle_count() as u32;
+    let load = u32::try_from(lp.tcp_connection_count()).unwrap_or(u32::MAX);
     let Some(w) = d.worker() else { return };
     if load != w.last_load {
         w.last_load = load;
@@ -808,6 +864,10 @@ fn channel_closed<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream) 
             StoreCallback::Set(f) => f(lp, d, Err(Error::ENOTCONN)),
             StoreCallback::Delete(f) => f(lp, d, false),
         }
+    }
+    if expected {
+        // A drain that began in this iteration is still told of.
+        deliver_drain(lp, d);
     }
     if let Some(cb) = on_disconnect {
         cb(lp, d);
@@ -930,6 +990,10 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
             }
         }
         Frame::Disconnect => w.begin_disconnect(lp, true),
+        // Answered from the loop: a worker whose loop is stuck does not.
+        Frame::Heartbeat { seq } => {
+            let _ = w.send_frame(lp, &Frame::Heartbeat { seq });
+        }
         // Frames only a worker sends, arriving here: the primary is broken.
         Frame::Online
         | Frame::QueryServer { .. }

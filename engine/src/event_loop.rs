@@ -346,6 +346,18 @@ impl<D> Loop<D> {
         self.slots.iter().filter(|(_, s)| s.flags & F_INTERNAL == 0).count()
     }
 
+    /// Open TCP connections (accepted or connected streams, not closing; no
+    /// listener): the load a cluster worker reports.
+    pub fn tcp_connection_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.flags & F_CLOSING == 0)
+            .filter(|(_, s)| {
+                matches!(&s.kind, Kind::Stream(st) if st.ty == crate::stream::StreamType::Tcp && !st.listening && st.fd >= 0)
+            })
+            .count()
+    }
+
     /// Stores a value for user code, reachable from every callback.
     pub fn set_user_data<T: 'static>(&mut self, value: T) {
         self.user = Some(Box::new(value));

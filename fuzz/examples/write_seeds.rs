@@ -66,6 +66,7 @@ fn frames() -> Vec<(&'static str, Frame<'static>)> {
         ("store-set", Frame::StoreSet { req_id: 2, key: b"counter", value: b"42" }),
         ("store-delete", Frame::StoreDelete { req_id: 3, key: b"counter" }),
         ("store-reply", Frame::StoreReply { req_id: 1, status: StoreStatus::Found, value: b"42" }),
+        ("heartbeat", Frame::Heartbeat { seq: 1 }),
     ]
 }
 

@@ -44,7 +44,7 @@ fn bytes<'a>(u: &mut Unstructured<'a>) -> Result<&'a [u8]> {
 }
 
 fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
-    Ok(match u.int_in_range(0..=14u8)? {
+    Ok(match u.int_in_range(0..=15u8)? {
         0 => Frame::Online,
         1 => Frame::QueryServer {
             seq: u.arbitrary()?,
@@ -79,6 +79,7 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
         11 => Frame::StoreGet { req_id: u.arbitrary()?, key: bytes(u)? },
         12 => Frame::StoreSet { req_id: u.arbitrary()?, key: bytes(u)?, value: bytes(u)? },
         13 => Frame::StoreDelete { req_id: u.arbitrary()?, key: bytes(u)? },
+        14 => Frame::Heartbeat { seq: u.arbitrary()? },
         _ => Frame::StoreReply {
             req_id: u.arbitrary()?,
             status: match u.int_in_range(0..=3u8)? {

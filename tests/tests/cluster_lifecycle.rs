@@ -87,7 +87,7 @@ cluster_test! {
         let ws: Vec<u32> = c.primary.workers().iter().map(|w| w.id()).collect();
         c.primary.kill(lp, ws[0], libc::SIGTERM).unwrap();
         c.primary.kill(lp, ws[1], libc::SIGKILL).unwrap();
-        assert!(!c.primary.worker(ws[0]).unwrap().is_connected(), "kill closes the channel at once");
+        assert!(c.primary.worker(ws[0]).unwrap().is_connected(), "the signal is sent; the channel closes with the process");
         assert!(c.log.disconnects.is_empty(), "the disconnect event comes from the loop");
         wait_for(lp, &mut c, |l| l.exits.len() == 2);
         run_for(lp, &mut c, Duration::from_millis(100));
@@ -380,4 +380,204 @@ fn primary_kill() {
 fn io_uring_available() -> bool {
     let probe: Option<uvring::Loop> = uvring_tests::make_loop(uvring::Backend::IoUring, Default::default());
     probe.is_some()
+}
+
+cluster_test! {
+    // kill(SIGUSR1) delivers the signal and nothing else: a worker that
+    // handles it keeps running, connected, and is not respawned or counted
+    // as leaving; a graceful stop of one worker is `disconnect_worker`.
+    fn kill_delivers_a_nonfatal_signal(lp, policy) [rr = RoundRobin, shared = Shared] {
+        let mut s = settings(policy, "tagged", 1);
+        s.env.push(("TAG".into(), "plain".into()));
+        s.respawn = RespawnSettings::default().enabled(true).base_delay(Duration::from_millis(10));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.has_message("tag plain"));
+        let id = c.primary.workers()[0].id();
+        let pid = c.pid(id);
+        for n in 1..=3 {
+            c.primary.kill(lp, id, libc::SIGUSR1).unwrap();
+            wait_for(lp, &mut c, |l| l.count_prefix("usr1 plain") == n);
+        }
+        run_for(lp, &mut c, Duration::from_millis(100));
+        let w = c.primary.worker(id).unwrap();
+        assert!(w.is_connected() && !w.is_dead() && !w.exited_after_disconnect(), "{w:?}");
+        // SAFETY: signal 0 only checks that the process exists.
+        assert_eq!(unsafe { libc::kill(pid, 0) }, 0, "the worker runs");
+        assert!(c.log.disconnects.is_empty() && c.log.exits.is_empty(), "{:?}", c.log);
+        c.primary.disconnect_worker(lp, id);
+        wait_for(lp, &mut c, |l| l.exits.len() == 1);
+        assert_eq!(c.log.exits, vec![(id, 0, 0, true)]);
+        run_for(lp, &mut c, Duration::from_millis(100));
+        assert_eq!(c.log.pids.len(), 1, "a disconnected worker is not respawned");
+        assert!(c.primary.kill(lp, id, libc::SIGUSR1).is_err(), "ESRCH once it is gone");
+        shutdown(lp, &mut c);
+    }
+
+    // The environment given at fork is the worker's identity: its respawned
+    // replacement (after a crash) and its rolled replacement get it too.
+    fn respawn_and_roll_keep_the_env(lp, policy) [rr = RoundRobin] {
+        let mut s = settings(policy, "tagged", 0);
+        s.respawn = RespawnSettings::default().enabled(true).base_delay(Duration::from_millis(10));
+        let mut c = start_cluster(lp, s);
+        let plain = c.primary.fork(lp).unwrap();
+        let agent = c.primary.fork_with_env(lp, &[("TAG", "agent")]).unwrap();
+        wait_for(lp, &mut c, |l| l.messages.len() == 2);
+        assert_eq!(c.log.messages_from(agent), vec!["tag agent"]);
+        assert_eq!(c.log.messages_from(plain), vec!["tag "]);
+        // A crash: the replacement is an agent again.
+        // SAFETY: plain syscall on a worker this test forked.
+        assert_eq!(unsafe { libc::kill(c.pid(agent), libc::SIGKILL) }, 0);
+        wait_for(lp, &mut c, |l| l.count_prefix("tag agent") == 2);
+        // A rolling restart: one agent and one plain worker again.
+        c.primary.rolling_restart(lp, |_, d| d.log.messages.push((0, "rolled".into())));
+        wait_for(lp, &mut c, |l| l.has_message("rolled"));
+        let live: Vec<String> =
+            c.primary.workers().iter().flat_map(|w| c.log.messages_from(w.id())).filter(|m| m.starts_with("tag")).collect();
+        let mut live = live;
+        live.sort();
+        assert_eq!(live, vec!["tag ", "tag agent"], "{:?}", c.log);
+        assert_eq!(c.log.count_prefix("tag agent"), 3, "{:?}", c.log);
+        assert_eq!(c.primary.worker_count(), 2);
+        shutdown(lp, &mut c);
+    }
+}
+
+cluster_test! {
+    // Liveness: a worker whose loop is stuck in a busy loop misses its
+    // heartbeats; it is killed within the configured time, the connections
+    // it held unacknowledged go to the other worker, and it is replaced.
+    fn stuck_worker_is_replaced(lp, policy) [rr = RoundRobin] {
+        let mut s = settings(policy, "serve", 0)
+            .heartbeat_interval(Duration::from_millis(100))
+            .heartbeat_timeout(Duration::from_millis(500));
+        s.respawn = RespawnSettings::default().enabled(true).base_delay(Duration::from_millis(10));
+        let mut c = Cluster::new(lp, s);
+        c.primary.on_unresponsive(|_, d, w| d.log.messages.push((w.id(), "unresponsive".into())));
+        let stuck = c.primary.fork_with_env(lp, &[("SCENARIO", "spin-on-first")]).unwrap();
+        wait_for(lp, &mut c, |l| l.listening.len() == 1);
+        let port = c.log.listening[0].1;
+        // The first connection goes to the only worker: it spins.
+        let rx = ask_many(port, 1, 1);
+        run_for(lp, &mut c, Duration::from_millis(50));
+        let t0 = Instant::now();
+        let helper = c.primary.fork(lp).unwrap();
+        wait_for(lp, &mut c, |l| l.has_message("unresponsive"));
+        let took = t0.elapsed();
+        eprintln!("FIGURE stuck_worker: killed {took:?} after t0 (t0 is 50 ms into the spin; interval 100 ms, timeout 500 ms)");
+        assert!(took < Duration::from_millis(500 + 1000), "{took:?}");
+        assert!(c.log.messages_from(stuck).contains(&"unresponsive".to_string()), "{:?}", c.log);
+        assert_eq!(c.log.count_prefix("unresponsive"), 1, "{:?}", c.log);
+        wait_for(lp, &mut c, |l| l.exits.iter().any(|e| e.0 == stuck));
+        assert_eq!(exit_of(&c.log, stuck), vec![(stuck, 0, libc::SIGKILL, false)]);
+        // The connection it held unacknowledged was answered by another.
+        let answers = collect(lp, &mut c, &rx, 1);
+        assert!(answers[0].as_ref().is_ok_and(|a| a.starts_with("worker ")), "{answers:?}");
+        assert!(c.primary.stats().redistributed >= 1, "{:?}", c.primary.stats());
+        // Replaced: a third worker (with the stuck one's env) is forked.
+        wait_for(lp, &mut c, |l| l.pids.len() == 3);
+        assert!(c.primary.workers().iter().any(|w| w.id() == helper));
+        shutdown(lp, &mut c);
+    }
+}
+
+cluster_test! {
+    // Every drain ends: a disconnected worker that holds a connection open
+    // past the drain deadline is killed; the load it reported was its open
+    // connections.
+    fn drain_deadline_kills(lp, policy) [rr = RoundRobin, shared = Shared] {
+        let s = settings(policy, "serve-hold", 1)
+            .drain_timeout(Duration::from_millis(300))
+            .load_report(Duration::from_millis(20));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.listening.len() == 1);
+        let port = c.log.listening[0].1;
+        let clients: Vec<std::net::TcpStream> =
+            (0..3).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        wait_for(lp, &mut c, |l| l.count_prefix("accepted") == 3);
+        let id = c.primary.workers()[0].id();
+        if policy == SchedPolicy::RoundRobin {
+            let t = Instant::now();
+            run_until(lp, &mut c, WAIT, |_, c| c.primary.worker(id).unwrap().open_connections() == 3);
+            eprintln!("FIGURE load: 3 open connections reported after {:?}", t.elapsed());
+        }
+        let t0 = Instant::now();
+        c.primary.disconnect_worker(lp, id);
+        wait_for(lp, &mut c, |l| l.exits.len() == 1);
+        let took = t0.elapsed();
+        eprintln!("FIGURE drain_deadline: killed after {took:?} (deadline 300 ms)");
+        assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(c.log.exits, vec![(id, 0, libc::SIGKILL, true)]);
+        drop(clients);
+        shutdown(lp, &mut c);
+    }
+
+    // A rolling replacement that does not listen by the startup deadline is
+    // killed (a failed start); the worker it was to replace stays.
+    fn replacement_that_never_listens_is_killed(lp, policy) [rr = RoundRobin] {
+        let s = settings(policy, "serve-first-only", 1).startup_timeout(Duration::from_millis(300));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.listening.len() == 1);
+        let t0 = Instant::now();
+        c.primary.rolling_restart(lp, |_, d| d.log.messages.push((0, "rolled".into())));
+        wait_for(lp, &mut c, |l| l.has_message("rolled"));
+        let took = t0.elapsed();
+        eprintln!("FIGURE startup_deadline: roll gave up after {took:?} (deadline 300 ms)");
+        assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(c.log.exits, vec![(2, 0, libc::SIGKILL, true)]);
+        let live: Vec<u32> = c.primary.workers().iter().map(|w| w.id()).collect();
+        assert_eq!(live, vec![1], "the old worker stays");
+        let port = c.log.listening[0].1;
+        let rx = ask_many(port, 1, 1);
+        let answers = collect(lp, &mut c, &rx, 1);
+        assert!(answers[0].as_ref().is_ok_and(|a| a.starts_with("worker 1")), "{answers:?}");
+        shutdown(lp, &mut c);
+    }
+}
+
+cluster_test! {
+    // A crash inside a rolling swap does not grow the table: the old
+    // worker dying leaves its replacement (no respawn); the replacement
+    // dying leaves the old worker (a failed start, no respawn).
+    fn crash_during_a_swap_keeps_the_target(lp, policy) [rr = RoundRobin] {
+        let mut s = settings(policy, "serve", 2);
+        s.respawn = RespawnSettings::default().enabled(true).base_delay(Duration::from_millis(10));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.listening.len() == 2);
+        // The replacement dies before it listens.
+        c.primary.rolling_restart(lp, |_, d| d.log.messages.push((0, "rolled 1".into())));
+        let new = c.primary.workers().last().unwrap().id();
+        // SAFETY: plain syscall on a worker this test forked.
+        assert_eq!(unsafe { libc::kill(c.pid(new), libc::SIGKILL) }, 0);
+        wait_for(lp, &mut c, |l| l.has_message("rolled 1"));
+        run_for(lp, &mut c, Duration::from_millis(200));
+        assert_eq!(c.primary.worker_count(), 2, "{:?}", c.log);
+        // The old worker dies while its replacement starts.
+        c.primary.rolling_restart(lp, |_, d| d.log.messages.push((0, "rolled 2".into())));
+        let old = c.primary.workers()[0].id();
+        // SAFETY: plain syscall on a worker this test forked.
+        assert_eq!(unsafe { libc::kill(c.pid(old), libc::SIGKILL) }, 0);
+        wait_for(lp, &mut c, |l| l.has_message("rolled 2"));
+        run_for(lp, &mut c, Duration::from_millis(200));
+        assert_eq!(c.primary.worker_count(), 2, "{:?}", c.log);
+        shutdown(lp, &mut c);
+    }
+}
+
+cluster_test! {
+    // The drain event reaches the application with the configured grace,
+    // from the loop, whether the primary disconnects the worker or the
+    // worker disconnects itself.
+    fn drain_event_reaches_the_worker(lp, policy) [rr = RoundRobin] {
+        let s = settings(policy, "drain-report", 2).drain_grace(Duration::from_millis(250));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.online.len() == 2);
+        let ws: Vec<u32> = c.primary.workers().iter().map(|w| w.id()).collect();
+        c.primary.disconnect_worker(lp, ws[0]);
+        c.primary.send(lp, ws[1], b"leave").unwrap();
+        wait_for(lp, &mut c, |l| l.exits.len() == 2);
+        assert_eq!(c.log.messages_from(ws[0]), vec!["drain 250"]);
+        assert_eq!(c.log.messages_from(ws[1]), vec!["drain 250"]);
+        assert!(c.log.exits.iter().all(|e| e.1 == 0 && e.2 == 0 && e.3), "{:?}", c.log.exits);
+        shutdown(lp, &mut c);
+    }
 }

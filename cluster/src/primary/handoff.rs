@@ -65,7 +65,7 @@ pub(super) struct Unacked {
 pub(super) struct WorkerConns {
     pub(super) unacked: VecDeque<Unacked>,
     next_seq: u64,
-    reported_load: u32,
+    pub(super) reported_load: u32,
     /// Connections of the batch being built: the last `batch_len` entries
     /// of `unacked`.
     batch_len: usize,

@@ -6,7 +6,8 @@ use super::{drain_events, Event, Primary, PrimaryData, PrimaryId, WorkerEntry, W
 use crate::proto::{Frame, FrameDecoder, ListenAddress};
 use crate::schedule::{RespawnDecision, RestartGovernor, WorkerId};
 use crate::settings::{
-    ChildOutput, SchedPolicy, Settings, ENV_BACKEND, ENV_CHANNEL_FD, ENV_NORMAL_SCHED, ENV_SCHED_POLICY, ENV_WORKER_ID,
+    ChildOutput, SchedPolicy, Settings, ENV_BACKEND, ENV_CHANNEL_FD, ENV_DRAIN_GRACE_MS, ENV_NORMAL_SCHED,
+    ENV_SCHED_POLICY, ENV_WORKER_ID,
 };
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -21,6 +22,9 @@ const CHANNEL_FD: i32 = 3;
 /// Exited workers remembered for [`Primary::worker`].
 const EXITED_KEPT: usize = 64;
 
+/// The extra environment a worker was forked with.
+pub(super) type WorkerEnv = Vec<(OsString, OsString)>;
+
 /// What the lifecycle keeps besides the table.
 pub(super) struct Lifecycle<D> {
     exec: PathBuf,
@@ -33,7 +37,12 @@ pub(super) struct Lifecycle<D> {
     /// `disconnect` is under way: no respawn.
     shutting_down: bool,
     disconnect_cbs: Vec<super::DoneFn<D>>,
-    respawn_timers: Vec<Timer>,
+    /// Pending respawns, each with the environment of the worker it
+    /// replaces.
+    respawn_timers: Vec<(Timer, WorkerEnv)>,
+    /// Sends heartbeats while there are workers (`Settings::heartbeat_interval`).
+    heartbeat_timer: Option<Timer>,
+    heartbeat_seq: u32,
     /// The last workers that exited, newest last.
     pub(super) exited: VecDeque<WorkerInfo>,
 }
@@ -63,6 +72,8 @@ impl<D> Lifecycle<D> {
             shutting_down: false,
             disconnect_cbs: Vec::new(),
             respawn_timers: Vec::new(),
+            heartbeat_timer: None,
+            heartbeat_seq: 0,
             exited: VecDeque::with_capacity(EXITED_KEPT),
         })
     }
@@ -77,6 +88,11 @@ impl<D> Lifecycle<D> {
 }
 
 impl<D> Primary<D> {
+    /// Whether a `disconnect` of every worker is under way.
+    pub(super) fn life_shutting_down(&self) -> bool {
+        self.life.shutting_down
+    }
+
     /// Whether a restart storm stopped respawning.
     pub fn respawn_stopped(&self) -> bool {
         self.life.governor.stormed()
@@ -103,7 +119,9 @@ impl<D> Primary<D> {
         if matches!(w.info.status, WorkerStatus::Starting | WorkerStatus::Online) {
             w.info.status = WorkerStatus::Listening;
         }
+        w.listened = true;
         let info = w.info();
+        self.life.governor.on_started();
         if let Some(ip) = ip {
             self.events.queue.push_back(Event::Listening(info, SocketAddr::new(ip, port)));
         }
@@ -149,6 +167,35 @@ impl<D> Primary<D> {
         w.disconnecting = true;
         w.info.status = WorkerStatus::Disconnecting;
         let _ = self.send_to(lp, id, &Frame::Disconnect);
+        // Every drain ends: past the deadline, the worker is killed.
+        let timeout = self.settings.drain_timeout;
+        let timer = self.start_worker_timer(lp, id, timeout, true);
+        if let Some(w) = self.entry_mut(id) {
+            if let Some(old) = std::mem::replace(&mut w.drain_timer, timer) {
+                let _ = lp.close(old, None);
+            }
+        }
+    }
+
+    /// A one-shot, unreferenced timer whose data word is worker `id`.
+    pub(super) fn start_worker_timer(
+        &mut self,
+        lp: &mut Loop<D>,
+        id: WorkerId,
+        after: Duration,
+        drain: bool,
+    ) -> Option<Timer> {
+        let t = lp.timer_init().ok()?;
+        let cb = if drain { &self.cbs.drain_deadline } else { &self.cbs.startup_deadline };
+        let ok = lp.set_data(t, id as usize).is_ok()
+            && lp.unref_handle(t).is_ok()
+            && lp.timer_start(t, after, Duration::ZERO, cb).is_ok();
+        if ok {
+            Some(t)
+        } else {
+            let _ = lp.close(t, None);
+            None
+        }
     }
 
     /// After `disconnect`: once the table is empty, queue the callbacks
@@ -189,8 +236,11 @@ impl<D: PrimaryData> Primary<D> {
 
     /// Forks one worker with extra environment variables (Node's
     /// `cluster.fork(env)`).
+    /// The environment stays the worker's identity: its respawned or rolled
+    /// replacement is forked with it too.
     pub fn fork_with_env(&mut self, lp: &mut Loop<D>, extra_env: &[(&str, &str)]) -> Result<WorkerId> {
-        let id = self.fork_worker(lp, extra_env);
+        let env = extra_env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
+        let id = self.fork_worker(lp, env);
         self.schedule_drain(lp);
         id
     }
@@ -202,31 +252,35 @@ impl<D: PrimaryData> Primary<D> {
         self.schedule_drain(lp);
     }
 
-    /// Kills worker `id` with `signum` (Node's `worker.kill()`): the channel
-    /// closes now, the process gets the signal, and the worker counts as
-    /// having exited after a disconnect (it is not respawned). The
-    /// `disconnect` event comes from the loop, after this call. `ESRCH` if
-    /// no such worker lives.
+    /// Sends worker `id` the signal `signum` (Node's `worker.kill()`). The
+    /// channel stays up: a signal that does not end the process (`SIGUSR1`
+    /// handled by the worker, say) leaves the worker running and
+    /// connected. If the process ends, its `disconnect` and `exit` events
+    /// follow, and it counts as having exited after a disconnect (it is not
+    /// respawned). A graceful stop of one worker is
+    /// [`disconnect_worker`](Self::disconnect_worker). `ESRCH` if no such
+    /// worker lives.
     pub fn kill(&mut self, lp: &mut Loop<D>, id: WorkerId, signum: i32) -> Result<()> {
         let w = self.entry_mut(id).ok_or(Error::ESRCH)?;
-        w.info.exited_after_disconnect = true;
-        let process = w.process;
-        self.channel_closed(lp, id);
-        let res = match process {
-            Some(p) => lp.process_kill(p, signum),
-            None => Err(Error::ESRCH),
-        };
-        self.schedule_drain(lp);
-        res
+        let process = w.process.ok_or(Error::ESRCH)?;
+        lp.process_kill(process, signum)?;
+        if let Some(w) = self.entry_mut(id) {
+            w.killed = true;
+        }
+        Ok(())
     }
 
     /// Disconnects every worker (Node's `cluster.disconnect(cb)`); `cb` runs
     /// once every worker has exited, always from a later loop turn (even
     /// when there is no worker). No worker is respawned meanwhile.
+    ///
+    /// A rolling restart under way is cancelled (nothing more is forked; its
+    /// callback is dropped).
     pub fn disconnect(&mut self, lp: &mut Loop<D>, cb: impl FnOnce(&mut Loop<D>, &mut D) + 'static) {
         self.life.shutting_down = true;
         self.life.disconnect_cbs.push(Box::new(cb));
-        for t in std::mem::take(&mut self.life.respawn_timers) {
+        self.rolling = None;
+        for (t, _) in std::mem::take(&mut self.life.respawn_timers) {
             let _ = lp.close(t, None);
         }
         let ids: Vec<WorkerId> = self.workers.iter().map(|w| w.info.id).collect();
@@ -238,27 +292,35 @@ impl<D: PrimaryData> Primary<D> {
     }
 
     /// Spawns a worker; its `fork` event is queued.
-    pub(super) fn fork_worker(&mut self, lp: &mut Loop<D>, extra_env: &[(&str, &str)]) -> Result<WorkerId> {
+    pub(super) fn fork_worker(&mut self, lp: &mut Loop<D>, extra_env: WorkerEnv) -> Result<WorkerId> {
         let id = self.life.next_worker_id;
         self.life.next_worker_id += 1;
         let backend = self.settings.backend.unwrap_or(lp.backend());
-        let ours =
-            [ENV_WORKER_ID, ENV_CHANNEL_FD, ENV_SCHED_POLICY, ENV_BACKEND, super::ENV_LOAD_REPORT_MS, ENV_NORMAL_SCHED];
+        let ours = [
+            ENV_WORKER_ID,
+            ENV_CHANNEL_FD,
+            ENV_SCHED_POLICY,
+            ENV_BACKEND,
+            super::ENV_LOAD_REPORT_MS,
+            ENV_NORMAL_SCHED,
+            ENV_DRAIN_GRACE_MS,
+        ];
         let mut env: Vec<(OsString, OsString)> =
             std::env::vars_os().filter(|(k, _)| !ours.iter().any(|o| OsStr::new(o) == k)).collect();
         for (k, v) in &self.settings.env {
             env.retain(|(x, _)| x != k);
             env.push((k.clone(), v.clone()));
         }
-        for (k, v) in extra_env {
-            env.retain(|(x, _)| x != OsStr::new(k));
-            env.push((k.into(), v.into()));
+        for (k, v) in &extra_env {
+            env.retain(|(x, _)| x != k);
+            env.push((k.clone(), v.clone()));
         }
         env.push((ENV_WORKER_ID.into(), id.to_string().into()));
         env.push((ENV_CHANNEL_FD.into(), CHANNEL_FD.to_string().into()));
         env.push((ENV_SCHED_POLICY.into(), self.settings.policy.name().into()));
         env.push((ENV_BACKEND.into(), backend.name().into()));
         env.push((super::ENV_LOAD_REPORT_MS.into(), self.settings.load_report.as_millis().to_string().into()));
+        env.push((ENV_DRAIN_GRACE_MS.into(), self.settings.drain_grace.as_millis().to_string().into()));
         if self.life.batch_sched {
             env.push((ENV_NORMAL_SCHED.into(), "1".into()));
         }
@@ -296,6 +358,7 @@ impl<D: PrimaryData> Primary<D> {
             connected: true,
             exited_after_disconnect: false,
             unacked: 0,
+            open_connections: 0,
         };
         // The spawn connected the socket: from now on it is the channel.
         let channel = match lp.pipe_stream(pipe) {
@@ -317,9 +380,17 @@ impl<D: PrimaryData> Primary<D> {
             channel,
             decoder: Some(FrameDecoder::new()),
             disconnecting: false,
+            env: extra_env,
+            killed: false,
+            listened: false,
+            forked_at: lp.now(),
+            last_heard: lp.now(),
+            drain_timer: None,
+            startup_timer: None,
             conns: super::handoff::WorkerConns::new(),
         });
         self.events.queue.push_back(Event::Fork(info));
+        self.start_heartbeats(lp);
         if !read_ok {
             self.channel_closed(lp, id);
         }
@@ -332,27 +403,108 @@ impl<D: PrimaryData> Primary<D> {
         self.channel_closed(lp, id);
         let Some(i) = self.workers.iter().position(|w| w.info.id == id) else { return };
         let w = self.workers.remove(i);
+        for t in [w.drain_timer, w.startup_timer].into_iter().flatten() {
+            let _ = lp.close(t, None);
+        }
+        if self.workers.is_empty() {
+            if let Some(t) = self.life.heartbeat_timer.take() {
+                let _ = lp.close(t, None);
+            }
+        }
         let mut info = w.info();
         info.status = WorkerStatus::Dead;
         info.connected = false;
+        info.exited_after_disconnect |= w.killed;
         if self.life.exited.len() >= EXITED_KEPT {
             self.life.exited.pop_front();
         }
         self.life.exited.push_back(info);
         self.events.queue.push_back(Event::Exit(info, code, signal));
         let crashed = !info.exited_after_disconnect;
-        if crashed && self.settings.respawn.enabled && !self.life.shutting_down {
-            match self.life.governor.on_crash(lp.now()) {
-                RespawnDecision::After(ms) => self.schedule_respawn(lp, ms),
-                RespawnDecision::Storm => self.events.queue.push_back(Event::Storm),
+        // A worker in a rolling swap is not respawned: the old one's
+        // replacement is already there; a replacement that died leaves its
+        // old worker in place (a failed start). Either way the table stays
+        // at its target.
+        let swapping = self.rolling_swap_member(id);
+        if crashed && swapping && !self.life.shutting_down {
+            let now = lp.now();
+            let decision =
+                if w.listened { self.life.governor.on_crash(now) } else { self.life.governor.on_failed_start(now) };
+            if decision == RespawnDecision::Storm {
+                self.events.queue.push_back(Event::Storm);
+            }
+        }
+        if crashed && !swapping && self.settings.respawn.enabled && !self.life.shutting_down {
+            // A crash before it ever listened, soon after its fork, is a
+            // failed start (a listen that cannot succeed, say).
+            let now = lp.now();
+            let early = now.saturating_sub(w.forked_at) < self.settings.startup_timeout.as_millis() as u64;
+            let decision = if early && !w.listened {
+                self.life.governor.on_failed_start(now)
+            } else {
+                self.life.governor.on_crash(now)
+            };
+            match decision {
+                RespawnDecision::After(ms) => self.schedule_respawn(lp, ms, w.env),
+                RespawnDecision::Storm => {
+                    // No respawn waits any more: the primary can end as soon
+                    // as its last worker has.
+                    for (t, _) in std::mem::take(&mut self.life.respawn_timers) {
+                        let _ = lp.close(t, None);
+                    }
+                    self.events.queue.push_back(Event::Storm);
+                }
             }
         }
     }
 
-    fn schedule_respawn(&mut self, lp: &mut Loop<D>, ms: u64) {
+    /// Starts the heartbeat timer (unreferenced) if it is not running.
+    fn start_heartbeats(&mut self, lp: &mut Loop<D>) {
+        let every = self.settings.heartbeat_interval;
+        if every.is_zero() || self.life.heartbeat_timer.is_some() {
+            return;
+        }
+        let Ok(t) = lp.timer_init() else { return };
+        if lp.unref_handle(t).is_ok() && lp.timer_start(t, every, every, &self.cbs.heartbeat).is_ok() {
+            self.life.heartbeat_timer = Some(t);
+        } else {
+            let _ = lp.close(t, None);
+        }
+    }
+
+    /// A heartbeat tick: a worker silent past the timeout is killed and its
+    /// unacknowledged connections go to others now; the rest are asked.
+    fn heartbeat_tick(&mut self, lp: &mut Loop<D>) {
+        let now = lp.now();
+        let timeout = self.settings.heartbeat_timeout.as_millis() as u64;
+        self.life.heartbeat_seq = self.life.heartbeat_seq.wrapping_add(1);
+        let seq = self.life.heartbeat_seq;
+        let mut i = 0;
+        while i < self.workers.len() {
+            let w = &self.workers[i];
+            i += 1;
+            // A worker not online yet is the startup's business.
+            if w.channel.is_none() || w.info.status == WorkerStatus::Starting {
+                continue;
+            }
+            let id = w.info.id;
+            if now.saturating_sub(w.last_heard) <= timeout {
+                let _ = self.send_to(lp, id, &Frame::Heartbeat { seq });
+                continue;
+            }
+            if let Some(p) = w.process {
+                let _ = lp.process_kill(p, libc::SIGKILL);
+            }
+            let info = w.info();
+            self.events.queue.push_back(Event::Unresponsive(info));
+            self.channel_closed(lp, id);
+        }
+    }
+
+    fn schedule_respawn(&mut self, lp: &mut Loop<D>, ms: u64, env: WorkerEnv) {
         let Ok(t) = lp.timer_init() else { return };
         if lp.timer_start(t, Duration::from_millis(ms), Duration::ZERO, &self.cbs.respawn).is_ok() {
-            self.life.respawn_timers.push(t);
+            self.life.respawn_timers.push((t, env));
         } else {
             let _ = lp.close(t, None);
         }
@@ -380,10 +532,49 @@ pub(super) fn on_respawn<D: PrimaryData>(pid: PrimaryId) -> OnTimer<D> {
     OnTimer::new(move |lp, d: &mut D, t| {
         let _ = lp.close(t, None);
         let Some(p) = d.primary_by_id(pid) else { return };
-        p.life.respawn_timers.retain(|&x| x != t);
-        if !p.life.shutting_down {
-            let _ = p.fork_worker(lp, &[]);
+        let Some(i) = p.life.respawn_timers.iter().position(|(x, _)| *x == t) else { return };
+        let (_, env) = p.life.respawn_timers.swap_remove(i);
+        if !p.life.shutting_down && !p.life.governor.stormed() {
+            let _ = p.fork_worker(lp, env);
             drain_events(lp, d, pid);
         }
+    })
+}
+
+/// A disconnecting worker's drain deadline passed: it is killed.
+pub(super) fn on_drain_deadline<D: PrimaryData>(pid: PrimaryId) -> OnTimer<D> {
+    OnTimer::new(move |lp, d: &mut D, t| {
+        let _ = lp.close(t, None);
+        let Some(p) = d.primary_by_id(pid) else { return };
+        let id = lp.data(t).unwrap_or(0) as WorkerId;
+        let Some(w) = p.entry_mut(id).filter(|w| w.drain_timer == Some(t)) else { return };
+        w.drain_timer = None;
+        let _ = p.kill(lp, id, libc::SIGKILL);
+    })
+}
+
+/// A rolling replacement did not start in time: it is killed, and counts as
+/// a failed start (the worker it was to replace stays).
+pub(super) fn on_startup_deadline<D: PrimaryData>(pid: PrimaryId) -> OnTimer<D> {
+    OnTimer::new(move |lp, d: &mut D, t| {
+        let _ = lp.close(t, None);
+        let Some(p) = d.primary_by_id(pid) else { return };
+        let id = lp.data(t).unwrap_or(0) as WorkerId;
+        let Some(w) = p.entry_mut(id).filter(|w| w.startup_timer == Some(t)) else { return };
+        w.startup_timer = None;
+        if p.life.governor.on_failed_start(lp.now()) == RespawnDecision::Storm {
+            p.events.queue.push_back(Event::Storm);
+        }
+        let _ = p.kill(lp, id, libc::SIGKILL);
+        drain_events(lp, d, pid);
+    })
+}
+
+/// The heartbeat timer fired.
+pub(super) fn on_heartbeat<D: PrimaryData>(pid: PrimaryId) -> OnTimer<D> {
+    OnTimer::new(move |lp, d: &mut D, _t| {
+        let Some(p) = d.primary_by_id(pid) else { return };
+        p.heartbeat_tick(lp);
+        drain_events(lp, d, pid);
     })
 }

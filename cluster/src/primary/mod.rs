@@ -169,6 +169,7 @@ pub struct WorkerInfo {
     connected: bool,
     exited_after_disconnect: bool,
     unacked: usize,
+    open_connections: u32,
 }
 
 impl WorkerInfo {
@@ -206,6 +207,12 @@ impl WorkerInfo {
     pub fn unacked_connections(&self) -> usize {
         self.unacked
     }
+
+    /// The open connections the worker last reported (its load; under
+    /// `rr`, every `Settings::load_report`).
+    pub fn open_connections(&self) -> u32 {
+        self.open_connections
+    }
 }
 
 /// A live worker in the table.
@@ -216,6 +223,22 @@ struct WorkerEntry {
     /// The channel's decoder; out of the entry while a chunk is decoded.
     decoder: Option<FrameDecoder>,
     disconnecting: bool,
+    /// The extra environment it was forked with: its respawned or rolled
+    /// replacement gets it too.
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// `kill` signalled it: its exit counts as after a disconnect.
+    killed: bool,
+    /// A server of it listened (it started).
+    listened: bool,
+    /// `lp.now()` at its fork.
+    forked_at: u64,
+    /// `lp.now()` when its channel last brought bytes (or at its fork).
+    last_heard: u64,
+    /// Kills it if a disconnect has not ended by `Settings::drain_timeout`.
+    drain_timer: Option<Timer>,
+    /// Kills a rolling replacement that has not started by
+    /// `Settings::startup_timeout`.
+    startup_timer: Option<Timer>,
     /// Hand-off state: connections sent and not yet acknowledged, the
     /// batch being built, the reported load.
     conns: handoff::WorkerConns,
@@ -224,7 +247,7 @@ struct WorkerEntry {
 impl WorkerEntry {
     /// The worker as it is now.
     fn info(&self) -> WorkerInfo {
-        WorkerInfo { unacked: self.conns.unacked.len(), ..self.info }
+        WorkerInfo { unacked: self.conns.unacked.len(), open_connections: self.conns.reported_load, ..self.info }
     }
 }
 
@@ -244,6 +267,7 @@ enum Event<D> {
     Disconnect(WorkerInfo),
     Exit(WorkerInfo, i64, i32),
     Storm,
+    Unresponsive(WorkerInfo),
     /// `Primary::disconnect` is complete (its callbacks follow as `Done`):
     /// respawning may resume.
     ShutdownDone,
@@ -259,6 +283,7 @@ struct Events<D> {
     disconnect: Option<Rc<WorkerFn<D>>>,
     exit: Option<Rc<ExitFn<D>>>,
     storm: Option<Rc<StormFn<D>>>,
+    unresponsive: Option<Rc<WorkerFn<D>>>,
     queue: VecDeque<Event<D>>,
     /// The zero-delay timer that delivers events queued by an API call.
     drain_timer: Option<Timer>,
@@ -274,6 +299,9 @@ struct LoopCallbacks<D> {
     dispatch: OnHook<D>,
     respawn: OnTimer<D>,
     drain: OnTimer<D>,
+    drain_deadline: OnTimer<D>,
+    startup_deadline: OnTimer<D>,
+    heartbeat: OnTimer<D>,
 }
 
 /// The primary process's side of the cluster (Node's `cluster` in the
@@ -402,6 +430,7 @@ impl<D: PrimaryData> Primary<D> {
                 disconnect: None,
                 exit: None,
                 storm: None,
+                unresponsive: None,
                 queue: VecDeque::with_capacity(16),
                 drain_timer: None,
             },
@@ -413,6 +442,9 @@ impl<D: PrimaryData> Primary<D> {
                 dispatch: handoff::on_dispatch(id),
                 respawn: lifecycle::on_respawn(id),
                 drain: on_drain(id),
+                drain_deadline: lifecycle::on_drain_deadline(id),
+                startup_deadline: lifecycle::on_startup_deadline(id),
+                heartbeat: lifecycle::on_heartbeat(id),
             },
         })
     }
@@ -453,6 +485,13 @@ impl<D: PrimaryData> Primary<D> {
     /// Respawning stopped because of a restart storm: `(loop, data)`.
     pub fn on_restart_storm(&mut self, cb: impl Fn(&mut Loop<D>, &mut D) + 'static) {
         self.events.storm = Some(Rc::new(cb));
+    }
+
+    /// A worker missed its heartbeats for `Settings::heartbeat_timeout`
+    /// and was killed (its `disconnect` and `exit` events follow):
+    /// `(loop, data, worker)`.
+    pub fn on_unresponsive(&mut self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerInfo) + 'static) {
+        self.events.unresponsive = Some(Rc::new(cb));
     }
 
     /// Delivers the queued events from a loop callback soon (a zero-delay
@@ -534,6 +573,11 @@ fn drain_events<D: PrimaryData>(lp: &mut Loop<D>, d: &mut D, pid: PrimaryId) {
                     p.rolling_on_exit(lp, info.id);
                 }
             }
+            Event::Unresponsive(info) => {
+                if let Some(cb) = p.events.unresponsive.clone() {
+                    cb(lp, d, &info);
+                }
+            }
             Event::Storm => {
                 if let Some(cb) = p.events.storm.clone() {
                     cb(lp, d);
@@ -561,6 +605,10 @@ fn on_channel_read<D: PrimaryData>(pid: PrimaryId) -> OnRead<D, PipeStream> {
         };
         let ok = match res {
             Ok(bytes) => {
+                let now = lp.now();
+                if let Some(w) = d.primary_by_id(pid).and_then(|p| p.entry_mut(id)) {
+                    w.last_heard = now;
+                }
                 let mut handler = |lp: &mut Loop<D>, dec: Decoded<'_>| handle_frame(lp, d, pid, id, pipe, dec);
                 // A worker that sends garbage loses its channel.
                 !matches!(
@@ -603,6 +651,8 @@ fn handle_frame<D: PrimaryData>(
         Frame::Close { listener_id } => p.leave_listener(lp, listener_id, id),
         Frame::ExitedAfterDisconnect => p.worker_leaving(id),
         Frame::Load { open_connections } => p.on_load(id, open_connections),
+        // Any frame shows the worker's loop runs (`on_channel_read`).
+        Frame::Heartbeat { .. } => {}
         Frame::Message { bytes, .. } => {
             let (cb, info) = (p.events.message.clone(), p.worker(id));
             if let (Some(cb), Some(info)) = (cb, info) {

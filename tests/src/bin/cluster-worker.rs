@@ -263,6 +263,42 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                 }),
             );
         }
+        // Serve, but spin (a busy loop, for ever) at the first connection:
+        // the loop stops answering heartbeats, and the rest of its batch
+        // stays unacknowledged.
+        "spin-on-first" => {
+            listen(
+                lp,
+                port_env(),
+                &OnConnection::new(move |lp, _, srv, res| {
+                    if res.is_ok() {
+                        let _c = lp.accept(srv);
+                        loop {
+                            std::hint::spin_loop();
+                        }
+                    }
+                }),
+            );
+        }
+        // Say "drain <grace ms>" when told to drain (by the primary, or by
+        // this worker's own disconnect when the primary says "leave").
+        "drain-report" => {
+            w.on_drain(|lp, d, grace| send(lp, d, &format!("drain {}", grace.as_millis())));
+            w.on_message(|lp, d, msg, _| {
+                if msg == b"leave" {
+                    if let Some(w) = d.worker() {
+                        w.disconnect(lp);
+                    }
+                }
+            });
+        }
+        // Serve, only as worker 1: a later worker (a rolling replacement)
+        // never listens.
+        "serve-first-only" => {
+            if id == 1 {
+                listen(lp, port_env(), &serving(id));
+            }
+        }
         // Two servers on port 0, closed and listened again; report ports.
         "two-servers" => {
             let conn = serving(id);
@@ -293,6 +329,18 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                     listen(lp, port_env(), &conn);
                 }
             });
+        }
+        // Say "tag <TAG>" (TAG from the environment given at fork), answer
+        // SIGUSR1 with "usr1 <TAG>" (the signal does not end the worker), and
+        // stay connected until told otherwise.
+        "tagged" => {
+            let tag = std::env::var("TAG").unwrap_or_default();
+            let said = format!("tag {tag}");
+            let on_usr1 = uvring::OnSignal::new(move |lp, d: &mut State, _, _| send(lp, d, &format!("usr1 {tag}")));
+            let sig = lp.signal_start(libc::SIGUSR1, &on_usr1).expect("signal");
+            lp.unref_handle(sig).expect("unref");
+            // Said once the handler is in place.
+            send(lp, state, &said);
         }
         // Exit with status 42 once online.
         "exit42" => std::process::exit(42),

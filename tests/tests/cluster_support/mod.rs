@@ -4,6 +4,8 @@
 //! clients on helper threads, and a graceful shutdown.
 #![allow(dead_code)]
 
+pub mod hello;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver};
