@@ -213,6 +213,10 @@ pub struct Worker<D> {
     /// `begin_disconnect` ran: shut the channel down after the acks
     /// (`Some(primary_initiated)`).
     shutdown_due: Option<bool>,
+    /// The last `recvmsg` lost its fds (`MSG_CTRUNC`: this process is at its
+    /// fd limit): the connections of the bytes that come with it are
+    /// refused, and the primary gives them to another worker.
+    fds_lost: bool,
 }
 
 impl<D> std::fmt::Debug for Worker<D> {
@@ -538,6 +542,7 @@ impl<D: WorkerData> Worker<D> {
             delivery_hook: None,
             turn_hook: None,
             shutdown_due: None,
+            fds_lost: false,
         };
         let hook = lp.hook_init(HookKind::Prepare)?;
         lp.unref_handle(hook)?;
@@ -699,10 +704,23 @@ fn on_channel_read<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream,
         // Acks go out after the connections' callbacks ran, with the
         // others of that loop iteration.
         Ok(bytes) => {
+            if d.worker().is_some_and(|w| std::mem::take(&mut w.fds_lost)) {
+                decoder.note_fds_lost(bytes.len());
+            }
             let mut handler = |lp: &mut Loop<D>, dec: Decoded<'_>| handle_frame(lp, d, pipe, dec);
             feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler).is_ok()
         }
-        // EOF, a truncated control message (fds lost), or an error.
+        // A truncated control message: the kernel dropped the fds that came
+        // with the bytes that follow (this process is at its fd limit). The
+        // primary is fine: the connections of those bytes are refused, and
+        // it hands them to another worker.
+        Err(e) if e == Error::CONTROL_TRUNCATED => {
+            if let Some(w) = d.worker() {
+                w.fds_lost = true;
+            }
+            true
+        }
+        // EOF, or an error.
         Err(_) => false,
     };
     if ok {

@@ -49,6 +49,8 @@ impl Handoff {
 pub(super) struct PendingConn {
     listener_id: u32,
     attempts: u8,
+    /// Workers that refused it (one at its fd limit does).
+    refusals: u8,
     exclude: Option<WorkerId>,
     pub(super) fd: OwnedFd,
 }
@@ -58,6 +60,7 @@ pub(super) struct Unacked {
     seq: u64,
     listener_id: u32,
     attempts: u8,
+    refusals: u8,
     pub(super) fd: OwnedFd,
 }
 
@@ -108,7 +111,7 @@ pub(super) fn on_rr_connection<D: PrimaryData>(pid: PrimaryId) -> OnConnection<D
         let Some(p) = d.primary_by_id(pid) else { return };
         let listener_id = lp.data(server).unwrap_or(0) as u32;
         while let Ok(fd) = lp.accept_fd(server) {
-            p.handoff.pending.push_back(PendingConn { listener_id, attempts: 0, exclude: None, fd });
+            p.handoff.pending.push_back(PendingConn { listener_id, attempts: 0, refusals: 0, exclude: None, fd });
         }
     })
 }
@@ -155,9 +158,15 @@ impl<D> Primary<D> {
         }
         let mut broken: [WorkerId; 8] = [0; 8];
         let mut nbroken = 0;
+        // A connection refused more times than there are connected workers
+        // is closed (and counted), not sent round again: they are all at
+        // their limits. (A worker that refused and then left counts no
+        // more; the margin of one keeps its refusals from closing what the
+        // others would take.)
+        let routable = self.workers.iter().filter(|e| e.channel.is_some()).count();
         while let Some(conn) = self.handoff.pending.pop_front() {
             let stats = &mut self.handoff.stats;
-            if conn.attempts >= MAX_ATTEMPTS {
+            if conn.attempts >= MAX_ATTEMPTS || usize::from(conn.refusals) > routable {
                 stats.closed_unroutable += 1;
                 continue;
             }
@@ -187,7 +196,13 @@ impl<D> Primary<D> {
                 c.batch_first_seq = seq;
             }
             c.batch_len += 1;
-            c.unacked.push_back(Unacked { seq, listener_id: conn.listener_id, attempts: conn.attempts, fd: conn.fd });
+            c.unacked.push_back(Unacked {
+                seq,
+                listener_id: conn.listener_id,
+                attempts: conn.attempts,
+                refusals: conn.refusals,
+                fd: conn.fd,
+            });
         }
         for w in self.workers.iter_mut() {
             if w.conns.batch_len > 0 && flush_batch(&mut self.writer, lp, w).is_err() && nbroken < broken.len() {
@@ -218,6 +233,7 @@ impl<D> Primary<D> {
                 handoff.pending.push_back(PendingConn {
                     listener_id: u.listener_id,
                     attempts: u.attempts.saturating_add(1),
+                    refusals: u.refusals.saturating_add(1),
                     exclude: Some(id),
                     fd: u.fd,
                 });
@@ -243,6 +259,7 @@ impl<D> Primary<D> {
             let conn = PendingConn {
                 listener_id: u.listener_id,
                 attempts: u.attempts.saturating_add(1),
+                refusals: u.refusals,
                 exclude: Some(id),
                 fd: u.fd,
             };

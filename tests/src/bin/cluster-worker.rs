@@ -99,6 +99,14 @@ fn main() {
         primary_main(&scenario);
         return;
     }
+    // NOFILE=n: this worker's RLIMIT_NOFILE, set before anything opens an fd
+    // (the limits test runs workers at 64).
+    if let Some(n) = std::env::var("NOFILE").ok().and_then(|v| v.parse::<u64>().ok()) {
+        let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+        // SAFETY: plain syscall with a valid, initialized struct.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        assert_eq!(rc, 0, "setrlimit NOFILE {n}");
+    }
     let mut lp: Lp = Loop::new().expect("loop");
     let mut state = State { worker: Some(Worker::init(&mut lp).expect("worker init")), ..State::default() };
     worker_main(&mut lp, &mut state, &scenario);
