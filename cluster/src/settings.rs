@@ -19,6 +19,11 @@ pub const ENV_BACKEND: &str = "UVRING_BACKEND";
 /// ([`Settings::batch_scheduling`]): its workers, which inherit the policy,
 /// move back to the normal one at `Worker::init`.
 pub const ENV_NORMAL_SCHED: &str = "UVRING_CLUSTER_NORMAL_SCHED";
+/// Environment variable passing [`Settings::max_message_len`] to workers, so
+/// that both ends of a channel hold the same limit.
+pub const ENV_MAX_MESSAGE_LEN: &str = "UVRING_CLUSTER_MAX_MESSAGE";
+/// Default [`Settings::max_message_len`]: 1 MiB.
+pub const DEFAULT_MAX_MESSAGE_LEN: usize = 1 << 20;
 
 /// How connections reach workers.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -182,6 +187,14 @@ pub struct Settings {
     /// `reuseport` (bench/RESULTS.md). Workers keep the normal policy.
     /// Default: on.
     pub batch_scheduling: bool,
+    /// The largest frame payload either end of a channel sends or accepts:
+    /// a user message's bytes, a store request's key and value plus 8
+    /// bytes. A send above it fails with `EMSGSIZE` and sends nothing; the
+    /// workers get the same limit (`UVRING_CLUSTER_MAX_MESSAGE`). Each
+    /// channel's receive buffer is this large (allocated once, at fork), so
+    /// raise it only as far as needed. Default 1 MiB
+    /// ([`DEFAULT_MAX_MESSAGE_LEN`]).
+    pub max_message_len: usize,
 }
 
 impl Default for Settings {
@@ -198,6 +211,7 @@ impl Default for Settings {
             load_report: Duration::from_millis(50),
             load_slack: crate::schedule::DEFAULT_LOAD_SLACK,
             batch_scheduling: true,
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
         }
     }
 }
@@ -239,6 +253,8 @@ setters!(
     load_slack: u32,
     /// Sets whether the primary runs under `SCHED_BATCH` under `rr`.
     batch_scheduling: bool,
+    /// Sets the message size limit of both ends of every channel.
+    max_message_len: usize,
 );
 
 /// The number of CPUs this process may run on (at least 1).

@@ -54,7 +54,9 @@ use crate::proto::{
     Decoded, Frame, FrameDecoder, FrameFds, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus,
 };
 use crate::schedule::WorkerId;
-use crate::settings::{SchedPolicy, ENV_CHANNEL_FD, ENV_NORMAL_SCHED, ENV_SCHED_POLICY, ENV_WORKER_ID};
+use crate::settings::{
+    SchedPolicy, ENV_CHANNEL_FD, ENV_MAX_MESSAGE_LEN, ENV_NORMAL_SCHED, ENV_SCHED_POLICY, ENV_WORKER_ID,
+};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -517,13 +519,18 @@ impl<D: WorkerData> Worker<D> {
         let policy = std::env::var(ENV_SCHED_POLICY).ok().and_then(|v| SchedPolicy::parse(&v)).unwrap_or_default();
         let load_ms: u64 =
             std::env::var(crate::primary::ENV_LOAD_REPORT_MS).ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+        let max_message = std::env::var(ENV_MAX_MESSAGE_LEN)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(crate::settings::DEFAULT_MAX_MESSAGE_LEN);
+        std::env::remove_var(ENV_MAX_MESSAGE_LEN);
         let pipe = lp.pipe_open(owned, true)?;
         let mut worker = Worker {
             id,
             policy,
             channel: Some(pipe),
-            decoder: Some(FrameDecoder::new()),
-            writer: FrameWriter::new(),
+            decoder: Some(crate::channel::decoder(max_message)),
+            writer: FrameWriter::new(max_message),
             servers: Vec::with_capacity(8),
             indexes: Vec::new(),
             next_seq: 1,
@@ -623,7 +630,9 @@ impl<D: WorkerData> Worker<D> {
         self.on_primary_gone = Some(Rc::new(cb));
     }
 
-    /// Sends a user message to the primary.
+    /// Sends a user message to the primary. `EMSGSIZE`, and nothing sent,
+    /// when `bytes` is longer than the cluster's
+    /// [`max_message_len`](crate::Settings::max_message_len).
     pub fn send(&mut self, lp: &mut Loop<D>, bytes: &[u8]) -> Result<()> {
         self.send_frame(lp, &Frame::Message { bytes, nfds: 0 })
     }
@@ -658,7 +667,9 @@ impl<D: WorkerData> Worker<D> {
     }
 
     /// Writes `key` = `value` in the primary's shared store; `cb` gets
-    /// `(loop, data, result)`, from the loop.
+    /// `(loop, data, result)`, from the loop. `EMSGSIZE`, and nothing sent
+    /// (`cb` dropped), when key and value together with 8 bytes are longer
+    /// than the cluster's [`max_message_len`](crate::Settings::max_message_len).
     pub fn store_set(
         &mut self,
         lp: &mut Loop<D>,

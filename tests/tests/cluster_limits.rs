@@ -10,6 +10,24 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// A cluster of one "messages" worker with this message size limit, whose
+/// large messages are logged as "received <len>".
+fn message_cluster(lp: &mut uvring::Loop<Cluster>, policy: uvring_cluster::SchedPolicy, limit: usize) -> Cluster {
+    let mut c = Cluster::new(lp, settings(policy, "messages", 1).max_message_len(limit));
+    c.primary.on_message(|_, d, w, bytes, _| {
+        let text = if bytes.len() > 1000 {
+            let ok = bytes.iter().enumerate().all(|(i, &x)| x == (i % 251) as u8);
+            format!("received {} {ok}", bytes.len())
+        } else {
+            String::from_utf8_lossy(bytes).into_owned()
+        };
+        d.log.messages.push((w.id(), text));
+    });
+    c.primary.start(lp).unwrap();
+    wait_for(lp, &mut c, |l| l.has_message("hello from worker"));
+    c
+}
+
 /// Runs the loop for `d` (so workers and primary settle).
 fn settle(lp: &mut uvring::Loop<Cluster>, c: &mut Cluster, d: Duration) {
     let until = Instant::now() + d;
@@ -59,6 +77,58 @@ cluster_test! {
         assert_eq!(answered, 200, "every client answered: {:?}", answers.iter().find(|a| !a.as_ref().is_ok_and(|s| s.starts_with("worker "))));
         assert!(c.log.exits.is_empty(), "no worker exits: {:?}", c.log.exits);
         assert_eq!(c.log.pids.len(), 2, "nothing respawned");
+        shutdown(lp, &mut c);
+    }
+
+    // The message size limit holds both ways: a send above it returns
+    // EMSGSIZE and sends nothing (the channel and the worker live on); a
+    // send of exactly the limit goes through; so does a store `set` under
+    // it, and one above it fails at the call.
+    fn message_size_limit(lp, policy) [rr = RoundRobin] {
+        const LIMIT: usize = 64 * 1024;
+        const EMSGSIZE: &str = "90";
+        let mut c = message_cluster(lp, policy, LIMIT);
+        let w = c.primary.workers()[0].id();
+        let over: Vec<u8> = (0..LIMIT + 1).map(|i| (i % 251) as u8).collect();
+        assert_eq!(c.primary.send(lp, w, &over), Err(uvring::Error::EMSGSIZE));
+        c.primary.send(lp, w, &over[..LIMIT]).unwrap();
+        wait_for(lp, &mut c, |l| l.count_prefix("big ") == 1);
+        assert!(c.log.has_message(&format!("big {LIMIT} true false")), "{:?}", c.log.messages);
+        for cmd in [format!("try-send {}", LIMIT + 1), format!("try-send {LIMIT}"), format!("try-set {LIMIT}"), "try-set 1000".into()] {
+            c.primary.send(lp, w, cmd.as_bytes()).unwrap();
+        }
+        wait_for(lp, &mut c, |l| l.has_message("stored 1000 ok"));
+        let log = &c.log;
+        assert!(log.has_message(&format!("sent {} {EMSGSIZE}", LIMIT + 1)), "{:?}", log.messages);
+        assert!(log.has_message(&format!("sent {LIMIT} ok")), "{:?}", log.messages);
+        assert!(log.has_message(&format!("received {LIMIT} true")), "{:?}", log.messages);
+        assert!(log.has_message(&format!("set {LIMIT} {EMSGSIZE}")), "{:?}", log.messages);
+        assert!(log.has_message("set 1000 ok"), "{:?}", log.messages);
+        assert_eq!(log.count_prefix("received "), 1, "nothing above the limit arrived: {:?}", log.messages);
+        assert_eq!(c.primary.store_get(b"big").map(<[u8]>::len), Some(1000));
+        // Still connected both ways.
+        c.primary.send(lp, w, b"ping").unwrap();
+        wait_for(lp, &mut c, |l| l.has_message("echo ping"));
+        assert!(c.log.disconnects.is_empty() && c.log.exits.is_empty(), "{:?}", c.log);
+        shutdown(lp, &mut c);
+    }
+
+    // The limit can be raised (for both ends): 3 MB messages both ways.
+    fn message_size_limit_raised(lp, policy) [rr = RoundRobin] {
+        const BIG: usize = 3_000_000;
+        let mut c = message_cluster(lp, policy, 4 << 20);
+        let w = c.primary.workers()[0].id();
+        let payload: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
+        c.primary.send(lp, w, &payload).unwrap();
+        c.primary.send(lp, w, format!("try-send {BIG}").as_bytes()).unwrap();
+        c.primary.send(lp, w, format!("try-set {BIG}").as_bytes()).unwrap();
+        wait_for(lp, &mut c, |l| l.has_message(&format!("stored {BIG} ok")));
+        let log = &c.log;
+        assert!(log.has_message(&format!("big {BIG} true false")), "{:?}", log.messages);
+        assert!(log.has_message(&format!("sent {BIG} ok")), "{:?}", log.messages);
+        assert!(log.has_message(&format!("received {BIG} true")), "{:?}", log.messages);
+        assert_eq!(c.primary.store_get(b"big").map(<[u8]>::len), Some(BIG));
+        assert!(c.log.disconnects.is_empty() && c.log.exits.is_empty(), "{:?}", c.log);
         shutdown(lp, &mut c);
     }
 }

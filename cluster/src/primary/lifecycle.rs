@@ -3,10 +3,11 @@
 //! respawn governor, and disconnect and kill, for one worker or all.
 
 use super::{drain_events, Event, Primary, PrimaryData, PrimaryId, WorkerEntry, WorkerInfo, WorkerStatus};
-use crate::proto::{Frame, FrameDecoder, ListenAddress};
+use crate::proto::{Frame, ListenAddress};
 use crate::schedule::{RespawnDecision, RestartGovernor, WorkerId};
 use crate::settings::{
-    ChildOutput, SchedPolicy, Settings, ENV_BACKEND, ENV_CHANNEL_FD, ENV_NORMAL_SCHED, ENV_SCHED_POLICY, ENV_WORKER_ID,
+    ChildOutput, SchedPolicy, Settings, ENV_BACKEND, ENV_CHANNEL_FD, ENV_MAX_MESSAGE_LEN, ENV_NORMAL_SCHED,
+    ENV_SCHED_POLICY, ENV_WORKER_ID,
 };
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -242,8 +243,15 @@ impl<D: PrimaryData> Primary<D> {
         let id = self.life.next_worker_id;
         self.life.next_worker_id += 1;
         let backend = self.settings.backend.unwrap_or(lp.backend());
-        let ours =
-            [ENV_WORKER_ID, ENV_CHANNEL_FD, ENV_SCHED_POLICY, ENV_BACKEND, super::ENV_LOAD_REPORT_MS, ENV_NORMAL_SCHED];
+        let ours = [
+            ENV_WORKER_ID,
+            ENV_CHANNEL_FD,
+            ENV_SCHED_POLICY,
+            ENV_BACKEND,
+            super::ENV_LOAD_REPORT_MS,
+            ENV_NORMAL_SCHED,
+            ENV_MAX_MESSAGE_LEN,
+        ];
         let mut env: Vec<(OsString, OsString)> =
             std::env::vars_os().filter(|(k, _)| !ours.iter().any(|o| OsStr::new(o) == k)).collect();
         for (k, v) in &self.settings.env {
@@ -259,6 +267,7 @@ impl<D: PrimaryData> Primary<D> {
         env.push((ENV_SCHED_POLICY.into(), self.settings.policy.name().into()));
         env.push((ENV_BACKEND.into(), backend.name().into()));
         env.push((super::ENV_LOAD_REPORT_MS.into(), self.settings.load_report.as_millis().to_string().into()));
+        env.push((ENV_MAX_MESSAGE_LEN.into(), self.settings.max_message_len.to_string().into()));
         if self.life.batch_sched {
             env.push((ENV_NORMAL_SCHED.into(), "1".into()));
         }
@@ -315,7 +324,7 @@ impl<D: PrimaryData> Primary<D> {
             info,
             process: Some(process),
             channel,
-            decoder: Some(FrameDecoder::new()),
+            decoder: Some(crate::channel::decoder(self.settings.max_message_len)),
             disconnecting: false,
             conns: super::handoff::WorkerConns::new(),
         });

@@ -384,6 +384,7 @@ impl<D: PrimaryData> Primary<D> {
         let _ = lp;
         let id = PrimaryId::next();
         let life = lifecycle::Lifecycle::new(&settings)?;
+        let max_message = settings.max_message_len;
         Ok(Primary {
             id,
             routing: routing::Routing::new(),
@@ -391,7 +392,7 @@ impl<D: PrimaryData> Primary<D> {
             life,
             settings,
             workers: Vec::with_capacity(16),
-            writer: FrameWriter::new(),
+            writer: FrameWriter::new(max_message),
             store: SharedStore::new(),
             rolling: None,
             events: Events {

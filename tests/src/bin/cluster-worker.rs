@@ -130,6 +130,15 @@ fn send(lp: &mut Lp, d: &mut State, msg: &str) {
     }
 }
 
+/// "ok", or the errno of a failed call.
+fn outcome(res: Option<uvring::Result<()>>) -> String {
+    match res {
+        Some(Ok(())) => "ok".into(),
+        Some(Err(e)) => e.errno().unwrap_or(0).to_string(),
+        None => "none".into(),
+    }
+}
+
 /// A connection handler that answers the first bytes with "worker <id>\n"
 /// and then shuts down and closes.
 fn answer_once(id: u32) -> OnRead<State, TcpStream> {
@@ -354,6 +363,23 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                     if let Some(w) = d.worker() {
                         let _ = w.send_with_fds(lp, &payload, &[sock.as_fd()]);
                     }
+                } else if let Some(n) = std::str::from_utf8(msg).ok().and_then(|m| m.strip_prefix("try-send ")) {
+                    // Send n bytes; report how it went ("sent n ok|<errno>").
+                    let n: usize = n.parse().unwrap_or(0);
+                    let payload: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+                    let res = d.worker().map(|w| w.send(lp, &payload));
+                    send(lp, d, &format!("sent {n} {}", outcome(res)));
+                } else if let Some(n) = std::str::from_utf8(msg).ok().and_then(|m| m.strip_prefix("try-set ")) {
+                    // Store a value of n bytes; report the call's result and,
+                    // from its callback, the store's.
+                    let n: usize = n.parse().unwrap_or(0);
+                    let value = vec![7u8; n];
+                    let res = d.worker().map(|w| {
+                        w.store_set(lp, b"big", &value, move |lp, d, r| {
+                            send(lp, d, &format!("stored {n} {}", outcome(Some(r))))
+                        })
+                    });
+                    send(lp, d, &format!("set {n} {}", outcome(res)));
                 } else {
                     let mut reply = b"echo ".to_vec();
                     reply.extend_from_slice(msg);
