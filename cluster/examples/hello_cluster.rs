@@ -189,6 +189,9 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         eprintln!("[primary {me}] worker {} (pid {}) exited {how} (code {code}, signal {signal})", w.id(), w.pid());
     });
     primary.on_restart_storm(move |_, _| eprintln!("[primary {me}] restart storm: no more respawns"));
+    primary.on_channel_error(move |_, _, w, reason| {
+        eprintln!("[primary {me}] worker {} (pid {}) channel error: {reason}", w.id(), w.pid())
+    });
     // Workers that do not leave in time (a connection that never closes)
     // are killed.
     let on_deadline = OnTimer::new(|lp, sup: &mut Supervisor, t| {

@@ -326,6 +326,7 @@ impl<D: PrimaryData> Primary<D> {
             channel,
             decoder: Some(crate::channel::decoder(self.settings.max_message_len)),
             disconnecting: false,
+            fds_lost: false,
             conns: super::handoff::WorkerConns::new(),
         });
         self.events.queue.push_back(Event::Fork(info));
@@ -338,6 +339,13 @@ impl<D: PrimaryData> Primary<D> {
     /// Worker `id`'s process exited: it leaves the table; a crash may be
     /// followed by a respawn (or a restart storm).
     fn worker_exited(&mut self, lp: &mut Loop<D>, id: WorkerId, code: i64, signal: i32) {
+        // The exit came before the channel's EOF was read: the channel ends
+        // here, as unexpectedly as an EOF would have said.
+        if let Some(w) = self.entry(id) {
+            if w.channel.is_some() && !w.disconnecting && !w.info.exited_after_disconnect {
+                self.events.queue.push_back(Event::ChannelError(w.info(), super::ChannelFault::UnexpectedEof));
+            }
+        }
         self.channel_closed(lp, id);
         let Some(i) = self.workers.iter().position(|w| w.info.id == id) else { return };
         let w = self.workers.remove(i);

@@ -423,6 +423,65 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                 let _ = std::fs::File::from(dup).write_all(&[0xff; 64]);
             }
         }
+        // Write bad input on the channel (HOSTILE = random | huge-header |
+        // oversized) and keep running: the primary must report it, kill
+        // this worker and replace it.
+        // HOSTILE_ONCE names a file: the first worker to find it missing
+        // creates it and is hostile; later ones (its replacement) serve.
+        "hostile" if std::env::var_os("HOSTILE_ONCE").is_some_and(|f| std::path::Path::new(&f).exists()) => {
+            listen(lp, port_env(), &serving(id));
+        }
+        "hostile" => {
+            if let Some(f) = std::env::var_os("HOSTILE_ONCE") {
+                std::fs::write(f, b"hostile").expect("HOSTILE_ONCE");
+            }
+            let bytes: Vec<u8> = match std::env::var("HOSTILE").as_deref() {
+                Ok("huge-header") => {
+                    // A Message header claiming 0xFFFFFFF0 bytes.
+                    let mut h = vec![1u8, 0x0b, 0, 0];
+                    h.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+                    h
+                }
+                Ok("oversized") => {
+                    // A whole Message frame one byte above the default limit.
+                    let len = uvring_cluster::DEFAULT_MAX_MESSAGE_LEN + 1;
+                    let mut f = vec![1u8, 0x0b, 0, 0];
+                    f.extend_from_slice(&(len as u32).to_le_bytes());
+                    f.resize(8 + len, b'x');
+                    f
+                }
+                // Bytes from a small xorshift generator, never a valid
+                // header (the first byte is not version 1).
+                _ => {
+                    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+                    let mut v: Vec<u8> = (0..4096)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect();
+                    v[0] = 0xee;
+                    v
+                }
+            };
+            // Outlive the channel: nothing here ends the process.
+            w.on_primary_gone(|_, _| {});
+            let t = lp.timer_init().expect("timer");
+            let every = Duration::from_secs(1);
+            lp.timer_start(t, every, every, &uvring::OnTimer::new(|_, _, _| {})).expect("timer");
+            // SAFETY: fd 3 is this worker's channel (the primary puts it
+            // there), open for the life of the process; borrowed only to
+            // duplicate it.
+            let ch = unsafe { std::os::fd::BorrowedFd::borrow_raw(3) };
+            if let Ok(dup) = ch.try_clone_to_owned() {
+                use std::io::Write;
+                std::thread::spawn(move || {
+                    let _ = std::fs::File::from(dup).write_all(&bytes);
+                });
+            }
+        }
         other => panic!("unknown worker scenario {other:?}"),
     }
 }
