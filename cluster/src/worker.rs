@@ -161,6 +161,8 @@ struct Server {
     address: Option<SocketAddr>,
     /// Closed by the user before the primary answered.
     closed: bool,
+    /// The listen's flags (`TCP_IPV6ONLY`).
+    flags: u32,
 }
 
 /// A connection the primary handed over, until its acknowledgement is
@@ -413,7 +415,9 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
         if w.disconnecting {
             return Some(Err(Error::ENOTCONN));
         }
-        if w.policy == SchedPolicy::ReusePort {
+        // Under reuseport a fixed port is bound here; port 0 asks the
+        // primary, which reserves one port for every worker.
+        if w.policy == SchedPolicy::ReusePort && addr.port() != 0 {
             if let Err(e) = lp.listen_bind(server, addr, flags | TCP_REUSEPORT, backlog) {
                 return Some(Err(e));
             }
@@ -428,6 +432,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
                 backlog,
                 address: Some(real),
                 closed: false,
+                flags,
             });
             // The primary and the user hear of it now: this runs from the
             // loop's pending phase, never from inside `listen`.
@@ -466,6 +471,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
             backlog,
             address: None,
             closed: false,
+            flags,
         });
         Some(Ok(()))
     }
@@ -856,6 +862,9 @@ enum ReplyAction {
     Fail(TcpListener, i32),
     Listening(TcpListener, SocketAddr),
     Adopt(TcpListener, SocketAddr, i32, u32),
+    /// `reuseport`: bind this worker's own socket to the port the primary
+    /// reserved.
+    Bind(TcpListener, SocketAddr, u32, i32, u32),
 }
 
 fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, dec: Decoded<'_>) -> Flow {
@@ -904,6 +913,8 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
                     s.address = Some(addr);
                     if listener_fd {
                         ReplyAction::Adopt(s.stream, addr, s.backlog, listener_id)
+                    } else if w.policy == SchedPolicy::ReusePort {
+                        ReplyAction::Bind(s.stream, addr, s.flags, s.backlog, listener_id)
                     } else {
                         ReplyAction::Listening(s.stream, addr)
                     }
@@ -916,6 +927,19 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
                     None
                 }
                 ReplyAction::Listening(s, addr) => Some((s, addr, listener_id)),
+                ReplyAction::Bind(s, addr, flags, backlog, listener_id) => {
+                    match lp.listen_bind(s, addr, flags | TCP_REUSEPORT, backlog) {
+                        Ok(()) => Some((s, addr, listener_id)),
+                        Err(e) => {
+                            if let Some(i) = w.servers.iter().position(|x| x.stream == s) {
+                                w.remove_server(i);
+                            }
+                            let _ = w.send_frame(lp, &Frame::Close { listener_id });
+                            lp.listen_fail(s, e);
+                            None
+                        }
+                    }
+                }
                 ReplyAction::Adopt(s, addr, backlog, listener_id) => {
                     let adopted = match fds.take(0) {
                         Some(fd) => uvring::os::listen(fd.as_fd(), backlog).and_then(|()| lp.listen_adopt(s, fd, true)),

@@ -32,7 +32,7 @@ pub(super) struct Lifecycle<D> {
     next_worker_id: WorkerId,
     governor: RestartGovernor,
     /// `disconnect` is under way: no respawn.
-    shutting_down: bool,
+    pub(super) shutting_down: bool,
     disconnect_cbs: Vec<super::DoneFn<D>>,
     respawn_timers: Vec<Timer>,
     /// The last workers that exited, newest last.
@@ -234,6 +234,9 @@ impl<D: PrimaryData> Primary<D> {
         for id in ids {
             self.disconnect_one(lp, id);
         }
+        // Listeners kept for workers that are gone close now (the others
+        // close as their last member leaves).
+        self.close_idle_listeners(lp);
         self.check_shutdown_done();
         self.schedule_drain(lp);
     }
@@ -349,6 +352,9 @@ impl<D: PrimaryData> Primary<D> {
         self.channel_closed(lp, id);
         let Some(i) = self.workers.iter().position(|w| w.info.id == id) else { return };
         let w = self.workers.remove(i);
+        if !self.keeps_listeners(id) {
+            self.close_idle_listeners(lp);
+        }
         let mut info = w.info();
         info.status = WorkerStatus::Dead;
         info.connected = false;
