@@ -34,7 +34,7 @@
 //! | 0x07 | `Close`                 | 0        | `listener_id u32 @0` (4 bytes)                                                                                                  |
 //! | 0x08 | `Disconnect`            | 0        | empty                                                                                                                           |
 //! | 0x09 | `ExitedAfterDisconnect` | 0        | empty                                                                                                                           |
-//! | 0x0a | `Load`                  | 0        | `open_connections u32 @0` (4 bytes)                                                                                             |
+//! | 0x0a | `Load`                  | 0        | `open_connections u32 @0` (4 bytes); under `shared`, worker to primary: open plus accepted connections; primary to worker: the most it may hold |
 //! | 0x0b | `Message`               | 0..=16   | user bytes `@0..`                                                                                                               |
 //! | 0x0c | `StoreGet`              | 0        | `req_id u32 @0, key @4..`                                                                                                       |
 //! | 0x0d | `StoreSet`              | 0        | `req_id u32 @0, key_len u32 @4, key @8..8+key_len, value @8+key_len..`                                                         |

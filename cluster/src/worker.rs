@@ -221,7 +221,34 @@ pub struct Worker<D> {
     /// fd limit): the connections of the bytes that come with it are
     /// refused, and the primary gives them to another worker.
     fds_lost: bool,
+    /// `shared`: the balancing state (see [`Share`]).
+    share: Share,
 }
+
+/// Under `shared`, the worker's part of spreading the load (nginx's
+/// `accept_disabled`, cluster-wide): at the end of each loop iteration it
+/// reports its load (open connections plus connections accepted so far)
+/// when it changed, and the primary answers every worker with the most
+/// each may hold: the least-loaded worker's load, in the receiving
+/// worker's own units. A worker more than [`SHARE_SLACK`] above it pauses
+/// accepting ([`Loop::listen_pause`]), so the kernel hands the next
+/// connections to the others; it resumes once back under. The least-loaded
+/// worker never pauses, so some worker always accepts.
+#[derive(Debug, Default)]
+struct Share {
+    /// Handles that are not connections, counted when the shared listener
+    /// was adopted.
+    baseline: Option<usize>,
+    /// The last load reported.
+    reported: Option<u32>,
+    /// The most this worker may hold, from the primary.
+    limit: Option<u32>,
+    paused: bool,
+}
+
+/// How far (load units: one connection accepted and open counts 2) a
+/// `shared` worker may go above the least-loaded one before it pauses.
+const SHARE_SLACK: u32 = 2;
 
 impl<D> std::fmt::Debug for Worker<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -556,6 +583,7 @@ impl<D: WorkerData> Worker<D> {
             turn_hook: None,
             shutdown_due: None,
             fds_lost: false,
+            share: Share::default(),
         };
         let hook = lp.hook_init(HookKind::Prepare)?;
         lp.unref_handle(hook)?;
@@ -568,7 +596,10 @@ impl<D: WorkerData> Worker<D> {
         lp.read_start(pipe, &OnRead::new(on_channel_read::<D>))?;
         lp.set_listen_hook(Some(Rc::new(WorkerHook)));
         worker.send_frame(lp, &Frame::Online)?;
-        if policy == SchedPolicy::RoundRobin && load_ms > 0 {
+        // Under `shared` the same timer re-checks the balance, so a change
+        // seen only in a later iteration (a connection's close completes
+        // after the check hook) is reported while the worker is idle.
+        if matches!(policy, SchedPolicy::RoundRobin | SchedPolicy::Shared) && load_ms > 0 {
             let t = lp.timer_init()?;
             lp.unref_handle(t)?;
             let every = Duration::from_millis(load_ms);
@@ -766,13 +797,76 @@ fn on_prepare<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _h: Hook) {
 /// if a disconnect began.
 fn on_check<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _h: Hook) {
     let Some(w) = d.worker() else { return };
+    if w.policy == SchedPolicy::Shared {
+        w.balance(lp);
+    }
     w.flush_acks(lp);
     maybe_shutdown(lp, d);
+}
+
+impl<D: 'static> Worker<D> {
+    /// `shared`, from the load timer: a paused worker that finds a
+    /// connection waiting in the backlog resumes (until its next balance):
+    /// the kernel may have woken this process for it just as it paused, and
+    /// then no other worker hears of it.
+    fn unstick(&mut self, lp: &mut Loop<D>) {
+        if !self.share.paused || self.disconnecting {
+            return;
+        }
+        let waiting = self
+            .servers
+            .iter()
+            .filter(|s| !s.closed && s.listener_id.is_some())
+            .any(|s| lp.listen_has_pending(s.stream).unwrap_or(false));
+        if waiting {
+            self.share.paused = false;
+            for s in self.servers.iter().filter(|s| !s.closed && s.listener_id.is_some()) {
+                if lp.is_live(s.stream) && !lp.is_closing(s.stream) {
+                    let _ = lp.listen_pause(s.stream, false);
+                }
+            }
+        }
+    }
+
+    /// `shared`: reports this worker's load if it changed, and pauses or
+    /// resumes accepting on the shared listeners (see [`Share`]).
+    fn balance(&mut self, lp: &mut Loop<D>) {
+        let Some(baseline) = self.share.baseline else { return };
+        if self.disconnecting {
+            return;
+        }
+        let mut accepted: u64 = 0;
+        for s in self.servers.iter().filter(|s| !s.closed && s.listener_id.is_some()) {
+            accepted += lp.listen_accepted(s.stream).unwrap_or(0);
+        }
+        let open = lp.handle_count().saturating_sub(baseline) as u64;
+        let load = (open + accepted) as u32;
+        if self.share.reported != Some(load) {
+            self.share.reported = Some(load);
+            let _ = self.send_frame(lp, &Frame::Load { open_connections: load });
+        }
+        let Some(limit) = self.share.limit else { return };
+        // Wrapping difference: loads only grow apart by a few units.
+        let over = load.wrapping_sub(limit) as i32 > SHARE_SLACK as i32;
+        if over != self.share.paused {
+            self.share.paused = over;
+            for s in self.servers.iter().filter(|s| !s.closed && s.listener_id.is_some()) {
+                if lp.is_live(s.stream) && !lp.is_closing(s.stream) {
+                    let _ = lp.listen_pause(s.stream, over);
+                }
+            }
+        }
+    }
 }
 
 fn on_load_report<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _t: Timer) {
     let load = lp.handle_count() as u32;
     let Some(w) = d.worker() else { return };
+    if w.policy == SchedPolicy::Shared {
+        w.balance(lp);
+        w.unstick(lp);
+        return;
+    }
     if load != w.last_load {
         w.last_load = load;
         let _ = w.send_frame(lp, &Frame::Load { open_connections: load });
@@ -946,7 +1040,12 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
                         None => Err(Error::EBADF),
                     };
                     match adopted {
-                        Ok(()) => Some((s, addr, listener_id)),
+                        Ok(()) => {
+                            if w.share.baseline.is_none() {
+                                w.share.baseline = Some(lp.handle_count());
+                            }
+                            Some((s, addr, listener_id))
+                        }
                         Err(e) => {
                             if let Some(i) = w.servers.iter().position(|x| x.stream == s) {
                                 w.remove_server(i);
@@ -983,6 +1082,11 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
             }
         }
         Frame::Disconnect => w.begin_disconnect(lp, true),
+        // `shared`: the most this worker may hold (see `Share`).
+        Frame::Load { open_connections } => {
+            w.share.limit = Some(open_connections);
+            w.balance(lp);
+        }
         // Frames only a worker sends, arriving here: the primary is broken.
         Frame::Online
         | Frame::QueryServer { .. }
@@ -990,7 +1094,6 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
         | Frame::Listening { .. }
         | Frame::Close { .. }
         | Frame::ExitedAfterDisconnect
-        | Frame::Load { .. }
         | Frame::StoreGet { .. }
         | Frame::StoreSet { .. }
         | Frame::StoreDelete { .. } => {}

@@ -10,6 +10,7 @@ use super::{drain_events, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerE
 use crate::channel::FrameWriter;
 use crate::proto::{Frame, MAX_FDS_PER_FRAME};
 use crate::schedule::WorkerId;
+use crate::settings::SchedPolicy;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use uvring::{Error, HandleId, Hook, HookKind, Loop, OnClose, OnConnection, OnHook, PipeStream, Result, TcpListener};
@@ -69,6 +70,11 @@ pub(super) struct WorkerConns {
     pub(super) unacked: VecDeque<Unacked>,
     next_seq: u64,
     reported_load: u32,
+    /// `shared`: the worker's load when it joined the balance, less the
+    /// least load then (so it joins level with the least-loaded worker),
+    /// and the limit last sent to it (see `Primary::rebalance`).
+    share_base: Option<u32>,
+    share_sent: Option<u32>,
     /// Connections of the batch being built: the last `batch_len` entries
     /// of `unacked`.
     batch_len: usize,
@@ -82,6 +88,8 @@ impl WorkerConns {
             unacked: VecDeque::with_capacity(64),
             next_seq: 1,
             reported_load: 0,
+            share_base: None,
+            share_sent: None,
             batch_len: 0,
             batch_listener: 0,
             batch_first_seq: 0,
@@ -241,10 +249,54 @@ impl<D> Primary<D> {
         }
     }
 
-    /// Worker `id` reported its open connections.
-    pub(super) fn on_load(&mut self, id: WorkerId, open_connections: u32) {
+    /// Worker `id` reported its open connections (under `shared`: its
+    /// load, open plus accepted connections, see `rebalance`).
+    pub(super) fn on_load(&mut self, lp: &mut Loop<D>, id: WorkerId, open_connections: u32) {
+        let shared = self.settings.policy == SchedPolicy::Shared;
+        if shared && self.entry(id).is_some_and(|w| w.conns.share_base.is_none()) {
+            let least = self.least_share(Some(id)).unwrap_or(0);
+            if let Some(w) = self.entry_mut(id) {
+                w.conns.share_base = Some(open_connections.wrapping_sub(least));
+            }
+        }
         if let Some(w) = self.entry_mut(id) {
             w.conns.reported_load = open_connections;
+        }
+        if shared {
+            self.rebalance(lp);
+        }
+    }
+
+    /// `shared`: a worker's load relative to its base.
+    fn share_of(w: &WorkerEntry) -> Option<u32> {
+        let base = w.conns.share_base?;
+        (w.channel.is_some() && !w.disconnecting).then(|| w.conns.reported_load.wrapping_sub(base))
+    }
+
+    /// The least load among the balanced workers (but `except`).
+    fn least_share(&self, except: Option<WorkerId>) -> Option<u32> {
+        self.workers.iter().filter(|w| Some(w.info.id) != except).filter_map(Self::share_of).min()
+    }
+
+    /// `shared`: tells every balanced worker the most it may hold, the
+    /// least-loaded worker's load in its own units (see the worker's
+    /// `Share`), when that changed. Run after each load report and when a
+    /// worker leaves (the least load may rise).
+    pub(super) fn rebalance(&mut self, lp: &mut Loop<D>) {
+        if self.settings.policy != SchedPolicy::Shared {
+            return;
+        }
+        let Some(least) = self.least_share(None) else { return };
+        for w in self.workers.iter_mut() {
+            let (Some(base), Some(ch)) = (w.conns.share_base, w.channel) else { continue };
+            if w.disconnecting {
+                continue;
+            }
+            let limit = least.wrapping_add(base);
+            if w.conns.share_sent != Some(limit) {
+                w.conns.share_sent = Some(limit);
+                let _ = self.writer.send(lp, ch, &Frame::Load { open_connections: limit });
+            }
         }
     }
 

@@ -137,6 +137,7 @@ impl<D> Primary<D> {
         let _ = lp.close(ch, Some(&self.cbs.channel_freed));
         self.orphan_unacked(id, ch);
         self.leave_all_listeners(lp, id);
+        self.rebalance(lp);
         self.events.queue.push_back(Event::Disconnect(info));
     }
 
@@ -150,6 +151,7 @@ impl<D> Primary<D> {
         w.disconnecting = true;
         w.info.status = WorkerStatus::Disconnecting;
         let _ = self.send_to(lp, id, &Frame::Disconnect);
+        self.rebalance(lp);
     }
 
     /// After `disconnect`: once the table is empty, queue the callbacks

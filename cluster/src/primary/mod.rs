@@ -716,7 +716,7 @@ fn handle_frame<D: PrimaryData>(
         Frame::Listening { address, port, .. } => p.worker_listening(id, address, port),
         Frame::Close { listener_id } => p.leave_listener(lp, listener_id, id),
         Frame::ExitedAfterDisconnect => p.worker_leaving(id),
-        Frame::Load { open_connections } => p.on_load(id, open_connections),
+        Frame::Load { open_connections } => p.on_load(lp, id, open_connections),
         Frame::Message { bytes, .. } => {
             let (cb, info) = (p.events.message.clone(), p.worker(id));
             if let (Some(cb), Some(info)) = (cb, info) {

@@ -334,6 +334,32 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
             )
             .expect("connect");
         }
+        // Keep-alive: answer "worker <id>" to every read, keep the
+        // connection until the client closes it.
+        "keepalive" => {
+            let reply = format!("worker {id}\n").into_bytes();
+            let on_read = OnRead::new(move |lp: &mut Lp, _, s: TcpStream, res| match res {
+                Ok(_) => {
+                    if lp.write(s, &reply, None).is_err() {
+                        let _ = lp.close(s, None);
+                    }
+                }
+                Err(_) => {
+                    let _ = lp.close(s, None);
+                }
+            });
+            listen(
+                lp,
+                port_env(),
+                &OnConnection::new(move |lp, _, srv, res| {
+                    if res.is_ok() {
+                        if let Ok(c) = lp.accept(srv) {
+                            let _ = lp.read_start(c, &on_read);
+                        }
+                    }
+                }),
+            );
+        }
         // Serve, and hold every accepted connection open until the client closes.
         "serve-hold" => {
             let on_read = hold_until_eof();
