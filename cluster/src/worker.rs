@@ -1042,7 +1042,11 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
                     match adopted {
                         Ok(()) => {
                             if w.share.baseline.is_none() {
+                                // Joins the balance before the primary hears
+                                // that it listens (frames arrive in order).
                                 w.share.baseline = Some(lp.handle_count());
+                                w.share.reported = Some(0);
+                                let _ = w.send_frame(lp, &Frame::Load { open_connections: 0 });
                             }
                             Some((s, addr, listener_id))
                         }
