@@ -132,3 +132,47 @@ cluster_test! {
         shutdown(lp, &mut c);
     }
 }
+
+/// The primary at its own fd limit (soft RLIMIT_NOFILE 20, one `rr`
+/// worker without that limit) and 120 idle clients: accepting fails with
+/// EMFILE, the engine backs off, and as the worker acknowledges the
+/// connections the primary closes its copies and accepts the rest; then
+/// every new client is answered. Run as its own process (the limit is
+/// per process), on both backends.
+#[test]
+fn primary_at_fd_limit_backs_off_and_recovers() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    for backend in ["epoll", "io_uring"] {
+        if backend == "io_uring" && uvring_tests::make_loop(uvring::Backend::IoUring, Default::default()).is_none() {
+            continue;
+        }
+        let mut child = std::process::Command::new(WORKER)
+            .arg("primary-fd-limit")
+            .env("UVRING_BACKEND", backend)
+            .env("PRIMARY_NOFILE", "20")
+            .env("NOFILE", "1024")
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        // Kills the primary and its worker, whatever happens.
+        let _guard = PidGuard(vec![-pgid]);
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next().expect("a port line").unwrap();
+        let port: u16 = line.strip_prefix("port ").unwrap().parse().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let idle: Vec<TcpStream> = (0..120).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let answered = (0..20).filter(|_| ask(port).is_ok_and(|s| s.starts_with("worker "))).count();
+        assert_eq!(answered, 20, "{backend}: every client answered with 120 idle ones held");
+        drop(idle);
+        let answered = (0..20).filter(|_| ask(port).is_ok_and(|s| s.starts_with("worker "))).count();
+        assert_eq!(answered, 20, "{backend}: and after they went");
+        assert!(child.try_wait().unwrap().is_none(), "{backend}: the primary lives");
+        // SAFETY: plain syscall on the process group this test made.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        child.wait().unwrap();
+    }
+}

@@ -102,7 +102,16 @@ fn main() {
     // NOFILE=n: this worker's RLIMIT_NOFILE, set before anything opens an fd
     // (the limits test runs workers at 64).
     if let Some(n) = std::env::var("NOFILE").ok().and_then(|v| v.parse::<u64>().ok()) {
-        let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: plain syscall with a valid struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        // Lowered for good (the limits test), or raised back up to the hard
+        // limit (a worker of a primary at its own limit).
+        let lim = if n <= lim.rlim_cur {
+            libc::rlimit { rlim_cur: n, rlim_max: n }
+        } else {
+            libc::rlimit { rlim_cur: n.min(lim.rlim_max), ..lim }
+        };
         // SAFETY: plain syscall with a valid, initialized struct.
         let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
         assert_eq!(rc, 0, "setrlimit NOFILE {n}");
@@ -547,6 +556,27 @@ fn primary_main(scenario: &str) {
                     println!("pids {}", pids.join(" "));
                 }
             });
+            Supervisor { primary, online: 0 }
+        }
+        // A primary at its own fd limit (PRIMARY_NOFILE, the soft limit;
+        // its worker raises its own back with NOFILE): one `rr` worker
+        // serving PORT; prints "port <n>" once it listens.
+        "primary-fd-limit" => {
+            if let Some(n) = std::env::var("PRIMARY_NOFILE").ok().and_then(|v| v.parse::<u64>().ok()) {
+                let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                // SAFETY: plain syscalls with a valid struct.
+                unsafe {
+                    assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+                    lim.rlim_cur = n;
+                    assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+                }
+            }
+            let settings = Settings::default()
+                .args(Some(vec!["serve".into()]))
+                .workers(1)
+                .policy(uvring_cluster::SchedPolicy::RoundRobin);
+            let mut primary = Primary::new(&mut lp, settings).expect("primary");
+            primary.on_listening(|_, _, _, addr| println!("port {}", addr.port()));
             Supervisor { primary, online: 0 }
         }
         other => panic!("unknown primary scenario {other:?}"),
