@@ -231,6 +231,9 @@ fn run_primary(o: Options) -> uvring::Result<()> {
     primary.on_unresponsive(move |_, _, w| {
         eprintln!("[primary {me}] worker {} (pid {}) missed its heartbeats: killed", w.id(), w.pid())
     });
+    primary.on_channel_error(move |_, _, w, reason| {
+        eprintln!("[primary {me}] worker {} (pid {}) channel error: {reason}", w.id(), w.pid())
+    });
     // Workers that do not leave in time (a connection that never closes)
     // are killed.
     let on_deadline = OnTimer::new(|lp, sup: &mut Supervisor, t| {

@@ -57,15 +57,31 @@ pub(crate) fn feed_chunk<D>(
     }
 }
 
-/// Encodes frames into a reused buffer and writes them to a pipe.
-#[derive(Debug, Default)]
+/// The decoder for a channel whose frames carry at most `max_payload`
+/// bytes of payload ([`Settings::max_message_len`](crate::Settings)).
+pub(crate) fn decoder(max_payload: usize) -> FrameDecoder {
+    FrameDecoder::with_max_frame_len(crate::proto::HEADER_LEN.saturating_add(max_payload))
+}
+
+/// Encodes frames into a reused buffer and writes them to a pipe. A frame
+/// whose payload is above the channel's limit is refused with `EMSGSIZE`
+/// (the peer's decoder would cut the channel for it).
+#[derive(Debug)]
 pub(crate) struct FrameWriter {
     buf: Vec<u8>,
+    max_payload: usize,
 }
 
 impl FrameWriter {
-    pub(crate) fn new() -> FrameWriter {
-        FrameWriter { buf: Vec::with_capacity(256) }
+    pub(crate) fn new(max_payload: usize) -> FrameWriter {
+        FrameWriter { buf: Vec::with_capacity(256), max_payload }
+    }
+
+    fn check_len(&self, frame: &Frame<'_>) -> Result<()> {
+        if frame.payload_len() > self.max_payload {
+            return Err(Error::EMSGSIZE);
+        }
+        Ok(())
     }
 
     /// Writes one frame that carries no fds (after any queued ones, in
@@ -81,6 +97,7 @@ impl FrameWriter {
         if frame.nfds() != 0 {
             return Err(Error::EINVAL);
         }
+        self.check_len(frame)?;
         frame.emit_to_vec(&mut self.buf).map_err(|_| Error::EINVAL)?;
         Ok(())
     }
@@ -159,6 +176,7 @@ impl FrameWriter {
     }
 
     fn encode(&mut self, frame: &Frame<'_>) -> Result<()> {
+        self.check_len(frame)?;
         self.buf.clear();
         frame.emit_to_vec(&mut self.buf).map_err(|_| Error::EINVAL)?;
         Ok(())

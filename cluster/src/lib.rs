@@ -108,9 +108,9 @@ pub mod settings;
 pub mod store;
 pub mod worker;
 
-pub use primary::{ClusterStats, Primary, PrimaryData, PrimaryId, WorkerInfo, WorkerStatus};
+pub use primary::{ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerInfo, WorkerStatus};
 pub use proto::FrameFds;
 pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
-pub use settings::{available_cpus, ChildOutput, RespawnSettings, SchedPolicy, Settings};
+pub use settings::{available_cpus, ChildOutput, RespawnSettings, SchedPolicy, Settings, DEFAULT_MAX_MESSAGE_LEN};
 pub use store::SharedStore;
 pub use worker::{is_primary, is_worker, worker_id, Worker, WorkerData};

@@ -34,7 +34,7 @@
 //! | 0x07 | `Close`                 | 0        | `listener_id u32 @0` (4 bytes)                                                                                                  |
 //! | 0x08 | `Disconnect`            | 0        | empty                                                                                                                           |
 //! | 0x09 | `ExitedAfterDisconnect` | 0        | empty                                                                                                                           |
-//! | 0x0a | `Load`                  | 0        | `open_connections u32 @0` (4 bytes)                                                                                             |
+//! | 0x0a | `Load`                  | 0        | `open_connections u32 @0` (4 bytes); under `shared`, worker to primary: open plus accepted connections; primary to worker: the most it may hold |
 //! | 0x0b | `Message`               | 0..=16   | user bytes `@0..`                                                                                                               |
 //! | 0x0c | `StoreGet`              | 0        | `req_id u32 @0, key @4..`                                                                                                       |
 //! | 0x0d | `StoreSet`              | 0        | `req_id u32 @0, key_len u32 @4, key @8..8+key_len, value @8+key_len..`                                                         |
@@ -1345,6 +1345,12 @@ pub struct FrameDecoder {
     end: usize,
     fds: FdQueue,
     error: Option<DecodeError>,
+    /// Stream offset of `buf[start]`: bytes taken as frames so far.
+    consumed: u64,
+    /// Stream offsets of bytes whose fds the kernel dropped
+    /// ([`note_fds_lost`](FrameDecoder::note_fds_lost)), and how many of
+    /// the queued fds arrived before them (those still belong to frames).
+    lost: Option<(Range<u64>, usize)>,
 }
 
 impl fmt::Debug for FrameDecoder {
@@ -1375,7 +1381,38 @@ impl FrameDecoder {
     /// `max_frame_len` bytes, once.
     pub fn with_max_frame_len(max_frame_len: usize) -> FrameDecoder {
         let cap = max_frame_len.clamp(HEADER_LEN, MAX_FRAME_LEN_LIMIT);
-        FrameDecoder { buf: vec![0; cap].into_boxed_slice(), start: 0, end: 0, fds: FdQueue::new(), error: None }
+        FrameDecoder {
+            buf: vec![0; cap].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            fds: FdQueue::new(),
+            error: None,
+            consumed: 0,
+            lost: None,
+        }
+    }
+
+    /// Says that the fds sent with the next `chunk_len` bytes to be fed were
+    /// lost (the receiver's `recvmsg` reported `MSG_CTRUNC`: the receiving
+    /// process is at its fd limit, or the control buffer was too small).
+    /// Call before feeding those bytes. A frame that starts in them is then
+    /// decoded with the fds that did arrive for it (none, usually): its
+    /// [`FrameFds`] has empty slots where fds are missing, instead of the
+    /// decoder failing with [`DecodeError::MissingFds`]. The receiver can
+    /// refuse what it did not get rather than drop the channel.
+    pub fn note_fds_lost(&mut self, chunk_len: usize) {
+        if self.error.is_some() {
+            return;
+        }
+        let from = self.consumed.saturating_add(self.buffered_len() as u64);
+        let to = from.saturating_add(chunk_len as u64);
+        // Frames starting in an earlier lost range may still be incomplete:
+        // the range grows to cover both.
+        let start = match &self.lost {
+            Some((r, _)) if r.end >= self.consumed => r.start.min(from),
+            _ => from,
+        };
+        self.lost = Some((start..to, self.fds.len));
     }
 
     /// The longest frame accepted, header included.
@@ -1478,18 +1515,34 @@ impl FrameDecoder {
             Err(e) => return Err(poison(&mut self.error, &mut self.fds, e)),
         };
         let nfds = frame.nfds();
-        if self.fds.len < usize::from(nfds) {
-            let e = DecodeError::MissingFds { kind, nfds, queued: self.fds.len };
-            return Err(poison(&mut self.error, &mut self.fds, e));
-        }
+        // A frame starting where fds were lost takes only fds that arrived
+        // before the loss (later ones belong to later frames).
+        let lost = self.lost.as_ref().filter(|(r, _)| r.contains(&self.consumed)).map(|&(_, before)| before);
+        let take = match lost {
+            Some(before) => usize::from(nfds).min(before).min(self.fds.len),
+            None if self.fds.len < usize::from(nfds) => {
+                let e = DecodeError::MissingFds { kind, nfds, queued: self.fds.len };
+                return Err(poison(&mut self.error, &mut self.fds, e));
+            }
+            None => usize::from(nfds),
+        };
         let mut fds = FrameFds::new();
-        for _ in 0..nfds {
+        for _ in 0..take {
             if let Some(fd) = self.fds.pop() {
                 // `nfds` <= MAX_FDS_PER_FRAME was checked with the header.
                 let _ = fds.push(fd);
             }
         }
+        // Missing fds are empty slots: `len` is still the frame's count.
+        fds.len = usize::from(nfds);
+        if let Some((r, before)) = &mut self.lost {
+            *before = before.saturating_sub(take);
+            if self.consumed.saturating_add(total as u64) >= r.end {
+                self.lost = None;
+            }
+        }
         self.start += total;
+        self.consumed = self.consumed.saturating_add(total as u64);
         Ok(Some(Decoded { frame, fds }))
     }
 
@@ -2404,6 +2457,58 @@ mod tests {
     }
 
     // -- poisoning and fd ownership ---------------------------------------------
+
+    #[test]
+    fn lost_fds_leave_empty_slots_instead_of_failing() {
+        let mut dec = FrameDecoder::new();
+        // An fd of an earlier message, claimed by the first frame.
+        let (early, _early_probe) = tracked_fd();
+        dec.push_fd(early).unwrap();
+        let a = emit_vec(&Frame::NewConnection { listener_id: 1, first_conn_seq: 1, count: 3 });
+        // The chunk carrying frame `a` lost its fds (MSG_CTRUNC).
+        dec.note_fds_lost(a.len());
+        dec.feed(&a);
+        let d = dec.next_frame().unwrap().unwrap();
+        let mut fds = d.fds;
+        assert_eq!(fds.len(), 3);
+        assert!(fds.take(0).is_some(), "the fd that arrived before the loss");
+        assert!(fds.take(1).is_none() && fds.take(2).is_none());
+        drop(fds);
+        // A later frame, split across chunks, gets its own fd; the
+        // decoder is not poisoned.
+        let (late, _late_probe) = tracked_fd();
+        dec.push_fd(late).unwrap();
+        let b = emit_vec(&Frame::NewConnection { listener_id: 1, first_conn_seq: 4, count: 1 });
+        dec.feed(&b[..5]);
+        assert!(dec.next_frame().unwrap().is_none());
+        dec.feed(&b[5..]);
+        let mut d = dec.next_frame().unwrap().unwrap();
+        assert!(d.fds.take(0).is_some());
+        // Without a loss noted, missing fds still poison the decoder.
+        dec.feed(&b);
+        assert!(matches!(dec.next_frame(), Err(DecodeError::MissingFds { .. })));
+    }
+
+    #[test]
+    fn lost_fds_do_not_steal_a_later_frames_fd() {
+        let mut dec = FrameDecoder::new();
+        let a = emit_vec(&Frame::NewConnection { listener_id: 1, first_conn_seq: 1, count: 1 });
+        let b = emit_vec(&Frame::NewConnection { listener_id: 1, first_conn_seq: 2, count: 1 });
+        // `a`'s first bytes come with lost fds; its tail arrives with `b`
+        // and `b`'s fd.
+        dec.note_fds_lost(4);
+        dec.feed(&a[..4]);
+        assert!(dec.next_frame().unwrap().is_none());
+        let (fd_b, _probe) = tracked_fd();
+        dec.push_fd(fd_b).unwrap();
+        dec.feed(&a[4..]);
+        dec.feed(&b);
+        let mut da = dec.next_frame().unwrap().unwrap();
+        assert!(da.fds.take(0).is_none(), "a's fd was lost");
+        drop(da);
+        let mut db = dec.next_frame().unwrap().unwrap();
+        assert!(db.fds.take(0).is_some(), "b keeps its own fd");
+    }
 
     #[test]
     fn poisoned_decoder_repeats_its_error_and_closes_fds() {

@@ -22,6 +22,11 @@ pub const ENV_NORMAL_SCHED: &str = "UVRING_CLUSTER_NORMAL_SCHED";
 /// Environment variable telling a worker its drain grace in ms
 /// ([`Settings::drain_grace`]).
 pub const ENV_DRAIN_GRACE_MS: &str = "UVRING_CLUSTER_DRAIN_GRACE_MS";
+/// Environment variable passing [`Settings::max_message_len`] to workers, so
+/// that both ends of a channel hold the same limit.
+pub const ENV_MAX_MESSAGE_LEN: &str = "UVRING_CLUSTER_MAX_MESSAGE";
+/// Default [`Settings::max_message_len`]: 1 MiB.
+pub const DEFAULT_MAX_MESSAGE_LEN: usize = 1 << 20;
 
 /// How connections reach workers.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -209,6 +214,14 @@ pub struct Settings {
     /// (`SIGKILL`), its unacknowledged connections go to other workers at
     /// once, and its exit is a crash (respawned per `respawn`). Default 10 s.
     pub heartbeat_timeout: Duration,
+    /// The largest frame payload either end of a channel sends or accepts:
+    /// a user message's bytes, a store request's key and value plus 8
+    /// bytes. A send above it fails with `EMSGSIZE` and sends nothing; the
+    /// workers get the same limit (`UVRING_CLUSTER_MAX_MESSAGE`). Each
+    /// channel's receive buffer is this large (allocated once, at fork), so
+    /// raise it only as far as needed. Default 1 MiB
+    /// ([`DEFAULT_MAX_MESSAGE_LEN`]).
+    pub max_message_len: usize,
 }
 
 impl Default for Settings {
@@ -230,6 +243,7 @@ impl Default for Settings {
             startup_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
         }
     }
 }
@@ -281,6 +295,8 @@ setters!(
     heartbeat_interval: Duration,
     /// Sets how long a silent worker lives before it is killed.
     heartbeat_timeout: Duration,
+    /// Sets the message size limit of both ends of every channel.
+    max_message_len: usize,
 );
 
 /// The number of CPUs this process may run on (at least 1).

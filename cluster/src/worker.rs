@@ -54,7 +54,9 @@ use crate::proto::{
     Decoded, Frame, FrameDecoder, FrameFds, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus,
 };
 use crate::schedule::WorkerId;
-use crate::settings::{SchedPolicy, ENV_CHANNEL_FD, ENV_NORMAL_SCHED, ENV_SCHED_POLICY, ENV_WORKER_ID};
+use crate::settings::{
+    SchedPolicy, ENV_CHANNEL_FD, ENV_MAX_MESSAGE_LEN, ENV_NORMAL_SCHED, ENV_SCHED_POLICY, ENV_WORKER_ID,
+};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -161,6 +163,8 @@ struct Server {
     address: Option<SocketAddr>,
     /// Closed by the user before the primary answered.
     closed: bool,
+    /// The listen's flags (`TCP_IPV6ONLY`).
+    flags: u32,
 }
 
 /// A connection the primary handed over, until its acknowledgement is
@@ -220,7 +224,38 @@ pub struct Worker<D> {
     /// `begin_disconnect` ran: shut the channel down after the acks
     /// (`Some(primary_initiated)`).
     shutdown_due: Option<bool>,
+    /// The last `recvmsg` lost its fds (`MSG_CTRUNC`: this process is at its
+    /// fd limit): the connections of the bytes that come with it are
+    /// refused, and the primary gives them to another worker.
+    fds_lost: bool,
+    /// `shared`: the balancing state (see [`Share`]).
+    share: Share,
 }
+
+/// Under `shared`, the worker's part of spreading the load (nginx's
+/// `accept_disabled`, cluster-wide): at the end of each loop iteration it
+/// reports its load (open connections plus connections accepted so far)
+/// when it changed, and the primary answers every worker with the most
+/// each may hold: the least-loaded worker's load, in the receiving
+/// worker's own units. A worker more than [`SHARE_SLACK`] above it pauses
+/// accepting ([`Loop::listen_pause`]), so the kernel hands the next
+/// connections to the others; it resumes once back under. The least-loaded
+/// worker never pauses, so some worker always accepts.
+#[derive(Debug, Default)]
+struct Share {
+    /// Handles that are not connections, counted when the shared listener
+    /// was adopted.
+    baseline: Option<usize>,
+    /// The last load reported.
+    reported: Option<u32>,
+    /// The most this worker may hold, from the primary.
+    limit: Option<u32>,
+    paused: bool,
+}
+
+/// How far (load units: one connection accepted and open counts 2) a
+/// `shared` worker may go above the least-loaded one before it pauses.
+const SHARE_SLACK: u32 = 2;
 
 impl<D> std::fmt::Debug for Worker<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -415,7 +450,9 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
         if w.disconnecting {
             return Some(Err(Error::ENOTCONN));
         }
-        if w.policy == SchedPolicy::ReusePort {
+        // Under reuseport a fixed port is bound here; port 0 asks the
+        // primary, which reserves one port for every worker.
+        if w.policy == SchedPolicy::ReusePort && addr.port() != 0 {
             if let Err(e) = lp.listen_bind(server, addr, flags | TCP_REUSEPORT, backlog) {
                 return Some(Err(e));
             }
@@ -430,6 +467,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
                 backlog,
                 address: Some(real),
                 closed: false,
+                flags,
             });
             // The primary and the user hear of it now: this runs from the
             // loop's pending phase, never from inside `listen`.
@@ -468,6 +506,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
             backlog,
             address: None,
             closed: false,
+            flags,
         });
         Some(Ok(()))
     }
@@ -526,13 +565,18 @@ impl<D: WorkerData> Worker<D> {
             .and_then(|v| v.parse().ok())
             .map_or(Duration::from_millis(500), Duration::from_millis);
         std::env::remove_var(crate::settings::ENV_DRAIN_GRACE_MS);
+        let max_message = std::env::var(ENV_MAX_MESSAGE_LEN)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(crate::settings::DEFAULT_MAX_MESSAGE_LEN);
+        std::env::remove_var(ENV_MAX_MESSAGE_LEN);
         let pipe = lp.pipe_open(owned, true)?;
         let mut worker = Worker {
             id,
             policy,
             channel: Some(pipe),
-            decoder: Some(FrameDecoder::new()),
-            writer: FrameWriter::new(),
+            decoder: Some(crate::channel::decoder(max_message)),
+            writer: FrameWriter::new(max_message),
             servers: Vec::with_capacity(8),
             indexes: Vec::new(),
             next_seq: 1,
@@ -554,6 +598,8 @@ impl<D: WorkerData> Worker<D> {
             delivery_hook: None,
             turn_hook: None,
             shutdown_due: None,
+            fds_lost: false,
+            share: Share::default(),
         };
         let hook = lp.hook_init(HookKind::Prepare)?;
         lp.unref_handle(hook)?;
@@ -566,7 +612,10 @@ impl<D: WorkerData> Worker<D> {
         lp.read_start(pipe, &OnRead::new(on_channel_read::<D>))?;
         lp.set_listen_hook(Some(Rc::new(WorkerHook)));
         worker.send_frame(lp, &Frame::Online)?;
-        if policy == SchedPolicy::RoundRobin && load_ms > 0 {
+        // Under `shared` the same timer re-checks the balance, so a change
+        // seen only in a later iteration (a connection's close completes
+        // after the check hook) is reported while the worker is idle.
+        if matches!(policy, SchedPolicy::RoundRobin | SchedPolicy::Shared) && load_ms > 0 {
             let t = lp.timer_init()?;
             lp.unref_handle(t)?;
             let every = Duration::from_millis(load_ms);
@@ -659,7 +708,9 @@ impl<D: WorkerData> Worker<D> {
         self.drain_grace
     }
 
-    /// Sends a user message to the primary.
+    /// Sends a user message to the primary. `EMSGSIZE`, and nothing sent,
+    /// when `bytes` is longer than the cluster's
+    /// [`max_message_len`](crate::Settings::max_message_len).
     pub fn send(&mut self, lp: &mut Loop<D>, bytes: &[u8]) -> Result<()> {
         self.send_frame(lp, &Frame::Message { bytes, nfds: 0 })
     }
@@ -694,7 +745,9 @@ impl<D: WorkerData> Worker<D> {
     }
 
     /// Writes `key` = `value` in the primary's shared store; `cb` gets
-    /// `(loop, data, result)`, from the loop.
+    /// `(loop, data, result)`, from the loop. `EMSGSIZE`, and nothing sent
+    /// (`cb` dropped), when key and value together with 8 bytes are longer
+    /// than the cluster's [`max_message_len`](crate::Settings::max_message_len).
     pub fn store_set(
         &mut self,
         lp: &mut Loop<D>,
@@ -740,10 +793,23 @@ fn on_channel_read<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream,
         // Acks go out after the connections' callbacks ran, with the
         // others of that loop iteration.
         Ok(bytes) => {
+            if d.worker().is_some_and(|w| std::mem::take(&mut w.fds_lost)) {
+                decoder.note_fds_lost(bytes.len());
+            }
             let mut handler = |lp: &mut Loop<D>, dec: Decoded<'_>| handle_frame(lp, d, pipe, dec);
             feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler).is_ok()
         }
-        // EOF, a truncated control message (fds lost), or an error.
+        // A truncated control message: the kernel dropped the fds that came
+        // with the bytes that follow (this process is at its fd limit). The
+        // primary is fine: the connections of those bytes are refused, and
+        // it hands them to another worker.
+        Err(e) if e == Error::CONTROL_TRUNCATED => {
+            if let Some(w) = d.worker() {
+                w.fds_lost = true;
+            }
+            true
+        }
+        // EOF, or an error.
         Err(_) => false,
     };
     if ok {
@@ -772,9 +838,67 @@ fn on_prepare<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _h: Hook) {
 /// if a disconnect began.
 fn on_check<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _h: Hook) {
     let Some(w) = d.worker() else { return };
+    if w.policy == SchedPolicy::Shared {
+        w.balance(lp);
+    }
     w.flush_acks(lp);
     deliver_drain(lp, d);
     maybe_shutdown(lp, d);
+}
+
+impl<D: 'static> Worker<D> {
+    /// `shared`, from the load timer: a paused worker that finds a
+    /// connection waiting in the backlog resumes (until its next balance):
+    /// the kernel may have woken this process for it just as it paused, and
+    /// then no other worker hears of it.
+    fn unstick(&mut self, lp: &mut Loop<D>) {
+        if !self.share.paused || self.disconnecting {
+            return;
+        }
+        let waiting = self
+            .servers
+            .iter()
+            .filter(|s| !s.closed && s.listener_id.is_some())
+            .any(|s| lp.listen_has_pending(s.stream).unwrap_or(false));
+        if waiting {
+            self.share.paused = false;
+            for s in self.servers.iter().filter(|s| !s.closed && s.listener_id.is_some()) {
+                if lp.is_live(s.stream) && !lp.is_closing(s.stream) {
+                    let _ = lp.listen_pause(s.stream, false);
+                }
+            }
+        }
+    }
+
+    /// `shared`: reports this worker's load if it changed, and pauses or
+    /// resumes accepting on the shared listeners (see [`Share`]).
+    fn balance(&mut self, lp: &mut Loop<D>) {
+        let Some(baseline) = self.share.baseline else { return };
+        if self.disconnecting {
+            return;
+        }
+        let mut accepted: u64 = 0;
+        for s in self.servers.iter().filter(|s| !s.closed && s.listener_id.is_some()) {
+            accepted += lp.listen_accepted(s.stream).unwrap_or(0);
+        }
+        let open = lp.handle_count().saturating_sub(baseline) as u64;
+        let load = (open + accepted) as u32;
+        if self.share.reported != Some(load) {
+            self.share.reported = Some(load);
+            let _ = self.send_frame(lp, &Frame::Load { open_connections: load });
+        }
+        let Some(limit) = self.share.limit else { return };
+        // Wrapping difference: loads only grow apart by a few units.
+        let over = load.wrapping_sub(limit) as i32 > SHARE_SLACK as i32;
+        if over != self.share.paused {
+            self.share.paused = over;
+            for s in self.servers.iter().filter(|s| !s.closed && s.listener_id.is_some()) {
+                if lp.is_live(s.stream) && !lp.is_closing(s.stream) {
+                    let _ = lp.listen_pause(s.stream, over);
+                }
+            }
+        }
+    }
 }
 
 /// Runs `on_drain` once a disconnect began (from the loop, never from
@@ -794,6 +918,11 @@ fn deliver_drain<D: WorkerData>(lp: &mut Loop<D>, d: &mut D) {
 fn on_load_report<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _t: Timer) {
     let load = u32::try_from(lp.tcp_connection_count()).unwrap_or(u32::MAX);
     let Some(w) = d.worker() else { return };
+    if w.policy == SchedPolicy::Shared {
+        w.balance(lp);
+        w.unstick(lp);
+        return;
+    }
     if load != w.last_load {
         w.last_load = load;
         let _ = w.send_frame(lp, &Frame::Load { open_connections: load });
@@ -887,6 +1016,9 @@ enum ReplyAction {
     Fail(TcpListener, i32),
     Listening(TcpListener, SocketAddr),
     Adopt(TcpListener, SocketAddr, i32, u32),
+    /// `reuseport`: bind this worker's own socket to the port the primary
+    /// reserved.
+    Bind(TcpListener, SocketAddr, u32, i32, u32),
 }
 
 fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, dec: Decoded<'_>) -> Flow {
@@ -935,6 +1067,8 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
                     s.address = Some(addr);
                     if listener_fd {
                         ReplyAction::Adopt(s.stream, addr, s.backlog, listener_id)
+                    } else if w.policy == SchedPolicy::ReusePort {
+                        ReplyAction::Bind(s.stream, addr, s.flags, s.backlog, listener_id)
                     } else {
                         ReplyAction::Listening(s.stream, addr)
                     }
@@ -947,13 +1081,35 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
                     None
                 }
                 ReplyAction::Listening(s, addr) => Some((s, addr, listener_id)),
+                ReplyAction::Bind(s, addr, flags, backlog, listener_id) => {
+                    match lp.listen_bind(s, addr, flags | TCP_REUSEPORT, backlog) {
+                        Ok(()) => Some((s, addr, listener_id)),
+                        Err(e) => {
+                            if let Some(i) = w.servers.iter().position(|x| x.stream == s) {
+                                w.remove_server(i);
+                            }
+                            let _ = w.send_frame(lp, &Frame::Close { listener_id });
+                            lp.listen_fail(s, e);
+                            None
+                        }
+                    }
+                }
                 ReplyAction::Adopt(s, addr, backlog, listener_id) => {
                     let adopted = match fds.take(0) {
                         Some(fd) => uvring::os::listen(fd.as_fd(), backlog).and_then(|()| lp.listen_adopt(s, fd, true)),
                         None => Err(Error::EBADF),
                     };
                     match adopted {
-                        Ok(()) => Some((s, addr, listener_id)),
+                        Ok(()) => {
+                            if w.share.baseline.is_none() {
+                                // Joins the balance before the primary hears
+                                // that it listens (frames arrive in order).
+                                w.share.baseline = Some(lp.handle_count());
+                                w.share.reported = Some(0);
+                                let _ = w.send_frame(lp, &Frame::Load { open_connections: 0 });
+                            }
+                            Some((s, addr, listener_id))
+                        }
                         Err(e) => {
                             if let Some(i) = w.servers.iter().position(|x| x.stream == s) {
                                 w.remove_server(i);
@@ -994,6 +1150,11 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
         Frame::Heartbeat { seq } => {
             let _ = w.send_frame(lp, &Frame::Heartbeat { seq });
         }
+        // `shared`: the most this worker may hold (see `Share`).
+        Frame::Load { open_connections } => {
+            w.share.limit = Some(open_connections);
+            w.balance(lp);
+        }
         // Frames only a worker sends, arriving here: the primary is broken.
         Frame::Online
         | Frame::QueryServer { .. }
@@ -1001,7 +1162,6 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
         | Frame::Listening { .. }
         | Frame::Close { .. }
         | Frame::ExitedAfterDisconnect
-        | Frame::Load { .. }
         | Frame::StoreGet { .. }
         | Frame::StoreSet { .. }
         | Frame::StoreDelete { .. } => {}

@@ -171,6 +171,10 @@ pub(crate) struct StreamState<D> {
     pub on_connection: Option<Rc<StatusFn<D>>>,
     pub accept_op: OpState,
     pub exclusive: bool,
+    /// [`Loop::listen_pause`]: the accept op stays unarmed.
+    pub accept_paused: bool,
+    /// Connections accepted from this listener so far.
+    pub accepted: u64,
     pub stop: ListenStop,
     /// The `listen_stop` callback, until it runs.
     pub on_stop: Option<Rc<StatusFn<D>>>,
@@ -333,6 +337,8 @@ impl<D> Loop<D> {
             on_connection: None,
             accept_op: OpState::Idle,
             exclusive: false,
+            accept_paused: false,
+            accepted: 0,
             stop: ListenStop::Running,
             on_stop: None,
             on_connect: None,
@@ -885,7 +891,12 @@ impl<D> Loop<D> {
 
     pub(crate) fn accept_arm(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
-        if !st.listening || st.accept_op != OpState::Idle || st.fd < 0 || st.stop != ListenStop::Running {
+        if !st.listening
+            || st.accept_op != OpState::Idle
+            || st.fd < 0
+            || st.stop != ListenStop::Running
+            || st.accept_paused
+        {
             return;
         }
         if st.parts.accept_queue.len() >= MAX_ACCEPT_QUEUE {
@@ -933,6 +944,7 @@ impl<D> Loop<D> {
                 return;
             }
             st.parts.accept_queue.push_back(c.res);
+            st.accepted += 1;
             if let Some(cb) = cb {
                 cb(self, d, s.0, Ok(()));
             }
@@ -996,6 +1008,54 @@ impl<D> Loop<D> {
             }
         }
         Ok(())
+    }
+
+    /// Pauses (`true`) or resumes (`false`) accepting on a listening stream
+    /// whose socket is its own (not an `rr` listener fed by
+    /// [`listen_inject`](Self::listen_inject)): while paused its accept op
+    /// is not armed, so new connections wait in the kernel's backlog (for
+    /// another process sharing the socket to take, as nginx's
+    /// `accept_disabled`); connections already accepted are still
+    /// delivered. Idempotent. `EINVAL` if the stream is not listening.
+    pub fn listen_pause<L: ListenerHandle>(&mut self, l: L, paused: bool) -> Result<()> {
+        let s = Stream::of(l);
+        let st = self.stream_state(s)?;
+        if !st.listening {
+            return Err(Error::EINVAL);
+        }
+        if st.accept_paused == paused {
+            return Ok(());
+        }
+        st.accept_paused = paused;
+        if paused {
+            if let OpState::Armed(token) = st.accept_op {
+                st.accept_op = OpState::Ending(token);
+                let fd = st.fd;
+                self.driver.cancel(fd, token);
+            }
+        } else {
+            self.accept_arm(s);
+        }
+        Ok(())
+    }
+
+    /// Whether a connection waits in the listening socket's backlog (a
+    /// zero-timeout `poll`). A paused listener sharing its socket with other
+    /// processes uses it to notice a connection that nobody took: the
+    /// kernel may have woken this process for it (an exclusive wakeup)
+    /// just as it paused, and no other waiter hears of it.
+    pub fn listen_has_pending<L: ListenerHandle>(&mut self, l: L) -> Result<bool> {
+        let st = self.stream_state(Stream::of(l))?;
+        if !st.listening || st.fd < 0 {
+            return Err(Error::EINVAL);
+        }
+        sys::readable_now(st.fd)
+    }
+
+    /// Connections accepted from this listener so far (injected ones not
+    /// counted).
+    pub fn listen_accepted<L: ListenerHandle>(&self, l: L) -> Result<u64> {
+        Ok(self.stream_ref(Stream::of(l))?.accepted)
     }
 
     /// Whether [`listen_stop`](Self::listen_stop) was called on the stream.

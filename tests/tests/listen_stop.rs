@@ -200,3 +200,39 @@ both_backends! {
         assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
     }
 }
+
+both_backends! {
+    /// `listen_pause`: a paused listener accepts nothing (the connection
+    /// waits in the kernel's backlog); resumed, it takes it at once, and
+    /// `listen_accepted` counts it.
+    fn pause_leaves_connections_in_the_backlog(lp) {
+        let got = Rc::new(Cell::new(0usize));
+        let on_connection = {
+            let got = got.clone();
+            OnConnection::new(move |lp, _, srv, st| {
+                st.unwrap();
+                while let Ok(c) = lp.accept(srv) {
+                    got.set(got.get() + 1);
+                    lp.close(c, None).unwrap();
+                }
+            })
+        };
+        let (server, addr) = listener(lp, 16, &on_connection);
+        lp.listen_pause(server, true).unwrap();
+        lp.listen_pause(server, true).unwrap();
+        let client = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        let until = std::time::Instant::now() + Duration::from_millis(200);
+        let t = lp.timer_init().unwrap();
+        lp.timer_start(t, Duration::from_millis(10), Duration::from_millis(10), &OnTimer::new(|_, _, _| {})).unwrap();
+        run_until(lp, LIMIT, |_| std::time::Instant::now() >= until);
+        assert_eq!(got.get(), 0, "a paused listener accepted");
+        assert_eq!(lp.listen_accepted(server).unwrap(), 0);
+        lp.listen_pause(server, false).unwrap();
+        run_until(lp, LIMIT, |_| got.get() == 1);
+        assert_eq!(lp.listen_accepted(server).unwrap(), 1);
+        drop(client);
+        lp.close(t, None).unwrap();
+        lp.close(server, None).unwrap();
+        run_until(lp, LIMIT, |lp| !lp.alive());
+    }
+}

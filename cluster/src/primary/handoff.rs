@@ -10,6 +10,7 @@ use super::{drain_events, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerE
 use crate::channel::FrameWriter;
 use crate::proto::{Frame, MAX_FDS_PER_FRAME};
 use crate::schedule::WorkerId;
+use crate::settings::SchedPolicy;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use uvring::{Error, HandleId, Hook, HookKind, Loop, OnClose, OnConnection, OnHook, PipeStream, Result, TcpListener};
@@ -49,6 +50,8 @@ impl Handoff {
 pub(super) struct PendingConn {
     listener_id: u32,
     attempts: u8,
+    /// Workers that refused it (one at its fd limit does).
+    refusals: u8,
     exclude: Option<WorkerId>,
     pub(super) fd: OwnedFd,
 }
@@ -58,6 +61,7 @@ pub(super) struct Unacked {
     seq: u64,
     listener_id: u32,
     attempts: u8,
+    refusals: u8,
     pub(super) fd: OwnedFd,
 }
 
@@ -66,6 +70,11 @@ pub(super) struct WorkerConns {
     pub(super) unacked: VecDeque<Unacked>,
     next_seq: u64,
     pub(super) reported_load: u32,
+    /// `shared`: the worker's load when it joined the balance, less the
+    /// least load then (so it joins level with the least-loaded worker),
+    /// and the limit last sent to it (see `Primary::rebalance`).
+    share_base: Option<u32>,
+    share_sent: Option<u32>,
     /// Connections of the batch being built: the last `batch_len` entries
     /// of `unacked`.
     batch_len: usize,
@@ -79,6 +88,8 @@ impl WorkerConns {
             unacked: VecDeque::with_capacity(64),
             next_seq: 1,
             reported_load: 0,
+            share_base: None,
+            share_sent: None,
             batch_len: 0,
             batch_listener: 0,
             batch_first_seq: 0,
@@ -108,7 +119,7 @@ pub(super) fn on_rr_connection<D: PrimaryData>(pid: PrimaryId) -> OnConnection<D
         let Some(p) = d.primary_by_id(pid) else { return };
         let listener_id = lp.data(server).unwrap_or(0) as u32;
         while let Ok(fd) = lp.accept_fd(server) {
-            p.handoff.pending.push_back(PendingConn { listener_id, attempts: 0, exclude: None, fd });
+            p.handoff.pending.push_back(PendingConn { listener_id, attempts: 0, refusals: 0, exclude: None, fd });
         }
     })
 }
@@ -155,9 +166,15 @@ impl<D> Primary<D> {
         }
         let mut broken: [WorkerId; 8] = [0; 8];
         let mut nbroken = 0;
+        // A connection refused more times than there are connected workers
+        // is closed (and counted), not sent round again: they are all at
+        // their limits. (A worker that refused and then left counts no
+        // more; the margin of one keeps its refusals from closing what the
+        // others would take.)
+        let routable = self.workers.iter().filter(|e| e.channel.is_some()).count();
         while let Some(conn) = self.handoff.pending.pop_front() {
             let stats = &mut self.handoff.stats;
-            if conn.attempts >= MAX_ATTEMPTS {
+            if conn.attempts >= MAX_ATTEMPTS || usize::from(conn.refusals) > routable {
                 stats.closed_unroutable += 1;
                 continue;
             }
@@ -187,7 +204,13 @@ impl<D> Primary<D> {
                 c.batch_first_seq = seq;
             }
             c.batch_len += 1;
-            c.unacked.push_back(Unacked { seq, listener_id: conn.listener_id, attempts: conn.attempts, fd: conn.fd });
+            c.unacked.push_back(Unacked {
+                seq,
+                listener_id: conn.listener_id,
+                attempts: conn.attempts,
+                refusals: conn.refusals,
+                fd: conn.fd,
+            });
         }
         for w in self.workers.iter_mut() {
             if w.conns.batch_len > 0 && flush_batch(&mut self.writer, lp, w).is_err() && nbroken < broken.len() {
@@ -218,6 +241,7 @@ impl<D> Primary<D> {
                 handoff.pending.push_back(PendingConn {
                     listener_id: u.listener_id,
                     attempts: u.attempts.saturating_add(1),
+                    refusals: u.refusals.saturating_add(1),
                     exclude: Some(id),
                     fd: u.fd,
                 });
@@ -225,10 +249,54 @@ impl<D> Primary<D> {
         }
     }
 
-    /// Worker `id` reported its open connections.
-    pub(super) fn on_load(&mut self, id: WorkerId, open_connections: u32) {
+    /// Worker `id` reported its open connections (under `shared`: its
+    /// load, open plus accepted connections, see `rebalance`).
+    pub(super) fn on_load(&mut self, lp: &mut Loop<D>, id: WorkerId, open_connections: u32) {
+        let shared = self.settings.policy == SchedPolicy::Shared;
+        if shared && self.entry(id).is_some_and(|w| w.conns.share_base.is_none()) {
+            let least = self.least_share(Some(id)).unwrap_or(0);
+            if let Some(w) = self.entry_mut(id) {
+                w.conns.share_base = Some(open_connections.wrapping_sub(least));
+            }
+        }
         if let Some(w) = self.entry_mut(id) {
             w.conns.reported_load = open_connections;
+        }
+        if shared {
+            self.rebalance(lp);
+        }
+    }
+
+    /// `shared`: a worker's load relative to its base.
+    fn share_of(w: &WorkerEntry) -> Option<u32> {
+        let base = w.conns.share_base?;
+        (w.channel.is_some() && !w.disconnecting).then(|| w.conns.reported_load.wrapping_sub(base))
+    }
+
+    /// The least load among the balanced workers (but `except`).
+    fn least_share(&self, except: Option<WorkerId>) -> Option<u32> {
+        self.workers.iter().filter(|w| Some(w.info.id) != except).filter_map(Self::share_of).min()
+    }
+
+    /// `shared`: tells every balanced worker the most it may hold, the
+    /// least-loaded worker's load in its own units (see the worker's
+    /// `Share`), when that changed. Run after each load report and when a
+    /// worker leaves (the least load may rise).
+    pub(super) fn rebalance(&mut self, lp: &mut Loop<D>) {
+        if self.settings.policy != SchedPolicy::Shared {
+            return;
+        }
+        let Some(least) = self.least_share(None) else { return };
+        for w in self.workers.iter_mut() {
+            let (Some(base), Some(ch)) = (w.conns.share_base, w.channel) else { continue };
+            if w.disconnecting {
+                continue;
+            }
+            let limit = least.wrapping_add(base);
+            if w.conns.share_sent != Some(limit) {
+                w.conns.share_sent = Some(limit);
+                let _ = self.writer.send(lp, ch, &Frame::Load { open_connections: limit });
+            }
         }
     }
 
@@ -243,6 +311,7 @@ impl<D> Primary<D> {
             let conn = PendingConn {
                 listener_id: u.listener_id,
                 attempts: u.attempts.saturating_add(1),
+                refusals: u.refusals,
                 exclude: Some(id),
                 fd: u.fd,
             };

@@ -3,11 +3,11 @@
 //! respawn governor, and disconnect and kill, for one worker or all.
 
 use super::{drain_events, Event, Primary, PrimaryData, PrimaryId, WorkerEntry, WorkerInfo, WorkerStatus};
-use crate::proto::{Frame, FrameDecoder, ListenAddress};
+use crate::proto::{Frame, ListenAddress};
 use crate::schedule::{RespawnDecision, RestartGovernor, WorkerId};
 use crate::settings::{
-    ChildOutput, SchedPolicy, Settings, ENV_BACKEND, ENV_CHANNEL_FD, ENV_DRAIN_GRACE_MS, ENV_NORMAL_SCHED,
-    ENV_SCHED_POLICY, ENV_WORKER_ID,
+    ChildOutput, SchedPolicy, Settings, ENV_BACKEND, ENV_CHANNEL_FD, ENV_DRAIN_GRACE_MS, ENV_MAX_MESSAGE_LEN,
+    ENV_NORMAL_SCHED, ENV_SCHED_POLICY, ENV_WORKER_ID,
 };
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -35,7 +35,7 @@ pub(super) struct Lifecycle<D> {
     next_worker_id: WorkerId,
     governor: RestartGovernor,
     /// `disconnect` is under way: no respawn.
-    shutting_down: bool,
+    pub(super) shutting_down: bool,
     disconnect_cbs: Vec<super::DoneFn<D>>,
     /// Pending respawns, each with the environment of the worker it
     /// replaces.
@@ -154,6 +154,7 @@ impl<D> Primary<D> {
         let _ = lp.close(ch, Some(&self.cbs.channel_freed));
         self.orphan_unacked(id, ch);
         self.leave_all_listeners(lp, id);
+        self.rebalance(lp);
         self.events.queue.push_back(Event::Disconnect(info));
     }
 
@@ -167,6 +168,7 @@ impl<D> Primary<D> {
         w.disconnecting = true;
         w.info.status = WorkerStatus::Disconnecting;
         let _ = self.send_to(lp, id, &Frame::Disconnect);
+        self.rebalance(lp);
         // Every drain ends: past the deadline, the worker is killed.
         let timeout = self.settings.drain_timeout;
         let timer = self.start_worker_timer(lp, id, timeout, true);
@@ -287,6 +289,9 @@ impl<D: PrimaryData> Primary<D> {
         for id in ids {
             self.disconnect_one(lp, id);
         }
+        // Listeners kept for workers that are gone close now (the others
+        // close as their last member leaves).
+        self.close_idle_listeners(lp);
         self.check_shutdown_done();
         self.schedule_drain(lp);
     }
@@ -304,6 +309,7 @@ impl<D: PrimaryData> Primary<D> {
             super::ENV_LOAD_REPORT_MS,
             ENV_NORMAL_SCHED,
             ENV_DRAIN_GRACE_MS,
+            ENV_MAX_MESSAGE_LEN,
         ];
         let mut env: Vec<(OsString, OsString)> =
             std::env::vars_os().filter(|(k, _)| !ours.iter().any(|o| OsStr::new(o) == k)).collect();
@@ -321,6 +327,7 @@ impl<D: PrimaryData> Primary<D> {
         env.push((ENV_BACKEND.into(), backend.name().into()));
         env.push((super::ENV_LOAD_REPORT_MS.into(), self.settings.load_report.as_millis().to_string().into()));
         env.push((ENV_DRAIN_GRACE_MS.into(), self.settings.drain_grace.as_millis().to_string().into()));
+        env.push((ENV_MAX_MESSAGE_LEN.into(), self.settings.max_message_len.to_string().into()));
         if self.life.batch_sched {
             env.push((ENV_NORMAL_SCHED.into(), "1".into()));
         }
@@ -378,7 +385,7 @@ impl<D: PrimaryData> Primary<D> {
             info,
             process: Some(process),
             channel,
-            decoder: Some(FrameDecoder::new()),
+            decoder: Some(crate::channel::decoder(self.settings.max_message_len)),
             disconnecting: false,
             env: extra_env,
             killed: false,
@@ -387,6 +394,7 @@ impl<D: PrimaryData> Primary<D> {
             last_heard: lp.now(),
             drain_timer: None,
             startup_timer: None,
+            fds_lost: false,
             conns: super::handoff::WorkerConns::new(),
         });
         self.events.queue.push_back(Event::Fork(info));
@@ -400,6 +408,13 @@ impl<D: PrimaryData> Primary<D> {
     /// Worker `id`'s process exited: it leaves the table; a crash may be
     /// followed by a respawn (or a restart storm).
     fn worker_exited(&mut self, lp: &mut Loop<D>, id: WorkerId, code: i64, signal: i32) {
+        // The exit came before the channel's EOF was read: the channel ends
+        // here, as unexpectedly as an EOF would have said.
+        if let Some(w) = self.entry(id) {
+            if w.channel.is_some() && !w.disconnecting && !w.info.exited_after_disconnect && !w.killed {
+                self.events.queue.push_back(Event::ChannelError(w.info(), super::ChannelFault::UnexpectedEof));
+            }
+        }
         self.channel_closed(lp, id);
         let Some(i) = self.workers.iter().position(|w| w.info.id == id) else { return };
         let w = self.workers.remove(i);
@@ -410,6 +425,9 @@ impl<D: PrimaryData> Primary<D> {
             if let Some(t) = self.life.heartbeat_timer.take() {
                 let _ = lp.close(t, None);
             }
+        }
+        if !self.keeps_listeners(id) {
+            self.close_idle_listeners(lp);
         }
         let mut info = w.info();
         info.status = WorkerStatus::Dead;

@@ -10,7 +10,8 @@ use std::os::fd::BorrowedFd;
 use uvring::{Error, FdBatch, Loop, Result};
 
 impl<D> Primary<D> {
-    /// Sends a user message to worker `id`.
+    /// Sends a user message to worker `id`. `EMSGSIZE`, and nothing sent,
+    /// when `bytes` is longer than [`Settings::max_message_len`](crate::Settings::max_message_len).
     pub fn send(&mut self, lp: &mut Loop<D>, id: WorkerId, bytes: &[u8]) -> Result<()> {
         self.send_to(lp, id, &Frame::Message { bytes, nfds: 0 })
     }

@@ -69,7 +69,7 @@ mod rolling;
 mod routing;
 
 use crate::channel::{feed_chunk, ChannelError, Flow, FrameWriter};
-use crate::proto::{Decoded, Frame, FrameDecoder, FrameFds};
+use crate::proto::{DecodeError, Decoded, Frame, FrameDecoder, FrameFds, FrameKind};
 use crate::schedule::WorkerId;
 use crate::settings::{SchedPolicy, Settings};
 use crate::store::SharedStore;
@@ -123,6 +123,48 @@ impl PrimaryId {
     fn next() -> PrimaryId {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         PrimaryId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Why a worker's channel failed ([`Primary::on_channel_error`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChannelFault {
+    /// The worker sent bytes that are not a valid frame stream: garbage, a
+    /// header claiming more than [`Settings::max_message_len`], an
+    /// oversized frame, fds no frame claims (stray fds). The channel is
+    /// cut and the worker killed (`SIGKILL`): it is broken or hostile.
+    Decode(DecodeError),
+    /// The worker sent a frame only the primary sends. Cut and killed, as
+    /// for [`Decode`](Self::Decode).
+    UnexpectedFrame(FrameKind),
+    /// The channel ended although the worker was not leaving (it crashed,
+    /// or closed its end); the stream ended between frames.
+    UnexpectedEof,
+    /// Reading the channel failed with this error. The channel is cut.
+    Read(uvring::Error),
+    /// Fds the worker sent were lost (`MSG_CTRUNC`: this process is at its
+    /// fd limit). The channel stays up; the frames that carried them
+    /// arrive with empty fd slots.
+    FdsLost,
+}
+
+impl ChannelFault {
+    /// Whether the worker sent bad input (then it is killed).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, ChannelFault::Decode(_) | ChannelFault::UnexpectedFrame(_))
+    }
+}
+
+impl std::fmt::Display for ChannelFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelFault::Decode(e) => write!(f, "bad input: {e}"),
+            ChannelFault::UnexpectedFrame(kind) => write!(f, "bad input: unexpected {kind:?} frame"),
+            ChannelFault::UnexpectedEof => f.write_str("unexpected end of channel"),
+            ChannelFault::Read(e) => write!(f, "read error: {e}"),
+            ChannelFault::FdsLost => f.write_str("fds lost (control message truncated at the fd limit)"),
+        }
     }
 }
 
@@ -239,6 +281,8 @@ struct WorkerEntry {
     /// Kills a rolling replacement that has not started by
     /// `Settings::startup_timeout`.
     startup_timer: Option<Timer>,
+    /// The last `recvmsg` lost its fds (see [`ChannelFault::FdsLost`]).
+    fds_lost: bool,
     /// Hand-off state: connections sent and not yet acknowledged, the
     /// batch being built, the reported load.
     conns: handoff::WorkerConns,
@@ -256,6 +300,7 @@ type ListeningFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerInfo, SocketAddr);
 type MessageFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerInfo, &[u8], &mut FrameFds);
 type ExitFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerInfo, i64, i32);
 type StormFn<D> = dyn Fn(&mut Loop<D>, &mut D);
+type ChannelErrorFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerInfo, ChannelFault);
 type DoneFn<D> = Box<dyn FnOnce(&mut Loop<D>, &mut D)>;
 
 /// An event waiting to be delivered; a worker's info is read again at
@@ -265,6 +310,7 @@ enum Event<D> {
     Online(WorkerInfo),
     Listening(WorkerInfo, SocketAddr),
     Disconnect(WorkerInfo),
+    ChannelError(WorkerInfo, ChannelFault),
     Exit(WorkerInfo, i64, i32),
     Storm,
     Unresponsive(WorkerInfo),
@@ -284,6 +330,7 @@ struct Events<D> {
     exit: Option<Rc<ExitFn<D>>>,
     storm: Option<Rc<StormFn<D>>>,
     unresponsive: Option<Rc<WorkerFn<D>>>,
+    channel_error: Option<Rc<ChannelErrorFn<D>>>,
     queue: VecDeque<Event<D>>,
     /// The zero-delay timer that delivers events queued by an API call.
     drain_timer: Option<Timer>,
@@ -412,6 +459,7 @@ impl<D: PrimaryData> Primary<D> {
         let _ = lp;
         let id = PrimaryId::next();
         let life = lifecycle::Lifecycle::new(&settings)?;
+        let max_message = settings.max_message_len;
         Ok(Primary {
             id,
             routing: routing::Routing::new(),
@@ -419,7 +467,7 @@ impl<D: PrimaryData> Primary<D> {
             life,
             settings,
             workers: Vec::with_capacity(16),
-            writer: FrameWriter::new(),
+            writer: FrameWriter::new(max_message),
             store: SharedStore::new(),
             rolling: None,
             events: Events {
@@ -431,6 +479,7 @@ impl<D: PrimaryData> Primary<D> {
                 exit: None,
                 storm: None,
                 unresponsive: None,
+                channel_error: None,
                 queue: VecDeque::with_capacity(16),
                 drain_timer: None,
             },
@@ -480,6 +529,14 @@ impl<D: PrimaryData> Primary<D> {
     /// signal)`, one of the last two 0.
     pub fn on_exit(&mut self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerInfo, i64, i32) + 'static) {
         self.events.exit = Some(Rc::new(cb));
+    }
+
+    /// A worker's channel failed: `(loop, data, worker, reason)`. Bad input
+    /// ([`ChannelFault::is_bad_input`]) cuts the channel and kills the
+    /// worker (its exit follows, and a respawn if respawning is on); an
+    /// unexpected end of the channel comes before the `disconnect` event.
+    pub fn on_channel_error(&mut self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerInfo, ChannelFault) + 'static) {
+        self.events.channel_error = Some(Rc::new(cb));
     }
 
     /// Respawning stopped because of a restart storm: `(loop, data)`.
@@ -564,6 +621,12 @@ fn drain_events<D: PrimaryData>(lp: &mut Loop<D>, d: &mut D, pid: PrimaryId) {
                     cb(lp, d, &info);
                 }
             }
+            Event::ChannelError(info, fault) => {
+                let (cb, info) = (p.events.channel_error.clone(), p.refresh(info));
+                if let Some(cb) = cb {
+                    cb(lp, d, &info, fault);
+                }
+            }
             Event::Exit(info, code, signal) => {
                 let (cb, info) = (p.events.exit.clone(), p.refresh(info));
                 if let Some(cb) = cb {
@@ -603,32 +666,83 @@ fn on_channel_read<D: PrimaryData>(pid: PrimaryId) -> OnRead<D, PipeStream> {
         else {
             return;
         };
-        let ok = match res {
+        let fault = match res {
             Ok(bytes) => {
                 let now = lp.now();
-                if let Some(w) = d.primary_by_id(pid).and_then(|p| p.entry_mut(id)) {
+                if let Some(w) = p.entry_mut(id) {
                     w.last_heard = now;
+                    if std::mem::take(&mut w.fds_lost) {
+                        decoder.note_fds_lost(bytes.len());
+                    }
                 }
                 let mut handler = |lp: &mut Loop<D>, dec: Decoded<'_>| handle_frame(lp, d, pid, id, pipe, dec);
                 // A worker that sends garbage loses its channel.
-                !matches!(
-                    feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler),
-                    Err(ChannelError::Decode(_) | ChannelError::Stalled)
-                )
+                match feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler) {
+                    Ok(_) => None,
+                    Err(ChannelError::Decode(e)) => Some(ChannelFault::Decode(e)),
+                    Err(ChannelError::Stalled) => Some(ChannelFault::Read(uvring::Error::EINVAL)),
+                }
             }
-            Err(_) => false,
+            // This process is at its fd limit: the fds that came with the
+            // bytes that follow are lost; the channel is fine.
+            Err(e) if e == uvring::Error::CONTROL_TRUNCATED => {
+                if let Some(w) = p.entry_mut(id) {
+                    w.fds_lost = true;
+                    let info = w.info();
+                    p.events.queue.push_back(Event::ChannelError(info, ChannelFault::FdsLost));
+                }
+                None
+            }
+            Err(e) if e == uvring::Error::EOF => {
+                let leaving = p.entry(id).is_some_and(|w| w.disconnecting || w.info.exited_after_disconnect);
+                match decoder.finish() {
+                    // Stray fds or a partial frame at the end: bad input.
+                    Err(e) => Some(ChannelFault::Decode(e)),
+                    Ok(()) if leaving => Some(ChannelFault::Read(e)),
+                    Ok(()) => Some(ChannelFault::UnexpectedEof),
+                }
+            }
+            Err(e) => Some(ChannelFault::Read(e)),
         };
         let Some(p) = d.primary_by_id(pid) else { return };
-        if ok {
-            if let Some(w) = p.entry_mut(id).filter(|w| w.channel == Some(pipe)) {
-                w.decoder = Some(decoder);
+        match fault {
+            None => {
+                if let Some(w) = p.entry_mut(id).filter(|w| w.channel == Some(pipe)) {
+                    w.decoder = Some(decoder);
+                }
             }
-        } else {
-            decoder.drain_fds();
-            p.channel_closed(lp, id);
+            // An expected EOF: no error to report.
+            Some(ChannelFault::Read(e)) if e == uvring::Error::EOF => {
+                decoder.drain_fds();
+                p.channel_closed(lp, id);
+            }
+            Some(fault) => {
+                decoder.drain_fds();
+                p.cut_channel(lp, id, fault);
+            }
         }
         drain_events(lp, d, pid);
     })
+}
+
+impl<D> Primary<D> {
+    /// Worker `id`'s channel failed for `fault`: reports it, closes the
+    /// channel, and kills a worker that sent bad input (a worker that keeps
+    /// running after garbage would otherwise hold its place for ever).
+    fn cut_channel(&mut self, lp: &mut Loop<D>, id: WorkerId, fault: ChannelFault) {
+        let Some(w) = self.entry(id) else { return };
+        if w.channel.is_none() {
+            return;
+        }
+        let (info, process) = (w.info(), w.process);
+        self.events.queue.push_back(Event::ChannelError(info, fault));
+        self.channel_closed(lp, id);
+        if fault.is_bad_input() {
+            if let Some(p) = process {
+                let _ = lp.process_kill(p, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// One frame from worker `id`: each goes to the module that owns it; a
@@ -650,7 +764,7 @@ fn handle_frame<D: PrimaryData>(
         Frame::Listening { address, port, .. } => p.worker_listening(id, address, port),
         Frame::Close { listener_id } => p.leave_listener(lp, listener_id, id),
         Frame::ExitedAfterDisconnect => p.worker_leaving(id),
-        Frame::Load { open_connections } => p.on_load(id, open_connections),
+        Frame::Load { open_connections } => p.on_load(lp, id, open_connections),
         // Any frame shows the worker's loop runs (`on_channel_read`).
         Frame::Heartbeat { .. } => {}
         Frame::Message { bytes, .. } => {
@@ -663,7 +777,7 @@ fn handle_frame<D: PrimaryData>(
         // A worker has no business sending these: it loses its channel.
         Frame::QueryServerReply { .. } | Frame::NewConnection { .. } | Frame::StoreReply { .. } | Frame::Disconnect => {
             drop(fds);
-            p.channel_closed(lp, id);
+            p.cut_channel(lp, id, ChannelFault::UnexpectedFrame(frame.kind()));
             return Flow::Stop;
         }
     }

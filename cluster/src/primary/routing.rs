@@ -3,7 +3,17 @@
 //! each once, and replies with the real port (port 0 gives every worker the
 //! same port) or the bind error (and keeps no entry, so a retry binds
 //! again). Under `rr` the primary accepts on the listener itself (see
-//! `handoff`); under `shared` it sends the listening socket.
+//! `handoff`); under `shared` it sends the listening socket; under
+//! `reuseport` a listen on port 0 asks too: the primary reserves the port
+//! with a bound, non-listening `SO_REUSEPORT` socket and the workers bind
+//! their own sockets to it.
+//!
+//! A listener whose workers are all gone (they died, or left in a
+//! disconnect or a rolling restart) stays open, with its port, while the
+//! cluster runs, so that their replacements get the same port (under `rr`
+//! connections that come meanwhile are closed, under `shared` they wait in
+//! the backlog). It closes when the last worker closes its server itself,
+//! and at [`Primary::disconnect`].
 
 use super::{Primary, PrimaryData};
 use crate::proto::{Frame, ListenAddress, ListenFlags, ListenKey, SocketType};
@@ -11,7 +21,7 @@ use crate::schedule::{RoundRobin, WorkerId};
 use crate::settings::SchedPolicy;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::BorrowedFd;
-use uvring::{HandleId, Loop, Result, TcpListener, TcpSocket, TCP_IPV6ONLY};
+use uvring::{HandleId, Loop, Result, TcpListener, TcpSocket, TCP_IPV6ONLY, TCP_REUSEPORT};
 
 /// The listeners the primary holds for its workers.
 pub(super) struct Routing {
@@ -25,6 +35,19 @@ enum ListenerMode {
     /// The socket listens (outside the loop) and its members accept on
     /// copies of it.
     Shared(Vec<WorkerId>, TcpSocket),
+    /// `reuseport`, port 0: a bound, non-listening `SO_REUSEPORT` socket
+    /// holds the port; each member listens on a socket of its own.
+    Reserved(Vec<WorkerId>, TcpSocket),
+}
+
+impl ListenerMode {
+    fn policy(&self) -> SchedPolicy {
+        match self {
+            ListenerMode::RoundRobin(..) => SchedPolicy::RoundRobin,
+            ListenerMode::Shared(..) => SchedPolicy::Shared,
+            ListenerMode::Reserved(..) => SchedPolicy::ReusePort,
+        }
+    }
 }
 
 struct Listener {
@@ -42,14 +65,14 @@ impl Listener {
             ListenerMode::RoundRobin(rr, _) => {
                 rr.remove(w);
             }
-            ListenerMode::Shared(v, _) => v.retain(|&x| x != w),
+            ListenerMode::Shared(v, _) | ListenerMode::Reserved(v, _) => v.retain(|&x| x != w),
         }
     }
 
     fn is_empty(&self) -> bool {
         match &self.mode {
             ListenerMode::RoundRobin(rr, _) => rr.is_empty(),
-            ListenerMode::Shared(v, _) => v.is_empty(),
+            ListenerMode::Shared(v, _) | ListenerMode::Reserved(v, _) => v.is_empty(),
         }
     }
 
@@ -57,7 +80,7 @@ impl Listener {
     fn handle(&self) -> HandleId {
         match self.mode {
             ListenerMode::RoundRobin(_, l) => l.id(),
-            ListenerMode::Shared(_, s) => s.id(),
+            ListenerMode::Shared(_, s) | ListenerMode::Reserved(_, s) => s.id(),
         }
     }
 }
@@ -75,7 +98,7 @@ impl Routing {
     pub(super) fn round_robin(&mut self, listener_id: u32) -> Option<&mut RoundRobin> {
         match &mut self.listeners.iter_mut().find(|l| l.id == listener_id)?.mode {
             ListenerMode::RoundRobin(rr, _) => Some(rr),
-            ListenerMode::Shared(..) => None,
+            ListenerMode::Shared(..) | ListenerMode::Reserved(..) => None,
         }
     }
 }
@@ -86,24 +109,57 @@ impl<D> Primary<D> {
         self.routing.listeners.len()
     }
 
-    /// Removes `w` from `listener_id`; closes the listener when it has no
-    /// member left.
+    /// Removes `w` from `listener_id` (it closed its server); closes the
+    /// listener when it has no member left, unless `w` is leaving (a
+    /// disconnect or a rolling restart: its replacement keeps the port).
     pub(super) fn leave_listener(&mut self, lp: &mut Loop<D>, listener_id: u32, w: WorkerId) {
+        let leaving = self.entry(w).is_some_and(|e| e.disconnecting);
+        let keep = leaving && self.keeps_listeners(w);
         let listeners = &mut self.routing.listeners;
         let Some(i) = listeners.iter().position(|l| l.id == listener_id) else { return };
         listeners[i].remove_member(w);
-        if listeners[i].is_empty() {
+        if listeners[i].is_empty() && !keep {
             let l = listeners.swap_remove(i);
             let _ = lp.close(l.handle(), None);
         }
     }
 
-    /// Removes `w` from every listener (its channel closed).
+    /// Removes `w` from every listener (its channel closed). A listener
+    /// left empty stays open while the cluster runs (see the module docs).
     pub(super) fn leave_all_listeners(&mut self, lp: &mut Loop<D>, w: WorkerId) {
+        let keep = self.keeps_listeners(w);
         let listeners = &mut self.routing.listeners;
         let mut i = 0;
         while i < listeners.len() {
             listeners[i].remove_member(w);
+            if listeners[i].is_empty() && !keep {
+                let l = listeners.swap_remove(i);
+                let _ = lp.close(l.handle(), None);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+impl<D> Primary<D> {
+    /// Whether a listener that `leaving` leaves empty stays open for a
+    /// replacement: the cluster is not shutting down, and one is coming
+    /// (respawning is on, a rolling restart runs, or another worker that
+    /// is not leaving may listen on it).
+    pub(super) fn keeps_listeners(&self, leaving: WorkerId) -> bool {
+        !self.life.shutting_down
+            && (self.settings.respawn.enabled
+                || self.rolling.is_some()
+                || self.workers.iter().any(|e| e.info.id != leaving && !e.disconnecting && e.channel.is_some()))
+    }
+
+    /// Closes every listener no worker is a member of (the cluster is
+    /// shutting down, or no replacement is coming).
+    pub(super) fn close_idle_listeners(&mut self, lp: &mut Loop<D>) {
+        let listeners = &mut self.routing.listeners;
+        let mut i = 0;
+        while i < listeners.len() {
             if listeners[i].is_empty() {
                 let l = listeners.swap_remove(i);
                 let _ = lp.close(l.handle(), None);
@@ -133,18 +189,16 @@ impl<D: PrimaryData> Primary<D> {
         }
         let requested = SocketAddr::new(ip, key.port);
         let flags = if key.flags.contains(ListenFlags::IPV6_ONLY) { TCP_IPV6ONLY } else { 0 };
-        let shared = self.settings.policy == SchedPolicy::Shared;
+        let policy = self.settings.policy;
+        let shared = policy == SchedPolicy::Shared;
         let existing = self.routing.listeners.iter().position(|l| {
-            l.requested == requested
-                && l.index == key.index
-                && l.flags == flags
-                && matches!(l.mode, ListenerMode::Shared(..)) == shared
+            l.requested == requested && l.index == key.index && l.flags == flags && l.mode.policy() == policy
         });
         let i = match existing {
             Some(i) => i,
             None => {
                 let backlog = i32::try_from(key.backlog).unwrap_or(i32::MAX);
-                match self.open_listener(lp, requested, flags, backlog, shared) {
+                match self.open_listener(lp, requested, flags, backlog, policy) {
                     Ok((mode, port)) => {
                         let lid = self.routing.next_listener_id;
                         self.routing.next_listener_id = lid.wrapping_add(1).max(1);
@@ -169,6 +223,12 @@ impl<D: PrimaryData> Primary<D> {
                 }
                 Some(*socket)
             }
+            ListenerMode::Reserved(v, _) => {
+                if !v.contains(&id) {
+                    v.push(id);
+                }
+                None
+            }
         };
         let (lid, port) = (l.id, l.port);
         let frame = Frame::QueryServerReply { seq, errno: 0, port, listener_id: lid, listener_fd: shared };
@@ -182,20 +242,34 @@ impl<D: PrimaryData> Primary<D> {
     }
 
     /// Binds a listener for `addr`: under `shared` a socket that listens
-    /// outside the loop (the workers accept on copies of it), else one the
-    /// loop accepts on for round robin. Returns it with its real port.
+    /// outside the loop (the workers accept on copies of it), under
+    /// `reuseport` one that only holds the port (bound with `SO_REUSEPORT`,
+    /// not listening: the workers bind theirs to the same port), else one
+    /// the loop accepts on for round robin. Returns it with its real port.
     fn open_listener(
         &mut self,
         lp: &mut Loop<D>,
         addr: SocketAddr,
         flags: u32,
         backlog: i32,
-        shared: bool,
+        policy: SchedPolicy,
     ) -> Result<(ListenerMode, u16)> {
+        let shared = policy == SchedPolicy::Shared;
+        let reserve = policy == SchedPolicy::ReusePort;
         let s = lp.tcp_init()?;
-        if let Err(e) = lp.tcp_bind(s, addr, flags) {
+        let bind_flags = if reserve { flags | TCP_REUSEPORT } else { flags };
+        if let Err(e) = lp.tcp_bind(s, addr, bind_flags) {
             let _ = lp.close(s, None);
             return Err(e);
+        }
+        if reserve {
+            return match lp.tcp_getsockname(s) {
+                Ok(a) => Ok((ListenerMode::Reserved(Vec::new(), s), a.port())),
+                Err(e) => {
+                    let _ = lp.close(s, None);
+                    Err(e)
+                }
+            };
         }
         if shared {
             // The workers accept; the primary only makes the port listen

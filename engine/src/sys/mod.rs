@@ -49,6 +49,15 @@ pub unsafe fn owned(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// Whether `fd` is readable now (`poll` with a zero timeout): for a
+/// listening socket, a connection waits in its backlog.
+pub fn readable_now(fd: RawFd) -> Result<bool> {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: `p` is one valid pollfd for the call's duration.
+    let n = syscall!(poll(&mut p, 1, 0))?;
+    Ok(n > 0 && p.revents & libc::POLLIN != 0)
+}
+
 /// Reads into `buf`; returns the count or an error (`EAGAIN` included).
 pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes.

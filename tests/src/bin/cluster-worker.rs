@@ -99,6 +99,23 @@ fn main() {
         primary_main(&scenario);
         return;
     }
+    // NOFILE=n: this worker's RLIMIT_NOFILE, set before anything opens an fd
+    // (the limits test runs workers at 64).
+    if let Some(n) = std::env::var("NOFILE").ok().and_then(|v| v.parse::<u64>().ok()) {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: plain syscall with a valid struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        // Lowered for good (the limits test), or raised back up to the hard
+        // limit (a worker of a primary at its own limit).
+        let lim = if n <= lim.rlim_cur {
+            libc::rlimit { rlim_cur: n, rlim_max: n }
+        } else {
+            libc::rlimit { rlim_cur: n.min(lim.rlim_max), ..lim }
+        };
+        // SAFETY: plain syscall with a valid, initialized struct.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        assert_eq!(rc, 0, "setrlimit NOFILE {n}");
+    }
     let mut lp: Lp = Loop::new().expect("loop");
     let mut state = State { worker: Some(Worker::init(&mut lp).expect("worker init")), ..State::default() };
     worker_main(&mut lp, &mut state, &scenario);
@@ -119,6 +136,15 @@ fn local(port: u16) -> SocketAddr {
 fn send(lp: &mut Lp, d: &mut State, msg: &str) {
     if let Some(w) = d.worker() {
         let _ = w.send(lp, msg.as_bytes());
+    }
+}
+
+/// "ok", or the errno of a failed call.
+fn outcome(res: Option<uvring::Result<()>>) -> String {
+    match res {
+        Some(Ok(())) => "ok".into(),
+        Some(Err(e)) => e.errno().unwrap_or(0).to_string(),
+        None => "none".into(),
     }
 }
 
@@ -365,6 +391,32 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
             )
             .expect("connect");
         }
+        // Keep-alive: answer "worker <id>" to every read, keep the
+        // connection until the client closes it.
+        "keepalive" => {
+            let reply = format!("worker {id}\n").into_bytes();
+            let on_read = OnRead::new(move |lp: &mut Lp, _, s: TcpStream, res| match res {
+                Ok(_) => {
+                    if lp.write(s, &reply, None).is_err() {
+                        let _ = lp.close(s, None);
+                    }
+                }
+                Err(_) => {
+                    let _ = lp.close(s, None);
+                }
+            });
+            listen(
+                lp,
+                port_env(),
+                &OnConnection::new(move |lp, _, srv, res| {
+                    if res.is_ok() {
+                        if let Ok(c) = lp.accept(srv) {
+                            let _ = lp.read_start(c, &on_read);
+                        }
+                    }
+                }),
+            );
+        }
         // Serve, and hold every accepted connection open until the client closes.
         "serve-hold" => {
             let on_read = hold_until_eof();
@@ -394,6 +446,23 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                     if let Some(w) = d.worker() {
                         let _ = w.send_with_fds(lp, &payload, &[sock.as_fd()]);
                     }
+                } else if let Some(n) = std::str::from_utf8(msg).ok().and_then(|m| m.strip_prefix("try-send ")) {
+                    // Send n bytes; report how it went ("sent n ok|<errno>").
+                    let n: usize = n.parse().unwrap_or(0);
+                    let payload: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+                    let res = d.worker().map(|w| w.send(lp, &payload));
+                    send(lp, d, &format!("sent {n} {}", outcome(res)));
+                } else if let Some(n) = std::str::from_utf8(msg).ok().and_then(|m| m.strip_prefix("try-set ")) {
+                    // Store a value of n bytes; report the call's result and,
+                    // from its callback, the store's.
+                    let n: usize = n.parse().unwrap_or(0);
+                    let value = vec![7u8; n];
+                    let res = d.worker().map(|w| {
+                        w.store_set(lp, b"big", &value, move |lp, d, r| {
+                            send(lp, d, &format!("stored {n} {}", outcome(Some(r))))
+                        })
+                    });
+                    send(lp, d, &format!("set {n} {}", outcome(res)));
                 } else {
                     let mut reply = b"echo ".to_vec();
                     reply.extend_from_slice(msg);
@@ -437,6 +506,65 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                 let _ = std::fs::File::from(dup).write_all(&[0xff; 64]);
             }
         }
+        // Write bad input on the channel (HOSTILE = random | huge-header |
+        // oversized) and keep running: the primary must report it, kill
+        // this worker and replace it.
+        // HOSTILE_ONCE names a file: the first worker to find it missing
+        // creates it and is hostile; later ones (its replacement) serve.
+        "hostile" if std::env::var_os("HOSTILE_ONCE").is_some_and(|f| std::path::Path::new(&f).exists()) => {
+            listen(lp, port_env(), &serving(id));
+        }
+        "hostile" => {
+            if let Some(f) = std::env::var_os("HOSTILE_ONCE") {
+                std::fs::write(f, b"hostile").expect("HOSTILE_ONCE");
+            }
+            let bytes: Vec<u8> = match std::env::var("HOSTILE").as_deref() {
+                Ok("huge-header") => {
+                    // A Message header claiming 0xFFFFFFF0 bytes.
+                    let mut h = vec![1u8, 0x0b, 0, 0];
+                    h.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+                    h
+                }
+                Ok("oversized") => {
+                    // A whole Message frame one byte above the default limit.
+                    let len = uvring_cluster::DEFAULT_MAX_MESSAGE_LEN + 1;
+                    let mut f = vec![1u8, 0x0b, 0, 0];
+                    f.extend_from_slice(&(len as u32).to_le_bytes());
+                    f.resize(8 + len, b'x');
+                    f
+                }
+                // Bytes from a small xorshift generator, never a valid
+                // header (the first byte is not version 1).
+                _ => {
+                    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+                    let mut v: Vec<u8> = (0..4096)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect();
+                    v[0] = 0xee;
+                    v
+                }
+            };
+            // Outlive the channel: nothing here ends the process.
+            w.on_primary_gone(|_, _| {});
+            let t = lp.timer_init().expect("timer");
+            let every = Duration::from_secs(1);
+            lp.timer_start(t, every, every, &uvring::OnTimer::new(|_, _, _| {})).expect("timer");
+            // SAFETY: fd 3 is this worker's channel (the primary puts it
+            // there), open for the life of the process; borrowed only to
+            // duplicate it.
+            let ch = unsafe { std::os::fd::BorrowedFd::borrow_raw(3) };
+            if let Ok(dup) = ch.try_clone_to_owned() {
+                use std::io::Write;
+                std::thread::spawn(move || {
+                    let _ = std::fs::File::from(dup).write_all(&bytes);
+                });
+            }
+        }
         other => panic!("unknown worker scenario {other:?}"),
     }
 }
@@ -476,6 +604,27 @@ fn primary_main(scenario: &str) {
                     println!("pids {}", pids.join(" "));
                 }
             });
+            Supervisor { primary, online: 0 }
+        }
+        // A primary at its own fd limit (PRIMARY_NOFILE, the soft limit;
+        // its worker raises its own back with NOFILE): one `rr` worker
+        // serving PORT; prints "port <n>" once it listens.
+        "primary-fd-limit" => {
+            if let Some(n) = std::env::var("PRIMARY_NOFILE").ok().and_then(|v| v.parse::<u64>().ok()) {
+                let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                // SAFETY: plain syscalls with a valid struct.
+                unsafe {
+                    assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+                    lim.rlim_cur = n;
+                    assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+                }
+            }
+            let settings = Settings::default()
+                .args(Some(vec!["serve".into()]))
+                .workers(1)
+                .policy(uvring_cluster::SchedPolicy::RoundRobin);
+            let mut primary = Primary::new(&mut lp, settings).expect("primary");
+            primary.on_listening(|_, _, _, addr| println!("port {}", addr.port()));
             Supervisor { primary, online: 0 }
         }
         other => panic!("unknown primary scenario {other:?}"),

@@ -69,6 +69,8 @@ pub struct Log {
     /// `(worker, code, signal, exited_after_disconnect)`.
     pub exits: Vec<(WorkerId, i64, i32, bool)>,
     pub pids: Vec<i32>,
+    /// `(worker, reason)` of each channel error.
+    pub channel_errors: Vec<(WorkerId, String)>,
     /// `Primary::disconnect`'s callback ran.
     pub disconnected: bool,
 }
@@ -173,6 +175,7 @@ fn recorded(lp: &mut Loop<Cluster>, settings: Settings) -> Primary<Cluster> {
         d.log_of(id).messages.push((w.id(), String::from_utf8_lossy(bytes).into_owned()))
     });
     p.on_disconnect(move |_, d, w| d.log_of(id).disconnects.push(w.id()));
+    p.on_channel_error(move |_, d, w, reason| d.log_of(id).channel_errors.push((w.id(), reason.to_string())));
     p.on_exit(move |_, d, w, code, signal| {
         d.log_of(id).exits.push((w.id(), code, signal, w.exited_after_disconnect()))
     });
