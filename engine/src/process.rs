@@ -67,6 +67,36 @@ impl<'a> ProcessOptions<'a> {
     pub fn new(file: &'a Path) -> ProcessOptions<'a> {
         ProcessOptions { file, args: &[], env: None, cwd: None, stdio: &[], detached: false }
     }
+
+    /// Sets the arguments after the program name.
+    pub fn args(mut self, args: &'a [&'a OsStr]) -> Self {
+        self.args = args;
+        self
+    }
+
+    /// Sets the child's whole environment (`None`: the parent's).
+    pub fn env(mut self, env: Option<&'a [(&'a OsStr, &'a OsStr)]>) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// Sets the child's working directory (`None`: the parent's).
+    pub fn cwd(mut self, cwd: Option<&'a Path>) -> Self {
+        self.cwd = cwd;
+        self
+    }
+
+    /// Sets the child's fds 0, 1, 2, ...
+    pub fn stdio(mut self, stdio: &'a [Stdio]) -> Self {
+        self.stdio = stdio;
+        self
+    }
+
+    /// Starts the child in a new session (`setsid`).
+    pub fn detached(mut self, on: bool) -> Self {
+        self.detached = on;
+        self
+    }
 }
 
 pub(crate) struct ProcessState<D> {

@@ -67,7 +67,7 @@ pub fn spawn_child<D: 'static>(
     let env = child_env(lp.backend());
     let env_refs: Vec<(&OsStr, &OsStr)> = env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())).collect();
     let arg_refs: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    let opts = ProcessOptions { args: &arg_refs, env: Some(&env_refs), stdio, ..ProcessOptions::new(exe) };
+    let opts = ProcessOptions::new(exe).args(&arg_refs).env(Some(&env_refs)).stdio(stdio);
     let (rec, on_exit) = record_exit();
     let p = lp.spawn(&opts, &on_exit).expect("spawn the test child");
     let guard = ChildGuard::new(lp.process_pid(p).unwrap());

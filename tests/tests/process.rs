@@ -64,7 +64,7 @@ both_backends! {
             lp.close(p, None).unwrap();
         });
         let args = [OsStr::new("exit"), OsStr::new("0")];
-        let opts = ProcessOptions { args: &args, ..ProcessOptions::new(child_exe()) };
+        let opts = ProcessOptions::new(child_exe()).args(&args);
         let p = lp.spawn(&opts, &on_exit).unwrap();
         let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
         lp.run(RunMode::Default, &mut ()).unwrap();
@@ -83,7 +83,7 @@ both_backends! {
     fn spawn_searches_path(lp) {
         let args = [OsStr::new("-c"), OsStr::new("exit 7")];
         let (exit, on_exit) = record_exit();
-        let p = lp.spawn(&ProcessOptions { args: &args, ..ProcessOptions::new(Path::new("sh")) }, &on_exit).unwrap();
+        let p = lp.spawn(&ProcessOptions::new(Path::new("sh")).args(&args), &on_exit).unwrap();
         let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
         run_until(lp, LIMIT, |_| exit.get().is_some());
         assert_eq!(exit.get(), Some((7, 0)));
@@ -96,13 +96,7 @@ both_backends! {
         let env = [(OsStr::new("UVRING_TEST_VAR"), OsStr::new("forty two"))];
         let stdio = [Stdio::Ignore, Stdio::Pipe(out), Stdio::Inherit];
         let dir = std::env::temp_dir().canonicalize().unwrap();
-        let opts = ProcessOptions {
-            args: &args,
-            env: Some(&env),
-            cwd: Some(&dir),
-            stdio: &stdio,
-            ..ProcessOptions::new(child_exe())
-        };
+        let opts = ProcessOptions::new(child_exe()).args(&args).env(Some(&env)).cwd(Some(&dir)).stdio(&stdio);
         let (exit, on_exit) = record_exit();
         let p = lp.spawn(&opts, &on_exit).unwrap();
         let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
@@ -187,7 +181,7 @@ both_backends! {
         // After the child exits, its handle no longer keeps the loop alive
         // although it is not closed.
         let args = [OsStr::new("exit"), OsStr::new("0")];
-        let opts = ProcessOptions { args: &args, ..ProcessOptions::new(child_exe()) };
+        let opts = ProcessOptions::new(child_exe()).args(&args);
         let p = lp.spawn(&opts, &OnExit::new(|_, _, _, _, _| {})).unwrap();
         let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
         assert!(lp.is_active(p));
@@ -216,7 +210,7 @@ both_backends! {
         let out = lp.pipe_init(false).unwrap();
         let args = [OsStr::new("env"), OsStr::new("PATH")];
         let stdio = [Stdio::Ignore, Stdio::Pipe(out), Stdio::Inherit];
-        let opts = ProcessOptions { args: &args, stdio: &stdio, ..ProcessOptions::new(child_exe()) };
+        let opts = ProcessOptions::new(child_exe()).args(&args).stdio(&stdio);
         let (exit, on_exit) = record_exit();
         let p = lp.spawn(&opts, &on_exit).unwrap();
         let _guard = ChildGuard::new(lp.process_pid(p).unwrap());

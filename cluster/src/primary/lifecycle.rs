@@ -340,14 +340,7 @@ impl<D: PrimaryData> Primary<D> {
         let stdio = [Stdio::Inherit, stdout, Stdio::Inherit, Stdio::Ipc(pipe)];
         let arg_refs: Vec<&OsStr> = self.life.args.iter().map(OsString::as_os_str).collect();
         let env_refs: Vec<(&OsStr, &OsStr)> = env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())).collect();
-        let opts = ProcessOptions {
-            file: &self.life.exec,
-            args: &arg_refs,
-            env: Some(&env_refs),
-            cwd: None,
-            stdio: &stdio,
-            detached: false,
-        };
+        let opts = ProcessOptions::new(&self.life.exec).args(&arg_refs).env(Some(&env_refs)).stdio(&stdio);
         let process = match lp.spawn(&opts, &self.cbs.exit) {
             Ok(p) => p,
             Err(e) => {
