@@ -740,9 +740,10 @@ impl<D> Loop<D> {
         if matches!(self.slot(h).map(|s| &s.kind), Ok(Kind::Process(_))) {
             self.process_finish_close(h);
         }
-        if matches!(self.slot(h).map(|s| &s.kind), Ok(Kind::Poll(_))) {
-            self.poll_finish_close(h);
-        }
+        // A poll watcher needs no second half: its op's cancel (or its
+        // completion) already took the fd's interest out of the backend, and
+        // the fd is not ours. Forgetting the fd here, later, would wipe the
+        // registration of a new watcher (or stream) on the same fd number.
         if matches!(self.slot(h).map(|s| &s.kind), Ok(Kind::Udp(_))) {
             self.udp_finish_close(h, d);
         }

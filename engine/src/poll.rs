@@ -155,15 +155,6 @@ impl<D> Loop<D> {
         }
     }
 
-    /// Second half of closing: the op is back; make the backend forget the
-    /// fd (epoll: `EPOLL_CTL_DEL`), which stays open: it is not ours.
-    pub(crate) fn poll_finish_close(&mut self, h: HandleId) {
-        if let Ok(Kind::Poll(st)) = self.slot(h).map(|s| &s.kind) {
-            let fd = st.fd;
-            self.driver.deregister(fd);
-        }
-    }
-
     /// A poll op completed: if it is the watcher's current op, report the
     /// events (or the error), then arm again while the watcher is started.
     pub(crate) fn on_poll(&mut self, h: HandleId, token: Token, res: i32, d: &mut D) {

@@ -42,8 +42,10 @@ pub enum Stdio {
     Ipc(PipeSocket),
 }
 
-/// How to start a child ([`Loop::spawn`]).
+/// How to start a child ([`Loop::spawn`]): `ProcessOptions::new(file)`, then
+/// the builder methods (`.args(..)`, `.env(..)`, `.stdio(..)`, ...).
 #[derive(Copy, Clone, Debug)]
+#[non_exhaustive]
 pub struct ProcessOptions<'a> {
     /// The program: a path, or a name looked up in `PATH` (the child's
     /// `PATH` when `env` is given, else the parent's) if it has no `/`.

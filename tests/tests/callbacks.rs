@@ -6,8 +6,13 @@
 //! log. The loop itself is never wrapped in a `RefCell`.
 
 use std::cell::{Cell, RefCell};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 use uvring::*;
@@ -506,14 +511,16 @@ both_backends! {
 //
 // One scenario on a `Loop<Ev>`: the state lives in `D` (no `Rc<RefCell>`),
 // every callback kind (connection, listen-stop, read, write, connect,
-// shutdown, close, timer, hook, async, signal) logs itself and, from inside,
+// shutdown, close, timer, hook, async, signal, poll, process exit, UDP send
+// and receive, work done, file operation done) logs itself and, from inside,
 // calls every operation on every handle ([`exercise`]), then starts the next
-// step. Each step leaves exactly one chain of callbacks outstanding, so the
-// log is the same on every backend and run; it is compared whole with the
-// expected sequence: no callback lost, doubled or reordered, none run from
-// inside an API call (the "call"/"returned" entries around the writes that
-// fail). The failure paths that used to call back from inside `write` (a
-// refused connection, a reset peer) are among the steps.
+// step. Each step leaves exactly one chain of callbacks outstanding (two UDP
+// sends, whose callbacks come in send order), so the log is the same on
+// every backend and run; it is compared whole with the expected sequence: no
+// callback lost, doubled or reordered, none run from inside an API call (the
+// "call"/"returned" entries around the writes and the send that fail). The
+// failure paths that used to call back from inside `write` (a refused
+// connection, a reset peer) are among the steps.
 
 /// The scenario's state (the loop's `D`).
 struct Ev {
@@ -552,6 +559,39 @@ struct Ev {
     /// reported (each exactly once).
     scratch_writes: usize,
     scratch_reported: usize,
+    /// A poll watcher of `poll_end` (the loop never owns that fd); the
+    /// step writes a byte into `poll_peer`.
+    pw: Option<Poll>,
+    poll_end: UnixStream,
+    poll_peer: UnixStream,
+    /// The fd of the scratch poll watchers `exercise` makes (its peer is
+    /// kept open: no hang-up).
+    scratch_poll: (UnixStream, UnixStream),
+    /// A UDP socket bound to 127.0.0.1, and its address; it sends to itself.
+    u: Option<Udp>,
+    u_addr: SocketAddr,
+    /// UDP sends of the step whose callbacks have not run.
+    u_sends: usize,
+    /// The child (`sh -c 'exit 3'`), and whether its exit callback ran.
+    ch: Option<Process>,
+    ch_exited: bool,
+    /// The step's work item and file request; moved to `stale_*` by their
+    /// callbacks (they are stale from then on).
+    work: Option<Work>,
+    stale_work: Option<Work>,
+    fs_req: Option<FsRequest>,
+    stale_fs: Option<FsRequest>,
+    /// The file the fs steps stat, open, read and close.
+    path: PathBuf,
+    file: Option<File>,
+    /// Scratch UDP sends, work items and file requests made inside
+    /// callbacks (each cancelled or closed at once): issued and reported.
+    scratch_sends: usize,
+    scratch_sends_reported: usize,
+    scratch_works: usize,
+    scratch_works_reported: usize,
+    scratch_fs: usize,
+    scratch_fs_reported: usize,
 }
 
 /// Every callback of the scenario, built once.
@@ -576,6 +616,14 @@ struct Cbs {
     close: OnClose<Ev>,
     scratch_write: OnWrite<Ev, PipeStream>,
     ignore_connection: OnConnection<Ev, TcpListener>,
+    poll: OnPoll<Ev>,
+    never_poll: OnPoll<Ev>,
+    exit: OnExit<Ev>,
+    never_exit: OnExit<Ev>,
+    send_u: OnSend<Ev>,
+    send_u_fail: OnSend<Ev>,
+    recv_u: OnRecv<Ev>,
+    scratch_send: OnSend<Ev>,
 }
 
 impl Ev {
@@ -595,7 +643,9 @@ impl Ev {
 /// Calls every operation that does not itself call back on every handle
 /// of the scenario, and the failing ones that must fail at once; makes and
 /// closes scratch handles (a timer that never fires, a listener, a pipe pair
-/// with a write queued) whose callbacks must each run exactly once, later.
+/// with a write queued, a poll watcher that never reports, a UDP socket with
+/// a send queued) and requests (a work item and a file stat, each cancelled)
+/// whose callbacks must each run exactly once, later.
 fn exercise(lp: &mut Loop<Ev>, d: &mut Ev) {
     d.exercised += 1;
     let cb = d.cb.clone();
@@ -625,9 +675,11 @@ fn exercise(lp: &mut Loop<Ev>, d: &mut Ev) {
         lp.set_data(id, word + 1).unwrap();
         assert_eq!(lp.data(id), Ok(word + 1));
         lp.set_data(id, word).unwrap();
+        // Streams, UDP sockets and poll watchers have an fd.
+        let has_fd = matches!(ty, HandleType::Tcp | HandleType::Pipe | HandleType::Udp | HandleType::Poll);
         match lp.fileno(id) {
-            Ok(fd) => assert!(matches!(ty, HandleType::Tcp | HandleType::Pipe) && fd >= 0, "{name}: fd {fd}"),
-            Err(e) => assert_eq!((e, ty == HandleType::Tcp || ty == HandleType::Pipe), (Error::WRONG_TYPE, false)),
+            Ok(fd) => assert!(has_fd && fd >= 0, "{name}: fd {fd}"),
+            Err(e) => assert_eq!((e, has_fd), (Error::WRONG_TYPE, false), "{name}"),
         }
         if lp.is_closing(id) {
             assert_eq!(lp.close(id, None), Err(Error::INVALID_STATE), "{name}: closing twice");
@@ -681,6 +733,7 @@ fn exercise(lp: &mut Loop<Ev>, d: &mut Ev) {
         assert!(r == Ok(0) || r == Err(Error::EPIPE), "{r:?}");
         let _ = (lp.is_reading(p), lp.write_queue_size(p).unwrap());
     }
+    exercise_watchers_and_requests(lp, d);
 
     // Scratch handles made and closed from inside the callback.
     let t = lp.timer_init().unwrap();
@@ -698,6 +751,150 @@ fn exercise(lp: &mut Loop<Ev>, d: &mut Ev) {
     d.scratch_writes += 1;
     lp.close(a, None).unwrap();
     lp.close(b, None).unwrap();
+    scratch_watchers_and_requests(lp, d);
+}
+
+/// [`exercise`]'s part for the poll watcher, the UDP socket, the child
+/// process, and the work and file requests: every operation that does not
+/// call back, on the scenario's handles and on stale ids.
+fn exercise_watchers_and_requests(lp: &mut Loop<Ev>, d: &mut Ev) {
+    let cb = d.cb.clone();
+    // Typed operations on a closing or closed handle are refused as stale.
+    let open = |lp: &Loop<Ev>, h: HandleId| lp.is_live(h) && !lp.is_closing(h);
+    if let Some(pw) = d.pw {
+        if open(lp, pw.id()) {
+            assert_eq!(lp.fileno(pw), Ok(d.poll_end.as_raw_fd()));
+            assert_eq!(lp.poll_start(pw, PollEvents::empty(), &cb.never_poll), Err(Error::EINVAL));
+            if !lp.is_active(pw) {
+                // Started and stopped at once: the op in flight (the socket
+                // is writable) is cancelled and its completion dropped.
+                lp.poll_start(pw, PollEvents::WRITABLE, &cb.never_poll).unwrap();
+                assert!(lp.is_active(pw));
+                lp.poll_start(pw, PollEvents::WRITABLE | PollEvents::DISCONNECT, &cb.never_poll).unwrap();
+                lp.poll_stop(pw).unwrap();
+                assert!(!lp.is_active(pw));
+                lp.poll_stop(pw).unwrap();
+            }
+        } else {
+            assert_eq!(lp.poll_stop(pw), Err(Error::STALE_HANDLE));
+            assert_eq!(lp.poll_start(pw, PollEvents::READABLE, &cb.never_poll), Err(Error::STALE_HANDLE));
+        }
+    }
+    if let Some(u) = d.u {
+        if open(lp, u.id()) {
+            assert_eq!(lp.udp_getsockname(u), Ok(d.u_addr));
+            assert_eq!(lp.udp_getpeername(u), Err(Error::ENOTCONN));
+            assert_eq!(lp.udp_connect(u, None), Err(Error::ENOTCONN));
+            assert_eq!(lp.udp_bind(u, "127.0.0.1:0".parse().unwrap(), 0), Err(Error::EINVAL), "bound already");
+            let queued = lp.udp_send_queue_count(u).unwrap();
+            assert!(queued <= d.u_sends, "{queued} queued, {} sends pending", d.u_sends);
+            if d.u_sends == 0 {
+                assert_eq!(lp.udp_send_queue_size(u), Ok(0));
+            } else {
+                // Sends are in flight: a try_send would pass them.
+                assert_eq!(lp.udp_try_send(u, b"x", Some(d.u_addr)), Err(Error::EAGAIN));
+            }
+            lp.udp_set_ttl(u, 64).unwrap();
+            lp.udp_set_broadcast(u, false).unwrap();
+            assert!(lp.udp_send_buffer_size(u).unwrap() > 0 && lp.udp_recv_buffer_size(u).unwrap() > 0);
+            if lp.is_active(u) {
+                assert_eq!(lp.udp_recv_start(u, &cb.recv_u), Err(Error::from_errno(libc::EALREADY)));
+            }
+        } else {
+            assert_eq!(lp.udp_getsockname(u), Err(Error::STALE_HANDLE));
+            assert_eq!(lp.udp_send_queue_size(u), Err(Error::STALE_HANDLE));
+            assert_eq!(lp.udp_send(u, b"x", Some(d.u_addr), None), Err(Error::STALE_HANDLE));
+            assert_eq!(lp.udp_recv_stop(u), Err(Error::STALE_HANDLE));
+        }
+    }
+    if let Some(ch) = d.ch {
+        if open(lp, ch.id()) {
+            assert!(lp.process_pid(ch).unwrap() > 0);
+            assert_eq!(lp.process_exited(ch), Ok(d.ch_exited));
+            assert_eq!(lp.is_active(ch), !d.ch_exited);
+            let r = lp.process_kill(ch, 0);
+            if d.ch_exited {
+                assert_eq!(r, Err(Error::ESRCH));
+            } else {
+                // Running, or exited and not yet reaped.
+                assert!(r == Ok(()) || r == Err(Error::ESRCH), "{r:?}");
+            }
+        } else {
+            assert_eq!(lp.process_pid(ch), Err(Error::STALE_HANDLE));
+            assert_eq!(lp.process_exited(ch), Err(Error::STALE_HANDLE));
+            assert_eq!(lp.process_kill(ch, 0), Err(Error::STALE_HANDLE));
+        }
+    }
+    // Requests whose callback ran are stale.
+    if let Some(w) = d.stale_work {
+        assert_eq!(lp.cancel_work(w), Err(Error::STALE_REQUEST));
+    }
+    if let Some(r) = d.stale_fs {
+        assert_eq!(lp.fs_cancel(r), Err(Error::STALE_REQUEST));
+    }
+    let _ = lp.fs_io_uring();
+}
+
+/// [`exercise`]'s scratch poll watcher, UDP socket, child, work item and
+/// file request, made and closed or cancelled at once.
+fn scratch_watchers_and_requests(lp: &mut Loop<Ev>, d: &mut Ev) {
+    let cb = d.cb.clone();
+    // A poll watcher of a writable socket, closed while its poll is in
+    // flight: its callback never runs.
+    assert_eq!(lp.poll_init(-1), Err(Error::EBADF));
+    let sp = lp.poll_init(d.scratch_poll.0.as_raw_fd()).unwrap();
+    assert!(!lp.is_active(sp));
+    lp.poll_start(sp, PollEvents::READABLE | PollEvents::WRITABLE, &cb.never_poll).unwrap();
+    lp.poll_start(sp, PollEvents::WRITABLE, &cb.never_poll).unwrap();
+    lp.poll_stop(sp).unwrap();
+    lp.poll_start(sp, PollEvents::WRITABLE, &cb.never_poll).unwrap();
+    lp.close(sp, None).unwrap();
+    assert_eq!(lp.poll_stop(sp), Err(Error::STALE_HANDLE));
+    // A UDP socket with a send queued to itself, closed at once: the send
+    // reports once (sent or cancelled).
+    let su = lp.udp_init().unwrap();
+    assert_eq!(lp.udp_getsockname(su), Err(Error::EBADF), "no socket yet");
+    assert_eq!(lp.udp_send(su, b"x", None, None), Err(Error::from_errno(libc::EDESTADDRREQ)));
+    lp.udp_bind(su, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+    let to = lp.udp_getsockname(su).unwrap();
+    lp.udp_send(su, b"scratch", Some(to), Some(&cb.scratch_send)).unwrap();
+    d.scratch_sends += 1;
+    assert_eq!((lp.udp_send_queue_count(su), lp.udp_send_queue_size(su)), (Ok(1), Ok(7)));
+    lp.close(su, None).unwrap();
+    assert_eq!(lp.udp_send_queue_count(su), Err(Error::STALE_HANDLE));
+    // A program that does not exist: spawn fails at once, no handle.
+    let before = lp.handle_count();
+    let missing = ProcessOptions::new(Path::new("/nonexistent/uvring-callbacks-no-such-program"));
+    assert_eq!(lp.spawn(&missing, &cb.never_exit).map(|_| ()), Err(Error::ENOENT));
+    assert_eq!(lp.handle_count(), before);
+    // A work item and a file stat, cancelled at once (or already started):
+    // each reports once; cancelling again is EBUSY.
+    let before = lp.work_in_flight();
+    let w = lp
+        .queue_work(
+            || 7u8,
+            |_, d: &mut Ev, r: Result<u8>| {
+                assert!(r == Ok(7) || r == Err(Error::ECANCELED), "{r:?}");
+                d.scratch_works_reported += 1;
+            },
+        )
+        .unwrap();
+    d.scratch_works += 1;
+    assert_eq!(lp.work_in_flight(), before + 1);
+    let r = lp.cancel_work(w);
+    assert!(r == Ok(()) || r == Err(Error::EBUSY), "{r:?}");
+    assert_eq!(lp.cancel_work(w), Err(Error::EBUSY));
+    let f = lp
+        .fs_stat("/nonexistent/uvring-callbacks-no-such-file", |_, d: &mut Ev, r: Result<FileStat>| {
+            let e = r.unwrap_err();
+            assert!(e == Error::ENOENT || e == Error::ECANCELED, "{e:?}");
+            d.scratch_fs_reported += 1;
+        })
+        .unwrap();
+    d.scratch_fs += 1;
+    let r = lp.fs_cancel(f);
+    assert!(r == Ok(()) || r == Err(Error::EBUSY), "{r:?}");
+    assert_eq!(lp.fs_cancel(f), Err(Error::EBUSY));
 }
 
 fn raise(signum: i32) {
@@ -833,6 +1030,146 @@ fn on_signal(lp: &mut Loop<Ev>, d: &mut Ev, sig: Signal, signum: i32) {
     lp.signal_stop(sig).unwrap();
     assert!(!lp.is_active(sig));
     exercise(lp, d);
+    // The next step: the poll watcher's fd turns readable.
+    let cb = d.cb.clone();
+    d.poll_peer.write_all(b"!").unwrap();
+    let pw = d.pw.unwrap();
+    lp.poll_start(pw, PollEvents::READABLE, &cb.poll).unwrap();
+    assert!(lp.is_active(pw));
+}
+
+fn on_poll(lp: &mut Loop<Ev>, d: &mut Ev, pw: Poll, res: Result<PollEvents>) {
+    let events = res.unwrap();
+    assert_eq!(events, PollEvents::READABLE, "only what was asked for");
+    d.log(format!("poll PW {events:?}"));
+    // The loop never reads the fd: the byte is still there.
+    let mut buf = [0u8; 8];
+    assert_eq!((&d.poll_end).read(&mut buf).unwrap(), 1);
+    lp.poll_stop(pw).unwrap();
+    assert!(!lp.is_active(pw));
+    // The next step: a child that exits with 3 (made before `exercise`,
+    // which then sees it running).
+    let cb = d.cb.clone();
+    let args = [OsStr::new("-c"), OsStr::new("exit 3")];
+    let opts = ProcessOptions::new(Path::new("/bin/sh")).args(&args);
+    let ch = lp.spawn(&opts, &cb.exit).unwrap();
+    d.ch = Some(ch);
+    d.name(ch, "CH", HandleType::Process);
+    assert!(lp.is_active(ch));
+    exercise(lp, d);
+}
+
+fn on_exit(lp: &mut Loop<Ev>, d: &mut Ev, ch: Process, status: i64, signal: i32) {
+    assert_eq!((status, signal), (3, 0));
+    d.ch_exited = true;
+    d.log(format!("exit CH {status}"));
+    assert_eq!(lp.process_exited(ch), Ok(true));
+    assert!(!lp.is_active(ch), "an exited child's handle is inactive in its exit callback");
+    assert_eq!(lp.process_kill(ch, 0), Err(Error::ESRCH));
+    exercise(lp, d);
+    let cb = d.cb.clone();
+    lp.close(ch, Some(&cb.close)).unwrap();
+    assert_eq!(lp.process_pid(ch), Err(Error::STALE_HANDLE), "closing");
+}
+
+/// The UDP step: two sends to itself, the first too big for a datagram.
+/// Neither calls back from inside `udp_send`; their callbacks come in send
+/// order.
+fn start_udp_sends(lp: &mut Loop<Ev>, d: &mut Ev) {
+    let cb = d.cb.clone();
+    let (u, to) = (d.u.unwrap(), d.u_addr);
+    d.log("send U call");
+    lp.udp_send(u, &[0u8; 70_000], Some(to), Some(&cb.send_u_fail)).unwrap();
+    lp.udp_send(u, b"dgram", Some(to), Some(&cb.send_u)).unwrap();
+    d.log("send U returned");
+    d.u_sends = 2;
+    assert_eq!((lp.udp_send_queue_count(u), lp.udp_send_queue_size(u)), (Ok(2), Ok(70_005)));
+}
+
+fn on_send_u_fail(lp: &mut Loop<Ev>, d: &mut Ev, _: Udp, st: Result<()>) {
+    assert_eq!(st, Err(Error::EMSGSIZE));
+    d.u_sends -= 1;
+    d.log("send U failed");
+    exercise(lp, d);
+}
+
+fn on_send_u(lp: &mut Loop<Ev>, d: &mut Ev, u: Udp, st: Result<()>) {
+    st.unwrap();
+    d.u_sends -= 1;
+    d.log("send U ok");
+    assert_eq!((lp.udp_send_queue_count(u), lp.udp_send_queue_size(u)), (Ok(0), Ok(0)));
+    exercise(lp, d);
+    // The next step: receive the datagram, waiting in the socket.
+    let cb = d.cb.clone();
+    lp.udp_recv_start(u, &cb.recv_u).unwrap();
+    assert!(lp.is_active(u));
+}
+
+fn on_recv_u(lp: &mut Loop<Ev>, d: &mut Ev, u: Udp, res: Result<Datagram<'_>>) {
+    let dg = res.unwrap();
+    assert_eq!((dg.addr, dg.flags), (Some(d.u_addr), RecvFlags::empty()));
+    d.log(format!("recv U {}", String::from_utf8_lossy(dg.data)));
+    lp.udp_recv_stop(u).unwrap();
+    assert!(!lp.is_active(u));
+    exercise(lp, d);
+    // The next step: a work item.
+    let w = lp.queue_work(|| 6 * 7, on_work).unwrap();
+    d.work = Some(w);
+}
+
+fn on_work(lp: &mut Loop<Ev>, d: &mut Ev, res: Result<i32>) {
+    let w = d.work.take().unwrap();
+    d.log(format!("work {}", res.unwrap()));
+    assert_eq!(lp.cancel_work(w), Err(Error::STALE_REQUEST), "stale in its own callback");
+    d.stale_work = Some(w);
+    exercise(lp, d);
+    // The next step: file operations.
+    let path = d.path.clone();
+    d.fs_req = Some(lp.fs_stat(path, on_stat).unwrap());
+}
+
+/// Marks the step's file request done (stale from now on).
+fn fs_done(lp: &mut Loop<Ev>, d: &mut Ev) {
+    let r = d.fs_req.take().unwrap();
+    assert_eq!(lp.fs_cancel(r), Err(Error::STALE_REQUEST), "stale in its own callback");
+    d.stale_fs = Some(r);
+}
+
+fn on_stat(lp: &mut Loop<Ev>, d: &mut Ev, res: Result<FileStat>) {
+    let st = res.unwrap();
+    assert!(st.is_file());
+    d.log(format!("stat F {}", st.size));
+    fs_done(lp, d);
+    exercise(lp, d);
+    let path = d.path.clone();
+    d.fs_req = Some(lp.fs_open(path, OpenFlags::READ_ONLY, 0, on_open).unwrap());
+}
+
+fn on_open(lp: &mut Loop<Ev>, d: &mut Ev, res: Result<File>) {
+    let file = res.unwrap();
+    d.log("open F");
+    fs_done(lp, d);
+    exercise(lp, d);
+    d.fs_req = Some(lp.fs_read(&file, vec![0u8; 16], Some(0), on_read_f).unwrap());
+    d.file = Some(file);
+}
+
+fn on_read_f(lp: &mut Loop<Ev>, d: &mut Ev, res: Result<usize>, buf: Vec<u8>) {
+    let n = res.unwrap();
+    assert_eq!(buf.len(), 16, "the buffer comes back whole");
+    d.log(format!("read F {}", String::from_utf8_lossy(&buf[..n])));
+    fs_done(lp, d);
+    exercise(lp, d);
+    let file = d.file.take().unwrap();
+    d.fs_req = Some(lp.fs_close(file, on_fs_close).unwrap());
+}
+
+fn on_fs_close(lp: &mut Loop<Ev>, d: &mut Ev, res: Result<()>) {
+    res.unwrap();
+    d.log("fs close F");
+    fs_done(lp, d);
+    exercise(lp, d);
+    // The next step: a connection that is refused.
     let cb = d.cb.clone();
     let r = lp.tcp_init().unwrap();
     let r = lp.tcp_connect(r, d.refused, &cb.connect_r).unwrap();
@@ -947,6 +1284,8 @@ fn on_shutdown_s(lp: &mut Loop<Ev>, d: &mut Ev, s: TcpStream, st: Result<()>) {
         d.h.unwrap().id(),
         d.names.iter().find(|(_, n, _)| *n == "A").unwrap().0,
         d.sig.unwrap().id(),
+        d.pw.unwrap().id(),
+        d.u.unwrap().id(),
     ];
     d.close_order.extend(order);
     close_next(lp, d);
@@ -959,6 +1298,7 @@ fn on_close(lp: &mut Loop<Ev>, d: &mut Ev, h: HandleId) {
     exercise(lp, d);
     let cb = d.cb.clone();
     match name {
+        "CH" => start_udp_sends(lp, d),
         "R" => {
             // The next step: a connection that succeeds.
             let c = lp.tcp_init().unwrap();
@@ -1031,11 +1371,27 @@ fn every_operation_from_every_callback(lp: &mut Loop<Ev>) {
         close: OnClose::new(on_close),
         scratch_write: OnWrite::new(|_, d: &mut Ev, _, _| d.scratch_reported += 1),
         ignore_connection: OnConnection::new(|_, _, _, _| {}),
+        poll: OnPoll::new(on_poll),
+        never_poll: OnPoll::new(|_, _, _, res| panic!("a poll watcher stopped or closed never reports: {res:?}")),
+        exit: OnExit::new(on_exit),
+        never_exit: OnExit::new(|_, _, _, _, _| panic!("a spawn that failed never exits")),
+        send_u: OnSend::new(on_send_u),
+        send_u_fail: OnSend::new(on_send_u_fail),
+        recv_u: OnRecv::new(on_recv_u),
+        scratch_send: OnSend::new(|_, d: &mut Ev, _, st| {
+            assert!(st == Ok(()) || st == Err(Error::ECANCELED), "{st:?}");
+            d.scratch_sends_reported += 1;
+        }),
     });
     let refused = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
+    let (poll_end, poll_peer) = UnixStream::pair().unwrap();
+    poll_end.set_nonblocking(true).unwrap();
+    let scratch_poll = UnixStream::pair().unwrap();
+    let path = std::env::temp_dir().join(format!("uvring-callbacks-{}-{}", std::process::id(), lp.backend()));
+    std::fs::write(&path, b"hello").unwrap();
     let mut d = Ev {
         log: vec![],
         done: false,
@@ -1063,6 +1419,27 @@ fn every_operation_from_every_callback(lp: &mut Loop<Ev>) {
         exercised: 0,
         scratch_writes: 0,
         scratch_reported: 0,
+        pw: None,
+        poll_end,
+        poll_peer,
+        scratch_poll,
+        u: None,
+        u_addr: refused,
+        u_sends: 0,
+        ch: None,
+        ch_exited: false,
+        work: None,
+        stale_work: None,
+        fs_req: None,
+        stale_fs: None,
+        path,
+        file: None,
+        scratch_sends: 0,
+        scratch_sends_reported: 0,
+        scratch_works: 0,
+        scratch_works_reported: 0,
+        scratch_fs: 0,
+        scratch_fs_reported: 0,
     };
     let dead = lp.timer_init().unwrap();
     lp.close(dead, None).unwrap();
@@ -1088,6 +1465,14 @@ fn every_operation_from_every_callback(lp: &mut Loop<Ev>) {
     d.p2 = Some(p2);
     d.name(p1, "P1", HandleType::Pipe);
     d.name(p2, "P2", HandleType::Pipe);
+    let pw = lp.poll_init(d.poll_end.as_raw_fd()).unwrap();
+    d.pw = Some(pw);
+    d.name(pw, "PW", HandleType::Poll);
+    let u = lp.udp_init().unwrap();
+    lp.udp_bind(u, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+    d.u_addr = lp.udp_getsockname(u).unwrap();
+    d.u = Some(u);
+    d.name(u, "U", HandleType::Udp);
     // A watchdog that keeps no handle alive but bounds each poll.
     let watchdog = lp.timer_init().unwrap();
     lp.timer_start(
@@ -1122,6 +1507,19 @@ fn every_operation_from_every_callback(lp: &mut Loop<Ev>) {
             "hook",
             "async",
             "signal",
+            "poll PW PollEvents(READABLE)",
+            "exit CH 3",
+            "close CH",
+            "send U call",
+            "send U returned",
+            "send U failed",
+            "send U ok",
+            "recv U dgram",
+            "work 42",
+            "stat F 5",
+            "open F",
+            "read F hello",
+            "fs close F",
             "connect R refused",
             "write R call",
             "write R returned",
@@ -1148,11 +1546,26 @@ fn every_operation_from_every_callback(lp: &mut Loop<Ev>) {
             "close H",
             "close A",
             "close SIG",
+            "close PW",
+            "close U",
         ]
     );
+    assert_eq!(d.log.len(), 51);
     let callbacks = d.log.iter().filter(|e| !e.ends_with(" call") && !e.ends_with(" returned")).count();
     assert_eq!(d.exercised, callbacks, "every callback exercised the API");
     assert_eq!(d.scratch_reported, d.scratch_writes, "every scratch write reported exactly once");
+    assert_eq!(d.scratch_sends_reported, d.scratch_sends, "every scratch send reported exactly once");
+    assert_eq!(d.scratch_works_reported, d.scratch_works, "every scratch work item reported exactly once");
+    assert_eq!(d.scratch_fs_reported, d.scratch_fs, "every scratch file request reported exactly once");
+    assert_eq!(lp.work_in_flight(), 0);
+    assert!(d.file.is_none() && d.work.is_none() && d.fs_req.is_none());
+    // The poll watchers are closed: the fds the loop never owned are still
+    // open and usable (the byte written now is read back).
+    d.poll_peer.write_all(b"?").unwrap();
+    let mut buf = [0u8; 8];
+    d.poll_end.set_nonblocking(false).unwrap();
+    assert_eq!(d.poll_end.read(&mut buf).unwrap(), 1);
+    std::fs::remove_file(&d.path).unwrap();
 }
 
 both_backends! {

@@ -184,6 +184,28 @@ both_backends! {
         close_and_finish(&mut plp, p2, &mut seen);
     }
 
+    /// Regression: a watcher closed and a new one started on the same fd
+    /// at once: the first one's close must not take the fd away from the
+    /// second (epoll forgot the fd in the closing phase, so the second never
+    /// fired and its close never finished).
+    fn poll_close_then_new_watcher_on_same_fd(lp) {
+        let mut plp = seen_loop(lp);
+        let (a, mut b) = pair();
+        let p1 = plp.poll_init(a.as_raw_fd()).unwrap();
+        plp.poll_start(p1, PollEvents::READABLE, &record_and_stop()).unwrap();
+        plp.close(p1, None).unwrap();
+        let p2 = plp.poll_init(a.as_raw_fd()).unwrap();
+        plp.poll_start(p2, PollEvents::READABLE, &record_and_stop()).unwrap();
+        let mut seen = Seen::default();
+        // Let p1's close finish before the byte arrives.
+        assert!(plp.run(RunMode::NoWait, &mut seen).unwrap());
+        assert!(plp.run(RunMode::NoWait, &mut seen).unwrap());
+        b.write_all(b"x").unwrap();
+        assert!(!plp.run(RunMode::Default, &mut seen).unwrap());
+        assert_eq!(seen.events, [PollEvents::READABLE]);
+        close_and_finish(&mut plp, p2, &mut seen);
+    }
+
     /// Misuse is refused: a negative fd, empty events, a closed watcher.
     fn poll_misuse(lp) {
         let mut plp = seen_loop(lp);
