@@ -228,6 +228,9 @@ pub struct Loop<D = ()> {
     running: bool,
     fallback_reason: Option<String>,
     pub(crate) parts_spare: Vec<StreamParts<D>>,
+    /// Write buffers of idle streams, lent to whichever stream writes next
+    /// (an idle connection holds no write buffer).
+    pub(crate) write_bufs_spare: Vec<Vec<u8>>,
     /// Send buffers and queues of closed UDP sockets, for new ones.
     pub(crate) udp_spare: Vec<UdpParts<D>>,
     /// Listeners waiting out an accept back-off: (deadline ms, stream).
@@ -296,6 +299,7 @@ impl<D> Loop<D> {
             running: false,
             fallback_reason,
             parts_spare: Vec::new(),
+            write_bufs_spare: Vec::new(),
             udp_spare: Vec::new(),
             accept_retry: Vec::new(),
             signals: SignalRegistry::default(),
