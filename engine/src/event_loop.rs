@@ -231,6 +231,8 @@ pub struct Loop<D = ()> {
     /// Write buffers of idle streams, lent to whichever stream writes next
     /// (an idle connection holds no write buffer).
     pub(crate) write_bufs_spare: Vec<Vec<u8>>,
+    /// Write request queues of idle streams, lent likewise.
+    pub(crate) write_reqs_spare: Vec<VecDeque<crate::stream::WriteReq<D>>>,
     /// Send buffers and queues of closed UDP sockets, for new ones.
     pub(crate) udp_spare: Vec<UdpParts<D>>,
     /// Listeners waiting out an accept back-off: (deadline ms, stream).
@@ -300,6 +302,7 @@ impl<D> Loop<D> {
             fallback_reason,
             parts_spare: Vec::new(),
             write_bufs_spare: Vec::new(),
+            write_reqs_spare: Vec::new(),
             udp_spare: Vec::new(),
             accept_retry: Vec::new(),
             signals: SignalRegistry::default(),

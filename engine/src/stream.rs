@@ -1430,6 +1430,11 @@ impl<D> Loop<D> {
                 self.stream_state(s)?.parts.queued = buf;
             }
         }
+        if self.stream_state(s)?.parts.writes.capacity() == 0 {
+            if let Some(q) = self.write_reqs_spare.pop() {
+                self.stream_state(s)?.parts.writes = q;
+            }
+        }
         let st = self.stream_state(s)?;
         let start = st.queued_total;
         st.parts.queued.extend_from_slice(data);
@@ -1613,6 +1618,14 @@ impl<D> Loop<D> {
             self.active_reqs -= 1;
             if let Some(cb) = w.cb {
                 cb(self, d, s.0, failed.map_or(Ok(()), Err));
+            }
+        }
+        // No write left: the request queue goes to the loop's pool too.
+        let room = self.write_reqs_spare.len() < WRITE_BUFS_SPARE_MAX;
+        if let Ok(st) = self.stream_state(s) {
+            if room && st.parts.writes.is_empty() && st.parts.writes.capacity() > 0 {
+                let q = std::mem::take(&mut st.parts.writes);
+                self.write_reqs_spare.push(q);
             }
         }
         self.flush(s);
