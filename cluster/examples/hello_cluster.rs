@@ -280,7 +280,10 @@ fn run_primary(o: Options) -> uvring::Result<()> {
 /// Per-connection state, recycled through a free list.
 #[derive(Default)]
 struct Conn {
-    /// Bytes of an incomplete request (or pipeline tail).
+    /// Bytes of an incomplete request (or pipeline tail). Empty without
+    /// capacity while no request is split across reads (the common case
+    /// parses straight from the read buffer); taken from
+    /// `Server::spare_bufs` when one is, and given back once it empties.
     buf: Vec<u8>,
     /// The connection, while open.
     stream: Option<TcpStream>,
@@ -293,6 +296,8 @@ struct Server {
     worker: Option<Worker<Server>>,
     conns: Vec<Conn>,
     free: Vec<usize>,
+    /// Request buffers no connection needs now (see `Conn::buf`).
+    spare_bufs: Vec<Vec<u8>>,
     /// Responses of one read, written with a single `write`.
     out: Vec<u8>,
     /// The worker drains: every response says `Connection: close`.
@@ -310,7 +315,7 @@ impl Server {
         match self.free.pop() {
             Some(i) => i,
             None => {
-                self.conns.push(Conn { buf: Vec::with_capacity(1024), stream: None });
+                self.conns.push(Conn { buf: Vec::new(), stream: None });
                 self.conns.len() - 1
             }
         }
@@ -321,6 +326,9 @@ impl Server {
             if c.stream.take().is_some() {
                 c.buf.clear();
                 self.free.push(i);
+                if c.buf.capacity() > 0 {
+                    self.spare_bufs.push(std::mem::take(&mut c.buf));
+                }
             }
         }
     }
@@ -433,6 +441,9 @@ fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener>
             // The common case: whole requests in one read, no copy.
             let (used, close) = answer_all(&mut server.out, bytes, server.draining);
             if !close && used < bytes.len() {
+                if conn.buf.capacity() == 0 {
+                    conn.buf = server.spare_bufs.pop().unwrap_or_default();
+                }
                 conn.buf.extend_from_slice(&bytes[used..]);
             }
             close
@@ -440,6 +451,10 @@ fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener>
             conn.buf.extend_from_slice(bytes);
             let (used, close) = answer_all(&mut server.out, &conn.buf, server.draining);
             conn.buf.drain(..used);
+            if conn.buf.is_empty() {
+                // Idle again: the buffer goes back to the pool.
+                server.spare_bufs.push(std::mem::take(&mut conn.buf));
+            }
             close
         };
         if !server.out.is_empty() && lp.write(s, &server.out, None).is_err() {

@@ -228,6 +228,11 @@ pub struct Loop<D = ()> {
     running: bool,
     fallback_reason: Option<String>,
     pub(crate) parts_spare: Vec<StreamParts<D>>,
+    /// Write buffers of idle streams, lent to whichever stream writes next
+    /// (an idle connection holds no write buffer).
+    pub(crate) write_bufs_spare: Vec<Vec<u8>>,
+    /// Write request queues of idle streams, lent likewise.
+    pub(crate) write_reqs_spare: Vec<VecDeque<crate::stream::WriteReq<D>>>,
     /// Send buffers and queues of closed UDP sockets, for new ones.
     pub(crate) udp_spare: Vec<UdpParts<D>>,
     /// Listeners waiting out an accept back-off: (deadline ms, stream).
@@ -296,6 +301,8 @@ impl<D> Loop<D> {
             running: false,
             fallback_reason,
             parts_spare: Vec::new(),
+            write_bufs_spare: Vec::new(),
+            write_reqs_spare: Vec::new(),
             udp_spare: Vec::new(),
             accept_retry: Vec::new(),
             signals: SignalRegistry::default(),

@@ -100,6 +100,10 @@ pub(crate) struct Stashed {
 }
 
 /// The growable parts of a stream, recycled across connections.
+/// Most write buffers the loop keeps for streams to share (see `flush`);
+/// past it, a drained stream's buffers are freed.
+pub(crate) const WRITE_BUFS_SPARE_MAX: usize = 1024;
+
 pub(crate) struct StreamParts<D> {
     pub queued: Vec<u8>,
     pub inflight: Vec<u8>,
@@ -1419,6 +1423,19 @@ impl<D> Loop<D> {
         if let Some(e) = st.write_error {
             return Err(e);
         }
+        // An idle stream lent its write buffers to the loop's pool (see
+        // `flush`); take one back, with the capacity it already has.
+        if st.parts.queued.capacity() == 0 {
+            if let Some(buf) = self.write_bufs_spare.pop() {
+                self.stream_state(s)?.parts.queued = buf;
+            }
+        }
+        if self.stream_state(s)?.parts.writes.capacity() == 0 {
+            if let Some(q) = self.write_reqs_spare.pop() {
+                self.stream_state(s)?.parts.writes = q;
+            }
+        }
+        let st = self.stream_state(s)?;
         let start = st.queued_total;
         st.parts.queued.extend_from_slice(data);
         st.queued_total += data.len() as u64;
@@ -1472,6 +1489,17 @@ impl<D> Loop<D> {
         let Ok(st) = self.stream_state(s) else { return };
         let remaining = st.parts.inflight.len() - st.inflight_off;
         if remaining == 0 {
+            // Both buffers are empty (`fill_inflight` moved everything
+            // queued): an idle stream keeps no write buffer; they go to the
+            // loop's pool, shared by every stream, capacity and all.
+            let inflight = std::mem::take(&mut st.parts.inflight);
+            let queued = std::mem::take(&mut st.parts.queued);
+            for buf in [inflight, queued] {
+                if buf.capacity() > 0 && self.write_bufs_spare.len() < WRITE_BUFS_SPARE_MAX {
+                    self.write_bufs_spare.push(buf);
+                }
+            }
+            let Ok(st) = self.stream_state(s) else { return };
             let done = st.parts.writes.front().is_some_and(|w| w.end <= st.written_total);
             if done || st.shutdown == ShutdownState::Requested {
                 self.push_pending(Pending::Writes(s));
@@ -1590,6 +1618,14 @@ impl<D> Loop<D> {
             self.active_reqs -= 1;
             if let Some(cb) = w.cb {
                 cb(self, d, s.0, failed.map_or(Ok(()), Err));
+            }
+        }
+        // No write left: the request queue goes to the loop's pool too.
+        let room = self.write_reqs_spare.len() < WRITE_BUFS_SPARE_MAX;
+        if let Ok(st) = self.stream_state(s) {
+            if room && st.parts.writes.is_empty() && st.parts.writes.capacity() > 0 {
+                let q = std::mem::take(&mut st.parts.writes);
+                self.write_reqs_spare.push(q);
             }
         }
         self.flush(s);
