@@ -376,6 +376,17 @@ impl<D: 'static> Worker<D> {
         s
     }
 
+    /// A server the primary answered could not listen here (its bind or
+    /// its adopted socket failed): forget it, tell the primary to release
+    /// its key, and report the error to the server's `on_connection`.
+    fn server_failed_locally(&mut self, lp: &mut Loop<D>, s: TcpListener, listener_id: u32, e: Error) {
+        if let Some(i) = self.servers.iter().position(|x| x.stream == s) {
+            self.remove_server(i);
+        }
+        let _ = self.send_frame(lp, &Frame::Close { listener_id });
+        lp.listen_fail(s, e);
+    }
+
     /// Starts leaving (see [`Worker::disconnect`]); runs no user code.
     fn begin_disconnect(&mut self, lp: &mut Loop<D>, primary_initiated: bool) {
         if self.disconnecting {
@@ -1085,11 +1096,7 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
                     match lp.listen_bind(s, addr, flags | TCP_REUSEPORT, backlog) {
                         Ok(()) => Some((s, addr, listener_id)),
                         Err(e) => {
-                            if let Some(i) = w.servers.iter().position(|x| x.stream == s) {
-                                w.remove_server(i);
-                            }
-                            let _ = w.send_frame(lp, &Frame::Close { listener_id });
-                            lp.listen_fail(s, e);
+                            w.server_failed_locally(lp, s, listener_id, e);
                             None
                         }
                     }
@@ -1111,11 +1118,7 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
                             Some((s, addr, listener_id))
                         }
                         Err(e) => {
-                            if let Some(i) = w.servers.iter().position(|x| x.stream == s) {
-                                w.remove_server(i);
-                            }
-                            let _ = w.send_frame(lp, &Frame::Close { listener_id });
-                            lp.listen_fail(s, e);
+                            w.server_failed_locally(lp, s, listener_id, e);
                             None
                         }
                     }

@@ -10,8 +10,8 @@
 //! ```
 //!
 //! The server's state is the loop's data: `run` takes it, and every
-//! callback gets it next to the loop, so no callback needs
-//! `Rc<RefCell<..>>`. Each datagram is lent to the receive callback for the
+//! callback gets it next to the loop, so no callback needs a shared cell.
+//! Each datagram is lent to the receive callback for the
 //! call; `udp_send` copies it, so it can go straight back. Datagrams longer
 //! than a receive buffer's payload space (16 KiB less 44 bytes with the
 //! default `PoolConfig`) arrive cut and are counted as truncated.
