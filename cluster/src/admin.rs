@@ -343,46 +343,43 @@ pub fn metrics_text<D>(p: &Primary<D>, lp: &Loop<D>) -> String {
     let c = p.stats();
     let workers = p.worker_stats(lp);
     let mut out = String::with_capacity(2048);
-    let mut single = |name: &str, kind: &str, help: &str, v: String| {
+    let cluster: [(&str, &str, &str, String); 7] = [
+        (
+            "uvring_cluster_up",
+            "gauge",
+            "1 while the cluster serves (/health answers 200).",
+            u8::from(health(p).is_ok()).to_string(),
+        ),
+        ("uvring_cluster_workers", "gauge", "Live workers.", workers.len().to_string()),
+        ("uvring_cluster_handed_off_total", "counter", "Connections workers accepted (rr).", c.handed_off.to_string()),
+        (
+            "uvring_cluster_refused_total",
+            "counter",
+            "Connections workers refused (sent to another).",
+            c.refused.to_string(),
+        ),
+        (
+            "uvring_cluster_redistributed_total",
+            "counter",
+            "Connections queued again because their worker's channel closed.",
+            c.redistributed.to_string(),
+        ),
+        (
+            "uvring_cluster_closed_unroutable_total",
+            "counter",
+            "Connections closed because no worker could take them.",
+            c.closed_unroutable.to_string(),
+        ),
+        (
+            "uvring_primary_loop_idle_seconds_total",
+            "counter",
+            "Time the primary's loop spent waiting for I/O.",
+            format!("{:.6}", lp.metrics_idle_time().as_secs_f64()),
+        ),
+    ];
+    for (name, kind, help, v) in cluster {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-    };
-    single(
-        "uvring_cluster_up",
-        "gauge",
-        "1 while the cluster serves (/health answers 200).",
-        u8::from(health(p).is_ok()).to_string(),
-    );
-    single("uvring_cluster_workers", "gauge", "Live workers.", workers.len().to_string());
-    single(
-        "uvring_cluster_handed_off_total",
-        "counter",
-        "Connections workers accepted (rr).",
-        c.handed_off.to_string(),
-    );
-    single(
-        "uvring_cluster_refused_total",
-        "counter",
-        "Connections workers refused (sent to another).",
-        c.refused.to_string(),
-    );
-    single(
-        "uvring_cluster_redistributed_total",
-        "counter",
-        "Connections queued again because their worker's channel closed.",
-        c.redistributed.to_string(),
-    );
-    single(
-        "uvring_cluster_closed_unroutable_total",
-        "counter",
-        "Connections closed because no worker could take them.",
-        c.closed_unroutable.to_string(),
-    );
-    single(
-        "uvring_primary_loop_idle_seconds_total",
-        "counter",
-        "Time the primary's loop spent waiting for I/O.",
-        format!("{:.6}", lp.metrics_idle_time().as_secs_f64()),
-    );
+    }
     let w = &workers;
     let o = &mut out;
     family(o, w, "uvring_worker_listening", "gauge", "1 if the worker has a server listening.", |w| {

@@ -131,19 +131,7 @@ fn scenario(backend: &str, policy: &str) {
     let r = read_response(&mut held[0]);
     assert!(r.contains("Connection: close") && r.ends_with("hello world"), "{r:?}");
     held.clear();
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(st) = ex.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "primary did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0), "{status:?}");
-    while group_alive(ex.pgid) {
-        assert!(Instant::now() < deadline, "processes left behind");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ex.wait_clean_exit();
 }
 
 #[test]

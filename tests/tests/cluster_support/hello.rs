@@ -103,6 +103,24 @@ impl Example {
         }
     }
 
+    /// Waits for the primary to exit 0 (after a SIGTERM, say) and for no
+    /// process of its group to be left.
+    pub fn wait_clean_exit(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "primary did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "{status:?}");
+        while group_alive(self.pgid) {
+            assert!(Instant::now() < deadline, "processes left behind");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Counts log lines containing `part`, after the example has exited:
     /// reads its output to the end first (the reader thread may still hold
     /// the last lines when the exit is seen).
