@@ -126,10 +126,11 @@ fn scenario(backend: &str, policy: &str) {
     assert!(stats.contains("\"shutting_down\":true"), "{stats}");
     assert!(admin_get(admin, "/metrics").1.contains("\nuvring_cluster_up 0\n"));
 
-    // The request completes (and closes, the worker draining); the rest go.
+    // The request completes (the worker closes the connection after it, or
+    // after the drain grace if the disconnect reached it later); the rest go.
     held[0].write_all(b"\r\n").unwrap();
     let r = read_response(&mut held[0]);
-    assert!(r.contains("Connection: close") && r.ends_with("hello world"), "{r:?}");
+    assert!(r.ends_with("hello world"), "{r:?}");
     held.clear();
     ex.wait_clean_exit();
 }
