@@ -255,10 +255,10 @@ fn run_primary(o: Options) -> uvring::Result<()> {
     if let Some(limit) = o.max_memory_mib {
         primary.on_memory_limit(move |_, _, w, rss_anon| {
             eprintln!(
-                "[primary {me}] worker {} (pid {}) RssAnon {} MiB above the limit of {limit} MiB: replacing it",
+                "[primary {me}] worker {} (pid {}) RssAnon {:.1} MiB above the limit of {limit} MiB: replacing it",
                 w.id(),
                 w.pid(),
-                rss_anon >> 20
+                rss_anon as f64 / f64::from(1 << 20)
             )
         });
     }
