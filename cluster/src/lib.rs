@@ -105,6 +105,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod admin;
 mod channel;
 pub mod primary;
 pub mod proto;
@@ -113,7 +114,9 @@ pub mod settings;
 pub mod store;
 pub mod worker;
 
-pub use primary::{ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerInfo, WorkerStatus};
+pub use primary::{
+    ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, ProcessMemory, WorkerInfo, WorkerStats, WorkerStatus,
+};
 pub use proto::FrameFds;
 pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
 pub use settings::{available_cpus, ChildOutput, RespawnSettings, SchedPolicy, Settings, DEFAULT_MAX_MESSAGE_LEN};
