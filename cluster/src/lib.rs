@@ -100,7 +100,9 @@
 //! }
 //! ```
 
+pub mod activation;
 mod channel;
+pub mod notify;
 pub mod primary;
 pub mod proto;
 pub mod schedule;
@@ -108,6 +110,9 @@ pub mod settings;
 pub mod store;
 pub mod worker;
 
+pub use activation::{ListenFds, ListenSource};
+pub use notify::SdNotify;
+pub use primary::UpgradeFailure;
 pub use primary::{ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerInfo, WorkerStatus};
 pub use proto::FrameFds;
 pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};

@@ -67,6 +67,9 @@ mod lifecycle;
 mod messaging;
 mod rolling;
 mod routing;
+mod upgrade;
+
+pub use upgrade::UpgradeFailure;
 
 use crate::channel::{feed_chunk, ChannelError, Flow, FrameWriter};
 use crate::proto::{DecodeError, Decoded, Frame, FrameDecoder, FrameFds, FrameKind};
@@ -369,6 +372,8 @@ pub struct Primary<D> {
     life: lifecycle::Lifecycle<D>,
     store: SharedStore,
     rolling: Option<rolling::Rolling<D>>,
+    /// Inherited listeners and upgrades (`upgrade.rs`).
+    handover: upgrade::Handover<D>,
     events: Events<D>,
     cbs: LoopCallbacks<D>,
 }
@@ -470,6 +475,7 @@ impl<D: PrimaryData> Primary<D> {
             writer: FrameWriter::new(max_message),
             store: SharedStore::new(),
             rolling: None,
+            handover: upgrade::Handover::new(id),
             events: Events {
                 fork: None,
                 online: None,
