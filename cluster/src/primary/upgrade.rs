@@ -18,8 +18,9 @@
 //! [`Primary::announce_ready`], which writes one byte. Then this primary
 //! stops accepting on its `rr` listeners (their kernel sockets stay open in
 //! the new primary, so the backlog is never closed and no connection
-//! attempt is refused) and reports success; the program then disconnects
-//! its workers and exits. If the new primary exits, closes the pipe or does
+//! attempt is refused), waits until every connection it accepted meanwhile
+//! is in a worker's hands (acknowledged), and reports success; the program
+//! then disconnects its workers and exits. If the new primary exits, closes the pipe or does
 //! not say it is ready within three times `Settings::startup_timeout`
 //! (then it is killed), the upgrade failed and this primary serves on as
 //! before.
@@ -81,6 +82,10 @@ enum Phase {
     Waiting,
     /// Ready: this many `rr` listeners are still stopping.
     Stopping(usize),
+    /// Every listener stopped; waiting until every connection accepted
+    /// meanwhile is in a worker's hands (queued or unacknowledged ones
+    /// would be dropped by the disconnect that follows).
+    Settling,
     /// The outcome was delivered; waiting only for a killed child's exit.
     Done,
 }
@@ -92,6 +97,8 @@ struct Upgrading<D> {
     pipe: Option<PipeStream>,
     timer: Option<Timer>,
     phase: Phase,
+    /// `lp.now()` when settling began.
+    settle_since: u64,
     cb: Option<UpgradeFn<D>>,
 }
 
@@ -105,6 +112,7 @@ pub(super) struct Handover<D> {
     on_ready: OnRead<D, PipeStream>,
     on_timeout: OnTimer<D>,
     on_stopped: OnListenStop<D, TcpListener>,
+    on_settle: OnTimer<D>,
 }
 
 impl<D: PrimaryData> Handover<D> {
@@ -123,7 +131,19 @@ impl<D: PrimaryData> Handover<D> {
             on_ready: OnRead::new(move |lp, d: &mut D, _, res| match res {
                 Ok([]) => {}
                 Ok(_) => upgrade_ready(lp, d, id),
-                Err(_) => upgrade_failed(lp, d, id, UpgradeFailure::Closed),
+                Err(_) => {
+                    // Its exit (which says why) usually follows: wait for
+                    // it while the process runs (the deadline bounds this).
+                    let Some(p) = d.primary_by_id(id) else { return };
+                    let Some(u) = p.handover.upgrading.as_mut() else { return };
+                    if u.process.is_some() && u.phase == Phase::Waiting {
+                        if let Some(pipe) = u.pipe.take() {
+                            let _ = lp.close(pipe, None);
+                        }
+                        return;
+                    }
+                    upgrade_failed(lp, d, id, UpgradeFailure::Closed)
+                }
             }),
             on_timeout: OnTimer::new(move |lp, d: &mut D, _| {
                 let Some(p) = d.primary_by_id(id) else { return };
@@ -139,10 +159,11 @@ impl<D: PrimaryData> Handover<D> {
                 if let Phase::Stopping(n) = u.phase {
                     u.phase = Phase::Stopping(n.saturating_sub(1));
                     if n <= 1 {
-                        upgrade_done(lp, d, id);
+                        settle(lp, d, id);
                     }
                 }
             }),
+            on_settle: OnTimer::new(move |lp, d: &mut D, _| settle(lp, d, id)),
         }
     }
 }
@@ -288,7 +309,15 @@ impl<D: PrimaryData> Primary<D> {
         let process = lp.spawn(&opts, &self.handover.on_exit)?;
         drop(theirs);
         let pid = lp.process_pid(process)?;
-        let mut u = Upgrading { pid, process: Some(process), pipe: None, timer: None, phase: Phase::Waiting, cb: None };
+        let mut u = Upgrading {
+            pid,
+            process: Some(process),
+            pipe: None,
+            timer: None,
+            phase: Phase::Waiting,
+            settle_since: 0,
+            cb: None,
+        };
         let watch = lp.pipe_open(mine, false).and_then(|pipe| {
             u.pipe = Some(pipe);
             lp.read_start(pipe, &self.handover.on_ready)?;
@@ -333,7 +362,33 @@ fn upgrade_ready<D: PrimaryData>(lp: &mut Loop<D>, d: &mut D, id: PrimaryId) {
         u.phase = Phase::Stopping(stopping);
     }
     if stopping == 0 {
-        upgrade_done(lp, d, id);
+        settle(lp, d, id);
+    }
+}
+
+/// Reports success once no accepted connection waits in this primary
+/// (checked again every 2 ms; after `Settings::startup_timeout` it
+/// reports anyway: a worker that never acknowledges is killed by the
+/// heartbeat and its connections go elsewhere).
+fn settle<D: PrimaryData>(lp: &mut Loop<D>, d: &mut D, id: PrimaryId) {
+    let Some(p) = d.primary_by_id(id) else { return };
+    let quiet = p.handoff.is_idle() && p.workers.iter().all(|w| w.conns.unacked.is_empty());
+    let Some(u) = p.handover.upgrading.as_mut() else { return };
+    if u.phase != Phase::Settling {
+        u.phase = Phase::Settling;
+        u.settle_since = lp.now();
+    }
+    let waited = Duration::from_millis(lp.now().saturating_sub(u.settle_since));
+    if quiet || waited >= p.settings.startup_timeout {
+        return upgrade_done(lp, d, id);
+    }
+    if u.timer.is_none() {
+        let every = Duration::from_millis(2);
+        let t = lp.timer_init().and_then(|t| lp.timer_start(t, every, every, &p.handover.on_settle).map(|()| t));
+        match t {
+            Ok(t) => u.timer = Some(t),
+            Err(_) => upgrade_done(lp, d, id),
+        }
     }
 }
 
@@ -341,6 +396,9 @@ fn upgrade_ready<D: PrimaryData>(lp: &mut Loop<D>, d: &mut D, id: PrimaryId) {
 fn upgrade_done<D: PrimaryData>(lp: &mut Loop<D>, d: &mut D, id: PrimaryId) {
     let Some(p) = d.primary_by_id(id) else { return };
     let Some(mut u) = p.handover.upgrading.take() else { return };
+    if let Some(t) = u.timer.take() {
+        let _ = lp.close(t, None);
+    }
     if let Some(cb) = u.cb.take() {
         cb(lp, d, Ok(u.pid));
     }
