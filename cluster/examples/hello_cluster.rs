@@ -3,8 +3,15 @@
 //! ```text
 //! cargo run --release --example hello_cluster -- [--workers N] [--policy rr|shared|reuseport]
 //!                                                [--backend epoll|io_uring|auto] [--port P] [--host H]
+//!                                                [--admin 127.0.0.1:PORT] [--max-memory MIB]
 //! curl http://127.0.0.1:8000/
 //! ```
+//!
+//! With `--admin ADDR` the primary serves `/health`, `/stats` (JSON) and
+//! `/metrics` (Prometheus) on ADDR from its own loop (`Primary::admin_listen`);
+//! `/health` answers 503 once a shutdown began. With `--max-memory MIB` a
+//! worker whose `RssAnon` grows above MIB MiB is replaced (a new worker
+//! listens first, then the old one drains).
 //!
 //! The primary forks `--workers` workers (default: the number of CPUs; 0
 //! serves from this process alone) and logs their events to stderr. The
@@ -65,11 +72,15 @@ struct Options {
     pid_file: Option<PathBuf>,
     /// `--upgrade-exec`: the program SIGUSR2 starts (default: this one).
     upgrade_exec: Option<PathBuf>,
+    /// `--admin`: where the primary serves its admin endpoint.
+    admin: Option<SocketAddr>,
+    /// `--max-memory`: the workers' `RssAnon` limit, MiB.
+    max_memory_mib: Option<u64>,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("hello_cluster: {msg}");
-    eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H]");
+    eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H] [--admin ADDR:PORT] [--max-memory MIB]");
     std::process::exit(2);
 }
 
@@ -82,6 +93,8 @@ fn parse_options() -> Options {
         port: std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8000),
         pid_file: None,
         upgrade_exec: None,
+        admin: None,
+        max_memory_mib: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -94,6 +107,10 @@ fn parse_options() -> Options {
             "--host" => o.host = value().parse().unwrap_or_else(|_| usage("bad --host")),
             "--pid-file" => o.pid_file = Some(PathBuf::from(value())),
             "--upgrade-exec" => o.upgrade_exec = Some(PathBuf::from(value())),
+            "--admin" => o.admin = Some(value().parse().unwrap_or_else(|_| usage("bad --admin (want ADDR:PORT)"))),
+            "--max-memory" => {
+                o.max_memory_mib = Some(value().parse().unwrap_or_else(|_| usage("bad --max-memory (want MiB)")))
+            }
             "--help" | "-h" => usage("help"),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -276,7 +293,8 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         .workers(o.workers)
         .policy(o.policy)
         .backend(Some(lp.backend()))
-        .respawn(RespawnSettings::default().enabled(true));
+        .respawn(RespawnSettings::default().enabled(true))
+        .max_memory(o.max_memory_mib.map(|m| m << 20));
     let mut primary = Primary::new(&mut lp, settings)?;
     eprintln!("[primary {me}] {} workers, policy {}, {} backend, port {}", o.workers, o.policy, lp.backend(), o.port);
     for (fd, why) in inherited.ignored() {
@@ -286,7 +304,10 @@ fn run_primary(o: Options) -> uvring::Result<()> {
     let addrs = inherited.addresses();
     let kept = primary.adopt(inherited);
     if source != ListenSource::None {
-        let list = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+        let mut list = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+        if list.is_empty() {
+            list.push_str("none");
+        }
         if kept == addrs.len() {
             eprintln!("[primary {me}] adopted {kept} listening socket(s) from {source}: {list}");
         } else {
@@ -331,6 +352,20 @@ fn run_primary(o: Options) -> uvring::Result<()> {
     primary.on_channel_error(move |_, _, w, reason| {
         eprintln!("[primary {me}] worker {} (pid {}) channel error: {reason}", w.id(), w.pid())
     });
+    if let Some(limit) = o.max_memory_mib {
+        primary.on_memory_limit(move |_, _, w, rss_anon| {
+            eprintln!(
+                "[primary {me}] worker {} (pid {}) RssAnon {:.1} MiB above the limit of {limit} MiB: replacing it",
+                w.id(),
+                w.pid(),
+                rss_anon as f64 / f64::from(1 << 20)
+            )
+        });
+    }
+    if let Some(addr) = o.admin {
+        let bound = primary.admin_listen(&mut lp, addr)?;
+        eprintln!("[primary {me}] admin on http://{bound} (/health /stats /metrics)");
+    }
     // Workers that do not leave in time (a connection that never closes)
     // are killed.
     let on_deadline = OnTimer::new(|lp, sup: &mut Supervisor, t| {

@@ -101,6 +101,7 @@
 //! ```
 
 pub mod activation;
+pub mod admin;
 mod channel;
 pub mod notify;
 pub mod primary;
@@ -112,8 +113,10 @@ pub mod worker;
 
 pub use activation::{ListenFds, ListenSource};
 pub use notify::SdNotify;
-pub use primary::UpgradeFailure;
-pub use primary::{ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerInfo, WorkerStatus};
+pub use primary::{
+    ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, ProcessMemory, UpgradeFailure, WorkerInfo,
+    WorkerStats, WorkerStatus,
+};
 pub use proto::FrameFds;
 pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
 pub use settings::{available_cpus, ChildOutput, RespawnSettings, SchedPolicy, Settings, DEFAULT_MAX_MESSAGE_LEN};

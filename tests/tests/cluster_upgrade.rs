@@ -41,6 +41,16 @@ fn one_request(port: u16) -> Result<(), String> {
     }
 }
 
+/// One request to the admin endpoint; the whole response.
+fn admin_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 impl Load {
     fn start(port: u16, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
@@ -100,7 +110,9 @@ fn upgrade_under_load(backend: &str, policy: &str) {
     }
     become_subreaper();
     let port = free_port();
-    let mut ex = Example::start(backend, policy, port);
+    let admin = free_port();
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let mut ex = Example::start_with_args(backend, policy, port, 2, &["--admin", &admin_addr]);
     let old = ex.child.id() as i32;
     ex.wait_log(&["worker 1", "listening on"]);
     ex.wait_log(&["worker 2", "listening on"]);
@@ -129,6 +141,11 @@ fn upgrade_under_load(backend: &str, policy: &str) {
     expected.sort_unstable();
     assert_eq!(group_members(ex.pgid), expected, "processes after the upgrade");
     assert_eq!(ex.count_now(&format!("[primary {old}] all workers gone; bye")), 1);
+    // The admin listener moved too: the new primary answers on it.
+    ex.wait_log(&[&format!("[primary {new}] adopted 2 listening socket(s) from upgrade"), &admin_addr]);
+    let stats = admin_get(admin, "/stats");
+    assert!(stats.starts_with("HTTP/1.1 200") && stats.contains(&format!("\"pid\":{new},")), "{stats}");
+    assert!(admin_get(admin, "/health").starts_with("HTTP/1.1 200"));
 
     signal(new, libc::SIGTERM);
     let status = reap(new);

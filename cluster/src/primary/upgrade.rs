@@ -10,23 +10,33 @@
 //! them (freeing their ports for the workers' binds).
 //!
 //! **Upgrade.** [`Primary::upgrade`] spawns a new primary (the current
-//! program or another binary) with this primary's listening sockets at fds
-//! 3 and up (`UVRING_LISTEN_FDS`, their requested addresses in
+//! program or another binary) with this primary's listening sockets (the
+//! workers' and the admin endpoint's) at fds 3 and up
+//! (`UVRING_LISTEN_FDS`, their requested addresses in
 //! `UVRING_LISTEN_FDNAMES`) and one end of a socketpair
 //! (`UVRING_UPGRADE_READY_FD`). The new primary adopts them (the same path
 //! as socket activation), forks its workers, and once they listen calls
 //! [`Primary::announce_ready`], which writes one byte. Then this primary
-//! stops accepting on its `rr` listeners (their kernel sockets stay open in
-//! the new primary, so the backlog is never closed and no connection
-//! attempt is refused), waits until every connection it accepted meanwhile
-//! is in a worker's hands (acknowledged), and reports success; the program
-//! then disconnects its workers and exits. If the new primary exits, closes the pipe or does
+//! stops accepting on its `rr` and admin listeners (their sockets stay
+//! open in the new primary, so the backlog is never closed and no
+//! connection attempt is refused), waits until every connection it
+//! accepted meanwhile is in a worker's hands (acknowledged), closes its
+//! admin endpoint and reports success; the program then disconnects its
+//! workers and exits. If the new primary exits, closes the pipe or does
 //! not say it is ready within three times `Settings::startup_timeout`
 //! (then it is killed), the upgrade failed and this primary serves on as
 //! before.
+//!
+//! Under `reuseport` the workers' sockets are their own: the new workers
+//! bind theirs next to the old ones, and the old ones close as their
+//! workers drain. A connection still in a closing socket's accept queue
+//! is reset, unless `net.ipv4.tcp_migrate_req` is 1 (Linux 5.14), which
+//! moves it to another socket of the group.
 
 use super::{Primary, PrimaryData, PrimaryId};
-use crate::activation::{ListenFds, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, LISTEN_FDS_START};
+use crate::activation::{
+    ListenFds, ListenSource, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, LISTEN_FDS_START,
+};
 use crate::settings::{SchedPolicy, ENV_NORMAL_SCHED};
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
@@ -35,7 +45,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use uvring::{
-    Error, Loop, OnExit, OnListenStop, OnRead, OnTimer, PipeStream, Process, ProcessOptions, Result, Stdio,
+    Error, HandleId, Loop, OnExit, OnListenStop, OnRead, OnTimer, PipeStream, Process, ProcessOptions, Result, Stdio,
     TcpListener, TcpSocket, Timer,
 };
 
@@ -174,7 +184,8 @@ impl<D> Primary<D> {
     /// bind. Under `reuseport` they are closed instead (each worker binds
     /// its own socket). Returns how many were kept.
     pub fn adopt(&mut self, mut fds: ListenFds) -> usize {
-        if self.settings.policy == SchedPolicy::ReusePort {
+        // (An upgrade under `reuseport` hands over only the admin listener.)
+        if self.settings.policy == SchedPolicy::ReusePort && fds.source() == ListenSource::Systemd {
             fds.clear();
         }
         if let Some(fd) = fds.take_ready() {
@@ -214,6 +225,24 @@ impl<D> Primary<D> {
 
     fn upgrade_deadline(&self) -> Duration {
         self.settings.startup_timeout.saturating_mul(3)
+    }
+
+    /// The inherited socket for `addr` (the admin endpoint's), taken.
+    pub(super) fn take_inherited(&mut self, addr: SocketAddr) -> Option<OwnedFd> {
+        self.handover.inherited.take(addr)
+    }
+
+    /// The listening sockets an upgrade hands over: the workers' (see
+    /// `handover_listeners`) and the admin endpoint's; each with its
+    /// handle, the address asked for, and the listener to stop accepting
+    /// on once the new primary serves (not for `shared`: the workers
+    /// accept there).
+    fn upgrade_sockets(&self) -> Vec<(HandleId, SocketAddr, Option<TcpListener>)> {
+        let mut out = self.handover_listeners();
+        if let Some(a) = self.admin.as_ref() {
+            out.push((a.listener().into(), a.address(), Some(a.listener())));
+        }
+        out
     }
 
     /// The inherited socket for a listen on `addr`, opened in the loop.
@@ -272,7 +301,7 @@ impl<D: PrimaryData> Primary<D> {
         };
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let arg_refs: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
-        let listeners = self.handover_listeners();
+        let listeners = self.upgrade_sockets();
         let mut stdio = vec![Stdio::Inherit, Stdio::Inherit, Stdio::Inherit];
         let mut names = String::new();
         for (h, requested, _) in &listeners {
@@ -351,7 +380,7 @@ fn upgrade_ready<D: PrimaryData>(lp: &mut Loop<D>, d: &mut D, id: PrimaryId) {
     u.phase = Phase::Stopping(0);
     p.upgrade_release(lp);
     let mut stopping = 0;
-    for (_, _, rr) in p.handover_listeners() {
+    for (_, _, rr) in p.upgrade_sockets() {
         if let Some(l) = rr {
             if lp.listen_stop(l, Some(&p.handover.on_stopped)).is_ok() {
                 stopping += 1;
@@ -399,6 +428,8 @@ fn upgrade_done<D: PrimaryData>(lp: &mut Loop<D>, d: &mut D, id: PrimaryId) {
     if let Some(t) = u.timer.take() {
         let _ = lp.close(t, None);
     }
+    // The new primary answers on the admin socket from now on.
+    p.admin_close(lp);
     if let Some(cb) = u.cb.take() {
         cb(lp, d, Ok(u.pid));
     }
