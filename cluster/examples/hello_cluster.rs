@@ -4,6 +4,7 @@
 //! cargo run --release --example hello_cluster -- [--workers N] [--policy rr|shared|reuseport]
 //!                                                [--backend epoll|io_uring|auto] [--port P] [--host H]
 //!                                                [--admin 127.0.0.1:PORT] [--max-memory MIB]
+//!                                                [--pid-file PATH] [--upgrade-exec PATH]
 //! curl http://127.0.0.1:8000/
 //! ```
 //!
@@ -80,7 +81,7 @@ struct Options {
 
 fn usage(msg: &str) -> ! {
     eprintln!("hello_cluster: {msg}");
-    eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H] [--admin ADDR:PORT] [--max-memory MIB]");
+    eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H] [--admin ADDR:PORT] [--max-memory MIB] [--pid-file PATH] [--upgrade-exec PATH]");
     std::process::exit(2);
 }
 
@@ -398,6 +399,10 @@ fn run_primary(o: Options) -> uvring::Result<()> {
     let on_usr2 = OnSignal::new(move |lp, sup: &mut Supervisor, _, _| {
         if sup.shutting_down {
             eprintln!("[primary {me}] SIGUSR2: shutting down; no upgrade");
+            return;
+        }
+        if sup.primary.is_upgrading() {
+            eprintln!("[primary {me}] SIGUSR2: an upgrade is already under way");
             return;
         }
         let exec = sup.upgrade_exec.clone();
