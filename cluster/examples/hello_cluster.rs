@@ -388,7 +388,9 @@ fn run_primary(o: Options) -> uvring::Result<()> {
     });
     let on_hup = OnSignal::new(move |lp, sup: &mut Supervisor, _, _| {
         eprintln!("[primary {me}] SIGHUP: rolling restart");
-        sup.notify("RELOADING=1");
+        if let Some(Err(e)) = sup.notify.as_ref().map(SdNotify::reloading) {
+            eprintln!("[primary {me}] sd_notify RELOADING=1 failed: {e}");
+        }
         sup.primary.rolling_restart(lp, move |_, sup| {
             eprintln!("[primary {me}] rolling restart done");
             sup.notify("READY=1");

@@ -239,3 +239,51 @@ impl ListenFds {
         self.ready.take()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(local: &str, requested: Option<&str>) -> Inherited {
+        let l = std::net::TcpListener::bind(local).unwrap();
+        let local = l.local_addr().unwrap();
+        Inherited { fd: OwnedFd::from(l), local, requested: requested.map(|r| r.parse().unwrap()) }
+    }
+
+    fn fds(sockets: Vec<Inherited>) -> ListenFds {
+        ListenFds { source: ListenSource::Upgrade, sockets, ..ListenFds::default() }
+    }
+
+    #[test]
+    fn take_matches_the_name_then_the_bound_address() {
+        let a = socket("127.0.0.1:0", Some("127.0.0.1:0"));
+        let b = socket("127.0.0.1:0", None);
+        let (a_addr, b_addr) = (a.local, b.local);
+        let mut f = fds(vec![a, b]);
+        // Port 0 matches only the socket named for it.
+        let fd = f.take("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(uvring::os::local_addr(fd.as_fd()).unwrap(), a_addr);
+        assert!(f.take("127.0.0.1:0".parse().unwrap()).is_none());
+        // Another address does not match; the bound one does, once.
+        assert!(f.take(SocketAddr::new([127, 0, 0, 2].into(), b_addr.port())).is_none());
+        assert!(f.take(b_addr).is_some());
+        assert!(f.take(b_addr).is_none() && f.is_empty());
+    }
+
+    #[test]
+    fn a_wildcard_listen_matches_either_wildcard_on_its_port() {
+        let s = socket("0.0.0.0:0", None);
+        let port = s.local.port();
+        let mut f = fds(vec![s]);
+        assert_eq!(f.addresses(), vec![SocketAddr::new([0, 0, 0, 0].into(), port)]);
+        assert!(f.take(SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port)).is_some());
+    }
+
+    #[test]
+    fn counts_are_checked() {
+        assert_eq!(count(" 2 "), Ok(2));
+        assert_eq!(count("x"), Err(Error::EINVAL));
+        assert_eq!(count("-1"), Err(Error::EINVAL));
+        assert_eq!(count("100000"), Err(Error::EINVAL));
+    }
+}

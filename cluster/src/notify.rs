@@ -66,6 +66,13 @@ impl SdNotify {
         self.socket.send_to_addr(state.as_bytes(), &self.addr).map(|_| ())
     }
 
+    /// Sends `RELOADING=1` with `MONOTONIC_USEC=` (the time of the
+    /// reload on `CLOCK_MONOTONIC`, which `Type=notify-reload` units
+    /// require with it); follow it with `READY=1` when the reload is done.
+    pub fn reloading(&self) -> io::Result<()> {
+        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", uvring::os::monotonic_us()))
+    }
+
     /// The interval the unit's watchdog expects a `WATCHDOG=1` within
     /// (`WATCHDOG_USEC`), if it asked; ping at half of it.
     pub fn watchdog(&self) -> Option<Duration> {

@@ -32,6 +32,12 @@ pub fn is_listening_stream(fd: BorrowedFd<'_>) -> bool {
     sys::socket::is_listening_stream(fd.as_raw_fd())
 }
 
+/// `CLOCK_MONOTONIC` now, in microseconds since an unspecified start (the
+/// clock systemd's `MONOTONIC_USEC=` is read on).
+pub fn monotonic_us() -> u64 {
+    sys::monotonic_us()
+}
+
 /// Takes ownership of an fd this process inherited by number (systemd's
 /// `LISTEN_FDS` start at 3, say) and makes it close-on-exec, so that
 /// children spawned later do not inherit it by accident. `EBADF` if no

@@ -198,7 +198,9 @@ fn notify(backend: &str) {
     assert!(get(port).ends_with("hello world"));
 
     signal(old, libc::SIGHUP);
-    assert_eq!(mgr.next(&mut ex), "RELOADING=1");
+    let reloading = mgr.next(&mut ex);
+    let usec = reloading.strip_prefix("RELOADING=1\nMONOTONIC_USEC=").unwrap_or_else(|| panic!("{reloading:?}"));
+    assert!(usec.parse::<u64>().is_ok_and(|us| us > 0), "{reloading:?}");
     assert_eq!(mgr.next(&mut ex), "READY=1");
     ex.wait_log(&["rolling restart done"]);
 
