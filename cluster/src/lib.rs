@@ -105,8 +105,10 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod activation;
 pub mod admin;
 mod channel;
+pub mod notify;
 pub mod primary;
 pub mod proto;
 pub mod schedule;
@@ -114,8 +116,11 @@ pub mod settings;
 pub mod store;
 pub mod worker;
 
+pub use activation::{ListenFds, ListenSource};
+pub use notify::SdNotify;
 pub use primary::{
-    ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, ProcessMemory, WorkerInfo, WorkerStats, WorkerStatus,
+    ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, ProcessMemory, UpgradeFailure, WorkerInfo,
+    WorkerStats, WorkerStatus,
 };
 pub use proto::FrameFds;
 pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
