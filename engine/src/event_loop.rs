@@ -857,7 +857,7 @@ impl<D> Loop<D> {
         if slot.flags & F_CLOSING != 0 {
             self.release(c);
             match op.kind {
-                OpKind::Send => self.stream_send_done_closing(Stream(h), c.token, c.res),
+                OpKind::Send | OpKind::WriteStream => self.stream_send_done_closing(Stream(h), c.token, c.res),
                 OpKind::SendTo => self.udp_send_done_closing(h, c.token, c.res),
                 _ => {}
             }
@@ -865,8 +865,8 @@ impl<D> Loop<D> {
         }
         match op.kind {
             OpKind::Accept => self.on_accept(Stream(h), c, d),
-            OpKind::Recv | OpKind::RecvMsg => self.on_recv(Stream(h), c, d),
-            OpKind::Send => self.on_send(Stream(h), c.token, c.res, d),
+            OpKind::Recv | OpKind::RecvMsg | OpKind::ReadStream => self.on_recv(Stream(h), c, d),
+            OpKind::Send | OpKind::WriteStream => self.on_send(Stream(h), c.token, c.res, d),
             OpKind::Connect => self.on_connect(Stream(h), c.token, c.res, d),
             OpKind::Read => self.on_read_fd(h, c.token, c.res, d),
             OpKind::PollIn => self.on_poll_in(h, c.token, c.res, d),
