@@ -871,9 +871,13 @@ impl<D> Loop<D> {
             OpKind::Read => self.on_read_fd(h, c.token, c.res, d),
             OpKind::PollIn => self.on_poll_in(h, c.token, c.res, d),
             OpKind::Poll => self.on_poll(h, c.token, c.res, d),
-            OpKind::FileRead | OpKind::FileWrite | OpKind::Fsync | OpKind::Statx | OpKind::OpenAt => {
-                self.on_file_op(op.req, c.token, c.res, d)
-            }
+            OpKind::FileRead
+            | OpKind::FileWrite
+            | OpKind::Fsync
+            | OpKind::Statx
+            | OpKind::OpenAt
+            | OpKind::FileReadv
+            | OpKind::FileWritev => self.on_file_op(op.req, c.token, c.res, d),
             OpKind::RecvFrom => self.on_udp_recv(h, c, d),
             OpKind::SendTo => self.on_udp_send(h, c.token, c.res, d),
         }

@@ -652,3 +652,74 @@ fn dropping_a_loop_with_file_ops_in_flight() {
         guard.check_fds();
     }
 }
+
+/// Vectored reads and writes (issue 12): `uv_fs_read`/`uv_fs_write` with
+/// several buffers, at an offset and at the file position, each buffer
+/// filled in order, the buffers handed back; through the ring's
+/// `READV`/`WRITEV` on io_uring (no work item), the pool otherwise.
+type Bufs = (Result<usize>, Vec<Vec<u8>>);
+
+fn keep_rwv(_: &mut Loop<Got>, got: &mut Got, r: Result<usize>, bufs: Vec<Vec<u8>>) {
+    *got = Some(Box::new((r, bufs)));
+}
+
+/// Runs a vectored op queued just now; checks it went where the loop's
+/// mode sends file operations.
+fn finish_rwv(lp: &mut Loop<Got>) -> Bufs {
+    let expect = if lp.fs_io_uring() { 0 } else { 1 };
+    assert_eq!(lp.work_in_flight(), expect, "vectored op routed to the ring or the pool");
+    finish(lp)
+}
+
+fs_cases! {
+    fn fs_read_write_vectored(lp: Got) {
+        let dir = TempDir::new("vectored");
+        let f = open(lp, &dir.join("f"), OpenFlags::READ_WRITE | OpenFlags::CREATE, 0o644).unwrap();
+        // Three buffers, one empty, written as one write at offset 2.
+        let out = vec![b"abc".to_vec(), Vec::new(), b"defgh".to_vec()];
+        lp.fs_write_vectored(&f, out.clone(), Some(2), keep_rwv).unwrap();
+        let (n, back) = finish_rwv(lp);
+        assert_eq!(n, Ok(8));
+        assert_eq!(back, out, "the buffers come back as lent");
+        // Read back into buffers of 4, 3 and 10: each is filled in turn;
+        // the last one's tail (past the end of file) is left alone.
+        let bufs = vec![vec![b'-'; 4], vec![b'-'; 3], vec![b'-'; 10]];
+        lp.fs_read_vectored(&f, bufs, Some(0), keep_rwv).unwrap();
+        let (n, got) = finish_rwv(lp);
+        assert_eq!(n, Ok(10));
+        assert_eq!(got, vec![b"\0\0ab".to_vec(), b"cde".to_vec(), b"fgh-------".to_vec()]);
+        // At the file position (`None`): the position moves, offsets don't.
+        lp.fs_write_vectored(&f, vec![b"XY".to_vec(), b"Z".to_vec()], None, keep_rwv).unwrap();
+        assert_eq!(finish_rwv(lp).0, Ok(3));
+        lp.fs_read_vectored(&f, vec![vec![0; 2], vec![0; 2]], None, keep_rwv).unwrap();
+        let (n, got) = finish_rwv(lp);
+        assert_eq!(n, Ok(4));
+        assert_eq!(got.concat(), b"bcde", "read from position 3, after the write's 3 bytes");
+        assert_eq!(read_at(lp, &f, 64, Some(0)).unwrap(), b"XYZbcdefgh");
+        // Past the end: 0, buffers untouched.
+        lp.fs_read_vectored(&f, vec![vec![7; 2]], Some(100), keep_rwv).unwrap();
+        assert_eq!(finish_rwv(lp), (Ok(0), vec![vec![7; 2]]));
+        lp.fs_close(f, keep).unwrap();
+        unit(lp).unwrap();
+    }
+
+    /// Vectored errors as values (EBADF, EISDIR, with the buffers back);
+    /// more buffers than `IOV_MAX` refused at once.
+    fn fs_read_write_vectored_errors(lp: Got) {
+        let dir = TempDir::new("vectored-errors");
+        create(lp, &dir.join("f"), b"data");
+        let ro = open(lp, &dir.join("f"), OpenFlags::READ_ONLY, 0).unwrap();
+        lp.fs_write_vectored(&ro, vec![b"no".to_vec(), b"pe".to_vec()], Some(0), keep_rwv).unwrap();
+        assert_eq!(finish_rwv(lp), (Err(Error::EBADF), vec![b"no".to_vec(), b"pe".to_vec()]));
+        let d = open(lp, &dir.0, OpenFlags::READ_ONLY | OpenFlags::DIRECTORY, 0).unwrap();
+        lp.fs_read_vectored(&d, vec![vec![0; 4]; 2], Some(0), keep_rwv).unwrap();
+        assert_eq!(finish_rwv(lp).0, Err(Error::from_errno(libc::EISDIR)));
+        let too_many = vec![vec![0u8; 1]; 1025];
+        assert_eq!(lp.fs_read_vectored(&ro, too_many, Some(0), keep_rwv).err(), Some(Error::EINVAL));
+        assert_eq!(lp.work_in_flight(), 0, "nothing was queued");
+        for f in [ro, d] {
+            lp.fs_close(f, keep).unwrap();
+            unit(lp).unwrap();
+        }
+    }
+}

@@ -751,9 +751,13 @@ impl Driver for Epoll {
             Op::Poll { fd, events } => self.start_poll(fd, token, events),
             // Regular files are always "ready" to epoll: their I/O blocks in
             // the syscall, so the loop runs it on the work pool instead.
-            Op::FileRead { .. } | Op::FileWrite { .. } | Op::Fsync { .. } | Op::Statx { .. } | Op::OpenAt { .. } => {
-                Err(Error::ENOSYS)
-            }
+            Op::FileRead { .. }
+            | Op::FileWrite { .. }
+            | Op::Fsync { .. }
+            | Op::Statx { .. }
+            | Op::OpenAt { .. }
+            | Op::FileReadv { .. }
+            | Op::FileWritev { .. } => Err(Error::ENOSYS),
             Op::RecvFrom { fd } => {
                 if self.pool.size() <= RecordLayout::DATAGRAM.payload_offset() {
                     return Err(Error::EINVAL);

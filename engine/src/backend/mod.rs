@@ -32,6 +32,8 @@
 //! | `SendTo { fd, iov, addr }` | one-shot | the bytes `iov` describes (`addr` is copied) | the datagram's length |
 //! | `ReadStream { fd }` | persistent | nothing | bytes in `buf`; 0 (no buffer, final) at EOF |
 //! | `WriteStream { fd, iov }` | one-shot | the bytes `iov` describes | bytes written |
+//! | `FileReadv { fd, iov, iovcnt, offset }` | one-shot | the iovec array and the memory it describes | bytes read |
+//! | `FileWritev { fd, iov, iovcnt, offset }` | one-shot | the iovec array and the memory it describes | bytes written |
 //!
 //! `ReadStream` and `WriteStream` are `Recv` and `Send` for fds that are
 //! not sockets (pipes, FIFOs, ttys, regular files: a server's stdin and
@@ -44,7 +46,7 @@
 //!
 //! Any completion may carry `-errno` instead of a result.
 //!
-//! **File operations** (`FileRead` to `OpenAt`) are optional: a backend
+//! **File operations** (`FileRead` to `OpenAt`, `FileReadv`, `FileWritev`) are optional: a backend
 //! says which it performs with [`Driver::supports`] (io_uring: those its
 //! probe found; epoll: none, it refuses them with `ENOSYS`), and the loop
 //! sends the others to its work pool.
@@ -89,7 +91,9 @@
 //!    (io_uring reads them when the operation runs, not when it is
 //!    submitted). For a `Read`, `ptr..ptr + len` stays valid for writes and
 //!    untouched by anyone else until the op's final completion; likewise
-//!    a `FileRead`'s memory, a `FileWrite`'s (valid and unmodified), and a
+//!    a `FileRead`'s memory, a `FileWrite`'s (valid and unmodified), a
+//!    `FileReadv`'s or `FileWritev`'s iovec array and every buffer it names
+//!    (likewise), and a
 //!    `Statx`'s path and record and an `OpenAt`'s path. The other
 //!    ops lend nothing: the backend copies what it needs of every op
 //!    (iovec arrays, fd numbers, socket addresses) into storage it owns, so
@@ -248,8 +252,11 @@ pub(crate) trait Driver {
     /// reported; for `Op::Read` and `Op::FileRead`, `ptr..ptr + len` must
     /// stay valid for writes, and not be accessed by anyone else, until
     /// then; for `Op::FileWrite`, valid and unmodified; for `Op::Statx`,
-    /// `path` and `*buf`, and for `Op::OpenAt`, `path`, likewise. The other
-    /// ops lend nothing and carry no obligation.
+    /// `path` and `*buf`, and for `Op::OpenAt`, `path`, likewise; for
+    /// `Op::WriteStream`, as `Op::Send`; for `Op::FileReadv` and
+    /// `Op::FileWritev`, the iovec array and every buffer it names, as for
+    /// `Op::FileRead` and `Op::FileWrite`. The other ops lend nothing and
+    /// carry no obligation.
     unsafe fn submit(&mut self, token: Token, op: Op<'_>) -> Result<()>;
 
     /// Whether this backend performs ops of `kind` (every kind but the file

@@ -70,13 +70,26 @@ op_kinds! {
     ReadStream = 20,
     /// One-shot: `writev(2)` to a non-socket fd (pipe, FIFO, tty, file).
     WriteStream = 21,
+    /// One-shot: `preadv` into buffers the loop lends.
+    FileReadv = 22,
+    /// One-shot: `pwritev` from buffers the loop lends.
+    FileWritev = 23,
 }
 
 impl OpKind {
     /// File operations: only io_uring performs them (where its probe
     /// found the opcode); the loop sends them to the work pool otherwise.
     pub(crate) fn is_file_op(self) -> bool {
-        matches!(self, OpKind::FileRead | OpKind::FileWrite | OpKind::Fsync | OpKind::Statx | OpKind::OpenAt)
+        matches!(
+            self,
+            OpKind::FileRead
+                | OpKind::FileWrite
+                | OpKind::Fsync
+                | OpKind::Statx
+                | OpKind::OpenAt
+                | OpKind::FileReadv
+                | OpKind::FileWritev
+        )
     }
 }
 
@@ -146,6 +159,13 @@ pub(crate) enum Op<'a> {
     /// of `iov` (at most [`MAX_IOV`](super::MAX_IOV) entries) at the file
     /// position. The result may be a short count.
     WriteStream { fd: RawFd, iov: &'a [libc::iovec] },
+    /// `preadv` into the `iovcnt` iovecs at `iov` at `offset` (`None`: at
+    /// the file position, as `readv`); the iovec array and the memory each
+    /// iovec describes are lent.
+    FileReadv { fd: RawFd, iov: *const libc::iovec, iovcnt: usize, offset: Option<u64> },
+    /// `pwritev` from the `iovcnt` iovecs at `iov` at `offset` (`None`: at
+    /// the file position, as `writev`); lent as for `FileReadv`.
+    FileWritev { fd: RawFd, iov: *const libc::iovec, iovcnt: usize, offset: Option<u64> },
 }
 
 impl Op<'_> {
@@ -169,6 +189,8 @@ impl Op<'_> {
             Op::SendTo { .. } => OpKind::SendTo,
             Op::ReadStream { .. } => OpKind::ReadStream,
             Op::WriteStream { .. } => OpKind::WriteStream,
+            Op::FileReadv { .. } => OpKind::FileReadv,
+            Op::FileWritev { .. } => OpKind::FileWritev,
         }
     }
 }
@@ -233,6 +255,8 @@ mod tests {
             OpKind::SendTo,
             OpKind::ReadStream,
             OpKind::WriteStream,
+            OpKind::FileReadv,
+            OpKind::FileWritev,
         ];
         for (i, &k) in kinds.iter().enumerate() {
             let t = Token::new(Token::MAX_INDEX - i, u32::MAX - i as u32, k);

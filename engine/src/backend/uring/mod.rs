@@ -390,7 +390,9 @@ impl Uring {
             | OpKind::FileWrite
             | OpKind::Fsync
             | OpKind::Statx
-            | OpKind::OpenAt => self.emit(out, Completion { token, res, buf: None, more: false }),
+            | OpKind::OpenAt
+            | OpKind::FileReadv
+            | OpKind::FileWritev => self.emit(out, Completion { token, res, buf: None, more: false }),
         }
     }
 
@@ -708,6 +710,23 @@ impl Driver for Uring {
                     opcode::Write::new(Fd(fd), ptr, len).offset(offset.unwrap_or(u64::MAX)).build().user_data(token.0);
                 // SAFETY: `ptr..ptr+len` stays valid and unmodified until the
                 // completion (the caller's rule-3 guarantee for this write).
+                unsafe { self.push_op(entry) };
+                Ok(())
+            }
+            Op::FileReadv { fd, iov, iovcnt, offset } => {
+                let cnt = u32::try_from(iovcnt).map_err(|_| Error::EINVAL)?;
+                let entry =
+                    opcode::Readv::new(Fd(fd), iov, cnt).offset(offset.unwrap_or(u64::MAX)).build().user_data(token.0);
+                // SAFETY: the iovec array and every buffer it names stay valid
+                // until the completion (the caller's rule-3 guarantee).
+                unsafe { self.push_op(entry) };
+                Ok(())
+            }
+            Op::FileWritev { fd, iov, iovcnt, offset } => {
+                let cnt = u32::try_from(iovcnt).map_err(|_| Error::EINVAL)?;
+                let entry =
+                    opcode::Writev::new(Fd(fd), iov, cnt).offset(offset.unwrap_or(u64::MAX)).build().user_data(token.0);
+                // SAFETY: as for `FileReadv` (the buffers stay unmodified).
                 unsafe { self.push_op(entry) };
                 Ok(())
             }
