@@ -9,6 +9,7 @@
 
 pub mod dns;
 pub mod fs;
+pub mod inotify;
 pub mod process;
 pub mod signal;
 pub mod socket;
