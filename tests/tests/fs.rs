@@ -3,7 +3,8 @@
 //! fs_scandir, fs_unlink, fs_mkdir_rmdir, fs_copyfile,
 //! fs_read_write_offset, fs_fsync), symlinks, cancellation, and every error
 //! path that can be produced as a value (ENOENT, EISDIR, ENOTDIR, EEXIST,
-//! ENOTEMPTY, EACCES), on both backends, each under a temporary directory
+//! ENOTEMPTY, EACCES: as root, from a child that drops to uid 65534), vectored
+//! reads and writes, on both backends, each under a temporary directory
 //! the test removes. Each scenario runs three ways: on epoll (the work
 //! pool), on io_uring with file operations in the ring (read, write, fsync,
 //! statx and openat; the rest on the pool), and on io_uring with every file
@@ -407,7 +408,10 @@ fs_cases! {
         }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
-            eprintln!("SKIP (EACCES part): running as root, permission bits do not bind");
+            eprintln!(
+                "SKIP (EACCES part, in process): running as root, permission bits do not bind; \
+                 fs_eacces_as_an_unprivileged_child covers EACCES from a child running as uid 65534"
+            );
         } else {
             create(lp, &dir.join("locked"), b"secret");
             std::fs::set_permissions(dir.join("locked"), std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
@@ -721,5 +725,82 @@ fs_cases! {
             lp.fs_close(f, keep).unwrap();
             unit(lp).unwrap();
         }
+    }
+}
+
+/// Every file operation's EACCES, as values (issue 12): a child that drops
+/// to uid/gid 65534 (`uvring-fs-eacces`, started as root; as another user
+/// it runs as that user) runs each operation on its own loop, in the same
+/// mode as this case (epoll, io_uring with the ring, io_uring with the
+/// pool), against files and directories whose permission bits refuse it,
+/// and prints each result.
+fn eacces_layout(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    for d in ["locked", "sealed", "sealed/sub"] {
+        std::fs::create_dir(root.join(d)).unwrap();
+    }
+    for f in ["locked/file", "sealed/file", "secret", "readonly"] {
+        std::fs::write(root.join(f), b"contents").unwrap();
+    }
+    std::os::unix::fs::symlink("file", root.join("locked/link")).unwrap();
+    mode(&root.join("locked"), 0o000);
+    mode(&root.join("sealed"), 0o555);
+    mode(&root.join("secret"), 0o000);
+    mode(&root.join("readonly"), 0o444);
+}
+
+fn eacces_unlock(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for d in ["locked", "sealed"] {
+        let _ = std::fs::set_permissions(root.join(d), std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+fs_cases! {
+    fn fs_eacces_as_an_unprivileged_child(lp: Got) {
+        let dir = TempDir::new("eacces");
+        eacces_layout(&dir.0);
+        let exe = env!("CARGO_BIN_EXE_uvring-fs-eacces");
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg(&dir.0)
+            .env("UVRING_BACKEND", lp.backend().name())
+            .env("UVRING_FS_IO_URING", if lp.fs_io_uring() { "1" } else { "0" });
+        // The child's own watchdog (alarm, 30 s) bounds it; this bounds the wait.
+        let out = uvring_tests::with_timeout(Duration::from_secs(60), move || cmd.output().expect("run the child"));
+        eacces_unlock(&dir.0);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "child failed: {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        let results: Vec<(&str, i32)> = stdout
+            .lines()
+            .map(|l| {
+                let (name, errno) = l.split_once(' ').expect("`name errno`");
+                (name, errno.parse().expect("an errno"))
+            })
+            .collect();
+        let expected_refused = [
+            "open_in_locked_dir",
+            "open_unreadable",
+            "open_readonly_for_write",
+            "create_in_sealed_dir",
+            "stat_in_locked_dir",
+            "lstat_in_locked_dir",
+            "unlink_in_sealed_dir",
+            "rename_in_sealed_dir",
+            "mkdir_in_sealed_dir",
+            "rmdir_in_sealed_dir",
+            "symlink_in_sealed_dir",
+            "scandir_locked",
+            "readlink_in_locked_dir",
+            "copyfile_from_unreadable",
+            "copyfile_into_sealed_dir",
+            "fs_event_start_locked",
+        ];
+        for name in expected_refused {
+            let got = results.iter().find(|(n, _)| *n == name).map(|&(_, e)| e);
+            assert_eq!(got, Some(libc::EACCES), "{name}: child output:\n{stdout}");
+        }
+        assert!(results.contains(&("open_readonly_for_read", 0)), "sanity: a permitted open works:\n{stdout}");
+        assert_eq!(results.len(), expected_refused.len() + 1, "one line per operation:\n{stdout}");
     }
 }
