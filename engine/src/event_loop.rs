@@ -132,6 +132,8 @@ pub enum HandleType {
     Process,
     Poll,
     Udp,
+    /// A file-system watcher.
+    FsEvent,
 }
 
 pub(crate) const F_REF: u8 = 1;
@@ -158,6 +160,10 @@ pub(crate) enum Kind<D> {
     /// are in `Loop::fs`).
     FileOps,
     Udp(UdpState<D>),
+    FsEvent(crate::fs_event::FsEventState<D>),
+    /// Internal: the loop's inotify instance (its watchers are in
+    /// `Loop::inotify`).
+    Inotify(crate::fs_event::InotifyState),
 }
 
 pub(crate) struct Slot<D> {
@@ -255,6 +261,8 @@ pub struct Loop<D = ()> {
     /// Listeners waiting out an accept back-off: (deadline ms, stream).
     pub(crate) accept_retry: Vec<(u64, Stream)>,
     pub(crate) signals: SignalRegistry,
+    /// File-system watchers and the loop's inotify handle.
+    pub(crate) inotify: crate::fs_event::InotifyRegistry,
     /// The listen hook, shared so that a call can run through a clone
     /// while the hook stays installed (see `ListenHook`).
     pub(crate) listen_hook: Option<Rc<dyn crate::stream::ListenHook<D>>>,
@@ -325,6 +333,7 @@ impl<D> Loop<D> {
             udp_spare: Vec::new(),
             accept_retry: Vec::new(),
             signals: SignalRegistry::default(),
+            inotify: Default::default(),
             listen_hook: None,
             user: None,
             iterations: 0,
@@ -706,6 +715,8 @@ impl<D> Loop<D> {
             Kind::WorkWake(_) => self.work_wake_close(h),
             Kind::FileOps => {}
             Kind::Udp(_) => self.udp_close(h),
+            Kind::FsEvent(_) => self.fs_event_close(h),
+            Kind::Inotify(_) => self.inotify_close(h),
         }
         self.closing.push(h);
         Ok(())
@@ -741,6 +752,7 @@ impl<D> Loop<D> {
             Kind::Process(_) => HandleType::Process,
             Kind::Poll(_) => HandleType::Poll,
             Kind::Udp(_) => HandleType::Udp,
+            Kind::FsEvent(_) | Kind::Inotify(_) => HandleType::FsEvent,
         })
     }
 
@@ -897,23 +909,29 @@ impl<D> Loop<D> {
         if slot.flags & F_CLOSING != 0 {
             self.release(c);
             match op.kind {
-                OpKind::Send => self.stream_send_done_closing(Stream(h), c.token, c.res),
+                OpKind::Send | OpKind::WriteStream => self.stream_send_done_closing(Stream(h), c.token, c.res),
                 OpKind::SendTo => self.udp_send_done_closing(h, c.token, c.res),
                 _ => {}
             }
             return;
         }
+        let inotify = matches!(slot.kind, Kind::Inotify(_));
         match op.kind {
             OpKind::Accept => self.on_accept(Stream(h), c, d),
-            OpKind::Recv | OpKind::RecvMsg => self.on_recv(Stream(h), c, d),
-            OpKind::Send => self.on_send(Stream(h), c.token, c.res, d),
+            OpKind::Recv | OpKind::RecvMsg | OpKind::ReadStream => self.on_recv(Stream(h), c, d),
+            OpKind::Send | OpKind::WriteStream => self.on_send(Stream(h), c.token, c.res, d),
             OpKind::Connect => self.on_connect(Stream(h), c.token, c.res, d),
             OpKind::Read => self.on_read_fd(h, c.token, c.res, d),
+            OpKind::PollIn if inotify => self.on_inotify_ready(h, c.token, c.res, d),
             OpKind::PollIn => self.on_poll_in(h, c.token, c.res, d),
             OpKind::Poll => self.on_poll(h, c.token, c.res, d),
-            OpKind::FileRead | OpKind::FileWrite | OpKind::Fsync | OpKind::Statx | OpKind::OpenAt => {
-                self.on_file_op(op.req, c.token, c.res, d)
-            }
+            OpKind::FileRead
+            | OpKind::FileWrite
+            | OpKind::Fsync
+            | OpKind::Statx
+            | OpKind::OpenAt
+            | OpKind::FileReadv
+            | OpKind::FileWritev => self.on_file_op(op.req, c.token, c.res, d),
             OpKind::RecvFrom => self.on_udp_recv(h, c, d),
             OpKind::SendTo => self.on_udp_send(h, c.token, c.res, d),
         }

@@ -210,6 +210,9 @@ pub(crate) struct StreamState<D> {
     pub resolve: Option<crate::work::Work>,
     /// A connect to several addresses: those not tried yet, the next last.
     pub connect_addrs: Vec<SocketAddr>,
+    /// The fd is not a socket (a pipe(2), FIFO, tty or file opened by
+    /// `pipe_open`): read with `ReadStream`, written with `WriteStream`.
+    pub not_socket: bool,
     pub parts: StreamParts<D>,
 }
 
@@ -361,6 +364,7 @@ impl<D> Loop<D> {
             inflight_fds: 0,
             resolve: None,
             connect_addrs: Vec::new(),
+            not_socket: false,
             parts,
         };
         match self.insert(Kind::Stream(st)) {
@@ -1205,7 +1209,13 @@ impl<D> Loop<D> {
             OpState::Idle => {}
         }
         let fd = st.fd;
-        let op = if st.ty == StreamType::IpcPipe { Op::RecvMsg { fd } } else { Op::Recv { fd } };
+        let op = if st.not_socket {
+            Op::ReadStream { fd }
+        } else if st.ty == StreamType::IpcPipe {
+            Op::RecvMsg { fd }
+        } else {
+            Op::Recv { fd }
+        };
         let kind = op.kind();
         // SAFETY: a receive lends nothing (it reads into pool buffers).
         match unsafe { self.submit_op(s.0, op) } {
@@ -1465,6 +1475,10 @@ impl<D> Loop<D> {
             return Err(Error::EPIPE);
         }
         let iov = [libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() }];
+        if st.not_socket {
+            // SAFETY: `iov` describes `data`, which lives for the whole call.
+            return unsafe { sys::writev(st.fd, &iov) };
+        }
         // SAFETY: `iov` describes `data`, which lives for the whole call.
         unsafe { socket::sendmsg(st.fd, &iov, &[]) }
     }
@@ -1504,6 +1518,7 @@ impl<D> Loop<D> {
             return;
         }
         let fd = st.fd;
+        let st_not_socket = st.not_socket;
         // SAFETY (for the pointer handed to the backend): `inflight` is not
         // touched until this send's completion; only `queued` grows meanwhile.
         let ptr = unsafe { st.parts.inflight.as_ptr().add(st.inflight_off) };
@@ -1514,7 +1529,12 @@ impl<D> Loop<D> {
         // completion, which `send_op` guards; the fds are owned by queued
         // writes (or borrowed under `write_fds_borrowed`'s contract) and
         // closed only once the send's completion has come back.
-        let res = unsafe { self.submit_op(s.0, Op::Send { fd, iov: &iov, fds: &fds[..nfds] }) };
+        let op = if st_not_socket {
+            Op::WriteStream { fd, iov: &iov }
+        } else {
+            Op::Send { fd, iov: &iov, fds: &fds[..nfds] }
+        };
+        let res = unsafe { self.submit_op(s.0, op) };
         match res {
             Ok(token) => {
                 if let Ok(st) = self.stream_state(s) {
