@@ -207,6 +207,9 @@ pub struct Loop<D = ()> {
     /// File operations in the backend (their buffers are lent to it, so
     /// this is dropped after `driver`).
     pub(crate) fs: crate::fs::FsState<D>,
+    /// File-to-socket transfers (a chunk may be lent to the backend, so
+    /// this too is dropped after `driver`).
+    pub(crate) xfers: crate::sendfile::Transfers<D>,
     /// Operations in the backend, by token index (entries are reused, so
     /// submitting allocates nothing after warm-up).
     pub(crate) ops: Slab<OpEntry>,
@@ -284,6 +287,7 @@ impl<D> Loop<D> {
             next_generation: 1,
             work: Default::default(),
             fs: crate::fs::FsState::new(opts.fs_io_uring.unwrap_or_else(crate::fs::fs_io_uring_from_env)),
+            xfers: Default::default(),
             ops: Slab::with_capacity(1024),
             next_op_generation: 1,
             timers: TimerHeap::with_capacity(256),
@@ -854,10 +858,13 @@ impl<D> Loop<D> {
             self.release(c);
             return;
         };
+        // A stream's poll and file read are its file transfer's.
+        let stream = matches!(slot.kind, Kind::Stream(_));
         if slot.flags & F_CLOSING != 0 {
             self.release(c);
             match op.kind {
                 OpKind::Send => self.stream_send_done_closing(Stream(h), c.token, c.res),
+                OpKind::Poll | OpKind::FileRead if stream => self.stream_send_done_closing(Stream(h), c.token, c.res),
                 OpKind::SendTo => self.udp_send_done_closing(h, c.token, c.res),
                 _ => {}
             }
@@ -867,6 +874,7 @@ impl<D> Loop<D> {
             OpKind::Accept => self.on_accept(Stream(h), c, d),
             OpKind::Recv | OpKind::RecvMsg => self.on_recv(Stream(h), c, d),
             OpKind::Send => self.on_send(Stream(h), c.token, c.res, d),
+            OpKind::Poll | OpKind::FileRead if stream => self.xfer_on_op(Stream(h), c.token, op.kind, c.res),
             OpKind::Connect => self.on_connect(Stream(h), c.token, c.res, d),
             OpKind::Read => self.on_read_fd(h, c.token, c.res, d),
             OpKind::PollIn => self.on_poll_in(h, c.token, c.res, d),

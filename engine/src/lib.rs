@@ -70,6 +70,7 @@ pub mod os;
 mod pipe;
 mod poll;
 mod process;
+mod sendfile;
 mod signal;
 mod stream;
 mod sys;
@@ -85,9 +86,9 @@ pub use event_loop::{HandleType, Loop, LoopOptions, RunMode};
 pub use fs::{CopyFlags, DirEntry, FileKind, FileStat, FsRequest, OpenFlags};
 pub use handle::{
     Async, Datagram, HandleId, Hook, ListenerHandle, OnAsync, OnClose, OnConnect, OnConnection, OnExit, OnHook,
-    OnListenStop, OnPoll, OnRead, OnRecv, OnSend, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle, PipeListener,
-    PipeSocket, PipeStream, Poll, PollEvents, Process, RecvFlags, SendableHandle, Signal, SocketHandle, StreamHandle,
-    TcpHandle, TcpListener, TcpSocket, TcpStream, Timer, Udp,
+    OnListenStop, OnPoll, OnRead, OnRecv, OnSend, OnSendFile, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle,
+    PipeListener, PipeSocket, PipeStream, Poll, PollEvents, Process, RecvFlags, SendableHandle, Signal, SocketHandle,
+    StreamHandle, TcpHandle, TcpListener, TcpSocket, TcpStream, Timer, Udp,
 };
 pub use hook::HookKind;
 pub use pipe::FdBatch;

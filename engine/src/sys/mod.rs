@@ -10,6 +10,7 @@
 pub mod dns;
 pub mod fs;
 pub mod process;
+pub mod sendfile;
 pub mod signal;
 pub mod socket;
 
