@@ -22,18 +22,23 @@
 //! canonicalisation has no ring opcode, and it is one trip to the pool
 //! instead of three), and the body goes out with [`Loop::sendfile`], which
 //! sends from the page cache and reads misses in off the loop. The
-//! response head is written first and the transfer queues behind it.
+//! response head is written first and the transfer queues behind it. Open
+//! files are kept for a second per path (nginx's `open_file_cache` with
+//! `open_file_cache_valid 1s`): within it, a request for the same path is
+//! answered from the loop without the pool; a file changed or removed is
+//! seen at most a second late.
 //!
 //! The cluster part is hello_cluster's: the primary forks `--workers`
 //! workers (default: the number of CPUs; 0 serves from this process) that
 //! share the port; SIGINT or SIGTERM disconnects them (open connections
 //! finish) and the primary exits 0.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 use uvring::{
     Backend, Error, Loop, OnConnection, OnListenStop, OnRead, OnSendFile, OnShutdown, OnSignal, OnTimer, RunMode,
@@ -45,6 +50,10 @@ use uvring_cluster::{
 
 /// Largest request head (and unparsed pipeline) a connection may buffer.
 const MAX_BUFFERED: usize = 16 * 1024;
+/// How long an open file is used for its path before it is resolved again.
+const CACHE_VALID_MS: u64 = 1000;
+/// Paths whose open files are kept (the cache is emptied when full).
+const CACHE_MAX: usize = 1024;
 const USAGE: &str = "usage: static_files --root DIR [--port P] [--workers N] [--backend epoll|io_uring|auto] [--host H] [--policy rr|shared|reuseport]";
 
 struct Options {
@@ -287,8 +296,17 @@ struct Conn {
     /// Close once the responses queued so far are out.
     closing: bool,
     /// Files being sent, in order, each with the byte count it must send;
-    /// a transfer's callback takes the front one (and closes it).
-    files: VecDeque<(File, u64)>,
+    /// a transfer's callback takes the front one.
+    files: VecDeque<(Rc<File>, u64)>,
+}
+
+/// An open file kept for its path (see the module docs).
+struct Cached {
+    file: Rc<File>,
+    size: u64,
+    mtime: u64,
+    /// When it was resolved (the loop's clock, ms).
+    at: u64,
 }
 
 /// The server's state, the loop's user data.
@@ -300,6 +318,7 @@ struct Server {
     /// A response head being built.
     out: Vec<u8>,
     draining: bool,
+    cache: HashMap<PathBuf, Cached>,
 }
 
 impl WorkerData for Server {
@@ -310,7 +329,15 @@ impl WorkerData for Server {
 
 impl Server {
     fn new(root: PathBuf) -> Server {
-        Server { worker: None, root, conns: Vec::new(), free: Vec::new(), out: Vec::new(), draining: false }
+        Server {
+            worker: None,
+            root,
+            conns: Vec::new(),
+            free: Vec::new(),
+            out: Vec::new(),
+            draining: false,
+            cache: HashMap::new(),
+        }
     }
 
     fn slot(&mut self) -> usize {
@@ -571,8 +598,15 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
-/// What the pool found for a request's path.
+/// What a request's path names.
 enum Found {
+    File { file: Rc<File>, size: u64, mtime: u64 },
+    Status(u16),
+}
+
+/// What the pool finds for a path (a `File` can cross threads, an `Rc`
+/// cannot).
+enum Resolved {
     File { file: File, size: u64, mtime: u64 },
     Status(u16),
 }
@@ -580,7 +614,7 @@ enum Found {
 /// On the work pool (blocking calls): resolves `rel` under `root`, every
 /// symlink followed, refuses a result outside the root, and opens and
 /// stats the file.
-fn resolve(root: &Path, rel: &Path) -> Found {
+fn resolve(root: &Path, rel: &Path) -> Resolved {
     let status_of = |e: &std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => 404,
         std::io::ErrorKind::PermissionDenied => 403,
@@ -588,22 +622,22 @@ fn resolve(root: &Path, rel: &Path) -> Found {
     };
     let full = match std::fs::canonicalize(root.join(rel)) {
         Ok(p) => p,
-        Err(e) => return Found::Status(status_of(&e)),
+        Err(e) => return Resolved::Status(status_of(&e)),
     };
     if !full.starts_with(root) {
-        return Found::Status(403);
+        return Resolved::Status(403);
     }
     let file = match File::open(&full) {
         Ok(f) => f,
-        Err(e) => return Found::Status(status_of(&e)),
+        Err(e) => return Resolved::Status(status_of(&e)),
     };
     match file.metadata() {
         Ok(m) if m.is_file() => {
             let mtime = m.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
-            Found::File { file, size: m.len(), mtime }
+            Resolved::File { file, size: m.len(), mtime }
         }
-        Ok(_) => Found::Status(403),
-        Err(e) => Found::Status(status_of(&e)),
+        Ok(_) => Resolved::Status(403),
+        Err(e) => Resolved::Status(status_of(&e)),
     }
 }
 
@@ -695,14 +729,32 @@ fn pump(lp: &mut Loop<Server>, server: &mut Server, slot: usize, cbs: &Callbacks
             Parsed::Request(req) => {
                 c.buf.drain(..req.len);
                 c.busy = true;
+                let now = lp.now();
+                if let Some(hit) = server.cache.get(&req.rel).filter(|e| now.saturating_sub(e.at) < CACHE_VALID_MS) {
+                    let found = Found::File { file: hit.file.clone(), size: hit.size, mtime: hit.mtime };
+                    answer(lp, server, slot, s, req, found, cbs);
+                    continue;
+                }
                 let root = server.root.clone();
                 let rel = req.rel.clone();
                 let cbs2 = cbs.clone();
                 let queued = lp.queue_work(
                     move || resolve(&root, &rel),
-                    move |lp, server: &mut Server, found| {
-                        let found = found.unwrap_or(Found::Status(500));
+                    move |lp, server: &mut Server, res| {
+                        let found = match res.unwrap_or(Resolved::Status(500)) {
+                            Resolved::File { file, size, mtime } => {
+                                let file = Rc::new(file);
+                                if server.cache.len() >= CACHE_MAX {
+                                    server.cache.clear();
+                                }
+                                let at = lp.now();
+                                server.cache.insert(req.rel.clone(), Cached { file: file.clone(), size, mtime, at });
+                                Found::File { file, size, mtime }
+                            }
+                            Resolved::Status(status) => Found::Status(status),
+                        };
                         answer(lp, server, slot, s, req, found, &cbs2);
+                        pump(lp, server, slot, &cbs2);
                     },
                 );
                 if queued.is_err() {
@@ -732,8 +784,8 @@ fn drop_conn(lp: &mut Loop<Server>, server: &mut Server, slot: usize, s: TcpStre
     let _ = lp.close(s, None);
 }
 
-/// The pool has resolved a request on connection `slot`: write the head,
-/// queue the body's transfer, and go on with the next request.
+/// A request on connection `slot` is resolved: write the head and queue
+/// the body's transfer (the caller goes on with the next request).
 fn answer(
     lp: &mut Loop<Server>,
     server: &mut Server,
@@ -793,14 +845,14 @@ fn finish_answer(
     slot: usize,
     s: TcpStream,
     close: bool,
-    body: Option<(File, u64, u64)>,
+    body: Option<(Rc<File>, u64, u64)>,
     cbs: &Callbacks,
 ) {
     if lp.write(s, &server.out, None).is_err() {
         return drop_conn(lp, server, slot, s);
     }
     if let Some((file, start, len)) = body {
-        if lp.sendfile(s, &file, start, len, Some(&cbs.on_sent)).is_err() {
+        if lp.sendfile(s, &*file, start, len, Some(&cbs.on_sent)).is_err() {
             return drop_conn(lp, server, slot, s);
         }
         // Kept open until the transfer's callback.
@@ -812,9 +864,7 @@ fn finish_answer(
         if lp.shutdown(s, Some(&cbs.on_shutdown)).is_err() {
             drop_conn(lp, server, slot, s);
         }
-        return;
     }
-    pump(lp, server, slot, cbs);
 }
 
 /// Listens on `addr` and serves the root's files.

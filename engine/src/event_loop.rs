@@ -64,6 +64,12 @@ pub struct LoopOptions {
     /// `UVRING_FS_IO_URING`: `0`, `false`, `off` or `no` turn it off;
     /// anything else, or unset, leaves it on. No effect on epoll.
     pub fs_io_uring: Option<bool>,
+    /// Whether [`Loop::sendfile`] on io_uring reads the file through the
+    /// ring and sends the chunks (read+send) instead of calling
+    /// `sendfile(2)` after a page-cache probe. `None` (the default) reads
+    /// `UVRING_SENDFILE` (`read-send` turns it on). Needs ring file reads;
+    /// no effect on epoll.
+    pub sendfile_read_send: Option<bool>,
 }
 
 impl Default for LoopOptions {
@@ -73,6 +79,7 @@ impl Default for LoopOptions {
             pool: PoolConfig::default(),
             completions_per_poll: 1024,
             fs_io_uring: None,
+            sendfile_read_send: None,
         }
     }
 }
@@ -97,6 +104,12 @@ impl LoopOptions {
     /// all to the work pool, whatever `UVRING_FS_IO_URING` says.
     pub fn fs_io_uring(mut self, on: bool) -> Self {
         self.fs_io_uring = Some(on);
+        self
+    }
+    /// Makes [`Loop::sendfile`] read+send through the ring (`true`) or
+    /// use `sendfile(2)` (`false`), whatever `UVRING_SENDFILE` says.
+    pub fn sendfile_read_send(mut self, on: bool) -> Self {
+        self.sendfile_read_send = Some(on);
         self
     }
 }
@@ -287,7 +300,7 @@ impl<D> Loop<D> {
             next_generation: 1,
             work: Default::default(),
             fs: crate::fs::FsState::new(opts.fs_io_uring.unwrap_or_else(crate::fs::fs_io_uring_from_env)),
-            xfers: Default::default(),
+            xfers: crate::sendfile::Transfers::new(opts.sendfile_read_send),
             ops: Slab::with_capacity(1024),
             next_op_generation: 1,
             timers: TimerHeap::with_capacity(256),

@@ -8,22 +8,28 @@
 //! at a time: its current op is the stream's `send_op`, so nothing else is
 //! sent meanwhile and `close` cancels it like any send.
 //!
-//! Two ways to move the bytes, chosen per loop:
+//! Two ways to move the bytes:
 //!
-//! - **sendfile** (epoll, and io_uring without ring file reads): the loop
-//!   asks the page cache whether the next range is there (`cachestat`,
-//!   which never blocks); if so it calls `sendfile` itself, as many bytes
-//!   as the socket takes, and waits for `POLLOUT` (a `Poll` op) when the
-//!   socket is full. A range not in the cache is first read into it on the
-//!   work pool, so a page-cache miss waits on a pool thread, never on the
-//!   loop. No copy through user memory.
+//! - **sendfile** (the default on both backends): the loop asks the page
+//!   cache whether the next range is there (`cachestat`, which never
+//!   blocks); if so it calls `sendfile` itself, as many bytes as the
+//!   socket takes, and waits for `POLLOUT` (a `Poll` op: epoll, or a poll
+//!   in the ring) when the socket is full. A range not in the cache is
+//!   first read into it on the work pool, so a page-cache miss waits on a
+//!   pool thread, never on the loop. No copy through user memory.
 //! - **read+send** (io_uring with ring file reads): a ring read into a
 //!   chunk buffer, then a ring send of it, in turn. The kernel handles a
-//!   miss inside the ring (no thread of ours blocks), and every step is a
-//!   completion op, the way the rest of the io_uring backend works.
+//!   miss inside the ring, and every step is a completion op. It copies
+//!   every byte twice (page cache to the chunk, chunk to the socket), and
+//!   measured about 3x sendfile's server CPU per 1 MiB response
+//!   (`bench/RESULTS.md`), so it is used where the page cache cannot be
+//!   asked (`cachestat` missing: before Linux 6.5, or a file system
+//!   without it), or when `UVRING_SENDFILE=read-send` asks for it.
 //!
-//! `UVRING_SENDFILE=sendfile` or `read-send` picks one whatever the backend
-//! (read+send needs ring file reads; without them, sendfile is used).
+//! `UVRING_SENDFILE=sendfile` or `read-send` (or
+//! [`LoopOptions::sendfile_read_send`](crate::LoopOptions::sendfile_read_send))
+//! picks one (read+send needs ring file reads; without them, sendfile is
+//! used).
 //!
 //! Errors: any failure (a reset peer's `ECONNRESET`, `EPIPE`, a file's
 //! `EIO`) fails the transfer and, like a failed send, every write queued
@@ -103,15 +109,27 @@ pub(crate) struct Transfers<D> {
     next_generation: u32,
     bufs_spare: Vec<Vec<u8>>,
     mode: Option<Mode>,
+    /// The loop reads files through the ring (read+send is possible).
+    ring_reads: bool,
+    /// [`LoopOptions::sendfile_read_send`](crate::LoopOptions::sendfile_read_send).
+    read_send: Option<bool>,
     /// Starts a warm-up on the work pool. The pool needs `D: 'static`,
     /// which the loop's inner code does not have; [`Loop::sendfile`] does
     /// and leaves this here.
     warm: Option<fn(&mut Loop<D>, u32)>,
 }
 
-impl<D> Default for Transfers<D> {
-    fn default() -> Self {
-        Transfers { entries: Slab::new(), next_generation: 1, bufs_spare: Vec::new(), mode: None, warm: None }
+impl<D> Transfers<D> {
+    pub(crate) fn new(read_send: Option<bool>) -> Transfers<D> {
+        Transfers {
+            entries: Slab::new(),
+            next_generation: 1,
+            bufs_spare: Vec::new(),
+            mode: None,
+            ring_reads: false,
+            read_send,
+            warm: None,
+        }
     }
 }
 
@@ -154,8 +172,14 @@ impl<D: 'static> Loop<D> {
         self.write_admit(s)?;
         if self.xfers.mode.is_none() {
             let ring = self.fs_io_uring();
-            self.xfers.mode = Some(match mode_from_env() {
-                Some(Mode::ReadSend) | None if ring => Mode::ReadSend,
+            self.xfers.ring_reads = ring;
+            let asked = match self.xfers.read_send {
+                Some(true) => Some(Mode::ReadSend),
+                Some(false) => Some(Mode::SendFile),
+                None => mode_from_env(),
+            };
+            self.xfers.mode = Some(match asked {
+                Some(Mode::ReadSend) if ring => Mode::ReadSend,
                 _ => Mode::SendFile,
             });
             self.xfers.warm = Some(Self::xfer_warm_start);
@@ -366,7 +390,15 @@ impl<D> Loop<D> {
                 return self.xfer_finish(s, index, Ok(sent));
             }
             let n = t.remaining.min(CHUNK);
-            if t.offset + n > t.warmed_to && !sys::cached(t.fd, t.offset, n).unwrap_or(false) {
+            let probe = if t.offset + n > t.warmed_to { sys::cached(t.fd, t.offset, n) } else { Ok(true) };
+            if probe.is_err() && self.xfers.ring_reads {
+                // The page cache cannot be asked here: the ring reads
+                // instead, from this transfer on (it is at a step's
+                // boundary, which read+send starts from).
+                self.xfers.mode = Some(Mode::ReadSend);
+                return self.xfer_read_send_step(s, index);
+            }
+            if probe != Ok(true) {
                 // A page-cache miss (or a kernel that cannot say): read the
                 // range in on the pool, then come back.
                 match self.xfers.warm {

@@ -2,11 +2,11 @@
 //! intact, ranges (offset and length, a length past the end), ordering with
 //! the writes queued around a transfer, a peer reset mid-transfer (an error
 //! value, no fd leaked), close with a transfer in flight, and a file read
-//! from disk rather than the page cache. Each scenario runs three ways: on
+//! from disk rather than the page cache. Each scenario runs four ways: on
 //! epoll (`sendfile` after a page-cache probe, misses read in on the work
-//! pool), on io_uring with ring file reads (read+send through the ring) and
-//! on io_uring with file operations on the pool (`sendfile` as on epoll,
-//! `POLLOUT` through the ring).
+//! pool), on io_uring the same way (`POLLOUT` through the ring), on
+//! io_uring with read+send through the ring, and on io_uring with file
+//! operations on the pool (`sendfile`).
 
 use std::fs::File;
 use std::io::Read;
@@ -31,7 +31,13 @@ macro_rules! sendfile_cases {
                 }
                 #[test]
                 fn io_uring() {
-                    uvring_tests::run_on_of(Backend::IoUring, LoopOptions::default().fs_io_uring(true), body)
+                    let opts = LoopOptions::default().fs_io_uring(true).sendfile_read_send(false);
+                    uvring_tests::run_on_of(Backend::IoUring, opts, body)
+                }
+                #[test]
+                fn io_uring_read_send() {
+                    let opts = LoopOptions::default().fs_io_uring(true).sendfile_read_send(true);
+                    uvring_tests::run_on_of(Backend::IoUring, opts, body)
                 }
                 #[test]
                 fn io_uring_pool() {
