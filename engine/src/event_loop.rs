@@ -64,6 +64,12 @@ pub struct LoopOptions {
     /// `UVRING_FS_IO_URING`: `0`, `false`, `off` or `no` turn it off;
     /// anything else, or unset, leaves it on. No effect on epoll.
     pub fs_io_uring: Option<bool>,
+    /// Whether [`Loop::sendfile`] on io_uring reads the file through the
+    /// ring and sends the chunks (read+send) instead of calling
+    /// `sendfile(2)` after a page-cache probe. `None` (the default) reads
+    /// `UVRING_SENDFILE` (`read-send` turns it on). Needs ring file reads;
+    /// no effect on epoll.
+    pub sendfile_read_send: Option<bool>,
 }
 
 impl Default for LoopOptions {
@@ -73,6 +79,7 @@ impl Default for LoopOptions {
             pool: PoolConfig::default(),
             completions_per_poll: 1024,
             fs_io_uring: None,
+            sendfile_read_send: None,
         }
     }
 }
@@ -97,6 +104,12 @@ impl LoopOptions {
     /// all to the work pool, whatever `UVRING_FS_IO_URING` says.
     pub fn fs_io_uring(mut self, on: bool) -> Self {
         self.fs_io_uring = Some(on);
+        self
+    }
+    /// Makes [`Loop::sendfile`] read+send through the ring (`true`) or
+    /// use `sendfile(2)` (`false`), whatever `UVRING_SENDFILE` says.
+    pub fn sendfile_read_send(mut self, on: bool) -> Self {
+        self.sendfile_read_send = Some(on);
         self
     }
 }
@@ -230,6 +243,9 @@ pub struct Loop<D = ()> {
     /// File operations in the backend (their buffers are lent to it, so
     /// this is dropped after `driver`).
     pub(crate) fs: crate::fs::FsState<D>,
+    /// File-to-socket transfers (a chunk may be lent to the backend, so
+    /// this too is dropped after `driver`).
+    pub(crate) xfers: crate::sendfile::Transfers<D>,
     /// Operations in the backend, by token index (entries are reused, so
     /// submitting allocates nothing after warm-up).
     pub(crate) ops: Slab<OpEntry>,
@@ -311,6 +327,7 @@ impl<D> Loop<D> {
             next_generation: 1,
             work: Default::default(),
             fs: crate::fs::FsState::new(opts.fs_io_uring.unwrap_or_else(crate::fs::fs_io_uring_from_env)),
+            xfers: crate::sendfile::Transfers::new(opts.sendfile_read_send),
             ops: Slab::with_capacity(1024),
             next_op_generation: 1,
             timers: TimerHeap::with_capacity(256),
@@ -906,10 +923,13 @@ impl<D> Loop<D> {
             self.release(c);
             return;
         };
+        // A stream's poll and file read are its file transfer's.
+        let stream = matches!(slot.kind, Kind::Stream(_));
         if slot.flags & F_CLOSING != 0 {
             self.release(c);
             match op.kind {
                 OpKind::Send | OpKind::WriteStream => self.stream_send_done_closing(Stream(h), c.token, c.res),
+                OpKind::Poll | OpKind::FileRead if stream => self.stream_send_done_closing(Stream(h), c.token, c.res),
                 OpKind::SendTo => self.udp_send_done_closing(h, c.token, c.res),
                 _ => {}
             }
@@ -920,6 +940,7 @@ impl<D> Loop<D> {
             OpKind::Accept => self.on_accept(Stream(h), c, d),
             OpKind::Recv | OpKind::RecvMsg | OpKind::ReadStream => self.on_recv(Stream(h), c, d),
             OpKind::Send | OpKind::WriteStream => self.on_send(Stream(h), c.token, c.res, d),
+            OpKind::Poll | OpKind::FileRead if stream => self.xfer_on_op(Stream(h), c.token, op.kind, c.res),
             OpKind::Connect => self.on_connect(Stream(h), c.token, c.res, d),
             OpKind::Read => self.on_read_fd(h, c.token, c.res, d),
             OpKind::PollIn if inotify => self.on_inotify_ready(h, c.token, c.res, d),

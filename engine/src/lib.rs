@@ -74,6 +74,7 @@ pub mod os;
 mod pipe;
 mod poll;
 mod process;
+mod sendfile;
 mod signal;
 mod stream;
 mod sys;
@@ -90,9 +91,9 @@ pub use fs::{CopyFlags, DirEntry, FileKind, FileStat, FsRequest, OpenFlags};
 pub use fs_event::{FsChange, FsEventFlags, FsEvents};
 pub use handle::{
     Async, Datagram, HandleId, Hook, ListenerHandle, OnAsync, OnClose, OnConnect, OnConnection, OnExit, OnHook,
-    OnListenStop, OnPoll, OnRead, OnRecv, OnSend, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle, PipeListener,
-    PipeSocket, PipeStream, Poll, PollEvents, Process, RecvFlags, SendableHandle, Signal, SocketHandle, StreamHandle,
-    TcpHandle, TcpListener, TcpSocket, TcpStream, Timer, Udp,
+    OnListenStop, OnPoll, OnRead, OnRecv, OnSend, OnSendFile, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle,
+    PipeListener, PipeSocket, PipeStream, Poll, PollEvents, Process, RecvFlags, SendableHandle, Signal, SocketHandle,
+    StreamHandle, TcpHandle, TcpListener, TcpSocket, TcpStream, Timer, Udp,
 };
 pub use handle::{FsEvent, OnFsEvent};
 pub use hook::HookKind;

@@ -11,6 +11,7 @@ pub mod dns;
 pub mod fs;
 pub mod inotify;
 pub mod process;
+pub mod sendfile;
 pub mod signal;
 pub mod socket;
 
