@@ -47,6 +47,11 @@ impl<D> Admin<D> {
         self.addr
     }
 
+    /// The listener (an upgrade hands its socket over).
+    pub(crate) fn listener(&self) -> TcpListener {
+        self.listener
+    }
+
     /// Closes the listener and every connection.
     pub(crate) fn close(self, lp: &mut Loop<D>) {
         let _ = lp.close(self.listener, None);
@@ -63,10 +68,23 @@ impl<D> Admin<D> {
 }
 
 impl<D: PrimaryData> Admin<D> {
-    /// Binds `addr` and listens on `lp` for primary `pid`.
-    pub(crate) fn listen(lp: &mut Loop<D>, pid: PrimaryId, addr: SocketAddr) -> Result<Admin<D>> {
-        let socket = lp.tcp_init()?;
-        let started = lp.tcp_bind(socket, addr, 0).and_then(|()| lp.listen(socket, 64, &on_admin_connection(pid)));
+    /// Binds `addr` (or takes `inherited`, a socket an upgrade handed
+    /// over, bound and listening already) and listens on `lp` for primary
+    /// `pid`.
+    pub(crate) fn listen(
+        lp: &mut Loop<D>,
+        pid: PrimaryId,
+        addr: SocketAddr,
+        inherited: Option<std::os::fd::OwnedFd>,
+    ) -> Result<Admin<D>> {
+        let (socket, bound) = match inherited {
+            Some(fd) => (lp.tcp_open(fd)?, Ok(())),
+            None => {
+                let socket = lp.tcp_init()?;
+                (socket, lp.tcp_bind(socket, addr, 0))
+            }
+        };
+        let started = bound.and_then(|()| lp.listen(socket, 64, &on_admin_connection(pid)));
         let listener = match started {
             Ok(l) => l,
             Err(e) => {

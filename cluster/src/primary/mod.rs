@@ -68,8 +68,10 @@ mod messaging;
 mod rolling;
 mod routing;
 mod stats;
+mod upgrade;
 
 pub use stats::{ProcessMemory, WorkerStats};
+pub use upgrade::UpgradeFailure;
 
 use crate::channel::{feed_chunk, ChannelError, Flow, FrameWriter};
 use crate::proto::{DecodeError, Decoded, Frame, FrameDecoder, FrameFds, FrameKind};
@@ -378,6 +380,8 @@ pub struct Primary<D> {
     life: lifecycle::Lifecycle<D>,
     store: SharedStore,
     rolling: Option<rolling::Rolling<D>>,
+    /// Inherited listeners and upgrades (`upgrade.rs`).
+    handover: upgrade::Handover<D>,
     events: Events<D>,
     cbs: LoopCallbacks<D>,
     /// The admin endpoint, once `admin_listen` bound it.
@@ -483,6 +487,7 @@ impl<D: PrimaryData> Primary<D> {
             writer: FrameWriter::new(max_message),
             store: SharedStore::new(),
             rolling: None,
+            handover: upgrade::Handover::new(id),
             events: Events {
                 fork: None,
                 online: None,

@@ -231,7 +231,8 @@ impl<D: PrimaryData> Primary<D> {
         addr: std::net::SocketAddr,
     ) -> uvring::Result<std::net::SocketAddr> {
         self.admin_close(lp);
-        let admin = crate::admin::Admin::listen(lp, self.id, addr)?;
+        let inherited = self.take_inherited(addr);
+        let admin = crate::admin::Admin::listen(lp, self.id, addr, inherited)?;
         let bound = admin.address();
         self.admin = Some(admin);
         Ok(bound)

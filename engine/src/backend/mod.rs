@@ -423,6 +423,26 @@ pub(crate) fn parse_recvmsg(buf: &[u8]) -> Option<RecvMsgRecord<'_>> {
     parse_record(buf, RecordLayout::STREAM)
 }
 
+/// An IPC record as the loop uses it: the payload, and whether the kernel
+/// cut the control data (`MSG_CTRUNC`).
+pub(crate) struct IpcRecordParts<'a> {
+    pub payload: &'a [u8],
+    pub truncated: bool,
+}
+
+/// Splits an IPC pipe's `RecvMsg` record and calls `fd` with each fd its
+/// `SCM_RIGHTS` messages carry and whether the control data was cut
+/// (control data beyond the control space is ignored); `None`, with no fd
+/// reported, if the header is inconsistent with `buf`. The caller owns
+/// every fd reported, truncated record or not.
+pub(crate) fn parse_ipc_record(buf: &[u8], mut fd: impl FnMut(std::os::fd::RawFd, bool)) -> Option<IpcRecordParts<'_>> {
+    let rec = parse_recvmsg(buf)?;
+    let truncated = rec.flags & libc::MSG_CTRUNC != 0;
+    let control = &rec.control[..rec.control.len().min(RECVMSG_CONTROL_LEN)];
+    crate::sys::socket::for_each_rights_fd(control, |f| fd(f, truncated));
+    Some(IpcRecordParts { payload: rec.payload, truncated })
+}
+
 /// Splits a recvmsg record laid out as `layout`; `None` if the header is
 /// inconsistent with `buf`. A name or control length beyond its space is
 /// cut to the space (the kernel reports the untruncated length).

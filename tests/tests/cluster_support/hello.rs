@@ -45,15 +45,17 @@ impl Example {
     /// The example with `workers` workers and the `extra` arguments.
     pub fn start_with_args(backend: &str, policy: &str, port: u16, workers: usize, extra: &[&str]) -> Example {
         let workers = workers.to_string();
-        let mut child = Command::new(HELLO)
-            .args(["--workers", &workers, "--policy", policy, "--backend", backend, "--host", "127.0.0.1"])
+        let mut cmd = Command::new(HELLO);
+        cmd.args(["--workers", &workers, "--policy", policy, "--backend", backend, "--host", "127.0.0.1"])
             .args(extra)
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
+            .env("PORT", port.to_string());
+        Example::spawn(cmd)
+    }
+
+    /// Runs `cmd` (the example, or a wrapper that execs it) as the example:
+    /// stdout discarded, stderr read as the log, its own process group.
+    pub fn spawn(mut cmd: Command) -> Example {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0).spawn().unwrap();
         let pgid = child.id() as i32;
         let stderr = child.stderr.take().unwrap();
         let (tx, log) = mpsc::channel();
