@@ -1473,7 +1473,7 @@ impl<D> Loop<D> {
         if st.parts.queued.capacity() == 0 {
             match self.write_bufs_spare.pop() {
                 Some(buf) => self.stream_state(s)?.parts.queued = buf,
-                None => self.stream_state(s)?.parts.queued.reserve(data.len().max(WRITE_BUF_MIN)),
+                None => self.stream_state(s)?.parts.queued.reserve(WRITE_BUF_MIN),
             }
         }
         if self.stream_state(s)?.parts.writes.capacity() == 0 {
