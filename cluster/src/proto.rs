@@ -44,9 +44,10 @@
 //!
 //! Enumerations: `family` 4 = IPv4 (address is 4 bytes), 6 = IPv6 (16 bytes),
 //! 1 = Unix (1..=108 path bytes, a leading NUL names an abstract socket);
-//! `socket_type` 1 = TCP (IPv4 / IPv6 only), 2 = pipe (Unix only); `flags`
-//! bit 0 = IPv6-only, bit 1 = `SO_REUSEPORT`, bit 2 = exclusive, other bits
-//! must be 0; `accepted` 0 / 1; `status` 1 = found, 2 = not found, 3 = ok,
+//! `socket_type` 1 = TCP (IPv4 / IPv6 only), 2 = pipe (Unix only), 3 = UDP
+//! (IPv4 / IPv6 only; the reply carries the bound socket, whatever the
+//! policy); `flags` bit 0 = IPv6-only, bit 1 = `SO_REUSEPORT`, bit 2 =
+//! exclusive, bit 3 = `SO_REUSEADDR` (UDP), other bits must be 0; `accepted` 0 / 1; `status` 1 = found, 2 = not found, 3 = ok,
 //! 4 = error. Every accepted encoding is canonical: parsing then emitting a
 //! frame gives back the same bytes.
 //!
@@ -385,6 +386,9 @@ impl<'a> ListenAddress<'a> {
 pub enum SocketType {
     Tcp = 1,
     Pipe = 2,
+    /// A datagram socket (Node's `udp4` / `udp6`): the primary binds it
+    /// once and every worker receives on a copy of it.
+    Udp = 3,
 }
 
 impl SocketType {
@@ -393,16 +397,18 @@ impl SocketType {
         match code {
             1 => Some(SocketType::Tcp),
             2 => Some(SocketType::Pipe),
+            3 => Some(SocketType::Udp),
             _ => None,
         }
     }
 
-    /// Whether this socket type can listen on `address` (TCP on IP, pipes on
-    /// Unix paths).
+    /// Whether this socket type can listen on `address` (TCP and UDP on IP,
+    /// pipes on Unix paths).
     pub const fn fits(self, address: &ListenAddress<'_>) -> bool {
         matches!(
             (self, address),
-            (SocketType::Tcp, ListenAddress::V4(_) | ListenAddress::V6(_)) | (SocketType::Pipe, ListenAddress::Unix(_))
+            (SocketType::Tcp | SocketType::Udp, ListenAddress::V4(_) | ListenAddress::V6(_))
+                | (SocketType::Pipe, ListenAddress::Unix(_))
         )
     }
 }
@@ -418,7 +424,9 @@ impl ListenFlags {
     pub const REUSE_PORT: ListenFlags = ListenFlags(1 << 1);
     /// Node's `exclusive`: the worker wants a listener of its own.
     pub const EXCLUSIVE: ListenFlags = ListenFlags(1 << 2);
-    const KNOWN: u32 = 0b111;
+    /// `SO_REUSEADDR` on a UDP socket.
+    pub const REUSE_ADDR: ListenFlags = ListenFlags(1 << 3);
+    const KNOWN: u32 = 0b1111;
 
     /// No flag set.
     pub const fn empty() -> ListenFlags {
@@ -1911,6 +1919,7 @@ mod tests {
                 let address = random_address(rng, pool);
                 let socket_type = match address {
                     ListenAddress::Unix(_) => SocketType::Pipe,
+                    _ if rng.below(2) == 0 => SocketType::Udp,
                     _ => SocketType::Tcp,
                 };
                 Frame::QueryServer {
@@ -1920,7 +1929,7 @@ mod tests {
                         port: rng.u16(),
                         socket_type,
                         backlog: rng.u32(),
-                        flags: ListenFlags::from_bits(rng.u32() & 7).unwrap(),
+                        flags: ListenFlags::from_bits(rng.u32() & 15).unwrap(),
                         index: rng.u32(),
                     },
                 }
@@ -2397,13 +2406,13 @@ mod tests {
         b[HEADER_LEN + field::query_server::FAMILY] = FAMILY_IPV6;
         assert_eq!(decode_err(&b, 0), invalid(qs, "address"));
         let mut b = golden(1);
-        b[HEADER_LEN + field::query_server::SOCKET_TYPE] = 3;
+        b[HEADER_LEN + field::query_server::SOCKET_TYPE] = 4;
         assert_eq!(decode_err(&b, 0), invalid(qs, "socket_type"));
         let mut b = golden(1);
         b[HEADER_LEN + field::query_server::SOCKET_TYPE] = SocketType::Pipe as u8;
         assert_eq!(decode_err(&b, 0), invalid(qs, "socket_type"));
         let mut b = golden(1);
-        b[HEADER_LEN + field::query_server::FLAGS.start] = 0x08;
+        b[HEADER_LEN + field::query_server::FLAGS.start] = 0x10;
         assert_eq!(decode_err(&b, 0), invalid(qs, "flags"));
         // QueryServerReply carrying an fd with an error.
         let mut b = golden(3);

@@ -66,7 +66,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use uvring::{
     Error, FdBatch, Hook, HookKind, ListenHook, Loop, OnHook, OnListenStop, OnRead, OnTimer, PipeStream, Result,
-    TcpListener, Timer, TCP_IPV6ONLY, TCP_REUSEPORT,
+    TcpListener, Timer, Udp, TCP_IPV6ONLY, TCP_REUSEPORT, UDP_IPV6ONLY, UDP_REUSEADDR, UDP_REUSEPORT,
 };
 
 /// The loop data of a program that may run as a cluster worker: it holds
@@ -141,12 +141,35 @@ pub fn worker_id() -> Option<WorkerId> {
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
+/// What listens share a per-worker index counter: the same address and
+/// socket type (Node's `indexesKey`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IndexKey {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+}
+
 /// Which listens share a per-worker index counter (Node's `indexesKey`).
 #[derive(Debug)]
 struct IndexSet {
-    address: SocketAddr,
+    key: IndexKey,
     next: u32,
     live: Vec<u32>,
+}
+
+/// `(loop, data, the bound socket or the bind error)`: a UDP bind through
+/// the primary completed ([`Worker::udp_bind`]).
+type DgramFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Result<Udp>);
+
+/// A UDP bind through the primary: asked, then bound.
+struct Dgram<D> {
+    seq: u32,
+    requested: SocketAddr,
+    index: u32,
+    /// The user's callback, until the reply came.
+    on_bound: Option<Box<DgramFn<D>>>,
+    /// Once bound: the socket and the primary's id for its key.
+    bound: Option<(Udp, u32)>,
 }
 
 #[derive(Debug)]
@@ -191,6 +214,8 @@ pub struct Worker<D> {
     decoder: Option<FrameDecoder>,
     writer: FrameWriter,
     servers: Vec<Server>,
+    /// UDP sockets bound through the primary, or being bound.
+    dgrams: Vec<Dgram<D>>,
     indexes: Vec<IndexSet>,
     next_seq: u32,
     next_req: u32,
@@ -344,19 +369,19 @@ impl<D: 'static> Worker<D> {
         self.writer.send(lp, ch, frame)
     }
 
-    fn take_index(&mut self, address: SocketAddr) -> u32 {
-        if let Some(set) = self.indexes.iter_mut().find(|s| s.address == address) {
+    fn take_index(&mut self, key: IndexKey) -> u32 {
+        if let Some(set) = self.indexes.iter_mut().find(|s| s.key == key) {
             let i = set.next;
             set.next += 1;
             set.live.push(i);
             return i;
         }
-        self.indexes.push(IndexSet { address, next: 1, live: vec![0] });
+        self.indexes.push(IndexSet { key, next: 1, live: vec![0] });
         0
     }
 
-    fn release_index(&mut self, address: SocketAddr, index: u32) {
-        if let Some(pos) = self.indexes.iter().position(|s| s.address == address) {
+    fn release_index(&mut self, key: &IndexKey, index: u32) {
+        if let Some(pos) = self.indexes.iter().position(|s| s.key == *key) {
             let set = &mut self.indexes[pos];
             set.live.retain(|&i| i != index);
             if set.live.is_empty() {
@@ -372,7 +397,7 @@ impl<D: 'static> Worker<D> {
     /// Removes the server entry at `i` and frees its index.
     fn remove_server(&mut self, i: usize) -> Server {
         let s = self.servers.swap_remove(i);
-        self.release_index(s.requested, s.index);
+        self.release_index(&IndexKey::Tcp(s.requested), s.index);
         s
     }
 
@@ -411,6 +436,13 @@ impl<D: 'static> Worker<D> {
                 let _ = lp.close(s, None);
             }
         });
+        // UDP sockets close now (Node's disconnect closes every handle it
+        // got from the primary); the check hook tells the primary.
+        for (u, _) in self.dgrams.iter().filter_map(|g| g.bound) {
+            if lp.is_live(u) && !lp.is_closing(u) {
+                let _ = lp.close(u, None);
+            }
+        }
         for s in self.servers.iter().filter(|s| !s.closed).map(|s| s.stream) {
             if !lp.is_live(s) || lp.is_closing(s) {
                 continue;
@@ -468,7 +500,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
                 return Some(Err(e));
             }
             let real = lp.tcp_getsockname(server).unwrap_or(addr);
-            let index = w.take_index(addr);
+            let index = w.take_index(IndexKey::Tcp(addr));
             w.servers.push(Server {
                 stream: server,
                 seq: 0,
@@ -491,7 +523,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
         }
         let seq = w.next_seq;
         w.next_seq = w.next_seq.wrapping_add(1);
-        let index = w.take_index(addr);
+        let index = w.take_index(IndexKey::Tcp(addr));
         let mut lflags = ListenFlags::empty().bits();
         if flags & TCP_IPV6ONLY != 0 {
             lflags |= ListenFlags::IPV6_ONLY.bits();
@@ -505,7 +537,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
             index,
         };
         if let Err(e) = w.send_frame(lp, &Frame::QueryServer { seq, key }) {
-            w.release_index(addr, index);
+            w.release_index(&IndexKey::Tcp(addr), index);
             return Some(Err(e));
         }
         w.servers.push(Server {
@@ -589,6 +621,7 @@ impl<D: WorkerData> Worker<D> {
             decoder: Some(crate::channel::decoder(max_message)),
             writer: FrameWriter::new(max_message),
             servers: Vec::with_capacity(8),
+            dgrams: Vec::new(),
             indexes: Vec::new(),
             next_seq: 1,
             next_req: 1,
@@ -662,6 +695,68 @@ impl<D: WorkerData> Worker<D> {
     /// port 0), if known.
     pub fn server_address(&self, server: TcpListener) -> Option<SocketAddr> {
         self.servers.iter().find(|s| s.stream == server).and_then(|s| s.address)
+    }
+
+    /// Binds a UDP socket to `addr` through the primary (Node's `dgram`
+    /// `bind` inside a worker; flags: [`UDP_IPV6ONLY`], [`UDP_REUSEADDR`],
+    /// [`UDP_REUSEPORT`]). The primary binds one socket per address, flags
+    /// and per-worker index, whatever the scheduling policy (Node's
+    /// `SharedHandle`), and every worker that asks receives on a copy of it:
+    /// the kernel gives each datagram to one of them. Port 0 gives every
+    /// worker the same port.
+    ///
+    /// `on_bound` gets the socket (a [`Udp`] handle: `udp_recv_start`,
+    /// `udp_send`, ... as usual) or the bind error (`EADDRINUSE`, `EACCES`,
+    /// ...), from the loop. Closing the handle (`Loop::close`) tells the
+    /// primary, which closes its copy when the last worker has closed
+    /// theirs; a disconnect closes it. `EINVAL` for unknown flags,
+    /// `ENOTCONN` when the channel is closed or a disconnect began.
+    pub fn udp_bind(
+        &mut self,
+        lp: &mut Loop<D>,
+        addr: SocketAddr,
+        flags: u32,
+        on_bound: impl FnOnce(&mut Loop<D>, &mut D, Result<Udp>) + 'static,
+    ) -> Result<()> {
+        if flags & !(UDP_IPV6ONLY | UDP_REUSEADDR | UDP_REUSEPORT) != 0 || (flags & UDP_IPV6ONLY != 0 && addr.is_ipv4())
+        {
+            return Err(Error::EINVAL);
+        }
+        if self.disconnecting {
+            return Err(Error::ENOTCONN);
+        }
+        let mut lflags = ListenFlags::empty();
+        for (bit, flag) in [
+            (UDP_IPV6ONLY, ListenFlags::IPV6_ONLY),
+            (UDP_REUSEADDR, ListenFlags::REUSE_ADDR),
+            (UDP_REUSEPORT, ListenFlags::REUSE_PORT),
+        ] {
+            if flags & bit != 0 {
+                lflags = lflags | flag;
+            }
+        }
+        let seq = self.next_seq;
+        let index = self.take_index(IndexKey::Udp(addr));
+        let key = ListenKey {
+            address: socket_addr_to_listen(&addr),
+            port: addr.port(),
+            socket_type: SocketType::Udp,
+            backlog: 0,
+            flags: lflags,
+            index,
+        };
+        if let Err(e) = self.send_frame(lp, &Frame::QueryServer { seq, key }) {
+            self.release_index(&IndexKey::Udp(addr), index);
+            return Err(e);
+        }
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.dgrams.push(Dgram { seq, requested: addr, index, on_bound: Some(Box::new(on_bound)), bound: None });
+        Ok(())
+    }
+
+    /// UDP sockets bound through the primary and still open.
+    pub fn udp_sockets(&self) -> impl Iterator<Item = Udp> + '_ {
+        self.dgrams.iter().filter_map(|g| g.bound.map(|(u, _)| u))
     }
 
     /// Runs `cb` when a server starts listening: `(loop, data, server, real
@@ -852,12 +947,32 @@ fn on_check<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _h: Hook) {
     if w.policy == SchedPolicy::Shared {
         w.balance(lp);
     }
+    if !w.dgrams.is_empty() {
+        w.release_closed_dgrams(lp);
+    }
     w.flush_acks(lp);
     deliver_drain(lp, d);
     maybe_shutdown(lp, d);
 }
 
 impl<D: 'static> Worker<D> {
+    /// From the check hook: a UDP socket bound through the primary that the
+    /// user closed (or that a disconnect closed) leaves its key, so the
+    /// primary closes its copy after the last worker.
+    fn release_closed_dgrams(&mut self, lp: &mut Loop<D>) {
+        let mut i = 0;
+        while i < self.dgrams.len() {
+            match self.dgrams[i].bound {
+                Some((u, listener_id)) if !lp.is_live(u) || lp.is_closing(u) => {
+                    let g = self.dgrams.swap_remove(i);
+                    self.release_index(&IndexKey::Udp(g.requested), g.index);
+                    let _ = self.send_frame(lp, &Frame::Close { listener_id });
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
     /// `shared`, from the load timer: a paused worker that finds a
     /// connection waiting in the backlog resumes (until its next balance):
     /// the kernel may have woken this process for it just as it paused, and
@@ -988,6 +1103,9 @@ fn channel_closed<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream) 
     let hooks = [w.turn_hook.take(), w.delivery_hook.take()];
     let timer = w.load_timer.take();
     let stores = std::mem::take(&mut w.store_reqs);
+    // UDP binds that will never be answered fail now too.
+    let binds: Vec<Box<DgramFn<D>>> = w.dgrams.iter_mut().filter_map(|g| g.on_bound.take()).collect();
+    w.dgrams.retain(|g| g.bound.is_some());
     let expected = w.disconnecting;
     let (on_disconnect, on_gone) = (w.on_disconnect.clone(), w.on_primary_gone.clone());
     let _ = lp.close(pipe, None);
@@ -1005,6 +1123,9 @@ fn channel_closed<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream) 
             StoreCallback::Delete(f) => f(lp, d, false),
         }
     }
+    for cb in binds {
+        cb(lp, d, Err(Error::ENOTCONN));
+    }
     if expected {
         // A drain that began in this iteration is still told of.
         deliver_drain(lp, d);
@@ -1018,6 +1139,47 @@ fn channel_closed<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream) 
             Some(cb) => cb(lp, d),
             None => lp.stop(),
         }
+    }
+}
+
+/// The primary answered the UDP bind `seq`: the socket (`fd`) becomes a
+/// [`Udp`] handle, or the error goes to the user.
+fn dgram_reply<D: WorkerData>(
+    lp: &mut Loop<D>,
+    d: &mut D,
+    seq: u32,
+    errno: i32,
+    port: u16,
+    listener_id: u32,
+    fd: Option<OwnedFd>,
+) {
+    let Some(w) = d.worker() else { return };
+    let Some(i) = w.dgrams.iter().position(|g| g.seq == seq && g.bound.is_none()) else { return };
+    let cb = w.dgrams[i].on_bound.take();
+    let opened = match (errno, fd) {
+        (0, Some(fd)) => lp.udp_open(fd),
+        (0, None) => Err(Error::EBADF),
+        (errno, _) => Err(Error::from_errno(errno)),
+    };
+    let res = match opened {
+        Ok(u) => {
+            w.dgrams[i].bound = Some((u, listener_id));
+            let addr = SocketAddr::new(w.dgrams[i].requested.ip(), port);
+            let _ = w.send_frame(lp, &Frame::Listening { listener_id, address: socket_addr_to_listen(&addr), port });
+            Ok(u)
+        }
+        Err(e) => {
+            let g = w.dgrams.swap_remove(i);
+            w.release_index(&IndexKey::Udp(g.requested), g.index);
+            if errno == 0 {
+                // The primary holds the key for this worker: release it.
+                let _ = w.send_frame(lp, &Frame::Close { listener_id });
+            }
+            Err(e)
+        }
+    };
+    if let Some(cb) = cb {
+        cb(lp, d, res);
     }
 }
 
@@ -1056,6 +1218,11 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
                 }
             }
             w.settle_handoffs();
+        }
+        Frame::QueryServerReply { seq, errno, port, listener_id, .. }
+            if w.dgrams.iter().any(|g| g.seq == seq && g.bound.is_none()) =>
+        {
+            dgram_reply(lp, d, seq, errno, port, listener_id, fds.take(0));
         }
         Frame::QueryServerReply { seq, errno, port, listener_id, listener_fd } => {
             let action = match w.servers.iter().position(|s| s.seq == seq && s.listener_id.is_none()) {

@@ -8,6 +8,12 @@
 //! with a bound, non-listening `SO_REUSEPORT` socket and the workers bind
 //! their own sockets to it.
 //!
+//! A UDP bind (Node's `SharedHandle` for `udp4`/`udp6`) is shared under
+//! every policy: the primary binds the socket once per key and sends a copy
+//! to every worker that asks; each receives on it, and the kernel hands
+//! each datagram to one of them. The primary never receives on it; its
+//! copy goes when the last worker closes theirs.
+//!
 //! A listener whose workers are all gone (they died, or left in a
 //! disconnect or a rolling restart) stays open, with its port, while the
 //! cluster runs, so that their replacements get the same port (under `rr`
@@ -21,7 +27,10 @@ use crate::schedule::{RoundRobin, WorkerId};
 use crate::settings::SchedPolicy;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::BorrowedFd;
-use uvring::{HandleId, Loop, Result, TcpListener, TcpSocket, TCP_IPV6ONLY, TCP_REUSEPORT};
+use uvring::{
+    FdBatch, HandleId, Loop, Result, TcpListener, TcpSocket, Udp, TCP_IPV6ONLY, TCP_REUSEPORT, UDP_IPV6ONLY,
+    UDP_REUSEADDR, UDP_REUSEPORT,
+};
 
 /// The listeners the primary holds for its workers.
 pub(super) struct Routing {
@@ -38,14 +47,20 @@ enum ListenerMode {
     /// `reuseport`, port 0: a bound, non-listening `SO_REUSEPORT` socket
     /// holds the port; each member listens on a socket of its own.
     Reserved(Vec<WorkerId>, TcpSocket),
+    /// A bound UDP socket (whatever the policy): every member receives on
+    /// a copy of it.
+    Dgram(Vec<WorkerId>, Udp),
 }
 
 impl ListenerMode {
-    fn policy(&self) -> SchedPolicy {
+    /// Whether a listener in this mode serves a query of `socket_type`
+    /// under `policy`.
+    fn serves(&self, socket_type: SocketType, policy: SchedPolicy) -> bool {
         match self {
-            ListenerMode::RoundRobin(..) => SchedPolicy::RoundRobin,
-            ListenerMode::Shared(..) => SchedPolicy::Shared,
-            ListenerMode::Reserved(..) => SchedPolicy::ReusePort,
+            ListenerMode::Dgram(..) => socket_type == SocketType::Udp,
+            ListenerMode::RoundRobin(..) => socket_type == SocketType::Tcp && policy == SchedPolicy::RoundRobin,
+            ListenerMode::Shared(..) => socket_type == SocketType::Tcp && policy == SchedPolicy::Shared,
+            ListenerMode::Reserved(..) => socket_type == SocketType::Tcp && policy == SchedPolicy::ReusePort,
         }
     }
 }
@@ -65,14 +80,16 @@ impl Listener {
             ListenerMode::RoundRobin(rr, _) => {
                 rr.remove(w);
             }
-            ListenerMode::Shared(v, _) | ListenerMode::Reserved(v, _) => v.retain(|&x| x != w),
+            ListenerMode::Shared(v, _) | ListenerMode::Reserved(v, _) | ListenerMode::Dgram(v, _) => {
+                v.retain(|&x| x != w)
+            }
         }
     }
 
     fn is_empty(&self) -> bool {
         match &self.mode {
             ListenerMode::RoundRobin(rr, _) => rr.is_empty(),
-            ListenerMode::Shared(v, _) | ListenerMode::Reserved(v, _) => v.is_empty(),
+            ListenerMode::Shared(v, _) | ListenerMode::Reserved(v, _) | ListenerMode::Dgram(v, _) => v.is_empty(),
         }
     }
 
@@ -81,6 +98,7 @@ impl Listener {
         match self.mode {
             ListenerMode::RoundRobin(_, l) => l.id(),
             ListenerMode::Shared(_, s) | ListenerMode::Reserved(_, s) => s.id(),
+            ListenerMode::Dgram(_, u) => u.id(),
         }
     }
 }
@@ -98,7 +116,7 @@ impl Routing {
     pub(super) fn round_robin(&mut self, listener_id: u32) -> Option<&mut RoundRobin> {
         match &mut self.listeners.iter_mut().find(|l| l.id == listener_id)?.mode {
             ListenerMode::RoundRobin(rr, _) => Some(rr),
-            ListenerMode::Shared(..) | ListenerMode::Reserved(..) => None,
+            ListenerMode::Shared(..) | ListenerMode::Reserved(..) | ListenerMode::Dgram(..) => None,
         }
     }
 }
@@ -184,21 +202,31 @@ impl<D: PrimaryData> Primary<D> {
             ListenAddress::V6(ip) => ip.into(),
             ListenAddress::Unix(_) => return reply_err(self, lp, libc::EAFNOSUPPORT),
         };
-        if key.socket_type != SocketType::Tcp {
-            return reply_err(self, lp, libc::EAFNOSUPPORT);
-        }
         let requested = SocketAddr::new(ip, key.port);
-        let flags = if key.flags.contains(ListenFlags::IPV6_ONLY) { TCP_IPV6ONLY } else { 0 };
+        let dgram = key.socket_type == SocketType::Udp;
+        let flags = match key.socket_type {
+            SocketType::Tcp if key.flags.contains(ListenFlags::IPV6_ONLY) => TCP_IPV6ONLY,
+            SocketType::Tcp => 0,
+            SocketType::Udp => udp_flags(key.flags),
+            SocketType::Pipe => return reply_err(self, lp, libc::EAFNOSUPPORT),
+        };
         let policy = self.settings.policy;
-        let shared = policy == SchedPolicy::Shared;
         let existing = self.routing.listeners.iter().position(|l| {
-            l.requested == requested && l.index == key.index && l.flags == flags && l.mode.policy() == policy
+            l.requested == requested
+                && l.index == key.index
+                && l.flags == flags
+                && l.mode.serves(key.socket_type, policy)
         });
         let i = match existing {
             Some(i) => i,
             None => {
                 let backlog = i32::try_from(key.backlog).unwrap_or(i32::MAX);
-                match self.open_listener(lp, requested, flags, backlog, policy) {
+                let opened = if dgram {
+                    open_dgram(lp, requested, flags)
+                } else {
+                    self.open_listener(lp, requested, flags, backlog, policy)
+                };
+                match opened {
                     Ok((mode, port)) => {
                         let lid = self.routing.next_listener_id;
                         self.routing.next_listener_id = lid.wrapping_add(1).max(1);
@@ -212,28 +240,34 @@ impl<D: PrimaryData> Primary<D> {
             }
         };
         let l = &mut self.routing.listeners[i];
-        let shared_socket = match &mut l.mode {
+        let join = |v: &mut Vec<WorkerId>| {
+            if !v.contains(&id) {
+                v.push(id);
+            }
+        };
+        // The socket that goes with the reply, if any.
+        let socket: Option<HandleId> = match &mut l.mode {
             ListenerMode::RoundRobin(rr, _) => {
                 rr.add(id);
                 None
             }
             ListenerMode::Shared(v, socket) => {
-                if !v.contains(&id) {
-                    v.push(id);
-                }
-                Some(*socket)
+                join(v);
+                Some(socket.id())
             }
             ListenerMode::Reserved(v, _) => {
-                if !v.contains(&id) {
-                    v.push(id);
-                }
+                join(v);
                 None
+            }
+            ListenerMode::Dgram(v, u) => {
+                join(v);
+                Some(u.id())
             }
         };
         let (lid, port) = (l.id, l.port);
-        let frame = Frame::QueryServerReply { seq, errno: 0, port, listener_id: lid, listener_fd: shared };
-        let sent = match shared_socket {
-            Some(socket) => self.writer.send_handle(lp, ch, &frame, socket),
+        let frame = Frame::QueryServerReply { seq, errno: 0, port, listener_id: lid, listener_fd: socket.is_some() };
+        let sent = match socket {
+            Some(h) => dup_socket(lp, h).and_then(|mut fds| self.writer.send_fds(lp, ch, &frame, &mut fds)),
             None => self.writer.send(lp, ch, &frame),
         };
         if sent.is_err() {
@@ -303,4 +337,46 @@ impl<D: PrimaryData> Primary<D> {
             }
         }
     }
+}
+
+/// The engine's UDP bind flags for a query's flags.
+fn udp_flags(flags: ListenFlags) -> u32 {
+    let mut out = 0;
+    if flags.contains(ListenFlags::IPV6_ONLY) {
+        out |= UDP_IPV6ONLY;
+    }
+    if flags.contains(ListenFlags::REUSE_ADDR) {
+        out |= UDP_REUSEADDR;
+    }
+    if flags.contains(ListenFlags::REUSE_PORT) {
+        out |= UDP_REUSEPORT;
+    }
+    out
+}
+
+/// Binds the UDP socket of a key (Node's `SharedHandle` for `udp4`/`udp6`);
+/// returns it with its real port. The primary never receives on it.
+fn open_dgram<D>(lp: &mut Loop<D>, addr: SocketAddr, flags: u32) -> Result<(ListenerMode, u16)> {
+    let u = lp.udp_init()?;
+    match lp.udp_bind(u, addr, flags).and_then(|()| lp.udp_getsockname(u)) {
+        Ok(a) => Ok((ListenerMode::Dgram(Vec::new(), u), a.port())),
+        Err(e) => {
+            let _ = lp.close(u, None);
+            Err(e)
+        }
+    }
+}
+
+/// A copy of the socket of handle `h`, to send to a worker.
+fn dup_socket<D>(lp: &Loop<D>, h: HandleId) -> Result<FdBatch> {
+    let fd = lp.fileno(h)?;
+    if fd < 0 {
+        return Err(uvring::Error::EBADF);
+    }
+    // SAFETY: `fd` is the socket of `h`, which the loop owns and keeps open
+    // at least until `h` is closed, after this call.
+    let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned().map_err(uvring::Error::from)?;
+    let mut batch = FdBatch::new();
+    batch.push(dup).map_err(|_| uvring::Error::EINVAL)?;
+    Ok(batch)
 }

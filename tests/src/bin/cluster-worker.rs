@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use uvring::{Loop, OnConnect, OnConnection, OnRead, OnShutdown, RunMode, TcpListener, TcpStream};
+use uvring::{
+    Datagram, Loop, OnConnect, OnConnection, OnRead, OnRecv, OnShutdown, RunMode, TcpListener, TcpStream, Udp,
+};
 use uvring_cluster::{is_primary, Primary, PrimaryData, Settings, Worker, WorkerData};
 
 /// Counts every heap allocation of the process (the allocation test asks a
@@ -199,6 +201,37 @@ fn serving(id: u32) -> OnConnection<State, TcpListener> {
     })
 }
 
+/// The `udp-echo` scenario (see `worker_main`).
+fn udp_echo(lp: &mut Lp, w: &mut Worker<State>, id: u32) {
+    let reply = format!("worker {id}").into_bytes();
+    let on_recv = OnRecv::new(move |lp: &mut Lp, _: &mut State, u: Udp, res: uvring::Result<Datagram<'_>>| {
+        if let Ok(dg) = res {
+            let _ = lp.udp_send(u, &reply, dg.addr, None);
+        }
+    });
+    w.on_message(|lp, d, msg, _| {
+        if msg == b"udp-close" {
+            let sockets: Vec<Udp> = d.worker().map(|w| w.udp_sockets().collect()).unwrap_or_default();
+            for u in sockets {
+                let _ = lp.close(u, None);
+            }
+            send(lp, d, "udp-closed");
+        } else if msg == b"fds" {
+            let n = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+            send(lp, d, &format!("fds {n}"));
+        }
+    });
+    let bound = w.udp_bind(lp, local(port_env()), 0, move |lp, d, res| match res {
+        Ok(u) => {
+            if let Err(e) = lp.udp_recv_start(u, &on_recv) {
+                send(lp, d, &format!("udp-error {}", e.errno().unwrap_or(0)));
+            }
+        }
+        Err(e) => send(lp, d, &format!("udp-error {}", e.errno().unwrap_or(0))),
+    });
+    bound.expect("udp_bind");
+}
+
 fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
     let w = state.worker.as_mut().expect("a worker");
     let id = w.id();
@@ -372,6 +405,11 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
         "exit42" => std::process::exit(42),
         // Nothing: stay connected until told otherwise.
         "idle" => {}
+        // UDP through the primary (issue 11): bind 127.0.0.1:PORT, answer
+        // each datagram with "worker <id>"; "udp-error <errno>" if the bind
+        // fails. Messages: "udp-close" closes the socket ("udp-closed"),
+        // "fds" reports the open fds.
+        "udp-echo" => udp_echo(lp, w, id),
         // Connect to PORT (a server in the test) and keep the connection
         // until the peer closes it.
         "hold-connection" => {
