@@ -60,13 +60,16 @@ use crate::settings::{
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 use uvring::{
-    Error, FdBatch, Hook, HookKind, ListenHook, Loop, OnHook, OnListenStop, OnRead, OnTimer, PipeStream, Result,
-    TcpListener, Timer, Udp, TCP_IPV6ONLY, TCP_REUSEPORT, UDP_IPV6ONLY, UDP_REUSEADDR, UDP_REUSEPORT,
+    Error, FdBatch, HandleId, Hook, HookKind, ListenHook, Loop, OnHook, OnListenStop, OnRead, OnTimer, PipeListener,
+    PipeStream, Result, TcpListener, Timer, Udp, TCP_IPV6ONLY, TCP_REUSEPORT, UDP_IPV6ONLY, UDP_REUSEADDR,
+    UDP_REUSEPORT,
 };
 
 /// The loop data of a program that may run as a cluster worker: it holds
@@ -147,6 +150,44 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 enum IndexKey {
     Tcp(SocketAddr),
     Udp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// A pipe server on a Unix path, routed through the primary like a TCP
+/// one (see [`ListenHook::listen_pipe`]).
+#[derive(Debug)]
+struct PipeServer {
+    stream: PipeListener,
+    seq: u32,
+    /// The primary's id for the listener, once the reply came.
+    listener_id: Option<u32>,
+    path: PathBuf,
+    index: u32,
+    /// Closed by the user before the primary answered.
+    closed: bool,
+}
+
+/// A server a connection can be handed to.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Tcp(TcpListener),
+    Pipe(PipeListener),
+}
+
+impl Target {
+    fn id(self) -> HandleId {
+        match self {
+            Target::Tcp(s) => s.id(),
+            Target::Pipe(s) => s.id(),
+        }
+    }
+
+    fn inject<D>(self, lp: &mut Loop<D>, fd: OwnedFd) -> std::result::Result<(), (Error, OwnedFd)> {
+        match self {
+            Target::Tcp(s) => lp.listen_inject(s, fd),
+            Target::Pipe(s) => lp.listen_inject(s, fd),
+        }
+    }
 }
 
 /// Which listens share a per-worker index counter (Node's `indexesKey`).
@@ -195,8 +236,9 @@ struct Server {
 #[derive(Debug)]
 struct Handoff {
     seq: u64,
-    /// The server it was injected into (`None`: refused at once).
-    server: Option<TcpListener>,
+    /// The server (TCP or pipe) it was injected into (`None`: refused at
+    /// once).
+    server: Option<HandleId>,
     /// The loop iteration it was injected in: its `on_connection` runs in
     /// the pending phase of a later one.
     iteration: u64,
@@ -214,6 +256,8 @@ pub struct Worker<D> {
     decoder: Option<FrameDecoder>,
     writer: FrameWriter,
     servers: Vec<Server>,
+    /// Pipe servers on Unix paths.
+    pipes: Vec<PipeServer>,
     /// UDP sockets bound through the primary, or being bound.
     dgrams: Vec<Dgram<D>>,
     indexes: Vec<IndexSet>,
@@ -337,7 +381,7 @@ impl<D: 'static> Worker<D> {
     /// `server` closed with `dropped` connections still in its accept
     /// queue: the last `dropped` it received were never accepted (refused);
     /// the undecided ones before them, the user took (accepted).
-    fn decide_closed(&mut self, server: TcpListener, dropped: usize) {
+    fn decide_closed(&mut self, server: HandleId, dropped: usize) {
         let mut left = dropped;
         for h in self.handoffs.iter_mut().rev().filter(|h| h.server == Some(server)) {
             if h.outcome.is_none() {
@@ -390,14 +434,26 @@ impl<D: 'static> Worker<D> {
         }
     }
 
-    fn server_for_listener(&self, listener_id: u32) -> Option<TcpListener> {
-        self.servers.iter().find(|s| s.listener_id == Some(listener_id) && !s.closed).map(|s| s.stream)
+    fn server_for_listener(&self, listener_id: u32) -> Option<Target> {
+        let tcp = self.servers.iter().find(|s| s.listener_id == Some(listener_id) && !s.closed);
+        if let Some(s) = tcp {
+            return Some(Target::Tcp(s.stream));
+        }
+        let pipe = self.pipes.iter().find(|s| s.listener_id == Some(listener_id) && !s.closed);
+        pipe.map(|s| Target::Pipe(s.stream))
     }
 
     /// Removes the server entry at `i` and frees its index.
     fn remove_server(&mut self, i: usize) -> Server {
         let s = self.servers.swap_remove(i);
         self.release_index(&IndexKey::Tcp(s.requested), s.index);
+        s
+    }
+
+    /// Removes the pipe server entry at `i` and frees its index.
+    fn remove_pipe(&mut self, i: usize) -> PipeServer {
+        let s = self.pipes.swap_remove(i);
+        self.release_index(&IndexKey::Unix(s.path.clone()), s.index);
         s
     }
 
@@ -441,6 +497,20 @@ impl<D: 'static> Worker<D> {
         for (u, _) in self.dgrams.iter().filter_map(|g| g.bound) {
             if lp.is_live(u) && !lp.is_closing(u) {
                 let _ = lp.close(u, None);
+            }
+        }
+        let on_pipe_stopped = OnListenStop::new(|lp, _d, s: PipeListener, _| {
+            if lp.is_live(s) && !lp.is_closing(s) {
+                let _ = lp.close(s, None);
+            }
+        });
+        for s in self.pipes.iter().filter(|s| !s.closed).map(|s| s.stream) {
+            if !lp.is_live(s) || lp.is_closing(s) {
+                continue;
+            }
+            let local = lp.fileno(s).is_ok_and(|fd| fd >= 0);
+            if !(local && lp.listen_stop(s, Some(&on_pipe_stopped)).is_ok()) {
+                let _ = lp.close(s, None);
             }
         }
         for s in self.servers.iter().filter(|s| !s.closed).map(|s| s.stream) {
@@ -556,7 +626,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
 
     fn closed(&self, lp: &mut Loop<D>, d: &mut D, server: TcpListener, dropped: usize) {
         let Some(w) = d.worker() else { return };
-        w.decide_closed(server, dropped);
+        w.decide_closed(server.id(), dropped);
         if let Some(i) = w.servers.iter().position(|s| s.stream == server && !s.closed) {
             match w.servers[i].listener_id {
                 Some(listener_id) => {
@@ -573,6 +643,60 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
         }
         w.flush_acks(lp);
         // A disconnect may have waited for these acks.
+        maybe_shutdown(lp, d);
+    }
+
+    fn listen_pipe(
+        &self,
+        lp: &mut Loop<D>,
+        d: &mut D,
+        server: PipeListener,
+        path: &Path,
+        backlog: i32,
+    ) -> Option<Result<()>> {
+        let w = d.worker()?;
+        if w.disconnecting {
+            return Some(Err(Error::ENOTCONN));
+        }
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.is_empty() || bytes.len() > crate::proto::UNIX_PATH_MAX {
+            return Some(Err(Error::from_errno(libc::ENAMETOOLONG)));
+        }
+        let seq = w.next_seq;
+        let index = w.take_index(IndexKey::Unix(path.to_path_buf()));
+        let key = ListenKey {
+            address: ListenAddress::Unix(bytes),
+            port: 0,
+            socket_type: SocketType::Pipe,
+            backlog: backlog.max(0) as u32,
+            flags: ListenFlags::empty(),
+            index,
+        };
+        if let Err(e) = w.send_frame(lp, &Frame::QueryServer { seq, key }) {
+            w.release_index(&IndexKey::Unix(path.to_path_buf()), index);
+            return Some(Err(e));
+        }
+        w.next_seq = w.next_seq.wrapping_add(1);
+        let path = path.to_path_buf();
+        w.pipes.push(PipeServer { stream: server, seq, listener_id: None, path, index, closed: false });
+        Some(Ok(()))
+    }
+
+    fn closed_pipe(&self, lp: &mut Loop<D>, d: &mut D, server: PipeListener, dropped: usize) {
+        let Some(w) = d.worker() else { return };
+        w.decide_closed(server.id(), dropped);
+        if let Some(i) = w.pipes.iter().position(|s| s.stream == server && !s.closed) {
+            match w.pipes[i].listener_id {
+                Some(listener_id) => {
+                    w.remove_pipe(i);
+                    let _ = w.send_frame(lp, &Frame::Close { listener_id });
+                }
+                // The reply has not come yet: close in the primary when it
+                // does.
+                None => w.pipes[i].closed = true,
+            }
+        }
+        w.flush_acks(lp);
         maybe_shutdown(lp, d);
     }
 }
@@ -621,6 +745,7 @@ impl<D: WorkerData> Worker<D> {
             decoder: Some(crate::channel::decoder(max_message)),
             writer: FrameWriter::new(max_message),
             servers: Vec::with_capacity(8),
+            pipes: Vec::new(),
             dgrams: Vec::new(),
             indexes: Vec::new(),
             next_seq: 1,
@@ -1183,6 +1308,51 @@ fn dgram_reply<D: WorkerData>(
     }
 }
 
+/// The primary answered the pipe listen `seq`: under `rr` the server waits
+/// for hand-offs, else it adopts the listening socket (`fd`: `Some` when
+/// the reply carries one); an error goes to the server's `on_connection`.
+fn pipe_reply<D: WorkerData>(
+    lp: &mut Loop<D>,
+    w: &mut Worker<D>,
+    seq: u32,
+    errno: i32,
+    listener_id: u32,
+    fd: Option<Option<OwnedFd>>,
+) {
+    let Some(i) = w.pipes.iter().position(|s| s.seq == seq && s.listener_id.is_none()) else { return };
+    if w.pipes[i].closed {
+        w.remove_pipe(i);
+        if errno == 0 {
+            let _ = w.send_frame(lp, &Frame::Close { listener_id });
+        }
+        return;
+    }
+    if errno != 0 {
+        let s = w.remove_pipe(i);
+        lp.listen_fail(s.stream, Error::from_errno(errno));
+        return;
+    }
+    w.pipes[i].listener_id = Some(listener_id);
+    let server = w.pipes[i].stream;
+    let adopted = match fd {
+        None => Ok(()),
+        Some(Some(fd)) => lp.listen_adopt(server, fd, true),
+        Some(None) => Err(Error::EBADF),
+    };
+    if let Err(e) = adopted {
+        w.remove_pipe(i);
+        let _ = w.send_frame(lp, &Frame::Close { listener_id });
+        lp.listen_fail(server, e);
+        return;
+    }
+    let path = w.pipes[i].path.as_os_str().as_bytes();
+    let frame = Frame::Listening { listener_id, address: ListenAddress::Unix(path), port: 0 };
+    let _ = w.writer.queue(&frame);
+    if let Some(ch) = w.channel {
+        let _ = w.writer.flush(lp, ch);
+    }
+}
+
 /// What to do after a query reply.
 enum ReplyAction {
     Nothing,
@@ -1201,7 +1371,7 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
         Frame::NewConnection { listener_id, first_conn_seq, count } => {
             let n = usize::from(count).min(crate::proto::MAX_FDS_PER_FRAME);
             let iteration = lp.iterations();
-            let server = w.server_for_listener(listener_id).filter(|&s| lp.is_live(s) && !lp.is_closing(s));
+            let server = w.server_for_listener(listener_id).filter(|&s| lp.is_live(s.id()) && !lp.is_closing(s.id()));
             for i in 0..n {
                 let seq = first_conn_seq.saturating_add(i as u64);
                 let refused = Handoff { seq, server: None, iteration, outcome: Some(false) };
@@ -1212,12 +1382,17 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
                 // The connection joins the server's accept queue; its
                 // `on_connection` runs from the next pending phase, and the
                 // ack waits for it (see the module docs).
-                match lp.listen_inject(s, fd) {
-                    Ok(()) => w.handoffs.push_back(Handoff { seq, server: Some(s), iteration, outcome: None }),
+                match s.inject(lp, fd) {
+                    Ok(()) => w.handoffs.push_back(Handoff { seq, server: Some(s.id()), iteration, outcome: None }),
                     Err(_) => w.handoffs.push_back(refused),
                 }
             }
             w.settle_handoffs();
+        }
+        Frame::QueryServerReply { seq, errno, listener_id, listener_fd, .. }
+            if w.pipes.iter().any(|s| s.seq == seq && s.listener_id.is_none()) =>
+        {
+            pipe_reply(lp, w, seq, errno, listener_id, listener_fd.then(|| fds.take(0)));
         }
         Frame::QueryServerReply { seq, errno, port, listener_id, .. }
             if w.dgrams.iter().any(|g| g.seq == seq && g.bound.is_none()) =>

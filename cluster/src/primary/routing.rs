@@ -14,6 +14,13 @@
 //! each datagram to one of them. The primary never receives on it; its
 //! copy goes when the last worker closes theirs.
 //!
+//! A pipe listen on a Unix path is routed like TCP: under `rr` the primary
+//! accepts and hands the connections over, under `shared` (and
+//! `reuseport`, which Unix sockets do not have) it sends the listening
+//! socket. The path is bound once; the primary's pipe removes it from the
+//! filesystem when it closes, after the last worker (as libuv does for a
+//! pipe it bound). An abstract name (a leading NUL) is the bytes given.
+//!
 //! A listener whose workers are all gone (they died, or left in a
 //! disconnect or a rolling restart) stays open, with its port, while the
 //! cluster runs, so that their replacements get the same port (under `rr`
@@ -27,9 +34,11 @@ use crate::schedule::{RoundRobin, WorkerId};
 use crate::settings::SchedPolicy;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use uvring::{
-    FdBatch, HandleId, Loop, Result, TcpListener, TcpSocket, Udp, TCP_IPV6ONLY, TCP_REUSEPORT, UDP_IPV6ONLY,
-    UDP_REUSEADDR, UDP_REUSEPORT,
+    FdBatch, HandleId, Loop, Result, TcpSocket, Udp, TCP_IPV6ONLY, TCP_REUSEPORT, UDP_IPV6ONLY, UDP_REUSEADDR,
+    UDP_REUSEPORT,
 };
 
 /// The listeners the primary holds for its workers.
@@ -39,11 +48,12 @@ pub(super) struct Routing {
 }
 
 enum ListenerMode {
-    /// The primary accepts on the listener and hands connections over.
-    RoundRobin(RoundRobin, TcpListener),
-    /// The socket listens (outside the loop) and its members accept on
-    /// copies of it.
-    Shared(Vec<WorkerId>, TcpSocket),
+    /// The primary accepts on the listener (TCP or pipe) and hands
+    /// connections over.
+    RoundRobin(RoundRobin, HandleId),
+    /// The socket (TCP or pipe) listens, outside the loop, and its members
+    /// accept on copies of it.
+    Shared(Vec<WorkerId>, HandleId),
     /// `reuseport`, port 0: a bound, non-listening `SO_REUSEPORT` socket
     /// holds the port; each member listens on a socket of its own.
     Reserved(Vec<WorkerId>, TcpSocket),
@@ -58,16 +68,28 @@ impl ListenerMode {
     fn serves(&self, socket_type: SocketType, policy: SchedPolicy) -> bool {
         match self {
             ListenerMode::Dgram(..) => socket_type == SocketType::Udp,
-            ListenerMode::RoundRobin(..) => socket_type == SocketType::Tcp && policy == SchedPolicy::RoundRobin,
-            ListenerMode::Shared(..) => socket_type == SocketType::Tcp && policy == SchedPolicy::Shared,
+            ListenerMode::RoundRobin(..) => socket_type != SocketType::Udp && policy == SchedPolicy::RoundRobin,
+            // Unix sockets have no SO_REUSEPORT: a pipe is shared then.
+            ListenerMode::Shared(..) => match socket_type {
+                SocketType::Tcp => policy == SchedPolicy::Shared,
+                SocketType::Pipe => policy != SchedPolicy::RoundRobin,
+                SocketType::Udp => false,
+            },
             ListenerMode::Reserved(..) => socket_type == SocketType::Tcp && policy == SchedPolicy::ReusePort,
         }
     }
 }
 
+/// What a listener listens on, as the workers asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Address {
+    Ip(SocketAddr),
+    Unix(PathBuf),
+}
+
 struct Listener {
     id: u32,
-    requested: SocketAddr,
+    requested: Address,
     index: u32,
     flags: u32,
     port: u16,
@@ -96,8 +118,8 @@ impl Listener {
     /// The loop handle of its socket.
     fn handle(&self) -> HandleId {
         match self.mode {
-            ListenerMode::RoundRobin(_, l) => l.id(),
-            ListenerMode::Shared(_, s) | ListenerMode::Reserved(_, s) => s.id(),
+            ListenerMode::RoundRobin(_, h) | ListenerMode::Shared(_, h) => h,
+            ListenerMode::Reserved(_, s) => s.id(),
             ListenerMode::Dgram(_, u) => u.id(),
         }
     }
@@ -197,18 +219,15 @@ impl<D: PrimaryData> Primary<D> {
             let frame = Frame::QueryServerReply { seq, errno, port: 0, listener_id: 0, listener_fd: false };
             let _ = p.writer.send(lp, ch, &frame);
         };
-        let ip: IpAddr = match key.address {
-            ListenAddress::V4(ip) => ip.into(),
-            ListenAddress::V6(ip) => ip.into(),
-            ListenAddress::Unix(_) => return reply_err(self, lp, libc::EAFNOSUPPORT),
+        let requested = match key.address {
+            ListenAddress::V4(ip) => Address::Ip(SocketAddr::new(IpAddr::V4(ip), key.port)),
+            ListenAddress::V6(ip) => Address::Ip(SocketAddr::new(IpAddr::V6(ip), key.port)),
+            ListenAddress::Unix(path) => Address::Unix(PathBuf::from(std::ffi::OsStr::from_bytes(path))),
         };
-        let requested = SocketAddr::new(ip, key.port);
-        let dgram = key.socket_type == SocketType::Udp;
         let flags = match key.socket_type {
             SocketType::Tcp if key.flags.contains(ListenFlags::IPV6_ONLY) => TCP_IPV6ONLY,
-            SocketType::Tcp => 0,
+            SocketType::Tcp | SocketType::Pipe => 0,
             SocketType::Udp => udp_flags(key.flags),
-            SocketType::Pipe => return reply_err(self, lp, libc::EAFNOSUPPORT),
         };
         let policy = self.settings.policy;
         let existing = self.routing.listeners.iter().position(|l| {
@@ -221,10 +240,10 @@ impl<D: PrimaryData> Primary<D> {
             Some(i) => i,
             None => {
                 let backlog = i32::try_from(key.backlog).unwrap_or(i32::MAX);
-                let opened = if dgram {
-                    open_dgram(lp, requested, flags)
-                } else {
-                    self.open_listener(lp, requested, flags, backlog, policy)
+                let opened = match (&requested, key.socket_type) {
+                    (Address::Ip(addr), SocketType::Udp) => open_dgram(lp, *addr, flags),
+                    (Address::Ip(addr), _) => self.open_listener(lp, *addr, flags, backlog, policy),
+                    (Address::Unix(path), _) => self.open_pipe_listener(lp, path, backlog, policy),
                 };
                 match opened {
                     Ok((mode, port)) => {
@@ -253,7 +272,7 @@ impl<D: PrimaryData> Primary<D> {
             }
             ListenerMode::Shared(v, socket) => {
                 join(v);
-                Some(socket.id())
+                Some(*socket)
             }
             ListenerMode::Reserved(v, _) => {
                 join(v);
@@ -315,7 +334,7 @@ impl<D: PrimaryData> Primary<D> {
                 lp.tcp_getsockname(s).map(|a| a.port())
             });
             return match res {
-                Ok(port) => Ok((ListenerMode::Shared(Vec::new(), s), port)),
+                Ok(port) => Ok((ListenerMode::Shared(Vec::new(), s.id()), port)),
                 Err(e) => {
                     let _ = lp.close(s, None);
                     Err(e)
@@ -330,9 +349,49 @@ impl<D: PrimaryData> Primary<D> {
             }
         };
         match lp.tcp_getsockname(l) {
-            Ok(a) => Ok((ListenerMode::RoundRobin(RoundRobin::with_slack(self.settings.load_slack), l), a.port())),
+            Ok(a) => Ok((ListenerMode::RoundRobin(RoundRobin::with_slack(self.settings.load_slack), l.id()), a.port())),
             Err(e) => {
                 let _ = lp.close(l, None);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<D: PrimaryData> Primary<D> {
+    /// Binds a pipe listener on `path` (once for every worker): under `rr`
+    /// the loop accepts on it for the hand-off, else it listens outside the
+    /// loop and the workers accept on copies. Its close removes the path.
+    fn open_pipe_listener(
+        &mut self,
+        lp: &mut Loop<D>,
+        path: &Path,
+        backlog: i32,
+        policy: SchedPolicy,
+    ) -> Result<(ListenerMode, u16)> {
+        let s = lp.pipe_init(false)?;
+        if let Err(e) = lp.pipe_bind(s, path) {
+            let _ = lp.close(s, None);
+            return Err(e);
+        }
+        if policy != SchedPolicy::RoundRobin {
+            let res = lp.fileno(s).and_then(|fd| {
+                // SAFETY: `fd` is the socket of `s`, which the loop owns and
+                // keeps open at least until `s` is closed, after this call.
+                uvring::os::listen(unsafe { BorrowedFd::borrow_raw(fd) }, backlog)
+            });
+            return match res {
+                Ok(()) => Ok((ListenerMode::Shared(Vec::new(), s.id()), 0)),
+                Err(e) => {
+                    let _ = lp.close(s, None);
+                    Err(e)
+                }
+            };
+        }
+        match lp.listen(s, backlog, &self.cbs.rr_pipe_connection) {
+            Ok(l) => Ok((ListenerMode::RoundRobin(RoundRobin::with_slack(self.settings.load_slack), l.id()), 0)),
+            Err(e) => {
+                let _ = lp.close(s, None);
                 Err(e)
             }
         }

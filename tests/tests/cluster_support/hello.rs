@@ -40,8 +40,14 @@ impl Example {
     /// The example with `workers` workers.
     pub fn start_with(backend: &str, policy: &str, port: u16, workers: usize) -> Example {
         let workers = workers.to_string();
+        let args = ["--workers", &workers, "--policy", policy, "--backend", backend, "--host", "127.0.0.1"];
+        Example::start_args(&args, port)
+    }
+
+    /// The example with these arguments (`PORT` = `port`).
+    pub fn start_args(args: &[&str], port: u16) -> Example {
         let mut child = Command::new(HELLO)
-            .args(["--workers", &workers, "--policy", policy, "--backend", backend, "--host", "127.0.0.1"])
+            .args(args)
             .env("PORT", port.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,118 @@
+//! Servers on Unix paths through the primary (issue 11): `hello_cluster
+//! --unix PATH` with 2 workers serves HTTP on the socket (answered to `curl
+//! --unix-socket` and to a plain client), the primary binds the path once
+//! and removes it when the last worker has closed it, so the same command
+//! restarts on the same path without `EADDRINUSE` and leaves no socket file
+//! behind. Under `rr` the primary accepts and hands the connections over;
+//! under `shared` the workers accept on copies of its socket.
+
+mod cluster_support;
+
+use cluster_support::hello::*;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn socket_path(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("uvring-hello-{tag}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// One HTTP request over the Unix socket with a plain client; the whole
+/// answer (the server closes after `Connection: close`).
+fn get_unix(path: &Path) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Waits until the server answers on `path` (the workers are up).
+fn wait_serving(ex: &mut Example, path: &Path) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(answer) = get_unix(path) {
+            assert!(answer.ends_with("hello world"), "{answer:?}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no answer on {}; log: {:?}", path.display(), ex.seen);
+        ex.wait_any(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM: the primary disconnects the workers and exits 0; nothing of
+/// the process group is left.
+fn stop(ex: &mut Example) {
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(ex.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = ex.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "primary did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}; log: {:?}", ex.seen);
+    while group_alive(ex.pgid) {
+        assert!(Instant::now() < deadline, "processes left behind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn unix_hello(backend: &str, policy: &str) {
+    if backend == "io_uring" && !io_uring_available() {
+        return;
+    }
+    let path = socket_path(&format!("{backend}-{policy}"));
+    let p = path.to_str().unwrap();
+    let curl = Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !curl {
+        eprintln!("SKIP curl: not installed (the plain client still runs)");
+    }
+    // Twice on the same path: the first run's exit removed it.
+    for run in 0..2 {
+        let mut ex = Example::start_args(&["--workers", "2", "--policy", policy, "--backend", backend, "--unix", p], 0);
+        ex.wait_log(&["serving on unix", p]);
+        wait_serving(&mut ex, &path);
+        for _ in 0..6 {
+            let answer = get_unix(&path).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("hello world"), "{answer:?}");
+        }
+        if curl {
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "10", "--unix-socket", p, "http://localhost/"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "curl: {out:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world");
+        }
+        assert_eq!(ex.count_now("listen failed"), 0, "run {run}: {:?}", ex.seen);
+        stop(&mut ex);
+        assert_eq!(ex.count_log("EADDRINUSE"), 0);
+        assert!(!path.exists(), "run {run}: the socket file is gone after the exit");
+    }
+}
+
+macro_rules! unix_tests {
+    ($($name:ident: $backend:literal, $policy:literal;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                unix_hello($backend, $policy);
+            }
+        )*
+    };
+}
+
+unix_tests! {
+    unix_hello_rr_epoll: "epoll", "rr";
+    unix_hello_rr_io_uring: "io_uring", "rr";
+    unix_hello_shared_epoll: "epoll", "shared";
+    unix_hello_shared_io_uring: "io_uring", "shared";
+}
