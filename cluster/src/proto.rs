@@ -43,7 +43,9 @@
 //! | 0x10 | `Heartbeat`             | 0        | `seq u32 @0` (4 bytes); the primary asks, the worker's loop echoes it                                                           |
 //!
 //! Enumerations: `family` 4 = IPv4 (address is 4 bytes), 6 = IPv6 (16 bytes),
-//! 1 = Unix (1..=108 path bytes, a leading NUL names an abstract socket);
+//! 1 = Unix (1..=108 path bytes, a leading NUL names an abstract socket),
+//! 2 = fd (a `u32` fd number, at most `i32::MAX`, of a socket in the
+//! primary's fd table: Node's `listen({fd})`; TCP only);
 //! `socket_type` 1 = TCP (IPv4 / IPv6 only), 2 = pipe (Unix only), 3 = UDP
 //! (IPv4 / IPv6 only; the reply carries the bound socket, whatever the
 //! policy); `flags` bit 0 = IPv6-only, bit 1 = `SO_REUSEPORT`, bit 2 =
@@ -100,6 +102,8 @@ pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 /// Address family code of a Unix-domain [`ListenAddress`].
 pub const FAMILY_UNIX: u8 = 1;
+/// Address family code of an fd [`ListenAddress`].
+pub const FAMILY_FD: u8 = 2;
 
 /// Byte offsets of every field, header and payloads.
 pub mod field {
@@ -326,6 +330,9 @@ pub enum ListenAddress<'a> {
     V4(Ipv4Addr),
     V6(Ipv6Addr),
     Unix(&'a [u8]),
+    /// A socket the primary already has, by fd number (Node's
+    /// `listen({fd})` in a worker).
+    Fd(u32),
 }
 
 impl<'a> ListenAddress<'a> {
@@ -335,6 +342,7 @@ impl<'a> ListenAddress<'a> {
             ListenAddress::V4(_) => FAMILY_IPV4,
             ListenAddress::V6(_) => FAMILY_IPV6,
             ListenAddress::Unix(_) => FAMILY_UNIX,
+            ListenAddress::Fd(_) => FAMILY_FD,
         }
     }
 
@@ -344,6 +352,7 @@ impl<'a> ListenAddress<'a> {
             ListenAddress::V4(_) => 4,
             ListenAddress::V6(_) => 16,
             ListenAddress::Unix(path) => path.len(),
+            ListenAddress::Fd(_) => 4,
         }
     }
 
@@ -351,6 +360,7 @@ impl<'a> ListenAddress<'a> {
     pub const fn is_valid(&self) -> bool {
         match self {
             ListenAddress::Unix(path) => !path.is_empty() && path.len() <= UNIX_PATH_MAX,
+            ListenAddress::Fd(fd) => *fd <= i32::MAX as u32,
             _ => true,
         }
     }
@@ -362,6 +372,7 @@ impl<'a> ListenAddress<'a> {
             FAMILY_IPV4 => ListenAddress::V4(<[u8; 4]>::try_from(bytes).map_err(|_| "address")?.into()),
             FAMILY_IPV6 => ListenAddress::V6(<[u8; 16]>::try_from(bytes).map_err(|_| "address")?.into()),
             FAMILY_UNIX => ListenAddress::Unix(bytes),
+            FAMILY_FD => ListenAddress::Fd(u32::from_le_bytes(<[u8; 4]>::try_from(bytes).map_err(|_| "address")?)),
             _ => return Err("family"),
         };
         if address.is_valid() {
@@ -376,6 +387,7 @@ impl<'a> ListenAddress<'a> {
             ListenAddress::V4(ip) => put(out, at, &ip.octets()),
             ListenAddress::V6(ip) => put(out, at, &ip.octets()),
             ListenAddress::Unix(path) => put(out, at, path),
+            ListenAddress::Fd(fd) => put(out, at, &fd.to_le_bytes()),
         }
     }
 }
@@ -409,6 +421,7 @@ impl SocketType {
             (self, address),
             (SocketType::Tcp | SocketType::Udp, ListenAddress::V4(_) | ListenAddress::V6(_))
                 | (SocketType::Pipe, ListenAddress::Unix(_))
+                | (SocketType::Tcp, ListenAddress::Fd(_))
         )
     }
 }
@@ -1710,6 +1723,50 @@ mod tests {
                 Err(e) => return e,
             }
         }
+    }
+
+    /// Issue 11's listen forms: an fd number (TCP only, at most
+    /// `i32::MAX`) and UDP on IP addresses.
+    #[test]
+    fn query_server_fd_and_udp() {
+        let key = ListenKey {
+            address: ListenAddress::Fd(7),
+            port: 0,
+            socket_type: SocketType::Tcp,
+            backlog: 0,
+            flags: ListenFlags::empty(),
+            index: 0,
+        };
+        let frame = Frame::QueryServer { seq: 5, key };
+        let bytes = emit_vec(&frame);
+        assert_eq!(
+            bytes,
+            [
+                1, 0x02, 0, 0, 24, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, FAMILY_FD, 1, 7, 0,
+                0, 0
+            ]
+        );
+        assert_eq!(Frame::parse_prefix(&bytes), Ok((frame, bytes.len())));
+        let udp = ListenKey {
+            address: ListenAddress::V6(Ipv6Addr::LOCALHOST),
+            socket_type: SocketType::Udp,
+            flags: ListenFlags::REUSE_ADDR,
+            ..key
+        };
+        let frame = Frame::QueryServer { seq: 6, key: udp };
+        let bytes = emit_vec(&frame);
+        assert_eq!(Frame::parse_prefix(&bytes), Ok((frame, bytes.len())));
+        // Not encodable: an fd above i32::MAX, a pipe or UDP on an fd.
+        let qs = FrameKind::QueryServer;
+        let big = Frame::QueryServer { seq: 0, key: ListenKey { address: ListenAddress::Fd(u32::MAX), ..key } };
+        assert_eq!(big.validate(), Err(InvalidFrame { kind: qs, field: "address" }));
+        for socket_type in [SocketType::Pipe, SocketType::Udp] {
+            let f = Frame::QueryServer { seq: 0, key: ListenKey { socket_type, ..key } };
+            assert_eq!(f.validate(), Err(InvalidFrame { kind: qs, field: "socket_type" }));
+        }
+        let mut b = emit_vec(&Frame::QueryServer { seq: 5, key });
+        b[HEADER_LEN + field::query_server::ADDRESS + 3] = 0x80;
+        assert_eq!(decode_err(&b, 0), DecodeError::Invalid(InvalidFrame { kind: qs, field: "address" }));
     }
 
     // -- golden bytes --------------------------------------------------------

@@ -67,9 +67,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 use uvring::{
-    Error, FdBatch, HandleId, Hook, HookKind, ListenHook, Loop, OnHook, OnListenStop, OnRead, OnTimer, PipeListener,
-    PipeStream, Result, TcpListener, Timer, Udp, TCP_IPV6ONLY, TCP_REUSEPORT, UDP_IPV6ONLY, UDP_REUSEADDR,
-    UDP_REUSEPORT,
+    Error, FdBatch, HandleId, Hook, HookKind, ListenHook, Loop, OnConnection, OnHook, OnListenStop, OnRead, OnTimer,
+    PipeListener, PipeStream, Result, TcpListener, Timer, Udp, TCP_IPV6ONLY, TCP_REUSEPORT, UDP_IPV6ONLY,
+    UDP_REUSEADDR, UDP_REUSEPORT,
 };
 
 /// The loop data of a program that may run as a cluster worker: it holds
@@ -151,6 +151,7 @@ enum IndexKey {
     Tcp(SocketAddr),
     Udp(SocketAddr),
     Unix(PathBuf),
+    Fd(RawFd),
 }
 
 /// A pipe server on a Unix path, routed through the primary like a TCP
@@ -229,6 +230,17 @@ struct Server {
     closed: bool,
     /// The listen's flags (`TCP_IPV6ONLY`).
     flags: u32,
+    /// A listen on the primary's fd of this number ([`Worker::listen_fd`]).
+    fd: Option<RawFd>,
+}
+
+impl Server {
+    fn index_key(&self) -> IndexKey {
+        match self.fd {
+            Some(fd) => IndexKey::Fd(fd),
+            None => IndexKey::Tcp(self.requested),
+        }
+    }
 }
 
 /// A connection the primary handed over, until its acknowledgement is
@@ -256,6 +268,9 @@ pub struct Worker<D> {
     decoder: Option<FrameDecoder>,
     writer: FrameWriter,
     servers: Vec<Server>,
+    /// Sockets [`Worker::listen_fd`] made, until the hook routes their
+    /// listen: `(socket, fd number in the primary)`.
+    fd_listens: Vec<(HandleId, RawFd)>,
     /// Pipe servers on Unix paths.
     pipes: Vec<PipeServer>,
     /// UDP sockets bound through the primary, or being bound.
@@ -446,8 +461,41 @@ impl<D: 'static> Worker<D> {
     /// Removes the server entry at `i` and frees its index.
     fn remove_server(&mut self, i: usize) -> Server {
         let s = self.servers.swap_remove(i);
-        self.release_index(&IndexKey::Tcp(s.requested), s.index);
+        self.release_index(&s.index_key(), s.index);
         s
+    }
+
+    /// Asks the primary to listen on its fd `fd` for `server` (see
+    /// [`Worker::listen_fd`]).
+    fn query_fd(&mut self, lp: &mut Loop<D>, server: TcpListener, fd: RawFd, backlog: i32) -> Result<()> {
+        let seq = self.next_seq;
+        let index = self.take_index(IndexKey::Fd(fd));
+        let key = ListenKey {
+            address: ListenAddress::Fd(fd as u32),
+            port: 0,
+            socket_type: SocketType::Tcp,
+            backlog: backlog.max(0) as u32,
+            flags: ListenFlags::empty(),
+            index,
+        };
+        if let Err(e) = self.send_frame(lp, &Frame::QueryServer { seq, key }) {
+            self.release_index(&IndexKey::Fd(fd), index);
+            return Err(e);
+        }
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.servers.push(Server {
+            stream: server,
+            seq,
+            listener_id: None,
+            requested: SocketAddr::from(([0, 0, 0, 0], 0)),
+            index,
+            backlog,
+            address: None,
+            closed: false,
+            flags: 0,
+            fd: Some(fd),
+        });
+        Ok(())
     }
 
     /// Removes the pipe server entry at `i` and frees its index.
@@ -581,6 +629,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
                 address: Some(real),
                 closed: false,
                 flags,
+                fd: None,
             });
             // The primary and the user hear of it now: this runs from the
             // loop's pending phase, never from inside `listen`.
@@ -590,6 +639,10 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
                 cb(lp, d, server, real);
             }
             return Some(Ok(()));
+        }
+        if let Some(i) = w.fd_listens.iter().position(|&(h, _)| h == server.id()) {
+            let (_, fd) = w.fd_listens.swap_remove(i);
+            return Some(w.query_fd(lp, server, fd, backlog));
         }
         let seq = w.next_seq;
         w.next_seq = w.next_seq.wrapping_add(1);
@@ -620,6 +673,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
             address: None,
             closed: false,
             flags,
+            fd: None,
         });
         Some(Ok(()))
     }
@@ -745,6 +799,7 @@ impl<D: WorkerData> Worker<D> {
             decoder: Some(crate::channel::decoder(max_message)),
             writer: FrameWriter::new(max_message),
             servers: Vec::with_capacity(8),
+            fd_listens: Vec::new(),
             pipes: Vec::new(),
             dgrams: Vec::new(),
             indexes: Vec::new(),
@@ -877,6 +932,44 @@ impl<D: WorkerData> Worker<D> {
         self.next_seq = self.next_seq.wrapping_add(1);
         self.dgrams.push(Dgram { seq, requested: addr, index, on_bound: Some(Box::new(on_bound)), bound: None });
         Ok(())
+    }
+
+    /// Listens on the socket that fd number `fd` names in the primary's fd
+    /// table (Node's `server.listen({fd})` inside a worker: the number is
+    /// the primary's, not this process's). The primary listens on a
+    /// duplicate of it (its own fd stays open) and routes it like any
+    /// listen: connections handed over under `rr`, the socket shared
+    /// otherwise. TCP sockets only; errors (`EBADF`: no such fd in the
+    /// primary, `ENOTSOCK`, `EINVAL` for a socket that is not TCP) reach
+    /// `on_connection`, as for any listen. The server's address
+    /// ([`server_address`](Self::server_address), `on_listening`) has the
+    /// socket's port and the unspecified IP.
+    pub fn listen_fd(
+        &mut self,
+        lp: &mut Loop<D>,
+        fd: RawFd,
+        backlog: i32,
+        on_connection: &OnConnection<D, TcpListener>,
+    ) -> Result<TcpListener> {
+        if fd < 0 {
+            return Err(Error::EBADF);
+        }
+        if self.disconnecting {
+            return Err(Error::ENOTCONN);
+        }
+        let s = lp.tcp_init()?;
+        // With the listen hook installed the address is only recorded (the
+        // socket is never bound here): `listen` asks the hook, which finds
+        // the socket among `fd_listens`.
+        let res = lp.tcp_bind(s, SocketAddr::from(([0, 0, 0, 0], 0)), 0).and_then(|()| {
+            self.fd_listens.push((s.id(), fd));
+            lp.listen(s, backlog, on_connection)
+        });
+        if res.is_err() {
+            self.fd_listens.retain(|&(h, _)| h != s.id());
+            let _ = lp.close(s, None);
+        }
+        res
     }
 
     /// UDP sockets bound through the primary and still open.

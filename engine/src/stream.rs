@@ -39,6 +39,11 @@ impl Stream {
 pub const TCP_IPV6ONLY: u32 = 1;
 /// `tcp_bind` flag: `SO_REUSEPORT`, for several sockets on one port.
 pub const TCP_REUSEPORT: u32 = 2;
+/// `tcp_bind` flag: Node's `exclusive`: a listen hook (a cluster worker's,
+/// which would route the listen to the primary) is not asked; the socket
+/// is bound here at once, so a port another process holds fails with
+/// `EADDRINUSE`.
+pub const TCP_EXCLUSIVE: u32 = 4;
 
 /// Accepted connections a listener queues before it stops accepting until
 /// the user calls `accept` (back-pressure against a listener that does not).
@@ -438,10 +443,11 @@ impl<D> Loop<D> {
         Ok(fd)
     }
 
-    /// Binds to `addr` (flags: [`TCP_IPV6ONLY`], [`TCP_REUSEPORT`]).
-    /// `SO_REUSEADDR` is always set, as libuv does. Inside a cluster worker
-    /// (a listen hook is installed) the address is only recorded, unless
-    /// the flags ask for `SO_REUSEPORT`: the hook decides at `listen`.
+    /// Binds to `addr` (flags: [`TCP_IPV6ONLY`], [`TCP_REUSEPORT`],
+    /// [`TCP_EXCLUSIVE`]). `SO_REUSEADDR` is always set, as libuv does.
+    /// Inside a cluster worker (a listen hook is installed) the address is
+    /// only recorded, unless the flags ask for `SO_REUSEPORT` or
+    /// `TCP_EXCLUSIVE`: the hook decides at `listen`.
     pub fn tcp_bind(&mut self, s: TcpSocket, addr: SocketAddr, flags: u32) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
@@ -449,7 +455,7 @@ impl<D> Loop<D> {
             return Err(Error::WRONG_TYPE);
         }
         st.bind_addr = Some((addr, flags));
-        if self.listen_hook.is_some() && flags & TCP_REUSEPORT == 0 {
+        if self.listen_hook.is_some() && flags & (TCP_REUSEPORT | TCP_EXCLUSIVE) == 0 {
             return Ok(());
         }
         self.tcp_bind_socket(s, addr, flags)

@@ -21,6 +21,11 @@
 //! filesystem when it closes, after the last worker (as libuv does for a
 //! pipe it bound). An abstract name (a leading NUL) is the bytes given.
 //!
+//! A listen on an fd (Node's `listen({fd})` in a worker) names a socket in
+//! the primary's fd table by number: the primary listens on a duplicate
+//! of it (the fd itself stays open, the caller's) under `rr`, or shares it
+//! under the other policies. TCP sockets only.
+//!
 //! A listener whose workers are all gone (they died, or left in a
 //! disconnect or a rolling restart) stays open, with its port, while the
 //! cluster runs, so that their replacements get the same port (under `rr`
@@ -33,12 +38,12 @@ use crate::proto::{Frame, ListenAddress, ListenFlags, ListenKey, SocketType};
 use crate::schedule::{RoundRobin, WorkerId};
 use crate::settings::SchedPolicy;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use uvring::{
-    FdBatch, HandleId, Loop, Result, TcpSocket, Udp, TCP_IPV6ONLY, TCP_REUSEPORT, UDP_IPV6ONLY, UDP_REUSEADDR,
-    UDP_REUSEPORT,
+    FdBatch, HandleId, Loop, OnConnection, Result, SocketHandle, TcpSocket, Udp, TCP_IPV6ONLY, TCP_REUSEPORT,
+    UDP_IPV6ONLY, UDP_REUSEADDR, UDP_REUSEPORT,
 };
 
 /// The listeners the primary holds for its workers.
@@ -65,13 +70,14 @@ enum ListenerMode {
 impl ListenerMode {
     /// Whether a listener in this mode serves a query of `socket_type`
     /// under `policy`.
-    fn serves(&self, socket_type: SocketType, policy: SchedPolicy) -> bool {
+    fn serves(&self, socket_type: SocketType, policy: SchedPolicy, fd: bool) -> bool {
         match self {
             ListenerMode::Dgram(..) => socket_type == SocketType::Udp,
             ListenerMode::RoundRobin(..) => socket_type != SocketType::Udp && policy == SchedPolicy::RoundRobin,
             // Unix sockets have no SO_REUSEPORT: a pipe is shared then.
             ListenerMode::Shared(..) => match socket_type {
-                SocketType::Tcp => policy == SchedPolicy::Shared,
+                // An fd is one socket: shared under `reuseport` too.
+                SocketType::Tcp => policy == SchedPolicy::Shared || (fd && policy == SchedPolicy::ReusePort),
                 SocketType::Pipe => policy != SchedPolicy::RoundRobin,
                 SocketType::Udp => false,
             },
@@ -85,6 +91,7 @@ impl ListenerMode {
 enum Address {
     Ip(SocketAddr),
     Unix(PathBuf),
+    Fd(i32),
 }
 
 struct Listener {
@@ -223,7 +230,10 @@ impl<D: PrimaryData> Primary<D> {
             ListenAddress::V4(ip) => Address::Ip(SocketAddr::new(IpAddr::V4(ip), key.port)),
             ListenAddress::V6(ip) => Address::Ip(SocketAddr::new(IpAddr::V6(ip), key.port)),
             ListenAddress::Unix(path) => Address::Unix(PathBuf::from(std::ffi::OsStr::from_bytes(path))),
+            // At most i32::MAX (the decoder checks).
+            ListenAddress::Fd(fd) => Address::Fd(i32::try_from(fd).unwrap_or(-1)),
         };
+        let fd = matches!(requested, Address::Fd(_));
         let flags = match key.socket_type {
             SocketType::Tcp if key.flags.contains(ListenFlags::IPV6_ONLY) => TCP_IPV6ONLY,
             SocketType::Tcp | SocketType::Pipe => 0,
@@ -234,7 +244,7 @@ impl<D: PrimaryData> Primary<D> {
             l.requested == requested
                 && l.index == key.index
                 && l.flags == flags
-                && l.mode.serves(key.socket_type, policy)
+                && l.mode.serves(key.socket_type, policy, fd)
         });
         let i = match existing {
             Some(i) => i,
@@ -244,6 +254,7 @@ impl<D: PrimaryData> Primary<D> {
                     (Address::Ip(addr), SocketType::Udp) => open_dgram(lp, *addr, flags),
                     (Address::Ip(addr), _) => self.open_listener(lp, *addr, flags, backlog, policy),
                     (Address::Unix(path), _) => self.open_pipe_listener(lp, path, backlog, policy),
+                    (&Address::Fd(fd), _) => self.open_fd_listener(lp, fd, backlog, policy),
                 };
                 match opened {
                     Ok((mode, port)) => {
@@ -359,6 +370,52 @@ impl<D: PrimaryData> Primary<D> {
 }
 
 impl<D: PrimaryData> Primary<D> {
+    /// Listens on a duplicate of this process's fd `fd`, a TCP socket
+    /// (bound, listening or not): under `rr` the loop accepts on it, else it
+    /// is shared. `EBADF` if no such fd is open, `ENOTSOCK` if it is not a
+    /// socket, `EINVAL` if it is not a TCP stream socket.
+    fn open_fd_listener(
+        &mut self,
+        lp: &mut Loop<D>,
+        fd: i32,
+        backlog: i32,
+        policy: SchedPolicy,
+    ) -> Result<(ListenerMode, u16)> {
+        let dup = uvring::os::dup_fd(fd)?;
+        if !uvring::os::is_socket(dup.as_fd()) {
+            return Err(uvring::Error::from_errno(libc::ENOTSOCK));
+        }
+        if !uvring::os::is_stream_socket(dup.as_fd()) {
+            return Err(uvring::Error::EINVAL);
+        }
+        let port = uvring::os::local_addr(dup.as_fd())?.port();
+        let s = lp.tcp_open(dup)?;
+        let mode = if policy == SchedPolicy::RoundRobin {
+            self.listen_round_robin(lp, s, backlog, &self.cbs.rr_connection)
+        } else {
+            listen_shared(lp, s, backlog)
+        };
+        Ok((mode?, port))
+    }
+
+    /// The loop listens on `s` and accepts for the `rr` hand-off (`s` is
+    /// closed on error).
+    fn listen_round_robin<S: SocketHandle>(
+        &self,
+        lp: &mut Loop<D>,
+        s: S,
+        backlog: i32,
+        cb: &OnConnection<D, S::Listener>,
+    ) -> Result<ListenerMode> {
+        match lp.listen(s, backlog, cb) {
+            Ok(l) => Ok(ListenerMode::RoundRobin(RoundRobin::with_slack(self.settings.load_slack), l.into())),
+            Err(e) => {
+                let _ = lp.close(s, None);
+                Err(e)
+            }
+        }
+    }
+
     /// Binds a pipe listener on `path` (once for every worker): under `rr`
     /// the loop accepts on it for the hand-off, else it listens outside the
     /// loop and the workers accept on copies. Its close removes the path.
@@ -374,26 +431,28 @@ impl<D: PrimaryData> Primary<D> {
             let _ = lp.close(s, None);
             return Err(e);
         }
-        if policy != SchedPolicy::RoundRobin {
-            let res = lp.fileno(s).and_then(|fd| {
-                // SAFETY: `fd` is the socket of `s`, which the loop owns and
-                // keeps open at least until `s` is closed, after this call.
-                uvring::os::listen(unsafe { BorrowedFd::borrow_raw(fd) }, backlog)
-            });
-            return match res {
-                Ok(()) => Ok((ListenerMode::Shared(Vec::new(), s.id()), 0)),
-                Err(e) => {
-                    let _ = lp.close(s, None);
-                    Err(e)
-                }
-            };
-        }
-        match lp.listen(s, backlog, &self.cbs.rr_pipe_connection) {
-            Ok(l) => Ok((ListenerMode::RoundRobin(RoundRobin::with_slack(self.settings.load_slack), l.id()), 0)),
-            Err(e) => {
-                let _ = lp.close(s, None);
-                Err(e)
-            }
+        let mode = if policy == SchedPolicy::RoundRobin {
+            self.listen_round_robin(lp, s, backlog, &self.cbs.rr_pipe_connection)
+        } else {
+            listen_shared(lp, s, backlog)
+        };
+        Ok((mode?, 0))
+    }
+}
+
+/// The socket `s` listens, outside the loop, for the workers to accept on
+/// copies of it (`s` is closed on error).
+fn listen_shared<D, S: SocketHandle>(lp: &mut Loop<D>, s: S, backlog: i32) -> Result<ListenerMode> {
+    let res = lp.fileno(s).and_then(|fd| {
+        // SAFETY: `fd` is the socket of `s`, which the loop owns and keeps
+        // open at least until `s` is closed, after this call.
+        uvring::os::listen(unsafe { BorrowedFd::borrow_raw(fd) }, backlog)
+    });
+    match res {
+        Ok(()) => Ok(ListenerMode::Shared(Vec::new(), s.into())),
+        Err(e) => {
+            let _ = lp.close(s, None);
+            Err(e)
         }
     }
 }

@@ -410,6 +410,36 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
         // fails. Messages: "udp-close" closes the socket ("udp-closed"),
         // "fds" reports the open fds.
         "udp-echo" => udp_echo(lp, w, id),
+        // Listen on the primary's fd LISTEN_FD (Node's `listen({fd})`);
+        // answers like "serve", errors as "error <errno>".
+        "fd-serve" => {
+            let fd = std::env::var("LISTEN_FD").ok().and_then(|v| v.parse().ok()).unwrap_or(-1);
+            w.listen_fd(lp, fd, 511, &serving(id)).expect("listen_fd");
+        }
+        // An exclusive listen on PORT (Node's `exclusive: true`): bound
+        // here, not through the primary; "error <errno>" if it fails.
+        "exclusive" => {
+            let s = lp.tcp_init().expect("tcp_init");
+            // The primary does not know of this server: it is the
+            // application's to close when the worker drains.
+            w.on_drain(|lp, d, _| {
+                for l in d.servers.drain(..) {
+                    if lp.is_live(l) && !lp.is_closing(l) {
+                        let _ = lp.close(l, None);
+                    }
+                }
+            });
+            match lp.tcp_bind(s, local(port_env()), uvring::TCP_EXCLUSIVE) {
+                Ok(()) => {
+                    let l = lp.listen(s, 511, &serving(id)).expect("listen");
+                    state.servers.push(l);
+                }
+                Err(e) => {
+                    let _ = lp.close(s, None);
+                    send(lp, state, &format!("error {}", e.errno().unwrap_or(0)));
+                }
+            }
+        }
         // Connect to PORT (a server in the test) and keep the connection
         // until the peer closes it.
         "hold-connection" => {
