@@ -4,11 +4,15 @@
 //! and removes it when the last worker has closed it, so the same command
 //! restarts on the same path without `EADDRINUSE` and leaves no socket file
 //! behind. Under `rr` the primary accepts and hands the connections over;
-//! under `shared` the workers accept on copies of its socket.
+//! under `shared` the workers accept on copies of its socket. The same
+//! with the test worker: one listener for both workers, bind errors reach
+//! the workers, the path goes with the last worker's close, and abstract
+//! names work through the primary.
 
 mod cluster_support;
 
 use cluster_support::hello::*;
+use cluster_support::{collect, settings, shutdown, start_cluster, wait_for, Cluster, TestData};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -115,4 +119,100 @@ unix_tests! {
     unix_hello_rr_io_uring: "io_uring", "rr";
     unix_hello_shared_epoll: "epoll", "shared";
     unix_hello_shared_io_uring: "io_uring", "shared";
+}
+
+/// Runs the loop until both workers' servers listen (a Unix listen has no
+/// address for the primary's `listening` event; the status says it).
+fn wait_listening(lp: &mut uvring::Loop<Cluster>, c: &mut Cluster, n: usize) {
+    cluster_support::run_until(lp, c, WAIT, |_, c| {
+        let w = c.primary.workers();
+        w.len() == n && w.iter().all(|w| w.status() == uvring_cluster::WorkerStatus::Listening)
+    });
+}
+
+/// `n` connections one after another on a helper thread, each read to the
+/// end ("worker <id>\n"), while the loop runs.
+fn ask_unix(
+    lp: &mut uvring::Loop<Cluster>,
+    c: &mut Cluster,
+    n: usize,
+    connect: impl Fn() -> std::io::Result<UnixStream> + Send + 'static,
+) -> Vec<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        for _ in 0..n {
+            let mut s = connect().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            if tx.send(out).is_err() {
+                return;
+            }
+        }
+    });
+    let out = collect(lp, c, &rx, n);
+    t.join().unwrap();
+    out
+}
+
+cluster_test! {
+    // Two workers on one path: the primary binds it once; every connection
+    // is answered by a worker (both, under rr); the path stays while one
+    // worker still listens and goes with the last one's close.
+    fn unix_path_bound_once_released_last(lp, policy) [rr = RoundRobin, shared = Shared, reuseport = ReusePort] {
+        let path = socket_path(&format!("worker-{policy:?}-{}", uvring_tests::fd_count()));
+        let mut s = settings(policy, "unix-serve", 2);
+        s.env.push(("UNIX_PATH".into(), path.clone().into()));
+        let mut c = start_cluster(lp, s);
+        wait_listening(lp, &mut c, 2);
+        assert_eq!(c.primary.listener_count(), 1, "one listener for both workers");
+        assert!(path.exists());
+        let p = path.clone();
+        let answers = ask_unix(lp, &mut c, 10, move || UnixStream::connect(&p));
+        assert!(answers.iter().all(|a| a.starts_with("worker ")), "{answers:?}");
+        if policy == uvring_cluster::SchedPolicy::RoundRobin {
+            let mut who: Vec<&String> = answers.iter().collect();
+            who.sort();
+            who.dedup();
+            assert_eq!(who.len(), 2, "both workers answer: {answers:?}");
+        }
+        let workers: Vec<_> = c.log.online.clone();
+        c.primary.send(lp, workers[0], b"unix-close").unwrap();
+        wait_for(lp, &mut c, |l| l.count_prefix("unix-closed") == 1);
+        let p = path.clone();
+        let answers = ask_unix(lp, &mut c, 2, move || UnixStream::connect(&p));
+        assert!(answers.iter().all(|a| a.starts_with("worker ")), "{answers:?}");
+        assert!(path.exists(), "held for the other worker");
+        c.primary.send(lp, workers[1], b"unix-close").unwrap();
+        cluster_support::run_until(lp, &mut c, WAIT, |_, c| c.primary.listener_count() == 0 && !path.exists());
+        shutdown(lp, &mut c);
+    }
+
+    // A path that cannot be bound: the error reaches both workers' servers
+    // and no listener is kept.
+    fn unix_bind_error_reaches_the_worker(lp, policy) [rr = RoundRobin, shared = Shared] {
+        let mut s = settings(policy, "unix-serve", 2);
+        s.env.push(("UNIX_PATH".into(), "/nonexistent-uvring-dir/s.sock".into()));
+        let mut c = start_cluster(lp, s);
+        wait_for(lp, &mut c, |l| l.count_prefix("error ") == 2);
+        assert_eq!(c.log.count_prefix(&format!("error {}", libc::ENOENT)), 2, "{:?}", c.log.messages);
+        assert_eq!(c.primary.listener_count(), 0);
+        shutdown(lp, &mut c);
+    }
+
+    // An abstract name through the primary: another program reaches it by
+    // the name alone (no trailing NUL), and nothing is in the filesystem.
+    fn abstract_name_through_the_primary(lp, policy) [rr = RoundRobin, shared = Shared] {
+        let name = format!("uvring-cluster-{}-{}", std::process::id(), uvring_tests::fd_count());
+        let mut s = settings(policy, "unix-serve", 2);
+        s.env.push(("UNIX_PATH".into(), format!("@{name}").into()));
+        let mut c = start_cluster(lp, s);
+        wait_listening(lp, &mut c, 2);
+        let answers = ask_unix(lp, &mut c, 4, move || {
+            use std::os::linux::net::SocketAddrExt;
+            UnixStream::connect_addr(&std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?)
+        });
+        assert!(answers.iter().all(|a| a.starts_with("worker ")), "{answers:?}");
+        shutdown(lp, &mut c);
+    }
 }

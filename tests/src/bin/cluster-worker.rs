@@ -10,10 +10,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use uvring::{
-    Datagram, Loop, OnConnect, OnConnection, OnRead, OnRecv, OnShutdown, RunMode, TcpListener, TcpStream, Udp,
+    Datagram, Loop, OnConnect, OnConnection, OnRead, OnRecv, OnShutdown, PipeListener, RunMode, TcpListener, TcpStream,
+    Udp,
 };
 use uvring_cluster::{is_primary, Primary, PrimaryData, Settings, Worker, WorkerData};
 
@@ -84,6 +86,8 @@ struct State {
     store_bad: u32,
     /// `store`: reads answered.
     store_done: u32,
+    /// `unix-serve`: the pipe servers.
+    pipe_servers: Vec<PipeListener>,
 }
 
 impl WorkerData for State {
@@ -410,6 +414,44 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
         // fails. Messages: "udp-close" closes the socket ("udp-closed"),
         // "fds" reports the open fds.
         "udp-echo" => udp_echo(lp, w, id),
+        // A pipe server on UNIX_PATH (a leading '@' names an abstract
+        // socket), through the primary; answers "worker <id>\n" and
+        // closes. "unix-close" closes it ("unix-closed"); errors are
+        // "error <errno>".
+        "unix-serve" => {
+            let path = std::env::var("UNIX_PATH").unwrap_or_default();
+            let path = match path.strip_prefix('@') {
+                Some(name) => {
+                    std::path::PathBuf::from(std::ffi::OsString::from_vec([&[0u8][..], name.as_bytes()].concat()))
+                }
+                None => std::path::PathBuf::from(path),
+            };
+            let reply = format!("worker {id}\n").into_bytes();
+            let on_conn = OnConnection::new(move |lp: &mut Lp, d: &mut State, srv: PipeListener, res| match res {
+                Ok(()) => {
+                    if let Ok(c) = lp.accept(srv) {
+                        let _ = lp.write(c, &reply, None);
+                        let _ = lp.close(c, None);
+                    }
+                }
+                Err(e) => {
+                    send(lp, d, &format!("error {}", e.errno().unwrap_or(0)));
+                    let _ = lp.close(srv, None);
+                }
+            });
+            w.on_message(|lp, d, msg, _| {
+                if msg == b"unix-close" {
+                    for l in d.pipe_servers.drain(..) {
+                        let _ = lp.close(l, None);
+                    }
+                    send(lp, d, "unix-closed");
+                }
+            });
+            let s = lp.pipe_init(false).expect("pipe_init");
+            lp.pipe_bind(s, &path).expect("pipe_bind");
+            let l = lp.listen(s, 128, &on_conn).expect("listen");
+            state.pipe_servers.push(l);
+        }
         // Listen on the primary's fd LISTEN_FD (Node's `listen({fd})`);
         // answers like "serve", errors as "error <errno>".
         "fd-serve" => {
