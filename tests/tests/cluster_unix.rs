@@ -81,7 +81,7 @@ fn unix_hello(backend: &str, policy: &str) {
     }
     // Twice on the same path: the first run's exit removed it.
     for run in 0..2 {
-        let mut ex = Example::start_args(&["--workers", "2", "--policy", policy, "--backend", backend, "--unix", p], 0);
+        let mut ex = Example::start_with_args(backend, policy, 0, 2, &["--unix", p]);
         ex.wait_log(&["serving on unix", p]);
         wait_serving(&mut ex, &path);
         for _ in 0..6 {

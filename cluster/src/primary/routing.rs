@@ -42,8 +42,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use uvring::{
-    FdBatch, HandleId, Loop, OnConnection, Result, SocketHandle, TcpSocket, Udp, TCP_IPV6ONLY, TCP_REUSEPORT,
-    UDP_IPV6ONLY, UDP_REUSEADDR, UDP_REUSEPORT,
+    FdBatch, HandleId, Loop, OnConnection, Result, SocketHandle, TcpListener, TcpSocket, Udp, TCP_IPV6ONLY,
+    TCP_REUSEPORT, UDP_IPV6ONLY, UDP_REUSEADDR, UDP_REUSEPORT,
 };
 
 /// The listeners the primary holds for its workers.
@@ -54,8 +54,9 @@ pub(super) struct Routing {
 
 enum ListenerMode {
     /// The primary accepts on the listener (TCP or pipe) and hands
-    /// connections over.
-    RoundRobin(RoundRobin, HandleId),
+    /// connections over; the `TcpListener` is kept for a TCP one (an
+    /// upgrade stops accepting on it).
+    RoundRobin(RoundRobin, HandleId, Option<TcpListener>),
     /// The socket (TCP or pipe) listens, outside the loop, and its members
     /// accept on copies of it.
     Shared(Vec<WorkerId>, HandleId),
@@ -106,7 +107,7 @@ struct Listener {
 impl Listener {
     fn remove_member(&mut self, w: WorkerId) {
         match &mut self.mode {
-            ListenerMode::RoundRobin(rr, _) => {
+            ListenerMode::RoundRobin(rr, ..) => {
                 rr.remove(w);
             }
             ListenerMode::Shared(v, _) | ListenerMode::Reserved(v, _) | ListenerMode::Dgram(v, _) => {
@@ -117,7 +118,7 @@ impl Listener {
 
     fn is_empty(&self) -> bool {
         match &self.mode {
-            ListenerMode::RoundRobin(rr, _) => rr.is_empty(),
+            ListenerMode::RoundRobin(rr, ..) => rr.is_empty(),
             ListenerMode::Shared(v, _) | ListenerMode::Reserved(v, _) | ListenerMode::Dgram(v, _) => v.is_empty(),
         }
     }
@@ -125,7 +126,7 @@ impl Listener {
     /// The loop handle of its socket.
     fn handle(&self) -> HandleId {
         match self.mode {
-            ListenerMode::RoundRobin(_, h) | ListenerMode::Shared(_, h) => h,
+            ListenerMode::RoundRobin(_, h, _) | ListenerMode::Shared(_, h) => h,
             ListenerMode::Reserved(_, s) => s.id(),
             ListenerMode::Dgram(_, u) => u.id(),
         }
@@ -144,7 +145,7 @@ impl Routing {
     /// The rotation of round-robin listener `listener_id`, if it is one.
     pub(super) fn round_robin(&mut self, listener_id: u32) -> Option<&mut RoundRobin> {
         match &mut self.listeners.iter_mut().find(|l| l.id == listener_id)?.mode {
-            ListenerMode::RoundRobin(rr, _) => Some(rr),
+            ListenerMode::RoundRobin(rr, ..) => Some(rr),
             ListenerMode::Shared(..) | ListenerMode::Reserved(..) | ListenerMode::Dgram(..) => None,
         }
     }
@@ -277,7 +278,7 @@ impl<D: PrimaryData> Primary<D> {
         };
         // The socket that goes with the reply, if any.
         let socket: Option<HandleId> = match &mut l.mode {
-            ListenerMode::RoundRobin(rr, _) => {
+            ListenerMode::RoundRobin(rr, ..) => {
                 rr.add(id);
                 None
             }
@@ -320,12 +321,20 @@ impl<D: PrimaryData> Primary<D> {
     ) -> Result<(ListenerMode, u16)> {
         let shared = policy == SchedPolicy::Shared;
         let reserve = policy == SchedPolicy::ReusePort;
-        let s = lp.tcp_init()?;
-        let bind_flags = if reserve { flags | TCP_REUSEPORT } else { flags };
-        if let Err(e) = lp.tcp_bind(s, addr, bind_flags) {
-            let _ = lp.close(s, None);
-            return Err(e);
-        }
+        // An inherited socket (systemd, an upgrade) listens already: it
+        // is taken instead of a bind (`upgrade.rs`).
+        let s = match self.inherited_socket(lp, addr)? {
+            Some(s) => s,
+            None => {
+                let s = lp.tcp_init()?;
+                let bind_flags = if reserve { flags | TCP_REUSEPORT } else { flags };
+                if let Err(e) = lp.tcp_bind(s, addr, bind_flags) {
+                    let _ = lp.close(s, None);
+                    return Err(e);
+                }
+                s
+            }
+        };
         if reserve {
             return match lp.tcp_getsockname(s) {
                 Ok(a) => Ok((ListenerMode::Reserved(Vec::new(), s), a.port())),
@@ -360,7 +369,10 @@ impl<D: PrimaryData> Primary<D> {
             }
         };
         match lp.tcp_getsockname(l) {
-            Ok(a) => Ok((ListenerMode::RoundRobin(RoundRobin::with_slack(self.settings.load_slack), l.id()), a.port())),
+            Ok(a) => Ok((
+                ListenerMode::RoundRobin(RoundRobin::with_slack(self.settings.load_slack), l.id(), Some(l)),
+                a.port(),
+            )),
             Err(e) => {
                 let _ = lp.close(l, None);
                 Err(e)
@@ -408,7 +420,7 @@ impl<D: PrimaryData> Primary<D> {
         cb: &OnConnection<D, S::Listener>,
     ) -> Result<ListenerMode> {
         match lp.listen(s, backlog, cb) {
-            Ok(l) => Ok(ListenerMode::RoundRobin(RoundRobin::with_slack(self.settings.load_slack), l.into())),
+            Ok(l) => Ok(ListenerMode::RoundRobin(RoundRobin::with_slack(self.settings.load_slack), l.into(), None)),
             Err(e) => {
                 let _ = lp.close(s, None);
                 Err(e)
@@ -497,4 +509,22 @@ fn dup_socket<D>(lp: &Loop<D>, h: HandleId) -> Result<FdBatch> {
     let mut batch = FdBatch::new();
     batch.push(dup).map_err(|_| uvring::Error::EINVAL)?;
     Ok(batch)
+}
+
+impl<D> Primary<D> {
+    /// The listening sockets an upgrade hands over (TCP on an address,
+    /// `rr` and `shared`): each one's handle, the address its workers asked
+    /// for, and its `rr` listener (the primary accepts on it) if it is one.
+    pub(super) fn handover_listeners(&self) -> Vec<(HandleId, SocketAddr, Option<TcpListener>)> {
+        let mut out = Vec::new();
+        for l in &self.routing.listeners {
+            let Address::Ip(addr) = l.requested else { continue };
+            match l.mode {
+                ListenerMode::RoundRobin(_, _, Some(rr)) => out.push((l.handle(), addr, Some(rr))),
+                ListenerMode::Shared(..) => out.push((l.handle(), addr, None)),
+                ListenerMode::RoundRobin(..) | ListenerMode::Reserved(..) | ListenerMode::Dgram(..) => {}
+            }
+        }
+        out
+    }
 }
