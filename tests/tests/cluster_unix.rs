@@ -54,19 +54,7 @@ fn wait_serving(ex: &mut Example, path: &Path) {
 fn stop(ex: &mut Example) {
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(ex.child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(st) = ex.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "primary did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0), "{status:?}; log: {:?}", ex.seen);
-    while group_alive(ex.pgid) {
-        assert!(Instant::now() < deadline, "processes left behind");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ex.wait_clean_exit();
 }
 
 fn unix_hello(backend: &str, policy: &str) {
