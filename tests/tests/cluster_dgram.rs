@@ -139,3 +139,51 @@ cluster_test! {
         shutdown(lp, &mut c);
     }
 }
+
+/// The `udp_cluster` example as an operator runs it: 2 workers on one UDP
+/// port answer datagrams (each answer names its worker); SIGTERM ends it
+/// with exit 0 and nothing left of its process group.
+#[test]
+fn udp_cluster_example_echoes_and_exits() {
+    use std::os::unix::process::CommandExt;
+    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cluster-udp"))
+        .args(["--workers", "2", "--backend", "epoll", "--port", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = child.id() as i32;
+    let _guard = PidGuard(vec![-pgid]);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut buf = [0u8; 128];
+    let mut answers = 0;
+    while answers < 20 {
+        assert!(std::time::Instant::now() < deadline, "{answers} answers from the example");
+        client.send(b"hi").unwrap();
+        // Until both workers are up, a datagram may find no socket bound.
+        if let Ok(n) = client.recv(&mut buf) {
+            let text = std::str::from_utf8(&buf[..n]).unwrap();
+            assert!(text.starts_with("[worker ") && text.ends_with("] hi"), "{text:?}");
+            answers += 1;
+        }
+    }
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(pgid, libc::SIGTERM) };
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline + WAIT, "the example did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    while cluster_support::hello::group_alive(pgid) {
+        assert!(std::time::Instant::now() < deadline + WAIT, "processes left behind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
