@@ -3,10 +3,16 @@
 //! ```text
 //! cargo run --release --example hello_cluster -- [--workers N] [--policy rr|shared|reuseport]
 //!                                                [--backend epoll|io_uring|auto] [--port P] [--host H]
+//!                                                [--unix PATH]
 //!                                                [--admin 127.0.0.1:PORT] [--max-memory MIB]
 //!                                                [--pid-file PATH] [--upgrade-exec PATH]
 //! curl http://127.0.0.1:8000/
+//! curl --unix-socket /tmp/hello.sock http://localhost/   # with --unix /tmp/hello.sock
 //! ```
+//!
+//! With `--unix PATH` the server listens on a Unix socket instead of TCP;
+//! in a cluster the workers' listens go to the primary, which binds the
+//! path once (and removes it when the last worker has closed it).
 //!
 //! With `--admin ADDR` the primary serves `/health`, `/stats` (JSON) and
 //! `/metrics` (Prometheus) on ADDR from its own loop (`Primary::admin_listen`);
@@ -48,11 +54,11 @@
 //! ([`PrimaryData`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use uvring::{
-    Backend, Error, Loop, OnConnection, OnListenStop, OnRead, OnShutdown, OnSignal, OnTimer, RunMode, Signal,
-    TcpListener, TcpStream,
+    Backend, Error, Loop, OnConnection, OnListenStop, OnRead, OnShutdown, OnSignal, OnTimer, PipeListener, PipeStream,
+    RunMode, Signal, StreamHandle, TcpListener, TcpStream,
 };
 use uvring_cluster::{
     available_cpus, is_worker, ListenFds, ListenSource, Primary, PrimaryData, RespawnSettings, SchedPolicy, SdNotify,
@@ -69,6 +75,8 @@ struct Options {
     backend: Backend,
     host: IpAddr,
     port: u16,
+    /// `--unix PATH`: serve on this Unix socket instead of TCP.
+    unix: Option<PathBuf>,
     /// `--pid-file`: where the primary writes its pid.
     pid_file: Option<PathBuf>,
     /// `--upgrade-exec`: the program SIGUSR2 starts (default: this one).
@@ -81,7 +89,7 @@ struct Options {
 
 fn usage(msg: &str) -> ! {
     eprintln!("hello_cluster: {msg}");
-    eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H] [--admin ADDR:PORT] [--max-memory MIB] [--pid-file PATH] [--upgrade-exec PATH]");
+    eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H] [--admin ADDR:PORT] [--max-memory MIB] [--pid-file PATH] [--upgrade-exec PATH] [--unix PATH]");
     std::process::exit(2);
 }
 
@@ -92,6 +100,7 @@ fn parse_options() -> Options {
         backend: Backend::from_env().unwrap_or(Backend::Auto),
         host: IpAddr::from([0, 0, 0, 0]),
         port: std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8000),
+        unix: None,
         pid_file: None,
         upgrade_exec: None,
         admin: None,
@@ -106,6 +115,7 @@ fn parse_options() -> Options {
             "--backend" => o.backend = Backend::parse(&value()).unwrap_or_else(|| usage("bad --backend")),
             "--port" | "-p" => o.port = value().parse().unwrap_or_else(|_| usage("bad --port")),
             "--host" => o.host = value().parse().unwrap_or_else(|_| usage("bad --host")),
+            "--unix" => o.unix = Some(PathBuf::from(value())),
             "--pid-file" => o.pid_file = Some(PathBuf::from(value())),
             "--upgrade-exec" => o.upgrade_exec = Some(PathBuf::from(value())),
             "--admin" => o.admin = Some(value().parse().unwrap_or_else(|_| usage("bad --admin (want ADDR:PORT)"))),
@@ -164,12 +174,16 @@ fn run_worker(o: Options) -> uvring::Result<()> {
     // connection. Busy ones close after their next response (which says
     // `Connection: close`); the idle ones after the grace.
     let on_shutdown = close_after_shutdown();
+    let on_pipe_shutdown = close_after_shutdown();
     let close_idle = OnTimer::new(move |lp, server: &mut Server, t| {
         let _ = lp.close(t, None);
         for slot in 0..server.conns.len() {
             let Some(s) = server.conns[slot].stream.filter(|_| server.conns[slot].buf.is_empty()) else { continue };
             server.release(slot);
-            finish(lp, s, &on_shutdown);
+            match s {
+                ConnStream::Tcp(s) => finish(lp, s, &on_shutdown),
+                ConnStream::Pipe(s) => finish(lp, s, &on_pipe_shutdown),
+            }
         }
     });
     if let Some(w) = server.worker.as_mut() {
@@ -187,35 +201,30 @@ fn run_worker(o: Options) -> uvring::Result<()> {
     // shutdown, so a worker ignores it rather than dying mid-request.
     let sigint = lp.signal_start(libc::SIGINT, &OnSignal::new(|_, _, _, _| {}))?;
     lp.unref_handle(sigint)?;
-    serve(&mut lp, SocketAddr::new(o.host, o.port))?;
+    match &o.unix {
+        Some(path) => {
+            serve_unix(&mut lp, path)?;
+        }
+        None => {
+            serve(&mut lp, SocketAddr::new(o.host, o.port))?;
+        }
+    }
     lp.run(RunMode::Default, &mut server)?;
     Ok(())
 }
 
 fn run_standalone(o: Options) -> uvring::Result<()> {
     let mut lp: Loop<Server> = open_loop(o.backend, &std::process::id().to_string());
+    if let Some(path) = &o.unix {
+        let server = serve_unix(&mut lp, path)?;
+        eprintln!("[{}] serving on unix {} ({} backend)", std::process::id(), path.display(), lp.backend());
+        stop_on_signals(&mut lp, server)?;
+        lp.run(RunMode::Default, &mut Server::default())?;
+        return Ok(());
+    }
     let server = serve(&mut lp, SocketAddr::new(o.host, o.port))?;
     eprintln!("[{}] serving on {} ({} backend)", std::process::id(), lp.tcp_getsockname(server)?, lp.backend());
-    // Stop accepting first and close once the accept op has ended, so no
-    // connection the kernel already accepted is reset (Node's server.close()).
-    let on_stopped = OnListenStop::new(|lp, _, server: TcpListener, _| {
-        let _ = lp.close(server, None);
-    });
-    let stop = OnSignal::new(move |lp, _, sig, _| {
-        let stopping = lp.is_listen_stopped(server);
-        if !stopping
-            && lp.listen_stop(server, Some(&on_stopped)).is_err()
-            && lp.is_live(server)
-            && !lp.is_closing(server)
-        {
-            let _ = lp.close(server, None);
-        }
-        let _ = lp.close(sig, None);
-    });
-    for signum in [libc::SIGINT, libc::SIGTERM] {
-        let s = lp.signal_start(signum, &stop)?;
-        lp.unref_handle(s)?;
-    }
+    stop_on_signals(&mut lp, server)?;
     lp.run(RunMode::Default, &mut Server::default())?;
     Ok(())
 }
@@ -298,6 +307,9 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         .max_memory(o.max_memory_mib.map(|m| m << 20));
     let mut primary = Primary::new(&mut lp, settings)?;
     eprintln!("[primary {me}] {} workers, policy {}, {} backend, port {}", o.workers, o.policy, lp.backend(), o.port);
+    if let Some(path) = &o.unix {
+        eprintln!("[primary {me}] serving on unix {} (bound once, by this process)", path.display());
+    }
     for (fd, why) in inherited.ignored() {
         eprintln!("[primary {me}] inherited fd {fd} ignored: {why}");
     }
@@ -474,7 +486,14 @@ struct Conn {
     /// `Server::spare_bufs` when one is, and given back once it empties.
     buf: Vec<u8>,
     /// The connection, while open.
-    stream: Option<TcpStream>,
+    stream: Option<ConnStream>,
+}
+
+/// A connection: TCP, or a Unix socket (`--unix`).
+#[derive(Clone, Copy)]
+enum ConnStream {
+    Tcp(TcpStream),
+    Pipe(PipeStream),
 }
 
 /// The server's state, the loop's user data: standalone, or a cluster
@@ -612,8 +631,92 @@ fn answer_all(out: &mut Vec<u8>, bytes: &[u8], draining: bool) -> (usize, bool) 
 /// Listens on `addr` and serves hello world; the connections' state is the
 /// loop's `Server`.
 fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener> {
-    let on_shutdown = close_after_shutdown();
-    let on_read = OnRead::new(move |lp: &mut Loop<Server>, server: &mut Server, s: TcpStream, res| {
+    let on_read = on_read::<TcpStream>();
+    let on_connection = OnConnection::new(move |lp, server: &mut Server, srv: TcpListener, res| {
+        if let Err(e) = res {
+            listen_error(lp, srv, e);
+            return;
+        }
+        let Ok(c) = lp.accept(srv) else { return };
+        let slot = server.slot();
+        server.conns[slot].stream = Some(ConnStream::Tcp(c));
+        let _ = lp.set_data(c, slot);
+        let _ = lp.tcp_nodelay(c, true);
+        if lp.read_start(c, &on_read).is_err() {
+            server.release(slot);
+            let _ = lp.close(c, None);
+        }
+    });
+    let socket = lp.tcp_init()?;
+    lp.tcp_bind(socket, addr, 0)?;
+    lp.listen(socket, 1024, &on_connection)
+}
+
+/// Listens on the Unix socket `path` and serves hello world (`--unix`).
+/// Inside a worker the primary binds the path; standalone, the listener's
+/// close removes it.
+fn serve_unix(lp: &mut Loop<Server>, path: &Path) -> uvring::Result<PipeListener> {
+    let on_read = on_read::<PipeStream>();
+    let on_connection = OnConnection::new(move |lp, server: &mut Server, srv: PipeListener, res| {
+        if let Err(e) = res {
+            listen_error(lp, srv, e);
+            return;
+        }
+        let Ok(c) = lp.accept(srv) else { return };
+        let slot = server.slot();
+        server.conns[slot].stream = Some(ConnStream::Pipe(c));
+        let _ = lp.set_data(c, slot);
+        if lp.read_start(c, &on_read).is_err() {
+            server.release(slot);
+            let _ = lp.close(c, None);
+        }
+    });
+    let socket = lp.pipe_init(false)?;
+    lp.pipe_bind(socket, path)?;
+    lp.listen(socket, 1024, &on_connection)
+}
+
+/// A listener's error: a listen that cannot succeed ends the process (the
+/// primary's restart storm limit then stops); others (EMFILE, ...) pass,
+/// the loop backs off and retries.
+fn listen_error(lp: &mut Loop<Server>, srv: impl Into<uvring::HandleId>, e: Error) {
+    if e == Error::EADDRINUSE || e == Error::EACCES || e.errno().is_none() {
+        eprintln!("[{}] listen failed: {e}", std::process::id());
+        let _ = lp.close(srv, None);
+        std::process::exit(1);
+    }
+}
+
+/// Stops `server` on SIGINT or SIGTERM: accepting ends first, and it closes
+/// once the accept op has ended, so no connection the kernel already
+/// accepted is reset (Node's server.close()).
+fn stop_on_signals<L: uvring::ListenerHandle + Copy>(lp: &mut Loop<Server>, server: L) -> uvring::Result<()> {
+    let on_stopped = OnListenStop::new(|lp, _, server: L, _| {
+        let _ = lp.close(server, None);
+    });
+    let stop = OnSignal::new(move |lp, _, sig, _| {
+        let stopping = lp.is_listen_stopped(server);
+        if !stopping
+            && lp.listen_stop(server, Some(&on_stopped)).is_err()
+            && lp.is_live(server)
+            && !lp.is_closing(server)
+        {
+            let _ = lp.close(server, None);
+        }
+        let _ = lp.close(sig, None);
+    });
+    for signum in [libc::SIGINT, libc::SIGTERM] {
+        let s = lp.signal_start(signum, &stop)?;
+        lp.unref_handle(s)?;
+    }
+    Ok(())
+}
+
+/// The read callback of every connection, TCP or Unix: answers each
+/// complete request, keeps an incomplete one for the next read.
+fn on_read<S: StreamHandle + Copy>() -> OnRead<Server, S> {
+    let on_shutdown = close_after_shutdown::<S>();
+    OnRead::new(move |lp: &mut Loop<Server>, server: &mut Server, s: S, res| {
         let slot = lp.data(s).unwrap_or(usize::MAX);
         let bytes = match res {
             Ok(bytes) => bytes,
@@ -654,35 +757,12 @@ fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener>
             server.release(slot);
             finish(lp, s, &on_shutdown);
         }
-    });
-    let on_connection = OnConnection::new(move |lp, server: &mut Server, srv: TcpListener, res| {
-        if let Err(e) = res {
-            if e == Error::EADDRINUSE || e == Error::EACCES || e.errno().is_none() {
-                eprintln!("[{}] listen failed: {e}", std::process::id());
-                let _ = lp.close(srv, None);
-                std::process::exit(1);
-            }
-            // EMFILE and friends: the loop backs off and retries.
-            return;
-        }
-        let Ok(c) = lp.accept(srv) else { return };
-        let slot = server.slot();
-        server.conns[slot].stream = Some(c);
-        let _ = lp.set_data(c, slot);
-        let _ = lp.tcp_nodelay(c, true);
-        if lp.read_start(c, &on_read).is_err() {
-            server.release(slot);
-            let _ = lp.close(c, None);
-        }
-    });
-    let socket = lp.tcp_init()?;
-    lp.tcp_bind(socket, addr, 0)?;
-    lp.listen(socket, 1024, &on_connection)
+    })
 }
 
 /// Ends a connection after what was written to it: reading stops, the write
 /// side shuts down once the queue is sent, then it closes.
-fn finish(lp: &mut Loop<Server>, s: TcpStream, on_shutdown: &OnShutdown<Server, TcpStream>) {
+fn finish<S: StreamHandle>(lp: &mut Loop<Server>, s: S, on_shutdown: &OnShutdown<Server, S>) {
     let _ = lp.read_stop(s);
     if lp.shutdown(s, Some(on_shutdown)).is_err() {
         let _ = lp.close(s, None);
@@ -690,8 +770,8 @@ fn finish(lp: &mut Loop<Server>, s: TcpStream, on_shutdown: &OnShutdown<Server, 
 }
 
 /// A shutdown callback that closes the stream.
-fn close_after_shutdown() -> OnShutdown<Server, TcpStream> {
-    OnShutdown::new(|lp, _, s: TcpStream, _| {
+fn close_after_shutdown<S: StreamHandle>() -> OnShutdown<Server, S> {
+    OnShutdown::new(|lp, _, s: S, _| {
         let _ = lp.close(s, None);
     })
 }

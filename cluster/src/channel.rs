@@ -5,7 +5,7 @@
 
 use crate::proto::{DecodeError, Decoded, Frame, FrameDecoder};
 use std::os::fd::RawFd;
-use uvring::{Error, FdBatch, Loop, PipeStream, Result, SendableHandle};
+use uvring::{Error, FdBatch, Loop, PipeStream, Result};
 
 /// What a frame handler wants after one frame.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -153,24 +153,6 @@ impl FrameWriter {
         self.encode(frame)?;
         // SAFETY: the caller's guarantee is forwarded unchanged.
         let res = unsafe { lp.write_fds_borrowed(pipe, &self.buf, fds, None) };
-        self.buf.clear();
-        res
-    }
-
-    /// Writes one frame with `handle`'s socket attached (duplicated now).
-    pub(crate) fn send_handle<D>(
-        &mut self,
-        lp: &mut Loop<D>,
-        pipe: PipeStream,
-        frame: &Frame<'_>,
-        handle: impl SendableHandle,
-    ) -> Result<()> {
-        if frame.nfds() != 1 {
-            return Err(Error::EINVAL);
-        }
-        self.flush(lp, pipe)?;
-        self.encode(frame)?;
-        let res = lp.write2(pipe, &self.buf, handle, None);
         self.buf.clear();
         res
     }

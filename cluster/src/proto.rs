@@ -43,10 +43,13 @@
 //! | 0x10 | `Heartbeat`             | 0        | `seq u32 @0` (4 bytes); the primary asks, the worker's loop echoes it, either as is or with its report (40 bytes): `seq u32 @0, open_connections u32 @4, idle_us u64 @8, uptime_us u64 @16, loop_count u64 @24, events u64 @32` ([`WorkerReport`]); any other length is an error |
 //!
 //! Enumerations: `family` 4 = IPv4 (address is 4 bytes), 6 = IPv6 (16 bytes),
-//! 1 = Unix (1..=108 path bytes, a leading NUL names an abstract socket);
-//! `socket_type` 1 = TCP (IPv4 / IPv6 only), 2 = pipe (Unix only); `flags`
-//! bit 0 = IPv6-only, bit 1 = `SO_REUSEPORT`, bit 2 = exclusive, other bits
-//! must be 0; `accepted` 0 / 1; `status` 1 = found, 2 = not found, 3 = ok,
+//! 1 = Unix (1..=108 path bytes, a leading NUL names an abstract socket),
+//! 2 = fd (a `u32` fd number, at most `i32::MAX`, of a socket in the
+//! primary's fd table: Node's `listen({fd})`; TCP only);
+//! `socket_type` 1 = TCP (IPv4 / IPv6 only), 2 = pipe (Unix only), 3 = UDP
+//! (IPv4 / IPv6 only; the reply carries the bound socket, whatever the
+//! policy); `flags` bit 0 = IPv6-only, bit 1 = `SO_REUSEPORT`, bit 2 =
+//! exclusive, bit 3 = `SO_REUSEADDR` (UDP), other bits must be 0; `accepted` 0 / 1; `status` 1 = found, 2 = not found, 3 = ok,
 //! 4 = error. Every accepted encoding is canonical: parsing then emitting a
 //! frame gives back the same bytes.
 //!
@@ -99,6 +102,8 @@ pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 /// Address family code of a Unix-domain [`ListenAddress`].
 pub const FAMILY_UNIX: u8 = 1;
+/// Address family code of an fd [`ListenAddress`].
+pub const FAMILY_FD: u8 = 2;
 
 /// Byte offsets of every field, header and payloads.
 pub mod field {
@@ -332,6 +337,9 @@ pub enum ListenAddress<'a> {
     V4(Ipv4Addr),
     V6(Ipv6Addr),
     Unix(&'a [u8]),
+    /// A socket the primary already has, by fd number (Node's
+    /// `listen({fd})` in a worker).
+    Fd(u32),
 }
 
 impl<'a> ListenAddress<'a> {
@@ -341,6 +349,7 @@ impl<'a> ListenAddress<'a> {
             ListenAddress::V4(_) => FAMILY_IPV4,
             ListenAddress::V6(_) => FAMILY_IPV6,
             ListenAddress::Unix(_) => FAMILY_UNIX,
+            ListenAddress::Fd(_) => FAMILY_FD,
         }
     }
 
@@ -350,6 +359,7 @@ impl<'a> ListenAddress<'a> {
             ListenAddress::V4(_) => 4,
             ListenAddress::V6(_) => 16,
             ListenAddress::Unix(path) => path.len(),
+            ListenAddress::Fd(_) => 4,
         }
     }
 
@@ -357,6 +367,7 @@ impl<'a> ListenAddress<'a> {
     pub const fn is_valid(&self) -> bool {
         match self {
             ListenAddress::Unix(path) => !path.is_empty() && path.len() <= UNIX_PATH_MAX,
+            ListenAddress::Fd(fd) => *fd <= i32::MAX as u32,
             _ => true,
         }
     }
@@ -368,6 +379,7 @@ impl<'a> ListenAddress<'a> {
             FAMILY_IPV4 => ListenAddress::V4(<[u8; 4]>::try_from(bytes).map_err(|_| "address")?.into()),
             FAMILY_IPV6 => ListenAddress::V6(<[u8; 16]>::try_from(bytes).map_err(|_| "address")?.into()),
             FAMILY_UNIX => ListenAddress::Unix(bytes),
+            FAMILY_FD => ListenAddress::Fd(u32::from_le_bytes(<[u8; 4]>::try_from(bytes).map_err(|_| "address")?)),
             _ => return Err("family"),
         };
         if address.is_valid() {
@@ -382,6 +394,7 @@ impl<'a> ListenAddress<'a> {
             ListenAddress::V4(ip) => put(out, at, &ip.octets()),
             ListenAddress::V6(ip) => put(out, at, &ip.octets()),
             ListenAddress::Unix(path) => put(out, at, path),
+            ListenAddress::Fd(fd) => put(out, at, &fd.to_le_bytes()),
         }
     }
 }
@@ -392,6 +405,9 @@ impl<'a> ListenAddress<'a> {
 pub enum SocketType {
     Tcp = 1,
     Pipe = 2,
+    /// A datagram socket (Node's `udp4` / `udp6`): the primary binds it
+    /// once and every worker receives on a copy of it.
+    Udp = 3,
 }
 
 impl SocketType {
@@ -400,16 +416,19 @@ impl SocketType {
         match code {
             1 => Some(SocketType::Tcp),
             2 => Some(SocketType::Pipe),
+            3 => Some(SocketType::Udp),
             _ => None,
         }
     }
 
-    /// Whether this socket type can listen on `address` (TCP on IP, pipes on
-    /// Unix paths).
+    /// Whether this socket type can listen on `address` (TCP and UDP on IP,
+    /// pipes on Unix paths).
     pub const fn fits(self, address: &ListenAddress<'_>) -> bool {
         matches!(
             (self, address),
-            (SocketType::Tcp, ListenAddress::V4(_) | ListenAddress::V6(_)) | (SocketType::Pipe, ListenAddress::Unix(_))
+            (SocketType::Tcp | SocketType::Udp, ListenAddress::V4(_) | ListenAddress::V6(_))
+                | (SocketType::Pipe, ListenAddress::Unix(_))
+                | (SocketType::Tcp, ListenAddress::Fd(_))
         )
     }
 }
@@ -425,7 +444,9 @@ impl ListenFlags {
     pub const REUSE_PORT: ListenFlags = ListenFlags(1 << 1);
     /// Node's `exclusive`: the worker wants a listener of its own.
     pub const EXCLUSIVE: ListenFlags = ListenFlags(1 << 2);
-    const KNOWN: u32 = 0b111;
+    /// `SO_REUSEADDR` on a UDP socket.
+    pub const REUSE_ADDR: ListenFlags = ListenFlags(1 << 3);
+    const KNOWN: u32 = 0b1111;
 
     /// No flag set.
     pub const fn empty() -> ListenFlags {
@@ -1756,6 +1777,50 @@ mod tests {
         }
     }
 
+    /// Issue 11's listen forms: an fd number (TCP only, at most
+    /// `i32::MAX`) and UDP on IP addresses.
+    #[test]
+    fn query_server_fd_and_udp() {
+        let key = ListenKey {
+            address: ListenAddress::Fd(7),
+            port: 0,
+            socket_type: SocketType::Tcp,
+            backlog: 0,
+            flags: ListenFlags::empty(),
+            index: 0,
+        };
+        let frame = Frame::QueryServer { seq: 5, key };
+        let bytes = emit_vec(&frame);
+        assert_eq!(
+            bytes,
+            [
+                1, 0x02, 0, 0, 24, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, FAMILY_FD, 1, 7, 0,
+                0, 0
+            ]
+        );
+        assert_eq!(Frame::parse_prefix(&bytes), Ok((frame, bytes.len())));
+        let udp = ListenKey {
+            address: ListenAddress::V6(Ipv6Addr::LOCALHOST),
+            socket_type: SocketType::Udp,
+            flags: ListenFlags::REUSE_ADDR,
+            ..key
+        };
+        let frame = Frame::QueryServer { seq: 6, key: udp };
+        let bytes = emit_vec(&frame);
+        assert_eq!(Frame::parse_prefix(&bytes), Ok((frame, bytes.len())));
+        // Not encodable: an fd above i32::MAX, a pipe or UDP on an fd.
+        let qs = FrameKind::QueryServer;
+        let big = Frame::QueryServer { seq: 0, key: ListenKey { address: ListenAddress::Fd(u32::MAX), ..key } };
+        assert_eq!(big.validate(), Err(InvalidFrame { kind: qs, field: "address" }));
+        for socket_type in [SocketType::Pipe, SocketType::Udp] {
+            let f = Frame::QueryServer { seq: 0, key: ListenKey { socket_type, ..key } };
+            assert_eq!(f.validate(), Err(InvalidFrame { kind: qs, field: "socket_type" }));
+        }
+        let mut b = emit_vec(&Frame::QueryServer { seq: 5, key });
+        b[HEADER_LEN + field::query_server::ADDRESS + 3] = 0x80;
+        assert_eq!(decode_err(&b, 0), DecodeError::Invalid(InvalidFrame { kind: qs, field: "address" }));
+    }
+
     // -- golden bytes --------------------------------------------------------
 
     macro_rules! golden {
@@ -1983,6 +2048,7 @@ mod tests {
                 let address = random_address(rng, pool);
                 let socket_type = match address {
                     ListenAddress::Unix(_) => SocketType::Pipe,
+                    _ if rng.below(2) == 0 => SocketType::Udp,
                     _ => SocketType::Tcp,
                 };
                 Frame::QueryServer {
@@ -1992,7 +2058,7 @@ mod tests {
                         port: rng.u16(),
                         socket_type,
                         backlog: rng.u32(),
-                        flags: ListenFlags::from_bits(rng.u32() & 7).unwrap(),
+                        flags: ListenFlags::from_bits(rng.u32() & 15).unwrap(),
                         index: rng.u32(),
                     },
                 }
@@ -2478,13 +2544,13 @@ mod tests {
         b[HEADER_LEN + field::query_server::FAMILY] = FAMILY_IPV6;
         assert_eq!(decode_err(&b, 0), invalid(qs, "address"));
         let mut b = golden(1);
-        b[HEADER_LEN + field::query_server::SOCKET_TYPE] = 3;
+        b[HEADER_LEN + field::query_server::SOCKET_TYPE] = 4;
         assert_eq!(decode_err(&b, 0), invalid(qs, "socket_type"));
         let mut b = golden(1);
         b[HEADER_LEN + field::query_server::SOCKET_TYPE] = SocketType::Pipe as u8;
         assert_eq!(decode_err(&b, 0), invalid(qs, "socket_type"));
         let mut b = golden(1);
-        b[HEADER_LEN + field::query_server::FLAGS.start] = 0x08;
+        b[HEADER_LEN + field::query_server::FLAGS.start] = 0x10;
         assert_eq!(decode_err(&b, 0), invalid(qs, "flags"));
         // QueryServerReply carrying an fd with an error.
         let mut b = golden(3);

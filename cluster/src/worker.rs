@@ -60,13 +60,16 @@ use crate::settings::{
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 use uvring::{
-    Error, FdBatch, Hook, HookKind, ListenHook, Loop, OnHook, OnListenStop, OnRead, OnTimer, PipeStream, Result,
-    TcpListener, Timer, TCP_IPV6ONLY, TCP_REUSEPORT,
+    Error, FdBatch, HandleId, Hook, HookKind, ListenHook, Loop, OnConnection, OnHook, OnListenStop, OnRead, OnTimer,
+    PipeListener, PipeStream, Result, TcpListener, Timer, Udp, TCP_IPV6ONLY, TCP_REUSEPORT, UDP_IPV6ONLY,
+    UDP_REUSEADDR, UDP_REUSEPORT,
 };
 
 /// The loop data of a program that may run as a cluster worker: it holds
@@ -141,12 +144,74 @@ pub fn worker_id() -> Option<WorkerId> {
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
+/// What listens share a per-worker index counter: the same address and
+/// socket type (Node's `indexesKey`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IndexKey {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+    Unix(PathBuf),
+    Fd(RawFd),
+}
+
+/// A pipe server on a Unix path, routed through the primary like a TCP
+/// one (see [`ListenHook::listen_pipe`]).
+#[derive(Debug)]
+struct PipeServer {
+    stream: PipeListener,
+    seq: u32,
+    /// The primary's id for the listener, once the reply came.
+    listener_id: Option<u32>,
+    path: PathBuf,
+    index: u32,
+    /// Closed by the user before the primary answered.
+    closed: bool,
+}
+
+/// A server a connection can be handed to.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Tcp(TcpListener),
+    Pipe(PipeListener),
+}
+
+impl Target {
+    fn id(self) -> HandleId {
+        match self {
+            Target::Tcp(s) => s.id(),
+            Target::Pipe(s) => s.id(),
+        }
+    }
+
+    fn inject<D>(self, lp: &mut Loop<D>, fd: OwnedFd) -> std::result::Result<(), (Error, OwnedFd)> {
+        match self {
+            Target::Tcp(s) => lp.listen_inject(s, fd),
+            Target::Pipe(s) => lp.listen_inject(s, fd),
+        }
+    }
+}
+
 /// Which listens share a per-worker index counter (Node's `indexesKey`).
 #[derive(Debug)]
 struct IndexSet {
-    address: SocketAddr,
+    key: IndexKey,
     next: u32,
     live: Vec<u32>,
+}
+
+/// `(loop, data, the bound socket or the bind error)`: a UDP bind through
+/// the primary completed ([`Worker::udp_bind`]).
+type DgramFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Result<Udp>);
+
+/// A UDP bind through the primary: asked, then bound.
+struct Dgram<D> {
+    seq: u32,
+    requested: SocketAddr,
+    index: u32,
+    /// The user's callback, until the reply came.
+    on_bound: Option<Box<DgramFn<D>>>,
+    /// Once bound: the socket and the primary's id for its key.
+    bound: Option<(Udp, u32)>,
 }
 
 #[derive(Debug)]
@@ -165,6 +230,17 @@ struct Server {
     closed: bool,
     /// The listen's flags (`TCP_IPV6ONLY`).
     flags: u32,
+    /// A listen on the primary's fd of this number ([`Worker::listen_fd`]).
+    fd: Option<RawFd>,
+}
+
+impl Server {
+    fn index_key(&self) -> IndexKey {
+        match self.fd {
+            Some(fd) => IndexKey::Fd(fd),
+            None => IndexKey::Tcp(self.requested),
+        }
+    }
 }
 
 /// A connection the primary handed over, until its acknowledgement is
@@ -172,8 +248,9 @@ struct Server {
 #[derive(Debug)]
 struct Handoff {
     seq: u64,
-    /// The server it was injected into (`None`: refused at once).
-    server: Option<TcpListener>,
+    /// The server (TCP or pipe) it was injected into (`None`: refused at
+    /// once).
+    server: Option<HandleId>,
     /// The loop iteration it was injected in: its `on_connection` runs in
     /// the pending phase of a later one.
     iteration: u64,
@@ -191,6 +268,13 @@ pub struct Worker<D> {
     decoder: Option<FrameDecoder>,
     writer: FrameWriter,
     servers: Vec<Server>,
+    /// Sockets [`Worker::listen_fd`] made, until the hook routes their
+    /// listen: `(socket, fd number in the primary)`.
+    fd_listens: Vec<(HandleId, RawFd)>,
+    /// Pipe servers on Unix paths.
+    pipes: Vec<PipeServer>,
+    /// UDP sockets bound through the primary, or being bound.
+    dgrams: Vec<Dgram<D>>,
     indexes: Vec<IndexSet>,
     next_seq: u32,
     next_req: u32,
@@ -312,7 +396,7 @@ impl<D: 'static> Worker<D> {
     /// `server` closed with `dropped` connections still in its accept
     /// queue: the last `dropped` it received were never accepted (refused);
     /// the undecided ones before them, the user took (accepted).
-    fn decide_closed(&mut self, server: TcpListener, dropped: usize) {
+    fn decide_closed(&mut self, server: HandleId, dropped: usize) {
         let mut left = dropped;
         for h in self.handoffs.iter_mut().rev().filter(|h| h.server == Some(server)) {
             if h.outcome.is_none() {
@@ -344,19 +428,19 @@ impl<D: 'static> Worker<D> {
         self.writer.send(lp, ch, frame)
     }
 
-    fn take_index(&mut self, address: SocketAddr) -> u32 {
-        if let Some(set) = self.indexes.iter_mut().find(|s| s.address == address) {
+    fn take_index(&mut self, key: IndexKey) -> u32 {
+        if let Some(set) = self.indexes.iter_mut().find(|s| s.key == key) {
             let i = set.next;
             set.next += 1;
             set.live.push(i);
             return i;
         }
-        self.indexes.push(IndexSet { address, next: 1, live: vec![0] });
+        self.indexes.push(IndexSet { key, next: 1, live: vec![0] });
         0
     }
 
-    fn release_index(&mut self, address: SocketAddr, index: u32) {
-        if let Some(pos) = self.indexes.iter().position(|s| s.address == address) {
+    fn release_index(&mut self, key: &IndexKey, index: u32) {
+        if let Some(pos) = self.indexes.iter().position(|s| s.key == *key) {
             let set = &mut self.indexes[pos];
             set.live.retain(|&i| i != index);
             if set.live.is_empty() {
@@ -365,14 +449,59 @@ impl<D: 'static> Worker<D> {
         }
     }
 
-    fn server_for_listener(&self, listener_id: u32) -> Option<TcpListener> {
-        self.servers.iter().find(|s| s.listener_id == Some(listener_id) && !s.closed).map(|s| s.stream)
+    fn server_for_listener(&self, listener_id: u32) -> Option<Target> {
+        let tcp = self.servers.iter().find(|s| s.listener_id == Some(listener_id) && !s.closed);
+        if let Some(s) = tcp {
+            return Some(Target::Tcp(s.stream));
+        }
+        let pipe = self.pipes.iter().find(|s| s.listener_id == Some(listener_id) && !s.closed);
+        pipe.map(|s| Target::Pipe(s.stream))
     }
 
     /// Removes the server entry at `i` and frees its index.
     fn remove_server(&mut self, i: usize) -> Server {
         let s = self.servers.swap_remove(i);
-        self.release_index(s.requested, s.index);
+        self.release_index(&s.index_key(), s.index);
+        s
+    }
+
+    /// Asks the primary to listen on its fd `fd` for `server` (see
+    /// [`Worker::listen_fd`]).
+    fn query_fd(&mut self, lp: &mut Loop<D>, server: TcpListener, fd: RawFd, backlog: i32) -> Result<()> {
+        let seq = self.next_seq;
+        let index = self.take_index(IndexKey::Fd(fd));
+        let key = ListenKey {
+            address: ListenAddress::Fd(fd as u32),
+            port: 0,
+            socket_type: SocketType::Tcp,
+            backlog: backlog.max(0) as u32,
+            flags: ListenFlags::empty(),
+            index,
+        };
+        if let Err(e) = self.send_frame(lp, &Frame::QueryServer { seq, key }) {
+            self.release_index(&IndexKey::Fd(fd), index);
+            return Err(e);
+        }
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.servers.push(Server {
+            stream: server,
+            seq,
+            listener_id: None,
+            requested: SocketAddr::from(([0, 0, 0, 0], 0)),
+            index,
+            backlog,
+            address: None,
+            closed: false,
+            flags: 0,
+            fd: Some(fd),
+        });
+        Ok(())
+    }
+
+    /// Removes the pipe server entry at `i` and frees its index.
+    fn remove_pipe(&mut self, i: usize) -> PipeServer {
+        let s = self.pipes.swap_remove(i);
+        self.release_index(&IndexKey::Unix(s.path.clone()), s.index);
         s
     }
 
@@ -411,6 +540,27 @@ impl<D: 'static> Worker<D> {
                 let _ = lp.close(s, None);
             }
         });
+        // UDP sockets close now (Node's disconnect closes every handle it
+        // got from the primary); the check hook tells the primary.
+        for (u, _) in self.dgrams.iter().filter_map(|g| g.bound) {
+            if lp.is_live(u) && !lp.is_closing(u) {
+                let _ = lp.close(u, None);
+            }
+        }
+        let on_pipe_stopped = OnListenStop::new(|lp, _d, s: PipeListener, _| {
+            if lp.is_live(s) && !lp.is_closing(s) {
+                let _ = lp.close(s, None);
+            }
+        });
+        for s in self.pipes.iter().filter(|s| !s.closed).map(|s| s.stream) {
+            if !lp.is_live(s) || lp.is_closing(s) {
+                continue;
+            }
+            let local = lp.fileno(s).is_ok_and(|fd| fd >= 0);
+            if !(local && lp.listen_stop(s, Some(&on_pipe_stopped)).is_ok()) {
+                let _ = lp.close(s, None);
+            }
+        }
         for s in self.servers.iter().filter(|s| !s.closed).map(|s| s.stream) {
             if !lp.is_live(s) || lp.is_closing(s) {
                 continue;
@@ -468,7 +618,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
                 return Some(Err(e));
             }
             let real = lp.tcp_getsockname(server).unwrap_or(addr);
-            let index = w.take_index(addr);
+            let index = w.take_index(IndexKey::Tcp(addr));
             w.servers.push(Server {
                 stream: server,
                 seq: 0,
@@ -479,6 +629,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
                 address: Some(real),
                 closed: false,
                 flags,
+                fd: None,
             });
             // The primary and the user hear of it now: this runs from the
             // loop's pending phase, never from inside `listen`.
@@ -489,9 +640,13 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
             }
             return Some(Ok(()));
         }
+        if let Some(i) = w.fd_listens.iter().position(|&(h, _)| h == server.id()) {
+            let (_, fd) = w.fd_listens.swap_remove(i);
+            return Some(w.query_fd(lp, server, fd, backlog));
+        }
         let seq = w.next_seq;
         w.next_seq = w.next_seq.wrapping_add(1);
-        let index = w.take_index(addr);
+        let index = w.take_index(IndexKey::Tcp(addr));
         let mut lflags = ListenFlags::empty().bits();
         if flags & TCP_IPV6ONLY != 0 {
             lflags |= ListenFlags::IPV6_ONLY.bits();
@@ -505,7 +660,7 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
             index,
         };
         if let Err(e) = w.send_frame(lp, &Frame::QueryServer { seq, key }) {
-            w.release_index(addr, index);
+            w.release_index(&IndexKey::Tcp(addr), index);
             return Some(Err(e));
         }
         w.servers.push(Server {
@@ -518,13 +673,14 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
             address: None,
             closed: false,
             flags,
+            fd: None,
         });
         Some(Ok(()))
     }
 
     fn closed(&self, lp: &mut Loop<D>, d: &mut D, server: TcpListener, dropped: usize) {
         let Some(w) = d.worker() else { return };
-        w.decide_closed(server, dropped);
+        w.decide_closed(server.id(), dropped);
         if let Some(i) = w.servers.iter().position(|s| s.stream == server && !s.closed) {
             match w.servers[i].listener_id {
                 Some(listener_id) => {
@@ -541,6 +697,60 @@ impl<D: WorkerData> ListenHook<D> for WorkerHook {
         }
         w.flush_acks(lp);
         // A disconnect may have waited for these acks.
+        maybe_shutdown(lp, d);
+    }
+
+    fn listen_pipe(
+        &self,
+        lp: &mut Loop<D>,
+        d: &mut D,
+        server: PipeListener,
+        path: &Path,
+        backlog: i32,
+    ) -> Option<Result<()>> {
+        let w = d.worker()?;
+        if w.disconnecting {
+            return Some(Err(Error::ENOTCONN));
+        }
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.is_empty() || bytes.len() > crate::proto::UNIX_PATH_MAX {
+            return Some(Err(Error::from_errno(libc::ENAMETOOLONG)));
+        }
+        let seq = w.next_seq;
+        let index = w.take_index(IndexKey::Unix(path.to_path_buf()));
+        let key = ListenKey {
+            address: ListenAddress::Unix(bytes),
+            port: 0,
+            socket_type: SocketType::Pipe,
+            backlog: backlog.max(0) as u32,
+            flags: ListenFlags::empty(),
+            index,
+        };
+        if let Err(e) = w.send_frame(lp, &Frame::QueryServer { seq, key }) {
+            w.release_index(&IndexKey::Unix(path.to_path_buf()), index);
+            return Some(Err(e));
+        }
+        w.next_seq = w.next_seq.wrapping_add(1);
+        let path = path.to_path_buf();
+        w.pipes.push(PipeServer { stream: server, seq, listener_id: None, path, index, closed: false });
+        Some(Ok(()))
+    }
+
+    fn closed_pipe(&self, lp: &mut Loop<D>, d: &mut D, server: PipeListener, dropped: usize) {
+        let Some(w) = d.worker() else { return };
+        w.decide_closed(server.id(), dropped);
+        if let Some(i) = w.pipes.iter().position(|s| s.stream == server && !s.closed) {
+            match w.pipes[i].listener_id {
+                Some(listener_id) => {
+                    w.remove_pipe(i);
+                    let _ = w.send_frame(lp, &Frame::Close { listener_id });
+                }
+                // The reply has not come yet: close in the primary when it
+                // does.
+                None => w.pipes[i].closed = true,
+            }
+        }
+        w.flush_acks(lp);
         maybe_shutdown(lp, d);
     }
 }
@@ -589,6 +799,9 @@ impl<D: WorkerData> Worker<D> {
             decoder: Some(crate::channel::decoder(max_message)),
             writer: FrameWriter::new(max_message),
             servers: Vec::with_capacity(8),
+            fd_listens: Vec::new(),
+            pipes: Vec::new(),
+            dgrams: Vec::new(),
             indexes: Vec::new(),
             next_seq: 1,
             next_req: 1,
@@ -662,6 +875,106 @@ impl<D: WorkerData> Worker<D> {
     /// port 0), if known.
     pub fn server_address(&self, server: TcpListener) -> Option<SocketAddr> {
         self.servers.iter().find(|s| s.stream == server).and_then(|s| s.address)
+    }
+
+    /// Binds a UDP socket to `addr` through the primary (Node's `dgram`
+    /// `bind` inside a worker; flags: [`UDP_IPV6ONLY`], [`UDP_REUSEADDR`],
+    /// [`UDP_REUSEPORT`]). The primary binds one socket per address, flags
+    /// and per-worker index, whatever the scheduling policy (Node's
+    /// `SharedHandle`), and every worker that asks receives on a copy of it:
+    /// the kernel gives each datagram to one of them. Port 0 gives every
+    /// worker the same port.
+    ///
+    /// `on_bound` gets the socket (a [`Udp`] handle: `udp_recv_start`,
+    /// `udp_send`, ... as usual) or the bind error (`EADDRINUSE`, `EACCES`,
+    /// ...), from the loop. Closing the handle (`Loop::close`) tells the
+    /// primary, which closes its copy when the last worker has closed
+    /// theirs; a disconnect closes it. `EINVAL` for unknown flags,
+    /// `ENOTCONN` when the channel is closed or a disconnect began.
+    pub fn udp_bind(
+        &mut self,
+        lp: &mut Loop<D>,
+        addr: SocketAddr,
+        flags: u32,
+        on_bound: impl FnOnce(&mut Loop<D>, &mut D, Result<Udp>) + 'static,
+    ) -> Result<()> {
+        if flags & !(UDP_IPV6ONLY | UDP_REUSEADDR | UDP_REUSEPORT) != 0 || (flags & UDP_IPV6ONLY != 0 && addr.is_ipv4())
+        {
+            return Err(Error::EINVAL);
+        }
+        if self.disconnecting {
+            return Err(Error::ENOTCONN);
+        }
+        let mut lflags = ListenFlags::empty();
+        for (bit, flag) in [
+            (UDP_IPV6ONLY, ListenFlags::IPV6_ONLY),
+            (UDP_REUSEADDR, ListenFlags::REUSE_ADDR),
+            (UDP_REUSEPORT, ListenFlags::REUSE_PORT),
+        ] {
+            if flags & bit != 0 {
+                lflags = lflags | flag;
+            }
+        }
+        let seq = self.next_seq;
+        let index = self.take_index(IndexKey::Udp(addr));
+        let key = ListenKey {
+            address: socket_addr_to_listen(&addr),
+            port: addr.port(),
+            socket_type: SocketType::Udp,
+            backlog: 0,
+            flags: lflags,
+            index,
+        };
+        if let Err(e) = self.send_frame(lp, &Frame::QueryServer { seq, key }) {
+            self.release_index(&IndexKey::Udp(addr), index);
+            return Err(e);
+        }
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.dgrams.push(Dgram { seq, requested: addr, index, on_bound: Some(Box::new(on_bound)), bound: None });
+        Ok(())
+    }
+
+    /// Listens on the socket that fd number `fd` names in the primary's fd
+    /// table (Node's `server.listen({fd})` inside a worker: the number is
+    /// the primary's, not this process's). The primary listens on a
+    /// duplicate of it (its own fd stays open) and routes it like any
+    /// listen: connections handed over under `rr`, the socket shared
+    /// otherwise. TCP sockets only; errors (`EBADF`: no such fd in the
+    /// primary, `ENOTSOCK`, `EINVAL` for a socket that is not TCP) reach
+    /// `on_connection`, as for any listen. The server's address
+    /// ([`server_address`](Self::server_address), `on_listening`) has the
+    /// socket's port and the unspecified IP.
+    pub fn listen_fd(
+        &mut self,
+        lp: &mut Loop<D>,
+        fd: RawFd,
+        backlog: i32,
+        on_connection: &OnConnection<D, TcpListener>,
+    ) -> Result<TcpListener> {
+        if fd < 0 {
+            return Err(Error::EBADF);
+        }
+        if self.disconnecting {
+            return Err(Error::ENOTCONN);
+        }
+        let s = lp.tcp_init()?;
+        // With the listen hook installed the address is only recorded (the
+        // socket is never bound here): `listen` asks the hook, which finds
+        // the socket among `fd_listens`.
+        let res = lp.tcp_bind(s, SocketAddr::from(([0, 0, 0, 0], 0)), 0).and_then(|()| {
+            self.fd_listens.push((s.id(), fd));
+            lp.listen(s, backlog, on_connection)
+        });
+        if res.is_err() {
+            self.fd_listens.retain(|&(h, _)| h != s.id());
+            let _ = lp.close(s, None);
+        }
+        res
+    }
+
+    /// UDP sockets bound through the primary and still open.
+    pub fn udp_sockets(&self) -> impl Iterator<Item = Udp> + '_ {
+        self.dgrams.iter().filter_map(|g| g.bound.map(|(u, _)| u))
     }
 
     /// Runs `cb` when a server starts listening: `(loop, data, server, real
@@ -852,12 +1165,32 @@ fn on_check<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _h: Hook) {
     if w.policy == SchedPolicy::Shared {
         w.balance(lp);
     }
+    if !w.dgrams.is_empty() {
+        w.release_closed_dgrams(lp);
+    }
     w.flush_acks(lp);
     deliver_drain(lp, d);
     maybe_shutdown(lp, d);
 }
 
 impl<D: 'static> Worker<D> {
+    /// From the check hook: a UDP socket bound through the primary that the
+    /// user closed (or that a disconnect closed) leaves its key, so the
+    /// primary closes its copy after the last worker.
+    fn release_closed_dgrams(&mut self, lp: &mut Loop<D>) {
+        let mut i = 0;
+        while i < self.dgrams.len() {
+            match self.dgrams[i].bound {
+                Some((u, listener_id)) if !lp.is_live(u) || lp.is_closing(u) => {
+                    let g = self.dgrams.swap_remove(i);
+                    self.release_index(&IndexKey::Udp(g.requested), g.index);
+                    let _ = self.send_frame(lp, &Frame::Close { listener_id });
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
     /// `shared`, from the load timer: a paused worker that finds a
     /// connection waiting in the backlog resumes (until its next balance):
     /// the kernel may have woken this process for it just as it paused, and
@@ -988,6 +1321,9 @@ fn channel_closed<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream) 
     let hooks = [w.turn_hook.take(), w.delivery_hook.take()];
     let timer = w.load_timer.take();
     let stores = std::mem::take(&mut w.store_reqs);
+    // UDP binds that will never be answered fail now too.
+    let binds: Vec<Box<DgramFn<D>>> = w.dgrams.iter_mut().filter_map(|g| g.on_bound.take()).collect();
+    w.dgrams.retain(|g| g.bound.is_some());
     let expected = w.disconnecting;
     let (on_disconnect, on_gone) = (w.on_disconnect.clone(), w.on_primary_gone.clone());
     let _ = lp.close(pipe, None);
@@ -1005,6 +1341,9 @@ fn channel_closed<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream) 
             StoreCallback::Delete(f) => f(lp, d, false),
         }
     }
+    for cb in binds {
+        cb(lp, d, Err(Error::ENOTCONN));
+    }
     if expected {
         // A drain that began in this iteration is still told of.
         deliver_drain(lp, d);
@@ -1018,6 +1357,92 @@ fn channel_closed<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream) 
             Some(cb) => cb(lp, d),
             None => lp.stop(),
         }
+    }
+}
+
+/// The primary answered the UDP bind `seq`: the socket (`fd`) becomes a
+/// [`Udp`] handle, or the error goes to the user.
+fn dgram_reply<D: WorkerData>(
+    lp: &mut Loop<D>,
+    d: &mut D,
+    seq: u32,
+    errno: i32,
+    port: u16,
+    listener_id: u32,
+    fd: Option<OwnedFd>,
+) {
+    let Some(w) = d.worker() else { return };
+    let Some(i) = w.dgrams.iter().position(|g| g.seq == seq && g.bound.is_none()) else { return };
+    let cb = w.dgrams[i].on_bound.take();
+    let opened = match (errno, fd) {
+        (0, Some(fd)) => lp.udp_open(fd),
+        (0, None) => Err(Error::EBADF),
+        (errno, _) => Err(Error::from_errno(errno)),
+    };
+    let res = match opened {
+        Ok(u) => {
+            w.dgrams[i].bound = Some((u, listener_id));
+            let addr = SocketAddr::new(w.dgrams[i].requested.ip(), port);
+            let _ = w.send_frame(lp, &Frame::Listening { listener_id, address: socket_addr_to_listen(&addr), port });
+            Ok(u)
+        }
+        Err(e) => {
+            let g = w.dgrams.swap_remove(i);
+            w.release_index(&IndexKey::Udp(g.requested), g.index);
+            if errno == 0 {
+                // The primary holds the key for this worker: release it.
+                let _ = w.send_frame(lp, &Frame::Close { listener_id });
+            }
+            Err(e)
+        }
+    };
+    if let Some(cb) = cb {
+        cb(lp, d, res);
+    }
+}
+
+/// The primary answered the pipe listen `seq`: under `rr` the server waits
+/// for hand-offs, else it adopts the listening socket (`fd`: `Some` when
+/// the reply carries one); an error goes to the server's `on_connection`.
+fn pipe_reply<D: WorkerData>(
+    lp: &mut Loop<D>,
+    w: &mut Worker<D>,
+    seq: u32,
+    errno: i32,
+    listener_id: u32,
+    fd: Option<Option<OwnedFd>>,
+) {
+    let Some(i) = w.pipes.iter().position(|s| s.seq == seq && s.listener_id.is_none()) else { return };
+    if w.pipes[i].closed {
+        w.remove_pipe(i);
+        if errno == 0 {
+            let _ = w.send_frame(lp, &Frame::Close { listener_id });
+        }
+        return;
+    }
+    if errno != 0 {
+        let s = w.remove_pipe(i);
+        lp.listen_fail(s.stream, Error::from_errno(errno));
+        return;
+    }
+    w.pipes[i].listener_id = Some(listener_id);
+    let server = w.pipes[i].stream;
+    let adopted = match fd {
+        None => Ok(()),
+        Some(Some(fd)) => lp.listen_adopt(server, fd, true),
+        Some(None) => Err(Error::EBADF),
+    };
+    if let Err(e) = adopted {
+        w.remove_pipe(i);
+        let _ = w.send_frame(lp, &Frame::Close { listener_id });
+        lp.listen_fail(server, e);
+        return;
+    }
+    let path = w.pipes[i].path.as_os_str().as_bytes();
+    let frame = Frame::Listening { listener_id, address: ListenAddress::Unix(path), port: 0 };
+    let _ = w.writer.queue(&frame);
+    if let Some(ch) = w.channel {
+        let _ = w.writer.flush(lp, ch);
     }
 }
 
@@ -1039,7 +1464,7 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
         Frame::NewConnection { listener_id, first_conn_seq, count } => {
             let n = usize::from(count).min(crate::proto::MAX_FDS_PER_FRAME);
             let iteration = lp.iterations();
-            let server = w.server_for_listener(listener_id).filter(|&s| lp.is_live(s) && !lp.is_closing(s));
+            let server = w.server_for_listener(listener_id).filter(|&s| lp.is_live(s.id()) && !lp.is_closing(s.id()));
             for i in 0..n {
                 let seq = first_conn_seq.saturating_add(i as u64);
                 let refused = Handoff { seq, server: None, iteration, outcome: Some(false) };
@@ -1050,12 +1475,22 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
                 // The connection joins the server's accept queue; its
                 // `on_connection` runs from the next pending phase, and the
                 // ack waits for it (see the module docs).
-                match lp.listen_inject(s, fd) {
-                    Ok(()) => w.handoffs.push_back(Handoff { seq, server: Some(s), iteration, outcome: None }),
+                match s.inject(lp, fd) {
+                    Ok(()) => w.handoffs.push_back(Handoff { seq, server: Some(s.id()), iteration, outcome: None }),
                     Err(_) => w.handoffs.push_back(refused),
                 }
             }
             w.settle_handoffs();
+        }
+        Frame::QueryServerReply { seq, errno, listener_id, listener_fd, .. }
+            if w.pipes.iter().any(|s| s.seq == seq && s.listener_id.is_none()) =>
+        {
+            pipe_reply(lp, w, seq, errno, listener_id, listener_fd.then(|| fds.take(0)));
+        }
+        Frame::QueryServerReply { seq, errno, port, listener_id, .. }
+            if w.dgrams.iter().any(|g| g.seq == seq && g.bound.is_none()) =>
+        {
+            dgram_reply(lp, d, seq, errno, port, listener_id, fds.take(0));
         }
         Frame::QueryServerReply { seq, errno, port, listener_id, listener_fd } => {
             let action = match w.servers.iter().position(|s| s.seq == seq && s.listener_id.is_none()) {

@@ -282,6 +282,8 @@ pub struct Loop<D = ()> {
     /// The listen hook, shared so that a call can run through a clone
     /// while the hook stays installed (see `ListenHook`).
     pub(crate) listen_hook: Option<Rc<dyn crate::stream::ListenHook<D>>>,
+    /// The paths of pipes bound with `pipe_bind` (see `pipe::BoundPath`).
+    pub(crate) bound_paths: Vec<crate::pipe::BoundPath>,
     user: Option<Box<dyn std::any::Any>>,
     iterations: u64,
     /// Completions dispatched (the `events` of [`LoopMetrics`]).
@@ -352,6 +354,7 @@ impl<D> Loop<D> {
             signals: SignalRegistry::default(),
             inotify: Default::default(),
             listen_hook: None,
+            bound_paths: Vec::new(),
             user: None,
             iterations: 0,
             events: 0,

@@ -99,6 +99,6 @@ pub use handle::{FsEvent, OnFsEvent};
 pub use hook::HookKind;
 pub use pipe::FdBatch;
 pub use process::{ProcessOptions, Stdio};
-pub use stream::{ListenHook, StreamType, TCP_IPV6ONLY, TCP_REUSEPORT};
+pub use stream::{ListenHook, StreamType, TCP_EXCLUSIVE, TCP_IPV6ONLY, TCP_REUSEPORT};
 pub use udp::{Membership, MulticastInterface, UDP_IPV6ONLY, UDP_REUSEADDR, UDP_REUSEPORT};
 pub use work::{threadpool_size, Work, DEFAULT_THREADPOOL_SIZE, MAX_THREADPOOL_SIZE};

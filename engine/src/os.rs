@@ -20,6 +20,21 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> Result<SocketAddr> {
     sys::socket::sockname(fd.as_raw_fd())?.to_std().ok_or(Error::EINVAL)
 }
 
+/// A close-on-exec duplicate of fd number `fd` of this process (`EBADF`
+/// if none is open): for an fd named by number, as Node's `listen({fd})`
+/// does, without taking it over.
+pub fn dup_fd(fd: std::os::fd::RawFd) -> Result<OwnedFd> {
+    if fd < 0 {
+        return Err(Error::EBADF);
+    }
+    sys::dup_cloexec(fd)
+}
+
+/// Whether the fd is a stream socket (TCP or Unix), listening or not.
+pub fn is_stream_socket(fd: BorrowedFd<'_>) -> bool {
+    sys::socket::socket_kind(fd.as_raw_fd()).is_ok_and(|(ty, _)| ty == libc::SOCK_STREAM)
+}
+
 /// Whether the fd is a socket (of any family) with a local address.
 pub fn is_socket(fd: BorrowedFd<'_>) -> bool {
     sys::socket::sockname(fd.as_raw_fd()).is_ok()

@@ -123,6 +123,25 @@ fn fd_stream_type(fd: RawFd) -> Result<StreamType> {
     }
 }
 
+/// The path a pipe was given with `pipe_bind`: recorded for a listen hook
+/// (which binds it elsewhere: a cluster primary), or bound by the pipe,
+/// which then removes it from the filesystem when it closes (libuv's
+/// `pipe_fname`).
+pub(crate) struct BoundPath {
+    pub handle: HandleId,
+    pub path: std::path::PathBuf,
+    /// This pipe's own socket is bound to a filesystem path (not an
+    /// abstract name): unlink it at close.
+    pub unlink: bool,
+}
+
+/// Whether `path` names an abstract socket (a leading NUL): nothing in the
+/// filesystem.
+fn is_abstract(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().first() == Some(&0)
+}
+
 impl<D> Loop<D> {
     /// A pipe handle without a socket yet (`uv_pipe_init`); `ipc` makes it
     /// an IPC pipe that can carry handles. Give it a socket with
@@ -145,17 +164,60 @@ impl<D> Loop<D> {
     }
 
     /// Binds the pipe to a filesystem path (`uv_pipe_bind`); then `listen`.
-    /// `EADDRINUSE` if the path exists. The path is not removed on close.
+    /// `EADDRINUSE` if the path exists. The path is removed when the pipe
+    /// closes, as libuv does. A leading NUL names an abstract socket (no
+    /// file; the name is the bytes given, without a trailing NUL). Inside a
+    /// cluster worker (a listen hook is installed) the path is only
+    /// recorded: the hook decides at `listen` (see
+    /// [`ListenHook::listen_pipe`](crate::ListenHook::listen_pipe)).
     pub fn pipe_bind(&mut self, s: PipeSocket, path: &Path) -> Result<()> {
         let s = Stream::of(s);
         self.pipe_state_check(s)?;
+        if self.bound_paths.iter().any(|b| b.handle == s.0) {
+            return Err(Error::INVALID_STATE);
+        }
+        let ipc = self.stream_state(s)?.ty == StreamType::IpcPipe;
+        if self.listen_hook.is_some() && !ipc {
+            socket::SockAddr::unix(path)?;
+            self.bound_paths.push(BoundPath { handle: s.0, path: path.to_path_buf(), unlink: false });
+            return Ok(());
+        }
+        self.pipe_bind_socket(s, path)
+    }
+
+    /// Makes the pipe's socket and binds it to `path` (recorded, so that
+    /// the close removes it).
+    pub(crate) fn pipe_bind_socket(&mut self, s: Stream, path: &Path) -> Result<()> {
         let addr = socket::SockAddr::unix(path)?;
         let fd = socket::stream_socket(libc::AF_UNIX)?;
         socket::bind(fd.as_raw_fd(), &addr)?;
         let st = self.stream_state(s)?;
         st.fd = fd.into_raw_fd();
         st.family = libc::AF_UNIX;
+        let unlink = !is_abstract(path);
+        match self.bound_paths.iter_mut().find(|b| b.handle == s.0) {
+            Some(b) => b.unlink = unlink,
+            None => self.bound_paths.push(BoundPath { handle: s.0, path: path.to_path_buf(), unlink }),
+        }
         Ok(())
+    }
+
+    /// The path given to `pipe_bind` (recorded or bound), if any.
+    pub(crate) fn pipe_bound_path(&self, h: HandleId) -> Option<&Path> {
+        self.bound_paths.iter().find(|b| b.handle == h).map(|b| b.path.as_path())
+    }
+
+    /// At close: forgets the pipe's path, and removes it from the
+    /// filesystem if the pipe bound it. Called before the fd is closed, as
+    /// libuv does: the other order could remove a socket that another
+    /// process has just bound to the same path.
+    pub(crate) fn pipe_release_path(&mut self, h: HandleId) {
+        if let Some(i) = self.bound_paths.iter().position(|b| b.handle == h) {
+            let b = self.bound_paths.swap_remove(i);
+            if b.unlink {
+                let _ = std::fs::remove_file(&b.path);
+            }
+        }
     }
 
     /// Connects to the pipe listening at `path` (`uv_pipe_connect`); the

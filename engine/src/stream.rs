@@ -39,6 +39,11 @@ impl Stream {
 pub const TCP_IPV6ONLY: u32 = 1;
 /// `tcp_bind` flag: `SO_REUSEPORT`, for several sockets on one port.
 pub const TCP_REUSEPORT: u32 = 2;
+/// `tcp_bind` flag: Node's `exclusive`: a listen hook (a cluster worker's,
+/// which would route the listen to the primary) is not asked; the socket
+/// is bound here at once, so a port another process holds fails with
+/// `EADDRINUSE`.
+pub const TCP_EXCLUSIVE: u32 = 4;
 
 /// Accepted connections a listener queues before it stops accepting until
 /// the user calls `accept` (back-pressure against a listener that does not).
@@ -320,6 +325,33 @@ pub trait ListenHook<D> {
     /// were closed). The user accepts in queue order, so they are the last
     /// `dropped` of those the listener received.
     fn closed(&self, lp: &mut Loop<D>, d: &mut D, server: TcpListener, dropped: usize);
+
+    /// [`listen`](Self::listen) for a Unix-domain pipe: called from the
+    /// pending phase after [`Loop::listen`] of a pipe given a path with
+    /// `pipe_bind` (with a hook installed, `pipe_bind` only records the
+    /// path). The answers are those of `listen`; `None` (the default)
+    /// binds the path here and listens locally. A hook that takes the
+    /// listener over delivers with [`Loop::listen_inject`] or
+    /// [`Loop::listen_adopt`], and reports late errors with
+    /// [`Loop::listen_fail`]; the path is then not this process's to
+    /// remove.
+    fn listen_pipe(
+        &self,
+        lp: &mut Loop<D>,
+        d: &mut D,
+        server: PipeListener,
+        path: &std::path::Path,
+        backlog: i32,
+    ) -> Option<Result<()>> {
+        let _ = (lp, d, server, path, backlog);
+        None
+    }
+
+    /// [`closed`](Self::closed) for a pipe listener the hook was asked
+    /// about with [`listen_pipe`](Self::listen_pipe).
+    fn closed_pipe(&self, lp: &mut Loop<D>, d: &mut D, server: PipeListener, dropped: usize) {
+        let _ = (lp, d, server, dropped);
+    }
 }
 
 impl<D> Loop<D> {
@@ -429,10 +461,11 @@ impl<D> Loop<D> {
         Ok(fd)
     }
 
-    /// Binds to `addr` (flags: [`TCP_IPV6ONLY`], [`TCP_REUSEPORT`]).
-    /// `SO_REUSEADDR` is always set, as libuv does. Inside a cluster worker
-    /// (a listen hook is installed) the address is only recorded, unless
-    /// the flags ask for `SO_REUSEPORT`: the hook decides at `listen`.
+    /// Binds to `addr` (flags: [`TCP_IPV6ONLY`], [`TCP_REUSEPORT`],
+    /// [`TCP_EXCLUSIVE`]). `SO_REUSEADDR` is always set, as libuv does.
+    /// Inside a cluster worker (a listen hook is installed) the address is
+    /// only recorded, unless the flags ask for `SO_REUSEPORT` or
+    /// `TCP_EXCLUSIVE`: the hook decides at `listen`.
     pub fn tcp_bind(&mut self, s: TcpSocket, addr: SocketAddr, flags: u32) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
@@ -440,7 +473,7 @@ impl<D> Loop<D> {
             return Err(Error::WRONG_TYPE);
         }
         st.bind_addr = Some((addr, flags));
-        if self.listen_hook.is_some() && flags & TCP_REUSEPORT == 0 {
+        if self.listen_hook.is_some() && flags & (TCP_REUSEPORT | TCP_EXCLUSIVE) == 0 {
             return Ok(());
         }
         self.tcp_bind_socket(s, addr, flags)
@@ -740,7 +773,13 @@ impl<D> Loop<D> {
             return Err(Error::INVALID_STATE);
         }
         st.on_connection = Some(cb.clone());
-        if st.ty == StreamType::Tcp && st.bind_addr.is_some() && hooked {
+        let recorded = match st.ty {
+            StreamType::Tcp => st.bind_addr.is_some(),
+            StreamType::Pipe => st.fd < 0 && self.pipe_bound_path(s.0).is_some(),
+            StreamType::IpcPipe => false,
+        };
+        let st = self.stream_state(s)?;
+        if recorded && hooked {
             // The hook decides from the pending phase, where it has `D`
             // (see `ListenHook`); meanwhile the listener counts as listening.
             st.listening = true;
@@ -761,7 +800,11 @@ impl<D> Loop<D> {
     /// `tcp_bind` recorded, if a hook kept it from binding) and accepts.
     fn listen_local(&mut self, s: Stream, backlog: i32) -> Result<()> {
         let st = self.stream_state(s)?;
-        if st.fd < 0 {
+        if st.fd < 0 && st.ty == StreamType::Pipe {
+            // A path recorded for a listen hook that let it be.
+            let path = self.pipe_bound_path(s.0).ok_or(Error::EINVAL)?.to_path_buf();
+            self.pipe_bind_socket(s, &path)?;
+        } else if st.fd < 0 {
             let (addr, flags) = st.bind_addr.ok_or(Error::EINVAL)?;
             self.tcp_bind_socket(s, addr, flags)?;
         }
@@ -782,7 +825,11 @@ impl<D> Loop<D> {
         if !st.listening || st.stop != ListenStop::Running {
             return;
         }
-        let Some((addr, flags)) = st.bind_addr else { return };
+        let pipe = st.ty == StreamType::Pipe;
+        let bind_addr = st.bind_addr;
+        if pipe && self.pipe_bound_path(s.0).is_none() {
+            return;
+        }
         let Some(hook) = hook else {
             // The hook was removed meanwhile: an ordinary listen.
             if let Err(e) = self.listen_local(s, backlog) {
@@ -790,8 +837,20 @@ impl<D> Loop<D> {
             }
             return;
         };
-        st.hook_asked = true;
-        match hook.listen(self, d, TcpListener(s.0), addr, flags, backlog) {
+        let answer = if pipe {
+            let Some(path) = self.pipe_bound_path(s.0).map(|p| p.to_path_buf()) else { return };
+            if let Ok(st) = self.stream_state(s) {
+                st.hook_asked = true;
+            }
+            hook.listen_pipe(self, d, PipeListener(s.0), &path, backlog)
+        } else {
+            let Some((addr, flags)) = bind_addr else { return };
+            if let Ok(st) = self.stream_state(s) {
+                st.hook_asked = true;
+            }
+            hook.listen(self, d, TcpListener(s.0), addr, flags, backlog)
+        };
+        match answer {
             Some(Ok(())) => {}
             Some(Err(e)) => self.hook_listen_failed(s, e, d),
             None => {
@@ -832,7 +891,7 @@ impl<D> Loop<D> {
     /// For a listen hook: take a listening fd (for example one received from
     /// a cluster primary) as this stream's socket and accept on it.
     /// `exclusive` avoids a thundering herd among processes sharing it.
-    pub fn listen_adopt(&mut self, s: TcpListener, fd: OwnedFd, exclusive: bool) -> Result<()> {
+    pub fn listen_adopt<L: ListenerHandle>(&mut self, s: L, fd: OwnedFd, exclusive: bool) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
         if st.fd >= 0 || st.stop != ListenStop::Running {
@@ -853,7 +912,7 @@ impl<D> Loop<D> {
     /// queue now; its `on_connection` runs from the loop's pending phase, as
     /// for a local accept. Fails (giving the fd back) if the listener is not
     /// listening or was stopped with [`listen_stop`](Self::listen_stop).
-    pub fn listen_inject(&mut self, s: TcpListener, fd: OwnedFd) -> std::result::Result<(), (Error, OwnedFd)> {
+    pub fn listen_inject<L: ListenerHandle>(&mut self, s: L, fd: OwnedFd) -> std::result::Result<(), (Error, OwnedFd)> {
         let s = Stream::of(s);
         match self.stream_state(s) {
             Ok(st) if st.listening && st.stop == ListenStop::Running => {
@@ -881,7 +940,7 @@ impl<D> Loop<D> {
     /// For a listen hook: report a late listen error (e.g. `EADDRINUSE` from
     /// the primary) and stop listening. The listener's `on_connection` gets
     /// the error from the loop's pending phase.
-    pub fn listen_fail(&mut self, s: TcpListener, err: Error) {
+    pub fn listen_fail<L: ListenerHandle>(&mut self, s: L, err: Error) {
         let s = Stream::of(s);
         let Ok(st) = self.stream_state(s) else { return };
         st.listening = false;
@@ -1857,10 +1916,15 @@ impl<D> Loop<D> {
     /// and run the callbacks of writes, connect and shutdown that were
     /// pending (written ones succeed; the rest get `ECANCELED`).
     pub(crate) fn stream_finish_close(&mut self, s: Stream, d: &mut D) {
-        let (fd, hooked) = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
-            Ok(Kind::Stream(st)) => (std::mem::replace(&mut st.fd, -1), st.hook_asked.then_some(st.hook_dropped)),
+        let (fd, hooked, ty) = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
+            Ok(Kind::Stream(st)) => {
+                (std::mem::replace(&mut st.fd, -1), st.hook_asked.then_some(st.hook_dropped), st.ty)
+            }
             _ => return,
         };
+        if ty == StreamType::Pipe {
+            self.pipe_release_path(s.0);
+        }
         if fd >= 0 {
             self.driver.deregister(fd);
             sys::close(fd);
@@ -1911,7 +1975,10 @@ impl<D> Loop<D> {
         // The hook hears of a listener it was asked about, with `D`, while
         // the id is still valid (the slot is freed after this).
         if let (Some(dropped), Some(hook)) = (hooked, self.listen_hook.clone()) {
-            hook.closed(self, d, TcpListener(s.0), dropped);
+            match ty {
+                StreamType::Pipe => hook.closed_pipe(self, d, PipeListener(s.0), dropped),
+                _ => hook.closed(self, d, TcpListener(s.0), dropped),
+            }
         }
     }
 }

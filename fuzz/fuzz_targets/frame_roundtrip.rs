@@ -28,9 +28,11 @@ fn lowest_free_fd() -> i32 {
 }
 
 fn address<'a>(u: &mut Unstructured<'a>) -> Result<ListenAddress<'a>> {
-    Ok(match u.int_in_range(0..=2u8)? {
+    Ok(match u.int_in_range(0..=3u8)? {
         0 => ListenAddress::V4(Ipv4Addr::from(u.arbitrary::<u32>()?)),
         1 => ListenAddress::V6(Ipv6Addr::from(u.arbitrary::<u128>()?)),
+        // Above i32::MAX is invalid on purpose.
+        2 => ListenAddress::Fd(u.arbitrary()?),
         _ => {
             // 0 and 109 bytes are invalid on purpose.
             let len = u.int_in_range(0..=120usize)?;
@@ -52,9 +54,13 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
             key: ListenKey {
                 address: address(u)?,
                 port: u.arbitrary()?,
-                socket_type: if u.arbitrary()? { SocketType::Tcp } else { SocketType::Pipe },
+                socket_type: match u.int_in_range(0..=2u8)? {
+                    0 => SocketType::Tcp,
+                    1 => SocketType::Pipe,
+                    _ => SocketType::Udp,
+                },
                 backlog: u.arbitrary()?,
-                flags: ListenFlags::from_bits(u.arbitrary::<u32>()? & 7).unwrap_or_default(),
+                flags: ListenFlags::from_bits(u.arbitrary::<u32>()? & 15).unwrap_or_default(),
                 index: u.arbitrary()?,
             },
         },

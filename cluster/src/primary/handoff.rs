@@ -13,7 +13,9 @@ use crate::schedule::WorkerId;
 use crate::settings::SchedPolicy;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use uvring::{Error, HandleId, Hook, HookKind, Loop, OnClose, OnConnection, OnHook, PipeStream, Result, TcpListener};
+use uvring::{
+    Error, HandleId, Hook, HookKind, ListenerHandle, Loop, OnClose, OnConnection, OnHook, PipeStream, Result,
+};
 
 /// A connection refused or orphaned this many times is closed.
 const MAX_ATTEMPTS: u8 = 8;
@@ -118,8 +120,8 @@ impl WorkerEntry {
 
 /// The `on_connection` of every `rr` listener (its data word is the
 /// listener id): takes every waiting connection as a bare fd.
-pub(super) fn on_rr_connection<D: PrimaryData>(pid: PrimaryId) -> OnConnection<D, TcpListener> {
-    OnConnection::new(move |lp, d: &mut D, server, res| {
+pub(super) fn on_rr_connection<D: PrimaryData, L: ListenerHandle>(pid: PrimaryId) -> OnConnection<D, L> {
+    OnConnection::new(move |lp, d: &mut D, server: L, res| {
         if res.is_err() {
             // EMFILE and friends: the engine backs off; nothing was accepted.
             return;

@@ -113,7 +113,7 @@ impl<D> Primary<D> {
         let ip: Option<IpAddr> = match address {
             ListenAddress::V4(ip) => Some(ip.into()),
             ListenAddress::V6(ip) => Some(ip.into()),
-            ListenAddress::Unix(_) => None,
+            ListenAddress::Unix(_) | ListenAddress::Fd(_) => None,
         };
         let Some(w) = self.entry_mut(id) else { return };
         if matches!(w.info.status, WorkerStatus::Starting | WorkerStatus::Online) {

@@ -84,7 +84,9 @@ use std::os::fd::IntoRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use uvring::{Loop, OnClose, OnConnection, OnExit, OnHook, OnRead, OnTimer, PipeStream, Process, TcpListener, Timer};
+use uvring::{
+    Loop, OnClose, OnConnection, OnExit, OnHook, OnRead, OnTimer, PipeListener, PipeStream, Process, TcpListener, Timer,
+};
 
 /// Environment variable telling workers how often to report their load (ms).
 pub const ENV_LOAD_REPORT_MS: &str = "UVRING_CLUSTER_LOAD_MS";
@@ -351,6 +353,8 @@ struct Events<D> {
 /// through [`PrimaryData::primary_by_id`].
 struct LoopCallbacks<D> {
     rr_connection: OnConnection<D, TcpListener>,
+    /// The same, for `rr` listeners on Unix paths.
+    rr_pipe_connection: OnConnection<D, PipeListener>,
     channel_read: OnRead<D, PipeStream>,
     channel_freed: OnClose<D>,
     exit: OnExit<D>,
@@ -504,6 +508,7 @@ impl<D: PrimaryData> Primary<D> {
             },
             cbs: LoopCallbacks {
                 rr_connection: handoff::on_rr_connection(id),
+                rr_pipe_connection: handoff::on_rr_connection(id),
                 channel_read: on_channel_read(id),
                 channel_freed: handoff::on_channel_freed(id),
                 exit: lifecycle::on_worker_exit(id),

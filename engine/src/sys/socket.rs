@@ -74,7 +74,10 @@ impl SockAddr {
         out
     }
 
-    /// A Unix-domain address; `ENAMETOOLONG` if the path does not fit.
+    /// A Unix-domain address; `ENAMETOOLONG` if the path does not fit. A
+    /// leading NUL names an abstract socket: its name is exactly the bytes
+    /// given, without a trailing NUL (as libuv and other programs spell
+    /// it, so they can reach it).
     pub fn unix(path: &Path) -> Result<SockAddr> {
         use std::os::unix::ffi::OsStrExt;
         let bytes = path.as_os_str().as_bytes();
@@ -88,7 +91,8 @@ impl SockAddr {
         for (dst, src) in sun.sun_path.iter_mut().zip(bytes) {
             *dst = *src as libc::c_char;
         }
-        out.len = (mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as _;
+        let abstract_name = bytes.first() == Some(&0);
+        out.len = (mem::size_of::<libc::sa_family_t>() + bytes.len() + usize::from(!abstract_name)) as _;
         Ok(out)
     }
 

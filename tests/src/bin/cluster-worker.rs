@@ -10,9 +10,13 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use uvring::{Loop, OnConnect, OnConnection, OnRead, OnShutdown, RunMode, TcpListener, TcpStream};
+use uvring::{
+    Datagram, Loop, OnConnect, OnConnection, OnRead, OnRecv, OnShutdown, PipeListener, RunMode, TcpListener, TcpStream,
+    Udp,
+};
 use uvring_cluster::{is_primary, Primary, PrimaryData, Settings, Worker, WorkerData};
 
 /// Counts every heap allocation of the process (the allocation test asks a
@@ -82,6 +86,8 @@ struct State {
     store_bad: u32,
     /// `store`: reads answered.
     store_done: u32,
+    /// `unix-serve`: the pipe servers.
+    pipe_servers: Vec<PipeListener>,
 }
 
 impl WorkerData for State {
@@ -197,6 +203,37 @@ fn serving(id: u32) -> OnConnection<State, TcpListener> {
             let _ = lp.close(srv, None);
         }
     })
+}
+
+/// The `udp-echo` scenario (see `worker_main`).
+fn udp_echo(lp: &mut Lp, w: &mut Worker<State>, id: u32) {
+    let reply = format!("worker {id}").into_bytes();
+    let on_recv = OnRecv::new(move |lp: &mut Lp, _: &mut State, u: Udp, res: uvring::Result<Datagram<'_>>| {
+        if let Ok(dg) = res {
+            let _ = lp.udp_send(u, &reply, dg.addr, None);
+        }
+    });
+    w.on_message(|lp, d, msg, _| {
+        if msg == b"udp-close" {
+            let sockets: Vec<Udp> = d.worker().map(|w| w.udp_sockets().collect()).unwrap_or_default();
+            for u in sockets {
+                let _ = lp.close(u, None);
+            }
+            send(lp, d, "udp-closed");
+        } else if msg == b"fds" {
+            let n = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+            send(lp, d, &format!("fds {n}"));
+        }
+    });
+    let bound = w.udp_bind(lp, local(port_env()), 0, move |lp, d, res| match res {
+        Ok(u) => {
+            if let Err(e) = lp.udp_recv_start(u, &on_recv) {
+                send(lp, d, &format!("udp-error {}", e.errno().unwrap_or(0)));
+            }
+        }
+        Err(e) => send(lp, d, &format!("udp-error {}", e.errno().unwrap_or(0))),
+    });
+    bound.expect("udp_bind");
 }
 
 fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
@@ -379,6 +416,79 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
         "exit42" => std::process::exit(42),
         // Nothing: stay connected until told otherwise.
         "idle" => {}
+        // UDP through the primary (issue 11): bind 127.0.0.1:PORT, answer
+        // each datagram with "worker <id>"; "udp-error <errno>" if the bind
+        // fails. Messages: "udp-close" closes the socket ("udp-closed"),
+        // "fds" reports the open fds.
+        "udp-echo" => udp_echo(lp, w, id),
+        // A pipe server on UNIX_PATH (a leading '@' names an abstract
+        // socket), through the primary; answers "worker <id>\n" and
+        // closes. "unix-close" closes it ("unix-closed"); errors are
+        // "error <errno>".
+        "unix-serve" => {
+            let path = std::env::var("UNIX_PATH").unwrap_or_default();
+            let path = match path.strip_prefix('@') {
+                Some(name) => {
+                    std::path::PathBuf::from(std::ffi::OsString::from_vec([&[0u8][..], name.as_bytes()].concat()))
+                }
+                None => std::path::PathBuf::from(path),
+            };
+            let reply = format!("worker {id}\n").into_bytes();
+            let on_conn = OnConnection::new(move |lp: &mut Lp, d: &mut State, srv: PipeListener, res| match res {
+                Ok(()) => {
+                    if let Ok(c) = lp.accept(srv) {
+                        let _ = lp.write(c, &reply, None);
+                        let _ = lp.close(c, None);
+                    }
+                }
+                Err(e) => {
+                    send(lp, d, &format!("error {}", e.errno().unwrap_or(0)));
+                    let _ = lp.close(srv, None);
+                }
+            });
+            w.on_message(|lp, d, msg, _| {
+                if msg == b"unix-close" {
+                    for l in d.pipe_servers.drain(..) {
+                        let _ = lp.close(l, None);
+                    }
+                    send(lp, d, "unix-closed");
+                }
+            });
+            let s = lp.pipe_init(false).expect("pipe_init");
+            lp.pipe_bind(s, &path).expect("pipe_bind");
+            let l = lp.listen(s, 128, &on_conn).expect("listen");
+            state.pipe_servers.push(l);
+        }
+        // Listen on the primary's fd LISTEN_FD (Node's `listen({fd})`);
+        // answers like "serve", errors as "error <errno>".
+        "fd-serve" => {
+            let fd = std::env::var("LISTEN_FD").ok().and_then(|v| v.parse().ok()).unwrap_or(-1);
+            w.listen_fd(lp, fd, 511, &serving(id)).expect("listen_fd");
+        }
+        // An exclusive listen on PORT (Node's `exclusive: true`): bound
+        // here, not through the primary; "error <errno>" if it fails.
+        "exclusive" => {
+            let s = lp.tcp_init().expect("tcp_init");
+            // The primary does not know of this server: it is the
+            // application's to close when the worker drains.
+            w.on_drain(|lp, d, _| {
+                for l in d.servers.drain(..) {
+                    if lp.is_live(l) && !lp.is_closing(l) {
+                        let _ = lp.close(l, None);
+                    }
+                }
+            });
+            match lp.tcp_bind(s, local(port_env()), uvring::TCP_EXCLUSIVE) {
+                Ok(()) => {
+                    let l = lp.listen(s, 511, &serving(id)).expect("listen");
+                    state.servers.push(l);
+                }
+                Err(e) => {
+                    let _ = lp.close(s, None);
+                    send(lp, state, &format!("error {}", e.errno().unwrap_or(0)));
+                }
+            }
+        }
         // Connect to PORT (a server in the test) and keep the connection
         // until the peer closes it.
         "hold-connection" => {
