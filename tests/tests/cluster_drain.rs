@@ -287,11 +287,29 @@ fn quick_sighups_end_at_the_target_count() {
             signal(&ex, libc::SIGHUP);
             std::thread::sleep(Duration::from_millis(5));
         }
-        while ex.count_now("rolling restart done") < 5 {
+        // The kernel merges a SIGHUP sent while one is still pending (a
+        // loaded machine may not run the primary between two sends), so the
+        // claim is: every SIGHUP the primary took is answered by a "done",
+        // and the log then stays quiet.
+        let mut settled_since: Option<(Instant, usize)> = None;
+        loop {
             assert!(t0.elapsed() < WAIT, "rolls did not finish: {:#?}", ex.seen);
             ex.wait_any(Duration::from_millis(50));
+            let (taken, done) = (ex.count_now("SIGHUP: rolling restart"), ex.count_now("rolling restart done"));
+            let lines = ex.seen.len();
+            match settled_since {
+                _ if taken == 0 || done < taken => settled_since = None,
+                Some((t, n)) if n == lines => {
+                    if t.elapsed() > Duration::from_millis(300) {
+                        break;
+                    }
+                }
+                _ => settled_since = Some((Instant::now(), lines)),
+            }
         }
-        eprintln!("FIGURE quick_sighups {backend} {policy}: 5 SIGHUPs done after {:?}", t0.elapsed());
+        let taken = ex.count_now("SIGHUP: rolling restart");
+        assert_eq!(ex.count_now("rolling restart done"), taken, "{:#?}", ex.seen);
+        eprintln!("FIGURE quick_sighups {backend} {policy}: {taken} of 5 SIGHUPs taken, done after {:?}", t0.elapsed());
         assert_eq!(live_by_log(&mut ex), 2, "{:#?}", ex.seen);
         let kids = children(ex.child.id());
         assert_eq!(kids.len(), 2, "worker processes {kids:?}");
