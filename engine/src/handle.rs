@@ -246,6 +246,8 @@ impl From<PendingHandle> for HandleId {
 
 /// The stored, handle-untyped form of a status callback.
 pub(crate) type StatusFn<D> = dyn Fn(&mut Loop<D>, &mut D, HandleId, Result<()>);
+/// The stored form of a file transfer's callback (bytes sent).
+pub(crate) type SendFileFn<D> = dyn Fn(&mut Loop<D>, &mut D, HandleId, Result<u64>);
 /// The stored form of a read callback.
 pub(crate) type ReadFn<D> = dyn for<'a> Fn(&mut Loop<D>, &mut D, HandleId, Result<&'a [u8]>);
 /// The stored form of a handle callback (close, hooks, timers, async).
@@ -330,6 +332,12 @@ callback_type!(
 callback_type!(
     /// `(loop, data, stream, status)`: a write completed (`uv_write_cb`).
     OnWrite<D, S: StreamHandle>, StatusFn, (status: Result<()>)
+);
+callback_type!(
+    /// `(loop, data, stream, sent)`: a file transfer
+    /// ([`Loop::sendfile`](crate::Loop::sendfile)) ended: the bytes sent
+    /// (fewer than asked if the file ended first), or its error.
+    OnSendFile<D, S: StreamHandle>, SendFileFn, (sent: Result<u64>)
 );
 callback_type!(
     /// `(loop, data, stream, status)`: a connect completed (`uv_connect_cb`).
