@@ -230,22 +230,47 @@ fn c_path(path: &Path) -> Result<CString> {
     CString::new(path.as_os_str().to_owned().into_vec()).map_err(|_| Error::EINVAL)
 }
 
-/// A read or write on the pool: the buffer travels with the task and comes
-/// back with it, run or cancelled.
-struct RwTask {
+/// A read or write on the pool: the buffer (`Vec<u8>`), or the buffers
+/// of a vectored one (`Vec<Vec<u8>>`), travel with the task and come back
+/// with it, run or cancelled.
+struct RwTask<B> {
     fd: RawFd,
-    buf: Vec<u8>,
+    buf: B,
     offset: Option<u64>,
     write: bool,
 }
 
-impl Task for RwTask {
+/// What a pool read or write works on: one buffer or several.
+trait RwBufs: Send + 'static {
+    fn read_at(&mut self, fd: RawFd, offset: Option<u64>) -> Result<usize>;
+    fn write_at(&self, fd: RawFd, offset: Option<u64>) -> Result<usize>;
+}
+
+impl RwBufs for Vec<u8> {
+    fn read_at(&mut self, fd: RawFd, offset: Option<u64>) -> Result<usize> {
+        sysfs::read_at(fd, self, offset)
+    }
+    fn write_at(&self, fd: RawFd, offset: Option<u64>) -> Result<usize> {
+        sysfs::write_at(fd, self, offset)
+    }
+}
+
+impl RwBufs for Vec<Vec<u8>> {
+    fn read_at(&mut self, fd: RawFd, offset: Option<u64>) -> Result<usize> {
+        sysfs::readv_at(fd, self, offset)
+    }
+    fn write_at(&self, fd: RawFd, offset: Option<u64>) -> Result<usize> {
+        sysfs::writev_at(fd, self, offset)
+    }
+}
+
+impl<B: RwBufs> Task for RwTask<B> {
     type Output = Result<usize>;
     fn run(&mut self) -> Result<usize> {
         if self.write {
-            sysfs::write_at(self.fd, &self.buf, self.offset)
+            self.buf.write_at(self.fd, self.offset)
         } else {
-            sysfs::read_at(self.fd, &mut self.buf, self.offset)
+            self.buf.read_at(self.fd, self.offset)
         }
     }
 }
@@ -766,26 +791,6 @@ impl<D: 'static> Loop<D> {
     }
 }
 
-/// A vectored read or write on the pool: the buffers travel with the task
-/// and come back with it, run or cancelled.
-struct RwvTask {
-    fd: RawFd,
-    bufs: Vec<Vec<u8>>,
-    offset: Option<u64>,
-    write: bool,
-}
-
-impl Task for RwvTask {
-    type Output = Result<usize>;
-    fn run(&mut self) -> Result<usize> {
-        if self.write {
-            sysfs::writev_at(self.fd, &self.bufs, self.offset)
-        } else {
-            sysfs::readv_at(self.fd, &mut self.bufs, self.offset)
-        }
-    }
-}
-
 /// Vectored reads and writes (`uv_fs_read`/`uv_fs_write` with several
 /// buffers).
 impl<D: 'static> Loop<D> {
@@ -865,8 +870,8 @@ impl<D: 'static> Loop<D> {
         write: bool,
         cb: impl FnOnce(&mut Loop<D>, &mut D, Result<usize>, Vec<Vec<u8>>) + 'static,
     ) -> Result<FsRequest> {
-        let task = RwvTask { fd, bufs, offset, write };
-        let w = self.queue_task(task, move |lp, d, task, r| cb(lp, d, r.and_then(|r| r), task.bufs))?;
+        let task = RwTask { fd, buf: bufs, offset, write };
+        let w = self.queue_task(task, move |lp, d, task, r| cb(lp, d, r.and_then(|r| r), task.buf))?;
         Ok(FsRequest(FsReqId::Pool(w)))
     }
 }

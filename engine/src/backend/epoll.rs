@@ -272,6 +272,22 @@ impl Epoll {
         out.push(Completion { token, res, buf, more });
     }
 
+    /// Reports a one-shot op's syscall result; returns whether the op
+    /// ended (`false`: `EAGAIN` or `EINTR`, wait for readiness again).
+    fn one_shot(out: &mut Vec<Completion>, token: Token, r: Result<usize>) -> bool {
+        match r {
+            Err(e) if e.is_would_block() || e.errno() == Some(libc::EINTR) => false,
+            Ok(n) => {
+                Self::push(out, token, n as i32, None, false);
+                true
+            }
+            Err(e) => {
+                Self::push(out, token, -e.code(), None, false);
+                true
+            }
+        }
+    }
+
     /// Handles readability for `fd`; returns whether the read op ended.
     fn on_readable(&mut self, fd: RawFd, op: ReadOp, out: &mut Vec<Completion>) -> bool {
         match op {
@@ -344,17 +360,7 @@ impl Epoll {
             ReadOp::Read { token, ptr, len } => {
                 // SAFETY: the loop lent `ptr..ptr+len` until this op completes (rule 3).
                 let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-                match sys::read(fd, buf) {
-                    Err(e) if e.is_would_block() || e.errno() == Some(libc::EINTR) => false,
-                    Ok(n) => {
-                        Self::push(out, token, n as i32, None, false);
-                        true
-                    }
-                    Err(e) => {
-                        Self::push(out, token, -e.code(), None, false);
-                        true
-                    }
-                }
+                Self::one_shot(out, token, sys::read(fd, buf))
             }
             ReadOp::PollIn { token } => {
                 Self::push(out, token, epoll::IN as i32, None, false);
@@ -507,33 +513,13 @@ impl Epoll {
                 let s = &reg.send;
                 // SAFETY: the iovecs point at memory the loop keeps valid until
                 // this op completes (rule 3).
-                match unsafe { socket::sendmsg(fd, &s.iov[..s.iovcnt], &s.fds[..s.nfds]) } {
-                    Err(e) if e.is_would_block() || e.errno() == Some(libc::EINTR) => false,
-                    Ok(n) => {
-                        Self::push(out, token, n as i32, None, false);
-                        true
-                    }
-                    Err(e) => {
-                        Self::push(out, token, -e.code(), None, false);
-                        true
-                    }
-                }
+                Self::one_shot(out, token, unsafe { socket::sendmsg(fd, &s.iov[..s.iovcnt], &s.fds[..s.nfds]) })
             }
             WriteOp::WriteStream { token } => {
                 let s = &self.reg(fd).send;
                 // SAFETY: the iovecs point at memory the loop keeps valid until
                 // this op completes (rule 3).
-                match unsafe { sys::writev(fd, &s.iov[..s.iovcnt]) } {
-                    Err(e) if e.is_would_block() || e.errno() == Some(libc::EINTR) => false,
-                    Ok(n) => {
-                        Self::push(out, token, n as i32, None, false);
-                        true
-                    }
-                    Err(e) => {
-                        Self::push(out, token, -e.code(), None, false);
-                        true
-                    }
-                }
+                Self::one_shot(out, token, unsafe { sys::writev(fd, &s.iov[..s.iovcnt]) })
             }
             WriteOp::Connect { token } => {
                 let res = match socket::take_error(fd) {
@@ -562,24 +548,8 @@ impl Epoll {
             return Err(Error::from_errno(libc::EBUSY));
         }
         // SAFETY: the caller keeps the iovec memory valid for this call.
-        match unsafe { socket::sendmsg(fd, iov, fds) } {
-            Ok(n) => {
-                self.ready.push(Completion { token, res: n as i32, buf: None, more: false });
-                Ok(())
-            }
-            Err(e) if e.is_would_block() => {
-                let reg = self.reg(fd);
-                reg.send.iov[..iov.len()].copy_from_slice(iov);
-                reg.send.iovcnt = iov.len();
-                reg.send.fds[..fds.len()].copy_from_slice(fds);
-                reg.send.nfds = fds.len();
-                self.arm_write(fd, WriteOp::Send { token })
-            }
-            Err(e) => {
-                self.ready.push(Completion { token, res: -e.code(), buf: None, more: false });
-                Ok(())
-            }
-        }
+        let res = unsafe { socket::sendmsg(fd, iov, fds) };
+        self.written_or_wait(fd, WriteOp::Send { token }, iov, fds, res)
     }
 
     /// Writes now if the fd takes it, else keeps a copy of the iovecs and
@@ -595,7 +565,23 @@ impl Epoll {
             return Err(Error::from_errno(libc::EBUSY));
         }
         // SAFETY: the caller keeps the iovec memory valid for this call.
-        match unsafe { sys::writev(fd, iov) } {
+        let res = unsafe { sys::writev(fd, iov) };
+        self.written_or_wait(fd, WriteOp::WriteStream { token }, iov, &[], res)
+    }
+
+    /// The first try of a send or write: its result waits in `ready`, or,
+    /// if the fd was full, copies of `iov` and `fds` wait for `EPOLLOUT`
+    /// with `op`.
+    fn written_or_wait(
+        &mut self,
+        fd: RawFd,
+        op: WriteOp,
+        iov: &[libc::iovec],
+        fds: &[RawFd],
+        res: Result<usize>,
+    ) -> Result<()> {
+        let token = op.token();
+        match res {
             Ok(n) => {
                 self.ready.push(Completion { token, res: n as i32, buf: None, more: false });
                 Ok(())
@@ -604,8 +590,9 @@ impl Epoll {
                 let reg = self.reg(fd);
                 reg.send.iov[..iov.len()].copy_from_slice(iov);
                 reg.send.iovcnt = iov.len();
-                reg.send.nfds = 0;
-                self.arm_write(fd, WriteOp::WriteStream { token })
+                reg.send.fds[..fds.len()].copy_from_slice(fds);
+                reg.send.nfds = fds.len();
+                self.arm_write(fd, op)
             }
             Err(e) => {
                 self.ready.push(Completion { token, res: -e.code(), buf: None, more: false });
