@@ -291,6 +291,15 @@ fn scenario(backend: &str) {
     let mut rest = Vec::new();
     assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "closed after Connection: close");
 
+    // A client that ends its side right after its requests still gets
+    // every answer, then the end of the stream.
+    let mut s = connect(port);
+    s.write_all(b"GET /sub/page.txt HTTP/1.1\r\nHost: t\r\n\r\nGET /big.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=0-99999\r\n\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_response(&mut s, false).body, b"0123456789abcdefghij");
+    assert_eq!(read_response(&mut s, false).body, site.big[..100_000]);
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "closed after the answers");
+
     stop(server);
 }
 
