@@ -63,6 +63,26 @@ impl Example {
         Example { child, pgid, log, seen: Vec::new() }
     }
 
+    /// SIGTERM: the primary disconnects its workers and exits 0, and no
+    /// process of its group is left (bounded waits).
+    pub fn terminate(&mut self) {
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "primary did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "{status:?}");
+        while group_alive(self.pgid) {
+            assert!(Instant::now() < deadline, "processes left behind");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for a log line containing all of `parts`; returns it.
     pub fn wait_log(&mut self, parts: &[&str]) -> String {
         if let Some(l) = self.seen.iter().find(|l| parts.iter().all(|p| l.contains(p))) {
