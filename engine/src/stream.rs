@@ -12,7 +12,7 @@
 //! reading (after `read_stop`, before its cancellation lands) is stashed with
 //! its buffer and delivered in order on the next `read_start`: nothing is lost.
 
-use crate::backend::{Completion, Driver, Op, OpKind, Token, RECVMSG_CONTROL_LEN};
+use crate::backend::{Completion, Driver, Op, OpKind, Token};
 use crate::error::{Error, Result};
 use crate::event_loop::{Kind, Loop, Pending, F_CLOSING};
 use crate::handle::sealed::Typed;
@@ -218,6 +218,9 @@ pub(crate) struct StreamState<D> {
     pub resolve: Option<crate::work::Work>,
     /// A connect to several addresses: those not tried yet, the next last.
     pub connect_addrs: Vec<SocketAddr>,
+    /// The fd is not a socket (a pipe(2), FIFO, tty or file opened by
+    /// `pipe_open`): read with `ReadStream`, written with `WriteStream`.
+    pub not_socket: bool,
     pub parts: StreamParts<D>,
 }
 
@@ -370,6 +373,7 @@ impl<D> Loop<D> {
             inflight_fds: 0,
             resolve: None,
             connect_addrs: Vec::new(),
+            not_socket: false,
             parts,
         };
         match self.insert(Kind::Stream(st)) {
@@ -1214,7 +1218,13 @@ impl<D> Loop<D> {
             OpState::Idle => {}
         }
         let fd = st.fd;
-        let op = if st.ty == StreamType::IpcPipe { Op::RecvMsg { fd } } else { Op::Recv { fd } };
+        let op = if st.not_socket {
+            Op::ReadStream { fd }
+        } else if st.ty == StreamType::IpcPipe {
+            Op::RecvMsg { fd }
+        } else {
+            Op::Recv { fd }
+        };
         let kind = op.kind();
         // SAFETY: a receive lends nothing (it reads into pool buffers).
         match unsafe { self.submit_op(s.0, op) } {
@@ -1330,23 +1340,20 @@ impl<D> Loop<D> {
     /// hand the payload to the read callback. A truncated control message is
     /// reported (and the fds that did arrive are closed), never ignored.
     fn deliver_ipc_record(&mut self, s: Stream, data: &[u8], cb: Option<Rc<ReadFn<D>>>, d: &mut D) {
-        let Some(rec) = crate::backend::parse_recvmsg(data) else {
+        // Received fds join the stream's queue, or are closed if the control
+        // data was cut (or the stream is gone): never leaked.
+        let mut st = self.stream_state(s).ok();
+        let parsed = crate::backend::parse_ipc_record(data, |fd, truncated| match &mut st {
+            Some(st) if !truncated => st.parts.pending_handles.push_back(fd),
+            _ => sys::close(fd),
+        });
+        let Some(rec) = parsed else {
             if let Some(cb) = cb {
                 cb(self, d, s.0, Err(Error::EINVAL));
             }
             return;
         };
-        let truncated = rec.flags & libc::MSG_CTRUNC != 0;
-        let control = &rec.control[..rec.control.len().min(RECVMSG_CONTROL_LEN)];
-        if let Ok(st) = self.stream_state(s) {
-            socket::for_each_rights_fd(control, |fd| {
-                if truncated {
-                    sys::close(fd);
-                } else {
-                    st.parts.pending_handles.push_back(fd);
-                }
-            });
-        }
+        let truncated = rec.truncated;
         if truncated {
             if let Some(cb) = &cb {
                 cb(self, d, s.0, Err(Error::CONTROL_TRUNCATED));
@@ -1492,6 +1499,10 @@ impl<D> Loop<D> {
             return Err(Error::EPIPE);
         }
         let iov = [libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() }];
+        if st.not_socket {
+            // SAFETY: `iov` describes `data`, which lives for the whole call.
+            return unsafe { sys::writev(st.fd, &iov) };
+        }
         // SAFETY: `iov` describes `data`, which lives for the whole call.
         unsafe { socket::sendmsg(st.fd, &iov, &[]) }
     }
@@ -1537,6 +1548,7 @@ impl<D> Loop<D> {
             return;
         }
         let fd = st.fd;
+        let st_not_socket = st.not_socket;
         // SAFETY (for the pointer handed to the backend): `inflight` is not
         // touched until this send's completion; only `queued` grows meanwhile.
         let ptr = unsafe { st.parts.inflight.as_ptr().add(st.inflight_off) };
@@ -1547,7 +1559,12 @@ impl<D> Loop<D> {
         // completion, which `send_op` guards; the fds are owned by queued
         // writes (or borrowed under `write_fds_borrowed`'s contract) and
         // closed only once the send's completion has come back.
-        let res = unsafe { self.submit_op(s.0, Op::Send { fd, iov: &iov, fds: &fds[..nfds] }) };
+        let op = if st_not_socket {
+            Op::WriteStream { fd, iov: &iov }
+        } else {
+            Op::Send { fd, iov: &iov, fds: &fds[..nfds] }
+        };
+        let res = unsafe { self.submit_op(s.0, op) };
         match res {
             Ok(token) => {
                 if let Ok(st) = self.stream_state(s) {

@@ -48,7 +48,9 @@ fn scenario(backend: &str, policy: &str) {
     }
 
     // SIGTERM: graceful disconnect, exit 0, nothing left.
-    ex.terminate();
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(ex.child.id() as i32, libc::SIGTERM) };
+    ex.wait_clean_exit();
     assert_eq!(ex.count_log("exited after disconnect"), 2);
 }
 
