@@ -350,7 +350,9 @@ takes() {
 }
 runs_per_rep=0
 for scen in $SCENARIOS; do
-    for name in "${NAMES[@]}"; do takes "$scen" "$name" && runs_per_rep=$((runs_per_rep + 1)); done
+    for name in "${NAMES[@]}"; do
+        if takes "$scen" "$name"; then runs_per_rep=$((runs_per_rep + 1)); fi
+    done
 done
 total=$(( runs_per_rep * REPEATS * DURATION ))
 log "${#NAMES[@]} servers, scenarios: $SCENARIOS; $runs_per_rep runs x $REPEATS repeats x ${DURATION}s = ~${total}s of load"
@@ -378,13 +380,19 @@ LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---- report -----------------------------------------------------------------
 
+PEER_VERSIONS=""
+if [ "$HELLO_SCENARIOS" = 1 ]; then
+    PEER_VERSIONS=", node $(node --version), hyper $(awk '/^name = "hyper"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' "$HERE/peers/Cargo.lock") (tokio multi-thread, 2 worker threads)"
+fi
 CPU="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 MACHINE="$(nproc) cores ($CPU), $(uname -sr), $(free -g | awk '/Mem:/ {print $2}') GiB"
 NOTES=("mode: external load generator (wrk, its own process); wrk -t2 -c$CONNS -d${DURATION}s --latency; churn adds -H 'Connection: close'; $REPEATS repeats interleaved, median; wrk and the servers share the 2 cores, unpinned"
        "CPU per request: utime+stime of the server's whole process tree (primary and workers, all threads) from /proc before and after each wrk run, over the requests wrk completed in it"
-       "versions: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //')$( [ "$HELLO_SCENARIOS" = 1 ] && echo ", node $(node --version), hyper $(awk '/^name = "hyper"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' "$HERE/peers/Cargo.lock") (tokio multi-thread, 2 worker threads)")"
+       "versions: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //')$PEER_VERSIONS"
        "load average before the runs: $LOAD_BEFORE, after: $LOAD_AFTER (above 2 means other work shared the 2 cores; compare ratios, not absolute numbers)")
-[ -z "$HELLO" ] && [ "$HELLO_SCENARIOS" = 1 ] && NOTES+=("uvring rows missing: cluster/examples/hello_cluster did not exist at run time")
-[ -n "$STATIC_FILES" ] && NOTES+=("static files: a 4 KiB and a 1 MiB file in the page cache, GET with keep-alive; uvring-static-* is cluster/examples/static_files (2 workers, rr), nginx serves the same directory with sendfile on and tcp_nopush on")
+if [ -z "$HELLO" ] && [ "$HELLO_SCENARIOS" = 1 ]; then
+    NOTES+=("uvring rows missing: cluster/examples/hello_cluster did not exist at run time")
+fi
+[ -z "$STATIC_FILES" ] || NOTES+=("static files: a 4 KiB and a 1 MiB file in the page cache, GET with keep-alive; uvring-static-* is cluster/examples/static_files (2 workers, rr), nginx serves the same directory with sendfile on and tcp_nopush on")
 python3 "$HERE/compare/report.py" "$RUNS" "$PREFIX" "$MACHINE" "$CMDLINE" "${NOTES[@]}"
 log "saved $PREFIX.md, $PREFIX.csv, $RUNS$( [ -f "$PREFIX.png" ] && echo ", $PREFIX.png")"

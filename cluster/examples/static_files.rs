@@ -800,7 +800,8 @@ fn answer(
         Some(c) if c.stream == Some(s) && c.busy => c.busy = false,
         _ => return,
     }
-    let close = req.close || server.draining;
+    // `closing` here: the peer ended its side while this was resolved.
+    let close = req.close || server.draining || server.conns[slot].closing;
     server.out.clear();
     let (file, size, mtime) = match found {
         Found::File { file, size, mtime } => (file, size, mtime),
@@ -888,15 +889,31 @@ fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener>
         if !server.conns.get(slot).is_some_and(|c| c.stream == Some(s)) {
             return;
         }
+        let c = &mut server.conns[slot];
         let bytes = match res {
             Ok(bytes) => bytes,
+            // The peer is done sending: what it asked for still goes out
+            // (a request being resolved answers with `Connection: close`),
+            // then the connection ends.
+            Err(Error::EOF) if !c.closing => {
+                c.closing = true;
+                let _ = lp.read_stop(s);
+                if !c.busy && lp.shutdown(s, Some(&cbs.on_shutdown)).is_err() {
+                    drop_conn(lp, server, slot, s);
+                }
+                return;
+            }
             Err(_) => return drop_conn(lp, server, slot, s),
         };
-        let c = &mut server.conns[slot];
         if c.closing {
             return;
         }
         c.buf.extend_from_slice(bytes);
+        // Requests pipelined behind one being resolved wait in `buf`; a
+        // peer that sends far more than it lets us answer is cut off.
+        if c.buf.len() > 4 * MAX_BUFFERED {
+            return drop_conn(lp, server, slot, s);
+        }
         pump(lp, server, slot, &cbs);
     });
     let on_connection = OnConnection::new(move |lp, server: &mut Server, srv: TcpListener, res| {

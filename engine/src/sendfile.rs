@@ -391,7 +391,7 @@ impl<D> Loop<D> {
             }
             let n = t.remaining.min(CHUNK);
             let probe = if t.offset + n > t.warmed_to { sys::cached(t.fd, t.offset, n) } else { Ok(true) };
-            if probe.is_err() && self.xfers.ring_reads {
+            if probe.is_err_and(sys::probe_unsupported) && self.xfers.ring_reads {
                 // The page cache cannot be asked here: the ring reads
                 // instead, from this transfer on (it is at a step's
                 // boundary, which read+send starts from).

@@ -1731,8 +1731,8 @@ impl<D> Loop<D> {
             if waiting {
                 break;
             }
-            let st = self.stream_state(s).expect("checked above");
-            let w = st.parts.writes.pop_front().expect("front exists");
+            let Ok(st) = self.stream_state(s) else { return };
+            let Some(w) = st.parts.writes.pop_front() else { break };
             if failed.is_some() {
                 st.parts.release_send_fds(w.nfds, w.borrowed);
             }

@@ -297,6 +297,23 @@ sendfile_cases! {
         assert_eq!(checksum(&got), checksum(&f.bytes), "the bytes differ");
     }
 
+    /// A file that cannot be read (a directory) fails the transfer with
+    /// an error value, and the write queued behind it with the same error;
+    /// the stream still closes cleanly.
+    fn an_unreadable_file_is_an_error_value(lp: Server) {
+        let f = TempFile::new("dir", 1);
+        let mut d = Server { file: Some(File::open(&f.dir).unwrap()), ..Default::default() };
+        let (_l, addr) = listener(lp, &accept_one());
+        let client = read_all(addr);
+        let s = accepted(lp, &mut d);
+        lp.sendfile(s, d.file.as_ref().unwrap(), 0, 100, Some(&on_sent())).unwrap();
+        lp.write(s, b"after", Some(&on_write())).unwrap();
+        finish(lp, &mut d, s, 2);
+        let err = d.events[0].1.expect_err("a directory cannot be sent");
+        assert_eq!(d.events, vec![('f', Err(err)), ('w', Err(err))]);
+        assert_eq!(with_timeout(LIMIT, move || client.join().unwrap()), b"");
+    }
+
     /// Refused at once: a closed stream, and a stream after shutdown.
     fn refused_without_a_callback(lp: Server) {
         let f = TempFile::new("refused", 10);

@@ -77,6 +77,13 @@ pub fn cached(file: RawFd, offset: u64, len: u64) -> Result<bool> {
     Ok(st.nr_cache >= pages)
 }
 
+/// Whether `e`, from [`cached`], says the probe cannot work here at all
+/// (a kernel before 6.5, a file system without it), rather than about
+/// this file (`EBADF`).
+pub fn probe_unsupported(e: Error) -> bool {
+    matches!(e.errno(), Some(libc::ENOSYS | libc::EOPNOTSUPP))
+}
+
 thread_local! {
     /// The warm-up's scratch buffer, one per pool thread, kept.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };

@@ -69,6 +69,14 @@ impl Example {
         Example { child, pgid, log, seen: Vec::new() }
     }
 
+    /// SIGTERM: the primary disconnects its workers and exits 0, and no
+    /// process of its group is left (bounded waits).
+    pub fn terminate(&mut self) {
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_clean_exit();
+    }
+
     /// Waits for a log line containing all of `parts`; returns it.
     pub fn wait_log(&mut self, parts: &[&str]) -> String {
         if let Some(l) = self.seen.iter().find(|l| parts.iter().all(|p| l.contains(p))) {
