@@ -222,6 +222,12 @@ pub struct Settings {
     /// raise it only as far as needed. Default 1 MiB
     /// ([`DEFAULT_MAX_MESSAGE_LEN`]).
     pub max_message_len: usize,
+    /// How long a worker's shared-store request ([`Worker::store_get`](crate::Worker::store_get),
+    /// [`store_add`](crate::Worker::store_add), ...) waits for the
+    /// primary's answer before its callback gets `ETIMEDOUT` (a primary
+    /// stuck or gone does not leave the worker waiting for ever); zero
+    /// waits for ever. Default 5 s.
+    pub store_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -244,6 +250,7 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            store_timeout: crate::worker::DEFAULT_STORE_TIMEOUT,
         }
     }
 }
@@ -297,6 +304,8 @@ setters!(
     heartbeat_timeout: Duration,
     /// Sets the message size limit of both ends of every channel.
     max_message_len: usize,
+    /// Sets how long a worker's store request waits for its answer.
+    store_timeout: Duration,
 );
 
 /// The number of CPUs this process may run on (at least 1).

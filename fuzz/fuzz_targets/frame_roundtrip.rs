@@ -44,7 +44,7 @@ fn bytes<'a>(u: &mut Unstructured<'a>) -> Result<&'a [u8]> {
 }
 
 fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
-    Ok(match u.int_in_range(0..=15u8)? {
+    Ok(match u.int_in_range(0..=18u8)? {
         0 => Frame::Online,
         1 => Frame::QueryServer {
             seq: u.arbitrary()?,
@@ -80,12 +80,21 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
         12 => Frame::StoreSet { req_id: u.arbitrary()?, key: bytes(u)?, value: bytes(u)? },
         13 => Frame::StoreDelete { req_id: u.arbitrary()?, key: bytes(u)? },
         14 => Frame::Heartbeat { seq: u.arbitrary()? },
+        15 => Frame::StoreAdd { req_id: u.arbitrary()?, key: bytes(u)?, delta: u.arbitrary()? },
+        16 => Frame::StoreCas {
+            req_id: u.arbitrary()?,
+            key: bytes(u)?,
+            expected: if u.arbitrary()? { Some(bytes(u)?) } else { None },
+            value: bytes(u)?,
+        },
+        17 => Frame::StoreKeys { req_id: u.arbitrary()?, prefix: bytes(u)?, after: bytes(u)? },
         _ => Frame::StoreReply {
             req_id: u.arbitrary()?,
-            status: match u.int_in_range(0..=3u8)? {
+            status: match u.int_in_range(0..=4u8)? {
                 0 => StoreStatus::Found,
                 1 => StoreStatus::NotFound,
                 2 => StoreStatus::Ok,
+                3 => StoreStatus::Partial,
                 _ => StoreStatus::Error,
             },
             value: bytes(u)?,

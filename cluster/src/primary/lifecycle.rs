@@ -310,6 +310,7 @@ impl<D: PrimaryData> Primary<D> {
             ENV_NORMAL_SCHED,
             ENV_DRAIN_GRACE_MS,
             ENV_MAX_MESSAGE_LEN,
+            crate::worker::ENV_STORE_TIMEOUT_MS,
         ];
         let mut env: Vec<(OsString, OsString)> =
             std::env::vars_os().filter(|(k, _)| !ours.iter().any(|o| OsStr::new(o) == k)).collect();
@@ -328,6 +329,8 @@ impl<D: PrimaryData> Primary<D> {
         env.push((super::ENV_LOAD_REPORT_MS.into(), self.settings.load_report.as_millis().to_string().into()));
         env.push((ENV_DRAIN_GRACE_MS.into(), self.settings.drain_grace.as_millis().to_string().into()));
         env.push((ENV_MAX_MESSAGE_LEN.into(), self.settings.max_message_len.to_string().into()));
+        let store_ms = self.settings.store_timeout.as_millis().to_string();
+        env.push((crate::worker::ENV_STORE_TIMEOUT_MS.into(), store_ms.into()));
         if self.life.batch_sched {
             env.push((ENV_NORMAL_SCHED.into(), "1".into()));
         }

@@ -773,7 +773,12 @@ fn handle_frame<D: PrimaryData>(
                 cb(lp, d, &info, bytes, &mut fds);
             }
         }
-        Frame::StoreGet { .. } | Frame::StoreSet { .. } | Frame::StoreDelete { .. } => p.store_request(lp, id, &frame),
+        Frame::StoreGet { .. }
+        | Frame::StoreSet { .. }
+        | Frame::StoreDelete { .. }
+        | Frame::StoreAdd { .. }
+        | Frame::StoreCas { .. }
+        | Frame::StoreKeys { .. } => p.store_request(lp, id, &frame),
         // A worker has no business sending these: it loses its channel.
         Frame::QueryServerReply { .. } | Frame::NewConnection { .. } | Frame::StoreReply { .. } | Frame::Disconnect => {
             drop(fds);
