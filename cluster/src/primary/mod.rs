@@ -65,6 +65,7 @@
 mod handoff;
 mod lifecycle;
 mod messaging;
+mod output;
 mod rolling;
 mod routing;
 
@@ -283,6 +284,8 @@ struct WorkerEntry {
     startup_timer: Option<Timer>,
     /// The last `recvmsg` lost its fds (see [`ChannelFault::FdsLost`]).
     fds_lost: bool,
+    /// The CPU it is pinned to (`Settings::cpu_affinity`).
+    cpu: Option<usize>,
     /// Hand-off state: connections sent and not yet acknowledged, the
     /// batch being built, the reported load.
     conns: handoff::WorkerConns,
@@ -371,6 +374,8 @@ pub struct Primary<D> {
     rolling: Option<rolling::Rolling<D>>,
     events: Events<D>,
     cbs: LoopCallbacks<D>,
+    /// Captured worker output (`ChildOutput::Capture`).
+    output: output::Output<D>,
 }
 
 impl<D> std::fmt::Debug for Primary<D> {
@@ -460,6 +465,11 @@ impl<D: PrimaryData> Primary<D> {
         let id = PrimaryId::next();
         let life = lifecycle::Lifecycle::new(&settings)?;
         let max_message = settings.max_message_len;
+        if settings.raise_fd_limit {
+            // Best effort: a limit that cannot be raised stays as it was.
+            let _ = uvring::os::raise_nofile_limit();
+        }
+        let output = output::Output::new(id, settings.capture_buffer);
         Ok(Primary {
             id,
             routing: routing::Routing::new(),
@@ -495,6 +505,7 @@ impl<D: PrimaryData> Primary<D> {
                 startup_deadline: lifecycle::on_startup_deadline(id),
                 heartbeat: lifecycle::on_heartbeat(id),
             },
+            output,
         })
     }
 

@@ -593,6 +593,32 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
             });
             assert!(res.is_ok());
         }
+        // Write to stdout and stderr (captured by the primary): whole lines,
+        // a line in two writes, a 10,000-byte line, LINES numbered lines;
+        // then "chatter-done".
+        "chatter" => {
+            use std::io::Write;
+            let lines: usize = std::env::var("LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut out = std::io::stdout().lock();
+            let mut err = std::io::stderr().lock();
+            let _ = out.write_all(b"hello out\n").and_then(|()| out.flush());
+            let _ = err.write_all(b"hello err\n");
+            let _ = out.write_all(b"par").and_then(|()| out.flush());
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = out.write_all(b"tial\n").and_then(|()| out.flush());
+            let mut long = vec![b'x'; 10_000];
+            long.push(b'\n');
+            let _ = out.write_all(&long).and_then(|()| out.flush());
+            for i in 0..lines {
+                let _ = writeln!(out, "line {i:05}");
+            }
+            let _ = out.flush();
+            // The worker's ends are blocking (O_NONBLOCK clear).
+            let flags = std::fs::read_to_string("/proc/self/fdinfo/1").unwrap_or_default();
+            let flags = flags.lines().find_map(|l| l.strip_prefix("flags:")).unwrap_or("").trim().to_string();
+            let nonblocking = u32::from_str_radix(&flags, 8).map_or(true, |f| f & 0o4000 != 0);
+            send(lp, state, &format!("chatter-done nonblocking {nonblocking}"));
+        }
         // Write garbage on the channel: the primary must drop this worker
         // (and this worker then exits, its channel gone).
         "garbage" => {
@@ -722,7 +748,8 @@ fn primary_main(scenario: &str) {
             let settings = Settings::default()
                 .args(Some(vec!["serve".into()]))
                 .workers(1)
-                .policy(uvring_cluster::SchedPolicy::RoundRobin);
+                .policy(uvring_cluster::SchedPolicy::RoundRobin)
+                .raise_fd_limit(false);
             let mut primary = Primary::new(&mut lp, settings).expect("primary");
             primary.on_listening(|_, _, _, addr| println!("port {}", addr.port()));
             Supervisor { primary, online: 0 }
