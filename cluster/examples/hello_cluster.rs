@@ -18,6 +18,14 @@
 //! (`Worker::on_drain`). A listen that cannot succeed (the port is taken)
 //! ends in a restart storm, and the primary exits 1.
 //!
+//! Operations (see the README's "Running a cluster in production"):
+//! `--uid N --gid N` run the workers unprivileged, `--cwd DIR` sets their
+//! directory, `--stdio inherit|discard|capture` their output (`capture`
+//! prefixes each line with `[worker ID pid PID]`), `--cpu-affinity` pins
+//! worker i to the i-th CPU, `--log FILE` sends the primary's log (and
+//! captured output) to FILE, which SIGUSR1 reopens; SIGTTIN adds a worker
+//! and SIGTTOU removes one.
+//!
 //! Requests are parsed with `httparse`; pipelined requests are answered in
 //! order, `Connection: close` (and HTTP/1.0 without keep-alive) is honoured.
 //! Per-connection state is recycled, so serving allocates nothing once warm.
@@ -35,7 +43,8 @@ use uvring::{
     TcpListener, TcpStream,
 };
 use uvring_cluster::{
-    available_cpus, is_worker, Primary, PrimaryData, RespawnSettings, SchedPolicy, Settings, Worker, WorkerData,
+    available_cpus, is_worker, ChildOutput, Primary, PrimaryData, RespawnSettings, SchedPolicy, Settings, Worker,
+    WorkerData,
 };
 
 /// Largest request head (and unparsed pipeline) a connection may buffer.
@@ -48,11 +57,20 @@ struct Options {
     backend: Backend,
     host: IpAddr,
     port: u16,
+    /// Operations (issue 10): the workers' user, group, directory, stdio,
+    /// CPU pinning; the primary's log file.
+    uid: Option<u32>,
+    gid: Option<u32>,
+    cwd: Option<std::path::PathBuf>,
+    stdio: ChildOutput,
+    cpu_affinity: bool,
+    log: Option<std::path::PathBuf>,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("hello_cluster: {msg}");
     eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H]");
+    eprintln!("                     [--uid N] [--gid N] [--cwd DIR] [--stdio inherit|discard|capture] [--cpu-affinity] [--log FILE]");
     std::process::exit(2);
 }
 
@@ -63,6 +81,12 @@ fn parse_options() -> Options {
         backend: Backend::from_env().unwrap_or(Backend::Auto),
         host: IpAddr::from([0, 0, 0, 0]),
         port: std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8000),
+        uid: None,
+        gid: None,
+        cwd: None,
+        stdio: ChildOutput::Inherit,
+        cpu_affinity: false,
+        log: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -73,6 +97,12 @@ fn parse_options() -> Options {
             "--backend" => o.backend = Backend::parse(&value()).unwrap_or_else(|| usage("bad --backend")),
             "--port" | "-p" => o.port = value().parse().unwrap_or_else(|_| usage("bad --port")),
             "--host" => o.host = value().parse().unwrap_or_else(|_| usage("bad --host")),
+            "--uid" => o.uid = Some(value().parse().unwrap_or_else(|_| usage("bad --uid (a number)"))),
+            "--gid" => o.gid = Some(value().parse().unwrap_or_else(|_| usage("bad --gid (a number)"))),
+            "--cwd" => o.cwd = Some(value().into()),
+            "--stdio" => o.stdio = ChildOutput::parse(&value()).unwrap_or_else(|| usage("bad --stdio")),
+            "--cpu-affinity" => o.cpu_affinity = true,
+            "--log" => o.log = Some(value().into()),
             "--help" | "-h" => usage("help"),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -121,6 +151,11 @@ fn run_worker(o: Options) -> uvring::Result<()> {
     // primary through it. If the primary dies, the worker stops the loop
     // (its default), `run` returns and the process exits.
     let mut server = Server { worker: Some(Worker::init(&mut lp)?), ..Server::default() };
+    // One line on stdout per listen: with `--stdio capture` the primary
+    // logs it as `[worker ID pid PID] serving on ADDR`.
+    if let Some(w) = server.worker.as_mut() {
+        w.on_listening(|_, _, _, addr| println!("serving on {addr}"));
+    }
     // Disconnected (shutdown, a step of a rolling restart): finish every
     // connection. Busy ones close after their next response (which says
     // `Connection: close`); the idle ones after the grace.
@@ -197,14 +232,28 @@ impl PrimaryData for Supervisor {
     }
 }
 
+/// `--log FILE`: makes FILE the primary's stderr (its log), appending; run
+/// again on SIGUSR1 after a rotation moved the file away (nginx's reopen).
+fn open_log(path: &std::path::Path) -> uvring::Result<()> {
+    uvring::os::reopen_append(path, std::os::fd::AsFd::as_fd(&std::io::stderr()))
+}
+
 fn run_primary(o: Options) -> uvring::Result<()> {
     let me = std::process::id();
+    if let Some(path) = &o.log {
+        open_log(path)?;
+    }
     let mut lp: Loop<Supervisor> = open_loop(o.backend, &format!("primary {me}"));
     let settings = Settings::default()
         .workers(o.workers)
         .policy(o.policy)
         .backend(Some(lp.backend()))
-        .respawn(RespawnSettings::default().enabled(true));
+        .respawn(RespawnSettings::default().enabled(true))
+        .uid(o.uid)
+        .gid(o.gid)
+        .cwd(o.cwd.clone())
+        .output(o.stdio)
+        .cpu_affinity(o.cpu_affinity);
     let mut primary = Primary::new(&mut lp, settings)?;
     eprintln!("[primary {me}] {} workers, policy {}, {} backend, port {}", o.workers, o.policy, lp.backend(), o.port);
     primary.on_fork(move |_, _, w| eprintln!("[primary {me}] worker {} (pid {}) forked", w.id(), w.pid()));
@@ -262,11 +311,39 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         eprintln!("[primary {me}] SIGHUP: rolling restart");
         sup.primary.rolling_restart(lp, move |_, _| eprintln!("[primary {me}] rolling restart done"));
     });
+    // gunicorn's TTIN and TTOU: one worker more, one fewer.
+    let on_count = OnSignal::new(move |lp, sup: &mut Supervisor, _, signum| {
+        if sup.shutting_down {
+            return;
+        }
+        let (name, now) = (if signum == libc::SIGTTIN { "SIGTTIN" } else { "SIGTTOU" }, sup.primary.settings().workers);
+        let next = if signum == libc::SIGTTIN { now + 1 } else { now.saturating_sub(1).max(1) };
+        eprintln!("[primary {me}] {name}: workers {now} -> {next}");
+        if let Err(e) = sup.primary.set_worker_count(lp, next) {
+            eprintln!("[primary {me}] {name}: {e}");
+        }
+    });
+    // nginx's USR1: reopen the log file (after a rotation).
+    let log = o.log.clone();
+    let on_usr1 = OnSignal::new(move |_, sup: &mut Supervisor, _, _| {
+        let Some(path) = &log else { return };
+        match open_log(path) {
+            Ok(()) => eprintln!(
+                "[primary {me}] SIGUSR1: log reopened ({} captured lines dropped so far)",
+                sup.primary.captured_lines_dropped()
+            ),
+            Err(e) => eprintln!("[primary {me}] SIGUSR1: cannot reopen {}: {e}", path.display()),
+        }
+    });
     let mut sup = Supervisor { primary, signals: Vec::new(), shutting_down: false, failed: false };
     for signum in [libc::SIGINT, libc::SIGTERM] {
         sup.signals.push(lp.signal_start(signum, &on_stop)?);
     }
     sup.signals.push(lp.signal_start(libc::SIGHUP, &on_hup)?);
+    for signum in [libc::SIGTTIN, libc::SIGTTOU] {
+        sup.signals.push(lp.signal_start(signum, &on_count)?);
+    }
+    sup.signals.push(lp.signal_start(libc::SIGUSR1, &on_usr1)?);
     sup.primary.start(&mut lp)?;
     lp.run(RunMode::Default, &mut sup)?;
     if sup.failed {

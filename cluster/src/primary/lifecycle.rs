@@ -306,6 +306,41 @@ impl<D: PrimaryData> Primary<D> {
         self.schedule_drain(lp);
     }
 
+    /// Changes the number of workers at run time (gunicorn's `TTIN` and
+    /// `TTOU`): forks the missing ones, or disconnects the newest ones
+    /// (gracefully: their open connections finish); pending respawns count
+    /// as workers (and are cancelled first when the count goes down). The
+    /// new count is recorded in `settings().workers`. Runs no user code;
+    /// the events follow from the loop.
+    pub fn set_worker_count(&mut self, lp: &mut Loop<D>, count: usize) -> Result<()> {
+        self.settings.workers = count;
+        let serving: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|w| !w.disconnecting && !w.info.exited_after_disconnect && !w.killed)
+            .map(|w| w.info.id)
+            .collect();
+        let mut have = serving.len() + self.life.respawn_timers.len();
+        // Fewer: pending respawns go first, then the newest workers.
+        while have > count {
+            let Some((t, _)) = self.life.respawn_timers.pop() else { break };
+            let _ = lp.close(t, None);
+            have -= 1;
+        }
+        for &id in serving.iter().rev().take(have.saturating_sub(count)) {
+            self.disconnect_one(lp, id);
+        }
+        let mut result = Ok(());
+        for _ in have..count {
+            if let Err(e) = self.fork_worker(lp, Vec::new()) {
+                result = Err(e);
+                break;
+            }
+        }
+        self.schedule_drain(lp);
+        result
+    }
+
     /// Forks one worker whose stdio is `output` instead of
     /// `Settings::output` (Node's per-fork `stdio`); its respawned or rolled
     /// replacement gets the same.

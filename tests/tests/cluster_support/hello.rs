@@ -39,9 +39,15 @@ impl Example {
 
     /// The example with `workers` workers.
     pub fn start_with(backend: &str, policy: &str, port: u16, workers: usize) -> Example {
+        Example::start_args(backend, policy, port, workers, &[])
+    }
+
+    /// The example with `workers` workers and `extra` arguments.
+    pub fn start_args(backend: &str, policy: &str, port: u16, workers: usize, extra: &[&str]) -> Example {
         let workers = workers.to_string();
         let mut child = Command::new(HELLO)
             .args(["--workers", &workers, "--policy", policy, "--backend", backend, "--host", "127.0.0.1"])
+            .args(extra)
             .env("PORT", port.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,123 @@
+//! Operating the `hello_cluster` example as an operator would: SIGTTIN and
+//! SIGTTOU change the number of workers at run time (gunicorn's signals);
+//! `--log FILE` sends the primary's log there and SIGUSR1 reopens it after
+//! a rotation (nginx's); `--stdio capture` brings each worker's output into
+//! that log, prefixed with the worker's id and pid.
+
+mod cluster_support;
+
+use cluster_support::hello::*;
+use std::time::{Duration, Instant};
+
+/// SIGTERM, then waits for exit 0 and for the whole group to be gone.
+fn stop(ex: &mut Example) {
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(ex.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = ex.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "primary did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    while group_alive(ex.pgid) {
+        assert!(Instant::now() < deadline, "processes left behind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(ex: &Example, signum: i32) {
+    // SAFETY: plain syscall on our child.
+    assert_eq!(unsafe { libc::kill(ex.child.id() as i32, signum) }, 0);
+}
+
+fn worker_count(backend: &str) {
+    if backend == "io_uring" && !io_uring_available() {
+        return;
+    }
+    let port = free_port();
+    let mut ex = Example::start_args(backend, "rr", port, 1, &[]);
+    ex.wait_log(&["worker 1", "listening on"]);
+    signal(&ex, libc::SIGTTIN);
+    ex.wait_log(&["SIGTTIN: workers 1 -> 2"]);
+    ex.wait_log(&["worker 2", "listening on"]);
+    signal(&ex, libc::SIGTTIN);
+    ex.wait_log(&["SIGTTIN: workers 2 -> 3"]);
+    ex.wait_log(&["worker 3", "listening on"]);
+    // Down by one: the newest worker leaves gracefully.
+    signal(&ex, libc::SIGTTOU);
+    ex.wait_log(&["SIGTTOU: workers 3 -> 2"]);
+    ex.wait_log(&["worker 3", "exited after disconnect"]);
+    for _ in 0..4 {
+        assert!(get(port).ends_with("hello world"));
+    }
+    assert_eq!(ex.count_now("exited"), 1, "{:#?}", ex.seen);
+    stop(&mut ex);
+    assert_eq!(ex.count_log("exited after disconnect"), 3);
+}
+
+/// Waits until the file at `path` has a line containing all of `parts`.
+fn wait_file(path: &std::path::Path, parts: &[&str]) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+            return l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no line with {parts:?} in {}:\n{text}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn log_reopen_and_capture(backend: &str) {
+    if backend == "io_uring" && !io_uring_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("uvring-hello-log-{}-{backend}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("primary.log");
+    let port = free_port();
+    let mut ex = Example::start_args(backend, "rr", port, 1, &["--log", log.to_str().unwrap(), "--stdio", "capture"]);
+    let listening = wait_file(&log, &["worker 1", "listening on"]);
+    let pid = pid_of(&listening);
+    // The worker's own stdout line, captured and prefixed.
+    wait_file(&log, &[&format!("[worker 1 pid {pid}] serving on 127.0.0.1:{port}")]);
+    // Rotate: move the file away, SIGUSR1, and the log goes on in a new file.
+    let rotated = dir.join("primary.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    signal(&ex, libc::SIGUSR1);
+    wait_file(&log, &["SIGUSR1: log reopened", "0 captured lines dropped"]);
+    // A new worker's captured output reaches the new file.
+    signal(&ex, libc::SIGTTIN);
+    let line = wait_file(&log, &["worker 2", "listening on"]);
+    wait_file(&log, &[&format!("[worker 2 pid {}] serving on 127.0.0.1:{port}", pid_of(&line))]);
+    assert!(get(port).ends_with("hello world"));
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(!old.contains("worker 2"), "the rotated file is left alone:\n{old}");
+    stop(&mut ex);
+    wait_file(&log, &["all workers gone; bye"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ttin_ttou_change_the_worker_count_epoll() {
+    worker_count("epoll");
+}
+
+#[test]
+fn ttin_ttou_change_the_worker_count_io_uring() {
+    worker_count("io_uring");
+}
+
+#[test]
+fn log_reopen_and_captured_output_epoll() {
+    log_reopen_and_capture("epoll");
+}
+
+#[test]
+fn log_reopen_and_captured_output_io_uring() {
+    log_reopen_and_capture("io_uring");
+}
