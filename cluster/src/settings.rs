@@ -289,6 +289,15 @@ pub struct Settings {
     /// primary holds while its own output is slow; a line that does not fit
     /// is dropped (and counted). Default 256 KiB.
     pub capture_buffer: usize,
+    /// The most anonymous resident memory (`RssAnon` in
+    /// `/proc/PID/status`: heap and stacks, not shared program text or the
+    /// io_uring rings' mappings that `VmRSS` counts) a worker may hold, in
+    /// bytes. Checked at each heartbeat (`heartbeat_interval`); a worker
+    /// above it is replaced by a rolling replacement (a new worker listens
+    /// first, then the old one drains: no request is cut), and
+    /// [`Primary::on_memory_limit`](crate::Primary::on_memory_limit) says so.
+    /// Default `None` (no limit).
+    pub max_memory: Option<u64>,
 }
 
 impl Default for Settings {
@@ -319,6 +328,7 @@ impl Default for Settings {
             cpu_affinity: false,
             raise_fd_limit: true,
             capture_buffer: 256 << 10,
+            max_memory: None,
         }
     }
 }
@@ -388,6 +398,8 @@ setters!(
     raise_fd_limit: bool,
     /// Sets the captured-output buffer of the primary.
     capture_buffer: usize,
+    /// Sets the most `RssAnon` a worker may hold, in bytes (`None`: no limit).
+    max_memory: Option<u64>,
 );
 
 /// The number of CPUs this process may run on (at least 1).

@@ -54,7 +54,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
@@ -64,6 +64,9 @@ mod dns;
 mod error;
 mod event_loop;
 mod fs;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod hook;
 pub mod os;
@@ -81,7 +84,7 @@ pub use async_handle::AsyncSender;
 pub use backend::{Backend, PoolConfig, MAX_ACCEPTS_PER_WAKEUP, MAX_READS_PER_WAKEUP};
 pub use dns::{AddrInfoFlags, AddrInfoHints, AddressFamily, NameInfoFlags, SocketKind};
 pub use error::{Error, Result};
-pub use event_loop::{HandleType, Loop, LoopOptions, RunMode};
+pub use event_loop::{HandleType, Loop, LoopMetrics, LoopOptions, RunMode};
 pub use fs::{CopyFlags, DirEntry, FileKind, FileStat, FsRequest, OpenFlags};
 pub use handle::{
     Async, Datagram, HandleId, Hook, ListenerHandle, OnAsync, OnClose, OnConnect, OnConnection, OnExit, OnHook,

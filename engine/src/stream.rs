@@ -12,7 +12,7 @@
 //! reading (after `read_stop`, before its cancellation lands) is stashed with
 //! its buffer and delivered in order on the next `read_start`: nothing is lost.
 
-use crate::backend::{Completion, Driver, Op, OpKind, Token, RECVMSG_CONTROL_LEN};
+use crate::backend::{Completion, Driver, Op, OpKind, Token};
 use crate::error::{Error, Result};
 use crate::event_loop::{Kind, Loop, Pending, F_CLOSING};
 use crate::handle::sealed::Typed;
@@ -1321,23 +1321,20 @@ impl<D> Loop<D> {
     /// hand the payload to the read callback. A truncated control message is
     /// reported (and the fds that did arrive are closed), never ignored.
     fn deliver_ipc_record(&mut self, s: Stream, data: &[u8], cb: Option<Rc<ReadFn<D>>>, d: &mut D) {
-        let Some(rec) = crate::backend::parse_recvmsg(data) else {
+        // Received fds join the stream's queue, or are closed if the control
+        // data was cut (or the stream is gone): never leaked.
+        let mut st = self.stream_state(s).ok();
+        let parsed = crate::backend::parse_ipc_record(data, |fd, truncated| match &mut st {
+            Some(st) if !truncated => st.parts.pending_handles.push_back(fd),
+            _ => sys::close(fd),
+        });
+        let Some(rec) = parsed else {
             if let Some(cb) = cb {
                 cb(self, d, s.0, Err(Error::EINVAL));
             }
             return;
         };
-        let truncated = rec.flags & libc::MSG_CTRUNC != 0;
-        let control = &rec.control[..rec.control.len().min(RECVMSG_CONTROL_LEN)];
-        if let Ok(st) = self.stream_state(s) {
-            socket::for_each_rights_fd(control, |fd| {
-                if truncated {
-                    sys::close(fd);
-                } else {
-                    st.parts.pending_handles.push_back(fd);
-                }
-            });
-        }
+        let truncated = rec.truncated;
         if truncated {
             if let Some(cb) = &cb {
                 cb(self, d, s.0, Err(Error::CONTROL_TRUNCATED));

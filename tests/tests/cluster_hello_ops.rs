@@ -38,7 +38,7 @@ fn worker_count(backend: &str) {
         return;
     }
     let port = free_port();
-    let mut ex = Example::start_args(backend, "rr", port, 1, &[]);
+    let mut ex = Example::start_with_args(backend, "rr", port, 1, &[]);
     ex.wait_log(&["worker 1", "listening on"]);
     signal(&ex, libc::SIGTTIN);
     ex.wait_log(&["SIGTTIN: workers 1 -> 2"]);
@@ -80,7 +80,8 @@ fn log_reopen_and_capture(backend: &str) {
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("primary.log");
     let port = free_port();
-    let mut ex = Example::start_args(backend, "rr", port, 1, &["--log", log.to_str().unwrap(), "--stdio", "capture"]);
+    let mut ex =
+        Example::start_with_args(backend, "rr", port, 1, &["--log", log.to_str().unwrap(), "--stdio", "capture"]);
     let listening = wait_file(&log, &["worker 1", "listening on"]);
     let pid = pid_of(&listening);
     // The worker's own stdout line, captured and prefixed.

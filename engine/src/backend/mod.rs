@@ -262,6 +262,33 @@ pub(crate) trait Driver {
 
     /// Gives buffer `id` back for receiving.
     fn recycle(&mut self, id: u16);
+
+    /// What the waits in [`poll`](Self::poll) have cost so far (the loop's
+    /// metrics; see [`WaitStats`]).
+    fn wait_stats(&self) -> WaitStats;
+}
+
+/// Totals kept by a driver around its waits, for the loop's metrics
+/// (libuv's `uv_metrics_idle_time` and `events_waiting`). Measuring costs
+/// two reads of the monotonic clock (vDSO, no syscall) per `poll` that may
+/// block; a `poll` with a zero timeout is not timed.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WaitStats {
+    /// Time spent inside the blocking wait (`epoll_wait`, `io_uring_enter`
+    /// with `GETEVENTS` and a wait count), in nanoseconds.
+    pub idle_ns: u64,
+    /// Completions that were ready when `poll` was called, so the driver
+    /// did not have to block for them: those queued inside the driver, and
+    /// every completion of a `poll` that could not block.
+    pub events_waiting: u64,
+}
+
+impl WaitStats {
+    /// Adds the time since `since` to the idle total.
+    pub(crate) fn add_idle(&mut self, since: std::time::Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.idle_ns = self.idle_ns.saturating_add(ns);
+    }
 }
 
 /// The two backends behind one type, dispatched without dynamic calls.
@@ -304,6 +331,9 @@ impl Driver for AnyDriver {
     }
     fn recycle(&mut self, id: u16) {
         dispatch!(self, d => d.recycle(id))
+    }
+    fn wait_stats(&self) -> WaitStats {
+        dispatch!(self, d => d.wait_stats())
     }
 }
 
@@ -391,6 +421,26 @@ pub(crate) struct RecvMsgRecord<'a> {
 /// with `buf`.
 pub(crate) fn parse_recvmsg(buf: &[u8]) -> Option<RecvMsgRecord<'_>> {
     parse_record(buf, RecordLayout::STREAM)
+}
+
+/// An IPC record as the loop uses it: the payload, and whether the kernel
+/// cut the control data (`MSG_CTRUNC`).
+pub(crate) struct IpcRecordParts<'a> {
+    pub payload: &'a [u8],
+    pub truncated: bool,
+}
+
+/// Splits an IPC pipe's `RecvMsg` record and calls `fd` with each fd its
+/// `SCM_RIGHTS` messages carry and whether the control data was cut
+/// (control data beyond the control space is ignored); `None`, with no fd
+/// reported, if the header is inconsistent with `buf`. The caller owns
+/// every fd reported, truncated record or not.
+pub(crate) fn parse_ipc_record(buf: &[u8], mut fd: impl FnMut(std::os::fd::RawFd, bool)) -> Option<IpcRecordParts<'_>> {
+    let rec = parse_recvmsg(buf)?;
+    let truncated = rec.flags & libc::MSG_CTRUNC != 0;
+    let control = &rec.control[..rec.control.len().min(RECVMSG_CONTROL_LEN)];
+    crate::sys::socket::for_each_rights_fd(control, |f| fd(f, truncated));
+    Some(IpcRecordParts { payload: rec.payload, truncated })
 }
 
 /// Splits a recvmsg record laid out as `layout`; `None` if the header is
