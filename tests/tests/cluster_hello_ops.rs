@@ -122,3 +122,54 @@ fn log_reopen_and_captured_output_epoll() {
 fn log_reopen_and_captured_output_io_uring() {
     log_reopen_and_capture("io_uring");
 }
+
+/// A free port below 1024 on 127.0.0.1 (none: `None`).
+fn free_privileged_port() -> Option<u16> {
+    (900..1024).rev().find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// Run as root, the primary binds a privileged port and its workers serve
+/// it as nobody (uid and gid 65534), under `rr` and `shared`.
+fn privileged_port_unprivileged_workers(backend: &str, policy: &str) {
+    if backend == "io_uring" && !io_uring_available() {
+        return;
+    }
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP privileged_port_unprivileged_workers: not root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let hello = std::path::Path::new(HELLO);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    if mode(hello) & 0o005 != 0o005
+        || hello.ancestors().skip(1).any(|d| !d.as_os_str().is_empty() && mode(d) & 0o001 == 0)
+    {
+        eprintln!("SKIP privileged_port_unprivileged_workers: {} is not executable by others", hello.display());
+        return;
+    }
+    let Some(port) = free_privileged_port() else {
+        eprintln!("SKIP privileged_port_unprivileged_workers: no free port below 1024");
+        return;
+    };
+    let mut ex = Example::start_with_args(backend, policy, port, 2, &["--uid", "65534", "--gid", "65534"]);
+    let line = ex.wait_log(&["worker 1", "listening on"]);
+    ex.wait_log(&["worker 2", "listening on"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid_of(&line))).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().skip(1).collect::<Vec<_>>(), ["65534"; 4], "{uid}");
+    for _ in 0..4 {
+        assert!(get(port).ends_with("hello world"));
+    }
+    stop(&mut ex);
+}
+
+#[test]
+fn privileged_port_unprivileged_workers_rr_epoll() {
+    privileged_port_unprivileged_workers("epoll", "rr");
+}
+
+#[test]
+fn privileged_port_unprivileged_workers_shared_io_uring() {
+    privileged_port_unprivileged_workers("io_uring", "shared");
+}
