@@ -11,21 +11,8 @@ use std::time::{Duration, Instant};
 
 /// SIGTERM, then waits for exit 0 and for the whole group to be gone.
 fn stop(ex: &mut Example) {
-    // SAFETY: plain syscall on our child.
-    unsafe { libc::kill(ex.child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(st) = ex.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "primary did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0), "{status:?}");
-    while group_alive(ex.pgid) {
-        assert!(Instant::now() < deadline, "processes left behind");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    signal(ex, libc::SIGTERM);
+    ex.wait_clean_exit();
 }
 
 fn signal(ex: &Example, signum: i32) {
