@@ -43,6 +43,14 @@
 //! new one's workers listen the old one drains and exits; if the new one
 //! fails, the old one says why and serves on.
 //!
+//! Operations (see the README's "Running a cluster in production"):
+//! `--uid N --gid N` run the workers unprivileged, `--cwd DIR` sets their
+//! directory, `--stdio inherit|discard|capture` their output (`capture`
+//! prefixes each line with `[worker ID pid PID]`), `--cpu-affinity` pins
+//! worker i to the i-th CPU, `--log FILE` sends the primary's log (and
+//! captured output) to FILE, which SIGUSR1 reopens; SIGTTIN adds a worker
+//! and SIGTTOU removes one.
+//!
 //! Requests are parsed with `httparse`; pipelined requests are answered in
 //! order, `Connection: close` (and HTTP/1.0 without keep-alive) is honoured.
 //! Per-connection state is recycled, so serving allocates nothing once warm.
@@ -61,8 +69,8 @@ use uvring::{
     RunMode, Signal, StreamHandle, TcpListener, TcpStream,
 };
 use uvring_cluster::{
-    available_cpus, is_worker, ListenFds, ListenSource, Primary, PrimaryData, RespawnSettings, SchedPolicy, SdNotify,
-    Settings, Worker, WorkerData, WorkerStatus,
+    available_cpus, is_worker, ChildOutput, ListenFds, ListenSource, Primary, PrimaryData, RespawnSettings,
+    SchedPolicy, SdNotify, Settings, Worker, WorkerData, WorkerStatus,
 };
 
 /// Largest request head (and unparsed pipeline) a connection may buffer.
@@ -77,6 +85,14 @@ struct Options {
     port: u16,
     /// `--unix PATH`: serve on this Unix socket instead of TCP.
     unix: Option<PathBuf>,
+    /// Operations (issue 10): the workers' user, group, directory, stdio,
+    /// CPU pinning; the primary's log file.
+    uid: Option<u32>,
+    gid: Option<u32>,
+    cwd: Option<std::path::PathBuf>,
+    stdio: ChildOutput,
+    cpu_affinity: bool,
+    log: Option<std::path::PathBuf>,
     /// `--pid-file`: where the primary writes its pid.
     pid_file: Option<PathBuf>,
     /// `--upgrade-exec`: the program SIGUSR2 starts (default: this one).
@@ -90,6 +106,7 @@ struct Options {
 fn usage(msg: &str) -> ! {
     eprintln!("hello_cluster: {msg}");
     eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H] [--admin ADDR:PORT] [--max-memory MIB] [--pid-file PATH] [--upgrade-exec PATH] [--unix PATH]");
+    eprintln!("                     [--uid N] [--gid N] [--cwd DIR] [--stdio inherit|discard|capture] [--cpu-affinity] [--log FILE]");
     std::process::exit(2);
 }
 
@@ -101,6 +118,12 @@ fn parse_options() -> Options {
         host: IpAddr::from([0, 0, 0, 0]),
         port: std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8000),
         unix: None,
+        uid: None,
+        gid: None,
+        cwd: None,
+        stdio: ChildOutput::Inherit,
+        cpu_affinity: false,
+        log: None,
         pid_file: None,
         upgrade_exec: None,
         admin: None,
@@ -116,6 +139,12 @@ fn parse_options() -> Options {
             "--port" | "-p" => o.port = value().parse().unwrap_or_else(|_| usage("bad --port")),
             "--host" => o.host = value().parse().unwrap_or_else(|_| usage("bad --host")),
             "--unix" => o.unix = Some(PathBuf::from(value())),
+            "--uid" => o.uid = Some(value().parse().unwrap_or_else(|_| usage("bad --uid (a number)"))),
+            "--gid" => o.gid = Some(value().parse().unwrap_or_else(|_| usage("bad --gid (a number)"))),
+            "--cwd" => o.cwd = Some(value().into()),
+            "--stdio" => o.stdio = ChildOutput::parse(&value()).unwrap_or_else(|| usage("bad --stdio")),
+            "--cpu-affinity" => o.cpu_affinity = true,
+            "--log" => o.log = Some(value().into()),
             "--pid-file" => o.pid_file = Some(PathBuf::from(value())),
             "--upgrade-exec" => o.upgrade_exec = Some(PathBuf::from(value())),
             "--admin" => o.admin = Some(value().parse().unwrap_or_else(|_| usage("bad --admin (want ADDR:PORT)"))),
@@ -170,6 +199,11 @@ fn run_worker(o: Options) -> uvring::Result<()> {
     // primary through it. If the primary dies, the worker stops the loop
     // (its default), `run` returns and the process exits.
     let mut server = Server { worker: Some(Worker::init(&mut lp)?), ..Server::default() };
+    // One line on stdout per listen: with `--stdio capture` the primary
+    // logs it as `[worker ID pid PID] serving on ADDR`.
+    if let Some(w) = server.worker.as_mut() {
+        w.on_listening(|_, _, _, addr| println!("serving on {addr}"));
+    }
     // Disconnected (shutdown, a step of a rolling restart): finish every
     // connection. Busy ones close after their next response (which says
     // `Connection: close`); the idle ones after the grace.
@@ -293,8 +327,17 @@ impl PrimaryData for Supervisor {
     }
 }
 
+/// `--log FILE`: makes FILE the primary's stderr (its log), appending; run
+/// again on SIGUSR1 after a rotation moved the file away (nginx's reopen).
+fn open_log(path: &std::path::Path) -> uvring::Result<()> {
+    uvring::os::reopen_append(path, std::os::fd::AsFd::as_fd(&std::io::stderr()))
+}
+
 fn run_primary(o: Options) -> uvring::Result<()> {
     let me = std::process::id();
+    if let Some(path) = &o.log {
+        open_log(path)?;
+    }
     // Sockets from systemd (`LISTEN_FDS`) or from the primary this one
     // replaces (SIGUSR2): claimed before anything is spawned.
     let inherited = ListenFds::from_env()?;
@@ -304,6 +347,11 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         .policy(o.policy)
         .backend(Some(lp.backend()))
         .respawn(RespawnSettings::default().enabled(true))
+        .uid(o.uid)
+        .gid(o.gid)
+        .cwd(o.cwd.clone())
+        .output(o.stdio)
+        .cpu_affinity(o.cpu_affinity)
         .max_memory(o.max_memory_mib.map(|m| m << 20));
     let mut primary = Primary::new(&mut lp, settings)?;
     eprintln!("[primary {me}] {} workers, policy {}, {} backend, port {}", o.workers, o.policy, lp.backend(), o.port);
@@ -408,6 +456,30 @@ fn run_primary(o: Options) -> uvring::Result<()> {
             sup.notify("READY=1");
         });
     });
+    // gunicorn's TTIN and TTOU: one worker more, one fewer.
+    let on_count = OnSignal::new(move |lp, sup: &mut Supervisor, _, signum| {
+        if sup.shutting_down {
+            return;
+        }
+        let (name, now) = (if signum == libc::SIGTTIN { "SIGTTIN" } else { "SIGTTOU" }, sup.primary.settings().workers);
+        let next = if signum == libc::SIGTTIN { now + 1 } else { now.saturating_sub(1).max(1) };
+        eprintln!("[primary {me}] {name}: workers {now} -> {next}");
+        if let Err(e) = sup.primary.set_worker_count(lp, next) {
+            eprintln!("[primary {me}] {name}: {e}");
+        }
+    });
+    // nginx's USR1: reopen the log file (after a rotation).
+    let log = o.log.clone();
+    let on_usr1 = OnSignal::new(move |_, sup: &mut Supervisor, _, _| {
+        let Some(path) = &log else { return };
+        match open_log(path) {
+            Ok(()) => eprintln!(
+                "[primary {me}] SIGUSR1: log reopened ({} captured lines dropped so far)",
+                sup.primary.captured_lines_dropped()
+            ),
+            Err(e) => eprintln!("[primary {me}] SIGUSR1: cannot reopen {}: {e}", path.display()),
+        }
+    });
     // SIGUSR2: a new primary takes the listening sockets over; once it
     // serves, this one drains and exits (nginx's USR2 + QUIT in one step).
     let on_usr2 = OnSignal::new(move |lp, sup: &mut Supervisor, _, _| {
@@ -452,6 +524,10 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         sup.signals.push(lp.signal_start(signum, &on_stop)?);
     }
     sup.signals.push(lp.signal_start(libc::SIGHUP, &on_hup)?);
+    for signum in [libc::SIGTTIN, libc::SIGTTOU] {
+        sup.signals.push(lp.signal_start(signum, &on_count)?);
+    }
+    sup.signals.push(lp.signal_start(libc::SIGUSR1, &on_usr1)?);
     sup.signals.push(lp.signal_start(libc::SIGUSR2, &on_usr2)?);
     if let Some(every) = sup.notify.as_ref().and_then(SdNotify::watchdog) {
         // Pinged at half the interval the unit asked for, from the loop:

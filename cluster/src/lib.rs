@@ -125,5 +125,5 @@ pub use primary::{
 pub use proto::FrameFds;
 pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
 pub use settings::{available_cpus, ChildOutput, RespawnSettings, SchedPolicy, Settings, DEFAULT_MAX_MESSAGE_LEN};
-pub use store::SharedStore;
-pub use worker::{is_primary, is_worker, worker_id, Worker, WorkerData};
+pub use store::{SharedStore, StoreError};
+pub use worker::{is_primary, is_worker, worker_id, CasOutcome, Worker, WorkerData};

@@ -41,6 +41,9 @@
 //! | 0x0e | `StoreDelete`           | 0        | `req_id u32 @0, key @4..`                                                                                                       |
 //! | 0x0f | `StoreReply`            | 0        | `req_id u32 @0, status u8 @4, value @5..`                                                                                       |
 //! | 0x10 | `Heartbeat`             | 0        | `seq u32 @0` (4 bytes); the primary asks, the worker's loop echoes it, either as is or with its report (40 bytes): `seq u32 @0, open_connections u32 @4, idle_us u64 @8, uptime_us u64 @16, loop_count u64 @24, events u64 @32` ([`WorkerReport`]); any other length is an error |
+//! | 0x11 | `StoreAdd`              | 0        | `req_id u32 @0, delta i64 @4, key @12..`; the value is a decimal integer (absent = 0); answered with the new value             |
+//! | 0x12 | `StoreCas`              | 0        | `req_id u32 @0, key_len u32 @4, expected_len u32 @8, key @12..12+key_len, expected @12+key_len..+expected_len, value @..` (the rest); `expected_len` 0xffff_ffff = "key absent", no expected bytes |
+//! | 0x13 | `StoreKeys`             | 0        | `req_id u32 @0, prefix_len u32 @4, prefix @8..8+prefix_len, after @8+prefix_len..`: keys that start with `prefix` and sort after `after` |
 //!
 //! Enumerations: `family` 4 = IPv4 (address is 4 bytes), 6 = IPv6 (16 bytes),
 //! 1 = Unix (1..=108 path bytes, a leading NUL names an abstract socket),
@@ -50,8 +53,22 @@
 //! (IPv4 / IPv6 only; the reply carries the bound socket, whatever the
 //! policy); `flags` bit 0 = IPv6-only, bit 1 = `SO_REUSEPORT`, bit 2 =
 //! exclusive, bit 3 = `SO_REUSEADDR` (UDP), other bits must be 0; `accepted` 0 / 1; `status` 1 = found, 2 = not found, 3 = ok,
-//! 4 = error. Every accepted encoding is canonical: parsing then emitting a
+//! 4 = error, 5 = partial. Every accepted encoding is canonical: parsing then emitting a
 //! frame gives back the same bytes.
+//!
+//! The store's atomic operations are answered by a `StoreReply` with the
+//! request's `req_id`:
+//!
+//! - `StoreAdd`: status 3 (ok) with the new value as a decimal integer
+//!   (ASCII, `-` for a negative one); status 4 (error), with the reason as
+//!   text, if the old value is not a decimal `i64` or the sum overflows (the
+//!   value is left as it was).
+//! - `StoreCas`: status 3 (ok) if the value was swapped; otherwise status 1
+//!   (found) with the current value, or 2 (not found) if the key is absent.
+//! - `StoreKeys`: the keys in byte order, each as `key_len u32, key`;
+//!   status 3 (ok) when the list is complete, 5 (partial) when more keys
+//!   follow (ask again with `after` = the last key received), 4 (error) when
+//!   not even one key fits a frame.
 //!
 //! # File descriptors
 //!
@@ -213,6 +230,40 @@ pub mod field {
         pub const KEY: usize = 8;
     }
 
+    /// Payload of `StoreAdd`.
+    pub mod store_add {
+        use super::Field;
+        pub const REQ_ID: Field = 0..4;
+        pub const DELTA: Field = 4..12;
+        pub const KEY: usize = 12;
+    }
+
+    /// Payload of `StoreCas`.
+    pub mod store_cas {
+        use super::Field;
+        pub const REQ_ID: Field = 0..4;
+        pub const KEY_LEN: Field = 4..8;
+        pub const EXPECTED_LEN: Field = 8..12;
+        pub const KEY: usize = 12;
+        /// `expected_len` saying the key must be absent.
+        pub const EXPECT_ABSENT: u32 = u32::MAX;
+    }
+
+    /// Payload of `StoreKeys`.
+    pub mod store_keys {
+        use super::Field;
+        pub const REQ_ID: Field = 0..4;
+        pub const PREFIX_LEN: Field = 4..8;
+        pub const PREFIX: usize = 8;
+    }
+
+    /// One entry of a `StoreKeys` answer (the value of its `StoreReply`).
+    pub mod key_entry {
+        use super::Field;
+        pub const KEY_LEN: Field = 0..4;
+        pub const KEY: usize = 4;
+    }
+
     /// Payload of `StoreReply`.
     pub mod store_reply {
         use super::Field;
@@ -246,11 +297,14 @@ pub enum FrameKind {
     StoreDelete = 0x0e,
     StoreReply = 0x0f,
     Heartbeat = 0x10,
+    StoreAdd = 0x11,
+    StoreCas = 0x12,
+    StoreKeys = 0x13,
 }
 
 impl FrameKind {
     /// Every kind, in code order.
-    pub const ALL: [FrameKind; 16] = [
+    pub const ALL: [FrameKind; 19] = [
         FrameKind::Online,
         FrameKind::QueryServer,
         FrameKind::QueryServerReply,
@@ -267,6 +321,9 @@ impl FrameKind {
         FrameKind::StoreDelete,
         FrameKind::StoreReply,
         FrameKind::Heartbeat,
+        FrameKind::StoreAdd,
+        FrameKind::StoreCas,
+        FrameKind::StoreKeys,
     ];
 
     /// The kind for a wire code, if there is one.
@@ -288,6 +345,9 @@ impl FrameKind {
             0x0e => FrameKind::StoreDelete,
             0x0f => FrameKind::StoreReply,
             0x10 => FrameKind::Heartbeat,
+            0x11 => FrameKind::StoreAdd,
+            0x12 => FrameKind::StoreCas,
+            0x13 => FrameKind::StoreKeys,
             _ => return None,
         })
     }
@@ -326,6 +386,9 @@ impl FrameKind {
             FrameKind::StoreGet | FrameKind::StoreDelete => (store_key::KEY, ANY),
             FrameKind::StoreSet => (store_set::KEY, ANY),
             FrameKind::StoreReply => (store_reply::VALUE, ANY),
+            FrameKind::StoreAdd => (store_add::KEY, ANY),
+            FrameKind::StoreCas => (store_cas::KEY, ANY),
+            FrameKind::StoreKeys => (store_keys::PREFIX, ANY),
         }
     }
 }
@@ -506,6 +569,8 @@ pub enum StoreStatus {
     NotFound = 2,
     Ok = 3,
     Error = 4,
+    /// A `StoreKeys` answer that more keys follow.
+    Partial = 5,
 }
 
 impl StoreStatus {
@@ -516,8 +581,55 @@ impl StoreStatus {
             2 => Some(StoreStatus::NotFound),
             3 => Some(StoreStatus::Ok),
             4 => Some(StoreStatus::Error),
+            5 => Some(StoreStatus::Partial),
             _ => None,
         }
+    }
+}
+
+/// Appends one entry of a `StoreKeys` answer (`key_len u32, key`) to `out`.
+/// `EmitError::TooLarge` (and `out` unchanged) for a key longer than a `u32`
+/// can say.
+pub fn push_key_entry(out: &mut Vec<u8>, key: &[u8]) -> Result<(), EmitError> {
+    let len = u32::try_from(key.len()).map_err(|_| EmitError::TooLarge { payload_len: key.len() })?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(key);
+    Ok(())
+}
+
+/// The keys of a `StoreKeys` answer (a [`Frame::StoreReply`]'s value), in
+/// order. An entry that runs past the end yields one `Err` and ends the
+/// iteration: hostile bytes never panic.
+pub fn key_entries(value: &[u8]) -> KeyEntries<'_> {
+    KeyEntries { rest: value }
+}
+
+/// Iterator returned by [`key_entries`].
+#[derive(Debug, Clone)]
+pub struct KeyEntries<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for KeyEntries<'a> {
+    type Item = Result<&'a [u8], InvalidFrame>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use field::key_entry::*;
+        if self.rest.is_empty() {
+            return None;
+        }
+        let rest = std::mem::take(&mut self.rest);
+        let bad = InvalidFrame { kind: FrameKind::StoreReply, field: "key_len" };
+        let Some(len) = rest.get(KEY_LEN).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_le_bytes) else {
+            return Some(Err(bad));
+        };
+        let Some((key, tail)) =
+            usize::try_from(len).ok().and_then(|n| rest.get(KEY..).and_then(|r| r.split_at_checked(n)))
+        else {
+            return Some(Err(bad));
+        };
+        self.rest = tail;
+        Some(Ok(key))
     }
 }
 
@@ -861,6 +973,10 @@ impl<'a> Fields<'a> {
         self.array(f).map(u64::from_le_bytes)
     }
 
+    fn i64(&self, f: Range<usize>) -> Result<i64, DecodeError> {
+        self.array(f).map(i64::from_le_bytes)
+    }
+
     fn tail(&self, at: usize) -> Result<&'a [u8], DecodeError> {
         self.bytes.get(at..).ok_or_else(|| self.too_short())
     }
@@ -921,6 +1037,15 @@ pub enum Frame<'a> {
     /// back, from the worker's loop (a stuck loop does not answer), with
     /// the worker's figures in `report` (`None` from the primary).
     Heartbeat { seq: u32, report: Option<WorkerReport> },
+    /// Worker to primary: add `delta` to the decimal integer at `key` (an
+    /// absent key counts as 0), atomically.
+    StoreAdd { req_id: u32, key: &'a [u8], delta: i64 },
+    /// Worker to primary: set `key` = `value` if its value is `expected`
+    /// (`None`: if the key is absent), atomically.
+    StoreCas { req_id: u32, key: &'a [u8], expected: Option<&'a [u8]>, value: &'a [u8] },
+    /// Worker to primary: the keys that start with `prefix` and sort after
+    /// `after` (empty: from the first), in byte order.
+    StoreKeys { req_id: u32, prefix: &'a [u8], after: &'a [u8] },
 }
 
 /// What a worker tells the primary about itself with each heartbeat
@@ -961,6 +1086,9 @@ impl<'a> Frame<'a> {
             Frame::StoreSet { .. } => FrameKind::StoreSet,
             Frame::StoreDelete { .. } => FrameKind::StoreDelete,
             Frame::StoreReply { .. } => FrameKind::StoreReply,
+            Frame::StoreAdd { .. } => FrameKind::StoreAdd,
+            Frame::StoreCas { .. } => FrameKind::StoreCas,
+            Frame::StoreKeys { .. } => FrameKind::StoreKeys,
         }
     }
 
@@ -992,6 +1120,14 @@ impl<'a> Frame<'a> {
             Frame::StoreGet { key, .. } | Frame::StoreDelete { key, .. } => store_key::KEY.saturating_add(key.len()),
             Frame::StoreSet { key, value, .. } => store_set::KEY.saturating_add(key.len()).saturating_add(value.len()),
             Frame::StoreReply { value, .. } => store_reply::VALUE.saturating_add(value.len()),
+            Frame::StoreAdd { key, .. } => store_add::KEY.saturating_add(key.len()),
+            Frame::StoreCas { key, expected, value, .. } => store_cas::KEY
+                .saturating_add(key.len())
+                .saturating_add(expected.map_or(0, <[u8]>::len))
+                .saturating_add(value.len()),
+            Frame::StoreKeys { prefix, after, .. } => {
+                store_keys::PREFIX.saturating_add(prefix.len()).saturating_add(after.len())
+            }
         }
     }
 
@@ -1120,6 +1256,30 @@ impl<'a> Frame<'a> {
                 let status = StoreStatus::from_u8(p.u8(STATUS)?).ok_or_else(|| p.invalid("status"))?;
                 Frame::StoreReply { req_id: p.u32(REQ_ID)?, status, value: p.tail(VALUE)? }
             }
+            FrameKind::StoreAdd => {
+                use field::store_add::*;
+                Frame::StoreAdd { req_id: p.u32(REQ_ID)?, delta: p.i64(DELTA)?, key: p.tail(KEY)? }
+            }
+            FrameKind::StoreCas => {
+                use field::store_cas::*;
+                let key_len = usize::try_from(p.u32(KEY_LEN)?).map_err(|_| p.too_short())?;
+                let (key, rest) = p.tail(KEY)?.split_at_checked(key_len).ok_or_else(|| p.too_short())?;
+                let (expected, value) = match p.u32(EXPECTED_LEN)? {
+                    EXPECT_ABSENT => (None, rest),
+                    n => {
+                        let n = usize::try_from(n).map_err(|_| p.too_short())?;
+                        let (e, v) = rest.split_at_checked(n).ok_or_else(|| p.too_short())?;
+                        (Some(e), v)
+                    }
+                };
+                Frame::StoreCas { req_id: p.u32(REQ_ID)?, key, expected, value }
+            }
+            FrameKind::StoreKeys => {
+                use field::store_keys::*;
+                let prefix_len = usize::try_from(p.u32(PREFIX_LEN)?).map_err(|_| p.too_short())?;
+                let (prefix, after) = p.tail(PREFIX)?.split_at_checked(prefix_len).ok_or_else(|| p.too_short())?;
+                Frame::StoreKeys { req_id: p.u32(REQ_ID)?, prefix, after }
+            }
         };
         frame.validate()?;
         Ok(frame)
@@ -1227,6 +1387,34 @@ impl<'a> Frame<'a> {
                 put(p, REQ_ID.start, &req_id.to_le_bytes());
                 put(p, STATUS, &[status as u8]);
                 put(p, VALUE, value);
+            }
+            Frame::StoreAdd { req_id, key, delta } => {
+                use field::store_add::*;
+                put(p, REQ_ID.start, &req_id.to_le_bytes());
+                put(p, DELTA.start, &delta.to_le_bytes());
+                put(p, KEY, key);
+            }
+            Frame::StoreCas { req_id, key, expected, value } => {
+                use field::store_cas::*;
+                // Each part is shorter than the payload, whose length fits a
+                // u32 below EXPECT_ABSENT (the header takes 12 bytes of it).
+                let key_len = u32::try_from(key.len()).unwrap_or(u32::MAX);
+                let expected_len = expected.map_or(EXPECT_ABSENT, |e| u32::try_from(e.len()).unwrap_or(u32::MAX));
+                let expected = expected.unwrap_or(&[]);
+                put(p, REQ_ID.start, &req_id.to_le_bytes());
+                put(p, KEY_LEN.start, &key_len.to_le_bytes());
+                put(p, EXPECTED_LEN.start, &expected_len.to_le_bytes());
+                put(p, KEY, key);
+                put(p, KEY + key.len(), expected);
+                put(p, KEY + key.len() + expected.len(), value);
+            }
+            Frame::StoreKeys { req_id, prefix, after } => {
+                use field::store_keys::*;
+                let prefix_len = u32::try_from(prefix.len()).unwrap_or(u32::MAX);
+                put(p, REQ_ID.start, &req_id.to_le_bytes());
+                put(p, PREFIX_LEN.start, &prefix_len.to_le_bytes());
+                put(p, PREFIX, prefix);
+                put(p, PREFIX + prefix.len(), after);
             }
         }
         Ok(total)
@@ -1942,6 +2130,21 @@ mod tests {
                 6, 5, 4, 3, 0, 0, 0, 0,
                 9, 0, 0, 0, 0, 0, 0, 0,
                 0, 0, 0, 0, 1, 0, 0, 0];
+        test_parse_store_add, test_emit_store_add:
+            Frame::StoreAdd { req_id: 9, key: b"n", delta: -2 }
+            => [1, 0x11, 0, 0, 13, 0, 0, 0, 9, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'n'];
+        test_parse_store_cas, test_emit_store_cas:
+            Frame::StoreCas { req_id: 10, key: b"k", expected: Some(b"a"), value: b"bc" }
+            => [1, 0x12, 0, 0, 16, 0, 0, 0, 10, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, b'k', b'a', b'b', b'c'];
+        test_parse_store_cas_absent, test_emit_store_cas_absent:
+            Frame::StoreCas { req_id: 11, key: b"k", expected: None, value: b"v" }
+            => [1, 0x12, 0, 0, 14, 0, 0, 0, 11, 0, 0, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, b'k', b'v'];
+        test_parse_store_keys, test_emit_store_keys:
+            Frame::StoreKeys { req_id: 12, prefix: b"w:", after: b"w:3" }
+            => [1, 0x13, 0, 0, 13, 0, 0, 0, 12, 0, 0, 0, 2, 0, 0, 0, b'w', b':', b'w', b':', b'3'];
+        test_parse_store_reply_partial, test_emit_store_reply_partial:
+            Frame::StoreReply { req_id: 12, status: StoreStatus::Partial, value: &[1, 0, 0, 0, b'x'] }
+            => [1, 0x0f, 0, 0, 10, 0, 0, 0, 12, 0, 0, 0, 5, 1, 0, 0, 0, b'x'];
     }
 
     #[test]
@@ -1987,6 +2190,9 @@ mod tests {
             (FrameKind::Listening, 7),
             (FrameKind::StoreSet, 7),
             (FrameKind::StoreReply, 4),
+            (FrameKind::StoreAdd, 11),
+            (FrameKind::StoreCas, 11),
+            (FrameKind::StoreKeys, 7),
         ] {
             let mut bytes = vec![1u8, kind.as_u8(), 0, 0, len as u8, 0, 0, 0];
             bytes.resize(HEADER_LEN + len, 0);
@@ -2042,7 +2248,7 @@ mod tests {
     /// A valid frame of a random kind with random fields (at most
     /// `max_fds` fds, byte fields up to `max_bytes` long).
     fn random_frame<'p>(rng: &mut Rng, pool: &'p [u8], max_fds: u8, max_bytes: usize) -> Frame<'p> {
-        let frame = match rng.below(16) {
+        let frame = match rng.below(19) {
             0 => Frame::Online,
             1 => {
                 let address = random_address(rng, pool);
@@ -2104,9 +2310,21 @@ mod tests {
                     events: rng.next(),
                 }),
             },
+            15 => Frame::StoreAdd { req_id: rng.u32(), key: slice(rng, pool, max_bytes), delta: rng.next() as i64 },
+            16 => Frame::StoreCas {
+                req_id: rng.u32(),
+                key: slice(rng, pool, max_bytes / 3),
+                expected: (rng.below(3) != 0).then(|| slice(rng, pool, max_bytes / 3)),
+                value: slice(rng, pool, max_bytes / 3),
+            },
+            17 => Frame::StoreKeys {
+                req_id: rng.u32(),
+                prefix: slice(rng, pool, max_bytes / 2),
+                after: slice(rng, pool, max_bytes / 2),
+            },
             _ => Frame::StoreReply {
                 req_id: rng.u32(),
-                status: StoreStatus::from_u8(1 + rng.below(4) as u8).unwrap(),
+                status: StoreStatus::from_u8(1 + rng.below(5) as u8).unwrap(),
                 value: slice(rng, pool, max_bytes),
             },
         };
@@ -2431,7 +2649,7 @@ mod tests {
     #[test]
     fn error_unknown_kind() {
         assert_eq!(decode_err(&[1, 0, 0, 0, 0, 0, 0, 0], 0), DecodeError::UnknownKind { kind: 0 });
-        assert_eq!(decode_err(&[1, 0x11, 0, 0, 0, 0, 0, 0], 0), DecodeError::UnknownKind { kind: 0x11 });
+        assert_eq!(decode_err(&[1, 0x14, 0, 0, 0, 0, 0, 0], 0), DecodeError::UnknownKind { kind: 0x14 });
         assert_eq!(decode_err(&[1, 0xff, 0, 0, 0, 0, 0, 0], 0), DecodeError::UnknownKind { kind: 0xff });
     }
 
@@ -2579,6 +2797,56 @@ mod tests {
         let mut b = golden(16);
         b[HEADER_LEN + field::store_reply::STATUS] = 0;
         assert_eq!(decode_err(&b, 0), invalid(FrameKind::StoreReply, "status"));
+    }
+
+    #[test]
+    fn store_lengths_that_run_past_the_payload() {
+        let golden = |f: &Frame<'_>| GOLDEN.iter().find(|(g, _)| g == f).unwrap().1.to_vec();
+        let too_short = |kind, b: &[u8]| {
+            let len = b.len() - HEADER_LEN;
+            assert_eq!(decode_err(b, 0), DecodeError::PayloadTooShort { kind, len });
+        };
+        // StoreCas: key_len, then expected_len, past the end (not the
+        // "absent" marker).
+        let cas = golden(&Frame::StoreCas { req_id: 10, key: b"k", expected: Some(b"a"), value: b"bc" });
+        let mut b = cas.clone();
+        b[HEADER_LEN + field::store_cas::KEY_LEN.start] = 5;
+        too_short(FrameKind::StoreCas, &b);
+        let mut b = cas.clone();
+        b[HEADER_LEN + field::store_cas::EXPECTED_LEN.start] = 4;
+        too_short(FrameKind::StoreCas, &b);
+        let mut b = cas;
+        let at = HEADER_LEN + field::store_cas::EXPECTED_LEN.start;
+        b[at..at + 4].copy_from_slice(&0xffff_fffeu32.to_le_bytes());
+        too_short(FrameKind::StoreCas, &b);
+        // StoreKeys: prefix_len past the end.
+        let mut b = golden(&Frame::StoreKeys { req_id: 12, prefix: b"w:", after: b"w:3" });
+        b[HEADER_LEN + field::store_keys::PREFIX_LEN.start] = 6;
+        too_short(FrameKind::StoreKeys, &b);
+        // The "absent" marker with no key or value.
+        let f = Frame::StoreCas { req_id: 1, key: b"", expected: None, value: b"" };
+        let bytes = emit_vec(&f);
+        assert_eq!(Frame::parse_prefix(&bytes), Ok((f, bytes.len())));
+    }
+
+    #[test]
+    fn key_entries_round_trip_and_stop_at_garbage() {
+        let mut value = Vec::new();
+        for key in [&b"a"[..], b"", b"w:17"] {
+            push_key_entry(&mut value, key).unwrap();
+        }
+        let keys: Vec<&[u8]> = key_entries(&value).map(Result::unwrap).collect();
+        assert_eq!(keys, [&b"a"[..], b"", b"w:17"]);
+        // Cut anywhere inside the last entry: the good ones, then one error.
+        for cut in value.len() - 7..value.len() {
+            let got: Vec<_> = key_entries(&value[..cut]).collect();
+            assert_eq!(got.len(), 3, "cut at {cut}");
+            assert!(got[..2].iter().all(Result::is_ok) && got[2].is_err(), "cut at {cut}");
+        }
+        // A huge length never panics.
+        let huge = [0xff, 0xff, 0xff, 0xff, b'x'];
+        assert_eq!(key_entries(&huge).count(), 1);
+        assert!(key_entries(&[]).next().is_none());
     }
 
     #[test]

@@ -142,14 +142,49 @@ impl RespawnSettings {
     }
 }
 
-/// What a child's stdout and stderr are.
+/// What a worker's stdin, stdout and stderr are (Node's `settings.stdio`
+/// and `silent`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub enum ChildOutput {
-    /// The primary's own stdout and stderr.
+    /// The primary's own stdin, stdout and stderr.
     #[default]
     Inherit,
-    /// `/dev/null` for stdout; stderr stays inherited (so crashes are seen).
+    /// `/dev/null` for stdout; stdin and stderr stay inherited (so crashes
+    /// are seen).
     QuietStdout,
+    /// `/dev/null` for stdin, stdout and stderr (Node's `silent` without
+    /// the pipes): nothing a worker writes is seen.
+    Discard,
+    /// stdout and stderr are pipes to the primary (stdin is `/dev/null`),
+    /// which writes each line to its own stderr prefixed with
+    /// `[worker ID pid PID] ` (PM2's and egg's prefixed logs; see
+    /// [`Primary::capture_into`](crate::Primary::capture_into) and
+    /// [`Primary::captured_lines_dropped`](crate::Primary::captured_lines_dropped)).
+    Capture,
+}
+
+impl ChildOutput {
+    /// Parses `inherit`, `quiet-stdout`, `discard` (or `silent`, `ignore`)
+    /// or `capture`.
+    pub fn parse(name: &str) -> Option<ChildOutput> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "inherit" => Some(ChildOutput::Inherit),
+            "quiet-stdout" | "quiet" => Some(ChildOutput::QuietStdout),
+            "discard" | "silent" | "ignore" => Some(ChildOutput::Discard),
+            "capture" | "pipe" => Some(ChildOutput::Capture),
+            _ => None,
+        }
+    }
+
+    /// The name [`parse`](Self::parse) accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChildOutput::Inherit => "inherit",
+            ChildOutput::QuietStdout => "quiet-stdout",
+            ChildOutput::Discard => "discard",
+            ChildOutput::Capture => "capture",
+        }
+    }
 }
 
 /// Settings of a [`Primary`](crate::Primary) (Node's `cluster.setupPrimary`).
@@ -222,6 +257,38 @@ pub struct Settings {
     /// raise it only as far as needed. Default 1 MiB
     /// ([`DEFAULT_MAX_MESSAGE_LEN`]).
     pub max_message_len: usize,
+    /// How long a worker's shared-store request ([`Worker::store_get`](crate::Worker::store_get),
+    /// [`store_add`](crate::Worker::store_add), ...) waits for the
+    /// primary's answer before its callback gets `ETIMEDOUT` (a primary
+    /// stuck or gone does not leave the worker waiting for ever); zero
+    /// waits for ever. Default 5 s.
+    pub store_timeout: Duration,
+    /// User id the workers run as (`setuid` in the child before exec), so
+    /// that a primary started as root (to bind a privileged port, say) runs
+    /// its workers unprivileged; `None` keeps the primary's.
+    pub uid: Option<u32>,
+    /// Group id the workers run as (`setgid` before exec); `None` keeps the
+    /// primary's.
+    pub gid: Option<u32>,
+    /// Supplementary groups of the workers (`setgroups` before exec).
+    /// `None`: with `uid` or `gid` set, a root primary's groups are dropped
+    /// (the workers keep none); otherwise they are inherited.
+    pub groups: Option<Vec<u32>>,
+    /// Working directory of the workers; `None` keeps the primary's.
+    pub cwd: Option<PathBuf>,
+    /// Pin each worker to one CPU of the primary's allowed set
+    /// (`sched_getaffinity`): the first worker to the first CPU, the second
+    /// to the second, ... (a worker takes the CPU with the fewest live
+    /// workers, so a replacement takes its predecessor's). Default off.
+    pub cpu_affinity: bool,
+    /// Raise the primary's soft `RLIMIT_NOFILE` to the hard limit when it
+    /// is made (nginx's `worker_rlimit_nofile`); workers inherit it.
+    /// Default on.
+    pub raise_fd_limit: bool,
+    /// With [`ChildOutput::Capture`], how many bytes of captured lines the
+    /// primary holds while its own output is slow; a line that does not fit
+    /// is dropped (and counted). Default 256 KiB.
+    pub capture_buffer: usize,
     /// The most anonymous resident memory (`RssAnon` in
     /// `/proc/PID/status`: heap and stacks, not shared program text or the
     /// io_uring rings' mappings that `VmRSS` counts) a worker may hold, in
@@ -253,6 +320,14 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            store_timeout: crate::worker::DEFAULT_STORE_TIMEOUT,
+            uid: None,
+            gid: None,
+            groups: None,
+            cwd: None,
+            cpu_affinity: false,
+            raise_fd_limit: true,
+            capture_buffer: 256 << 10,
             max_memory: None,
         }
     }
@@ -307,6 +382,22 @@ setters!(
     heartbeat_timeout: Duration,
     /// Sets the message size limit of both ends of every channel.
     max_message_len: usize,
+    /// Sets how long a worker's store request waits for its answer.
+    store_timeout: Duration,
+    /// Sets the user id workers run as.
+    uid: Option<u32>,
+    /// Sets the group id workers run as.
+    gid: Option<u32>,
+    /// Sets the workers' supplementary groups.
+    groups: Option<Vec<u32>>,
+    /// Sets the workers' working directory.
+    cwd: Option<PathBuf>,
+    /// Sets whether each worker is pinned to one CPU.
+    cpu_affinity: bool,
+    /// Sets whether the primary raises its soft fd limit to the hard one.
+    raise_fd_limit: bool,
+    /// Sets the captured-output buffer of the primary.
+    capture_buffer: usize,
     /// Sets the most `RssAnon` a worker may hold, in bytes (`None`: no limit).
     max_memory: Option<u64>,
 );
@@ -332,6 +423,11 @@ mod tests {
         assert_eq!("shared".parse::<SchedPolicy>(), Ok(SchedPolicy::Shared));
         assert_eq!("fifo".parse::<SchedPolicy>(), Err(uvring::Error::EINVAL));
         assert_eq!(SchedPolicy::ReusePort.to_string(), "reuseport");
+        for o in [ChildOutput::Inherit, ChildOutput::QuietStdout, ChildOutput::Discard, ChildOutput::Capture] {
+            assert_eq!(ChildOutput::parse(o.name()), Some(o));
+        }
+        assert_eq!(ChildOutput::parse("silent"), Some(ChildOutput::Discard));
+        assert_eq!(ChildOutput::parse("loud"), None);
     }
 
     #[test]

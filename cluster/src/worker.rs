@@ -106,15 +106,67 @@ type ChannelFn<D> = dyn Fn(&mut Loop<D>, &mut D);
 /// `(loop, data, idle grace)`: the worker drains.
 type DrainFn<D> = dyn Fn(&mut Loop<D>, &mut D, Duration);
 
-type GetFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Option<&[u8]>);
+type GetFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Result<Option<&[u8]>>);
 type SetFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Result<()>);
-type DeleteFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, bool);
+type DeleteFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Result<bool>);
+type AddFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Result<i64>);
+type CasFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Result<CasOutcome<'_>>);
+type KeysFn<D> = dyn FnOnce(&mut Loop<D>, &mut D, Result<Vec<Vec<u8>>>);
 
+/// What a store request's callback gets.
 enum StoreCallback<D> {
     Get(Box<GetFn<D>>),
     Set(Box<SetFn<D>>),
     Delete(Box<DeleteFn<D>>),
+    Add(Box<AddFn<D>>),
+    Cas(Box<CasFn<D>>),
+    /// A keys listing, with the prefix asked and the keys of the pages
+    /// received so far.
+    Keys {
+        prefix: Vec<u8>,
+        keys: Vec<Vec<u8>>,
+        cb: Box<KeysFn<D>>,
+    },
 }
+
+impl<D> StoreCallback<D> {
+    /// Fails the request with `e` (timeout, channel gone).
+    fn fail(self, lp: &mut Loop<D>, d: &mut D, e: Error) {
+        match self {
+            StoreCallback::Get(f) => f(lp, d, Err(e)),
+            StoreCallback::Set(f) => f(lp, d, Err(e)),
+            StoreCallback::Delete(f) => f(lp, d, Err(e)),
+            StoreCallback::Add(f) => f(lp, d, Err(e)),
+            StoreCallback::Cas(f) => f(lp, d, Err(e)),
+            StoreCallback::Keys { cb, .. } => cb(lp, d, Err(e)),
+        }
+    }
+}
+
+/// A store request waiting for its answer.
+struct StoreRequest<D> {
+    req_id: u32,
+    /// `lp.now()` past which it fails with `ETIMEDOUT` (`u64::MAX`: never).
+    deadline: u64,
+    cb: StoreCallback<D>,
+}
+
+/// How a [`Worker::store_compare_and_swap`] ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum CasOutcome<'a> {
+    /// The value was swapped.
+    Swapped,
+    /// The value was not `expected`: here is the current one (`None`: the
+    /// key is absent). The store is unchanged.
+    Mismatch(Option<&'a [u8]>),
+}
+
+/// Environment variable passing [`Settings::store_timeout`](crate::Settings::store_timeout)
+/// (ms) to workers.
+pub const ENV_STORE_TIMEOUT_MS: &str = "UVRING_CLUSTER_STORE_TIMEOUT_MS";
+
+/// The store timeout a worker starts with when the primary names none.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The role named by the environment, read once: `(worker id, channel fd)`.
 fn role_env() -> Option<(WorkerId, RawFd)> {
@@ -278,7 +330,11 @@ pub struct Worker<D> {
     indexes: Vec<IndexSet>,
     next_seq: u32,
     next_req: u32,
-    store_reqs: Vec<(u32, StoreCallback<D>)>,
+    store_reqs: Vec<StoreRequest<D>>,
+    /// How long a store request may wait for its answer (zero: for ever).
+    store_timeout: Duration,
+    /// Fails the store requests past their deadline (unreferenced).
+    store_timer: Option<Timer>,
     on_message: Option<Rc<MessageFn<D>>>,
     on_listening: Option<Rc<ListeningFn<D>>>,
     on_disconnect: Option<Rc<ChannelFn<D>>>,
@@ -791,6 +847,11 @@ impl<D: WorkerData> Worker<D> {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(crate::settings::DEFAULT_MAX_MESSAGE_LEN);
         std::env::remove_var(ENV_MAX_MESSAGE_LEN);
+        let store_timeout = std::env::var(ENV_STORE_TIMEOUT_MS)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map_or(DEFAULT_STORE_TIMEOUT, Duration::from_millis);
+        std::env::remove_var(ENV_STORE_TIMEOUT_MS);
         let pipe = lp.pipe_open(owned, true)?;
         let mut worker = Worker {
             id,
@@ -806,6 +867,8 @@ impl<D: WorkerData> Worker<D> {
             next_seq: 1,
             next_req: 1,
             store_reqs: Vec::new(),
+            store_timeout,
+            store_timer: None,
             on_message: None,
             on_listening: None,
             on_disconnect: None,
@@ -1049,20 +1112,86 @@ impl<D: WorkerData> Worker<D> {
     }
 
     fn store_request(&mut self, lp: &mut Loop<D>, frame: &Frame<'_>, cb: StoreCallback<D>) -> Result<()> {
+        self.store_request_or_back(lp, frame, cb).map_err(|(e, _)| e)
+    }
+
+    /// Sends a store request (`frame`, numbered `next_req`); on error, gives
+    /// the callback back.
+    fn store_request_or_back(
+        &mut self,
+        lp: &mut Loop<D>,
+        frame: &Frame<'_>,
+        cb: StoreCallback<D>,
+    ) -> std::result::Result<(), (Error, StoreCallback<D>)> {
         let req_id = self.next_req;
-        self.send_frame(lp, frame)?;
+        if let Err(e) = self.send_frame(lp, frame) {
+            return Err((e, cb));
+        }
         self.next_req = self.next_req.wrapping_add(1);
-        self.store_reqs.push((req_id, cb));
+        let deadline = match self.store_timeout {
+            t if t.is_zero() => u64::MAX,
+            t => lp.now().saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        };
+        self.store_reqs.push(StoreRequest { req_id, deadline, cb });
+        if deadline != u64::MAX {
+            self.arm_store_timer(lp);
+        }
         Ok(())
     }
 
+    /// Starts the store timer for the earliest deadline if it is not running.
+    fn arm_store_timer(&mut self, lp: &mut Loop<D>) {
+        let Some(first) = self.store_reqs.iter().map(|r| r.deadline).min().filter(|&d| d != u64::MAX) else {
+            return;
+        };
+        let t = match self.store_timer {
+            Some(t)
+                if lp.is_active(t) && lp.timer_due_in(t).is_ok_and(|d| lp.now() + d.as_millis() as u64 <= first) =>
+            {
+                return
+            }
+            Some(t) => t,
+            None => {
+                let Ok(t) = lp.timer_init() else { return };
+                if lp.unref_handle(t).is_err() {
+                    let _ = lp.close(t, None);
+                    return;
+                }
+                self.store_timer = Some(t);
+                t
+            }
+        };
+        let after = Duration::from_millis(first.saturating_sub(lp.now()));
+        let _ = lp.timer_start(t, after, Duration::ZERO, &OnTimer::new(on_store_timeout::<D>));
+    }
+
+    /// How long a store request waits for its answer before its callback
+    /// gets `ETIMEDOUT` (`Settings::store_timeout`, from the primary;
+    /// default 5 s). An answer that comes later is dropped.
+    pub fn store_timeout(&self) -> Duration {
+        self.store_timeout
+    }
+
+    /// Sets the store timeout for the requests made from now on (zero: wait
+    /// for ever).
+    pub fn set_store_timeout(&mut self, timeout: Duration) {
+        self.store_timeout = timeout;
+    }
+
+    /// Store requests waiting for their answer.
+    pub fn store_pending(&self) -> usize {
+        self.store_reqs.len()
+    }
+
     /// Reads `key` from the primary's shared store; `cb` gets `(loop, data,
-    /// value)`, from the loop.
+    /// value)`, from the loop: `Ok(None)` if the key is absent,
+    /// `ETIMEDOUT` if no answer came within the store timeout, `ENOTCONN`
+    /// if the channel closed first.
     pub fn store_get(
         &mut self,
         lp: &mut Loop<D>,
         key: &[u8],
-        cb: impl FnOnce(&mut Loop<D>, &mut D, Option<&[u8]>) + 'static,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<Option<&[u8]>>) + 'static,
     ) -> Result<()> {
         let frame = Frame::StoreGet { req_id: self.next_req, key };
         self.store_request(lp, &frame, StoreCallback::Get(Box::new(cb)))
@@ -1089,10 +1218,58 @@ impl<D: WorkerData> Worker<D> {
         &mut self,
         lp: &mut Loop<D>,
         key: &[u8],
-        cb: impl FnOnce(&mut Loop<D>, &mut D, bool) + 'static,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<bool>) + 'static,
     ) -> Result<()> {
         let frame = Frame::StoreDelete { req_id: self.next_req, key };
         self.store_request(lp, &frame, StoreCallback::Delete(Box::new(cb)))
+    }
+
+    /// Adds `delta` to the decimal integer at `key` (an absent key counts as
+    /// 0) atomically: the primary applies each request whole, so increments
+    /// from many workers lose nothing. `cb` gets `(loop, data, new value)`;
+    /// `EINVAL` if the value is not a decimal `i64` or the sum overflows
+    /// (the value is unchanged).
+    pub fn store_add(
+        &mut self,
+        lp: &mut Loop<D>,
+        key: &[u8],
+        delta: i64,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<i64>) + 'static,
+    ) -> Result<()> {
+        let frame = Frame::StoreAdd { req_id: self.next_req, key, delta };
+        self.store_request(lp, &frame, StoreCallback::Add(Box::new(cb)))
+    }
+
+    /// Sets `key` = `value` if its value is `expected` (`None`: if the key
+    /// is absent), atomically. `cb` gets `(loop, data, outcome)`:
+    /// [`CasOutcome::Swapped`], or [`CasOutcome::Mismatch`] with the
+    /// current value.
+    pub fn store_compare_and_swap(
+        &mut self,
+        lp: &mut Loop<D>,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        value: &[u8],
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<CasOutcome<'_>>) + 'static,
+    ) -> Result<()> {
+        let frame = Frame::StoreCas { req_id: self.next_req, key, expected, value };
+        self.store_request(lp, &frame, StoreCallback::Cas(Box::new(cb)))
+    }
+
+    /// Lists the keys that start with `prefix`, in byte order; `cb` gets
+    /// `(loop, data, keys)`. A long list comes in several answers (each
+    /// fits the message size limit), fetched one after the other; keys
+    /// added or removed meanwhile may or may not be listed. `EMSGSIZE` in
+    /// `cb` if a key is too long to be listed at all.
+    pub fn store_keys(
+        &mut self,
+        lp: &mut Loop<D>,
+        prefix: &[u8],
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<Vec<Vec<u8>>>) + 'static,
+    ) -> Result<()> {
+        let frame = Frame::StoreKeys { req_id: self.next_req, prefix, after: &[] };
+        let cb = StoreCallback::Keys { prefix: prefix.to_vec(), keys: Vec::new(), cb: Box::new(cb) };
+        self.store_request(lp, &frame, cb)
     }
 
     /// Leaves the cluster gracefully (Node's `worker.disconnect()` in a
@@ -1324,22 +1501,19 @@ fn channel_closed<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream) 
     // UDP binds that will never be answered fail now too.
     let binds: Vec<Box<DgramFn<D>>> = w.dgrams.iter_mut().filter_map(|g| g.on_bound.take()).collect();
     w.dgrams.retain(|g| g.bound.is_some());
+    let store_timer = w.store_timer.take();
     let expected = w.disconnecting;
     let (on_disconnect, on_gone) = (w.on_disconnect.clone(), w.on_primary_gone.clone());
     let _ = lp.close(pipe, None);
     for h in hooks.into_iter().flatten() {
         let _ = lp.close(h, None);
     }
-    if let Some(t) = timer {
+    for t in [timer, store_timer].into_iter().flatten() {
         let _ = lp.close(t, None);
     }
     // Store requests that will never be answered fail now.
-    for (_, cb) in stores {
-        match cb {
-            StoreCallback::Get(f) => f(lp, d, None),
-            StoreCallback::Set(f) => f(lp, d, Err(Error::ENOTCONN)),
-            StoreCallback::Delete(f) => f(lp, d, false),
-        }
+    for req in stores {
+        req.cb.fail(lp, d, Error::ENOTCONN);
     }
     for cb in binds {
         cb(lp, d, Err(Error::ENOTCONN));
@@ -1573,14 +1747,10 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
             }
         }
         Frame::StoreReply { req_id, status, value } => {
-            let cb = w.store_reqs.iter().position(|(id, _)| *id == req_id).map(|i| w.store_reqs.swap_remove(i).1);
-            match cb {
-                Some(StoreCallback::Get(f)) => f(lp, d, (status == StoreStatus::Found).then_some(value)),
-                Some(StoreCallback::Set(f)) => {
-                    f(lp, d, if status == StoreStatus::Ok { Ok(()) } else { Err(Error::EINVAL) })
-                }
-                Some(StoreCallback::Delete(f)) => f(lp, d, status == StoreStatus::Found),
-                None => {}
+            // An answer that comes after its request timed out finds nothing.
+            let req = w.store_reqs.iter().position(|r| r.req_id == req_id).map(|i| w.store_reqs.swap_remove(i));
+            if let Some(req) = req {
+                store_reply(lp, d, req.cb, status, value);
             }
         }
         Frame::Disconnect => w.begin_disconnect(lp, true),
@@ -1604,12 +1774,85 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
         | Frame::ExitedAfterDisconnect
         | Frame::StoreGet { .. }
         | Frame::StoreSet { .. }
-        | Frame::StoreDelete { .. } => {}
+        | Frame::StoreDelete { .. }
+        | Frame::StoreAdd { .. }
+        | Frame::StoreCas { .. }
+        | Frame::StoreKeys { .. } => {}
     }
     if d.worker().is_some_and(|w| w.channel == Some(pipe)) {
         Flow::Continue
     } else {
         Flow::Stop
+    }
+}
+
+/// Runs a store request's callback with its answer (or asks for the next
+/// page of a keys listing).
+fn store_reply<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, cb: StoreCallback<D>, status: StoreStatus, value: &[u8]) {
+    let ok = |r: bool| if r { Ok(()) } else { Err(Error::EINVAL) };
+    match cb {
+        StoreCallback::Get(f) => match status {
+            StoreStatus::Found => f(lp, d, Ok(Some(value))),
+            StoreStatus::NotFound => f(lp, d, Ok(None)),
+            _ => f(lp, d, Err(Error::EINVAL)),
+        },
+        StoreCallback::Set(f) => f(lp, d, ok(status == StoreStatus::Ok)),
+        StoreCallback::Delete(f) => match status {
+            StoreStatus::Found | StoreStatus::NotFound => f(lp, d, Ok(status == StoreStatus::Found)),
+            _ => f(lp, d, Err(Error::EINVAL)),
+        },
+        StoreCallback::Add(f) => match status {
+            StoreStatus::Ok => f(lp, d, crate::store::parse_i64(value).ok_or(Error::EINVAL)),
+            _ => f(lp, d, Err(Error::EINVAL)),
+        },
+        StoreCallback::Cas(f) => match status {
+            StoreStatus::Ok => f(lp, d, Ok(CasOutcome::Swapped)),
+            StoreStatus::Found => f(lp, d, Ok(CasOutcome::Mismatch(Some(value)))),
+            StoreStatus::NotFound => f(lp, d, Ok(CasOutcome::Mismatch(None))),
+            _ => f(lp, d, Err(Error::EINVAL)),
+        },
+        StoreCallback::Keys { prefix, mut keys, cb } => {
+            let before = keys.len();
+            for key in crate::proto::key_entries(value) {
+                match key {
+                    Ok(k) => keys.push(k.to_vec()),
+                    Err(_) => return cb(lp, d, Err(Error::EINVAL)),
+                }
+            }
+            match status {
+                StoreStatus::Ok => cb(lp, d, Ok(keys)),
+                // A page that lists nothing would ask for the same page again.
+                StoreStatus::Partial if keys.len() > before => {
+                    let Some(w) = d.worker() else { return };
+                    let after = keys.last().cloned().unwrap_or_default();
+                    let ask = prefix.clone();
+                    let frame = Frame::StoreKeys { req_id: w.next_req, prefix: &ask, after: &after };
+                    let again = StoreCallback::Keys { prefix, keys, cb };
+                    if let Err((e, again)) = w.store_request_or_back(lp, &frame, again) {
+                        again.fail(lp, d, e);
+                    }
+                }
+                StoreStatus::Error => cb(lp, d, Err(Error::EMSGSIZE)),
+                _ => cb(lp, d, Err(Error::EINVAL)),
+            }
+        }
+    }
+}
+
+/// The store timer fired: the requests past their deadline fail with
+/// `ETIMEDOUT`; the timer is set again for the next deadline.
+fn on_store_timeout<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _t: Timer) {
+    let now = lp.now();
+    loop {
+        let Some(w) = d.worker() else { return };
+        let Some(i) = w.store_reqs.iter().position(|r| r.deadline <= now) else { break };
+        let req = w.store_reqs.swap_remove(i);
+        req.cb.fail(lp, d, Error::ETIMEDOUT);
+    }
+    if let Some(w) = d.worker() {
+        if w.channel.is_some() {
+            w.arm_store_timer(lp);
+        }
     }
 }
 

@@ -98,3 +98,31 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signum: i32) -> Result<()> {
 pub fn wait_blocking(pidfd: BorrowedFd<'_>) -> Result<()> {
     sys::process::wait_blocking(pidfd.as_raw_fd()).map(|_| ())
 }
+
+/// The CPUs this thread may run on (`sched_getaffinity`), in order: the
+/// numbers `/proc/PID/status` lists as `Cpus_allowed_list`.
+pub fn allowed_cpus() -> Result<Vec<usize>> {
+    sys::process::allowed_cpus()
+}
+
+/// This process's `RLIMIT_NOFILE` as `(soft, hard)`.
+pub fn nofile_limit() -> Result<(u64, u64)> {
+    sys::process::nofile_limit()
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (nginx's
+/// `worker_rlimit_nofile`); processes started afterwards inherit it.
+/// Returns the new soft limit.
+pub fn raise_nofile_limit() -> Result<u64> {
+    sys::process::raise_nofile_limit()
+}
+
+/// Opens `path` for appending (created with mode `0644` if missing) and
+/// makes it fd `target` (`dup2`): what `target` was is closed. nginx's log
+/// reopen: after a log rotation moved the file away, the next write goes to
+/// a new file at `path`. `EINVAL` for a path with a NUL byte.
+pub fn reopen_append(path: &std::path::Path, target: BorrowedFd<'_>) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::EINVAL)?;
+    sys::process::reopen_append(&c, target.as_raw_fd())
+}

@@ -61,13 +61,39 @@ pub struct ProcessOptions<'a> {
     pub stdio: &'a [Stdio],
     /// Start the child in a new session (`setsid`), as libuv's `DETACHED`.
     pub detached: bool,
+    /// User id the child runs as (`setuid` before exec, after `setgid`),
+    /// as libuv's `UV_PROCESS_SETUID`; `None` keeps the parent's.
+    pub uid: Option<u32>,
+    /// Group id the child runs as (`setgid` before exec); `None` keeps the
+    /// parent's.
+    pub gid: Option<u32>,
+    /// Supplementary groups of the child (`setgroups`). `None`: when `uid`
+    /// or `gid` is set, the parent's supplementary groups are dropped if
+    /// the parent may (as libuv does), else kept.
+    pub groups: Option<&'a [u32]>,
+    /// CPUs the child may run on (`sched_setaffinity` before exec; numbers
+    /// as in `/proc/PID/status`'s `Cpus_allowed_list`); `None` keeps the
+    /// parent's set. `EINVAL` for an empty list or a CPU past the 1,024
+    /// a `cpu_set_t` holds.
+    pub cpu_affinity: Option<&'a [usize]>,
 }
 
 impl<'a> ProcessOptions<'a> {
     /// Options to run `file` without arguments, with the parent's
     /// environment and directory and stdio ignored.
     pub fn new(file: &'a Path) -> ProcessOptions<'a> {
-        ProcessOptions { file, args: &[], env: None, cwd: None, stdio: &[], detached: false }
+        ProcessOptions {
+            file,
+            args: &[],
+            env: None,
+            cwd: None,
+            stdio: &[],
+            detached: false,
+            uid: None,
+            gid: None,
+            groups: None,
+            cpu_affinity: None,
+        }
     }
 
     /// Sets the arguments after the program name.
@@ -97,6 +123,30 @@ impl<'a> ProcessOptions<'a> {
     /// Starts the child in a new session (`setsid`).
     pub fn detached(mut self, on: bool) -> Self {
         self.detached = on;
+        self
+    }
+
+    /// Sets the user id the child runs as.
+    pub fn uid(mut self, uid: Option<u32>) -> Self {
+        self.uid = uid;
+        self
+    }
+
+    /// Sets the group id the child runs as.
+    pub fn gid(mut self, gid: Option<u32>) -> Self {
+        self.gid = gid;
+        self
+    }
+
+    /// Sets the child's supplementary groups.
+    pub fn groups(mut self, groups: Option<&'a [u32]>) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Sets the CPUs the child may run on.
+    pub fn cpu_affinity(mut self, cpus: Option<&'a [usize]>) -> Self {
+        self.cpu_affinity = cpus;
         self
     }
 }
@@ -244,6 +294,10 @@ impl<D> Loop<D> {
             }
         }
         let mut scratch = vec![-1; n];
+        let cpus = match opts.cpu_affinity {
+            Some(list) => Some(sysproc::CpuSet::from_list(list)?),
+            None => None,
+        };
         let child = sysproc::spawn(SpawnPlan {
             paths: &paths,
             argv: &argv,
@@ -252,6 +306,10 @@ impl<D> Loop<D> {
             stdio: &table,
             scratch: &mut scratch,
             detached: opts.detached,
+            uid: opts.uid,
+            gid: opts.gid,
+            groups: opts.groups,
+            cpus: cpus.as_ref(),
         })?;
         drop(child_ends);
         drop(dev_null);

@@ -80,6 +80,14 @@ fn frames() -> Vec<(&'static str, Frame<'static>)> {
                 }),
             },
         ),
+        ("store-add", Frame::StoreAdd { req_id: 4, key: b"counter", delta: 1 }),
+        ("store-cas", Frame::StoreCas { req_id: 5, key: b"counter", expected: Some(b"42"), value: b"43" }),
+        ("store-cas-absent", Frame::StoreCas { req_id: 6, key: b"lock", expected: None, value: b"w1" }),
+        ("store-keys", Frame::StoreKeys { req_id: 7, prefix: b"session:", after: b"session:17" }),
+        (
+            "store-reply-partial",
+            Frame::StoreReply { req_id: 7, status: StoreStatus::Partial, value: b"\x0a\0\0\0session:18" },
+        ),
     ]
 }
 

@@ -47,7 +47,7 @@ fn bytes<'a>(u: &mut Unstructured<'a>) -> Result<&'a [u8]> {
 }
 
 fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
-    Ok(match u.int_in_range(0..=15u8)? {
+    Ok(match u.int_in_range(0..=18u8)? {
         0 => Frame::Online,
         1 => Frame::QueryServer {
             seq: u.arbitrary()?,
@@ -100,12 +100,21 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
                 None
             },
         },
+        15 => Frame::StoreAdd { req_id: u.arbitrary()?, key: bytes(u)?, delta: u.arbitrary()? },
+        16 => Frame::StoreCas {
+            req_id: u.arbitrary()?,
+            key: bytes(u)?,
+            expected: if u.arbitrary()? { Some(bytes(u)?) } else { None },
+            value: bytes(u)?,
+        },
+        17 => Frame::StoreKeys { req_id: u.arbitrary()?, prefix: bytes(u)?, after: bytes(u)? },
         _ => Frame::StoreReply {
             req_id: u.arbitrary()?,
-            status: match u.int_in_range(0..=3u8)? {
+            status: match u.int_in_range(0..=4u8)? {
                 0 => StoreStatus::Found,
                 1 => StoreStatus::NotFound,
                 2 => StoreStatus::Ok,
+                3 => StoreStatus::Partial,
                 _ => StoreStatus::Error,
             },
             value: bytes(u)?,

@@ -431,6 +431,10 @@ cluster_test! {
         // A rolling restart: one agent and one plain worker again.
         c.primary.rolling_restart(lp, |_, d| d.log.messages.push((0, "rolled".into())));
         wait_for(lp, &mut c, |l| l.has_message("rolled"));
+        // A replacement's tag message may come in a later read than its
+        // `Online` (which completes the roll).
+        let ids: Vec<_> = c.primary.workers().iter().map(|w| w.id()).collect();
+        wait_for(lp, &mut c, |l| ids.iter().all(|&id| l.messages_from(id).iter().any(|m| m.starts_with("tag"))));
         let live: Vec<String> =
             c.primary.workers().iter().flat_map(|w| c.log.messages_from(w.id())).filter(|m| m.starts_with("tag")).collect();
         let mut live = live;

@@ -205,6 +205,52 @@ both_backends! {
         drop(guard);
     }
 
+    // uid, gid, groups and CPU affinity applied in the child before exec
+    // (as root; visibly skipped otherwise), read back from /proc.
+    fn spawn_with_privileges_and_affinity(lp) {
+        let (_, on_exit) = record_exit();
+        for bad in [&[][..], &[100_000][..]] {
+            let opts = ProcessOptions::new(child_exe()).cpu_affinity(Some(bad));
+            assert_eq!(lp.spawn(&opts, &on_exit).unwrap_err(), Error::EINVAL, "{bad:?}");
+        }
+        // SAFETY: plain syscall.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP spawn_with_privileges_and_affinity: not root");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+        let exe = child_exe();
+        if mode(exe) & 0o005 != 0o005 || exe.ancestors().skip(1).any(|d| !d.as_os_str().is_empty() && mode(d) & 0o001 == 0) {
+            eprintln!("SKIP spawn_with_privileges_and_affinity: {} is not executable by others", exe.display());
+            return;
+        }
+        let cpu = *uvring::os::allowed_cpus().unwrap().last().unwrap();
+        let (args, groups, cpus) = ([OsStr::new("sleep")], [65534, 100], [cpu]);
+        let (exit, on_exit) = record_exit();
+        let opts = ProcessOptions::new(exe)
+            .args(&args)
+            .uid(Some(65534))
+            .gid(Some(65534))
+            .groups(Some(&groups))
+            .cpu_affinity(Some(&cpus));
+        let p = lp.spawn(&opts, &on_exit).unwrap();
+        let pid = lp.process_pid(p).unwrap();
+        let _guard = ChildGuard::new(pid);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line[name.len()..].split_whitespace().collect::<Vec<_>>().join(" ")
+        };
+        assert_eq!(field("Uid:"), "65534 65534 65534 65534");
+        assert_eq!(field("Gid:"), "65534 65534 65534 65534");
+        assert_eq!(field("Groups:"), "100 65534");
+        assert_eq!(field("Cpus_allowed_list:"), cpu.to_string());
+        lp.process_kill(p, libc::SIGTERM).unwrap();
+        run_until(lp, LIMIT, |_| exit.get().is_some());
+        lp.run(RunMode::Default, &mut ()).unwrap();
+    }
+
     fn spawn_inherits_env_by_default(lp) {
         // With env None the parent's environment passes unchanged.
         let out = lp.pipe_init(false).unwrap();

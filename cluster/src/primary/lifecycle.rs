@@ -25,6 +25,12 @@ const EXITED_KEPT: usize = 64;
 /// The extra environment a worker was forked with.
 pub(super) type WorkerEnv = Vec<(OsString, OsString)>;
 
+/// Environment variable of a worker's extra environment that chooses its
+/// stdio ([`ChildOutput::parse`] names), over `Settings::output`
+/// ([`Primary::fork_with_output`]); kept with the environment, so its
+/// respawned or rolled replacement gets the same choice.
+pub(super) const ENV_OUTPUT: &str = "UVRING_CLUSTER_OUTPUT";
+
 /// What the lifecycle keeps besides the table.
 pub(super) struct Lifecycle<D> {
     exec: PathBuf,
@@ -45,6 +51,9 @@ pub(super) struct Lifecycle<D> {
     heartbeat_seq: u32,
     /// The last workers that exited, newest last.
     pub(super) exited: VecDeque<WorkerInfo>,
+    /// The CPUs workers are pinned to (`Settings::cpu_affinity`); empty
+    /// when off.
+    cpus: Vec<usize>,
 }
 
 impl<D> Lifecycle<D> {
@@ -75,6 +84,7 @@ impl<D> Lifecycle<D> {
             heartbeat_timer: None,
             heartbeat_seq: 0,
             exited: VecDeque::with_capacity(EXITED_KEPT),
+            cpus: if settings.cpu_affinity { uvring::os::allowed_cpus()? } else { Vec::new() },
         })
     }
 
@@ -296,6 +306,55 @@ impl<D: PrimaryData> Primary<D> {
         self.schedule_drain(lp);
     }
 
+    /// Changes the number of workers at run time (gunicorn's `TTIN` and
+    /// `TTOU`): forks the missing ones, or disconnects the newest ones
+    /// (gracefully: their open connections finish); pending respawns count
+    /// as workers (and are cancelled first when the count goes down). The
+    /// new count is recorded in `settings().workers`. Runs no user code;
+    /// the events follow from the loop.
+    pub fn set_worker_count(&mut self, lp: &mut Loop<D>, count: usize) -> Result<()> {
+        self.settings.workers = count;
+        let serving: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|w| !w.disconnecting && !w.info.exited_after_disconnect && !w.killed)
+            .map(|w| w.info.id)
+            .collect();
+        let mut have = serving.len() + self.life.respawn_timers.len();
+        // Fewer: pending respawns go first, then the newest workers.
+        while have > count {
+            let Some((t, ..)) = self.life.respawn_timers.pop() else { break };
+            let _ = lp.close(t, None);
+            have -= 1;
+        }
+        for &id in serving.iter().rev().take(have.saturating_sub(count)) {
+            self.disconnect_one(lp, id);
+        }
+        let mut result = Ok(());
+        for _ in have..count {
+            if let Err(e) = self.fork_worker(lp, Vec::new()) {
+                result = Err(e);
+                break;
+            }
+        }
+        self.schedule_drain(lp);
+        result
+    }
+
+    /// Forks one worker whose stdio is `output` instead of
+    /// `Settings::output` (Node's per-fork `stdio`); its respawned or rolled
+    /// replacement gets the same.
+    pub fn fork_with_output(&mut self, lp: &mut Loop<D>, output: ChildOutput) -> Result<WorkerId> {
+        self.fork_with_env(lp, &[(ENV_OUTPUT, output.name())])
+    }
+
+    /// The CPU with the fewest live workers pinned to it (the first of
+    /// those), when pinning is on.
+    fn pick_cpu(&self) -> Option<usize> {
+        let cpus = &self.life.cpus;
+        cpus.iter().copied().min_by_key(|&c| self.workers.iter().filter(|w| w.cpu == Some(c)).count())
+    }
+
     /// Spawns a worker; its `fork` event is queued.
     pub(super) fn fork_worker(&mut self, lp: &mut Loop<D>, extra_env: WorkerEnv) -> Result<WorkerId> {
         let id = self.life.next_worker_id;
@@ -310,6 +369,8 @@ impl<D: PrimaryData> Primary<D> {
             ENV_NORMAL_SCHED,
             ENV_DRAIN_GRACE_MS,
             ENV_MAX_MESSAGE_LEN,
+            crate::worker::ENV_STORE_TIMEOUT_MS,
+            ENV_OUTPUT,
         ];
         let mut env: Vec<(OsString, OsString)> =
             std::env::vars_os().filter(|(k, _)| !ours.iter().any(|o| OsStr::new(o) == k)).collect();
@@ -328,29 +389,77 @@ impl<D: PrimaryData> Primary<D> {
         env.push((super::ENV_LOAD_REPORT_MS.into(), self.settings.load_report.as_millis().to_string().into()));
         env.push((ENV_DRAIN_GRACE_MS.into(), self.settings.drain_grace.as_millis().to_string().into()));
         env.push((ENV_MAX_MESSAGE_LEN.into(), self.settings.max_message_len.to_string().into()));
+        let store_ms = self.settings.store_timeout.as_millis().to_string();
+        env.push((crate::worker::ENV_STORE_TIMEOUT_MS.into(), store_ms.into()));
         if self.life.batch_sched {
             env.push((ENV_NORMAL_SCHED.into(), "1".into()));
         }
         self.ensure_dispatch_hook(lp)?;
+        let output = extra_env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == ENV_OUTPUT)
+            .and_then(|(_, v)| v.to_str().and_then(ChildOutput::parse))
+            .unwrap_or(self.settings.output);
         let pipe = lp.pipe_init(true)?;
-        let stdout = match self.settings.output {
-            ChildOutput::Inherit => Stdio::Inherit,
-            ChildOutput::QuietStdout => Stdio::Ignore,
+        // Captured stdout and stderr: one socketpair each (the worker's end
+        // is blocking, as a program expects of its stdio).
+        let captured = match output {
+            ChildOutput::Capture => match (lp.pipe_init(false), lp.pipe_init(false)) {
+                (Ok(o), Ok(e)) => Some((o, e)),
+                (o, e) => {
+                    for s in [o, e].into_iter().flatten() {
+                        let _ = lp.close(s, None);
+                    }
+                    let _ = lp.close(pipe, None);
+                    return Err(Error::EMFILE);
+                }
+            },
+            _ => None,
         };
-        let stdio = [Stdio::Inherit, stdout, Stdio::Inherit, Stdio::Ipc(pipe)];
+        let stdio = match (output, captured) {
+            (ChildOutput::QuietStdout, _) => [Stdio::Inherit, Stdio::Ignore, Stdio::Inherit, Stdio::Ipc(pipe)],
+            (ChildOutput::Discard, _) => [Stdio::Ignore, Stdio::Ignore, Stdio::Ignore, Stdio::Ipc(pipe)],
+            (_, Some((o, e))) => [Stdio::Ignore, Stdio::Pipe(o), Stdio::Pipe(e), Stdio::Ipc(pipe)],
+            _ => [Stdio::Inherit, Stdio::Inherit, Stdio::Inherit, Stdio::Ipc(pipe)],
+        };
+        let cpu = self.pick_cpu();
+        let cpu_list = cpu.map(|c| [c]);
         let arg_refs: Vec<&OsStr> = self.life.args.iter().map(OsString::as_os_str).collect();
         let env_refs: Vec<(&OsStr, &OsStr)> = env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())).collect();
-        let opts = ProcessOptions::new(&self.life.exec).args(&arg_refs).env(Some(&env_refs)).stdio(&stdio);
+        let s = &self.settings;
+        let opts = ProcessOptions::new(&self.life.exec)
+            .args(&arg_refs)
+            .env(Some(&env_refs))
+            .stdio(&stdio)
+            .cwd(s.cwd.as_deref())
+            .uid(s.uid)
+            .gid(s.gid)
+            .groups(s.groups.as_deref())
+            .cpu_affinity(cpu_list.as_ref().map(|c| &c[..]));
         let process = match lp.spawn(&opts, &self.cbs.exit) {
             Ok(p) => p,
             Err(e) => {
                 let _ = lp.close(pipe, None);
+                if let Some((o, e)) = captured {
+                    let _ = (lp.close(o, None), lp.close(e, None));
+                }
                 self.release_if_idle(lp);
                 return Err(e);
             }
         };
         let _ = lp.set_data(process, id as usize);
         let pid = lp.process_pid(process).unwrap_or(-1);
+        if let Some((o, e)) = captured {
+            for s in [o, e] {
+                match lp.pipe_stream(s) {
+                    Ok(stream) => self.capture(lp, stream, id, pid),
+                    Err(_) => {
+                        let _ = lp.close(s, None);
+                    }
+                }
+            }
+        }
         let mut info = WorkerInfo {
             id,
             pid,
@@ -388,6 +497,7 @@ impl<D: PrimaryData> Primary<D> {
             drain_timer: None,
             startup_timer: None,
             fds_lost: false,
+            cpu,
             conns: super::handoff::WorkerConns::new(),
             figures: Default::default(),
         });

@@ -4,8 +4,9 @@
 //! its own writes).
 
 use super::Primary;
-use crate::proto::{Frame, StoreStatus, MAX_FDS_PER_FRAME};
+use crate::proto::{field, Frame, StoreStatus, MAX_FDS_PER_FRAME};
 use crate::schedule::WorkerId;
+use crate::store::{format_i64, StoreError};
 use std::os::fd::BorrowedFd;
 use uvring::{Error, FdBatch, Loop, Result};
 
@@ -68,11 +69,36 @@ impl<D> Primary<D> {
         self.store.len()
     }
 
+    /// Adds `delta` to the decimal integer at `key` (absent: 0) and returns
+    /// the new value (see [`SharedStore::add`](crate::SharedStore::add)).
+    pub fn store_add(&mut self, key: &[u8], delta: i64) -> std::result::Result<i64, StoreError> {
+        self.store.add(key, delta)
+    }
+
+    /// Sets `key` to `value` if its value is `expected` (`None`: absent);
+    /// `Err` with the current value otherwise.
+    pub fn store_compare_and_swap(
+        &mut self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> std::result::Result<(), Option<&[u8]>> {
+        self.store.compare_and_swap(key, expected, value)
+    }
+
+    /// The shared store's keys that start with `prefix`, in byte order.
+    pub fn store_keys(&self, prefix: &[u8]) -> Vec<&[u8]> {
+        self.store.keys(prefix)
+    }
+
     /// Answers a worker's store request (`StoreGet`, `StoreSet`,
-    /// `StoreDelete`).
+    /// `StoreDelete`, `StoreAdd`, `StoreCas`, `StoreKeys`; the answers are
+    /// described in [`proto`](crate::proto)).
     pub(super) fn store_request(&mut self, lp: &mut Loop<D>, id: WorkerId, frame: &Frame<'_>) {
         let Some(ch) = self.entry(id).and_then(|w| w.channel) else { return };
         let (store, writer) = (&mut self.store, &mut self.writer);
+        // A keys page must fit the worker's frame limit.
+        let page_max = self.settings.max_message_len.saturating_sub(field::store_reply::VALUE);
         let reply = |req_id, status, value| Frame::StoreReply { req_id, status, value };
         let _ = match *frame {
             Frame::StoreGet { req_id, key } => match store.get(key) {
@@ -87,6 +113,23 @@ impl<D> Primary<D> {
                 let status = if store.delete(key) { StoreStatus::Found } else { StoreStatus::NotFound };
                 writer.send(lp, ch, &reply(req_id, status, &[]))
             }
+            Frame::StoreAdd { req_id, key, delta } => match store.add(key, delta) {
+                Ok(n) => {
+                    let mut buf = [0u8; 20];
+                    writer.send(lp, ch, &reply(req_id, StoreStatus::Ok, format_i64(n, &mut buf)))
+                }
+                Err(e) => writer.send(lp, ch, &reply(req_id, StoreStatus::Error, e.to_string().as_bytes())),
+            },
+            Frame::StoreCas { req_id, key, expected, value } => match store.compare_and_swap(key, expected, value) {
+                Ok(()) => writer.send(lp, ch, &reply(req_id, StoreStatus::Ok, &[])),
+                Err(Some(current)) => writer.send(lp, ch, &reply(req_id, StoreStatus::Found, current)),
+                Err(None) => writer.send(lp, ch, &reply(req_id, StoreStatus::NotFound, &[])),
+            },
+            Frame::StoreKeys { req_id, prefix, after } => match store.keys_page(prefix, after, page_max) {
+                Some((page, true)) => writer.send(lp, ch, &reply(req_id, StoreStatus::Ok, page)),
+                Some((page, false)) => writer.send(lp, ch, &reply(req_id, StoreStatus::Partial, page)),
+                None => writer.send(lp, ch, &reply(req_id, StoreStatus::Error, &[])),
+            },
             _ => Ok(()),
         };
     }

@@ -65,6 +65,7 @@
 mod handoff;
 mod lifecycle;
 mod messaging;
+mod output;
 mod rolling;
 mod routing;
 mod stats;
@@ -290,6 +291,8 @@ struct WorkerEntry {
     startup_timer: Option<Timer>,
     /// The last `recvmsg` lost its fds (see [`ChannelFault::FdsLost`]).
     fds_lost: bool,
+    /// The CPU it is pinned to (`Settings::cpu_affinity`).
+    cpu: Option<usize>,
     /// Hand-off state: connections sent and not yet acknowledged, the
     /// batch being built, the reported load.
     conns: handoff::WorkerConns,
@@ -388,6 +391,8 @@ pub struct Primary<D> {
     handover: upgrade::Handover<D>,
     events: Events<D>,
     cbs: LoopCallbacks<D>,
+    /// Captured worker output (`ChildOutput::Capture`).
+    output: output::Output<D>,
     /// The admin endpoint, once `admin_listen` bound it.
     admin: Option<crate::admin::Admin<D>>,
     /// `set_healthy`'s word (`/health`).
@@ -481,6 +486,11 @@ impl<D: PrimaryData> Primary<D> {
         let id = PrimaryId::next();
         let life = lifecycle::Lifecycle::new(&settings)?;
         let max_message = settings.max_message_len;
+        if settings.raise_fd_limit {
+            // Best effort: a limit that cannot be raised stays as it was.
+            let _ = uvring::os::raise_nofile_limit();
+        }
+        let output = output::Output::new(id, settings.capture_buffer);
         Ok(Primary {
             id,
             routing: routing::Routing::new(),
@@ -519,6 +529,7 @@ impl<D: PrimaryData> Primary<D> {
                 startup_deadline: lifecycle::on_startup_deadline(id),
                 heartbeat: lifecycle::on_heartbeat(id),
             },
+            output,
             admin: None,
             healthy: true,
         })
@@ -820,7 +831,12 @@ fn handle_frame<D: PrimaryData>(
                 cb(lp, d, &info, bytes, &mut fds);
             }
         }
-        Frame::StoreGet { .. } | Frame::StoreSet { .. } | Frame::StoreDelete { .. } => p.store_request(lp, id, &frame),
+        Frame::StoreGet { .. }
+        | Frame::StoreSet { .. }
+        | Frame::StoreDelete { .. }
+        | Frame::StoreAdd { .. }
+        | Frame::StoreCas { .. }
+        | Frame::StoreKeys { .. } => p.store_request(lp, id, &frame),
         // A worker has no business sending these: it loses its channel.
         Frame::QueryServerReply { .. } | Frame::NewConnection { .. } | Frame::StoreReply { .. } | Frame::Disconnect => {
             drop(fds);

@@ -49,6 +49,81 @@ pub struct SpawnPlan<'a> {
     pub scratch: &'a mut [RawFd],
     /// Start the child in a new session (`setsid`).
     pub detached: bool,
+    /// `setuid` to this before exec (after `setgid`).
+    pub uid: Option<u32>,
+    /// `setgid` to this before exec.
+    pub gid: Option<u32>,
+    /// `setgroups` to these before exec; `None` with `uid` or `gid` set
+    /// tries `setgroups(0)` and ignores a refusal (libuv's way).
+    pub groups: Option<&'a [u32]>,
+    /// `sched_setaffinity` to this set before exec.
+    pub cpus: Option<&'a CpuSet>,
+}
+
+/// A CPU set for [`SpawnPlan::cpus`] and [`allowed_cpus`], built before
+/// the fork.
+pub struct CpuSet(libc::cpu_set_t);
+
+impl CpuSet {
+    /// The set of the CPUs in `list`; `EINVAL` for an empty list or a CPU
+    /// the set cannot hold.
+    pub fn from_list(list: &[usize]) -> Result<CpuSet> {
+        // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+        if list.is_empty() || list.iter().any(|&c| c >= max) {
+            return Err(Error::EINVAL);
+        }
+        for &cpu in list {
+            // SAFETY: `cpu` is below the set's size (checked above).
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+        Ok(CpuSet(set))
+    }
+}
+
+/// The CPUs the calling thread may run on (`sched_getaffinity`), in order.
+pub fn allowed_cpus() -> Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; the kernel fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    syscall!(sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set))?;
+    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: every `c` is below the set's size.
+    Ok((0..max).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+}
+
+/// `RLIMIT_NOFILE` as `(soft, hard)`.
+pub fn nofile_limit() -> Result<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid rlimit to fill.
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (nginx's
+/// `worker_rlimit_nofile`); children inherit it. Returns the new soft limit.
+pub fn raise_nofile_limit() -> Result<u64> {
+    let (soft, hard) = nofile_limit()?;
+    if soft < hard {
+        let lim = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+        // SAFETY: `lim` is a valid rlimit.
+        syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+    }
+    Ok(hard)
+}
+
+/// Opens `path` for appending (created `0644` if missing) and puts it at
+/// `target` (`dup2`), closing what `target` was: nginx's log reopen. The
+/// new `target` is inherited by children (no `CLOEXEC`).
+pub fn reopen_append(path: &CStr, target: RawFd) -> Result<()> {
+    let fd = syscall!(open(path.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC, 0o644))?;
+    // SAFETY: open returned a fresh fd that nobody else owns.
+    let fd = unsafe { owned(fd) };
+    if fd.as_raw_fd() != target {
+        syscall!(dup2(fd.as_raw_fd(), target))?;
+    }
+    Ok(())
 }
 
 /// A started child: its pid and a pidfd that becomes readable when it exits.
@@ -243,6 +318,32 @@ unsafe fn child_exec(plan: &mut SpawnPlan<'_>, err_fd: RawFd) -> ! {
         }
         if let Some(cwd) = plan.cwd {
             if libc::chdir(cwd.as_ptr()) < 0 {
+                fail(err_fd);
+            }
+        }
+        if let Some(cpus) = plan.cpus {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &cpus.0) < 0 {
+                fail(err_fd);
+            }
+        }
+        // Privileges last: groups, then the group, then the user (after
+        // setuid the others are no longer allowed).
+        match plan.groups {
+            Some(groups) if libc::setgroups(groups.len(), groups.as_ptr()) < 0 => fail(err_fd),
+            Some(_) => {}
+            None if plan.uid.is_some() || plan.gid.is_some() => {
+                // Drops root's groups; refused (and harmless) when not root.
+                let _ = libc::setgroups(0, std::ptr::null());
+            }
+            None => {}
+        }
+        if let Some(gid) = plan.gid {
+            if libc::setgid(gid) < 0 {
+                fail(err_fd);
+            }
+        }
+        if let Some(uid) = plan.uid {
+            if libc::setuid(uid) < 0 {
                 fail(err_fd);
             }
         }

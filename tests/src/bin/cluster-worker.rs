@@ -88,6 +88,34 @@ struct State {
     store_done: u32,
     /// `unix-serve`: the pipe servers.
     pipe_servers: Vec<PipeListener>,
+    /// `store-atomic`: increments answered, and those that failed.
+    adds_done: u32,
+    adds_failed: u32,
+}
+
+/// `store-atomic`: one compare-and-swap increment of "cas": read, then swap
+/// in the value plus one; a mismatch retries with the current value it
+/// brought back. Reports "cas-done" after `left` increments.
+fn cas_increment(lp: &mut Lp, d: &mut State, current: Option<Vec<u8>>, left: u32, tries: u32) {
+    if left == 0 {
+        send(lp, d, &format!("cas-done {tries}"));
+        return;
+    }
+    let n: i64 = current.as_deref().and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()).unwrap_or(0);
+    let next = (n + 1).to_string();
+    let Some(w) = d.worker() else { return };
+    let swapped = next.clone().into_bytes();
+    let res = w.store_compare_and_swap(lp, b"cas", current.as_deref(), next.as_bytes(), move |lp, d, r| match r {
+        Ok(uvring_cluster::CasOutcome::Swapped) => cas_increment(lp, d, Some(swapped), left - 1, tries + 1),
+        Ok(uvring_cluster::CasOutcome::Mismatch(cur)) => {
+            let cur = cur.map(<[u8]>::to_vec);
+            cas_increment(lp, d, cur, left, tries + 1)
+        }
+        Err(e) => send(lp, d, &format!("cas-error {e}")),
+    });
+    if let Err(e) = res {
+        send(lp, d, &format!("cas-error {e}"));
+    }
 }
 
 impl WorkerData for State {
@@ -599,7 +627,7 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                 let _ = w.store_set(lp, key.as_bytes(), val.as_bytes(), |_, _, _| {});
                 let _ = w.store_set(lp, b"shared", val.as_bytes(), |_, _, _| {});
                 let _ = w.store_get(lp, key.as_bytes(), move |lp, d, v| {
-                    if v != Some(val.as_bytes()) {
+                    if v.ok().flatten() != Some(val.as_bytes()) {
                         d.store_bad += 1;
                     }
                     d.store_done += 1;
@@ -609,6 +637,104 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                     }
                 });
             }
+        }
+        // Atomic store operations: ADDS increments of "counter" (all sent at
+        // once), then CAS compare-and-swap increments of "cas", then a
+        // keys listing and a delete.
+        "store-atomic" => {
+            let adds: u32 = std::env::var("ADDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+            let cas: u32 = std::env::var("CAS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+            for _ in 0..adds {
+                let res = w.store_add(lp, b"counter", 1, move |lp, d, r| {
+                    d.adds_done += 1;
+                    d.adds_failed += u32::from(r.is_err());
+                    if d.adds_done == adds {
+                        let msg = format!("adds-done {} failed {}", d.adds_done, d.adds_failed);
+                        send(lp, d, &msg);
+                    }
+                });
+                assert!(res.is_ok(), "store_add: {res:?}");
+            }
+            // Keys of this worker: KEYS of them, listed back by prefix.
+            let keys: u32 = std::env::var("KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+            for j in 0..keys {
+                let _ = w.store_set(lp, format!("k:{id}:{j:04}").as_bytes(), b"v", |_, _, _| {});
+            }
+            let prefix = format!("k:{id}:");
+            let _ = w.store_keys(lp, prefix.clone().as_bytes(), move |lp, d, r| {
+                let msg = match r {
+                    Ok(list) => {
+                        let want: Vec<Vec<u8>> = (0..keys).map(|j| format!("k:{id}:{j:04}").into_bytes()).collect();
+                        format!("keys {} {}", list.len(), list == want)
+                    }
+                    Err(e) => format!("keys-error {e}"),
+                };
+                send(lp, d, &msg);
+                // Delete one, then count again.
+                let Some(w) = d.worker() else { return };
+                let first = format!("k:{id}:0000");
+                let _ = w.store_delete(lp, first.as_bytes(), move |lp, d, r| {
+                    send(lp, d, &format!("deleted {r:?}"));
+                    let Some(w) = d.worker() else { return };
+                    let _ = w.store_keys(lp, prefix.as_bytes(), |lp, d, r| {
+                        let msg = format!("keys-after-delete {}", r.map_or(0, |l| l.len()));
+                        send(lp, d, &msg);
+                    });
+                });
+            });
+            cas_increment(lp, state, None, cas, 0);
+        }
+        // A store request that the primary does not answer in time fails
+        // with ETIMEDOUT; the primary stalls (on "stall") until this worker
+        // has seen the timeout (it creates STALL_FILE), then answers late.
+        "store-timeout" => {
+            w.set_store_timeout(Duration::from_millis(100));
+            send(lp, state, "stall");
+            let Some(w) = state.worker() else { return };
+            let res = w.store_get(lp, b"x", |lp, d, r| {
+                let first = match r {
+                    Err(e) => e.errno().unwrap_or(0).to_string(),
+                    Ok(v) => format!("answered {v:?}"),
+                };
+                if let Some(f) = std::env::var_os("STALL_FILE") {
+                    std::fs::write(f, b"timed out").expect("STALL_FILE");
+                }
+                let Some(w) = d.worker() else { return };
+                w.set_store_timeout(Duration::from_secs(20));
+                let pending = w.store_pending();
+                let _ = w.store_get(lp, b"x", move |lp, d, r| {
+                    let msg =
+                        format!("store-timeout {first} pending {pending} then {:?}", r.map(|v| v.map(<[u8]>::to_vec)));
+                    send(lp, d, &msg);
+                });
+            });
+            assert!(res.is_ok());
+        }
+        // Write to stdout and stderr (captured by the primary): whole lines,
+        // a line in two writes, a 10,000-byte line, LINES numbered lines;
+        // then "chatter-done".
+        "chatter" => {
+            use std::io::Write;
+            let lines: usize = std::env::var("LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut out = std::io::stdout().lock();
+            let mut err = std::io::stderr().lock();
+            let _ = out.write_all(b"hello out\n").and_then(|()| out.flush());
+            let _ = err.write_all(b"hello err\n");
+            let _ = out.write_all(b"par").and_then(|()| out.flush());
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = out.write_all(b"tial\n").and_then(|()| out.flush());
+            let mut long = vec![b'x'; 10_000];
+            long.push(b'\n');
+            let _ = out.write_all(&long).and_then(|()| out.flush());
+            for i in 0..lines {
+                let _ = writeln!(out, "line {i:05}");
+            }
+            let _ = out.flush();
+            // The worker's ends are blocking (O_NONBLOCK clear).
+            let flags = std::fs::read_to_string("/proc/self/fdinfo/1").unwrap_or_default();
+            let flags = flags.lines().find_map(|l| l.strip_prefix("flags:")).unwrap_or("").trim().to_string();
+            let nonblocking = u32::from_str_radix(&flags, 8).map_or(true, |f| f & 0o4000 != 0);
+            send(lp, state, &format!("chatter-done nonblocking {nonblocking}"));
         }
         // Write garbage on the channel: the primary must drop this worker
         // (and this worker then exits, its channel gone).
@@ -739,7 +865,8 @@ fn primary_main(scenario: &str) {
             let settings = Settings::default()
                 .args(Some(vec!["serve".into()]))
                 .workers(1)
-                .policy(uvring_cluster::SchedPolicy::RoundRobin);
+                .policy(uvring_cluster::SchedPolicy::RoundRobin)
+                .raise_fd_limit(false);
             let mut primary = Primary::new(&mut lp, settings).expect("primary");
             primary.on_listening(|_, _, _, addr| println!("port {}", addr.port()));
             Supervisor { primary, online: 0 }
