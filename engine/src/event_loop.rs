@@ -50,6 +50,23 @@ pub enum RunMode {
 
 /// Options for [`Loop::with_options`]: start from `default()` and set what
 /// differs (`LoopOptions::default().backend(Backend::Epoll)`).
+///
+/// The defaults: [`Backend::Auto`], a receive-buffer pool of 512 buffers of
+/// 16 KiB ([`PoolConfig::default`]), at most 1024 completions per poll, and
+/// file operations through io_uring unless `UVRING_FS_IO_URING` turns them
+/// off. [`Loop::new`] uses them, with the backend from `UVRING_BACKEND`.
+///
+/// ```
+/// use uvring::{Backend, Loop, LoopOptions, PoolConfig};
+///
+/// let opts = LoopOptions::default()
+///     .backend(Backend::Epoll)
+///     .pool(PoolConfig::new(256, 4096)) // 256 buffers of 4 KiB: 1 MiB
+///     .completions_per_poll(256);
+/// let lp: Loop<()> = Loop::with_options(opts)?;
+/// assert_eq!(lp.backend(), Backend::Epoll);
+/// # Ok::<(), uvring::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct LoopOptions {
@@ -273,6 +290,21 @@ impl<D> Loop<D> {
     ///
     /// `EINVAL` if `UVRING_BACKEND` names no backend; otherwise as
     /// [`with_options`](Self::with_options).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring::{Loop, RunMode};
+    ///
+    /// let mut lp: Loop<()> = Loop::new()?;
+    /// println!("running on {:?}", lp.backend());
+    /// if let Some(why) = lp.fallback_reason() {
+    ///     println!("io_uring was not taken: {why}");
+    /// }
+    /// // No handle, nothing to do: `run` returns at once, and the loop is not alive.
+    /// assert!(!lp.run(RunMode::Default, &mut ())?);
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn new() -> Result<Loop<D>> {
         Loop::with_options(LoopOptions::default().backend(Backend::from_env()?))
     }
@@ -410,6 +442,34 @@ impl<D> Loop<D> {
     /// already running); an error of the backend's wait (`epoll_wait` or `io_uring_enter`; `EINTR`
     /// is not one), after the iteration's completions were dispatched. Errors of single operations
     /// never come here: they go to their callbacks.
+    ///
+    /// # Examples
+    ///
+    /// A repeating timer counts in the state, and stops the loop at three;
+    /// the timer is then closed, and one more run finishes the close.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use uvring::{Loop, OnTimer, RunMode};
+    ///
+    /// let mut lp: Loop<u32> = Loop::new()?;
+    /// let t = lp.timer_init()?;
+    /// let tick = OnTimer::new(|lp: &mut Loop<u32>, n: &mut u32, _t| {
+    ///     *n += 1;
+    ///     if *n == 3 {
+    ///         lp.stop();
+    ///     }
+    /// });
+    /// lp.timer_start(t, Duration::from_millis(1), Duration::from_millis(1), &tick)?;
+    /// let mut n = 0;
+    /// let alive = lp.run(RunMode::Default, &mut n)?;
+    /// assert_eq!(n, 3);
+    /// assert!(alive); // stopped, not finished: the timer still runs
+    /// lp.close(t, None)?;
+    /// assert!(!lp.run(RunMode::Default, &mut n)?);
+    /// assert!(lp.close_loop().is_ok());
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn run(&mut self, mode: RunMode, data: &mut D) -> Result<bool> {
         if self.running {
             return Err(Error::INVALID_STATE);

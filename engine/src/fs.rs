@@ -570,6 +570,26 @@ impl<D: 'static> Loop<D> {
     /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
     /// read's own failure (`EBADF`, `EISDIR`, `EINVAL`, `EIO`, or `ECANCELED` after
     /// [`fs_cancel`](Self::fs_cancel)) reaches `cb`, with the buffer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring::{Loop, RunMode};
+    ///
+    /// let path = std::env::temp_dir().join(format!("uvring-doc-fs-read-{}", std::process::id()));
+    /// std::fs::write(&path, b"file contents")?;
+    /// let file = std::fs::File::open(&path)?;
+    /// let mut lp: Loop<Vec<u8>> = Loop::new()?;
+    /// lp.fs_read(&file, vec![0; 64], Some(0), |_lp, out: &mut Vec<u8>, n, mut buf| {
+    ///     buf.truncate(n.unwrap_or(0)); // the count read; 0 at end of file
+    ///     *out = buf; // the buffer comes back, whatever the result
+    /// })?;
+    /// let mut out = Vec::new();
+    /// lp.run(RunMode::Default, &mut out)?; // `file` stays open until the read called back
+    /// assert_eq!(out, b"file contents");
+    /// std::fs::remove_file(&path)?;
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn fs_read(
         &mut self,
         file: &impl AsFd,

@@ -44,6 +44,10 @@ pub enum Stdio {
 
 /// How to start a child ([`Loop::spawn`]): `ProcessOptions::new(file)`, then
 /// the builder methods (`.args(..)`, `.env(..)`, `.stdio(..)`, ...).
+///
+/// The defaults (from `new`): no arguments, the parent's environment and
+/// working directory, fds 0, 1 and 2 on `/dev/null` ([`Stdio::Ignore`]), no other
+/// fd, not detached.
 #[derive(Copy, Clone, Debug)]
 #[non_exhaustive]
 pub struct ProcessOptions<'a> {
@@ -197,6 +201,28 @@ impl<D> Loop<D> {
     /// twice; the child's exec error (`ENOENT` for no such program, `EACCES` for one that is not
     /// executable); the errno of `socketpair`, `open("/dev/null")`, `clone3` (or `fork` and
     /// `pidfd_open`), or `ENOSPC` for a full handle table.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::ffi::OsStr;
+    /// use std::path::Path;
+    /// use uvring::{Loop, OnExit, Process, ProcessOptions, RunMode};
+    ///
+    /// type Exit = Option<(i64, i32)>;
+    /// let mut lp: Loop<Exit> = Loop::new()?;
+    /// let args = [OsStr::new("-c"), OsStr::new("exit 3")];
+    /// let opts = ProcessOptions::new(Path::new("sh")).args(&args); // found in PATH
+    /// let on_exit = OnExit::new(|lp: &mut Loop<Exit>, out: &mut Exit, p: Process, code, signal| {
+    ///     *out = Some((code, signal));
+    ///     lp.close(p, None).unwrap_or(());
+    /// });
+    /// lp.spawn(&opts, &on_exit)?;
+    /// let mut out = None;
+    /// lp.run(RunMode::Default, &mut out)?;
+    /// assert_eq!(out, Some((3, 0)));
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn spawn(&mut self, opts: &ProcessOptions<'_>, on_exit: &OnExit<D>) -> Result<Process> {
         // Validate stdio handles: pipe handles without an fd, of the right kind.
         for (i, st) in opts.stdio.iter().enumerate() {

@@ -790,6 +790,37 @@ impl<D> Loop<D> {
     /// hook installed and a bound TCP socket none of these but the first two come here: the hook's
     /// answer reaches `cb` as `Err`. Accept failures later (`EMFILE` is retried after a back-off,
     /// not reported) reach `cb` too.
+    ///
+    /// # Examples
+    ///
+    /// A listener on a kernel-chosen loopback port; a `std` client connects
+    /// (the kernel completes the handshake from the backlog), and the
+    /// listener's callback takes the connection.
+    ///
+    /// ```
+    /// use uvring::{Loop, OnConnection, RunMode, TcpListener};
+    ///
+    /// let mut lp: Loop<u32> = Loop::new()?;
+    /// let on_connection = OnConnection::new(|lp: &mut Loop<u32>, accepted: &mut u32, l: TcpListener, status| {
+    ///     if status.is_err() {
+    ///         return; // an accept error; the listener goes on
+    ///     }
+    ///     // Take every waiting connection: `accept` is `EAGAIN` when none is left.
+    ///     while let Ok(s) = lp.accept(l) {
+    ///         *accepted += 1;
+    ///         lp.close(s, None).unwrap_or(());
+    ///     }
+    ///     lp.close(l, None).unwrap_or(()); // one is enough here
+    /// });
+    /// let sock = lp.tcp_init()?;
+    /// lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0)?;
+    /// let listener = lp.listen(sock, 128, &on_connection)?;
+    /// let _client = std::net::TcpStream::connect(lp.tcp_getsockname(listener)?)?;
+    /// let mut accepted = 0;
+    /// lp.run(RunMode::Default, &mut accepted)?;
+    /// assert_eq!(accepted, 1);
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn listen<S: SocketHandle>(
         &mut self,
         s: S,
@@ -1234,6 +1265,11 @@ impl<D> Loop<D> {
     /// [`Error::STALE_HANDLE`] if the listener is closed or closing; `EINVAL` if it is not
     /// listening; `EAGAIN` if no connection is waiting (call it from `on_connection`, once per
     /// call); `ENOSPC` if the handle table is full (the connection is closed).
+    ///
+    /// # Examples
+    ///
+    /// See [`listen`](Self::listen): `accept` is called from the listener's
+    /// [`OnConnection`], in a loop until it gives `EAGAIN`.
     pub fn accept<L: ListenerHandle>(&mut self, server: L) -> Result<L::Stream> {
         let server = Stream::of(server);
         let st = self.stream_state(server)?;
@@ -1282,6 +1318,30 @@ impl<D> Loop<D> {
     /// [`Error::STALE_HANDLE`] if the stream is closed or closing; `EINVAL` for a listening stream;
     /// `ENOTCONN` if it has no socket. Read errors (`ECONNRESET`, ...) and end of stream
     /// ([`Error::EOF`]) reach `cb`, never this call.
+    ///
+    /// # Examples
+    ///
+    /// Reading one end of a connected pair of pipes until end of stream:
+    ///
+    /// ```
+    /// use uvring::{Loop, OnRead, PipeStream, RunMode};
+    ///
+    /// let mut lp: Loop<Vec<u8>> = Loop::new()?;
+    /// let (a, b) = lp.pipe_pair(false)?;
+    /// let on_read = OnRead::new(|lp: &mut Loop<Vec<u8>>, got: &mut Vec<u8>, s: PipeStream, data| match data {
+    ///     Ok(bytes) => got.extend_from_slice(bytes), // lent for this call only
+    ///     Err(_eof_or_error) => lp.close(s, None).unwrap_or(()),
+    /// });
+    /// lp.read_start(b, &on_read)?;
+    /// lp.write(a, b"ping", None)?;
+    /// lp.shutdown(a, None)?; // `b` reads "ping", then end of stream
+    /// let mut got = Vec::new();
+    /// lp.run(RunMode::Default, &mut got)?;
+    /// assert_eq!(got, b"ping");
+    /// lp.close(a, None)?;
+    /// lp.run(RunMode::Default, &mut got)?;
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn read_start<S: StreamHandle>(&mut self, s: S, cb: &OnRead<D, S>) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
@@ -1514,6 +1574,31 @@ impl<D> Loop<D> {
     /// [`shutdown`](Self::shutdown); the error an earlier write failed with (`EPIPE`, `ECONNRESET`,
     /// ...), which sticks to the stream. Failures while sending reach `cb`; so does `ECANCELED`
     /// when the stream is closed before the bytes are sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring::{Loop, OnWrite, PipeStream, RunMode};
+    ///
+    /// let mut lp: Loop<u32> = Loop::new()?;
+    /// let (a, b) = lp.pipe_pair(false)?;
+    /// let done = OnWrite::new(|_lp: &mut Loop<u32>, writes: &mut u32, _s: PipeStream, status| {
+    ///     assert!(status.is_ok());
+    ///     *writes += 1;
+    /// });
+    /// let mut buf = *b"first";
+    /// lp.write(a, &buf, Some(&done))?;
+    /// buf.copy_from_slice(b"again"); // the bytes were copied: the buffer is free at once
+    /// lp.write(a, &buf, Some(&done))?;
+    /// assert_eq!(lp.write_queue_size(a)?, 10); // nothing is sent before the loop runs
+    /// let mut writes = 0;
+    /// lp.run(RunMode::Default, &mut writes)?;
+    /// assert_eq!(writes, 2);
+    /// lp.close(a, None)?;
+    /// lp.close(b, None)?;
+    /// lp.run(RunMode::Default, &mut writes)?;
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn write<S: StreamHandle>(&mut self, s: S, data: &[u8], cb: Option<&OnWrite<D, S>>) -> Result<()> {
         self.queue_write(Stream::of(s), data, &[], false, cb.map(|c| &c.f))
     }

@@ -190,6 +190,33 @@ impl<D> Loop<D> {
     /// # Errors
     ///
     /// [`Error::STALE_HANDLE`] if the timer is closed or closing.
+    ///
+    /// # Examples
+    ///
+    /// A one-shot timer and a repeating one that stops itself:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use uvring::{Loop, OnTimer, RunMode, Timer};
+    ///
+    /// type Log = Vec<&'static str>;
+    /// let mut lp: Loop<Log> = Loop::new()?;
+    /// let (once, every) = (lp.timer_init()?, lp.timer_init()?);
+    /// let on_once = OnTimer::new(|_lp: &mut Loop<Log>, log: &mut Log, _t| log.push("once"));
+    /// let on_every = OnTimer::new(|lp: &mut Loop<Log>, log: &mut Log, t: Timer| {
+    ///     log.push("tick");
+    ///     if log.iter().filter(|e| **e == "tick").count() == 3 {
+    ///         lp.timer_stop(t).unwrap();
+    ///     }
+    /// });
+    /// lp.timer_start(once, Duration::from_millis(5), Duration::ZERO, &on_once)?;
+    /// lp.timer_start(every, Duration::ZERO, Duration::from_millis(2), &on_every)?;
+    /// let mut log = Log::new();
+    /// lp.run(RunMode::Default, &mut log)?; // returns once both timers are stopped
+    /// assert_eq!(log.iter().filter(|e| **e == "tick").count(), 3);
+    /// assert!(log.contains(&"once"));
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn timer_start(&mut self, t: Timer, timeout: Duration, repeat: Duration, cb: &OnTimer<D>) -> Result<()> {
         let st = self.timer_state(t)?;
         st.cb = Some(cb.f.clone());

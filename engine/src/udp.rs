@@ -310,6 +310,18 @@ impl<D> Loop<D> {
     /// `udp_recv_start` or a membership); the errno of `socket`, `setsockopt` or `bind(2)`:
     /// `EADDRINUSE` (the port is taken without `UDP_REUSEADDR`/`UDP_REUSEPORT` on both sockets),
     /// `EACCES` (a privileged port), `EADDRNOTAVAIL` (not a local address).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring::{Loop, UDP_REUSEADDR};
+    ///
+    /// let mut lp: Loop<()> = Loop::new()?;
+    /// let u = lp.udp_init()?;
+    /// lp.udp_bind(u, "127.0.0.1:0".parse().unwrap(), UDP_REUSEADDR)?;
+    /// assert_ne!(lp.udp_getsockname(u)?.port(), 0); // the kernel chose a port
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn udp_bind(&mut self, u: Udp, addr: SocketAddr, flags: u32) -> Result<()> {
         if flags & !UDP_BIND_FLAGS != 0 || (flags & UDP_IPV6ONLY != 0 && addr.is_ipv4()) {
             return Err(Error::EINVAL);
@@ -423,6 +435,44 @@ impl<D> Loop<D> {
     /// one; the errno of making the implicit socket (`socket`, `bind`); `ENOSPC` if the loop's
     /// operation table is full. The kernel's verdict on the datagram (`EMSGSIZE`, `EACCES`,
     /// `ENETUNREACH`, ...) and `ECANCELED` for a socket closed first reach `cb`.
+    ///
+    /// # Examples
+    ///
+    /// One datagram over loopback, from a socket that is bound implicitly by
+    /// its first send:
+    ///
+    /// ```
+    /// use uvring::{Loop, OnRecv, OnSend, RunMode, Udp};
+    ///
+    /// #[derive(Default)]
+    /// struct State {
+    ///     sent: bool,
+    ///     got: Vec<u8>,
+    /// }
+    ///
+    /// let mut lp: Loop<State> = Loop::new()?;
+    /// let rx = lp.udp_init()?;
+    /// lp.udp_bind(rx, "127.0.0.1:0".parse().unwrap(), 0)?;
+    /// let to = lp.udp_getsockname(rx)?;
+    /// let on_recv = OnRecv::new(|lp: &mut Loop<State>, st: &mut State, u: Udp, dgram| {
+    ///     if let Ok(d) = dgram {
+    ///         st.got.extend_from_slice(d.data);
+    ///         lp.close(u, None).unwrap_or(());
+    ///     }
+    /// });
+    /// lp.udp_recv_start(rx, &on_recv)?;
+    /// let tx = lp.udp_init()?;
+    /// let on_send = OnSend::new(|lp: &mut Loop<State>, st: &mut State, u: Udp, status| {
+    ///     st.sent = status.is_ok();
+    ///     lp.close(u, None).unwrap_or(());
+    /// });
+    /// lp.udp_send(tx, b"datagram", Some(to), Some(&on_send))?;
+    /// let mut st = State::default();
+    /// lp.run(RunMode::Default, &mut st)?;
+    /// assert!(st.sent);
+    /// assert_eq!(st.got, b"datagram");
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn udp_send(&mut self, u: Udp, data: &[u8], addr: Option<SocketAddr>, cb: Option<&OnSend<D>>) -> Result<()> {
         let fd = self.udp_check_dest(u, addr)?;
         let st = self.udp_state(u.0)?;

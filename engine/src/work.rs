@@ -381,6 +381,22 @@ impl<D> Loop<D> {
     /// `ENOSPC` if 2^32 items are in flight. `done` never runs then. What happens to the item later
     /// comes to `done`: `ECANCELED` if it was cancelled before it started, [`Error::WORK_PANICKED`]
     /// if `work` panicked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring::{Loop, RunMode};
+    ///
+    /// let mut lp: Loop<Option<u64>> = Loop::new()?;
+    /// lp.queue_work(
+    ///     || (1..=20u64).product::<u64>(),                     // on a pool thread
+    ///     |_lp, out: &mut Option<u64>, res| *out = res.ok(), // then on the loop
+    /// )?;
+    /// let mut out = None;
+    /// lp.run(RunMode::Default, &mut out)?; // the item keeps the loop alive
+    /// assert_eq!(out, Some(2_432_902_008_176_640_000));
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn queue_work<T, F, G>(&mut self, work: F, done: G) -> Result<Work>
     where
         F: FnOnce() -> T + Send + 'static,
