@@ -770,6 +770,11 @@ impl<T: AsRef<[u8]>> FramePacket<T> {
     }
 
     /// Wraps a buffer that must hold a complete frame.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Truncated`] if the buffer is shorter than the header or than the frame its
+    /// header announces.
     pub fn new_checked(buffer: T) -> Result<FramePacket<T>, DecodeError> {
         let packet = FramePacket::new_unchecked(buffer);
         packet.check_len()?;
@@ -777,6 +782,11 @@ impl<T: AsRef<[u8]>> FramePacket<T> {
     }
 
     /// Ok if the buffer holds the header and the whole payload it announces.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Truncated`], with the bytes held, if the buffer is shorter than the header or
+    /// than header plus announced payload.
     pub fn check_len(&self) -> Result<(), DecodeError> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN || len < self.total_len() {
@@ -834,6 +844,16 @@ impl<T: AsRef<[u8]>> FramePacket<T> {
     /// byte, length against `max_frame_len` and the kind's bounds, fd count
     /// against the kind's maximum) and returns the kind. The buffer need
     /// only hold the header.
+    ///
+    /// # Errors
+    ///
+    /// In this order: [`DecodeError::Truncated`] (no full header),
+    /// [`BadVersion`](DecodeError::BadVersion), [`UnknownKind`](DecodeError::UnknownKind),
+    /// [`ReservedNotZero`](DecodeError::ReservedNotZero),
+    /// [`FrameTooLong`](DecodeError::FrameTooLong) (over `max_frame_len`),
+    /// [`PayloadTooShort`](DecodeError::PayloadTooShort) or
+    /// [`PayloadTooLong`](DecodeError::PayloadTooLong) (outside [`FrameKind::payload_len_bounds`]),
+    /// [`BadFdCount`](DecodeError::BadFdCount) (over [`FrameKind::max_fds`]).
     pub fn check_header(&self, max_frame_len: usize) -> Result<FrameKind, DecodeError> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -1166,6 +1186,14 @@ impl<'a> Frame<'a> {
 
     /// Checks the rules each kind puts on its fields; a frame that passes
     /// (and whose payload fits a `u32`) emits bytes that parse back to it.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidFrame`] naming the first field that breaks its kind's rule: `address` (a Unix path
+    /// empty or over 108 bytes), `socket_type` (TCP on a Unix path or a pipe on an IP address),
+    /// `listener_fd` (an fd on an error reply), `count` (a `NewConnection` of 0 or over 16
+    /// connections, an `Ack` of 0), `first_conn_seq` or `conn_seq` (the range overflows `u64`),
+    /// `nfds` (a `Message` with over 16 fds).
     pub fn validate(&self) -> Result<(), InvalidFrame> {
         let field = match *self {
             Frame::QueryServer { key, .. } if !key.address.is_valid() => "address",
@@ -1189,6 +1217,15 @@ impl<'a> Frame<'a> {
     /// Parses the complete frame in `packet` (whose length is checked here).
     /// The decoder's maximum frame length is not applied; fds are not looked
     /// at beyond the header's count.
+    ///
+    /// # Errors
+    ///
+    /// Any error of [`FramePacket::check_header`] (without a length limit) or
+    /// [`FramePacket::check_len`]; [`DecodeError::PayloadTooShort`] for a payload shorter than a
+    /// length it declares (a `StoreSet`'s key); [`DecodeError::BadFdCount`] for a `NewConnection`
+    /// whose `count` differs from `nfds`; [`DecodeError::Invalid`] naming the field for an unknown
+    /// family, socket type, flag bit, store status or `accepted` byte, and for what
+    /// [`validate`](Frame::validate) refuses. Never panics, whatever the bytes.
     pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &FramePacket<&'a T>) -> Result<Frame<'a>, DecodeError> {
         let kind = packet.check_header(MAX_FRAME_LEN_LIMIT)?;
         packet.check_len()?;
@@ -1276,6 +1313,11 @@ impl<'a> Frame<'a> {
 
     /// Parses the frame at the front of `bytes` and returns it with its
     /// length; `Truncated` if `bytes` ends inside it.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Truncated`] if `bytes` ends inside the frame; otherwise as
+    /// [`parse`](Frame::parse).
     pub fn parse_prefix(bytes: &'a [u8]) -> Result<(Frame<'a>, usize), DecodeError> {
         let packet = FramePacket::new_unchecked(bytes);
         packet.check_header(MAX_FRAME_LEN_LIMIT)?;
@@ -1286,6 +1328,12 @@ impl<'a> Frame<'a> {
 
     /// Writes the frame to the front of `out` and returns the bytes written
     /// ([`buffer_len`](Frame::buffer_len)). Allocates nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`EmitError::Invalid`] for a frame [`validate`](Frame::validate) refuses;
+    /// [`EmitError::TooLarge`] for a payload over `u32::MAX` bytes; [`EmitError::BufferTooSmall`]
+    /// if `out` is shorter than [`buffer_len`](Frame::buffer_len). Nothing is written on error.
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, EmitError> {
         self.validate()?;
         let payload_len = self.payload_len();
@@ -1375,6 +1423,11 @@ impl<'a> Frame<'a> {
     /// only when `out` lacks the capacity, so a reused `Vec` stops
     /// allocating once it has grown to the largest frame. On error `out` is
     /// left as it was.
+    ///
+    /// # Errors
+    ///
+    /// As [`emit`](Frame::emit), except `BufferTooSmall` (the `Vec` grows); `out` is left as it
+    /// was.
     pub fn emit_to_vec(&self, out: &mut Vec<u8>) -> Result<usize, EmitError> {
         self.validate()?;
         let payload_len = self.payload_len();
@@ -1413,6 +1466,10 @@ impl FrameFds {
     }
 
     /// Appends an fd; gives it back if the set is full.
+    ///
+    /// # Errors
+    ///
+    /// The fd itself, unchanged, when the set already holds [`MAX_FDS_PER_FRAME`] fds.
     pub fn push(&mut self, fd: OwnedFd) -> Result<(), OwnedFd> {
         match self.slots.get_mut(self.len) {
             Some(slot) => {
@@ -1684,6 +1741,12 @@ impl FrameDecoder {
     /// committing its bytes. A full queue is a protocol error: the fd is
     /// closed and the decoder poisoned. Once poisoned, the fd is closed and
     /// the error returned.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::FdQueueOverflow`] when [`FD_QUEUE_CAPACITY`] fds wait for their frames (the
+    /// fd is closed and the decoder poisoned); the poisoning error again, with the fd closed, once
+    /// the decoder is poisoned.
     pub fn push_fd(&mut self, fd: OwnedFd) -> Result<(), DecodeError> {
         if let Some(error) = self.error {
             drop(fd);
@@ -1704,6 +1767,13 @@ impl FrameDecoder {
 
     /// The next complete frame and its fds, `Ok(None)` if more bytes are
     /// needed, or the error that poisons the decoder. Allocates nothing.
+    ///
+    /// # Errors
+    ///
+    /// Any error of [`Frame::parse`], and [`DecodeError::FrameTooLong`] against the decoder's own
+    /// maximum; [`DecodeError::MissingFds`] for a complete frame that announces more fds than were
+    /// pushed. Each poisons the decoder (its queued fds are closed), and every later call returns
+    /// the same error.
     pub fn next_frame(&mut self) -> Result<Option<Decoded<'_>>, DecodeError> {
         if let Some(error) = self.error {
             return Err(error);
@@ -1761,6 +1831,11 @@ impl FrameDecoder {
 
     /// Says the stream has ended: `Ok` if it ended between frames with no
     /// fd left over (call after `next_frame` returned `Ok(None)`).
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Truncated`] if the stream ended inside a frame; [`DecodeError::UnclaimedFds`]
+    /// if fds are left that no frame took; the poisoning error if the decoder was already poisoned.
     pub fn finish(&mut self) -> Result<(), DecodeError> {
         if let Some(error) = self.error {
             return Err(error);

@@ -550,6 +550,15 @@ impl<D: WorkerData> Worker<D> {
     /// once, early, in a worker process (see [`is_worker`]), and keep the
     /// result in the loop's data, where [`WorkerData::worker`] finds it;
     /// `EINVAL` in a primary, `INVALID_STATE` the second time.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` outside a worker (the primary's `UVRING_WORKER_ID` and `UVRING_CHANNEL_FD` are not
+    /// set, as in a primary or a standalone run);
+    /// [`Error::INVALID_STATE`](uvring::Error::INVALID_STATE) on a second call in the process;
+    /// `EINVAL` or `ENOTSOCK` if the inherited channel fd is not a connected stream socket;
+    /// `ENOSPC` if the loop's handle table is full; `EPIPE` if the primary is already gone when
+    /// `Online` is sent.
     pub fn init(lp: &mut Loop<D>) -> Result<Worker<D>> {
         let (id, fd) = role_env().ok_or(Error::EINVAL)?;
         if INITIALIZED.swap(true, Ordering::SeqCst) {
@@ -722,12 +731,23 @@ impl<D: WorkerData> Worker<D> {
     /// Sends a user message to the primary. `EMSGSIZE`, and nothing sent,
     /// when `bytes` is longer than the cluster's
     /// [`max_message_len`](crate::Settings::max_message_len).
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` once the channel is closed (after a disconnect, or when the primary is gone);
+    /// `EMSGSIZE` for a message over the limit; the error of the channel's write (`EPIPE`,
+    /// `ECONNRESET`). Nothing is sent on error.
     pub fn send(&mut self, lp: &mut Loop<D>, bytes: &[u8]) -> Result<()> {
         self.send_frame(lp, &Frame::Message { bytes, nfds: 0 })
     }
 
     /// Sends a user message with fds attached (each is duplicated; the
     /// caller keeps its own). At most 16 fds.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for more than 16 fds; the errno of duplicating an fd (`EMFILE`, `EBADF`); otherwise
+    /// as [`send`](Self::send). Nothing is sent on error; the duplicates are closed.
     pub fn send_with_fds(&mut self, lp: &mut Loop<D>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
         let mut batch = dup_batch(fds)?;
         let ch = self.channel.ok_or(Error::ENOTCONN)?;
@@ -745,6 +765,12 @@ impl<D: WorkerData> Worker<D> {
 
     /// Reads `key` from the primary's shared store; `cb` gets `(loop, data,
     /// value)`, from the loop.
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` once the channel is closed; `EMSGSIZE` for a key over the message limit; the
+    /// error of the channel's write. `cb` is dropped, never called, on error. If the channel closes
+    /// before the reply, `cb` gets `None`.
     pub fn store_get(
         &mut self,
         lp: &mut Loop<D>,
@@ -759,6 +785,12 @@ impl<D: WorkerData> Worker<D> {
     /// `(loop, data, result)`, from the loop. `EMSGSIZE`, and nothing sent
     /// (`cb` dropped), when key and value together with 8 bytes are longer
     /// than the cluster's [`max_message_len`](crate::Settings::max_message_len).
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` once the channel is closed; `EMSGSIZE` as said; the error of the channel's write.
+    /// `cb` is dropped, never called, on error. The primary's refusal reaches `cb` as `Err`, and so
+    /// does `ENOTCONN` if the channel closes before the reply.
     pub fn store_set(
         &mut self,
         lp: &mut Loop<D>,
@@ -772,6 +804,12 @@ impl<D: WorkerData> Worker<D> {
 
     /// Removes `key` from the shared store; `cb` gets `(loop, data, whether
     /// it was there)`, from the loop.
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` once the channel is closed; `EMSGSIZE` for a key over the message limit; the
+    /// error of the channel's write. `cb` is dropped, never called, on error. If the channel closes
+    /// before the reply, `cb` gets `false`.
     pub fn store_delete(
         &mut self,
         lp: &mut Loop<D>,

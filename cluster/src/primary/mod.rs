@@ -455,6 +455,11 @@ impl<D: PrimaryData> Primary<D> {
     /// A primary with `settings`; no worker is forked yet ([`start`](Self::start)
     /// forks `settings.workers`, [`fork`](Self::fork) one). Keep it in the
     /// loop's data, where [`PrimaryData`] finds it.
+    ///
+    /// # Errors
+    ///
+    /// `ENOENT` if [`Settings::exec`](crate::Settings::exec) is unset and the running program's
+    /// path cannot be read (`std::env::current_exe`).
     pub fn new(lp: &mut Loop<D>, settings: Settings) -> uvring::Result<Primary<D>> {
         let _ = lp;
         let id = PrimaryId::next();
