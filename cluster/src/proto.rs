@@ -1334,6 +1334,20 @@ impl<'a> Frame<'a> {
     /// [`EmitError::Invalid`] for a frame [`validate`](Frame::validate) refuses;
     /// [`EmitError::TooLarge`] for a payload over `u32::MAX` bytes; [`EmitError::BufferTooSmall`]
     /// if `out` is shorter than [`buffer_len`](Frame::buffer_len). Nothing is written on error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring_cluster::proto::Frame;
+    ///
+    /// let frame = Frame::Message { bytes: b"hello", nfds: 0 };
+    /// let mut buf = [0u8; 64];
+    /// let n = frame.emit(&mut buf)?;
+    /// assert_eq!(n, frame.buffer_len()); // 8-byte header + 5 bytes
+    /// let (back, used) = Frame::parse_prefix(&buf[..n])?;
+    /// assert_eq!((back, used), (frame, n));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, EmitError> {
         self.validate()?;
         let payload_len = self.payload_len();
@@ -1608,6 +1622,34 @@ const MIN_READ_SPACE: usize = 4096;
 /// Any split of the byte stream yields the same frames. The first error
 /// poisons the decoder: every later call returns that error, and all queued
 /// fds are closed.
+///
+/// # Examples
+///
+/// Two frames that arrive split at an arbitrary byte:
+///
+/// ```
+/// use uvring_cluster::proto::{Frame, FrameDecoder};
+///
+/// let mut wire = Vec::new();
+/// Frame::Heartbeat { seq: 7 }.emit_to_vec(&mut wire)?;
+/// Frame::Message { bytes: b"hello", nfds: 0 }.emit_to_vec(&mut wire)?;
+///
+/// let mut decoder = FrameDecoder::new();
+/// let (a, b) = wire.split_at(5);
+/// assert_eq!(decoder.feed(a), a.len());
+/// assert!(decoder.next_frame()?.is_none()); // not a whole frame yet
+/// decoder.feed(b);
+/// let first = decoder.next_frame()?.expect("a frame");
+/// assert_eq!(first.frame, Frame::Heartbeat { seq: 7 });
+/// drop(first); // a frame borrows the decoder's buffer
+/// let second = decoder.next_frame()?.expect("a frame");
+/// assert_eq!(second.frame, Frame::Message { bytes: b"hello", nfds: 0 });
+/// assert!(second.fds.is_empty());
+/// drop(second);
+/// assert!(decoder.next_frame()?.is_none());
+/// decoder.finish()?; // the stream may end here: between frames, no fd left
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct FrameDecoder {
     buf: Box<[u8]>,
     /// Buffered, undecoded bytes are `buf[start..end]`.

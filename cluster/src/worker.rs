@@ -559,6 +559,33 @@ impl<D: WorkerData> Worker<D> {
     /// `EINVAL` or `ENOTSOCK` if the inherited channel fd is not a connected stream socket;
     /// `ENOSPC` if the loop's handle table is full; `EPIPE` if the primary is already gone when
     /// `Online` is sent.
+    ///
+    /// # Examples
+    ///
+    /// The same server code runs standalone and in a worker: keep the
+    /// `Worker` in the loop's data when there is one.
+    ///
+    /// ```
+    /// use uvring::{Loop, RunMode};
+    /// use uvring_cluster::{is_worker, Worker, WorkerData};
+    ///
+    /// struct Server {
+    ///     worker: Option<Worker<Server>>,
+    /// }
+    ///
+    /// impl WorkerData for Server {
+    ///     fn worker(&mut self) -> Option<&mut Worker<Server>> {
+    ///         self.worker.as_mut()
+    ///     }
+    /// }
+    ///
+    /// let mut lp: Loop<Server> = Loop::new()?;
+    /// let worker = if is_worker() { Some(Worker::init(&mut lp)?) } else { None };
+    /// let mut server = Server { worker };
+    /// // tcp_init, tcp_bind and listen as usual: in a worker the primary routes them.
+    /// lp.run(RunMode::Default, &mut server)?;
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn init(lp: &mut Loop<D>) -> Result<Worker<D>> {
         let (id, fd) = role_env().ok_or(Error::EINVAL)?;
         if INITIALIZED.swap(true, Ordering::SeqCst) {
