@@ -127,10 +127,10 @@
 //!
 //! **API calls never run user code.** Only the loop's phases hold the
 //! user's `&mut D`, so a method cannot call a callback: whatever it causes
-//! (a write that fails at once, a stream closed with writes queued, a
-//! cancelled work item, stashed data after `read_start`) is put on the
-//! loop's *pending queue* and delivered from the next pending phase. So a
-//! callback is never re-entered, and none is ever skipped.
+//! (a queued write whose send fails inside the call, a stream closed with
+//! writes queued, a cancelled work item, stashed data after `read_start`)
+//! is put on the loop's *pending queue* and delivered from the next pending
+//! phase. So a callback is never re-entered, and none is ever skipped.
 //!
 //! # Handles and operations
 //!
@@ -164,8 +164,9 @@
 //!
 //! An **operation** (libuv's request) is one thing asked of a handle, with
 //! its own completion: a write ([`OnWrite`]), a connect, a shutdown, a UDP
-//! send. A handle may have any number in flight; their callbacks run in
-//! the order the operations were made. Work items and file operations are
+//! send. Writes and sends queue: a handle may have any number in flight,
+//! and their callbacks run in the order they were made (one connect and
+//! one shutdown at a time). Work items and file operations are
 //! requests of the loop itself, with an id to cancel them ([`Work`],
 //! [`FsRequest`]) and a closure that gets the result.
 //!
