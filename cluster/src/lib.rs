@@ -307,7 +307,10 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod activation;
+pub mod admin;
 mod channel;
+pub mod notify;
 pub mod primary;
 pub mod proto;
 pub mod schedule;
@@ -315,7 +318,12 @@ pub mod settings;
 pub mod store;
 pub mod worker;
 
-pub use primary::{ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerInfo, WorkerStatus};
+pub use activation::{ListenFds, ListenSource};
+pub use notify::SdNotify;
+pub use primary::{
+    ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, ProcessMemory, UpgradeFailure, WorkerInfo,
+    WorkerStats, WorkerStatus,
+};
 pub use proto::FrameFds;
 pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
 pub use settings::{available_cpus, ChildOutput, RespawnSettings, SchedPolicy, Settings, DEFAULT_MAX_MESSAGE_LEN};

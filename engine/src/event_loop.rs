@@ -118,6 +118,23 @@ impl LoopOptions {
     }
 }
 
+/// The loop's work counters ([`Loop::metrics_info`], libuv's
+/// `uv_metrics_t`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoopMetrics {
+    /// Completed iterations of `run`.
+    pub loop_count: u64,
+    /// Completions the poll phase took from the backend (I/O events,
+    /// operations finished, cancellations).
+    pub events: u64,
+    /// Of those, the ones that were already waiting when the loop polled:
+    /// the backend had them queued, or the poll could not block (pending
+    /// work, idle hooks, `RunMode::NoWait`). A loop that rarely sleeps
+    /// has `events_waiting` close to `events`.
+    pub events_waiting: u64,
+}
+
 /// What kind of handle an id names ([`Loop::handle_type`]).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -268,6 +285,8 @@ pub struct Loop<D = ()> {
     pub(crate) listen_hook: Option<Rc<dyn crate::stream::ListenHook<D>>>,
     user: Option<Box<dyn std::any::Any>>,
     iterations: u64,
+    /// Completions dispatched (the `events` of [`LoopMetrics`]).
+    events: u64,
 }
 
 impl<D> std::fmt::Debug for Loop<D> {
@@ -366,6 +385,7 @@ impl<D> Loop<D> {
             listen_hook: None,
             user: None,
             iterations: 0,
+            events: 0,
         })
     }
 
@@ -392,6 +412,25 @@ impl<D> Loop<D> {
     /// Number of completed loop iterations (for tests that check for spinning).
     pub fn iterations(&self) -> u64 {
         self.iterations
+    }
+
+    /// Time the loop has spent blocked in the backend's wait (`epoll_wait`,
+    /// or `io_uring_enter` waiting for completions) since it was created:
+    /// libuv's `uv_metrics_idle_time`. Time in callbacks and in the loop's
+    /// own work is not idle; neither is a poll that could not block. Always
+    /// on: two reads of the monotonic clock (vDSO) per wait that may block.
+    /// Utilisation over a span is `1 - Δidle / Δwall`.
+    pub fn metrics_idle_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.driver.wait_stats().idle_ns)
+    }
+
+    /// Counters of the loop's work (libuv's `uv_metrics_info`).
+    pub fn metrics_info(&self) -> LoopMetrics {
+        LoopMetrics {
+            loop_count: self.iterations,
+            events: self.events,
+            events_waiting: self.driver.wait_stats().events_waiting,
+        }
     }
 
     /// Makes `run` return after the current iteration.
@@ -547,6 +586,7 @@ impl<D> Loop<D> {
         // Keep the buffer memory alive across callbacks even if user code
         // replaces the loop value (`mem::replace`) from inside one.
         let pool = self.pool.clone();
+        self.events += completions.len() as u64;
         for c in completions.iter() {
             self.dispatch(*c, &pool, d);
         }

@@ -21,7 +21,7 @@
 //! [`MAX_READS_PER_WAKEUP`] per wakeup.
 
 use super::{
-    write_recvmsg_header, Backend, BufPool, Completion, Driver, Op, PoolConfig, RecordLayout, Token,
+    write_recvmsg_header, Backend, BufPool, Completion, Driver, Op, PoolConfig, RecordLayout, Token, WaitStats,
     MAX_ACCEPTS_PER_WAKEUP, MAX_IOV, MAX_READS_PER_WAKEUP, RECVMSG_CONTROL_LEN, RECVMSG_HEADER_LEN, RECVMSG_NAME_LEN,
 };
 use crate::error::{Error, Result};
@@ -155,6 +155,8 @@ pub(crate) struct Epoll {
     events: Vec<epoll::Event>,
     /// Fds with datagrams queued since the last `poll` (not blocked).
     dgram_dirty: Vec<RawFd>,
+    /// Time blocked in `epoll_wait`, completions found ready.
+    stats: WaitStats,
 }
 
 // SAFETY-relevant note: `ReadOp::Read` holds a raw pointer lent by the loop
@@ -172,6 +174,7 @@ impl Epoll {
             ready: Vec::with_capacity(256),
             events: vec![epoll::EMPTY; EVENTS_PER_WAIT],
             dgram_dirty: Vec::with_capacity(64),
+            stats: WaitStats::default(),
         })
     }
 
@@ -718,6 +721,7 @@ impl Driver for Epoll {
         let room = out.capacity() - out.len();
         let take = self.ready.len().min(room);
         out.extend(self.ready.drain(..take));
+        self.stats.events_waiting += take as u64;
         let timeout = if !self.ready.is_empty() || take > 0 {
             0
         } else if timeout_ms < 0 {
@@ -732,7 +736,15 @@ impl Driver for Epoll {
             return Ok(());
         }
         let max_events = (room / per_fd).clamp(1, EVENTS_PER_WAIT);
-        let n = epoll::wait(self.epfd.as_raw_fd(), &mut self.events[..max_events], timeout)?;
+        // Only a wait that may block is idle time (libuv measures the same
+        // span: around `epoll_wait`).
+        let waited = (timeout != 0).then(std::time::Instant::now);
+        let res = epoll::wait(self.epfd.as_raw_fd(), &mut self.events[..max_events], timeout);
+        if let Some(since) = waited {
+            self.stats.add_idle(since);
+        }
+        let n = res?;
+        let before_events = out.len();
         for i in 0..n {
             let ev = self.events[i];
             let fd = ev.u64 as u32 as RawFd;
@@ -775,7 +787,15 @@ impl Driver for Epoll {
         let room = out.capacity() - out.len();
         let take = self.ready.len().min(room);
         out.extend(self.ready.drain(..take));
+        if timeout == 0 {
+            // A wait that could not block found only what was ready.
+            self.stats.events_waiting += (out.len() - before_events) as u64;
+        }
         Ok(())
+    }
+
+    fn wait_stats(&self) -> WaitStats {
+        self.stats
     }
 
     fn pool(&self) -> &Rc<BufPool> {

@@ -266,6 +266,33 @@ pub(crate) trait Driver {
 
     /// Gives buffer `id` back for receiving.
     fn recycle(&mut self, id: u16);
+
+    /// What the waits in [`poll`](Self::poll) have cost so far (the loop's
+    /// metrics; see [`WaitStats`]).
+    fn wait_stats(&self) -> WaitStats;
+}
+
+/// Totals kept by a driver around its waits, for the loop's metrics
+/// (libuv's `uv_metrics_idle_time` and `events_waiting`). Measuring costs
+/// two reads of the monotonic clock (vDSO, no syscall) per `poll` that may
+/// block; a `poll` with a zero timeout is not timed.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WaitStats {
+    /// Time spent inside the blocking wait (`epoll_wait`, `io_uring_enter`
+    /// with `GETEVENTS` and a wait count), in nanoseconds.
+    pub idle_ns: u64,
+    /// Completions that were ready when `poll` was called, so the driver
+    /// did not have to block for them: those queued inside the driver, and
+    /// every completion of a `poll` that could not block.
+    pub events_waiting: u64,
+}
+
+impl WaitStats {
+    /// Adds the time since `since` to the idle total.
+    pub(crate) fn add_idle(&mut self, since: std::time::Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.idle_ns = self.idle_ns.saturating_add(ns);
+    }
 }
 
 /// The two backends behind one type, dispatched without dynamic calls.
@@ -308,6 +335,9 @@ impl Driver for AnyDriver {
     }
     fn recycle(&mut self, id: u16) {
         dispatch!(self, d => d.recycle(id))
+    }
+    fn wait_stats(&self) -> WaitStats {
+        dispatch!(self, d => d.wait_stats())
     }
 }
 

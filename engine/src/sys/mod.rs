@@ -144,6 +144,17 @@ pub fn monotonic_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
+/// Monotonic clock in microseconds (`CLOCK_MONOTONIC`, as systemd's
+/// `MONOTONIC_USEC=` wants it).
+pub fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to fill; CLOCK_MONOTONIC cannot fail.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
 /// Raw epoll calls for the epoll backend.
 pub mod epoll {
     use super::*;

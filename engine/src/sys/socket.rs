@@ -230,6 +230,11 @@ pub fn socket_kind(fd: RawFd) -> Result<(i32, bool)> {
     Ok((ty, listening))
 }
 
+/// Whether `fd` is a listening stream socket.
+pub fn is_listening_stream(fd: RawFd) -> bool {
+    matches!(socket_kind(fd), Ok((libc::SOCK_STREAM, true)))
+}
+
 pub fn sockname(fd: RawFd) -> Result<SockAddr> {
     let mut addr = SockAddr::empty();
     // SAFETY: `addr.storage` has room for `addr.len` bytes.

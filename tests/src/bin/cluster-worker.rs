@@ -224,6 +224,13 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                     send(lp, d, "alloc-started");
                     ALLOCS_AT_START.store(ALLOCS.load(Ordering::SeqCst), Ordering::SeqCst);
                     TRACING.store(std::env::var_os("ALLOC_TRACE").is_some(), Ordering::SeqCst);
+                } else if let Some(mib) = std::str::from_utf8(msg).ok().and_then(|m| m.strip_prefix("grow ")) {
+                    // Allocate and touch MIB MiB, kept for the process's
+                    // life (the memory-limit test's worker grows).
+                    let mib: usize = mib.parse().unwrap_or(0);
+                    let block: &'static mut [u8] = Vec::leak(vec![1u8; mib << 20]);
+                    std::hint::black_box(&block);
+                    send(lp, d, &format!("grew {mib}"));
                 } else if msg == b"alloc-stop" {
                     TRACING.store(false, Ordering::SeqCst);
                     let total = ALLOCS.load(Ordering::SeqCst);

@@ -42,7 +42,7 @@ mod setup;
 pub(crate) mod tests;
 
 use super::{
-    Backend, BufPool, Completion, Driver, Op, OpKind, PoolConfig, RecordLayout, Token, Unavailable, MAX_IOV,
+    Backend, BufPool, Completion, Driver, Op, OpKind, PoolConfig, RecordLayout, Token, Unavailable, WaitStats, MAX_IOV,
     RECVMSG_CONTROL_LEN, RECVMSG_HEADER_LEN, RECVMSG_NAME_LEN,
 };
 use crate::error::{Error, Result};
@@ -97,6 +97,8 @@ pub(crate) struct Uring {
     pid: u32,
     /// The file operations the probe found ([`setup::FileOps`]).
     file_ops: setup::FileOps,
+    /// Time blocked in `io_uring_enter`, completions found ready.
+    stats: WaitStats,
 }
 
 impl Uring {
@@ -148,6 +150,7 @@ impl Uring {
             features: features.into_boxed_str(),
             pid: std::process::id(),
             file_ops,
+            stats: WaitStats::default(),
         })
     }
 
@@ -719,13 +722,28 @@ impl Driver for Uring {
         let wait = timeout_ms != 0 && out.len() == start && room > 0 && cq_len == 0 && self.deferred.is_empty();
         let to_submit = !self.ring.submission().is_empty();
         if wait || to_submit || cq_len < room {
-            self.enter(wait, timeout_ms)?;
+            // Only an enter that may block is idle time (libuv measures the
+            // same span: around the wait).
+            let waited = wait.then(std::time::Instant::now);
+            let res = self.enter(wait, timeout_ms);
+            if let Some(since) = waited {
+                self.stats.add_idle(since);
+            }
+            res?;
         }
         self.flush_backlog();
         if self.deferred.is_empty() {
             self.reap(out);
         }
+        if !wait {
+            // Nothing was waited for: every completion was ready.
+            self.stats.events_waiting += (out.len() - start) as u64;
+        }
         Ok(())
+    }
+
+    fn wait_stats(&self) -> WaitStats {
+        self.stats
     }
 
     fn pool(&self) -> &Rc<BufPool> {
