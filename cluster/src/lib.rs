@@ -299,6 +299,24 @@
 //! [`Primary::on_channel_error`] says why ([`ChannelFault`]): the primary
 //! never panics on a worker's input.
 //!
+//! **Seeing inside**: [`Primary::worker_stats`] gives each worker's figures
+//! ([`WorkerStats`]: uptime, restarts, connections, messages, memory, loop
+//! utilisation from the reports its heartbeat answers carry);
+//! [`Settings::max_memory`] replaces a worker that grows past a limit
+//! ([`Primary::replace_worker`], a rolling restart of one); and
+//! [`Primary::admin_listen`] serves `/health`, `/stats` and `/metrics` from
+//! the primary's own loop ([`admin`]).
+//!
+//! **Service managers and upgrades**: [`ListenFds::from_env`] claims
+//! listening sockets handed down by systemd's socket activation or by an
+//! upgrade, and [`Primary::adopt`] serves them instead of binding;
+//! [`SdNotify`] speaks systemd's readiness protocol; [`Primary::upgrade`]
+//! starts a new primary (a new binary, say) with the listening sockets,
+//! which calls [`Primary::announce_ready`] once its workers listen; the
+//! old one then stops accepting, and the program disconnects its workers
+//! and exits. Under `rr` and `shared` no connection attempt is refused
+//! during the switch.
+//!
 //! Once warm, handing a connection to a worker allocates nothing, in the
 //! primary or in the worker.
 

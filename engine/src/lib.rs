@@ -247,9 +247,16 @@
 //! [`Loop::fs_stat`], ...) are built on it; on io_uring the file
 //! operations the ring has go through the ring instead. Child processes
 //! ([`Loop::spawn`], [`ProcessOptions`]) are started with a pidfd
-//! (`clone3`, or `fork` and `pidfd_open`), so their exit is an ordinary completion and a recycled pid is
-//! never signalled. Signals ([`Loop::signal_start`]) are delivered on the
-//! loop, from any number of watchers per signal.
+//! (`clone3`, or `fork` and `pidfd_open`), so their exit is an ordinary
+//! completion and a recycled pid is never signalled. Signals
+//! ([`Loop::signal_start`]) are delivered on the loop, from any number of
+//! watchers per signal.
+//!
+//! The loop measures itself, always on and without allocation:
+//! [`Loop::metrics_idle_time`] is the time spent blocked waiting for I/O
+//! (utilisation over a span is `1 - Δidle / Δwall`), and
+//! [`Loop::metrics_info`] counts iterations and completions
+//! ([`LoopMetrics`]), as libuv's `uv_metrics_*`.
 //!
 //! A loop can also host a *listen hook* ([`ListenHook`]) through which
 //! another layer takes over `listen`: the `uvring-cluster` crate uses it so

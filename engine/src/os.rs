@@ -57,6 +57,10 @@ pub fn monotonic_us() -> u64 {
 ///
 /// Nothing else in this process owns `fd` or will close it: the caller
 /// claims it, as `OwnedFd::from_raw_fd` does.
+///
+/// # Errors
+///
+/// `EBADF` if no fd of that number is open (nothing is owned then).
 pub unsafe fn adopt_inherited(fd: std::os::fd::RawFd) -> Result<OwnedFd> {
     sys::set_cloexec(fd, true)?;
     // SAFETY: `fd` is open (fcntl succeeded) and, per the caller, unowned.
