@@ -556,9 +556,9 @@ impl<D: WorkerData> Worker<D> {
     /// `EINVAL` outside a worker (the primary's `UVRING_WORKER_ID` and `UVRING_CHANNEL_FD` are not
     /// set, as in a primary or a standalone run);
     /// [`Error::INVALID_STATE`](uvring::Error::INVALID_STATE) on a second call in the process;
-    /// `EINVAL` or `ENOTSOCK` if the inherited channel fd is not a connected stream socket;
-    /// `ENOSPC` if the loop's handle table is full; `EPIPE` if the primary is already gone when
-    /// `Online` is sent.
+    /// `EINVAL` or `ENOTSOCK` if the inherited channel fd is not a stream socket; `ENOSPC` if the
+    /// loop's handle table is full. A primary already gone is not an error here: the channel's
+    /// end is seen from the loop ([`on_primary_gone`](Self::on_primary_gone)).
     ///
     /// # Examples
     ///

@@ -216,9 +216,9 @@ impl<D> Loop<D> {
     ///
     /// # Errors
     ///
-    /// `EINVAL` if the fd is not a connected stream socket (a listening one, a datagram socket, a
-    /// file); `ENOTSOCK` from `getsockopt` for a non-socket; `ENOSPC` if the handle table is full;
-    /// the errno of `fcntl`. The fd is closed on every error.
+    /// `EINVAL` for a socket that is not a stream socket, or that listens; `ENOTSOCK` for an fd
+    /// that is not a socket (a file, a `pipe(2)` end); `ENOSPC` if the handle table is full; the
+    /// errno of `fcntl`. The fd is closed on every error.
     pub fn pipe_open(&mut self, fd: OwnedFd, ipc: bool) -> Result<PipeStream> {
         let (ty, listening) = socket::socket_kind(fd.as_raw_fd())?;
         if ty != libc::SOCK_STREAM || listening {

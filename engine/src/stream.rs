@@ -549,8 +549,8 @@ impl<D> Loop<D> {
     /// # Errors
     ///
     /// [`Error::STALE_HANDLE`] if the handle is closed or closing; `EBADF` if it has no socket yet
-    /// (in a cluster worker, a listener whose address is only recorded until the primary answers);
-    /// `EINVAL` for an address that is not IPv4 or IPv6.
+    /// (in a cluster worker, a listener before the primary answers, and an `rr` listener, which
+    /// never has a socket of its own); `EINVAL` for an address that is not IPv4 or IPv6.
     pub fn tcp_getsockname<H: TcpHandle>(&self, h: H) -> Result<SocketAddr> {
         let fd = self.stream_ref(Stream::of(h))?.fd;
         if fd < 0 {

@@ -475,8 +475,9 @@ impl<D: PrimaryData> Primary<D> {
     ///
     /// # Errors
     ///
-    /// `ENOENT` if [`Settings::exec`](crate::Settings::exec) is unset and the running program's
-    /// path cannot be read (`std::env::current_exe`).
+    /// The error of `std::env::current_exe` (`ENOENT`, say) when
+    /// [`Settings::exec`](crate::Settings::exec) is unset and the running program's path cannot be
+    /// read. Nothing else: no worker is forked yet.
     ///
     /// # Examples
     ///
