@@ -155,6 +155,7 @@
 //! | [`Hook`] | [`hook_init`](Loop::hook_init) | `hook_start`, `hook_stop` (idle, prepare, check) |
 //! | [`Process`] | [`spawn`](Loop::spawn) | [`process_kill`](Loop::process_kill); its [`OnExit`] runs once |
 //! | [`Poll`] | [`poll_init`](Loop::poll_init) | `poll_start` on a foreign fd's readiness |
+//! | [`FsEvent`] | [`fs_event_init`](Loop::fs_event_init) | [`fs_event_start`](Loop::fs_event_start): watch a file or directory |
 //!
 //! Stream operations take any [`StreamHandle`], `accept` any
 //! [`ListenerHandle`], `listen` any [`SocketHandle`]; what every handle has
@@ -252,6 +253,14 @@
 //! ([`Loop::signal_start`]) are delivered on the loop, from any number of
 //! watchers per signal.
 //!
+//! Streams are not only sockets: [`Loop::pipe_open`] also takes a
+//! `pipe(2)` end, a FIFO, a terminal or a regular file (stdin and stdout,
+//! say), and [`Loop::sendfile`] sends a file's bytes on a stream, in order
+//! with its writes, without the loop waiting for the disk. File watching
+//! ([`Loop::fs_event_start`], on inotify) and vectored file I/O
+//! ([`Loop::fs_read_vectored`], [`Loop::fs_write_vectored`]) complete the
+//! file side.
+//!
 //! The loop measures itself, always on and without allocation:
 //! [`Loop::metrics_idle_time`] is the time spent blocked waiting for I/O
 //! (utilisation over a span is `1 - Δidle / Δwall`), and
@@ -275,6 +284,7 @@ mod dns;
 mod error;
 mod event_loop;
 mod fs;
+mod fs_event;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -284,6 +294,7 @@ pub mod os;
 mod pipe;
 mod poll;
 mod process;
+mod sendfile;
 mod signal;
 mod stream;
 mod sys;
@@ -297,12 +308,14 @@ pub use dns::{AddrInfoFlags, AddrInfoHints, AddressFamily, NameInfoFlags, Socket
 pub use error::{Error, Result};
 pub use event_loop::{HandleType, Loop, LoopMetrics, LoopOptions, RunMode};
 pub use fs::{CopyFlags, DirEntry, FileKind, FileStat, FsRequest, OpenFlags};
+pub use fs_event::{FsChange, FsEventFlags, FsEvents};
 pub use handle::{
     Async, Datagram, HandleId, Hook, ListenerHandle, OnAsync, OnClose, OnConnect, OnConnection, OnExit, OnHook,
-    OnListenStop, OnPoll, OnRead, OnRecv, OnSend, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle, PipeListener,
-    PipeSocket, PipeStream, Poll, PollEvents, Process, RecvFlags, SendableHandle, Signal, SocketHandle, StreamHandle,
-    TcpHandle, TcpListener, TcpSocket, TcpStream, Timer, Udp,
+    OnListenStop, OnPoll, OnRead, OnRecv, OnSend, OnSendFile, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle,
+    PipeListener, PipeSocket, PipeStream, Poll, PollEvents, Process, RecvFlags, SendableHandle, Signal, SocketHandle,
+    StreamHandle, TcpHandle, TcpListener, TcpSocket, TcpStream, Timer, Udp,
 };
+pub use handle::{FsEvent, OnFsEvent};
 pub use hook::HookKind;
 pub use pipe::FdBatch;
 pub use process::{ProcessOptions, Stdio};
