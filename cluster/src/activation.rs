@@ -110,6 +110,11 @@ impl ListenFds {
     ///
     /// Call it early in `main`, before threads start: it changes the
     /// process environment.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` when `UVRING_LISTEN_FDS` or `LISTEN_FDS` is not a number or is absurdly large;
+    /// nothing is claimed then (the variables are unset all the same).
     pub fn from_env() -> Result<ListenFds> {
         let upgrade = var(ENV_LISTEN_FDS);
         let upgrade_names = var(ENV_LISTEN_FDNAMES);

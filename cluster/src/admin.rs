@@ -313,6 +313,12 @@ fn answer<D>(p: &Primary<D>, lp: &Loop<D>, path: &str) -> Response {
 }
 
 /// Whether the cluster serves, or why not (the body of a `/health` 503).
+///
+/// # Errors
+///
+/// `Err` with the reason, the body of the 503: `"shutting down"` once a disconnect of the whole
+/// cluster began, `"draining"` after [`Primary::set_healthy(false)`](crate::Primary::set_healthy),
+/// `"no worker listening"` while no worker's server listens.
 pub fn health<D>(p: &Primary<D>) -> std::result::Result<(), &'static str> {
     if p.is_shutting_down() {
         Err("shutting down")

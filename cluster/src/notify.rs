@@ -33,6 +33,12 @@ impl SdNotify {
     /// (as an `io::Error`) for a name that is neither an absolute path nor
     /// `@abstract`. The watchdog interval is read from `WATCHDOG_USEC`
     /// when `WATCHDOG_PID` is unset or names this process.
+    ///
+    /// # Errors
+    ///
+    /// An `io::Error` of kind `InvalidInput` for a `NOTIFY_SOCKET` that is neither an absolute path
+    /// nor `@abstract` (or too long for a socket address); the error of making the non-blocking
+    /// datagram socket (`EMFILE`, ...).
     pub fn from_env() -> io::Result<Option<SdNotify>> {
         let Some(name) = std::env::var_os(ENV_NOTIFY_SOCKET).filter(|v| !v.is_empty()) else { return Ok(None) };
         let bytes = std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str());
@@ -62,6 +68,11 @@ impl SdNotify {
 
     /// Sends `state` (`"READY=1"`, `"MAINPID=1234"`, several assignments
     /// separated by newlines) as one datagram.
+    ///
+    /// # Errors
+    ///
+    /// The error of `sendto`: `ECONNREFUSED` or `ENOENT` when nothing listens on the socket any
+    /// more, `EAGAIN` when the manager's queue is full (the datagram is dropped, never waited for).
     pub fn notify(&self, state: &str) -> io::Result<()> {
         self.socket.send_to_addr(state.as_bytes(), &self.addr).map(|_| ())
     }
@@ -69,6 +80,10 @@ impl SdNotify {
     /// Sends `RELOADING=1` with `MONOTONIC_USEC=` (the time of the
     /// reload on `CLOCK_MONOTONIC`, which `Type=notify-reload` units
     /// require with it); follow it with `READY=1` when the reload is done.
+    ///
+    /// # Errors
+    ///
+    /// As [`notify`](Self::notify).
     pub fn reloading(&self) -> io::Result<()> {
         self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", uvring::os::monotonic_us()))
     }

@@ -129,10 +129,15 @@ pub mod field {
     /// A byte range inside the header or a payload.
     pub type Field = Range<usize>;
 
+    /// Header byte 0: the protocol version ([`VERSION`](super::VERSION)).
     pub const VERSION: usize = 0;
+    /// Header byte 1: the [`FrameKind`](super::FrameKind) code.
     pub const KIND: usize = 1;
+    /// Header byte 2: how many fds the frame carries.
     pub const NFDS: usize = 2;
+    /// Header byte 3: reserved, always 0.
     pub const RESERVED: usize = 3;
+    /// Header bytes 4..8: the payload length (`u32`, little endian).
     pub const PAYLOAD_LEN: Field = 4..8;
     /// The payload starts right after the header.
     pub const PAYLOAD: usize = 8;
@@ -140,64 +145,93 @@ pub mod field {
     /// Payload of `QueryServer`.
     pub mod query_server {
         use super::Field;
+        /// `seq` (`u32`): matches the reply to the query.
         pub const SEQ: Field = 0..4;
+        /// `backlog` (`u32`): the `listen(2)` backlog asked for.
         pub const BACKLOG: Field = 4..8;
+        /// `flags` (`u32`): [`ListenFlags`](super::super::ListenFlags) bits.
         pub const FLAGS: Field = 8..12;
+        /// `index` (`u32`): the n-th listen on the same address by this worker.
         pub const INDEX: Field = 12..16;
+        /// `port` (`u16`; 0 asks for a kernel-chosen port).
         pub const PORT: Field = 16..18;
+        /// `family` (`u8`): 4, 6 or 1 (Unix).
         pub const FAMILY: usize = 18;
+        /// `socket_type` (`u8`): 1 TCP, 2 pipe.
         pub const SOCKET_TYPE: usize = 19;
+        /// Where the address bytes start (4, 16, or 1..=108 for a Unix path); they run to the end of the payload.
         pub const ADDRESS: usize = 20;
     }
 
     /// Payload of `QueryServerReply`.
     pub mod query_server_reply {
         use super::Field;
+        /// `seq` (`u32`): the query answered.
         pub const SEQ: Field = 0..4;
+        /// `errno` (`i32`): 0, or the positive OS error of the bind or listen.
         pub const ERRNO: Field = 4..8;
+        /// `listener_id` (`u32`): the primary's id of the listener.
         pub const LISTENER_ID: Field = 8..12;
+        /// `port` (`u16`): the real port (port 0 resolved).
         pub const PORT: Field = 12..14;
+        /// The payload length: 14 bytes.
         pub const LEN: usize = 14;
     }
 
     /// Payload of `NewConnection`.
     pub mod new_connection {
         use super::Field;
+        /// `listener_id` (`u32`): the listener the connections came in on.
         pub const LISTENER_ID: Field = 0..4;
+        /// `first_conn_seq` (`u64`): the sequence number of the first connection.
         pub const FIRST_CONN_SEQ: Field = 4..12;
+        /// `count` (`u8`): connections (and fds) in the frame, 1..=16.
         pub const COUNT: usize = 12;
+        /// The payload length: 13 bytes.
         pub const LEN: usize = 13;
     }
 
     /// Payload of `Ack`.
     pub mod ack {
         use super::Field;
+        /// `conn_seq` (`u64`): the first connection acknowledged.
         pub const CONN_SEQ: Field = 0..8;
+        /// `count` (`u32`): how many consecutive connections, at least 1.
         pub const COUNT: Field = 8..12;
+        /// `accepted` (`u8`): 1 taken, 0 refused (to be re-routed).
         pub const ACCEPTED: usize = 12;
+        /// The payload length: 13 bytes.
         pub const LEN: usize = 13;
     }
 
     /// Payload of `Listening`.
     pub mod listening {
         use super::Field;
+        /// `listener_id` (`u32`): the listener now serving.
         pub const LISTENER_ID: Field = 0..4;
+        /// `port` (`u16`): the port listened on.
         pub const PORT: Field = 4..6;
+        /// `family` (`u8`): 4, 6 or 1 (Unix).
         pub const FAMILY: usize = 6;
+        /// Where the address bytes start; they run to the end of the payload.
         pub const ADDRESS: usize = 7;
     }
 
     /// Payload of `Close`.
     pub mod close {
         use super::Field;
+        /// `listener_id` (`u32`): the listener the worker closed.
         pub const LISTENER_ID: Field = 0..4;
+        /// The payload length: 4 bytes.
         pub const LEN: usize = 4;
     }
 
     /// Payload of `Load`.
     pub mod load {
         use super::Field;
+        /// `open_connections` (`u32`): the worker's load, or the most a `shared` worker may hold.
         pub const OPEN_CONNECTIONS: Field = 0..4;
+        /// The payload length: 4 bytes.
         pub const LEN: usize = 4;
     }
 
@@ -205,28 +239,41 @@ pub mod field {
     /// worker's report.
     pub mod heartbeat {
         use super::Field;
+        /// `seq` (`u32`): the probe number the worker echoes.
         pub const SEQ: Field = 0..4;
+        /// The payload length without a report (the primary's probe): 4 bytes.
         pub const LEN: usize = 4;
+        /// `open_connections` (`u32`) of the worker's report.
         pub const OPEN_CONNECTIONS: Field = 4..8;
+        /// `idle_us` (`u64`) of the worker's report.
         pub const IDLE_US: Field = 8..16;
+        /// `uptime_us` (`u64`) of the worker's report.
         pub const UPTIME_US: Field = 16..24;
+        /// `loop_count` (`u64`) of the worker's report.
         pub const LOOP_COUNT: Field = 24..32;
+        /// `events` (`u64`) of the worker's report.
         pub const EVENTS: Field = 32..40;
+        /// The payload length with a report: 40 bytes.
         pub const REPORT_LEN: usize = 40;
     }
 
     /// Payload of `StoreGet` and `StoreDelete`.
     pub mod store_key {
         use super::Field;
+        /// `req_id` (`u32`): matches the reply to the request.
         pub const REQ_ID: Field = 0..4;
+        /// Where the key starts; it runs to the end of the payload.
         pub const KEY: usize = 4;
     }
 
     /// Payload of `StoreSet`.
     pub mod store_set {
         use super::Field;
+        /// `req_id` (`u32`): matches the reply to the request.
         pub const REQ_ID: Field = 0..4;
+        /// `key_len` (`u32`): the key's length; the value follows it.
         pub const KEY_LEN: Field = 4..8;
+        /// Where the key starts (`key_len` bytes, then the value to the end).
         pub const KEY: usize = 8;
     }
 
@@ -267,8 +314,11 @@ pub mod field {
     /// Payload of `StoreReply`.
     pub mod store_reply {
         use super::Field;
+        /// `req_id` (`u32`): the request answered.
         pub const REQ_ID: Field = 0..4;
+        /// `status` (`u8`): a [`StoreStatus`](super::super::StoreStatus) code.
         pub const STATUS: usize = 4;
+        /// Where the value starts (a `Found` read's value; empty otherwise); it runs to the end.
         pub const VALUE: usize = 5;
     }
 }
@@ -281,21 +331,37 @@ pub mod field {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum FrameKind {
+    /// Worker to primary: the worker is up ([`Frame::Online`]).
     Online = 0x01,
+    /// Worker to primary: listen for me ([`Frame::QueryServer`]).
     QueryServer = 0x02,
+    /// Primary to worker: the answer to a `QueryServer` ([`Frame::QueryServerReply`]).
     QueryServerReply = 0x03,
+    /// Primary to worker: accepted connections, one fd each ([`Frame::NewConnection`]).
     NewConnection = 0x04,
+    /// Worker to primary: connections taken or refused ([`Frame::Ack`]).
     Ack = 0x05,
+    /// Worker to primary: a listen completed ([`Frame::Listening`]).
     Listening = 0x06,
+    /// Worker to primary: a server was closed ([`Frame::Close`]).
     Close = 0x07,
+    /// Either way: begin a graceful disconnect ([`Frame::Disconnect`]).
     Disconnect = 0x08,
+    /// Worker to primary: exiting because disconnected ([`Frame::ExitedAfterDisconnect`]).
     ExitedAfterDisconnect = 0x09,
+    /// Load report or limit ([`Frame::Load`]).
     Load = 0x0a,
+    /// A user message, perhaps with fds ([`Frame::Message`]).
     Message = 0x0b,
+    /// Worker to primary: read a store key ([`Frame::StoreGet`]).
     StoreGet = 0x0c,
+    /// Worker to primary: write a store key ([`Frame::StoreSet`]).
     StoreSet = 0x0d,
+    /// Worker to primary: remove a store key ([`Frame::StoreDelete`]).
     StoreDelete = 0x0e,
+    /// Primary to worker: the answer to a store request ([`Frame::StoreReply`]).
     StoreReply = 0x0f,
+    /// A liveness probe and its echo ([`Frame::Heartbeat`]).
     Heartbeat = 0x10,
     StoreAdd = 0x11,
     StoreCas = 0x12,
@@ -397,8 +463,11 @@ impl FrameKind {
 /// without a trailing NUL; a leading NUL names an abstract socket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenAddress<'a> {
+    /// An IPv4 address (family code 4, 4 bytes on the wire).
     V4(Ipv4Addr),
+    /// An IPv6 address (family code 6, 16 bytes on the wire).
     V6(Ipv6Addr),
+    /// A Unix socket path (family code 1, 1..=108 bytes).
     Unix(&'a [u8]),
     /// A socket the primary already has, by fd number (Node's
     /// `listen({fd})` in a worker).
@@ -466,7 +535,9 @@ impl<'a> ListenAddress<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum SocketType {
+    /// A TCP listener (wire code 1), on an IPv4 or IPv6 address.
     Tcp = 1,
+    /// A Unix-domain stream listener (wire code 2), on a Unix path.
     Pipe = 2,
     /// A datagram socket (Node's `udp4` / `udp6`): the primary binds it
     /// once and every worker receives on a copy of it.
@@ -552,10 +623,15 @@ impl fmt::Debug for ListenFlags {
 /// What a worker asks the primary to listen on (Node's `queryServer` key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenKey<'a> {
+    /// The address to listen on.
     pub address: ListenAddress<'a>,
+    /// The port; 0 asks the kernel to choose (the reply names the port).
     pub port: u16,
+    /// TCP or pipe; must fit the address ([`SocketType::fits`]).
     pub socket_type: SocketType,
+    /// The `listen(2)` backlog.
     pub backlog: u32,
+    /// Listen options (only known bits).
     pub flags: ListenFlags,
     /// Per-worker index: the n-th listen on the same address by one worker.
     pub index: u32,
@@ -565,9 +641,13 @@ pub struct ListenKey<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum StoreStatus {
+    /// A `StoreGet` found the key; the reply carries its value (wire code 1).
     Found = 1,
+    /// A `StoreGet` or `StoreDelete` found no such key (wire code 2).
     NotFound = 2,
+    /// A `StoreSet` or `StoreDelete` was applied (wire code 3).
     Ok = 3,
+    /// The request could not be served (wire code 4).
     Error = 4,
     /// A `StoreKeys` answer that more keys follow.
     Partial = 5,
@@ -641,6 +721,7 @@ impl<'a> Iterator for KeyEntries<'a> {
 /// of its kind (a zero count, an fd on an error reply, a bad address, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidFrame {
+    /// The kind of the frame that breaks the rule.
     pub kind: FrameKind,
     /// Name of the offending field.
     pub field: &'static str,
@@ -659,27 +740,72 @@ impl std::error::Error for InvalidFrame {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeError {
     /// The input ends inside a frame (`buffered` bytes of it).
-    Truncated { buffered: usize },
+    Truncated {
+        /// Bytes of the incomplete frame held.
+        buffered: usize,
+    },
     /// The header names a protocol version this code does not speak.
-    BadVersion { version: u8 },
+    BadVersion {
+        /// The version byte received.
+        version: u8,
+    },
     /// The header names no known frame kind.
-    UnknownKind { kind: u8 },
+    UnknownKind {
+        /// The kind byte received.
+        kind: u8,
+    },
     /// The header's reserved byte is not zero.
-    ReservedNotZero { value: u8 },
+    ReservedNotZero {
+        /// The reserved byte received.
+        value: u8,
+    },
     /// The header announces a frame longer than the decoder's maximum.
-    FrameTooLong { len: usize, max: usize },
+    FrameTooLong {
+        /// The announced frame length, header included.
+        len: usize,
+        /// The decoder's maximum frame length.
+        max: usize,
+    },
     /// The payload is too short for its kind (or for a length it declares).
-    PayloadTooShort { kind: FrameKind, len: usize },
+    PayloadTooShort {
+        /// The frame's kind.
+        kind: FrameKind,
+        /// The payload length.
+        len: usize,
+    },
     /// The payload is too long for its kind.
-    PayloadTooLong { kind: FrameKind, len: usize },
+    PayloadTooLong {
+        /// The frame's kind.
+        kind: FrameKind,
+        /// The payload length.
+        len: usize,
+    },
     /// The header's `nfds` is not allowed for this frame.
-    BadFdCount { kind: FrameKind, nfds: u8 },
+    BadFdCount {
+        /// The frame's kind.
+        kind: FrameKind,
+        /// The header's fd count.
+        nfds: u8,
+    },
     /// A complete frame announces more fds than have been received.
-    MissingFds { kind: FrameKind, nfds: u8, queued: usize },
+    MissingFds {
+        /// The frame's kind.
+        kind: FrameKind,
+        /// The fds the frame announces.
+        nfds: u8,
+        /// The fds received and not yet claimed.
+        queued: usize,
+    },
     /// More fds were received than frames can have claimed.
-    FdQueueOverflow { capacity: usize },
+    FdQueueOverflow {
+        /// The decoder's fd queue capacity ([`FD_QUEUE_CAPACITY`]).
+        capacity: usize,
+    },
     /// The stream ended with fds that no frame claimed.
-    UnclaimedFds { count: usize },
+    UnclaimedFds {
+        /// How many fds were left.
+        count: usize,
+    },
     /// A field value breaks a rule of its kind.
     Invalid(InvalidFrame),
 }
@@ -733,9 +859,17 @@ impl From<InvalidFrame> for DecodeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmitError {
     /// The output buffer holds `available` bytes; the frame needs `needed`.
-    BufferTooSmall { needed: usize, available: usize },
+    BufferTooSmall {
+        /// Bytes the frame needs ([`Frame::buffer_len`]).
+        needed: usize,
+        /// Bytes the buffer has.
+        available: usize,
+    },
     /// The payload does not fit the `u32` length field.
-    TooLarge { payload_len: usize },
+    TooLarge {
+        /// The payload's length.
+        payload_len: usize,
+    },
     /// The frame breaks a rule of its kind and would not decode.
     Invalid(InvalidFrame),
 }
@@ -782,6 +916,11 @@ impl<T: AsRef<[u8]>> FramePacket<T> {
     }
 
     /// Wraps a buffer that must hold a complete frame.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Truncated`] if the buffer is shorter than the header or than the frame its
+    /// header announces.
     pub fn new_checked(buffer: T) -> Result<FramePacket<T>, DecodeError> {
         let packet = FramePacket::new_unchecked(buffer);
         packet.check_len()?;
@@ -789,6 +928,11 @@ impl<T: AsRef<[u8]>> FramePacket<T> {
     }
 
     /// Ok if the buffer holds the header and the whole payload it announces.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Truncated`], with the bytes held, if the buffer is shorter than the header or
+    /// than header plus announced payload.
     pub fn check_len(&self) -> Result<(), DecodeError> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN || len < self.total_len() {
@@ -807,6 +951,7 @@ impl<T: AsRef<[u8]>> FramePacket<T> {
         self.buffer.as_ref().get(at).copied().unwrap_or(0)
     }
 
+    /// The version byte (header byte 0; 0 if the buffer is shorter).
     pub fn version(&self) -> u8 {
         self.byte(field::VERSION)
     }
@@ -816,14 +961,17 @@ impl<T: AsRef<[u8]>> FramePacket<T> {
         self.byte(field::KIND)
     }
 
+    /// The fd count (header byte 2; 0 if the buffer is shorter).
     pub fn nfds(&self) -> u8 {
         self.byte(field::NFDS)
     }
 
+    /// The reserved byte (header byte 3; 0 if the buffer is shorter).
     pub fn reserved(&self) -> u8 {
         self.byte(field::RESERVED)
     }
 
+    /// The announced payload length (header bytes 4..8; missing bytes read as 0).
     pub fn payload_len(&self) -> u32 {
         let bytes = self.buffer.as_ref();
         let mut raw = [0u8; 4];
@@ -842,6 +990,16 @@ impl<T: AsRef<[u8]>> FramePacket<T> {
     /// byte, length against `max_frame_len` and the kind's bounds, fd count
     /// against the kind's maximum) and returns the kind. The buffer need
     /// only hold the header.
+    ///
+    /// # Errors
+    ///
+    /// In this order: [`DecodeError::Truncated`] (no full header),
+    /// [`BadVersion`](DecodeError::BadVersion), [`UnknownKind`](DecodeError::UnknownKind),
+    /// [`ReservedNotZero`](DecodeError::ReservedNotZero),
+    /// [`FrameTooLong`](DecodeError::FrameTooLong) (over `max_frame_len`),
+    /// [`PayloadTooShort`](DecodeError::PayloadTooShort) or
+    /// [`PayloadTooLong`](DecodeError::PayloadTooLong) (outside [`FrameKind::payload_len_bounds`]),
+    /// [`BadFdCount`](DecodeError::BadFdCount) (over [`FrameKind::max_fds`]).
     pub fn check_header(&self, max_frame_len: usize) -> Result<FrameKind, DecodeError> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -888,22 +1046,27 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> FramePacket<T> {
         }
     }
 
+    /// Sets the version byte (a buffer too short is left as it is).
     pub fn set_version(&mut self, value: u8) {
         self.set_byte(field::VERSION, value);
     }
 
+    /// Sets the kind byte (a buffer too short is left as it is).
     pub fn set_kind(&mut self, value: u8) {
         self.set_byte(field::KIND, value);
     }
 
+    /// Sets the fd count (a buffer too short is left as it is).
     pub fn set_nfds(&mut self, value: u8) {
         self.set_byte(field::NFDS, value);
     }
 
+    /// Sets the reserved byte (a buffer too short is left as it is).
     pub fn set_reserved(&mut self, value: u8) {
         self.set_byte(field::RESERVED, value);
     }
 
+    /// Sets the payload length (a buffer too short is left as it is).
     pub fn set_payload_len(&mut self, value: u32) {
         put_if_fits(self.buffer.as_mut(), field::PAYLOAD_LEN.start, &value.to_le_bytes());
     }
@@ -999,44 +1162,121 @@ pub enum Frame<'a> {
     /// Worker to primary: the worker is up.
     Online,
     /// Worker to primary: please listen on `key` for me.
-    QueryServer { seq: u32, key: ListenKey<'a> },
+    QueryServer {
+        /// Chosen by the worker; the reply carries it back.
+        seq: u32,
+        /// What to listen on.
+        key: ListenKey<'a>,
+    },
     /// Primary to worker: answer to the `QueryServer` with the same `seq`.
     /// `errno` is 0 on success, else the positive OS error of the bind or
     /// listen (`io::Error::raw_os_error`, e.g. `EADDRINUSE`); `port` is the
     /// real port (port 0 resolved).
     /// With `listener_fd` (the `shared` policy) the frame carries the
     /// listening socket.
-    QueryServerReply { seq: u32, errno: i32, port: u16, listener_id: u32, listener_fd: bool },
+    QueryServerReply {
+        /// The query answered.
+        seq: u32,
+        /// 0 on success, else the positive OS error.
+        errno: i32,
+        /// The real port (port 0 resolved).
+        port: u16,
+        /// The primary's id of the listener, used by later frames.
+        listener_id: u32,
+        /// Whether the frame carries the listening socket (`shared` policy, success only).
+        listener_fd: bool,
+    },
     /// Primary to worker: `count` accepted connections (one fd each) for
     /// `listener_id`, numbered `first_conn_seq ..`.
-    NewConnection { listener_id: u32, first_conn_seq: u64, count: u8 },
+    NewConnection {
+        /// The listener the connections came in on.
+        listener_id: u32,
+        /// The sequence number of the first connection; the others follow.
+        first_conn_seq: u64,
+        /// Connections (and fds) in the frame, 1..=16.
+        count: u8,
+    },
     /// Worker to primary: connections `conn_seq .. conn_seq + count` were
     /// accepted (or refused, and should go to another worker).
-    Ack { conn_seq: u64, count: u32, accepted: bool },
+    Ack {
+        /// The first connection acknowledged.
+        conn_seq: u64,
+        /// How many consecutive connections, at least 1.
+        count: u32,
+        /// Taken (`true`) or refused (`false`).
+        accepted: bool,
+    },
     /// Worker to primary: the listen completed on `address`:`port`.
-    Listening { listener_id: u32, address: ListenAddress<'a>, port: u16 },
+    Listening {
+        /// The listener now serving.
+        listener_id: u32,
+        /// The address listened on.
+        address: ListenAddress<'a>,
+        /// The port listened on.
+        port: u16,
+    },
     /// Worker to primary: the worker closed its server on `listener_id`.
-    Close { listener_id: u32 },
+    Close {
+        /// The listener the worker closed.
+        listener_id: u32,
+    },
     /// Either way: begin a graceful disconnect.
     Disconnect,
     /// Worker to primary: the worker is exiting because it was disconnected.
     ExitedAfterDisconnect,
     /// Worker to primary: current load, for least-loaded scheduling.
-    Load { open_connections: u32 },
+    Load {
+        /// Worker to primary: open (under `shared`, plus accepted) connections; primary to worker (`shared`): the most it may hold.
+        open_connections: u32,
+    },
     /// A user message, with `nfds` handles sent alongside.
-    Message { bytes: &'a [u8], nfds: u8 },
+    Message {
+        /// The user's bytes.
+        bytes: &'a [u8],
+        /// How many fds come with it (0..=16).
+        nfds: u8,
+    },
     /// Worker to primary: read `key` from the shared store.
-    StoreGet { req_id: u32, key: &'a [u8] },
+    StoreGet {
+        /// Chosen by the worker; the reply carries it back.
+        req_id: u32,
+        /// The key.
+        key: &'a [u8],
+    },
     /// Worker to primary: write `key` = `value` in the shared store.
-    StoreSet { req_id: u32, key: &'a [u8], value: &'a [u8] },
+    StoreSet {
+        /// Chosen by the worker; the reply carries it back.
+        req_id: u32,
+        /// The key.
+        key: &'a [u8],
+        /// The new value.
+        value: &'a [u8],
+    },
     /// Worker to primary: remove `key` from the shared store.
-    StoreDelete { req_id: u32, key: &'a [u8] },
+    StoreDelete {
+        /// Chosen by the worker; the reply carries it back.
+        req_id: u32,
+        /// The key.
+        key: &'a [u8],
+    },
     /// Primary to worker: answer to the store request `req_id`.
-    StoreReply { req_id: u32, status: StoreStatus, value: &'a [u8] },
+    StoreReply {
+        /// The request answered.
+        req_id: u32,
+        /// What happened.
+        status: StoreStatus,
+        /// The value for [`StoreStatus::Found`]; empty otherwise.
+        value: &'a [u8],
+    },
     /// Primary to worker: are you alive? Worker to primary: the same `seq`
     /// back, from the worker's loop (a stuck loop does not answer), with
     /// the worker's figures in `report` (`None` from the primary).
-    Heartbeat { seq: u32, report: Option<WorkerReport> },
+    Heartbeat {
+        /// The probe's number, echoed unchanged.
+        seq: u32,
+        /// The worker's figures, in its answer; `None` in the primary's probe.
+        report: Option<WorkerReport>,
+    },
     /// Worker to primary: add `delta` to the decimal integer at `key` (an
     /// absent key counts as 0), atomically.
     StoreAdd { req_id: u32, key: &'a [u8], delta: i64 },
@@ -1138,6 +1378,14 @@ impl<'a> Frame<'a> {
 
     /// Checks the rules each kind puts on its fields; a frame that passes
     /// (and whose payload fits a `u32`) emits bytes that parse back to it.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidFrame`] naming the first field that breaks its kind's rule: `address` (a Unix path
+    /// empty or over 108 bytes), `socket_type` (TCP on a Unix path or a pipe on an IP address),
+    /// `listener_fd` (an fd on an error reply), `count` (a `NewConnection` of 0 or over 16
+    /// connections, an `Ack` of 0), `first_conn_seq` or `conn_seq` (the range overflows `u64`),
+    /// `nfds` (a `Message` with over 16 fds).
     pub fn validate(&self) -> Result<(), InvalidFrame> {
         let field = match *self {
             Frame::QueryServer { key, .. } if !key.address.is_valid() => "address",
@@ -1161,6 +1409,15 @@ impl<'a> Frame<'a> {
     /// Parses the complete frame in `packet` (whose length is checked here).
     /// The decoder's maximum frame length is not applied; fds are not looked
     /// at beyond the header's count.
+    ///
+    /// # Errors
+    ///
+    /// Any error of [`FramePacket::check_header`] (without a length limit) or
+    /// [`FramePacket::check_len`]; [`DecodeError::PayloadTooShort`] for a payload shorter than a
+    /// length it declares (a `StoreSet`'s key); [`DecodeError::BadFdCount`] for a `NewConnection`
+    /// whose `count` differs from `nfds`; [`DecodeError::Invalid`] naming the field for an unknown
+    /// family, socket type, flag bit, store status or `accepted` byte, and for what
+    /// [`validate`](Frame::validate) refuses. Never panics, whatever the bytes.
     pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &FramePacket<&'a T>) -> Result<Frame<'a>, DecodeError> {
         let kind = packet.check_header(MAX_FRAME_LEN_LIMIT)?;
         packet.check_len()?;
@@ -1287,6 +1544,11 @@ impl<'a> Frame<'a> {
 
     /// Parses the frame at the front of `bytes` and returns it with its
     /// length; `Truncated` if `bytes` ends inside it.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Truncated`] if `bytes` ends inside the frame; otherwise as
+    /// [`parse`](Frame::parse).
     pub fn parse_prefix(bytes: &'a [u8]) -> Result<(Frame<'a>, usize), DecodeError> {
         let packet = FramePacket::new_unchecked(bytes);
         packet.check_header(MAX_FRAME_LEN_LIMIT)?;
@@ -1297,6 +1559,26 @@ impl<'a> Frame<'a> {
 
     /// Writes the frame to the front of `out` and returns the bytes written
     /// ([`buffer_len`](Frame::buffer_len)). Allocates nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`EmitError::Invalid`] for a frame [`validate`](Frame::validate) refuses;
+    /// [`EmitError::TooLarge`] for a payload over `u32::MAX` bytes; [`EmitError::BufferTooSmall`]
+    /// if `out` is shorter than [`buffer_len`](Frame::buffer_len). Nothing is written on error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring_cluster::proto::Frame;
+    ///
+    /// let frame = Frame::Message { bytes: b"hello", nfds: 0 };
+    /// let mut buf = [0u8; 64];
+    /// let n = frame.emit(&mut buf)?;
+    /// assert_eq!(n, frame.buffer_len()); // 8-byte header + 5 bytes
+    /// let (back, used) = Frame::parse_prefix(&buf[..n])?;
+    /// assert_eq!((back, used), (frame, n));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, EmitError> {
         self.validate()?;
         let payload_len = self.payload_len();
@@ -1424,6 +1706,11 @@ impl<'a> Frame<'a> {
     /// only when `out` lacks the capacity, so a reused `Vec` stops
     /// allocating once it has grown to the largest frame. On error `out` is
     /// left as it was.
+    ///
+    /// # Errors
+    ///
+    /// As [`emit`](Frame::emit), except `BufferTooSmall` (the `Vec` grows); `out` is left as it
+    /// was.
     pub fn emit_to_vec(&self, out: &mut Vec<u8>) -> Result<usize, EmitError> {
         self.validate()?;
         let payload_len = self.payload_len();
@@ -1462,6 +1749,10 @@ impl FrameFds {
     }
 
     /// Appends an fd; gives it back if the set is full.
+    ///
+    /// # Errors
+    ///
+    /// The fd itself, unchanged, when the set already holds [`MAX_FDS_PER_FRAME`] fds.
     pub fn push(&mut self, fd: OwnedFd) -> Result<(), OwnedFd> {
         match self.slots.get_mut(self.len) {
             Some(slot) => {
@@ -1577,6 +1868,7 @@ impl FdQueue {
 /// A frame taken from a [`FrameDecoder`], with the fds that came with it.
 #[derive(Debug)]
 pub struct Decoded<'a> {
+    /// The frame; its byte fields borrow from the decoder's buffer.
     pub frame: Frame<'a>,
     /// Exactly `frame.nfds()` fds; those not taken close when this drops.
     pub fds: FrameFds,
@@ -1599,6 +1891,34 @@ const MIN_READ_SPACE: usize = 4096;
 /// Any split of the byte stream yields the same frames. The first error
 /// poisons the decoder: every later call returns that error, and all queued
 /// fds are closed.
+///
+/// # Examples
+///
+/// Two frames that arrive split at an arbitrary byte:
+///
+/// ```
+/// use uvring_cluster::proto::{Frame, FrameDecoder};
+///
+/// let mut wire = Vec::new();
+/// Frame::Heartbeat { seq: 7, report: None }.emit_to_vec(&mut wire)?;
+/// Frame::Message { bytes: b"hello", nfds: 0 }.emit_to_vec(&mut wire)?;
+///
+/// let mut decoder = FrameDecoder::new();
+/// let (a, b) = wire.split_at(5);
+/// assert_eq!(decoder.feed(a), a.len());
+/// assert!(decoder.next_frame()?.is_none()); // not a whole frame yet
+/// decoder.feed(b);
+/// let first = decoder.next_frame()?.expect("a frame");
+/// assert_eq!(first.frame, Frame::Heartbeat { seq: 7, report: None });
+/// drop(first); // a frame borrows the decoder's buffer
+/// let second = decoder.next_frame()?.expect("a frame");
+/// assert_eq!(second.frame, Frame::Message { bytes: b"hello", nfds: 0 });
+/// assert!(second.fds.is_empty());
+/// drop(second);
+/// assert!(decoder.next_frame()?.is_none());
+/// decoder.finish()?; // the stream may end here: between frames, no fd left
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct FrameDecoder {
     buf: Box<[u8]>,
     /// Buffered, undecoded bytes are `buf[start..end]`.
@@ -1732,6 +2052,12 @@ impl FrameDecoder {
     /// committing its bytes. A full queue is a protocol error: the fd is
     /// closed and the decoder poisoned. Once poisoned, the fd is closed and
     /// the error returned.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::FdQueueOverflow`] when [`FD_QUEUE_CAPACITY`] fds wait for their frames (the
+    /// fd is closed and the decoder poisoned); the poisoning error again, with the fd closed, once
+    /// the decoder is poisoned.
     pub fn push_fd(&mut self, fd: OwnedFd) -> Result<(), DecodeError> {
         if let Some(error) = self.error {
             drop(fd);
@@ -1752,6 +2078,13 @@ impl FrameDecoder {
 
     /// The next complete frame and its fds, `Ok(None)` if more bytes are
     /// needed, or the error that poisons the decoder. Allocates nothing.
+    ///
+    /// # Errors
+    ///
+    /// Any error of [`Frame::parse`], and [`DecodeError::FrameTooLong`] against the decoder's own
+    /// maximum; [`DecodeError::MissingFds`] for a complete frame that announces more fds than were
+    /// pushed. Each poisons the decoder (its queued fds are closed), and every later call returns
+    /// the same error.
     pub fn next_frame(&mut self) -> Result<Option<Decoded<'_>>, DecodeError> {
         if let Some(error) = self.error {
             return Err(error);
@@ -1809,6 +2142,11 @@ impl FrameDecoder {
 
     /// Says the stream has ended: `Ok` if it ended between frames with no
     /// fd left over (call after `next_frame` returned `Ok(None)`).
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Truncated`] if the stream ended inside a frame; [`DecodeError::UnclaimedFds`]
+    /// if fds are left that no frame took; the poisoning error if the decoder was already poisoned.
     pub fn finish(&mut self) -> Result<(), DecodeError> {
         if let Some(error) = self.error {
             return Err(error);

@@ -58,18 +58,22 @@ impl RoundRobin {
         true
     }
 
+    /// Whether `w` is a member.
     pub fn contains(&self, w: WorkerId) -> bool {
         self.members.contains(&w)
     }
 
+    /// Whether the rotation has no member.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
+    /// The number of members.
     pub fn len(&self) -> usize {
         self.members.len()
     }
 
+    /// The members, in rotation order.
     pub fn members(&self) -> &[WorkerId] {
         &self.members
     }
@@ -133,6 +137,7 @@ pub struct RestartGovernor {
 }
 
 impl RestartGovernor {
+    /// A governor with no crash recorded, deciding by `settings`.
     pub fn new(settings: RespawnSettings) -> RestartGovernor {
         RestartGovernor { settings, crashes: VecDeque::new(), stormed: false, failed_starts: 0 }
     }

@@ -190,6 +190,45 @@ impl ChildOutput {
 /// Settings of a [`Primary`](crate::Primary) (Node's `cluster.setupPrimary`).
 /// Start from `default()` and set what differs with the builder methods of
 /// the same names: `Settings::default().workers(2).policy(SchedPolicy::Shared)`.
+///
+/// # Defaults
+///
+/// [`Settings::default()`](Settings::default) gives:
+///
+/// | field | default |
+/// |---|---|
+/// | `exec`, `args` | `None`: the primary's own program and arguments |
+/// | `env` | none beyond the primary's environment |
+/// | `workers` | [`available_cpus()`](available_cpus) |
+/// | `policy` | [`SchedPolicy::from_env()`](SchedPolicy::from_env): `UVRING_CLUSTER_SCHED_POLICY`, else `rr` |
+/// | `backend` | `None`: the primary loop's backend |
+/// | `respawn` | [`RespawnSettings::default()`]: off; 100 ms doubling to 5 s; a storm is over 10 crashes in 10 s |
+/// | `output` | [`ChildOutput::Inherit`] |
+/// | `load_report` | 50 ms |
+/// | `load_slack` | [`DEFAULT_LOAD_SLACK`](crate::schedule::DEFAULT_LOAD_SLACK) (8) |
+/// | `batch_scheduling` | on |
+/// | `drain_grace` | 500 ms |
+/// | `drain_timeout` | 30 s |
+/// | `startup_timeout` | 10 s |
+/// | `heartbeat_interval` | 1 s |
+/// | `heartbeat_timeout` | 10 s |
+/// | `max_message_len` | [`DEFAULT_MAX_MESSAGE_LEN`] (1 MiB) |
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use uvring_cluster::{RespawnSettings, SchedPolicy, Settings};
+///
+/// let settings = Settings::default()
+///     .workers(4)
+///     .policy(SchedPolicy::ReusePort)
+///     .respawn(RespawnSettings::default().enabled(true).storm_limit(5))
+///     .drain_timeout(Duration::from_secs(5));
+/// assert_eq!(settings.workers, 4);
+/// assert!(settings.respawn.enabled);
+/// assert_eq!(settings.heartbeat_interval, Duration::from_secs(1)); // left at its default
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Settings {

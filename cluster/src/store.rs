@@ -62,10 +62,12 @@ pub(crate) fn format_i64(n: i64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 impl SharedStore {
+    /// An empty store.
     pub fn new() -> SharedStore {
         SharedStore::default()
     }
 
+    /// The value of `key`, if set.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.map.get(key).map(Vec::as_slice)
     }
@@ -88,10 +90,12 @@ impl SharedStore {
         self.map.remove(key).is_some()
     }
 
+    /// The number of keys.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// Whether the store holds no key.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -816,6 +816,42 @@ impl<D: WorkerData> Worker<D> {
     /// once, early, in a worker process (see [`is_worker`]), and keep the
     /// result in the loop's data, where [`WorkerData::worker`] finds it;
     /// `EINVAL` in a primary, `INVALID_STATE` the second time.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` outside a worker (the primary's `UVRING_WORKER_ID` and `UVRING_CHANNEL_FD` are not
+    /// set, as in a primary or a standalone run);
+    /// [`Error::INVALID_STATE`](uvring::Error::INVALID_STATE) on a second call in the process;
+    /// `EINVAL` or `ENOTSOCK` if the inherited channel fd is not a stream socket; `ENOSPC` if the
+    /// loop's handle table is full. A primary already gone is not an error here: the channel's
+    /// end is seen from the loop ([`on_primary_gone`](Self::on_primary_gone)).
+    ///
+    /// # Examples
+    ///
+    /// The same server code runs standalone and in a worker: keep the
+    /// `Worker` in the loop's data when there is one.
+    ///
+    /// ```
+    /// use uvring::{Loop, RunMode};
+    /// use uvring_cluster::{is_worker, Worker, WorkerData};
+    ///
+    /// struct Server {
+    ///     worker: Option<Worker<Server>>,
+    /// }
+    ///
+    /// impl WorkerData for Server {
+    ///     fn worker(&mut self) -> Option<&mut Worker<Server>> {
+    ///         self.worker.as_mut()
+    ///     }
+    /// }
+    ///
+    /// let mut lp: Loop<Server> = Loop::new()?;
+    /// let worker = if is_worker() { Some(Worker::init(&mut lp)?) } else { None };
+    /// let mut server = Server { worker };
+    /// // tcp_init, tcp_bind and listen as usual: in a worker the primary routes them.
+    /// lp.run(RunMode::Default, &mut server)?;
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn init(lp: &mut Loop<D>) -> Result<Worker<D>> {
         let (id, fd) = role_env().ok_or(Error::EINVAL)?;
         if INITIALIZED.swap(true, Ordering::SeqCst) {
@@ -1098,12 +1134,23 @@ impl<D: WorkerData> Worker<D> {
     /// Sends a user message to the primary. `EMSGSIZE`, and nothing sent,
     /// when `bytes` is longer than the cluster's
     /// [`max_message_len`](crate::Settings::max_message_len).
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` once the channel is closed (after a disconnect, or when the primary is gone);
+    /// `EMSGSIZE` for a message over the limit; the error of the channel's write (`EPIPE`,
+    /// `ECONNRESET`). Nothing is sent on error.
     pub fn send(&mut self, lp: &mut Loop<D>, bytes: &[u8]) -> Result<()> {
         self.send_frame(lp, &Frame::Message { bytes, nfds: 0 })
     }
 
     /// Sends a user message with fds attached (each is duplicated; the
     /// caller keeps its own). At most 16 fds.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for more than 16 fds; the errno of duplicating an fd (`EMFILE`, `EBADF`); otherwise
+    /// as [`send`](Self::send). Nothing is sent on error; the duplicates are closed.
     pub fn send_with_fds(&mut self, lp: &mut Loop<D>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
         let mut batch = dup_batch(fds)?;
         let ch = self.channel.ok_or(Error::ENOTCONN)?;
@@ -1187,6 +1234,11 @@ impl<D: WorkerData> Worker<D> {
     /// value)`, from the loop: `Ok(None)` if the key is absent,
     /// `ETIMEDOUT` if no answer came within the store timeout, `ENOTCONN`
     /// if the channel closed first.
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` once the channel is closed; `EMSGSIZE` for a key over the message limit; the
+    /// error of the channel's write. `cb` is dropped, never called, on error.
     pub fn store_get(
         &mut self,
         lp: &mut Loop<D>,
@@ -1201,6 +1253,12 @@ impl<D: WorkerData> Worker<D> {
     /// `(loop, data, result)`, from the loop. `EMSGSIZE`, and nothing sent
     /// (`cb` dropped), when key and value together with 8 bytes are longer
     /// than the cluster's [`max_message_len`](crate::Settings::max_message_len).
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` once the channel is closed; `EMSGSIZE` as said; the error of the channel's write.
+    /// `cb` is dropped, never called, on error. The primary's refusal reaches `cb` as `Err`, and so
+    /// does `ENOTCONN` if the channel closes before the reply.
     pub fn store_set(
         &mut self,
         lp: &mut Loop<D>,
@@ -1214,6 +1272,12 @@ impl<D: WorkerData> Worker<D> {
 
     /// Removes `key` from the shared store; `cb` gets `(loop, data, whether
     /// it was there)`, from the loop.
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` once the channel is closed; `EMSGSIZE` for a key over the message limit; the
+    /// error of the channel's write. `cb` is dropped, never called, on error. If the channel closes
+    /// before the reply, `cb` gets `false`.
     pub fn store_delete(
         &mut self,
         lp: &mut Loop<D>,

@@ -47,6 +47,11 @@ pub(crate) struct AsyncState<D> {
 
 impl<D> Loop<D> {
     /// Creates an async handle and the sender that wakes it.
+    ///
+    /// # Errors
+    ///
+    /// The errno of `eventfd` (`EMFILE`, `ENFILE`); `ENOSPC` if the loop's handle or operation
+    /// table is full. Nothing is left open on error.
     pub fn async_init(&mut self, cb: &OnAsync<D>) -> Result<(Async, AsyncSender)> {
         let shared = Arc::new(AsyncShared { fd: sys::eventfd()?, pending: AtomicBool::new(false) });
         let st = AsyncState { cb: cb.f.clone(), shared: shared.clone(), counter: Box::new(0), op: None };

@@ -22,7 +22,9 @@ pub enum AddressFamily {
     /// IPv4 and IPv6 (`AF_UNSPEC`).
     #[default]
     Any,
+    /// IPv4 only (`AF_INET`).
     Ipv4,
+    /// IPv6 only (`AF_INET6`).
     Ipv6,
 }
 
@@ -32,7 +34,9 @@ pub enum SocketKind {
     /// Any type (each address is still reported once).
     #[default]
     Any,
+    /// Stream sockets (`SOCK_STREAM`, TCP).
     Stream,
+    /// Datagram sockets (`SOCK_DGRAM`, UDP).
     Datagram,
 }
 
@@ -102,8 +106,11 @@ flag_set!(
 /// What [`Loop::getaddrinfo`] looks for (`struct addrinfo` hints).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrInfoHints {
+    /// The address family wanted; default [`AddressFamily::Any`].
     pub family: AddressFamily,
+    /// The socket type wanted; default [`SocketKind::Any`].
     pub socket: SocketKind,
+    /// `ai_flags`; default none.
     pub flags: AddrInfoFlags,
 }
 
@@ -166,6 +173,13 @@ impl<D: 'static> Loop<D> {
     /// [`AddrInfoFlags::PASSIVE`]: the wildcard address). `EINVAL` here for
     /// a string with a NUL byte; the returned request can be cancelled with
     /// [`cancel_work`](Self::cancel_work).
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a `host` or `service` with a NUL byte; `EAGAIN` if the work pool has no thread
+    /// and none can be started. Resolution failures (`EAI_NONAME`, `EAI_AGAIN`, `EAI_NODATA` for an
+    /// answer without addresses, ...) and `ECANCELED` after [`cancel_work`](Self::cancel_work)
+    /// reach `cb`.
     pub fn getaddrinfo(
         &mut self,
         host: &str,
@@ -190,6 +204,12 @@ impl<D: 'static> Loop<D> {
 
     /// The host and service names of `addr` (`uv_getnameinfo`), resolved on
     /// the work pool; `cb` gets `(host, service)` or an error value.
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started. Lookup failures
+    /// (`EAI_NONAME` with [`NameInfoFlags::NAME_REQUIRED`], `EAI_AGAIN`, ...) and `ECANCELED` reach
+    /// `cb`.
     pub fn getnameinfo(
         &mut self,
         addr: SocketAddr,
@@ -208,6 +228,15 @@ impl<D: 'static> Loop<D> {
     /// once: reads, writes and a shutdown may be queued, and start after
     /// the connect. Closing it meanwhile cancels the request (`cb` gets
     /// `ECANCELED`). `EINVAL` here for a malformed target.
+    ///
+    /// # Errors
+    ///
+    /// Returned here, `cb` never runs: `EINVAL` for a target that is not `host:port` with a port
+    /// number (or `[v6]:port`); [`Error::STALE_HANDLE`] if `s` is closed or closing;
+    /// [`Error::INVALID_STATE`] if it is connecting, connected or listening; `EAGAIN` if the work
+    /// pool cannot start; for a numeric host, as [`tcp_connect_addrs`](Self::tcp_connect_addrs).
+    /// Resolver errors (`EAI_NONAME`, ...), connect errors and `ECANCELED` (closed meanwhile) reach
+    /// `cb`.
     pub fn tcp_connect_host(&mut self, s: TcpSocket, target: &str, cb: &OnConnect<D, TcpStream>) -> Result<TcpStream> {
         let (host, port) = split_host_port(target)?;
         if let Ok(ip) = host.parse::<IpAddr>() {

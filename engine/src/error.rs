@@ -65,25 +65,48 @@ impl Error {
     /// The socket type is not supported.
     pub const EAI_SOCKTYPE: Error = Error(-3011, None);
 
+    /// The operation was cancelled: a request still pending when its handle
+    /// closed, a cancelled work item or file request (`ECANCELED`).
     pub const ECANCELED: Error = Error(libc::ECANCELED, None);
+    /// Try again (`EAGAIN`): nothing available now, e.g. a full kernel send
+    /// buffer for [`try_write`](crate::Loop::try_write) or an empty accept queue.
     pub const EAGAIN: Error = Error(libc::EAGAIN, None);
+    /// The peer closed its end; writing is no longer possible (`EPIPE`).
     pub const EPIPE: Error = Error(libc::EPIPE, None);
+    /// The peer reset the connection (`ECONNRESET`).
     pub const ECONNRESET: Error = Error(libc::ECONNRESET, None);
+    /// Nothing listens at the address connected to (`ECONNREFUSED`).
     pub const ECONNREFUSED: Error = Error(libc::ECONNREFUSED, None);
+    /// The address is already bound by another socket (`EADDRINUSE`).
     pub const EADDRINUSE: Error = Error(libc::EADDRINUSE, None);
+    /// Permission denied (`EACCES`), e.g. a privileged port.
     pub const EACCES: Error = Error(libc::EACCES, None);
+    /// An invalid argument (`EINVAL`).
     pub const EINVAL: Error = Error(libc::EINVAL, None);
+    /// The process has no free file descriptor (`EMFILE`).
     pub const EMFILE: Error = Error(libc::EMFILE, None);
+    /// The system has no free file descriptor (`ENFILE`).
     pub const ENFILE: Error = Error(libc::ENFILE, None);
+    /// The socket is not connected (`ENOTCONN`).
     pub const ENOTCONN: Error = Error(libc::ENOTCONN, None);
+    /// A bad file descriptor (`EBADF`), e.g. a handle whose fd is gone.
     pub const EBADF: Error = Error(libc::EBADF, None);
+    /// No buffer space (`ENOBUFS`), e.g. a pool or kernel queue is full.
     pub const ENOBUFS: Error = Error(libc::ENOBUFS, None);
+    /// The operation is not supported here (`ENOSYS`).
     pub const ENOSYS: Error = Error(libc::ENOSYS, None);
+    /// No such process (`ESRCH`): it has exited and been reaped.
     pub const ESRCH: Error = Error(libc::ESRCH, None);
+    /// No such file or directory (`ENOENT`).
     pub const ENOENT: Error = Error(libc::ENOENT, None);
+    /// Operation not permitted (`EPERM`).
     pub const EPERM: Error = Error(libc::EPERM, None);
+    /// The resource is busy (`EBUSY`), e.g. a handle already doing this.
     pub const EBUSY: Error = Error(libc::EBUSY, None);
+    /// The message is too long (`EMSGSIZE`), e.g. a datagram over the
+    /// socket's limit.
     pub const EMSGSIZE: Error = Error(libc::EMSGSIZE, None);
+    /// The operation timed out (`ETIMEDOUT`).
     pub const ETIMEDOUT: Error = Error(libc::ETIMEDOUT, None);
 
     /// An error from an OS `errno` value (positive).

@@ -50,6 +50,23 @@ pub enum RunMode {
 
 /// Options for [`Loop::with_options`]: start from `default()` and set what
 /// differs (`LoopOptions::default().backend(Backend::Epoll)`).
+///
+/// The defaults: [`Backend::Auto`], a receive-buffer pool of 512 buffers of
+/// 16 KiB ([`PoolConfig::default`]), at most 1024 completions per poll, and
+/// file operations through io_uring unless `UVRING_FS_IO_URING` turns them
+/// off. [`Loop::new`] uses them, with the backend from `UVRING_BACKEND`.
+///
+/// ```
+/// use uvring::{Backend, Loop, LoopOptions, PoolConfig};
+///
+/// let opts = LoopOptions::default()
+///     .backend(Backend::Epoll)
+///     .pool(PoolConfig::new(256, 4096)) // 256 buffers of 4 KiB: 1 MiB
+///     .completions_per_poll(256);
+/// let lp: Loop<()> = Loop::with_options(opts)?;
+/// assert_eq!(lp.backend(), Backend::Epoll);
+/// # Ok::<(), uvring::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct LoopOptions {
@@ -135,15 +152,23 @@ pub struct LoopMetrics {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum HandleType {
+    /// A TCP stream, listener or unbound socket.
     Tcp,
     /// A Unix-domain socket (a pipe or an IPC pipe).
     Pipe,
+    /// A timer ([`Loop::timer_init`]).
     Timer,
+    /// An async wake-up handle ([`Loop::async_init`]).
     Async,
+    /// A signal watcher ([`Loop::signal_start`]).
     Signal,
+    /// A prepare, check or idle hook ([`Loop::hook_init`]).
     Hook,
+    /// A child process ([`Loop::spawn`]).
     Process,
+    /// An fd readiness watcher ([`Loop::poll_init`]).
     Poll,
+    /// A UDP socket ([`Loop::udp_init`]).
     Udp,
     /// A file-system watcher.
     FsEvent,
@@ -305,11 +330,35 @@ impl<D> std::fmt::Debug for Loop<D> {
 
 impl<D> Loop<D> {
     /// A loop on the backend named by `UVRING_BACKEND` (default `auto`).
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if `UVRING_BACKEND` names no backend; otherwise as
+    /// [`with_options`](Self::with_options).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring::{Loop, RunMode};
+    ///
+    /// let mut lp: Loop<()> = Loop::new()?;
+    /// println!("running on {:?}", lp.backend());
+    /// if let Some(why) = lp.fallback_reason() {
+    ///     println!("io_uring was not taken: {why}");
+    /// }
+    /// // No handle, nothing to do: `run` returns at once, and the loop is not alive.
+    /// assert!(!lp.run(RunMode::Default, &mut ())?);
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn new() -> Result<Loop<D>> {
         Loop::with_options(LoopOptions::default().backend(Backend::from_env()?))
     }
 
     /// A loop on the given backend.
+    ///
+    /// # Errors
+    ///
+    /// As [`with_options`](Self::with_options).
     pub fn with_backend(backend: Backend) -> Result<Loop<D>> {
         Loop::with_options(LoopOptions::default().backend(backend))
     }
@@ -318,6 +367,14 @@ impl<D> Loop<D> {
     /// an error whose message says why (with `Backend::IoUring`); with
     /// `Auto` the loop falls back to epoll and
     /// [`fallback_reason`](Self::fallback_reason) says why.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a bad [`PoolConfig`] (a count that is zero, not a power of two or over 32768,
+    /// or a zero size); `ENOMEM` if the pool cannot be allocated; with [`Backend::IoUring`], the
+    /// ring's setup error (its errno, e.g. `EPERM` or `ENOSYS`, or [`Error::BACKEND_UNAVAILABLE`]
+    /// when the probe lacks a needed operation) with a [`context`](Error::context) sentence saying
+    /// why; the errno of `epoll_create1` or `eventfd` for epoll (and for `Auto`'s fallback).
     pub fn with_options(opts: LoopOptions) -> Result<Loop<D>> {
         let (driver, fallback_reason) = backend::open(opts.backend, opts.pool)?;
         let pool = driver.pool().clone();
@@ -446,6 +503,41 @@ impl<D> Loop<D> {
     /// Runs the loop with the user's state `data`, which every callback
     /// receives. Returns whether the loop is still alive. Calling `run` from
     /// inside a callback is refused with `INVALID_STATE`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::INVALID_STATE`] when called from inside a callback of this loop (the loop is
+    /// already running); an error of the backend's wait (`epoll_wait` or `io_uring_enter`; `EINTR`
+    /// is not one), after the iteration's completions were dispatched. Errors of single operations
+    /// never come here: they go to their callbacks.
+    ///
+    /// # Examples
+    ///
+    /// A repeating timer counts in the state, and stops the loop at three;
+    /// the timer is then closed, and one more run finishes the close.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use uvring::{Loop, OnTimer, RunMode};
+    ///
+    /// let mut lp: Loop<u32> = Loop::new()?;
+    /// let t = lp.timer_init()?;
+    /// let tick = OnTimer::new(|lp: &mut Loop<u32>, n: &mut u32, _t| {
+    ///     *n += 1;
+    ///     if *n == 3 {
+    ///         lp.stop();
+    ///     }
+    /// });
+    /// lp.timer_start(t, Duration::from_millis(1), Duration::from_millis(1), &tick)?;
+    /// let mut n = 0;
+    /// let alive = lp.run(RunMode::Default, &mut n)?;
+    /// assert_eq!(n, 3);
+    /// assert!(alive); // stopped, not finished: the timer still runs
+    /// lp.close(t, None)?;
+    /// assert!(!lp.run(RunMode::Default, &mut n)?);
+    /// assert!(lp.close_loop().is_ok());
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn run(&mut self, mode: RunMode, data: &mut D) -> Result<bool> {
         if self.running {
             return Err(Error::INVALID_STATE);
@@ -677,16 +769,29 @@ impl<D> Loop<D> {
     }
 
     /// Lets the handle keep the loop alive while active (the default).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `h` names no live handle (closed and its close callback run, or
+    /// never opened). A closing handle is still accepted.
     pub fn ref_handle(&mut self, h: impl Into<HandleId>) -> Result<()> {
         self.set_ref(h.into(), true)
     }
 
     /// Stops the handle from keeping the loop alive.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `h` names no live handle.
     pub fn unref_handle(&mut self, h: impl Into<HandleId>) -> Result<()> {
         self.set_ref(h.into(), false)
     }
 
     /// Whether the handle is ref'd.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `h` names no live handle.
     pub fn has_ref(&self, h: impl Into<HandleId>) -> Result<bool> {
         Ok(self.slot(h.into())?.flags & F_REF != 0)
     }
@@ -696,12 +801,22 @@ impl<D> Loop<D> {
     }
 
     /// Stores a word of user data with the handle (libuv's `data`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `h` names no live handle (a closing one is accepted until its
+    /// close callback has run).
     pub fn set_data(&mut self, h: impl Into<HandleId>, data: usize) -> Result<()> {
         self.slot_mut(h.into())?.data = data;
         Ok(())
     }
 
     /// The handle's user data word.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `h` names no live handle (a closing one still has its word until
+    /// its close callback has run).
     pub fn data(&self, h: impl Into<HandleId>) -> Result<usize> {
         Ok(self.slot(h.into())?.data)
     }
@@ -709,6 +824,11 @@ impl<D> Loop<D> {
     /// Closes a handle. Its operations stop now; in-flight writes complete
     /// with `ECANCELED`; `cb` runs in a later closing phase, after every
     /// buffer the kernel held has come back. Closing twice is an error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `h` names no live handle; [`Error::INVALID_STATE`] if `close` was
+    /// already called on it. Nothing else: a close always succeeds, and its callback always runs.
     pub fn close(&mut self, h: impl Into<HandleId>, cb: Option<&OnClose<D>>) -> Result<()> {
         let h = h.into();
         let s = self.slot_mut(h)?;
@@ -761,6 +881,10 @@ impl<D> Loop<D> {
     }
 
     /// What kind of handle `h` is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `h` names no live handle.
     pub fn handle_type(&self, h: impl Into<HandleId>) -> Result<HandleType> {
         Ok(match &self.slot(h.into())?.kind {
             Kind::Stream(st) if st.ty == StreamType::Tcp => HandleType::Tcp,
@@ -780,6 +904,11 @@ impl<D> Loop<D> {
     /// left and nothing is in flight; otherwise gives the loop back with
     /// `EBUSY` (close the handles, for example from [`walk`](Self::walk),
     /// and run the loop until their close callbacks have run).
+    ///
+    /// # Errors
+    ///
+    /// `EBUSY`, with the loop given back, while a handle is open, a close callback has not run or a
+    /// request (write, connect, work item, file operation) is in flight.
     // The loop is large, but giving it back by value is the point (as
     // `uv_loop_close` leaves the loop usable), and the signature is public.
     #[allow(clippy::result_large_err)]

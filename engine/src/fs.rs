@@ -37,12 +37,19 @@ use std::time::SystemTime;
 /// What kind of file a [`FileStat`] or [`DirEntry`] describes.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum FileKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
+    /// A named pipe (FIFO).
     Fifo,
+    /// A Unix-domain socket.
     Socket,
+    /// A character device.
     CharDevice,
+    /// A block device.
     BlockDevice,
     /// Not reported (some file systems leave directory entry types out).
     Unknown,
@@ -51,32 +58,48 @@ pub enum FileKind {
 /// A file's metadata, from `statx` (`uv_stat_t`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct FileStat {
+    /// What kind of file it is (from the type bits of `mode`).
     pub kind: FileKind,
     /// Type and permission bits (`st_mode`).
     pub mode: u32,
+    /// The device the file lives on (`st_dev`).
     pub dev: u64,
+    /// The device a device file stands for (`st_rdev`; 0 otherwise).
     pub rdev: u64,
+    /// The inode number (`st_ino`).
     pub ino: u64,
+    /// The number of hard links (`st_nlink`).
     pub nlink: u64,
+    /// The owner's user id (`st_uid`).
     pub uid: u32,
+    /// The owner's group id (`st_gid`).
     pub gid: u32,
+    /// The size in bytes (`st_size`; a symlink's is its target's length).
     pub size: u64,
+    /// The preferred I/O block size in bytes (`st_blksize`).
     pub blksize: u64,
+    /// The space allocated, in 512-byte blocks (`st_blocks`).
     pub blocks: u64,
+    /// The last access time (`st_atime`).
     pub atime: SystemTime,
+    /// The last modification time (`st_mtime`).
     pub mtime: SystemTime,
+    /// The last status change time (`st_ctime`).
     pub ctime: SystemTime,
     /// Creation time, where the file system records it.
     pub birthtime: Option<SystemTime>,
 }
 
 impl FileStat {
+    /// Whether it is a regular file.
     pub fn is_file(&self) -> bool {
         self.kind == FileKind::File
     }
+    /// Whether it is a directory.
     pub fn is_dir(&self) -> bool {
         self.kind == FileKind::Dir
     }
+    /// Whether it is a symbolic link (only from [`fs_lstat`](Loop::fs_lstat); `fs_stat` follows links).
     pub fn is_symlink(&self) -> bool {
         self.kind == FileKind::Symlink
     }
@@ -89,7 +112,10 @@ impl FileStat {
 /// One entry of [`fs_scandir`](Loop::fs_scandir) (`uv_dirent_t`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DirEntry {
+    /// The entry's file name (no directory part; `.` and `..` are left out).
     pub name: OsString,
+    /// Its kind, as the directory reports it ([`FileKind::Unknown`] where the
+    /// file system does not say).
     pub kind: FileKind,
 }
 
@@ -99,20 +125,27 @@ pub struct DirEntry {
 pub struct OpenFlags(i32);
 
 impl OpenFlags {
+    /// Open for reading (`O_RDONLY`; the default, value 0).
     pub const READ_ONLY: OpenFlags = OpenFlags(libc::O_RDONLY);
+    /// Open for writing (`O_WRONLY`).
     pub const WRITE_ONLY: OpenFlags = OpenFlags(libc::O_WRONLY);
+    /// Open for reading and writing (`O_RDWR`).
     pub const READ_WRITE: OpenFlags = OpenFlags(libc::O_RDWR);
     /// Create the file if it does not exist (with the mode given).
     pub const CREATE: OpenFlags = OpenFlags(libc::O_CREAT);
     /// With `CREATE`: fail with `EEXIST` if it exists.
     pub const EXCLUSIVE: OpenFlags = OpenFlags(libc::O_EXCL);
+    /// Truncate an existing regular file to length 0 (`O_TRUNC`).
     pub const TRUNCATE: OpenFlags = OpenFlags(libc::O_TRUNC);
+    /// Every write appends at the end of the file (`O_APPEND`).
     pub const APPEND: OpenFlags = OpenFlags(libc::O_APPEND);
     /// Fail with `ENOTDIR` unless it is a directory.
     pub const DIRECTORY: OpenFlags = OpenFlags(libc::O_DIRECTORY);
     /// Fail with `ELOOP` if the last component is a symlink.
     pub const NOFOLLOW: OpenFlags = OpenFlags(libc::O_NOFOLLOW);
+    /// Each write returns after data and metadata reach the device (`O_SYNC`).
     pub const SYNC: OpenFlags = OpenFlags(libc::O_SYNC);
+    /// Each write returns after the data reach the device (`O_DSYNC`).
     pub const DSYNC: OpenFlags = OpenFlags(libc::O_DSYNC);
 
     /// The `open(2)` flags.
@@ -136,9 +169,11 @@ impl CopyFlags {
     /// Fail with `EEXIST` if the destination exists (`UV_FS_COPYFILE_EXCL`).
     pub const EXCLUSIVE: CopyFlags = CopyFlags(1);
 
+    /// No flag: the destination is replaced if it exists.
     pub const fn empty() -> CopyFlags {
         CopyFlags(0)
     }
+    /// Whether every flag of `other` is set.
     pub const fn contains(self, other: CopyFlags) -> bool {
         self.0 & other.0 == other.0
     }
@@ -385,6 +420,13 @@ impl<D: 'static> Loop<D> {
     /// with `ECANCELED` or its real result (a read or write gets its buffer
     /// back either way). A request whose callback ran is
     /// [`Error::STALE_REQUEST`]; cancelling twice is `EBUSY`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_REQUEST`] if the request's callback has run; `EBUSY` if it was already
+    /// cancelled, or if it runs on the work pool and a pool thread has started it (it completes
+    /// with its real result). The cancelled request's callback still runs, from the loop, with
+    /// `ECANCELED` (or its result, if it won the race).
     pub fn fs_cancel(&mut self, req: FsRequest) -> Result<()> {
         match req.0 {
             FsReqId::Pool(w) => self.cancel_work(w),
@@ -518,6 +560,13 @@ impl<D: 'static> Loop<D> {
     }
 
     /// Opens `path` (`uv_fs_open`); `mode` applies when the file is created.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a path that contains a NUL byte. `EAGAIN` if the work pool has no thread and
+    /// none can be started; the errno of `eventfd` or `ENOSPC` if the loop cannot set up its
+    /// work-completion handle (first pool use only). The open's own failure (`ENOENT`, `EACCES`,
+    /// `EEXIST` with `EXCLUSIVE`, `EISDIR`, `EMFILE`, ...) reaches `cb`.
     pub fn fs_open(
         &mut self,
         path: impl AsRef<Path>,
@@ -548,6 +597,12 @@ impl<D: 'static> Loop<D> {
 
     /// Closes `file` (`uv_fs_close`), reporting the error `close` finds
     /// (a delayed write-back's `EIO`, for example).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// close's own failure (`EIO`, `EBADF`) reaches `cb`; the fd is closed whatever it says.
     pub fn fs_close(
         &mut self,
         file: File,
@@ -559,6 +614,33 @@ impl<D: 'static> Loop<D> {
     /// Reads into `buf` (its whole length) at `offset`, or at the file
     /// position for `None` (`uv_fs_read`); `cb` gets the count (0 at end of
     /// file) and the buffer back.
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// read's own failure (`EBADF`, `EISDIR`, `EINVAL`, `EIO`, or `ECANCELED` after
+    /// [`fs_cancel`](Self::fs_cancel)) reaches `cb`, with the buffer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring::{Loop, RunMode};
+    ///
+    /// let path = std::env::temp_dir().join(format!("uvring-doc-fs-read-{}", std::process::id()));
+    /// std::fs::write(&path, b"file contents")?;
+    /// let file = std::fs::File::open(&path)?;
+    /// let mut lp: Loop<Vec<u8>> = Loop::new()?;
+    /// lp.fs_read(&file, vec![0; 64], Some(0), |_lp, out: &mut Vec<u8>, n, mut buf| {
+    ///     buf.truncate(n.unwrap_or(0)); // the count read; 0 at end of file
+    ///     *out = buf; // the buffer comes back, whatever the result
+    /// })?;
+    /// let mut out = Vec::new();
+    /// lp.run(RunMode::Default, &mut out)?; // `file` stays open until the read called back
+    /// assert_eq!(out, b"file contents");
+    /// std::fs::remove_file(&path)?;
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn fs_read(
         &mut self,
         file: &impl AsFd,
@@ -572,6 +654,13 @@ impl<D: 'static> Loop<D> {
     /// Writes `buf` at `offset`, or at the file position for `None`
     /// (`uv_fs_write`); `cb` gets the count (perhaps short) and the buffer
     /// back.
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// write's own failure (`EBADF`, `ENOSPC`, `EFBIG`, `EIO`, or `ECANCELED` after
+    /// [`fs_cancel`](Self::fs_cancel)) reaches `cb`, with the buffer.
     pub fn fs_write(
         &mut self,
         file: &impl AsFd,
@@ -625,6 +714,13 @@ impl<D: 'static> Loop<D> {
     }
 
     /// Flushes the file's data and metadata to its device (`uv_fs_fsync`).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// fsync's own failure (`EIO`, `EBADF`, `EINVAL` for a file that cannot be synced) reaches
+    /// `cb`.
     pub fn fs_fsync(
         &mut self,
         file: &impl AsFd,
@@ -635,6 +731,12 @@ impl<D: 'static> Loop<D> {
 
     /// Flushes the file's data (and the metadata needed to read it back)
     /// (`uv_fs_fdatasync`).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// fdatasync's own failure (`EIO`, `EBADF`, `EINVAL`) reaches `cb`.
     pub fn fs_fdatasync(
         &mut self,
         file: &impl AsFd,
@@ -661,6 +763,13 @@ impl<D: 'static> Loop<D> {
     }
 
     /// Sets the file's length (`uv_fs_ftruncate`).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// truncate's own failure (`EBADF`, `EINVAL` for a file not open for writing, `EFBIG`) reaches
+    /// `cb`.
     pub fn fs_ftruncate(
         &mut self,
         file: &impl AsFd,
@@ -672,6 +781,13 @@ impl<D: 'static> Loop<D> {
     }
 
     /// The metadata of `path`, following symlinks (`uv_fs_stat`).
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a path that contains a NUL byte. `EAGAIN` if the work pool has no thread and
+    /// none can be started; the errno of `eventfd` or `ENOSPC` if the loop cannot set up its
+    /// work-completion handle (first pool use only). The stat's own failure (`ENOENT`, `EACCES`,
+    /// `ENOTDIR`, `ELOOP`) reaches `cb`.
     pub fn fs_stat(
         &mut self,
         path: impl AsRef<Path>,
@@ -682,6 +798,13 @@ impl<D: 'static> Loop<D> {
     }
 
     /// The metadata of `path` itself, a symlink included (`uv_fs_lstat`).
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a path that contains a NUL byte. `EAGAIN` if the work pool has no thread and
+    /// none can be started; the errno of `eventfd` or `ENOSPC` if the loop cannot set up its
+    /// work-completion handle (first pool use only). The stat's own failure (`ENOENT`, `EACCES`,
+    /// `ENOTDIR`) reaches `cb`.
     pub fn fs_lstat(
         &mut self,
         path: impl AsRef<Path>,
@@ -692,6 +815,12 @@ impl<D: 'static> Loop<D> {
     }
 
     /// The metadata of an open file (`uv_fs_fstat`).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// stat's own failure (`EBADF`) reaches `cb`.
     pub fn fs_fstat(
         &mut self,
         file: &impl AsFd,
@@ -702,6 +831,12 @@ impl<D: 'static> Loop<D> {
     }
 
     /// Removes a file or symlink (`uv_fs_unlink`).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// unlink's own failure (`ENOENT`, `EACCES`, `EISDIR` for a directory) reaches `cb`.
     pub fn fs_unlink(
         &mut self,
         path: impl AsRef<Path>,
@@ -712,6 +847,13 @@ impl<D: 'static> Loop<D> {
     }
 
     /// Renames `from` to `to`, replacing `to` (`uv_fs_rename`).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// rename's own failure (`ENOENT`, `EXDEV` across file systems, `EISDIR`, `ENOTEMPTY`) reaches
+    /// `cb`.
     pub fn fs_rename(
         &mut self,
         from: impl AsRef<Path>,
@@ -723,6 +865,12 @@ impl<D: 'static> Loop<D> {
     }
 
     /// Makes a directory with permission bits `mode` (`uv_fs_mkdir`).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// mkdir's own failure (`EEXIST`, `ENOENT` for a missing parent, `EACCES`) reaches `cb`.
     pub fn fs_mkdir(
         &mut self,
         path: impl AsRef<Path>,
@@ -735,6 +883,12 @@ impl<D: 'static> Loop<D> {
     }
 
     /// Removes an empty directory (`uv_fs_rmdir`).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// rmdir's own failure (`ENOTEMPTY`, `ENOENT`, `ENOTDIR`) reaches `cb`.
     pub fn fs_rmdir(
         &mut self,
         path: impl AsRef<Path>,
@@ -746,6 +900,12 @@ impl<D: 'static> Loop<D> {
 
     /// The entries of a directory, `.` and `..` left out, sorted by name
     /// (`uv_fs_scandir`).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// scan's own failure (`ENOENT`, `ENOTDIR`, `EACCES`) reaches `cb`.
     pub fn fs_scandir(
         &mut self,
         path: impl AsRef<Path>,
@@ -756,6 +916,12 @@ impl<D: 'static> Loop<D> {
     }
 
     /// The target of a symlink (`uv_fs_readlink`).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// readlink's own failure (`EINVAL` for a path that is not a symlink, `ENOENT`) reaches `cb`.
     pub fn fs_readlink(
         &mut self,
         path: impl AsRef<Path>,
@@ -766,6 +932,12 @@ impl<D: 'static> Loop<D> {
     }
 
     /// Makes `link` a symlink to `target` (`uv_fs_symlink`).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// symlink's own failure (`EEXIST` if `link` exists, `ENOENT`) reaches `cb`.
     pub fn fs_symlink(
         &mut self,
         target: impl AsRef<Path>,
@@ -779,6 +951,13 @@ impl<D: 'static> Loop<D> {
     /// Copies the contents and permission bits of `from` to `to`
     /// (`uv_fs_copyfile`; the kernel copies in place where it can); `cb`
     /// gets the bytes copied.
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only). The
+    /// copy's own failure (`ENOENT`, `EEXIST` with [`CopyFlags::EXCLUSIVE`], `EISDIR`, `ENOSPC`)
+    /// reaches `cb`.
     pub fn fs_copyfile(
         &mut self,
         from: impl AsRef<Path>,
@@ -801,6 +980,13 @@ impl<D: 'static> Loop<D> {
     /// later buffers' tails untouched) and the buffers back, whatever the
     /// result: they are the operation's until it completes. At most
     /// 1024 buffers (`IOV_MAX`; `EINVAL` beyond).
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for more than 1024 buffers; `EAGAIN` if the work pool has no thread and none can be
+    /// started; the errno of `eventfd` or `ENOSPC` if the loop cannot set up its work-completion
+    /// handle (first pool use only). The read's own failure (`EBADF`, `EISDIR`, `EIO`, or
+    /// `ECANCELED` after [`fs_cancel`](Self::fs_cancel)) reaches `cb`, with the buffers.
     pub fn fs_read_vectored(
         &mut self,
         file: &impl AsFd,
@@ -815,6 +1001,13 @@ impl<D: 'static> Loop<D> {
     /// position for `None` (`uv_fs_write` with several buffers:
     /// `pwritev`; io_uring's `WRITEV`). `cb` gets the count (perhaps short)
     /// and the buffers back. At most 1024 buffers (`EINVAL` beyond).
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for more than 1024 buffers; `EAGAIN` if the work pool has no thread and none can be
+    /// started; the errno of `eventfd` or `ENOSPC` if the loop cannot set up its work-completion
+    /// handle (first pool use only). The write's own failure (`EBADF`, `ENOSPC`, `EIO`, or
+    /// `ECANCELED`) reaches `cb`, with the buffers.
     pub fn fs_write_vectored(
         &mut self,
         file: &impl AsFd,

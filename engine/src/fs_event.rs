@@ -42,6 +42,7 @@ impl FsEvents {
     /// Contents or metadata written (`UV_CHANGE`).
     pub const CHANGE: FsEvents = FsEvents(2);
 
+    /// No event.
     pub const fn empty() -> FsEvents {
         FsEvents(0)
     }
@@ -49,6 +50,7 @@ impl FsEvents {
     pub const fn contains(self, other: FsEvents) -> bool {
         self.0 & other.0 == other.0
     }
+    /// Whether no event is set.
     pub const fn is_empty(self) -> bool {
         self.0 == 0
     }
@@ -82,9 +84,11 @@ impl FsEventFlags {
     /// on Linux (`ENOSYS`), see the module docs.
     pub const RECURSIVE: FsEventFlags = FsEventFlags(4);
 
+    /// No flag: watch the path itself (a directory's entries, not its subdirectories').
     pub const fn empty() -> FsEventFlags {
         FsEventFlags(0)
     }
+    /// Whether every flag of `other` is set.
     pub const fn contains(self, other: FsEventFlags) -> bool {
         self.0 & other.0 == other.0
     }
@@ -96,6 +100,7 @@ pub struct FsChange<'a> {
     /// The entry's name within the watched directory, or the watched
     /// file's own name (its last path component).
     pub filename: &'a OsStr,
+    /// What happened to it: [`FsEvents::RENAME`], [`FsEvents::CHANGE`], or both.
     pub events: FsEvents,
 }
 
@@ -132,6 +137,10 @@ const READ_MIN: usize = 4096;
 
 impl<D> Loop<D> {
     /// A stopped file-system watcher (`uv_fs_event_init`).
+    ///
+    /// # Errors
+    ///
+    /// `ENOSPC` when the loop's handle table is full (over 2^24 handles).
     pub fn fs_event_init(&mut self) -> Result<FsEvent> {
         Ok(FsEvent(self.insert(Kind::FsEvent(FsEventState { path: None, wd: None, cb: None }))?))
     }
@@ -148,6 +157,13 @@ impl<D> Loop<D> {
     /// `close`. Errors come back at once: `ENOENT` for a missing path,
     /// `EACCES`, `ENOSPC` past the user's inotify watch limit, `ENOSYS` for
     /// [`FsEventFlags::RECURSIVE`], `EINVAL` if already started.
+    ///
+    /// # Errors
+    ///
+    /// `ENOSYS` for [`FsEventFlags::RECURSIVE`]; [`Error::STALE_HANDLE`] if the watcher is closed
+    /// or closing; `EINVAL` if it is already started or the path has a NUL byte; the errno of
+    /// `inotify_init1` (`EMFILE`) or `inotify_add_watch` (`ENOENT`, `EACCES`, `ENOTDIR`, `ENOSPC`
+    /// past `fs.inotify.max_user_watches`). Nothing is watched on error.
     pub fn fs_event_start(
         &mut self,
         w: FsEvent,
@@ -182,6 +198,10 @@ impl<D> Loop<D> {
 
     /// Stops watching (`uv_fs_event_stop`); it may be started again.
     /// Stopping a stopped watcher does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the watcher is closed or closing.
     pub fn fs_event_stop(&mut self, w: FsEvent) -> Result<()> {
         self.fs_event_state(w)?;
         self.fs_event_unwatch(w.0);
@@ -190,6 +210,10 @@ impl<D> Loop<D> {
     }
 
     /// The watched path (`uv_fs_event_getpath`); `EINVAL` when stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the watcher is closed or closing; `EINVAL` while it is stopped.
     pub fn fs_event_path(&mut self, w: FsEvent) -> Result<std::path::PathBuf> {
         self.fs_event_state(w)?.path.as_deref().map(Path::to_path_buf).ok_or(Error::EINVAL)
     }

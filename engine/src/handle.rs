@@ -225,9 +225,11 @@ impl SendableHandle for PipeStream {}
 pub enum PendingHandle {
     /// A listening TCP socket.
     TcpSocket(TcpSocket),
+    /// A connected TCP stream.
     TcpStream(TcpStream),
     /// A listening Unix-domain socket.
     PipeSocket(PipeSocket),
+    /// A connected Unix-domain stream.
     PipeStream(PipeStream),
 }
 
@@ -439,6 +441,7 @@ pub struct Datagram<'a> {
     /// The sender (an IPv4-mapped IPv6 address for an IPv4 sender on a
     /// dual-stack socket); `None` if the kernel named none.
     pub addr: Option<SocketAddr>,
+    /// Whether the datagram was truncated, and what else the kernel reported.
     pub flags: RecvFlags,
 }
 

@@ -23,11 +23,19 @@ pub(crate) struct HookState<D> {
 
 impl<D> Loop<D> {
     /// A stopped idle, prepare or check hook.
+    ///
+    /// # Errors
+    ///
+    /// `ENOSPC` when the loop's handle table is full (over 2^24 handles).
     pub fn hook_init(&mut self, kind: HookKind) -> Result<Hook> {
         Ok(Hook(self.insert(Kind::Hook(HookState { kind, cb: None }))?))
     }
 
     /// Starts the hook: `cb` runs once per loop iteration in its phase.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the hook is closed or closing.
     pub fn hook_start(&mut self, h: Hook, cb: &OnHook<D>) -> Result<()> {
         let kind = match &mut self.open_slot_mut(h.0)?.kind {
             Kind::Hook(st) => {
@@ -44,6 +52,10 @@ impl<D> Loop<D> {
     }
 
     /// Stops the hook; it may be started again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the hook is closed or closing.
     pub fn hook_stop(&mut self, h: Hook) -> Result<()> {
         let kind = match &self.open_slot_mut(h.0)?.kind {
             Kind::Hook(st) => st.kind,

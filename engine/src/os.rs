@@ -10,12 +10,22 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 /// `listen(2)` on a bound socket.
+///
+/// # Errors
+///
+/// The errno of `listen(2)`: `EADDRINUSE` (another socket listens on the port), `ENOTSOCK`,
+/// `EOPNOTSUPP` for a socket type that cannot listen.
 pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> Result<()> {
     sys::socket::listen(fd.as_raw_fd(), backlog)
 }
 
 /// The socket's local address (`getsockname`): `ENOTSOCK` for an fd that
 /// is not a socket, `EINVAL` for a socket whose address is not IPv4/IPv6.
+///
+/// # Errors
+///
+/// `ENOTSOCK` for an fd that is not a socket; `EBADF`; `EINVAL` for a socket whose address is not
+/// IPv4 or IPv6 (a Unix socket).
 pub fn local_addr(fd: BorrowedFd<'_>) -> Result<SocketAddr> {
     sys::socket::sockname(fd.as_raw_fd())?.to_std().ok_or(Error::EINVAL)
 }
@@ -62,6 +72,10 @@ pub fn monotonic_us() -> u64 {
 ///
 /// Nothing else in this process owns `fd` or will close it: the caller
 /// claims it, as `OwnedFd::from_raw_fd` does.
+///
+/// # Errors
+///
+/// `EBADF` if no fd of that number is open (nothing is owned then).
 pub unsafe fn adopt_inherited(fd: std::os::fd::RawFd) -> Result<OwnedFd> {
     sys::set_cloexec(fd, true)?;
     // SAFETY: `fd` is open (fcntl succeeded) and, per the caller, unowned.
@@ -70,11 +84,19 @@ pub unsafe fn adopt_inherited(fd: std::os::fd::RawFd) -> Result<OwnedFd> {
 
 /// A connected pair of Unix stream sockets, close-on-exec, non-blocking
 /// if asked.
+///
+/// # Errors
+///
+/// The errno of `socketpair(2)`: `EMFILE`, `ENFILE`.
 pub fn socketpair(nonblocking: bool) -> Result<(OwnedFd, OwnedFd)> {
     sys::socket::socketpair(nonblocking)
 }
 
 /// Moves the calling thread to `SCHED_BATCH` (or back to `SCHED_OTHER`).
+///
+/// # Errors
+///
+/// The errno of `sched_setscheduler(2)` (`EPERM` where a policy forbids the change).
 pub fn set_sched_batch(batch: bool) -> Result<()> {
     sys::process::set_sched_batch(batch)
 }
@@ -85,16 +107,30 @@ pub fn sched_is_normal() -> bool {
 }
 
 /// A pidfd for process `pid` (`pidfd_open`).
+///
+/// # Errors
+///
+/// The errno of `pidfd_open(2)`: `ESRCH` for no such process, `ENOSYS` before Linux 5.3, `EMFILE`.
 pub fn pidfd_open(pid: i32) -> Result<OwnedFd> {
     sys::process::pidfd_open(pid)
 }
 
 /// Sends `signum` to the process a pidfd names.
+///
+/// # Errors
+///
+/// The errno of `pidfd_send_signal(2)`: `ESRCH` once the process has exited, `EINVAL` for a bad
+/// signal number, `EPERM`.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signum: i32) -> Result<()> {
     sys::process::pidfd_send_signal(pidfd.as_raw_fd(), signum)
 }
 
 /// Waits for the process a pidfd names to exit, and reaps it.
+///
+/// # Errors
+///
+/// The errno of `waitid(2)`: `ECHILD` if the process is not a child of the caller (or was reaped
+/// already).
 pub fn wait_blocking(pidfd: BorrowedFd<'_>) -> Result<()> {
     sys::process::wait_blocking(pidfd.as_raw_fd()).map(|_| ())
 }

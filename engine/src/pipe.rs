@@ -48,11 +48,16 @@ impl FdBatch {
     /// Most fds one batch (one message) carries.
     pub const CAPACITY: usize = socket::MAX_FDS_PER_MSG;
 
+    /// An empty batch.
     pub const fn new() -> FdBatch {
         FdBatch { fds: [-1; socket::MAX_FDS_PER_MSG], len: 0 }
     }
 
     /// Adds an fd; gives it back if the batch is full.
+    ///
+    /// # Errors
+    ///
+    /// The fd itself, unchanged, when the batch already holds [`CAPACITY`](Self::CAPACITY) fds.
     pub fn push(&mut self, fd: OwnedFd) -> std::result::Result<(), OwnedFd> {
         if self.len >= Self::CAPACITY {
             return Err(fd);
@@ -62,10 +67,12 @@ impl FdBatch {
         Ok(())
     }
 
+    /// How many fds the batch holds (at most [`CAPACITY`](Self::CAPACITY)).
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the batch holds no fd.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -147,6 +154,10 @@ impl<D> Loop<D> {
     /// an IPC pipe that can carry handles. Give it a socket with
     /// [`pipe_bind`](Self::pipe_bind) (then `listen`),
     /// [`pipe_connect`](Self::pipe_connect) or as a spawn stdio entry.
+    ///
+    /// # Errors
+    ///
+    /// `ENOSPC` when the loop's handle table is full (over 2^24 handles).
     pub fn pipe_init(&mut self, ipc: bool) -> Result<PipeSocket> {
         let ty = if ipc { StreamType::IpcPipe } else { StreamType::Pipe };
         Ok(PipeSocket(self.new_stream(ty, -1, libc::AF_UNIX)?.0))
@@ -170,6 +181,13 @@ impl<D> Loop<D> {
     /// cluster worker (a listen hook is installed) the path is only
     /// recorded: the hook decides at `listen` (see
     /// [`ListenHook::listen_pipe`](crate::ListenHook::listen_pipe)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `s` is closed or closing; [`Error::INVALID_STATE`] if it already
+    /// has a socket; `ENAMETOOLONG` for a path longer than `sun_path` (107 bytes); the errno of
+    /// `socket` or `bind(2)`: `EADDRINUSE` if the path exists, `EACCES`, `ENOENT` for a missing
+    /// directory.
     pub fn pipe_bind(&mut self, s: PipeSocket, path: &Path) -> Result<()> {
         let s = Stream::of(s);
         self.pipe_state_check(s)?;
@@ -222,6 +240,14 @@ impl<D> Loop<D> {
 
     /// Connects to the pipe listening at `path` (`uv_pipe_connect`); the
     /// socket becomes the returned stream, and `cb` gets the result.
+    ///
+    /// # Errors
+    ///
+    /// Returned here, `cb` never runs: [`Error::STALE_HANDLE`] if `s` is closed or closing;
+    /// [`Error::INVALID_STATE`] if it already has a socket or a connect is under way;
+    /// `ENAMETOOLONG` for a path over 107 bytes; the errno of `socket`; `ENOSPC` if the operation
+    /// table is full. A failed connect (`ENOENT` for no such path, `ECONNREFUSED` for nobody
+    /// listening) reaches `cb`.
     pub fn pipe_connect(&mut self, s: PipeSocket, path: &Path, cb: &OnConnect<D, PipeStream>) -> Result<PipeStream> {
         let s = Stream::of(s);
         self.pipe_state_check(s)?;
@@ -262,6 +288,13 @@ impl<D> Loop<D> {
     /// (`ipc` gives `ENOTSOCK`), and [`shutdown`](Self::shutdown) reports
     /// `ENOTSOCK` once the writes drained (close the stream to give the
     /// reader its end of file). `EINVAL` for a listening or datagram socket.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a listening socket or one that is not a stream socket; `ENOTSOCK` with `ipc`
+    /// for an fd that is not a socket; the errno of `fstat`/`getsockopt` for an fd that is not
+    /// open (`EBADF`), or of `fcntl`; `ENOSPC` if the handle table is full. The fd is closed on
+    /// every error.
     pub fn pipe_open(&mut self, fd: OwnedFd, ipc: bool) -> Result<PipeStream> {
         if !sys::is_socket(fd.as_raw_fd())? {
             if ipc {
@@ -289,6 +322,12 @@ impl<D> Loop<D> {
     /// The stream of a pipe socket that is connected: one given to
     /// [`spawn`](Self::spawn) as `Stdio::Pipe` or `Stdio::Ipc`.
     /// `INVALID_STATE` if it has no connected socket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `s` is closed or closing; [`Error::WRONG_TYPE`] for a TCP socket;
+    /// [`Error::INVALID_STATE`] if it has no connected socket (not yet given to `spawn`, or bound
+    /// for listening).
     pub fn pipe_stream(&self, s: PipeSocket) -> Result<PipeStream> {
         let st = self.stream_ref(Stream::of(s))?;
         if st.ty == StreamType::Tcp {
@@ -329,6 +368,11 @@ impl<D> Loop<D> {
 
     /// A connected pair of pipes in this loop (a Unix socketpair), both IPC
     /// pipes if `ipc`.
+    ///
+    /// # Errors
+    ///
+    /// The errno of `socketpair(2)` (`EMFILE`, `ENFILE`); otherwise as
+    /// [`pipe_open`](Self::pipe_open). Nothing is left open on error.
     pub fn pipe_pair(&mut self, ipc: bool) -> Result<(PipeStream, PipeStream)> {
         let (a, b) = socket::socketpair(true)?;
         let x = self.pipe_open(a, ipc)?;
@@ -347,6 +391,12 @@ impl<D> Loop<D> {
     /// (`uv_write2`). The fd is duplicated now, so the caller may close
     /// `send_handle` at once. `data` must not be empty; `s` must be an IPC
     /// pipe (`EINVAL` otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `send_handle` or `s` is closed or closing; `EBADF` if
+    /// `send_handle` has no socket yet; the errno of `fcntl(F_DUPFD_CLOEXEC)` (`EMFILE`); otherwise
+    /// as [`write_fds`](Self::write_fds).
     pub fn write2<H: SendableHandle>(
         &mut self,
         s: PipeStream,
@@ -367,6 +417,13 @@ impl<D> Loop<D> {
     /// in one `SCM_RIGHTS` message, in order. On success the batch is left
     /// empty (the loop owns the fds and closes them once sent); on error it
     /// still holds them. `data` must not be empty; `s` must be an IPC pipe.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is queued, the batch keeps its fds and `cb` never runs: `EINVAL` if `s` is not an
+    /// IPC pipe (see [`pipe_init`](Self::pipe_init)) or `data` is empty while fds are attached;
+    /// otherwise as [`write`](Self::write) (`STALE_HANDLE`, `EBADF`, `EPIPE`, an earlier write's
+    /// error). With an empty batch this is a plain `write`.
     pub fn write_fds(
         &mut self,
         s: PipeStream,
@@ -385,6 +442,10 @@ impl<D> Loop<D> {
     // ---- receiving handles --------------------------------------------
 
     /// Handles received and not yet accepted (`uv_pipe_pending_count`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `s` is closed or closing.
     pub fn pending_count(&self, s: PipeStream) -> Result<usize> {
         Ok(self.stream_ref(Stream::of(s))?.parts.pending_handles.len())
     }
@@ -393,6 +454,11 @@ impl<D> Loop<D> {
     /// or `Pipe`; `None` if none is pending; `WRONG_TYPE` for an fd that is
     /// not a stream socket (take it with
     /// [`accept_pending_fd`](Self::accept_pending_fd)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `s` is closed or closing; [`Error::WRONG_TYPE`] if the next
+    /// pending fd is not a stream socket.
     pub fn pending_type(&self, s: PipeStream) -> Result<Option<StreamType>> {
         match self.stream_ref(Stream::of(s))?.parts.pending_handles.front() {
             None => Ok(None),
@@ -412,6 +478,12 @@ impl<D> Loop<D> {
     /// starts accepting (as libuv's `uv_accept` into a handle, then
     /// `uv_listen`). `EAGAIN` if none is pending; `WRONG_TYPE` (the fd stays
     /// pending) if it is not a stream socket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `s` is closed or closing; `EAGAIN` if nothing is pending;
+    /// [`Error::WRONG_TYPE`] (the fd stays pending) if the next fd is not a stream socket; `ENOSPC`
+    /// if the handle table is full, or the errno of `fcntl` (the fd is closed then).
     pub fn accept_pending(&mut self, s: PipeStream) -> Result<PendingHandle> {
         let ty = self.pending_type(s)?.ok_or(Error::EAGAIN)?;
         let fd = self.pop_pending(s)?;
@@ -431,6 +503,10 @@ impl<D> Loop<D> {
     }
 
     /// Takes the next pending fd as is, whatever it is (`EAGAIN` if none).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `s` is closed or closing; `EAGAIN` if nothing is pending.
     pub fn accept_pending_fd(&mut self, s: PipeStream) -> Result<OwnedFd> {
         self.pop_pending(s)
     }

@@ -72,6 +72,10 @@ fn from_revents(revents: u32, asked: PollEvents) -> PollEvents {
 impl<D> Loop<D> {
     /// A stopped watcher of `fd` (`uv_poll_init`). The loop never closes
     /// `fd`; it must stay open until the watcher is closed.
+    ///
+    /// # Errors
+    ///
+    /// `EBADF` for a negative fd; `ENOSPC` if the handle table is full.
     pub fn poll_init(&mut self, fd: RawFd) -> Result<Poll> {
         if fd < 0 {
             return Err(Error::EBADF);
@@ -91,6 +95,13 @@ impl<D> Loop<D> {
     /// runs with the events that occurred, or with an error (the watcher is
     /// stopped then). `EINVAL` for empty `events`; an fd the backend cannot
     /// poll (closed, a regular file on epoll) fails here, at once.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for empty `events`; [`Error::STALE_HANDLE`] if the watcher is closed or closing;
+    /// the backend's refusal of the fd (`EPERM` from `epoll_ctl` for a regular file, `EBADF` for a
+    /// closed fd); `ENOSPC` if the operation table is full. Errors found later reach `cb`, and stop
+    /// the watcher.
     pub fn poll_start(&mut self, p: Poll, events: PollEvents, cb: &OnPoll<D>) -> Result<()> {
         if events.is_empty() {
             return Err(Error::EINVAL);
@@ -118,6 +129,10 @@ impl<D> Loop<D> {
     }
 
     /// Stops watching (`uv_poll_stop`); it may be started again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the watcher is closed or closing.
     pub fn poll_stop(&mut self, p: Poll) -> Result<()> {
         let st = self.poll_state(p)?;
         st.events = PollEvents::empty();

@@ -44,6 +44,10 @@ pub enum Stdio {
 
 /// How to start a child ([`Loop::spawn`]): `ProcessOptions::new(file)`, then
 /// the builder methods (`.args(..)`, `.env(..)`, `.stdio(..)`, ...).
+///
+/// The defaults (from `new`): no arguments, the parent's environment and
+/// working directory, fds 0, 1 and 2 on `/dev/null` ([`Stdio::Ignore`]), no other
+/// fd, not detached.
 #[derive(Copy, Clone, Debug)]
 #[non_exhaustive]
 pub struct ProcessOptions<'a> {
@@ -237,6 +241,38 @@ impl<D> Loop<D> {
     /// child). Fails with the child's exec error (`ENOENT`, `EACCES`, ...)
     /// if the program could not be started. The handle keeps the loop alive
     /// until the child exits, unless unref'd.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is started and `on_exit` never runs: [`Error::STALE_HANDLE`] for a closed stdio
+    /// pipe; [`Error::WRONG_TYPE`] for a `Stdio::Pipe` given an IPC pipe or the reverse;
+    /// [`Error::INVALID_STATE`] for a stdio pipe that already has a socket; `EINVAL` for an empty
+    /// program name, a NUL byte in the program, an argument or the environment, or one pipe given
+    /// twice; the child's exec error (`ENOENT` for no such program, `EACCES` for one that is not
+    /// executable); the errno of `socketpair`, `open("/dev/null")`, `clone3` (or `fork` and
+    /// `pidfd_open`), or `ENOSPC` for a full handle table.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::ffi::OsStr;
+    /// use std::path::Path;
+    /// use uvring::{Loop, OnExit, Process, ProcessOptions, RunMode};
+    ///
+    /// type Exit = Option<(i64, i32)>;
+    /// let mut lp: Loop<Exit> = Loop::new()?;
+    /// let args = [OsStr::new("-c"), OsStr::new("exit 3")];
+    /// let opts = ProcessOptions::new(Path::new("sh")).args(&args); // found in PATH
+    /// let on_exit = OnExit::new(|lp: &mut Loop<Exit>, out: &mut Exit, p: Process, code, signal| {
+    ///     *out = Some((code, signal));
+    ///     lp.close(p, None).unwrap_or(());
+    /// });
+    /// lp.spawn(&opts, &on_exit)?;
+    /// let mut out = None;
+    /// lp.run(RunMode::Default, &mut out)?;
+    /// assert_eq!(out, Some((3, 0)));
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn spawn(&mut self, opts: &ProcessOptions<'_>, on_exit: &OnExit<D>) -> Result<Process> {
         // Validate stdio handles: pipe handles without an fd, of the right kind.
         for (i, st) in opts.stdio.iter().enumerate() {
@@ -381,11 +417,19 @@ impl<D> Loop<D> {
     }
 
     /// The child's process id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the handle is closed or closing.
     pub fn process_pid(&self, p: Process) -> Result<i32> {
         Ok(self.process_state(p)?.pid)
     }
 
     /// Whether the child has exited (its exit callback ran).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the handle is closed or closing.
     pub fn process_exited(&self, p: Process) -> Result<bool> {
         Ok(self.process_state(p)?.exited)
     }
@@ -393,6 +437,11 @@ impl<D> Loop<D> {
     /// Sends `signum` to the child (`uv_process_kill`); 0 only checks that
     /// it exists. `ESRCH` once it has exited. The pidfd names this child
     /// only, so a recycled pid is never signalled.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the handle is closed or closing; `ESRCH` once the child has
+    /// exited; the errno of `pidfd_send_signal` (`EINVAL` for a bad signal number).
     pub fn process_kill(&mut self, p: Process, signum: i32) -> Result<()> {
         let st = self.process_state(p)?;
         if st.exited {

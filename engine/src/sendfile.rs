@@ -152,6 +152,14 @@ impl<D: 'static> Loop<D> {
     /// transfer too, as a failed send does. Keep `file` open until `cb` has
     /// run. An immediate `Err` means nothing was queued (as for `write`;
     /// `EINVAL` on an IPC pipe).
+    ///
+    /// # Errors
+    ///
+    /// Nothing is queued and `cb` never runs: [`Error::STALE_HANDLE`] if the stream is closed or
+    /// closing; `EINVAL` on an IPC pipe or when `offset + len` overflows an `i64`; as
+    /// [`write`](Self::write) otherwise (`EBADF` for a listener or a stream without a socket,
+    /// `EPIPE` after a shutdown, an earlier write's error). The transfer's own failure reaches
+    /// `cb`.
     pub fn sendfile<S: StreamHandle>(
         &mut self,
         s: S,

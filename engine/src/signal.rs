@@ -37,6 +37,11 @@ pub(crate) struct SignalRegistry {
 
 impl<D> Loop<D> {
     /// Watches `signum`; `cb` runs on the loop each time it arrives.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a signal number outside 1..=64, and for `SIGKILL` and `SIGSTOP`; the errno of
+    /// setting up the loop's signal pipe (`EMFILE`); `ENOSPC` if the handle table is full.
     pub fn signal_start(&mut self, signum: i32, cb: &OnSignal<D>) -> Result<Signal> {
         let h = self.insert(Kind::Signal(SignalState { signum, cb: Some(cb.f.clone()) }))?;
         if let Err(e) = self.signal_watch(h, signum) {
@@ -48,6 +53,10 @@ impl<D> Loop<D> {
     }
 
     /// Stops watching; the handle may be started again with `signal_restart`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the handle is closed or closing.
     pub fn signal_stop(&mut self, s: Signal) -> Result<()> {
         match &self.open_slot_mut(s.0)?.kind {
             Kind::Signal(_) => {}
@@ -59,6 +68,11 @@ impl<D> Loop<D> {
     }
 
     /// Starts a stopped signal handle again, for `signum` with `cb`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the handle is closed or closing; as
+    /// [`signal_start`](Self::signal_start) for `signum` (the handle is left stopped then).
     pub fn signal_restart(&mut self, s: Signal, signum: i32, cb: &OnSignal<D>) -> Result<()> {
         match &mut self.open_slot_mut(s.0)?.kind {
             Kind::Signal(st) => {

@@ -54,6 +54,7 @@ const ACCEPT_BACKOFF_MS: u64 = 100;
 /// The kind of stream.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum StreamType {
+    /// A TCP stream.
     Tcp,
     /// A Unix-domain stream socket.
     Pipe,
@@ -425,12 +426,21 @@ impl<D> Loop<D> {
     }
 
     /// The stream's type (`Tcp`, `Pipe`, `IpcPipe`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the stream is closed or closing.
     pub fn stream_type<S: StreamHandle>(&self, s: S) -> Result<StreamType> {
         Ok(self.stream_ref(Stream::of(s))?.ty)
     }
 
     /// The handle's fd (-1 before bind/connect), for diagnostics and tests.
     /// The loop keeps owning it. `WRONG_TYPE` for handles without one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `h` names no live handle (a closing one still answers);
+    /// [`Error::WRONG_TYPE`] for a handle without an fd (timer, async, signal, hook, process).
     pub fn fileno(&self, h: impl Into<HandleId>) -> Result<RawFd> {
         let h = h.into();
         match &self.slot(h)?.kind {
@@ -445,6 +455,10 @@ impl<D> Loop<D> {
 
     /// A TCP handle without a socket yet (`uv_tcp_init`); the socket is made
     /// by `tcp_bind` or `tcp_connect` for the address family they need.
+    ///
+    /// # Errors
+    ///
+    /// `ENOSPC` when the loop's handle table is full (over 2^24 handles).
     pub fn tcp_init(&mut self) -> Result<TcpSocket> {
         Ok(TcpSocket(self.new_stream(StreamType::Tcp, -1, libc::AF_UNSPEC)?.0))
     }
@@ -466,6 +480,13 @@ impl<D> Loop<D> {
     /// Inside a cluster worker (a listen hook is installed) the address is
     /// only recorded, unless the flags ask for `SO_REUSEPORT` or
     /// `TCP_EXCLUSIVE`: the hook decides at `listen`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `s` is closed or closing; the errno of `socket`, `setsockopt` or
+    /// `bind(2)`: `EADDRINUSE` (the address is taken and neither socket uses `SO_REUSEPORT`),
+    /// `EACCES` (a privileged port), `EADDRNOTAVAIL` (not a local address), `EINVAL` (already
+    /// bound).
     pub fn tcp_bind(&mut self, s: TcpSocket, addr: SocketAddr, flags: u32) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
@@ -497,12 +518,22 @@ impl<D> Loop<D> {
     /// listening) as a [`TcpSocket`]: `listen` on it next. The fd is made
     /// non-blocking and close-on-exec; the loop owns it from now on (on
     /// error too).
+    ///
+    /// # Errors
+    ///
+    /// `ENOSPC` when the handle table is full; the errno of `fcntl` if the fd cannot be made
+    /// non-blocking (`EBADF` for a closed fd). The fd is closed on every error.
     pub fn tcp_open(&mut self, fd: OwnedFd) -> Result<TcpSocket> {
         Ok(TcpSocket(self.open_socket(fd, StreamType::Tcp)?.0))
     }
 
     /// Wraps an existing connected TCP socket fd as a [`TcpStream`]
     /// (`ENOTCONN` if it is not connected; the fd is closed then).
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` if the socket has no peer; otherwise as [`tcp_open`](Self::tcp_open). The fd is
+    /// closed on every error.
     pub fn tcp_open_stream(&mut self, fd: OwnedFd) -> Result<TcpStream> {
         use std::os::fd::AsRawFd;
         socket::peername(fd.as_raw_fd()).map_err(|_| Error::ENOTCONN)?;
@@ -524,16 +555,29 @@ impl<D> Loop<D> {
     }
 
     /// Adopts a `std` listener (call `listen` to start accepting).
+    ///
+    /// # Errors
+    ///
+    /// As [`tcp_open`](Self::tcp_open).
     pub fn tcp_from_std_listener(&mut self, l: std::net::TcpListener) -> Result<TcpSocket> {
         self.tcp_open(l.into())
     }
 
     /// Adopts a connected `std` stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`tcp_open_stream`](Self::tcp_open_stream).
     pub fn tcp_from_std_stream(&mut self, s: std::net::TcpStream) -> Result<TcpStream> {
         self.tcp_open_stream(s.into())
     }
 
     /// Sets `TCP_NODELAY` (no Nagle delay).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the handle is closed or closing; `EBADF` if it has no socket yet
+    /// (before `tcp_bind` or `tcp_connect`); the errno of `setsockopt`.
     pub fn tcp_nodelay<H: TcpHandle>(&mut self, h: H, on: bool) -> Result<()> {
         let fd = self.live_fd(Stream::of(h))?;
         socket::set_nodelay(fd, on)
@@ -541,12 +585,23 @@ impl<D> Loop<D> {
 
     /// Enables TCP keep-alive after `delay` idle (whole seconds, at least
     /// one), or disables it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the handle is closed or closing; `EBADF` if it has no socket yet;
+    /// the errno of `setsockopt`.
     pub fn tcp_keepalive<H: TcpHandle>(&mut self, h: H, delay: Option<Duration>) -> Result<()> {
         let fd = self.live_fd(Stream::of(h))?;
         socket::set_keepalive(fd, delay.map(|d| d.as_secs().clamp(1, u32::MAX as u64) as u32))
     }
 
     /// The local address.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the handle is closed or closing; `EBADF` if it has no socket yet
+    /// (in a cluster worker, a listener before the primary answers, and an `rr` listener, which
+    /// never has a socket of its own); `EINVAL` for an address that is not IPv4 or IPv6.
     pub fn tcp_getsockname<H: TcpHandle>(&self, h: H) -> Result<SocketAddr> {
         let fd = self.stream_ref(Stream::of(h))?.fd;
         if fd < 0 {
@@ -556,6 +611,12 @@ impl<D> Loop<D> {
     }
 
     /// The peer's address.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the stream is closed or closing; `ENOTCONN` if it has no socket
+    /// yet (a connect by name still resolving) or, from `getpeername`, no peer (the connect has not
+    /// completed, or the peer is gone).
     pub fn tcp_getpeername(&self, s: TcpStream) -> Result<SocketAddr> {
         let fd = self.stream_ref(Stream::of(s))?.fd;
         if fd < 0 {
@@ -575,6 +636,14 @@ impl<D> Loop<D> {
     /// Connects (`uv_tcp_connect`); the socket becomes the returned
     /// [`TcpStream`] (reads and writes may be queued at once), and `cb` gets
     /// the result.
+    ///
+    /// # Errors
+    ///
+    /// Returned here, nothing started and `cb` never runs: [`Error::STALE_HANDLE`] if `s` is closed
+    /// or closing; [`Error::INVALID_STATE`] if a connect is already under way or the socket listens
+    /// or is connected; the errno of `socket(2)` (`EMFILE`, ...); `ENOSPC` if the loop's operation
+    /// table is full. A connect that fails later (`ECONNREFUSED`, `ETIMEDOUT`, `ENETUNREACH`, or
+    /// `ECANCELED` when the stream is closed first) reaches `cb` instead.
     pub fn tcp_connect(&mut self, s: TcpSocket, addr: SocketAddr, cb: &OnConnect<D, TcpStream>) -> Result<TcpStream> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
@@ -702,6 +771,14 @@ impl<D> Loop<D> {
     /// address of its family is tried, on that socket. `EINVAL` for an
     /// empty list, `EAFNOSUPPORT` if no address fits a bound socket; a
     /// failure to start every address is returned here and `cb` never runs.
+    ///
+    /// # Errors
+    ///
+    /// Returned here, `cb` never runs: [`Error::STALE_HANDLE`] if `s` is closed or closing;
+    /// [`Error::INVALID_STATE`] if a connect is already under way or the socket listens or is
+    /// connected; `EINVAL` for an empty list; `EAFNOSUPPORT` if no address fits a bound socket's
+    /// family; the last address's error if none could be started. Connect failures reach `cb`, with
+    /// the last address's error, as for [`tcp_connect`](Self::tcp_connect).
     pub fn tcp_connect_addrs(
         &mut self,
         s: TcpSocket,
@@ -755,6 +832,46 @@ impl<D> Loop<D> {
     /// [`ListenHook`] installed, a socket bound with `tcp_bind` is only
     /// recorded here: the listener comes back at once, and the hook decides
     /// from the loop's pending phase (its errors reach `cb`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `s` is closed or closing; [`Error::INVALID_STATE`] if it already
+    /// listens, is connected or is connecting; `EINVAL` if it was never bound (no address to listen
+    /// on); the errno of a deferred `bind(2)` (`EADDRINUSE`, ...) or of `listen(2)`. With a listen
+    /// hook installed and a bound TCP socket none of these but the first two come here: the hook's
+    /// answer reaches `cb` as `Err`. Accept failures later (`EMFILE` is retried after a back-off,
+    /// not reported) reach `cb` too.
+    ///
+    /// # Examples
+    ///
+    /// A listener on a kernel-chosen loopback port; a `std` client connects
+    /// (the kernel completes the handshake from the backlog), and the
+    /// listener's callback takes the connection.
+    ///
+    /// ```
+    /// use uvring::{Loop, OnConnection, RunMode, TcpListener};
+    ///
+    /// let mut lp: Loop<u32> = Loop::new()?;
+    /// let on_connection = OnConnection::new(|lp: &mut Loop<u32>, accepted: &mut u32, l: TcpListener, status| {
+    ///     if status.is_err() {
+    ///         return; // an accept error; the listener goes on
+    ///     }
+    ///     // Take every waiting connection: `accept` is `EAGAIN` when none is left.
+    ///     while let Ok(s) = lp.accept(l) {
+    ///         *accepted += 1;
+    ///         lp.close(s, None).unwrap_or(());
+    ///     }
+    ///     lp.close(l, None).unwrap_or(()); // one is enough here
+    /// });
+    /// let sock = lp.tcp_init()?;
+    /// lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0)?;
+    /// let listener = lp.listen(sock, 128, &on_connection)?;
+    /// let _client = std::net::TcpStream::connect(lp.tcp_getsockname(listener)?)?;
+    /// let mut accepted = 0;
+    /// lp.run(RunMode::Default, &mut accepted)?;
+    /// assert_eq!(accepted, 1);
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn listen<S: SocketHandle>(
         &mut self,
         s: S,
@@ -878,6 +995,12 @@ impl<D> Loop<D> {
     /// [`TCP_REUSEPORT`], so that each worker has its own socket on a shared
     /// port) and listen on it: connections are then accepted locally.
     /// `INVALID_STATE` if the listener already has a socket or was stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the listener is closed or closing; [`Error::INVALID_STATE`] if it
+    /// already has a socket or was stopped; the errno of `socket`, `bind(2)` (`EADDRINUSE`, ...) or
+    /// `listen(2)`.
     pub fn listen_bind(&mut self, s: TcpListener, addr: SocketAddr, flags: u32, backlog: i32) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
@@ -891,6 +1014,12 @@ impl<D> Loop<D> {
     /// For a listen hook: take a listening fd (for example one received from
     /// a cluster primary) as this stream's socket and accept on it.
     /// `exclusive` avoids a thundering herd among processes sharing it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the listener is closed or closing; [`Error::INVALID_STATE`] if it
+    /// already has a socket or was stopped (the fd is closed in both cases, as it is dropped); the
+    /// errno of `fcntl`.
     pub fn listen_adopt<L: ListenerHandle>(&mut self, s: L, fd: OwnedFd, exclusive: bool) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
@@ -912,6 +1041,11 @@ impl<D> Loop<D> {
     /// queue now; its `on_connection` runs from the loop's pending phase, as
     /// for a local accept. Fails (giving the fd back) if the listener is not
     /// listening or was stopped with [`listen_stop`](Self::listen_stop).
+    ///
+    /// # Errors
+    ///
+    /// The fd comes back with the error: [`Error::STALE_HANDLE`] if the listener is closed or
+    /// closing; [`Error::INVALID_STATE`] if it is not listening or was stopped.
     pub fn listen_inject<L: ListenerHandle>(&mut self, s: L, fd: OwnedFd) -> std::result::Result<(), (Error, OwnedFd)> {
         let s = Stream::of(s);
         match self.stream_state(s) {
@@ -956,6 +1090,10 @@ impl<D> Loop<D> {
     }
 
     /// The address a TCP handle was bound to with `tcp_bind`, and the flags.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the handle is closed or closing.
     pub fn tcp_bind_addr<H: TcpHandle>(&self, h: H) -> Result<Option<(SocketAddr, u32)>> {
         Ok(self.stream_ref(Stream::of(h))?.bind_addr)
     }
@@ -966,6 +1104,10 @@ impl<D> Loop<D> {
     }
 
     /// Connections accepted and waiting for `accept`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the listener is closed or closing.
     pub fn accept_queue_len<L: ListenerHandle>(&self, l: L) -> Result<usize> {
         Ok(self.stream_ref(Stream::of(l))?.parts.accept_queue.len())
     }
@@ -1064,6 +1206,11 @@ impl<D> Loop<D> {
     /// stream is closed first, `cb` does not run (`close` stays prompt and,
     /// as before, drops what arrives after it). `EINVAL` if the stream is
     /// not listening, `INVALID_STATE` if it was already stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the listener is closed or closing; `EINVAL` if it is not
+    /// listening; [`Error::INVALID_STATE`] if it was already stopped.
     pub fn listen_stop<L: ListenerHandle>(&mut self, l: L, cb: Option<&OnListenStop<D, L>>) -> Result<()> {
         let s = Stream::of(l);
         let st = self.stream_state(s)?;
@@ -1098,6 +1245,11 @@ impl<D> Loop<D> {
     /// another process sharing the socket to take, as nginx's
     /// `accept_disabled`); connections already accepted are still
     /// delivered. Idempotent. `EINVAL` if the stream is not listening.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the listener is closed or closing; `EINVAL` if it is not
+    /// listening.
     pub fn listen_pause<L: ListenerHandle>(&mut self, l: L, paused: bool) -> Result<()> {
         let s = Stream::of(l);
         let st = self.stream_state(s)?;
@@ -1125,6 +1277,11 @@ impl<D> Loop<D> {
     /// processes uses it to notice a connection that nobody took: the
     /// kernel may have woken this process for it (an exclusive wakeup)
     /// just as it paused, and no other waiter hears of it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the listener is closed or closing; `EINVAL` if it is not
+    /// listening or has no socket of its own (an `rr` listener); the errno of `poll(2)`.
     pub fn listen_has_pending<L: ListenerHandle>(&mut self, l: L) -> Result<bool> {
         let st = self.stream_state(Stream::of(l))?;
         if !st.listening || st.fd < 0 {
@@ -1135,6 +1292,10 @@ impl<D> Loop<D> {
 
     /// Connections accepted from this listener so far (injected ones not
     /// counted).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the listener is closed or closing.
     pub fn listen_accepted<L: ListenerHandle>(&self, l: L) -> Result<u64> {
         Ok(self.stream_ref(Stream::of(l))?.accepted)
     }
@@ -1175,6 +1336,17 @@ impl<D> Loop<D> {
 
     /// Takes one pending connection (`uv_accept`) as a new stream handle.
     /// `EAGAIN` if none is waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the listener is closed or closing; `EINVAL` if it is not
+    /// listening; `EAGAIN` if no connection is waiting (call it from `on_connection`, once per
+    /// call); `ENOSPC` if the handle table is full (the connection is closed).
+    ///
+    /// # Examples
+    ///
+    /// See [`listen`](Self::listen): `accept` is called from the listener's
+    /// [`OnConnection`], in a loop until it gives `EAGAIN`.
     pub fn accept<L: ListenerHandle>(&mut self, server: L) -> Result<L::Stream> {
         let server = Stream::of(server);
         let st = self.stream_state(server)?;
@@ -1193,6 +1365,11 @@ impl<D> Loop<D> {
 
     /// Takes one pending connection as a raw fd, without making a handle
     /// (a cluster primary hands it to a worker). `EAGAIN` if none is waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the listener is closed or closing; `EINVAL` if it is not
+    /// listening; `EAGAIN` if no connection is waiting.
     pub fn accept_fd<L: ListenerHandle>(&mut self, server: L) -> Result<OwnedFd> {
         let server = Stream::of(server);
         let st = self.stream_state(server)?;
@@ -1212,6 +1389,36 @@ impl<D> Loop<D> {
 
     /// Starts reading (`uv_read_start`): `cb` gets each chunk as a slice
     /// valid for the call, `Err(Error::EOF)` at end of stream, or an error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the stream is closed or closing; `EINVAL` for a listening stream;
+    /// `ENOTCONN` if it has no socket. Read errors (`ECONNRESET`, ...) and end of stream
+    /// ([`Error::EOF`]) reach `cb`, never this call.
+    ///
+    /// # Examples
+    ///
+    /// Reading one end of a connected pair of pipes until end of stream:
+    ///
+    /// ```
+    /// use uvring::{Loop, OnRead, PipeStream, RunMode};
+    ///
+    /// let mut lp: Loop<Vec<u8>> = Loop::new()?;
+    /// let (a, b) = lp.pipe_pair(false)?;
+    /// let on_read = OnRead::new(|lp: &mut Loop<Vec<u8>>, got: &mut Vec<u8>, s: PipeStream, data| match data {
+    ///     Ok(bytes) => got.extend_from_slice(bytes), // lent for this call only
+    ///     Err(_eof_or_error) => lp.close(s, None).unwrap_or(()),
+    /// });
+    /// lp.read_start(b, &on_read)?;
+    /// lp.write(a, b"ping", None)?;
+    /// lp.shutdown(a, None)?; // `b` reads "ping", then end of stream
+    /// let mut got = Vec::new();
+    /// lp.run(RunMode::Default, &mut got)?;
+    /// assert_eq!(got, b"ping");
+    /// lp.close(a, None)?;
+    /// lp.run(RunMode::Default, &mut got)?;
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn read_start<S: StreamHandle>(&mut self, s: S, cb: &OnRead<D, S>) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
@@ -1234,6 +1441,10 @@ impl<D> Loop<D> {
 
     /// Stops reading (`uv_read_stop`). Data that is already on its way is
     /// kept for the next `read_start`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the stream is closed or closing.
     pub fn read_stop<S: StreamHandle>(&mut self, s: S) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
@@ -1438,6 +1649,39 @@ impl<D> Loop<D> {
     /// while sending (a reset peer) reaches `cb` from the loop, never from
     /// inside this call; an immediate `Err` means nothing was queued (the
     /// stream is closed, shut down, or failed before).
+    ///
+    /// # Errors
+    ///
+    /// Nothing is queued and `cb` never runs: [`Error::STALE_HANDLE`] if the stream is closed or
+    /// closing; `EBADF` if it listens or has no socket (and no connect under way); `EPIPE` after
+    /// [`shutdown`](Self::shutdown); the error an earlier write failed with (`EPIPE`, `ECONNRESET`,
+    /// ...), which sticks to the stream. Failures while sending reach `cb`; so does `ECANCELED`
+    /// when the stream is closed before the bytes are sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring::{Loop, OnWrite, PipeStream, RunMode};
+    ///
+    /// let mut lp: Loop<u32> = Loop::new()?;
+    /// let (a, b) = lp.pipe_pair(false)?;
+    /// let done = OnWrite::new(|_lp: &mut Loop<u32>, writes: &mut u32, _s: PipeStream, status| {
+    ///     assert!(status.is_ok());
+    ///     *writes += 1;
+    /// });
+    /// let mut buf = *b"first";
+    /// lp.write(a, &buf, Some(&done))?;
+    /// buf.copy_from_slice(b"again"); // the bytes were copied: the buffer is free at once
+    /// lp.write(a, &buf, Some(&done))?;
+    /// assert_eq!(lp.write_queue_size(a)?, 10); // nothing is sent before the loop runs
+    /// let mut writes = 0;
+    /// lp.run(RunMode::Default, &mut writes)?;
+    /// assert_eq!(writes, 2);
+    /// lp.close(a, None)?;
+    /// lp.close(b, None)?;
+    /// lp.run(RunMode::Default, &mut writes)?;
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn write<S: StreamHandle>(&mut self, s: S, data: &[u8], cb: Option<&OnWrite<D, S>>) -> Result<()> {
         self.queue_write(Stream::of(s), data, &[], false, cb.map(|c| &c.f))
     }
@@ -1469,6 +1713,10 @@ impl<D> Loop<D> {
     /// peer has received the fds, or `s` is closed and its slot freed
     /// ([`is_live`](Self::is_live) false). Closing one earlier can make the
     /// loop send whatever file later takes that fd number.
+    ///
+    /// # Errors
+    ///
+    /// As [`write_fds`](Self::write_fds).
     pub unsafe fn write_fds_borrowed(
         &mut self,
         s: PipeStream,
@@ -1545,6 +1793,10 @@ impl<D> Loop<D> {
 
     /// Bytes queued and not yet sent (`uv_stream_get_write_queue_size`):
     /// the figure to watch for back-pressure.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the stream is closed or closing.
     pub fn write_queue_size<S: StreamHandle>(&self, s: S) -> Result<usize> {
         let st = self.stream_ref(Stream::of(s))?;
         Ok((st.queued_total - st.written_total) as usize)
@@ -1552,6 +1804,12 @@ impl<D> Loop<D> {
 
     /// Writes what the socket takes now, without queueing (`uv_try_write`).
     /// `EAGAIN` if nothing could be written or writes are already queued.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the stream is closed or closing; `EBADF` if it listens or has no
+    /// socket; `EAGAIN` if writes are queued (so that bytes keep their order) or the socket takes
+    /// nothing now; `EPIPE` after a shutdown; the errno of `sendmsg` (`EPIPE`, `ECONNRESET`, ...).
     pub fn try_write<S: StreamHandle>(&mut self, s: S, data: &[u8]) -> Result<usize> {
         let st = self.stream_state(Stream::of(s))?;
         if st.fd < 0 || st.listening {
@@ -1783,6 +2041,12 @@ impl<D> Loop<D> {
 
     /// Shuts down the write side once queued writes are sent
     /// (`uv_shutdown`). A second shutdown fails with `ENOTCONN`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the stream is closed or closing; `ENOTCONN` if it has no socket
+    /// and no connect under way, listens, or was already shut down. The shutdown's own result
+    /// (`ECANCELED` if the stream is closed first) reaches `cb`.
     pub fn shutdown<S: StreamHandle>(&mut self, s: S, cb: Option<&OnShutdown<D, S>>) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
@@ -1829,6 +2093,11 @@ impl<D> Loop<D> {
     /// peer gets `ECONNRESET` instead of an orderly end of stream. Queued
     /// writes are cancelled, as for `close`. `EINVAL` after a `shutdown`
     /// (libuv refuses it too: the FIN may already be out).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the stream is closed or closing; `EINVAL` after a
+    /// [`shutdown`](Self::shutdown); the errno of `setsockopt(SO_LINGER)`.
     pub fn close_reset(&mut self, s: TcpStream, cb: Option<&OnClose<D>>) -> Result<()> {
         let st = self.stream_state(Stream::of(s))?;
         if st.shutdown != ShutdownState::None {

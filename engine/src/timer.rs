@@ -168,6 +168,10 @@ impl TimerHeap {
 
 impl<D> Loop<D> {
     /// A new, stopped timer (`uv_timer_init`).
+    ///
+    /// # Errors
+    ///
+    /// `ENOSPC` when the loop's handle table is full (over 2^24 handles).
     pub fn timer_init(&mut self) -> Result<Timer> {
         Ok(Timer(self.insert(Kind::Timer(TimerState { cb: None, repeat: Duration::ZERO }))?))
     }
@@ -182,6 +186,37 @@ impl<D> Loop<D> {
     /// Starts (or restarts) the timer: `cb` runs `timeout` after the loop's
     /// cached now, then every `repeat` if `repeat` is not zero. The loop's
     /// clock counts milliseconds: a non-zero duration under 1 ms is 1 ms.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the timer is closed or closing.
+    ///
+    /// # Examples
+    ///
+    /// A one-shot timer and a repeating one that stops itself:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use uvring::{Loop, OnTimer, RunMode, Timer};
+    ///
+    /// type Log = Vec<&'static str>;
+    /// let mut lp: Loop<Log> = Loop::new()?;
+    /// let (once, every) = (lp.timer_init()?, lp.timer_init()?);
+    /// let on_once = OnTimer::new(|_lp: &mut Loop<Log>, log: &mut Log, _t| log.push("once"));
+    /// let on_every = OnTimer::new(|lp: &mut Loop<Log>, log: &mut Log, t: Timer| {
+    ///     log.push("tick");
+    ///     if log.iter().filter(|e| **e == "tick").count() == 3 {
+    ///         lp.timer_stop(t).unwrap();
+    ///     }
+    /// });
+    /// lp.timer_start(once, Duration::from_millis(5), Duration::ZERO, &on_once)?;
+    /// lp.timer_start(every, Duration::ZERO, Duration::from_millis(2), &on_every)?;
+    /// let mut log = Log::new();
+    /// lp.run(RunMode::Default, &mut log)?; // returns once both timers are stopped
+    /// assert_eq!(log.iter().filter(|e| **e == "tick").count(), 3);
+    /// assert!(log.contains(&"once"));
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn timer_start(&mut self, t: Timer, timeout: Duration, repeat: Duration, cb: &OnTimer<D>) -> Result<()> {
         let st = self.timer_state(t)?;
         st.cb = Some(cb.f.clone());
@@ -193,6 +228,10 @@ impl<D> Loop<D> {
     }
 
     /// Stops the timer; it may be started again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the timer is closed or closing.
     pub fn timer_stop(&mut self, t: Timer) -> Result<()> {
         self.timer_state(t)?;
         self.timers.remove(t.0);
@@ -202,6 +241,10 @@ impl<D> Loop<D> {
 
     /// Restarts a repeating timer with its repeat as the timeout
     /// (`uv_timer_again`); `EINVAL` if it was never started.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the timer is closed or closing; `EINVAL` if it was never started.
     pub fn timer_again(&mut self, t: Timer) -> Result<()> {
         let st = self.timer_state(t)?;
         if st.cb.is_none() {
@@ -217,17 +260,29 @@ impl<D> Loop<D> {
     }
 
     /// Sets the repeat interval (takes effect at the next firing).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the timer is closed or closing.
     pub fn timer_set_repeat(&mut self, t: Timer, repeat: Duration) -> Result<()> {
         self.timer_state(t)?.repeat = repeat;
         Ok(())
     }
 
     /// The repeat interval (zero: one-shot).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the timer is closed or closing.
     pub fn timer_repeat(&mut self, t: Timer) -> Result<Duration> {
         Ok(self.timer_state(t)?.repeat)
     }
 
     /// Time until the timer fires (zero if due or stopped).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if the timer is closed or closing.
     pub fn timer_due_in(&mut self, t: Timer) -> Result<Duration> {
         self.timer_state(t)?;
         Ok(Duration::from_millis(self.timers.due(t.0).map_or(0, |d| d.saturating_sub(self.now_ms))))

@@ -53,7 +53,9 @@ const SPARE_SEND_BUFFERS: usize = 64;
 /// Join or leave a multicast group (`uv_membership`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Membership {
+    /// Join the group (`IP_ADD_MEMBERSHIP` / `IPV6_JOIN_GROUP`).
     Join,
+    /// Leave the group (`IP_DROP_MEMBERSHIP` / `IPV6_LEAVE_GROUP`).
     Leave,
 }
 
@@ -227,6 +229,10 @@ impl<D> Loop<D> {
     /// `udp_connect`, the first send or `udp_recv_start` makes one for the
     /// address family they need (the last two bind it to the unspecified
     /// address with a kernel-chosen port, as libuv does).
+    ///
+    /// # Errors
+    ///
+    /// `ENOSPC` when the loop's handle table is full (over 2^24 handles).
     pub fn udp_init(&mut self) -> Result<Udp> {
         self.new_udp(-1, libc::AF_UNSPEC)
     }
@@ -235,6 +241,12 @@ impl<D> Loop<D> {
     /// connected or not. It is made non-blocking and close-on-exec; the
     /// loop owns it from now on (on error too: it is closed then). `EINVAL`
     /// for a socket that is not an IPv4 or IPv6 datagram socket.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a socket that is not an IPv4 or IPv6 datagram socket; `ENOTSOCK` for an fd that
+    /// is no socket; the errno of `fcntl`; `ENOSPC` if the handle table is full. The fd is closed
+    /// on every error.
     pub fn udp_open(&mut self, fd: OwnedFd) -> Result<Udp> {
         let raw = fd.as_raw_fd();
         let (ty, _) = socket::socket_kind(raw)?;
@@ -290,6 +302,26 @@ impl<D> Loop<D> {
     /// [`UDP_REUSEADDR`], [`UDP_REUSEPORT`]). An IPv6 socket is dual-stack
     /// unless `UDP_IPV6ONLY` is given. `EINVAL` for unknown flags,
     /// `UDP_IPV6ONLY` with an IPv4 address, or a socket already bound.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EINVAL` for unknown flags,
+    /// `UDP_IPV6ONLY` with an IPv4 address, or a socket already bound (by `udp_bind`, a send,
+    /// `udp_recv_start` or a membership); the errno of `socket`, `setsockopt` or `bind(2)`:
+    /// `EADDRINUSE` (the port is taken without `UDP_REUSEADDR`/`UDP_REUSEPORT` on both sockets),
+    /// `EACCES` (a privileged port), `EADDRNOTAVAIL` (not a local address).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring::{Loop, UDP_REUSEADDR};
+    ///
+    /// let mut lp: Loop<()> = Loop::new()?;
+    /// let u = lp.udp_init()?;
+    /// lp.udp_bind(u, "127.0.0.1:0".parse().unwrap(), UDP_REUSEADDR)?;
+    /// assert_ne!(lp.udp_getsockname(u)?.port(), 0); // the kernel chose a port
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn udp_bind(&mut self, u: Udp, addr: SocketAddr, flags: u32) -> Result<()> {
         if flags & !UDP_BIND_FLAGS != 0 || (flags & UDP_IPV6ONLY != 0 && addr.is_ipv4()) {
             return Err(Error::EINVAL);
@@ -319,6 +351,13 @@ impl<D> Loop<D> {
     /// connected. Linux gives a kernel-chosen port back at the disconnect
     /// (the socket is bound again at its next send): bind a fixed port to
     /// keep one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EISCONN` if already connected;
+    /// `ENOTCONN` to disconnect a socket that is not connected; the errno of `socket`, the implicit
+    /// `bind` or `connect(2)` (`EAFNOSUPPORT` for an address of the other family than the socket's,
+    /// `ENETUNREACH`).
     pub fn udp_connect(&mut self, u: Udp, addr: Option<SocketAddr>) -> Result<()> {
         let connected = self.udp_state(u.0)?.connected;
         match addr {
@@ -343,12 +382,21 @@ impl<D> Loop<D> {
     }
 
     /// The address the socket is bound to; `EBADF` before it has a socket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EBADF` if it has no socket yet.
     pub fn udp_getsockname(&self, u: Udp) -> Result<SocketAddr> {
         let (fd, _) = self.udp_fd(u)?;
         socket::sockname(fd)?.to_std().ok_or(Error::EINVAL)
     }
 
     /// The address the socket is connected to; `ENOTCONN` if it is not.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `ENOTCONN` if it has no socket or is
+    /// not connected.
     pub fn udp_getpeername(&self, u: Udp) -> Result<SocketAddr> {
         let st = self.udp_ref(u)?;
         if st.fd < 0 || !st.connected {
@@ -379,6 +427,52 @@ impl<D> Loop<D> {
     /// an address on a connected socket, `EDESTADDRREQ` for none on an
     /// unconnected one. A socket without one gets a socket bound to the
     /// unspecified address.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is queued and `cb` never runs: [`Error::STALE_HANDLE`] if `u` is closed or closing;
+    /// `EISCONN` for an address on a connected socket; `EDESTADDRREQ` for none on an unconnected
+    /// one; the errno of making the implicit socket (`socket`, `bind`); `ENOSPC` if the loop's
+    /// operation table is full. The kernel's verdict on the datagram (`EMSGSIZE`, `EACCES`,
+    /// `ENETUNREACH`, ...) and `ECANCELED` for a socket closed first reach `cb`.
+    ///
+    /// # Examples
+    ///
+    /// One datagram over loopback, from a socket that is bound implicitly by
+    /// its first send:
+    ///
+    /// ```
+    /// use uvring::{Loop, OnRecv, OnSend, RunMode, Udp};
+    ///
+    /// #[derive(Default)]
+    /// struct State {
+    ///     sent: bool,
+    ///     got: Vec<u8>,
+    /// }
+    ///
+    /// let mut lp: Loop<State> = Loop::new()?;
+    /// let rx = lp.udp_init()?;
+    /// lp.udp_bind(rx, "127.0.0.1:0".parse().unwrap(), 0)?;
+    /// let to = lp.udp_getsockname(rx)?;
+    /// let on_recv = OnRecv::new(|lp: &mut Loop<State>, st: &mut State, u: Udp, dgram| {
+    ///     if let Ok(d) = dgram {
+    ///         st.got.extend_from_slice(d.data);
+    ///         lp.close(u, None).unwrap_or(());
+    ///     }
+    /// });
+    /// lp.udp_recv_start(rx, &on_recv)?;
+    /// let tx = lp.udp_init()?;
+    /// let on_send = OnSend::new(|lp: &mut Loop<State>, st: &mut State, u: Udp, status| {
+    ///     st.sent = status.is_ok();
+    ///     lp.close(u, None).unwrap_or(());
+    /// });
+    /// lp.udp_send(tx, b"datagram", Some(to), Some(&on_send))?;
+    /// let mut st = State::default();
+    /// lp.run(RunMode::Default, &mut st)?;
+    /// assert!(st.sent);
+    /// assert_eq!(st.got, b"datagram");
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn udp_send(&mut self, u: Udp, data: &[u8], addr: Option<SocketAddr>, cb: Option<&OnSend<D>>) -> Result<()> {
         let fd = self.udp_check_dest(u, addr)?;
         let st = self.udp_state(u.0)?;
@@ -425,6 +519,12 @@ impl<D> Loop<D> {
     /// (`uv_udp_try_send`); returns its length. `EAGAIN` if sends are in
     /// flight (to keep datagrams in order) or the socket's buffer is full;
     /// the same destination rules as [`udp_send`](Self::udp_send).
+    ///
+    /// # Errors
+    ///
+    /// As [`udp_send`](Self::udp_send) for the destination (`STALE_HANDLE`, `EISCONN`,
+    /// `EDESTADDRREQ`); `EAGAIN` if sends are in flight or the socket's buffer is full; the errno
+    /// of `sendto` (`EMSGSIZE`, `EACCES`, ...).
     pub fn udp_try_send(&mut self, u: Udp, data: &[u8], addr: Option<SocketAddr>) -> Result<usize> {
         let fd = self.udp_check_dest(u, addr)?;
         if !self.udp_state(u.0)?.parts.sends.is_empty() {
@@ -435,12 +535,20 @@ impl<D> Loop<D> {
 
     /// Bytes of sends whose datagrams the kernel has not yet taken
     /// (`uv_udp_get_send_queue_size`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing.
     pub fn udp_send_queue_size(&self, u: Udp) -> Result<usize> {
         Ok(self.udp_ref(u)?.queued_bytes)
     }
 
     /// Sends whose datagrams the kernel has not yet taken
     /// (`uv_udp_get_send_queue_count`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing.
     pub fn udp_send_queue_count(&self, u: Udp) -> Result<usize> {
         Ok(self.udp_ref(u)?.queued_count)
     }
@@ -449,6 +557,13 @@ impl<D> Loop<D> {
     /// with its sender, or with an error the socket reported. A socket-less
     /// handle gets an IPv4 socket bound to 0.0.0.0 with a kernel-chosen
     /// port. `EALREADY` if already receiving.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EALREADY` if already receiving; the
+    /// errno of making the implicit socket (`socket`, `bind`); `ENOSPC` if the operation table is
+    /// full. Errors the socket reports later (an ICMP port unreachable on a connected socket as
+    /// `ECONNREFUSED`) reach `cb`, and receiving goes on.
     pub fn udp_recv_start(&mut self, u: Udp, cb: &OnRecv<D>) -> Result<()> {
         if self.udp_state(u.0)?.receiving {
             return Err(Error::from_errno(libc::EALREADY));
@@ -470,6 +585,10 @@ impl<D> Loop<D> {
     }
 
     /// Stops receiving (`uv_udp_recv_stop`); datagrams wait in the socket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing.
     pub fn udp_recv_stop(&mut self, u: Udp) -> Result<()> {
         self.udp_state(u.0)?;
         self.udp_stop_receiving(u.0);
@@ -689,6 +808,11 @@ impl<D> Loop<D> {
 
     /// `SO_BROADCAST` (`uv_udp_set_broadcast`): allows sending to a
     /// broadcast address.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EBADF` if it has no socket yet; the
+    /// errno of `setsockopt`.
     pub fn udp_set_broadcast(&mut self, u: Udp, on: bool) -> Result<()> {
         let (fd, _) = self.udp_fd(u)?;
         socket::set_broadcast(fd, on)
@@ -696,6 +820,11 @@ impl<D> Loop<D> {
 
     /// The unicast TTL, or hop limit on IPv6 (`uv_udp_set_ttl`): 1 to 255,
     /// else `EINVAL`.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a TTL outside 1..=255; [`Error::STALE_HANDLE`] if `u` is closed or closing;
+    /// `EBADF` if it has no socket yet; the errno of `setsockopt`.
     pub fn udp_set_ttl(&mut self, u: Udp, ttl: u32) -> Result<()> {
         if !(1..=255).contains(&ttl) {
             return Err(Error::EINVAL);
@@ -706,6 +835,11 @@ impl<D> Loop<D> {
 
     /// The multicast TTL, or hop limit on IPv6 (`uv_udp_set_multicast_ttl`):
     /// 0 (this host only) to 255, else `EINVAL`.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a TTL over 255; [`Error::STALE_HANDLE`] if `u` is closed or closing; `EBADF` if
+    /// it has no socket yet; the errno of `setsockopt`.
     pub fn udp_set_multicast_ttl(&mut self, u: Udp, ttl: u32) -> Result<()> {
         if ttl > 255 {
             return Err(Error::EINVAL);
@@ -716,6 +850,11 @@ impl<D> Loop<D> {
 
     /// Whether multicast sent from this socket also reaches this host's
     /// members (`uv_udp_set_multicast_loop`; on by default).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EBADF` if it has no socket yet; the
+    /// errno of `setsockopt`.
     pub fn udp_set_multicast_loop(&mut self, u: Udp, on: bool) -> Result<()> {
         let (fd, family) = self.udp_fd(u)?;
         socket::set_multicast_loop(fd, family == libc::AF_INET6, on)
@@ -724,6 +863,12 @@ impl<D> Loop<D> {
     /// The interface multicast leaves by (`uv_udp_set_multicast_interface`).
     /// An IPv6 socket takes [`Any`](MulticastInterface::Any) or an
     /// [`Index`](MulticastInterface::Index) (`EINVAL` for an address).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EBADF` if it has no socket yet;
+    /// `EINVAL` for an address on an IPv6 socket; the errno of `setsockopt` (`EADDRNOTAVAIL` for an
+    /// address no interface has, `ENODEV` for an unknown index).
     pub fn udp_set_multicast_interface(&mut self, u: Udp, iface: MulticastInterface) -> Result<()> {
         let (fd, family) = self.udp_fd(u)?;
         match (family == libc::AF_INET6, iface) {
@@ -741,6 +886,13 @@ impl<D> Loop<D> {
     /// group's family, bound to the unspecified address. An IPv6 group takes
     /// [`Any`](MulticastInterface::Any) or an
     /// [`Index`](MulticastInterface::Index).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EINVAL` for an interface address with
+    /// an IPv6 group; the errno of making the implicit socket or of `setsockopt` (`EINVAL` for a
+    /// group that is not multicast, `EADDRINUSE` when joining twice, `EADDRNOTAVAIL` when leaving a
+    /// group not joined, `ENODEV` for no such interface).
     pub fn udp_set_membership(
         &mut self,
         u: Udp,
@@ -767,6 +919,12 @@ impl<D> Loop<D> {
     /// to `group` are received. `group` and `source` are of one family
     /// (else `EINVAL`); interfaces as for
     /// [`udp_set_membership`](Self::udp_set_membership).
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if `group` and `source` differ in family or for an interface address with IPv6;
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; the errno of making the implicit socket
+    /// or of `setsockopt`, as for [`udp_set_membership`](Self::udp_set_membership).
     pub fn udp_set_source_membership(
         &mut self,
         u: Udp,
@@ -799,6 +957,11 @@ impl<D> Loop<D> {
 
     /// The socket's send buffer size (`SO_SNDBUF`; Linux reports twice
     /// what was set, the rest being its bookkeeping).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EBADF` if it has no socket yet; the
+    /// errno of `getsockopt`.
     pub fn udp_send_buffer_size(&self, u: Udp) -> Result<usize> {
         let (fd, _) = self.udp_fd(u)?;
         socket::buffer_size(fd, true)
@@ -806,6 +969,11 @@ impl<D> Loop<D> {
 
     /// Sets the socket's send buffer size (`SO_SNDBUF`), within the
     /// system's limits (`net.core.wmem_max`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EBADF` if it has no socket yet; the
+    /// errno of `setsockopt` (`EINVAL` for a size the kernel refuses).
     pub fn udp_set_send_buffer_size(&mut self, u: Udp, bytes: usize) -> Result<()> {
         let (fd, _) = self.udp_fd(u)?;
         socket::set_buffer_size(fd, true, bytes)
@@ -813,6 +981,11 @@ impl<D> Loop<D> {
 
     /// The socket's receive buffer size (`SO_RCVBUF`; Linux reports twice
     /// what was set).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EBADF` if it has no socket yet; the
+    /// errno of `getsockopt`.
     pub fn udp_recv_buffer_size(&self, u: Udp) -> Result<usize> {
         let (fd, _) = self.udp_fd(u)?;
         socket::buffer_size(fd, false)
@@ -820,6 +993,11 @@ impl<D> Loop<D> {
 
     /// Sets the socket's receive buffer size (`SO_RCVBUF`), within the
     /// system's limits (`net.core.rmem_max`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_HANDLE`] if `u` is closed or closing; `EBADF` if it has no socket yet; the
+    /// errno of `setsockopt` (`EINVAL` for a size the kernel refuses).
     pub fn udp_set_recv_buffer_size(&mut self, u: Udp, bytes: usize) -> Result<()> {
         let (fd, _) = self.udp_fd(u)?;
         socket::set_buffer_size(fd, false, bytes)

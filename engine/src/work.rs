@@ -373,6 +373,30 @@ impl<D> Loop<D> {
     /// and [`Error::WORK_PANICKED`] if `work` panicked (the pool thread
     /// lives on). The item keeps the loop alive until `done` has run.
     /// `EAGAIN` if the pool has no thread and none can be started.
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` if the work pool has no thread and none can be started; the errno of `eventfd` or
+    /// `ENOSPC` if the loop cannot set up its work-completion handle (first pool use only).
+    /// `ENOSPC` if 2^32 items are in flight. `done` never runs then. What happens to the item later
+    /// comes to `done`: `ECANCELED` if it was cancelled before it started, [`Error::WORK_PANICKED`]
+    /// if `work` panicked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use uvring::{Loop, RunMode};
+    ///
+    /// let mut lp: Loop<Option<u64>> = Loop::new()?;
+    /// lp.queue_work(
+    ///     || (1..=20u64).product::<u64>(),                     // on a pool thread
+    ///     |_lp, out: &mut Option<u64>, res| *out = res.ok(), // then on the loop
+    /// )?;
+    /// let mut out = None;
+    /// lp.run(RunMode::Default, &mut out)?; // the item keeps the loop alive
+    /// assert_eq!(out, Some(2_432_902_008_176_640_000));
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn queue_work<T, F, G>(&mut self, work: F, done: G) -> Result<Work>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -409,6 +433,11 @@ impl<D> Loop<D> {
     /// its `work` never runs (it is dropped after `done`). `EBUSY` if it
     /// has started, finished or was cancelled already;
     /// [`Error::STALE_REQUEST`] once its `done` ran.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::STALE_REQUEST`] if `done` has already run; `EBUSY` if a pool thread has started the
+    /// item (or it was already cancelled): it completes as usual.
     pub fn cancel_work(&mut self, w: Work) -> Result<()> {
         match self.work.entries.get(w.index as usize) {
             Some(e) if e.generation == w.generation => {}

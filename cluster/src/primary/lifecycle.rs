@@ -233,6 +233,10 @@ impl<D> Primary<D> {
 
 impl<D: PrimaryData> Primary<D> {
     /// Forks `settings.workers` workers.
+    ///
+    /// # Errors
+    ///
+    /// The first error of [`fork`](Self::fork); the workers forked before it keep running.
     pub fn start(&mut self, lp: &mut Loop<D>) -> Result<()> {
         for _ in 0..self.settings.workers {
             self.fork(lp)?;
@@ -242,6 +246,10 @@ impl<D: PrimaryData> Primary<D> {
 
     /// Forks one worker (Node's `cluster.fork()`). Its `fork` event comes
     /// from the loop, after this call.
+    ///
+    /// # Errors
+    ///
+    /// As [`fork_with_env`](Self::fork_with_env).
     pub fn fork(&mut self, lp: &mut Loop<D>) -> Result<WorkerId> {
         self.fork_with_env(lp, &[])
     }
@@ -250,6 +258,13 @@ impl<D: PrimaryData> Primary<D> {
     /// `cluster.fork(env)`).
     /// The environment stays the worker's identity: its respawned or rolled
     /// replacement is forked with it too.
+    ///
+    /// # Errors
+    ///
+    /// No worker is started: the error of [`Loop::spawn`](uvring::Loop::spawn) (`ENOENT` or
+    /// `EACCES` for the program named by [`Settings::exec`](crate::Settings::exec), `EINVAL` for a
+    /// NUL byte in an argument or variable, `EMFILE`, `EAGAIN` from the kernel), or of making the
+    /// channel pipe or the primary's hook (`ENOSPC`, `EMFILE`). The id is used up all the same.
     pub fn fork_with_env(&mut self, lp: &mut Loop<D>, extra_env: &[(&str, &str)]) -> Result<WorkerId> {
         let env = extra_env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
         let id = self.fork_worker(lp, env);
@@ -272,6 +287,11 @@ impl<D: PrimaryData> Primary<D> {
     /// respawned). A graceful stop of one worker is
     /// [`disconnect_worker`](Self::disconnect_worker). `ESRCH` if no such
     /// worker lives.
+    ///
+    /// # Errors
+    ///
+    /// `ESRCH` if no live worker has this id (never forked, or exited); the error of
+    /// [`Loop::process_kill`](uvring::Loop::process_kill) (`EINVAL` for a bad signal number).
     pub fn kill(&mut self, lp: &mut Loop<D>, id: WorkerId, signum: i32) -> Result<()> {
         let w = self.entry_mut(id).ok_or(Error::ESRCH)?;
         let process = w.process.ok_or(Error::ESRCH)?;

@@ -13,6 +13,12 @@ use uvring::{Error, FdBatch, Loop, Result};
 impl<D> Primary<D> {
     /// Sends a user message to worker `id`. `EMSGSIZE`, and nothing sent,
     /// when `bytes` is longer than [`Settings::max_message_len`](crate::Settings::max_message_len).
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` if worker `id` is not connected (exited, disconnected, or never forked);
+    /// `EMSGSIZE` for a message over the limit; the error of the channel's write (`EPIPE`,
+    /// `ECONNRESET` once the worker is gone). Nothing is sent on error.
     pub fn send(&mut self, lp: &mut Loop<D>, id: WorkerId, bytes: &[u8]) -> Result<()> {
         self.send_to(lp, id, &Frame::Message { bytes, nfds: 0 })?;
         self.count_message_out(id);
@@ -28,6 +34,11 @@ impl<D> Primary<D> {
 
     /// Sends a user message with fds attached to worker `id` (each is
     /// duplicated; the caller keeps its own). At most 16 fds.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for more than 16 fds; the errno of duplicating an fd (`EMFILE`, `EBADF`); otherwise
+    /// as [`send`](Self::send). Nothing is sent on error; the duplicates are closed.
     pub fn send_with_fds(
         &mut self,
         lp: &mut Loop<D>,

@@ -481,6 +481,45 @@ impl<D: PrimaryData> Primary<D> {
     /// A primary with `settings`; no worker is forked yet ([`start`](Self::start)
     /// forks `settings.workers`, [`fork`](Self::fork) one). Keep it in the
     /// loop's data, where [`PrimaryData`] finds it.
+    ///
+    /// # Errors
+    ///
+    /// The error of `std::env::current_exe` (`ENOENT`, say) when
+    /// [`Settings::exec`](crate::Settings::exec) is unset and the running program's path cannot be
+    /// read. Nothing else: no worker is forked yet.
+    ///
+    /// # Examples
+    ///
+    /// Make the primary, set its event callbacks, then move it into the loop's
+    /// data and [`start`](Self::start) it (the crate docs have a complete,
+    /// runnable program):
+    ///
+    /// ```
+    /// use uvring::Loop;
+    /// use uvring_cluster::{Primary, PrimaryData, Settings};
+    ///
+    /// struct Supervisor {
+    ///     primary: Primary<Supervisor>,
+    ///     online: u32,
+    /// }
+    ///
+    /// impl PrimaryData for Supervisor {
+    ///     fn primary(&mut self) -> &mut Primary<Supervisor> {
+    ///         &mut self.primary
+    ///     }
+    /// }
+    ///
+    /// let mut lp: Loop<Supervisor> = Loop::new()?;
+    /// let mut primary = Primary::new(&mut lp, Settings::default().workers(2))?;
+    /// primary.on_online(|_lp, sup: &mut Supervisor, w| {
+    ///     sup.online += 1;
+    ///     eprintln!("worker {} (pid {}) is up", w.id(), w.pid());
+    /// });
+    /// let sup = Supervisor { primary, online: 0 };
+    /// assert_eq!(sup.primary.worker_count(), 0); // nothing forked before `start`
+    /// // sup.primary.start(&mut lp)?; lp.run(RunMode::Default, &mut sup)?;
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
     pub fn new(lp: &mut Loop<D>, settings: Settings) -> uvring::Result<Primary<D>> {
         let _ = lp;
         let id = PrimaryId::next();

@@ -105,23 +105,26 @@ pub struct WorkerStats {
     /// TCP connections open in the worker, as it last reported (with its
     /// heartbeat answer); `None` before its first report.
     pub open_connections: Option<u32>,
-    /// Connections the primary handed to it (`rr`), and of those the ones
-    /// it acknowledged as accepted and refused.
+    /// Connections the primary handed to it (`rr`).
     pub handed_off: u64,
+    /// Of those, the ones it acknowledged as accepted.
     pub acked: u64,
+    /// Of those, the ones it refused (they went to another worker).
     pub refused: u64,
     /// Handed off and not acknowledged yet.
     pub unacked: usize,
-    /// User messages from it and to it.
+    /// User messages it sent the primary.
     pub messages_received: u64,
+    /// User messages the primary sent it.
     pub messages_sent: u64,
     /// Its memory now (`None` once the process is gone).
     pub memory: Option<ProcessMemory>,
     /// Share of time its loop was busy (not blocked waiting for I/O) between
     /// its last two reports, 0.0 ..= 1.0; `None` before its first report.
     pub loop_utilisation: Option<f64>,
-    /// Its loop's iterations and completions, as last reported.
+    /// Its loop's iterations, as last reported.
     pub loop_count: u64,
+    /// Completions its loop took, as last reported.
     pub events: u64,
 }
 
@@ -225,6 +228,11 @@ impl<D: PrimaryData> Primary<D> {
     /// [`admin`](crate::admin): `/health`, `/stats`, `/metrics`) and
     /// returns the address bound (port 0 picks one). An endpoint already
     /// served is closed first. Keep it on a private address.
+    ///
+    /// # Errors
+    ///
+    /// The error of binding and listening on `addr` (`EADDRINUSE`, `EACCES`, `EADDRNOTAVAIL`,
+    /// `EMFILE`); the endpoint served before is closed all the same.
     pub fn admin_listen(
         &mut self,
         lp: &mut Loop<D>,

@@ -211,6 +211,11 @@ impl<D> Primary<D> {
     /// one serves (call it once the workers listen); the old one then
     /// drains and exits. `Ok(false)` when this primary was not started by
     /// an upgrade (or already said so).
+    ///
+    /// # Errors
+    ///
+    /// The error of writing the byte to the old primary (`EPIPE` if it is gone); the announcement
+    /// is spent either way.
     pub fn announce_ready(&mut self) -> Result<bool> {
         let Some(fd) = self.handover.ready_to_old.take() else { return Ok(false) };
         let mut s = std::os::unix::net::UnixStream::from(fd);
@@ -283,6 +288,14 @@ impl<D: PrimaryData> Primary<D> {
     /// Fails at once, calling nothing, with `EALREADY` if an upgrade is
     /// under way, or with the spawn's error (`ENOENT`, `EACCES`, ...) if
     /// the program cannot be started.
+    ///
+    /// # Errors
+    ///
+    /// Returned here, `cb` never runs: `EALREADY` if an upgrade is under way; the error of
+    /// [`Loop::spawn`](uvring::Loop::spawn) for the new program (`ENOENT`, `EACCES`, `EINVAL`), or
+    /// of the hand-over socketpair (`EMFILE`); `ENOENT` if no program is given and this one's path
+    /// cannot be read. Failures after the spawn (the new primary exits, never reports, or is too
+    /// slow) reach `cb` as an [`UpgradeFailure`].
     pub fn upgrade(
         &mut self,
         lp: &mut Loop<D>,

@@ -179,6 +179,10 @@ pub enum Backend {
 impl Backend {
     /// Reads `UVRING_BACKEND` (`epoll`, `io_uring`/`iouring`/`uring`, `auto`);
     /// unset or empty means `Auto`.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the variable is set to a name [`parse`](Self::parse) does not take.
     pub fn from_env() -> Result<Backend> {
         match std::env::var("UVRING_BACKEND") {
             Err(_) => Ok(Backend::Auto),

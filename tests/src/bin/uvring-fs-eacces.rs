@@ -2,7 +2,7 @@
 //! `fs_eacces_as_an_unprivileged_child`). Started as root by the test, it
 //! first drops to uid/gid 65534 (nobody; no supplementary groups), then
 //! runs every file operation the loop offers against the paths the test
-//! prepared under `ROOT` (argv[1]) on its own loop (backend from
+//! prepared under `ROOT` (`argv[1]`) on its own loop (backend from
 //! `UVRING_BACKEND`, ring or pool from `UVRING_FS_IO_URING`), and prints
 //! one line per operation: `<name> <errno>` (`0` for success). A watchdog
 //! (`alarm`) ends it after 30 s.
