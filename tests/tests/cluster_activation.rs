@@ -30,8 +30,11 @@ fn socket_inode(fd: &impl AsRawFd) -> u64 {
 /// Inodes of the sockets listening on `port` (IPv4), from `/proc/net/tcp`.
 fn listening_inodes(port: u16) -> Vec<u64> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    // The table may hold tens of thousands of sockets (TIME_WAIT from
+    // other load on the machine): look closely only at this port's.
+    let needle = format!(":{port:04X} ");
     let mut out = Vec::new();
-    for line in table.lines().skip(1) {
+    for line in table.lines().skip(1).filter(|l| l.contains(&needle)) {
         let f: Vec<&str> = line.split_whitespace().collect();
         let Some(local_port) = f.get(1).and_then(|a| a.split(':').nth(1)) else { continue };
         if u16::from_str_radix(local_port, 16).ok() == Some(port) && f.get(3) == Some(&"0A") {

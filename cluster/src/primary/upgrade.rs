@@ -223,6 +223,22 @@ impl<D> Primary<D> {
         self.handover.upgrading.as_ref().is_some_and(|u| u.phase != Phase::Done)
     }
 
+    /// Gives up an upgrade whose new primary has not said it is ready:
+    /// the new primary gets `SIGTERM` (it shuts down as it would at any
+    /// time) and the upgrade's callback is dropped. Returns whether one
+    /// was given up; `false` when none runs, or when the new primary
+    /// already serves (this one is then stopping accepting: too late).
+    pub fn abort_upgrade(&mut self, lp: &mut Loop<D>) -> bool {
+        let Some(u) = self.handover.upgrading.as_mut().filter(|u| u.phase == Phase::Waiting) else { return false };
+        if let Some(proc) = u.process {
+            let _ = lp.process_kill(proc, libc::SIGTERM);
+        }
+        u.phase = Phase::Done;
+        u.cb = None;
+        self.upgrade_release(lp);
+        true
+    }
+
     fn upgrade_deadline(&self) -> Duration {
         self.settings.startup_timeout.saturating_mul(3)
     }
