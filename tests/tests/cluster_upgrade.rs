@@ -184,13 +184,12 @@ fn failed_upgrade(backend: &str) {
     let dir = std::env::temp_dir().join(format!("uvring-upgrade-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let program = dir.join("new-hello");
+    let pid_file = dir.join("hello.pid");
     let mut cmd = Command::new(HELLO);
-    cmd.args(["--workers", "2", "--policy", "rr", "--backend", backend, "--host", "127.0.0.1"]).args([
-        "--port",
-        &port.to_string(),
-        "--upgrade-exec",
-        program.to_str().unwrap(),
-    ]);
+    cmd.args(["--workers", "2", "--policy", "rr", "--backend", backend, "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string()])
+        .args(["--upgrade-exec", program.to_str().unwrap()])
+        .args(["--pid-file", pid_file.to_str().unwrap()]);
     let mut ex = Example::spawn(cmd);
     let old = ex.child.id() as i32;
     ex.wait_log(&["worker 1", "listening on"]);
@@ -212,10 +211,16 @@ fn failed_upgrade(backend: &str) {
     assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), served + failures.len(), failures);
     assert_eq!(group_members(ex.pgid), before, "the old primary and its workers serve on");
     assert!(ex.child.try_wait().unwrap().is_none());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        old.to_string(),
+        "the pid file names the old primary"
+    );
 
     signal(old, libc::SIGTERM);
     assert_eq!(wait_child(&mut ex.child).code(), Some(0));
     wait_group_gone(ex.pgid);
+    assert!(!pid_file.exists(), "the pid file outlived the primary");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
