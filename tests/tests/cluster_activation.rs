@@ -156,6 +156,20 @@ impl Manager {
         Manager { socket, name: format!("@{name}"), watchdogs: 0 }
     }
 
+    /// Waits (bounded) for a `WATCHDOG=1`; another state meanwhile fails.
+    fn watchdog(&mut self, ex: &mut Example) {
+        let seen = self.watchdogs;
+        let deadline = Instant::now() + WAIT;
+        let mut buf = [0u8; 512];
+        while self.watchdogs == seen {
+            assert!(Instant::now() < deadline, "no WATCHDOG=1 although WATCHDOG_USEC asked for it");
+            ex.poll_log();
+            let Ok(n) = self.socket.recv(&mut buf) else { continue };
+            assert_eq!(&buf[..n], b"WATCHDOG=1");
+            self.watchdogs += 1;
+        }
+    }
+
     /// The next state other than `WATCHDOG=1` (those are counted).
     fn next(&mut self, ex: &mut Example) -> String {
         let deadline = Instant::now() + WAIT;
@@ -199,6 +213,8 @@ fn notify(backend: &str) {
     ex.wait_log(&["worker 1", "listening on"]);
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), old.to_string());
     assert!(get(port).ends_with("hello world"));
+    // Pinged every 50 ms (half of WATCHDOG_USEC).
+    mgr.watchdog(&mut ex);
 
     signal(old, libc::SIGHUP);
     let reloading = mgr.next(&mut ex);
@@ -220,7 +236,6 @@ fn notify(backend: &str) {
     let status = reap(new);
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "new primary status {status:#x}");
     wait_group_gone(ex.pgid);
-    assert!(mgr.watchdogs > 0, "no WATCHDOG=1 although WATCHDOG_USEC asked for it");
     assert!(!pid_file.exists(), "the pid file outlived the primary");
 }
 

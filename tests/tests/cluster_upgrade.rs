@@ -233,3 +233,44 @@ fn failed_upgrade_epoll() {
 fn failed_upgrade_io_uring() {
     failed_upgrade("io_uring");
 }
+
+/// SIGTERM while the new primary is not ready yet (here a program that
+/// never gets ready): the upgrade is cancelled, the new program is stopped
+/// too, and the old primary shuts down as usual, leaving nothing behind.
+fn cancelled_upgrade(backend: &str) {
+    if backend == "io_uring" && !io_uring_available() {
+        return;
+    }
+    let port = free_port();
+    let mut cmd = Command::new(HELLO);
+    cmd.args(["--workers", "1", "--policy", "rr", "--backend", backend, "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string()])
+        .args(["--upgrade-exec", env!("CARGO_BIN_EXE_uvring-test-child")])
+        .env("UVRING_TEST_CHILD_SLEEP", "1");
+    let mut ex = Example::spawn(cmd);
+    let old = ex.child.id() as i32;
+    ex.wait_log(&["worker 1", "listening on"]);
+    signal(old, libc::SIGUSR2);
+    let line = ex.wait_log(&["SIGUSR2: upgrade: started", "as the new primary (pid"]);
+    let new: i32 = line.rsplit("(pid ").next().unwrap().trim_end_matches(')').parse().unwrap();
+    assert!(running(new));
+    assert!(get(port).ends_with("hello world"), "the old primary serves meanwhile");
+    signal(old, libc::SIGUSR2);
+    ex.wait_log(&["SIGUSR2: an upgrade is already under way"]);
+
+    signal(old, libc::SIGTERM);
+    ex.wait_log(&["upgrade cancelled: the new primary was told to stop"]);
+    assert_eq!(wait_child(&mut ex.child).code(), Some(0));
+    wait_group_gone(ex.pgid);
+    assert!(!running(new));
+}
+
+#[test]
+fn cancelled_upgrade_epoll() {
+    cancelled_upgrade("epoll");
+}
+
+#[test]
+fn cancelled_upgrade_io_uring() {
+    cancelled_upgrade("io_uring");
+}
