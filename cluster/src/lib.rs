@@ -100,6 +100,11 @@
 //! }
 //! ```
 
+/// The crate README's example, compiled as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod activation;
 pub mod admin;
 mod channel;

@@ -3,8 +3,8 @@
 //! first argument; run directly with a `primary-*` scenario, it is a primary
 //! that re-executes itself as its workers.
 //!
-//! Workers report to the primary with short text messages ("listening
-//! <port>", "error <errno>", ...), which the tests read.
+//! Workers report to the primary with short text messages (`"listening
+//! <port>"`, `"error <errno>"`, ...), which the tests read.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -148,7 +148,7 @@ fn outcome(res: Option<uvring::Result<()>>) -> String {
     }
 }
 
-/// A connection handler that answers the first bytes with "worker <id>\n"
+/// A connection handler that answers the first bytes with `"worker <id>\n"`
 /// and then shuts down and closes.
 fn answer_once(id: u32) -> OnRead<State, TcpStream> {
     let reply = format!("worker {id}\n").into_bytes();
