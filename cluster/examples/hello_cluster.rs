@@ -325,7 +325,10 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         if kept == addrs.len() {
             eprintln!("[primary {me}] adopted {kept} listening socket(s) from {source}: {list}");
         } else {
-            eprintln!("[primary {me}] closed {} inherited socket(s) from {source} ({list}): under reuseport each worker binds its own", addrs.len());
+            // The service manager keeps its copy of each socket, so the
+            // workers' own SO_REUSEPORT binds of that port would fail.
+            eprintln!("[primary {me}] socket activation needs --policy rr or shared: under reuseport each worker binds a socket of its own ({list} from {source}); exiting");
+            std::process::exit(1);
         }
     }
     // A primary started by an upgrade writes the pid file once it serves

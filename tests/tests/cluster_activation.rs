@@ -59,13 +59,10 @@ fn environ(pid: i32) -> String {
     String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).replace('\0', "\n")
 }
 
-fn activation(backend: &str, policy: &str) {
-    if backend == "io_uring" && !io_uring_available() {
-        return;
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// The example started as systemd starts a socket-activated service, with
+/// `listener` at fd 3.
+fn start_activated(listener: &std::net::TcpListener, backend: &str, policy: &str) -> Example {
     let port = listener.local_addr().unwrap().port();
-    let inode = socket_inode(&listener);
     let raw = listener.as_raw_fd();
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", r#"export LISTEN_PID=$$; exec "$0" "$@""#, HELLO])
@@ -85,7 +82,17 @@ fn activation(backend: &str, policy: &str) {
             Ok(())
         });
     }
-    let mut ex = Example::spawn(cmd);
+    Example::spawn(cmd)
+}
+
+fn activation(backend: &str, policy: &str) {
+    if backend == "io_uring" && !io_uring_available() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let inode = socket_inode(&listener);
+    let mut ex = start_activated(&listener, backend, policy);
     let primary = ex.child.id() as i32;
     ex.wait_log(&["adopted 1 listening socket(s) from systemd", &format!("127.0.0.1:{port}")]);
     let w1 = pid_of(&ex.wait_log(&["worker 1", "listening on", &format!(":{port}")]));
@@ -118,6 +125,31 @@ fn activation(backend: &str, policy: &str) {
     // The port is still ours, and still listening.
     assert_eq!(listening_inodes(port), vec![inode]);
     drop(listener);
+}
+
+/// Under `reuseport` the workers would bind sockets of their own, which
+/// the port held by the manager's socket forbids: the primary says so and
+/// exits 1 rather than storming.
+fn activation_reuseport(backend: &str) {
+    if backend == "io_uring" && !io_uring_available() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut ex = start_activated(&listener, backend, "reuseport");
+    ex.wait_log(&["socket activation needs --policy rr or shared", "exiting"]);
+    assert_eq!(wait_child(&mut ex.child).code(), Some(1));
+    wait_group_gone(ex.pgid);
+    assert_eq!(ex.count_log("forked"), 0, "no worker was started");
+}
+
+#[test]
+fn activation_reuseport_exits_epoll() {
+    activation_reuseport("epoll");
+}
+
+#[test]
+fn activation_reuseport_exits_io_uring() {
+    activation_reuseport("io_uring");
 }
 
 #[test]

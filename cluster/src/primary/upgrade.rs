@@ -6,8 +6,9 @@
 //! worker's listen on a matching address then gets the inherited socket
 //! (under `rr` the primary accepts on it, under `shared` the workers get
 //! copies of it) instead of a bind. Under `reuseport` every worker binds a
-//! socket of its own, so inherited sockets are not used: `adopt` closes
-//! them (freeing their ports for the workers' binds).
+//! socket of its own, so sockets from systemd are not used: `adopt` closes
+//! them (socket activation wants `rr` or `shared`: the service manager
+//! keeps its copy, and the port with it).
 //!
 //! **Upgrade.** [`Primary::upgrade`] spawns a new primary (the current
 //! program or another binary) with this primary's listening sockets (the
@@ -181,8 +182,10 @@ impl<D: PrimaryData> Handover<D> {
 impl<D> Primary<D> {
     /// Takes the inherited sockets of `fds` (see the module docs): a
     /// worker's listen on a matching address gets one of them instead of a
-    /// bind. Under `reuseport` they are closed instead (each worker binds
-    /// its own socket). Returns how many were kept.
+    /// bind. Under `reuseport` sockets from systemd are closed instead
+    /// (each worker binds a socket of its own; while the service manager
+    /// holds its copy of the port those binds fail, so socket activation
+    /// wants `rr` or `shared`). Returns how many were kept.
     pub fn adopt(&mut self, mut fds: ListenFds) -> usize {
         // (An upgrade under `reuseport` hands over only the admin listener.)
         if self.settings.policy == SchedPolicy::ReusePort && fds.source() == ListenSource::Systemd {
