@@ -17,18 +17,32 @@
 //!
 //! The listener and its connections are unreferenced: they never keep the
 //! loop alive, so a primary whose workers are gone still ends. At most
-//! [`MAX_ADMIN_CONNECTIONS`] are open at once (more are closed at once), and
-//! a request head is at most [`MAX_ADMIN_REQUEST`] bytes.
+//! [`MAX_ADMIN_CONNECTIONS`] are open at once (more are closed at once), a
+//! request head is at most [`MAX_ADMIN_REQUEST`] bytes, and a connection
+//! that has not sent its request within [`ADMIN_REQUEST_TIMEOUT`] is closed
+//! (so idle clients cannot hold every slot and silence `/health`).
 
 use crate::primary::{Primary, PrimaryData, PrimaryId, WorkerStats, WorkerStatus};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use uvring::{Loop, OnConnection, OnRead, OnShutdown, Result, TcpListener, TcpStream};
+use std::time::Duration;
+use uvring::{Loop, OnConnection, OnRead, OnShutdown, OnTimer, Result, TcpListener, TcpStream, Timer};
 
 /// Admin connections open at once; one more is closed as soon as accepted.
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// Longest request head; a longer one gets `431` and the connection closes.
 pub const MAX_ADMIN_REQUEST: usize = 8 * 1024;
+/// How long a connection may take to send its request.
+pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An open admin connection.
+struct AdminConn {
+    stream: TcpStream,
+    /// The request so far.
+    buf: Vec<u8>,
+    /// `lp.now()` at its accept.
+    opened: u64,
+}
 
 /// The admin endpoint's state, kept by its [`Primary`].
 pub(crate) struct Admin<D> {
@@ -36,8 +50,11 @@ pub(crate) struct Admin<D> {
     addr: SocketAddr,
     /// Open connections and their partial request; the slot index is the
     /// stream's data word.
-    conns: Vec<Option<(TcpStream, Vec<u8>)>>,
+    conns: Vec<Option<AdminConn>>,
     free: Vec<usize>,
+    /// Closes connections past `ADMIN_REQUEST_TIMEOUT` (every second,
+    /// unreferenced).
+    sweep: Option<Timer>,
     on_read: OnRead<D, TcpStream>,
     on_shutdown: OnShutdown<D, TcpStream>,
 }
@@ -55,15 +72,32 @@ impl<D> Admin<D> {
     /// Closes the listener and every connection.
     pub(crate) fn close(self, lp: &mut Loop<D>) {
         let _ = lp.close(self.listener, None);
-        for (s, _) in self.conns.into_iter().flatten() {
-            let _ = lp.close(s, None);
+        if let Some(t) = self.sweep {
+            let _ = lp.close(t, None);
+        }
+        for c in self.conns.into_iter().flatten() {
+            let _ = lp.close(c.stream, None);
         }
     }
 
     fn release(&mut self, slot: usize) -> Option<TcpStream> {
-        let (s, _) = self.conns.get_mut(slot)?.take()?;
+        let c = self.conns.get_mut(slot)?.take()?;
         self.free.push(slot);
-        Some(s)
+        Some(c.stream)
+    }
+
+    /// Closes the connections that have not sent their request in time.
+    fn close_late(&mut self, lp: &mut Loop<D>) {
+        let now = lp.now();
+        let limit = ADMIN_REQUEST_TIMEOUT.as_millis() as u64;
+        for slot in 0..self.conns.len() {
+            let late = self.conns[slot].as_ref().is_some_and(|c| now.saturating_sub(c.opened) >= limit);
+            if late {
+                if let Some(s) = self.release(slot) {
+                    let _ = lp.close(s, None);
+                }
+            }
+        }
     }
 }
 
@@ -99,17 +133,35 @@ impl<D: PrimaryData> Admin<D> {
                 return Err(e);
             }
         };
+        // The sweep is best effort: without it the endpoint still serves.
+        let sweep = lp.timer_init().ok().filter(|&t| {
+            let every = Duration::from_secs(1);
+            let ok = lp.unref_handle(t).is_ok() && lp.timer_start(t, every, every, &on_admin_sweep(pid)).is_ok();
+            if !ok {
+                let _ = lp.close(t, None);
+            }
+            ok
+        });
         Ok(Admin {
             listener,
             addr,
             conns: Vec::new(),
             free: Vec::new(),
+            sweep,
             on_read: on_admin_read(pid),
             on_shutdown: OnShutdown::new(|lp, _, s: TcpStream, _| {
                 let _ = lp.close(s, None);
             }),
         })
     }
+}
+
+fn on_admin_sweep<D: PrimaryData>(pid: PrimaryId) -> OnTimer<D> {
+    OnTimer::new(move |lp, d: &mut D, _| {
+        if let Some(admin) = d.primary_by_id(pid).and_then(|p| p.admin_mut()) {
+            admin.close_late(lp);
+        }
+    })
 }
 
 fn on_admin_connection<D: PrimaryData>(pid: PrimaryId) -> OnConnection<D, TcpListener> {
@@ -132,7 +184,7 @@ fn on_admin_connection<D: PrimaryData>(pid: PrimaryId) -> OnConnection<D, TcpLis
             admin.conns.push(None);
             admin.conns.len() - 1
         });
-        admin.conns[slot] = Some((s, Vec::new()));
+        admin.conns[slot] = Some(AdminConn { stream: s, buf: Vec::new(), opened: lp.now() });
         let ok = lp.set_data(s, slot).is_ok() && lp.unref_handle(s).is_ok() && lp.read_start(s, &admin.on_read).is_ok();
         if !ok {
             admin.release(slot);
@@ -154,13 +206,13 @@ fn on_admin_read<D: PrimaryData>(pid: PrimaryId) -> OnRead<D, TcpStream> {
                 return;
             }
         };
-        let Some(Some((_, buf))) = admin.conns.get_mut(slot) else { return };
-        buf.extend_from_slice(bytes);
-        let request = std::mem::take(buf);
+        let Some(Some(conn)) = admin.conns.get_mut(slot) else { return };
+        conn.buf.extend_from_slice(bytes);
+        let request = std::mem::take(&mut conn.buf);
         let response = match parse_request(&request) {
             Parsed::Partial if request.len() <= MAX_ADMIN_REQUEST => {
-                if let Some(Some((_, buf))) = admin.conns.get_mut(slot) {
-                    *buf = request;
+                if let Some(Some(conn)) = admin.conns.get_mut(slot) {
+                    conn.buf = request;
                 }
                 return;
             }

@@ -107,6 +107,11 @@ pub(crate) struct Stashed {
 /// Most write buffers the loop keeps for streams to share (see `flush`);
 /// past it, a drained stream's buffers are freed.
 pub(crate) const WRITE_BUFS_SPARE_MAX: usize = 1024;
+/// The least capacity a new write buffer gets. Buffers are shared by every
+/// stream (see `flush`), so one sized by a short write (a 9-byte answer)
+/// would otherwise grow, an allocation, when a longer small write (an IPC
+/// frame of a few dozen bytes) borrows it later.
+pub(crate) const WRITE_BUF_MIN: usize = 256;
 
 pub(crate) struct StreamParts<D> {
     pub queued: Vec<u8>,
@@ -1466,8 +1471,9 @@ impl<D> Loop<D> {
         // An idle stream lent its write buffers to the loop's pool (see
         // `flush`); take one back, with the capacity it already has.
         if st.parts.queued.capacity() == 0 {
-            if let Some(buf) = self.write_bufs_spare.pop() {
-                self.stream_state(s)?.parts.queued = buf;
+            match self.write_bufs_spare.pop() {
+                Some(buf) => self.stream_state(s)?.parts.queued = buf,
+                None => self.stream_state(s)?.parts.queued.reserve(WRITE_BUF_MIN),
             }
         }
         if self.stream_state(s)?.parts.writes.capacity() == 0 {

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 use uvring::Loop;
-use uvring_cluster::admin::{MAX_ADMIN_CONNECTIONS, MAX_ADMIN_REQUEST};
+use uvring_cluster::admin::{ADMIN_REQUEST_TIMEOUT, MAX_ADMIN_CONNECTIONS, MAX_ADMIN_REQUEST};
 
 /// Sends `parts` (a pause between them) to `addr` from a helper thread and
 /// runs the loop until the whole answer is back.
@@ -92,8 +92,9 @@ cluster_test! {
         let r = fetch(lp, &mut c, addr, vec![long.into_bytes()]);
         assert!(r.starts_with("HTTP/1.1 431 "), "{r:?}");
 
-        // Past the bound, a connection is closed at once; the held ones do
-        // not stop the endpoint once they go.
+        // Past the bound, a connection is closed at once; the held ones,
+        // silent, are closed after the request timeout, and the endpoint
+        // answers again (idle clients cannot silence /health for long).
         let held: Vec<TcpStream> = (0..MAX_ADMIN_CONNECTIONS).map(|_| TcpStream::connect(addr).unwrap()).collect();
         let r = try_fetch(lp, &mut c, addr, vec![b"GET /health HTTP/1.1\r\n\r\n".to_vec()]);
         // Closed with the request unread: an EOF, or a reset.
@@ -102,14 +103,20 @@ cluster_test! {
             Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
         };
         assert!(closed, "the connection past the bound is closed unanswered: {r:?}");
-        drop(held);
-        let deadline = std::time::Instant::now() + WAIT;
+        let deadline = std::time::Instant::now() + ADMIN_REQUEST_TIMEOUT + WAIT;
         loop {
-            let r = get(lp, &mut c, addr, "/health");
-            if r.starts_with("HTTP/1.1 200 ") {
+            let r = try_fetch(lp, &mut c, addr, vec![b"GET /health HTTP/1.1\r\n\r\n".to_vec()]);
+            if r.as_ref().is_ok_and(|r| r.starts_with("HTTP/1.1 200 ")) {
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "{r:?}");
+            let pause = std::time::Instant::now() + Duration::from_millis(200);
+            run_until(lp, &mut c, WAIT, |_, _| std::time::Instant::now() >= pause);
+        }
+        for mut h in held {
+            let mut rest = Vec::new();
+            // Closed by the endpoint: EOF (or a reset).
+            assert!(matches!(h.read_to_end(&mut rest), Ok(0) | Err(_)), "{rest:?}");
         }
 
         // The program says it is handing over.
