@@ -278,6 +278,7 @@ struct Supervisor {
     /// A new primary took over (an upgrade): this one only drains.
     replaced: bool,
     upgrade_exec: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
 }
 
 impl Supervisor {
@@ -298,10 +299,22 @@ impl Supervisor {
         self.ready = true;
         let me = std::process::id();
         match self.primary.announce_ready() {
-            Ok(true) => eprintln!("[primary {me}] upgrade: workers listening; told the old primary to drain"),
+            Ok(true) => {
+                write_pid_file(self.pid_file.as_deref());
+                eprintln!("[primary {me}] upgrade: workers listening; told the old primary to drain")
+            }
             Ok(false) => self.notify("READY=1"),
             Err(e) => eprintln!("[primary {me}] upgrade: cannot tell the old primary: {e}"),
         }
+    }
+}
+
+/// Writes this process's pid to `--pid-file`, if given.
+fn write_pid_file(path: Option<&std::path::Path>) {
+    let Some(path) = path else { return };
+    let me = std::process::id();
+    if let Err(e) = std::fs::write(path, format!("{me}\n")) {
+        eprintln!("[primary {me}] cannot write the pid file {}: {e}", path.display());
     }
 }
 
@@ -372,13 +385,16 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         if kept == addrs.len() {
             eprintln!("[primary {me}] adopted {kept} listening socket(s) from {source}: {list}");
         } else {
-            eprintln!("[primary {me}] closed {} inherited socket(s) from {source} ({list}): under reuseport each worker binds its own", addrs.len());
+            // The service manager keeps its copy of each socket, so the
+            // workers' own SO_REUSEPORT binds of that port would fail.
+            eprintln!("[primary {me}] socket activation needs --policy rr or shared: under reuseport each worker binds a socket of its own ({list} from {source}); exiting");
+            std::process::exit(1);
         }
     }
-    if let Some(path) = &o.pid_file {
-        if let Err(e) = std::fs::write(path, format!("{me}\n")) {
-            eprintln!("[primary {me}] cannot write the pid file {}: {e}", path.display());
-        }
+    // A primary started by an upgrade writes the pid file once it serves
+    // (`check_ready`): if it fails, the file still names the old one.
+    if !primary.awaits_ready() {
+        write_pid_file(o.pid_file.as_deref());
     }
     let notify = SdNotify::from_env().unwrap_or_else(|e| {
         eprintln!("[primary {me}] NOTIFY_SOCKET unusable: {e}");
@@ -441,6 +457,9 @@ fn run_primary(o: Options) -> uvring::Result<()> {
             return;
         }
         eprintln!("[primary {me}] signal {signum}: disconnecting workers");
+        if sup.primary.abort_upgrade(lp) {
+            eprintln!("[primary {me}] upgrade cancelled: the new primary was told to stop");
+        }
         if !sup.replaced {
             sup.notify("STOPPING=1");
         }
@@ -519,6 +538,7 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         ready: false,
         replaced: false,
         upgrade_exec: o.upgrade_exec.clone(),
+        pid_file: o.pid_file.clone(),
     };
     for signum in [libc::SIGINT, libc::SIGTERM] {
         sup.signals.push(lp.signal_start(signum, &on_stop)?);

@@ -29,9 +29,9 @@ pub struct SdNotify {
 
 impl SdNotify {
     /// The notifier `NOTIFY_SOCKET` names; `None` when it is unset or
-    /// empty (not started by a service manager that listens). `EINVAL`
-    /// (as an `io::Error`) for a name that is neither an absolute path nor
-    /// `@abstract`. The watchdog interval is read from `WATCHDOG_USEC`
+    /// empty (not started by a service manager that listens); an
+    /// `InvalidInput` error for a name that is neither an absolute path
+    /// nor `@abstract` (see [`connect`](Self::connect)). The watchdog interval is read from `WATCHDOG_USEC`
     /// when `WATCHDOG_PID` is unset or names this process.
     ///
     /// # Errors
@@ -41,19 +41,7 @@ impl SdNotify {
     /// datagram socket (`EMFILE`, ...).
     pub fn from_env() -> io::Result<Option<SdNotify>> {
         let Some(name) = std::env::var_os(ENV_NOTIFY_SOCKET).filter(|v| !v.is_empty()) else { return Ok(None) };
-        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str());
-        let addr = match bytes.first() {
-            Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,
-            Some(b'/') => SocketAddr::from_pathname(std::path::Path::new(&name))?,
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "NOTIFY_SOCKET is neither a path nor @abstract",
-                ))
-            }
-        };
-        let socket = UnixDatagram::unbound()?;
-        socket.set_nonblocking(true)?;
+        let mut n = SdNotify::connect(&name)?;
         let for_us = std::env::var(ENV_WATCHDOG_PID)
             .ok()
             .filter(|p| !p.trim().is_empty())
@@ -63,7 +51,27 @@ impl SdNotify {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|&us| us > 0 && for_us)
             .map(Duration::from_micros);
-        Ok(Some(SdNotify { socket, addr, watchdog }))
+        n.watchdog = watchdog;
+        Ok(Some(n))
+    }
+
+    /// A notifier for the socket `name` (as `NOTIFY_SOCKET` writes it: an
+    /// absolute path, or `@` and an abstract name), without a watchdog.
+    pub fn connect(name: &std::ffi::OsStr) -> io::Result<SdNotify> {
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(name);
+        let addr = match bytes.first() {
+            Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,
+            Some(b'/') => SocketAddr::from_pathname(std::path::Path::new(name))?,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "NOTIFY_SOCKET is neither a path nor @abstract",
+                ))
+            }
+        };
+        let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
+        Ok(SdNotify { socket, addr, watchdog: None })
     }
 
     /// Sends `state` (`"READY=1"`, `"MAINPID=1234"`, several assignments
@@ -92,5 +100,52 @@ impl SdNotify {
     /// (`WATCHDOG_USEC`), if it asked; ping at half of it.
     pub fn watchdog(&self) -> Option<Duration> {
         self.watchdog
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    fn receive(server: &UnixDatagram) -> String {
+        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 256];
+        let n = server.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[test]
+    fn speaks_to_a_path_and_to_an_abstract_name() {
+        let path = std::env::temp_dir().join(format!("uvring-notify-unit-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let server = UnixDatagram::bind(&path).unwrap();
+        let n = SdNotify::connect(path.as_os_str()).unwrap();
+        n.notify("READY=1").unwrap();
+        assert_eq!(receive(&server), "READY=1");
+        n.reloading().unwrap();
+        let msg = receive(&server);
+        assert!(msg.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{msg:?}");
+        std::fs::remove_file(&path).unwrap();
+
+        let name = format!("uvring-notify-unit-{}", std::process::id());
+        let server = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let n = SdNotify::connect(OsStr::new(&format!("@{name}"))).unwrap();
+        n.notify("STOPPING=1").unwrap();
+        assert_eq!(receive(&server), "STOPPING=1");
+        assert_eq!(n.watchdog(), None);
+    }
+
+    #[test]
+    fn a_relative_name_is_refused() {
+        let e = SdNotify::connect(OsStr::new("notify.sock")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn nobody_listening_is_an_error_not_a_hang() {
+        let path = std::env::temp_dir().join(format!("uvring-notify-unit-none-{}", std::process::id()));
+        let n = SdNotify::connect(path.as_os_str()).unwrap();
+        assert!(n.notify("READY=1").is_err());
     }
 }

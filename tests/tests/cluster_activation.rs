@@ -30,8 +30,11 @@ fn socket_inode(fd: &impl AsRawFd) -> u64 {
 /// Inodes of the sockets listening on `port` (IPv4), from `/proc/net/tcp`.
 fn listening_inodes(port: u16) -> Vec<u64> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    // The table may hold tens of thousands of sockets (TIME_WAIT from
+    // other load on the machine): look closely only at this port's.
+    let needle = format!(":{port:04X} ");
     let mut out = Vec::new();
-    for line in table.lines().skip(1) {
+    for line in table.lines().skip(1).filter(|l| l.contains(&needle)) {
         let f: Vec<&str> = line.split_whitespace().collect();
         let Some(local_port) = f.get(1).and_then(|a| a.split(':').nth(1)) else { continue };
         if u16::from_str_radix(local_port, 16).ok() == Some(port) && f.get(3) == Some(&"0A") {
@@ -56,13 +59,10 @@ fn environ(pid: i32) -> String {
     String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).replace('\0', "\n")
 }
 
-fn activation(backend: &str, policy: &str) {
-    if backend == "io_uring" && !io_uring_available() {
-        return;
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// The example started as systemd starts a socket-activated service, with
+/// `listener` at fd 3.
+fn start_activated(listener: &std::net::TcpListener, backend: &str, policy: &str) -> Example {
     let port = listener.local_addr().unwrap().port();
-    let inode = socket_inode(&listener);
     let raw = listener.as_raw_fd();
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", r#"export LISTEN_PID=$$; exec "$0" "$@""#, HELLO])
@@ -82,7 +82,17 @@ fn activation(backend: &str, policy: &str) {
             Ok(())
         });
     }
-    let mut ex = Example::spawn(cmd);
+    Example::spawn(cmd)
+}
+
+fn activation(backend: &str, policy: &str) {
+    if backend == "io_uring" && !io_uring_available() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let inode = socket_inode(&listener);
+    let mut ex = start_activated(&listener, backend, policy);
     let primary = ex.child.id() as i32;
     ex.wait_log(&["adopted 1 listening socket(s) from systemd", &format!("127.0.0.1:{port}")]);
     let w1 = pid_of(&ex.wait_log(&["worker 1", "listening on", &format!(":{port}")]));
@@ -115,6 +125,31 @@ fn activation(backend: &str, policy: &str) {
     // The port is still ours, and still listening.
     assert_eq!(listening_inodes(port), vec![inode]);
     drop(listener);
+}
+
+/// Under `reuseport` the workers would bind sockets of their own, which
+/// the port held by the manager's socket forbids: the primary says so and
+/// exits 1 rather than storming.
+fn activation_reuseport(backend: &str) {
+    if backend == "io_uring" && !io_uring_available() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut ex = start_activated(&listener, backend, "reuseport");
+    ex.wait_log(&["socket activation needs --policy rr or shared", "exiting"]);
+    assert_eq!(wait_child(&mut ex.child).code(), Some(1));
+    wait_group_gone(ex.pgid);
+    assert_eq!(ex.count_log("forked"), 0, "no worker was started");
+}
+
+#[test]
+fn activation_reuseport_exits_epoll() {
+    activation_reuseport("epoll");
+}
+
+#[test]
+fn activation_reuseport_exits_io_uring() {
+    activation_reuseport("io_uring");
 }
 
 #[test]
@@ -151,6 +186,20 @@ impl Manager {
         let socket = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         Manager { socket, name: format!("@{name}"), watchdogs: 0 }
+    }
+
+    /// Waits (bounded) for a `WATCHDOG=1`; another state meanwhile fails.
+    fn watchdog(&mut self, ex: &mut Example) {
+        let seen = self.watchdogs;
+        let deadline = Instant::now() + WAIT;
+        let mut buf = [0u8; 512];
+        while self.watchdogs == seen {
+            assert!(Instant::now() < deadline, "no WATCHDOG=1 although WATCHDOG_USEC asked for it");
+            ex.poll_log();
+            let Ok(n) = self.socket.recv(&mut buf) else { continue };
+            assert_eq!(&buf[..n], b"WATCHDOG=1");
+            self.watchdogs += 1;
+        }
     }
 
     /// The next state other than `WATCHDOG=1` (those are counted).
@@ -196,6 +245,8 @@ fn notify(backend: &str) {
     ex.wait_log(&["worker 1", "listening on"]);
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), old.to_string());
     assert!(get(port).ends_with("hello world"));
+    // Pinged every 50 ms (half of WATCHDOG_USEC).
+    mgr.watchdog(&mut ex);
 
     signal(old, libc::SIGHUP);
     let reloading = mgr.next(&mut ex);
@@ -217,7 +268,6 @@ fn notify(backend: &str) {
     let status = reap(new);
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "new primary status {status:#x}");
     wait_group_gone(ex.pgid);
-    assert!(mgr.watchdogs > 0, "no WATCHDOG=1 although WATCHDOG_USEC asked for it");
     assert!(!pid_file.exists(), "the pid file outlived the primary");
 }
 

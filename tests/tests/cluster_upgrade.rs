@@ -184,13 +184,12 @@ fn failed_upgrade(backend: &str) {
     let dir = std::env::temp_dir().join(format!("uvring-upgrade-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let program = dir.join("new-hello");
+    let pid_file = dir.join("hello.pid");
     let mut cmd = Command::new(HELLO);
-    cmd.args(["--workers", "2", "--policy", "rr", "--backend", backend, "--host", "127.0.0.1"]).args([
-        "--port",
-        &port.to_string(),
-        "--upgrade-exec",
-        program.to_str().unwrap(),
-    ]);
+    cmd.args(["--workers", "2", "--policy", "rr", "--backend", backend, "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string()])
+        .args(["--upgrade-exec", program.to_str().unwrap()])
+        .args(["--pid-file", pid_file.to_str().unwrap()]);
     let mut ex = Example::spawn(cmd);
     let old = ex.child.id() as i32;
     ex.wait_log(&["worker 1", "listening on"]);
@@ -212,10 +211,16 @@ fn failed_upgrade(backend: &str) {
     assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), served + failures.len(), failures);
     assert_eq!(group_members(ex.pgid), before, "the old primary and its workers serve on");
     assert!(ex.child.try_wait().unwrap().is_none());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        old.to_string(),
+        "the pid file names the old primary"
+    );
 
     signal(old, libc::SIGTERM);
     assert_eq!(wait_child(&mut ex.child).code(), Some(0));
     wait_group_gone(ex.pgid);
+    assert!(!pid_file.exists(), "the pid file outlived the primary");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -227,4 +232,45 @@ fn failed_upgrade_epoll() {
 #[test]
 fn failed_upgrade_io_uring() {
     failed_upgrade("io_uring");
+}
+
+/// SIGTERM while the new primary is not ready yet (here a program that
+/// never gets ready): the upgrade is cancelled, the new program is stopped
+/// too, and the old primary shuts down as usual, leaving nothing behind.
+fn cancelled_upgrade(backend: &str) {
+    if backend == "io_uring" && !io_uring_available() {
+        return;
+    }
+    let port = free_port();
+    let mut cmd = Command::new(HELLO);
+    cmd.args(["--workers", "1", "--policy", "rr", "--backend", backend, "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string()])
+        .args(["--upgrade-exec", env!("CARGO_BIN_EXE_uvring-test-child")])
+        .env("UVRING_TEST_CHILD_SLEEP", "1");
+    let mut ex = Example::spawn(cmd);
+    let old = ex.child.id() as i32;
+    ex.wait_log(&["worker 1", "listening on"]);
+    signal(old, libc::SIGUSR2);
+    let line = ex.wait_log(&["SIGUSR2: upgrade: started", "as the new primary (pid"]);
+    let new: i32 = line.rsplit("(pid ").next().unwrap().trim_end_matches(')').parse().unwrap();
+    assert!(running(new));
+    assert!(get(port).ends_with("hello world"), "the old primary serves meanwhile");
+    signal(old, libc::SIGUSR2);
+    ex.wait_log(&["SIGUSR2: an upgrade is already under way"]);
+
+    signal(old, libc::SIGTERM);
+    ex.wait_log(&["upgrade cancelled: the new primary was told to stop"]);
+    assert_eq!(wait_child(&mut ex.child).code(), Some(0));
+    wait_group_gone(ex.pgid);
+    assert!(!running(new));
+}
+
+#[test]
+fn cancelled_upgrade_epoll() {
+    cancelled_upgrade("epoll");
+}
+
+#[test]
+fn cancelled_upgrade_io_uring() {
+    cancelled_upgrade("io_uring");
 }

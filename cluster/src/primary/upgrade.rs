@@ -6,8 +6,9 @@
 //! worker's listen on a matching address then gets the inherited socket
 //! (under `rr` the primary accepts on it, under `shared` the workers get
 //! copies of it) instead of a bind. Under `reuseport` every worker binds a
-//! socket of its own, so inherited sockets are not used: `adopt` closes
-//! them (freeing their ports for the workers' binds).
+//! socket of its own, so sockets from systemd are not used: `adopt` closes
+//! them (socket activation wants `rr` or `shared`: the service manager
+//! keeps its copy, and the port with it).
 //!
 //! **Upgrade.** [`Primary::upgrade`] spawns a new primary (the current
 //! program or another binary) with this primary's listening sockets (the
@@ -181,8 +182,10 @@ impl<D: PrimaryData> Handover<D> {
 impl<D> Primary<D> {
     /// Takes the inherited sockets of `fds` (see the module docs): a
     /// worker's listen on a matching address gets one of them instead of a
-    /// bind. Under `reuseport` they are closed instead (each worker binds
-    /// its own socket). Returns how many were kept.
+    /// bind. Under `reuseport` sockets from systemd are closed instead
+    /// (each worker binds a socket of its own; while the service manager
+    /// holds its copy of the port those binds fail, so socket activation
+    /// wants `rr` or `shared`). Returns how many were kept.
     pub fn adopt(&mut self, mut fds: ListenFds) -> usize {
         // (An upgrade under `reuseport` hands over only the admin listener.)
         if self.settings.policy == SchedPolicy::ReusePort && fds.source() == ListenSource::Systemd {
@@ -226,6 +229,22 @@ impl<D> Primary<D> {
     /// Whether an upgrade is under way (started, not yet ended).
     pub fn is_upgrading(&self) -> bool {
         self.handover.upgrading.as_ref().is_some_and(|u| u.phase != Phase::Done)
+    }
+
+    /// Gives up an upgrade whose new primary has not said it is ready:
+    /// the new primary gets `SIGTERM` (it shuts down as it would at any
+    /// time) and the upgrade's callback is dropped. Returns whether one
+    /// was given up; `false` when none runs, or when the new primary
+    /// already serves (this one is then stopping accepting: too late).
+    pub fn abort_upgrade(&mut self, lp: &mut Loop<D>) -> bool {
+        let Some(u) = self.handover.upgrading.as_mut().filter(|u| u.phase == Phase::Waiting) else { return false };
+        if let Some(proc) = u.process {
+            let _ = lp.process_kill(proc, libc::SIGTERM);
+        }
+        u.phase = Phase::Done;
+        u.cb = None;
+        self.upgrade_release(lp);
+        true
     }
 
     fn upgrade_deadline(&self) -> Duration {

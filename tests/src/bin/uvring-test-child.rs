@@ -18,6 +18,12 @@ const WATCHDOG_MS: u64 = 30_000;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if std::env::var_os("UVRING_TEST_CHILD_SLEEP").is_some() {
+        // Started by a program that passes its own arguments (an upgrade
+        // of hello_cluster's primary): a process that never gets ready.
+        std::thread::sleep(Duration::from_millis(WATCHDOG_MS));
+        std::process::exit(3);
+    }
     let scenario = args.get(1).map(String::as_str).unwrap_or("");
     match scenario {
         "exit" => std::process::exit(args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0)),
