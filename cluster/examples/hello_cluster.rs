@@ -103,10 +103,17 @@ struct Options {
     max_memory_mib: Option<u64>,
 }
 
+const USAGE: &str = "usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto]
+                     [--port P] [--host H] [--unix PATH] [--admin ADDR:PORT] [--max-memory MIB]
+                     [--pid-file PATH] [--upgrade-exec PATH] [--uid N] [--gid N] [--cwd DIR]
+                     [--stdio inherit|discard|capture] [--cpu-affinity] [--log FILE]
+signals (primary): SIGINT/SIGTERM graceful stop, SIGHUP rolling restart, SIGUSR2 upgrade,
+                   SIGTTIN/SIGTTOU one worker more/less, SIGUSR1 reopen --log";
+
+/// A bad command line: the reason and the usage on stderr, exit 2.
 fn usage(msg: &str) -> ! {
     eprintln!("hello_cluster: {msg}");
-    eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H] [--admin ADDR:PORT] [--max-memory MIB] [--pid-file PATH] [--upgrade-exec PATH] [--unix PATH]");
-    eprintln!("                     [--uid N] [--gid N] [--cwd DIR] [--stdio inherit|discard|capture] [--cpu-affinity] [--log FILE]");
+    eprintln!("{USAGE}");
     std::process::exit(2);
 }
 
@@ -151,7 +158,10 @@ fn parse_options() -> Options {
             "--max-memory" => {
                 o.max_memory_mib = Some(value().parse().unwrap_or_else(|_| usage("bad --max-memory (want MiB)")))
             }
-            "--help" | "-h" => usage("help"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             other => usage(&format!("unknown argument {other}")),
         }
     }

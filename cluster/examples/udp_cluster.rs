@@ -56,7 +56,10 @@ fn parse_options() -> Options {
             "--backend" => o.backend = Backend::parse(&value()).unwrap_or_else(|| usage("bad --backend")),
             "--port" | "-p" => o.port = value().parse().unwrap_or_else(|_| usage("bad --port")),
             "--host" => o.host = value().parse().unwrap_or_else(|_| usage("bad --host")),
-            "--help" | "-h" => usage("help"),
+            "--help" | "-h" => {
+                println!("usage: udp_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H]");
+                std::process::exit(0);
+            }
             other => usage(&format!("unknown argument {other}")),
         }
     }

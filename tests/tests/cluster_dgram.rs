@@ -146,6 +146,8 @@ cluster_test! {
 #[test]
 fn udp_cluster_example_echoes_and_exits() {
     use std::os::unix::process::CommandExt;
+    // Its sockets must not overlap another test's fd check.
+    let _serial = uvring_tests::TestGuard::new();
     let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cluster-udp"))
         .args(["--workers", "2", "--backend", "epoll", "--port", &port.to_string()])
