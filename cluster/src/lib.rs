@@ -101,6 +101,7 @@
 //! ```
 
 mod channel;
+pub mod node;
 pub mod primary;
 pub mod proto;
 pub mod schedule;
@@ -108,6 +109,7 @@ pub mod settings;
 pub mod store;
 pub mod worker;
 
+pub use node::WorkerProtocol;
 pub use primary::{ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerInfo, WorkerStatus};
 pub use proto::FrameFds;
 pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};

@@ -40,14 +40,16 @@ impl Example {
     /// The example with `workers` workers.
     pub fn start_with(backend: &str, policy: &str, port: u16, workers: usize) -> Example {
         let workers = workers.to_string();
-        let mut child = Command::new(HELLO)
-            .args(["--workers", &workers, "--policy", policy, "--backend", backend, "--host", "127.0.0.1"])
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(HELLO);
+        cmd.args(["--workers", &workers, "--policy", policy, "--backend", backend, "--host", "127.0.0.1"])
+            .env("PORT", port.to_string());
+        Example::spawn(&mut cmd)
+    }
+
+    /// Runs `cmd` (stdout to /dev/null) in its own process group, with its
+    /// stderr read line by line.
+    pub fn spawn(cmd: &mut Command) -> Example {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0).spawn().unwrap();
         let pgid = child.id() as i32;
         let stderr = child.stderr.take().unwrap();
         let (tx, log) = mpsc::channel();
