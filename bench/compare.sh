@@ -29,6 +29,11 @@
 #              round-robin policy
 #   node-shared  the same with NODE_CLUSTER_SCHED_POLICY=none (workers
 #              accept on the shared listening socket)
+#   node-under-uvring  the same app, 2 unchanged Node workers, under
+#              uvring's primary speaking Node's cluster protocol (the
+#              uvring-node binary, release build), policy rr (several
+#              connections in flight per worker); node-under-uvring-shared
+#              the same with --policy shared
 #   hyper      bench/peers/hyper_hello: hyper 1.x on tokio's multi-thread
 #              runtime with 2 worker threads (one process), built in release
 #
@@ -71,7 +76,7 @@ while [ $# -gt 0 ]; do
         --connections) CONNS="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
         --no-install) INSTALL=0 ;;
-        -h|--help) sed -n '2,52p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,57p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -126,6 +131,13 @@ if [ -f "$ROOT/cluster/examples/hello_cluster.rs" ] || [ -d "$ROOT/cluster/examp
     [ -x "$HELLO" ] || { log "hello_cluster was built but $HELLO is missing"; HELLO=""; }
 else
     log "cluster/examples/hello_cluster is not there yet: uvring rows are skipped"
+fi
+
+UVNODE=""
+if [ -f "$ROOT/cluster/src/bin/uvring-node.rs" ]; then
+    log "building uvring-node (release)"
+    (cd "$ROOT" && cargo build -q --release -p uvring-cluster --bin uvring-node)
+    UVNODE="$TARGET_DIR/release/uvring-node"
 fi
 
 # ---- servers ----------------------------------------------------------------
@@ -231,6 +243,10 @@ fi
 start nginx "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;"
 start node-rr env NODE_CLUSTER_SCHED_POLICY=rr node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
 start node-shared env NODE_CLUSTER_SCHED_POLICY=none node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
+if [ -n "$UVNODE" ]; then
+    start node-under-uvring "$UVNODE" --workers 2 --policy rr "$HERE/compare/node_cluster.js" --workers 2 --port PORT
+    start node-under-uvring-shared "$UVNODE" --workers 2 --policy shared "$HERE/compare/node_cluster.js" --workers 2 --port PORT
+fi
 if [ -n "$HYPER" ]; then start hyper "$HYPER" --threads 2 --port PORT; fi
 
 if [ ${#NAMES[@]} -eq 0 ]; then

@@ -198,6 +198,11 @@ fn run(o: Options) -> uvring::Result<()> {
         }
         eprintln!("[uvring-node {me}] signal {signum}: disconnecting workers");
         sup.primary.disconnect(lp, move |lp, sup| {
+            let s = sup.primary.stats();
+            eprintln!(
+                "[uvring-node {me}] connections: {} handed off, {} refused or not received, {} redistributed, {} closed unroutable",
+                s.handed_off, s.refused, s.redistributed, s.closed_unroutable
+            );
             eprintln!("[uvring-node {me}] all workers gone; bye");
             close_signals(lp, sup);
         });

@@ -55,6 +55,8 @@ pub enum WorkerProtocol {
     /// is false in them. Settings `exec` is `node`, `args` the script and
     /// its arguments. Node's protocol has no heartbeat: heartbeats are not
     /// sent, and a worker is judged alive while its process runs and its
-    /// channel is open (as Node's own primary judges it).
+    /// channel is open (as Node's own primary judges it). The primary does
+    /// not move to `SCHED_BATCH` ([`Settings::batch_scheduling`](crate::Settings::batch_scheduling)):
+    /// Node workers would inherit it and could not move back.
     Node,
 }

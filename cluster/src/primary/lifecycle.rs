@@ -59,8 +59,10 @@ impl<D> Lifecycle<D> {
         };
         // See `Settings::batch_scheduling`. A thread the user already put
         // under another policy keeps it.
+        // Node workers inherit the policy and could not move back.
         let batch_sched = settings.policy == SchedPolicy::RoundRobin
             && settings.batch_scheduling
+            && settings.protocol == crate::node::WorkerProtocol::Uvring
             && uvring::os::sched_is_normal()
             && uvring::os::set_sched_batch(true).is_ok();
         Ok(Lifecycle {
