@@ -24,11 +24,16 @@ const NODE_PRIMARY: &str = env!("CARGO_BIN_EXE_node-primary");
 /// `uvring-node` on `backend` with `args`, the app listening on port 0 of
 /// 127.0.0.1 (`None` when the backend cannot run here: a SKIP line).
 fn start(backend: &str, args: &[&str]) -> Option<Example> {
+    start_on(backend, args, "0")
+}
+
+/// [`start`] with the app listening on `port`.
+fn start_on(backend: &str, args: &[&str], port: &str) -> Option<Example> {
     if !node_available() || (backend == "io_uring" && !hello::io_uring_available()) {
         return None;
     }
     let mut cmd = Command::new(NODE_PRIMARY);
-    cmd.args(args).env("UVRING_BACKEND", backend).env("PORT", "0").env("HOST", "127.0.0.1");
+    cmd.args(args).env("UVRING_BACKEND", backend).env("PORT", port).env("HOST", "127.0.0.1");
     Some(Example::spawn(&mut cmd))
 }
 
@@ -224,4 +229,30 @@ fn epoll_primary_death_ends_the_workers() {
 #[test]
 fn io_uring_primary_death_ends_the_workers() {
     primary_death("io_uring");
+}
+
+#[test]
+fn help_exits_0_and_a_bad_option_2() {
+    let out = Command::new(NODE_PRIMARY).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("usage: uvring-node"));
+    let out = Command::new(NODE_PRIMARY).args(["--policy", "fifo", "app.js"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--policy is rr or shared"));
+}
+
+/// A port that is taken: the primary's bind fails, the worker gets Node's
+/// own `EADDRINUSE` error (errno -98 in the `queryServer` reply), crashes,
+/// and after a restart storm the primary exits 1 instead of forking for
+/// ever.
+#[test]
+fn a_taken_port_ends_in_a_restart_storm() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let Some(mut ex) = start_on("epoll", &["--workers", "1", &app("hello.js")], &port) else { return };
+    ex.wait_log(&["Error: bind EADDRINUSE"]);
+    ex.wait_log(&["no worker left after a restart storm"]);
+    let status = ex.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    drop(taken);
 }

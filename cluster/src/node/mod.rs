@@ -57,6 +57,8 @@ pub enum WorkerProtocol {
     /// sent, and a worker is judged alive while its process runs and its
     /// channel is open (as Node's own primary judges it). The primary does
     /// not move to `SCHED_BATCH` ([`Settings::batch_scheduling`](crate::Settings::batch_scheduling)):
-    /// Node workers would inherit it and could not move back.
+    /// Node workers would inherit it and could not move back. The policies
+    /// are `rr` and `shared` (Node's own two); under `reuseport` a Node
+    /// worker's listen fails with `ENOTSUP`.
     Node,
 }

@@ -221,6 +221,11 @@ fn query_server<D: PrimaryData>(
         QueryAddress::Udp { .. } => errno = libc::EAFNOSUPPORT,
         QueryAddress::Fd(_) => errno = libc::ENOTSUP,
     }
+    // Under `reuseport` each worker binds its own socket, which Node's
+    // protocol cannot ask a worker to do.
+    if p.settings.policy == crate::settings::SchedPolicy::ReusePort {
+        errno = libc::ENOTSUP;
+    }
     let pending = PendingQuery {
         token: 0,
         ack: q.seq.to_owned(),
