@@ -55,9 +55,10 @@ pub enum WorkerProtocol {
     /// is false in them. Settings `exec` is `node`, `args` the script and
     /// its arguments. Node's protocol has no heartbeat: heartbeats are not
     /// sent, and a worker is judged alive while its process runs and its
-    /// channel is open (as Node's own primary judges it). The primary does
-    /// not move to `SCHED_BATCH` ([`Settings::batch_scheduling`](crate::Settings::batch_scheduling)):
-    /// Node workers would inherit it and could not move back. The policies
+    /// channel is open (as Node's own primary judges it). Under
+    /// [`Settings::batch_scheduling`](crate::Settings::batch_scheduling) the
+    /// primary moves each Node worker's threads back to the normal policy
+    /// right after the spawn (a Node worker cannot do it itself). The policies
     /// are `rr` and `shared` (Node's own two); under `reuseport` a Node
     /// worker's listen fails with `ENOTSUP`.
     Node,

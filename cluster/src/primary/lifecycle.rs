@@ -59,10 +59,8 @@ impl<D> Lifecycle<D> {
         };
         // See `Settings::batch_scheduling`. A thread the user already put
         // under another policy keeps it.
-        // Node workers inherit the policy and could not move back.
         let batch_sched = settings.policy == SchedPolicy::RoundRobin
             && settings.batch_scheduling
-            && settings.protocol == crate::node::WorkerProtocol::Uvring
             && uvring::os::sched_is_normal()
             && uvring::os::set_sched_batch(true).is_ok();
         Ok(Lifecycle {
@@ -357,6 +355,9 @@ impl<D: PrimaryData> Primary<D> {
         };
         let _ = lp.set_data(process, id as usize);
         let pid = lp.process_pid(process).unwrap_or(-1);
+        if self.life.batch_sched && self.speaks_node() {
+            super::node::normal_sched(pid);
+        }
         let mut info = WorkerInfo {
             id,
             pid,

@@ -275,3 +275,17 @@ pub(super) fn node_env(env: &mut Vec<(OsString, OsString)>, id: WorkerId, uvring
     env.push((ENV_NODE_CHANNEL_FD.into(), super::lifecycle::CHANNEL_FD.to_string().into()));
     env.push((ENV_NODE_SERIALIZATION.into(), "json".into()));
 }
+
+/// Moves every thread of a just-spawned Node worker back to the normal
+/// scheduling policy (it inherited the primary's `SCHED_BATCH`); threads
+/// it starts later inherit the normal policy from them. Best effort: a
+/// worker left under `SCHED_BATCH` still works.
+pub(super) fn normal_sched(pid: i32) {
+    let _ = uvring::os::set_sched_batch_of(pid, false);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
+    for t in tasks.flatten() {
+        if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+            let _ = uvring::os::set_sched_batch_of(tid, false);
+        }
+    }
+}
