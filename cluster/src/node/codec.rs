@@ -801,6 +801,54 @@ mod tests {
         98
     }
 
+    /// Every input gives a message or a fault: mutations of real messages
+    /// (bytes flipped, cut, duplicated) and any split of the stream.
+    #[test]
+    fn total_on_mutated_input() {
+        let seeds: [&[u8]; 5] = [
+            br#"{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":null,"port":8000,"addressType":4,"backlog":0,"seq":1}"#,
+            br#"{"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":"k","seq":7}}"#,
+            br#"{"isSharedMemoryMessage":true,"method":"set","id":1,"uuid":0,"key":"k","value":{"n":[1,"\u00e9"]}}"#,
+            br#"{"cmd":"NODE_CLUSTER","ack":7,"accepted":true,"seq":3}"#,
+            br#"{"cmd":"NODE_CLUSTER","act":"listening","address":"::1","port":-1,"addressType":"udp6","fd":3}"#,
+        ];
+        const PUNCT: &[u8] = b"{}[]\":,0-e\n";
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for seed in seeds {
+            for _ in 0..2000 {
+                let mut m = seed.to_vec();
+                for _ in 0..(next() % 4 + 1) {
+                    let i = (next() as usize) % m.len().max(1);
+                    match next() % 4 {
+                        0 if !m.is_empty() => m[i] = next() as u8,
+                        1 => m.truncate(i),
+                        2 => m.insert(i.min(m.len()), PUNCT[(next() as usize) % PUNCT.len()]),
+                        _ => m.extend_from_slice(&seed[..i.min(seed.len())]),
+                    }
+                }
+                let _ = parse(&m, 1);
+                let mut dec = LineDecoder::new(64);
+                let cut = (next() as usize) % (m.len() + 1);
+                for part in [&m[..cut], &m[cut..], b"\n"] {
+                    let r = dec.feed(part, &mut |l, n, _| {
+                        let _ = parse(l, n);
+                        Ok(LineFlow::Continue)
+                    });
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                let _ = dec.finish();
+            }
+        }
+    }
+
     #[test]
     fn emitted_messages_parse_back() {
         let mut out = Vec::new();
