@@ -13,10 +13,13 @@
 #   bench/compare.sh            # ~5 minutes: 5 s runs, 3 repeats, median
 #   bench/compare.sh --quick    # ~1 minute:  1 s runs, 3 repeats, median
 #   bench/compare.sh --duration 10 --repeats 3   # the design's 10 s runs (~9 min)
+#   bench/compare.sh --scenarios static4k,static1m   # static files only (~1 minute)
 #
 # Options: --quick, --duration S, --repeats N, --connections C,
 #          COMPARE_BASE_PORT=P in the environment fixes the first port,
-#          --only REGEX (servers whose name matches), --no-install.
+#          --only REGEX (servers whose name matches), --no-install,
+#          --scenarios LIST (comma-separated, of keepalive, close,
+#          static4k, static1m; default all; output files named after them).
 #
 # Servers (each started once on its own port, all kept idle while another
 # is measured, all killed on exit, even on failure):
@@ -36,9 +39,17 @@
 #              the same with --policy shared
 #   hyper      bench/peers/hyper_hello: hyper 1.x on tokio's multi-thread
 #              runtime with 2 worker threads (one process), built in release
+#   uvring-static-{epoll,io_uring}  (static-file scenarios only)
+#       cargo's release build of cluster/examples/static_files
+#       --workers 2 --backend B --root SITE --port PORT (policy rr)
+#   nginx serves the same SITE for the static scenarios: the same server
+#       block, `location ~ \.bin$ { root SITE; }` with sendfile and
+#       tcp_nopush on (nginx's static-file setup; no open_file_cache)
 #
 # Scenarios: keep-alive (wrk -t2 -c64 -dS) and connection churn (the same
-# with -H "Connection: close": one request per connection). Each (scenario,
+# with -H "Connection: close": one request per connection); static files:
+# keep-alive GETs of a 4 KiB file (static4k) and of a 1 MiB file
+# (static1m), both in the page cache, nginx against uvring-static-* only. Each (scenario,
 # server) runs --repeats times, interleaved round by round (each round starts
 # one server further down the list) so that a slow moment of the machine
 # hits every peer alike; the report takes the median.
@@ -65,6 +76,8 @@ DURATION=5
 REPEATS=3
 CONNS=64
 ONLY=""
+SCENARIOS="keepalive close static4k static1m"
+SCEN_GIVEN=0
 INSTALL=1
 QUICK=0
 CMDLINE="bench/compare.sh $*"
@@ -75,8 +88,9 @@ while [ $# -gt 0 ]; do
         --repeats) REPEATS="$2"; shift ;;
         --connections) CONNS="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
+        --scenarios) SCENARIOS="${2//,/ }"; SCEN_GIVEN=1; shift ;;
         --no-install) INSTALL=0 ;;
-        -h|--help) sed -n '2,57p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,68p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -115,16 +129,21 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 log "building proc_tree (release)"
 (cd "$ROOT" && cargo build -q --release -p uvring-bench --bin proc_tree)
 PROC_TREE="$TARGET_DIR/release/proc_tree"
+HELLO_SCENARIOS=0
+[[ " $SCENARIOS " == *" keepalive "* || " $SCENARIOS " == *" close "* ]] && HELLO_SCENARIOS=1
 HYPER=""
-log "building hyper_hello (release, bench/peers)"
-if cargo build -q --release --target-dir "$TARGET_DIR" --manifest-path "$HERE/peers/Cargo.toml" -p hyper_hello; then
+if [ "$HELLO_SCENARIOS" = 0 ]; then
+    log "no hello scenario: hyper_hello, hello_cluster and node are left out"
+elif log "building hyper_hello (release, bench/peers)"; cargo build -q --release --target-dir "$TARGET_DIR" --manifest-path "$HERE/peers/Cargo.toml" -p hyper_hello; then
     HYPER="$TARGET_DIR/release/hyper_hello"
 else
     log "hyper_hello did not build: the hyper row is skipped"
 fi
 
 HELLO=""
-if [ -f "$ROOT/cluster/examples/hello_cluster.rs" ] || [ -d "$ROOT/cluster/examples/hello_cluster" ]; then
+if [ "$HELLO_SCENARIOS" = 0 ]; then
+    :
+elif [ -f "$ROOT/cluster/examples/hello_cluster.rs" ] || [ -d "$ROOT/cluster/examples/hello_cluster" ]; then
     log "building hello_cluster (release)"
     (cd "$ROOT" && cargo build -q --release -p uvring-cluster --example hello_cluster)
     HELLO="$TARGET_DIR/release/examples/hello_cluster"
@@ -138,6 +157,13 @@ if [ -f "$ROOT/cluster/src/bin/uvring-node.rs" ]; then
     log "building uvring-node (release)"
     (cd "$ROOT" && cargo build -q --release -p uvring-cluster --bin uvring-node)
     UVNODE="$TARGET_DIR/release/uvring-node"
+fi
+STATIC_FILES=""
+if [[ " $SCENARIOS " == *" static"* ]] && [ -f "$ROOT/cluster/examples/static_files.rs" ]; then
+    log "building static_files (release)"
+    (cd "$ROOT" && cargo build -q --release -p uvring-cluster --example static_files)
+    STATIC_FILES="$TARGET_DIR/release/examples/static_files"
+    [ -x "$STATIC_FILES" ] || { log "static_files was built but $STATIC_FILES is missing"; STATIC_FILES=""; }
 fi
 
 # ---- servers ----------------------------------------------------------------
@@ -161,6 +187,19 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# The static site: the two files, and an index.html that answers the
+# readiness check like the hello servers do. Read once so that every
+# server finds them in the page cache.
+SITE="$TMP/site"
+mkdir -p "$SITE"
+printf 'hello world' >"$SITE/index.html"
+head -c 4096 /dev/urandom >"$SITE/4k.bin"
+head -c 1048576 /dev/urandom >"$SITE/1m.bin"
+cat "$SITE"/*.bin >/dev/null
+# nginx's workers run as an unprivileged user: let them read the site.
+chmod 755 "$TMP" "$SITE"
+chmod 644 "$SITE"/*
 
 # Listening ports below the kernel's ephemeral range, so that no client
 # socket (wrk's, or any other program's on this machine) already holds one.
@@ -190,6 +229,7 @@ http {
         listen 127.0.0.1:$1;
         default_type text/plain;
         location / { return 200 "hello world"; }
+        location ~ \.bin\$ { root $SITE; sendfile on; tcp_nopush on; }
     }
 }
 EOF
@@ -241,13 +281,18 @@ if [ -n "$HELLO" ]; then
     done
 fi
 start nginx "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;"
-start node-rr env NODE_CLUSTER_SCHED_POLICY=rr node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
-start node-shared env NODE_CLUSTER_SCHED_POLICY=none node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
-if [ -n "$UVNODE" ]; then
+[ "$HELLO_SCENARIOS" = 1 ] && start node-rr env NODE_CLUSTER_SCHED_POLICY=rr node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
+[ "$HELLO_SCENARIOS" = 1 ] && start node-shared env NODE_CLUSTER_SCHED_POLICY=none node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
+if [ "$HELLO_SCENARIOS" = 1 ] && [ -n "$UVNODE" ]; then
     start node-under-uvring "$UVNODE" --workers 2 --policy rr "$HERE/compare/node_cluster.js" --workers 2 --port PORT
     start node-under-uvring-shared "$UVNODE" --workers 2 --policy shared "$HERE/compare/node_cluster.js" --workers 2 --port PORT
 fi
 if [ -n "$HYPER" ]; then start hyper "$HYPER" --threads 2 --port PORT; fi
+if [ -n "$STATIC_FILES" ]; then
+    for backend in epoll io_uring; do
+        start "uvring-static-$backend" "$STATIC_FILES" --workers 2 --backend "$backend" --root "$SITE" --host 127.0.0.1 --port PORT
+    done
+fi
 
 if [ ${#NAMES[@]} -eq 0 ]; then
     log "no server came up"; exit 1
@@ -256,7 +301,9 @@ fi
 # ---- runs -------------------------------------------------------------------
 
 mkdir -p "$RESULTS"
-if [ "$QUICK" = 1 ]; then PREFIX="$RESULTS/quick"; else PREFIX="$RESULTS/latest"; fi
+if [ "$QUICK" = 1 ]; then PREFIX="$RESULTS/quick"
+elif [ "$SCEN_GIVEN" = 1 ]; then PREFIX="$RESULTS/$(echo $SCENARIOS | tr ' ' '-')"
+else PREFIX="$RESULTS/latest"; fi
 RUNS="$PREFIX-runs.csv"
 echo "scenario,server,repeat,rps,p50_ms,p99_ms,errors,non2xx,requests,server_cpu_s,cpu_us_per_req" >"$RUNS"
 
@@ -273,14 +320,16 @@ to_ms() {
 measure() {
     local scen="$1" name="$2" rep="$3"
     local port="${PORT_OF[$name]}"
-    local extra=()
+    local extra=() path=/
     [ "$scen" = close ] && extra=(-H "Connection: close")
+    [ "$scen" = static4k ] && path=/4k.bin
+    [ "$scen" = static1m ] && path=/1m.bin
     local out="$TMP/wrk-$scen-$name-$rep.txt"
     # The server's CPU so far (its whole process tree), before and after.
     local cpu0 cpu1
     cpu0="$("$PROC_TREE" "${PID_OF[$name]}" 2>/dev/null | sed -E 's/^cpu_ns=([0-9]+).*/\1/' || true)"
     if ! timeout $((DURATION + 15)) wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${extra[@]}" \
-        "http://127.0.0.1:$port/" >"$out" 2>&1; then
+        "http://127.0.0.1:$port$path" >"$out" 2>&1; then
         log "wrk failed for $name ($scen):"; sed 's/^/    /' "$out" >&2
         return 0
     fi
@@ -302,8 +351,24 @@ measure() {
         "$name" "$scen" "$rep" "${per_req:-?}" "${rps:-0}" "${p99:-?}" "$((${errs:-0} + ${non2xx:-0}))" >&2
 }
 
-total=$(( ${#NAMES[@]} * 2 * REPEATS * DURATION ))
-log "${#NAMES[@]} servers x 2 scenarios x $REPEATS repeats x ${DURATION}s = ~${total}s of load"
+# takes SCENARIO NAME: whether that server runs in that scenario (the
+# static servers in the static ones only, nginx in all, the rest in the
+# hello ones).
+takes() {
+    case "$1:$2" in
+        static*:nginx) return 0 ;;
+        static*:uvring-static-*) return 0 ;;
+        static*:*) return 1 ;;
+        *:uvring-static-*) return 1 ;;
+        *) return 0 ;;
+    esac
+}
+runs_per_rep=0
+for scen in $SCENARIOS; do
+    for name in "${NAMES[@]}"; do takes "$scen" "$name" && runs_per_rep=$((runs_per_rep + 1)); done
+done
+total=$(( runs_per_rep * REPEATS * DURATION ))
+log "${#NAMES[@]} servers, scenarios: $SCENARIOS; $runs_per_rep runs x $REPEATS repeats x ${DURATION}s = ~${total}s of load"
 # A short warm-up per server (JIT for node, page faults and pools for all).
 [ "$QUICK" = 1 ] || for name in "${NAMES[@]}"; do
     timeout 10 wrk -t1 -c8 -d1s "http://127.0.0.1:${PORT_OF[$name]}/" >/dev/null 2>&1 || true
@@ -311,12 +376,13 @@ done
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 n=${#NAMES[@]}
 for rep in $(seq 1 "$REPEATS"); do
-    for scen in keepalive close; do
+    for scen in $SCENARIOS; do
         # Each round starts one server further down the list, so a machine
         # that gets busier (or a TIME_WAIT pile that grows) during a round
         # does not always hit the same peers last.
         for i in $(seq 0 $((n - 1))); do
             name="${NAMES[$(( (i + rep - 1) % n ))]}"
+            takes "$scen" "$name" || continue
             measure "$scen" "$name" "$rep"
             # Let the accept queues settle between churn runs.
             [ "$scen" = close ] && sleep "$( [ "$QUICK" = 1 ] && echo 0.1 || echo 0.5 )"
@@ -331,8 +397,9 @@ CPU="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 MACHINE="$(nproc) cores ($CPU), $(uname -sr), $(free -g | awk '/Mem:/ {print $2}') GiB"
 NOTES=("mode: external load generator (wrk, its own process); wrk -t2 -c$CONNS -d${DURATION}s --latency; churn adds -H 'Connection: close'; $REPEATS repeats interleaved, median; wrk and the servers share the 2 cores, unpinned"
        "CPU per request: utime+stime of the server's whole process tree (primary and workers, all threads) from /proc before and after each wrk run, over the requests wrk completed in it"
-       "versions: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), node $(node --version), hyper $(awk '/^name = "hyper"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' "$HERE/peers/Cargo.lock") (tokio multi-thread, 2 worker threads)"
+       "versions: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //')$( [ "$HELLO_SCENARIOS" = 1 ] && echo ", node $(node --version), hyper $(awk '/^name = "hyper"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' "$HERE/peers/Cargo.lock") (tokio multi-thread, 2 worker threads)")"
        "load average before the runs: $LOAD_BEFORE, after: $LOAD_AFTER (above 2 means other work shared the 2 cores; compare ratios, not absolute numbers)")
-[ -z "$HELLO" ] && NOTES+=("uvring rows missing: cluster/examples/hello_cluster did not exist at run time")
+[ -z "$HELLO" ] && [ "$HELLO_SCENARIOS" = 1 ] && NOTES+=("uvring rows missing: cluster/examples/hello_cluster did not exist at run time")
+[ -n "$STATIC_FILES" ] && NOTES+=("static files: a 4 KiB and a 1 MiB file in the page cache, GET with keep-alive; uvring-static-* is cluster/examples/static_files (2 workers, rr), nginx serves the same directory with sendfile on and tcp_nopush on")
 python3 "$HERE/compare/report.py" "$RUNS" "$PREFIX" "$MACHINE" "$CMDLINE" "${NOTES[@]}"
 log "saved $PREFIX.md, $PREFIX.csv, $RUNS$( [ -f "$PREFIX.png" ] && echo ", $PREFIX.png")"

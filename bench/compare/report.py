@@ -18,7 +18,12 @@ import statistics
 import sys
 from collections import defaultdict
 
-SCENARIOS = [("keepalive", "keep-alive"), ("close", "connection churn (Connection: close)")]
+SCENARIOS = [
+    ("keepalive", "keep-alive"),
+    ("close", "connection churn (Connection: close)"),
+    ("static4k", "static file, 4 KiB (keep-alive)"),
+    ("static1m", "static file, 1 MiB (keep-alive)"),
+]
 
 
 def median(xs):
@@ -151,18 +156,19 @@ def chart(summary, path, title):
     except ImportError:
         print("report: matplotlib missing, no chart", file=sys.stderr)
         return False
+    scenarios = [(scen, label) for scen, label in SCENARIOS if summary.get(scen)]
     servers = []
-    for scen, _ in SCENARIOS:
+    for scen, _ in scenarios:
         for r in summary.get(scen, []):
             if r.server not in servers:
                 servers.append(r.server)
     if not servers:
         return False
-    fig, axes = plt.subplots(2, len(SCENARIOS), figsize=(13, 10))
+    fig, axes = plt.subplots(2, len(scenarios), figsize=(6.5 * len(scenarios), 10), squeeze=False)
     panels = [("cpu", "server CPU us per request (median; lower is better)", "{:.2f}"),
               ("rps", "requests/s (median)", "{:,.0f}")]
     for row_axes, (attr, xlabel, fmt) in zip(axes, panels):
-        for ax, (scen, label) in zip(row_axes, SCENARIOS):
+        for ax, (scen, label) in zip(row_axes, scenarios):
             rows = {r.server: getattr(r, attr) for r in summary.get(scen, [])}
             vals = [rows.get(s) or 0.0 for s in servers]
             bars_ = ax.barh(servers, vals, color=[color(s) for s in servers])

@@ -3,8 +3,16 @@
 //! ```text
 //! cargo run --release --example hello_cluster -- [--workers N] [--policy rr|shared|reuseport]
 //!                                                [--backend epoll|io_uring|auto] [--port P] [--host H]
+//!                                                [--admin 127.0.0.1:PORT] [--max-memory MIB]
+//!                                                [--pid-file PATH] [--upgrade-exec PATH]
 //! curl http://127.0.0.1:8000/
 //! ```
+//!
+//! With `--admin ADDR` the primary serves `/health`, `/stats` (JSON) and
+//! `/metrics` (Prometheus) on ADDR from its own loop (`Primary::admin_listen`);
+//! `/health` answers 503 once a shutdown began. With `--max-memory MIB` a
+//! worker whose `RssAnon` grows above MIB MiB is replaced (a new worker
+//! listens first, then the old one drains).
 //!
 //! The primary forks `--workers` workers (default: the number of CPUs; 0
 //! serves from this process alone) and logs their events to stderr. The
@@ -18,6 +26,17 @@
 //! (`Worker::on_drain`). A listen that cannot succeed (the port is taken)
 //! ends in a restart storm, and the primary exits 1.
 //!
+//! Operations (see the README's "Operations" section): started under
+//! systemd socket activation (`LISTEN_FDS`), the primary serves on the
+//! inherited sockets instead of binding; with `NOTIFY_SOCKET` it speaks
+//! sd_notify (`READY=1`, `RELOADING=1` during a SIGHUP roll, `STOPPING=1`,
+//! `MAINPID=` after an upgrade, `WATCHDOG=1` when `WATCHDOG_USEC` asks);
+//! `--pid-file PATH` writes the primary's pid. SIGUSR2 upgrades the primary
+//! with no downtime: it starts a new primary (this program, or
+//! `--upgrade-exec PATH`) that inherits the listening sockets, and once the
+//! new one's workers listen the old one drains and exits; if the new one
+//! fails, the old one says why and serves on.
+//!
 //! Requests are parsed with `httparse`; pipelined requests are answered in
 //! order, `Connection: close` (and HTTP/1.0 without keep-alive) is honoured.
 //! Per-connection state is recycled, so serving allocates nothing once warm.
@@ -29,13 +48,15 @@
 //! ([`PrimaryData`]).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 use uvring::{
     Backend, Error, Loop, OnConnection, OnListenStop, OnRead, OnShutdown, OnSignal, OnTimer, RunMode, Signal,
     TcpListener, TcpStream,
 };
 use uvring_cluster::{
-    available_cpus, is_worker, Primary, PrimaryData, RespawnSettings, SchedPolicy, Settings, Worker, WorkerData,
+    available_cpus, is_worker, ListenFds, ListenSource, Primary, PrimaryData, RespawnSettings, SchedPolicy, SdNotify,
+    Settings, Worker, WorkerData, WorkerStatus,
 };
 
 /// Largest request head (and unparsed pipeline) a connection may buffer.
@@ -48,11 +69,19 @@ struct Options {
     backend: Backend,
     host: IpAddr,
     port: u16,
+    /// `--pid-file`: where the primary writes its pid.
+    pid_file: Option<PathBuf>,
+    /// `--upgrade-exec`: the program SIGUSR2 starts (default: this one).
+    upgrade_exec: Option<PathBuf>,
+    /// `--admin`: where the primary serves its admin endpoint.
+    admin: Option<SocketAddr>,
+    /// `--max-memory`: the workers' `RssAnon` limit, MiB.
+    max_memory_mib: Option<u64>,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("hello_cluster: {msg}");
-    eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H]");
+    eprintln!("usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto] [--port P] [--host H] [--admin ADDR:PORT] [--max-memory MIB] [--pid-file PATH] [--upgrade-exec PATH]");
     std::process::exit(2);
 }
 
@@ -63,6 +92,10 @@ fn parse_options() -> Options {
         backend: Backend::from_env().unwrap_or(Backend::Auto),
         host: IpAddr::from([0, 0, 0, 0]),
         port: std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8000),
+        pid_file: None,
+        upgrade_exec: None,
+        admin: None,
+        max_memory_mib: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -73,6 +106,12 @@ fn parse_options() -> Options {
             "--backend" => o.backend = Backend::parse(&value()).unwrap_or_else(|| usage("bad --backend")),
             "--port" | "-p" => o.port = value().parse().unwrap_or_else(|_| usage("bad --port")),
             "--host" => o.host = value().parse().unwrap_or_else(|_| usage("bad --host")),
+            "--pid-file" => o.pid_file = Some(PathBuf::from(value())),
+            "--upgrade-exec" => o.upgrade_exec = Some(PathBuf::from(value())),
+            "--admin" => o.admin = Some(value().parse().unwrap_or_else(|_| usage("bad --admin (want ADDR:PORT)"))),
+            "--max-memory" => {
+                o.max_memory_mib = Some(value().parse().unwrap_or_else(|_| usage("bad --max-memory (want MiB)")))
+            }
             "--help" | "-h" => usage("help"),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -189,6 +228,54 @@ struct Supervisor {
     shutting_down: bool,
     /// A restart storm left no worker: exit 1.
     failed: bool,
+    /// sd_notify, when a service manager listens (`NOTIFY_SOCKET`).
+    notify: Option<SdNotify>,
+    /// Every worker listened once: readiness was reported.
+    ready: bool,
+    /// A new primary took over (an upgrade): this one only drains.
+    replaced: bool,
+    upgrade_exec: Option<PathBuf>,
+}
+
+impl Supervisor {
+    /// Sends an sd_notify state, if a manager listens; a failure is logged.
+    fn notify(&self, state: &str) {
+        if let Some(Err(e)) = self.notify.as_ref().map(|n| n.notify(state)) {
+            eprintln!("[primary {}] sd_notify {state:?} failed: {e}", std::process::id());
+        }
+    }
+
+    /// Once `workers` workers listen: tells the old primary (after an
+    /// upgrade) or the service manager (`READY=1`) that this one serves.
+    fn check_ready(&mut self, workers: usize) {
+        let listening = self.primary.workers().iter().filter(|w| w.status() == WorkerStatus::Listening).count();
+        if self.ready || listening < workers {
+            return;
+        }
+        self.ready = true;
+        let me = std::process::id();
+        match self.primary.announce_ready() {
+            Ok(true) => eprintln!("[primary {me}] upgrade: workers listening; told the old primary to drain"),
+            Ok(false) => self.notify("READY=1"),
+            Err(e) => eprintln!("[primary {me}] upgrade: cannot tell the old primary: {e}"),
+        }
+    }
+}
+
+/// Starts a graceful shutdown: the workers disconnect (open connections
+/// finish); those still there after 10 s are killed.
+fn begin_shutdown(lp: &mut Loop<Supervisor>, sup: &mut Supervisor, on_deadline: &OnTimer<Supervisor>) {
+    let me = std::process::id();
+    sup.primary.disconnect(lp, move |lp, sup| {
+        eprintln!("[primary {me}] all workers gone; bye");
+        for s in sup.signals.drain(..) {
+            let _ = lp.close(s, None);
+        }
+    });
+    if let Ok(t) = lp.timer_init() {
+        let _ = lp.unref_handle(t);
+        let _ = lp.timer_start(t, Duration::from_secs(10), Duration::ZERO, on_deadline);
+    }
 }
 
 impl PrimaryData for Supervisor {
@@ -199,18 +286,50 @@ impl PrimaryData for Supervisor {
 
 fn run_primary(o: Options) -> uvring::Result<()> {
     let me = std::process::id();
+    // Sockets from systemd (`LISTEN_FDS`) or from the primary this one
+    // replaces (SIGUSR2): claimed before anything is spawned.
+    let inherited = ListenFds::from_env()?;
     let mut lp: Loop<Supervisor> = open_loop(o.backend, &format!("primary {me}"));
     let settings = Settings::default()
         .workers(o.workers)
         .policy(o.policy)
         .backend(Some(lp.backend()))
-        .respawn(RespawnSettings::default().enabled(true));
+        .respawn(RespawnSettings::default().enabled(true))
+        .max_memory(o.max_memory_mib.map(|m| m << 20));
     let mut primary = Primary::new(&mut lp, settings)?;
     eprintln!("[primary {me}] {} workers, policy {}, {} backend, port {}", o.workers, o.policy, lp.backend(), o.port);
+    for (fd, why) in inherited.ignored() {
+        eprintln!("[primary {me}] inherited fd {fd} ignored: {why}");
+    }
+    let source = inherited.source();
+    let addrs = inherited.addresses();
+    let kept = primary.adopt(inherited);
+    if source != ListenSource::None {
+        let mut list = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+        if list.is_empty() {
+            list.push_str("none");
+        }
+        if kept == addrs.len() {
+            eprintln!("[primary {me}] adopted {kept} listening socket(s) from {source}: {list}");
+        } else {
+            eprintln!("[primary {me}] closed {} inherited socket(s) from {source} ({list}): under reuseport each worker binds its own", addrs.len());
+        }
+    }
+    if let Some(path) = &o.pid_file {
+        if let Err(e) = std::fs::write(path, format!("{me}\n")) {
+            eprintln!("[primary {me}] cannot write the pid file {}: {e}", path.display());
+        }
+    }
+    let notify = SdNotify::from_env().unwrap_or_else(|e| {
+        eprintln!("[primary {me}] NOTIFY_SOCKET unusable: {e}");
+        None
+    });
+    let workers = o.workers;
     primary.on_fork(move |_, _, w| eprintln!("[primary {me}] worker {} (pid {}) forked", w.id(), w.pid()));
     primary.on_online(move |_, _, w| eprintln!("[primary {me}] worker {} (pid {}) online", w.id(), w.pid()));
-    primary.on_listening(move |_, _, w, addr| {
-        eprintln!("[primary {me}] worker {} (pid {}) listening on {addr}", w.id(), w.pid())
+    primary.on_listening(move |_, sup: &mut Supervisor, w, addr| {
+        eprintln!("[primary {me}] worker {} (pid {}) listening on {addr}", w.id(), w.pid());
+        sup.check_ready(workers);
     });
     primary.on_disconnect(move |_, _, w| eprintln!("[primary {me}] worker {} disconnected", w.id()));
     primary.on_exit(move |lp, sup: &mut Supervisor, w, code, signal| {
@@ -234,6 +353,20 @@ fn run_primary(o: Options) -> uvring::Result<()> {
     primary.on_channel_error(move |_, _, w, reason| {
         eprintln!("[primary {me}] worker {} (pid {}) channel error: {reason}", w.id(), w.pid())
     });
+    if let Some(limit) = o.max_memory_mib {
+        primary.on_memory_limit(move |_, _, w, rss_anon| {
+            eprintln!(
+                "[primary {me}] worker {} (pid {}) RssAnon {:.1} MiB above the limit of {limit} MiB: replacing it",
+                w.id(),
+                w.pid(),
+                rss_anon as f64 / f64::from(1 << 20)
+            )
+        });
+    }
+    if let Some(addr) = o.admin {
+        let bound = primary.admin_listen(&mut lp, addr)?;
+        eprintln!("[primary {me}] admin on http://{bound} (/health /stats /metrics)");
+    }
     // Workers that do not leave in time (a connection that never closes)
     // are killed.
     let on_deadline = OnTimer::new(|lp, sup: &mut Supervisor, t| {
@@ -242,33 +375,88 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         }
         let _ = lp.close(t, None);
     });
+    let deadline = on_deadline.clone();
     let on_stop = OnSignal::new(move |lp, sup: &mut Supervisor, _, signum| {
         if std::mem::replace(&mut sup.shutting_down, true) {
             return;
         }
         eprintln!("[primary {me}] signal {signum}: disconnecting workers");
-        sup.primary.disconnect(lp, move |lp, sup| {
-            eprintln!("[primary {me}] all workers gone; bye");
-            for s in sup.signals.drain(..) {
-                let _ = lp.close(s, None);
-            }
-        });
-        if let Ok(t) = lp.timer_init() {
-            let _ = lp.unref_handle(t);
-            let _ = lp.timer_start(t, Duration::from_secs(10), Duration::ZERO, &on_deadline);
+        if !sup.replaced {
+            sup.notify("STOPPING=1");
         }
+        begin_shutdown(lp, sup, &deadline);
     });
     let on_hup = OnSignal::new(move |lp, sup: &mut Supervisor, _, _| {
         eprintln!("[primary {me}] SIGHUP: rolling restart");
-        sup.primary.rolling_restart(lp, move |_, _| eprintln!("[primary {me}] rolling restart done"));
+        if let Some(Err(e)) = sup.notify.as_ref().map(SdNotify::reloading) {
+            eprintln!("[primary {me}] sd_notify RELOADING=1 failed: {e}");
+        }
+        sup.primary.rolling_restart(lp, move |_, sup| {
+            eprintln!("[primary {me}] rolling restart done");
+            sup.notify("READY=1");
+        });
     });
-    let mut sup = Supervisor { primary, signals: Vec::new(), shutting_down: false, failed: false };
+    // SIGUSR2: a new primary takes the listening sockets over; once it
+    // serves, this one drains and exits (nginx's USR2 + QUIT in one step).
+    let on_usr2 = OnSignal::new(move |lp, sup: &mut Supervisor, _, _| {
+        if sup.shutting_down {
+            eprintln!("[primary {me}] SIGUSR2: shutting down; no upgrade");
+            return;
+        }
+        if sup.primary.is_upgrading() {
+            eprintln!("[primary {me}] SIGUSR2: an upgrade is already under way");
+            return;
+        }
+        let exec = sup.upgrade_exec.clone();
+        let deadline = on_deadline.clone();
+        let started = sup.primary.upgrade(lp, exec.as_deref(), move |lp, sup: &mut Supervisor, res| match res {
+            Ok(pid) => {
+                eprintln!("[primary {me}] upgrade: new primary (pid {pid}) serves; draining workers and exiting");
+                sup.replaced = true;
+                sup.notify(&format!("MAINPID={pid}"));
+                if !std::mem::replace(&mut sup.shutting_down, true) {
+                    begin_shutdown(lp, sup, &deadline);
+                }
+            }
+            Err(why) => eprintln!("[primary {me}] upgrade failed: {why}; still serving"),
+        });
+        let program = exec.map_or_else(|| "this program".to_string(), |p| p.display().to_string());
+        match started {
+            Ok(pid) => eprintln!("[primary {me}] SIGUSR2: upgrade: started {program} as the new primary (pid {pid})"),
+            Err(e) => eprintln!("[primary {me}] upgrade failed: cannot start {program}: {e}; still serving"),
+        }
+    });
+    let mut sup = Supervisor {
+        primary,
+        signals: Vec::new(),
+        shutting_down: false,
+        failed: false,
+        notify,
+        ready: false,
+        replaced: false,
+        upgrade_exec: o.upgrade_exec.clone(),
+    };
     for signum in [libc::SIGINT, libc::SIGTERM] {
         sup.signals.push(lp.signal_start(signum, &on_stop)?);
     }
     sup.signals.push(lp.signal_start(libc::SIGHUP, &on_hup)?);
+    sup.signals.push(lp.signal_start(libc::SIGUSR2, &on_usr2)?);
+    if let Some(every) = sup.notify.as_ref().and_then(SdNotify::watchdog) {
+        // Pinged at half the interval the unit asked for, from the loop:
+        // a stuck loop misses it and systemd restarts the service.
+        let ping = OnTimer::new(|_, sup: &mut Supervisor, _| sup.notify("WATCHDOG=1"));
+        let t = lp.timer_init()?;
+        lp.unref_handle(t)?;
+        lp.timer_start(t, every / 2, every / 2, &ping)?;
+    }
     sup.primary.start(&mut lp)?;
     lp.run(RunMode::Default, &mut sup)?;
+    if let Some(path) = &o.pid_file {
+        // A new primary (an upgrade) has written its own pid there.
+        if std::fs::read_to_string(path).is_ok_and(|s| s.trim() == me.to_string()) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     if sup.failed {
         std::process::exit(1);
     }

@@ -100,8 +100,16 @@
 //! }
 //! ```
 
+/// The crate README's example, compiled as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+pub mod activation;
+pub mod admin;
 mod channel;
 pub mod node;
+pub mod notify;
 pub mod primary;
 pub mod proto;
 pub mod schedule;
@@ -109,8 +117,13 @@ pub mod settings;
 pub mod store;
 pub mod worker;
 
+pub use activation::{ListenFds, ListenSource};
 pub use node::WorkerProtocol;
-pub use primary::{ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerInfo, WorkerStatus};
+pub use notify::SdNotify;
+pub use primary::{
+    ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, ProcessMemory, UpgradeFailure, WorkerInfo,
+    WorkerStats, WorkerStatus,
+};
 pub use proto::FrameFds;
 pub use schedule::{RespawnDecision, RestartGovernor, RoundRobin, WorkerId};
 pub use settings::{available_cpus, ChildOutput, RespawnSettings, SchedPolicy, Settings, DEFAULT_MAX_MESSAGE_LEN};

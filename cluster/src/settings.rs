@@ -225,6 +225,15 @@ pub struct Settings {
     /// raise it only as far as needed. Default 1 MiB
     /// ([`DEFAULT_MAX_MESSAGE_LEN`]).
     pub max_message_len: usize,
+    /// The most anonymous resident memory (`RssAnon` in
+    /// `/proc/PID/status`: heap and stacks, not shared program text or the
+    /// io_uring rings' mappings that `VmRSS` counts) a worker may hold, in
+    /// bytes. Checked at each heartbeat (`heartbeat_interval`); a worker
+    /// above it is replaced by a rolling replacement (a new worker listens
+    /// first, then the old one drains: no request is cut), and
+    /// [`Primary::on_memory_limit`](crate::Primary::on_memory_limit) says so.
+    /// Default `None` (no limit).
+    pub max_memory: Option<u64>,
 }
 
 impl Default for Settings {
@@ -248,6 +257,7 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            max_memory: None,
         }
     }
 }
@@ -303,6 +313,8 @@ setters!(
     heartbeat_timeout: Duration,
     /// Sets the message size limit of both ends of every channel.
     max_message_len: usize,
+    /// Sets the most `RssAnon` a worker may hold, in bytes (`None`: no limit).
+    max_memory: Option<u64>,
 );
 
 /// The number of CPUs this process may run on (at least 1).

@@ -1150,8 +1150,10 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
         }
         Frame::Disconnect => w.begin_disconnect(lp, true),
         // Answered from the loop: a worker whose loop is stuck does not.
-        Frame::Heartbeat { seq } => {
-            let _ = w.send_frame(lp, &Frame::Heartbeat { seq });
+        // The answer carries what only this loop sees (see `WorkerReport`).
+        Frame::Heartbeat { seq, .. } => {
+            let report = loop_report(lp);
+            let _ = w.send_frame(lp, &Frame::Heartbeat { seq, report: Some(report) });
         }
         // `shared`: the most this worker may hold (see `Share`).
         Frame::Load { open_connections } => {
@@ -1173,5 +1175,17 @@ fn handle_frame<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, pipe: PipeStream, de
         Flow::Continue
     } else {
         Flow::Stop
+    }
+}
+
+/// This worker's figures for the primary (sent with each heartbeat answer).
+fn loop_report<D>(lp: &Loop<D>) -> crate::proto::WorkerReport {
+    let info = lp.metrics_info();
+    crate::proto::WorkerReport {
+        open_connections: u32::try_from(lp.tcp_connection_count()).unwrap_or(u32::MAX),
+        idle_us: u64::try_from(lp.metrics_idle_time().as_micros()).unwrap_or(u64::MAX),
+        uptime_us: lp.now().saturating_mul(1000),
+        loop_count: info.loop_count,
+        events: info.events,
     }
 }

@@ -64,6 +64,12 @@ pub struct LoopOptions {
     /// `UVRING_FS_IO_URING`: `0`, `false`, `off` or `no` turn it off;
     /// anything else, or unset, leaves it on. No effect on epoll.
     pub fs_io_uring: Option<bool>,
+    /// Whether [`Loop::sendfile`] on io_uring reads the file through the
+    /// ring and sends the chunks (read+send) instead of calling
+    /// `sendfile(2)` after a page-cache probe. `None` (the default) reads
+    /// `UVRING_SENDFILE` (`read-send` turns it on). Needs ring file reads;
+    /// no effect on epoll.
+    pub sendfile_read_send: Option<bool>,
 }
 
 impl Default for LoopOptions {
@@ -73,6 +79,7 @@ impl Default for LoopOptions {
             pool: PoolConfig::default(),
             completions_per_poll: 1024,
             fs_io_uring: None,
+            sendfile_read_send: None,
         }
     }
 }
@@ -99,6 +106,29 @@ impl LoopOptions {
         self.fs_io_uring = Some(on);
         self
     }
+    /// Makes [`Loop::sendfile`] read+send through the ring (`true`) or
+    /// use `sendfile(2)` (`false`), whatever `UVRING_SENDFILE` says.
+    pub fn sendfile_read_send(mut self, on: bool) -> Self {
+        self.sendfile_read_send = Some(on);
+        self
+    }
+}
+
+/// The loop's work counters ([`Loop::metrics_info`], libuv's
+/// `uv_metrics_t`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoopMetrics {
+    /// Completed iterations of `run`.
+    pub loop_count: u64,
+    /// Completions the poll phase took from the backend (I/O events,
+    /// operations finished, cancellations).
+    pub events: u64,
+    /// Of those, the ones that were already waiting when the loop polled:
+    /// the backend had them queued, or the poll could not block (pending
+    /// work, idle hooks, `RunMode::NoWait`). A loop that rarely sleeps
+    /// has `events_waiting` close to `events`.
+    pub events_waiting: u64,
 }
 
 /// What kind of handle an id names ([`Loop::handle_type`]).
@@ -115,6 +145,8 @@ pub enum HandleType {
     Process,
     Poll,
     Udp,
+    /// A file-system watcher.
+    FsEvent,
 }
 
 pub(crate) const F_REF: u8 = 1;
@@ -141,6 +173,10 @@ pub(crate) enum Kind<D> {
     /// are in `Loop::fs`).
     FileOps,
     Udp(UdpState<D>),
+    FsEvent(crate::fs_event::FsEventState<D>),
+    /// Internal: the loop's inotify instance (its watchers are in
+    /// `Loop::inotify`).
+    Inotify(crate::fs_event::InotifyState),
 }
 
 pub(crate) struct Slot<D> {
@@ -207,6 +243,9 @@ pub struct Loop<D = ()> {
     /// File operations in the backend (their buffers are lent to it, so
     /// this is dropped after `driver`).
     pub(crate) fs: crate::fs::FsState<D>,
+    /// File-to-socket transfers (a chunk may be lent to the backend, so
+    /// this too is dropped after `driver`).
+    pub(crate) xfers: crate::sendfile::Transfers<D>,
     /// Operations in the backend, by token index (entries are reused, so
     /// submitting allocates nothing after warm-up).
     pub(crate) ops: Slab<OpEntry>,
@@ -238,11 +277,15 @@ pub struct Loop<D = ()> {
     /// Listeners waiting out an accept back-off: (deadline ms, stream).
     pub(crate) accept_retry: Vec<(u64, Stream)>,
     pub(crate) signals: SignalRegistry,
+    /// File-system watchers and the loop's inotify handle.
+    pub(crate) inotify: crate::fs_event::InotifyRegistry,
     /// The listen hook, shared so that a call can run through a clone
     /// while the hook stays installed (see `ListenHook`).
     pub(crate) listen_hook: Option<Rc<dyn crate::stream::ListenHook<D>>>,
     user: Option<Box<dyn std::any::Any>>,
     iterations: u64,
+    /// Completions dispatched (the `events` of [`LoopMetrics`]).
+    events: u64,
 }
 
 impl<D> std::fmt::Debug for Loop<D> {
@@ -284,6 +327,7 @@ impl<D> Loop<D> {
             next_generation: 1,
             work: Default::default(),
             fs: crate::fs::FsState::new(opts.fs_io_uring.unwrap_or_else(crate::fs::fs_io_uring_from_env)),
+            xfers: crate::sendfile::Transfers::new(opts.sendfile_read_send),
             ops: Slab::with_capacity(1024),
             next_op_generation: 1,
             timers: TimerHeap::with_capacity(256),
@@ -306,9 +350,11 @@ impl<D> Loop<D> {
             udp_spare: Vec::new(),
             accept_retry: Vec::new(),
             signals: SignalRegistry::default(),
+            inotify: Default::default(),
             listen_hook: None,
             user: None,
             iterations: 0,
+            events: 0,
         })
     }
 
@@ -335,6 +381,25 @@ impl<D> Loop<D> {
     /// Number of completed loop iterations (for tests that check for spinning).
     pub fn iterations(&self) -> u64 {
         self.iterations
+    }
+
+    /// Time the loop has spent blocked in the backend's wait (`epoll_wait`,
+    /// or `io_uring_enter` waiting for completions) since it was created:
+    /// libuv's `uv_metrics_idle_time`. Time in callbacks and in the loop's
+    /// own work is not idle; neither is a poll that could not block. Always
+    /// on: two reads of the monotonic clock (vDSO) per wait that may block.
+    /// Utilisation over a span is `1 - Δidle / Δwall`.
+    pub fn metrics_idle_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.driver.wait_stats().idle_ns)
+    }
+
+    /// Counters of the loop's work (libuv's `uv_metrics_info`).
+    pub fn metrics_info(&self) -> LoopMetrics {
+        LoopMetrics {
+            loop_count: self.iterations,
+            events: self.events,
+            events_waiting: self.driver.wait_stats().events_waiting,
+        }
     }
 
     /// Makes `run` return after the current iteration.
@@ -455,6 +520,7 @@ impl<D> Loop<D> {
         // Keep the buffer memory alive across callbacks even if user code
         // replaces the loop value (`mem::replace`) from inside one.
         let pool = self.pool.clone();
+        self.events += completions.len() as u64;
         for c in completions.iter() {
             self.dispatch(*c, &pool, d);
         }
@@ -666,6 +732,8 @@ impl<D> Loop<D> {
             Kind::WorkWake(_) => self.work_wake_close(h),
             Kind::FileOps => {}
             Kind::Udp(_) => self.udp_close(h),
+            Kind::FsEvent(_) => self.fs_event_close(h),
+            Kind::Inotify(_) => self.inotify_close(h),
         }
         self.closing.push(h);
         Ok(())
@@ -701,6 +769,7 @@ impl<D> Loop<D> {
             Kind::Process(_) => HandleType::Process,
             Kind::Poll(_) => HandleType::Poll,
             Kind::Udp(_) => HandleType::Udp,
+            Kind::FsEvent(_) | Kind::Inotify(_) => HandleType::FsEvent,
         })
     }
 
@@ -854,26 +923,36 @@ impl<D> Loop<D> {
             self.release(c);
             return;
         };
+        // A stream's poll and file read are its file transfer's.
+        let stream = matches!(slot.kind, Kind::Stream(_));
         if slot.flags & F_CLOSING != 0 {
             self.release(c);
             match op.kind {
-                OpKind::Send => self.stream_send_done_closing(Stream(h), c.token, c.res),
+                OpKind::Send | OpKind::WriteStream => self.stream_send_done_closing(Stream(h), c.token, c.res),
+                OpKind::Poll | OpKind::FileRead if stream => self.stream_send_done_closing(Stream(h), c.token, c.res),
                 OpKind::SendTo => self.udp_send_done_closing(h, c.token, c.res),
                 _ => {}
             }
             return;
         }
+        let inotify = matches!(slot.kind, Kind::Inotify(_));
         match op.kind {
             OpKind::Accept => self.on_accept(Stream(h), c, d),
-            OpKind::Recv | OpKind::RecvMsg => self.on_recv(Stream(h), c, d),
-            OpKind::Send => self.on_send(Stream(h), c.token, c.res, d),
+            OpKind::Recv | OpKind::RecvMsg | OpKind::ReadStream => self.on_recv(Stream(h), c, d),
+            OpKind::Send | OpKind::WriteStream => self.on_send(Stream(h), c.token, c.res, d),
+            OpKind::Poll | OpKind::FileRead if stream => self.xfer_on_op(Stream(h), c.token, op.kind, c.res),
             OpKind::Connect => self.on_connect(Stream(h), c.token, c.res, d),
             OpKind::Read => self.on_read_fd(h, c.token, c.res, d),
+            OpKind::PollIn if inotify => self.on_inotify_ready(h, c.token, c.res, d),
             OpKind::PollIn => self.on_poll_in(h, c.token, c.res, d),
             OpKind::Poll => self.on_poll(h, c.token, c.res, d),
-            OpKind::FileRead | OpKind::FileWrite | OpKind::Fsync | OpKind::Statx | OpKind::OpenAt => {
-                self.on_file_op(op.req, c.token, c.res, d)
-            }
+            OpKind::FileRead
+            | OpKind::FileWrite
+            | OpKind::Fsync
+            | OpKind::Statx
+            | OpKind::OpenAt
+            | OpKind::FileReadv
+            | OpKind::FileWritev => self.on_file_op(op.req, c.token, c.res, d),
             OpKind::RecvFrom => self.on_udp_recv(h, c, d),
             OpKind::SendTo => self.on_udp_send(h, c.token, c.res, d),
         }

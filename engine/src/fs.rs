@@ -3,8 +3,8 @@
 //! Every operation runs off the loop thread and calls back from the loop's
 //! phases with its result as a value (`ENOENT`, `EISDIR`, ...): on the work
 //! pool ([`Loop::queue_work`]), or, on the io_uring backend, as ring
-//! operations where the kernel has the opcode (read, write, fsync, statx,
-//! openat; each probed). `UVRING_FS_IO_URING=0` sends every file operation
+//! operations where the kernel has the opcode (read, write, their vectored
+//! forms, fsync, statx, openat; each probed). `UVRING_FS_IO_URING=0` sends every file operation
 //! to the pool (libuv turned io_uring file I/O off by default over kernel
 //! bugs; this is the switch to do the same).
 //!
@@ -14,7 +14,8 @@
 //! libuv: an fd closed under an operation fails it (`EBADF`), or names
 //! whatever file reuses its number.
 //!
-//! A read or write owns its buffer until it completes (the backend
+//! A read or write owns its buffer (a vectored one, its buffers and the
+//! iovecs naming them) until it completes (the backend
 //! contract's rule 3: memory lent to the kernel stays lent): the `Vec` is
 //! moved in and handed back to the callback, whatever the result,
 //! cancellation included.
@@ -169,6 +170,8 @@ pub(crate) fn fs_io_uring_from_env() -> bool {
 type FsCb<D, T> = Box<dyn FnOnce(&mut Loop<D>, &mut D, Result<T>)>;
 /// A read's or write's callback, boxed: `(loop, data, count, buffer)`.
 type RwCb<D> = Box<dyn FnOnce(&mut Loop<D>, &mut D, Result<usize>, Vec<u8>)>;
+/// A vectored read's or write's callback, boxed: `(loop, data, count, buffers)`.
+type RwvCb<D> = Box<dyn FnOnce(&mut Loop<D>, &mut D, Result<usize>, Vec<Vec<u8>>)>;
 
 /// What a file operation in the backend calls back with.
 enum RingDone<D> {
@@ -176,6 +179,7 @@ enum RingDone<D> {
     Unit(FsCb<D, ()>),
     Stat(FsCb<D, FileStat>),
     Open(FsCb<D, File>),
+    Rwv(RwvCb<D>),
 }
 
 /// A file operation in the backend, with everything it lends the kernel
@@ -191,7 +195,16 @@ struct RingReq<D> {
     buf: Vec<u8>,
     path: Option<CString>,
     statx: Option<Box<sysfs::StatxBuf>>,
+    /// A vectored read's or write's buffers and the iovecs naming them.
+    vectored: Option<Box<Vectored>>,
     done: RingDone<D>,
+}
+
+/// What a vectored read or write lends the kernel: the buffers, and the
+/// iovecs pointing into their heap memory (which moves with neither).
+struct Vectored {
+    bufs: Vec<Vec<u8>>,
+    iov: Vec<sysfs::IoVec>,
 }
 
 /// A loop's file operations in the backend.
@@ -316,6 +329,9 @@ impl<D> Loop<D> {
                 }
                 cb(self, d, status.and_then(|_| stat.ok_or(Error::EINVAL)))
             }
+            RingDone::Rwv(cb) => {
+                cb(self, d, status.map(|n| n as usize), r.vectored.map(|v| v.bufs).unwrap_or_default())
+            }
             RingDone::Open(cb) => {
                 // SAFETY: a successful openat's result is a new fd that
                 // the loop owns (contract rule 4) and hands on here.
@@ -413,7 +429,17 @@ impl<D: 'static> Loop<D> {
     }
 
     fn ring_req(fd: RawFd, done: RingDone<D>) -> RingReq<D> {
-        RingReq { generation: 0, token: None, fd, cancelled: false, buf: Vec::new(), path: None, statx: None, done }
+        RingReq {
+            generation: 0,
+            token: None,
+            fd,
+            cancelled: false,
+            buf: Vec::new(),
+            path: None,
+            statx: None,
+            vectored: None,
+            done,
+        }
     }
 
     fn statx_box(&mut self) -> Box<sysfs::StatxBuf> {
@@ -737,5 +763,110 @@ impl<D: 'static> Loop<D> {
     ) -> Result<FsRequest> {
         let (from, to) = (from.as_ref().to_owned(), to.as_ref().to_owned());
         self.fs_pool(move || copyfile(&from, &to, flags), cb)
+    }
+}
+
+/// A vectored read or write on the pool: the buffers travel with the task
+/// and come back with it, run or cancelled.
+struct RwvTask {
+    fd: RawFd,
+    bufs: Vec<Vec<u8>>,
+    offset: Option<u64>,
+    write: bool,
+}
+
+impl Task for RwvTask {
+    type Output = Result<usize>;
+    fn run(&mut self) -> Result<usize> {
+        if self.write {
+            sysfs::writev_at(self.fd, &self.bufs, self.offset)
+        } else {
+            sysfs::readv_at(self.fd, &mut self.bufs, self.offset)
+        }
+    }
+}
+
+/// Vectored reads and writes (`uv_fs_read`/`uv_fs_write` with several
+/// buffers).
+impl<D: 'static> Loop<D> {
+    /// Reads into `bufs`, filling each (its whole length) in order before
+    /// the next, at `offset`, or at the file position for `None`
+    /// (`uv_fs_read` with several buffers: `preadv`; io_uring's `READV`).
+    /// `cb` gets the total count (0 at end of file; a short count leaves the
+    /// later buffers' tails untouched) and the buffers back, whatever the
+    /// result: they are the operation's until it completes. At most
+    /// 1024 buffers (`IOV_MAX`; `EINVAL` beyond).
+    pub fn fs_read_vectored(
+        &mut self,
+        file: &impl AsFd,
+        bufs: Vec<Vec<u8>>,
+        offset: Option<u64>,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<usize>, Vec<Vec<u8>>) + 'static,
+    ) -> Result<FsRequest> {
+        self.fs_rwv(file.as_fd().as_raw_fd(), bufs, offset, false, cb)
+    }
+
+    /// Writes `bufs` in order, as one write, at `offset`, or at the file
+    /// position for `None` (`uv_fs_write` with several buffers:
+    /// `pwritev`; io_uring's `WRITEV`). `cb` gets the count (perhaps short)
+    /// and the buffers back. At most 1024 buffers (`EINVAL` beyond).
+    pub fn fs_write_vectored(
+        &mut self,
+        file: &impl AsFd,
+        bufs: Vec<Vec<u8>>,
+        offset: Option<u64>,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<usize>, Vec<Vec<u8>>) + 'static,
+    ) -> Result<FsRequest> {
+        self.fs_rwv(file.as_fd().as_raw_fd(), bufs, offset, true, cb)
+    }
+
+    fn fs_rwv(
+        &mut self,
+        fd: RawFd,
+        bufs: Vec<Vec<u8>>,
+        offset: Option<u64>,
+        write: bool,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<usize>, Vec<Vec<u8>>) + 'static,
+    ) -> Result<FsRequest> {
+        if bufs.len() > sysfs::IOV_MAX {
+            return Err(Error::EINVAL);
+        }
+        let kind = if write { OpKind::FileWritev } else { OpKind::FileReadv };
+        if self.fs_ring(kind) {
+            let mut req = Self::ring_req(fd, RingDone::Rwv(Box::new(cb)));
+            let mut bufs = bufs;
+            let iov = sysfs::iovecs(&mut bufs);
+            req.vectored = Some(Box::new(Vectored { bufs, iov }));
+            let started = self.fs_ring_start(req, |r| {
+                let (iov, iovcnt) =
+                    r.vectored.as_ref().map_or((std::ptr::null(), 0), |v| (v.iov.as_ptr(), v.iov.len()));
+                if write {
+                    Op::FileWritev { fd, iov, iovcnt, offset }
+                } else {
+                    Op::FileReadv { fd, iov, iovcnt, offset }
+                }
+            });
+            return match started {
+                Ok(req) => Ok(req),
+                Err(RingReq { done: RingDone::Rwv(cb), vectored, .. }) => {
+                    self.fs_rwv_pool(fd, vectored.map(|v| v.bufs).unwrap_or_default(), offset, write, cb)
+                }
+                Err(_) => Err(Error::INVALID_STATE),
+            };
+        }
+        self.fs_rwv_pool(fd, bufs, offset, write, cb)
+    }
+
+    fn fs_rwv_pool(
+        &mut self,
+        fd: RawFd,
+        bufs: Vec<Vec<u8>>,
+        offset: Option<u64>,
+        write: bool,
+        cb: impl FnOnce(&mut Loop<D>, &mut D, Result<usize>, Vec<Vec<u8>>) + 'static,
+    ) -> Result<FsRequest> {
+        let task = RwvTask { fd, bufs, offset, write };
+        let w = self.queue_task(task, move |lp, d, task, r| cb(lp, d, r.and_then(|r| r), task.bufs))?;
+        Ok(FsRequest(FsReqId::Pool(w)))
     }
 }

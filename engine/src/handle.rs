@@ -17,7 +17,7 @@
 //! | [`PipeListener`] | `listen` | `accept` (gives [`PipeStream`]s) |
 //! | [`PipeStream`] | `accept`, `pipe_connect`, `pipe_open`, `pipe_pair` | read, write, shutdown; an IPC pipe also sends and receives handles |
 //! | [`Udp`] | `udp_init`, `udp_open` | bind, connect, send and receive datagrams, multicast |
-//! | [`Timer`], [`Async`], [`Signal`], [`Hook`], [`Process`], [`Poll`] | their `*_init`/`*_start`/`spawn` | as libuv |
+//! | [`Timer`], [`Async`], [`Signal`], [`Hook`], [`Process`], [`Poll`], [`FsEvent`] | their `*_init`/`*_start`/`spawn` | as libuv |
 //!
 //! Stream operations take any [`StreamHandle`]; `accept` takes any
 //! [`ListenerHandle`]; `listen` takes any [`SocketHandle`]. Operations every
@@ -167,6 +167,10 @@ typed_id!(
     /// A UDP socket (`uv_udp_t`): bound or not, connected or not.
     Udp
 );
+typed_id!(
+    /// A file-system watcher (`uv_fs_event_t`, on inotify).
+    FsEvent
+);
 
 /// A stream: what `read_start`, `write`, `shutdown` and `try_write` take
 /// ([`TcpStream`], [`PipeStream`]).
@@ -242,6 +246,8 @@ impl From<PendingHandle> for HandleId {
 
 /// The stored, handle-untyped form of a status callback.
 pub(crate) type StatusFn<D> = dyn Fn(&mut Loop<D>, &mut D, HandleId, Result<()>);
+/// The stored form of a file transfer's callback (bytes sent).
+pub(crate) type SendFileFn<D> = dyn Fn(&mut Loop<D>, &mut D, HandleId, Result<u64>);
 /// The stored form of a read callback.
 pub(crate) type ReadFn<D> = dyn for<'a> Fn(&mut Loop<D>, &mut D, HandleId, Result<&'a [u8]>);
 /// The stored form of a handle callback (close, hooks, timers, async).
@@ -254,6 +260,8 @@ pub(crate) type ExitFn<D> = dyn Fn(&mut Loop<D>, &mut D, HandleId, i64, i32);
 pub(crate) type PollFn<D> = dyn Fn(&mut Loop<D>, &mut D, HandleId, Result<PollEvents>);
 /// The stored form of a datagram receive callback.
 pub(crate) type RecvFn<D> = dyn for<'a> Fn(&mut Loop<D>, &mut D, HandleId, Result<Datagram<'a>>);
+/// The stored form of a file-system watcher's callback.
+pub(crate) type FsEventFn<D> = dyn for<'a> Fn(&mut Loop<D>, &mut D, HandleId, Result<crate::fs_event::FsChange<'a>>);
 
 macro_rules! callback_type {
     ($(#[$doc:meta])* $name:ident<D, $h:ident: $bound:path>, $raw:ident, ($($arg:ident: $argty:ty),*)) => {
@@ -324,6 +332,12 @@ callback_type!(
 callback_type!(
     /// `(loop, data, stream, status)`: a write completed (`uv_write_cb`).
     OnWrite<D, S: StreamHandle>, StatusFn, (status: Result<()>)
+);
+callback_type!(
+    /// `(loop, data, stream, sent)`: a file transfer
+    /// ([`Loop::sendfile`](crate::Loop::sendfile)) ended: the bytes sent
+    /// (fewer than asked if the file ended first), or its error.
+    OnSendFile<D, S: StreamHandle>, SendFileFn, (sent: Result<u64>)
 );
 callback_type!(
     /// `(loop, data, stream, status)`: a connect completed (`uv_connect_cb`).
@@ -406,6 +420,14 @@ callback_type!(
     /// port unreachable on a connected socket is `ECONNREFUSED`; receiving
     /// goes on after such errors).
     OnRecv<D>, Udp, RecvFn, (datagram: Result<Datagram<'_>>)
+);
+
+callback_type!(
+    /// `(loop, data, watcher, change)`: something happened to the watched
+    /// path or, for a directory, to an entry in it (`uv_fs_event_cb`); the
+    /// change's name is valid for the call. `Err(ENOBUFS)` when the kernel
+    /// dropped events (its queue overflowed): rescan what you watch.
+    OnFsEvent<D>, FsEvent, FsEventFn, (change: Result<crate::fs_event::FsChange<'_>>)
 );
 
 /// One received datagram, lent to an [`OnRecv`] callback for the call.

@@ -54,7 +54,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
@@ -64,12 +64,17 @@ mod dns;
 mod error;
 mod event_loop;
 mod fs;
+mod fs_event;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod hook;
 pub mod os;
 mod pipe;
 mod poll;
 mod process;
+mod sendfile;
 mod signal;
 mod stream;
 mod sys;
@@ -81,14 +86,16 @@ pub use async_handle::AsyncSender;
 pub use backend::{Backend, PoolConfig, MAX_ACCEPTS_PER_WAKEUP, MAX_READS_PER_WAKEUP};
 pub use dns::{AddrInfoFlags, AddrInfoHints, AddressFamily, NameInfoFlags, SocketKind};
 pub use error::{Error, Result};
-pub use event_loop::{HandleType, Loop, LoopOptions, RunMode};
+pub use event_loop::{HandleType, Loop, LoopMetrics, LoopOptions, RunMode};
 pub use fs::{CopyFlags, DirEntry, FileKind, FileStat, FsRequest, OpenFlags};
+pub use fs_event::{FsChange, FsEventFlags, FsEvents};
 pub use handle::{
     Async, Datagram, HandleId, Hook, ListenerHandle, OnAsync, OnClose, OnConnect, OnConnection, OnExit, OnHook,
-    OnListenStop, OnPoll, OnRead, OnRecv, OnSend, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle, PipeListener,
-    PipeSocket, PipeStream, Poll, PollEvents, Process, RecvFlags, SendableHandle, Signal, SocketHandle, StreamHandle,
-    TcpHandle, TcpListener, TcpSocket, TcpStream, Timer, Udp,
+    OnListenStop, OnPoll, OnRead, OnRecv, OnSend, OnSendFile, OnShutdown, OnSignal, OnTimer, OnWrite, PendingHandle,
+    PipeListener, PipeSocket, PipeStream, Poll, PollEvents, Process, RecvFlags, SendableHandle, Signal, SocketHandle,
+    StreamHandle, TcpHandle, TcpListener, TcpSocket, TcpStream, Timer, Udp,
 };
+pub use handle::{FsEvent, OnFsEvent};
 pub use hook::HookKind;
 pub use pipe::FdBatch;
 pub use process::{ProcessOptions, Stdio};

@@ -25,6 +25,34 @@ pub fn is_socket(fd: BorrowedFd<'_>) -> bool {
     sys::socket::sockname(fd.as_raw_fd()).is_ok()
 }
 
+/// Whether the fd is a stream socket that listens (`SO_TYPE` is
+/// `SOCK_STREAM` and `SO_ACCEPTCONN` is set): what a socket-activated or
+/// handed-over listener must be.
+pub fn is_listening_stream(fd: BorrowedFd<'_>) -> bool {
+    sys::socket::is_listening_stream(fd.as_raw_fd())
+}
+
+/// `CLOCK_MONOTONIC` now, in microseconds since an unspecified start (the
+/// clock systemd's `MONOTONIC_USEC=` is read on).
+pub fn monotonic_us() -> u64 {
+    sys::monotonic_us()
+}
+
+/// Takes ownership of an fd this process inherited by number (systemd's
+/// `LISTEN_FDS` start at 3, say) and makes it close-on-exec, so that
+/// children spawned later do not inherit it by accident. `EBADF` if no
+/// such fd is open (nothing is owned then).
+///
+/// # Safety
+///
+/// Nothing else in this process owns `fd` or will close it: the caller
+/// claims it, as `OwnedFd::from_raw_fd` does.
+pub unsafe fn adopt_inherited(fd: std::os::fd::RawFd) -> Result<OwnedFd> {
+    sys::set_cloexec(fd, true)?;
+    // SAFETY: `fd` is open (fcntl succeeded) and, per the caller, unowned.
+    Ok(unsafe { sys::owned(fd) })
+}
+
 /// A connected pair of Unix stream sockets, close-on-exec, non-blocking
 /// if asked.
 pub fn socketpair(nonblocking: bool) -> Result<(OwnedFd, OwnedFd)> {

@@ -182,12 +182,36 @@ impl<D> Loop<D> {
         Ok(PipeStream(s.0))
     }
 
-    /// Adopts an open, connected Unix stream socket (`uv_pipe_open`), for
-    /// example an IPC channel inherited from a parent; `ipc` makes it an
-    /// IPC pipe. The fd is made non-blocking and close-on-exec and the loop
-    /// owns it from now on (on error it is closed). `EINVAL` if it is not a
-    /// connected stream socket.
+    /// Adopts an open fd as a stream (`uv_pipe_open`): a connected Unix
+    /// stream socket, for example an IPC channel inherited from a parent
+    /// (`ipc` makes it an IPC pipe), or an fd that is not a socket, such as
+    /// the process's stdin or stdout: a pipe(2) end, a FIFO, a terminal (in
+    /// raw or line mode, as the terminal is set; libuv's `uv_tty_t` read
+    /// side) or a regular file. The fd is made non-blocking and
+    /// close-on-exec and the loop owns it from now on (on error it is
+    /// closed). Pass a `dup` of fd 0 to keep stdin itself open; note that
+    /// non-blocking mode belongs to the open file, so a shell sharing the
+    /// terminal or pipe sees it too (as with libuv).
+    ///
+    /// A non-socket stream is read with `read(2)` and written with
+    /// `writev(2)` at the file position; a regular file (or `/dev/null`),
+    /// which epoll cannot watch, is read as always ready, to its end
+    /// ([`Error::EOF`]), not refused. Such a stream cannot carry handles
+    /// (`ipc` gives `ENOTSOCK`), and [`shutdown`](Self::shutdown) reports
+    /// `ENOTSOCK` once the writes drained (close the stream to give the
+    /// reader its end of file). `EINVAL` for a listening or datagram socket.
     pub fn pipe_open(&mut self, fd: OwnedFd, ipc: bool) -> Result<PipeStream> {
+        if !sys::is_socket(fd.as_raw_fd())? {
+            if ipc {
+                return Err(Error::from_errno(libc::ENOTSOCK));
+            }
+            let s = self.pipe_init(false)?;
+            if let Err(e) = self.stream_adopt_not_socket(Stream::of(s), fd) {
+                let _ = self.close(s, None);
+                return Err(e);
+            }
+            return Ok(PipeStream(s.0));
+        }
         let (ty, listening) = socket::socket_kind(fd.as_raw_fd())?;
         if ty != libc::SOCK_STREAM || listening {
             return Err(Error::EINVAL);
@@ -225,6 +249,19 @@ impl<D> Loop<D> {
         st.fd = fd.into_raw_fd();
         st.family = family;
         st.connected = connected;
+        Ok(())
+    }
+
+    /// Gives stream `s` (without an fd) the non-socket fd `fd`.
+    fn stream_adopt_not_socket(&mut self, s: Stream, fd: OwnedFd) -> Result<()> {
+        let raw = fd.as_raw_fd();
+        sys::set_nonblocking(raw, true)?;
+        sys::set_cloexec(raw, true)?;
+        let st = self.stream_state(s)?;
+        st.fd = fd.into_raw_fd();
+        st.family = libc::AF_UNSPEC;
+        st.connected = true;
+        st.not_socket = true;
         Ok(())
     }
 

@@ -12,7 +12,7 @@
 //! reading (after `read_stop`, before its cancellation lands) is stashed with
 //! its buffer and delivered in order on the next `read_start`: nothing is lost.
 
-use crate::backend::{Completion, Driver, Op, OpKind, Token, RECVMSG_CONTROL_LEN};
+use crate::backend::{Completion, Driver, Op, OpKind, Token};
 use crate::error::{Error, Result};
 use crate::event_loop::{Kind, Loop, Pending, F_CLOSING};
 use crate::handle::sealed::Typed;
@@ -89,6 +89,10 @@ pub(crate) struct WriteReq<D> {
     pub borrowed: bool,
     /// Stream offset of this write's first byte.
     pub start: u64,
+    /// A file transfer ([`Loop::sendfile`]): an entry of `Loop::xfers`. It
+    /// carries no bytes of the buffers (`start == end`) and marks its place
+    /// in the queue.
+    pub file: Option<u32>,
 }
 
 /// A read result held back until the stream reads again.
@@ -103,6 +107,11 @@ pub(crate) struct Stashed {
 /// Most write buffers the loop keeps for streams to share (see `flush`);
 /// past it, a drained stream's buffers are freed.
 pub(crate) const WRITE_BUFS_SPARE_MAX: usize = 1024;
+/// The least capacity a new write buffer gets. Buffers are shared by every
+/// stream (see `flush`), so one sized by a short write (a 9-byte answer)
+/// would otherwise grow, an allocation, when a longer small write (an IPC
+/// frame of a few dozen bytes) borrows it later.
+pub(crate) const WRITE_BUF_MIN: usize = 256;
 
 pub(crate) struct StreamParts<D> {
     pub queued: Vec<u8>,
@@ -185,8 +194,12 @@ pub(crate) struct StreamState<D> {
     pub on_connect: Option<Rc<StatusFn<D>>>,
     /// The connect op in flight.
     pub connect_op: Option<Token>,
-    /// The send op in flight (one at a time: `inflight` is its buffer).
+    /// The send op in flight (one at a time: `inflight` is its buffer), or
+    /// the op of the file transfer in flight.
     pub send_op: Option<Token>,
+    /// The file transfer in flight (an entry of `Loop::xfers`): nothing
+    /// else is sent until it ends.
+    pub xfer: Option<u32>,
     /// Bytes of `inflight` already sent.
     pub inflight_off: usize,
     /// Bytes in the send currently in flight.
@@ -210,6 +223,9 @@ pub(crate) struct StreamState<D> {
     pub resolve: Option<crate::work::Work>,
     /// A connect to several addresses: those not tried yet, the next last.
     pub connect_addrs: Vec<SocketAddr>,
+    /// The fd is not a socket (a pipe(2), FIFO, tty or file opened by
+    /// `pipe_open`): read with `ReadStream`, written with `WriteStream`.
+    pub not_socket: bool,
     pub parts: StreamParts<D>,
 }
 
@@ -348,6 +364,7 @@ impl<D> Loop<D> {
             on_connect: None,
             connect_op: None,
             send_op: None,
+            xfer: None,
             inflight_off: 0,
             inflight_len: 0,
             queued_total: 0,
@@ -361,6 +378,7 @@ impl<D> Loop<D> {
             inflight_fds: 0,
             resolve: None,
             connect_addrs: Vec::new(),
+            not_socket: false,
             parts,
         };
         match self.insert(Kind::Stream(st)) {
@@ -1205,7 +1223,13 @@ impl<D> Loop<D> {
             OpState::Idle => {}
         }
         let fd = st.fd;
-        let op = if st.ty == StreamType::IpcPipe { Op::RecvMsg { fd } } else { Op::Recv { fd } };
+        let op = if st.not_socket {
+            Op::ReadStream { fd }
+        } else if st.ty == StreamType::IpcPipe {
+            Op::RecvMsg { fd }
+        } else {
+            Op::Recv { fd }
+        };
         let kind = op.kind();
         // SAFETY: a receive lends nothing (it reads into pool buffers).
         match unsafe { self.submit_op(s.0, op) } {
@@ -1321,23 +1345,20 @@ impl<D> Loop<D> {
     /// hand the payload to the read callback. A truncated control message is
     /// reported (and the fds that did arrive are closed), never ignored.
     fn deliver_ipc_record(&mut self, s: Stream, data: &[u8], cb: Option<Rc<ReadFn<D>>>, d: &mut D) {
-        let Some(rec) = crate::backend::parse_recvmsg(data) else {
+        // Received fds join the stream's queue, or are closed if the control
+        // data was cut (or the stream is gone): never leaked.
+        let mut st = self.stream_state(s).ok();
+        let parsed = crate::backend::parse_ipc_record(data, |fd, truncated| match &mut st {
+            Some(st) if !truncated => st.parts.pending_handles.push_back(fd),
+            _ => sys::close(fd),
+        });
+        let Some(rec) = parsed else {
             if let Some(cb) = cb {
                 cb(self, d, s.0, Err(Error::EINVAL));
             }
             return;
         };
-        let truncated = rec.flags & libc::MSG_CTRUNC != 0;
-        let control = &rec.control[..rec.control.len().min(RECVMSG_CONTROL_LEN)];
-        if let Ok(st) = self.stream_state(s) {
-            socket::for_each_rights_fd(control, |fd| {
-                if truncated {
-                    sys::close(fd);
-                } else {
-                    st.parts.pending_handles.push_back(fd);
-                }
-            });
-        }
+        let truncated = rec.truncated;
         if truncated {
             if let Some(cb) = &cb {
                 cb(self, d, s.0, Err(Error::CONTROL_TRUNCATED));
@@ -1408,14 +1429,38 @@ impl<D> Loop<D> {
         cb: Option<&Rc<StatusFn<D>>>,
     ) -> Result<()> {
         let st = self.stream_state(s)?;
+        if !fds.is_empty() && (st.ty != StreamType::IpcPipe || data.is_empty() || fds.len() > socket::MAX_FDS_PER_MSG) {
+            // Fds travel only on IPC pipes, with a byte to carry them.
+            return Err(Error::EINVAL);
+        }
+        self.write_admit(s)?;
+        let st = self.stream_state(s)?;
+        let start = st.queued_total;
+        st.parts.queued.extend_from_slice(data);
+        st.queued_total += data.len() as u64;
+        let end = st.queued_total;
+        st.parts.send_fds.extend(fds.iter().copied());
+        st.parts.writes.push_back(WriteReq {
+            end,
+            cb: cb.cloned(),
+            nfds: fds.len() as u8,
+            borrowed,
+            start,
+            file: None,
+        });
+        self.active_reqs += 1;
+        self.flush(s);
+        Ok(())
+    }
+
+    /// Checks that `s` takes a write request now, and gives an idle stream
+    /// its write buffer and request queue back from the loop's pools.
+    pub(crate) fn write_admit(&mut self, s: Stream) -> Result<()> {
+        let st = self.stream_state(s)?;
         // A connect by name has no socket until the name is resolved; its
         // writes wait in the queue like those of any connect.
         if (st.fd < 0 && st.on_connect.is_none()) || st.listening {
             return Err(Error::EBADF);
-        }
-        if !fds.is_empty() && (st.ty != StreamType::IpcPipe || data.is_empty() || fds.len() > socket::MAX_FDS_PER_MSG) {
-            // Fds travel only on IPC pipes, with a byte to carry them.
-            return Err(Error::EINVAL);
         }
         if st.shutdown != ShutdownState::None {
             return Err(Error::EPIPE);
@@ -1426,8 +1471,9 @@ impl<D> Loop<D> {
         // An idle stream lent its write buffers to the loop's pool (see
         // `flush`); take one back, with the capacity it already has.
         if st.parts.queued.capacity() == 0 {
-            if let Some(buf) = self.write_bufs_spare.pop() {
-                self.stream_state(s)?.parts.queued = buf;
+            match self.write_bufs_spare.pop() {
+                Some(buf) => self.stream_state(s)?.parts.queued = buf,
+                None => self.stream_state(s)?.parts.queued.reserve(WRITE_BUF_MIN),
             }
         }
         if self.stream_state(s)?.parts.writes.capacity() == 0 {
@@ -1435,15 +1481,6 @@ impl<D> Loop<D> {
                 self.stream_state(s)?.parts.writes = q;
             }
         }
-        let st = self.stream_state(s)?;
-        let start = st.queued_total;
-        st.parts.queued.extend_from_slice(data);
-        st.queued_total += data.len() as u64;
-        let end = st.queued_total;
-        st.parts.send_fds.extend(fds.iter().copied());
-        st.parts.writes.push_back(WriteReq { end, cb: cb.cloned(), nfds: fds.len() as u8, borrowed, start });
-        self.active_reqs += 1;
-        self.flush(s);
         Ok(())
     }
 
@@ -1468,6 +1505,10 @@ impl<D> Loop<D> {
             return Err(Error::EPIPE);
         }
         let iov = [libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() }];
+        if st.not_socket {
+            // SAFETY: `iov` describes `data`, which lives for the whole call.
+            return unsafe { sys::writev(st.fd, &iov) };
+        }
         // SAFETY: `iov` describes `data`, which lives for the whole call.
         unsafe { socket::sendmsg(st.fd, &iov, &[]) }
     }
@@ -1478,10 +1519,16 @@ impl<D> Loop<D> {
         // Nothing goes out before a connect completes (`on_connect` flushes):
         // epoll would find the write side busy, io_uring would let the
         // write's completion overtake the connect's.
-        if st.send_op.is_some() || st.fd < 0 || st.on_connect.is_some() {
+        if st.send_op.is_some() || st.fd < 0 || st.on_connect.is_some() || st.xfer.is_some() {
             return;
         }
         if st.inflight_off >= st.parts.inflight.len() {
+            // A file transfer whose turn has come goes before later bytes.
+            if let Some(x) = self.xfer_due(s) {
+                self.xfer_begin(s, x);
+                return;
+            }
+            let Ok(st) = self.stream_state(s) else { return };
             st.parts.inflight.clear();
             st.inflight_off = 0;
             self.fill_inflight(s);
@@ -1507,6 +1554,7 @@ impl<D> Loop<D> {
             return;
         }
         let fd = st.fd;
+        let st_not_socket = st.not_socket;
         // SAFETY (for the pointer handed to the backend): `inflight` is not
         // touched until this send's completion; only `queued` grows meanwhile.
         let ptr = unsafe { st.parts.inflight.as_ptr().add(st.inflight_off) };
@@ -1517,7 +1565,12 @@ impl<D> Loop<D> {
         // completion, which `send_op` guards; the fds are owned by queued
         // writes (or borrowed under `write_fds_borrowed`'s contract) and
         // closed only once the send's completion has come back.
-        let res = unsafe { self.submit_op(s.0, Op::Send { fd, iov: &iov, fds: &fds[..nfds] }) };
+        let op = if st_not_socket {
+            Op::WriteStream { fd, iov: &iov }
+        } else {
+            Op::Send { fd, iov: &iov, fds: &fds[..nfds] }
+        };
+        let res = unsafe { self.submit_op(s.0, op) };
         match res {
             Ok(token) => {
                 if let Ok(st) = self.stream_state(s) {
@@ -1530,9 +1583,10 @@ impl<D> Loop<D> {
         }
     }
 
-    /// Moves queued bytes into the in-flight buffer: all of them, or for an
-    /// IPC pipe with handles attached, up to the next write that carries a
-    /// handle (each handle must go with its own write's first byte).
+    /// Moves queued bytes into the in-flight buffer: all of them, or up to
+    /// the next file transfer, or for an IPC pipe with handles attached, up
+    /// to the next write that carries a handle (each handle must go with its
+    /// own write's first byte).
     fn fill_inflight(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
         let parts = &mut st.parts;
@@ -1541,7 +1595,7 @@ impl<D> Loop<D> {
         let moved = st.written_total;
         let mut cut = parts.queued.len();
         for w in parts.writes.iter() {
-            if w.nfds > 0 && w.start > moved {
+            if (w.nfds > 0 || w.file.is_some()) && w.start > moved {
                 cut = (w.start - moved) as usize;
                 break;
             }
@@ -1582,6 +1636,9 @@ impl<D> Loop<D> {
 
     pub(crate) fn on_send(&mut self, s: Stream, token: Token, res: i32, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
+        if st.xfer.is_some() {
+            return self.xfer_on_op(s, token, OpKind::Send, res);
+        }
         debug_assert_eq!(st.send_op, Some(token));
         st.send_op = None;
         if res < 0 {
@@ -1607,16 +1664,30 @@ impl<D> Loop<D> {
             let failed = st.write_error;
             let Some(w) = st.parts.writes.front() else { break };
             // A zero-length write that carries a handle completes only once
-            // the handle went out.
-            if failed.is_none() && (w.end > st.written_total || w.nfds > 0) {
+            // the handle went out; a file transfer, once it has ended.
+            let waiting = match w.file {
+                Some(x) => (failed.is_none() && !self.xfer_done(x)) || self.xfer_busy(x),
+                None => failed.is_none() && (w.end > st.written_total || w.nfds > 0),
+            };
+            if waiting {
                 break;
             }
+            let st = self.stream_state(s).expect("checked above");
             let w = st.parts.writes.pop_front().expect("front exists");
             if failed.is_some() {
                 st.parts.release_send_fds(w.nfds, w.borrowed);
             }
             self.active_reqs -= 1;
-            if let Some(cb) = w.cb {
+            if let Some(x) = w.file {
+                let (cb, res) = self.xfer_take(x);
+                let res = match (res, failed) {
+                    (Err(Error::ECANCELED), Some(e)) => Err(e),
+                    (r, _) => r,
+                };
+                if let Some(cb) = cb {
+                    cb(self, d, s.0, res);
+                }
+            } else if let Some(cb) = w.cb {
                 cb(self, d, s.0, failed.map_or(Ok(()), Err));
             }
         }
@@ -1636,7 +1707,7 @@ impl<D> Loop<D> {
     /// callbacks run from `complete_writes`, in the loop's pending phase
     /// when the failure was found inside an API call), and later writes get
     /// it at once.
-    fn fail_writes(&mut self, s: Stream, e: Error) {
+    pub(crate) fn fail_writes(&mut self, s: Stream, e: Error) {
         let Ok(st) = self.stream_state(s) else { return };
         st.write_error = Some(e);
         st.parts.queued.clear();
@@ -1716,6 +1787,7 @@ impl<D> Loop<D> {
     /// until the backend has returned everything it held.
     pub(crate) fn stream_close(&mut self, s: Stream) {
         self.accept_retry.retain(|(_, x)| *x != s);
+        self.xfer_close(s);
         let resolve = {
             let Ok(slot) = self.slot_mut(s.0) else { return };
             let Kind::Stream(st) = &mut slot.kind else { return };
@@ -1772,7 +1844,8 @@ impl<D> Loop<D> {
             if let Kind::Stream(st) = &mut slot.kind {
                 debug_assert_eq!(st.send_op, Some(token));
                 st.send_op = None;
-                if res > 0 {
+                // A file transfer's op: its bytes are not the buffers'.
+                if res > 0 && st.xfer.is_none() {
                     st.release_sent_fds();
                     st.written_total += res as u64;
                 }
@@ -1805,6 +1878,13 @@ impl<D> Loop<D> {
             };
             let Some(w) = w else { break };
             self.active_reqs -= 1;
+            if let Some(x) = w.file {
+                let (cb, res) = self.xfer_take(x);
+                if let Some(cb) = cb {
+                    cb(self, d, s.0, res);
+                }
+                continue;
+            }
             let status = if w.end <= written && w.nfds == 0 { Ok(()) } else { Err(Error::ECANCELED) };
             if let Some(cb) = w.cb {
                 cb(self, d, s.0, status);

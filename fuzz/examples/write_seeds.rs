@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use uvring_cluster::proto::{Frame, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus};
+use uvring_cluster::proto::{Frame, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus, WorkerReport};
 
 fn frames() -> Vec<(&'static str, Frame<'static>)> {
     let key = ListenKey {
@@ -66,7 +66,20 @@ fn frames() -> Vec<(&'static str, Frame<'static>)> {
         ("store-set", Frame::StoreSet { req_id: 2, key: b"counter", value: b"42" }),
         ("store-delete", Frame::StoreDelete { req_id: 3, key: b"counter" }),
         ("store-reply", Frame::StoreReply { req_id: 1, status: StoreStatus::Found, value: b"42" }),
-        ("heartbeat", Frame::Heartbeat { seq: 1 }),
+        ("heartbeat", Frame::Heartbeat { seq: 1, report: None }),
+        (
+            "heartbeat-report",
+            Frame::Heartbeat {
+                seq: 2,
+                report: Some(WorkerReport {
+                    open_connections: 5,
+                    idle_us: 900_000,
+                    uptime_us: 1_000_000,
+                    loop_count: 120,
+                    events: 480,
+                }),
+            },
+        ),
     ]
 }
 

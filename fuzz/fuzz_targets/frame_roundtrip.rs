@@ -11,7 +11,8 @@ use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use uvring_cluster::proto::{
-    EmitError, Frame, FrameDecoder, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus, HEADER_LEN,
+    EmitError, Frame, FrameDecoder, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus, WorkerReport,
+    HEADER_LEN,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -79,7 +80,20 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
         11 => Frame::StoreGet { req_id: u.arbitrary()?, key: bytes(u)? },
         12 => Frame::StoreSet { req_id: u.arbitrary()?, key: bytes(u)?, value: bytes(u)? },
         13 => Frame::StoreDelete { req_id: u.arbitrary()?, key: bytes(u)? },
-        14 => Frame::Heartbeat { seq: u.arbitrary()? },
+        14 => Frame::Heartbeat {
+            seq: u.arbitrary()?,
+            report: if u.arbitrary()? {
+                Some(WorkerReport {
+                    open_connections: u.arbitrary()?,
+                    idle_us: u.arbitrary()?,
+                    uptime_us: u.arbitrary()?,
+                    loop_count: u.arbitrary()?,
+                    events: u.arbitrary()?,
+                })
+            } else {
+                None
+            },
+        },
         _ => Frame::StoreReply {
             req_id: u.arbitrary()?,
             status: match u.int_in_range(0..=3u8)? {

@@ -9,6 +9,12 @@
 //! `/proc/self/fd` counts are exact), and the guard checks at the end that the
 //! loop has no live handles and the fd count is back where it started.
 
+/// The repository README's examples, compiled as doc tests (the README
+/// lives outside the published crates, so this unpublished package checks it).
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct RepositoryReadmeDoctests;
+
 pub mod child;
 
 pub mod alloc_count;

@@ -369,8 +369,17 @@ fn sighup_then_sigterm_forks_nothing_more() {
         assert_eq!(status.code(), Some(0), "{status:?}");
         let forks = ex.count_log(") forked");
         eprintln!("FIGURE sighup_sigterm {backend} {policy}: exit after {took:?}, {forks} forks");
-        assert!(forks <= 3, "the roll forked at most its first replacement: {:#?}", ex.seen);
-        assert_eq!(ex.count_log("rolling restart done"), 0);
+        // On a loaded machine the 5 ms can stretch past the whole roll, so
+        // the claim is about order: nothing is forked, and no roll
+        // finishes, after the primary took the SIGTERM.
+        let term = ex.seen.iter().position(|l| l.contains("signal 15: disconnecting workers"));
+        let term = term.unwrap_or_else(|| panic!("SIGTERM not logged: {:#?}", ex.seen));
+        let after = &ex.seen[term..];
+        assert!(!after.iter().any(|l| l.contains(") forked")), "forked after SIGTERM: {:#?}", ex.seen);
+        assert!(!after.iter().any(|l| l.contains("rolling restart done")), "{:#?}", ex.seen);
+        if ex.count_log("rolling restart done") == 0 {
+            assert!(forks <= 3, "the cancelled roll forked at most its first replacement: {:#?}", ex.seen);
+        }
         assert!(took < Duration::from_secs(5), "took {took:?}");
     });
 }

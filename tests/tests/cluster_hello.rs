@@ -8,7 +8,6 @@ mod cluster_support;
 
 use cluster_support::hello::*;
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
 
 fn scenario(backend: &str, policy: &str) {
     if backend == "io_uring" && !io_uring_available() {
@@ -51,21 +50,8 @@ fn scenario(backend: &str, policy: &str) {
     // SIGTERM: graceful disconnect, exit 0, nothing left.
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(ex.child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(st) = ex.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "primary did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0), "{status:?}");
+    ex.wait_clean_exit();
     assert_eq!(ex.count_log("exited after disconnect"), 2);
-    let deadline = Instant::now() + WAIT;
-    while group_alive(ex.pgid) {
-        assert!(Instant::now() < deadline, "processes left behind");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 macro_rules! hello_tests {

@@ -3,7 +3,8 @@
 //! fs_scandir, fs_unlink, fs_mkdir_rmdir, fs_copyfile,
 //! fs_read_write_offset, fs_fsync), symlinks, cancellation, and every error
 //! path that can be produced as a value (ENOENT, EISDIR, ENOTDIR, EEXIST,
-//! ENOTEMPTY, EACCES), on both backends, each under a temporary directory
+//! ENOTEMPTY, EACCES: as root, from a child that drops to uid 65534), vectored
+//! reads and writes, on both backends, each under a temporary directory
 //! the test removes. Each scenario runs three ways: on epoll (the work
 //! pool), on io_uring with file operations in the ring (read, write, fsync,
 //! statx and openat; the rest on the pool), and on io_uring with every file
@@ -407,7 +408,10 @@ fs_cases! {
         }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
-            eprintln!("SKIP (EACCES part): running as root, permission bits do not bind");
+            eprintln!(
+                "SKIP (EACCES part, in process): running as root, permission bits do not bind; \
+                 fs_eacces_as_an_unprivileged_child covers EACCES from a child running as uid 65534"
+            );
         } else {
             create(lp, &dir.join("locked"), b"secret");
             std::fs::set_permissions(dir.join("locked"), std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
@@ -650,5 +654,153 @@ fn dropping_a_loop_with_file_ops_in_flight() {
         std::thread::sleep(Duration::from_millis(50));
         drop(dir);
         guard.check_fds();
+    }
+}
+
+/// Vectored reads and writes (issue 12): `uv_fs_read`/`uv_fs_write` with
+/// several buffers, at an offset and at the file position, each buffer
+/// filled in order, the buffers handed back; through the ring's
+/// `READV`/`WRITEV` on io_uring (no work item), the pool otherwise.
+type Bufs = (Result<usize>, Vec<Vec<u8>>);
+
+fn keep_rwv(_: &mut Loop<Got>, got: &mut Got, r: Result<usize>, bufs: Vec<Vec<u8>>) {
+    *got = Some(Box::new((r, bufs)));
+}
+
+/// Runs a vectored op queued just now; checks it went where the loop's
+/// mode sends file operations.
+fn finish_rwv(lp: &mut Loop<Got>) -> Bufs {
+    let expect = if lp.fs_io_uring() { 0 } else { 1 };
+    assert_eq!(lp.work_in_flight(), expect, "vectored op routed to the ring or the pool");
+    finish(lp)
+}
+
+fs_cases! {
+    fn fs_read_write_vectored(lp: Got) {
+        let dir = TempDir::new("vectored");
+        let f = open(lp, &dir.join("f"), OpenFlags::READ_WRITE | OpenFlags::CREATE, 0o644).unwrap();
+        // Three buffers, one empty, written as one write at offset 2.
+        let out = vec![b"abc".to_vec(), Vec::new(), b"defgh".to_vec()];
+        lp.fs_write_vectored(&f, out.clone(), Some(2), keep_rwv).unwrap();
+        let (n, back) = finish_rwv(lp);
+        assert_eq!(n, Ok(8));
+        assert_eq!(back, out, "the buffers come back as lent");
+        // Read back into buffers of 4, 3 and 10: each is filled in turn;
+        // the last one's tail (past the end of file) is left alone.
+        let bufs = vec![vec![b'-'; 4], vec![b'-'; 3], vec![b'-'; 10]];
+        lp.fs_read_vectored(&f, bufs, Some(0), keep_rwv).unwrap();
+        let (n, got) = finish_rwv(lp);
+        assert_eq!(n, Ok(10));
+        assert_eq!(got, vec![b"\0\0ab".to_vec(), b"cde".to_vec(), b"fgh-------".to_vec()]);
+        // At the file position (`None`): the position moves, offsets don't.
+        lp.fs_write_vectored(&f, vec![b"XY".to_vec(), b"Z".to_vec()], None, keep_rwv).unwrap();
+        assert_eq!(finish_rwv(lp).0, Ok(3));
+        lp.fs_read_vectored(&f, vec![vec![0; 2], vec![0; 2]], None, keep_rwv).unwrap();
+        let (n, got) = finish_rwv(lp);
+        assert_eq!(n, Ok(4));
+        assert_eq!(got.concat(), b"bcde", "read from position 3, after the write's 3 bytes");
+        assert_eq!(read_at(lp, &f, 64, Some(0)).unwrap(), b"XYZbcdefgh");
+        // Past the end: 0, buffers untouched.
+        lp.fs_read_vectored(&f, vec![vec![7; 2]], Some(100), keep_rwv).unwrap();
+        assert_eq!(finish_rwv(lp), (Ok(0), vec![vec![7; 2]]));
+        lp.fs_close(f, keep).unwrap();
+        unit(lp).unwrap();
+    }
+
+    /// Vectored errors as values (EBADF, EISDIR, with the buffers back);
+    /// more buffers than `IOV_MAX` refused at once.
+    fn fs_read_write_vectored_errors(lp: Got) {
+        let dir = TempDir::new("vectored-errors");
+        create(lp, &dir.join("f"), b"data");
+        let ro = open(lp, &dir.join("f"), OpenFlags::READ_ONLY, 0).unwrap();
+        lp.fs_write_vectored(&ro, vec![b"no".to_vec(), b"pe".to_vec()], Some(0), keep_rwv).unwrap();
+        assert_eq!(finish_rwv(lp), (Err(Error::EBADF), vec![b"no".to_vec(), b"pe".to_vec()]));
+        let d = open(lp, &dir.0, OpenFlags::READ_ONLY | OpenFlags::DIRECTORY, 0).unwrap();
+        lp.fs_read_vectored(&d, vec![vec![0; 4]; 2], Some(0), keep_rwv).unwrap();
+        assert_eq!(finish_rwv(lp).0, Err(Error::from_errno(libc::EISDIR)));
+        let too_many = vec![vec![0u8; 1]; 1025];
+        assert_eq!(lp.fs_read_vectored(&ro, too_many, Some(0), keep_rwv).err(), Some(Error::EINVAL));
+        assert_eq!(lp.work_in_flight(), 0, "nothing was queued");
+        for f in [ro, d] {
+            lp.fs_close(f, keep).unwrap();
+            unit(lp).unwrap();
+        }
+    }
+}
+
+/// Every file operation's EACCES, as values (issue 12): a child that drops
+/// to uid/gid 65534 (`uvring-fs-eacces`, started as root; as another user
+/// it runs as that user) runs each operation on its own loop, in the same
+/// mode as this case (epoll, io_uring with the ring, io_uring with the
+/// pool), against files and directories whose permission bits refuse it,
+/// and prints each result.
+fn eacces_layout(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    for d in ["locked", "sealed", "sealed/sub"] {
+        std::fs::create_dir(root.join(d)).unwrap();
+    }
+    for f in ["locked/file", "sealed/file", "secret", "readonly"] {
+        std::fs::write(root.join(f), b"contents").unwrap();
+    }
+    std::os::unix::fs::symlink("file", root.join("locked/link")).unwrap();
+    mode(&root.join("locked"), 0o000);
+    mode(&root.join("sealed"), 0o555);
+    mode(&root.join("secret"), 0o000);
+    mode(&root.join("readonly"), 0o444);
+}
+
+fn eacces_unlock(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for d in ["locked", "sealed"] {
+        let _ = std::fs::set_permissions(root.join(d), std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+fs_cases! {
+    fn fs_eacces_as_an_unprivileged_child(lp: Got) {
+        let dir = TempDir::new("eacces");
+        eacces_layout(&dir.0);
+        let exe = env!("CARGO_BIN_EXE_uvring-fs-eacces");
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg(&dir.0)
+            .env("UVRING_BACKEND", lp.backend().name())
+            .env("UVRING_FS_IO_URING", if lp.fs_io_uring() { "1" } else { "0" });
+        // The child's own watchdog (alarm, 30 s) bounds it; this bounds the wait.
+        let out = uvring_tests::with_timeout(Duration::from_secs(60), move || cmd.output().expect("run the child"));
+        eacces_unlock(&dir.0);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "child failed: {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        let results: Vec<(&str, i32)> = stdout
+            .lines()
+            .map(|l| {
+                let (name, errno) = l.split_once(' ').expect("`name errno`");
+                (name, errno.parse().expect("an errno"))
+            })
+            .collect();
+        let expected_refused = [
+            "open_in_locked_dir",
+            "open_unreadable",
+            "open_readonly_for_write",
+            "create_in_sealed_dir",
+            "stat_in_locked_dir",
+            "lstat_in_locked_dir",
+            "unlink_in_sealed_dir",
+            "rename_in_sealed_dir",
+            "mkdir_in_sealed_dir",
+            "rmdir_in_sealed_dir",
+            "symlink_in_sealed_dir",
+            "scandir_locked",
+            "readlink_in_locked_dir",
+            "copyfile_from_unreadable",
+            "copyfile_into_sealed_dir",
+            "fs_event_start_locked",
+        ];
+        for name in expected_refused {
+            let got = results.iter().find(|(n, _)| *n == name).map(|&(_, e)| e);
+            assert_eq!(got, Some(libc::EACCES), "{name}: child output:\n{stdout}");
+        }
+        assert!(results.contains(&("open_readonly_for_read", 0)), "sanity: a permitted open works:\n{stdout}");
+        assert_eq!(results.len(), expected_refused.len() + 1, "one line per operation:\n{stdout}");
     }
 }

@@ -34,7 +34,7 @@ fn start_on(backend: &str, args: &[&str], port: &str) -> Option<Example> {
     }
     let mut cmd = Command::new(NODE_PRIMARY);
     cmd.args(args).env("UVRING_BACKEND", backend).env("PORT", port).env("HOST", "127.0.0.1");
-    Some(Example::spawn(&mut cmd))
+    Some(Example::spawn(cmd))
 }
 
 /// Waits for `workers` to listen; returns their common port.

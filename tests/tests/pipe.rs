@@ -128,9 +128,11 @@ both_backends! {
         std::fs::remove_file(&path).unwrap();
     }
 
-    fn pipe_open_refuses_non_sockets(lp) {
+    fn pipe_open_refuses_non_sockets_as_ipc_pipes(lp) {
+        // A non-socket is a plain stream (tests/tests/stdin.rs); it cannot
+        // carry handles.
         let file: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-        assert_eq!(lp.pipe_open(file, false), Err(Error::from_errno(libc::ENOTSOCK)));
+        assert_eq!(lp.pipe_open(file, true), Err(Error::from_errno(libc::ENOTSOCK)));
         // No handle is left behind, and the fd was closed (the harness checks).
         assert_eq!(lp.handle_count(), 0);
         lp.run(RunMode::Default, &mut ()).unwrap();

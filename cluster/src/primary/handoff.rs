@@ -80,6 +80,11 @@ pub(super) struct WorkerConns {
     batch_len: usize,
     batch_listener: u32,
     batch_first_seq: u64,
+    /// Connections sent to the worker, and of those acknowledged as
+    /// accepted or refused (its figures, see `WorkerStats`).
+    pub(super) handed_off: u64,
+    pub(super) acked: u64,
+    pub(super) refused: u64,
 }
 
 impl WorkerConns {
@@ -93,6 +98,9 @@ impl WorkerConns {
             batch_len: 0,
             batch_listener: 0,
             batch_first_seq: 0,
+            handed_off: 0,
+            acked: 0,
+            refused: 0,
         }
     }
 }
@@ -235,9 +243,11 @@ impl<D> Primary<D> {
             let Some(u) = unacked.pop_front() else { break };
             if accepted {
                 handoff.stats.handed_off += 1;
+                w.conns.acked += 1;
                 drop(u.fd);
             } else {
                 handoff.stats.refused += 1;
+                w.conns.refused += 1;
                 handoff.pending.push_back(PendingConn {
                     listener_id: u.listener_id,
                     attempts: u.attempts.saturating_add(1),
@@ -352,7 +362,7 @@ fn flush_batch<D>(writer: &mut ChannelWriter, lp: &mut Loop<D>, w: &mut WorkerEn
     }
     let frame =
         Frame::NewConnection { listener_id: c.batch_listener, first_conn_seq: c.batch_first_seq, count: n as u8 };
-    match w.channel {
+    let sent = match w.channel {
         // SAFETY: the fds belong to the batch's entries in `unacked`, which
         // are closed only once this worker acknowledges them (it received
         // them: the send is done) or, when the channel closes first, after
@@ -360,5 +370,9 @@ fn flush_batch<D>(writer: &mut ChannelWriter, lp: &mut Loop<D>, w: &mut WorkerEn
         // `primary`. On error nothing was queued.
         Some(ch) => unsafe { writer.send_fds_borrowed(lp, ch, &frame, &fds[..n]) },
         None => Err(Error::ENOTCONN),
+    };
+    if sent.is_ok() {
+        w.conns.handed_off += n as u64;
     }
+    sent
 }

@@ -37,9 +37,9 @@ pub(super) struct Lifecycle<D> {
     /// `disconnect` is under way: no respawn.
     pub(super) shutting_down: bool,
     disconnect_cbs: Vec<super::DoneFn<D>>,
-    /// Pending respawns, each with the environment of the worker it
-    /// replaces.
-    respawn_timers: Vec<(Timer, WorkerEnv)>,
+    /// Pending respawns, each with the environment and the restart count
+    /// of the worker it replaces.
+    respawn_timers: Vec<(Timer, WorkerEnv, u32)>,
     /// Sends heartbeats while there are workers (`Settings::heartbeat_interval`).
     heartbeat_timer: Option<Timer>,
     heartbeat_seq: u32,
@@ -283,7 +283,7 @@ impl<D: PrimaryData> Primary<D> {
         self.life.shutting_down = true;
         self.life.disconnect_cbs.push(Box::new(cb));
         self.rolling = None;
-        for (t, _) in std::mem::take(&mut self.life.respawn_timers) {
+        for (t, ..) in std::mem::take(&mut self.life.respawn_timers) {
             let _ = lp.close(t, None);
         }
         let ids: Vec<WorkerId> = self.workers.iter().map(|w| w.info.id).collect();
@@ -397,6 +397,7 @@ impl<D: PrimaryData> Primary<D> {
             startup_timer: None,
             fds_lost: false,
             conns: super::handoff::WorkerConns::new(),
+            figures: Default::default(),
         });
         self.events.queue.push_back(Event::Fork(info));
         self.start_heartbeats(lp);
@@ -464,11 +465,11 @@ impl<D: PrimaryData> Primary<D> {
                 self.life.governor.on_crash(now)
             };
             match decision {
-                RespawnDecision::After(ms) => self.schedule_respawn(lp, ms, w.env),
+                RespawnDecision::After(ms) => self.schedule_respawn(lp, ms, w.env, w.figures.restarts),
                 RespawnDecision::Storm => {
                     // No respawn waits any more: the primary can end as soon
                     // as its last worker has.
-                    for (t, _) in std::mem::take(&mut self.life.respawn_timers) {
+                    for (t, ..) in std::mem::take(&mut self.life.respawn_timers) {
                         let _ = lp.close(t, None);
                     }
                     self.events.queue.push_back(Event::Storm);
@@ -509,7 +510,7 @@ impl<D: PrimaryData> Primary<D> {
             }
             let id = w.info.id;
             if now.saturating_sub(w.last_heard) <= timeout {
-                let _ = self.send_to(lp, id, &Frame::Heartbeat { seq });
+                let _ = self.send_to(lp, id, &Frame::Heartbeat { seq, report: None });
                 continue;
             }
             if let Some(p) = w.process {
@@ -519,12 +520,13 @@ impl<D: PrimaryData> Primary<D> {
             self.events.queue.push_back(Event::Unresponsive(info));
             self.channel_closed(lp, id);
         }
+        self.check_memory(lp);
     }
 
-    fn schedule_respawn(&mut self, lp: &mut Loop<D>, ms: u64, env: WorkerEnv) {
+    fn schedule_respawn(&mut self, lp: &mut Loop<D>, ms: u64, env: WorkerEnv, restarts: u32) {
         let Ok(t) = lp.timer_init() else { return };
         if lp.timer_start(t, Duration::from_millis(ms), Duration::ZERO, &self.cbs.respawn).is_ok() {
-            self.life.respawn_timers.push((t, env));
+            self.life.respawn_timers.push((t, env, restarts));
         } else {
             let _ = lp.close(t, None);
         }
@@ -552,10 +554,12 @@ pub(super) fn on_respawn<D: PrimaryData>(pid: PrimaryId) -> OnTimer<D> {
     OnTimer::new(move |lp, d: &mut D, t| {
         let _ = lp.close(t, None);
         let Some(p) = d.primary_by_id(pid) else { return };
-        let Some(i) = p.life.respawn_timers.iter().position(|(x, _)| *x == t) else { return };
-        let (_, env) = p.life.respawn_timers.swap_remove(i);
+        let Some(i) = p.life.respawn_timers.iter().position(|(x, ..)| *x == t) else { return };
+        let (_, env, restarts) = p.life.respawn_timers.swap_remove(i);
         if !p.life.shutting_down && !p.life.governor.stormed() {
-            let _ = p.fork_worker(lp, env);
+            if let Ok(new) = p.fork_worker(lp, env) {
+                p.inherit_restarts(restarts, new);
+            }
             drain_events(lp, d, pid);
         }
     })

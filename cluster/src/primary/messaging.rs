@@ -13,7 +13,16 @@ impl<D> Primary<D> {
     /// Sends a user message to worker `id`. `EMSGSIZE`, and nothing sent,
     /// when `bytes` is longer than [`Settings::max_message_len`](crate::Settings::max_message_len).
     pub fn send(&mut self, lp: &mut Loop<D>, id: WorkerId, bytes: &[u8]) -> Result<()> {
-        self.send_to(lp, id, &Frame::Message { bytes, nfds: 0 })
+        self.send_to(lp, id, &Frame::Message { bytes, nfds: 0 })?;
+        self.count_message_out(id);
+        Ok(())
+    }
+
+    /// One more message sent to worker `id` (its figures).
+    fn count_message_out(&mut self, id: WorkerId) {
+        if let Some(w) = self.entry_mut(id) {
+            w.figures.messages_out += 1;
+        }
     }
 
     /// Sends a user message with fds attached to worker `id` (each is
@@ -34,7 +43,9 @@ impl<D> Primary<D> {
         }
         let ch = self.entry(id).and_then(|w| w.channel).ok_or(Error::ENOTCONN)?;
         let frame = Frame::Message { bytes, nfds: fds.len() as u8 };
-        self.writer.send_fds(lp, ch, &frame, &mut batch)
+        self.writer.send_fds(lp, ch, &frame, &mut batch)?;
+        self.count_message_out(id);
+        Ok(())
     }
 
     /// Reads the shared store.

@@ -69,6 +69,11 @@ mod messaging;
 mod node;
 mod rolling;
 mod routing;
+mod stats;
+mod upgrade;
+
+pub use stats::{ProcessMemory, WorkerStats};
+pub use upgrade::UpgradeFailure;
 
 use crate::channel::{feed_chunk, ChannelError, Flow};
 use crate::node::NodeFault;
@@ -296,6 +301,8 @@ struct WorkerEntry {
     /// Hand-off state: connections sent and not yet acknowledged, the
     /// batch being built, the reported load.
     conns: handoff::WorkerConns,
+    /// Restarts, messages, the worker's own report (see `stats`).
+    figures: stats::Figures,
 }
 
 impl WorkerEntry {
@@ -311,6 +318,7 @@ type MessageFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerInfo, &[u8], &mut FrameF
 type ExitFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerInfo, i64, i32);
 type StormFn<D> = dyn Fn(&mut Loop<D>, &mut D);
 type ChannelErrorFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerInfo, ChannelFault);
+type MemoryLimitFn<D> = dyn Fn(&mut Loop<D>, &mut D, &WorkerInfo, u64);
 type DoneFn<D> = Box<dyn FnOnce(&mut Loop<D>, &mut D)>;
 
 /// An event waiting to be delivered; a worker's info is read again at
@@ -324,6 +332,8 @@ enum Event<D> {
     Exit(WorkerInfo, i64, i32),
     Storm,
     Unresponsive(WorkerInfo),
+    /// Above `Settings::max_memory` (its `RssAnon` in bytes): replaced.
+    MemoryLimit(WorkerInfo, u64),
     /// `Primary::disconnect` is complete (its callbacks follow as `Done`):
     /// respawning may resume.
     ShutdownDone,
@@ -341,6 +351,7 @@ struct Events<D> {
     storm: Option<Rc<StormFn<D>>>,
     unresponsive: Option<Rc<WorkerFn<D>>>,
     channel_error: Option<Rc<ChannelErrorFn<D>>>,
+    memory_limit: Option<Rc<MemoryLimitFn<D>>>,
     queue: VecDeque<Event<D>>,
     /// The zero-delay timer that delivers events queued by an API call.
     drain_timer: Option<Timer>,
@@ -379,8 +390,14 @@ pub struct Primary<D> {
     life: lifecycle::Lifecycle<D>,
     store: SharedStore,
     rolling: Option<rolling::Rolling<D>>,
+    /// Inherited listeners and upgrades (`upgrade.rs`).
+    handover: upgrade::Handover<D>,
     events: Events<D>,
     cbs: LoopCallbacks<D>,
+    /// The admin endpoint, once `admin_listen` bound it.
+    admin: Option<crate::admin::Admin<D>>,
+    /// `set_healthy`'s word (`/health`).
+    healthy: bool,
 }
 
 impl<D> std::fmt::Debug for Primary<D> {
@@ -480,6 +497,7 @@ impl<D: PrimaryData> Primary<D> {
             writer: ChannelWriter::new(max_message),
             store: SharedStore::new(),
             rolling: None,
+            handover: upgrade::Handover::new(id),
             events: Events {
                 fork: None,
                 online: None,
@@ -490,6 +508,7 @@ impl<D: PrimaryData> Primary<D> {
                 storm: None,
                 unresponsive: None,
                 channel_error: None,
+                memory_limit: None,
                 queue: VecDeque::with_capacity(16),
                 drain_timer: None,
             },
@@ -505,6 +524,8 @@ impl<D: PrimaryData> Primary<D> {
                 startup_deadline: lifecycle::on_startup_deadline(id),
                 heartbeat: lifecycle::on_heartbeat(id),
             },
+            admin: None,
+            healthy: true,
         })
     }
 
@@ -559,6 +580,13 @@ impl<D: PrimaryData> Primary<D> {
     /// `(loop, data, worker)`.
     pub fn on_unresponsive(&mut self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerInfo) + 'static) {
         self.events.unresponsive = Some(Rc::new(cb));
+    }
+
+    /// A worker's `RssAnon` was above [`Settings::max_memory`]: `(loop,
+    /// data, worker, RssAnon in bytes)`. A rolling replacement is under way
+    /// (the new worker listens first, then this one drains).
+    pub fn on_memory_limit(&mut self, cb: impl Fn(&mut Loop<D>, &mut D, &WorkerInfo, u64) + 'static) {
+        self.events.memory_limit = Some(Rc::new(cb));
     }
 
     /// Delivers the queued events from a loop callback soon (a zero-delay
@@ -649,6 +677,12 @@ fn drain_events<D: PrimaryData>(lp: &mut Loop<D>, d: &mut D, pid: PrimaryId) {
             Event::Unresponsive(info) => {
                 if let Some(cb) = p.events.unresponsive.clone() {
                     cb(lp, d, &info);
+                }
+            }
+            Event::MemoryLimit(info, rss_anon) => {
+                let (cb, info) = (p.events.memory_limit.clone(), p.refresh(info));
+                if let Some(cb) = cb {
+                    cb(lp, d, &info, rss_anon);
                 }
             }
             Event::Storm => {
@@ -780,9 +814,17 @@ fn handle_frame<D: PrimaryData>(
         Frame::Close { listener_id } => p.leave_listener(lp, listener_id, id),
         Frame::ExitedAfterDisconnect => p.worker_leaving(id),
         Frame::Load { open_connections } => p.on_load(lp, id, open_connections),
-        // Any frame shows the worker's loop runs (`on_channel_read`).
-        Frame::Heartbeat { .. } => {}
+        // Any frame shows the worker's loop runs (`on_channel_read`); the
+        // answer carries the worker's figures.
+        Frame::Heartbeat { report, .. } => {
+            if let Some(r) = report {
+                p.on_report(id, r);
+            }
+        }
         Frame::Message { bytes, .. } => {
+            if let Some(w) = p.entry_mut(id) {
+                w.figures.messages_in += 1;
+            }
             let (cb, info) = (p.events.message.clone(), p.worker(id));
             if let (Some(cb), Some(info)) = (cb, info) {
                 cb(lp, d, &info, bytes, &mut fds);

@@ -54,6 +54,31 @@ impl<D: PrimaryData> Primary<D> {
         self.schedule_drain(lp);
     }
 
+    /// Replaces worker `id` alone, the way a rolling restart replaces each
+    /// worker: a new one is forked, and `id` is disconnected (it drains)
+    /// once the new one listens. During a roll, `id` joins the workers
+    /// still to replace (unless it is among them already). Nothing happens
+    /// during a [`disconnect`](Self::disconnect) or for an unknown worker.
+    pub fn replace_worker(&mut self, lp: &mut Loop<D>, id: WorkerId) {
+        if self.life_shutting_down() || self.entry(id).is_none() {
+            return;
+        }
+        match self.rolling.as_mut() {
+            Some(r) => {
+                let current = r.current.is_some_and(|(old, new)| old == id || new == id);
+                if !current && !r.old.contains(&id) {
+                    r.old.push_back(id);
+                }
+            }
+            None => {
+                self.rolling =
+                    Some(Rolling { old: VecDeque::from([id]), current: None, again: false, done: Vec::new() });
+                self.rolling_step(lp);
+            }
+        }
+        self.schedule_drain(lp);
+    }
+
     /// Whether worker `id` is in the swap under way (the old worker or its
     /// replacement).
     pub(super) fn rolling_swap_member(&self, id: WorkerId) -> bool {
@@ -86,8 +111,13 @@ impl<D: PrimaryData> Primary<D> {
                 }
                 return;
             };
-            let Some(env) = self.entry(old).filter(|w| !w.disconnecting).map(|w| w.env.clone()) else { continue };
+            let Some((env, restarts)) =
+                self.entry(old).filter(|w| !w.disconnecting).map(|w| (w.env.clone(), w.figures.restarts))
+            else {
+                continue;
+            };
             if let Ok(new) = self.fork_worker(lp, env) {
+                self.inherit_restarts(restarts, new);
                 let timeout = self.settings.startup_timeout;
                 let timer = self.start_worker_timer(lp, new, timeout, false);
                 if let Some(w) = self.entry_mut(new) {

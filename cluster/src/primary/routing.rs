@@ -256,12 +256,20 @@ impl<D: PrimaryData> Primary<D> {
     ) -> Result<(ListenerMode, u16)> {
         let shared = policy == SchedPolicy::Shared;
         let reserve = policy == SchedPolicy::ReusePort;
-        let s = lp.tcp_init()?;
-        let bind_flags = if reserve { flags | TCP_REUSEPORT } else { flags };
-        if let Err(e) = lp.tcp_bind(s, addr, bind_flags) {
-            let _ = lp.close(s, None);
-            return Err(e);
-        }
+        // An inherited socket (systemd, an upgrade) listens already: it
+        // is taken instead of a bind (`upgrade.rs`).
+        let s = match self.inherited_socket(lp, addr)? {
+            Some(s) => s,
+            None => {
+                let s = lp.tcp_init()?;
+                let bind_flags = if reserve { flags | TCP_REUSEPORT } else { flags };
+                if let Err(e) = lp.tcp_bind(s, addr, bind_flags) {
+                    let _ = lp.close(s, None);
+                    return Err(e);
+                }
+                s
+            }
+        };
         if reserve {
             return match lp.tcp_getsockname(s) {
                 Ok(a) => Ok((ListenerMode::Reserved(Vec::new(), s), a.port())),
@@ -302,5 +310,22 @@ impl<D: PrimaryData> Primary<D> {
                 Err(e)
             }
         }
+    }
+}
+
+impl<D> Primary<D> {
+    /// The listening sockets an upgrade hands over (`rr` and `shared`):
+    /// each one's handle, the address its workers asked for, and its
+    /// `rr` listener (the primary accepts on it) if it is one.
+    pub(super) fn handover_listeners(&self) -> Vec<(HandleId, SocketAddr, Option<TcpListener>)> {
+        let mut out = Vec::new();
+        for l in &self.routing.listeners {
+            match l.mode {
+                ListenerMode::RoundRobin(_, rr) => out.push((l.handle(), l.requested, Some(rr))),
+                ListenerMode::Shared(..) => out.push((l.handle(), l.requested, None)),
+                ListenerMode::Reserved(..) => {}
+            }
+        }
+        out
     }
 }

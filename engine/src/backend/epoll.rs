@@ -19,9 +19,16 @@
 //! queue behind, so datagrams leave in order. `RecvFrom` receives with
 //! `recvmmsg`, one pool buffer per datagram, up to
 //! [`MAX_READS_PER_WAKEUP`] per wakeup.
+//!
+//! Non-socket streams (`ReadStream`, `WriteStream`): pipes, FIFOs and ttys
+//! are watched like sockets and read with `read(2)`, written with
+//! `writev(2)`. A regular file (or `/dev/null`) cannot be watched:
+//! `epoll_ctl` refuses it with `EPERM`. Such an fd is read as always ready
+//! (libuv does the same): it joins the `always_ready` list, every `poll`
+//! reads it (without waiting) until its read op ends or is cancelled.
 
 use super::{
-    write_recvmsg_header, Backend, BufPool, Completion, Driver, Op, PoolConfig, RecordLayout, Token,
+    write_recvmsg_header, Backend, BufPool, Completion, Driver, Op, PoolConfig, RecordLayout, Token, WaitStats,
     MAX_ACCEPTS_PER_WAKEUP, MAX_IOV, MAX_READS_PER_WAKEUP, RECVMSG_CONTROL_LEN, RECVMSG_HEADER_LEN, RECVMSG_NAME_LEN,
 };
 use crate::error::{Error, Result};
@@ -42,6 +49,7 @@ enum ReadOp {
     Recv { token: Token },
     RecvMsg { token: Token },
     RecvFrom { token: Token },
+    ReadStream { token: Token },
     Read { token: Token, ptr: *mut u8, len: usize },
     PollIn { token: Token },
 }
@@ -53,6 +61,7 @@ impl ReadOp {
             | ReadOp::Recv { token }
             | ReadOp::RecvMsg { token }
             | ReadOp::RecvFrom { token }
+            | ReadOp::ReadStream { token }
             | ReadOp::Read { token, .. }
             | ReadOp::PollIn { token } => token,
         }
@@ -63,12 +72,13 @@ impl ReadOp {
 enum WriteOp {
     Send { token: Token },
     Connect { token: Token },
+    WriteStream { token: Token },
 }
 
 impl WriteOp {
     fn token(&self) -> Token {
         match *self {
-            WriteOp::Send { token } | WriteOp::Connect { token } => token,
+            WriteOp::Send { token } | WriteOp::Connect { token } | WriteOp::WriteStream { token } => token,
         }
     }
 }
@@ -107,6 +117,9 @@ struct Reg {
     dgrams: VecDeque<DgramSend>,
     /// The socket refused a datagram (`EAGAIN`): wait for `EPOLLOUT`.
     dgram_blocked: bool,
+    /// epoll refused the fd (`EPERM`: a regular file): its read op is run
+    /// at every `poll` instead (the fd is in `Epoll::always_ready`).
+    always_ready: bool,
 }
 
 impl Reg {
@@ -126,12 +139,13 @@ impl Reg {
             },
             dgrams: VecDeque::new(),
             dgram_blocked: false,
+            always_ready: false,
         }
     }
 
     fn wanted(&self) -> u32 {
         let mut ev = 0;
-        if self.read.is_some() {
+        if self.read.is_some() && !self.always_ready {
             ev |= epoll::IN;
         }
         if self.write.is_some() || self.dgram_blocked {
@@ -155,6 +169,10 @@ pub(crate) struct Epoll {
     events: Vec<epoll::Event>,
     /// Fds with datagrams queued since the last `poll` (not blocked).
     dgram_dirty: Vec<RawFd>,
+    /// Time blocked in `epoll_wait`, completions found ready.
+    stats: WaitStats,
+    /// Fds epoll refused (regular files) whose read op runs at every `poll`.
+    always_ready: Vec<RawFd>,
 }
 
 // SAFETY-relevant note: `ReadOp::Read` holds a raw pointer lent by the loop
@@ -172,6 +190,8 @@ impl Epoll {
             ready: Vec::with_capacity(256),
             events: vec![epoll::EMPTY; EVENTS_PER_WAIT],
             dgram_dirty: Vec::with_capacity(64),
+            stats: WaitStats::default(),
+            always_ready: Vec::new(),
         })
     }
 
@@ -273,8 +293,9 @@ impl Epoll {
                 }
                 false
             }
-            ReadOp::Recv { token } | ReadOp::RecvMsg { token } => {
+            ReadOp::Recv { token } | ReadOp::RecvMsg { token } | ReadOp::ReadStream { token } => {
                 let is_msg = matches!(op, ReadOp::RecvMsg { .. });
+                let is_file = matches!(op, ReadOp::ReadStream { .. });
                 for _ in 0..MAX_READS_PER_WAKEUP {
                     // With no free buffer, leave the data in the socket: the
                     // loop recycles buffers after this iteration's callbacks
@@ -285,6 +306,8 @@ impl Epoll {
                     let size = buf.len();
                     let res = if is_msg {
                         Self::recvmsg_record(fd, buf)
+                    } else if is_file {
+                        sys::read(fd, buf).map(|n| (n, n, false))
                     } else {
                         socket::recv(fd, buf).map(|n| (n, n, false))
                     };
@@ -496,6 +519,22 @@ impl Epoll {
                     }
                 }
             }
+            WriteOp::WriteStream { token } => {
+                let s = &self.reg(fd).send;
+                // SAFETY: the iovecs point at memory the loop keeps valid until
+                // this op completes (rule 3).
+                match unsafe { sys::writev(fd, &s.iov[..s.iovcnt]) } {
+                    Err(e) if e.is_would_block() || e.errno() == Some(libc::EINTR) => false,
+                    Ok(n) => {
+                        Self::push(out, token, n as i32, None, false);
+                        true
+                    }
+                    Err(e) => {
+                        Self::push(out, token, -e.code(), None, false);
+                        true
+                    }
+                }
+            }
             WriteOp::Connect { token } => {
                 let res = match socket::take_error(fd) {
                     Ok(0) => 0,
@@ -541,6 +580,87 @@ impl Epoll {
                 Ok(())
             }
         }
+    }
+
+    /// Writes now if the fd takes it, else keeps a copy of the iovecs and
+    /// waits for `EPOLLOUT` (a pipe or tty; a regular file never waits).
+    ///
+    /// # Safety
+    /// As [`Driver::submit`] for `Op::WriteStream`.
+    unsafe fn start_write_stream(&mut self, fd: RawFd, token: Token, iov: &[libc::iovec]) -> Result<()> {
+        if iov.len() > MAX_IOV {
+            return Err(Error::EINVAL);
+        }
+        if self.reg(fd).write.is_some() {
+            return Err(Error::from_errno(libc::EBUSY));
+        }
+        // SAFETY: the caller keeps the iovec memory valid for this call.
+        match unsafe { sys::writev(fd, iov) } {
+            Ok(n) => {
+                self.ready.push(Completion { token, res: n as i32, buf: None, more: false });
+                Ok(())
+            }
+            Err(e) if e.is_would_block() => {
+                let reg = self.reg(fd);
+                reg.send.iov[..iov.len()].copy_from_slice(iov);
+                reg.send.iovcnt = iov.len();
+                reg.send.nfds = 0;
+                self.arm_write(fd, WriteOp::WriteStream { token })
+            }
+            Err(e) => {
+                self.ready.push(Completion { token, res: -e.code(), buf: None, more: false });
+                Ok(())
+            }
+        }
+    }
+
+    /// Arms a `ReadStream`: in the epoll set, or, for an fd epoll refuses
+    /// (`EPERM`: a regular file, `/dev/null`), in the always-ready list.
+    fn start_read_stream(&mut self, fd: RawFd, token: Token) -> Result<()> {
+        let refused = match self.arm_read(fd, ReadOp::ReadStream { token }) {
+            Err(e) if e.errno() == Some(libc::EPERM) => true,
+            Err(e) => return Err(e),
+            // Known to be refused already: `arm_read` left epoll alone.
+            Ok(()) => self.reg(fd).always_ready,
+        };
+        if refused {
+            let reg = self.reg(fd);
+            reg.read = Some(ReadOp::ReadStream { token });
+            reg.always_ready = true;
+            if !self.always_ready.contains(&fd) {
+                self.always_ready.push(fd);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the read op of every always-ready fd (see the module docs), as
+    /// room in `out` allows; drops fds whose op ended or was cancelled.
+    fn poll_always_ready(&mut self, out: &mut Vec<Completion>) {
+        let per_fd = MAX_READS_PER_WAKEUP + 2;
+        let mut i = 0;
+        while i < self.always_ready.len() {
+            let fd = self.always_ready[i];
+            let reg = self.reg(fd);
+            let Some(op) = reg.read.filter(|_| reg.always_ready) else {
+                self.always_ready.swap_remove(i);
+                continue;
+            };
+            if out.capacity() - out.len() < per_fd {
+                return;
+            }
+            if self.on_readable(fd, op, out) {
+                self.reg(fd).read = None;
+                self.always_ready.swap_remove(i);
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    /// Whether an always-ready fd has a read op to run (`poll` must not wait).
+    fn has_always_ready(&self) -> bool {
+        self.always_ready.iter().any(|&fd| self.regs.get(fd as usize).is_some_and(|r| r.read.is_some()))
     }
 
     fn start_connect(&mut self, fd: RawFd, token: Token, addr: &socket::SockAddr) -> Result<()> {
@@ -634,9 +754,13 @@ impl Driver for Epoll {
             Op::Poll { fd, events } => self.start_poll(fd, token, events),
             // Regular files are always "ready" to epoll: their I/O blocks in
             // the syscall, so the loop runs it on the work pool instead.
-            Op::FileRead { .. } | Op::FileWrite { .. } | Op::Fsync { .. } | Op::Statx { .. } | Op::OpenAt { .. } => {
-                Err(Error::ENOSYS)
-            }
+            Op::FileRead { .. }
+            | Op::FileWrite { .. }
+            | Op::Fsync { .. }
+            | Op::Statx { .. }
+            | Op::OpenAt { .. }
+            | Op::FileReadv { .. }
+            | Op::FileWritev { .. } => Err(Error::ENOSYS),
             Op::RecvFrom { fd } => {
                 if self.pool.size() <= RecordLayout::DATAGRAM.payload_offset() {
                     return Err(Error::EINVAL);
@@ -646,6 +770,9 @@ impl Driver for Epoll {
             // The iovecs are copied; the bytes stay lent until the completion
             // (the caller's rule-3 guarantee).
             Op::SendTo { fd, iov, addr } => self.queue_dgram(fd, token, iov, addr),
+            Op::ReadStream { fd } => self.start_read_stream(fd, token),
+            // SAFETY: the caller's rule-3 guarantee for this write, forwarded.
+            Op::WriteStream { fd, iov } => unsafe { self.start_write_stream(fd, token, iov) },
         }
     }
 
@@ -692,7 +819,12 @@ impl Driver for Epoll {
         reg.poll = None;
         reg.dgrams.clear();
         reg.dgram_blocked = false;
+        reg.always_ready = false;
         reg.exclusive = false;
+        if let Some(i) = self.always_ready.iter().position(|&f| f == fd) {
+            self.always_ready.swap_remove(i);
+        }
+        let reg = self.reg(fd);
         reg.generation = reg.generation.wrapping_add(1);
         if reg.registered != 0 {
             reg.registered = 0;
@@ -718,7 +850,8 @@ impl Driver for Epoll {
         let room = out.capacity() - out.len();
         let take = self.ready.len().min(room);
         out.extend(self.ready.drain(..take));
-        let timeout = if !self.ready.is_empty() || take > 0 {
+        self.stats.events_waiting += take as u64;
+        let timeout = if !self.ready.is_empty() || take > 0 || self.has_always_ready() {
             0
         } else if timeout_ms < 0 {
             -1
@@ -732,7 +865,15 @@ impl Driver for Epoll {
             return Ok(());
         }
         let max_events = (room / per_fd).clamp(1, EVENTS_PER_WAIT);
-        let n = epoll::wait(self.epfd.as_raw_fd(), &mut self.events[..max_events], timeout)?;
+        // Only a wait that may block is idle time (libuv measures the same
+        // span: around `epoll_wait`).
+        let waited = (timeout != 0).then(std::time::Instant::now);
+        let res = epoll::wait(self.epfd.as_raw_fd(), &mut self.events[..max_events], timeout);
+        if let Some(since) = waited {
+            self.stats.add_idle(since);
+        }
+        let n = res?;
+        let before_events = out.len();
         for i in 0..n {
             let ev = self.events[i];
             let fd = ev.u64 as u32 as RawFd;
@@ -771,11 +912,22 @@ impl Driver for Epoll {
                 self.fail_fd(fd, e, out);
             }
         }
+        if !self.always_ready.is_empty() {
+            self.poll_always_ready(out);
+        }
         // Datagrams sent on `EPOLLOUT` above complete in this poll too.
         let room = out.capacity() - out.len();
         let take = self.ready.len().min(room);
         out.extend(self.ready.drain(..take));
+        if timeout == 0 {
+            // A wait that could not block found only what was ready.
+            self.stats.events_waiting += (out.len() - before_events) as u64;
+        }
         Ok(())
+    }
+
+    fn wait_stats(&self) -> WaitStats {
+        self.stats
     }
 
     fn pool(&self) -> &Rc<BufPool> {

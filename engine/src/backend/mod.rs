@@ -30,10 +30,23 @@
 //! | `OpenAt { path, flags, mode }` | one-shot | `path` (to its NUL) | a new fd |
 //! | `RecvFrom { fd }` | persistent | nothing | a datagram record's length in `buf` (never 0) |
 //! | `SendTo { fd, iov, addr }` | one-shot | the bytes `iov` describes (`addr` is copied) | the datagram's length |
+//! | `ReadStream { fd }` | persistent | nothing | bytes in `buf`; 0 (no buffer, final) at EOF |
+//! | `WriteStream { fd, iov }` | one-shot | the bytes `iov` describes | bytes written |
+//! | `FileReadv { fd, iov, iovcnt, offset }` | one-shot | the iovec array and the memory it describes | bytes read |
+//! | `FileWritev { fd, iov, iovcnt, offset }` | one-shot | the iovec array and the memory it describes | bytes written |
+//!
+//! `ReadStream` and `WriteStream` are `Recv` and `Send` for fds that are
+//! not sockets (pipes, FIFOs, ttys, regular files: a server's stdin and
+//! stdout). epoll watches pipes, FIFOs and ttys as it does sockets; a
+//! regular file (or `/dev/null`), which `epoll_ctl` refuses with `EPERM`,
+//! is read as always ready, as libuv does. io_uring reads with `READ`
+//! into a provided buffer, re-armed after each chunk, and writes with
+//! `WRITEV`; where the file cannot wait inside the kernel (a tty opened
+//! non-blocking answers `EAGAIN`) the backend polls it and retries.
 //!
 //! Any completion may carry `-errno` instead of a result.
 //!
-//! **File operations** (`FileRead` to `OpenAt`) are optional: a backend
+//! **File operations** (`FileRead` to `OpenAt`, `FileReadv`, `FileWritev`) are optional: a backend
 //! says which it performs with [`Driver::supports`] (io_uring: those its
 //! probe found; epoll: none, it refuses them with `ENOSYS`), and the loop
 //! sends the others to its work pool.
@@ -41,7 +54,8 @@
 //! **Several ops per fd.** io_uring takes any number of ops in flight on
 //! one fd, of any kinds, each its own request keyed by its token. epoll
 //! keeps, per fd, one *read-side* op (`Accept`, `Recv`, `RecvMsg`,
-//! `RecvFrom`, `Read`, `PollIn`), one *write-side* op (`Send`, `Connect`)
+//! `RecvFrom`, `Read`, `PollIn`, `ReadStream`), one *write-side* op (`Send`,
+//! `Connect`, `WriteStream`)
 //! and one `Poll`: a second op of a side while one is in flight is refused
 //! with `EBUSY` (at submit, nothing is reported for it). `SendTo` ops are
 //! not limited on either backend: epoll queues them per fd and sends them
@@ -58,8 +72,9 @@
 //!    reports completions carrying its token until exactly one with
 //!    `more == false`; after that, nothing more carries its token. An op
 //!    whose `submit` returned `Err` reports nothing. One-shot ops (`Send`,
-//!    `SendTo`, `Connect`, `Read`, `PollIn`, `Poll`) report exactly one
-//!    completion. Persistent ops (`Accept`, `Recv`, `RecvMsg`, `RecvFrom`)
+//!    `SendTo`, `Connect`, `Read`, `PollIn`, `Poll`, `WriteStream`) report
+//!    exactly one completion. Persistent ops (`Accept`, `Recv`, `RecvMsg`,
+//!    `RecvFrom`, `ReadStream`)
 //!    report any number with
 //!    `more == true` and then the final one, when they fail, are cancelled,
 //!    or the kernel ends a multishot (io_uring re-arms internally where it
@@ -70,13 +85,15 @@
 //!    still arrives through `poll` (with `-ECANCELED`, or its real result if
 //!    it finished first). No completion is ever delivered synchronously from
 //!    a submit or cancel call: user callbacks never run re-entrantly.
-//! 3. **Memory lent stays lent.** For a `Send` or `SendTo`, the memory each iovec
+//! 3. **Memory lent stays lent.** For a `Send`, `SendTo` or `WriteStream`, the memory each iovec
 //!    describes stays valid and unmodified until the op's final completion,
 //!    and each fd in `fds` stays **open**, naming the same file, until then
 //!    (io_uring reads them when the operation runs, not when it is
 //!    submitted). For a `Read`, `ptr..ptr + len` stays valid for writes and
 //!    untouched by anyone else until the op's final completion; likewise
-//!    a `FileRead`'s memory, a `FileWrite`'s (valid and unmodified), and a
+//!    a `FileRead`'s memory, a `FileWrite`'s (valid and unmodified), a
+//!    `FileReadv`'s or `FileWritev`'s iovec array and every buffer it names
+//!    (likewise), and a
 //!    `Statx`'s path and record and an `OpenAt`'s path. The other
 //!    ops lend nothing: the backend copies what it needs of every op
 //!    (iovec arrays, fd numbers, socket addresses) into storage it owns, so
@@ -235,8 +252,11 @@ pub(crate) trait Driver {
     /// reported; for `Op::Read` and `Op::FileRead`, `ptr..ptr + len` must
     /// stay valid for writes, and not be accessed by anyone else, until
     /// then; for `Op::FileWrite`, valid and unmodified; for `Op::Statx`,
-    /// `path` and `*buf`, and for `Op::OpenAt`, `path`, likewise. The other
-    /// ops lend nothing and carry no obligation.
+    /// `path` and `*buf`, and for `Op::OpenAt`, `path`, likewise; for
+    /// `Op::WriteStream`, as `Op::Send`; for `Op::FileReadv` and
+    /// `Op::FileWritev`, the iovec array and every buffer it names, as for
+    /// `Op::FileRead` and `Op::FileWrite`. The other ops lend nothing and
+    /// carry no obligation.
     unsafe fn submit(&mut self, token: Token, op: Op<'_>) -> Result<()>;
 
     /// Whether this backend performs ops of `kind` (every kind but the file
@@ -262,6 +282,33 @@ pub(crate) trait Driver {
 
     /// Gives buffer `id` back for receiving.
     fn recycle(&mut self, id: u16);
+
+    /// What the waits in [`poll`](Self::poll) have cost so far (the loop's
+    /// metrics; see [`WaitStats`]).
+    fn wait_stats(&self) -> WaitStats;
+}
+
+/// Totals kept by a driver around its waits, for the loop's metrics
+/// (libuv's `uv_metrics_idle_time` and `events_waiting`). Measuring costs
+/// two reads of the monotonic clock (vDSO, no syscall) per `poll` that may
+/// block; a `poll` with a zero timeout is not timed.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WaitStats {
+    /// Time spent inside the blocking wait (`epoll_wait`, `io_uring_enter`
+    /// with `GETEVENTS` and a wait count), in nanoseconds.
+    pub idle_ns: u64,
+    /// Completions that were ready when `poll` was called, so the driver
+    /// did not have to block for them: those queued inside the driver, and
+    /// every completion of a `poll` that could not block.
+    pub events_waiting: u64,
+}
+
+impl WaitStats {
+    /// Adds the time since `since` to the idle total.
+    pub(crate) fn add_idle(&mut self, since: std::time::Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.idle_ns = self.idle_ns.saturating_add(ns);
+    }
 }
 
 /// The two backends behind one type, dispatched without dynamic calls.
@@ -304,6 +351,9 @@ impl Driver for AnyDriver {
     }
     fn recycle(&mut self, id: u16) {
         dispatch!(self, d => d.recycle(id))
+    }
+    fn wait_stats(&self) -> WaitStats {
+        dispatch!(self, d => d.wait_stats())
     }
 }
 
@@ -391,6 +441,26 @@ pub(crate) struct RecvMsgRecord<'a> {
 /// with `buf`.
 pub(crate) fn parse_recvmsg(buf: &[u8]) -> Option<RecvMsgRecord<'_>> {
     parse_record(buf, RecordLayout::STREAM)
+}
+
+/// An IPC record as the loop uses it: the payload, and whether the kernel
+/// cut the control data (`MSG_CTRUNC`).
+pub(crate) struct IpcRecordParts<'a> {
+    pub payload: &'a [u8],
+    pub truncated: bool,
+}
+
+/// Splits an IPC pipe's `RecvMsg` record and calls `fd` with each fd its
+/// `SCM_RIGHTS` messages carry and whether the control data was cut
+/// (control data beyond the control space is ignored); `None`, with no fd
+/// reported, if the header is inconsistent with `buf`. The caller owns
+/// every fd reported, truncated record or not.
+pub(crate) fn parse_ipc_record(buf: &[u8], mut fd: impl FnMut(std::os::fd::RawFd, bool)) -> Option<IpcRecordParts<'_>> {
+    let rec = parse_recvmsg(buf)?;
+    let truncated = rec.flags & libc::MSG_CTRUNC != 0;
+    let control = &rec.control[..rec.control.len().min(RECVMSG_CONTROL_LEN)];
+    crate::sys::socket::for_each_rights_fd(control, |f| fd(f, truncated));
+    Some(IpcRecordParts { payload: rec.payload, truncated })
 }
 
 /// Splits a recvmsg record laid out as `layout`; `None` if the header is

@@ -65,13 +65,31 @@ op_kinds! {
     RecvFrom = 14,
     /// One-shot: send one datagram, maybe to an address.
     SendTo = 15,
+    /// Persistent: `read(2)` stream bytes from a non-socket fd (pipe, FIFO,
+    /// tty, regular file) into pool buffers.
+    ReadStream = 20,
+    /// One-shot: `writev(2)` to a non-socket fd (pipe, FIFO, tty, file).
+    WriteStream = 21,
+    /// One-shot: `preadv` into buffers the loop lends.
+    FileReadv = 22,
+    /// One-shot: `pwritev` from buffers the loop lends.
+    FileWritev = 23,
 }
 
 impl OpKind {
     /// File operations: only io_uring performs them (where its probe
     /// found the opcode); the loop sends them to the work pool otherwise.
     pub(crate) fn is_file_op(self) -> bool {
-        matches!(self, OpKind::FileRead | OpKind::FileWrite | OpKind::Fsync | OpKind::Statx | OpKind::OpenAt)
+        matches!(
+            self,
+            OpKind::FileRead
+                | OpKind::FileWrite
+                | OpKind::Fsync
+                | OpKind::Statx
+                | OpKind::OpenAt
+                | OpKind::FileReadv
+                | OpKind::FileWritev
+        )
     }
 }
 
@@ -132,6 +150,22 @@ pub(crate) enum Op<'a> {
     /// socket), else to the connected peer. The result is the datagram's
     /// length; a datagram is never sent in part.
     SendTo { fd: RawFd, iov: &'a [libc::iovec], addr: Option<&'a SockAddr> },
+    /// As `Recv`, for an fd that is not a socket (a pipe, FIFO or tty,
+    /// non-blocking; or a regular file or `/dev/null`, which never block and
+    /// which epoll cannot watch: they are read as always ready). `read(2)`
+    /// at the file position; `res == 0` is EOF, final.
+    ReadStream { fd: RawFd },
+    /// As `Send` without fds, for an fd that is not a socket: `writev(2)`
+    /// of `iov` (at most [`MAX_IOV`](super::MAX_IOV) entries) at the file
+    /// position. The result may be a short count.
+    WriteStream { fd: RawFd, iov: &'a [libc::iovec] },
+    /// `preadv` into the `iovcnt` iovecs at `iov` at `offset` (`None`: at
+    /// the file position, as `readv`); the iovec array and the memory each
+    /// iovec describes are lent.
+    FileReadv { fd: RawFd, iov: *const libc::iovec, iovcnt: usize, offset: Option<u64> },
+    /// `pwritev` from the `iovcnt` iovecs at `iov` at `offset` (`None`: at
+    /// the file position, as `writev`); lent as for `FileReadv`.
+    FileWritev { fd: RawFd, iov: *const libc::iovec, iovcnt: usize, offset: Option<u64> },
 }
 
 impl Op<'_> {
@@ -153,6 +187,10 @@ impl Op<'_> {
             Op::OpenAt { .. } => OpKind::OpenAt,
             Op::RecvFrom { .. } => OpKind::RecvFrom,
             Op::SendTo { .. } => OpKind::SendTo,
+            Op::ReadStream { .. } => OpKind::ReadStream,
+            Op::WriteStream { .. } => OpKind::WriteStream,
+            Op::FileReadv { .. } => OpKind::FileReadv,
+            Op::FileWritev { .. } => OpKind::FileWritev,
         }
     }
 }
@@ -215,6 +253,10 @@ mod tests {
             OpKind::OpenAt,
             OpKind::RecvFrom,
             OpKind::SendTo,
+            OpKind::ReadStream,
+            OpKind::WriteStream,
+            OpKind::FileReadv,
+            OpKind::FileWritev,
         ];
         for (i, &k) in kinds.iter().enumerate() {
             let t = Token::new(Token::MAX_INDEX - i, u32::MAX - i as u32, k);

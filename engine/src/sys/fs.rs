@@ -47,6 +47,49 @@ pub fn read_at(fd: RawFd, buf: &mut [u8], offset: Option<u64>) -> Result<usize> 
     Ok(n as usize)
 }
 
+/// One iovec, as a vectored file op hands the kernel.
+pub type IoVec = libc::iovec;
+/// Most buffers in one vectored read or write (`IOV_MAX` on Linux).
+pub const IOV_MAX: usize = 1024;
+
+/// An iovec per buffer of `bufs` (each its whole length), for a vectored
+/// read or write. The iovecs point into the buffers' heap memory, which
+/// stays put while the `Vec`s are not resized.
+pub fn iovecs(bufs: &mut [Vec<u8>]) -> Vec<IoVec> {
+    bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect()
+}
+
+/// `preadv` at `offset`, or `readv` at the file position for `None`,
+/// filling `bufs` in order.
+pub fn readv_at(fd: RawFd, bufs: &mut [Vec<u8>], offset: Option<u64>) -> Result<usize> {
+    let iov = iovecs(bufs);
+    let cnt = iov.len().min(IOV_MAX) as libc::c_int;
+    let n = match offset {
+        // SAFETY: each iovec describes a buffer of `bufs`, valid for writes
+        // and borrowed mutably for the call.
+        Some(off) => syscall!(preadv(fd, iov.as_ptr(), cnt, off as libc::off_t))?,
+        // SAFETY: as above.
+        None => syscall!(readv(fd, iov.as_ptr(), cnt))?,
+    };
+    Ok(n as usize)
+}
+
+/// `pwritev` at `offset`, or `writev` at the file position for `None`,
+/// from `bufs` in order.
+pub fn writev_at(fd: RawFd, bufs: &[Vec<u8>], offset: Option<u64>) -> Result<usize> {
+    let iov: Vec<IoVec> =
+        bufs.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() }).collect();
+    let cnt = iov.len().min(IOV_MAX) as libc::c_int;
+    let n = match offset {
+        // SAFETY: each iovec describes a buffer of `bufs`, valid for reads
+        // for the call (the kernel does not write through them).
+        Some(off) => syscall!(pwritev(fd, iov.as_ptr(), cnt, off as libc::off_t))?,
+        // SAFETY: as above.
+        None => syscall!(writev(fd, iov.as_ptr(), cnt))?,
+    };
+    Ok(n as usize)
+}
+
 /// `pwrite` at `offset`, or `write` at the file position for `None`.
 pub fn write_at(fd: RawFd, buf: &[u8], offset: Option<u64>) -> Result<usize> {
     let n = match offset {

@@ -9,7 +9,9 @@
 
 pub mod dns;
 pub mod fs;
+pub mod inotify;
 pub mod process;
+pub mod sendfile;
 pub mod signal;
 pub mod socket;
 
@@ -63,6 +65,26 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
     let n = syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len()))?;
     Ok(n as usize)
+}
+
+/// `writev(2)`: writes what `iov` describes (a pipe, tty or file; a
+/// closed pipe gives `EPIPE`, and `SIGPIPE`, which Rust programs ignore
+/// unless they ask otherwise); returns the count or an error.
+///
+/// # Safety
+/// Each iovec must describe memory valid for reads for the call.
+pub unsafe fn writev(fd: RawFd, iov: &[libc::iovec]) -> Result<usize> {
+    let n = syscall!(writev(fd, iov.as_ptr(), iov.len().min(libc::c_int::MAX as usize) as libc::c_int))?;
+    Ok(n as usize)
+}
+
+/// Whether `fd` is a socket (`fstat`); errors for a closed fd.
+pub fn is_socket(fd: RawFd) -> Result<bool> {
+    // SAFETY: stat is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid stat record for the call.
+    syscall!(fstat(fd, &mut st))?;
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
 /// Writes from `buf`; returns the count or an error (tests only).
@@ -142,6 +164,17 @@ pub fn monotonic_ms() -> u64 {
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
     }
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Monotonic clock in microseconds (`CLOCK_MONOTONIC`, as systemd's
+/// `MONOTONIC_USEC=` wants it).
+pub fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to fill; CLOCK_MONOTONIC cannot fail.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
 /// Raw epoll calls for the epoll backend.

@@ -230,6 +230,11 @@ pub fn socket_kind(fd: RawFd) -> Result<(i32, bool)> {
     Ok((ty, listening))
 }
 
+/// Whether `fd` is a listening stream socket.
+pub fn is_listening_stream(fd: RawFd) -> bool {
+    matches!(socket_kind(fd), Ok((libc::SOCK_STREAM, true)))
+}
+
 pub fn sockname(fd: RawFd) -> Result<SockAddr> {
     let mut addr = SockAddr::empty();
     // SAFETY: `addr.storage` has room for `addr.len` bytes.
@@ -304,8 +309,10 @@ pub fn for_each_rights_fd(control: &[u8], mut f: impl FnMut(RawFd)) {
         // SAFETY: the bounds check above keeps the unaligned read inside `control`.
         let hdr: libc::cmsghdr = unsafe { std::ptr::read_unaligned(control.as_ptr().add(off).cast()) };
         let len = hdr.cmsg_len;
-        if len < hdr_len || off + len > control.len() {
-            break;
+        // A bogus length (up to usize::MAX) must end the walk, not overflow.
+        match off.checked_add(len) {
+            Some(end) if len >= hdr_len && end <= control.len() => {}
+            _ => break,
         }
         if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
             let data = &control[off + hdr_len..off + len];
@@ -522,4 +529,29 @@ pub fn set_buffer_size(fd: RawFd, send: bool, bytes: usize) -> Result<()> {
     let name = if send { libc::SO_SNDBUF } else { libc::SO_RCVBUF };
     let value = i32::try_from(bytes).map_err(|_| Error::EINVAL)?;
     setsockopt_int(fd, libc::SOL_SOCKET, name, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(len: usize, level: i32, ty: i32) -> Vec<u8> {
+        let mut out = len.to_ne_bytes().to_vec();
+        out.extend_from_slice(&level.to_ne_bytes());
+        out.extend_from_slice(&ty.to_ne_bytes());
+        out
+    }
+
+    /// Found by the `cmsg` fuzz target: a `cmsg_len` near `usize::MAX`
+    /// overflowed the bounds check. It must end the walk.
+    #[test]
+    fn a_huge_cmsg_len_ends_the_walk() {
+        let mut control = header(cmsg_space(0) + 4, libc::SOL_SOCKET, libc::SCM_RIGHTS);
+        control.extend_from_slice(&[7, 0, 0, 0, 0, 0, 0, 0]);
+        control.extend(header(usize::MAX - 3, libc::SOL_SOCKET, libc::SCM_RIGHTS));
+        control.extend_from_slice(&[9; 16]);
+        let mut fds = Vec::new();
+        for_each_rights_fd(&control, |fd| fds.push(fd));
+        assert_eq!(fds, [7]);
+    }
 }

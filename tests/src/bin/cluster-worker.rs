@@ -3,8 +3,8 @@
 //! first argument; run directly with a `primary-*` scenario, it is a primary
 //! that re-executes itself as its workers.
 //!
-//! Workers report to the primary with short text messages ("listening
-//! <port>", "error <errno>", ...), which the tests read.
+//! Workers report to the primary with short text messages (`"listening
+//! <port>"`, `"error <errno>"`, ...), which the tests read.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -148,7 +148,7 @@ fn outcome(res: Option<uvring::Result<()>>) -> String {
     }
 }
 
-/// A connection handler that answers the first bytes with "worker <id>\n"
+/// A connection handler that answers the first bytes with `"worker <id>\n"`
 /// and then shuts down and closes.
 fn answer_once(id: u32) -> OnRead<State, TcpStream> {
     let reply = format!("worker {id}\n").into_bytes();
@@ -224,6 +224,13 @@ fn worker_main(lp: &mut Lp, state: &mut State, scenario: &str) {
                     send(lp, d, "alloc-started");
                     ALLOCS_AT_START.store(ALLOCS.load(Ordering::SeqCst), Ordering::SeqCst);
                     TRACING.store(std::env::var_os("ALLOC_TRACE").is_some(), Ordering::SeqCst);
+                } else if let Some(mib) = std::str::from_utf8(msg).ok().and_then(|m| m.strip_prefix("grow ")) {
+                    // Allocate and touch MIB MiB, kept for the process's
+                    // life (the memory-limit test's worker grows).
+                    let mib: usize = mib.parse().unwrap_or(0);
+                    let block: &'static mut [u8] = Vec::leak(vec![1u8; mib << 20]);
+                    std::hint::black_box(&block);
+                    send(lp, d, &format!("grew {mib}"));
                 } else if msg == b"alloc-stop" {
                     TRACING.store(false, Ordering::SeqCst);
                     let total = ALLOCS.load(Ordering::SeqCst);

@@ -291,7 +291,7 @@ fn fd_count() -> usize {
 /// Checks that handles arrive in order, exactly with their write's bytes
 /// (after a chunk ending at offset E, the writes starting before E have
 /// delivered their handles and no other has), and that every byte is
-/// intact. Reports "ok <fds at start> <fds at end>\n".
+/// intact. Reports `"ok <fds at start> <fds at end>\n"`.
 fn many_handles(lp: &mut Loop, n: u64) {
     const WRITE: u64 = 64 * 1024;
     let ch = channel(lp);

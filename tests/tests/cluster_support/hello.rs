@@ -39,16 +39,22 @@ impl Example {
 
     /// The example with `workers` workers.
     pub fn start_with(backend: &str, policy: &str, port: u16, workers: usize) -> Example {
+        Example::start_with_args(backend, policy, port, workers, &[])
+    }
+
+    /// The example with `workers` workers and the `extra` arguments.
+    pub fn start_with_args(backend: &str, policy: &str, port: u16, workers: usize, extra: &[&str]) -> Example {
         let workers = workers.to_string();
         let mut cmd = Command::new(HELLO);
         cmd.args(["--workers", &workers, "--policy", policy, "--backend", backend, "--host", "127.0.0.1"])
+            .args(extra)
             .env("PORT", port.to_string());
-        Example::spawn(&mut cmd)
+        Example::spawn(cmd)
     }
 
-    /// Runs `cmd` (stdout to /dev/null) in its own process group, with its
-    /// stderr read line by line.
-    pub fn spawn(cmd: &mut Command) -> Example {
+    /// Runs `cmd` (the example, or a wrapper that execs it) as the example:
+    /// stdout discarded, stderr read as the log, its own process group.
+    pub fn spawn(mut cmd: Command) -> Example {
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0).spawn().unwrap();
         let pgid = child.id() as i32;
         let stderr = child.stderr.take().unwrap();
@@ -96,6 +102,24 @@ impl Example {
     pub fn wait_any(&mut self, d: Duration) {
         if let Ok(l) = self.log.recv_timeout(d) {
             self.seen.push(l);
+        }
+    }
+
+    /// Waits for the primary to exit 0 (after a SIGTERM, say) and for no
+    /// process of its group to be left.
+    pub fn wait_clean_exit(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "primary did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "{status:?}");
+        while group_alive(self.pgid) {
+            assert!(Instant::now() < deadline, "processes left behind");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

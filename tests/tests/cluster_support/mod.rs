@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod hello;
+pub mod ops;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -18,6 +18,12 @@
 //!   the setup probe records which opcodes the kernel has, and
 //!   [`Driver::supports`] tells the loop, which runs the others on its work
 //!   pool.
+//! - Non-socket streams (pipes, ttys, files): `ReadStream` is a one-shot
+//!   `READ` into a provided buffer, re-armed after every chunk like a
+//!   multishot op the kernel ended; `WriteStream` is a `WRITEV` from a
+//!   slot. A file that cannot wait inside the kernel (a tty opened
+//!   non-blocking) answers `EAGAIN`: a `POLL_ADD` under the op's token then
+//!   waits for it and the op is retried.
 //! - Datagrams: `RecvFrom` is a multishot `RECVMSG` like recvmsg, from a
 //!   second template that reserves a name space for the sender's address
 //!   and no control space; `SendTo` is a `SENDMSG` whose header, iovec copy
@@ -42,7 +48,7 @@ mod setup;
 pub(crate) mod tests;
 
 use super::{
-    Backend, BufPool, Completion, Driver, Op, OpKind, PoolConfig, RecordLayout, Token, Unavailable, MAX_IOV,
+    Backend, BufPool, Completion, Driver, Op, OpKind, PoolConfig, RecordLayout, Token, Unavailable, WaitStats, MAX_IOV,
     RECVMSG_CONTROL_LEN, RECVMSG_HEADER_LEN, RECVMSG_NAME_LEN,
 };
 use crate::error::{Error, Result};
@@ -97,6 +103,8 @@ pub(crate) struct Uring {
     pid: u32,
     /// The file operations the probe found ([`setup::FileOps`]).
     file_ops: setup::FileOps,
+    /// Time blocked in `io_uring_enter`, completions found ready.
+    stats: WaitStats,
 }
 
 impl Uring {
@@ -148,6 +156,7 @@ impl Uring {
             features: features.into_boxed_str(),
             pid: std::process::id(),
             file_ops,
+            stats: WaitStats::default(),
         })
     }
 
@@ -213,6 +222,13 @@ impl Uring {
                 opcode::RecvMsgMulti::new(fd, &*self.recvmsg_hdr, BGID).flags(libc::MSG_CMSG_CLOEXEC as u32).build()
             }
             MultiKind::RecvFrom => opcode::RecvMsgMulti::new(fd, &*self.recvfrom_hdr, BGID).build(),
+            // Offset -1: the file position (a regular file as stdin); streams
+            // have none.
+            MultiKind::ReadStream => opcode::Read::new(fd, std::ptr::null_mut(), self.pool.size() as u32)
+                .offset(u64::MAX)
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT),
         }
         .user_data(user_data)
     }
@@ -240,9 +256,9 @@ impl Uring {
         while i < self.waiting.len() {
             let ud = self.waiting[i];
             let op = match self.ops.get_mut(&ud) {
-                Some(Tracked::Multi(op)) if op.state != MultiState::InKernel => op,
+                Some(Tracked::Multi(op)) if !op.state.in_kernel() => op,
                 // Re-armed or cancelled meanwhile: no longer waiting.
-                Some(Tracked::Multi(_) | Tracked::Slot(_)) | None => {
+                Some(Tracked::Multi(_) | Tracked::Slot(_) | Tracked::StreamWrite { .. }) | None => {
                     self.waiting.swap_remove(i);
                     continue;
                 }
@@ -359,6 +375,8 @@ impl Uring {
             OpKind::Recv => self.complete_multishot(token, MultiKind::Recv, res, buf, more, out),
             OpKind::RecvMsg => self.complete_multishot(token, MultiKind::RecvMsg, res, buf, more, out),
             OpKind::RecvFrom => self.complete_multishot(token, MultiKind::RecvFrom, res, buf, more, out),
+            OpKind::ReadStream => self.complete_read_stream(token, res, buf, out),
+            OpKind::WriteStream => self.complete_write_stream(token, res, out),
             OpKind::Send | OpKind::SendTo | OpKind::Connect => {
                 if self.slots.in_use() > 0 {
                     if let Some(Tracked::Slot(i)) = self.ops.get(&ud).copied() {
@@ -375,7 +393,9 @@ impl Uring {
             | OpKind::FileWrite
             | OpKind::Fsync
             | OpKind::Statx
-            | OpKind::OpenAt => self.emit(out, Completion { token, res, buf: None, more: false }),
+            | OpKind::OpenAt
+            | OpKind::FileReadv
+            | OpKind::FileWritev => self.emit(out, Completion { token, res, buf: None, more: false }),
         }
     }
 
@@ -407,7 +427,7 @@ impl Uring {
         let op = match self.ops.get_mut(&token.0) {
             Some(Tracked::Multi(op)) => op,
             // No persistent op under this token: report the end as it came.
-            Some(Tracked::Slot(_)) | None => {
+            Some(Tracked::Slot(_) | Tracked::StreamWrite { .. }) | None => {
                 self.emit(out, Completion { token, res, buf, more: false });
                 return;
             }
@@ -430,6 +450,62 @@ impl Uring {
             self.ops.remove(&token.0);
             self.emit(out, Completion { token, res, buf, more: false });
         }
+    }
+
+    /// A `ReadStream` CQE: its `READ`'s, or (state `Polling`) the
+    /// readiness poll's that an `EAGAIN` asked for.
+    fn complete_read_stream(&mut self, token: Token, res: i32, buf: Option<u16>, out: &mut Vec<Completion>) {
+        let op = match self.ops.get_mut(&token.0) {
+            Some(Tracked::Multi(op)) => op,
+            _ => return self.complete_multishot(token, MultiKind::ReadStream, res, buf, false, out),
+        };
+        if op.state == MultiState::Polling {
+            if res >= 0 && !op.cancelled {
+                // Readable (or hung up: the read then says what happened).
+                op.state = MultiState::Rearm;
+                self.waiting.push(token.0);
+            } else {
+                let res = if op.cancelled { -libc::ECANCELED } else { res };
+                self.ops.remove(&token.0);
+                self.emit(out, Completion { token, res, buf: None, more: false });
+            }
+            return;
+        }
+        if res == -libc::EAGAIN && !op.cancelled {
+            op.state = MultiState::Polling;
+            let entry = opcode::PollAdd::new(Fd(op.fd), libc::POLLIN as u32).build().user_data(token.0);
+            // SAFETY: POLL_ADD points at no memory.
+            unsafe { self.push_op(entry) };
+            return;
+        }
+        self.complete_multishot(token, MultiKind::ReadStream, res, buf, false, out)
+    }
+
+    /// A `WriteStream` CQE: its `WRITEV`'s, or the poll's that an `EAGAIN`
+    /// asked for (then the write is retried from the slot).
+    fn complete_write_stream(&mut self, token: Token, res: i32, out: &mut Vec<Completion>) {
+        let Some(&Tracked::StreamWrite { slot, fd, polling, cancelled }) = self.ops.get(&token.0) else {
+            return self.emit(out, Completion { token, res, buf: None, more: false });
+        };
+        let again = !cancelled && if polling { res >= 0 } else { res == -libc::EAGAIN };
+        if again {
+            let entry = if polling {
+                let s = self.slots.get(slot);
+                opcode::Writev::new(Fd(fd), s.iov.as_ptr(), s.msg.msg_iovlen as u32).offset(u64::MAX).build()
+            } else {
+                opcode::PollAdd::new(Fd(fd), libc::POLLOUT as u32).build()
+            };
+            self.ops.insert(token.0, Tracked::StreamWrite { slot, fd, polling: !polling, cancelled });
+            // SAFETY: the iovec copy lives in boxed slot `slot`, freed only at
+            // this op's final CQE; the data is the loop's, valid until then
+            // (rule 3). POLL_ADD points at no memory.
+            unsafe { self.push_op(entry.user_data(token.0)) };
+            return;
+        }
+        self.ops.remove(&token.0);
+        self.slots.give(slot);
+        let res = if polling && res >= 0 { -libc::ECANCELED } else { res };
+        self.emit(out, Completion { token, res, buf: None, more: false });
     }
 
     /// Whether buffer `id` holds a recvmsg record of `res` bytes with no
@@ -550,6 +626,31 @@ impl Uring {
         Ok(())
     }
 
+    /// `WRITEV` at the file position, from a slot holding the iovec copy.
+    ///
+    /// # Safety
+    /// As [`Driver::submit`] for `Op::WriteStream`.
+    unsafe fn start_write_stream(&mut self, fd: RawFd, token: Token, iov: &[libc::iovec]) -> Result<()> {
+        if iov.len() > MAX_IOV {
+            return Err(Error::EINVAL);
+        }
+        let i = self.slots.take();
+        let slot = self.slots.get(i);
+        slot.iov[..iov.len()].copy_from_slice(iov);
+        slot.msg.msg_iovlen = iov.len() as _;
+        let entry = opcode::Writev::new(Fd(fd), slot.iov.as_ptr(), iov.len() as u32)
+            .offset(u64::MAX)
+            .build()
+            .user_data(token.0);
+        let prev = self.ops.insert(token.0, Tracked::StreamWrite { slot: i, fd, polling: false, cancelled: false });
+        debug_assert!(prev.is_none(), "{token:?} submitted while in flight");
+        // SAFETY: the iovec copy lives in boxed slot `i`, freed only at this
+        // op's final CQE; the data is the caller's, valid until then (this
+        // function's contract).
+        unsafe { self.push_op(entry) };
+        Ok(())
+    }
+
     fn start_poll(&mut self, fd: RawFd, token: Token, events: u32) {
         let entry = opcode::PollAdd::new(Fd(fd), events).build().user_data(token.0);
         // SAFETY: POLL_ADD points at no memory.
@@ -615,6 +716,23 @@ impl Driver for Uring {
                 unsafe { self.push_op(entry) };
                 Ok(())
             }
+            Op::FileReadv { fd, iov, iovcnt, offset } => {
+                let cnt = u32::try_from(iovcnt).map_err(|_| Error::EINVAL)?;
+                let entry =
+                    opcode::Readv::new(Fd(fd), iov, cnt).offset(offset.unwrap_or(u64::MAX)).build().user_data(token.0);
+                // SAFETY: the iovec array and every buffer it names stay valid
+                // until the completion (the caller's rule-3 guarantee).
+                unsafe { self.push_op(entry) };
+                Ok(())
+            }
+            Op::FileWritev { fd, iov, iovcnt, offset } => {
+                let cnt = u32::try_from(iovcnt).map_err(|_| Error::EINVAL)?;
+                let entry =
+                    opcode::Writev::new(Fd(fd), iov, cnt).offset(offset.unwrap_or(u64::MAX)).build().user_data(token.0);
+                // SAFETY: as for `FileReadv` (the buffers stay unmodified).
+                unsafe { self.push_op(entry) };
+                Ok(())
+            }
             Op::Fsync { fd, data_only } => {
                 let flags = if data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
                 let entry = opcode::Fsync::new(Fd(fd)).flags(flags).build().user_data(token.0);
@@ -652,6 +770,9 @@ impl Driver for Uring {
             }
             // SAFETY: the caller's rule-3 guarantee for this send, forwarded.
             Op::SendTo { fd, iov, addr } => unsafe { self.start_send_to(fd, token, iov, addr) },
+            Op::ReadStream { fd } => self.start_multishot(fd, token, MultiKind::ReadStream),
+            // SAFETY: the caller's rule-3 guarantee for this write, forwarded.
+            Op::WriteStream { fd, iov } => unsafe { self.start_write_stream(fd, token, iov) },
         }
     }
 
@@ -660,12 +781,15 @@ impl Driver for Uring {
     }
 
     fn cancel(&mut self, _fd: RawFd, token: Token) {
+        if let Some(Tracked::StreamWrite { cancelled, .. }) = self.ops.get_mut(&token.0) {
+            *cancelled = true;
+        }
         if let Some(Tracked::Multi(op)) = self.ops.get_mut(&token.0) {
             if op.cancelled {
                 return;
             }
             op.cancelled = true;
-            if op.state != MultiState::InKernel {
+            if !op.state.in_kernel() {
                 // Not in the kernel (waiting for a re-arm or a buffer): end it
                 // here; its final completion goes out at the next poll.
                 self.ops.remove(&token.0);
@@ -719,13 +843,28 @@ impl Driver for Uring {
         let wait = timeout_ms != 0 && out.len() == start && room > 0 && cq_len == 0 && self.deferred.is_empty();
         let to_submit = !self.ring.submission().is_empty();
         if wait || to_submit || cq_len < room {
-            self.enter(wait, timeout_ms)?;
+            // Only an enter that may block is idle time (libuv measures the
+            // same span: around the wait).
+            let waited = wait.then(std::time::Instant::now);
+            let res = self.enter(wait, timeout_ms);
+            if let Some(since) = waited {
+                self.stats.add_idle(since);
+            }
+            res?;
         }
         self.flush_backlog();
         if self.deferred.is_empty() {
             self.reap(out);
         }
+        if !wait {
+            // Nothing was waited for: every completion was ready.
+            self.stats.events_waiting += (out.len() - start) as u64;
+        }
         Ok(())
+    }
+
+    fn wait_stats(&self) -> WaitStats {
+        self.stats
     }
 
     fn pool(&self) -> &Rc<BufPool> {

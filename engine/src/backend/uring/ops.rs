@@ -49,6 +49,9 @@ pub(super) enum MultiKind {
     Recv,
     RecvMsg,
     RecvFrom,
+    /// A non-socket stream: one-shot `READ` into a provided buffer, re-armed
+    /// after each chunk (the kernel has no multishot read for every file).
+    ReadStream,
 }
 
 /// Where a persistent op stands.
@@ -60,6 +63,16 @@ pub(super) enum MultiState {
     Rearm,
     /// The kernel ended it with `ENOBUFS`; re-submit once a buffer is free.
     Starved,
+    /// A `ReadStream` whose file answered `EAGAIN` (a non-blocking tty):
+    /// a `POLL_ADD` under its token is in the kernel; re-arm when it fires.
+    Polling,
+}
+
+impl MultiState {
+    /// Whether an SQE of the op is queued or in the kernel.
+    pub fn in_kernel(self) -> bool {
+        matches!(self, MultiState::InKernel | MultiState::Polling)
+    }
 }
 
 /// A persistent (multishot) op: accept, recv, recvmsg or recvfrom.
@@ -79,6 +92,15 @@ pub(super) enum Tracked {
     /// A one-shot op (sendmsg for `Send` or `SendTo`, connect) whose
     /// kernel-visible memory is slot `n`.
     Slot(u32),
+    /// A `WriteStream`: `WRITEV` from slot `slot`'s iovec copy; `polling`
+    /// while a `POLL_ADD` (the file answered `EAGAIN`) waits under its
+    /// token before the write is retried.
+    StreamWrite {
+        slot: u32,
+        fd: RawFd,
+        polling: bool,
+        cancelled: bool,
+    },
 }
 
 /// Stable per-op storage for what the kernel reads after the submit call

@@ -183,6 +183,8 @@ impl FileOps {
             OpKind::Fsync => 4,
             OpKind::Statx => 8,
             OpKind::OpenAt => 16,
+            OpKind::FileReadv => 32,
+            OpKind::FileWritev => 64,
             _ => 0,
         }
     }
@@ -234,6 +236,8 @@ pub(super) fn probe(ring: &IoUring) -> Result<FileOps, Unavailable> {
     let optional = [
         (opcode::Read::CODE, OpKind::FileRead),
         (opcode::Write::CODE, OpKind::FileWrite),
+        (opcode::Readv::CODE, OpKind::FileReadv),
+        (opcode::Writev::CODE, OpKind::FileWritev),
         (opcode::Fsync::CODE, OpKind::Fsync),
         (opcode::Statx::CODE, OpKind::Statx),
         (opcode::OpenAt::CODE, OpKind::OpenAt),
