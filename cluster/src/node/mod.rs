@@ -14,7 +14,7 @@
 //!
 //! How it fits the primary: a Node worker's channel has a [`LineDecoder`]
 //! instead of a frame decoder, and the primary's writer encodes the frames
-//! it sends to that channel as Node's messages ([`NodeChannel`]); each Node
+//! it sends to that channel as Node's messages (`channel::NodeChannel`); each Node
 //! message from the worker becomes the frame it means (`queryServer` is a
 //! `QueryServer`, `{ack, accepted}` an `Ack`, the seed's shared-memory
 //! requests are store requests), so listen routing, the round-robin
