@@ -32,6 +32,11 @@
 #              round-robin policy
 #   node-shared  the same with NODE_CLUSTER_SCHED_POLICY=none (workers
 #              accept on the shared listening socket)
+#   node-under-uvring  the same app, 2 unchanged Node workers, under
+#              uvring's primary speaking Node's cluster protocol (the
+#              uvring-node binary, release build), policy rr (several
+#              connections in flight per worker); node-under-uvring-shared
+#              the same with --policy shared
 #   hyper      bench/peers/hyper_hello: hyper 1.x on tokio's multi-thread
 #              runtime with 2 worker threads (one process), built in release
 #   uvring-static-{epoll,io_uring}  (static-file scenarios only)
@@ -85,7 +90,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY="$2"; shift ;;
         --scenarios) SCENARIOS="${2//,/ }"; SCEN_GIVEN=1; shift ;;
         --no-install) INSTALL=0 ;;
-        -h|--help) sed -n '2,63p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,68p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -147,6 +152,12 @@ else
     log "cluster/examples/hello_cluster is not there yet: uvring rows are skipped"
 fi
 
+UVNODE=""
+if [ -f "$ROOT/cluster/src/bin/uvring-node.rs" ]; then
+    log "building uvring-node (release)"
+    (cd "$ROOT" && cargo build -q --release -p uvring-cluster --bin uvring-node)
+    UVNODE="$TARGET_DIR/release/uvring-node"
+fi
 STATIC_FILES=""
 if [[ " $SCENARIOS " == *" static"* ]] && [ -f "$ROOT/cluster/examples/static_files.rs" ]; then
     log "building static_files (release)"
@@ -272,6 +283,10 @@ fi
 start nginx "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;"
 [ "$HELLO_SCENARIOS" = 1 ] && start node-rr env NODE_CLUSTER_SCHED_POLICY=rr node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
 [ "$HELLO_SCENARIOS" = 1 ] && start node-shared env NODE_CLUSTER_SCHED_POLICY=none node "$HERE/compare/node_cluster.js" --workers 2 --port PORT
+if [ "$HELLO_SCENARIOS" = 1 ] && [ -n "$UVNODE" ]; then
+    start node-under-uvring "$UVNODE" --workers 2 --policy rr "$HERE/compare/node_cluster.js" --workers 2 --port PORT
+    start node-under-uvring-shared "$UVNODE" --workers 2 --policy shared "$HERE/compare/node_cluster.js" --workers 2 --port PORT
+fi
 if [ -n "$HYPER" ]; then start hyper "$HYPER" --threads 2 --port PORT; fi
 if [ -n "$STATIC_FILES" ]; then
     for backend in epoll io_uring; do

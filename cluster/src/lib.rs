@@ -328,6 +328,7 @@ pub struct ReadmeDoctests;
 pub mod activation;
 pub mod admin;
 mod channel;
+pub mod node;
 pub mod notify;
 pub mod primary;
 pub mod proto;
@@ -337,6 +338,7 @@ pub mod store;
 pub mod worker;
 
 pub use activation::{ListenFds, ListenSource};
+pub use node::WorkerProtocol;
 pub use notify::SdNotify;
 pub use primary::{
     ChannelFault, ClusterStats, Primary, PrimaryData, PrimaryId, ProcessMemory, UpgradeFailure, WorkerInfo,

@@ -242,6 +242,9 @@ pub struct Settings {
     pub workers: usize,
     /// Scheduling policy.
     pub policy: SchedPolicy,
+    /// What the workers speak on their channel: uvring's frames (default)
+    /// or Node's own cluster protocol, for unchanged Node.js workers.
+    pub protocol: crate::node::WorkerProtocol,
     /// Loop backend for workers (passed as `UVRING_BACKEND`); `None` passes
     /// the primary loop's own backend.
     pub backend: Option<Backend>,
@@ -347,6 +350,7 @@ impl Default for Settings {
             env: Vec::new(),
             workers: available_cpus(),
             policy: SchedPolicy::from_env(),
+            protocol: crate::node::WorkerProtocol::Uvring,
             backend: None,
             respawn: RespawnSettings::default(),
             output: ChildOutput::default(),
@@ -397,6 +401,8 @@ setters!(
     workers: usize,
     /// Sets the scheduling policy.
     policy: SchedPolicy,
+    /// Sets what the workers speak on their channel.
+    protocol: crate::node::WorkerProtocol,
     /// Sets the workers' loop backend.
     backend: Option<Backend>,
     /// Sets crash handling.

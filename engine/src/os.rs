@@ -101,6 +101,13 @@ pub fn set_sched_batch(batch: bool) -> Result<()> {
     sys::process::set_sched_batch(batch)
 }
 
+/// Moves thread `tid` (a process's main thread has its pid as tid) to
+/// `SCHED_BATCH` (or back to `SCHED_OTHER`): for a child that cannot move
+/// itself back, as a cluster primary's Node.js workers cannot.
+pub fn set_sched_batch_of(tid: i32, batch: bool) -> Result<()> {
+    sys::process::set_sched_batch_of(tid, batch)
+}
+
 /// Whether the calling thread runs under the normal policy (`SCHED_OTHER`).
 pub fn sched_is_normal() -> bool {
     sys::process::sched_is_normal()

@@ -6,8 +6,8 @@
 //! a refusal, or the worker's channel closing first, re-routes it (see the
 //! module docs of `primary`).
 
+use super::codec::ChannelWriter;
 use super::{drain_events, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerEntry};
-use crate::channel::FrameWriter;
 use crate::proto::{Frame, MAX_FDS_PER_FRAME};
 use crate::schedule::WorkerId;
 use crate::settings::SchedPolicy;
@@ -353,7 +353,7 @@ impl<D: PrimaryData> Primary<D> {
     }
 }
 
-fn flush_batch<D>(writer: &mut FrameWriter, lp: &mut Loop<D>, w: &mut WorkerEntry) -> Result<()> {
+fn flush_batch<D>(writer: &mut ChannelWriter, lp: &mut Loop<D>, w: &mut WorkerEntry) -> Result<()> {
     let c = &mut w.conns;
     let n = c.batch_len.min(MAX_FDS_PER_FRAME);
     c.batch_len = 0;

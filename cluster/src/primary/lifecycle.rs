@@ -17,7 +17,7 @@ use std::time::Duration;
 use uvring::{Error, Loop, OnExit, OnTimer, ProcessOptions, Result, Stdio, Timer};
 
 /// The child fd number of the IPC channel.
-const CHANNEL_FD: i32 = 3;
+pub(super) const CHANNEL_FD: i32 = 3;
 
 /// Exited workers remembered for [`Primary::worker`].
 const EXITED_KEPT: usize = 64;
@@ -162,6 +162,7 @@ impl<D> Primary<D> {
         // queued on this channel: they wait in `limbo` until its close has
         // completed (`on_channel_freed`).
         let _ = lp.close(ch, Some(&self.cbs.channel_freed));
+        self.writer.remove(ch);
         self.orphan_unacked(id, ch);
         self.leave_all_listeners(lp, id);
         self.rebalance(lp);
@@ -414,6 +415,9 @@ impl<D: PrimaryData> Primary<D> {
         if self.life.batch_sched {
             env.push((ENV_NORMAL_SCHED.into(), "1".into()));
         }
+        if self.speaks_node() {
+            super::node::node_env(&mut env, id, &ours);
+        }
         self.ensure_dispatch_hook(lp)?;
         let output = extra_env
             .iter()
@@ -480,6 +484,9 @@ impl<D: PrimaryData> Primary<D> {
                 }
             }
         }
+        if self.life.batch_sched && self.speaks_node() {
+            super::node::normal_sched(pid);
+        }
         let mut info = WorkerInfo {
             id,
             pid,
@@ -503,11 +510,12 @@ impl<D: PrimaryData> Primary<D> {
             Some(ch) => lp.set_data(ch, id as usize).is_ok() && lp.read_start(ch, &self.cbs.channel_read).is_ok(),
             None => true,
         };
+        let decoder = self.channel_decoder(channel);
         self.workers.push(WorkerEntry {
             info,
             process: Some(process),
             channel,
-            decoder: Some(crate::channel::decoder(self.settings.max_message_len)),
+            decoder: Some(decoder),
             disconnecting: false,
             env: extra_env,
             killed: false,
@@ -603,7 +611,8 @@ impl<D: PrimaryData> Primary<D> {
     /// Starts the heartbeat timer (unreferenced) if it is not running.
     fn start_heartbeats(&mut self, lp: &mut Loop<D>) {
         let every = self.settings.heartbeat_interval;
-        if every.is_zero() || self.life.heartbeat_timer.is_some() {
+        // Node's protocol has no heartbeat (see `WorkerProtocol::Node`).
+        if every.is_zero() || self.life.heartbeat_timer.is_some() || self.speaks_node() {
             return;
         }
         let Ok(t) = lp.timer_init() else { return };

@@ -62,9 +62,11 @@
 //! channel (every send on it has ended) before they can be re-sent or
 //! closed.
 
+mod codec;
 mod handoff;
 mod lifecycle;
 mod messaging;
+mod node;
 mod output;
 mod rolling;
 mod routing;
@@ -74,11 +76,13 @@ mod upgrade;
 pub use stats::{ProcessMemory, WorkerStats};
 pub use upgrade::UpgradeFailure;
 
-use crate::channel::{feed_chunk, ChannelError, Flow, FrameWriter};
-use crate::proto::{DecodeError, Decoded, Frame, FrameDecoder, FrameFds, FrameKind};
+use crate::channel::{feed_chunk, ChannelError, Flow};
+use crate::node::NodeFault;
+use crate::proto::{DecodeError, Decoded, Frame, FrameFds, FrameKind};
 use crate::schedule::WorkerId;
 use crate::settings::{SchedPolicy, Settings};
 use crate::store::SharedStore;
+use codec::{ChannelDecoder, ChannelWriter};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
@@ -155,12 +159,17 @@ pub enum ChannelFault {
     /// fd limit). The channel stays up; the frames that carried them
     /// arrive with empty fd slots.
     FdsLost,
+    /// A Node worker ([`WorkerProtocol::Node`](crate::WorkerProtocol))
+    /// sent bad input: a line that is not JSON, one over
+    /// [`Settings::max_message_len`], a message that breaks Node's
+    /// protocol. Cut and killed, as for [`Decode`](Self::Decode).
+    Node(NodeFault),
 }
 
 impl ChannelFault {
     /// Whether the worker sent bad input (then it is killed).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, ChannelFault::Decode(_) | ChannelFault::UnexpectedFrame(_))
+        matches!(self, ChannelFault::Decode(_) | ChannelFault::UnexpectedFrame(_) | ChannelFault::Node(_))
     }
 }
 
@@ -172,6 +181,7 @@ impl std::fmt::Display for ChannelFault {
             ChannelFault::UnexpectedEof => f.write_str("unexpected end of channel"),
             ChannelFault::Read(e) => write!(f, "read error: {e}"),
             ChannelFault::FdsLost => f.write_str("fds lost (control message truncated at the fd limit)"),
+            ChannelFault::Node(e) => write!(f, "bad input: {e}"),
         }
     }
 }
@@ -271,7 +281,7 @@ struct WorkerEntry {
     process: Option<Process>,
     channel: Option<PipeStream>,
     /// The channel's decoder; out of the entry while a chunk is decoded.
-    decoder: Option<FrameDecoder>,
+    decoder: Option<ChannelDecoder>,
     disconnecting: bool,
     /// The extra environment it was forked with: its respawned or rolled
     /// replacement gets it too.
@@ -381,7 +391,7 @@ pub struct Primary<D> {
     settings: Settings,
     /// The live workers, in fork order.
     workers: Vec<WorkerEntry>,
-    writer: FrameWriter,
+    writer: ChannelWriter,
     routing: routing::Routing,
     handoff: handoff::Handoff,
     life: lifecycle::Lifecycle<D>,
@@ -537,7 +547,7 @@ impl<D: PrimaryData> Primary<D> {
             life,
             settings,
             workers: Vec::with_capacity(16),
-            writer: FrameWriter::new(max_message),
+            writer: ChannelWriter::new(max_message),
             store: SharedStore::new(),
             rolling: None,
             handover: upgrade::Handover::new(id),
@@ -764,12 +774,17 @@ fn on_channel_read<D: PrimaryData>(pid: PrimaryId) -> OnRead<D, PipeStream> {
                         decoder.note_fds_lost(bytes.len());
                     }
                 }
-                let mut handler = |lp: &mut Loop<D>, dec: Decoded<'_>| handle_frame(lp, d, pid, id, pipe, dec);
                 // A worker that sends garbage loses its channel.
-                match feed_chunk(lp, pipe, &mut decoder, bytes, &mut handler) {
-                    Ok(_) => None,
-                    Err(ChannelError::Decode(e)) => Some(ChannelFault::Decode(e)),
-                    Err(ChannelError::Stalled) => Some(ChannelFault::Read(uvring::Error::EINVAL)),
+                match &mut decoder {
+                    ChannelDecoder::Frames(dec) => {
+                        let mut handler = |lp: &mut Loop<D>, dec: Decoded<'_>| handle_frame(lp, d, pid, id, pipe, dec);
+                        match feed_chunk(lp, pipe, dec, bytes, &mut handler) {
+                            Ok(_) => None,
+                            Err(ChannelError::Decode(e)) => Some(ChannelFault::Decode(e)),
+                            Err(ChannelError::Stalled) => Some(ChannelFault::Read(uvring::Error::EINVAL)),
+                        }
+                    }
+                    ChannelDecoder::Node(dec) => node::feed_chunk(lp, d, pid, id, pipe, dec, bytes).err(),
                 }
             }
             // This process is at its fd limit: the fds that came with the
@@ -786,7 +801,7 @@ fn on_channel_read<D: PrimaryData>(pid: PrimaryId) -> OnRead<D, PipeStream> {
                 let leaving = p.entry(id).is_some_and(|w| w.disconnecting || w.info.exited_after_disconnect);
                 match decoder.finish() {
                     // Stray fds or a partial frame at the end: bad input.
-                    Err(e) => Some(ChannelFault::Decode(e)),
+                    Err(fault) => Some(fault),
                     Ok(()) if leaving => Some(ChannelFault::Read(e)),
                     Ok(()) => Some(ChannelFault::UnexpectedEof),
                 }

@@ -389,11 +389,16 @@ pub fn sched_is_normal() -> bool {
 /// with whatever work piled up meanwhile (larger batches, fewer context
 /// switches when the CPUs are busy; no delay when one is idle).
 pub fn set_sched_batch(batch: bool) -> Result<()> {
+    set_sched_batch_of(0, batch)
+}
+
+/// As [`set_sched_batch`], for thread `tid` (0: the calling thread).
+pub fn set_sched_batch_of(tid: i32, batch: bool) -> Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     let policy = if batch { libc::SCHED_BATCH } else { libc::SCHED_OTHER };
-    // SAFETY: a plain system call on the calling thread; `param` is valid
-    // for the call.
-    if unsafe { libc::sched_setscheduler(0, policy, &param) } < 0 {
+    // SAFETY: a plain system call with an integer id; `param` is valid for
+    // the call.
+    if unsafe { libc::sched_setscheduler(tid, policy, &param) } < 0 {
         return Err(Error::last_os_error());
     }
     Ok(())
