@@ -320,6 +320,8 @@
 //! Once warm, handing a connection to a worker allocates nothing, in the
 //! primary or in the worker.
 
+#![deny(missing_docs)]
+
 /// The crate README's example, compiled as a doc test.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

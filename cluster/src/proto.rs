@@ -280,17 +280,25 @@ pub mod field {
     /// Payload of `StoreAdd`.
     pub mod store_add {
         use super::Field;
+        /// The request's id (`u32`), echoed by the `StoreReply`.
         pub const REQ_ID: Field = 0..4;
+        /// The amount to add (`i64`).
         pub const DELTA: Field = 4..12;
+        /// Where the key starts (it runs to the payload's end).
         pub const KEY: usize = 12;
     }
 
     /// Payload of `StoreCas`.
     pub mod store_cas {
         use super::Field;
+        /// The request's id (`u32`), echoed by the `StoreReply`.
         pub const REQ_ID: Field = 0..4;
+        /// The key's length (`u32`).
         pub const KEY_LEN: Field = 4..8;
+        /// The expected value's length (`u32`), or [`EXPECT_ABSENT`].
         pub const EXPECTED_LEN: Field = 8..12;
+        /// Where the key starts; the expected value follows it, then the
+        /// new value runs to the payload's end.
         pub const KEY: usize = 12;
         /// `expected_len` saying the key must be absent.
         pub const EXPECT_ABSENT: u32 = u32::MAX;
@@ -299,15 +307,21 @@ pub mod field {
     /// Payload of `StoreKeys`.
     pub mod store_keys {
         use super::Field;
+        /// The request's id (`u32`), echoed by the `StoreReply`.
         pub const REQ_ID: Field = 0..4;
+        /// The prefix's length (`u32`).
         pub const PREFIX_LEN: Field = 4..8;
+        /// Where the prefix starts; the `after` key follows it, to the
+        /// payload's end.
         pub const PREFIX: usize = 8;
     }
 
     /// One entry of a `StoreKeys` answer (the value of its `StoreReply`).
     pub mod key_entry {
         use super::Field;
+        /// The key's length (`u32`).
         pub const KEY_LEN: Field = 0..4;
+        /// Where the key starts.
         pub const KEY: usize = 4;
     }
 
@@ -363,8 +377,11 @@ pub enum FrameKind {
     StoreReply = 0x0f,
     /// A liveness probe and its echo ([`Frame::Heartbeat`]).
     Heartbeat = 0x10,
+    /// Worker to primary: an atomic add on a store value ([`Frame::StoreAdd`]).
     StoreAdd = 0x11,
+    /// Worker to primary: an atomic compare-and-swap ([`Frame::StoreCas`]).
     StoreCas = 0x12,
+    /// Worker to primary: the keys under a prefix ([`Frame::StoreKeys`]).
     StoreKeys = 0x13,
 }
 
@@ -1279,13 +1296,36 @@ pub enum Frame<'a> {
     },
     /// Worker to primary: add `delta` to the decimal integer at `key` (an
     /// absent key counts as 0), atomically.
-    StoreAdd { req_id: u32, key: &'a [u8], delta: i64 },
+    StoreAdd {
+        /// The request's id, echoed by the answer.
+        req_id: u32,
+        /// The key whose value is a decimal integer.
+        key: &'a [u8],
+        /// The amount to add (may be negative).
+        delta: i64,
+    },
     /// Worker to primary: set `key` = `value` if its value is `expected`
     /// (`None`: if the key is absent), atomically.
-    StoreCas { req_id: u32, key: &'a [u8], expected: Option<&'a [u8]>, value: &'a [u8] },
+    StoreCas {
+        /// The request's id, echoed by the answer.
+        req_id: u32,
+        /// The key to swap.
+        key: &'a [u8],
+        /// The value the key must hold (`None`: the key must be absent).
+        expected: Option<&'a [u8]>,
+        /// The new value.
+        value: &'a [u8],
+    },
     /// Worker to primary: the keys that start with `prefix` and sort after
     /// `after` (empty: from the first), in byte order.
-    StoreKeys { req_id: u32, prefix: &'a [u8], after: &'a [u8] },
+    StoreKeys {
+        /// The request's id, echoed by the answer.
+        req_id: u32,
+        /// Only keys that start with these bytes.
+        prefix: &'a [u8],
+        /// Only keys that sort after this one (empty: from the first).
+        after: &'a [u8],
+    },
 }
 
 /// What a worker tells the primary about itself with each heartbeat

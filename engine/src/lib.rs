@@ -272,6 +272,7 @@
 //! that unchanged server code runs standalone or as a cluster worker.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
 #[doc = include_str!("../README.md")]

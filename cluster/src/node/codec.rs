@@ -39,12 +39,27 @@ pub enum NodeFault {
     /// A line (one message) longer than the limit
     /// ([`Settings::max_message_len`](crate::Settings::max_message_len));
     /// `len` is what was buffered when it was cut.
-    LineTooLong { len: usize, max: usize },
+    LineTooLong {
+        /// Bytes buffered when the line was cut.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// Message number `message` (counted from 1 on this channel) is not
     /// JSON: serde_json's verdict at `column` of the line.
-    BadJson { message: u64, column: usize, kind: JsonErrorKind },
+    BadJson {
+        /// The message's number on this channel, from 1.
+        message: u64,
+        /// Where in the line serde_json gave up.
+        column: usize,
+        /// serde_json's class of error.
+        kind: JsonErrorKind,
+    },
     /// The channel ended inside a message.
-    Truncated { buffered: usize },
+    Truncated {
+        /// Bytes of the unfinished message.
+        buffered: usize,
+    },
     /// More fds arrived than messages claimed (at most [`MAX_PENDING_FDS`]
     /// wait).
     TooManyFds,
@@ -105,6 +120,7 @@ pub type OnLine<'h> = dyn FnMut(&[u8], u64, &mut PendingFds) -> Result<LineFlow,
 /// What a line handler wants next.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum LineFlow {
+    /// Decode the next line.
     Continue,
     /// Stop decoding: the channel is closed (or closing).
     Stop,
@@ -286,24 +302,32 @@ pub enum Message<'a> {
 /// A `NODE_CLUSTER` message from a worker.
 #[derive(Debug, PartialEq)]
 pub enum Cluster<'a> {
+    /// The worker's cluster module is up (`online`).
     Online,
+    /// The worker wants to listen (`queryServer`).
     QueryServer(Query<'a>),
     /// A server listens: the query's fields again, `port` the real one.
     Listening {
+        /// The address it listens on (`null`: every address).
         address: Option<Cow<'a, str>>,
+        /// The real port (Node's -1 for a UNIX path).
         port: i64,
     },
     /// The worker closed its server on `key`.
     Close {
+        /// Node's key of the server.
         key: Cow<'a, str>,
     },
     /// The worker leaves by itself; answer `{ack: seq}`.
     ExitedAfterDisconnect {
+        /// The message's `seq` (JSON text), echoed as `ack`.
         seq: &'a str,
     },
     /// The answer to a `newconn` with this `seq`.
     Ack {
+        /// The `newconn`'s sequence number.
         seq: u64,
+        /// Whether the worker took the connection.
         accepted: bool,
     },
     /// An act this primary does not know.
@@ -314,11 +338,25 @@ pub enum Cluster<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryAddress<'a> {
     /// TCP on this host (`null`: every address) and port.
-    Tcp { host: Option<Cow<'a, str>>, port: u16, ipv6: bool },
+    Tcp {
+        /// The host (`None`: every address).
+        host: Option<Cow<'a, str>>,
+        /// The port (0: any).
+        port: u16,
+        /// An IPv6 address type (`addressType` 6).
+        ipv6: bool,
+    },
     /// A UNIX socket path (Node's port -1).
     Path(Cow<'a, str>),
     /// UDP (`udp4` / `udp6`).
-    Udp { host: Option<Cow<'a, str>>, port: u16, ipv6: bool },
+    Udp {
+        /// The host (`None`: every address).
+        host: Option<Cow<'a, str>>,
+        /// The port (0: any).
+        port: u16,
+        /// `udp6` rather than `udp4`.
+        ipv6: bool,
+    },
     /// An fd of the primary's (`listen({fd})`).
     Fd(i64),
 }
@@ -330,8 +368,11 @@ pub struct Query<'a> {
     pub seq: &'a str,
     /// Node's key, `${address}:${port}:${addressType}:${fd}:${index}`.
     pub key: String,
+    /// Where to listen.
     pub address: QueryAddress<'a>,
+    /// Node's server index (several servers on one address).
     pub index: u32,
+    /// The listen backlog asked for.
     pub backlog: u32,
     /// Node's `flags` (`UV_TCP_IPV6ONLY` = 1).
     pub flags: u32,
@@ -593,6 +634,7 @@ pub fn emit_query_reply(
 /// What a `queryServer` reply echoes of its request.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryReply<'a> {
+    /// Node's key of the server.
     pub key: &'a str,
     /// The request's `seq` (JSON text).
     pub ack: &'a str,
