@@ -321,6 +321,7 @@
 //! primary or in the worker.
 
 #![deny(missing_docs)]
+#![deny(clippy::missing_errors_doc)]
 
 /// The crate README's example, compiled as a doc test.
 #[doc = include_str!("../README.md")]

@@ -57,6 +57,12 @@ impl SdNotify {
 
     /// A notifier for the socket `name` (as `NOTIFY_SOCKET` writes it: an
     /// absolute path, or `@` and an abstract name), without a watchdog.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a name that is neither an absolute path nor `@name`, or too long for
+    /// `sun_path`; the error of `socket(2)`. Nothing is sent yet: a socket nobody listens on
+    /// shows at the first [`notify`](Self::notify).
     pub fn connect(name: &std::ffi::OsStr) -> io::Result<SdNotify> {
         let bytes = std::os::unix::ffi::OsStrExt::as_bytes(name);
         let addr = match bytes.first() {

@@ -687,6 +687,10 @@ impl StoreStatus {
 /// Appends one entry of a `StoreKeys` answer (`key_len u32, key`) to `out`.
 /// `EmitError::TooLarge` (and `out` unchanged) for a key longer than a `u32`
 /// can say.
+///
+/// # Errors
+///
+/// [`EmitError::TooLarge`] for a key longer than a `u32` can say (`out` is unchanged).
 pub fn push_key_entry(out: &mut Vec<u8>, key: &[u8]) -> Result<(), EmitError> {
     let len = u32::try_from(key.len()).map_err(|_| EmitError::TooLarge { payload_len: key.len() })?;
     out.extend_from_slice(&len.to_le_bytes());

@@ -109,6 +109,11 @@ impl SharedStore {
     /// 0) and returns the new value, which is stored in decimal. A value
     /// that is not a decimal `i64`, or a sum that overflows, is an error and
     /// leaves the store as it was.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotAnInteger`] if the value is not a decimal `i64`;
+    /// [`StoreError::Overflow`] if the sum overflows. The store is unchanged then.
     pub fn add(&mut self, key: &[u8], delta: i64) -> Result<i64, StoreError> {
         let old = match self.map.get(key) {
             Some(v) => parse_i64(v).ok_or(StoreError::NotAnInteger)?,
@@ -123,6 +128,10 @@ impl SharedStore {
     /// Sets `key` to `value` if its value is `expected` (`None`: if the key
     /// is absent). `Ok` if it did; otherwise `Err` with the current value
     /// (`None`: absent), and the store is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// The current value (`None`: absent) when it is not `expected`.
     pub fn compare_and_swap(&mut self, key: &[u8], expected: Option<&[u8]>, value: &[u8]) -> Result<(), Option<&[u8]>> {
         if self.get(key) != expected {
             return Err(self.get(key));

@@ -990,6 +990,12 @@ impl<D: WorkerData> Worker<D> {
     /// primary, which closes its copy when the last worker has closed
     /// theirs; a disconnect closes it. `EINVAL` for unknown flags,
     /// `ENOTCONN` when the channel is closed or a disconnect began.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for unknown flags (or `UDP_IPV6ONLY` with an IPv4 address); `ENOTCONN` when the
+    /// channel is closed or a disconnect began; the error of the channel's write. The bind's own
+    /// errors reach `on_bound`.
     pub fn udp_bind(
         &mut self,
         lp: &mut Loop<D>,
@@ -1043,6 +1049,12 @@ impl<D: WorkerData> Worker<D> {
     /// `on_connection`, as for any listen. The server's address
     /// ([`server_address`](Self::server_address), `on_listening`) has the
     /// socket's port and the unspecified IP.
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` when the channel is closed or a disconnect began; `ENOSPC` for a full handle
+    /// table; the error of the channel's write. The primary's errors (`EBADF`, `ENOTSOCK`,
+    /// `EINVAL`) reach `on_connection`.
     pub fn listen_fd(
         &mut self,
         lp: &mut Loop<D>,
@@ -1293,6 +1305,14 @@ impl<D: WorkerData> Worker<D> {
     /// from many workers lose nothing. `cb` gets `(loop, data, new value)`;
     /// `EINVAL` if the value is not a decimal `i64` or the sum overflows
     /// (the value is unchanged).
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` once the channel is closed; `EMSGSIZE` for a key or value over the message limit;
+    /// the error of the channel's write. `cb` is dropped, never called, on error. Later errors
+    /// (`ETIMEDOUT` past [`Settings::store_timeout`](crate::Settings::store_timeout), `ENOTCONN` if the
+    /// channel closes first) reach `cb`. `EINVAL` in `cb` if the value is not a decimal `i64` or the
+    /// sum overflows.
     pub fn store_add(
         &mut self,
         lp: &mut Loop<D>,
@@ -1308,6 +1328,13 @@ impl<D: WorkerData> Worker<D> {
     /// is absent), atomically. `cb` gets `(loop, data, outcome)`:
     /// [`CasOutcome::Swapped`], or [`CasOutcome::Mismatch`] with the
     /// current value.
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` once the channel is closed; `EMSGSIZE` for a key or value over the message limit;
+    /// the error of the channel's write. `cb` is dropped, never called, on error. Later errors
+    /// (`ETIMEDOUT` past [`Settings::store_timeout`](crate::Settings::store_timeout), `ENOTCONN` if the
+    /// channel closes first) reach `cb`.
     pub fn store_compare_and_swap(
         &mut self,
         lp: &mut Loop<D>,
@@ -1325,6 +1352,13 @@ impl<D: WorkerData> Worker<D> {
     /// fits the message size limit), fetched one after the other; keys
     /// added or removed meanwhile may or may not be listed. `EMSGSIZE` in
     /// `cb` if a key is too long to be listed at all.
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` once the channel is closed; `EMSGSIZE` for a key or value over the message limit;
+    /// the error of the channel's write. `cb` is dropped, never called, on error. Later errors
+    /// (`ETIMEDOUT` past [`Settings::store_timeout`](crate::Settings::store_timeout), `ENOTCONN` if the
+    /// channel closes first) reach `cb`.
     pub fn store_keys(
         &mut self,
         lp: &mut Loop<D>,

@@ -273,6 +273,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
+#![deny(clippy::missing_errors_doc)]
 #![warn(missing_debug_implementations)]
 
 #[doc = include_str!("../README.md")]

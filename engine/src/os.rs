@@ -33,6 +33,9 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> Result<SocketAddr> {
 /// A close-on-exec duplicate of fd number `fd` of this process (`EBADF`
 /// if none is open): for an fd named by number, as Node's `listen({fd})`
 /// does, without taking it over.
+/// # Errors
+///
+/// `EBADF` if `fd` is negative or not open; `EMFILE` at the fd limit.
 pub fn dup_fd(fd: std::os::fd::RawFd) -> Result<OwnedFd> {
     if fd < 0 {
         return Err(Error::EBADF);
@@ -104,6 +107,9 @@ pub fn set_sched_batch(batch: bool) -> Result<()> {
 /// Moves thread `tid` (a process's main thread has its pid as tid) to
 /// `SCHED_BATCH` (or back to `SCHED_OTHER`): for a child that cannot move
 /// itself back, as a cluster primary's Node.js workers cannot.
+/// # Errors
+///
+/// The errno of `sched_setscheduler(2)`: `ESRCH` for no such thread, `EPERM`.
 pub fn set_sched_batch_of(tid: i32, batch: bool) -> Result<()> {
     sys::process::set_sched_batch_of(tid, batch)
 }
@@ -144,11 +150,18 @@ pub fn wait_blocking(pidfd: BorrowedFd<'_>) -> Result<()> {
 
 /// The CPUs this thread may run on (`sched_getaffinity`), in order: the
 /// numbers `/proc/PID/status` lists as `Cpus_allowed_list`.
+/// # Errors
+///
+/// The errno of `sched_getaffinity(2)` (`EINVAL` if the kernel's CPU set is larger than the
+/// mask asked with).
 pub fn allowed_cpus() -> Result<Vec<usize>> {
     sys::process::allowed_cpus()
 }
 
 /// This process's `RLIMIT_NOFILE` as `(soft, hard)`.
+/// # Errors
+///
+/// The errno of `getrlimit(2)` (none expected on Linux).
 pub fn nofile_limit() -> Result<(u64, u64)> {
     sys::process::nofile_limit()
 }
@@ -156,6 +169,10 @@ pub fn nofile_limit() -> Result<(u64, u64)> {
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (nginx's
 /// `worker_rlimit_nofile`); processes started afterwards inherit it.
 /// Returns the new soft limit.
+/// # Errors
+///
+/// The errno of `getrlimit(2)` or `setrlimit(2)` (`EPERM` if the hard limit is above
+/// `fs.nr_open`).
 pub fn raise_nofile_limit() -> Result<u64> {
     sys::process::raise_nofile_limit()
 }
@@ -164,6 +181,11 @@ pub fn raise_nofile_limit() -> Result<u64> {
 /// makes it fd `target` (`dup2`): what `target` was is closed. nginx's log
 /// reopen: after a log rotation moved the file away, the next write goes to
 /// a new file at `path`. `EINVAL` for a path with a NUL byte.
+///
+/// # Errors
+///
+/// `EINVAL` for a path with a NUL byte; the errno of `open(2)` (`ENOENT` for a missing
+/// directory, `EACCES`) or `dup2(2)`; `target` is unchanged on error.
 pub fn reopen_append(path: &std::path::Path, target: BorrowedFd<'_>) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::EINVAL)?;

@@ -151,6 +151,10 @@ impl LineDecoder {
 
     /// Queues an fd received with the bytes that follow; the next
     /// `NODE_HANDLE` message takes it.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeFault::TooManyFds`] when [`MAX_PENDING_FDS`] fds already wait (`fd` is closed).
     pub fn push_fd(&mut self, fd: OwnedFd) -> Result<(), NodeFault> {
         if self.fds.len() >= MAX_PENDING_FDS {
             return Err(NodeFault::TooManyFds);
@@ -163,6 +167,11 @@ impl LineDecoder {
     /// queue, from which a `NODE_HANDLE` message takes its fd). Once the
     /// chunk is used up with no line left incomplete, fds no message took
     /// are closed (Node drops a handle that came without its message too).
+    ///
+    /// # Errors
+    ///
+    /// [`NodeFault::LineTooLong`] for a line over the limit, or the fault `on_line` returns;
+    /// the decoder should not be fed again after an error.
     pub fn feed(&mut self, mut chunk: &[u8], on_line: &mut OnLine<'_>) -> Result<LineFlow, NodeFault> {
         while let Some(nl) = chunk.iter().position(|&b| b == b'\n') {
             let (part, rest) = chunk.split_at(nl);
@@ -198,6 +207,10 @@ impl LineDecoder {
     }
 
     /// At the end of the stream: a message cut short is a fault.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeFault::Truncated`] when the stream ended inside a message.
     pub fn finish(&self) -> Result<(), NodeFault> {
         if self.buf.is_empty() {
             Ok(())
@@ -426,6 +439,11 @@ fn js_text<'a>(raw: Option<&'a RawValue>) -> Cow<'a, str> {
 }
 
 /// Parses message number `n` (for error reports) of a channel.
+///
+/// # Errors
+///
+/// [`NodeFault::BadJson`] for a line that is not JSON; [`NodeFault::BadMessage`] for one that is
+/// not UTF-8 or breaks Node's protocol (a `NODE_HANDLE` without its `msg`, or inside another).
 pub fn parse(line: &[u8], n: u64) -> Result<Message<'_>, NodeFault> {
     parse_at(line, n, true)
 }
@@ -665,6 +683,10 @@ pub fn emit_handle_ack(out: &mut Vec<u8>, received: bool) {
 
 /// A user message (`json` must be one JSON value), wrapped for a handle
 /// sent along when `handle`.
+///
+/// # Errors
+///
+/// [`NodeFault::BadJson`] if `json` is not one JSON value; `out` is unchanged then.
 pub fn emit_user(out: &mut Vec<u8>, json: &[u8], handle: bool) -> Result<(), NodeFault> {
     serde_json::from_slice::<IgnoredAny>(json).map_err(|e| json_fault(0, &e))?;
     if json.contains(&b'\n') {

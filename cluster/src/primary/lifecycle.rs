@@ -333,6 +333,11 @@ impl<D: PrimaryData> Primary<D> {
     /// as workers (and are cancelled first when the count goes down). The
     /// new count is recorded in `settings().workers`. Runs no user code;
     /// the events follow from the loop.
+    ///
+    /// # Errors
+    ///
+    /// The first fork's error (as [`fork_with_env`](Self::fork_with_env)); the workers forked
+    /// before it stay, and the count is recorded anyway.
     pub fn set_worker_count(&mut self, lp: &mut Loop<D>, count: usize) -> Result<()> {
         self.settings.workers = count;
         let serving: Vec<WorkerId> = self
@@ -365,6 +370,10 @@ impl<D: PrimaryData> Primary<D> {
     /// Forks one worker whose stdio is `output` instead of
     /// `Settings::output` (Node's per-fork `stdio`); its respawned or rolled
     /// replacement gets the same.
+    ///
+    /// # Errors
+    ///
+    /// As [`fork_with_env`](Self::fork_with_env).
     pub fn fork_with_output(&mut self, lp: &mut Loop<D>, output: ChildOutput) -> Result<WorkerId> {
         self.fork_with_env(lp, &[(ENV_OUTPUT, output.name())])
     }

@@ -82,12 +82,20 @@ impl<D> Primary<D> {
 
     /// Adds `delta` to the decimal integer at `key` (absent: 0) and returns
     /// the new value (see [`SharedStore::add`](crate::SharedStore::add)).
+    ///
+    /// # Errors
+    ///
+    /// As [`SharedStore::add`](crate::SharedStore::add).
     pub fn store_add(&mut self, key: &[u8], delta: i64) -> std::result::Result<i64, StoreError> {
         self.store.add(key, delta)
     }
 
     /// Sets `key` to `value` if its value is `expected` (`None`: absent);
     /// `Err` with the current value otherwise.
+    ///
+    /// # Errors
+    ///
+    /// The current value (`None`: absent) when it is not `expected`.
     pub fn store_compare_and_swap(
         &mut self,
         key: &[u8],
