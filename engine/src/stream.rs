@@ -109,6 +109,60 @@ pub(crate) struct Stashed {
     pub kind: OpKind,
 }
 
+/// A queue most streams never use (stashed reads, received or attached
+/// fds): 8 bytes in the stream until its first entry, then a boxed
+/// `VecDeque` that stays with the stream's parts (recycled with them, so a
+/// warm loop allocates nothing for it).
+#[allow(clippy::box_collection)] // 8 bytes in every stream instead of 32
+pub(crate) struct BoxedDeque<T>(Option<Box<VecDeque<T>>>);
+
+impl<T> BoxedDeque<T> {
+    pub(crate) const fn new() -> BoxedDeque<T> {
+        BoxedDeque(None)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn front(&self) -> Option<&T> {
+        self.0.as_ref().and_then(|q| q.front())
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().flat_map(|q| q.iter())
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<T> {
+        self.0.as_mut().and_then(|q| q.pop_front())
+    }
+
+    pub(crate) fn push_back(&mut self, item: T) {
+        self.0.get_or_insert_with(Box::default).push_back(item);
+    }
+
+    pub(crate) fn extend(&mut self, items: impl IntoIterator<Item = T>) {
+        let mut items = items.into_iter().peekable();
+        if items.peek().is_some() {
+            self.0.get_or_insert_with(Box::default).extend(items);
+        }
+    }
+
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.0.iter_mut().flat_map(|q| q.drain(..))
+    }
+
+    pub(crate) fn clear(&mut self) {
+        if let Some(q) = self.0.as_mut() {
+            q.clear();
+        }
+    }
+}
+
 /// The growable parts of a stream, recycled across connections.
 /// Most write buffers the loop keeps for streams to share (see `flush`);
 /// past it, a drained stream's buffers are freed.
@@ -123,12 +177,11 @@ pub(crate) struct StreamParts<D> {
     pub queued: Vec<u8>,
     pub inflight: Vec<u8>,
     pub writes: VecDeque<WriteReq<D>>,
-    pub stash: VecDeque<Stashed>,
-    pub accept_queue: VecDeque<RawFd>,
+    pub stash: BoxedDeque<Stashed>,
     /// Handles received over an IPC pipe, not yet accepted.
-    pub pending_handles: VecDeque<RawFd>,
+    pub pending_handles: BoxedDeque<RawFd>,
     /// Fds owned by queued writes (IPC), in write order; closed once sent.
-    pub send_fds: VecDeque<RawFd>,
+    pub send_fds: BoxedDeque<RawFd>,
 }
 
 impl<D> StreamParts<D> {
@@ -137,10 +190,9 @@ impl<D> StreamParts<D> {
             queued: Vec::new(),
             inflight: Vec::new(),
             writes: VecDeque::new(),
-            stash: VecDeque::new(),
-            accept_queue: VecDeque::new(),
-            pending_handles: VecDeque::new(),
-            send_fds: VecDeque::new(),
+            stash: BoxedDeque::new(),
+            pending_handles: BoxedDeque::new(),
+            send_fds: BoxedDeque::new(),
         }
     }
 
@@ -161,7 +213,6 @@ impl<D> StreamParts<D> {
         self.inflight.clear();
         self.writes.clear();
         self.stash.clear();
-        self.accept_queue.clear();
         self.pending_handles.clear();
         self.send_fds.clear();
     }
@@ -176,6 +227,49 @@ pub(crate) enum ShutdownState {
     Done,
 }
 
+/// What only a listener, or a socket bound by `tcp_bind`, keeps: out of
+/// line, allocated when the stream binds or listens (never on a hot path),
+/// so that the slot of every connection, idle ones included, stays small.
+pub(crate) struct ListenState<D> {
+    pub on_connection: Option<Rc<StatusFn<D>>>,
+    pub accept_op: OpState,
+    pub exclusive: bool,
+    /// [`Loop::listen_pause`]: the accept op stays unarmed.
+    pub accept_paused: bool,
+    /// Connections accepted from this listener so far.
+    pub accepted: u64,
+    pub stop: ListenStop,
+    /// The `listen_stop` callback, until it runs.
+    pub on_stop: Option<Rc<StatusFn<D>>>,
+    /// Address recorded by `tcp_bind` (for a listen hook that binds elsewhere).
+    pub bind_addr: Option<(SocketAddr, u32)>,
+    /// The listen hook was asked to take this listener over: it hears of
+    /// the close ([`ListenHook::closed`]).
+    pub hook_asked: bool,
+    /// Connections dropped from the accept queue by `close`, for the hook.
+    pub hook_dropped: usize,
+    /// Accepted connections not yet taken by `accept`.
+    pub accept_queue: VecDeque<RawFd>,
+}
+
+impl<D> Default for ListenState<D> {
+    fn default() -> ListenState<D> {
+        ListenState {
+            on_connection: None,
+            accept_op: OpState::Idle,
+            exclusive: false,
+            accept_paused: false,
+            accepted: 0,
+            stop: ListenStop::Running,
+            on_stop: None,
+            bind_addr: None,
+            hook_asked: false,
+            hook_dropped: 0,
+            accept_queue: VecDeque::new(),
+        }
+    }
+}
+
 pub(crate) struct StreamState<D> {
     pub fd: RawFd,
     pub ty: StreamType,
@@ -187,16 +281,9 @@ pub(crate) struct StreamState<D> {
     pub on_read: Option<Rc<ReadFn<D>>>,
     pub recv_op: OpState,
     pub rearm_recv: bool,
-    pub on_connection: Option<Rc<StatusFn<D>>>,
-    pub accept_op: OpState,
-    pub exclusive: bool,
-    /// [`Loop::listen_pause`]: the accept op stays unarmed.
-    pub accept_paused: bool,
-    /// Connections accepted from this listener so far.
-    pub accepted: u64,
-    pub stop: ListenStop,
-    /// The `listen_stop` callback, until it runs.
-    pub on_stop: Option<Rc<StatusFn<D>>>,
+    /// A listener's (or a bound socket's) state, boxed so that a
+    /// connection's slot does not carry it (see [`ListenState`]).
+    pub lis: Option<Box<ListenState<D>>>,
     pub on_connect: Option<Rc<StatusFn<D>>>,
     /// The connect op in flight.
     pub connect_op: Option<Token>,
@@ -216,13 +303,6 @@ pub(crate) struct StreamState<D> {
     pub shutdown: ShutdownState,
     /// The shutdown request's callback; `Some` while the request is in flight.
     pub shutdown_req: Option<Option<Rc<StatusFn<D>>>>,
-    /// Address recorded by `tcp_bind` (for a listen hook that binds elsewhere).
-    pub bind_addr: Option<(SocketAddr, u32)>,
-    /// The listen hook was asked to take this listener over: it hears of
-    /// the close ([`ListenHook::closed`]).
-    pub hook_asked: bool,
-    /// Connections dropped from the accept queue by `close`, for the hook.
-    pub hook_dropped: usize,
     /// Fds attached to the send in flight (IPC), closed after they are sent.
     pub inflight_fds: usize,
     /// A connect by name: the resolution in flight on the work pool.
@@ -236,6 +316,21 @@ pub(crate) struct StreamState<D> {
 }
 
 impl<D> StreamState<D> {
+    /// The listener part, made on first use (by a bind or a listen).
+    pub(crate) fn lis(&mut self) -> &mut ListenState<D> {
+        self.lis.get_or_insert_with(Box::default)
+    }
+
+    /// Where the stream is in `listen_stop` (`Running` if it never listened).
+    pub(crate) fn listen_stop(&self) -> ListenStop {
+        self.lis.as_ref().map_or(ListenStop::Running, |l| l.stop)
+    }
+
+    /// The address `tcp_bind` recorded, if any.
+    pub(crate) fn bind_addr(&self) -> Option<(SocketAddr, u32)> {
+        self.lis.as_ref().and_then(|l| l.bind_addr)
+    }
+
     /// A send that carried fds put at least one byte out: the fds went with
     /// its first byte, so the write that owned them releases them now and a
     /// retry of the remainder never sends them twice.
@@ -264,7 +359,8 @@ impl<D> StreamState<D> {
             sys::close(self.fd);
             self.fd = -1;
         }
-        for fd in self.parts.accept_queue.drain(..).chain(self.parts.pending_handles.drain(..)) {
+        let queued = self.lis.as_deref_mut().map(|l| &mut l.accept_queue);
+        for fd in queued.into_iter().flat_map(|q| q.drain(..)).chain(self.parts.pending_handles.drain()) {
             sys::close(fd);
         }
         while let Some(w) = self.parts.writes.pop_front() {
@@ -387,13 +483,7 @@ impl<D> Loop<D> {
             on_read: None,
             recv_op: OpState::Idle,
             rearm_recv: false,
-            on_connection: None,
-            accept_op: OpState::Idle,
-            exclusive: false,
-            accept_paused: false,
-            accepted: 0,
-            stop: ListenStop::Running,
-            on_stop: None,
+            lis: None,
             on_connect: None,
             connect_op: None,
             send_op: None,
@@ -405,9 +495,6 @@ impl<D> Loop<D> {
             write_error: None,
             shutdown: ShutdownState::None,
             shutdown_req: None,
-            bind_addr: None,
-            hook_asked: false,
-            hook_dropped: 0,
             inflight_fds: 0,
             resolve: None,
             connect_addrs: Vec::new(),
@@ -493,7 +580,7 @@ impl<D> Loop<D> {
         if st.ty != StreamType::Tcp {
             return Err(Error::WRONG_TYPE);
         }
-        st.bind_addr = Some((addr, flags));
+        st.lis().bind_addr = Some((addr, flags));
         if self.listen_hook.is_some() && flags & (TCP_REUSEPORT | TCP_EXCLUSIVE) == 0 {
             return Ok(());
         }
@@ -753,7 +840,7 @@ impl<D> Loop<D> {
                 Err(e) => {
                     last = e;
                     let st = self.stream_state(s)?;
-                    if more && st.fd >= 0 && st.bind_addr.is_none() {
+                    if more && st.fd >= 0 && st.bind_addr().is_none() {
                         sys::close(std::mem::replace(&mut st.fd, -1));
                     }
                 }
@@ -889,9 +976,9 @@ impl<D> Loop<D> {
         if st.listening || st.connected || st.on_connect.is_some() {
             return Err(Error::INVALID_STATE);
         }
-        st.on_connection = Some(cb.clone());
+        st.lis().on_connection = Some(cb.clone());
         let recorded = match st.ty {
-            StreamType::Tcp => st.bind_addr.is_some(),
+            StreamType::Tcp => st.lis().bind_addr.is_some(),
             StreamType::Pipe => st.fd < 0 && self.pipe_bound_path(s.0).is_some(),
             StreamType::IpcPipe => false,
         };
@@ -906,7 +993,7 @@ impl<D> Loop<D> {
         }
         if let Err(e) = self.listen_local(s, backlog) {
             if let Ok(st) = self.stream_state(s) {
-                st.on_connection = None;
+                st.lis().on_connection = None;
             }
             return Err(e);
         }
@@ -922,7 +1009,7 @@ impl<D> Loop<D> {
             let path = self.pipe_bound_path(s.0).ok_or(Error::EINVAL)?.to_path_buf();
             self.pipe_bind_socket(s, &path)?;
         } else if st.fd < 0 {
-            let (addr, flags) = st.bind_addr.ok_or(Error::EINVAL)?;
+            let (addr, flags) = st.lis().bind_addr.ok_or(Error::EINVAL)?;
             self.tcp_bind_socket(s, addr, flags)?;
         }
         let fd = self.stream_state(s)?.fd;
@@ -939,11 +1026,11 @@ impl<D> Loop<D> {
         let hook = self.listen_hook.clone();
         let Ok(st) = self.stream_state(s) else { return };
         // Closed (the slot is closing: no state) or stopped meanwhile.
-        if !st.listening || st.stop != ListenStop::Running {
+        if !st.listening || st.lis().stop != ListenStop::Running {
             return;
         }
         let pipe = st.ty == StreamType::Pipe;
-        let bind_addr = st.bind_addr;
+        let bind_addr = st.lis().bind_addr;
         if pipe && self.pipe_bound_path(s.0).is_none() {
             return;
         }
@@ -957,13 +1044,13 @@ impl<D> Loop<D> {
         let answer = if pipe {
             let Some(path) = self.pipe_bound_path(s.0).map(|p| p.to_path_buf()) else { return };
             if let Ok(st) = self.stream_state(s) {
-                st.hook_asked = true;
+                st.lis().hook_asked = true;
             }
             hook.listen_pipe(self, d, PipeListener(s.0), &path, backlog)
         } else {
             let Some((addr, flags)) = bind_addr else { return };
             if let Ok(st) = self.stream_state(s) {
-                st.hook_asked = true;
+                st.lis().hook_asked = true;
             }
             hook.listen(self, d, TcpListener(s.0), addr, flags, backlog)
         };
@@ -983,7 +1070,7 @@ impl<D> Loop<D> {
     fn hook_listen_failed(&mut self, s: Stream, err: Error, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
         st.listening = false;
-        let cb = st.on_connection.clone();
+        let cb = st.lis().on_connection.clone();
         self.set_active(s.0, false);
         if let Some(cb) = cb {
             cb(self, d, s.0, Err(err));
@@ -1004,7 +1091,7 @@ impl<D> Loop<D> {
     pub fn listen_bind(&mut self, s: TcpListener, addr: SocketAddr, flags: u32, backlog: i32) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
-        if st.fd >= 0 || st.stop != ListenStop::Running {
+        if st.fd >= 0 || st.lis().stop != ListenStop::Running {
             return Err(Error::INVALID_STATE);
         }
         self.tcp_bind_socket(s, addr, flags)?;
@@ -1023,13 +1110,13 @@ impl<D> Loop<D> {
     pub fn listen_adopt<L: ListenerHandle>(&mut self, s: L, fd: OwnedFd, exclusive: bool) -> Result<()> {
         let s = Stream::of(s);
         let st = self.stream_state(s)?;
-        if st.fd >= 0 || st.stop != ListenStop::Running {
+        if st.fd >= 0 || st.lis().stop != ListenStop::Running {
             return Err(Error::INVALID_STATE);
         }
         sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&fd), true)?;
         let st = self.stream_state(s)?;
         st.fd = fd.into_raw_fd();
-        st.exclusive = exclusive;
+        st.lis().exclusive = exclusive;
         st.listening = true;
         self.set_active(s.0, true);
         self.accept_arm(s);
@@ -1049,8 +1136,8 @@ impl<D> Loop<D> {
     pub fn listen_inject<L: ListenerHandle>(&mut self, s: L, fd: OwnedFd) -> std::result::Result<(), (Error, OwnedFd)> {
         let s = Stream::of(s);
         match self.stream_state(s) {
-            Ok(st) if st.listening && st.stop == ListenStop::Running => {
-                st.parts.accept_queue.push_back(fd.into_raw_fd());
+            Ok(st) if st.listening && st.listen_stop() == ListenStop::Running => {
+                st.lis().accept_queue.push_back(fd.into_raw_fd());
             }
             Ok(_) => return Err((Error::INVALID_STATE, fd)),
             Err(e) => return Err((e, fd)),
@@ -1063,10 +1150,10 @@ impl<D> Loop<D> {
     /// still waiting (an earlier callback may have accepted it already).
     pub(crate) fn deliver_injected(&mut self, s: Stream, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
-        if !st.listening || st.parts.accept_queue.is_empty() {
+        if !st.listening || st.lis().accept_queue.is_empty() {
             return;
         }
-        if let Some(cb) = st.on_connection.clone() {
+        if let Some(cb) = st.lis().on_connection.clone() {
             cb(self, d, s.0, Ok(()));
         }
     }
@@ -1084,7 +1171,7 @@ impl<D> Loop<D> {
 
     pub(crate) fn deliver_listen_failed(&mut self, s: Stream, err: Error, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
-        if let Some(cb) = st.on_connection.clone() {
+        if let Some(cb) = st.lis().on_connection.clone() {
             cb(self, d, s.0, Err(err));
         }
     }
@@ -1095,7 +1182,7 @@ impl<D> Loop<D> {
     ///
     /// [`Error::STALE_HANDLE`] if the handle is closed or closing.
     pub fn tcp_bind_addr<H: TcpHandle>(&self, h: H) -> Result<Option<(SocketAddr, u32)>> {
-        Ok(self.stream_ref(Stream::of(h))?.bind_addr)
+        Ok(self.stream_ref(Stream::of(h))?.bind_addr())
     }
 
     /// Installs the listen hook (see [`ListenHook`]), or removes it.
@@ -1109,28 +1196,28 @@ impl<D> Loop<D> {
     ///
     /// [`Error::STALE_HANDLE`] if the listener is closed or closing.
     pub fn accept_queue_len<L: ListenerHandle>(&self, l: L) -> Result<usize> {
-        Ok(self.stream_ref(Stream::of(l))?.parts.accept_queue.len())
+        Ok(self.stream_ref(Stream::of(l))?.lis.as_ref().map_or(0, |l| l.accept_queue.len()))
     }
 
     pub(crate) fn accept_arm(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
         if !st.listening
-            || st.accept_op != OpState::Idle
+            || st.lis().accept_op != OpState::Idle
             || st.fd < 0
-            || st.stop != ListenStop::Running
-            || st.accept_paused
+            || st.lis().stop != ListenStop::Running
+            || st.lis().accept_paused
         {
             return;
         }
-        if st.parts.accept_queue.len() >= MAX_ACCEPT_QUEUE {
+        if st.lis().accept_queue.len() >= MAX_ACCEPT_QUEUE {
             return;
         }
-        let (fd, exclusive) = (st.fd, st.exclusive);
+        let (fd, exclusive) = (st.fd, st.lis().exclusive);
         // SAFETY: an accept lends nothing.
         match unsafe { self.submit_op(s.0, Op::Accept { fd, exclusive }) } {
             Ok(token) => {
                 if let Ok(st) = self.stream_state(s) {
-                    st.accept_op = OpState::Armed(token);
+                    st.lis().accept_op = OpState::Armed(token);
                 }
             }
             Err(_) => self.accept_backoff(s),
@@ -1152,22 +1239,22 @@ impl<D> Loop<D> {
             self.release(c);
             return;
         };
-        debug_assert!(matches!(st.accept_op, OpState::Armed(t) | OpState::Ending(t) if t == c.token));
+        debug_assert!(matches!(st.lis().accept_op, OpState::Armed(t) | OpState::Ending(t) if t == c.token));
         if !c.more {
-            st.accept_op = OpState::Idle;
+            st.lis().accept_op = OpState::Idle;
         }
         let listening = st.listening;
         // While stopping, connections the kernel accepted before the cancel
         // landed are still delivered (never dropped); errors no longer matter.
-        let stopping = st.stop == ListenStop::Stopping;
-        let cb = st.on_connection.clone();
+        let stopping = st.lis().stop == ListenStop::Stopping;
+        let cb = st.lis().on_connection.clone();
         if c.res >= 0 {
             if !listening {
                 sys::close(c.res);
                 return;
             }
-            st.parts.accept_queue.push_back(c.res);
-            st.accepted += 1;
+            st.lis().accept_queue.push_back(c.res);
+            st.lis().accepted += 1;
             if let Some(cb) = cb {
                 cb(self, d, s.0, Ok(()));
             }
@@ -1217,15 +1304,15 @@ impl<D> Loop<D> {
         if !st.listening {
             return Err(Error::EINVAL);
         }
-        if st.stop != ListenStop::Running {
+        if st.lis().stop != ListenStop::Running {
             return Err(Error::INVALID_STATE);
         }
-        st.stop = ListenStop::Stopping;
-        st.on_stop = cb.map(|c| c.f.clone());
+        st.lis().stop = ListenStop::Stopping;
+        st.lis().on_stop = cb.map(|c| c.f.clone());
         let fd = st.fd;
-        match st.accept_op {
+        match st.lis().accept_op {
             OpState::Armed(token) => {
-                st.accept_op = OpState::Ending(token);
+                st.lis().accept_op = OpState::Ending(token);
                 self.driver.cancel(fd, token);
             }
             // Paused (full queue): its final completion is on its way.
@@ -1256,13 +1343,13 @@ impl<D> Loop<D> {
         if !st.listening {
             return Err(Error::EINVAL);
         }
-        if st.accept_paused == paused {
+        if st.lis().accept_paused == paused {
             return Ok(());
         }
-        st.accept_paused = paused;
+        st.lis().accept_paused = paused;
         if paused {
-            if let OpState::Armed(token) = st.accept_op {
-                st.accept_op = OpState::Ending(token);
+            if let OpState::Armed(token) = st.lis().accept_op {
+                st.lis().accept_op = OpState::Ending(token);
                 let fd = st.fd;
                 self.driver.cancel(fd, token);
             }
@@ -1297,22 +1384,22 @@ impl<D> Loop<D> {
     ///
     /// [`Error::STALE_HANDLE`] if the listener is closed or closing.
     pub fn listen_accepted<L: ListenerHandle>(&self, l: L) -> Result<u64> {
-        Ok(self.stream_ref(Stream::of(l))?.accepted)
+        Ok(self.stream_ref(Stream::of(l))?.lis.as_ref().map_or(0, |l| l.accepted))
     }
 
     /// Whether [`listen_stop`](Self::listen_stop) was called on the stream.
     pub fn is_listen_stopped<L: ListenerHandle>(&self, l: L) -> bool {
-        self.stream_ref(Stream::of(l)).is_ok_and(|st| st.stop != ListenStop::Running)
+        self.stream_ref(Stream::of(l)).is_ok_and(|st| st.listen_stop() != ListenStop::Running)
     }
 
     /// The accept op of a stopping listener has ended: run its callback.
     pub(crate) fn listen_stopped(&mut self, s: Stream, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
-        if st.stop != ListenStop::Stopping {
+        if st.lis().stop != ListenStop::Stopping {
             return;
         }
-        st.stop = ListenStop::Stopped;
-        let cb = st.on_stop.take();
+        st.lis().stop = ListenStop::Stopped;
+        let cb = st.lis().on_stop.take();
         self.set_active(s.0, false);
         if let Some(cb) = cb {
             cb(self, d, s.0, Ok(()));
@@ -1325,11 +1412,11 @@ impl<D> Loop<D> {
     /// the queue; `accept` re-arms once it is below the limit again.
     fn accept_pause_if_full(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
-        let OpState::Armed(token) = st.accept_op else { return };
-        if st.fd < 0 || st.parts.accept_queue.len() < MAX_ACCEPT_QUEUE {
+        let OpState::Armed(token) = st.lis().accept_op else { return };
+        if st.fd < 0 || st.lis().accept_queue.len() < MAX_ACCEPT_QUEUE {
             return;
         }
-        st.accept_op = OpState::Ending(token);
+        st.lis().accept_op = OpState::Ending(token);
         let fd = st.fd;
         self.driver.cancel(fd, token);
     }
@@ -1353,8 +1440,8 @@ impl<D> Loop<D> {
         if !st.listening {
             return Err(Error::EINVAL);
         }
-        let was_full = st.parts.accept_queue.len() >= MAX_ACCEPT_QUEUE;
-        let fd = st.parts.accept_queue.pop_front().ok_or(Error::EAGAIN)?;
+        let was_full = st.lis().accept_queue.len() >= MAX_ACCEPT_QUEUE;
+        let fd = st.lis().accept_queue.pop_front().ok_or(Error::EAGAIN)?;
         let (ty, family) = (st.ty, st.family);
         let s = self.new_stream(ty, fd, family);
         if was_full {
@@ -1376,8 +1463,8 @@ impl<D> Loop<D> {
         if !st.listening {
             return Err(Error::EINVAL);
         }
-        let was_full = st.parts.accept_queue.len() >= MAX_ACCEPT_QUEUE;
-        let fd = st.parts.accept_queue.pop_front().ok_or(Error::EAGAIN)?;
+        let was_full = st.lis().accept_queue.len() >= MAX_ACCEPT_QUEUE;
+        let fd = st.lis().accept_queue.pop_front().ok_or(Error::EAGAIN)?;
         if was_full {
             self.accept_arm(server);
         }
@@ -2125,17 +2212,22 @@ impl<D> Loop<D> {
                 st.recv_op = OpState::Ending(token);
                 cancels[0] = Some(token);
             }
-            if let OpState::Armed(token) = st.accept_op {
-                st.accept_op = OpState::Ending(token);
-                cancels[1] = Some(token);
+            if let Some(l) = st.lis.as_deref_mut() {
+                if let OpState::Armed(token) = l.accept_op {
+                    l.accept_op = OpState::Ending(token);
+                    cancels[1] = Some(token);
+                }
+                if l.hook_asked {
+                    l.hook_dropped = l.accept_queue.len();
+                }
+                for fd in l.accept_queue.drain(..) {
+                    sys::close(fd);
+                }
             }
             cancels[2] = st.send_op;
             cancels[3] = st.connect_op;
             let resolve = st.resolve.take();
-            if st.hook_asked {
-                st.hook_dropped = st.parts.accept_queue.len();
-            }
-            for fd in st.parts.accept_queue.drain(..).chain(st.parts.pending_handles.drain(..)) {
+            for fd in st.parts.pending_handles.drain() {
                 sys::close(fd);
             }
             st.reading = false;
@@ -2187,7 +2279,8 @@ impl<D> Loop<D> {
     pub(crate) fn stream_finish_close(&mut self, s: Stream, d: &mut D) {
         let (fd, hooked, ty) = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
             Ok(Kind::Stream(st)) => {
-                (std::mem::replace(&mut st.fd, -1), st.hook_asked.then_some(st.hook_dropped), st.ty)
+                let hooked = st.lis.as_ref().and_then(|l| l.hook_asked.then_some(l.hook_dropped));
+                (std::mem::replace(&mut st.fd, -1), hooked, st.ty)
             }
             _ => return,
         };

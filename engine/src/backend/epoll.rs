@@ -111,10 +111,15 @@ struct Reg {
     write: Option<WriteOp>,
     /// A poll watcher's one-shot poll: its token and epoll events.
     poll: Option<(Token, u32)>,
-    send: PendingSend,
-    /// `SendTo` ops in flight, in submission order (the queue keeps its
-    /// capacity, so sending allocates nothing after warm-up).
-    dgrams: VecDeque<DgramSend>,
+    /// The send waiting for `EPOLLOUT`, while one does: taken from
+    /// `Epoll::send_spare` and given back when the op ends, so an idle fd
+    /// holds no iovec or fd array (a `Reg` exists for every fd number).
+    send: Option<Box<PendingSend>>,
+    /// `SendTo` ops in flight, in submission order; boxed on the fd's first
+    /// datagram, so a stream's `Reg` pays 8 bytes for it (the queue keeps
+    /// its capacity, so sending allocates nothing after warm-up).
+    #[allow(clippy::box_collection)] // 8 bytes in every `Reg` instead of 32
+    dgrams: Option<Box<VecDeque<DgramSend>>>,
     /// The socket refused a datagram (`EAGAIN`): wait for `EPOLLOUT`.
     dgram_blocked: bool,
     /// epoll refused the fd (`EPERM`: a regular file): its read op is run
@@ -131,13 +136,8 @@ impl Reg {
             read: None,
             write: None,
             poll: None,
-            send: PendingSend {
-                iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV],
-                iovcnt: 0,
-                fds: [-1; socket::MAX_FDS_PER_MSG],
-                nfds: 0,
-            },
-            dgrams: VecDeque::new(),
+            send: None,
+            dgrams: None,
             dgram_blocked: false,
             always_ready: false,
         }
@@ -173,6 +173,9 @@ pub(crate) struct Epoll {
     stats: WaitStats,
     /// Fds epoll refused (regular files) whose read op runs at every `poll`.
     always_ready: Vec<RawFd>,
+    /// Send copies no fd waits with (see `Reg::send`).
+    #[allow(clippy::vec_box)] // the boxes move into and out of `Reg::send`
+    send_spare: Vec<Box<PendingSend>>,
 }
 
 // SAFETY-relevant note: `ReadOp::Read` holds a raw pointer lent by the loop
@@ -192,6 +195,7 @@ impl Epoll {
             dgram_dirty: Vec::with_capacity(64),
             stats: WaitStats::default(),
             always_ready: Vec::new(),
+            send_spare: Vec::new(),
         })
     }
 
@@ -286,6 +290,14 @@ impl Epoll {
                 true
             }
         }
+    }
+
+    /// A send op found without its copy (`Reg::send`), which `written_or_wait`
+    /// always leaves with it: it ends with `EIO` rather than send nothing.
+    fn lost_send(out: &mut Vec<Completion>, token: Token) -> bool {
+        debug_assert!(false, "a waiting send without its iovec copy");
+        Self::push(out, token, -libc::EIO, None, false);
+        true
     }
 
     /// Handles readability for `fd`; returns whether the read op ended.
@@ -453,15 +465,19 @@ impl Epoll {
     /// with an error completes with it; the ones behind it still go.
     fn flush_dgrams(&mut self, fd: RawFd) {
         let Some(reg) = self.regs.get_mut(fd as usize) else { return };
+        let Some(dgrams) = reg.dgrams.as_deref_mut() else {
+            reg.dgram_blocked = false;
+            return;
+        };
         loop {
-            if reg.dgrams.is_empty() {
+            if dgrams.is_empty() {
                 reg.dgram_blocked = false;
                 return;
             }
-            let n = reg.dgrams.len().min(DGRAM_BATCH);
+            let n = dgrams.len().min(DGRAM_BATCH);
             // SAFETY: mmsghdr is plain data; all-zero is a valid value.
             let mut msgs: [libc::mmsghdr; DGRAM_BATCH] = unsafe { std::mem::zeroed() };
-            for (m, d) in msgs.iter_mut().zip(reg.dgrams.iter_mut()) {
+            for (m, d) in msgs.iter_mut().zip(dgrams.iter_mut()) {
                 m.msg_hdr.msg_iov = d.iov.as_mut_ptr();
                 m.msg_hdr.msg_iovlen = d.iovcnt as _;
                 if d.addr.len > 0 {
@@ -475,7 +491,7 @@ impl Epoll {
             match unsafe { socket::sendmmsg(fd, &mut msgs[..n]) } {
                 Ok(sent) => {
                     for m in &msgs[..sent] {
-                        let d = reg.dgrams.pop_front().expect("sent from the queue");
+                        let d = dgrams.pop_front().expect("sent from the queue");
                         self.ready.push(Completion { token: d.token, res: m.msg_len as i32, buf: None, more: false });
                     }
                 }
@@ -484,7 +500,7 @@ impl Epoll {
                     return;
                 }
                 Err(e) => {
-                    let d = reg.dgrams.pop_front().expect("queue not empty");
+                    let d = dgrams.pop_front().expect("queue not empty");
                     self.ready.push(Completion { token: d.token, res: -e.code(), buf: None, more: false });
                 }
             }
@@ -500,8 +516,21 @@ impl Epoll {
         for token in ops.into_iter().flatten() {
             Self::push(out, token, -err.code(), None, false);
         }
-        while let Some(d) = self.reg(fd).dgrams.pop_front() {
-            Self::push(out, d.token, -err.code(), None, false);
+        if let Some(dgrams) = self.reg(fd).dgrams.as_deref_mut() {
+            for d in dgrams.drain(..) {
+                Self::push(out, d.token, -err.code(), None, false);
+            }
+        }
+        self.release_send(fd);
+    }
+
+    /// Gives the fd's send copy back to `send_spare` once no send waits.
+    fn release_send(&mut self, fd: RawFd) {
+        let reg = self.reg(fd);
+        if reg.write.is_none() {
+            if let Some(b) = reg.send.take() {
+                self.send_spare.push(b);
+            }
         }
     }
 
@@ -509,14 +538,13 @@ impl Epoll {
     fn on_writable(&mut self, fd: RawFd, op: WriteOp, out: &mut Vec<Completion>) -> bool {
         match op {
             WriteOp::Send { token } => {
-                let reg = self.reg(fd);
-                let s = &reg.send;
+                let Some(s) = self.reg(fd).send.as_deref() else { return Self::lost_send(out, token) };
                 // SAFETY: the iovecs point at memory the loop keeps valid until
                 // this op completes (rule 3).
                 Self::one_shot(out, token, unsafe { socket::sendmsg(fd, &s.iov[..s.iovcnt], &s.fds[..s.nfds]) })
             }
             WriteOp::WriteStream { token } => {
-                let s = &self.reg(fd).send;
+                let Some(s) = self.reg(fd).send.as_deref() else { return Self::lost_send(out, token) };
                 // SAFETY: the iovecs point at memory the loop keeps valid until
                 // this op completes (rule 3).
                 Self::one_shot(out, token, unsafe { sys::writev(fd, &s.iov[..s.iovcnt]) })
@@ -587,12 +615,22 @@ impl Epoll {
                 Ok(())
             }
             Err(e) if e.is_would_block() => {
-                let reg = self.reg(fd);
-                reg.send.iov[..iov.len()].copy_from_slice(iov);
-                reg.send.iovcnt = iov.len();
-                reg.send.fds[..fds.len()].copy_from_slice(fds);
-                reg.send.nfds = fds.len();
-                self.arm_write(fd, op)
+                let mut send = self.reg(fd).send.take().or_else(|| self.send_spare.pop()).unwrap_or_else(|| {
+                    Box::new(PendingSend {
+                        iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV],
+                        iovcnt: 0,
+                        fds: [-1; socket::MAX_FDS_PER_MSG],
+                        nfds: 0,
+                    })
+                });
+                send.iov[..iov.len()].copy_from_slice(iov);
+                send.iovcnt = iov.len();
+                send.fds[..fds.len()].copy_from_slice(fds);
+                send.nfds = fds.len();
+                self.reg(fd).send = Some(send);
+                let armed = self.arm_write(fd, op);
+                self.release_send(fd);
+                armed
             }
             Err(e) => {
                 self.ready.push(Completion { token, res: -e.code(), buf: None, more: false });
@@ -685,8 +723,9 @@ impl Epoll {
             Some(a) => d.addr = *a,
             None => d.addr.len = 0,
         }
-        let first = reg.dgrams.is_empty() && !reg.dgram_blocked;
-        reg.dgrams.push_back(d);
+        let dgrams = reg.dgrams.get_or_insert_with(Box::default);
+        let first = dgrams.is_empty() && !reg.dgram_blocked;
+        dgrams.push_back(d);
         if first {
             self.dgram_dirty.push(fd);
         }
@@ -782,14 +821,17 @@ impl Driver for Epoll {
             reg.poll = None;
             hit = true;
         }
-        if let Some(i) = reg.dgrams.iter().position(|d| d.token == token) {
-            reg.dgrams.remove(i);
-            if reg.dgrams.is_empty() {
-                reg.dgram_blocked = false;
+        if let Some(dgrams) = reg.dgrams.as_deref_mut() {
+            if let Some(i) = dgrams.iter().position(|d| d.token == token) {
+                dgrams.remove(i);
+                if dgrams.is_empty() {
+                    reg.dgram_blocked = false;
+                }
+                hit = true;
             }
-            hit = true;
         }
         if hit {
+            self.release_send(fd);
             self.ready.push(Completion { token, res: -libc::ECANCELED, buf: None, more: false });
             // Removing interest cannot fail in a way that matters: the ops are gone.
             let _ = self.update(fd);
@@ -800,11 +842,15 @@ impl Driver for Epoll {
         let epfd = self.epfd.as_raw_fd();
         let reg = self.reg(fd);
         debug_assert!(reg.read.is_none() && reg.write.is_none(), "deregister with ops in flight");
-        debug_assert!(reg.dgrams.is_empty(), "deregister with datagrams in flight");
+        debug_assert!(reg.dgrams.as_ref().is_none_or(|q| q.is_empty()), "deregister with datagrams in flight");
         reg.read = None;
         reg.write = None;
         reg.poll = None;
-        reg.dgrams.clear();
+        if let Some(q) = reg.dgrams.as_deref_mut() {
+            q.clear();
+        }
+        self.release_send(fd);
+        let reg = self.reg(fd);
         reg.dgram_blocked = false;
         reg.always_ready = false;
         reg.exclusive = false;
@@ -881,6 +927,7 @@ impl Driver for Epoll {
                 if let Some(op) = self.reg(fd).write {
                     if self.on_writable(fd, op, out) {
                         self.reg(fd).write = None;
+                        self.release_send(fd);
                     }
                 }
                 if self.reg(fd).dgram_blocked {
