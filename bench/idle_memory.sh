@@ -10,13 +10,15 @@
 #
 # Options: -n N, --large (N = 50,000), --repeats R (median of R rounds,
 #          default 1), --only REGEX (servers whose name matches),
-#          --no-install.
+#          --workers W (worker processes of every cluster server, uvring
+#          and nginx alike; default 2, or as many as the fd limit needs,
+#          see below), --no-install.
 #
 # Servers, measured one at a time (nothing else of ours running), each
 # started fresh for every measurement:
 #   uvring-{rr,shared,reuseport}-{epoll,io_uring}
-#       hello_cluster --workers 2 --policy P --backend B (release build)
-#   nginx   worker_processes 2, worker_connections N + 1024
+#       hello_cluster --workers W --policy P --backend B (release build)
+#   nginx   worker_processes W, worker_connections N + 1024
 #   hyper   bench/peers/hyper_hello, tokio multi-thread with 2 worker threads
 #
 # The client is bench/src/bin/idle_client.rs (a uvring loop): it opens its
@@ -28,10 +30,11 @@
 # (S changes for every client process and every server, so that ports left
 # in TIME_WAIT by the last run are not needed again). The script raises the
 # fd limit (ulimit -n) to N + 10,000 for the servers; where it cannot (no
-# CAP_SYS_RESOURCE: the hard limit stays), it says so and lowers N to what
-# one process can hold (the limit less 1,000), since hyper, and a `shared`
-# cluster that lands every connection on one worker, hold all N in one
-# process.
+# CAP_SYS_RESOURCE: the hard limit stays), it gives every cluster server
+# (uvring and nginx alike) enough workers that each holds at most 60 % of
+# the limit (50,000 under a limit of 20,000: 5 workers, 10,000 each on
+# average, room for an uneven spread), says so, and measures hyper (one
+# process) at what one process can hold (the limit less 1,000).
 #
 # RSS is the sum of the processes' resident sets (from /proc/<pid>/stat),
 # read 1 s after the server answered its first request (before) and 1 s
@@ -49,6 +52,7 @@ RESULTS="$HERE/results"
 N=5000
 REPEATS=1
 ONLY=""
+WORKERS=""
 INSTALL=1
 CMDLINE="bench/idle_memory.sh $*"
 while [ $# -gt 0 ]; do
@@ -56,9 +60,10 @@ while [ $# -gt 0 ]; do
         -n) N="$2"; shift ;;
         --large) N=50000 ;;
         --repeats) REPEATS="$2"; shift ;;
+        --workers) WORKERS="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
         --no-install) INSTALL=0 ;;
-        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
         *) echo "idle_memory.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -70,21 +75,25 @@ log() { echo "idle-memory: $*" >&2; }
 
 FDS=$((N + 10000))
 LIMIT_NOTE=""
+HYPER_N=$N
 if [ "$(ulimit -n)" -lt "$FDS" ]; then
     ulimit -n "$FDS" 2>/dev/null || ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 fi
 if [ "$(ulimit -n)" -lt "$FDS" ]; then
-    # One server process may hold every connection (hyper; a `shared`
-    # cluster whose connections all land on one worker), so N must fit in
-    # one process's limit.
+    # No process may hold all N: a cluster gets enough workers that each
+    # holds at most 60 % of the limit on average; hyper (one process)
+    # holds what one process can.
     CAP=$(( $(ulimit -n) - 1000 ))
     LIMIT_NOTE="the fd limit could not be raised to $FDS (soft $(ulimit -n), hard $(ulimit -Hn); raising the hard limit needs CAP_SYS_RESOURCE, which this machine does not give)"
     if [ "$N" -gt "$CAP" ]; then
-        LIMIT_NOTE="$LIMIT_NOTE: N = $N asked, N = $CAP measured (what one process can hold)"
-        N=$CAP
+        NEED=$(( (N * 10 + $(ulimit -n) * 6 - 1) / ($(ulimit -n) * 6) ))
+        [ -n "$WORKERS" ] || WORKERS=$(( NEED > 2 ? NEED : 2 ))
+        HYPER_N=$CAP
+        LIMIT_NOTE="$LIMIT_NOTE: every cluster server (uvring and nginx alike) runs $WORKERS workers so that no process holds more than the limit; hyper (one process) is measured at N = $CAP"
     fi
     log "warning: $LIMIT_NOTE"
 fi
+WORKERS="${WORKERS:-2}"
 FDS="$(ulimit -n)"
 CHUNK=15000
 NCLIENTS=$(( (N + CHUNK - 1) / CHUNK ))
@@ -155,7 +164,7 @@ SUBNET=0
 nginx_conf() {
     mkdir -p "$TMP/nginx"
     cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes 2;
+worker_processes $WORKERS;
 worker_rlimit_nofile $FDS;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/error.log warn;
@@ -186,6 +195,8 @@ procs_of() { "$BIN/proc_tree" "$1" | sed -E 's/.*processes=([0-9]+).*/\1/'; }
 # everything; appends a row to $RUNS.
 measure() {
     local name="$1" rep="$2"; shift 2
+    local N=$N NCLIENTS=$NCLIENTS
+    if [ "$name" = hyper ]; then N=$HYPER_N; NCLIENTS=$(( (N + CHUNK - 1) / CHUNK )); fi
     local port=$NEXT_PORT a cmd=() body=""
     NEXT_PORT=$((NEXT_PORT + 1))
     for a in "$@"; do cmd+=("${a//PORT/$port}"); done
@@ -233,7 +244,7 @@ measure() {
     after="$(rss_of "$SERVER")"
     procs="$(procs_of "$SERVER")"
     closed="$(cat "$TMP"/client*.out | grep -c '^closed-by-server' || true)"
-    echo "$name,$rep,$N,$ok,$failed,${closed:-0},$procs,$before,$after" >>"$RUNS"
+    echo "$name,$rep,$N,$WORKERS,$ok,$failed,${closed:-0},$procs,$before,$after" >>"$RUNS"
     printf 'idle-memory: %-26s run %d: %6.1f MiB -> %6.1f MiB with %d idle connections (%d failed): %6.0f B per connection\n' \
         "$name" "$rep" "$(awk -v b="$before" 'BEGIN {print b / 1048576}')" "$(awk -v b="$after" 'BEGIN {print b / 1048576}')" \
         "$ok" "$failed" "$(awk -v a="$after" -v b="$before" -v n="$ok" 'BEGIN {print (n > 0 ? (a - b) / n : 0)}')" >&2
@@ -247,7 +258,7 @@ measure() {
 mkdir -p "$RESULTS"
 PREFIX="$RESULTS/idle-memory-$N"
 RUNS="$PREFIX-runs.csv"
-echo "server,repeat,n,ok,failed,closed_by_server,processes,rss_before,rss_after" >"$RUNS"
+echo "server,repeat,n,workers,ok,failed,closed_by_server,processes,rss_before,rss_after" >"$RUNS"
 SERVERS=()
 for policy in rr shared reuseport; do
     for backend in epoll io_uring; do SERVERS+=("uvring-$policy-$backend"); done
@@ -261,7 +272,7 @@ for rep in $(seq 1 "$REPEATS"); do
         case "$name" in
             uvring-*)
                 IFS=- read -r _ policy backend <<<"$name"
-                measure "$name" "$rep" "$HELLO" --workers 2 --policy "$policy" --backend "$backend" --port PORT ;;
+                measure "$name" "$rep" "$HELLO" --workers "$WORKERS" --policy "$policy" --backend "$backend" --port PORT ;;
             nginx)
                 measure nginx "$rep" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;" ;;
             hyper)
@@ -274,11 +285,11 @@ LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 # ---- report -----------------------------------------------------------------
 
 MACHINE="$(nproc) cores, $(uname -sr), $(free -g | awk '/Mem:/ {print $2}') GiB"
-python3 - "$RUNS" "$PREFIX" "$MACHINE" "$CMDLINE" "$N" "$NCLIENTS" "$LOAD_BEFORE" "$LOAD_AFTER" "$("$NGINX" -v 2>&1 | sed 's/.*: //')" "$LIMIT_NOTE" <<'PY'
+python3 - "$RUNS" "$PREFIX" "$MACHINE" "$CMDLINE" "$N" "$NCLIENTS" "$WORKERS" "$LOAD_BEFORE" "$LOAD_AFTER" "$("$NGINX" -v 2>&1 | sed 's/.*: //')" "$LIMIT_NOTE" <<'PY'
 import csv, datetime, statistics, sys
 from collections import defaultdict
 
-runs_path, prefix, machine, command, n, nclients, load_before, load_after, nginx_version, limit_note = sys.argv[1:11]
+runs_path, prefix, machine, command, n, nclients, workers, load_before, load_after, nginx_version, limit_note = sys.argv[1:12]
 runs, order = defaultdict(list), []
 with open(runs_path, newline="") as f:
     for r in csv.DictReader(f):
@@ -302,7 +313,7 @@ nginx = next((r[3] for r in rows if r[0] == "nginx"), None)
 stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
 md = [f"# Memory per idle keep-alive connection, N = {int(n):,} ({stamp})", "",
       f"Machine: {machine}", "", f"Command: `{command}`", "",
-      f"- mode: external client (idle_client, its own process); each server alone on the machine's loopback, 2 workers; "
+      f"- mode: external client (idle_client, its own process); each server alone on the machine's loopback, {workers} workers (nginx and uvring alike; hyper: one process); "
       f"every connection made one request (keep-alive) and then stays idle; {nclients} client process(es), "
       "each over 2 or more source addresses 127.0.S.x",
       "- RSS = sum of the resident sets of the server's process tree (primary and workers) from /proc; "

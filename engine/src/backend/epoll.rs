@@ -202,7 +202,10 @@ impl Epoll {
     fn reg(&mut self, fd: RawFd) -> &mut Reg {
         let i = fd as usize;
         if i >= self.regs.len() {
-            let new_len = (i + 1).next_power_of_two().max(64);
+            // Grown in steps of 256 entries (the vector's capacity still
+            // doubles): only entries up to the highest fd are written, so
+            // their pages are the only ones resident.
+            let new_len = (i + 1).next_multiple_of(256);
             self.regs.resize_with(new_len, Reg::new);
         }
         &mut self.regs[i]
