@@ -123,6 +123,33 @@ pub fn sample(root: u32) -> io::Result<TreeSample> {
     })
 }
 
+/// One process of a tree, for the per-process split (`proc_tree --each`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessSample {
+    pub pid: u32,
+    pub ppid: u32,
+    /// utime + stime of this process, all threads.
+    pub cpu: Duration,
+}
+
+/// Like [`sample`], but one entry per process of the tree (the root
+/// first, then by pid), so a cluster's primary and workers can be told
+/// apart. `ESRCH` if `root` is not running.
+pub fn sample_each(root: u32) -> io::Result<Vec<ProcessSample>> {
+    let stats = all_stats()?;
+    let mut tree = tree_of(root, &stats);
+    if tree.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    tree.sort_by_key(|&p| (p != root, p));
+    let hz = clock_ticks_per_sec();
+    Ok(tree
+        .iter()
+        .filter_map(|p| stats.get(p).map(|s| (*p, s)))
+        .map(|(pid, s)| ProcessSample { pid, ppid: s.ppid, cpu: Duration::from_nanos(s.ticks * 1_000_000_000 / hz) })
+        .collect())
+}
+
 /// The CPU time (user + system) this process has used so far, all threads.
 pub fn self_cpu() -> Duration {
     // SAFETY: getrusage writes into the zeroed struct we own.
@@ -184,8 +211,12 @@ mod tests {
         let s = sample(me).expect("sample self");
         assert!(s.processes >= 2, "{s:?}");
         assert!(s.rss_bytes > 0);
+        let each = sample_each(me).expect("sample each");
         let _ = child.kill();
         let _ = child.wait();
+        assert_eq!(each[0].pid, me);
+        assert!(each.iter().any(|p| p.pid == child.id() && p.ppid == me), "{each:?}");
         assert!(sample(u32::MAX - 1).is_err());
+        assert!(sample_each(u32::MAX - 1).is_err());
     }
 }

@@ -65,8 +65,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use uvring::{
-    Backend, Error, Loop, OnConnection, OnListenStop, OnRead, OnShutdown, OnSignal, OnTimer, PipeListener, PipeStream,
-    RunMode, Signal, StreamHandle, TcpListener, TcpStream,
+    Backend, Error, Loop, OnConnection, OnListenStop, OnRead, OnShutdown, OnSignal, OnTimer, OnWrite, PipeListener,
+    PipeStream, RunMode, Signal, StreamHandle, TcpListener, TcpStream,
 };
 use uvring_cluster::{
     available_cpus, is_worker, ChildOutput, ListenFds, ListenSource, Primary, PrimaryData, RespawnSettings,
@@ -593,6 +593,8 @@ struct Conn {
     buf: Vec<u8>,
     /// The connection, while open.
     stream: Option<ConnStream>,
+    /// `TCP_NODELAY` is set (see `on_read`: once the connection stays open).
+    nodelay: bool,
 }
 
 /// A connection: TCP, or a Unix socket (`--unix`).
@@ -628,7 +630,7 @@ impl Server {
         match self.free.pop() {
             Some(i) => i,
             None => {
-                self.conns.push(Conn { buf: Vec::new(), stream: None });
+                self.conns.push(Conn { buf: Vec::new(), stream: None, nodelay: false });
                 self.conns.len() - 1
             }
         }
@@ -638,6 +640,7 @@ impl Server {
         if let Some(c) = self.conns.get_mut(i) {
             if c.stream.take().is_some() {
                 c.buf.clear();
+                c.nodelay = false;
                 self.free.push(i);
                 if c.buf.capacity() > 0 {
                     self.spare_bufs.push(std::mem::take(&mut c.buf));
@@ -747,7 +750,9 @@ fn serve(lp: &mut Loop<Server>, addr: SocketAddr) -> uvring::Result<TcpListener>
         let slot = server.slot();
         server.conns[slot].stream = Some(ConnStream::Tcp(c));
         let _ = lp.set_data(c, slot);
-        let _ = lp.tcp_nodelay(c, true);
+        if legacy_churn() {
+            server.conns[slot].nodelay = lp.tcp_nodelay(c, true).is_ok();
+        }
         if lp.read_start(c, &on_read).is_err() {
             server.release(slot);
             let _ = lp.close(c, None);
@@ -820,8 +825,17 @@ fn stop_on_signals<L: uvring::ListenerHandle + Copy>(lp: &mut Loop<Server>, serv
 
 /// The read callback of every connection, TCP or Unix: answers each
 /// complete request, keeps an incomplete one for the next read.
+///
+/// Like nginx, it sets `TCP_NODELAY` when a connection stays open after a
+/// response (a `Connection: close` one needs no setsockopt: its one
+/// response goes out at once, Nagle holds back only data behind unacked
+/// data), and it closes after the last response has been written, without
+/// a `shutdown` first (the kernel sends what is queued, then the FIN).
+/// `HELLO_CHURN=legacy` in the environment restores the former way (nodelay
+/// on every accept, shutdown then close) for A/B benchmarks.
 fn on_read<S: StreamHandle + Copy>() -> OnRead<Server, S> {
     let on_shutdown = close_after_shutdown::<S>();
+    let on_written = close_after_write::<S>();
     OnRead::new(move |lp: &mut Loop<Server>, server: &mut Server, s: S, res| {
         let slot = lp.data(s).unwrap_or(usize::MAX);
         let bytes = match res {
@@ -854,14 +868,26 @@ fn on_read<S: StreamHandle + Copy>() -> OnRead<Server, S> {
             }
             close
         };
-        if !server.out.is_empty() && lp.write(s, &server.out, None).is_err() {
+        if !close && !conn.nodelay {
+            if let Some(ConnStream::Tcp(t)) = conn.stream {
+                conn.nodelay = lp.tcp_nodelay(t, true).is_ok();
+            }
+        }
+        let direct = close && !legacy_churn() && !server.out.is_empty();
+        let cb = if direct { Some(&on_written) } else { None };
+        if !server.out.is_empty() && lp.write(s, &server.out, cb).is_err() {
             server.release(slot);
             let _ = lp.close(s, None);
             return;
         }
         if close {
             server.release(slot);
-            finish(lp, s, &on_shutdown);
+            if direct {
+                // `on_written` closes it.
+                let _ = lp.read_stop(s);
+            } else {
+                finish(lp, s, &on_shutdown);
+            }
         }
     })
 }
@@ -873,6 +899,21 @@ fn finish<S: StreamHandle>(lp: &mut Loop<Server>, s: S, on_shutdown: &OnShutdown
     if lp.shutdown(s, Some(on_shutdown)).is_err() {
         let _ = lp.close(s, None);
     }
+}
+
+/// A write callback that closes the stream (its last response is sent, or
+/// failed).
+fn close_after_write<S: StreamHandle>() -> OnWrite<Server, S> {
+    OnWrite::new(|lp, _, s: S, _| {
+        let _ = lp.close(s, None);
+    })
+}
+
+/// Whether `HELLO_CHURN=legacy` asks for the former connection end (see
+/// `on_read`); read once.
+fn legacy_churn() -> bool {
+    static LEGACY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LEGACY.get_or_init(|| std::env::var("HELLO_CHURN").is_ok_and(|v| v == "legacy"))
 }
 
 /// A shutdown callback that closes the stream.
