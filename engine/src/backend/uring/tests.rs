@@ -18,21 +18,18 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 fn driver(cfg: PoolConfig) -> Option<Uring> {
-    match Uring::new(cfg) {
-        Ok(u) => Some(u),
-        Err(why) => {
-            if std::env::var("UVRING_REQUIRE_IO_URING").as_deref() == Ok("1") {
-                panic!("io_uring required but unavailable: {}", why.reason);
-            }
-            eprintln!("SKIP: io_uring unavailable: {}", why.reason);
-            None
-        }
-    }
+    or_skip(Uring::new(cfg))
 }
 
 /// As `driver`, with the optional features `want` allows.
 fn driver_with(want: Features) -> Option<Uring> {
-    match Uring::with_features(PoolConfig::default(), want) {
+    or_skip(Uring::with_features(PoolConfig::default(), want))
+}
+
+/// The driver, or `None` after printing why io_uring is unavailable (a
+/// failure under `UVRING_REQUIRE_IO_URING=1`).
+fn or_skip(res: Result<Uring, super::super::Unavailable>) -> Option<Uring> {
+    match res {
         Ok(u) => Some(u),
         Err(why) => {
             if std::env::var("UVRING_REQUIRE_IO_URING").as_deref() == Ok("1") {
@@ -1012,6 +1009,16 @@ fn many_datagrams_in_flight_on_a_full_socket_each_complete_once() {
 /// Every feature on but `SEND_ZC`.
 const FIXED: Features = Features { ring_fd: true, fixed_files: true, send_zc: false };
 
+/// A driver with a registered-file table, or `None` (after saying why).
+fn fixed_driver() -> Option<Uring> {
+    let u = driver_with(FIXED)?;
+    if u.fixed.is_none() {
+        eprintln!("SKIP: no registered-file table on this kernel");
+        return None;
+    }
+    Some(u)
+}
+
 /// Registered sockets in `u`'s file table.
 fn fixed_count(u: &Uring) -> usize {
     u.fixed.as_ref().map_or(0, |f| f.count())
@@ -1062,11 +1069,7 @@ fn features_parse_from_a_list() {
 
 #[test]
 fn fixed_files_register_on_first_recv_and_close_really_closes() {
-    let Some(mut u) = driver_with(FIXED) else { return };
-    if u.fixed.is_none() {
-        eprintln!("SKIP: no registered-file table on this kernel");
-        return;
-    }
+    let Some(mut u) = fixed_driver() else { return };
     let (a, b) = pair();
     let rt = token(40, OpKind::Recv);
     submit(&mut u, rt, Op::Recv { fd: b.as_raw_fd() }).unwrap();
@@ -1081,11 +1084,7 @@ fn fixed_files_register_on_first_recv_and_close_really_closes() {
 
 #[test]
 fn fds_received_over_ipc_are_registered_on_first_use() {
-    let Some(mut u) = driver_with(FIXED) else { return };
-    if u.fixed.is_none() {
-        eprintln!("SKIP: no registered-file table on this kernel");
-        return;
-    }
+    let Some(mut u) = fixed_driver() else { return };
     let (ipc_a, ipc_b) = pair();
     let mt = token(41, OpKind::RecvMsg);
     submit(&mut u, mt, Op::RecvMsg { fd: ipc_b.as_raw_fd() }).unwrap();
@@ -1124,13 +1123,7 @@ fn fds_received_over_ipc_are_registered_on_first_use() {
 #[test]
 fn a_full_file_table_falls_back_to_plain_fds() {
     // Two slots: every socket here has a higher fd number, so none fits.
-    let mut u = match Uring::build(PoolConfig::default(), FIXED, 2) {
-        Ok(u) => u,
-        Err(why) => {
-            assert_ne!(std::env::var("UVRING_REQUIRE_IO_URING").as_deref(), Ok("1"), "{}", why.reason);
-            return;
-        }
-    };
+    let Some(mut u) = or_skip(Uring::build(PoolConfig::default(), FIXED, 2)) else { return };
     let (a, b) = pair();
     let rt = token(43, OpKind::Recv);
     submit(&mut u, rt, Op::Recv { fd: b.as_raw_fd() }).unwrap();
