@@ -16,6 +16,8 @@
 #   bench/compare.sh --scenarios static4k,static1m   # static files only (~1 minute)
 #
 # Options: --quick, --duration S, --repeats N, --connections C,
+#          --warmup S (seconds of each scenario's load per server before
+#          the measured rounds; default 5, --quick 1, 0 for none),
 #          COMPARE_BASE_PORT=P in the environment fixes the first port,
 #          --only REGEX (servers whose name matches), --no-install,
 #          --scenarios LIST (comma-separated, of keepalive, close,
@@ -78,19 +80,22 @@ CONNS=64
 ONLY=""
 SCENARIOS="keepalive close static4k static1m"
 SCEN_GIVEN=0
+WARMUP=5
+WARMUP_GIVEN=0
 INSTALL=1
 QUICK=0
 CMDLINE="bench/compare.sh $*"
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) DURATION=1; REPEATS=3; QUICK=1 ;;
+        --quick) DURATION=1; REPEATS=3; QUICK=1; [ "$WARMUP_GIVEN" = 1 ] || WARMUP=1 ;;
+        --warmup) WARMUP="$2"; WARMUP_GIVEN=1; shift ;;
         --duration) DURATION="$2"; shift ;;
         --repeats) REPEATS="$2"; shift ;;
         --connections) CONNS="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
         --scenarios) SCENARIOS="${2//,/ }"; SCEN_GIVEN=1; shift ;;
         --no-install) INSTALL=0 ;;
-        -h|--help) sed -n '2,68p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,70p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -369,12 +374,31 @@ for scen in $SCENARIOS; do
         if takes "$scen" "$name"; then runs_per_rep=$((runs_per_rep + 1)); fi
     done
 done
-total=$(( runs_per_rep * REPEATS * DURATION ))
+total=$(( runs_per_rep * (REPEATS * DURATION + WARMUP) ))
 log "${#NAMES[@]} servers, scenarios: $SCENARIOS; $runs_per_rep runs x $REPEATS repeats x ${DURATION}s = ~${total}s of load"
-# A short warm-up per server (JIT for node, page faults and pools for all).
-[ "$QUICK" = 1 ] || for name in "${NAMES[@]}"; do
-    timeout 10 wrk -t1 -c8 -d1s "http://127.0.0.1:${PORT_OF[$name]}/" >/dev/null 2>&1 || true
-done
+# Warm-up: every server gets each of its scenarios' own load (the same wrk
+# shape, churn included) for WARMUP seconds before the measured rounds, so
+# that a JIT (Node's V8), page faults, pools and buffers are at steady
+# state for every peer alike. Node workers that receive handles from a
+# primary need tens of thousands of connections for that (the churn
+# req/s of one fresh node-under-uvring rose 6.9k -> 7.6k -> ~9-10k over
+# three 3 s runs); an unwarmed run measures the JIT, not the server.
+if [ "$WARMUP" != 0 ]; then
+    log "warm-up: ${WARMUP}s per server and scenario"
+    for scen in $SCENARIOS; do
+        for name in "${NAMES[@]}"; do
+            takes "$scen" "$name" || continue
+            warm=()
+            [ "$scen" = close ] && warm=(-H "Connection: close")
+            path=/
+            [ "$scen" = static4k ] && path=/4k.bin
+            [ "$scen" = static1m ] && path=/1m.bin
+            timeout $((WARMUP + 15)) wrk -t2 -c"$CONNS" -d"${WARMUP}s" "${warm[@]}" \
+                "http://127.0.0.1:${PORT_OF[$name]}$path" >/dev/null 2>&1 || true
+            [ "$scen" = close ] && sleep 0.5
+        done
+    done
+fi
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 n=${#NAMES[@]}
 for rep in $(seq 1 "$REPEATS"); do
