@@ -12,10 +12,13 @@
 #
 # Options: --quick, --duration S, --repeats N, --warmup S,
 #          --client-backend epoll|io_uring|auto (default auto),
-#          --only REGEX (servers whose name matches), --no-build.
+#          --only REGEX (servers whose name matches), --no-build,
+#          --shapes CxS,... (connections x message bytes; default 1x64,64x64).
 #
 # Servers (each one thread, started once, pinned with taskset -c 1):
 #   uvring-epoll, uvring-io_uring   bench/src/bin/echo_server.rs --backend B
+#   uvring-io_uring-noringfd (registered ring fd off), -fixed (registered
+#   files on), -zc (SEND_ZC on)     the same with UVRING_IO_URING_FEATURES set
 #   tokio-ct                        bench/peers/tokio_echo (current-thread runtime)
 #   monoio                          bench/peers/monoio_echo (io_uring driver);
 #                                   skipped, with the reason, if it cannot build or start
@@ -42,6 +45,7 @@ QUICK=0
 BUILD=1
 ONLY=""
 CLIENT_BACKEND=auto
+SHAPES_ARG="1x64,64x64"
 CMDLINE="bench/echo_external.sh $*"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -51,8 +55,9 @@ while [ $# -gt 0 ]; do
         --warmup) WARMUP="$2"; shift ;;
         --client-backend) CLIENT_BACKEND="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
+        --shapes) SHAPES_ARG="$2"; shift ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "echo_external.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -138,6 +143,11 @@ start() {
 
 start uvring-epoll "$BIN/echo_server" --backend epoll
 start uvring-io_uring "$BIN/echo_server" --backend io_uring
+# io_uring with optional features switched off (UVRING_IO_URING_FEATURES,
+# see bench/RESULTS.md "io_uring to the floor"): each step's A/B in one run.
+start uvring-io_uring-noringfd /usr/bin/env UVRING_IO_URING_FEATURES=no_ring_fd "$BIN/echo_server" --backend io_uring
+start uvring-io_uring-fixed /usr/bin/env UVRING_IO_URING_FEATURES=fixed_files "$BIN/echo_server" --backend io_uring
+start uvring-io_uring-zc /usr/bin/env UVRING_IO_URING_FEATURES=send_zc "$BIN/echo_server" --backend io_uring
 start tokio-ct "$BIN/tokio_echo"
 start monoio "$BIN/monoio_echo"
 [ ${#NAMES[@]} -gt 0 ] || { log "no server came up"; exit 1; }
@@ -148,7 +158,7 @@ mkdir -p "$RESULTS"
 if [ "$QUICK" = 1 ]; then PREFIX="$RESULTS/quick-echo-external"; else PREFIX="$RESULTS/echo-external"; fi
 RUNS="$PREFIX-runs.csv"
 echo "shape,server,repeat,secs,round_trips,rate,server_cpu_s,server_cpu_us_per_rt,client_cpu_share,client_backend" >"$RUNS"
-SHAPES=("1 64" "64 64")
+IFS=, read -r -a SHAPES <<<"${SHAPES_ARG//x/ }"
 n=${#NAMES[@]}
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 for rep in $(seq 1 "$REPEATS"); do

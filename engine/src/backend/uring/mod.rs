@@ -42,6 +42,7 @@
 //!   are flushed; CQEs beyond the caller's room stay in the CQ.
 
 mod bufring;
+mod fixed;
 mod ops;
 mod setup;
 #[cfg(test)]
@@ -54,12 +55,14 @@ use super::{
 use crate::error::{Error, Result};
 use crate::sys::socket::{self, SockAddr};
 use bufring::BufRing;
+use fixed::FixedFiles;
 use io_uring::types::{self, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 use ops::{MultiKind, MultiOp, MultiState, OpTable, SlotPool, Tracked};
+pub(crate) use setup::Features;
 use std::collections::VecDeque;
 use std::mem::ManuallyDrop;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
 /// Buffer group of the provided-buffer ring (recv and recvmsg).
@@ -68,6 +71,23 @@ const BGID: u16 = 0;
 const INTERNAL: u64 = 0;
 /// CQEs copied out of the ring per batch.
 const REAP_BATCH: usize = 256;
+
+/// Builds an opcode on `fd`'s fixed slot if it has one, else on the plain
+/// fd (`$t` is the target in `$e`).
+macro_rules! on_target {
+    ($slot:expr, $fd:expr, |$t:ident| $e:expr) => {
+        match $slot {
+            Some(i) => {
+                let $t = types::Fixed(i);
+                $e
+            }
+            None => {
+                let $t = Fd($fd);
+                $e
+            }
+        }
+    };
+}
 
 pub(crate) struct Uring {
     /// Dropped by hand, first (see `Drop`): the kernel may use the buffer
@@ -105,10 +125,30 @@ pub(crate) struct Uring {
     file_ops: setup::FileOps,
     /// Time blocked in `io_uring_enter`, completions found ready.
     stats: WaitStats,
+    /// The registered file table (feature `fixed_files`).
+    fixed: Option<FixedFiles>,
+    /// The ring's registered index (feature `ring_fd`); `None`: enter by fd.
+    ring_index: Option<u32>,
+    /// `SEND_ZC` for large sends (feature `send_zc`, where probed).
+    send_zc: bool,
+    /// `SEND_ZC` sends whose notification has not come.
+    zc_inflight: usize,
 }
 
 impl Uring {
     pub fn new(cfg: PoolConfig) -> std::result::Result<Uring, Unavailable> {
+        Uring::with_features(cfg, Features::from_env())
+    }
+
+    /// As [`Uring::new`], with the optional features `want` allows (each
+    /// only if the kernel has it).
+    pub(crate) fn with_features(cfg: PoolConfig, want: Features) -> std::result::Result<Uring, Unavailable> {
+        Uring::build(cfg, want, fixed::MAX_SLOTS)
+    }
+
+    /// As [`Uring::with_features`], with a registered-file table of at most
+    /// `fixed_slots` slots.
+    fn build(cfg: PoolConfig, want: Features, fixed_slots: u32) -> std::result::Result<Uring, Unavailable> {
         let (ring, flags) = setup::build_ring()?;
         let file_ops = setup::probe(&ring)?;
         let pool = Rc::new(BufPool::new(cfg).map_err(|error| Unavailable {
@@ -139,7 +179,11 @@ impl Uring {
         let mut dgram_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         dgram_hdr.msg_namelen = RECVMSG_NAME_LEN as _;
         dgram_hdr.msg_controllen = 0;
-        let features = setup::describe(&ring, flags, cfg.count, cfg.size as usize);
+        let fixed = if want.fixed_files { FixedFiles::new(&ring, fixed_slots) } else { None };
+        let send_zc = want.send_zc && setup::has_send_zc(&ring);
+        let ring_index = if want.ring_fd { fixed::register_ring_fd(&ring) } else { None };
+        let have = Features { ring_fd: ring_index.is_some(), fixed_files: fixed.is_some(), send_zc };
+        let features = setup::describe(&ring, flags, have, cfg.count, cfg.size as usize);
         Ok(Uring {
             ring: ManuallyDrop::new(Box::new(ring)),
             bufs,
@@ -157,6 +201,10 @@ impl Uring {
             pid: std::process::id(),
             file_ops,
             stats: WaitStats::default(),
+            fixed,
+            ring_index,
+            send_zc,
+            zc_inflight: 0,
         })
     }
 
@@ -217,9 +265,11 @@ impl Uring {
         let fd = Fd(op.fd);
         match op.kind {
             MultiKind::Accept => opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK).build(),
-            MultiKind::Recv => opcode::RecvMulti::new(fd, BGID).build(),
+            MultiKind::Recv => on_target!(self.fixed_slot(op.fd), op.fd, |t| opcode::RecvMulti::new(t, BGID).build()),
             MultiKind::RecvMsg => {
-                opcode::RecvMsgMulti::new(fd, &*self.recvmsg_hdr, BGID).flags(libc::MSG_CMSG_CLOEXEC as u32).build()
+                on_target!(self.fixed_slot(op.fd), op.fd, |t| opcode::RecvMsgMulti::new(t, &*self.recvmsg_hdr, BGID)
+                    .flags(libc::MSG_CMSG_CLOEXEC as u32)
+                    .build())
             }
             MultiKind::RecvFrom => opcode::RecvMsgMulti::new(fd, &*self.recvfrom_hdr, BGID).build(),
             // Offset -1: the file position (a regular file as stdin); streams
@@ -233,6 +283,18 @@ impl Uring {
         .user_data(user_data)
     }
 
+    /// `fd`'s registered slot, if it has one.
+    fn fixed_slot(&self, fd: RawFd) -> Option<u32> {
+        self.fixed.as_ref().and_then(|f| f.lookup(fd))
+    }
+
+    /// `fd`'s registered slot, registering `fd` first if the table has room
+    /// (the first recv or send on a socket).
+    fn register_fixed(&mut self, fd: RawFd) -> Option<u32> {
+        let ring = &self.ring;
+        self.fixed.as_mut().and_then(|f| f.slot(ring, fd))
+    }
+
     /// Starts a persistent op.
     fn start_multishot(&mut self, fd: RawFd, token: Token, kind: MultiKind) -> Result<()> {
         let op = MultiOp { fd, kind, state: MultiState::InKernel, cancelled: false };
@@ -240,6 +302,9 @@ impl Uring {
             // Still in flight (its final completion has not been reported):
             // the loop reused a token, which the contract forbids.
             return Err(Error::from_errno(libc::EBUSY));
+        }
+        if matches!(kind, MultiKind::Recv | MultiKind::RecvMsg) {
+            self.register_fixed(fd);
         }
         self.ops.insert(token.0, Tracked::Multi(op));
         let entry = self.multishot_entry(&op, token.0);
@@ -258,7 +323,8 @@ impl Uring {
             let op = match self.ops.get_mut(&ud) {
                 Some(Tracked::Multi(op)) if !op.state.in_kernel() => op,
                 // Re-armed or cancelled meanwhile: no longer waiting.
-                Some(Tracked::Multi(_) | Tracked::Slot(_) | Tracked::StreamWrite { .. }) | None => {
+                Some(Tracked::Multi(_) | Tracked::Slot(_) | Tracked::StreamWrite { .. } | Tracked::ZcSend { .. })
+                | None => {
                     self.waiting.swap_remove(i);
                     continue;
                 }
@@ -296,11 +362,20 @@ impl Uring {
             ts = Timespec::from(std::time::Duration::from_millis(timeout_ms as u64));
             args = args.timespec(&ts);
         }
-        let flags = (EnterFlags::GETEVENTS | EnterFlags::EXT_ARG).bits();
         // SAFETY: `args` is an `io_uring_getevents_arg` (SubmitArgs is a
         // transparent wrapper) that, with the timespec it points at, lives
         // across the call; EXT_ARG tells the kernel to read it as such.
-        let res = unsafe { self.ring.submitter().enter(to_submit, wait as u32, flags, Some(&args)) };
+        let res = unsafe { self.enter_raw(to_submit, wait as u32, &args) };
+        let res = match res {
+            // The registered index is the creating thread's: should another
+            // thread drive the ring, enter by fd from now on.
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) && self.ring_index.is_some() => {
+                self.ring_index = None;
+                // SAFETY: as above.
+                unsafe { self.enter_raw(to_submit, wait as u32, &args) }
+            }
+            res => res,
+        };
         match res {
             Ok(_) => Ok(()),
             Err(e) => match e.raw_os_error() {
@@ -317,13 +392,38 @@ impl Uring {
         }
     }
 
+    /// `io_uring_enter` with `GETEVENTS | EXT_ARG`, naming the ring by its
+    /// registered index when it has one.
+    ///
+    /// # Safety
+    /// `args` and what it points at must live across the call.
+    unsafe fn enter_raw(&self, to_submit: u32, min_complete: u32, args: &SubmitArgs<'_, '_>) -> std::io::Result<usize> {
+        let mut flags = (EnterFlags::GETEVENTS | EnterFlags::EXT_ARG).bits();
+        let fd = match self.ring_index {
+            Some(i) => {
+                flags |= EnterFlags::REGISTERED_RING.bits();
+                i as RawFd
+            }
+            None => self.ring.as_raw_fd(),
+        };
+        let arg: *const SubmitArgs<'_, '_> = args;
+        // SAFETY: `SubmitArgs` is a transparent `io_uring_getevents_arg`;
+        // the caller keeps it (and its timespec) alive across the call.
+        unsafe {
+            fixed::enter(fd, to_submit, min_complete, flags, arg.cast(), std::mem::size_of::<SubmitArgs<'_, '_>>())
+        }
+    }
+
     /// Asks the kernel to move overflowed CQEs into the CQ (and run deferred
     /// task work) without submitting or waiting.
     fn flush_overflow(&mut self) {
         let args = SubmitArgs::new();
-        let flags = (EnterFlags::GETEVENTS | EnterFlags::EXT_ARG).bits();
         // SAFETY: as in `enter`; no timespec, no submissions, no wait.
-        let _ = unsafe { self.ring.submitter().enter(0, 0, flags, Some(&args)) };
+        let res = unsafe { self.enter_raw(0, 0, &args) };
+        if matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EBADF)) && self.ring_index.take().is_some() {
+            // SAFETY: as above.
+            let _ = unsafe { self.enter_raw(0, 0, &args) };
+        }
     }
 
     /// Translates CQEs into `out` until it is full or the CQ (including the
@@ -377,6 +477,9 @@ impl Uring {
             OpKind::RecvFrom => self.complete_multishot(token, MultiKind::RecvFrom, res, buf, more, out),
             OpKind::ReadStream => self.complete_read_stream(token, res, buf, out),
             OpKind::WriteStream => self.complete_write_stream(token, res, out),
+            OpKind::Send if self.zc_inflight > 0 && matches!(self.ops.get(&ud), Some(Tracked::ZcSend { .. })) => {
+                self.complete_send_zc(token, res, more, out)
+            }
             OpKind::Send | OpKind::SendTo | OpKind::Connect => {
                 if self.slots.in_use() > 0 {
                     if let Some(Tracked::Slot(i)) = self.ops.get(&ud).copied() {
@@ -427,7 +530,7 @@ impl Uring {
         let op = match self.ops.get_mut(&token.0) {
             Some(Tracked::Multi(op)) => op,
             // No persistent op under this token: report the end as it came.
-            Some(Tracked::Slot(_) | Tracked::StreamWrite { .. }) | None => {
+            Some(Tracked::Slot(_) | Tracked::StreamWrite { .. } | Tracked::ZcSend { .. }) | None => {
                 self.emit(out, Completion { token, res, buf, more: false });
                 return;
             }
@@ -508,6 +611,34 @@ impl Uring {
         self.emit(out, Completion { token, res, buf: None, more: false });
     }
 
+    /// A `SEND_ZC` CQE: the result (`F_MORE`: a notification follows) is
+    /// kept until the notification says the kernel is done with the data;
+    /// then the send completes. A socket that cannot send zero-copy (not
+    /// TCP) answers `EOPNOTSUPP`: the send is made again as a plain `SEND`
+    /// (the data is still lent: its completion has not been reported).
+    fn complete_send_zc(&mut self, token: Token, res: i32, more: bool, out: &mut Vec<Completion>) {
+        let Some(Tracked::ZcSend { fd, ptr, len, sent }) = self.ops.get_mut(&token.0) else { return };
+        if more {
+            *sent = Some(res);
+            return;
+        }
+        let res = sent.unwrap_or(res);
+        let (fd, ptr, len) = (*fd, *ptr as *const u8, *len);
+        self.ops.remove(&token.0);
+        self.zc_inflight -= 1;
+        if res == -libc::EOPNOTSUPP {
+            let entry = on_target!(self.fixed_slot(fd), fd, |t| opcode::Send::new(t, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build())
+            .user_data(token.0);
+            // SAFETY: the data is still lent (this send's completion has not
+            // been reported), as when it was first submitted.
+            unsafe { self.push_op(entry) };
+            return;
+        }
+        self.emit(out, Completion { token, res, buf: None, more: false });
+    }
+
     /// Whether buffer `id` holds a recvmsg record of `res` bytes with no
     /// payload and no control data.
     fn recvmsg_is_eof(&self, id: u16, res: i32) -> bool {
@@ -531,12 +662,19 @@ impl Uring {
         if iov.len() > MAX_IOV || fds.len() > socket::MAX_FDS_PER_MSG {
             return Err(Error::EINVAL);
         }
+        let fixed = self.register_fixed(fd);
         if iov.len() == 1 && fds.is_empty() {
             let len = u32::try_from(iov[0].iov_len).unwrap_or(u32::MAX);
-            let entry = opcode::Send::new(Fd(fd), iov[0].iov_base as *const u8, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(token.0);
+            let ptr = iov[0].iov_base as *const u8;
+            let entry = if self.send_zc && iov[0].iov_len >= setup::SEND_ZC_MIN {
+                let prev = self.ops.insert(token.0, Tracked::ZcSend { fd, ptr: ptr as usize, len, sent: None });
+                debug_assert!(prev.is_none(), "{token:?} submitted while in flight");
+                self.zc_inflight += 1;
+                on_target!(fixed, fd, |t| opcode::SendZc::new(t, ptr, len).flags(libc::MSG_NOSIGNAL).build())
+            } else {
+                on_target!(fixed, fd, |t| opcode::Send::new(t, ptr, len).flags(libc::MSG_NOSIGNAL).build())
+            }
+            .user_data(token.0);
             // SAFETY: the data is the caller's, valid until the completion
             // (this function's contract); nothing else is pointed at.
             unsafe { self.push_op(entry) };
@@ -560,7 +698,9 @@ impl Uring {
             slot.msg.msg_control = slot.control.as_mut_ptr().cast();
             slot.msg.msg_controllen = socket::cmsg_space(std::mem::size_of_val(fds)) as _;
         }
-        let entry = opcode::SendMsg::new(Fd(fd), &slot.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(token.0);
+        let msg: *const libc::msghdr = &slot.msg;
+        let entry = on_target!(fixed, fd, |t| opcode::SendMsg::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build())
+            .user_data(token.0);
         let prev = self.ops.insert(token.0, Tracked::Slot(i));
         debug_assert!(prev.is_none(), "{token:?} submitted while in flight");
         // SAFETY: the header, iovec copy and control message live in boxed
@@ -822,8 +962,13 @@ impl Driver for Uring {
         }
     }
 
-    fn deregister(&mut self, _fd: RawFd) {
-        // Nothing is registered per fd: ops name the fd in each SQE.
+    fn deregister(&mut self, fd: RawFd) {
+        // Empty the fd's registered slot, if it has one, so that the close
+        // that follows really closes; nothing else is registered per fd.
+        let ring = &self.ring;
+        if let Some(f) = self.fixed.as_mut() {
+            f.release(ring, fd);
+        }
     }
 
     fn poll(&mut self, timeout_ms: i64, out: &mut Vec<Completion>) -> Result<()> {
@@ -926,6 +1071,15 @@ impl Drop for Uring {
             }
         }
         let _ = self.ring.submitter().unregister_buf_ring(BGID);
+        // Registered files would stay open until the ring's (asynchronous)
+        // teardown; the thread's registration of the ring fd would keep the
+        // ring itself alive until the thread exits.
+        if self.fixed.take().is_some() {
+            let _ = self.ring.submitter().unregister_files();
+        }
+        if let Some(i) = self.ring_index.take() {
+            fixed::unregister_ring_fd(&self.ring, i);
+        }
         // SAFETY: dropped exactly once, here; nothing uses `ring` afterwards.
         // Fields (buffer ring, pool, slots, recvmsg template) are dropped
         // after this body returns, once the kernel has let go of them.

@@ -101,6 +101,15 @@ pub(super) enum Tracked {
         polling: bool,
         cancelled: bool,
     },
+    /// A `SEND_ZC` of `len` bytes at `ptr` (kept to resend it plainly if
+    /// the socket cannot send zero-copy); `sent`: its result, once its
+    /// first CQE came (the notification is the last).
+    ZcSend {
+        fd: RawFd,
+        ptr: usize,
+        len: u32,
+        sent: Option<i32>,
+    },
 }
 
 /// Stable per-op storage for what the kernel reads after the submit call

@@ -81,6 +81,78 @@ impl SetupFlags {
     }
 }
 
+/// The optional kernel features the backend uses for network I/O (issue
+/// 13's "io_uring to the floor"), each with a runtime switch so one
+/// benchmark run can compare with and without it (bench/RESULTS.md).
+///
+/// `UVRING_IO_URING_FEATURES` is a comma-separated list of names, each
+/// turning a feature on, or off with a `no_` prefix: `ring_fd`,
+/// `fixed_files`, `send_zc`. Unnamed features keep their default (only
+/// `ring_fd` on: in the external echo benchmark neither fixed files nor
+/// `SEND_ZC` paid, see bench/RESULTS.md); unknown names are ignored. A
+/// feature the kernel refuses is dropped at setup (the ring works without
+/// it).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Features {
+    /// `IORING_REGISTER_RING_FDS`: enters name the ring by its registered
+    /// index, not its fd (no fd lookup per `io_uring_enter`).
+    pub ring_fd: bool,
+    /// A sparse registered-file table; a socket's recv and send ops use its
+    /// fixed slot (no `fget`/`fput` per op). See `FixedFiles`.
+    pub fixed_files: bool,
+    /// `SEND_ZC` for one-iovec sends of at least [`SEND_ZC_MIN`] bytes.
+    pub send_zc: bool,
+}
+
+/// Smallest send `SEND_ZC` is used for (when the feature is on): below
+/// this, pinning pages and the second (notification) CQE cost more than
+/// the copy they save.
+pub(crate) const SEND_ZC_MIN: usize = 16 * 1024;
+
+impl Default for Features {
+    fn default() -> Features {
+        Features { ring_fd: true, fixed_files: false, send_zc: false }
+    }
+}
+
+impl Features {
+    /// The defaults, changed by `UVRING_IO_URING_FEATURES` if set.
+    pub(crate) fn from_env() -> Features {
+        match std::env::var("UVRING_IO_URING_FEATURES") {
+            Ok(list) => Features::parse(&list),
+            Err(_) => Features::default(),
+        }
+    }
+
+    /// Applies a comma-separated list of (`no_`-prefixed) names to the
+    /// defaults.
+    pub(crate) fn parse(list: &str) -> Features {
+        let mut f = Features::default();
+        for item in list.split(',').map(str::trim) {
+            let (on, name) = match item.strip_prefix("no_") {
+                Some(rest) => (false, rest),
+                None => (true, item),
+            };
+            match name {
+                "ring_fd" => f.ring_fd = on,
+                "fixed_files" => f.fixed_files = on,
+                "send_zc" => f.send_zc = on,
+                _ => {}
+            }
+        }
+        f
+    }
+
+    pub(crate) fn describe(&self, out: &mut String) {
+        for (on, name) in [(self.ring_fd, "ring_fd"), (self.fixed_files, "fixed_files"), (self.send_zc, "send_zc")] {
+            if on {
+                out.push('+');
+                out.push_str(name);
+            }
+        }
+    }
+}
+
 fn unavailable(errno: i32, reason: String) -> Unavailable {
     let error = if errno > 0 { Error::from_errno(errno) } else { Error::BACKEND_UNAVAILABLE };
     Unavailable { error, reason }
@@ -251,12 +323,25 @@ pub(super) fn probe(ring: &IoUring) -> Result<FileOps, Unavailable> {
     Ok(file_ops)
 }
 
+/// Whether the kernel has `SEND_ZC` (6.0).
+pub(super) fn has_send_zc(ring: &IoUring) -> bool {
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe).is_ok() && probe.is_supported(opcode::SendZc::CODE)
+}
+
 /// A one-line description of the ring as set up, for diagnostics.
-pub(super) fn describe(ring: &IoUring, flags: SetupFlags, pool_count: u16, pool_size: usize) -> String {
+pub(super) fn describe(
+    ring: &IoUring,
+    flags: SetupFlags,
+    features: Features,
+    pool_count: u16,
+    pool_size: usize,
+) -> String {
     let mut s = String::with_capacity(160);
     let p = ring.params();
     let _ = write!(s, "io_uring sq={} cq={} ", p.sq_entries(), p.cq_entries());
     flags.describe(&mut s);
+    features.describe(&mut s);
     let _ = write!(s, "; bufring {pool_count}x{pool_size}B");
     s
 }

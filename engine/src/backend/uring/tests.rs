@@ -9,7 +9,7 @@ use super::super::{
     parse_record, parse_recvmsg, Backend, Completion, Driver, Op, OpKind, PoolConfig, RecordLayout, Token,
     RECVMSG_CONTROL_LEN,
 };
-use super::Uring;
+use super::{Features, Uring};
 use crate::sys::socket::SockAddr;
 use crate::sys::{self, socket};
 use std::io::Write;
@@ -18,7 +18,18 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 fn driver(cfg: PoolConfig) -> Option<Uring> {
-    match Uring::new(cfg) {
+    or_skip(Uring::new(cfg))
+}
+
+/// As `driver`, with the optional features `want` allows.
+fn driver_with(want: Features) -> Option<Uring> {
+    or_skip(Uring::with_features(PoolConfig::default(), want))
+}
+
+/// The driver, or `None` after printing why io_uring is unavailable (a
+/// failure under `UVRING_REQUIRE_IO_URING=1`).
+fn or_skip(res: Result<Uring, super::super::Unavailable>) -> Option<Uring> {
+    match res {
         Ok(u) => Some(u),
         Err(why) => {
             if std::env::var("UVRING_REQUIRE_IO_URING").as_deref() == Ok("1") {
@@ -342,6 +353,8 @@ fn send_with_fds_and_recvmsg_receives_them_cloexec() {
         sys::close(fd);
     }
 
+    // As the loop does before a close (the send may have registered it).
+    u.deregister(a.as_raw_fd());
     drop(a);
     let end = wait_for(&mut u, rt, 1);
     assert_eq!((end[0].res, end[0].buf, end[0].more), (0, None, false), "recvmsg EOF is res 0, final");
@@ -991,4 +1004,176 @@ fn many_datagrams_in_flight_on_a_full_socket_each_complete_once() {
     assert_eq!(sorted, tokens, "each send completed exactly once");
     got.sort_unstable();
     assert_eq!(got, (0..N as u64).collect::<Vec<_>>(), "each datagram arrived once");
+}
+
+/// Every feature on but `SEND_ZC`.
+const FIXED: Features = Features { ring_fd: true, fixed_files: true, send_zc: false };
+
+/// A driver with a registered-file table, or `None` (after saying why).
+fn fixed_driver() -> Option<Uring> {
+    let u = driver_with(FIXED)?;
+    if u.fixed.is_none() {
+        eprintln!("SKIP: no registered-file table on this kernel");
+        return None;
+    }
+    Some(u)
+}
+
+/// Registered sockets in `u`'s file table.
+fn fixed_count(u: &Uring) -> usize {
+    u.fixed.as_ref().map_or(0, |f| f.count())
+}
+
+/// Echoes `msg` from `a` through a recv on `b` (armed by the caller as
+/// `rt`), returning the bytes received.
+fn recv_once(u: &mut Uring, rt: Token, a: RawFd, msg: &[u8]) -> Vec<u8> {
+    let iov = [libc::iovec { iov_base: msg.as_ptr() as *mut _, iov_len: msg.len() }];
+    let st = Token::new(rt.index(), rt.generation() + 1, OpKind::Send);
+    // SAFETY: `msg` outlives the send's completion (awaited below).
+    unsafe { u.submit(st, Op::Send { fd: a, iov: &iov, fds: &[] }).unwrap() };
+    assert_eq!(wait_for(u, st, 1)[0].res, msg.len() as i32);
+    let c = wait_for(u, rt, 1)[0];
+    let mut got = Vec::new();
+    take_bytes(u, &c, &mut got);
+    got
+}
+
+/// Ends recv `rt` on `fd`, empties its slot and closes it, as the loop does.
+fn end_and_close(u: &mut Uring, rt: Token, fd: OwnedFd) {
+    u.cancel(fd.as_raw_fd(), rt);
+    let end = wait_for(u, rt, 1);
+    assert!(!end[0].more, "{end:?}");
+    u.deregister(fd.as_raw_fd());
+    drop(fd);
+}
+
+/// Whether the peer of a closed socket sees EOF (the close really closed).
+fn sees_eof(peer: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: peer.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the call.
+    let n = unsafe { libc::poll(&mut p, 1, 5000) };
+    let mut buf = [0u8; 8];
+    n == 1 && sys::read(peer.as_raw_fd(), &mut buf).ok() == Some(0)
+}
+
+#[test]
+fn features_parse_from_a_list() {
+    let d = Features::default();
+    assert_eq!(Features::parse(""), d);
+    assert_eq!(
+        Features::parse("no_ring_fd, fixed_files,send_zc,bogus"),
+        Features { ring_fd: false, fixed_files: true, send_zc: true }
+    );
+    assert_eq!(Features::parse("send_zc,no_send_zc"), d);
+}
+
+#[test]
+fn fixed_files_register_on_first_recv_and_close_really_closes() {
+    let Some(mut u) = fixed_driver() else { return };
+    let (a, b) = pair();
+    let rt = token(40, OpKind::Recv);
+    submit(&mut u, rt, Op::Recv { fd: b.as_raw_fd() }).unwrap();
+    // b by its recv, a by its send.
+    assert_eq!(recv_once(&mut u, rt, a.as_raw_fd(), b"fixed"), b"fixed");
+    assert_eq!(fixed_count(&u), 2);
+    assert_eq!(recv_once(&mut u, rt, a.as_raw_fd(), b"again"), b"again");
+    end_and_close(&mut u, rt, b);
+    assert_eq!(fixed_count(&u), 1);
+    assert!(sees_eof(&a), "a socket closed after deregister must be closed, not held by the table");
+}
+
+#[test]
+fn fds_received_over_ipc_are_registered_on_first_use() {
+    let Some(mut u) = fixed_driver() else { return };
+    let (ipc_a, ipc_b) = pair();
+    let mt = token(41, OpKind::RecvMsg);
+    submit(&mut u, mt, Op::RecvMsg { fd: ipc_b.as_raw_fd() }).unwrap();
+    let (conn, peer) = pair();
+    let msg = b"fd".to_vec();
+    let iov = [libc::iovec { iov_base: msg.as_ptr() as *mut _, iov_len: msg.len() }];
+    let st = token(41, OpKind::Send);
+    // SAFETY: `msg` and `conn` outlive the send's completion (awaited).
+    unsafe { u.submit(st, Op::Send { fd: ipc_a.as_raw_fd(), iov: &iov, fds: &[conn.as_raw_fd()] }).unwrap() };
+    assert_eq!(wait_for(&mut u, st, 1)[0].res, 2);
+    drop(conn);
+    let c = wait_for(&mut u, mt, 1)[0];
+    let id = c.buf.unwrap();
+    let mut received = Vec::new();
+    {
+        // SAFETY: the completion lent buffer `id` until recycle.
+        let rec = parse_recvmsg(unsafe { u.pool().slice(id, c.res as usize) }).unwrap();
+        socket::for_each_rights_fd(rec.control, |fd| received.push(fd));
+    }
+    u.recycle(id);
+    assert_eq!(received.len(), 1);
+    // SAFETY: the fd just arrived and nothing else owns it.
+    let got = unsafe { sys::owned(received[0]) };
+    let got_fd = got.as_raw_fd();
+    let slot = |u: &Uring| u.fixed.as_ref().and_then(|f| f.lookup(got_fd));
+    assert_eq!(slot(&u), None);
+    let rt = token(42, OpKind::Recv);
+    submit(&mut u, rt, Op::Recv { fd: got_fd }).unwrap();
+    assert_eq!(slot(&u), Some(got_fd as u32), "the received fd is registered by its first recv");
+    assert_eq!(recv_once(&mut u, rt, peer.as_raw_fd(), b"over ipc"), b"over ipc");
+    end_and_close(&mut u, rt, got);
+    assert_eq!(slot(&u), None, "deregister empties the slot");
+    assert!(sees_eof(&peer));
+}
+
+#[test]
+fn a_full_file_table_falls_back_to_plain_fds() {
+    // Two slots: every socket here has a higher fd number, so none fits.
+    let Some(mut u) = or_skip(Uring::build(PoolConfig::default(), FIXED, 2)) else { return };
+    let (a, b) = pair();
+    let rt = token(43, OpKind::Recv);
+    submit(&mut u, rt, Op::Recv { fd: b.as_raw_fd() }).unwrap();
+    assert_eq!(recv_once(&mut u, rt, a.as_raw_fd(), b"plain"), b"plain");
+    assert_eq!(fixed_count(&u), 0);
+    end_and_close(&mut u, rt, b);
+    assert!(sees_eof(&a));
+}
+
+#[test]
+fn every_feature_off_still_works() {
+    let off = Features { ring_fd: false, fixed_files: false, send_zc: false };
+    let Some(mut u) = driver_with(off) else { return };
+    assert!(u.fixed.is_none() && u.ring_index.is_none());
+    assert!(!u.features().contains("fixed_files") && !u.features().contains("ring_fd"), "{}", u.features());
+    let (a, b) = pair();
+    let rt = token(44, OpKind::Recv);
+    submit(&mut u, rt, Op::Recv { fd: b.as_raw_fd() }).unwrap();
+    assert_eq!(recv_once(&mut u, rt, a.as_raw_fd(), b"off"), b"off");
+    end_and_close(&mut u, rt, b);
+    assert!(sees_eof(&a));
+}
+
+#[test]
+fn send_zc_completes_once_on_tcp_and_falls_back_on_unix_sockets() {
+    let Some(mut u) = driver_with(Features { send_zc: true, ..FIXED }) else { return };
+    if !u.send_zc {
+        eprintln!("SKIP: no SEND_ZC on this kernel");
+        return;
+    }
+    let big = vec![5u8; 64 * 1024];
+    let iov = [libc::iovec { iov_base: big.as_ptr() as *mut _, iov_len: big.len() }];
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let (ua, ub) = pair();
+    for (i, fd) in [tcp.as_raw_fd(), ua.as_raw_fd()].into_iter().enumerate() {
+        let t = token(45 + i, OpKind::Send);
+        // SAFETY: `big` outlives the send's completion (awaited below).
+        unsafe { u.submit(t, Op::Send { fd, iov: &iov, fds: &[] }).unwrap() };
+        let cs = wait_for(&mut u, t, 1);
+        assert!(cs[0].res > 0 && !cs[0].more, "{cs:?}");
+        let mut all = Vec::new();
+        poll_until(&mut u, &mut all, |_| true);
+        assert!(all.iter().all(|c| c.token != t), "one completion per send: {all:?}");
+    }
+    let mut buf = [0u8; 16];
+    server.set_nonblocking(false).unwrap();
+    std::io::Read::read_exact(&mut server, &mut buf).unwrap();
+    assert_eq!(buf, [5u8; 16]);
+    let n = sys::read(ub.as_raw_fd(), &mut buf).unwrap();
+    assert_eq!(&buf[..n], &[5u8; 16][..n]);
 }
