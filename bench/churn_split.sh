@@ -5,6 +5,9 @@
 #   bench/churn_split.sh                 # rr epoll, rr io_uring, reuseport epoll, nginx; 5 s x 3 rounds
 #   bench/churn_split.sh --strace        # also syscalls per connection per process (strace -c, 3 s)
 #   bench/churn_split.sh --duration 5 --repeats 5 --only 'rr-epoll|nginx'
+#   bench/churn_split.sh --servers "node-rr node-under-uvring node-shared" --warmup 10 --repeats 5
+#                                        # Node's own rr/shared against unchanged Node
+#                                        # workers under uvring's primary (uvring-node)
 #
 # Mode: external load generator (wrk -t2 -c64 -H "Connection: close", its
 # own process, sharing the 2 cores, unpinned), as bench/compare.sh. Every
@@ -21,7 +24,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-DURATION=5; REPEATS=3; ONLY=""; STRACE=0
+DURATION=5; REPEATS=3; ONLY=""; STRACE=0; WARMUP=1
 SERVERS="rr-epoll rr-io_uring reuseport-epoll nginx"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -30,7 +33,8 @@ while [ $# -gt 0 ]; do
         --only) ONLY="$2"; shift ;;
         --servers) SERVERS="$2"; shift ;;
         --strace) STRACE=1 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        --warmup) WARMUP="$2"; shift ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "churn_split.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -41,6 +45,7 @@ for t in wrk curl python3; do command -v $t >/dev/null || { log "needs $t"; exit
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 (cd "$ROOT" && cargo build -q --release -p uvring-cluster --example hello_cluster && cargo build -q --release -p uvring-bench --bin proc_tree)
+if [[ " $SERVERS " == *" node-under-uvring"* ]]; then (cd "$ROOT" && cargo build -q --release -p uvring-cluster --bin uvring-node); fi
 HELLO="$TARGET_DIR/release/examples/hello_cluster"
 PT="$TARGET_DIR/release/proc_tree"
 TMP="$(mktemp -d)"
@@ -80,6 +85,13 @@ http {
 }
 NGX
         setsid "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;" >"$TMP/$name.log" 2>&1 &
+    elif [ "$base" = node-rr ] || [ "$base" = node-shared ]; then
+        # Node's own cluster (bench/compare/node_cluster.js), 2 workers.
+        pol=rr; [ "$base" = node-shared ] && pol=none
+        setsid env "${envset[@]}" NODE_CLUSTER_SCHED_POLICY="$pol" node "$HERE/compare/node_cluster.js" --workers 2 --port "$PORT" >"$TMP/$name.log" 2>&1 &
+    elif [ "$base" = node-under-uvring ]; then
+        # The same unchanged Node workers under uvring's primary (rr).
+        setsid env "${envset[@]}" "$TARGET_DIR/release/uvring-node" --workers 2 "$HERE/compare/node_cluster.js" --port "$PORT" >"$TMP/$name.log" 2>&1 &
     else
         policy="${base%%-*}"; backend="${base#*-}"
         setsid env "${envset[@]}" "$HELLO" --workers 2 --policy "$policy" --backend "$backend" --port "$PORT" >"$TMP/$name.log" 2>&1 &
@@ -94,8 +106,8 @@ NGX
 done
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 RUNS="$TMP/runs.txt"; : >"$RUNS"
-# warm-up: 1 s of the load each
-for n in "${NAMES[@]}"; do wrk -t2 -c64 -d1 -H 'Connection: close' "http://127.0.0.1:${PORT_OF[$n]}/" >/dev/null; done
+# warm-up: WARMUP s of the load each (Node's JIT needs ~10 s of churn)
+for n in "${NAMES[@]}"; do wrk -t2 -c64 -d"$WARMUP" -H 'Connection: close' "http://127.0.0.1:${PORT_OF[$n]}/" >/dev/null; done
 for r in $(seq 1 "$REPEATS"); do
     k=${#NAMES[@]}
     for i in $(seq 0 $((k - 1))); do
