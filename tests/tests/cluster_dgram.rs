@@ -71,7 +71,7 @@ fn worker_fds(lp: &mut Loop<Cluster>, c: &mut Cluster, ids: &[WorkerId]) -> Vec<
 
 // Four workers bind the same UDP port (port 0: the primary picks one
 // for all) and share 10,000 datagrams from eight paced clients: every
-// datagram is answered, each worker answers at least 10 % of them.
+// datagram is answered and every worker answers some of them.
 // Then the workers close their sockets: the primary closes its copy
 // (the port is free again), and the fds are back where they were.
 fn share_a_udp_port(lp: &mut Loop<Cluster>, policy: SchedPolicy) {
@@ -88,8 +88,13 @@ fn share_a_udp_port(lp: &mut Loop<Cluster>, policy: SchedPolicy) {
     let counts: Vec<usize> = workers.iter().map(|w| ids.iter().filter(|i| *i == w).count()).collect();
     eprintln!("{policy:?}: datagrams per worker {counts:?}");
     assert_eq!(counts.iter().sum::<usize>(), DATAGRAMS, "every datagram answered by a worker");
+    // One socket for every worker: which reader the kernel wakes for a
+    // datagram depends on who is waiting, that is on the CPU time each
+    // worker gets (on a quiet machine each takes 17-30 %; a crowded one
+    // has starved a worker to 6 %). So the test asserts that every worker
+    // took part, not a share (speed is for benchmarks).
     for &n in &counts {
-        assert!(n * 10 >= DATAGRAMS, "each worker takes at least 10 %: {counts:?}");
+        assert!(n > 0, "every worker answers some datagrams: {counts:?}");
     }
     assert_eq!(worker_fds(lp, &mut c, &workers), fds_before, "worker fds back to baseline");
 
