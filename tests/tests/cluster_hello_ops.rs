@@ -111,13 +111,16 @@ fn log_reopen_and_captured_output_io_uring() {
 }
 
 /// A free port below 1024 on 127.0.0.1 (none: `None`).
-fn free_privileged_port() -> Option<u16> {
-    (900..1024).rev().find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+/// A free port in `range`: each test has its own range, since the tests run
+/// in parallel and a probe says nothing about a port another test is about
+/// to bind (both once took 1023: the second cluster's bind failed).
+fn free_privileged_port(range: std::ops::Range<u16>) -> Option<u16> {
+    range.rev().find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// Run as root, the primary binds a privileged port and its workers serve
 /// it as nobody (uid and gid 65534), under `rr` and `shared`.
-fn privileged_port_unprivileged_workers(backend: &str, policy: &str) {
+fn privileged_port_unprivileged_workers(backend: &str, policy: &str, ports: std::ops::Range<u16>) {
     if backend == "io_uring" && !io_uring_available() {
         return;
     }
@@ -135,7 +138,7 @@ fn privileged_port_unprivileged_workers(backend: &str, policy: &str) {
         eprintln!("SKIP privileged_port_unprivileged_workers: {} is not executable by others", hello.display());
         return;
     }
-    let Some(port) = free_privileged_port() else {
+    let Some(port) = free_privileged_port(ports) else {
         eprintln!("SKIP privileged_port_unprivileged_workers: no free port below 1024");
         return;
     };
@@ -153,10 +156,10 @@ fn privileged_port_unprivileged_workers(backend: &str, policy: &str) {
 
 #[test]
 fn privileged_port_unprivileged_workers_rr_epoll() {
-    privileged_port_unprivileged_workers("epoll", "rr");
+    privileged_port_unprivileged_workers("epoll", "rr", 900..962);
 }
 
 #[test]
 fn privileged_port_unprivileged_workers_shared_io_uring() {
-    privileged_port_unprivileged_workers("io_uring", "shared");
+    privileged_port_unprivileged_workers("io_uring", "shared", 962..1024);
 }
