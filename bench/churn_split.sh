@@ -23,6 +23,8 @@
 # new run interleaved in one invocation.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 ROOT="$(cd "$HERE/.." && pwd)"
 DURATION=5; REPEATS=3; ONLY=""; STRACE=0; WARMUP=1
 SERVERS="rr-epoll rr-io_uring reuseport-epoll nginx"
@@ -68,22 +70,7 @@ for spec in $SERVERS; do
     base="${name%%-old}"; base="${base%%-new}"; base="${base%%-ab*}"
     PORT=$((PORT + 1))
     if [ "$name" = nginx ]; then
-        mkdir -p "$TMP/nginx"
-        cat >"$TMP/nginx/nginx.conf" <<NGX
-worker_processes 2;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    server { listen 127.0.0.1:$PORT; default_type text/plain; location / { return 200 "hello world"; } }
-}
-NGX
+        nginx_hello_conf "$TMP/nginx" "$PORT" 2 4096
         setsid "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;" >"$TMP/$name.log" 2>&1 &
     elif [ "$base" = node-rr ] || [ "$base" = node-shared ]; then
         # Node's own cluster (bench/compare/node_cluster.js), 2 workers.

@@ -71,6 +71,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 ROOT="$(cd "$HERE/.." && pwd)"
 RESULTS="$HERE/results"
 
@@ -216,28 +218,8 @@ declare -A PORT_OF PID_OF
 
 # nginx_conf PORT: (re)writes nginx's config for that port.
 nginx_conf() {
-    mkdir -p "$TMP/nginx"
-    cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes 2;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    server {
-        listen 127.0.0.1:$1;
-        default_type text/plain;
-        location / { return 200 "hello world"; }
-        location ~ \.bin\$ { root $SITE; sendfile on; tcp_nopush on; }
-    }
-}
-EOF
+    nginx_hello_conf "$TMP/nginx" "$1" 2 4096 "" "keepalive_requests 100000000;" \
+        "location ~ \.bin\$ { root $SITE; sendfile on; tcp_nopush on; }"
 }
 
 # start NAME CMD...: starts a server in its own session with its output in

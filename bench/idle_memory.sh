@@ -46,6 +46,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 ROOT="$(cd "$HERE/.." && pwd)"
 RESULTS="$HERE/results"
 
@@ -162,29 +164,8 @@ NEXT_PORT=$(( 10000 + RANDOM % SPAN ))
 SUBNET=0
 
 nginx_conf() {
-    mkdir -p "$TMP/nginx"
-    cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes $WORKERS;
-worker_rlimit_nofile $FDS;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections $((N + 1024)); }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 600s;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    server {
-        listen 127.0.0.1:$1;
-        default_type text/plain;
-        location / { return 200 "hello world"; }
-    }
-}
-EOF
+    nginx_hello_conf "$TMP/nginx" "$1" "$WORKERS" $((N + 1024)) "worker_rlimit_nofile $FDS;" \
+        "keepalive_requests 100000000; keepalive_timeout 600s;"
 }
 
 rss_of() { "$BIN/proc_tree" "$1" | sed -E 's/.*rss_bytes=([0-9]+).*/\1/'; }
