@@ -131,6 +131,27 @@ fn burst(lp: &mut Loop<Echo>, d: &mut Echo, more: u64) {
     run_until_with(lp, d, LIMIT, |_, d| d.done == target);
 }
 
+/// Opens `CONNECTIONS` clients to `addr` and runs until every one is
+/// connected and accepted (`d.accepted` is empty before).
+fn connect_clients(lp: &mut Loop<Echo>, d: &mut Echo, addr: SocketAddr, on_connect: &OnConnect<Echo, TcpStream>) {
+    d.connected = 0;
+    for i in 0..CONNECTIONS {
+        let sock = lp.tcp_init().unwrap();
+        let c = lp.tcp_connect(sock, addr, on_connect).unwrap();
+        lp.set_data(c, i).unwrap();
+        d.clients.push(Client { stream: c, got: 0 });
+    }
+    run_until_with(lp, d, LIMIT, |_, d| d.connected == CONNECTIONS && d.accepted.len() == CONNECTIONS);
+}
+
+/// Closes every client and runs until the server's end of each is gone.
+fn close_clients(lp: &mut Loop<Echo>, d: &mut Echo) {
+    for c in &d.clients {
+        lp.close(c.stream, None).unwrap();
+    }
+    run_until_with(lp, d, LIMIT, |lp, d| d.accepted.iter().all(|c| !lp.is_live(*c)));
+}
+
 /// Churn: `n` more client connections, at most 8 at a time: connect,
 /// one byte each way, close on both sides.
 fn churn(lp: &mut Loop<Echo>, d: &mut Echo, addr: SocketAddr, on_connect: &OnConnect<Echo, TcpStream>, n: u64) {
@@ -206,13 +227,7 @@ both_backends! {
             lp.read_start(s, &on_client_read).unwrap();
             d.connected += 1;
         });
-        for i in 0..CONNECTIONS {
-            let sock = lp.tcp_init().unwrap();
-            let c = lp.tcp_connect(sock, addr, &on_connect).unwrap();
-            lp.set_data(c, i).unwrap();
-            d.clients.push(Client { stream: c, got: 0 });
-        }
-        run_until_with(lp, &mut d, LIMIT, |_, d| d.connected == CONNECTIONS && d.accepted.len() == CONNECTIONS);
+        connect_clients(lp, &mut d, addr, &on_connect);
 
         // Warm-up: buffers, queues and tables reach their working sizes.
         burst(lp, &mut d, 3_000);
@@ -221,10 +236,7 @@ both_backends! {
         assert!(d.clients.iter().all(|c| c.got == 0), "every echo complete");
         assert_eq!(allocations, 0, "heap allocations during 10,000 echo round trips over {CONNECTIONS} connections");
 
-        for c in &d.clients {
-            lp.close(c.stream, None).unwrap();
-        }
-        run_until_with(lp, &mut d, LIMIT, |lp, d| d.accepted.iter().all(|c| !lp.is_live(*c)));
+        close_clients(lp, &mut d);
         lp.close(server, None).unwrap();
         assert!(!lp.run(RunMode::Default, &mut d).unwrap());
     }
@@ -245,31 +257,18 @@ both_backends! {
             d.connected += 1;
         });
         let open_idle = |lp: &mut Loop<Echo>, d: &mut Echo| {
-            d.connected = 0;
-            for i in 0..CONNECTIONS {
-                let sock = lp.tcp_init().unwrap();
-                let c = lp.tcp_connect(sock, addr, &on_connect).unwrap();
-                lp.set_data(c, i).unwrap();
-                d.clients.push(Client { stream: c, got: 0 });
-            }
-            run_until_with(lp, d, LIMIT, |_, d| d.connected == CONNECTIONS && d.accepted.len() == CONNECTIONS);
+            connect_clients(lp, d, addr, &on_connect);
             burst(lp, d, CONNECTIONS as u64);
         };
         open_idle(lp, &mut d);
-        for c in &d.clients {
-            lp.close(c.stream, None).unwrap();
-        }
-        run_until_with(lp, &mut d, LIMIT, |lp, d| d.accepted.iter().all(|c| !lp.is_live(*c)));
+        close_clients(lp, &mut d);
         d.clients.clear();
         d.accepted.clear();
         let allocations = allocations_in(|| open_idle(lp, &mut d));
         assert_eq!(d.done, 2 * CONNECTIONS as u64);
         assert!(d.accepted.iter().all(|c| lp.is_live(*c)), "the idle connections stay open");
         assert_eq!(allocations, 0, "heap allocations while {CONNECTIONS} connections opened, echoed once and went idle");
-        for c in &d.clients {
-            lp.close(c.stream, None).unwrap();
-        }
-        run_until_with(lp, &mut d, LIMIT, |lp, d| d.accepted.iter().all(|c| !lp.is_live(*c)));
+        close_clients(lp, &mut d);
         lp.close(server, None).unwrap();
         assert!(!lp.run(RunMode::Default, &mut d).unwrap());
     }
