@@ -366,16 +366,6 @@ impl Uring {
         // transparent wrapper) that, with the timespec it points at, lives
         // across the call; EXT_ARG tells the kernel to read it as such.
         let res = unsafe { self.enter_raw(to_submit, wait as u32, &args) };
-        let res = match res {
-            // The registered index is the creating thread's: should another
-            // thread drive the ring, enter by fd from now on.
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) && self.ring_index.is_some() => {
-                self.ring_index = None;
-                // SAFETY: as above.
-                unsafe { self.enter_raw(to_submit, wait as u32, &args) }
-            }
-            res => res,
-        };
         match res {
             Ok(_) => Ok(()),
             Err(e) => match e.raw_os_error() {
@@ -393,11 +383,39 @@ impl Uring {
     }
 
     /// `io_uring_enter` with `GETEVENTS | EXT_ARG`, naming the ring by its
-    /// registered index when it has one.
+    /// registered index when it has one. The index is the creating thread's:
+    /// should another thread drive the ring (`EBADF`), it enters by fd from
+    /// then on.
     ///
     /// # Safety
     /// `args` and what it points at must live across the call.
-    unsafe fn enter_raw(&self, to_submit: u32, min_complete: u32, args: &SubmitArgs<'_, '_>) -> std::io::Result<usize> {
+    unsafe fn enter_raw(
+        &mut self,
+        to_submit: u32,
+        min_complete: u32,
+        args: &SubmitArgs<'_, '_>,
+    ) -> std::io::Result<usize> {
+        // SAFETY: the caller's contract.
+        let res = unsafe { self.enter_once(to_submit, min_complete, args) };
+        match res {
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) && self.ring_index.take().is_some() => {
+                // SAFETY: as above.
+                unsafe { self.enter_once(to_submit, min_complete, args) }
+            }
+            res => res,
+        }
+    }
+
+    /// One `io_uring_enter` (see [`Uring::enter_raw`]).
+    ///
+    /// # Safety
+    /// As [`Uring::enter_raw`].
+    unsafe fn enter_once(
+        &self,
+        to_submit: u32,
+        min_complete: u32,
+        args: &SubmitArgs<'_, '_>,
+    ) -> std::io::Result<usize> {
         let mut flags = (EnterFlags::GETEVENTS | EnterFlags::EXT_ARG).bits();
         let fd = match self.ring_index {
             Some(i) => {
@@ -419,11 +437,7 @@ impl Uring {
     fn flush_overflow(&mut self) {
         let args = SubmitArgs::new();
         // SAFETY: as in `enter`; no timespec, no submissions, no wait.
-        let res = unsafe { self.enter_raw(0, 0, &args) };
-        if matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EBADF)) && self.ring_index.take().is_some() {
-            // SAFETY: as above.
-            let _ = unsafe { self.enter_raw(0, 0, &args) };
-        }
+        let _ = unsafe { self.enter_raw(0, 0, &args) };
     }
 
     /// Translates CQEs into `out` until it is full or the CQ (including the
