@@ -34,7 +34,7 @@
 //! | 0x07 | `Close`                 | 0        | `listener_id u32 @0` (4 bytes)                                                                                                  |
 //! | 0x08 | `Disconnect`            | 0        | empty                                                                                                                           |
 //! | 0x09 | `ExitedAfterDisconnect` | 0        | empty                                                                                                                           |
-//! | 0x0a | `Load`                  | 0        | `open_connections u32 @0` (4 bytes); under `shared`, worker to primary: open plus accepted connections; primary to worker: the most it may hold |
+//! | 0x0a | `Load`                  | 0        | `open_connections u32 @0` (4 bytes); under `shared`, worker to primary: open plus accepted connections; primary to worker: the most it may hold (the least-loaded worker: its own load + 2^30) |
 //! | 0x0b | `Message`               | 0..=16   | user bytes `@0..`                                                                                                               |
 //! | 0x0c | `StoreGet`              | 0        | `req_id u32 @0, key @4..`                                                                                                       |
 //! | 0x0d | `StoreSet`              | 0        | `req_id u32 @0, key_len u32 @4, key @8..8+key_len, value @8+key_len..`                                                         |
@@ -95,6 +95,11 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8;
 /// Most fds one frame may carry.
 pub const MAX_FDS_PER_FRAME: usize = 16;
+
+/// `shared`: the primary's `Load` to the least-loaded worker is its load
+/// plus this, which marks it as the one that must not pause while its
+/// reports are held back (see the worker's `Share`).
+pub(crate) const LOAD_EXEMPT: u32 = 1 << 30;
 /// How many received fds a [`FrameDecoder`] holds before their frames
 /// complete; one more is a protocol error.
 pub const FD_QUEUE_CAPACITY: usize = 64;

@@ -51,7 +51,7 @@
 
 use crate::channel::{feed_chunk, Flow, FrameWriter};
 use crate::proto::{
-    Decoded, Frame, FrameDecoder, FrameFds, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus,
+    Decoded, Frame, FrameDecoder, FrameFds, ListenAddress, ListenFlags, ListenKey, SocketType, StoreStatus, LOAD_EXEMPT,
 };
 use crate::schedule::WorkerId;
 use crate::settings::{
@@ -347,6 +347,11 @@ pub struct Worker<D> {
     disconnecting: bool,
     exited_after_disconnect: bool,
     load_timer: Option<Timer>,
+    /// The load timer's period.
+    load_every: Duration,
+    /// The load timer is set to fire before its period, for a held-back
+    /// `shared` report (`on_load_report` sets it back).
+    load_timer_early: bool,
     last_load: u32,
     /// Connections handed over, in order, whose acknowledgement is not
     /// recorded yet.
@@ -379,8 +384,19 @@ pub struct Worker<D> {
 /// each may hold: the least-loaded worker's load, in the receiving
 /// worker's own units. A worker more than [`SHARE_SLACK`] above it pauses
 /// accepting ([`Loop::listen_pause`]), so the kernel hands the next
-/// connections to the others; it resumes once back under. The least-loaded
-/// worker never pauses, so some worker always accepts.
+/// connections to the others; it resumes once back under.
+///
+/// Under churn the load changes in nearly every iteration, so reports are
+/// rate-limited to one per [`ENV_SHARE_REPORT_MS`] milliseconds (default
+/// [`SHARE_REPORT_MS`]) after a burst of [`SHARE_REPORT_BURST`]: a change
+/// held back is sent when the next report may go, by the load timer set
+/// to fire then. The frames (and the primary's wake-ups and answers) are
+/// then one per interval, not one per connection; between reports a worker
+/// pauses on its own load against the last limit. The primary marks one
+/// least-loaded worker ([`LOAD_EXEMPT`]): while its reports are held back
+/// it never pauses, so stale limits cannot pause every worker at once and
+/// some worker always accepts (while its reports flow it pauses like the
+/// others, and the primary's answer to its report resumes it).
 #[derive(Debug, Default)]
 struct Share {
     /// Handles that are not connections, counted when the shared listener
@@ -391,7 +407,25 @@ struct Share {
     /// The most this worker may hold, from the primary.
     limit: Option<u32>,
     paused: bool,
+    /// Reports at most one per this many milliseconds (0: every change).
+    every_ms: u64,
+    /// Loop time one interval after the last report, counting a burst's
+    /// reports one interval each (a token bucket of
+    /// [`SHARE_REPORT_BURST`] reports, refilled one per interval).
+    next_ms: u64,
 }
+
+/// Environment: the least interval between two `shared` load reports of a
+/// worker, in milliseconds (0: report every change, as before 2026-12-01).
+pub const ENV_SHARE_REPORT_MS: &str = "UVRING_CLUSTER_SHARE_MS";
+
+/// The default of [`ENV_SHARE_REPORT_MS`].
+const SHARE_REPORT_MS: u64 = 5;
+
+/// Reports a `shared` worker may send back to back before the interval
+/// applies: a quiet worker reports each change of a short burst at once
+/// (a few connections opened together balance exactly).
+const SHARE_REPORT_BURST: u64 = 256;
 
 /// How far (load units: one connection accepted and open counts 2) a
 /// `shared` worker may go above the least-loaded one before it pauses.
@@ -466,6 +500,22 @@ impl<D: 'static> Worker<D> {
     /// `closed` (a disconnect holds the channel's shutdown for it).
     fn acks_pending_close(&self, lp: &Loop<D>) -> bool {
         self.handoffs.iter().any(|h| h.outcome.is_none() && h.server.is_some_and(|s| lp.is_closing(s)))
+    }
+
+    /// Sets the load timer to fire in `ms` (unless it already will early).
+    fn load_timer_soon(&mut self, lp: &mut Loop<D>, ms: u64) {
+        let Some(t) = self.load_timer else { return };
+        if !self.load_timer_early {
+            self.load_timer_early = true;
+            let _ = lp.timer_set_repeat(t, Duration::from_millis(ms)).and_then(|()| lp.timer_again(t));
+        }
+    }
+
+    /// The load timer fired early: back to its period.
+    fn load_timer_back(&mut self, lp: &mut Loop<D>) {
+        if let Some(t) = self.load_timer.filter(|_| std::mem::take(&mut self.load_timer_early)) {
+            let _ = lp.timer_set_repeat(t, self.load_every).and_then(|()| lp.timer_again(t));
+        }
     }
 
     /// Writes the recorded acks (and anything else queued) in one write.
@@ -873,6 +923,8 @@ impl<D: WorkerData> Worker<D> {
         let policy = std::env::var(ENV_SCHED_POLICY).ok().and_then(|v| SchedPolicy::parse(&v)).unwrap_or_default();
         let load_ms: u64 =
             std::env::var(crate::primary::ENV_LOAD_REPORT_MS).ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+        let share_ms =
+            std::env::var(ENV_SHARE_REPORT_MS).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(SHARE_REPORT_MS);
         let drain_grace = std::env::var(crate::settings::ENV_DRAIN_GRACE_MS)
             .ok()
             .and_then(|v| v.parse().ok())
@@ -915,6 +967,8 @@ impl<D: WorkerData> Worker<D> {
             disconnecting: false,
             exited_after_disconnect: false,
             load_timer: None,
+            load_every: Duration::from_millis(load_ms),
+            load_timer_early: false,
             last_load: 0,
             handoffs: VecDeque::with_capacity(64),
             ack_run: None,
@@ -922,7 +976,7 @@ impl<D: WorkerData> Worker<D> {
             turn_hook: None,
             shutdown_due: None,
             fds_lost: false,
-            share: Share::default(),
+            share: Share { every_ms: share_ms, ..Share::default() },
         };
         let hook = lp.hook_init(HookKind::Prepare)?;
         lp.unref_handle(hook)?;
@@ -1502,13 +1556,33 @@ impl<D: 'static> Worker<D> {
         }
         let open = lp.handle_count().saturating_sub(baseline) as u64;
         let load = (open + accepted) as u32;
+        // Reports are held back while `next_ms` (one interval after the
+        // last report, or after where a burst of `SHARE_REPORT_BURST`
+        // began) is more than a burst ahead of now.
+        let (now, every) = (lp.now(), self.share.every_ms);
+        let early = self.share.next_ms.saturating_sub(now + every * (SHARE_REPORT_BURST - 1));
+        let held = early > 0 && self.load_timer.is_some();
         if self.share.reported != Some(load) {
-            self.share.reported = Some(load);
-            let _ = self.send_frame(lp, &Frame::Load { open_connections: load });
+            if held {
+                self.load_timer_soon(lp, early);
+            } else {
+                self.share.reported = Some(load);
+                self.share.next_ms = self.share.next_ms.max(now) + every;
+                let _ = self.send_frame(lp, &Frame::Load { open_connections: load });
+            }
         }
         let Some(limit) = self.share.limit else { return };
-        // Wrapping difference: loads only grow apart by a few units.
-        let over = load.wrapping_sub(limit) as i32 > SHARE_SLACK as i32;
+        // Wrapping differences: loads only grow apart by a few units.
+        let over = match limit.wrapping_sub(load) as i32 {
+            // The least-loaded worker: its limit is the least load plus
+            // `LOAD_EXEMPT`. While its reports go out at once it pauses
+            // like the others (the primary answers its next report); held
+            // back, it never does, so some worker always accepts.
+            d if d > (LOAD_EXEMPT / 2) as i32 => {
+                !held && load.wrapping_sub(limit.wrapping_sub(LOAD_EXEMPT)) as i32 > SHARE_SLACK as i32
+            }
+            d => d < -(SHARE_SLACK as i32),
+        };
         if over != self.share.paused {
             self.share.paused = over;
             for s in self.servers.iter().filter(|s| !s.closed && s.listener_id.is_some()) {
@@ -1538,6 +1612,7 @@ fn on_load_report<D: WorkerData>(lp: &mut Loop<D>, d: &mut D, _t: Timer) {
     let load = u32::try_from(lp.tcp_connection_count()).unwrap_or(u32::MAX);
     let Some(w) = d.worker() else { return };
     if w.policy == SchedPolicy::Shared {
+        w.load_timer_back(lp);
         w.balance(lp);
         w.unstick(lp);
         return;

@@ -8,7 +8,7 @@
 
 use super::codec::ChannelWriter;
 use super::{drain_events, ClusterStats, Primary, PrimaryData, PrimaryId, WorkerEntry};
-use crate::proto::{Frame, MAX_FDS_PER_FRAME};
+use crate::proto::{Frame, LOAD_EXEMPT, MAX_FDS_PER_FRAME};
 use crate::schedule::WorkerId;
 use crate::settings::SchedPolicy;
 use std::collections::VecDeque;
@@ -77,6 +77,8 @@ pub(super) struct WorkerConns {
     /// and the limit last sent to it (see `Primary::rebalance`).
     share_base: Option<u32>,
     share_sent: Option<u32>,
+    /// `shared`: load reports received from it (see `WorkerStats`).
+    pub(super) load_reports: u64,
     /// Connections of the batch being built: the last `batch_len` entries
     /// of `unacked`.
     batch_len: usize,
@@ -97,6 +99,7 @@ impl WorkerConns {
             reported_load: 0,
             share_base: None,
             share_sent: None,
+            load_reports: 0,
             batch_len: 0,
             batch_listener: 0,
             batch_first_seq: 0,
@@ -273,6 +276,7 @@ impl<D> Primary<D> {
         }
         if let Some(w) = self.entry_mut(id) {
             w.conns.reported_load = open_connections;
+            w.conns.load_reports += u64::from(shared);
         }
         if shared {
             self.rebalance(lp);
@@ -294,17 +298,24 @@ impl<D> Primary<D> {
     /// least-loaded worker's load in its own units (see the worker's
     /// `Share`), when that changed. Run after each load report and when a
     /// worker leaves (the least load may rise).
+    ///
+    /// One least-loaded worker (the first in the table) is told its limit
+    /// plus [`LOAD_EXEMPT`]: it does not pause while its reports are
+    /// rate-limited (the worker's `Share`), however stale they are, so
+    /// some worker always accepts.
     pub(super) fn rebalance(&mut self, lp: &mut Loop<D>) {
         if self.settings.policy != SchedPolicy::Shared {
             return;
         }
         let Some(least) = self.least_share(None) else { return };
+        let exempt = self.workers.iter().find(|w| Self::share_of(w) == Some(least)).map(|w| w.info.id);
         for w in self.workers.iter_mut() {
             let (Some(base), Some(ch)) = (w.conns.share_base, w.channel) else { continue };
             if w.disconnecting {
                 continue;
             }
             let limit = least.wrapping_add(base);
+            let limit = if Some(w.info.id) == exempt { limit.wrapping_add(LOAD_EXEMPT) } else { limit };
             if w.conns.share_sent != Some(limit) {
                 w.conns.share_sent = Some(limit);
                 let _ = self.writer.send(lp, ch, &Frame::Load { open_connections: limit });

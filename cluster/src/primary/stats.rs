@@ -126,6 +126,9 @@ pub struct WorkerStats {
     pub loop_count: u64,
     /// Completions its loop took, as last reported.
     pub events: u64,
+    /// `shared`: load reports it sent (rate-limited, see
+    /// `UVRING_CLUSTER_SHARE_MS`).
+    pub load_reports: u64,
 }
 
 impl WorkerStatus {
@@ -204,6 +207,7 @@ impl<D> Primary<D> {
             loop_utilisation: f.utilisation,
             loop_count: report.loop_count,
             events: report.events,
+            load_reports: w.conns.load_reports,
         }
     }
 
