@@ -416,7 +416,8 @@ struct Share {
 }
 
 /// Environment: the least interval between two `shared` load reports of a
-/// worker, in milliseconds (0: report every change, as before 2026-12-01).
+/// worker, in milliseconds (0: report every change, as before 2026-12-01;
+/// at most 60,000).
 pub const ENV_SHARE_REPORT_MS: &str = "UVRING_CLUSTER_SHARE_MS";
 
 /// The default of [`ENV_SHARE_REPORT_MS`].
@@ -923,8 +924,11 @@ impl<D: WorkerData> Worker<D> {
         let policy = std::env::var(ENV_SCHED_POLICY).ok().and_then(|v| SchedPolicy::parse(&v)).unwrap_or_default();
         let load_ms: u64 =
             std::env::var(crate::primary::ENV_LOAD_REPORT_MS).ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-        let share_ms =
-            std::env::var(ENV_SHARE_REPORT_MS).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(SHARE_REPORT_MS);
+        let share_ms = std::env::var(ENV_SHARE_REPORT_MS)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(SHARE_REPORT_MS)
+            .min(60_000);
         let drain_grace = std::env::var(crate::settings::ENV_DRAIN_GRACE_MS)
             .ok()
             .and_then(|v| v.parse().ok())
@@ -1572,17 +1576,7 @@ impl<D: 'static> Worker<D> {
             }
         }
         let Some(limit) = self.share.limit else { return };
-        // Wrapping differences: loads only grow apart by a few units.
-        let over = match limit.wrapping_sub(load) as i32 {
-            // The least-loaded worker: its limit is the least load plus
-            // `LOAD_EXEMPT`. While its reports go out at once it pauses
-            // like the others (the primary answers its next report); held
-            // back, it never does, so some worker always accepts.
-            d if d > (LOAD_EXEMPT / 2) as i32 => {
-                !held && load.wrapping_sub(limit.wrapping_sub(LOAD_EXEMPT)) as i32 > SHARE_SLACK as i32
-            }
-            d => d < -(SHARE_SLACK as i32),
-        };
+        let over = share_over(load, limit, held);
         if over != self.share.paused {
             self.share.paused = over;
             for s in self.servers.iter().filter(|s| !s.closed && s.listener_id.is_some()) {
@@ -1591,6 +1585,22 @@ impl<D: 'static> Worker<D> {
                 }
             }
         }
+    }
+}
+
+/// `shared`: whether a worker with `load` and the primary's `limit` pauses
+/// (see [`Share`]); `held`: its reports are being held back. Wrapping
+/// differences: loads only grow apart by a few units.
+fn share_over(load: u32, limit: u32, held: bool) -> bool {
+    match limit.wrapping_sub(load) as i32 {
+        // The least-loaded worker: its limit is the least load plus
+        // `LOAD_EXEMPT`. While its reports go out at once it pauses like the
+        // others (the primary answers its next report); held back, it never
+        // does, so some worker always accepts.
+        d if d > (LOAD_EXEMPT / 2) as i32 => {
+            !held && load.wrapping_sub(limit.wrapping_sub(LOAD_EXEMPT)) as i32 > SHARE_SLACK as i32
+        }
+        d => d < -(SHARE_SLACK as i32),
     }
 }
 
@@ -2038,5 +2048,38 @@ fn loop_report<D>(lp: &Loop<D>) -> crate::proto::WorkerReport {
         uptime_us: lp.now().saturating_mul(1000),
         loop_count: info.loop_count,
         events: info.events,
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::{share_over, LOAD_EXEMPT, SHARE_SLACK};
+
+    #[test]
+    fn a_worker_pauses_only_beyond_the_slack() {
+        assert!(!share_over(10 + SHARE_SLACK, 10, false));
+        assert!(share_over(11 + SHARE_SLACK, 10, false));
+        assert!(share_over(11 + SHARE_SLACK, 10, true));
+        // Loads and limits wrap around u32.
+        assert!(!share_over(u32::MAX, u32::MAX - SHARE_SLACK, false));
+        assert!(share_over(SHARE_SLACK, u32::MAX - 1, false));
+        assert!(!share_over(5, 10, false));
+    }
+
+    #[test]
+    fn the_exempt_worker_pauses_only_while_its_reports_flow() {
+        let least = 40u32;
+        let limit = least.wrapping_add(LOAD_EXEMPT);
+        assert!(!share_over(least + SHARE_SLACK, limit, false));
+        assert!(share_over(least + SHARE_SLACK + 1, limit, false));
+        for load in [least, least + 1_000, least + 1_000_000] {
+            assert!(!share_over(load, limit, true), "held back, load {load}");
+        }
+        // Across the wrap too.
+        let least = u32::MAX - 1;
+        let limit = least.wrapping_add(LOAD_EXEMPT);
+        assert!(!share_over(least.wrapping_add(SHARE_SLACK), limit, false));
+        assert!(share_over(least.wrapping_add(SHARE_SLACK + 1), limit, false));
+        assert!(!share_over(least.wrapping_add(500), limit, true));
     }
 }
