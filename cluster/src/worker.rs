@@ -421,7 +421,7 @@ struct Share {
 pub const ENV_SHARE_REPORT_MS: &str = "UVRING_CLUSTER_SHARE_MS";
 
 /// The default of [`ENV_SHARE_REPORT_MS`].
-const SHARE_REPORT_MS: u64 = 5;
+const SHARE_REPORT_MS: u64 = 20;
 
 /// Reports a `shared` worker may send back to back before the interval
 /// applies: a quiet worker reports each change of a short burst at once
