@@ -6,7 +6,9 @@
 //! kernel by the one send in flight and is never touched until its completion
 //! arrives; new writes append to `queued`. When `inflight` is fully sent the
 //! two swap. Both keep their capacity (and are recycled across connections),
-//! so steady-state writing allocates nothing.
+//! so steady-state writing allocates nothing. An idle stream holds neither:
+//! the buffers and the request queue (its `WriteSide`) are lent to the
+//! loop's pools until the stream writes again.
 //!
 //! Reads arrive in pool buffers. A read that arrives while the stream is not
 //! reading (after `read_stop`, before its cancellation lands) is stashed with
@@ -2007,11 +2009,11 @@ impl<D> Loop<D> {
     /// Sends what is queued if no send is in flight.
     pub(crate) fn flush(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
+        // No write side: nothing was written since the stream went idle.
+        let Some(side) = st.parts.w.as_mut() else { return };
         // Nothing goes out before a connect completes (`on_connect` flushes):
         // epoll would find the write side busy, io_uring would let the
         // write's completion overtake the connect's.
-        // No write side: nothing was written since the stream went idle.
-        let Some(side) = st.parts.w.as_mut() else { return };
         if st.send_op.is_some() || st.fd < 0 || st.on_connect.is_some() || st.xfer.is_some() {
             return;
         }

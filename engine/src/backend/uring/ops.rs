@@ -221,8 +221,8 @@ impl SlotPool {
 
 #[cfg(test)]
 mod tests {
-    use crate::backend::{OpKind, Token};
     use super::*;
+    use crate::backend::{OpKind, Token};
 
     fn multi(fd: RawFd) -> Tracked {
         Tracked::Multi(MultiOp { fd, kind: MultiKind::Recv, state: MultiState::InKernel, cancelled: false })
