@@ -559,6 +559,9 @@ impl<D> Loop<D> {
         self.running = true;
         let res = self.run_inner(mode, data);
         self.running = false;
+        // What the last callbacks queued (io_uring: closes, sends) goes to
+        // the kernel now, not at a next run that may never come.
+        self.driver.flush();
         res
     }
 
@@ -835,9 +838,25 @@ impl<D> Loop<D> {
         Ok(self.slot(h.into())?.data)
     }
 
+    /// Closes `fd` on the loop's backend: at once, or, on io_uring with
+    /// `UVRING_IO_URING_FEATURES=close`, with the next submission
+    /// (`IORING_OP_CLOSE`, no syscall of its own). Either way the fd is
+    /// closed by the time [`run`](Self::run) returns or the loop's next poll
+    /// has begun. For fds the loop does not watch, such as a connection
+    /// already handed to another process.
+    pub fn close_fd(&mut self, fd: std::os::fd::OwnedFd) {
+        self.driver.close_fd(std::os::fd::IntoRawFd::into_raw_fd(fd));
+    }
+
     /// Closes a handle. Its operations stop now; in-flight writes complete
     /// with `ECANCELED`; `cb` runs in a later closing phase, after every
     /// buffer the kernel held has come back. Closing twice is an error.
+    ///
+    /// A stream's fd is closed before `cb` runs, and a listener's at once in
+    /// that phase (its address is free for a new bind). A connection closed
+    /// without a callback is closed as by [`close_fd`](Self::close_fd): with
+    /// io_uring's `close` feature, at the next submission, and in any case by
+    /// the time `run` returns.
     ///
     /// # Errors
     ///

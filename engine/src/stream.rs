@@ -16,7 +16,7 @@
 
 use crate::backend::{Completion, Driver, Op, OpKind, Token};
 use crate::error::{Error, Result};
-use crate::event_loop::{Kind, Loop, Pending, F_CLOSING};
+use crate::event_loop::{Kind, Loop, Pending, Slot, F_CLOSING};
 use crate::handle::sealed::Typed;
 use crate::handle::*;
 use crate::sys::{self, socket};
@@ -2372,10 +2372,16 @@ impl<D> Loop<D> {
     /// and run the callbacks of writes, connect and shutdown that were
     /// pending (written ones succeed; the rest get `ECANCELED`).
     pub(crate) fn stream_finish_close(&mut self, s: Stream, d: &mut D) {
-        let (fd, hooked, ty) = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
-            Ok(Kind::Stream(st)) => {
+        let (fd, hooked, ty, observed) = match self.slot_mut(s.0) {
+            Ok(Slot { kind: Kind::Stream(st), close_cb, .. }) => {
                 let hooked = st.lis.as_ref().and_then(|l| l.hook_asked.then_some(l.hook_dropped));
-                (std::mem::replace(&mut st.fd, -1), hooked, st.ty)
+                // A listener's address must be free once it is closed (a
+                // rebind may follow at once), and a close callback may count
+                // on the fd being gone (libuv closes before it): those close
+                // now. A connection closed without a callback may go with the
+                // backend's next submission (io_uring's `close` feature).
+                let observed = st.lis.is_some() || close_cb.is_some();
+                (std::mem::replace(&mut st.fd, -1), hooked, st.ty, observed)
             }
             _ => return,
         };
@@ -2384,7 +2390,11 @@ impl<D> Loop<D> {
         }
         if fd >= 0 {
             self.driver.deregister(fd);
-            sys::close(fd);
+            if observed {
+                sys::close(fd);
+            } else {
+                self.driver.close_fd(fd);
+            }
         }
         loop {
             let (w, written) = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {

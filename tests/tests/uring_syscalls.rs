@@ -1,7 +1,9 @@
 //! Issue 3's proof that io_uring does the stream I/O: an echo server on the
-//! io_uring backend, traced with `strace -f`, serves 1,000 round trips
-//! without one read/recv/write/send/accept/epoll_wait syscall — the work goes
-//! through `io_uring_enter`.
+//! io_uring backend, traced with `strace -f`, serves 1,000 round trips and
+//! answers and closes 100 more connections without one
+//! read/recv/write/send/accept/epoll_wait/close syscall — the work, closes
+//! included (`IORING_OP_CLOSE` with `UVRING_IO_URING_FEATURES=close`, issue
+//! 13), goes through `io_uring_enter`.
 //!
 //! The test re-runs its own binary as the traced server. The server brackets
 //! the traffic with two `getppid()` calls (a syscall nothing else makes), so
@@ -12,40 +14,56 @@
 //! `fsync`/`statx` syscall (nor a work-pool thread's): they go through
 //! `io_uring_enter`.
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
 use std::time::Duration;
 use uvring::*;
 
 const CHILD_ENV: &str = "UVRING_STRACE_SERVER";
 const ROUND_TRIPS: usize = 1000;
+const CLOSED_CONNECTIONS: usize = 100;
 
 fn serve() {
     let mut lp: Loop = Loop::with_backend(Backend::IoUring).expect("io_uring loop");
-    let on_read = OnRead::new(|lp, _, s: TcpStream, res| match res {
+    let listener: Rc<Cell<Option<TcpListener>>> = Rc::new(Cell::new(None));
+    let l = listener.clone();
+    // A message that starts with '!' is answered and then the connection is
+    // closed from the write's callback (as an HTTP server closes after a
+    // `Connection: close` response); anything else is echoed.
+    let close_after = OnWrite::new(|lp, _, s: TcpStream, _| lp.close(s, None).expect("close"));
+    let on_read = OnRead::new(move |lp, _, s: TcpStream, res| match res {
+        Ok(b) if b.first() == Some(&b'!') => lp.write(s, b, Some(&close_after)).expect("write"),
         Ok(b) => lp.write(s, b, None).expect("write"),
         Err(_) => {
             // SAFETY-free marker: getppid has no side effects.
             let _ = unsafe_marker();
             lp.close(s, None).expect("close");
+            if let Some(srv) = l.take() {
+                lp.close(srv, None).expect("close listener");
+            }
         }
     });
     let sock = lp.tcp_init().unwrap();
     lp.tcp_bind(sock, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+    let marked = Cell::new(false);
     let server = lp
         .listen(
             sock,
-            8,
+            64,
             &OnConnection::new(move |lp, _, srv, st| {
                 st.expect("accept");
                 let c = lp.accept(srv).expect("accept");
                 lp.read_start(c, &on_read).expect("read_start");
-                lp.close(srv, None).expect("close listener");
-                let _ = unsafe_marker();
+                if !marked.replace(true) {
+                    let _ = unsafe_marker();
+                }
             }),
         )
         .unwrap();
+    listener.set(Some(server));
     // Never outlive a parent that gave up on us.
     let guard = lp.timer_init().unwrap();
     lp.timer_start(guard, Duration::from_secs(120), Duration::ZERO, &OnTimer::new(|_, _, _| std::process::exit(3)))
@@ -85,6 +103,8 @@ fn io_uring_echo_makes_no_stream_syscalls() {
         .arg(std::env::current_exe().unwrap())
         .args(["--exact", "io_uring_echo_makes_no_stream_syscalls", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, "1")
+        // Closes go through the ring too (off by default: they cost the same).
+        .env("UVRING_IO_URING_FEATURES", "close")
         .stdout(Stdio::piped())
         .process_group(0)
         .spawn()
@@ -117,6 +137,17 @@ fn io_uring_echo_makes_no_stream_syscalls() {
             s.read_exact(&mut buf).unwrap();
             assert_eq!(buf, msg.as_bytes());
         }
+        // Connections the server answers and then closes, while the first
+        // one stays open (so the markers bracket every close).
+        for i in 0..CLOSED_CONNECTIONS {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let msg = format!("!close {i:03}");
+            c.write_all(msg.as_bytes()).unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).unwrap();
+            assert_eq!(back, msg.as_bytes(), "answer, then EOF");
+        }
     });
     let mut strace = child.0.take().unwrap();
     let status = uvring_tests::with_timeout(Duration::from_secs(60), move || strace.wait().unwrap());
@@ -128,7 +159,8 @@ fn io_uring_echo_makes_no_stream_syscalls() {
     let marks: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| l.contains("getppid(")).map(|(i, _)| i).collect();
     assert_eq!(marks.len(), 2, "expected two markers in the trace");
     let window = &lines[marks[0]..marks[1]];
-    let forbidden = ["read(", "recv", "write(", "writev(", "send", "accept", "epoll_wait", "epoll_pwait"];
+    let forbidden =
+        ["read(", "recv", "write(", "writev(", "send", "accept", "epoll_wait", "epoll_pwait", "close(", "shutdown("];
     let offending: Vec<&&str> = window
         .iter()
         .filter(|l| {
@@ -139,7 +171,10 @@ fn io_uring_echo_makes_no_stream_syscalls() {
     assert!(offending.is_empty(), "stream syscalls outside io_uring during the traffic:\n{offending:#?}");
     let enters = window.iter().filter(|l| l.contains("io_uring_enter(")).count();
     assert!(enters >= ROUND_TRIPS, "expected the traffic to go through io_uring_enter, saw {enters} calls");
-    eprintln!("{ROUND_TRIPS} round trips: {enters} io_uring_enter calls, no read/recv/write/send/accept/epoll_wait");
+    eprintln!(
+        "{ROUND_TRIPS} round trips and {CLOSED_CONNECTIONS} connections closed: {enters} io_uring_enter calls, \
+         no read/recv/write/send/accept/epoll_wait/close"
+    );
 }
 
 const FILES_CHILD_ENV: &str = "UVRING_STRACE_FILES";

@@ -240,7 +240,7 @@ impl<D> Primary<D> {
     }
 
     /// Worker `id` acknowledged connections `conn_seq ..+ count`.
-    pub(super) fn on_ack(&mut self, id: WorkerId, conn_seq: u64, count: u32, accepted: bool) {
+    pub(super) fn on_ack(&mut self, lp: &mut Loop<D>, id: WorkerId, conn_seq: u64, count: u32, accepted: bool) {
         let Some(w) = self.workers.iter_mut().find(|w| w.info.id == id) else { return };
         let (handoff, unacked) = (&mut self.handoff, &mut w.conns.unacked);
         let end = conn_seq.saturating_add(u64::from(count));
@@ -249,7 +249,9 @@ impl<D> Primary<D> {
             if accepted {
                 handoff.stats.handed_off += 1;
                 w.conns.acked += 1;
-                drop(u.fd);
+                // The worker has its own copy; ours is closed by the loop
+                // (with io_uring's `close` feature, in its next submission).
+                lp.close_fd(u.fd);
             } else {
                 handoff.stats.refused += 1;
                 w.conns.refused += 1;

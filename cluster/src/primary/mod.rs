@@ -864,7 +864,7 @@ fn handle_frame<D: PrimaryData>(
     match frame {
         Frame::Online => p.worker_online(id),
         Frame::QueryServer { seq, key } => p.query_server(lp, id, seq, &key),
-        Frame::Ack { conn_seq, count, accepted } => p.on_ack(id, conn_seq, count, accepted),
+        Frame::Ack { conn_seq, count, accepted } => p.on_ack(lp, id, conn_seq, count, accepted),
         Frame::Listening { address, port, .. } => p.worker_listening(id, address, port),
         Frame::Close { listener_id } => p.leave_listener(lp, listener_id, id),
         Frame::ExitedAfterDisconnect => p.worker_leaving(id),

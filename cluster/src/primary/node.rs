@@ -155,7 +155,7 @@ fn handle_refused<D: PrimaryData>(
     };
     match sent {
         SentHandle::Conn(seq) => {
-            p.on_ack(id, seq, 1, false);
+            p.on_ack(lp, id, seq, 1, false);
             LineFlow::Continue
         }
         SentHandle::Query(mut q) if q.retries < MAX_HANDLE_RETRANSMISSIONS => {

@@ -1009,6 +1009,12 @@ impl Driver for Epoll {
         Ok(())
     }
 
+    fn close_fd(&mut self, fd: RawFd) {
+        sys::close(fd);
+    }
+
+    fn flush(&mut self) {}
+
     fn wait_stats(&self) -> WaitStats {
         self.stats
     }

@@ -276,6 +276,19 @@ pub(crate) trait Driver {
     /// when no op on `fd` is in flight.
     fn deregister(&mut self, fd: RawFd);
 
+    /// Closes `fd`, which the loop owns and no op uses (after
+    /// [`deregister`](Self::deregister) if it was ever registered). epoll
+    /// closes at once; io_uring queues an `IORING_OP_CLOSE` that goes to the
+    /// kernel with the next submission (no syscall of its own), or closes at
+    /// once when the SQ has no room. The fd number stays taken until then.
+    fn close_fd(&mut self, fd: RawFd);
+
+    /// Hands the kernel what is queued but not yet submitted (io_uring's
+    /// SQ: closes, sends queued by the last callbacks), so nothing waits
+    /// for a next [`poll`](Self::poll) that may never come. Called when
+    /// [`Loop::run`](crate::Loop::run) returns.
+    fn flush(&mut self);
+
     /// Submits pending work and waits up to `timeout_ms` (`-1`: no limit,
     /// `0`: don't block) for completions, appending at most
     /// `out.capacity() - out.len()` of them to `out`.
@@ -346,6 +359,12 @@ impl Driver for AnyDriver {
     }
     fn deregister(&mut self, fd: RawFd) {
         dispatch!(self, d => d.deregister(fd))
+    }
+    fn close_fd(&mut self, fd: RawFd) {
+        dispatch!(self, d => d.close_fd(fd))
+    }
+    fn flush(&mut self) {
+        dispatch!(self, d => d.flush())
     }
     fn poll(&mut self, timeout_ms: i64, out: &mut Vec<Completion>) -> Result<()> {
         dispatch!(self, d => d.poll(timeout_ms, out))

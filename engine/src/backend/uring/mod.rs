@@ -133,6 +133,8 @@ pub(crate) struct Uring {
     send_zc: bool,
     /// `SEND_ZC` sends whose notification has not come.
     zc_inflight: usize,
+    /// `close_fd` queues an `IORING_OP_CLOSE` (feature `close`).
+    close_op: bool,
 }
 
 impl Uring {
@@ -182,7 +184,7 @@ impl Uring {
         let fixed = if want.fixed_files { FixedFiles::new(&ring, fixed_slots) } else { None };
         let send_zc = want.send_zc && setup::has_send_zc(&ring);
         let ring_index = if want.ring_fd { fixed::register_ring_fd(&ring) } else { None };
-        let have = Features { ring_fd: ring_index.is_some(), fixed_files: fixed.is_some(), send_zc };
+        let have = Features { ring_fd: ring_index.is_some(), fixed_files: fixed.is_some(), send_zc, close: want.close };
         let features = setup::describe(&ring, flags, have, cfg.count, cfg.size as usize);
         Ok(Uring {
             ring: ManuallyDrop::new(Box::new(ring)),
@@ -205,6 +207,7 @@ impl Uring {
             ring_index,
             send_zc,
             zc_inflight: 0,
+            close_op: want.close,
         })
     }
 
@@ -1020,6 +1023,26 @@ impl Driver for Uring {
             self.stats.events_waiting += (out.len() - start) as u64;
         }
         Ok(())
+    }
+
+    fn close_fd(&mut self, fd: RawFd) {
+        // Only straight into the SQ: a backlogged SQE may never reach the
+        // kernel (the ring's drop discards the backlog), and a close must.
+        // SQEs in the SQ are submitted by the next enter, `flush` or drop.
+        let entry = opcode::Close::new(Fd(fd)).build().user_data(INTERNAL);
+        // SAFETY: CLOSE points at no memory.
+        let queued = self.close_op && self.backlog.is_empty() && unsafe { self.ring.submission().push(&entry) }.is_ok();
+        if !queued {
+            crate::sys::close(fd);
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.ring.submission().is_empty() {
+            // Errors (EBUSY, EAGAIN) leave the SQEs queued for the next poll
+            // or the ring's drop, which submit them.
+            let _ = self.enter(false, 0);
+        }
     }
 
     fn wait_stats(&self) -> WaitStats {

@@ -87,9 +87,10 @@ impl SetupFlags {
 ///
 /// `UVRING_IO_URING_FEATURES` is a comma-separated list of names, each
 /// turning a feature on, or off with a `no_` prefix: `ring_fd`,
-/// `fixed_files`, `send_zc`. Unnamed features keep their default (only
-/// `ring_fd` on: in the external echo benchmark neither fixed files nor
-/// `SEND_ZC` paid, see bench/RESULTS.md); unknown names are ignored. A
+/// `fixed_files`, `send_zc`, `close`. Unnamed features keep their default
+/// (only `ring_fd` on: in the external echo benchmark neither fixed files
+/// nor `SEND_ZC` paid, and in `Connection: close` churn `IORING_OP_CLOSE`
+/// did not, see bench/RESULTS.md); unknown names are ignored. A
 /// feature the kernel refuses is dropped at setup (the ring works without
 /// it).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -102,6 +103,12 @@ pub(crate) struct Features {
     pub fixed_files: bool,
     /// `SEND_ZC` for one-iovec sends of at least [`SEND_ZC_MIN`] bytes.
     pub send_zc: bool,
+    /// `IORING_OP_CLOSE` for the fds the loop closes without anyone
+    /// watching (`Driver::close_fd`): queued with the next submission
+    /// instead of a `close` syscall each. It removes the syscalls but not
+    /// their cost (the kernel's close work is the same, and a queued SQE
+    /// makes the next poll enter the kernel), so it is off by default.
+    pub close: bool,
 }
 
 /// Smallest send `SEND_ZC` is used for (when the feature is on): below
@@ -111,7 +118,7 @@ pub(crate) const SEND_ZC_MIN: usize = 16 * 1024;
 
 impl Default for Features {
     fn default() -> Features {
-        Features { ring_fd: true, fixed_files: false, send_zc: false }
+        Features { ring_fd: true, fixed_files: false, send_zc: false, close: false }
     }
 }
 
@@ -137,6 +144,7 @@ impl Features {
                 "ring_fd" => f.ring_fd = on,
                 "fixed_files" => f.fixed_files = on,
                 "send_zc" => f.send_zc = on,
+                "close" => f.close = on,
                 _ => {}
             }
         }
@@ -144,7 +152,13 @@ impl Features {
     }
 
     pub(crate) fn describe(&self, out: &mut String) {
-        for (on, name) in [(self.ring_fd, "ring_fd"), (self.fixed_files, "fixed_files"), (self.send_zc, "send_zc")] {
+        let all = [
+            (self.ring_fd, "ring_fd"),
+            (self.fixed_files, "fixed_files"),
+            (self.send_zc, "send_zc"),
+            (self.close, "close"),
+        ];
+        for (on, name) in all {
             if on {
                 out.push('+');
                 out.push_str(name);

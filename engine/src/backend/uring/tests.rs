@@ -14,7 +14,7 @@ use crate::sys::socket::SockAddr;
 use crate::sys::{self, socket};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 fn driver(cfg: PoolConfig) -> Option<Uring> {
@@ -1007,7 +1007,7 @@ fn many_datagrams_in_flight_on_a_full_socket_each_complete_once() {
 }
 
 /// Every feature on but `SEND_ZC`.
-const FIXED: Features = Features { ring_fd: true, fixed_files: true, send_zc: false };
+const FIXED: Features = Features { ring_fd: true, fixed_files: true, send_zc: false, close: true };
 
 /// A driver with a registered-file table, or `None` (after saying why).
 fn fixed_driver() -> Option<Uring> {
@@ -1062,9 +1062,59 @@ fn features_parse_from_a_list() {
     assert_eq!(Features::parse(""), d);
     assert_eq!(
         Features::parse("no_ring_fd, fixed_files,send_zc,bogus"),
-        Features { ring_fd: false, fixed_files: true, send_zc: true }
+        Features { ring_fd: false, fixed_files: true, send_zc: true, close: false }
     );
     assert_eq!(Features::parse("send_zc,no_send_zc"), d);
+    assert_eq!(Features::parse("close"), Features { close: true, ..d });
+}
+
+/// Whether `peer` has seen its other end close, without waiting. (Not an
+/// fd-table check: another test thread may reuse a closed fd's number.)
+fn closed_by_now(peer: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: peer.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the call.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 }
+}
+
+#[test]
+fn close_fd_goes_with_the_next_submission() {
+    let Some(mut u) = driver_with(Features { close: true, ..Features::default() }) else { return };
+    let (a, b) = pair();
+    let fd = b.into_raw_fd();
+    u.close_fd(fd);
+    assert!(!closed_by_now(&a), "queued, not closed, until the ring is entered");
+    u.flush();
+    assert!(closed_by_now(&a), "closed by the flush's submission");
+    assert!(sees_eof(&a));
+    // And by a poll's submission, the usual way.
+    let (a, b) = pair();
+    let fd = b.into_raw_fd();
+    u.close_fd(fd);
+    let mut out = Vec::with_capacity(8);
+    u.poll(0, &mut out).unwrap();
+    assert!(closed_by_now(&a) && out.is_empty(), "closed, and its completion is not the loop's: {out:?}");
+    assert!(sees_eof(&a));
+}
+
+#[test]
+fn close_fd_without_the_feature_closes_at_once() {
+    let Some(mut u) = driver_with(Features::default()) else { return };
+    let (a, b) = pair();
+    let fd = b.into_raw_fd();
+    u.close_fd(fd);
+    assert!(closed_by_now(&a));
+    assert!(sees_eof(&a));
+}
+
+#[test]
+fn a_queued_close_is_done_when_the_ring_is_dropped() {
+    let Some(mut u) = driver_with(Features { close: true, ..Features::default() }) else { return };
+    let (a, b) = pair();
+    let fd = b.into_raw_fd();
+    u.close_fd(fd);
+    drop(u);
+    assert!(closed_by_now(&a));
+    assert!(sees_eof(&a));
 }
 
 #[test]
@@ -1135,7 +1185,7 @@ fn a_full_file_table_falls_back_to_plain_fds() {
 
 #[test]
 fn every_feature_off_still_works() {
-    let off = Features { ring_fd: false, fixed_files: false, send_zc: false };
+    let off = Features { ring_fd: false, fixed_files: false, send_zc: false, close: false };
     let Some(mut u) = driver_with(off) else { return };
     assert!(u.fixed.is_none() && u.ring_index.is_none());
     assert!(!u.features().contains("fixed_files") && !u.features().contains("ring_fd"), "{}", u.features());
