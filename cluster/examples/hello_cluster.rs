@@ -102,7 +102,7 @@ struct Options {
     /// `--max-memory`: the workers' `RssAnon` limit, MiB.
     max_memory_mib: Option<u64>,
     /// `--worker-sched batch|normal` (default: `HELLO_WORKER_SCHED`, else
-    /// normal): `Settings::worker_batch_scheduling`.
+    /// batch): `Settings::worker_batch_scheduling`.
     worker_batch: bool,
 }
 
@@ -139,7 +139,7 @@ fn parse_options() -> Options {
         upgrade_exec: None,
         admin: None,
         max_memory_mib: None,
-        worker_batch: std::env::var("HELLO_WORKER_SCHED").is_ok_and(|v| v == "batch"),
+        worker_batch: std::env::var("HELLO_WORKER_SCHED").map_or(true, |v| v != "normal"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

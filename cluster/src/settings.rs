@@ -210,7 +210,7 @@ impl ChildOutput {
 /// | `load_report` | 50 ms |
 /// | `load_slack` | [`DEFAULT_LOAD_SLACK`](crate::schedule::DEFAULT_LOAD_SLACK) (8) |
 /// | `batch_scheduling` | on |
-/// | `worker_batch_scheduling` | off |
+/// | `worker_batch_scheduling` | on |
 /// | `drain_grace` | 500 ms |
 /// | `drain_timeout` | 30 s |
 /// | `startup_timeout` | 10 s |
@@ -279,7 +279,7 @@ pub struct Settings {
     /// less CPU per request when the CPUs are saturated (keep-alive HTTP on
     /// 2 cores: about a third of the voluntary context switches, see
     /// bench/RESULTS.md), at the price of latency under saturation. An idle
-    /// CPU still runs the worker at once. Default: off.
+    /// CPU still runs the worker at once. Default: on.
     pub worker_batch_scheduling: bool,
     /// When a worker drains (disconnect, shutdown, a step of a rolling
     /// restart), how long a connection with no request in flight may stay
@@ -371,7 +371,7 @@ impl Default for Settings {
             load_report: Duration::from_millis(50),
             load_slack: crate::schedule::DEFAULT_LOAD_SLACK,
             batch_scheduling: true,
-            worker_batch_scheduling: false,
+            worker_batch_scheduling: true,
             drain_grace: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(10),

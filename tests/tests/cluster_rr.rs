@@ -95,7 +95,11 @@ cluster_test! {
         let plain = Cluster::new(lp, s);
         assert!(sched_is_normal(), "off: the thread keeps its policy");
         drop(plain);
-        let mut c = Cluster::new(lp, settings(policy, "serve", 1));
+        let mut s = settings(policy, "serve", 1);
+        // Workers under the normal policy (Settings::worker_batch_scheduling
+        // off): they move back from the primary's SCHED_BATCH.
+        s.worker_batch_scheduling = false;
+        let mut c = Cluster::new(lp, s);
         let batch = !sched_is_normal();
         // The test thread goes back to normal whatever happens below.
         set_sched_batch(false).unwrap();
@@ -109,8 +113,9 @@ cluster_test! {
         shutdown(lp, &mut c);
     }
 
-    // Settings::worker_batch_scheduling (issue 13): every worker runs under
-    // SCHED_BATCH, whatever the policy; the primary's own setting is apart.
+    // Settings::worker_batch_scheduling (issue 13, on by default): every
+    // worker runs under SCHED_BATCH, whatever the policy; the primary's own
+    // setting is apart.
     fn worker_batch_scheduling(lp, policy) [rr = RoundRobin, shared = Shared, reuseport = ReusePort] {
         use uvring::os::sched_is_normal;
         let mut s = settings(policy, "serve", 1);
