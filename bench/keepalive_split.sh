@@ -50,9 +50,7 @@ PT="$TARGET_DIR/release/proc_tree"
 TMP="$(mktemp -d)"
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-    sleep 0.5
-    for p in "${PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    kill_groups "${PIDS[@]}"
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -66,18 +64,9 @@ for spec in $SERVERS; do
     envset=()
     [ "$spec" = "$name" ] || envset=("${spec#*=}")
     PORT=$((PORT + 1))
-    if [ "$name" = nginx ]; then
-        nginx_hello_conf "$TMP/nginx" "$PORT" 2 4096
-        setsid "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;" >"$TMP/$name.log" 2>&1 &
-    else
-        policy="${name%%-*}"; backend="${name#*-}"; backend="${backend%%-*}"
-        setsid env "${envset[@]}" "$HELLO" --workers 2 --policy "$policy" --backend "$backend" --port "$PORT" >"$TMP/$name.log" 2>&1 &
-    fi
-    pid=$!; PIDS+=("$pid")
-    for _ in $(seq 1 100); do
-        [ "$(curl -s -m 1 "http://127.0.0.1:$PORT/" 2>/dev/null || true)" = "hello world" ] && break
-        sleep 0.1
-    done
+    policy="${name%%-*}"; backend="${name#*-}"; backend="${backend%%-*}"
+    start_hello_server "$name" "$policy" "$backend" "$PORT" "$TMP" "$HELLO" "${envset[@]}"
+    pid=$SERVER_PID; PIDS+=("$pid")
     NAMES+=("$name"); PORT_OF[$name]=$PORT; PID_OF[$name]=$pid
     log "$name up on port $PORT (pid $pid${envset:+, ${envset[*]}})"
 done
