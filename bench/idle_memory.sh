@@ -12,7 +12,10 @@
 #          default 1), --only REGEX (servers whose name matches),
 #          --workers W (worker processes of every cluster server, uvring
 #          and nginx alike; default 2, or as many as the fd limit needs,
-#          see below), --no-install.
+#          see below), --no-install, --baseline PATH (an A/B: another
+#          hello_cluster binary, e.g. one built from an older commit, is
+#          measured too, as uvring-base-{rr,shared,reuseport}-{epoll,io_uring},
+#          interleaved with the others in every round).
 #
 # Servers, measured one at a time (nothing else of ours running), each
 # started fresh for every measurement:
@@ -56,6 +59,7 @@ REPEATS=1
 ONLY=""
 WORKERS=""
 INSTALL=1
+BASELINE=""
 CMDLINE="bench/idle_memory.sh $*"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -65,7 +69,8 @@ while [ $# -gt 0 ]; do
         --workers) WORKERS="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
         --no-install) INSTALL=0 ;;
-        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
+        --baseline) BASELINE="$2"; shift ;;
+        -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
         *) echo "idle_memory.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -242,7 +247,10 @@ RUNS="$PREFIX-runs.csv"
 echo "server,repeat,n,workers,ok,failed,closed_by_server,processes,rss_before,rss_after" >"$RUNS"
 SERVERS=()
 for policy in rr shared reuseport; do
-    for backend in epoll io_uring; do SERVERS+=("uvring-$policy-$backend"); done
+    for backend in epoll io_uring; do
+        SERVERS+=("uvring-$policy-$backend")
+        [ -n "$BASELINE" ] && SERVERS+=("uvring-base-$policy-$backend")
+    done
 done
 SERVERS+=(nginx)
 [ -n "$HYPER" ] && SERVERS+=(hyper)
@@ -251,6 +259,9 @@ for rep in $(seq 1 "$REPEATS"); do
     for name in "${SERVERS[@]}"; do
         if [ -n "$ONLY" ] && ! [[ "$name" =~ $ONLY ]]; then continue; fi
         case "$name" in
+            uvring-base-*)
+                IFS=- read -r _ _ policy backend <<<"$name"
+                measure "$name" "$rep" "$BASELINE" --workers "$WORKERS" --policy "$policy" --backend "$backend" --port PORT ;;
             uvring-*)
                 IFS=- read -r _ policy backend <<<"$name"
                 measure "$name" "$rep" "$HELLO" --workers "$WORKERS" --policy "$policy" --backend "$backend" --port PORT ;;
@@ -310,7 +321,7 @@ for s, before, after, pc, ok, failed, closed, procs, k in rows:
     md.append(f"| {s} | **{pc:,.0f}** | {vs} | {before:.1f} | {after:.1f} | {ok:,} | {failed} | {closed} | {procs} | {k} |")
 md += ["", "### design bar (issue 13): growth per idle connection <= 1.0x nginx's, every policy, both backends", ""]
 for s, _, _, pc, *_ in rows:
-    if s.startswith("uvring-") and nginx:
+    if s.startswith("uvring-") and not s.startswith("uvring-base-") and nginx:
         r = pc / nginx
         md.append(f"- {s}: {r:.2f}x: " + ("**met**" if r <= 1.0 else "**missed**"))
 md.append("")

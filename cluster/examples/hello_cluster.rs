@@ -234,7 +234,7 @@ fn run_worker(o: Options) -> uvring::Result<()> {
     let close_idle = OnTimer::new(move |lp, server: &mut Server, t| {
         let _ = lp.close(t, None);
         for slot in 0..server.conns.len() {
-            let Some(s) = server.conns[slot].stream.filter(|_| server.conns[slot].buf.is_empty()) else { continue };
+            let Some(s) = server.conns[slot].stream.filter(|_| server.conns[slot].buf.is_none()) else { continue };
             server.release(slot);
             match s {
                 ConnStream::Tcp(s) => finish(lp, s, &on_shutdown),
@@ -599,11 +599,13 @@ fn run_primary(o: Options) -> uvring::Result<()> {
 /// Per-connection state, recycled through a free list.
 #[derive(Default)]
 struct Conn {
-    /// Bytes of an incomplete request (or pipeline tail). Empty without
-    /// capacity while no request is split across reads (the common case
-    /// parses straight from the read buffer); taken from
-    /// `Server::spare_bufs` when one is, and given back once it empties.
-    buf: Vec<u8>,
+    /// Bytes of an incomplete request (or pipeline tail). `None` while no
+    /// request is split across reads (the common case parses straight from
+    /// the read buffer); taken from `Server::spare_bufs` when one is, and
+    /// given back once it empties. Boxed, so that an idle connection's
+    /// `Conn` is 24 bytes, not 40.
+    #[allow(clippy::box_collection)]
+    buf: Option<Box<Vec<u8>>>,
     /// The connection, while open.
     stream: Option<ConnStream>,
     /// `TCP_NODELAY` is set (see `on_read`: once the connection stays open).
@@ -619,17 +621,35 @@ enum ConnStream {
 
 /// The server's state, the loop's user data: standalone, or a cluster
 /// worker (then `worker` holds the cluster's part, see [`WorkerData`]).
-#[derive(Default)]
 struct Server {
     worker: Option<Worker<Server>>,
     conns: Vec<Conn>,
     free: Vec<usize>,
     /// Request buffers no connection needs now (see `Conn::buf`).
-    spare_bufs: Vec<Vec<u8>>,
+    #[allow(clippy::vec_box)] // the boxes move into and out of `Conn::buf`
+    spare_bufs: Vec<Box<Vec<u8>>>,
     /// Responses of one read, written with a single `write`.
     out: Vec<u8>,
     /// The worker drains: every response says `Connection: close`.
     draining: bool,
+}
+
+/// Connections' state reserved up front: address space only (pages are
+/// touched as connections arrive), and growing the vector step by step
+/// would leave its old copies resident on the heap.
+const CONNS_RESERVE: usize = 16384;
+
+impl Default for Server {
+    fn default() -> Server {
+        Server {
+            worker: None,
+            conns: Vec::with_capacity(CONNS_RESERVE),
+            free: Vec::new(),
+            spare_bufs: Vec::new(),
+            out: Vec::new(),
+            draining: false,
+        }
+    }
 }
 
 impl WorkerData for Server {
@@ -643,7 +663,7 @@ impl Server {
         match self.free.pop() {
             Some(i) => i,
             None => {
-                self.conns.push(Conn { buf: Vec::new(), stream: None, nodelay: false });
+                self.conns.push(Conn { buf: None, stream: None, nodelay: false });
                 self.conns.len() - 1
             }
         }
@@ -652,11 +672,11 @@ impl Server {
     fn release(&mut self, i: usize) {
         if let Some(c) = self.conns.get_mut(i) {
             if c.stream.take().is_some() {
-                c.buf.clear();
                 c.nodelay = false;
                 self.free.push(i);
-                if c.buf.capacity() > 0 {
-                    self.spare_bufs.push(std::mem::take(&mut c.buf));
+                if let Some(mut buf) = c.buf.take() {
+                    buf.clear();
+                    self.spare_bufs.push(buf);
                 }
             }
         }
@@ -861,25 +881,27 @@ fn on_read<S: StreamHandle + Copy>() -> OnRead<Server, S> {
         };
         let Some(conn) = server.conns.get_mut(slot) else { return };
         server.out.clear();
-        let close = if conn.buf.is_empty() {
-            // The common case: whole requests in one read, no copy.
-            let (used, close) = answer_all(&mut server.out, bytes, server.draining);
-            if !close && used < bytes.len() {
-                if conn.buf.capacity() == 0 {
-                    conn.buf = server.spare_bufs.pop().unwrap_or_default();
+        let close = match conn.buf.as_mut() {
+            None => {
+                // The common case: whole requests in one read, no copy.
+                let (used, close) = answer_all(&mut server.out, bytes, server.draining);
+                if !close && used < bytes.len() {
+                    let mut buf = server.spare_bufs.pop().unwrap_or_default();
+                    buf.extend_from_slice(&bytes[used..]);
+                    conn.buf = Some(buf);
                 }
-                conn.buf.extend_from_slice(&bytes[used..]);
+                close
             }
-            close
-        } else {
-            conn.buf.extend_from_slice(bytes);
-            let (used, close) = answer_all(&mut server.out, &conn.buf, server.draining);
-            conn.buf.drain(..used);
-            if conn.buf.is_empty() {
-                // Idle again: the buffer goes back to the pool.
-                server.spare_bufs.push(std::mem::take(&mut conn.buf));
+            Some(buf) => {
+                buf.extend_from_slice(bytes);
+                let (used, close) = answer_all(&mut server.out, buf, server.draining);
+                buf.drain(..used);
+                if buf.is_empty() {
+                    // Idle again: the buffer goes back to the pool.
+                    server.spare_bufs.extend(conn.buf.take());
+                }
+                close
             }
-            close
         };
         if !close && !conn.nodelay {
             if let Some(ConnStream::Tcp(t)) = conn.stream {

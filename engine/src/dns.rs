@@ -249,9 +249,9 @@ impl<D: 'static> Loop<D> {
         }
         let hints = AddrInfoHints::default().socket(SocketKind::Stream);
         let w = self.getaddrinfo(host, Some(&port.to_string()), hints, move |lp, d, r| lp.on_resolved(stream, r, d))?;
+        self.connecting(stream)?.resolve = Some(w);
         let st = self.stream_state(stream)?;
         st.on_connect = Some(cb.f.clone());
-        st.resolve = Some(w);
         self.active_reqs += 1;
         Ok(TcpStream(stream.0))
     }
@@ -260,14 +260,14 @@ impl<D: 'static> Loop<D> {
     /// connect with the resolver's error. A stream closed meanwhile has
     /// had its callback (`ECANCELED`) from the close.
     fn on_resolved(&mut self, s: Stream, r: Result<Vec<SocketAddr>>, d: &mut D) {
-        let Ok(st) = self.stream_state(s) else { return };
-        st.resolve = None;
+        let Ok(c) = self.connecting(s) else { return };
+        c.resolve = None;
         let addrs = match r {
             Ok(addrs) => addrs,
             Err(e) => return self.connect_done(s, Err(e), d),
         };
-        st.connect_addrs.clear();
-        st.connect_addrs.extend(addrs.iter().rev());
+        c.addrs.clear();
+        c.addrs.extend(addrs.iter().rev());
         if let Err(e) = self.connect_filter_bound(s) {
             return self.connect_done(s, Err(e), d);
         }

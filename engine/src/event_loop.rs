@@ -229,6 +229,15 @@ pub(crate) struct OpEntry {
     pub req: u32,
 }
 
+/// Entries reserved up front in the loop's tables that grow with the
+/// number of connections (handle slots, the op table, the backends' per-fd
+/// and per-op tables). Reserving costs address space, not memory: only the
+/// pages of entries in use are ever touched. A table grown step by step
+/// instead leaves each old copy behind on the heap (realloc copies it and
+/// the freed copy stays resident), which cost an idle connection tens of
+/// bytes more.
+pub(crate) const TABLE_RESERVE: usize = 16384;
+
 /// Deferred work for the pending phase.
 #[derive(Copy, Clone, Debug)]
 pub(crate) enum Pending {
@@ -295,8 +304,12 @@ pub struct Loop<D = ()> {
     /// Write buffers of idle streams, lent to whichever stream writes next
     /// (an idle connection holds no write buffer).
     pub(crate) write_bufs_spare: Vec<Vec<u8>>,
-    /// Write request queues of idle streams, lent likewise.
-    pub(crate) write_reqs_spare: Vec<VecDeque<crate::stream::WriteReq<D>>>,
+    /// Write sides (request queues) of idle streams, lent likewise.
+    #[allow(clippy::vec_box)] // the boxes move into and out of the streams
+    pub(crate) write_sides_spare: Vec<Box<crate::stream::WriteSide<D>>>,
+    /// Connect parts of streams no longer connecting (see `Connecting`).
+    #[allow(clippy::vec_box)] // the boxes move into and out of the streams
+    pub(crate) connect_spare: Vec<Box<crate::stream::Connecting>>,
     /// Send buffers and queues of closed UDP sockets, for new ones.
     pub(crate) udp_spare: Vec<UdpParts<D>>,
     /// Listeners waiting out an accept back-off: (deadline ms, stream).
@@ -382,12 +395,12 @@ impl<D> Loop<D> {
         Ok(Loop {
             driver,
             pool,
-            slots: Slab::with_capacity(1024),
+            slots: Slab::with_capacity(TABLE_RESERVE),
             next_generation: 1,
             work: Default::default(),
             fs: crate::fs::FsState::new(opts.fs_io_uring.unwrap_or_else(crate::fs::fs_io_uring_from_env)),
             xfers: crate::sendfile::Transfers::new(opts.sendfile_read_send),
-            ops: Slab::with_capacity(1024),
+            ops: Slab::with_capacity(TABLE_RESERVE),
             next_op_generation: 1,
             timers: TimerHeap::with_capacity(256),
             now_ms: now,
@@ -405,7 +418,8 @@ impl<D> Loop<D> {
             fallback_reason,
             parts_spare: Vec::new(),
             write_bufs_spare: Vec::new(),
-            write_reqs_spare: Vec::new(),
+            write_sides_spare: Vec::new(),
+            connect_spare: Vec::new(),
             udp_spare: Vec::new(),
             accept_retry: Vec::new(),
             signals: SignalRegistry::default(),
@@ -959,7 +973,16 @@ impl<D> Loop<D> {
         let cb = s.close_cb.take();
         let slot = self.slots.remove(h.index as usize);
         match slot.kind {
-            Kind::Stream(st) => self.parts_spare.push(st.into_parts()),
+            Kind::Stream(mut st) => {
+                if let Some(c) = st.conn.take() {
+                    self.connect_spare_push(c);
+                }
+                let mut parts = st.into_parts();
+                if let Some(side) = parts.w.take() {
+                    self.write_sides_spare.push(side);
+                }
+                self.parts_spare.push(parts);
+            }
             Kind::Udp(st) => self.udp_spare.push(st.into_parts()),
             _ => {}
         }
@@ -1155,6 +1178,24 @@ mod tests {
     use crate::sys;
     use std::os::fd::{AsRawFd, OwnedFd, RawFd};
     use std::time::{Duration, Instant};
+
+    /// What an idle connection holds in the loop: its handle slot and its
+    /// recv's entry in the op table (the slot of a connection that is not
+    /// writing or connecting: the write side, the connect part and the
+    /// listener part are out of line). The backends pin their own per-fd
+    /// and per-op entries (epoll's `Reg`, io_uring's op table).
+    #[test]
+    fn idle_connection_layout() {
+        use std::mem::size_of;
+        assert!(size_of::<Slot<()>>() <= 264, "handle slot: {} bytes", size_of::<Slot<()>>());
+        assert!(size_of::<crate::stream::StreamState<()>>() <= 224);
+        assert!(size_of::<crate::stream::StreamParts<()>>() <= 32);
+        assert!(size_of::<OpEntry>() <= 20, "op entry: {} bytes", size_of::<OpEntry>());
+        // The handle kind's tag lives in a niche of the stream's state: a
+        // slot is its header (generation, flags, data, close callback) and
+        // the largest kind, nothing more.
+        assert!(size_of::<Kind<()>>() == size_of::<crate::stream::StreamState<()>>());
+    }
 
     /// A loop on each backend: epoll, and io_uring when the ring can be set
     /// up here (else a visible SKIP, or a failure with

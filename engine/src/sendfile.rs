@@ -211,7 +211,7 @@ impl<D: 'static> Loop<D> {
         }) as u32;
         let st = self.stream_state(s)?;
         let at = st.queued_total;
-        st.parts.writes.push_back(WriteReq {
+        st.parts.side().writes.push_back(WriteReq {
             end: at,
             cb: None,
             nfds: 0,
@@ -273,7 +273,7 @@ impl<D> Loop<D> {
     /// before it is sent (the in-flight buffer is empty; the caller checked).
     pub(crate) fn xfer_due(&self, s: Stream) -> Option<u32> {
         let st = self.stream_ref(s).ok()?;
-        for w in st.parts.writes.iter() {
+        for w in st.parts.writes() {
             match w.file {
                 Some(i) => match self.xfers.entries.get(i as usize)?.phase {
                     Phase::Done(_) => continue,

@@ -6,7 +6,9 @@
 //! kernel by the one send in flight and is never touched until its completion
 //! arrives; new writes append to `queued`. When `inflight` is fully sent the
 //! two swap. Both keep their capacity (and are recycled across connections),
-//! so steady-state writing allocates nothing.
+//! so steady-state writing allocates nothing. An idle stream holds neither:
+//! the buffers and the request queue (its `WriteSide`) are lent to the
+//! loop's pools until the stream writes again.
 //!
 //! Reads arrive in pool buffers. A read that arrives while the stream is not
 //! reading (after `read_stop`, before its cancellation lands) is stashed with
@@ -173,10 +175,26 @@ pub(crate) const WRITE_BUFS_SPARE_MAX: usize = 1024;
 /// frame of a few dozen bytes) borrows it later.
 pub(crate) const WRITE_BUF_MIN: usize = 256;
 
-pub(crate) struct StreamParts<D> {
+/// A stream's write side while it has writes: both buffers and the
+/// request queue. An idle stream has none (`StreamParts::w` is `None`): the
+/// buffers go to the loop's pool of write buffers and this box, with its
+/// queue's capacity, to its pool of write sides (see `flush`), so an idle
+/// connection's slot pays 8 bytes for them instead of 80.
+pub(crate) struct WriteSide<D> {
     pub queued: Vec<u8>,
     pub inflight: Vec<u8>,
     pub writes: VecDeque<WriteReq<D>>,
+}
+
+impl<D> Default for WriteSide<D> {
+    fn default() -> WriteSide<D> {
+        WriteSide { queued: Vec::new(), inflight: Vec::new(), writes: VecDeque::new() }
+    }
+}
+
+pub(crate) struct StreamParts<D> {
+    /// The write side, from `write_admit` until the stream is idle again.
+    pub w: Option<Box<WriteSide<D>>>,
     pub stash: BoxedDeque<Stashed>,
     /// Handles received over an IPC pipe, not yet accepted.
     pub pending_handles: BoxedDeque<RawFd>,
@@ -187,9 +205,7 @@ pub(crate) struct StreamParts<D> {
 impl<D> StreamParts<D> {
     fn new() -> StreamParts<D> {
         StreamParts {
-            queued: Vec::new(),
-            inflight: Vec::new(),
-            writes: VecDeque::new(),
+            w: None,
             stash: BoxedDeque::new(),
             pending_handles: BoxedDeque::new(),
             send_fds: BoxedDeque::new(),
@@ -208,10 +224,32 @@ impl<D> StreamParts<D> {
         }
     }
 
+    /// The write side; `write_admit` gave it from the loop's pool (made
+    /// here only if it did not run).
+    pub(crate) fn side(&mut self) -> &mut WriteSide<D> {
+        self.w.get_or_insert_with(Box::default)
+    }
+
+    /// Whether any write request is queued.
+    pub(crate) fn has_writes(&self) -> bool {
+        self.w.as_ref().is_some_and(|w| !w.writes.is_empty())
+    }
+
+    /// The queued write requests, oldest first.
+    pub(crate) fn writes(&self) -> impl Iterator<Item = &WriteReq<D>> {
+        self.w.iter().flat_map(|w| w.writes.iter())
+    }
+
+    fn pop_write(&mut self) -> Option<WriteReq<D>> {
+        self.w.as_mut().and_then(|w| w.writes.pop_front())
+    }
+
     fn clear(&mut self) {
-        self.queued.clear();
-        self.inflight.clear();
-        self.writes.clear();
+        if let Some(w) = self.w.as_mut() {
+            w.queued.clear();
+            w.inflight.clear();
+            w.writes.clear();
+        }
         self.stash.clear();
         self.pending_handles.clear();
         self.send_fds.clear();
@@ -225,6 +263,19 @@ pub(crate) enum ShutdownState {
     Requested,
     /// The socket is shut; the callback runs in the pending phase.
     Done,
+}
+
+/// What only a connect under way keeps: out of line, from the loop's pool
+/// (`Loop::connect_spare`) while the connect lasts, so that an accepted or
+/// connected stream's slot pays 8 bytes for it instead of 56.
+#[derive(Default)]
+pub(crate) struct Connecting {
+    /// The connect op in flight.
+    pub op: Option<Token>,
+    /// A connect by name: the resolution in flight on the work pool.
+    pub resolve: Option<crate::work::Work>,
+    /// A connect to several addresses: those not tried yet, the next last.
+    pub addrs: Vec<SocketAddr>,
 }
 
 /// What only a listener, or a socket bound by `tcp_bind`, keeps: out of
@@ -285,8 +336,9 @@ pub(crate) struct StreamState<D> {
     /// connection's slot does not carry it (see [`ListenState`]).
     pub lis: Option<Box<ListenState<D>>>,
     pub on_connect: Option<Rc<StatusFn<D>>>,
-    /// The connect op in flight.
-    pub connect_op: Option<Token>,
+    /// A connect's op, name resolution and addresses, while it is under
+    /// way (see [`Connecting`]).
+    pub conn: Option<Box<Connecting>>,
     /// The send op in flight (one at a time: `inflight` is its buffer), or
     /// the op of the file transfer in flight.
     pub send_op: Option<Token>,
@@ -301,14 +353,13 @@ pub(crate) struct StreamState<D> {
     pub written_total: u64,
     pub write_error: Option<Error>,
     pub shutdown: ShutdownState,
-    /// The shutdown request's callback; `Some` while the request is in flight.
-    pub shutdown_req: Option<Option<Rc<StatusFn<D>>>>,
-    /// Fds attached to the send in flight (IPC), closed after they are sent.
-    pub inflight_fds: usize,
-    /// A connect by name: the resolution in flight on the work pool.
-    pub resolve: Option<crate::work::Work>,
-    /// A connect to several addresses: those not tried yet, the next last.
-    pub connect_addrs: Vec<SocketAddr>,
+    /// A shutdown request is in flight (its callback, if any, is
+    /// `shutdown_cb`); see [`take_shutdown_req`](Self::take_shutdown_req).
+    pub shutdown_req: bool,
+    pub shutdown_cb: Option<Rc<StatusFn<D>>>,
+    /// Fds attached to the send in flight (IPC), closed after they are sent
+    /// (at most `socket::MAX_FDS_PER_MSG`).
+    pub inflight_fds: u8,
     /// The fd is not a socket (a pipe(2), FIFO, tty or file opened by
     /// `pipe_open`): read with `ReadStream`, written with `WriteStream`.
     pub not_socket: bool,
@@ -331,6 +382,12 @@ impl<D> StreamState<D> {
         self.lis.as_ref().and_then(|l| l.bind_addr)
     }
 
+    /// The shutdown request in flight, if any, with its callback; it is no
+    /// longer in flight after this.
+    pub(crate) fn take_shutdown_req(&mut self) -> Option<Option<Rc<StatusFn<D>>>> {
+        std::mem::take(&mut self.shutdown_req).then(|| self.shutdown_cb.take())
+    }
+
     /// A send that carried fds put at least one byte out: the fds went with
     /// its first byte, so the write that owned them releases them now and a
     /// retry of the remainder never sends them twice.
@@ -340,7 +397,8 @@ impl<D> StreamState<D> {
         }
         let offset = self.written_total;
         let parts = &mut self.parts;
-        if let Some(w) = parts.writes.iter_mut().find(|w| w.nfds > 0 && w.start == offset) {
+        let mut writes = parts.w.iter_mut().flat_map(|w| w.writes.iter_mut());
+        if let Some(w) = writes.find(|w| w.nfds > 0 && w.start == offset) {
             let (n, borrowed) = (w.nfds, w.borrowed);
             w.nfds = 0;
             parts.release_send_fds(n, borrowed);
@@ -363,7 +421,7 @@ impl<D> StreamState<D> {
         for fd in queued.into_iter().flat_map(|q| q.drain(..)).chain(self.parts.pending_handles.drain()) {
             sys::close(fd);
         }
-        while let Some(w) = self.parts.writes.pop_front() {
+        while let Some(w) = self.parts.pop_write() {
             self.parts.release_send_fds(w.nfds, w.borrowed);
         }
         self.parts.send_fds.clear();
@@ -452,6 +510,32 @@ pub trait ListenHook<D> {
 }
 
 impl<D> Loop<D> {
+    /// The connect part of `s`, taken from the loop's pool if it has none.
+    pub(crate) fn connecting(&mut self, s: Stream) -> Result<&mut Connecting> {
+        if self.stream_state(s)?.conn.is_none() {
+            let c = self.connect_spare.pop().unwrap_or_default();
+            self.stream_state(s)?.conn = Some(c);
+        }
+        Ok(self.stream_state(s)?.conn.get_or_insert_with(Box::default))
+    }
+
+    /// The connect is over (or never started): its part goes back to the
+    /// loop's pool.
+    pub(crate) fn connect_release(&mut self, s: Stream) {
+        if let Some(c) = self.stream_state(s).ok().and_then(|st| st.conn.take()) {
+            self.connect_spare_push(c);
+        }
+    }
+
+    pub(crate) fn connect_spare_push(&mut self, mut c: Box<Connecting>) {
+        c.op = None;
+        c.resolve = None;
+        c.addrs.clear();
+        if self.connect_spare.len() < WRITE_BUFS_SPARE_MAX {
+            self.connect_spare.push(c);
+        }
+    }
+
     pub(crate) fn stream_state(&mut self, s: Stream) -> Result<&mut StreamState<D>> {
         match &mut self.open_slot_mut(s.0)?.kind {
             Kind::Stream(st) => Ok(st),
@@ -485,7 +569,7 @@ impl<D> Loop<D> {
             rearm_recv: false,
             lis: None,
             on_connect: None,
-            connect_op: None,
+            conn: None,
             send_op: None,
             xfer: None,
             inflight_off: 0,
@@ -494,10 +578,9 @@ impl<D> Loop<D> {
             written_total: 0,
             write_error: None,
             shutdown: ShutdownState::None,
-            shutdown_req: None,
+            shutdown_req: false,
+            shutdown_cb: None,
             inflight_fds: 0,
-            resolve: None,
-            connect_addrs: Vec::new(),
             not_socket: false,
             parts,
         };
@@ -752,18 +835,20 @@ impl<D> Loop<D> {
     ) -> Result<()> {
         // SAFETY: a connect lends nothing (the backend copies `addr`).
         let token = unsafe { self.submit_op(s.0, Op::Connect { fd, addr })? };
-        let st = self.stream_state(s)?;
-        st.connect_op = Some(token);
-        st.on_connect = Some(cb.clone());
+        self.connecting(s)?.op = Some(token);
+        self.stream_state(s)?.on_connect = Some(cb.clone());
         self.active_reqs += 1;
         Ok(())
     }
 
     pub(crate) fn on_connect(&mut self, s: Stream, token: Token, res: i32, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
-        debug_assert_eq!(st.connect_op, Some(token));
-        st.connect_op = None;
-        if res != 0 && !st.connect_addrs.is_empty() {
+        let more = st.conn.as_deref_mut().is_some_and(|c| {
+            debug_assert_eq!(c.op, Some(token));
+            c.op = None;
+            !c.addrs.is_empty()
+        });
+        if res != 0 && more {
             // Connecting to several addresses: this one failed, so the
             // socket goes and the next address gets a new one (perhaps of
             // another family). Nothing else is in flight on it: reads and
@@ -784,7 +869,8 @@ impl<D> Loop<D> {
     pub(crate) fn connect_done(&mut self, s: Stream, status: Result<()>, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
         let cb = st.on_connect.take();
-        st.connect_addrs.clear();
+        self.connect_release(s);
+        let Ok(st) = self.stream_state(s) else { return };
         if status.is_ok() {
             st.connected = true;
         }
@@ -824,9 +910,9 @@ impl<D> Loop<D> {
     /// callback.
     fn connect_start_any(&mut self, s: Stream, mut last: Error) -> Result<()> {
         loop {
-            let st = self.stream_state(s)?;
-            let Some(addr) = st.connect_addrs.pop() else { return Err(last) };
-            let more = !st.connect_addrs.is_empty();
+            let addrs = &mut self.connecting(s)?.addrs;
+            let Some(addr) = addrs.pop() else { return Err(last) };
+            let more = !addrs.is_empty();
             let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
             let res = self.tcp_ensure_socket(s, family).and_then(|fd| {
                 // SAFETY: a connect lends nothing (the backend copies `addr`).
@@ -834,7 +920,7 @@ impl<D> Loop<D> {
             });
             match res {
                 Ok(token) => {
-                    self.stream_state(s)?.connect_op = Some(token);
+                    self.connecting(s)?.op = Some(token);
                     return Ok(());
                 }
                 Err(e) => {
@@ -880,10 +966,13 @@ impl<D> Loop<D> {
         if addrs.is_empty() {
             return Err(Error::EINVAL);
         }
-        st.connect_addrs.clear();
-        st.connect_addrs.extend(addrs.iter().rev());
-        self.connect_filter_bound(s)?;
-        self.connect_start_any(s, Error::EINVAL)?;
+        let c = self.connecting(s)?;
+        c.addrs.clear();
+        c.addrs.extend(addrs.iter().rev());
+        if let Err(e) = self.connect_filter_bound(s).and_then(|()| self.connect_start_any(s, Error::EINVAL)) {
+            self.connect_release(s);
+            return Err(e);
+        }
         let st = self.stream_state(s)?;
         st.on_connect = Some(cb.f.clone());
         self.active_reqs += 1;
@@ -898,12 +987,13 @@ impl<D> Loop<D> {
             return Ok(());
         }
         let v4 = st.family == libc::AF_INET;
+        let addrs = &mut self.connecting(s)?.addrs;
         // The list is reversed: the first address is the last entry.
-        let first = st.connect_addrs.iter().rev().find(|a| a.is_ipv4() == v4).copied();
-        st.connect_addrs.clear();
+        let first = addrs.iter().rev().find(|a| a.is_ipv4() == v4).copied();
+        addrs.clear();
         match first {
             Some(a) => {
-                st.connect_addrs.push(a);
+                addrs.push(a);
                 Ok(())
             }
             None => Err(Error::from_errno(libc::EAFNOSUPPORT)),
@@ -1830,11 +1920,11 @@ impl<D> Loop<D> {
         self.write_admit(s)?;
         let st = self.stream_state(s)?;
         let start = st.queued_total;
-        st.parts.queued.extend_from_slice(data);
+        st.parts.side().queued.extend_from_slice(data);
         st.queued_total += data.len() as u64;
         let end = st.queued_total;
         st.parts.send_fds.extend(fds.iter().copied());
-        st.parts.writes.push_back(WriteReq {
+        st.parts.side().writes.push_back(WriteReq {
             end,
             cb: cb.cloned(),
             nfds: fds.len() as u8,
@@ -1862,17 +1952,16 @@ impl<D> Loop<D> {
         if let Some(e) = st.write_error {
             return Err(e);
         }
-        // An idle stream lent its write buffers to the loop's pool (see
-        // `flush`); take one back, with the capacity it already has.
-        if st.parts.queued.capacity() == 0 {
-            match self.write_bufs_spare.pop() {
-                Some(buf) => self.stream_state(s)?.parts.queued = buf,
-                None => self.stream_state(s)?.parts.queued.reserve(WRITE_BUF_MIN),
-            }
+        // An idle stream lent its write side and buffers to the loop's
+        // pools (see `flush`); take them back, with the capacity they have.
+        if st.parts.w.is_none() {
+            let side = self.write_sides_spare.pop().unwrap_or_default();
+            self.stream_state(s)?.parts.w = Some(side);
         }
-        if self.stream_state(s)?.parts.writes.capacity() == 0 {
-            if let Some(q) = self.write_reqs_spare.pop() {
-                self.stream_state(s)?.parts.writes = q;
+        if self.stream_state(s)?.parts.side().queued.capacity() == 0 {
+            match self.write_bufs_spare.pop() {
+                Some(buf) => self.stream_state(s)?.parts.side().queued = buf,
+                None => self.stream_state(s)?.parts.side().queued.reserve(WRITE_BUF_MIN),
             }
         }
         Ok(())
@@ -1902,7 +1991,7 @@ impl<D> Loop<D> {
         if st.fd < 0 || st.listening {
             return Err(Error::EBADF);
         }
-        if !st.parts.writes.is_empty() || st.send_op.is_some() {
+        if st.parts.has_writes() || st.send_op.is_some() {
             return Err(Error::EAGAIN);
         }
         if st.shutdown != ShutdownState::None {
@@ -1920,38 +2009,48 @@ impl<D> Loop<D> {
     /// Sends what is queued if no send is in flight.
     pub(crate) fn flush(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
+        // No write side: nothing was written since the stream went idle.
+        let Some(side) = st.parts.w.as_mut() else { return };
         // Nothing goes out before a connect completes (`on_connect` flushes):
         // epoll would find the write side busy, io_uring would let the
         // write's completion overtake the connect's.
         if st.send_op.is_some() || st.fd < 0 || st.on_connect.is_some() || st.xfer.is_some() {
             return;
         }
-        if st.inflight_off >= st.parts.inflight.len() {
+        if st.inflight_off >= side.inflight.len() {
             // A file transfer whose turn has come goes before later bytes.
             if let Some(x) = self.xfer_due(s) {
                 self.xfer_begin(s, x);
                 return;
             }
             let Ok(st) = self.stream_state(s) else { return };
-            st.parts.inflight.clear();
+            st.parts.side().inflight.clear();
             st.inflight_off = 0;
             self.fill_inflight(s);
         }
         let Ok(st) = self.stream_state(s) else { return };
-        let remaining = st.parts.inflight.len() - st.inflight_off;
+        let remaining = st.parts.side().inflight.len() - st.inflight_off;
         if remaining == 0 {
             // Both buffers are empty (`fill_inflight` moved everything
             // queued): an idle stream keeps no write buffer; they go to the
-            // loop's pool, shared by every stream, capacity and all.
-            let inflight = std::mem::take(&mut st.parts.inflight);
-            let queued = std::mem::take(&mut st.parts.queued);
+            // loop's pool, shared by every stream, capacity and all, and
+            // with no request left, the write side goes to its own pool.
+            let side = st.parts.side();
+            let inflight = std::mem::take(&mut side.inflight);
+            let queued = std::mem::take(&mut side.queued);
+            let idle = side.writes.is_empty().then(|| st.parts.w.take()).flatten();
             for buf in [inflight, queued] {
                 if buf.capacity() > 0 && self.write_bufs_spare.len() < WRITE_BUFS_SPARE_MAX {
                     self.write_bufs_spare.push(buf);
                 }
             }
+            if let Some(side) = idle {
+                if self.write_sides_spare.len() < WRITE_BUFS_SPARE_MAX {
+                    self.write_sides_spare.push(side);
+                }
+            }
             let Ok(st) = self.stream_state(s) else { return };
-            let done = st.parts.writes.front().is_some_and(|w| w.end <= st.written_total);
+            let done = st.parts.writes().next().is_some_and(|w| w.end <= st.written_total);
             if done || st.shutdown == ShutdownState::Requested {
                 self.push_pending(Pending::Writes(s));
             }
@@ -1961,7 +2060,7 @@ impl<D> Loop<D> {
         let st_not_socket = st.not_socket;
         // SAFETY (for the pointer handed to the backend): `inflight` is not
         // touched until this send's completion; only `queued` grows meanwhile.
-        let ptr = unsafe { st.parts.inflight.as_ptr().add(st.inflight_off) };
+        let ptr = unsafe { st.parts.side().inflight.as_ptr().add(st.inflight_off) };
         let iov = [libc::iovec { iov_base: ptr as *mut _, iov_len: remaining }];
         let mut fds = [-1; socket::MAX_FDS_PER_MSG];
         let nfds = self.inflight_fds(s, &mut fds);
@@ -1980,7 +2079,7 @@ impl<D> Loop<D> {
                 if let Ok(st) = self.stream_state(s) {
                     st.send_op = Some(token);
                     st.inflight_len = remaining;
-                    st.inflight_fds = nfds;
+                    st.inflight_fds = nfds as u8;
                 }
             }
             Err(e) => self.fail_writes(s, e),
@@ -1993,7 +2092,7 @@ impl<D> Loop<D> {
     /// own write's first byte).
     fn fill_inflight(&mut self, s: Stream) {
         let Ok(st) = self.stream_state(s) else { return };
-        let parts = &mut st.parts;
+        let Some(parts) = st.parts.w.as_deref_mut() else { return };
         // The first write not fully moved to `inflight` starts at the stream
         // offset `moved` = written_total (inflight is empty here).
         let moved = st.written_total;
@@ -2018,7 +2117,7 @@ impl<D> Loop<D> {
     fn inflight_fds(&mut self, s: Stream, out: &mut [RawFd; socket::MAX_FDS_PER_MSG]) -> usize {
         let Ok(st) = self.stream_state(s) else { return 0 };
         let offset = st.written_total;
-        for w in st.parts.writes.iter() {
+        for w in st.parts.writes() {
             // Writes already sent, and zero-length ones at `offset` (which
             // carry no fds), are passed over.
             if w.end <= offset {
@@ -2066,7 +2165,7 @@ impl<D> Loop<D> {
         loop {
             let Ok(st) = self.stream_state(s) else { return };
             let failed = st.write_error;
-            let Some(w) = st.parts.writes.front() else { break };
+            let Some(w) = st.parts.writes().next() else { break };
             // A zero-length write that carries a handle completes only once
             // the handle went out; a file transfer, once it has ended.
             let waiting = match w.file {
@@ -2077,7 +2176,7 @@ impl<D> Loop<D> {
                 break;
             }
             let Ok(st) = self.stream_state(s) else { return };
-            let Some(w) = st.parts.writes.pop_front() else { break };
+            let Some(w) = st.parts.pop_write() else { break };
             if failed.is_some() {
                 st.parts.release_send_fds(w.nfds, w.borrowed);
             }
@@ -2095,14 +2194,7 @@ impl<D> Loop<D> {
                 cb(self, d, s.0, failed.map_or(Ok(()), Err));
             }
         }
-        // No write left: the request queue goes to the loop's pool too.
-        let room = self.write_reqs_spare.len() < WRITE_BUFS_SPARE_MAX;
-        if let Ok(st) = self.stream_state(s) {
-            if room && st.parts.writes.is_empty() && st.parts.writes.capacity() > 0 {
-                let q = std::mem::take(&mut st.parts.writes);
-                self.write_reqs_spare.push(q);
-            }
-        }
+        // No write left: `flush` lends the write side to the loop's pool.
         self.flush(s);
         self.maybe_shutdown(s);
     }
@@ -2114,11 +2206,13 @@ impl<D> Loop<D> {
     pub(crate) fn fail_writes(&mut self, s: Stream, e: Error) {
         let Ok(st) = self.stream_state(s) else { return };
         st.write_error = Some(e);
-        st.parts.queued.clear();
-        st.parts.inflight.clear();
+        if let Some(side) = st.parts.w.as_mut() {
+            side.queued.clear();
+            side.inflight.clear();
+        }
         st.inflight_off = 0;
         st.written_total = st.queued_total;
-        if !st.parts.writes.is_empty() {
+        if st.parts.has_writes() {
             self.push_pending(Pending::Writes(s));
         }
         self.maybe_shutdown(s);
@@ -2141,7 +2235,8 @@ impl<D> Loop<D> {
             return Err(Error::ENOTCONN);
         }
         st.shutdown = ShutdownState::Requested;
-        st.shutdown_req = Some(cb.map(|c| c.f.clone()));
+        st.shutdown_req = true;
+        st.shutdown_cb = cb.map(|c| c.f.clone());
         self.active_reqs += 1;
         self.maybe_shutdown(s);
         Ok(())
@@ -2152,7 +2247,7 @@ impl<D> Loop<D> {
         if st.shutdown != ShutdownState::Requested || st.on_connect.is_some() {
             return;
         }
-        if st.send_op.is_some() || st.written_total < st.queued_total || !st.parts.writes.is_empty() {
+        if st.send_op.is_some() || st.written_total < st.queued_total || st.parts.has_writes() {
             return;
         }
         let code = match st.write_error {
@@ -2168,7 +2263,7 @@ impl<D> Loop<D> {
 
     pub(crate) fn shutdown_done(&mut self, s: Stream, code: i32, d: &mut D) {
         let Ok(st) = self.stream_state(s) else { return };
-        let Some(cb) = st.shutdown_req.take() else { return };
+        let Some(cb) = st.take_shutdown_req() else { return };
         self.active_reqs -= 1;
         let status = if code == 0 { Ok(()) } else { Err(Error::from_errno(code)) };
         if let Some(cb) = cb {
@@ -2225,8 +2320,8 @@ impl<D> Loop<D> {
                 }
             }
             cancels[2] = st.send_op;
-            cancels[3] = st.connect_op;
-            let resolve = st.resolve.take();
+            cancels[3] = st.conn.as_ref().and_then(|c| c.op);
+            let resolve = st.conn.as_mut().and_then(|c| c.resolve.take());
             for fd in st.parts.pending_handles.drain() {
                 sys::close(fd);
             }
@@ -2294,7 +2389,7 @@ impl<D> Loop<D> {
         loop {
             let (w, written) = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
                 Ok(Kind::Stream(st)) => {
-                    let w = st.parts.writes.pop_front();
+                    let w = st.parts.pop_write();
                     if let Some(w) = &w {
                         st.parts.release_send_fds(w.nfds, w.borrowed);
                     }
@@ -2325,7 +2420,7 @@ impl<D> Loop<D> {
             cb(self, d, s.0, Err(Error::ECANCELED));
         }
         let shutdown = match self.slot_mut(s.0).map(|slot| &mut slot.kind) {
-            Ok(Kind::Stream(st)) => st.shutdown_req.take(),
+            Ok(Kind::Stream(st)) => st.take_shutdown_req(),
             _ => None,
         };
         if let Some(cb) = shutdown {

@@ -45,13 +45,28 @@ const DGRAM_BATCH: usize = 32;
 
 #[derive(Copy, Clone)]
 enum ReadOp {
-    Accept { token: Token },
-    Recv { token: Token },
-    RecvMsg { token: Token },
-    RecvFrom { token: Token },
-    ReadStream { token: Token },
-    Read { token: Token, ptr: *mut u8, len: usize },
-    PollIn { token: Token },
+    Accept {
+        token: Token,
+    },
+    Recv {
+        token: Token,
+    },
+    RecvMsg {
+        token: Token,
+    },
+    RecvFrom {
+        token: Token,
+    },
+    ReadStream {
+        token: Token,
+    },
+    /// Its buffer is `RegRare::read_buf`.
+    Read {
+        token: Token,
+    },
+    PollIn {
+        token: Token,
+    },
 }
 
 impl ReadOp {
@@ -109,22 +124,38 @@ struct Reg {
     exclusive: bool,
     read: Option<ReadOp>,
     write: Option<WriteOp>,
-    /// A poll watcher's one-shot poll: its token and epoll events.
-    poll: Option<(Token, u32)>,
     /// The send waiting for `EPOLLOUT`, while one does: taken from
     /// `Epoll::send_spare` and given back when the op ends, so an idle fd
     /// holds no iovec or fd array (a `Reg` exists for every fd number).
     send: Option<Box<PendingSend>>,
-    /// `SendTo` ops in flight, in submission order; boxed on the fd's first
-    /// datagram, so a stream's `Reg` pays 8 bytes for it (the queue keeps
-    /// its capacity, so sending allocates nothing after warm-up).
-    #[allow(clippy::box_collection)] // 8 bytes in every `Reg` instead of 32
-    dgrams: Option<Box<VecDeque<DgramSend>>>,
+    /// What a connection's fd never needs (a poll watcher's poll,
+    /// datagrams, a file read's buffer): made on first use and kept with
+    /// the fd number (so using it again allocates nothing), so that a
+    /// stream's `Reg` is 64 bytes, not 104.
+    rare: Option<Box<RegRare>>,
     /// The socket refused a datagram (`EAGAIN`): wait for `EPOLLOUT`.
     dgram_blocked: bool,
     /// epoll refused the fd (`EPERM`: a regular file): its read op is run
     /// at every `poll` instead (the fd is in `Epoll::always_ready`).
     always_ready: bool,
+}
+
+/// The rarely used part of a [`Reg`].
+struct RegRare {
+    /// A poll watcher's one-shot poll: its token and epoll events.
+    poll: Option<(Token, u32)>,
+    /// `SendTo` ops in flight, in submission order (the queue keeps its
+    /// capacity, so sending allocates nothing after warm-up).
+    dgrams: VecDeque<DgramSend>,
+    /// The buffer of the fd's `ReadOp::Read`, lent by the loop until the
+    /// op completes.
+    read_buf: (*mut u8, usize),
+}
+
+impl Default for RegRare {
+    fn default() -> RegRare {
+        RegRare { poll: None, dgrams: VecDeque::new(), read_buf: (std::ptr::null_mut(), 0) }
+    }
 }
 
 impl Reg {
@@ -135,9 +166,8 @@ impl Reg {
             exclusive: false,
             read: None,
             write: None,
-            poll: None,
             send: None,
-            dgrams: None,
+            rare: None,
             dgram_blocked: false,
             always_ready: false,
         }
@@ -151,10 +181,22 @@ impl Reg {
         if self.write.is_some() || self.dgram_blocked {
             ev |= epoll::OUT;
         }
-        if let Some((_, events)) = self.poll {
+        if let Some((_, events)) = self.poll() {
             ev |= events;
         }
         ev
+    }
+
+    fn poll(&self) -> Option<(Token, u32)> {
+        self.rare.as_ref().and_then(|r| r.poll)
+    }
+
+    fn take_poll(&mut self) -> Option<(Token, u32)> {
+        self.rare.as_mut().and_then(|r| r.poll.take())
+    }
+
+    fn rare(&mut self) -> &mut RegRare {
+        self.rare.get_or_insert_with(Box::default)
     }
 }
 
@@ -178,7 +220,7 @@ pub(crate) struct Epoll {
     send_spare: Vec<Box<PendingSend>>,
 }
 
-// SAFETY-relevant note: `ReadOp::Read` holds a raw pointer lent by the loop
+// SAFETY-relevant note: `RegRare::read_buf` holds a raw pointer lent by the loop
 // (contract rule 3); Epoll is never shared across threads (no Send/Sync).
 
 impl Epoll {
@@ -189,7 +231,7 @@ impl Epoll {
             epfd: epoll::create()?,
             pool,
             free_bufs,
-            regs: Vec::with_capacity(1024),
+            regs: Vec::with_capacity(crate::event_loop::TABLE_RESERVE),
             ready: Vec::with_capacity(256),
             events: vec![epoll::EMPTY; EVENTS_PER_WAIT],
             dgram_dirty: Vec::with_capacity(64),
@@ -372,7 +414,8 @@ impl Epoll {
                 false
             }
             ReadOp::RecvFrom { token } => self.recv_datagrams(fd, token, out),
-            ReadOp::Read { token, ptr, len } => {
+            ReadOp::Read { token } => {
+                let (ptr, len) = self.reg(fd).rare().read_buf;
                 // SAFETY: the loop lent `ptr..ptr+len` until this op completes (rule 3).
                 let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
                 Self::one_shot(out, token, sys::read(fd, buf))
@@ -468,7 +511,7 @@ impl Epoll {
     /// with an error completes with it; the ones behind it still go.
     fn flush_dgrams(&mut self, fd: RawFd) {
         let Some(reg) = self.regs.get_mut(fd as usize) else { return };
-        let Some(dgrams) = reg.dgrams.as_deref_mut() else {
+        let Some(dgrams) = reg.rare.as_deref_mut().map(|r| &mut r.dgrams) else {
             reg.dgram_blocked = false;
             return;
         };
@@ -488,7 +531,7 @@ impl Epoll {
                     m.msg_hdr.msg_namelen = d.addr.len;
                 }
             }
-            // SAFETY: names and iovec arrays live in `reg.dgrams`, which is
+            // SAFETY: names and iovec arrays live in `RegRare::dgrams`, which is
             // not touched during the call; the bytes the iovecs describe are
             // lent by the loop until each op's completion (rule 3).
             match unsafe { socket::sendmmsg(fd, &mut msgs[..n]) } {
@@ -514,12 +557,12 @@ impl Epoll {
     fn fail_fd(&mut self, fd: RawFd, err: Error, out: &mut Vec<Completion>) {
         let reg = self.reg(fd);
         let ops =
-            [reg.read.take().map(|o| o.token()), reg.write.take().map(|o| o.token()), reg.poll.take().map(|(t, _)| t)];
+            [reg.read.take().map(|o| o.token()), reg.write.take().map(|o| o.token()), reg.take_poll().map(|(t, _)| t)];
         reg.dgram_blocked = false;
         for token in ops.into_iter().flatten() {
             Self::push(out, token, -err.code(), None, false);
         }
-        if let Some(dgrams) = self.reg(fd).dgrams.as_deref_mut() {
+        if let Some(dgrams) = self.reg(fd).rare.as_deref_mut().map(|r| &mut r.dgrams) {
             for d in dgrams.drain(..) {
                 Self::push(out, d.token, -err.code(), None, false);
             }
@@ -726,7 +769,7 @@ impl Epoll {
             Some(a) => d.addr = *a,
             None => d.addr.len = 0,
         }
-        let dgrams = reg.dgrams.get_or_insert_with(Box::default);
+        let dgrams = &mut reg.rare.get_or_insert_with(Box::default).dgrams;
         let first = dgrams.is_empty() && !reg.dgram_blocked;
         dgrams.push_back(d);
         if first {
@@ -737,14 +780,14 @@ impl Epoll {
 
     fn start_poll(&mut self, fd: RawFd, token: Token, events: u32) -> Result<()> {
         let reg = self.reg(fd);
-        if reg.poll.is_some() {
+        if reg.poll().is_some() {
             return Err(Error::from_errno(libc::EBUSY));
         }
         // poll(2) and epoll share the bit values of these events.
         let mask = events & (epoll::IN | epoll::OUT | epoll::RDHUP | epoll::PRI);
-        reg.poll = Some((token, mask));
+        reg.rare().poll = Some((token, mask));
         if let Err(e) = self.update(fd) {
-            self.reg(fd).poll = None;
+            self.reg(fd).take_poll();
             return Err(e);
         }
         Ok(())
@@ -778,7 +821,10 @@ impl Driver for Epoll {
             Op::Connect { fd, addr } => self.start_connect(fd, token, addr),
             // The pointer is kept in the read op and used when the fd turns
             // readable; the caller lends the memory until the completion.
-            Op::Read { fd, ptr, len } => self.arm_read(fd, ReadOp::Read { token, ptr, len }),
+            Op::Read { fd, ptr, len } => {
+                self.reg(fd).rare().read_buf = (ptr, len);
+                self.arm_read(fd, ReadOp::Read { token })
+            }
             Op::PollIn { fd } => self.arm_read(fd, ReadOp::PollIn { token }),
             Op::Poll { fd, events } => self.start_poll(fd, token, events),
             // Regular files are always "ready" to epoll: their I/O blocks in
@@ -820,11 +866,11 @@ impl Driver for Epoll {
             reg.write = None;
             hit = true;
         }
-        if reg.poll.is_some_and(|(t, _)| t == token) {
-            reg.poll = None;
+        if reg.poll().is_some_and(|(t, _)| t == token) {
+            reg.take_poll();
             hit = true;
         }
-        if let Some(dgrams) = reg.dgrams.as_deref_mut() {
+        if let Some(dgrams) = reg.rare.as_deref_mut().map(|r| &mut r.dgrams) {
             if let Some(i) = dgrams.iter().position(|d| d.token == token) {
                 dgrams.remove(i);
                 if dgrams.is_empty() {
@@ -845,12 +891,12 @@ impl Driver for Epoll {
         let epfd = self.epfd.as_raw_fd();
         let reg = self.reg(fd);
         debug_assert!(reg.read.is_none() && reg.write.is_none(), "deregister with ops in flight");
-        debug_assert!(reg.dgrams.as_ref().is_none_or(|q| q.is_empty()), "deregister with datagrams in flight");
+        debug_assert!(reg.rare.as_ref().is_none_or(|r| r.dgrams.is_empty()), "deregister with datagrams in flight");
         reg.read = None;
         reg.write = None;
-        reg.poll = None;
-        if let Some(q) = reg.dgrams.as_deref_mut() {
-            q.clear();
+        if let Some(r) = reg.rare.as_deref_mut() {
+            r.poll = None;
+            r.dgrams.clear();
         }
         self.release_send(fd);
         let reg = self.reg(fd);
@@ -937,10 +983,10 @@ impl Driver for Epoll {
                     self.flush_dgrams(fd);
                 }
             }
-            if let Some((token, mask)) = self.reg(fd).poll {
+            if let Some((token, mask)) = self.reg(fd).poll() {
                 let got = flags & (mask | epoll::ERR | epoll::HUP);
                 if got != 0 {
-                    self.reg(fd).poll = None;
+                    self.reg(fd).take_poll();
                     Self::push(out, token, got as i32, None, false);
                 }
             }
@@ -990,6 +1036,13 @@ mod tests {
 
     fn driver() -> Epoll {
         Epoll::new(PoolConfig { count: 8, size: 4096 }).expect("epoll")
+    }
+
+    /// Every fd number up to the highest in use has a `Reg`: a stream's is
+    /// 64 bytes (polls, datagrams and file reads are out of line).
+    #[test]
+    fn reg_is_64_bytes() {
+        assert!(std::mem::size_of::<super::Reg>() <= 64, "{}", std::mem::size_of::<super::Reg>());
     }
 
     /// Submits an op that lends no memory, for which rule 3 asks nothing.

@@ -190,7 +190,7 @@ impl Uring {
             pool,
             recvmsg_hdr: hdr,
             recvfrom_hdr: dgram_hdr,
-            ops: OpTable::with_capacity_and_hasher(1024, Default::default()),
+            ops: OpTable::with_capacity(crate::event_loop::TABLE_RESERVE),
             slots: SlotPool::with_capacity(64),
             waiting: Vec::with_capacity(256),
             backlog: VecDeque::with_capacity(256),

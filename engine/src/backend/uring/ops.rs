@@ -5,40 +5,78 @@
 //! Every SQE for a loop operation carries the loop's [`Token`] as its
 //! `user_data`, so a completion names its op directly and a cancel needs no
 //! lookup. The table is consulted only when a multishot op ends or a slot is
-//! to be freed; it is a hash map keyed by the whole token (the loop's op
-//! slot, generation and kind), and the loop gives every op its own token, so
-//! any number of ops, of any kinds, may be in flight on one fd.
+//! to be freed; it is indexed by the token's op-slot index (the loop's op
+//! table is dense, so this one is too), and each entry keeps the whole
+//! token, so a stale token never finds a newer op's entry. Any number of
+//! ops, of any kinds, may be in flight on one fd.
 //!
 //! [`Token`]: super::super::Token
 
 use super::super::MAX_IOV;
 use crate::sys::socket::{SockAddr, CONTROL_LEN};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::RawFd;
 
-/// Hashes a token (a `u64`) with one multiply; tokens are not attacker-chosen.
-#[derive(Default)]
-pub(super) struct TokenHasher(u64);
-
-impl Hasher for TokenHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(self.0 ^ b as u64);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        // Fold the 128-bit product so both the low bits (bucket index) and
-        // the high bits (control byte) depend on every input bit.
-        let m = (v as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-        self.0 = (m as u64) ^ ((m >> 64) as u64);
-    }
+/// What the kernel holds, by token: an entry for each op-table index in
+/// use, the token beside it. A dense vector rather than a hash map: an
+/// idle connection's recv costs one 32-byte entry (a hash map, at its load
+/// factor and power-of-two growth, cost 38 to 75 bytes, and scattered its
+/// entries over every page of the table). It grows in steps of 256 entries
+/// up to the highest index (the vector's capacity still doubles, untouched
+/// past the end), so only pages up to the highest index are written.
+pub(super) struct OpTable {
+    entries: Vec<Option<(u64, Tracked)>>,
 }
 
-pub(super) type OpTable = HashMap<u64, Tracked, BuildHasherDefault<TokenHasher>>;
+impl OpTable {
+    pub fn with_capacity(n: usize) -> OpTable {
+        OpTable { entries: Vec::with_capacity(n) }
+    }
+
+    fn index(key: u64) -> usize {
+        super::super::Token(key).index()
+    }
+
+    pub fn get(&self, key: &u64) -> Option<&Tracked> {
+        match self.entries.get(Self::index(*key)) {
+            Some(Some((k, v))) if k == key => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn get_mut(&mut self, key: &u64) -> Option<&mut Tracked> {
+        match self.entries.get_mut(Self::index(*key)) {
+            Some(Some((k, v))) if k == key => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn contains_key(&self, key: &u64) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Puts `v` under `key`; the previous entry under the same token, if
+    /// any. An entry of another token at the same index (one whose final
+    /// completion never came back) is replaced too: the loop reuses an
+    /// index only once its op has ended.
+    pub fn insert(&mut self, key: u64, v: Tracked) -> Option<Tracked> {
+        let i = Self::index(key);
+        if i >= self.entries.len() {
+            self.entries.resize((i + 1).next_multiple_of(256), None);
+        }
+        match self.entries[i].replace((key, v)) {
+            Some((k, old)) if k == key => Some(old),
+            _ => None,
+        }
+    }
+
+    pub fn remove(&mut self, key: &u64) -> Option<Tracked> {
+        let e = self.entries.get_mut(Self::index(*key))?;
+        match e {
+            Some((k, _)) if *k == *key => e.take().map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
 
 /// The persistent (multishot) op kinds. A type of their own, so that the
 /// SQE builder matches exactly these, exhaustively: a new multishot op
@@ -178,5 +216,46 @@ impl SlotPool {
 
     pub fn in_use(&self) -> usize {
         self.slots.len() - self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{OpKind, Token};
+
+    fn multi(fd: RawFd) -> Tracked {
+        Tracked::Multi(MultiOp { fd, kind: MultiKind::Recv, state: MultiState::InKernel, cancelled: false })
+    }
+
+    /// An idle connection's recv costs one 32-byte entry.
+    #[test]
+    fn op_table_entry_is_32_bytes() {
+        assert!(std::mem::size_of::<Option<(u64, Tracked)>>() <= 32);
+    }
+
+    /// Entries are found by their whole token: another generation or kind
+    /// at the same index is not the entry.
+    #[test]
+    fn op_table_matches_whole_tokens() {
+        let mut t = OpTable::with_capacity(0);
+        let a = Token::new(3, 1, OpKind::Recv).0;
+        let stale = Token::new(3, 2, OpKind::Recv).0;
+        let other_kind = Token::new(3, 1, OpKind::Send).0;
+        let far = Token::new(5000, 1, OpKind::Recv).0;
+        assert!(t.insert(a, multi(7)).is_none());
+        assert!(t.contains_key(&a));
+        assert!(t.get(&stale).is_none() && t.get(&other_kind).is_none() && t.get(&far).is_none());
+        assert!(t.remove(&stale).is_none());
+        assert!(matches!(t.get(&a), Some(Tracked::Multi(op)) if op.fd == 7));
+        assert!(matches!(t.insert(a, Tracked::Slot(4)), Some(Tracked::Multi(_))));
+        if let Some(Tracked::Slot(i)) = t.get_mut(&a) {
+            *i = 5;
+        }
+        assert!(t.insert(far, multi(9)).is_none());
+        assert!(matches!(t.remove(&a), Some(Tracked::Slot(5))));
+        assert!(!t.contains_key(&a));
+        assert!(matches!(t.remove(&far), Some(Tracked::Multi(op)) if op.fd == 9));
+        assert!(t.remove(&far).is_none());
     }
 }
