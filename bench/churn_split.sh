@@ -53,9 +53,7 @@ PT="$TARGET_DIR/release/proc_tree"
 TMP="$(mktemp -d)"
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-    sleep 0.5
-    for p in "${PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    kill_groups "${PIDS[@]}"
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -69,25 +67,20 @@ for spec in $SERVERS; do
     [ "$spec" = "$name" ] || envset=("${spec#*=}")
     base="${name%%-old}"; base="${base%%-new}"; base="${base%%-ab*}"
     PORT=$((PORT + 1))
-    if [ "$name" = nginx ]; then
-        nginx_hello_conf "$TMP/nginx" "$PORT" 2 4096
-        setsid "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g "daemon off;" >"$TMP/$name.log" 2>&1 &
-    elif [ "$base" = node-rr ] || [ "$base" = node-shared ]; then
+    if [ "$base" = node-rr ] || [ "$base" = node-shared ]; then
         # Node's own cluster (bench/compare/node_cluster.js), 2 workers.
         pol=rr; [ "$base" = node-shared ] && pol=none
         setsid env "${envset[@]}" NODE_CLUSTER_SCHED_POLICY="$pol" node "$HERE/compare/node_cluster.js" --workers 2 --port "$PORT" >"$TMP/$name.log" 2>&1 &
+        SERVER_PID=$!; wait_hello "$PORT"
     elif [ "$base" = node-under-uvring ]; then
         # The same unchanged Node workers under uvring's primary (rr).
         setsid env "${envset[@]}" "$TARGET_DIR/release/uvring-node" --workers 2 "$HERE/compare/node_cluster.js" --port "$PORT" >"$TMP/$name.log" 2>&1 &
+        SERVER_PID=$!; wait_hello "$PORT"
     else
         policy="${base%%-*}"; backend="${base#*-}"
-        setsid env "${envset[@]}" "$HELLO" --workers 2 --policy "$policy" --backend "$backend" --port "$PORT" >"$TMP/$name.log" 2>&1 &
+        start_hello_server "$name" "$policy" "$backend" "$PORT" "$TMP" "$HELLO" "${envset[@]}"
     fi
-    pid=$!; PIDS+=("$pid")
-    for _ in $(seq 1 100); do
-        [ "$(curl -s -m 1 "http://127.0.0.1:$PORT/" 2>/dev/null || true)" = "hello world" ] && break
-        sleep 0.1
-    done
+    pid=$SERVER_PID; PIDS+=("$pid")
     NAMES+=("$name"); PORT_OF[$name]=$PORT; PID_OF[$name]=$pid
     log "$name up on port $PORT (pid $pid${envset:+, ${envset[*]}})"
 done

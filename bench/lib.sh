@@ -31,3 +31,38 @@ http {
 }
 NGX
 }
+
+# kill_groups PID...: TERM to each process group, half a second, then KILL
+# and reap (the servers are started with setsid, so the group is the tree).
+kill_groups() {
+    local p
+    for p in "$@"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+    sleep 0.5
+    for p in "$@"; do kill -KILL -- "-$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+}
+
+# start_hello_server NAME POLICY BACKEND PORT DIR HELLO [ENV=VALUE]: starts,
+# in its own session, nginx (NAME "nginx", 2 workers, config in DIR/nginx)
+# or `HELLO --workers 2 --policy POLICY --backend BACKEND --port PORT` with
+# ENV=VALUE set, output in DIR/NAME.log; sets SERVER_PID and waits (up to
+# 10 s) for "hello world" on PORT.
+start_hello_server() {
+    local name="$1" policy="$2" backend="$3" port="$4" dir="$5" hello="$6" envset=("${@:7}")
+    if [ "$name" = nginx ]; then
+        nginx_hello_conf "$dir/nginx" "$port" 2 4096
+        setsid "${NGINX:-nginx}" -p "$dir/nginx" -e "$dir/nginx/error.log" -c "$dir/nginx/nginx.conf" -g "daemon off;" >"$dir/$name.log" 2>&1 &
+    else
+        setsid env "${envset[@]}" "$hello" --workers 2 --policy "$policy" --backend "$backend" --port "$port" >"$dir/$name.log" 2>&1 &
+    fi
+    SERVER_PID=$!
+    wait_hello "$port"
+}
+
+# wait_hello PORT: waits (up to 10 s) until PORT answers "hello world".
+wait_hello() {
+    local _
+    for _ in $(seq 1 100); do
+        [ "$(curl -s -m 1 "http://127.0.0.1:$1/" 2>/dev/null || true)" = "hello world" ] && return 0
+        sleep 0.1
+    done
+}

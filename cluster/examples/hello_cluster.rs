@@ -101,12 +101,16 @@ struct Options {
     admin: Option<SocketAddr>,
     /// `--max-memory`: the workers' `RssAnon` limit, MiB.
     max_memory_mib: Option<u64>,
+    /// `--worker-sched batch|normal` (default: `HELLO_WORKER_SCHED`, else
+    /// batch): `Settings::worker_batch_scheduling`.
+    worker_batch: bool,
 }
 
 const USAGE: &str = "usage: hello_cluster [--workers N] [--policy rr|shared|reuseport] [--backend epoll|io_uring|auto]
                      [--port P] [--host H] [--unix PATH] [--admin ADDR:PORT] [--max-memory MIB]
                      [--pid-file PATH] [--upgrade-exec PATH] [--uid N] [--gid N] [--cwd DIR]
                      [--stdio inherit|discard|capture] [--cpu-affinity] [--log FILE]
+                     [--worker-sched batch|normal]
 signals (primary): SIGINT/SIGTERM graceful stop, SIGHUP rolling restart, SIGUSR2 upgrade,
                    SIGTTIN/SIGTTOU one worker more/less, SIGUSR1 reopen --log";
 
@@ -135,6 +139,7 @@ fn parse_options() -> Options {
         upgrade_exec: None,
         admin: None,
         max_memory_mib: None,
+        worker_batch: std::env::var("HELLO_WORKER_SCHED").map_or(true, |v| v != "normal"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -157,6 +162,13 @@ fn parse_options() -> Options {
             "--admin" => o.admin = Some(value().parse().unwrap_or_else(|_| usage("bad --admin (want ADDR:PORT)"))),
             "--max-memory" => {
                 o.max_memory_mib = Some(value().parse().unwrap_or_else(|_| usage("bad --max-memory (want MiB)")))
+            }
+            "--worker-sched" => {
+                o.worker_batch = match value().as_str() {
+                    "batch" => true,
+                    "normal" => false,
+                    _ => usage("bad --worker-sched (batch or normal)"),
+                }
             }
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -375,6 +387,7 @@ fn run_primary(o: Options) -> uvring::Result<()> {
         .cwd(o.cwd.clone())
         .output(o.stdio)
         .cpu_affinity(o.cpu_affinity)
+        .worker_batch_scheduling(o.worker_batch)
         .max_memory(o.max_memory_mib.map(|m| m << 20));
     let mut primary = Primary::new(&mut lp, settings)?;
     eprintln!("[primary {me}] {} workers, policy {}, {} backend, port {}", o.workers, o.policy, lp.backend(), o.port);

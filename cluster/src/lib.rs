@@ -222,6 +222,11 @@
 //!   the kernel hashes connections across them; the primary is asked only
 //!   for port 0, to reserve one port for all.
 //!
+//! Under every policy the workers run under `SCHED_BATCH`
+//! ([`Settings::worker_batch_scheduling`], on by default): a request does
+//! not preempt the task running on a worker's CPU, so a busy worker wakes
+//! less often and serves more per wake-up.
+//!
 //! # Lifecycle
 //!
 //! Events are delivered on the primary's loop, as Node's `cluster` events:

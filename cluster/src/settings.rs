@@ -19,6 +19,9 @@ pub const ENV_BACKEND: &str = "UVRING_BACKEND";
 /// ([`Settings::batch_scheduling`]): its workers, which inherit the policy,
 /// move back to the normal one at `Worker::init`.
 pub const ENV_NORMAL_SCHED: &str = "UVRING_CLUSTER_NORMAL_SCHED";
+/// Set by the primary when [`Settings::worker_batch_scheduling`] is on: the
+/// worker moves itself to `SCHED_BATCH` at `Worker::init`.
+pub const ENV_WORKER_BATCH: &str = "UVRING_CLUSTER_WORKER_BATCH";
 /// Environment variable telling a worker its drain grace in ms
 /// ([`Settings::drain_grace`]).
 pub const ENV_DRAIN_GRACE_MS: &str = "UVRING_CLUSTER_DRAIN_GRACE_MS";
@@ -207,6 +210,7 @@ impl ChildOutput {
 /// | `load_report` | 50 ms |
 /// | `load_slack` | [`DEFAULT_LOAD_SLACK`](crate::schedule::DEFAULT_LOAD_SLACK) (8) |
 /// | `batch_scheduling` | on |
+/// | `worker_batch_scheduling` | on |
 /// | `drain_grace` | 500 ms |
 /// | `drain_timeout` | 30 s |
 /// | `startup_timeout` | 10 s |
@@ -267,6 +271,16 @@ pub struct Settings {
     /// `reuseport` (bench/RESULTS.md). Workers keep the normal policy.
     /// Default: on.
     pub batch_scheduling: bool,
+    /// Run every worker under Linux's `SCHED_BATCH` policy, under any
+    /// [`SchedPolicy`]: a worker woken by a request then does not preempt
+    /// the task running on its CPU (often the load's own client on a
+    /// loaded machine); it runs at its turn and serves everything that
+    /// arrived meanwhile in one loop iteration. Fewer, fuller wake-ups cost
+    /// less CPU per request when the CPUs are saturated (keep-alive HTTP on
+    /// 2 cores: about a third of the voluntary context switches, see
+    /// bench/RESULTS.md), at the price of latency under saturation. An idle
+    /// CPU still runs the worker at once. Default: on.
+    pub worker_batch_scheduling: bool,
     /// When a worker drains (disconnect, shutdown, a step of a rolling
     /// restart), how long a connection with no request in flight may stay
     /// open before the server closes it ([`Worker::on_drain`](crate::Worker::on_drain)
@@ -357,6 +371,7 @@ impl Default for Settings {
             load_report: Duration::from_millis(50),
             load_slack: crate::schedule::DEFAULT_LOAD_SLACK,
             batch_scheduling: true,
+            worker_batch_scheduling: true,
             drain_grace: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(10),
@@ -415,6 +430,8 @@ setters!(
     load_slack: u32,
     /// Sets whether the primary runs under `SCHED_BATCH` under `rr`.
     batch_scheduling: bool,
+    /// Sets whether workers run under `SCHED_BATCH`.
+    worker_batch_scheduling: bool,
     /// Sets the idle grace of a draining worker's connections.
     drain_grace: Duration,
     /// Sets how long a disconnecting worker may take before it is killed.

@@ -921,6 +921,11 @@ impl<D: WorkerData> Worker<D> {
             let _ = uvring::os::set_sched_batch(false);
         }
         std::env::remove_var(ENV_NORMAL_SCHED);
+        // Settings::worker_batch_scheduling asks for SCHED_BATCH instead.
+        if std::env::var_os(crate::settings::ENV_WORKER_BATCH).is_some_and(|v| v == "1") {
+            let _ = uvring::os::set_sched_batch(true);
+        }
+        std::env::remove_var(crate::settings::ENV_WORKER_BATCH);
         let policy = std::env::var(ENV_SCHED_POLICY).ok().and_then(|v| SchedPolicy::parse(&v)).unwrap_or_default();
         let load_ms: u64 =
             std::env::var(crate::primary::ENV_LOAD_REPORT_MS).ok().and_then(|v| v.parse().ok()).unwrap_or(50);

@@ -282,8 +282,11 @@ cluster_test! {
         }
         let sched = |t: &Tally| t.messages.iter().filter(|(_, m)| m.starts_with("sched ")).count();
         run_until(lp, &mut t, WAIT, |_, t| sched(t) == 2);
-        let normal = t.messages.iter().filter(|(_, m)| m == "sched normal").map(|(w, _)| *w);
-        assert_eq!(normal.collect::<std::collections::BTreeSet<u32>>(), [1, 2].into(), "{t:?}");
+        // Workers run under SCHED_BATCH (Settings::worker_batch_scheduling,
+        // on by default); cluster_rr::batch_scheduling checks the way back
+        // to the normal policy when it is off.
+        let batch = t.messages.iter().filter(|(_, m)| m == "sched other").map(|(w, _)| *w);
+        assert_eq!(batch.collect::<std::collections::BTreeSet<u32>>(), [1, 2].into(), "{t:?}");
         t.primary.disconnect(lp, |_, d| d.disconnected = true);
         assert!(!t.disconnected, "callback must be asynchronous");
         run_until(lp, &mut t, WAIT, |_, t| t.disconnected);

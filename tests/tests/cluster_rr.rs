@@ -95,7 +95,11 @@ cluster_test! {
         let plain = Cluster::new(lp, s);
         assert!(sched_is_normal(), "off: the thread keeps its policy");
         drop(plain);
-        let mut c = Cluster::new(lp, settings(policy, "serve", 1));
+        let mut s = settings(policy, "serve", 1);
+        // Workers under the normal policy (Settings::worker_batch_scheduling
+        // off): they move back from the primary's SCHED_BATCH.
+        s.worker_batch_scheduling = false;
+        let mut c = Cluster::new(lp, s);
         let batch = !sched_is_normal();
         // The test thread goes back to normal whatever happens below.
         set_sched_batch(false).unwrap();
@@ -106,6 +110,30 @@ cluster_test! {
         c.primary.send(lp, w, b"sched").unwrap();
         wait_for(lp, &mut c, |l| l.count_prefix("sched ") == 1);
         assert!(c.log.has_message("sched normal"), "{:?}", c.log.messages);
+        shutdown(lp, &mut c);
+    }
+
+    // Settings::worker_batch_scheduling (issue 13, on by default): every
+    // worker runs under SCHED_BATCH, whatever the policy; the primary's own
+    // setting is apart.
+    fn worker_batch_scheduling(lp, policy) [rr = RoundRobin, shared = Shared, reuseport = ReusePort] {
+        use uvring::os::sched_is_normal;
+        let mut s = settings(policy, "serve", 1);
+        s.batch_scheduling = false;
+        s.worker_batch_scheduling = true;
+        let mut c = Cluster::new(lp, s);
+        assert!(sched_is_normal(), "the primary keeps its policy");
+        c.primary.start(lp).unwrap();
+        wait_for(lp, &mut c, |l| l.listening.len() == 1);
+        let w = c.primary.workers()[0].id();
+        c.primary.send(lp, w, b"sched").unwrap();
+        wait_for(lp, &mut c, |l| l.count_prefix("sched ") == 1);
+        assert!(c.log.has_message("sched other"), "{:?}", c.log.messages);
+        // Still serving under the new policy.
+        let port = c.log.listening[0].1;
+        let rx = ask_many(port, 4, 4);
+        let answers = collect(lp, &mut c, &rx, 4);
+        assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|s| s == "worker 1\n")), "{answers:?}");
         shutdown(lp, &mut c);
     }
 

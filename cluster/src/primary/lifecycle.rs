@@ -397,6 +397,7 @@ impl<D: PrimaryData> Primary<D> {
             ENV_BACKEND,
             super::ENV_LOAD_REPORT_MS,
             ENV_NORMAL_SCHED,
+            crate::settings::ENV_WORKER_BATCH,
             ENV_DRAIN_GRACE_MS,
             ENV_MAX_MESSAGE_LEN,
             crate::worker::ENV_STORE_TIMEOUT_MS,
@@ -423,6 +424,9 @@ impl<D: PrimaryData> Primary<D> {
         env.push((crate::worker::ENV_STORE_TIMEOUT_MS.into(), store_ms.into()));
         if self.life.batch_sched {
             env.push((ENV_NORMAL_SCHED.into(), "1".into()));
+        }
+        if self.settings.worker_batch_scheduling {
+            env.push((crate::settings::ENV_WORKER_BATCH.into(), "1".into()));
         }
         if self.speaks_node() {
             super::node::node_env(&mut env, id, &ours);
