@@ -87,7 +87,17 @@ pub struct LoopOptions {
     /// `UVRING_SENDFILE` (`read-send` turns it on). Needs ring file reads;
     /// no effect on epoll.
     pub sendfile_read_send: Option<bool>,
+    /// The most bytes of write-buffer capacity the loop keeps for reuse
+    /// (default [`DEFAULT_WRITE_POOL_BYTES`], 4 MiB). Streams lend their
+    /// write buffers to this pool when they go idle and take them back when
+    /// they write, so warm loops allocate nothing; a buffer that would take
+    /// the pool past this budget (a megabyte response's, say) is freed
+    /// instead, so a burst of large writes does not stay resident.
+    pub write_pool_bytes: usize,
 }
+
+/// The default of [`LoopOptions::write_pool_bytes`]: 4 MiB.
+pub const DEFAULT_WRITE_POOL_BYTES: usize = 4 << 20;
 
 impl Default for LoopOptions {
     fn default() -> Self {
@@ -97,6 +107,7 @@ impl Default for LoopOptions {
             completions_per_poll: 1024,
             fs_io_uring: None,
             sendfile_read_send: None,
+            write_pool_bytes: DEFAULT_WRITE_POOL_BYTES,
         }
     }
 }
@@ -127,6 +138,12 @@ impl LoopOptions {
     /// use `sendfile(2)` (`false`), whatever `UVRING_SENDFILE` says.
     pub fn sendfile_read_send(mut self, on: bool) -> Self {
         self.sendfile_read_send = Some(on);
+        self
+    }
+    /// Sets how many bytes of write-buffer capacity the loop keeps for
+    /// reuse ([`LoopOptions::write_pool_bytes`]).
+    pub fn write_pool_bytes(mut self, bytes: usize) -> Self {
+        self.write_pool_bytes = bytes;
         self
     }
 }
@@ -304,6 +321,10 @@ pub struct Loop<D = ()> {
     /// Write buffers of idle streams, lent to whichever stream writes next
     /// (an idle connection holds no write buffer).
     pub(crate) write_bufs_spare: Vec<Vec<u8>>,
+    /// The capacity of the buffers in `write_bufs_spare`, and its budget
+    /// ([`LoopOptions::write_pool_bytes`]).
+    pub(crate) write_bufs_spare_bytes: usize,
+    pub(crate) write_pool_bytes: usize,
     /// Write sides (request queues) of idle streams, lent likewise.
     #[allow(clippy::vec_box)] // the boxes move into and out of the streams
     pub(crate) write_sides_spare: Vec<Box<crate::stream::WriteSide<D>>>,
@@ -418,6 +439,8 @@ impl<D> Loop<D> {
             fallback_reason,
             parts_spare: Vec::new(),
             write_bufs_spare: Vec::new(),
+            write_bufs_spare_bytes: 0,
+            write_pool_bytes: opts.write_pool_bytes,
             write_sides_spare: Vec::new(),
             connect_spare: Vec::new(),
             udp_spare: Vec::new(),

@@ -308,7 +308,7 @@ pub use async_handle::AsyncSender;
 pub use backend::{Backend, PoolConfig, MAX_ACCEPTS_PER_WAKEUP, MAX_READS_PER_WAKEUP};
 pub use dns::{AddrInfoFlags, AddrInfoHints, AddressFamily, NameInfoFlags, SocketKind};
 pub use error::{Error, Result};
-pub use event_loop::{HandleType, Loop, LoopMetrics, LoopOptions, RunMode};
+pub use event_loop::{HandleType, Loop, LoopMetrics, LoopOptions, RunMode, DEFAULT_WRITE_POOL_BYTES};
 pub use fs::{CopyFlags, DirEntry, FileKind, FileStat, FsRequest, OpenFlags};
 pub use fs_event::{FsChange, FsEventFlags, FsEvents};
 pub use handle::{

@@ -1959,11 +1959,124 @@ impl<D> Loop<D> {
             self.stream_state(s)?.parts.w = Some(side);
         }
         if self.stream_state(s)?.parts.side().queued.capacity() == 0 {
-            match self.write_bufs_spare.pop() {
-                Some(buf) => self.stream_state(s)?.parts.side().queued = buf,
-                None => self.stream_state(s)?.parts.side().queued.reserve(WRITE_BUF_MIN),
-            }
+            let buf = self.write_buf();
+            self.stream_state(s)?.parts.side().queued = buf;
         }
+        Ok(())
+    }
+
+    /// Checks that `s` takes a write request now (as `write_admit`), giving
+    /// it its write side but no buffer: the caller brings one.
+    fn write_admit_side(&mut self, s: Stream) -> Result<()> {
+        let st = self.stream_state(s)?;
+        if (st.fd < 0 && st.on_connect.is_none()) || st.listening {
+            return Err(Error::EBADF);
+        }
+        if st.shutdown != ShutdownState::None {
+            return Err(Error::EPIPE);
+        }
+        if let Some(e) = st.write_error {
+            return Err(e);
+        }
+        if st.parts.w.is_none() {
+            let side = self.write_sides_spare.pop().unwrap_or_default();
+            self.stream_state(s)?.parts.w = Some(side);
+        }
+        Ok(())
+    }
+
+    /// An empty buffer for [`write_vec`](Self::write_vec), from the loop's
+    /// pool of write buffers (the ones idle streams lent it), with the
+    /// capacity it has; a new one of 256 bytes if the pool is empty.
+    ///
+    /// Fill it and hand it to `write_vec`: the bytes are then not copied
+    /// again, and the buffer comes back to the pool once it is sent, so a
+    /// server that builds its responses this way allocates nothing once
+    /// warm (up to [`LoopOptions::write_pool_bytes`](crate::LoopOptions::write_pool_bytes)
+    /// of buffers kept).
+    pub fn write_buf(&mut self) -> Vec<u8> {
+        match self.write_bufs_spare.pop() {
+            Some(buf) => {
+                self.write_bufs_spare_bytes -= buf.capacity();
+                buf
+            }
+            None => Vec::with_capacity(WRITE_BUF_MIN),
+        }
+    }
+
+    /// Gives a buffer to the loop's pool of write buffers, emptied, or
+    /// frees it if the pool is full (by count or by its byte budget).
+    pub(crate) fn give_write_buf(&mut self, mut buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap > 0
+            && self.write_bufs_spare.len() < WRITE_BUFS_SPARE_MAX
+            && self.write_bufs_spare_bytes + cap <= self.write_pool_bytes
+        {
+            buf.clear();
+            self.write_bufs_spare_bytes += cap;
+            self.write_bufs_spare.push(buf);
+        }
+    }
+
+    /// Queues `data` for writing and takes the buffer (an owned write):
+    /// the same as [`write`](Self::write), except that the payload is not
+    /// copied when nothing else waits in the stream's queue, the common case
+    /// of a response written in one piece: the buffer itself becomes the
+    /// stream's write buffer and the kernel reads the bytes from it. Behind
+    /// other queued bytes it is appended to them (order is kept) and the
+    /// buffer goes back to the pool at once. Either way the buffer ends in
+    /// the loop's pool of write buffers, which [`write_buf`](Self::write_buf)
+    /// hands out again.
+    ///
+    /// On `Err` the buffer goes to the pool too; nothing was queued.
+    ///
+    /// ```
+    /// use uvring::{Loop, OnRead, RunMode, TcpStream};
+    /// # let mut lp: Loop<usize> = Loop::new()?;
+    /// # let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// # let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// # let (server, _) = listener.accept().unwrap();
+    /// let s: TcpStream = lp.tcp_from_std_stream(server)?;
+    /// let mut body = lp.write_buf();
+    /// body.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    /// lp.write_vec(s, body, None)?;
+    /// lp.close(s, None)?;
+    /// lp.run(RunMode::Default, &mut 0)?;
+    /// # drop(client);
+    /// # Ok::<(), uvring::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    pub fn write_vec<S: StreamHandle>(&mut self, s: S, data: Vec<u8>, cb: Option<&OnWrite<D, S>>) -> Result<()> {
+        let s = Stream::of(s);
+        if let Err(e) = self.write_admit_side(s) {
+            self.give_write_buf(data);
+            return Err(e);
+        }
+        let st = self.stream_state(s)?;
+        let start = st.queued_total;
+        st.queued_total += data.len() as u64;
+        let end = st.queued_total;
+        let side = st.parts.side();
+        let spare = if side.queued.is_empty() {
+            std::mem::replace(&mut side.queued, data)
+        } else {
+            side.queued.extend_from_slice(&data);
+            data
+        };
+        side.writes.push_back(WriteReq {
+            end,
+            cb: cb.map(|c| c.f.clone()),
+            nfds: 0,
+            borrowed: false,
+            start,
+            file: None,
+        });
+        self.active_reqs += 1;
+        self.give_write_buf(spare);
+        self.flush(s);
         Ok(())
     }
 
@@ -2039,11 +2152,8 @@ impl<D> Loop<D> {
             let inflight = std::mem::take(&mut side.inflight);
             let queued = std::mem::take(&mut side.queued);
             let idle = side.writes.is_empty().then(|| st.parts.w.take()).flatten();
-            for buf in [inflight, queued] {
-                if buf.capacity() > 0 && self.write_bufs_spare.len() < WRITE_BUFS_SPARE_MAX {
-                    self.write_bufs_spare.push(buf);
-                }
-            }
+            self.give_write_buf(inflight);
+            self.give_write_buf(queued);
             if let Some(side) = idle {
                 if self.write_sides_spare.len() < WRITE_BUFS_SPARE_MAX {
                     self.write_sides_spare.push(side);

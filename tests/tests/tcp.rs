@@ -1198,3 +1198,131 @@ mod small_pool_many_streams {
         run_on_with(Backend::IoUring, small_pool(), small_pool_many_streams);
     }
 }
+
+/// `LoopOptions::write_pool_bytes` bounds the write buffers the loop keeps
+/// for reuse: a megabyte buffer written with `write_vec` is kept for the
+/// next `write_buf` under the default budget (4 MiB) and freed once sent
+/// under a 64 KiB one, so a burst of large writes does not stay resident.
+fn write_pool_budget(backend: Backend) {
+    const BIG: usize = 1 << 20;
+    for (budget, kept) in [(64 << 10, false), (DEFAULT_WRITE_POOL_BYTES, true)] {
+        uvring_tests::run_on_of(backend, LoopOptions::default().write_pool_bytes(budget), |lp: &mut Loop| {
+            let accepted = Rc::new(RefCell::new(Vec::<TcpStream>::new()));
+            let (server, addr) = listener(lp, &accept_and_read(echo_reader(), accepted.clone()));
+            let reader = std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(LIMIT)).unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).unwrap();
+                got.len()
+            });
+            run_until(lp, LIMIT, |_| accepted.borrow().len() == 1);
+            let s = accepted.borrow()[0];
+            let written = count();
+            let on_written = {
+                let written = written.clone();
+                OnWrite::new(move |_, _, _, st: Result<()>| {
+                    st.unwrap();
+                    bump(&written);
+                })
+            };
+            let big = vec![1u8; BIG];
+            let ptr = big.as_ptr();
+            lp.write_vec(s, big, Some(&on_written)).unwrap();
+            run_until(lp, LIMIT, |_| written.get() == 1);
+            let back = lp.write_buf();
+            assert_eq!(back.capacity() >= BIG, kept, "budget {budget}: capacity {}", back.capacity());
+            if kept {
+                assert_eq!(back.as_ptr(), ptr);
+            }
+            lp.close(s, None).unwrap();
+            lp.close(server, None).unwrap();
+            assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
+            assert_eq!(reader.join().unwrap(), BIG);
+        });
+    }
+}
+
+#[test]
+fn write_pool_budget_epoll() {
+    write_pool_budget(Backend::Epoll);
+}
+
+#[test]
+fn write_pool_budget_io_uring() {
+    write_pool_budget(Backend::IoUring);
+}
+
+both_backends! {
+    /// `write_vec` and `write` interleave on one stream and keep their
+    /// order: owned buffers that find the queue empty are sent from where
+    /// they are, ones behind queued bytes are appended; every callback runs,
+    /// in order, and the peer reads the whole pattern.
+    fn write_vec_and_write_keep_their_order(lp) {
+        let accepted = Rc::new(RefCell::new(Vec::<TcpStream>::new()));
+        let (server, addr) = listener(lp, &accept_and_read(echo_reader(), accepted.clone()));
+        let reader = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(LIMIT)).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        });
+        run_until(lp, LIMIT, |_| accepted.borrow().len() == 1);
+        let s = accepted.borrow()[0];
+        let order = Rc::new(RefCell::new(Vec::new()));
+        let mut offset = 0u64;
+        // Sizes from one byte to 300 KiB, so some writes find the queue
+        // empty and some are queued behind a send still in flight.
+        let sizes = [1usize, 100, 300 << 10, 7, 64 << 10, 0, 4096, 200 << 10, 3, 1 << 10];
+        for round in 0..3 {
+            for (i, &n) in sizes.iter().enumerate() {
+                let chunk: Vec<u8> = (offset..offset + n as u64).map(pattern).collect();
+                offset += n as u64;
+                let id = round * sizes.len() + i;
+                let cb = {
+                    let order = order.clone();
+                    OnWrite::new(move |_, _, _, st: Result<()>| {
+                        st.unwrap();
+                        order.borrow_mut().push(id);
+                    })
+                };
+                if (i + round) % 2 == 0 {
+                    let mut buf = lp.write_buf();
+                    buf.extend_from_slice(&chunk);
+                    lp.write_vec(s, buf, Some(&cb)).unwrap();
+                } else {
+                    lp.write(s, &chunk, Some(&cb)).unwrap();
+                }
+            }
+        }
+        let writes = 3 * sizes.len();
+        run_until(lp, LIMIT, |_| order.borrow().len() == writes);
+        assert_eq!(*order.borrow(), (0..writes).collect::<Vec<_>>(), "callbacks in write order");
+        lp.close(s, None).unwrap();
+        lp.close(server, None).unwrap();
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
+        let got = reader.join().unwrap();
+        assert_eq!(got.len() as u64, offset);
+        assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(i as u64)), "every byte in order");
+    }
+
+    /// A stream that cannot take writes refuses `write_vec` as it refuses
+    /// `write` (here after a shutdown: EPIPE); the buffer goes to the pool.
+    fn write_vec_after_shutdown_is_refused(lp) {
+        let accepted = Rc::new(RefCell::new(Vec::<TcpStream>::new()));
+        let (server, addr) = listener(lp, &accept_and_read(echo_reader(), accepted.clone()));
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        run_until(lp, LIMIT, |_| accepted.borrow().len() == 1);
+        let s = accepted.borrow()[0];
+        lp.shutdown(s, None).unwrap();
+        let mut buf = lp.write_buf();
+        buf.extend_from_slice(b"late");
+        assert_eq!(lp.write_vec(s, buf, None), Err(Error::EPIPE));
+        assert!(lp.write_buf().capacity() > 0);
+        drop(client);
+        lp.close(s, None).unwrap();
+        lp.close(server, None).unwrap();
+        assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
+    }
+}
