@@ -213,18 +213,7 @@ both_backends! {
             let opts = ProcessOptions::new(child_exe()).cpu_affinity(Some(bad));
             assert_eq!(lp.spawn(&opts, &on_exit).unwrap_err(), Error::EINVAL, "{bad:?}");
         }
-        // SAFETY: plain syscall.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP spawn_with_privileges_and_affinity: not root");
-            return;
-        }
-        use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
-        let exe = child_exe();
-        if mode(exe) & 0o005 != 0o005 || exe.ancestors().skip(1).any(|d| !d.as_os_str().is_empty() && mode(d) & 0o001 == 0) {
-            eprintln!("SKIP spawn_with_privileges_and_affinity: {} is not executable by others", exe.display());
-            return;
-        }
+        let Some(exe) = exe_for_others("spawn_with_privileges_and_affinity") else { return };
         let cpu = *uvring::os::allowed_cpus().unwrap().last().unwrap();
         let (args, groups, cpus) = ([OsStr::new("sleep")], [65534, 100], [cpu]);
         let (exit, on_exit) = record_exit();
@@ -248,6 +237,62 @@ both_backends! {
         assert_eq!(field("Cpus_allowed_list:"), cpu.to_string());
         lp.process_kill(p, libc::SIGTERM).unwrap();
         run_until(lp, LIMIT, |_| exit.get().is_some());
+        lp.run(RunMode::Default, &mut ()).unwrap();
+    }
+
+    /// The child drops privileges with raw system calls. glibc's `setuid`,
+    /// `setgid` and `setgroups` act for every thread glibc knows of, waiting
+    /// on futexes for each; a child made by `clone3` inherits that
+    /// bookkeeping without the threads (a thread that was being created at
+    /// the moment of the clone never answers), and it hung there, before
+    /// exec, while the parent created threads. 100 spawns with a uid and a
+    /// gid while another thread creates and joins threads without pause:
+    /// every child execs and exits 0. A watchdog kills this process's
+    /// children after 60 s, so a hang fails the test instead of stalling it.
+    fn spawn_with_uid_while_threads_come_and_go(lp) {
+        let Some(exe) = exe_for_others("spawn_with_uid_while_threads_come_and_go") else { return };
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::spawn(|| {}).join().unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        let watchdog = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) {
+                    if std::time::Instant::now() > deadline {
+                        for pid in children_of_this_process() {
+                            // SAFETY: a plain system call on our own child.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        let args = [OsStr::new("exit"), OsStr::new("0")];
+        for i in 0..100 {
+            let (exit, on_exit) = record_exit();
+            let opts = ProcessOptions::new(exe).args(&args).uid(Some(65534)).gid(Some(65534));
+            let p = lp.spawn(&opts, &on_exit).unwrap();
+            let _guard = ChildGuard::new(lp.process_pid(p).unwrap());
+            run_until(lp, LIMIT, |_| exit.get().is_some());
+            assert_eq!(exit.get(), Some((0, 0)), "child {i} (a hang killed by the watchdog shows as signal 9)");
+        }
+        stop.store(true, Ordering::Relaxed);
+        let threads = churn.join().unwrap();
+        watchdog.join().unwrap();
+        assert!(threads > 0);
         lp.run(RunMode::Default, &mut ()).unwrap();
     }
 
@@ -285,4 +330,34 @@ fn spawned_child_uses_the_test_backend() {
     });
     assert_eq!(code, Some(101));
     guard.check_fds();
+}
+
+/// The test child, if a process running as nobody (uid 65534) may execute
+/// it: needs root to switch users at all. `None` (with a SKIP line) if not.
+fn exe_for_others(test: &str) -> Option<&'static Path> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP {test}: not root");
+        return None;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    let exe = child_exe();
+    if mode(exe) & 0o005 != 0o005 || exe.ancestors().skip(1).any(|d| !d.as_os_str().is_empty() && mode(d) & 0o001 == 0)
+    {
+        eprintln!("SKIP {test}: {} is not executable by others", exe.display());
+        return None;
+    }
+    Some(exe)
+}
+
+/// The pids of this process's children (every thread's).
+fn children_of_this_process() -> Vec<i32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    pids
 }

@@ -327,23 +327,30 @@ unsafe fn child_exec(plan: &mut SpawnPlan<'_>, err_fd: RawFd) -> ! {
             }
         }
         // Privileges last: groups, then the group, then the user (after
-        // setuid the others are no longer allowed).
+        // setuid the others are no longer allowed). Raw system calls, not
+        // glibc's wrappers: those change the credentials of every thread
+        // glibc knows of, signalling each and waiting on futexes, and this
+        // child (made by clone3, so glibc's fork handlers did not run)
+        // inherited the parent's thread list without the threads; a thread
+        // the parent was creating at the moment of the clone never answers,
+        // and the child hung before exec. The kernel's calls change this
+        // thread's credentials, which here is the whole process.
         match plan.groups {
-            Some(groups) if libc::setgroups(groups.len(), groups.as_ptr()) < 0 => fail(err_fd),
+            Some(groups) if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0 => fail(err_fd),
             Some(_) => {}
             None if plan.uid.is_some() || plan.gid.is_some() => {
                 // Drops root's groups; refused (and harmless) when not root.
-                let _ = libc::setgroups(0, std::ptr::null());
+                let _ = libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>());
             }
             None => {}
         }
         if let Some(gid) = plan.gid {
-            if libc::setgid(gid) < 0 {
+            if libc::syscall(libc::SYS_setgid, gid) < 0 {
                 fail(err_fd);
             }
         }
         if let Some(uid) = plan.uid {
-            if libc::setuid(uid) < 0 {
+            if libc::syscall(libc::SYS_setuid, uid) < 0 {
                 fail(err_fd);
             }
         }
