@@ -1940,6 +1940,17 @@ impl<D> Loop<D> {
     /// Checks that `s` takes a write request now, and gives an idle stream
     /// its write buffer and request queue back from the loop's pools.
     pub(crate) fn write_admit(&mut self, s: Stream) -> Result<()> {
+        self.write_admit_side(s)?;
+        if self.stream_state(s)?.parts.side().queued.capacity() == 0 {
+            let buf = self.write_buf();
+            self.stream_state(s)?.parts.side().queued = buf;
+        }
+        Ok(())
+    }
+
+    /// Checks that `s` takes a write request now (as `write_admit`), giving
+    /// it its write side but no buffer: the caller brings one.
+    fn write_admit_side(&mut self, s: Stream) -> Result<()> {
         let st = self.stream_state(s)?;
         // A connect by name has no socket until the name is resolved; its
         // writes wait in the queue like those of any connect.
@@ -1953,31 +1964,7 @@ impl<D> Loop<D> {
             return Err(e);
         }
         // An idle stream lent its write side and buffers to the loop's
-        // pools (see `flush`); take them back, with the capacity they have.
-        if st.parts.w.is_none() {
-            let side = self.write_sides_spare.pop().unwrap_or_default();
-            self.stream_state(s)?.parts.w = Some(side);
-        }
-        if self.stream_state(s)?.parts.side().queued.capacity() == 0 {
-            let buf = self.write_buf();
-            self.stream_state(s)?.parts.side().queued = buf;
-        }
-        Ok(())
-    }
-
-    /// Checks that `s` takes a write request now (as `write_admit`), giving
-    /// it its write side but no buffer: the caller brings one.
-    fn write_admit_side(&mut self, s: Stream) -> Result<()> {
-        let st = self.stream_state(s)?;
-        if (st.fd < 0 && st.on_connect.is_none()) || st.listening {
-            return Err(Error::EBADF);
-        }
-        if st.shutdown != ShutdownState::None {
-            return Err(Error::EPIPE);
-        }
-        if let Some(e) = st.write_error {
-            return Err(e);
-        }
+        // pools (see `flush`); take the side back, with its queue's capacity.
         if st.parts.w.is_none() {
             let side = self.write_sides_spare.pop().unwrap_or_default();
             self.stream_state(s)?.parts.w = Some(side);

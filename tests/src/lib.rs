@@ -202,6 +202,19 @@ macro_rules! both_backends {
     };
 }
 
+/// A std client on its own thread: connects to `addr` and reads until end
+/// of file (each read bounded by `timeout`); joining gives the bytes.
+pub fn read_to_end_in_thread(addr: std::net::SocketAddr, timeout: Duration) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(timeout)).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    })
+}
+
 /// Runs `f` with a timeout on a helper thread (for blocking std clients);
 /// returns its result or panics on timeout.
 pub fn with_timeout<T: Send + 'static>(timeout: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use uvring::*;
 use uvring_tests::alloc_count::{allocations_in, CountingAllocator};
-use uvring_tests::{both_backends, listener_with_backlog, run_until_with};
+use uvring_tests::{both_backends, listener_with_backlog, read_to_end_in_thread, run_until_with};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -235,55 +235,45 @@ fn timer_round(lp: &mut Loop<Timers>, d: &mut Timers, on_timer: &OnTimer<Timers>
     run_until_with(lp, d, LIMIT, |_, d| d.fired == want);
 }
 
+/// 3,000 round trips of warm-up, then 10,000 measured, over 64 client
+/// connections to an echo server reading with `on_read`: asserts that the
+/// measured ones allocated nothing.
+fn echo_round_trips(lp: &mut Loop<Echo>, on_read: OnRead<Echo, TcpStream>, what: &str) {
+    let mut d = Echo::new(CONNECTIONS, CONNECTIONS);
+    let (server, addr) = echo_server_with(lp, on_read);
+    let on_client_read = OnRead::new(client_read);
+    let on_connect = OnConnect::new(move |lp: &mut Loop<Echo>, d: &mut Echo, s, st| {
+        st.unwrap();
+        lp.tcp_nodelay(s, true).unwrap();
+        lp.read_start(s, &on_client_read).unwrap();
+        d.connected += 1;
+    });
+    connect_clients(lp, &mut d, addr, &on_connect);
+
+    // Warm-up: buffers, queues and tables reach their working sizes.
+    burst(lp, &mut d, 3_000);
+    let allocations = allocations_in(|| burst(lp, &mut d, 10_000));
+    assert_eq!(d.done, 13_000);
+    assert!(d.clients.iter().all(|c| c.got == 0), "every echo complete");
+    assert_eq!(allocations, 0, "heap allocations during 10,000 {what} over {CONNECTIONS} connections");
+
+    close_clients(lp, &mut d);
+    lp.close(server, None).unwrap();
+    assert!(!lp.run(RunMode::Default, &mut d).unwrap());
+}
+
 both_backends! {
     /// 10,000 echo round trips over 64 connections after warm-up: zero heap
     /// allocations on the loop's thread (server and clients both in it).
     fn echo_round_trips_allocate_nothing(lp: Echo) {
-        let mut d = Echo::new(CONNECTIONS, CONNECTIONS);
-        let (server, addr) = echo_server(lp);
-        let on_client_read = OnRead::new(client_read);
-        let on_connect = OnConnect::new(move |lp: &mut Loop<Echo>, d: &mut Echo, s, st| {
-            st.unwrap();
-            lp.tcp_nodelay(s, true).unwrap();
-            lp.read_start(s, &on_client_read).unwrap();
-            d.connected += 1;
-        });
-        connect_clients(lp, &mut d, addr, &on_connect);
-
-        // Warm-up: buffers, queues and tables reach their working sizes.
-        burst(lp, &mut d, 3_000);
-        let allocations = allocations_in(|| burst(lp, &mut d, 10_000));
-        assert_eq!(d.done, 13_000);
-        assert!(d.clients.iter().all(|c| c.got == 0), "every echo complete");
-        assert_eq!(allocations, 0, "heap allocations during 10,000 echo round trips over {CONNECTIONS} connections");
-
-        close_clients(lp, &mut d);
-        lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default, &mut d).unwrap());
+        echo_round_trips(lp, OnRead::new(echo_read), "echo round trips");
     }
 
     /// The same 10,000 round trips with the server answering through owned
     /// writes (`write_buf` + `write_vec`): the buffers circulate between
     /// the loop's pool and the streams, and nothing is allocated.
     fn owned_write_round_trips_allocate_nothing(lp: Echo) {
-        let mut d = Echo::new(CONNECTIONS, CONNECTIONS);
-        let (server, addr) = echo_server_with(lp, OnRead::new(echo_read_owned));
-        let on_client_read = OnRead::new(client_read);
-        let on_connect = OnConnect::new(move |lp: &mut Loop<Echo>, d: &mut Echo, s, st| {
-            st.unwrap();
-            lp.tcp_nodelay(s, true).unwrap();
-            lp.read_start(s, &on_client_read).unwrap();
-            d.connected += 1;
-        });
-        connect_clients(lp, &mut d, addr, &on_connect);
-        burst(lp, &mut d, 3_000);
-        let allocations = allocations_in(|| burst(lp, &mut d, 10_000));
-        assert_eq!(d.done, 13_000);
-        assert!(d.clients.iter().all(|c| c.got == 0), "every echo complete");
-        assert_eq!(allocations, 0, "heap allocations during 10,000 owned-write echoes over {CONNECTIONS} connections");
-        close_clients(lp, &mut d);
-        lp.close(server, None).unwrap();
-        assert!(!lp.run(RunMode::Default, &mut d).unwrap());
+        echo_round_trips(lp, OnRead::new(echo_read_owned), "owned-write echoes");
     }
 
     /// A megabyte written with `write_vec` is sent from the caller's own
@@ -295,14 +285,7 @@ both_backends! {
         const BIG: usize = 1 << 20;
         let mut d = Echo::new(1, 0);
         let (server, addr) = echo_server(lp);
-        let reader = std::thread::spawn(move || {
-            use std::io::Read;
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(LIMIT)).unwrap();
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).unwrap();
-            got
-        });
+        let reader = read_to_end_in_thread(addr, LIMIT);
         run_until_with(lp, &mut d, LIMIT, |_, d| d.accepted.len() == 1);
         let s = d.accepted[0];
         let on_written = OnWrite::new(|_: &mut Loop<Echo>, d: &mut Echo, _: TcpStream, st: Result<()>| {

@@ -1209,13 +1209,7 @@ fn write_pool_budget(backend: Backend) {
         uvring_tests::run_on_of(backend, LoopOptions::default().write_pool_bytes(budget), |lp: &mut Loop| {
             let accepted = Rc::new(RefCell::new(Vec::<TcpStream>::new()));
             let (server, addr) = listener(lp, &accept_and_read(echo_reader(), accepted.clone()));
-            let reader = std::thread::spawn(move || {
-                let mut s = std::net::TcpStream::connect(addr).unwrap();
-                s.set_read_timeout(Some(LIMIT)).unwrap();
-                let mut got = Vec::new();
-                s.read_to_end(&mut got).unwrap();
-                got.len()
-            });
+            let reader = uvring_tests::read_to_end_in_thread(addr, LIMIT);
             run_until(lp, LIMIT, |_| accepted.borrow().len() == 1);
             let s = accepted.borrow()[0];
             let written = count();
@@ -1238,7 +1232,7 @@ fn write_pool_budget(backend: Backend) {
             lp.close(s, None).unwrap();
             lp.close(server, None).unwrap();
             assert!(!lp.run(RunMode::Default, &mut ()).unwrap());
-            assert_eq!(reader.join().unwrap(), BIG);
+            assert_eq!(reader.join().unwrap().len(), BIG);
         });
     }
 }
@@ -1261,13 +1255,7 @@ both_backends! {
     fn write_vec_and_write_keep_their_order(lp) {
         let accepted = Rc::new(RefCell::new(Vec::<TcpStream>::new()));
         let (server, addr) = listener(lp, &accept_and_read(echo_reader(), accepted.clone()));
-        let reader = std::thread::spawn(move || {
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(LIMIT)).unwrap();
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).unwrap();
-            got
-        });
+        let reader = uvring_tests::read_to_end_in_thread(addr, LIMIT);
         run_until(lp, LIMIT, |_| accepted.borrow().len() == 1);
         let s = accepted.borrow()[0];
         let order = Rc::new(RefCell::new(Vec::new()));
