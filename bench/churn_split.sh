@@ -57,7 +57,7 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT
-PORT=$((${CHURN_SPLIT_BASE_PORT:-$((20000 + RANDOM % 20000))}))
+PORT=${CHURN_SPLIT_BASE_PORT:-$(first_port)}
 declare -A PORT_OF PID_OF
 NAMES=()
 for spec in $SERVERS; do

@@ -208,11 +208,8 @@ cat "$SITE"/*.bin >/dev/null
 chmod 755 "$TMP" "$SITE"
 chmod 644 "$SITE"/*
 
-# Listening ports below the kernel's ephemeral range, so that no client
-# socket (wrk's, or any other program's on this machine) already holds one.
-EPHEMERAL_LOW="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
-SPAN=$(( EPHEMERAL_LOW > 12000 ? EPHEMERAL_LOW - 11000 : 1000 ))
-NEXT_PORT=${COMPARE_BASE_PORT:-$(( 10000 + RANDOM % SPAN ))}
+# Listening ports below the kernel's ephemeral range (see first_port).
+NEXT_PORT=${COMPARE_BASE_PORT:-$(first_port)}
 NAMES=()
 declare -A PORT_OF PID_OF
 

@@ -163,9 +163,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-EPHEMERAL_LOW="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
-SPAN=$(( EPHEMERAL_LOW > 12000 ? EPHEMERAL_LOW - 11000 : 1000 ))
-NEXT_PORT=$(( 10000 + RANDOM % SPAN ))
+NEXT_PORT=$(first_port)
 SUBNET=0
 
 nginx_conf() {

@@ -54,8 +54,7 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT
-# Below the ephemeral range, so that no client socket holds the port.
-PORT=$((${KEEPALIVE_SPLIT_BASE_PORT:-$((20000 + RANDOM % 10000))}))
+PORT=${KEEPALIVE_SPLIT_BASE_PORT:-$(first_port)}
 declare -A PORT_OF PID_OF
 NAMES=()
 for spec in $SERVERS; do

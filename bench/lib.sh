@@ -66,3 +66,15 @@ wait_hello() {
         sleep 0.1
     done
 }
+
+# first_port: a random port below the kernel's ephemeral range, with about
+# 1,000 free above it, so that no client socket (wrk's, a churn run's
+# TIME_WAIT ones, any other program's) holds a port a script listens on: a
+# listener cannot bind a port that a connection without SO_REUSEADDR holds,
+# even in TIME_WAIT.
+first_port() {
+    local low span
+    low="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+    span=$(( low > 12000 ? low - 11000 : 1000 ))
+    echo $(( 10000 + RANDOM % span ))
+}
