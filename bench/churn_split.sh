@@ -77,7 +77,7 @@ for spec in $SERVERS; do
         setsid env "${envset[@]}" "$TARGET_DIR/release/uvring-node" --workers 2 "$HERE/compare/node_cluster.js" --port "$PORT" >"$TMP/$name.log" 2>&1 &
         SERVER_PID=$!; wait_hello "$PORT"
     else
-        policy="${base%%-*}"; backend="${base#*-}"
+        policy="${base%%-*}"; backend="${base#*-}"; backend="${backend%%-*}"
         start_hello_server "$name" "$policy" "$backend" "$PORT" "$TMP" "$HELLO" "${envset[@]}"
     fi
     pid=$SERVER_PID; PIDS+=("$pid")

@@ -45,7 +45,8 @@ kill_groups() {
 # in its own session, nginx (NAME "nginx", 2 workers, config in DIR/nginx)
 # or `HELLO --workers 2 --policy POLICY --backend BACKEND --port PORT` with
 # ENV=VALUE set, output in DIR/NAME.log; sets SERVER_PID and waits (up to
-# 10 s) for "hello world" on PORT.
+# 10 s) for "hello world" on PORT; fails, with the end of the server's log,
+# if it never answers.
 start_hello_server() {
     local name="$1" policy="$2" backend="$3" port="$4" dir="$5" hello="$6" envset=("${@:7}")
     if [ "$name" = nginx ]; then
@@ -55,16 +56,22 @@ start_hello_server() {
         setsid env "${envset[@]}" "$hello" --workers 2 --policy "$policy" --backend "$backend" --port "$port" >"$dir/$name.log" 2>&1 &
     fi
     SERVER_PID=$!
-    wait_hello "$port"
+    wait_hello "$port" || {
+        echo "$name did not answer on port $port; the end of its output:" >&2
+        tail -n 5 "$dir/$name.log" >&2
+        return 1
+    }
 }
 
-# wait_hello PORT: waits (up to 10 s) until PORT answers "hello world".
+# wait_hello PORT: waits (up to 10 s) until PORT answers "hello world";
+# fails if it never does.
 wait_hello() {
     local _
     for _ in $(seq 1 100); do
         [ "$(curl -s -m 1 "http://127.0.0.1:$1/" 2>/dev/null || true)" = "hello world" ] && return 0
         sleep 0.1
     done
+    return 1
 }
 
 # first_port: a random port below the kernel's ephemeral range, with about
