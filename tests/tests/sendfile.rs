@@ -10,12 +10,11 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 use uvring::*;
-use uvring_tests::{listener, run_until_with, with_timeout};
+use uvring_tests::{listener, read_to_end_in_thread, run_until_with, with_timeout};
 
 macro_rules! sendfile_cases {
     ($($(#[$meta:meta])* fn $name:ident($lp:ident: $d:ty) $body:block)*) => {
@@ -126,17 +125,6 @@ fn accept_one() -> OnConnection<Server, TcpListener> {
     })
 }
 
-/// Reads everything the server sends until it closes, on a helper thread.
-fn read_all(addr: SocketAddr) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut c = std::net::TcpStream::connect(addr).unwrap();
-        c.set_read_timeout(Some(LIMIT)).unwrap();
-        let mut out = Vec::new();
-        c.read_to_end(&mut out).unwrap();
-        out
-    })
-}
-
 /// Runs until the server has accepted.
 fn accepted(lp: &mut Loop<Server>, d: &mut Server) -> TcpStream {
     run_until_with(lp, d, LIMIT, |_, d| d.stream.is_some());
@@ -157,7 +145,7 @@ sendfile_cases! {
         let f = TempFile::new("whole", 6 * 1024 * 1024 + 123);
         let mut d = Server { file: Some(f.open()), ..Default::default() };
         let (_l, addr) = listener(lp, &accept_one());
-        let client = read_all(addr);
+        let client = read_to_end_in_thread(addr, LIMIT);
         let s = accepted(lp, &mut d);
         lp.write(s, b"head:", Some(&on_write())).unwrap();
         let len = f.bytes.len() as u64;
@@ -181,7 +169,7 @@ sendfile_cases! {
         let size = f.bytes.len() as u64;
         let mut d = Server { file: Some(f.open()), ..Default::default() };
         let (_l, addr) = listener(lp, &accept_one());
-        let client = read_all(addr);
+        let client = read_to_end_in_thread(addr, LIMIT);
         let s = accepted(lp, &mut d);
         let ranges: [(u64, u64); 5] = [(0, 1), (4095, 2), (1_000_003, 1_500_000), (17, 0), (size - 10, 100)];
         for &(off, len) in &ranges {
@@ -287,7 +275,7 @@ sendfile_cases! {
         unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         let mut d = Server { file: Some(file), ..Default::default() };
         let (_l, addr) = listener(lp, &accept_one());
-        let client = read_all(addr);
+        let client = read_to_end_in_thread(addr, LIMIT);
         let s = accepted(lp, &mut d);
         let len = f.bytes.len() as u64;
         lp.sendfile(s, d.file.as_ref().unwrap(), 0, len, Some(&on_sent())).unwrap();
@@ -304,7 +292,7 @@ sendfile_cases! {
         let f = TempFile::new("dir", 1);
         let mut d = Server { file: Some(File::open(&f.dir).unwrap()), ..Default::default() };
         let (_l, addr) = listener(lp, &accept_one());
-        let client = read_all(addr);
+        let client = read_to_end_in_thread(addr, LIMIT);
         let s = accepted(lp, &mut d);
         lp.sendfile(s, d.file.as_ref().unwrap(), 0, 100, Some(&on_sent())).unwrap();
         lp.write(s, b"after", Some(&on_write())).unwrap();
@@ -319,7 +307,7 @@ sendfile_cases! {
         let f = TempFile::new("refused", 10);
         let mut d = Server { file: Some(f.open()), ..Default::default() };
         let (_l, addr) = listener(lp, &accept_one());
-        let client = read_all(addr);
+        let client = read_to_end_in_thread(addr, LIMIT);
         let s = accepted(lp, &mut d);
         lp.shutdown(s, None).unwrap();
         assert_eq!(lp.sendfile(s, d.file.as_ref().unwrap(), 0, 10, Some(&on_sent())), Err(Error::EPIPE));
