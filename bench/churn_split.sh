@@ -42,21 +42,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 log() { echo "churn_split: $*" >&2; }
-for t in wrk curl python3; do command -v $t >/dev/null || { log "needs $t"; exit 1; }; done
 [ "$STRACE" = 0 ] || command -v strace >/dev/null || { log "--strace needs strace"; exit 1; }
-NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-(cd "$ROOT" && cargo build -q --release -p uvring-cluster --example hello_cluster && cargo build -q --release -p uvring-bench --bin proc_tree)
+split_setup "$ROOT"
 if [[ " $SERVERS " == *" node-under-uvring"* ]]; then (cd "$ROOT" && cargo build -q --release -p uvring-cluster --bin uvring-node); fi
-HELLO="$TARGET_DIR/release/examples/hello_cluster"
-PT="$TARGET_DIR/release/proc_tree"
-TMP="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    kill_groups "${PIDS[@]}"
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
 PORT=${CHURN_SPLIT_BASE_PORT:-$(first_port)}
 declare -A PORT_OF PID_OF
 NAMES=()

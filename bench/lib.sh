@@ -85,3 +85,26 @@ first_port() {
     span=$(( low > 12000 ? low - 11000 : 1000 ))
     echo $(( 10000 + RANDOM % span ))
 }
+
+# split_setup ROOT: what keepalive_split.sh and churn_split.sh set up alike
+# (each defines `log` first): wrk, curl and python3 present; release builds
+# of hello_cluster and proc_tree (HELLO, PT; also NGINX and TARGET_DIR); a
+# temp dir (TMP); and the servers' process groups (PIDS) killed, with TMP
+# removed, on exit.
+split_setup() {
+    local t
+    for t in wrk curl python3; do command -v "$t" >/dev/null || { log "needs $t"; exit 1; }; done
+    NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+    TARGET_DIR="${CARGO_TARGET_DIR:-$1/target}"
+    (cd "$1" && cargo build -q --release -p uvring-cluster --example hello_cluster && cargo build -q --release -p uvring-bench --bin proc_tree)
+    HELLO="$TARGET_DIR/release/examples/hello_cluster"
+    PT="$TARGET_DIR/release/proc_tree"
+    TMP="$(mktemp -d)"
+    PIDS=()
+    trap split_cleanup EXIT
+}
+
+split_cleanup() {
+    kill_groups "${PIDS[@]}"
+    rm -rf "$TMP"
+}
