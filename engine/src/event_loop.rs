@@ -1021,7 +1021,7 @@ impl<D> Loop<D> {
                 }
                 let mut parts = st.into_parts();
                 if let Some(side) = parts.w.take() {
-                    self.write_sides_spare.push(side);
+                    self.lend_write_side(side);
                 }
                 self.parts_spare.push(parts);
             }

@@ -2005,6 +2005,20 @@ impl<D> Loop<D> {
         }
     }
 
+    /// Gives a stream's write side to the loop's pool of write sides (or
+    /// frees it past `WRITE_BUFS_SPARE_MAX`), its buffers to the pool of
+    /// write buffers, within that pool's byte budget. For a stream gone
+    /// idle and for a closed one alike: a side never keeps buffers while
+    /// pooled, so every pooled byte is counted against the budget.
+    pub(crate) fn lend_write_side(&mut self, mut side: Box<WriteSide<D>>) {
+        self.give_write_buf(std::mem::take(&mut side.inflight));
+        self.give_write_buf(std::mem::take(&mut side.queued));
+        side.writes.clear();
+        if self.write_sides_spare.len() < WRITE_BUFS_SPARE_MAX {
+            self.write_sides_spare.push(side);
+        }
+    }
+
     /// Queues `data` for writing and takes the buffer (an owned write):
     /// the same as [`write`](Self::write), except that the payload is not
     /// copied when nothing else waits in the stream's queue, the common case
@@ -2142,9 +2156,7 @@ impl<D> Loop<D> {
             self.give_write_buf(inflight);
             self.give_write_buf(queued);
             if let Some(side) = idle {
-                if self.write_sides_spare.len() < WRITE_BUFS_SPARE_MAX {
-                    self.write_sides_spare.push(side);
-                }
+                self.lend_write_side(side);
             }
             let Ok(st) = self.stream_state(s) else { return };
             let done = st.parts.writes().next().is_some_and(|w| w.end <= st.written_total);
